@@ -1,0 +1,59 @@
+"""Pure-PyTorch StyleGAN3 (R and T) that loads NVIDIA's snapshots without running their code.
+
+Main entry points:
+
+* :func:`load_generator` — an NVIDIA snapshot pickle (path, URL or short name such as
+  ``'stylegan3-r-ffhq-1024'``) or a v2s_nb ``.safetensors`` checkpoint -> :class:`Generator`.
+* :func:`tiny_generator` — a small random-weight generator for tests and previews (labelled random).
+* :func:`set_input_transform` / :func:`input_transform` — translation + rotation of the Fourier input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoint import is_v2s_checkpoint, load_checkpoint, save_generator
+from .networks import CONFIGS, Generator, SynthesisNetwork, build_generator, tiny_generator
+from .snapshot import SnapshotError, UnsafePickleError, generator_from_snapshot, read_snapshot
+from .transform import forward_matrix, input_transform, set_input_transform
+
+__all__ = [
+    "CONFIGS", "Generator", "SnapshotError", "SynthesisNetwork", "UnsafePickleError", "build_generator",
+    "forward_matrix", "input_transform", "load_generator", "save_generator", "set_input_transform",
+    "tiny_generator",
+]
+
+
+def load_generator(source, device=None, dtype=torch.float32) -> Generator:
+    """Load a StyleGAN3 generator.
+
+    Args:
+        source: a path to an NVIDIA snapshot pickle (``G_ema`` is taken) or to a v2s_nb ``.safetensors``
+            checkpoint; an http(s) URL; or a known short name like ``'stylegan3-r-ffhq-1024'`` (downloaded on
+            first use into the cache, checksum-verified; see :mod:`v2s_nb.weights`).
+        device: where to put the generator (``None``: CPU).
+        dtype: parameter dtype (float32; the snapshot's fp16 layers still run in fp16 on CUDA).
+    Returns:
+        ``Generator`` in eval mode with ``requires_grad`` off (turn it on for fine-tuning).
+    Raises:
+        FileNotFoundError: the path does not exist.
+        SnapshotError / UnsafePickleError: the file is not a readable StyleGAN3 snapshot; the message says what it is.
+    """
+    src = str(source)
+    path = Path(src)
+    if not path.exists():
+        if "://" in src or not (path.suffix or path.parent != Path(".")):
+            from ..weights import fetch  # a URL or a short name
+
+            path = fetch(src)
+        else:
+            raise FileNotFoundError(f"generator file not found: {src}")
+    if path.is_dir():
+        raise SnapshotError(f"{path} is a folder; pass the snapshot .pkl or .safetensors file inside it.")
+    if is_v2s_checkpoint(path):
+        G = load_checkpoint(path)
+    else:
+        G = generator_from_snapshot(read_snapshot(path), path=path)
+    return G.to(device=device or "cpu", dtype=dtype)

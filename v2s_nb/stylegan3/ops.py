@@ -1,0 +1,139 @@
+"""Plain-PyTorch building blocks of StyleGAN3: FIR resampling, filtered leaky ReLU, modulated convolution.
+
+These are the *reference* implementations: no compilation, any device, any float dtype. They follow the
+mathematics of NVIDIA's reference ops (zero-stuffing upsampler, true convolution with the stored filters,
+decimating downsampler) so that a snapshot's outputs are reproduced to float32 rounding. The only liberty
+taken is computing the decimating convolution with a stride instead of convolving every sample and
+discarding most of them, which gives the same sums.
+
+Image tensors are NCHW. Filters are 1-D ``[taps]`` (separable: applied along x, then along y) or 2-D
+``[taps, taps]`` (radial, non-separable), or ``None`` for "no filtering".
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.signal
+import scipy.special
+import torch
+import torch.nn.functional as F
+
+
+def design_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float, radial: bool = False):
+    """A windowed low-pass FIR filter as StyleGAN3 designs it, float32 tensor or ``None`` for one tap.
+
+    ``cutoff`` and ``width`` (transition band) are in the same units as ``fs`` (samples per image width).
+    Separable filters come from ``scipy.signal.firwin`` (Kaiser window); radial ones are a jinc windowed by
+    the outer product of a Kaiser window, normalised to unit sum.
+    """
+    if numtaps < 1:
+        raise ValueError(f"numtaps must be >= 1, got {numtaps}")
+    if numtaps == 1:
+        return None
+    if not radial:
+        taps = scipy.signal.firwin(numtaps=numtaps, cutoff=cutoff, width=width, fs=fs)
+        return torch.as_tensor(taps, dtype=torch.float32)
+    x = (np.arange(numtaps) - (numtaps - 1) / 2) / fs
+    r = np.hypot(*np.meshgrid(x, x))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        jinc = scipy.special.j1(2 * cutoff * (np.pi * r)) / (np.pi * r)
+    jinc[r == 0] = cutoff  # the limit of j1(2 pi c r) / (pi r) at r = 0 (only for odd tap counts)
+    beta = scipy.signal.kaiser_beta(scipy.signal.kaiser_atten(numtaps, width / (fs / 2)))
+    window = np.kaiser(numtaps, beta)
+    taps = jinc * np.outer(window, window)
+    taps /= taps.sum()
+    return torch.as_tensor(taps, dtype=torch.float32)
+
+
+def _depthwise(x: torch.Tensor, kernel: torch.Tensor, stride=1) -> torch.Tensor:
+    """Correlate every channel of ``x`` with the same 2-D ``kernel`` [kh, kw] (no padding)."""
+    c = x.shape[1]
+    weight = kernel.to(x.dtype)[None, None].expand(c, 1, *kernel.shape)
+    return F.conv2d(x, weight, stride=stride, groups=c)
+
+
+def upfirdn2d(x: torch.Tensor, f, up: int = 1, down: int = 1, padding=(0, 0, 0, 0), gain: float = 1.0):
+    """Upsample by zero-stuffing, pad, convolve with FIR ``f``, and decimate.
+
+    Args:
+        x: [N, C, H, W].
+        f: 1-D [taps] separable filter, 2-D [th, tw] filter, or None (identity).
+        up, down: integer factors, the same along x and y.
+        padding: (x_lo, x_hi, y_lo, y_hi) in samples of the upsampled signal; negative values crop.
+        gain: overall gain; a separable filter gets ``sqrt(gain)`` per pass.
+    Returns:
+        [N, C, H', W'] with H' = (H * up + y_lo + y_hi - th + 1 + down - 1) // down (likewise W').
+    """
+    n, c, h, w = x.shape
+    if up > 1:  # each sample followed by up-1 zeros, along both axes
+        x = x.reshape(n, c, h, 1, w, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape(n, c, h * up, w * up)
+    px0, px1, py0, py1 = (int(p) for p in padding)
+    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
+    if f is None:
+        x = x * gain if gain != 1 else x
+        return x[:, :, ::down, ::down] if down > 1 else x
+    # A true convolution: correlate with the flipped filter (the stored filters are symmetric anyway).
+    f = f.flip(list(range(f.ndim)))
+    if f.ndim == 1:
+        f = f * (gain ** 0.5)
+        x = _depthwise(x, f[None, :], stride=(1, down))
+        x = _depthwise(x, f[:, None], stride=(down, 1))
+    else:
+        x = _depthwise(x, f * gain, stride=down)
+    return x
+
+
+def filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=math.sqrt(2), slope=0.2, clamp=None):
+    """Bias, upsample with ``fu``, leaky ReLU (times ``gain``, clamped to ±``clamp``), downsample with ``fd``.
+
+    This is StyleGAN3's alias-free nonlinearity: the pointwise ReLU runs at ``up`` times the sampling rate
+    between two low-pass filters. ``padding`` is (x_lo, x_hi, y_lo, y_hi) applied in the upsampled domain.
+    """
+    x = x + b.to(x.dtype).reshape(1, -1, 1, 1)
+    x = upfirdn2d(x, fu, up=up, padding=padding, gain=up ** 2)
+    x = F.leaky_relu(x, slope) if slope != 1 else x
+    if gain != 1:
+        x = x * gain
+    if clamp is not None:
+        x = x.clamp(-clamp, clamp)
+    return upfirdn2d(x, fd, down=down)
+
+
+def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=None):
+    """Convolve each sample with the kernel scaled by its own styles (and demodulated).
+
+    Args:
+        x: [N, I, H, W] input, any float dtype (the kernels are cast to it).
+        weight: [O, I, kh, kw] base kernel.
+        styles: [N, I] per-sample input-channel scales (the S-space values).
+        demodulate: normalise every output filter to unit L2 norm (not for ToRGB).
+        padding: spatial zero padding.
+        input_gain: scalar or [I] factor on the input channels (StyleGAN3's magnitude EMA).
+    Returns:
+        [N, O, H', W'].
+    """
+    n = x.shape[0]
+    out_ch, in_ch, kh, kw = weight.shape
+    w = weight.float()
+    s = styles.float()
+    if demodulate:
+        # Pre-normalisation keeps fp16 in range; demodulation below makes the result scale-free.
+        w = w * w.square().mean([1, 2, 3], keepdim=True).rsqrt()
+        s = s * s.square().mean().rsqrt()
+    w = w.unsqueeze(0) * s.reshape(n, 1, in_ch, 1, 1)
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
+    if input_gain is not None:
+        w = w * torch.as_tensor(input_gain, dtype=w.dtype, device=w.device).expand(in_ch).reshape(1, 1, in_ch, 1, 1)
+    if kh == 1 and kw == 1 and padding == 0:
+        # 1x1 kernels: a batched matrix product, avoiding a grouped convolution.
+        out = torch.bmm(w.reshape(n, out_ch, in_ch).to(x.dtype), x.reshape(n, in_ch, -1))
+        return out.reshape(n, out_ch, *x.shape[2:])
+    x = x.reshape(1, n * in_ch, *x.shape[2:])
+    out = F.conv2d(x, w.reshape(n * out_ch, in_ch, kh, kw).to(x.dtype), padding=padding, groups=n)
+    return out.reshape(n, out_ch, *out.shape[2:])

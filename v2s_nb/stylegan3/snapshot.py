@@ -1,0 +1,268 @@
+"""Reading NVIDIA's StyleGAN3 snapshot pickles without running any code from them.
+
+An official ``network-snapshot-*.pkl`` / ``stylegan3-*.pkl`` stores each network as
+``torch_utils.persistence._reconstruct_persistent_obj(meta)``, where ``meta`` holds the full Python source of
+NVIDIA's modules (``module_src``) and the module's ``__dict__`` (``state``). A normal ``pickle.load`` would
+import that source. Here a restricted unpickler resolves only an explicit allow-list of globals and turns
+every persistent object into an inert :class:`PersistentRecord`; ``module_src`` is never executed, imported
+or even kept. Tensors are rebuilt from bytes with ``torch.load(..., weights_only=True)``.
+
+:func:`generator_from_snapshot` then builds our :class:`~v2s_nb.stylegan3.networks.Generator` from the
+record's constructor arguments and copies every stored parameter and buffer into it, checking names,
+shapes and the derived layer geometry.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .networks import Generator
+
+
+class SnapshotError(ValueError):
+    """The file is not a StyleGAN3 snapshot this loader can read (the message says what it is instead)."""
+
+
+class UnsafePickleError(SnapshotError):
+    """The pickle refers to a global outside the allow-list (it could run code); nothing was executed."""
+
+
+@dataclass
+class PersistentRecord:
+    """Inert stand-in for one of NVIDIA's persistent objects: its class name and its ``__dict__``."""
+
+    class_name: str
+    state: dict = field(repr=False)
+    version: int | None = None
+
+    @property
+    def modules(self) -> dict:
+        return self.state.get("_modules") or {}
+
+    @property
+    def init_kwargs(self) -> dict:
+        return dict(self.state.get("_init_kwargs") or {})
+
+
+def _reconstruct_persistent(meta):
+    if not isinstance(meta, dict) or "state" not in meta or "class_name" not in meta:
+        raise SnapshotError("malformed persistent object in the pickle (no 'class_name' / 'state')")
+    if meta.get("type", "class") != "class":
+        raise SnapshotError(f"unsupported persistent object type {meta.get('type')!r}")
+    # meta['module_src'] is deliberately dropped: it is NVIDIA's source code and is never run.
+    return PersistentRecord(class_name=str(meta["class_name"]), state=meta["state"], version=meta.get("version"))
+
+
+class EasyDict(dict):
+    """Inert replacement for ``dnnlib.util.EasyDict`` (a dict with attribute access)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _storage_from_bytes(data: bytes):
+    # torch.storage._load_from_bytes would call torch.load without weights_only; this never runs code.
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def _numpy_multiarray():
+    try:  # numpy >= 2
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray
+    return multiarray
+
+
+def _allowed_globals() -> dict:
+    import torch._utils
+
+    allowed = {
+        ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent,
+        ("dnnlib.util", "EasyDict"): EasyDict,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("builtins", "set"): set,
+        ("builtins", "frozenset"): frozenset,
+        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+        ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+        ("numpy", "dtype"): np.dtype,
+        ("numpy", "ndarray"): np.ndarray,
+    }
+    # NVIDIA's released files name numpy 1.x's module, newer files numpy 2's: both mean the same functions.
+    multiarray = _numpy_multiarray()
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        for name in ("_reconstruct", "scalar"):
+            allowed[(mod, name)] = getattr(multiarray, name)
+    if hasattr(torch._utils, "_rebuild_parameter_with_state"):
+        allowed[("torch._utils", "_rebuild_parameter_with_state")] = torch._utils._rebuild_parameter_with_state
+    return allowed
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file):
+        super().__init__(file)
+        self._allowed = _allowed_globals()
+
+    def find_class(self, module, name):
+        key = (module, name)
+        if key not in self._allowed:
+            hint = ""
+            if module.startswith("dnnlib.tflib") or module.startswith("tensorflow"):
+                hint = (" This is a TensorFlow StyleGAN/StyleGAN2 pickle; convert it to PyTorch first "
+                        "(it is not a StyleGAN3 snapshot).")
+            raise UnsafePickleError(
+                f"refusing to load global '{module}.{name}' from the pickle: it is not on the allow-list of "
+                f"objects a StyleGAN3 snapshot needs, and loading it could execute code.{hint}")
+        return self._allowed[key]
+
+
+def _describe_bad_file(head: bytes) -> str | None:
+    """Recognise common non-pickle files from their first bytes."""
+    stripped = head.lstrip().lower()
+    if stripped.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or b"<html" in stripped[:512]:
+        return ("an HTML/XML page, not a pickle (a failed or redirected download?). Download the snapshot "
+                "again, e.g. with v2s_nb.weights.fetch")
+    if head.startswith(b"PK\x03\x04"):
+        return ("a zip archive (a torch.save checkpoint?), not an NVIDIA snapshot pickle. v2s_nb's own "
+                "format is .safetensors; a plain state_dict has no architecture to rebuild from")
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file (Keras weights?), not a StyleGAN3 snapshot"
+    if len(head) == 0:
+        return "an empty file (an interrupted download?)"
+    if not head.startswith(b"\x80"):
+        return "not a pickle (it does not start with a pickle protocol header): random or unrelated bytes"
+    return None
+
+
+def read_snapshot(path) -> dict:
+    """Unpickle an NVIDIA snapshot safely. Returns the top-level dict with :class:`PersistentRecord` values."""
+    with open(path, "rb") as f:
+        head = f.read(1024)
+        bad = _describe_bad_file(head)
+        if bad:
+            raise SnapshotError(f"{path} is {bad}.")
+        f.seek(0)
+        try:
+            data = _RestrictedUnpickler(f).load()
+        except UnsafePickleError as e:
+            raise UnsafePickleError(f"{path}: {e}") from None
+        except SnapshotError:
+            raise
+        except (EOFError, pickle.UnpicklingError) as e:
+            msg = str(e)
+            if isinstance(e, EOFError) or "truncated" in msg or "ran out of input" in msg.lower():
+                raise SnapshotError(f"{path} is truncated (the pickle ends early: {msg or 'EOF'}); the file is "
+                                    f"incomplete — download it again.") from None
+            raise SnapshotError(f"{path} is not a readable pickle ({msg}): corrupt or random bytes.") from None
+        except Exception as e:  # malformed content inside an otherwise well-formed stream
+            raise SnapshotError(f"{path} could not be read as a StyleGAN3 snapshot: {type(e).__name__}: {e}") from None
+    if not isinstance(data, dict):
+        raise SnapshotError(f"{path} holds a {type(data).__name__}, not a snapshot dict with 'G_ema'.")
+    return data
+
+
+def _plain(value):
+    """numpy scalars / arrays in constructor kwargs -> plain Python values."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def generator_kwargs_from_record(record: PersistentRecord, path="snapshot") -> dict:
+    """Constructor arguments of our Generator from an NVIDIA ``Generator`` record."""
+    if record.class_name != "Generator":
+        raise SnapshotError(f"{path}: G_ema is a {record.class_name!r}, not a StyleGAN Generator.")
+    synthesis = record.modules.get("synthesis")
+    if not isinstance(synthesis, PersistentRecord):
+        raise SnapshotError(f"{path}: G_ema has no synthesis network.")
+    if "input" not in synthesis.modules or synthesis.class_name != "SynthesisNetwork":
+        kinds = sorted({m.class_name for m in synthesis.modules.values() if isinstance(m, PersistentRecord)})
+        if any(k in ("SynthesisBlock", "ToRGBLayer") for k in kinds) or any(k.startswith("b") for k in synthesis.modules):
+            raise SnapshotError(f"{path} is a StyleGAN2 / StyleGAN2-ADA snapshot (synthesis blocks {kinds[:3]}...), "
+                                f"not StyleGAN3. Use a stylegan3-r/t snapshot.")
+        raise SnapshotError(f"{path}: unrecognised synthesis network ({synthesis.class_name}).")
+    args = tuple(record.state.get("_init_args") or ())
+    kwargs = _plain(record.init_kwargs)
+    if args:  # NVIDIA's Generator signature: (z_dim, c_dim, w_dim, img_resolution, img_channels, ...)
+        for name, value in zip(["z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"], args):
+            kwargs.setdefault(name, _plain(value))
+    kwargs["mapping_kwargs"] = dict(kwargs.get("mapping_kwargs") or {})
+    for name in ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"):
+        if name not in kwargs:
+            kwargs[name] = _plain(record.state.get(name))
+    return kwargs
+
+
+_GEOMETRY_ATTRS = ("in_channels", "out_channels", "is_torgb", "up_factor", "down_factor", "padding", "conv_kernel",
+                   "use_fp16")
+
+
+def _copy_state(module: torch.nn.Module, record: PersistentRecord, prefix: str, path) -> set:
+    """Copy the record's parameters/buffers into ``module`` recursively; return the names filled."""
+    filled = set()
+    for kind in ("_parameters", "_buffers"):
+        for name, value in (record.state.get(kind) or {}).items():
+            key = prefix + name
+            target = getattr(module, name, None) if hasattr(module, name) else None
+            if value is None:
+                if target is not None:
+                    raise SnapshotError(f"{path}: stored {key} is None but the architecture expects a tensor.")
+                continue
+            if not isinstance(target, torch.Tensor):
+                raise SnapshotError(f"{path}: stored tensor {key} has no place in the rebuilt architecture.")
+            if tuple(target.shape) != tuple(value.shape):
+                raise SnapshotError(f"{path}: {key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}"
+                                    f" from the snapshot's own constructor arguments.")
+            with torch.no_grad():
+                target.copy_(value.to(target.dtype))
+            filled.add(key)
+    for attr in _GEOMETRY_ATTRS:
+        if attr in record.state and hasattr(module, attr):
+            ours, theirs = _plain(getattr(module, attr)), _plain(record.state[attr])
+            if ours != theirs:
+                raise SnapshotError(f"{path}: layer {prefix[:-1]} has {attr}={theirs} in the file but {ours} when "
+                                    f"rebuilt; unsupported architecture variant.")
+    for name, child in record.modules.items():
+        if child is None:
+            continue
+        sub = getattr(module, name, None)
+        if not isinstance(child, PersistentRecord) or not isinstance(sub, torch.nn.Module):
+            raise SnapshotError(f"{path}: sub-module {prefix}{name} ({getattr(child, 'class_name', type(child))}) "
+                                f"is not part of a StyleGAN3 generator.")
+        filled |= _copy_state(sub, child, prefix + name + ".", path)
+    return filled
+
+
+def generator_from_snapshot(data: dict, path="snapshot", key: str = "G_ema") -> Generator:
+    """Build our Generator from an unpickled snapshot dict (see :func:`read_snapshot`)."""
+    if key not in data:
+        raise SnapshotError(f"{path} has no {key!r} entry (keys: {sorted(map(str, data))}); not a StyleGAN snapshot.")
+    record = data[key]
+    if not isinstance(record, PersistentRecord):
+        raise SnapshotError(f"{path}: {key} is a {type(record).__name__}, not a persistent network object.")
+    kwargs = generator_kwargs_from_record(record, path)
+    try:
+        G = Generator(**kwargs)
+    except TypeError as e:
+        raise SnapshotError(f"{path}: unsupported generator arguments ({e}).") from None
+    filled = _copy_state(G, record, "", path)
+    expected = set(G.state_dict().keys())
+    missing = sorted(expected - filled)
+    if missing:
+        raise SnapshotError(f"{path}: the file lacks tensors the generator needs: {missing[:5]}"
+                            f"{' ...' if len(missing) > 5 else ''}")
+    G.source = str(path)
+    return G.eval().requires_grad_(False)
