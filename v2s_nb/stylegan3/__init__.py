@@ -41,15 +41,17 @@ def load_generator(source, device=None, dtype=torch.float32) -> Generator:
         FileNotFoundError: the path does not exist.
         SnapshotError / UnsafePickleError: the file is not a readable StyleGAN3 snapshot; the message says what it is.
     """
+    from ..weights import KNOWN_FILES, fetch
+
     src = str(source)
     path = Path(src)
     if not path.exists():
-        if "://" in src or not (path.suffix or path.parent != Path(".")):
-            from ..weights import fetch  # a URL or a short name
-
-            path = fetch(src)
+        if "://" in src or src in KNOWN_FILES:
+            path = fetch(src)  # downloaded once into the cache, checksum-verified
         else:
-            raise FileNotFoundError(f"generator file not found: {src}")
+            known = ", ".join(k for k in KNOWN_FILES if k.startswith("stylegan3"))
+            raise FileNotFoundError(f"generator file not found: {src}. Pass a path, a URL, or one of the known "
+                                    f"snapshot names: {known}")
     if path.is_dir():
         raise SnapshotError(f"{path} is a folder; pass the snapshot .pkl or .safetensors file inside it.")
     if is_v2s_checkpoint(path):

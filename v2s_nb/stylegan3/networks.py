@@ -371,11 +371,13 @@ CONFIGS = {
 
 
 def build_generator(cfg: str = "R", resolution: int = 1024, z_dim: int = 512, w_dim: int = 512, c_dim: int = 0,
-                    img_channels: int = 3, channel_scale: float = 1.0, seed: int | None = 0,
-                    **overrides) -> Generator:
+                    img_channels: int = 3, channel_scale: float = 1.0, seed: int | None = 0, device=None,
+                    calibrate: bool = True, **overrides) -> Generator:
     """A generator with NVIDIA's R or T architecture and random weights (``G.is_random`` is True).
 
     ``channel_scale`` multiplies channel_base and channel_max (1.0 = the released architecture).
+    ``calibrate`` sets the magnitude EMAs from one forward pass (on ``device``) so that images have a sensible
+    range; skip it when only the architecture matters.
     """
     cfg = cfg.upper()
     if cfg not in CONFIGS:
@@ -392,26 +394,27 @@ def build_generator(cfg: str = "R", resolution: int = 1024, z_dim: int = 512, w_
         if seed is not None:
             torch.manual_seed(seed)
         G = Generator(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=resolution,
-                      img_channels=img_channels, **kwargs)
-        # Untrained magnitude EMAs of 1 make activations explode through 14 layers; calibrate them the way
-        # training would, so random generators give images in a sensible range.
-        _calibrate_magnitudes(G)
+                      img_channels=img_channels, **kwargs).to(device or "cpu")
+        if calibrate:
+            # Untrained magnitude EMAs of 1 make activations explode through 14 layers; set them the way
+            # training would, so random generators give images in a sensible range.
+            _calibrate_magnitudes(G)
     G.is_random = True
     G.source = f"random init (cfg={cfg}, seed={seed})"
     return G.eval().requires_grad_(False)
 
 
 @torch.no_grad()
-def _calibrate_magnitudes(G: Generator, n: int = 4):
-    z = torch.randn([n, G.z_dim])
-    ws = G.mapping(z, torch.zeros([n, G.c_dim]) if G.c_dim else None)
+def _calibrate_magnitudes(G: Generator, n: int = 2):
+    z = torch.randn([n, G.z_dim], device=G.device)
+    ws = G.mapping(z, torch.zeros([n, G.c_dim], device=G.device) if G.c_dim else None)
     G.mapping.w_avg.copy_(ws[:, 0].mean(0))
     styles = G.synthesis.styles(ws)
     x = G.synthesis.input.forward_styles(styles["input"])
     for name in G.synthesis.layer_names:
         layer = getattr(G.synthesis, name)
         layer.magnitude_ema.fill_(float(x.float().square().mean()))
-        x = layer.forward_styles(x, styles[name])
+        x = layer.forward_styles(x, styles[name], force_fp32=True)
 
 
 def tiny_generator(cfg: str = "R", resolution: int = 64, seed: int = 0, channel_max: int | None = None) -> Generator:

@@ -1,0 +1,61 @@
+"""Random-weight generators, configs and the input transform's meaning."""
+
+import numpy as np
+import pytest
+import torch
+
+from v2s_nb.stylegan3 import build_generator, forward_matrix, input_transform, tiny_generator
+
+
+@pytest.mark.parametrize("cfg", ["R", "T"])
+def test_tiny_generator_is_labelled_and_deterministic(cfg):
+    G1, G2 = tiny_generator(cfg, seed=5), tiny_generator(cfg, seed=5)
+    assert G1.is_random and "random" in repr(G1).lower()
+    z = torch.randn(2, G1.z_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = G1(z), G2(z)
+    assert a.shape == (2, 3, 64, 64) and torch.equal(a, b)
+    assert torch.isfinite(a).all() and 0.01 < a.std() < 5  # calibrated magnitudes: a sensible range
+
+
+def test_architecture_matches_nvidia_names():
+    """The released stylegan3-r-ffhq-1024 / -t- layer names (as in NVIDIA's snapshots)."""
+    R = build_generator("R", resolution=1024, calibrate=False)
+    assert R.synthesis.layer_names == [
+        "L0_36_1024", "L1_36_1024", "L2_52_1024", "L3_52_1024", "L4_84_1024", "L5_148_1024", "L6_148_1024",
+        "L7_276_645", "L8_276_406", "L9_532_256", "L10_1044_161", "L11_1044_102", "L12_1044_64", "L13_1024_64",
+        "L14_1024_3"]
+    T = build_generator("T", resolution=1024, calibrate=False)
+    assert T.synthesis.layer_names == [
+        "L0_36_512", "L1_36_512", "L2_52_512", "L3_52_512", "L4_84_512", "L5_148_512", "L6_148_512",
+        "L7_276_323", "L8_276_203", "L9_532_128", "L10_1044_81", "L11_1044_51", "L12_1044_32", "L13_1024_32",
+        "L14_1024_3"]
+    assert R.num_ws == T.num_ws == 16
+    # fp16 on the last 4 sampling rates (128..1024 => layers 5-14), as in the released config
+    assert [getattr(R.synthesis, n).use_fp16 for n in R.synthesis.layer_names].count(True) == 10
+
+
+def test_transform_translation_moves_content_right():
+    """tx > 0 moves the image content to the right (in image widths)."""
+    G = tiny_generator("T", resolution=64, seed=1)
+    ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(1)), None)
+    with torch.no_grad():
+        f0 = G.synthesis.feature_maps(ws, "input")["input"]
+        f1 = G.synthesis.feature_maps(ws, "input", transform=torch.from_numpy(input_transform(0.25, 0, 0)))["input"]
+    # 16 samples per image width at the input: 0.25 width = 4 samples to the right.
+    assert torch.allclose(f1[..., 4:], f0[..., :-4], atol=1e-3)
+
+
+def test_forward_matrix_batches():
+    m = forward_matrix(np.array([0.0, 0.1]), np.array([0.0, -0.2]), np.array([0.0, 90.0]))
+    assert m.shape == (2, 3, 3)
+    np.testing.assert_allclose(m[0], np.eye(3))
+    np.testing.assert_allclose(input_transform([0.0, 0.1], [0.0, -0.2], [0.0, 90.0]) @ m, np.stack([np.eye(3)] * 2),
+                               atol=1e-12)
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="cfg"):
+        build_generator("X")
+    with pytest.raises(ValueError, match="power of two"):
+        build_generator("R", resolution=100)

@@ -1,0 +1,581 @@
+"""Pretrained weights: download on first use, verify, and cache.
+
+The main entry point is :func:`fetch`, which turns a *short name* from :data:`KNOWN_FILES`
+(``"stylegan3-r-ffhq-1024"``), an ``http(s)://`` URL, a ``file://`` URL or a local path into a
+local :class:`pathlib.Path`::
+
+    from v2s_nb.weights import fetch
+    pkl = fetch("stylegan3-r-ffhqu-256")      # downloads once, then served from the cache
+
+Cache location (see :func:`cache_dir`): ``$V2S_NB_CACHE`` if set, else
+``$XDG_CACHE_HOME/v2s_nb``, else ``~/.cache/v2s_nb``.
+
+Guarantees
+----------
+* A file only ever appears under its final name after it was received completely and, where a
+  size (bytes) and/or SHA-256 is known, after both matched.  Downloads stream into
+  ``<filename>.part-<random>`` in the same directory and are moved into place with
+  :func:`os.replace` (atomic on POSIX and Windows when source and target share a file system).
+* Network trouble (offline, DNS, refused connection, HTTP error status, timeout, connection cut
+  mid-transfer) raises :class:`WeightsUnavailableError`, whose message names the file, its URL and
+  the exact path where the file can be put by hand.
+* Content that arrived completely but does not match the expected size / SHA-256 raises
+  :class:`WeightsChecksumError` with the expected and the received values.
+* Entries whose SHA-256 is not known (``None``) are still downloaded; the SHA-256 of what was
+  received is computed and reported once per file through :func:`warnings.warn`
+  (:class:`UnverifiedWeightsWarning`).  No hash in this module was made up: every value that is not
+  ``None`` was taken from public sources listed next to it.
+
+Only the standard library (``urllib``) and ``tqdm`` are used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import pathlib
+import re
+import socket
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from dataclasses import dataclass
+
+__all__ = [
+    "KnownFile",
+    "KNOWN_FILES",
+    "WeightsUnavailableError",
+    "WeightsChecksumError",
+    "UnverifiedWeightsWarning",
+    "cache_dir",
+    "cache_path",
+    "fetch",
+    "sha256_file",
+]
+
+#: Read / write block size for hashing and downloading, in bytes (1 MiB).
+CHUNK_BYTES = 1 << 20
+#: Socket timeout for connecting and for each read of a download, in seconds.
+TIMEOUT_S = 60.0
+#: ``User-Agent`` header sent with downloads (some hosts reject urllib's default).
+USER_AGENT = "v2s_nb-weights/0.1 (+python-urllib)"
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors / warnings
+# ---------------------------------------------------------------------------------------------
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The file could not be obtained (offline, HTTP error, interrupted transfer, no URL known).
+
+    Attributes: ``name`` (short name or file name), ``url`` (``str`` or ``None``), ``target``
+    (the :class:`pathlib.Path` where a hand-downloaded copy is picked up).
+    """
+
+    def __init__(self, message: str, *, name: str, url: str | None, target: pathlib.Path):
+        super().__init__(message)
+        self.name = name
+        self.url = url
+        self.target = target
+
+
+class WeightsChecksumError(RuntimeError):
+    """A file was received (or found) but its size or SHA-256 differs from the expected one.
+
+    Attributes: ``name``, ``url``, ``path`` (the offending file; already deleted when it was a
+    download), ``kind`` (``"size"`` or ``"sha256"``), ``expected`` and ``got``.
+    """
+
+    def __init__(self, message: str, *, name: str, url: str | None, path: pathlib.Path,
+                 kind: str, expected: object, got: object):
+        super().__init__(message)
+        self.name = name
+        self.url = url
+        self.path = path
+        self.kind = kind
+        self.expected = expected
+        self.got = got
+
+
+class UnverifiedWeightsWarning(UserWarning):
+    """Issued (once per file and process) when a file is used whose SHA-256 is not pinned."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    """One downloadable file known by short name.
+
+    Attributes
+    ----------
+    name : str
+        Short name used with :func:`fetch`, e.g. ``"stylegan3-r-ffhq-1024"``.
+    url : str or None
+        Direct ``https://`` download URL; ``None`` when no stable direct URL is known (the file
+        must then be placed in the cache by hand, see :func:`cache_path`).
+    filename : str
+        File name inside the cache directory.
+    size : int or None
+        Exact size in bytes, or ``None`` when not verified.
+    sha256 : str or None
+        Lower-case hex SHA-256 (64 characters) of the file, or ``None`` when not verified.
+    description : str
+        Human-readable description (what the file is, where else to get it).
+    homepage : str or None
+        Page describing the file / offering a manual download (informational only).
+    """
+
+    name: str
+    url: str | None
+    filename: str
+    size: int | None
+    sha256: str | None
+    description: str
+    homepage: str | None = None
+
+
+_NGC_STYLEGAN3 = "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/"
+_NGC_STYLEGAN3_PAGE = "https://catalog.ngc.nvidia.com/orgs/nvidia/teams/research/models/stylegan3"
+
+# Released StyleGAN3 snapshots (NVlabs/stylegan3 README, "Pretrained networks"): 12 files.
+# (dataset, resolution in pixels, description of the training data)
+_STYLEGAN3_RELEASES: tuple[tuple[str, int, str], ...] = (
+    ("ffhq", 1024, "FFHQ, aligned faces"),
+    ("ffhqu", 1024, "FFHQ-U, unaligned faces"),
+    ("ffhqu", 256, "FFHQ-U, unaligned faces"),
+    ("metfaces", 1024, "MetFaces, aligned faces from art"),
+    ("metfacesu", 1024, "MetFaces-U, unaligned faces from art"),
+    ("afhqv2", 512, "AFHQv2, animal faces (cats, dogs, wild)"),
+)
+_STYLEGAN3_CONFIGS = {"t": "StyleGAN3-T (translation equivariant)",
+                      "r": "StyleGAN3-R (translation and rotation equivariant)"}
+
+# Size / SHA-256 of the StyleGAN3 pickles: no published or independently repeated value was found
+# in the public sources searched, so they are None (never guessed).
+# fetch() then reports the SHA-256 of what it downloaded; pin it here once checked.
+_STYLEGAN3_PINS: dict[str, tuple[int | None, str | None]] = {}
+
+
+def _stylegan3_entries() -> dict[str, KnownFile]:
+    out: dict[str, KnownFile] = {}
+    for cfg, cfg_desc in _STYLEGAN3_CONFIGS.items():
+        for dataset, res, data_desc in _STYLEGAN3_RELEASES:
+            name = f"stylegan3-{cfg}-{dataset}-{res}"
+            filename = f"stylegan3-{cfg}-{dataset}-{res}x{res}.pkl"
+            size, sha = _STYLEGAN3_PINS.get(name, (None, None))
+            out[name] = KnownFile(
+                name=name,
+                url=_NGC_STYLEGAN3 + filename,
+                filename=filename,
+                size=size,
+                sha256=sha,
+                description=(f"NVIDIA {cfg_desc} generator snapshot, {data_desc}, "
+                             f"{res}x{res} pixels (official NVIDIA NGC release; see the NVlabs/stylegan3 license)."),
+                homepage=_NGC_STYLEGAN3_PAGE,
+            )
+    return out
+
+
+# BiSeNet face parser from zllrunning/face-parsing.PyTorch (MIT). Upstream hosts it only on Google
+# Drive (README link https://drive.google.com/open?id=1eFSwZoSfVVroAy7LiGYybW6F8ErshoZW), which has
+# no stable direct URL.  Size and SHA-256 below are repeated identically by several independent
+# public sources (clibdev/face-parsing.PyTorch release table; model lock files that pin the official
+# Drive file and the Hugging Face mirrors vivym/face-parsing-bisenet,
+# ManyOtherFunctions/face-parse-bisent, afrizalha/musetalk-models as byte-identical; the Hugging Face
+# LFS object id of the mirrored file).  Because the hash is pinned, the Hugging Face mirror is used as
+# the download URL: a changed or tampered mirror fails verification instead of being accepted.
+_BISENET = KnownFile(
+    name="bisenet-face-parsing",
+    url="https://huggingface.co/vivym/face-parsing-bisenet/resolve/main/79999_iter.pth",
+    filename="79999_iter.pth",
+    size=53_289_463,
+    sha256="468e13ca13a9b43cc0881a9f99083a430e9c0a38abd935431d1c28ee94b26567",
+    description=("BiSeNet face-parsing checkpoint (19 CelebAMask-HQ classes, ResNet-18 backbone), "
+                 "79999_iter.pth from zllrunning/face-parsing.PyTorch (MIT). Downloaded from a "
+                 "Hugging Face mirror and checked against the pinned SHA-256; the official copy is "
+                 "on Google Drive: https://drive.google.com/open?id=1eFSwZoSfVVroAy7LiGYybW6F8ErshoZW"),
+    homepage="https://github.com/zllrunning/face-parsing.PyTorch",
+)
+
+#: Registry of known files by short name.
+KNOWN_FILES: dict[str, KnownFile] = {**_stylegan3_entries(), _BISENET.name: _BISENET}
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths / hashing
+# ---------------------------------------------------------------------------------------------
+
+
+def cache_dir() -> pathlib.Path:
+    """Directory where downloaded weights are kept (not created here).
+
+    ``$V2S_NB_CACHE`` if set and non-empty; else ``$XDG_CACHE_HOME/v2s_nb`` if
+    ``XDG_CACHE_HOME`` is set and non-empty; else ``~/.cache/v2s_nb``.  ``~`` is expanded.
+    """
+    env = os.environ.get("V2S_NB_CACHE")
+    if env:
+        return pathlib.Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return pathlib.Path(xdg).expanduser() / "v2s_nb"
+    return pathlib.Path.home() / ".cache" / "v2s_nb"
+
+
+def sha256_file(path: str | os.PathLike, *, chunk_bytes: int = CHUNK_BYTES) -> str:
+    """Lower-case hex SHA-256 of a file, read in blocks of ``chunk_bytes`` bytes (default 1 MiB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk_bytes)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def _url_filename(url: str) -> str:
+    """Last path component of a URL, made safe as a file name (``"download"`` if empty)."""
+    base = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+    base = re.sub(r"[^A-Za-z0-9._+-]", "_", base).lstrip(".")
+    return base or "download"
+
+
+def cache_path(name_or_url: str, *, cache: str | os.PathLike | None = None) -> pathlib.Path:
+    """Path where :func:`fetch` keeps (and looks for) a short name or an http(s) URL.
+
+    Known short names (and URLs equal to a known file's URL) map to ``<cache>/<filename>``.  Other
+    URLs map to ``<cache>/url/<first 16 hex of sha256(url)>/<last URL path component>`` so that
+    different URLs ending in the same file name do not collide.
+    """
+    root = pathlib.Path(cache).expanduser() if cache is not None else cache_dir()
+    kf = _lookup_known(name_or_url)
+    if kf is not None:
+        return root / kf.filename
+    if _is_http(name_or_url):
+        tag = hashlib.sha256(name_or_url.encode("utf-8")).hexdigest()[:16]
+        return root / "url" / tag / _url_filename(name_or_url)
+    raise KeyError(f"{name_or_url!r} is neither a known weight name nor an http(s) URL")
+
+
+def _is_http(s: str) -> bool:
+    return urllib.parse.urlsplit(s).scheme.lower() in ("http", "https")
+
+
+def _lookup_known(s: str) -> KnownFile | None:
+    if s in KNOWN_FILES:
+        return KNOWN_FILES[s]
+    for kf in KNOWN_FILES.values():
+        if kf.url is not None and kf.url == s:
+            return kf
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification helpers
+# ---------------------------------------------------------------------------------------------
+
+_warned_unverified: set[str] = set()
+
+
+def _warn_unverified(label: str, path: pathlib.Path, digest: str, size: int) -> None:
+    if label in _warned_unverified:
+        return
+    _warned_unverified.add(label)
+    warnings.warn(
+        f"{label}: no SHA-256 is pinned for this file, so its content was NOT verified. "
+        f"{path} has {size} bytes and SHA-256 {digest}. Compare it with a trusted source and pin it "
+        f"(KnownFile.sha256 in v2s_nb/weights.py, or fetch(..., sha256=...)).",
+        UnverifiedWeightsWarning,
+        stacklevel=3,
+    )
+
+
+def _sidecar(path: pathlib.Path) -> pathlib.Path:
+    return path.with_name(path.name + ".sha256.json")
+
+
+def _cached_digest(path: pathlib.Path) -> str:
+    """SHA-256 of ``path``, reusing a sidecar record when size and mtime (ns) are unchanged.
+
+    Hashing a 300 MB pickle takes about a second, so each verified file gets a small
+    ``<file>.sha256.json`` next to it recording the digest it had at a given (size, mtime).
+    """
+    st = path.stat()
+    side = _sidecar(path)
+    try:
+        rec = json.loads(side.read_text())
+        if rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
+            digest = str(rec["sha256"])
+            if _SHA256_RE.match(digest):
+                return digest
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = sha256_file(path)
+    _write_sidecar(path, digest)
+    return digest
+
+
+def _write_sidecar(path: pathlib.Path, digest: str) -> None:
+    try:
+        st = path.stat()
+        _sidecar(path).write_text(json.dumps(
+            {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+    except OSError:  # read-only cache etc.: the sidecar is only an optimisation
+        pass
+
+
+def _norm_sha(sha256: str | None) -> str | None:
+    if sha256 is None:
+        return None
+    s = sha256.strip().lower()
+    if not _SHA256_RE.match(s):
+        raise ValueError(f"sha256 must be 64 hex characters, got {sha256!r}")
+    return s
+
+
+def _check_file(path: pathlib.Path, *, label: str, url: str | None, size: int | None,
+                sha256: str | None, sidecar: bool = True) -> None:
+    """Raise :class:`WeightsChecksumError` if ``path`` does not have ``size`` bytes / ``sha256``.
+
+    ``sidecar=False`` hashes without reading or writing a ``.sha256.json`` record (used for the
+    user's own files outside the cache).
+    """
+    got_size = path.stat().st_size
+    if size is not None and got_size != size:
+        raise WeightsChecksumError(
+            f"{label}: size mismatch for {path}: expected {size} bytes, got {got_size} bytes.",
+            name=label, url=url, path=path, kind="size", expected=size, got=got_size)
+    if sha256 is not None:
+        got = _cached_digest(path) if sidecar else sha256_file(path)
+        if got != sha256:
+            raise WeightsChecksumError(
+                f"{label}: SHA-256 mismatch for {path}: expected {sha256}, got {got}.",
+                name=label, url=url, path=path, kind="sha256", expected=sha256, got=got)
+
+
+def _describe(label: str, target: pathlib.Path) -> str:
+    return label if label == target.name else f"{label} ({target.name})"
+
+
+def _manual_hint(label: str, url: str | None, target: pathlib.Path, extra: str | None) -> str:
+    if url and extra:
+        src = f"download it from {url} (see also {extra})"
+    elif url or extra:
+        src = f"download it from {url or extra}"
+    else:
+        src = "obtain it"
+    return (f"To install it by hand, {src} and save it exactly as:\n    {target}\n"
+            f"(the cache directory can be changed with the V2S_NB_CACHE environment variable).")
+
+
+# ---------------------------------------------------------------------------------------------
+# Download
+# ---------------------------------------------------------------------------------------------
+
+# Errors that mean "the network did not deliver" (as opposed to local disk errors, which propagate).
+_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError,
+                   TimeoutError, socket.timeout)
+
+
+def _download(url: str, target: pathlib.Path, *, label: str, size: int | None,
+              sha256: str | None, progress: bool, manual: str | None) -> str:
+    """Stream ``url`` to ``target`` via a temporary file; return the SHA-256 of what was written.
+
+    Raises :class:`WeightsUnavailableError` for network failures and incomplete transfers and
+    :class:`WeightsChecksumError` for complete transfers with the wrong size / SHA-256.  The
+    temporary file is always removed on failure; ``target`` is only touched by the final
+    :func:`os.replace`.
+    """
+    from tqdm.auto import tqdm
+
+    def unavailable(reason: str) -> WeightsUnavailableError:
+        return WeightsUnavailableError(
+            f"Could not download {_describe(label, target)} from {url}: {reason}\n"
+            + _manual_hint(label, url, target, manual),
+            name=label, url=url, target=target)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=target.name + ".part-", dir=target.parent)
+    tmp = pathlib.Path(tmp_name)
+    try:
+        h = hashlib.sha256()
+        received = 0
+        with os.fdopen(fd, "wb") as out:
+            try:
+                req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+                with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+                    length = resp.headers.get("Content-Length")
+                    expected_len = int(length) if length and length.isdigit() else None
+                    total = expected_len if expected_len is not None else size
+                    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                              desc=target.name, disable=not progress, leave=False) as bar:
+                        while True:
+                            block = resp.read(CHUNK_BYTES)
+                            if not block:
+                                break
+                            out.write(block)
+                            h.update(block)
+                            received += len(block)
+                            bar.update(len(block))
+            except urllib.error.HTTPError as e:
+                raise unavailable(f"HTTP {e.code} {e.reason}") from e
+            except _NETWORK_ERRORS as e:
+                reason = getattr(e, "reason", None) or e
+                raise unavailable(f"{type(e).__name__}: {reason} "
+                                  f"(after {received} bytes)") from e
+            out.flush()
+            os.fsync(out.fileno())
+        if expected_len is not None and received != expected_len:
+            raise unavailable(f"transfer incomplete: the server announced {expected_len} bytes "
+                              f"(Content-Length) but sent {received} bytes")
+        digest = h.hexdigest()
+        if size is not None and received != size:
+            raise WeightsChecksumError(
+                f"{label}: downloaded file from {url} has the wrong size: expected {size} bytes, "
+                f"got {received} bytes. Nothing was saved.",
+                name=label, url=url, path=target, kind="size", expected=size, got=received)
+        if sha256 is not None and digest != sha256:
+            raise WeightsChecksumError(
+                f"{label}: downloaded file from {url} has the wrong SHA-256: expected {sha256}, "
+                f"got {digest}. Nothing was saved.",
+                name=label, url=url, path=target, kind="sha256", expected=sha256, got=digest)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+    _write_sidecar(target, digest)
+    return digest
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def _local_from_file_url(url: str) -> pathlib.Path:
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise ValueError(f"file:// URL with a remote host is not supported: {url!r}")
+    return pathlib.Path(urllib.request.url2pathname(parts.path))
+
+
+def fetch(name_or_url: str | os.PathLike, *, sha256: str | None = None, size: int | None = None,
+          progress: bool = True, cache: str | os.PathLike | None = None) -> pathlib.Path:
+    """Return a local path for a weight file, downloading and verifying it on first use.
+
+    Parameters
+    ----------
+    name_or_url :
+        * a short name from :data:`KNOWN_FILES` (e.g. ``"stylegan3-t-ffhqu-256"``), or an http(s)
+          URL equal to a known file's URL: cached as ``<cache>/<filename>``;
+        * any other ``http://`` / ``https://`` URL: cached under ``<cache>/url/...``
+          (see :func:`cache_path`);
+        * a ``file://`` URL or a local path (``str`` / :class:`os.PathLike`): returned as is after
+          an existence check (and a size / SHA-256 check when ``size`` / ``sha256`` are given).
+    sha256 :
+        Expected lower-case hex SHA-256; overrides the registry value.
+    size :
+        Expected size in bytes; overrides the registry value.
+    progress :
+        Show a ``tqdm`` progress bar (bytes) while downloading.
+    cache :
+        Cache directory to use instead of :func:`cache_dir`.
+
+    Returns
+    -------
+    pathlib.Path
+        Path of the verified file.  A cached file is returned without any network access when it
+        exists and matches the known size / SHA-256 (the SHA-256 of a file is remembered in a
+        ``<file>.sha256.json`` sidecar, keyed by size and mtime, so large files are not rehashed
+        on every call).
+
+    Raises
+    ------
+    WeightsUnavailableError
+        No network, HTTP error, interrupted transfer, or the file has no download URL.  The
+        message names the file, its URL and the path where a hand-downloaded copy is picked up.
+    WeightsChecksumError
+        The downloaded (or, for local paths, the given) file has the wrong size or SHA-256.  A
+        failed download leaves no file behind.
+    FileNotFoundError
+        A local path / ``file://`` URL that does not exist.
+    """
+    exp_sha = _norm_sha(sha256)
+    if size is not None and (not isinstance(size, int) or size < 0):
+        raise ValueError(f"size must be a non-negative int (bytes), got {size!r}")
+
+    if isinstance(name_or_url, os.PathLike):
+        return _fetch_local(pathlib.Path(name_or_url), sha256=exp_sha, size=size)
+    s = str(name_or_url)
+    if s.lower().startswith("file:"):
+        return _fetch_local(_local_from_file_url(s), sha256=exp_sha, size=size)
+
+    kf = _lookup_known(s)
+    if kf is None and not _is_http(s):
+        if "://" in s:
+            raise ValueError(f"unsupported URL scheme in {s!r} (use http, https or file)")
+        return _fetch_local(pathlib.Path(s).expanduser(), sha256=exp_sha, size=size,
+                            maybe_name=True)
+
+    if kf is not None:
+        label, url, manual = kf.name, kf.url, kf.homepage
+        exp_sha = exp_sha if exp_sha is not None else kf.sha256
+        size = size if size is not None else kf.size
+    else:
+        label, url, manual = _url_filename(s), s, None
+    target = cache_path(s, cache=cache)
+
+    if target.is_file():
+        try:
+            _check_file(target, label=label, url=url, size=size, sha256=exp_sha)
+        except WeightsChecksumError as e:
+            if url is None:
+                raise WeightsChecksumError(
+                    f"{e}\nReplace it with a correct copy. "
+                    + _manual_hint(label, None, target, manual),
+                    name=e.name, url=None, path=target, kind=e.kind,
+                    expected=e.expected, got=e.got) from None
+            warnings.warn(f"{e} Downloading it again.", RuntimeWarning, stacklevel=2)
+        else:
+            if exp_sha is None:
+                _warn_unverified(label, target, _cached_digest(target), target.stat().st_size)
+            return target
+
+    if url is None:
+        raise WeightsUnavailableError(
+            f"{_describe(label, target)} has no download URL and is not in the cache.\n"
+            + _manual_hint(label, None, target, manual),
+            name=label, url=None, target=target)
+
+    digest = _download(url, target, label=label, size=size, sha256=exp_sha,
+                       progress=progress, manual=manual)
+    if exp_sha is None:
+        _warn_unverified(label, target, digest, target.stat().st_size)
+    return target
+
+
+def _fetch_local(path: pathlib.Path, *, sha256: str | None, size: int | None,
+                 maybe_name: bool = False) -> pathlib.Path:
+    if not path.is_file():
+        msg = f"No such file: {path}"
+        if maybe_name and os.sep not in str(path) and "/" not in str(path):
+            msg += (f". {str(path)!r} is not a known weight name either; known names: "
+                    + ", ".join(sorted(KNOWN_FILES)))
+        raise FileNotFoundError(msg)
+    if size is not None or sha256 is not None:
+        _check_file(path, label=path.name, url=None, size=size, sha256=sha256, sidecar=False)
+    return path
