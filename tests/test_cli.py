@@ -1,0 +1,47 @@
+"""The ``v2s-nb`` command line, run as a user runs it."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from v2s_nb.cli import parse_seeds
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "v2s_nb.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_generate_tiny(tmp_path):
+    out = tmp_path / "grid.png"
+    r = run("generate", "--seeds", "0-3", "--out", str(out), "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "RANDOM-WEIGHT" in r.stderr
+    img = np.asarray(Image.open(out))
+    assert img.shape == (64 * 2 + 2, 64 * 2 + 2, 3) and img.std() > 5
+
+
+def test_generate_snapshot(tmp_path, sg3_fixture_dir):
+    out = tmp_path / "grid.png"
+    r = run("generate", "--network", str(sg3_fixture_dir / "t64" / "network.pkl"), "--seeds", "1,2,3",
+            "--cols", "3", "--rotate", "10", "--out", str(out), "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "RANDOM" not in r.stderr
+    assert np.asarray(Image.open(out)).shape == (64, 64 * 3 + 4, 3)
+
+
+def test_generate_bad_network(tmp_path):
+    bad = tmp_path / "page.pkl"
+    bad.write_text("<html>login</html>")
+    r = run("generate", "--network", str(bad), "--out", str(tmp_path / "x.png"), "--device", "cpu")
+    assert r.returncode == 2 and "HTML" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-3,7,10-11") == [0, 1, 2, 3, 7, 10, 11]
+    with pytest.raises(Exception):
+        parse_seeds("5-2")
