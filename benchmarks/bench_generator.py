@@ -1,0 +1,117 @@
+"""Speed and memory of StyleGAN3 synthesis (random weights, the released R / T architectures).
+
+    python benchmarks/bench_generator.py --cfg R T --resolution 1024 --batch 1 8 --dtype fp32 mixed --device cuda
+    python benchmarks/bench_generator.py --cfg R T --resolution 64 --batch 1 8 --device cpu --tiny
+
+Prints one row per combination: images/s of ``G.synthesis(ws)`` (noise_mode='const'), the first call's time
+(which includes any compilation), and peak memory (CUDA: max allocated by torch; CPU: peak RSS of the process
+so far). ``--backward`` also times one forward+backward step w.r.t. ws. ``--json FILE`` appends results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from v2s_nb.stylegan3 import build_generator, tiny_generator  # noqa: E402
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_gib(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB (Linux)
+
+
+def bench_one(G, batch, dtype, device, iters, warmup, backward=False, impl=None):
+    force_fp32 = dtype == "fp32"
+    kwargs = {"force_fp32": force_fp32}
+    if impl is not None:
+        kwargs["impl"] = impl
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    ws = G.mapping(torch.randn([batch, G.z_dim], generator=gen).to(device), None)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step():
+        if backward:
+            w = ws.detach().requires_grad_(True)
+            G.synthesis(w, **kwargs).square().mean().backward()
+            return
+        with torch.no_grad():
+            G.synthesis(ws, **kwargs)
+
+    _sync(device)
+    t0 = time.perf_counter()
+    step()
+    _sync(device)
+    first = time.perf_counter() - t0
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    _sync(device)
+    dt = (time.perf_counter() - t0) / iters
+    return {"img_per_s": batch / dt, "ms_per_call": dt * 1e3, "first_call_s": first, "peak_gib": _peak_gib(device)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cfg", nargs="+", default=["R", "T"], choices=["R", "T"])
+    p.add_argument("--resolution", type=int, default=1024)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--dtype", nargs="+", default=["fp32"], choices=["fp32", "mixed"],
+                   help="fp32, or mixed = the snapshot's fp16 layers in fp16 (CUDA only)")
+    p.add_argument("--impl", nargs="+", default=[None], help="synthesis implementations to compare, if offered")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tiny", action="store_true", help="the tiny test architecture instead of the released one")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--backward", action="store_true", help="time forward+backward w.r.t. ws instead")
+    p.add_argument("--json", help="append results as JSON lines to this file")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"# {name}, torch {torch.__version__}, {'forward+backward' if args.backward else 'synthesis only'}")
+    print(f"{'cfg':>3} {'res':>5} {'batch':>5} {'dtype':>6} {'impl':>8} {'img/s':>8} {'ms/call':>9} {'first s':>8} {'peak GiB':>9}")
+    for cfg in args.cfg:
+        if args.tiny:
+            G = tiny_generator(cfg, resolution=args.resolution).to(device)
+        else:
+            G = build_generator(cfg, resolution=args.resolution, device=device)
+        for impl in args.impl:
+            for dtype in args.dtype:
+                for batch in args.batch:
+                    try:
+                        r = bench_one(G, batch, dtype, device, args.iters, args.warmup, args.backward, impl)
+                    except torch.cuda.OutOfMemoryError:
+                        print(f"{cfg:>3} {args.resolution:>5} {batch:>5} {dtype:>6} {str(impl):>8}   out of memory")
+                        torch.cuda.empty_cache()
+                        continue
+                    print(f"{cfg:>3} {args.resolution:>5} {batch:>5} {dtype:>6} {str(impl):>8} {r['img_per_s']:8.2f} "
+                          f"{r['ms_per_call']:9.1f} {r['first_call_s']:8.2f} {r['peak_gib']:9.2f}", flush=True)
+                    if args.json:
+                        with open(args.json, "a") as f:
+                            f.write(json.dumps(dict(cfg=cfg, resolution=args.resolution, batch=batch, dtype=dtype,
+                                                    impl=impl, device=name, backward=args.backward, **r)) + "\n")
+        del G
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
