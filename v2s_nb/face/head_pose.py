@@ -1,0 +1,184 @@
+"""Head pose (yaw, pitch, roll in degrees) from 68 landmarks with ``cv2.solvePnP``.
+
+A generic rigid 3-D face (:data:`MODEL_POINTS`) is fitted to six landmarks per frame with a pinhole camera
+whose focal length is the image width (in pixels) and whose principal point is the image centre, without
+lens distortion. The model is the six-point mean face widely published for OpenCV head-pose tutorials
+(Satya Mallick, "Head Pose Estimation using OpenCV and Dlib", LearnOpenCV, 2016): nose tip (0, 0, 0),
+chin (0, -330, -65), outer eye corners (-/+225, 170, -135), mouth corners (-/+150, -150, -125), in
+arbitrary units (about 0.2 mm) with y up and z towards the viewer. Here it is stored in camera-aligned
+axes (x right, y **down**, z **away** from the camera), i.e. with y and z negated, so that the frontal,
+upright pose is the identity rotation.
+
+Angles (degrees), for the subject seen in the image:
+
+* ``yaw``   > 0: the face turns towards the **image right** (the subject's own left); the nose moves right.
+* ``pitch`` > 0: the face tilts **up** (looks up); the nose moves up in the image.
+* ``roll``  > 0: the face turns **counter-clockwise as seen**: the same sense as the canonical ``angle``
+  of :mod:`v2s_nb.face.canonical` and :mod:`v2s_nb.stylegan3.transform`.
+
+The rotation from model to camera axes is ``R = Rz(-roll) @ Ry(-yaw) @ Rx(-pitch)`` with the standard
+right-handed rotation matrices of the camera axes (x right, y down, z forward). Roll is outermost, so a
+rotation of the whole image about the principal point changes roll by exactly that angle.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .landmarks import CHIN, LandmarkTrack, NoFaceError, _image_size
+from .canonical import _interp_missing
+
+__all__ = ["MODEL_POINTS", "MODEL_INDICES", "head_pose", "project_model", "rotation_matrix", "euler_angles"]
+
+#: dlib landmark indices of the model points: nose tip, chin, image-left eye outer corner, image-right eye
+#: outer corner, image-left mouth corner, image-right mouth corner.
+MODEL_INDICES = np.array([30, CHIN, 36, 45, 48, 54])
+
+#: Generic 3-D face [6, 3] for :data:`MODEL_INDICES`, camera-aligned axes (x right, y down, z away from the
+#: camera), model units (~0.2 mm); the LearnOpenCV six-point mean face with y and z negated.
+MODEL_POINTS = np.array([
+    [0.0, 0.0, 0.0],          # nose tip (30)
+    [0.0, 330.0, 65.0],       # chin (8)
+    [-225.0, -170.0, 135.0],  # outer corner of the image-left eye (36)
+    [225.0, -170.0, 135.0],   # outer corner of the image-right eye (45)
+    [-150.0, 150.0, 125.0],   # image-left mouth corner (48)
+    [150.0, 150.0, 125.0],    # image-right mouth corner (54)
+])
+
+#: Default distance of the model from the camera in :func:`project_model`, model units.
+DEFAULT_DISTANCE = 2000.0
+
+
+def _rx(a):
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+
+
+def _ry(a):
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+
+
+def _rz(a):
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+def rotation_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """Model-to-camera rotation [3, 3] for yaw, pitch, roll in degrees (signs in the module docstring)."""
+    y, p, r = np.radians([yaw, pitch, roll])
+    return _rz(-r) @ _ry(-y) @ _rx(-p)
+
+
+def euler_angles(rotation) -> np.ndarray:
+    """(yaw, pitch, roll) in degrees [3] of a model-to-camera rotation [3, 3]; inverse of :func:`rotation_matrix`
+    for |yaw| < 90."""
+    m = np.asarray(rotation, np.float64)
+    a = np.arctan2(m[1, 0], m[0, 0])  # about z
+    b = np.arcsin(np.clip(-m[2, 0], -1.0, 1.0))  # about y
+    c = np.arctan2(m[2, 1], m[2, 2])  # about x
+    return -np.degrees(np.array([b, c, a]))
+
+
+def _camera(size: tuple[int, int], focal: float | None) -> np.ndarray:
+    w, h = size
+    f = float(w) if focal is None else float(focal)
+    return np.array([[f, 0, (w - 1) / 2.0], [0, f, (h - 1) / 2.0], [0, 0, 1.0]])
+
+
+def project_model(yaw, pitch, roll, image_size, *, distance: float = DEFAULT_DISTANCE, center=None,
+                  focal: float | None = None) -> np.ndarray:
+    """Landmarks of the generic 3-D face seen at the given pose: float64 [68, 2] pixels, or [T, 68, 2] for
+    arrays of angles [T]. Only the :data:`MODEL_INDICES` points are filled; all others are NaN.
+
+    ``yaw``, ``pitch``, ``roll``: degrees (scalars or arrays of one shape [T]; signs in the module docstring).
+    ``image_size``: (width, height) in pixels or an int. ``distance``: depth of the nose tip in model units
+    (the default puts the outer eye corners ~0.22 widths apart). ``center``: where the nose tip projects,
+    (x, y) pixels (default: the principal point, the image centre). ``focal``: focal length in pixels
+    (default: the image width, as :func:`head_pose` assumes).
+    """
+    size = _image_size(image_size)
+    k = _camera(size, focal)
+    yaw, pitch, roll = np.broadcast_arrays(*(np.asarray(a, np.float64) for a in (yaw, pitch, roll)))
+    scalar = yaw.ndim == 0
+    yaw, pitch, roll = (np.atleast_1d(a).reshape(-1) for a in (yaw, pitch, roll))
+    if not float(distance) > 0:
+        raise ValueError(f"distance must be positive (model units), got {distance!r}.")
+    c = k[:2, 2] if center is None else np.asarray(center, np.float64).reshape(2)
+    t = np.array([(c[0] - k[0, 2]) * distance / k[0, 0], (c[1] - k[1, 2]) * distance / k[1, 1], distance])
+    out = np.full((len(yaw), 68, 2), np.nan)
+    for i in range(len(yaw)):
+        cam = MODEL_POINTS @ rotation_matrix(yaw[i], pitch[i], roll[i]).T + t
+        if np.any(cam[:, 2] <= 0):
+            raise ValueError("the model is behind the camera at this pose; increase distance.")
+        uv = cam @ k.T
+        out[i, MODEL_INDICES] = uv[:, :2] / uv[:, 2:3]
+    return out[0] if scalar else out
+
+
+def _solve(img_pts: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, float]:
+    """(yaw, pitch, roll) degrees and RMS reprojection error (pixels) for one frame's six points [6, 2]."""
+    import cv2
+
+    # initial guess: frontal, at the depth that matches the outer-eye-corner distance
+    span_px = float(np.hypot(*(img_pts[3] - img_pts[2])))
+    span_model = float(np.hypot(*(MODEL_POINTS[3, :2] - MODEL_POINTS[2, :2])))
+    z = k[0, 0] * span_model / max(span_px, 1e-6)
+    tvec = np.array([[(img_pts[0, 0] - k[0, 2]) * z / k[0, 0]], [(img_pts[0, 1] - k[1, 2]) * z / k[1, 1]], [z]])
+    rvec = np.zeros((3, 1))
+    ok, rvec, tvec = cv2.solvePnP(MODEL_POINTS, img_pts.astype(np.float64), k, None, rvec, tvec,
+                                  useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
+    if not ok:  # pragma: no cover - iterative PnP with six points and a guess does not fail in practice
+        return np.full(3, np.nan), np.inf
+    proj, _ = cv2.projectPoints(MODEL_POINTS, rvec, tvec, k, None)
+    err = float(np.sqrt(np.mean(np.sum((proj.reshape(-1, 2) - img_pts) ** 2, axis=1))))
+    rot, _ = cv2.Rodrigues(rvec)
+    return euler_angles(rot), err
+
+
+def head_pose(landmarks_or_track, image_size=None, *, focal: float | None = None,
+              interpolate: bool = True) -> np.ndarray:
+    """Head pose per frame: float64 [T, 3], columns yaw, pitch, roll in degrees (signs in the module docstring).
+
+    ``landmarks_or_track``: a :class:`~v2s_nb.face.LandmarkTrack`, or landmarks [T, 68, 2] / [68, 2] in pixels
+    (NaN where no face; only points 8, 30, 36, 45, 48, 54 are used). ``image_size``: (width, height) in
+    pixels or an int; taken from a LandmarkTrack when omitted. ``focal``: focal length in pixels (default:
+    the image width, a ~53 degree horizontal field of view).
+
+    Frames without a face (or without finite model points): with ``interpolate=True`` (default) their
+    angles are interpolated linearly from the neighbouring frames (nearest at the ends), the policy of
+    :func:`~v2s_nb.face.canonical_track`, and the track's ``found`` mask says which they are; with
+    ``interpolate=False`` they are NaN. No face in any frame raises :class:`~v2s_nb.face.NoFaceError`
+    when interpolating. Yaw and roll are unwrapped over time (pitch is within +-90).
+    """
+    if isinstance(landmarks_or_track, LandmarkTrack):
+        pts, found = landmarks_or_track.points, landmarks_or_track.found
+        size = _image_size(image_size if image_size is not None else landmarks_or_track.image_size)
+    else:
+        pts = np.asarray(landmarks_or_track, np.float64)
+        if pts.ndim == 2:
+            pts = pts[None]
+        if pts.ndim != 3 or pts.shape[1:] != (68, 2):
+            raise ValueError(f"landmarks must have shape [T, 68, 2] (or [68, 2]), got {pts.shape}.")
+        if image_size is None:
+            raise ValueError("image_size is needed with a landmark array: pass image_size=(width, height) in pixels.")
+        size = _image_size(image_size)
+        found = np.ones(len(pts), bool)
+    k = _camera(size, focal)
+    sub = pts[:, MODEL_INDICES]
+    found = found & np.isfinite(sub).all(axis=(1, 2))
+    out = np.full((len(pts), 3), np.nan)
+    for i in np.flatnonzero(found):
+        out[i], _ = _solve(sub[i], k)
+    found = found & np.isfinite(out).all(axis=1)
+    if found.any():
+        for j in (0, 2):  # yaw, roll: no jumps at +-180
+            out[found, j] = np.unwrap(out[found, j], period=360.0)
+    if not interpolate:
+        return out
+    if not found.any():
+        raise NoFaceError(f"no face was found in any of the {len(pts)} frames, so there is no head pose to "
+                          "estimate; check the clip or try landmarks(..., detector='cnn').")
+    for j in range(3):
+        out[:, j] = _interp_missing(out[:, j], found)
+    return out

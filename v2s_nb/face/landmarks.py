@@ -1,0 +1,338 @@
+"""68-point facial landmarks per frame with dlib (the models shipped in ``face_recognition_models``).
+
+Coordinates are **pixels, x to the right, y down**, with the centre of the top-left pixel at (0, 0) (dlib's
+and OpenCV's convention). Point numbering is dlib's / iBUG 300-W's 68-point scheme:
+
+====================  =========  ====================================================
+name                  indices    note
+====================  =========  ====================================================
+``JAW``               0-16       8 is the chin
+``BROW_LEFT``         17-21      image-left brow (the subject's right)
+``BROW_RIGHT``        22-26
+``NOSE``              27-35      30 is the nose tip
+``EYE_LEFT``          36-41      image-left eye (the subject's right); 36 outer corner
+``EYE_RIGHT``         42-47      image-right eye; 45 outer corner
+``MOUTH``             48-67      48 / 54 are the mouth corners (image left / right)
+====================  =========  ====================================================
+
+The package ``face_recognition_models`` is used only as a folder of model files: it is located with
+``importlib`` and never imported (its import fails on current setuptools, see TOOLING.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from ..video import Video, VideoStream, as_rgb_uint8
+
+__all__ = [
+    "LandmarkTrack",
+    "NoFaceError",
+    "landmarks",
+    "model_path",
+    "JAW", "BROW_LEFT", "BROW_RIGHT", "NOSE", "EYE_LEFT", "EYE_RIGHT", "MOUTH",
+    "NOSE_TIP", "CHIN", "MOUTH_LEFT", "MOUTH_RIGHT",
+]
+
+JAW = np.arange(0, 17)
+BROW_LEFT = np.arange(17, 22)
+BROW_RIGHT = np.arange(22, 27)
+NOSE = np.arange(27, 36)
+EYE_LEFT = np.arange(36, 42)
+EYE_RIGHT = np.arange(42, 48)
+MOUTH = np.arange(48, 68)
+NOSE_TIP, CHIN, MOUTH_LEFT, MOUTH_RIGHT = 30, 8, 48, 54
+
+DETECTORS = ("hog", "cnn")
+
+
+class NoFaceError(ValueError):
+    """No face was found where one is needed (e.g. in every frame of a clip)."""
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+
+def model_path(name: str) -> Path:
+    """Path of a dlib model file shipped by ``face_recognition_models`` (located, not imported).
+
+    ``name`` e.g. ``"shape_predictor_68_face_landmarks.dat"`` or ``"mmod_human_face_detector.dat"``.
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("The dlib face models are missing: pip install face_recognition_models "
+                          "(the package is only used as a folder of model files).")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"dlib model file '{path}' is missing; reinstall face_recognition_models "
+                                "(pip install --force-reinstall face_recognition_models).")
+    return path
+
+
+def _dlib():
+    try:
+        import dlib
+    except ImportError:  # pragma: no cover - dlib-bin is a dependency
+        raise ImportError("dlib is not installed: pip install dlib-bin (prebuilt wheel, no compiler needed).") from None
+    return dlib
+
+
+@functools.lru_cache(maxsize=None)
+def _hog_detector():
+    return _dlib().get_frontal_face_detector()
+
+
+@functools.lru_cache(maxsize=None)
+def _cnn_detector():
+    return _dlib().cnn_face_detection_model_v1(str(model_path("mmod_human_face_detector.dat")))
+
+
+@functools.lru_cache(maxsize=None)
+def _shape_predictor():
+    return _dlib().shape_predictor(str(model_path("shape_predictor_68_face_landmarks.dat")))
+
+
+def _detect(image: np.ndarray, detector: str, upsample: int) -> list[tuple[tuple[float, float, float, float], float, object]]:
+    """Faces in one uint8 RGB image: list of ((left, top, right, bottom) px, score, dlib rectangle)."""
+    if detector == "hog":
+        rects, scores, _ = _hog_detector().run(image, upsample, 0.0)
+        out = list(zip(rects, scores))
+    else:
+        out = [(d.rect, d.confidence) for d in _cnn_detector()(image, upsample)]
+    return [((r.left(), r.top(), r.right(), r.bottom()), float(s), r) for r, s in out]
+
+
+# ----------------------------------------------------------------------------------------------- the track
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LandmarkTrack:
+    """Landmarks of one person through a clip.
+
+    * ``points``: float64 [T, 68, 2], pixels (x right, y down); NaN in frames without a face.
+    * ``found``: bool [T], True where a face was detected.
+    * ``boxes``: float64 [T, 4], the detector box (left, top, right, bottom) in pixels; NaN where no face.
+    * ``scores``: float64 [T], detector confidence of the followed face (NaN where none).
+    * ``num_faces``: int [T], how many faces the detector saw in each frame.
+    * ``image_size``: (width, height) of the frames in pixels.
+    * ``detector``: which detector made it ('hog', 'cnn', or 'given' for :meth:`from_points`).
+    """
+
+    points: np.ndarray
+    found: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    num_faces: np.ndarray
+    image_size: tuple[int, int]
+    detector: str = "given"
+
+    def __post_init__(self):
+        pts = np.asarray(self.points, np.float64)
+        if pts.ndim != 3 or pts.shape[1:] != (68, 2):
+            raise ValueError(f"points must have shape [T, 68, 2], got {pts.shape}.")
+        t = pts.shape[0]
+        found = np.asarray(self.found, bool).reshape(-1)
+        if found.shape != (t,):
+            raise ValueError(f"found must have shape [{t}], got {np.shape(self.found)}.")
+        object.__setattr__(self, "points", pts)
+        object.__setattr__(self, "found", found)
+        object.__setattr__(self, "boxes", np.asarray(self.boxes, np.float64).reshape(t, 4))
+        object.__setattr__(self, "scores", np.asarray(self.scores, np.float64).reshape(t))
+        object.__setattr__(self, "num_faces", np.asarray(self.num_faces, np.int64).reshape(t))
+        object.__setattr__(self, "image_size", _image_size(self.image_size))
+
+    @classmethod
+    def from_points(cls, points, image_size) -> "LandmarkTrack":
+        """A track from given landmark coordinates [T, 68, 2] (or one face [68, 2]); rows that contain NaN in
+        the eyes or mouth (points 36-67) count as "no face". Boxes are the landmarks' bounding boxes."""
+        pts = np.asarray(points, np.float64)
+        if pts.ndim == 2:
+            pts = pts[None]
+        if pts.ndim != 3 or pts.shape[1:] != (68, 2):
+            raise ValueError(f"points must have shape [T, 68, 2] (or [68, 2]), got {pts.shape}.")
+        found = np.isfinite(pts[:, 36:68]).all(axis=(1, 2))
+        boxes = np.full((len(pts), 4), np.nan)
+        if found.any():
+            boxes[found] = np.concatenate([np.nanmin(pts[found], axis=1), np.nanmax(pts[found], axis=1)], axis=1)
+        return cls(pts, found, boxes, np.where(found, 1.0, np.nan), found.astype(np.int64), image_size, "given")
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+    @property
+    def missing(self) -> np.ndarray:
+        """Indices (int [K]) of the frames without a face."""
+        return np.flatnonzero(~self.found)
+
+    def __getitem__(self, index) -> "LandmarkTrack":
+        """Sub-track for a slice, index array or boolean mask over frames."""
+        if isinstance(index, (int, np.integer)):
+            index = [int(index)]
+        return LandmarkTrack(self.points[index], self.found[index], self.boxes[index], self.scores[index],
+                             self.num_faces[index], self.image_size, self.detector)
+
+    def __repr__(self) -> str:
+        w, h = self.image_size
+        return (f"LandmarkTrack({len(self)} frames, {w}x{h}, face found in {int(self.found.sum())}, "
+                f"detector={self.detector!r})")
+
+    def draw(self, frames, *, color=(0, 255, 0), radius: int | None = None, box: bool = True) -> np.ndarray:
+        """Copy of ``frames`` ([T, H, W, 3], same T) with the landmarks (and detector boxes) drawn on; uint8."""
+        import cv2
+
+        out = as_rgb_uint8(frames, allow_single_image=True).copy()
+        if len(out) != len(self):
+            raise ValueError(f"got {len(out)} frames for a track of {len(self)} frames.")
+        r = radius if radius is not None else max(1, int(round(min(self.image_size) / 256)))
+        for i in np.flatnonzero(self.found):
+            img = out[i]
+            for x, y in self.points[i]:
+                cv2.circle(img, (int(round(x)), int(round(y))), r, color, -1, lineType=cv2.LINE_AA)
+            if box and np.isfinite(self.boxes[i]).all():
+                x0, y0, x1, y1 = (int(round(v)) for v in self.boxes[i])
+                cv2.rectangle(img, (x0, y0), (x1, y1), color, max(1, r // 2))
+        return out
+
+    def plot(self, frame: int = 0, image=None, ax=None):
+        """Matplotlib figure of one frame's landmarks (over ``image`` [H, W, 3] if given); returns the figure."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(4, 4))
+        else:
+            fig = ax.figure
+        if image is not None:
+            ax.imshow(as_rgb_uint8(image, allow_single_image=True)[0])
+        else:
+            w, h = self.image_size
+            ax.set_xlim(0, w)
+            ax.set_ylim(h, 0)
+            ax.set_aspect("equal")
+        if self.found[frame]:
+            p = self.points[frame]
+            ax.plot(p[:, 0], p[:, 1], ".", color="lime", ms=4)
+        ax.set_title(f"frame {frame}" + ("" if self.found[frame] else " (no face)"))
+        ax.set_axis_off()
+        return fig
+
+
+def _image_size(size) -> tuple[int, int]:
+    """(width, height) from an int (square) or a pair; positive ints."""
+    if np.ndim(size) == 0:
+        size = (size, size)
+    try:
+        w, h = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_size must be an int or a (width, height) pair of ints, got {size!r}.") from None
+    if w <= 0 or h <= 0:
+        raise ValueError(f"image_size must be positive, got {(w, h)}.")
+    return w, h
+
+
+# ----------------------------------------------------------------------------------------------- detection
+
+
+def _pick(faces, prev_center) -> int:
+    """Index of the face to follow: nearest box centre to the previous one, else the largest box."""
+    boxes = np.array([f[0] for f in faces], np.float64)
+    if prev_center is None:
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        return int(np.argmax(area))
+    centres = 0.5 * (boxes[:, :2] + boxes[:, 2:])
+    return int(np.argmin(np.hypot(*(centres - prev_center).T)))
+
+
+def _chunks_of(frames) -> tuple[Iterable[np.ndarray], int | None]:
+    """(iterable of uint8 [n, H, W, 3] chunks, total frame count or None if unknown)."""
+    if isinstance(frames, Video):
+        return [frames.frames], len(frames)
+    if isinstance(frames, VideoStream):
+        return frames, frames.info.approx_frames or None
+    if isinstance(frames, np.ndarray) or hasattr(frames, "detach") or not isinstance(frames, Iterable):
+        arr = as_rgb_uint8(frames, allow_single_image=True)
+        return [arr], len(arr)
+    # any other iterable (list of frames [H, W, 3], list of chunks [n, H, W, 3], generator): item by item
+    gen = (as_rgb_uint8(c, allow_single_image=True, name=f"frames (item {i})") for i, c in enumerate(frames))
+    total = sum(_num_frames(f) for f in frames) if isinstance(frames, (list, tuple)) else None
+    return gen, total
+
+
+def _num_frames(item) -> int:
+    """Frames in one item of a frame list, by :func:`as_rgb_uint8`'s single-image rule."""
+    shape = np.shape(item)
+    single = len(shape) == 2 or (len(shape) == 3 and shape[-1] in (3, 4))
+    return 1 if single or not shape else int(shape[0])
+
+
+def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool = True) -> LandmarkTrack:
+    """Detect one person's face in every frame and fit dlib's 68 landmarks.
+
+    ``frames``: a clip [T, H, W, 3] or one image [H, W, 3] (T = 1) in any form
+    :func:`v2s_nb.video.as_rgb_uint8` accepts (grayscale, RGBA and float [0, 1] are converted), a
+    :class:`~v2s_nb.video.Video`, or an iterable of chunks / frames such as a
+    :class:`~v2s_nb.video.VideoStream` (then only one chunk is in memory at a time).
+
+    ``detector``: ``'hog'`` (dlib's HOG + linear SVM frontal detector; fast on a CPU) or ``'cnn'`` (dlib's
+    MMOD CNN; finds more rotated / profile faces, ~1 s per 512 px frame on a CPU).
+    ``upsample``: how many times the image is doubled before detection (0 = none; 1 finds faces down to
+    ~40 px instead of ~80 px at about 4x the cost).
+
+    Several faces in a frame: in the first frame with a face the largest is taken; afterwards the one whose
+    box centre is nearest to the previous frame's face, so the same person is followed. Frames without a
+    face get NaN points and ``found == False`` (nothing is dropped or interpolated here; see
+    :func:`v2s_nb.face.canonical_track` for that). Returns a :class:`LandmarkTrack`.
+    """
+    if detector not in DETECTORS:
+        raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}.")
+    if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or not 0 <= upsample <= 4:
+        raise ValueError(f"upsample must be an integer 0..4 (times the image is doubled), got {upsample!r}.")
+    chunks, total = _chunks_of(frames)
+    predictor = _shape_predictor()
+    (_hog_detector if detector == "hog" else _cnn_detector)()  # load before the progress bar starts
+
+    pts, found, boxes, scores, counts = [], [], [], [], []
+    size = None
+    prev_center = None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, desc=f"landmarks ({detector})", unit="frame")
+    try:
+        for chunk in chunks:
+            if size is None:
+                size = (chunk.shape[2], chunk.shape[1])
+            elif (chunk.shape[2], chunk.shape[1]) != size:
+                raise ValueError(f"all frames must have the same size: got {chunk.shape[2]}x{chunk.shape[1]} "
+                                 f"after {size[0]}x{size[1]}.")
+            for image in chunk:
+                image = np.ascontiguousarray(image)
+                faces = _detect(image, detector, int(upsample))
+                counts.append(len(faces))
+                if not faces:
+                    pts.append(np.full((68, 2), np.nan))
+                    found.append(False)
+                    boxes.append(np.full(4, np.nan))
+                    scores.append(np.nan)
+                else:
+                    box, score, rect = faces[_pick(faces, prev_center)]
+                    shape = predictor(image, rect)
+                    pts.append(np.array([(p.x, p.y) for p in shape.parts()], np.float64))
+                    found.append(True)
+                    boxes.append(np.array(box, np.float64))
+                    scores.append(score)
+                    prev_center = 0.5 * (np.array(box[:2], np.float64) + np.array(box[2:], np.float64))
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    if size is None:
+        raise ValueError("landmarks() got no frames; give at least one frame.")
+    return LandmarkTrack(np.stack(pts), np.array(found), np.stack(boxes), np.array(scores), np.array(counts),
+                         size, detector)

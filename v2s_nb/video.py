@@ -1,0 +1,613 @@
+"""Reading, streaming, writing and showing videos.
+
+Every frame array in v2s_nb is **uint8 RGB, shape [T, H, W, 3]** (T frames, H rows, W columns) together
+with a frame rate in frames per second. :func:`as_rgb_uint8` is the one place that turns what users hand
+us (grayscale, RGBA, float in [0, 1], torch tensors on any device) into that form; the face tools use it
+too.
+
+Decoding and encoding go through an ``ffmpeg`` binary: the one on ``PATH`` if there is one, else the one
+bundled with ``imageio-ffmpeg``. Files are written as MP4 / H.264 / yuv420p, the format every browser and
+player plays, and they are written atomically: the encoder writes a hidden temporary file in the target
+folder, which is renamed onto the target name only once it is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence, Union
+
+import numpy as np
+
+__all__ = [
+    "Video",
+    "VideoReadError",
+    "VideoWriteError",
+    "FrameFormatError",
+    "VideoInfo",
+    "VideoStream",
+    "as_rgb_uint8",
+    "ffmpeg_exe",
+    "read_video",
+    "stream_video",
+    "video_info",
+    "write_video",
+    "show_video",
+    "show_videos",
+]
+
+PathLike = Union[str, os.PathLike]
+
+#: Float frames may stray this far outside [0, 1] (rounding in resampling or a generator) and are clipped.
+FLOAT_TOLERANCE = 1e-3
+
+
+class FrameFormatError(ValueError):
+    """Frames that cannot be read as RGB images (wrong shape, dtype or value range)."""
+
+
+class VideoReadError(ValueError):
+    """A file that exists but cannot be decoded as a video (corrupt, not a video, or no frames)."""
+
+
+class VideoWriteError(RuntimeError):
+    """The encoder failed while writing a video file."""
+
+
+# ----------------------------------------------------------------------------------------------- frames
+
+
+def _to_numpy(x) -> np.ndarray:
+    """numpy view of ``x``; torch tensors on any device are detached and copied to host memory."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch here
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def as_rgb_uint8(frames, *, allow_single_image: bool = False, name: str = "frames") -> np.ndarray:
+    """Validate frames and convert them to uint8 RGB, shape [T, H, W, 3].
+
+    Accepted input (numpy array, nested sequence or torch tensor on any device):
+
+    * shape [T, H, W, 3] (RGB), [T, H, W, 4] (RGBA: alpha is dropped), [T, H, W, 1] or [T, H, W]
+      (grayscale: replicated to three channels);
+    * with ``allow_single_image=True`` also one image [H, W, 3], [H, W, 4] or [H, W] (returned with T = 1).
+      A 3-d array whose last axis has length 3 or 4 is then read as one image, any other 3-d array as a
+      grayscale clip;
+    * dtype uint8 (kept), any other integer type with values in 0..255, bool (True = 255), or float with
+      values in [0, 1] (values up to ``FLOAT_TOLERANCE`` outside are clipped; the result is
+      ``round(255 * x)``).
+
+    Anything else raises :class:`FrameFormatError` whose message names the problem and the fix (channel-first
+    tensors, floats in [-1, 1] or [0, 255], NaN, empty arrays...). The result is C-contiguous; it shares
+    memory with the input only when the input already was contiguous uint8 RGB.
+    """
+    if isinstance(frames, Video):
+        return frames.frames
+    arr = _to_numpy(frames)
+    if arr.dtype == object:
+        raise FrameFormatError(f"{name}: could not make an array of these values (ragged frame sizes?); "
+                               "give frames that all have the same height and width.")
+    shape = arr.shape
+    if allow_single_image and (arr.ndim == 2 or (arr.ndim == 3 and shape[-1] in (3, 4))):
+        arr = arr[None]
+    if arr.ndim == 4 and shape[-1] not in (1, 3, 4) and arr.shape[1] in (1, 3, 4):
+        raise FrameFormatError(
+            f"{name}: shape {tuple(shape)} looks channel-first [T, C, H, W]; v2s_nb wants channel-last "
+            "[T, H, W, C]: pass frames.permute(0, 2, 3, 1) (torch) or frames.transpose(0, 2, 3, 1) (numpy).")
+    if arr.ndim == 3:  # grayscale clip [T, H, W]
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
+        want = "[T, H, W, 3] (or [H, W, 3] for one image)" if allow_single_image else "[T, H, W, 3]"
+        raise FrameFormatError(f"{name}: expected {want} RGB frames (RGBA and grayscale are also accepted), "
+                               f"got shape {tuple(shape)}.")
+    if min(arr.shape[:3]) == 0:
+        raise FrameFormatError(f"{name}: empty array of shape {tuple(shape)}; give at least one frame of at "
+                               "least 1x1 pixels.")
+    if arr.shape[-1] == 4:
+        arr = arr[..., :3]
+
+    if arr.dtype == np.uint8:
+        out = arr
+    elif arr.dtype == np.bool_:
+        out = arr.astype(np.uint8) * np.uint8(255)
+    elif np.issubdtype(arr.dtype, np.integer):
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            raise FrameFormatError(
+                f"{name}: integer frames must lie in 0..255, got values in [{lo}, {hi}] (dtype {arr.dtype}); "
+                "rescale them (e.g. 16-bit: (frames >> 8).astype(np.uint8)).")
+        out = arr.astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)):
+            raise FrameFormatError(f"{name}: float frames contain NaN or infinity; replace them first "
+                                   "(e.g. np.nan_to_num(frames)).")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < -FLOAT_TOLERANCE or hi > 1.0 + FLOAT_TOLERANCE:
+            if lo >= -1.0 - FLOAT_TOLERANCE and lo < -FLOAT_TOLERANCE and hi <= 1.0 + FLOAT_TOLERANCE:
+                fix = "these look like generator output in [-1, 1]: pass (frames + 1) / 2"
+            elif hi <= 255.0 + FLOAT_TOLERANCE and lo >= -FLOAT_TOLERANCE:
+                fix = "these look like 0..255 values: pass frames / 255 or frames.astype(np.uint8)"
+            else:
+                fix = "rescale them to [0, 1]"
+            raise FrameFormatError(f"{name}: float frames must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
+                                   f"{fix}.")
+        out = np.rint(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+    else:
+        raise FrameFormatError(f"{name}: unsupported dtype {arr.dtype}; give uint8 (0..255) or float (0..1) frames.")
+
+    if out.shape[-1] == 1:
+        out = np.repeat(out, 3, axis=-1)
+    return np.ascontiguousarray(out)
+
+
+def _check_fps(fps) -> float:
+    try:
+        value = float(fps)
+    except (TypeError, ValueError):
+        raise ValueError(f"fps must be a positive number of frames per second, got {fps!r}.") from None
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"fps must be a positive number of frames per second, got {fps!r}.")
+    return value
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Video:
+    """A clip in memory: ``frames`` uint8 RGB [T, H, W, 3] and ``fps`` (frames per second, float > 0).
+
+    The constructor accepts anything :func:`as_rgb_uint8` accepts (grayscale, RGBA, float in [0, 1],
+    torch tensors) and stores the converted uint8 array.
+    """
+
+    frames: np.ndarray
+    fps: float = 30.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "frames", as_rgb_uint8(self.frames))
+        object.__setattr__(self, "fps", _check_fps(self.fps))
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+    def __getitem__(self, index):
+        """Frame(s) by index; a slice gives a new :class:`Video` with the same fps, an int one frame [H, W, 3]."""
+        if isinstance(index, slice):
+            return Video(self.frames[index], self.fps)
+        return self.frames[index]
+
+    @property
+    def num_frames(self) -> int:
+        return len(self)
+
+    @property
+    def height(self) -> int:
+        return int(self.frames.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.frames.shape[2])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        return self.width, self.height
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds (T / fps)."""
+        return len(self) / self.fps
+
+    def __repr__(self) -> str:
+        return f"Video({len(self)} frames, {self.width}x{self.height}, {self.fps:g} fps)"
+
+    def show(self, **kwargs):
+        """Show inline in a notebook (see :func:`show_video`)."""
+        return show_video(self, **kwargs)
+
+    def write(self, path: PathLike, **kwargs) -> Path:
+        """Write to an MP4 file (see :func:`write_video`)."""
+        return write_video(path, self.frames, self.fps, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- ffmpeg
+
+
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary used: ``ffmpeg`` on PATH, else the one shipped with imageio-ffmpeg."""
+    exe = shutil.which("ffmpeg")
+    if exe:
+        return exe
+    try:
+        import imageio_ffmpeg
+    except ImportError:  # pragma: no cover - imageio-ffmpeg is a dependency
+        raise RuntimeError("No ffmpeg found: install ffmpeg (e.g. apt-get install ffmpeg) or "
+                           "pip install 'imageio-ffmpeg<0.8'.") from None
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _existing_file(path: PathLike) -> Path:
+    p = Path(os.fspath(path)).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"Video file not found: '{p}'. Check the path (the current folder is '{os.getcwd()}').")
+    if p.is_dir():
+        raise IsADirectoryError(f"'{p}' is a folder, not a video file.")
+    return p
+
+
+_FFMPEG_NOISE = ("ffmpeg version", "built with", "configuration:", "lib", "=== stderr ===",
+                 "Could not load meta information", "Input #", "Metadata:", "Duration:", "Stream #", "Output #",
+                 "encoder ", "handler_name", "vendor_id", "major_brand", "minor_version", "compatible_brands")
+
+
+def _stderr_tail(text: str, lines: int = 4) -> str:
+    """The informative last lines of an ffmpeg log (banner and stream listings dropped)."""
+    keep = [ln.strip() for ln in str(text).strip().splitlines()
+            if ln.strip() and not ln.strip().startswith(_FFMPEG_NOISE)]
+    return "\n    ".join(keep[-lines:]) or "(no message)"
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    """What ffmpeg reports about a file before decoding: frame ``width`` and ``height`` in pixels (after any
+    rotation metadata is applied), ``fps`` (frames per second), ``duration`` in seconds (0 when unknown),
+    ``codec`` name and ``approx_frames`` (round(duration * fps); the exact count is known only after decoding)."""
+
+    path: Path
+    width: int
+    height: int
+    fps: float
+    duration: float
+    codec: str
+
+    @property
+    def approx_frames(self) -> int:
+        return int(round(self.duration * self.fps))
+
+
+def _open_reader(p: Path):
+    """Start ffmpeg decoding ``p`` to rgb24; returns (generator of frame bytes, VideoInfo)."""
+    import imageio_ffmpeg
+
+    gen = imageio_ffmpeg.read_frames(str(p), pix_fmt="rgb24")
+    try:
+        meta = next(gen)
+        width, height = (int(v) for v in meta["size"])
+        if width <= 0 or height <= 0:
+            raise ValueError(f"frame size {width}x{height}")
+    except Exception as err:  # imageio-ffmpeg raises IOError/RuntimeError/ValueError/IndexError here
+        gen.close()
+        if "does not contain any stream" in str(err):
+            raise VideoReadError(f"'{p}' has no video stream (a zero-frame video, or audio only); "
+                                 "give a file that contains video frames.") from None
+        raise VideoReadError(
+            f"Could not read '{p}' as a video (corrupt file, or not a video). "
+            f"ffmpeg said:\n    {_stderr_tail(err)}") from None
+    fps = float(meta.get("fps") or 0.0)
+    if not np.isfinite(fps) or fps <= 0:
+        warnings.warn(f"'{p}': ffmpeg reports no frame rate; assuming 30 fps.", stacklevel=3)
+        fps = 30.0
+    info = VideoInfo(path=p, width=width, height=height, fps=fps,
+                     duration=float(meta.get("duration") or 0.0), codec=str(meta.get("codec", "")))
+    return gen, info
+
+
+def video_info(path: PathLike) -> VideoInfo:
+    """Metadata of a video file without decoding its frames (see :class:`VideoInfo`)."""
+    gen, info = _open_reader(_existing_file(path))
+    gen.close()
+    return info
+
+
+class VideoStream:
+    """Iterate over a video file in chunks of frames with bounded memory.
+
+    Iterating yields uint8 arrays [n, H, W, 3] with n == ``chunk`` except possibly for the last chunk.
+    Only one chunk (plus one frame being read from ffmpeg's pipe) is held at a time: each chunk is a fresh
+    array, so keeping references to yielded chunks is safe (and is what costs memory).
+
+    Attributes: ``fps``, ``width``, ``height``, ``info`` (:class:`VideoInfo`), ``frames_read`` (so far).
+    Use as a context manager, or call :meth:`close`, to stop ffmpeg early; an exhausted stream closes itself.
+    """
+
+    def __init__(self, path: PathLike, chunk: int = 64, progress: bool = False):
+        if not isinstance(chunk, (int, np.integer)) or isinstance(chunk, bool) or chunk < 1:
+            raise ValueError(f"chunk must be a positive number of frames, got {chunk!r}.")
+        self.path = _existing_file(path)
+        self.chunk = int(chunk)
+        self.progress = progress
+        self._gen, self.info = _open_reader(self.path)
+        self.frames_read = 0
+        self._started = False
+
+    fps = property(lambda self: self.info.fps)
+    width = property(lambda self: self.info.width)
+    height = property(lambda self: self.info.height)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self._started:
+            raise RuntimeError("A VideoStream can be iterated only once; call stream_video() again.")
+        self._started = True
+        return self._chunks()
+
+    def _chunks(self) -> Iterator[np.ndarray]:
+        h, w = self.height, self.width
+        frame_bytes = h * w * 3
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.info.approx_frames or None, desc=self.path.name, unit="frame")
+        try:
+            buf = np.empty((self.chunk, h, w, 3), np.uint8)
+            n = 0
+            while True:
+                try:
+                    data = next(self._gen)
+                except StopIteration:
+                    break
+                except Exception as err:
+                    raise VideoReadError(f"Decoding '{self.path}' failed after {self.frames_read} frames "
+                                         f"(corrupt or truncated file?). ffmpeg said:\n    {_stderr_tail(err)}") from None
+                if len(data) != frame_bytes:  # pragma: no cover - imageio-ffmpeg checks this already
+                    raise VideoReadError(f"'{self.path}': got a frame of {len(data)} bytes, expected {frame_bytes}.")
+                buf[n] = np.frombuffer(data, np.uint8).reshape(h, w, 3)
+                del data
+                n += 1
+                self.frames_read += 1
+                if n == self.chunk:
+                    if bar is not None:
+                        bar.update(n)
+                    yield buf
+                    buf = np.empty((self.chunk, h, w, 3), np.uint8)
+                    n = 0
+            if n:
+                if bar is not None:
+                    bar.update(n)
+                yield buf[:n].copy() if n < self.chunk // 2 else buf[:n]
+        finally:
+            if bar is not None:
+                bar.close()
+            self.close()
+        if self.frames_read == 0:
+            raise VideoReadError(f"'{self.path}' contains no video frames (an empty or zero-length video); "
+                                 "check that the recording/export finished.")
+
+    def close(self) -> None:
+        """Stop the ffmpeg process (safe to call more than once)."""
+        self._gen.close()
+
+    def __enter__(self) -> "VideoStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"VideoStream('{self.path}', {self.width}x{self.height}, {self.fps:g} fps, "
+                f"chunk={self.chunk}, frames_read={self.frames_read})")
+
+
+def stream_video(path: PathLike, chunk: int = 64, progress: bool = False) -> VideoStream:
+    """Open a video file for chunked reading (any format ffmpeg reads); see :class:`VideoStream`.
+
+    ``chunk`` is the number of frames per yielded array [chunk, H, W, 3] uint8. Memory use is about
+    ``chunk * H * W * 3`` bytes whatever the length of the file. Errors for a missing file
+    (:class:`FileNotFoundError`) or an unreadable one (:class:`VideoReadError`) are raised here, at open.
+
+    Example::
+
+        with stream_video("drive.mp4", chunk=32) as s:
+            for frames in s:        # frames: uint8 [<=32, H, W, 3]
+                ...
+    """
+    return VideoStream(path, chunk=chunk, progress=progress)
+
+
+def read_video(path: PathLike, progress: bool = False) -> Video:
+    """Decode a whole video file (any format ffmpeg reads) into a :class:`Video` (uint8 [T, H, W, 3] + fps).
+
+    Raises :class:`FileNotFoundError` for a missing path and :class:`VideoReadError` (a ValueError) for a
+    corrupt file, a file without a video stream or one with zero frames. For long clips prefer
+    :func:`stream_video`, which holds only one chunk in memory.
+    """
+    stream = VideoStream(path, chunk=64, progress=progress)
+    chunks = list(stream)
+    frames = chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=0)
+    return Video(frames, stream.fps)
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def _fps_fraction(fps: float) -> str:
+    frac = Fraction(fps).limit_denominator(1001)
+    if abs(float(frac) - fps) > 1e-6 * fps:
+        frac = Fraction(fps).limit_denominator(1_000_000)
+    return f"{frac.numerator}/{frac.denominator}"
+
+
+def _fix_odd(frames: np.ndarray, odd_size: str) -> np.ndarray:
+    h, w = frames.shape[1:3]
+    if h % 2 == 0 and w % 2 == 0:
+        return frames
+    if odd_size == "pad":
+        return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    if odd_size == "crop":
+        if h < 2 or w < 2:
+            raise FrameFormatError(f"frames of {w}x{h} pixels are too small to crop to even size; use odd_size='pad'.")
+        return frames[:, : h - h % 2, : w - w % 2]
+    raise FrameFormatError(
+        f"H.264 yuv420p needs an even width and height, got {w}x{h}; pass odd_size='pad' (repeat the last "
+        "row/column) or odd_size='crop' (drop it), or resize the frames.")
+
+
+def _iter_chunks(frames) -> Iterator[np.ndarray]:
+    """Yield [n, H, W, 3] uint8 chunks from an array / Video / iterable of chunks or single frames."""
+    if isinstance(frames, Video):
+        yield frames.frames
+        return
+    if isinstance(frames, np.ndarray) or hasattr(frames, "detach"):
+        yield as_rgb_uint8(frames)
+        return
+    if isinstance(frames, (Iterable, VideoStream)):
+        for i, item in enumerate(frames):
+            yield as_rgb_uint8(item, allow_single_image=True, name=f"frames (item {i})")
+        return
+    yield as_rgb_uint8(frames)
+
+
+def write_video(path: PathLike, frames, fps: float = 30.0, *, crf: int = 18, preset: str = "medium",
+                odd_size: str = "pad", progress: bool = False) -> Path:
+    """Write frames to an MP4 file (H.264, yuv420p) at ``fps`` frames per second, atomically.
+
+    ``frames``: an array [T, H, W, 3] in any form :func:`as_rgb_uint8` accepts, a :class:`Video` (then its
+    own ``fps`` is used and the ``fps`` argument ignored), or an iterable of such chunks / single frames
+    [H, W, 3] (e.g. a :class:`VideoStream`), so arbitrarily long clips can be written with bounded memory.
+
+    ``crf``: x264 quality (0 = lossless luma, 18 = visually lossless, 23 = x264 default, 51 = worst).
+    ``odd_size``: yuv420p needs even width and height: ``'pad'`` (default) repeats the last row / column,
+    ``'crop'`` drops it, ``'error'`` raises :class:`FrameFormatError`.
+
+    The encoder writes a hidden temporary file in the target folder, and only a complete file is renamed to
+    ``path`` (``os.replace``), so an interrupted write never leaves a finished-looking file. Missing parent
+    folders are created. Returns the path written. Raises :class:`VideoWriteError` if ffmpeg fails.
+    """
+    if odd_size not in ("pad", "crop", "error"):
+        raise ValueError(f"odd_size must be 'pad', 'crop' or 'error', got {odd_size!r}.")
+    if isinstance(frames, Video):
+        fps = frames.fps
+    fps = _check_fps(fps)
+    if not (isinstance(crf, (int, np.integer)) and 0 <= crf <= 51):
+        raise ValueError(f"crf must be an integer in 0..51, got {crf!r}.")
+    path = Path(os.fspath(path)).expanduser()
+    if path.suffix.lower() not in (".mp4", ".m4v", ".mov"):
+        raise ValueError(f"write_video writes MP4 (H.264) files; give a path ending in .mp4, got '{path}'.")
+    if path.is_dir():
+        raise IsADirectoryError(f"'{path}' is a folder; give a file name ending in .mp4.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    chunks = _iter_chunks(frames)
+    try:
+        first = _fix_odd(next(chunks), odd_size)
+    except StopIteration:
+        raise FrameFormatError("write_video got no frames; give at least one frame.") from None
+    h, w = first.shape[1:3]
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part.mp4", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    log = tempfile.TemporaryFile()
+    cmd = [ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-nostdin",
+           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", _fps_fraction(fps), "-i", "-",
+           "-an", "-c:v", "libx264", "-preset", str(preset), "-crf", str(int(crf)), "-pix_fmt", "yuv420p",
+           "-movflags", "+faststart", "-f", "mp4", str(tmp)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(desc=path.name, unit="frame", total=len(frames) if hasattr(frames, "__len__") else None)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+    ok = False
+    n_frames = 0
+    try:
+        for chunk in itertools.chain([first], chunks):
+            chunk = np.ascontiguousarray(_fix_odd(chunk, odd_size))
+            if chunk.shape[1:3] != (h, w):
+                raise FrameFormatError(f"all frames must have the same size: the first were {w}x{h}, frame "
+                                       f"{n_frames} is {chunk.shape[2]}x{chunk.shape[1]}.")
+            try:
+                proc.stdin.write(memoryview(chunk).cast("B"))
+            except BrokenPipeError:
+                break  # ffmpeg died; its log says why (read below)
+            n_frames += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        rc = proc.wait()
+        if rc != 0:
+            log.seek(0)
+            msg = log.read().decode("utf-8", "replace")
+            raise VideoWriteError(f"ffmpeg failed writing '{path}' (exit code {rc}):\n    {_stderr_tail(msg)}")
+        os.replace(tmp, path)
+        ok = True
+    finally:
+        if bar is not None:
+            bar.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        if not ok:
+            tmp.unlink(missing_ok=True)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- showing
+
+
+def _mediapy():
+    import mediapy
+
+    if shutil.which("ffmpeg") is None:
+        mediapy.set_ffmpeg(ffmpeg_exe())
+    return mediapy
+
+
+def _even(frames: np.ndarray) -> np.ndarray:
+    return _fix_odd(frames, "pad")
+
+
+def show_video(video, *, fps: float | None = None, title: str | None = None, height: int | None = None,
+               return_html: bool = False, **kwargs):
+    """Show one clip inline in a notebook (``mediapy.show_video``); H.264 in an HTML ``<video>`` element.
+
+    ``video``: a :class:`Video` or frames in any form :func:`as_rgb_uint8` accepts. ``fps`` defaults to the
+    Video's own (or 30). ``height`` is the displayed height in pixels (the frames are not resized).
+    With ``return_html=True`` the HTML string is returned instead of displayed. Extra keyword arguments
+    go to ``mediapy.show_video``.
+    """
+    return show_videos([video], fps=fps, titles=[title] if title is not None else None, height=height,
+                       return_html=return_html, **kwargs)
+
+
+def show_videos(videos: Mapping[str, object] | Sequence[object], *, fps: float | None = None,
+                titles: Sequence[str] | None = None, height: int | None = None, columns: int | None = None,
+                return_html: bool = False, **kwargs):
+    """Show several clips side by side inline (``mediapy.show_videos``), e.g. ``{"driving": a, "output": b}``.
+
+    ``videos``: a dict title -> clip, or a list of clips (each a :class:`Video` or frames in any form
+    :func:`as_rgb_uint8` accepts). Clips may differ in size and length. ``fps`` defaults to the first
+    Video's fps (or 30). ``columns`` wraps the row; ``height`` is the displayed height in pixels.
+    Returns the HTML string when ``return_html=True``, else displays it and returns None.
+    """
+    if isinstance(videos, Mapping):
+        if titles is not None:
+            raise ValueError("give titles either as the dict's keys or as titles=, not both.")
+        titles = [str(k) for k in videos.keys()]
+        items = list(videos.values())
+    elif isinstance(videos, (Video, np.ndarray)) or hasattr(videos, "detach"):
+        items = [videos]
+    else:
+        items = list(videos)
+    if not items:
+        raise ValueError("show_videos got no videos.")
+    if fps is None:
+        fps = next((v.fps for v in items if isinstance(v, Video)), 30.0)
+    fps = _check_fps(fps)
+    arrays = [_even(as_rgb_uint8(v, name=f"video {i}")) for i, v in enumerate(items)]
+    if titles is not None and len(titles) != len(arrays):
+        raise ValueError(f"got {len(titles)} titles for {len(arrays)} videos.")
+    media = _mediapy()
+    return media.show_videos(arrays, titles=titles, fps=fps, height=height, columns=columns,
+                             return_html=return_html, **kwargs)
