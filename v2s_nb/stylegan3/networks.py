@@ -20,7 +20,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fast_ops
 from .ops import design_lowpass_filter, filtered_lrelu, modulated_conv2d
+
+IMPLS = ("auto", "fast", "plain")
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """'auto' -> 'fast' on CUDA with Triton, else 'plain'. An unavailable 'fast' warns once and falls back."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    fast_ok = device.type == "cuda" and fast_ops.HAVE_TRITON
+    if impl == "fast" and not fast_ok:
+        fast_ops.warn_fallback("needs a CUDA device and Triton" if fast_ops.HAVE_TRITON else "Triton is not installed")
+        return "plain"
+    if impl == "auto":
+        return "fast" if fast_ok else "plain"
+    return impl
 
 
 class FullyConnectedLayer(nn.Module):
@@ -191,20 +207,24 @@ class SynthesisLayer(nn.Module):
         """float16 for the snapshot's high-resolution layers on CUDA (as NVIDIA runs them), else float32."""
         return torch.float16 if self.use_fp16 and not force_fp32 and device.type == "cuda" else torch.float32
 
-    def forward_styles(self, x, styles, force_fp32=False):
-        """Apply the layer with the given raw affine output ``styles`` [N, in_channels]."""
+    def forward_styles(self, x, styles, force_fp32=False, impl="plain"):
+        """Apply the layer with the given raw affine output ``styles`` [N, in_channels].
+
+        ``impl``: 'plain' (reference ops) or 'fast' (Triton kernels on CUDA; see :mod:`fast_ops`).
+        """
         if self.is_torgb:
             styles = styles * (1 / math.sqrt(self.in_channels * self.conv_kernel ** 2))
         dtype = self.compute_dtype(x.device, force_fp32)
+        fast = impl == "fast"
         x = modulated_conv2d(x.to(dtype), self.weight, styles, demodulate=not self.is_torgb,
-                             padding=self.conv_kernel - 1, input_gain=self.magnitude_ema.rsqrt())
+                             padding=self.conv_kernel - 1, input_gain=self.magnitude_ema.rsqrt(), fused=not fast)
         gain, slope = (1, 1) if self.is_torgb else (math.sqrt(2), 0.2)
-        return filtered_lrelu(x, self.up_filter, self.down_filter, self.bias, up=self.up_factor,
-                              down=self.down_factor, padding=self.padding, gain=gain, slope=slope,
-                              clamp=self.conv_clamp)
+        act = fast_ops.filtered_lrelu if fast else filtered_lrelu
+        return act(x, self.up_filter, self.down_filter, self.bias, up=self.up_factor, down=self.down_factor,
+                   padding=self.padding, gain=gain, slope=slope, clamp=self.conv_clamp)
 
-    def forward(self, x, w, force_fp32=False):
-        return self.forward_styles(x, self.affine(w.to(torch.float32)), force_fp32=force_fp32)
+    def forward(self, x, w, force_fp32=False, impl="plain"):
+        return self.forward_styles(x, self.affine(w.to(torch.float32)), force_fp32=force_fp32, impl=impl)
 
     def extra_repr(self):
         return (f"in={self.in_channels}@{int(self.in_size[0])} out={self.out_channels}@{int(self.out_size[0])} "
@@ -222,6 +242,7 @@ class SynthesisNetwork(nn.Module):
         self.num_ws = num_layers + 2
         self.num_layers, self.num_critical = num_layers, num_critical
         self.margin_size, self.output_scale, self.num_fp16_res = margin_size, output_scale, num_fp16_res
+        self.impl = "auto"  # default synthesis implementation: 'auto' | 'fast' | 'plain'
 
         # Frequency schedule of the alias-free design: cutoffs rise geometrically to Nyquist of the output.
         last_cutoff = self.img_resolution / 2
@@ -275,10 +296,11 @@ class SynthesisNetwork(nn.Module):
         ws = ws.to(torch.float32)
         return {name: getattr(self, name).affine(ws[:, i]) for i, name in enumerate(self.style_names)}
 
-    def _run(self, styles, transform=None, force_fp32=False, stop_after=None, collect=()):
+    def _run(self, styles, transform=None, force_fp32=False, stop_after=None, collect=(), impl=None):
         missing = [n for n in self.style_names if n not in styles]
         if missing:
             raise KeyError(f"styles lacks entries for {missing}; expected keys {self.style_names}")
+        impl = resolve_impl(impl or self.impl, styles["input"].device)
         feats = {}
         x = self.input.forward_styles(styles["input"], transform=transform)
         if "input" in collect:
@@ -286,31 +308,32 @@ class SynthesisNetwork(nn.Module):
         for name in self.layer_names:
             if stop_after == "input":
                 break
-            x = getattr(self, name).forward_styles(x, styles[name], force_fp32=force_fp32)
+            x = getattr(self, name).forward_styles(x, styles[name], force_fp32=force_fp32, impl=impl)
             if name in collect:
                 feats[name] = x.to(torch.float32)
             if name == stop_after:
                 break
         return x, feats
 
-    def from_styles(self, styles, transform=None, force_fp32=False):
+    def from_styles(self, styles, transform=None, force_fp32=False, impl=None):
         """Render images [N, C, R, R] float32 from an S-space code (a dict as returned by :meth:`styles`).
 
         ``transform`` ([3, 3] or per-sample [N, 3, 3], NVIDIA's inverse convention) overrides the input's
-        ``transform`` buffer for this call only.
+        ``transform`` buffer for this call only. ``impl`` ('auto', 'fast', 'plain'; default ``self.impl``)
+        picks the implementation: 'fast' is the Triton path on CUDA, 'plain' the reference ops.
         """
-        x, _ = self._run(styles, transform=transform, force_fp32=force_fp32)
+        x, _ = self._run(styles, transform=transform, force_fp32=force_fp32, impl=impl)
         if self.output_scale != 1:
             x = x * self.output_scale
         return x.to(torch.float32)
 
-    def forward(self, ws, noise_mode="const", force_fp32=False, transform=None, **_ignored):
+    def forward(self, ws, noise_mode="const", force_fp32=False, transform=None, impl=None, **_ignored):
         """ws [N, num_ws, w_dim] -> image [N, C, R, R]. ``noise_mode`` is accepted for compatibility
-        (StyleGAN3 has no noise inputs)."""
-        return self.from_styles(self.styles(ws), transform=transform, force_fp32=force_fp32)
+        (StyleGAN3 has no noise inputs). Other arguments as in :meth:`from_styles`."""
+        return self.from_styles(self.styles(ws), transform=transform, force_fp32=force_fp32, impl=impl)
 
     def feature_maps(self, ws, layers: Iterable[str] | str | None = None, transform=None,
-                     force_fp32=False) -> dict[str, torch.Tensor]:
+                     force_fp32=False, impl=None) -> dict[str, torch.Tensor]:
         """Outputs of the named layers (``'input'`` allowed) for ``ws``, float32 [N, C_l, H_l, H_l].
 
         Sizes include the layer's margin (e.g. 36 = 16 + 2 * 10 px at the start); synthesis stops after the
@@ -326,7 +349,7 @@ class SynthesisNetwork(nn.Module):
             raise KeyError(f"unknown layer(s) {unknown}; valid names: {self.style_names}")
         last = max(layers, key=self.style_names.index)
         _, feats = self._run(self.styles(ws), transform=transform, force_fp32=force_fp32, stop_after=last,
-                             collect=set(layers))
+                             collect=set(layers), impl=impl)
         return {name: feats[name] for name in layers}
 
 
@@ -414,7 +437,7 @@ def _calibrate_magnitudes(G: Generator, n: int = 2):
     for name in G.synthesis.layer_names:
         layer = getattr(G.synthesis, name)
         layer.magnitude_ema.fill_(float(x.float().square().mean()))
-        x = layer.forward_styles(x, styles[name], force_fp32=True)
+        x = layer.forward_styles(x, styles[name], force_fp32=True, impl=resolve_impl("auto", x.device))
 
 
 def tiny_generator(cfg: str = "R", resolution: int = 64, seed: int = 0, channel_max: int | None = None) -> Generator:

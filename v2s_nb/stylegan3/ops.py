@@ -104,7 +104,7 @@ def filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=math.s
     return upfirdn2d(x, fd, down=down)
 
 
-def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=None):
+def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=None, fused=True):
     """Convolve each sample with the kernel scaled by its own styles (and demodulated).
 
     Args:
@@ -114,6 +114,9 @@ def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=N
         demodulate: normalise every output filter to unit L2 norm (not for ToRGB).
         padding: spatial zero padding.
         input_gain: scalar or [I] factor on the input channels (StyleGAN3's magnitude EMA).
+        fused: True builds one kernel per sample (a grouped convolution, NVIDIA's inference form); False
+            scales the input channels, runs one shared convolution and scales the outputs by the
+            demodulation factors — the same mathematics, faster for large batches on GPUs.
     Returns:
         [N, O, H', W'].
     """
@@ -130,6 +133,16 @@ def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=N
         w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
     if input_gain is not None:
         w = w * torch.as_tensor(input_gain, dtype=w.dtype, device=w.device).expand(in_ch).reshape(1, 1, in_ch, 1, 1)
+    if not fused and not (kh == 1 and kw == 1):
+        scale = s * (torch.as_tensor(input_gain, dtype=s.dtype, device=s.device) if input_gain is not None else 1)
+        base = weight.float()
+        if demodulate:
+            base = base * base.square().mean([1, 2, 3], keepdim=True).rsqrt()
+        out = F.conv2d(x * scale.to(x.dtype).reshape(n, in_ch, 1, 1), base.to(x.dtype), padding=padding)
+        if demodulate:
+            dcoefs = ((base.unsqueeze(0) * s.reshape(n, 1, in_ch, 1, 1)).square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
+            out = out * dcoefs.to(out.dtype).reshape(n, out_ch, 1, 1)
+        return out
     if kh == 1 and kw == 1 and padding == 0:
         # 1x1 kernels: a batched matrix product, avoiding a grouped convolution.
         out = torch.bmm(w.reshape(n, out_ch, in_ch).to(x.dtype), x.reshape(n, in_ch, -1))

@@ -1,0 +1,101 @@
+"""The fast synthesis path against the plain reference path.
+
+The Triton kernels run on CUDA; where Triton is installed, they are also checked on the CPU through
+Triton's interpreter (TRITON_INTERPRET=1, in a subprocess, small shapes).
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from conftest import REPO, requires_cuda
+from v2s_nb.stylegan3 import build_generator, ops, set_input_transform, tiny_generator
+
+
+def test_unfused_modconv_matches_grouped():
+    g = torch.Generator().manual_seed(0)
+    x, w, s = torch.randn(3, 8, 12, 12, generator=g), torch.randn(5, 8, 3, 3, generator=g), torch.randn(3, 8, generator=g)
+    for demod in (True, False):
+        a = ops.modulated_conv2d(x, w, s, demodulate=demod, padding=2, input_gain=torch.tensor(0.7))
+        b = ops.modulated_conv2d(x, w, s, demodulate=demod, padding=2, input_gain=torch.tensor(0.7), fused=False)
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_on_cpu_falls_back_with_one_warning():
+    G = tiny_generator("R")
+    ws = G.mapping(torch.randn(1, G.z_dim), None)
+    with pytest.warns(RuntimeWarning, match="plain PyTorch path"):
+        a = G.synthesis(ws, impl="fast")
+    assert torch.equal(a, G.synthesis(ws, impl="plain"))
+    with pytest.raises(ValueError, match="impl"):
+        G.synthesis(ws, impl="turbo")
+
+
+INTERPRETED = textwrap.dedent("""
+    import torch
+    from v2s_nb.stylegan3 import fast_ops, ops, tiny_generator
+    worst = 0.0
+    for cfg in "RT":
+        G = tiny_generator(cfg, resolution=32, seed=1, channel_max=4)
+        syn = G.synthesis
+        ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0)), None)
+        styles = syn.styles(ws)
+        x = syn.input.forward_styles(styles["input"])
+        for name in syn.layer_names[:-1]:
+            L = getattr(syn, name)
+            y = ops.modulated_conv2d(x, L.weight, styles[name], padding=L.conv_kernel - 1,
+                                     input_gain=L.magnitude_ema.rsqrt())
+            args = (L.up_filter, L.down_filter, L.bias)
+            kw = dict(up=L.up_factor, down=L.down_factor, padding=L.padding, gain=2 ** 0.5, slope=0.2,
+                      clamp=L.conv_clamp)
+            a = ops.filtered_lrelu(y, *args, **kw)
+            b = fast_ops.fast_filtered_lrelu_forward(y, L.up_filter, L.down_filter, L.bias, L.up_factor,
+                                                     L.down_factor, L.padding, 2 ** 0.5, 0.2, float(L.conv_clamp))
+            assert a.shape == b.shape, (name, a.shape, b.shape)
+            worst = max(worst, float((a - b).abs().max() / a.abs().max().clamp_min(1e-6)))
+            x = a
+    print("WORST", worst)
+""")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_triton_kernels_in_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-c", INTERPRETED], capture_output=True, text=True, env=env, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    worst = float(r.stdout.split("WORST")[1])
+    assert worst < 1e-5
+
+
+@requires_cuda
+@pytest.mark.parametrize("cfg", ["R", "T"])
+def test_fast_matches_plain_on_gpu(cfg):
+    torch.backends.cudnn.allow_tf32 = False  # compare float32 with float32
+    G = build_generator(cfg, resolution=256, device="cuda", seed=0)
+    set_input_transform(G, 0.05, -0.1, 7.0)
+    ws = G.mapping(torch.randn(2, G.z_dim, device="cuda"), None)
+    with torch.no_grad():
+        plain32 = G.synthesis(ws, impl="plain", force_fp32=True)
+        fast32 = G.synthesis(ws, impl="fast", force_fp32=True)
+        plain16 = G.synthesis(ws, impl="plain")
+        fast16 = G.synthesis(ws, impl="fast")
+    scale = plain32.abs().max().clamp_min(1.0)  # the tolerances are for images in [-1, 1]
+    assert float((fast32 - plain32).abs().max() / scale) <= 1e-4
+    assert float((fast16 - plain16).abs().max() / scale) <= 1e-2
+
+
+@requires_cuda
+def test_gradients_through_fast_path():
+    G = build_generator("R", resolution=256, device="cuda", seed=0)
+    ws = G.mapping(torch.randn(1, G.z_dim, device="cuda"), None)
+    grads = []
+    for impl in ("plain", "fast"):
+        w = ws.detach().clone().requires_grad_(True)
+        G.synthesis(w, impl=impl, force_fp32=True).square().mean().backward()
+        grads.append(w.grad)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6)
