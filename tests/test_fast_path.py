@@ -40,7 +40,14 @@ INTERPRETED = textwrap.dedent("""
     import torch
     from v2s_nb.stylegan3 import fast_ops, ops, tiny_generator
     worst = 0.0
-    for cfg in "RT":
+    # Every kernel variant: the defaults (gather upsampler, separable radial down filter), then the
+    # tensor-core upsampler and the matrix-product radial filter, forced on small float32 planes.
+    variants = [("R", {}), ("T", {}),
+                ("R", dict(DOT_MIN_WIDTH=0, DOT_UP_DTYPES=(torch.float32,), MAX_RANK=0))]
+    for cfg, overrides in variants:
+        for key, value in overrides.items():
+            setattr(fast_ops, key, value)
+        fast_ops._terms_cache.clear()
         G = tiny_generator(cfg, resolution=32, seed=1, channel_max=4)
         syn = G.synthesis
         ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0)), None)

@@ -4,13 +4,14 @@ The plain path (:func:`v2s_nb.stylegan3.ops.filtered_lrelu`) upsamples by zero-s
 stuffed signal with depthwise convolutions: most multiply-adds hit zeros, and the upsampled tensor makes
 several round trips through memory. Here the same operator runs as three kernels per channel chunk:
 
-1. ``upsample along x`` — polyphase: each output sample takes only the ``taps / up`` filter taps that meet
-   real input samples (the bias is added on load);
+1. ``upsample along x`` — polyphase, as a small matrix product per tile with a banded matrix that is the same
+   for every tile (tensor cores; the bias is added on load);
 2. ``upsample along y`` — the same along rows, with leaky ReLU, gain and clamp applied before the store;
-3. ``downsample`` — a direct strided FIR (2-D radial or two 1-D separable passes), only at the kept samples.
+3. ``downsample`` — only at the kept samples: a 2-D radial filter as one banded matrix product per filter row,
+   a separable filter as two direct strided 1-D passes.
 
 Channels are processed in chunks so the upsampled intermediate stays under a memory budget. Arithmetic is
-float32 inside the kernels whatever the storage dtype. Gradients: the forward runs these kernels, the
+float32 accumulation; products in fp16 for fp16 layers and in three-pass TF32 (float32 accuracy) otherwise. Gradients: the forward runs these kernels, the
 backward recomputes the plain path under autograd (exact gradients, plain-path speed).
 """
 
@@ -69,6 +70,120 @@ if HAVE_TRITON:
         tl.store(optrs, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
 
     @triton.jit
+    def _up_x_kernel(x_ptr, b_ptr, a_ptr, out_ptr, h, w_in, w_out, channels, j_shift,
+                     HAS_BIAS: tl.constexpr, UP: tl.constexpr, KJ: tl.constexpr, BR: tl.constexpr,
+                     BI: tl.constexpr, PRECISION: tl.constexpr):
+        """Polyphase upsampling along x as a small matrix product: out[r, i0+ii] = sum_jj x[r, j0+jj] A[jj, ii].
+
+        A (KJ x BI, built on the host) is the same for every tile because tiles start at multiples of UP.
+        """
+        plane = tl.program_id(0)
+        r = tl.program_id(1) * BR + tl.arange(0, BR)
+        i0 = tl.program_id(2) * BI
+        j = i0 // UP + j_shift + tl.arange(0, KJ)
+        ok = (r < h)[:, None] & ((j >= 0) & (j < w_in))[None, :]
+        v = tl.load(x_ptr + plane * h * w_in + r[:, None] * w_in + j[None, :], mask=ok, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            v = tl.where(ok, v + tl.load(b_ptr + plane % channels), 0.0)
+        a = tl.load(a_ptr + tl.arange(0, KJ)[:, None] * BI + tl.arange(0, BI)[None, :])
+        acc = tl.dot(v.to(a.dtype), a, input_precision=PRECISION)
+        i = i0 + tl.arange(0, BI)
+        tl.store(out_ptr + plane * h * w_out + r[:, None] * w_out + i[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=(r < h)[:, None] & (i < w_out)[None, :])
+
+    @triton.jit
+    def _up_y_act_kernel(t_ptr, a_ptr, out_ptr, h_in, h_out, w, j_shift, gain, slope, clamp,
+                         UP: tl.constexpr, KJ: tl.constexpr, BI: tl.constexpr, BC: tl.constexpr,
+                         PRECISION: tl.constexpr):
+        """Polyphase upsampling along y (A^T @ rows), then leaky ReLU, gain and clamp."""
+        plane = tl.program_id(0)
+        i0 = tl.program_id(1) * BI
+        c = tl.program_id(2) * BC + tl.arange(0, BC)
+        j = i0 // UP + j_shift + tl.arange(0, KJ)
+        ok = ((j >= 0) & (j < h_in))[:, None] & (c < w)[None, :]
+        v = tl.load(t_ptr + plane * h_in * w + j[:, None] * w + c[None, :], mask=ok, other=0.0)
+        at = tl.load(a_ptr + tl.arange(0, BI)[:, None] + tl.arange(0, KJ)[None, :] * BI)  # A transposed
+        acc = tl.dot(at, v.to(at.dtype), input_precision=PRECISION)
+        acc = tl.where(acc >= 0, acc, acc * slope) * gain
+        acc = tl.minimum(tl.maximum(acc, -clamp), clamp)
+        i = i0 + tl.arange(0, BI)
+        tl.store(out_ptr + plane * h_out * w + i[:, None] * w + c[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=(i < h_out)[:, None] & (c < w)[None, :])
+
+    @triton.jit
+    def _down2d_kernel(u_ptr, m_ptr, out_ptr, h_in, w_in, h_out, w_out, KH: tl.constexpr, D: tl.constexpr,
+                       NKC: tl.constexpr, KC: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+                       PRECISION: tl.constexpr):
+        """Non-separable strided FIR as matrix products: for each filter row ky, the input rows D*oy+ky times a
+        banded matrix M[ky] (NKC*KC x BW) that holds that filter row at stride D (built on the host)."""
+        plane = tl.program_id(0)
+        oy = tl.program_id(1) * BH + tl.arange(0, BH)
+        x0 = tl.program_id(2) * BW * D
+        acc = tl.zeros([BH, BW], dtype=tl.float32)
+        base = u_ptr + plane * h_in * w_in
+        for ky in tl.static_range(KH):
+            rows = oy * D + ky
+            for kc in tl.static_range(NKC):
+                cols = x0 + kc * KC + tl.arange(0, KC)
+                ok = (rows < h_in)[:, None] & (cols < w_in)[None, :]
+                v = tl.load(base + rows[:, None] * w_in + cols[None, :], mask=ok, other=0.0)
+                m = tl.load(m_ptr + ((ky * NKC + kc) * KC + tl.arange(0, KC))[:, None] * BW
+                            + tl.arange(0, BW)[None, :])
+                acc += tl.dot(v.to(m.dtype), m, input_precision=PRECISION)
+        ox = tl.program_id(2) * BW + tl.arange(0, BW)
+        tl.store(out_ptr + plane * h_out * w_out + oy[:, None] * w_out + ox[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=(oy < h_out)[:, None] & (ox < w_out)[None, :])
+
+    @triton.jit
+    def _down_x_multi_kernel(u_ptr, f_ptr, out_ptr, n_planes, h, w_in, w_out, R: tl.constexpr, K: tl.constexpr,
+                             D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+        """R strided row filters at once (one read of the input): out[r, p, y, x] = sum_k f[r, k] u[p, y, D*x + k]."""
+        plane = tl.program_id(0)
+        y = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+        x = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
+        ok = (y < h)[:, None] & (x < w_out)[None, :]
+        row = u_ptr + plane * h * w_in + y[:, None] * w_in
+        acc0 = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+        acc1 = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+        acc3 = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+        for k in tl.static_range(K):
+            v = tl.load(row + (x * D + k)[None, :], mask=ok, other=0.0).to(tl.float32)
+            acc0 += tl.load(f_ptr + k) * v
+            if R > 1:
+                acc1 += tl.load(f_ptr + K + k) * v
+            if R > 2:
+                acc2 += tl.load(f_ptr + 2 * K + k) * v
+            if R > 3:
+                acc3 += tl.load(f_ptr + 3 * K + k) * v
+        optrs = out_ptr + plane * h * w_out + y[:, None] * w_out + x[None, :]
+        step = n_planes * h * w_out
+        tl.store(optrs, acc0.to(out_ptr.dtype.element_ty), mask=ok)
+        if R > 1:
+            tl.store(optrs + step, acc1.to(out_ptr.dtype.element_ty), mask=ok)
+        if R > 2:
+            tl.store(optrs + 2 * step, acc2.to(out_ptr.dtype.element_ty), mask=ok)
+        if R > 3:
+            tl.store(optrs + 3 * step, acc3.to(out_ptr.dtype.element_ty), mask=ok)
+
+    @triton.jit
+    def _down_y_sum_kernel(v_ptr, f_ptr, out_ptr, n_planes, h_in, h_out, w, R: tl.constexpr, K: tl.constexpr,
+                           D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+        """out[p, y, x] = sum_r sum_k f[r, k] v[r, p, D*y + k, x]: column filters of the R terms, summed."""
+        plane = tl.program_id(0)
+        y = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+        x = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
+        ok = (y < h_out)[:, None] & (x < w)[None, :]
+        acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+        for r in tl.static_range(R):
+            base = v_ptr + (r * n_planes + plane) * h_in * w
+            for k in tl.static_range(K):
+                v = tl.load(base + (y * D + k)[:, None] * w + x[None, :], mask=ok, other=0.0).to(tl.float32)
+                acc += tl.load(f_ptr + r * K + k) * v
+        tl.store(out_ptr + plane * h_out * w + y[:, None] * w + x[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=ok)
+
+    @triton.jit
     def _down_kernel(u_ptr, f_ptr, out_ptr, h_in, w_in, h_out, w_out, KH: tl.constexpr, KW: tl.constexpr,
                      DY: tl.constexpr, DX: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
         """Direct FIR (KH x KW taps, already flipped) evaluated only at the kept samples (stride DY, DX)."""
@@ -92,6 +207,37 @@ def _cdiv(a, b):
     return (a + b - 1) // b
 
 
+def _pow2(n, least=16):
+    return max(least, 1 << (int(n) - 1).bit_length())
+
+
+BLOCK = 64  # output tile edge of the matrix-product kernels
+
+
+def _up_matrix(g, up, pad0, block, dtype, device):
+    """The banded matrix A[jj, ii] = g[(j0 + jj) * up - (i0 + ii) + pad0] shared by all tiles.
+
+    ``g``: flipped, gain-scaled taps (length T). Tiles start at i0 = multiples of ``block`` (a multiple of
+    ``up``); j0 = i0 // up + j_shift. Returns (A [KJ, block], j_shift, KJ).
+    """
+    taps = g.numel()
+    j_shift = -((pad0 + up - 1) // up)  # first input that can reach output i0: j >= (i0 - pad0) / up
+    kj = _pow2((block + taps) // up + 2)
+    jj = torch.arange(kj).reshape(-1, 1)
+    ii = torch.arange(block).reshape(1, -1)
+    k = (jj + j_shift) * up - ii + pad0
+    ok = (k >= 0) & (k < taps)
+    a = torch.where(ok, g.cpu()[k.clamp(0, taps - 1)], torch.zeros(()))
+    # each output meets exactly taps / up real input samples; all of them must lie inside the window
+    assert int(ok.sum()) == block * taps // up, "upsampling window too small"
+    return a.to(device=device, dtype=dtype).contiguous(), j_shift, kj
+
+
+def _dot_dtype_and_precision(dtype):
+    # fp16 storage: fp16 tensor-core products; fp32 storage: three-pass TF32 (float32 accuracy).
+    return (torch.float16, "ieee") if dtype == torch.float16 else (torch.float32, "tf32x3")
+
+
 def _up_axis(x, f, up, pad0, pad1, axis, bias=None, channels=1, act=None):
     """Polyphase upsampling of [P, H, W] along ``axis`` (2 = x, 1 = y). ``f``: flipped, gain-scaled taps."""
     p, h, w = x.shape
@@ -113,8 +259,55 @@ def _up_axis(x, f, up, pad0, pad1, axis, bias=None, channels=1, act=None):
     return out
 
 
+def _up_x(planes, g, up, pad0, pad1, bias, channels, out_dtype):
+    p, h, w = planes.shape
+    w_out = w * up + pad0 + pad1 - g.numel() + 1
+    mat_dtype, prec = _dot_dtype_and_precision(planes.dtype)
+    a, j_shift, kj = _up_matrix(g, up, pad0, BLOCK, mat_dtype, planes.device)
+    out = torch.empty((p, h, w_out), dtype=out_dtype, device=planes.device)
+    grid = (p, _cdiv(h, BLOCK), _cdiv(w_out, BLOCK))
+    _up_x_kernel[grid](planes, bias, a, out, h, w, w_out, channels, j_shift, HAS_BIAS=True, UP=up, KJ=kj,
+                       BR=BLOCK, BI=BLOCK, PRECISION=prec)
+    return out
+
+
+def _up_y_act(t, g, up, pad0, pad1, gain, slope, clamp):
+    p, h, w = t.shape
+    h_out = h * up + pad0 + pad1 - g.numel() + 1
+    mat_dtype, prec = _dot_dtype_and_precision(t.dtype)
+    a, j_shift, kj = _up_matrix(g, up, pad0, BLOCK, mat_dtype, t.device)
+    out = torch.empty((p, h_out, w), dtype=t.dtype, device=t.device)
+    grid = (p, _cdiv(h_out, BLOCK), _cdiv(w, BLOCK))
+    _up_y_act_kernel[grid](t, a, out, h, h_out, w, j_shift, float(gain), float(slope), float(clamp), UP=up, KJ=kj,
+                           BI=BLOCK, BC=BLOCK, PRECISION=prec)
+    return out
+
+
+def _down2d(u, f, down):
+    """Strided 2-D FIR of [P, H, W] with the flipped filter ``f`` [K, K], via banded matrix products."""
+    p, h, w = u.shape
+    k = f.shape[0]
+    h_out, w_out = (h - k) // down + 1, (w - k) // down + 1
+    kc = 64
+    span = down * (BLOCK - 1) + k  # input columns one tile of BLOCK outputs reads
+    nkc = _cdiv(span, kc)
+    i = torch.arange(nkc * kc).reshape(-1, 1)
+    ox = torch.arange(BLOCK).reshape(1, -1)
+    kx = i - down * ox
+    ok = (kx >= 0) & (kx < k)
+    fc = f.cpu()
+    m = torch.stack([torch.where(ok, fc[ky][kx.clamp(0, k - 1)], torch.zeros(())) for ky in range(k)])
+    mat_dtype, prec = _dot_dtype_and_precision(u.dtype)
+    m = m.to(device=u.device, dtype=mat_dtype).contiguous()  # [K, nkc*kc, BLOCK]
+    out = torch.empty((p, h_out, w_out), dtype=u.dtype, device=u.device)
+    grid = (p, _cdiv(h_out, BLOCK), _cdiv(w_out, BLOCK))
+    _down2d_kernel[grid](u, m, out, h, w, h_out, w_out, KH=k, D=down, NKC=nkc, KC=kc, BH=BLOCK, BW=BLOCK,
+                         PRECISION=prec)
+    return out
+
+
 def _down(u, f, dy, dx):
-    """Strided FIR of [P, H, W] with a 2-D flipped filter ``f`` [KH, KW]."""
+    """Strided FIR of [P, H, W] with a 2-D flipped filter ``f`` [KH, KW], direct evaluation."""
     p, h, w = u.shape
     kh, kw = f.shape
     h_out, w_out = (h - kh) // dy + 1, (w - kw) // dx + 1
@@ -122,6 +315,57 @@ def _down(u, f, dy, dx):
     grid = (p, _cdiv(h_out, 16), _cdiv(w_out, 64))
     _down_kernel[grid](u, f, out, h, w, h_out, w_out, KH=kh, KW=kw, DY=dy, DX=dx, BLOCK_H=16, BLOCK_W=64)
     return out
+
+
+MAX_RANK = 4
+
+
+def separable_terms(f2d, tol=1e-7):
+    """Split a 2-D filter into at most MAX_RANK separable terms by SVD: f ~= sum_r col[r] (x) row[r].
+
+    StyleGAN3's radial filters are numerically low-rank (singular values fall below 1e-7 of the largest
+    within 2-4 terms), so the truncation error stays at float32 rounding level. Returns (cols [R, K],
+    rows [R, K]) float32, or None where more than MAX_RANK terms would be needed.
+    """
+    u, s, vh = torch.linalg.svd(f2d.double())
+    keep = int((s > s[0] * tol).sum())
+    if keep > MAX_RANK:
+        return None
+    cols = (u[:, :keep] * s[:keep].sqrt()).T
+    rows = vh[:keep] * s[:keep].sqrt()[:, None]
+    return cols.float().contiguous(), rows.float().contiguous()
+
+
+def _down_separable_sum(u, cols, rows, down):
+    """sum_r (column filter r) o (row filter r), each strided by ``down``: the radial filter, separably."""
+    p, h, w = u.shape
+    r, k = rows.shape
+    w_mid = (w - k) // down + 1
+    h_out = (h - k) // down + 1
+    mid = torch.empty((r, p, h, w_mid), dtype=u.dtype, device=u.device)
+    _down_x_multi_kernel[(p, _cdiv(h, 16), _cdiv(w_mid, 64))](u, rows.to(u.device), mid, p, h, w, w_mid, R=r, K=k,
+                                                             D=down, BLOCK_H=16, BLOCK_W=64)
+    out = torch.empty((p, h_out, w_mid), dtype=u.dtype, device=u.device)
+    _down_y_sum_kernel[(p, _cdiv(h_out, 16), _cdiv(w_mid, 64))](mid, cols.to(u.device), out, p, h, h_out, w_mid,
+                                                               R=r, K=k, D=down, BLOCK_H=16, BLOCK_W=64)
+    return out
+
+
+# Planes at least this wide use the tensor-core upsampler (for these dtypes); smaller ones the gather kernel,
+# whose tiles waste less on small planes. float32 stays on the gather kernel: three-pass TF32 products cost more.
+DOT_MIN_WIDTH = 256
+DOT_UP_DTYPES = (torch.float16,)
+
+_terms_cache: dict = {}
+
+
+def _flipped_terms(fd):
+    """Separable terms of the flipped filter (what the kernels correlate with), cached per stored buffer."""
+    key = (fd.data_ptr(), fd.device, tuple(fd.shape), fd._version)
+    if key not in _terms_cache:
+        terms = separable_terms(fd.detach().cpu())
+        _terms_cache[key] = None if terms is None else tuple(t.flip(1).contiguous().to(fd.device) for t in terms)
+    return _terms_cache[key]
 
 
 def _prepared_filters(fu, fd, up, device):
@@ -149,17 +393,20 @@ def fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, cl
     h_out, w_out = (hu - kd) // down + 1, (wu - kd) // down + 1
     out = torch.empty((n * c, h_out, w_out), dtype=x.dtype, device=x.device)
     chunk = max(1, min(n * c, CHUNK_BYTES // max(1, hu * wu * x.element_size())))
-    act = (gain, slope, clamp)
     for start in range(0, n * c, chunk):
         stop = min(n * c, start + chunk)
-        # The bias kernel argument is indexed by plane % c, so chunks must start on a known channel offset:
-        # pass a rolled view of the bias instead of re-indexing inside the kernel.
-        b_chunk = torch.roll(bias, -(start % c))
-        t = _up_axis(planes[start:stop], fu_t, up, px0, px1, axis=2, bias=b_chunk, channels=c)
-        u = _up_axis(t, fu_t, up, py0, py1, axis=1, act=act)
+        # The kernel indexes the bias by plane % c; a chunk starting mid-batch gets a rolled bias.
+        b_chunk = torch.roll(bias, -(start % c)).contiguous()
+        if x.dtype in DOT_UP_DTYPES and wu >= DOT_MIN_WIDTH:
+            t = _up_x(planes[start:stop], fu_t, up, px0, px1, b_chunk, c, x.dtype)
+            u = _up_y_act(t, fu_t, up, py0, py1, gain, slope, clamp)
+        else:
+            t = _up_axis(planes[start:stop], fu_t, up, px0, px1, axis=2, bias=b_chunk, channels=c)
+            u = _up_axis(t, fu_t, up, py0, py1, axis=1, act=(gain, slope, clamp))
         del t
         if fd.ndim == 2:
-            out[start:stop] = _down(u, fd_t, down, down)
+            terms = _flipped_terms(fd)
+            out[start:stop] = _down2d(u, fd_t, down) if terms is None else _down_separable_sum(u, *terms, down)
         else:
             v = _down(u, fd_t[None, :], 1, down)
             del u
@@ -180,17 +427,28 @@ class _FilteredLReLU(torch.autograd.Function):
     def backward(ctx, grad):
         x, b = ctx.saved_tensors
         fu, fd, up, down, padding, gain, slope, clamp = ctx.args
-        with torch.enable_grad():
-            xd = x.detach().requires_grad_(ctx.needs_input_grad[0])
-            bd = b.detach().requires_grad_(ctx.needs_input_grad[1])
-            y = ops.filtered_lrelu(xd, fu, fd, bd, up=up, down=down, padding=padding, gain=gain, slope=slope,
-                                   clamp=clamp)
-            inputs = [t for t in (xd, bd) if t.requires_grad]
-            grads = torch.autograd.grad(y, inputs, grad) if inputs else []
-        grads = iter(grads)
-        gx = next(grads) if ctx.needs_input_grad[0] else None
-        gb = next(grads) if ctx.needs_input_grad[1] else None
-        return gx, gb, None, None, None, None, None, None, None, None
+        n, c, h, w = x.shape
+        gx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        gb = torch.zeros(b.shape, dtype=torch.float32, device=b.device) if ctx.needs_input_grad[1] else None
+        # The operator acts on each (sample, channel) plane alone, so its plain-path gradient can be taken a
+        # few channels at a time: memory stays bounded however large the batch.
+        plane_bytes = (h * up + fu.shape[0]) * (w * up + fu.shape[0]) * 4 * 6  # zero-stuffed tensors autograd keeps
+        per_chunk = max(1, min(c, CHUNK_BYTES // plane_bytes))
+        for i in range(n):
+            for c0 in range(0, c, per_chunk):
+                c1 = min(c, c0 + per_chunk)
+                with torch.enable_grad():
+                    xd = x[i:i + 1, c0:c1].detach().requires_grad_(gx is not None)
+                    bd = b[c0:c1].detach().requires_grad_(gb is not None)
+                    y = ops.filtered_lrelu(xd, fu, fd, bd, up=up, down=down, padding=padding, gain=gain,
+                                           slope=slope, clamp=clamp)
+                    inputs = [t for t in (xd, bd) if t.requires_grad]
+                    grads = iter(torch.autograd.grad(y, inputs, grad[i:i + 1, c0:c1]))
+                if gx is not None:
+                    gx[i:i + 1, c0:c1] = next(grads)
+                if gb is not None:
+                    gb[c0:c1] += next(grads).float()
+        return gx, gb.to(b.dtype) if gb is not None else None, None, None, None, None, None, None, None, None
 
 
 def can_use_fast(x, fu, fd) -> bool:
