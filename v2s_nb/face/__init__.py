@@ -2,7 +2,7 @@
 
 All coordinates are pixels with x to the right and y down (centre of the top-left pixel at (0, 0)); all
 angles are degrees with positive = counter-clockwise as seen in the image (the convention of
-:mod:`v2s_nb.stylegan3.transform`). Face-region masks (BiSeNet parsing) are not part of this module yet.
+:mod:`v2s_nb.stylegan3.transform`). Face-region masks come from the landmarks or from BiSeNet parsing (:mod:`.regions`, :mod:`.parsing`).
 """
 
 from .align import (FFHQ_EYE_MIDPOINT, AlignedClip, AlignedFace, align_face, align_video, ffhq_crop_matrix,
@@ -18,3 +18,9 @@ __all__ = [
     "CanonicalTrack", "canonical_track", "eye_mouth_geometry",
     "MODEL_INDICES", "MODEL_POINTS", "head_pose", "project_model", "rotation_matrix", "euler_angles",
 ]
+
+# Face-region masks (eyes / nose / mouth / rest) from landmarks or BiSeNet parsing.
+from .regions import (REGIONS, RegionMasks, RegionSourceWarning, masks_from_landmarks, region_masks,  # noqa: E402
+                      template_landmarks)
+__all__ += ["REGIONS", "RegionMasks", "RegionSourceWarning", "masks_from_landmarks", "region_masks",
+            "template_landmarks"]

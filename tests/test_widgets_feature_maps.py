@@ -1,0 +1,86 @@
+"""Fig. 5 views: the static figure and the interactive browser (driven programmatically, no browser needed)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from v2s_nb.face.regions import masks_from_landmarks, template_landmarks  # noqa: E402
+from v2s_nb.method.local_channels import discover  # noqa: E402
+from v2s_nb.widgets.feature_maps import (FeatureMapBrowser, browse_feature_maps, plot_channel_maps,  # noqa: E402
+                                         render_image)
+
+LAYERS = ["L2_36_64", "L3_36_64"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from v2s_nb.stylegan3 import tiny_generator
+
+    G = tiny_generator("R", 64)
+    ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(3)), None)
+    masks = masks_from_landmarks(np.repeat(template_landmarks(64)[None], 2, 0), 64)
+    cs = discover(G, ws, masks, layers=LAYERS, t_fg=0.03, t_bg=0.5, progress=False, cache=False)
+    assert sum(sum(v.values()) for v in cs.counts().values()) > 0  # something to show
+    images = [render_image(G, ws, 0)]  # rendered once (synthesis is the slow part on a CPU)
+    assert images[0].shape == (64, 64, 3) and images[0].dtype == np.uint8
+    images.append(images[0][::-1].copy())
+    return G, ws, masks, cs, images
+
+
+def test_static_figure(setup):
+    G, ws, masks, cs, images = setup
+    fig = plot_channel_maps(G, ws, cs, index=1, image=images[1], masks=masks, max_per_region=3)
+    axes = np.array(fig.axes).reshape(len(cs.regions), -1)
+    assert axes.shape == (3, 4)
+    titles = [ax.get_title() for ax in axes[:, 1:].ravel() if ax.get_title()]
+    assert titles and all("IoU+" in t and "IoU-" in t and " c" in t for t in titles)
+    assert [ax.get_ylabel() for ax in axes[:, 0]] == ["eyes", "nose", "mouth"]
+    row = cs.rows("mouth")[0]
+    if row:
+        assert axes[2, 1].get_title().startswith(f"{row[1]} c{row[2]}")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_browser_threshold_changes_the_iou(setup):
+    G, ws, masks, cs, images = setup
+    b = browse_feature_maps(G, ws, masks, cs, index=0, image=images[0])
+    assert isinstance(b, FeatureMapBrowser)
+    classes = {w: set(w._dom_classes) for w in (b.region, b.layer, b.channel, b.selected, b.threshold, b.map_view,
+                                               b.mask_view, b.iou_label, b.widget)}
+    assert {"v2s-fmap-threshold"} <= classes[b.threshold] and {"v2s-fmap-browser"} <= classes[b.widget]
+    assert b.threshold.value == cs.threshold and b.channel.max == 63
+    assert b.map_view.value[:4] == b"\x89PNG" and b.mask_view.value[:4] == b"\x89PNG"
+
+    b.region.value = "mouth"
+    b.channel.value = 5
+    b.threshold.value = 0.2
+    low_iou, low_text, low_png = b.iou, b.iou_label.value, b.mask_view.value
+    b.threshold.value = 0.9
+    assert b.iou != low_iou and b.iou_label.value != low_text and b.mask_view.value != low_png
+    assert "threshold 0.90" in b.iou_label.value and f"IoU+ {b.iou[0]:.3f}" in b.iou_label.value
+    assert b.iou[1] < low_iou[1]  # a higher threshold switches fewer pixels on outside the mouth
+
+
+def test_browser_layer_and_selected_channels(setup):
+    G, ws, masks, cs, images = setup
+    b = FeatureMapBrowser(G, ws, masks, cs, image=images[0])
+    for region in cs.regions:
+        b.region.value = region
+        for layer in LAYERS:
+            b.layer.value = layer
+            chosen = cs.channels(region, layer).tolist()
+            assert sorted(v for _, v in b.selected.options if v >= 0) == sorted(chosen)
+            if chosen:  # jumping to a selected channel moves the slider and says so
+                b.selected.value = chosen[-1]
+                assert b.channel.value == chosen[-1] and "(selected" in b.iou_label.value
+    # without channel sets: every channel of the default layers can still be browsed
+    plain = FeatureMapBrowser(G, ws, masks, layers=LAYERS, image=images[0])
+    assert list(plain.region.options) == ["eyes", "nose", "mouth"] and "mean over" not in plain.iou_label.value

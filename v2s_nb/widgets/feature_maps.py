@@ -1,0 +1,245 @@
+"""Fig. 5 views: the S-space channels found by :func:`v2s_nb.method.local_channels.discover`, over the image.
+
+* :func:`plot_channel_maps` - static matplotlib figure: one row per region, the image then the selected
+  channels' normalised maps over it, each titled layer / channel / IoU+ / IoU-.
+* :class:`FeatureMapBrowser` (:func:`browse_feature_maps`) - ipywidgets browser: region, layer, channel and
+  threshold controls; shows the map, its binary mask over the image (region outlined) and the live IoU+ / IoU-.
+
+Views only: the maps, masks and scores come from :mod:`v2s_nb.method.local_channels`. Stable CSS classes for
+browser tests: ``v2s-fmap-browser``, ``v2s-fmap-region``, ``v2s-fmap-layer``, ``v2s-fmap-channel``,
+``v2s-fmap-selected``, ``v2s-fmap-threshold``, ``v2s-fmap-map``, ``v2s-fmap-mask``, ``v2s-fmap-iou``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..method import local_channels as lc
+
+__all__ = ["plot_channel_maps", "FeatureMapBrowser", "browse_feature_maps", "render_image"]
+
+
+@torch.no_grad()
+def render_image(G, ws, index: int = 0) -> np.ndarray:
+    """uint8 [H, W, 3] of latent ``ws[index]``."""
+    from ..images import to_uint8
+
+    w = torch.as_tensor(ws)[index:index + 1].to(next(G.synthesis.parameters()).device)
+    return to_uint8(G.synthesis(w))[0]
+
+
+def _upsample(norm_map, size) -> np.ndarray:
+    x = torch.as_tensor(norm_map, dtype=torch.float32)[None, None]
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return x[0, 0].cpu().numpy()
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    m = np.asarray(mask, bool)
+    inner = m.copy()
+    inner[1:] &= m[:-1]
+    inner[:-1] &= m[1:]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    return m & ~inner
+
+
+# ----------------------------------------------------------------------------------------------- static figure
+
+
+def plot_channel_maps(G, ws, channel_sets: "lc.ChannelSets", index: int = 0, *, image=None, masks=None,
+                      regions=None, max_per_region: int = 6, alpha: float = 0.65, cmap: str = "magma",
+                      panel_size: float = 1.8):
+    """Fig. 5: for image ``index`` of ``ws``, the selected channels' normalised maps over the image.
+
+    One row per region (default: all of ``channel_sets``), best mean IoU+ first, at most ``max_per_region``
+    maps; the first column is the image with the region outlined when ``masks`` ({region: [N, H, W]}) is given.
+    Returns the matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    regions = channel_sets.regions if regions is None else list(regions)
+    img = render_image(G, ws, index) if image is None else np.asarray(image)
+    size = img.shape[:2]
+    rows = {r: channel_sets.rows(r)[:max_per_region] for r in regions}
+    layers = sorted({row[1] for rr in rows.values() for row in rr}, key=G.synthesis.style_names.index)
+    maps = lc.layer_maps(G, torch.as_tensor(ws)[index:index + 1], layers,
+                         maps=channel_sets.settings.get("maps", "modulated")) if layers else {}
+    ncols = 1 + max(1, max((len(v) for v in rows.values()), default=1))
+    fig, axes = plt.subplots(len(regions), ncols, figsize=(panel_size * ncols, panel_size * len(regions) + 0.3),
+                             squeeze=False)
+    gray = img.mean(axis=2) if img.ndim == 3 else img
+    for i, r in enumerate(regions):
+        ax = axes[i, 0]
+        ax.imshow(img)
+        if masks is not None and r in masks:
+            edge = _outline(np.asarray(masks[r])[index])
+            ax.imshow(np.dstack([np.zeros_like(edge, float)] * 3 + [edge.astype(float)]), interpolation="nearest")
+        ax.set_ylabel(r, fontsize=11)
+        ax.set_title("image", fontsize=8)
+        for j in range(1, ncols):
+            ax = axes[i, j]
+            if j - 1 < len(rows[r]):
+                _, layer, ch, p, n = rows[r][j - 1]
+                m = _upsample(maps[layer][0, ch], size)
+                ax.imshow(gray, cmap="gray", vmin=0, vmax=255)
+                ax.imshow(m, cmap=cmap, vmin=0, vmax=1, alpha=alpha)
+                ax.set_title(f"{layer} c{ch}\nIoU+ {p:.2f}  IoU- {n:.2f}", fontsize=7)
+            elif j == 1:
+                ax.text(0.5, 0.5, f"no channel with\nIoU+ >= {channel_sets.t_fg:g}\nIoU- <= {channel_sets.t_bg:g}",
+                        ha="center", va="center", fontsize=7, transform=ax.transAxes)
+            else:
+                ax.set_axis_off()
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"normalised feature maps (threshold {channel_sets.threshold:g}, t_fg {channel_sets.t_fg:g}, "
+                 f"t_bg {channel_sets.t_bg:g})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------- browser
+
+
+def _png(rgb: np.ndarray, size: int) -> bytes:
+    from PIL import Image
+
+    im = Image.fromarray(np.ascontiguousarray(rgb))
+    if max(im.size) != size:
+        scale = size / max(im.size)
+        im = im.resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))), Image.NEAREST
+                       if scale >= 2 else Image.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class FeatureMapBrowser:
+    """Interactive view of one image's feature maps against its region masks.
+
+    Controls: ``region`` and ``layer`` dropdowns, ``channel`` slider (every channel of the layer), ``selected``
+    dropdown (jump to a channel that ``channel_sets`` selected), ``threshold`` slider (binarisation level).
+    Shows the normalised map, its binary mask over the image with the region outlined, and the live IoU+ / IoU-
+    for this image (plus the mean over the discovery images from ``channel_sets``). ``iou`` holds the live
+    (IoU+, IoU-) pair; ``widget`` is the ipywidgets box (the browser also displays itself in a notebook).
+    """
+
+    def __init__(self, G, ws, masks, channel_sets: "lc.ChannelSets | None" = None, index: int = 0, *,
+                 layers=None, regions=None, threshold: float | None = None, image=None, size: int = 256,
+                 cmap: str = "magma"):
+        import ipywidgets as W
+        import matplotlib
+
+        self.G, self.masks, self.channel_sets, self.index, self.size = G, masks, channel_sets, int(index), int(size)
+        self.ws = torch.as_tensor(ws)[self.index:self.index + 1]
+        self._maps_kind = channel_sets.settings.get("maps", "modulated") if channel_sets is not None else "modulated"
+        if layers is None:
+            layers = channel_sets.layers if channel_sets is not None else lc.default_layers(G)
+        if regions is None:
+            regions = channel_sets.regions if channel_sets is not None else [r for r in masks if r != "rest"]
+        if threshold is None:
+            threshold = channel_sets.threshold if channel_sets is not None else lc.DEFAULT_THRESHOLD
+        self.image = render_image(G, ws, self.index) if image is None else np.asarray(image)
+        self._cmap = matplotlib.colormaps[cmap]
+        self._maps: dict[str, torch.Tensor] = {}
+        self.iou = (float("nan"), float("nan"))
+
+        self.region = W.Dropdown(options=list(regions), description="region")
+        self.layer = W.Dropdown(options=list(layers), description="layer")
+        self.channel = W.IntSlider(min=0, max=0, value=0, description="channel", continuous_update=False)
+        self.selected = W.Dropdown(options=[("-", -1)], value=-1, description="selected")
+        self.threshold = W.FloatSlider(min=0.0, max=1.0, step=0.01, value=float(threshold), description="threshold",
+                                       continuous_update=False, readout_format=".2f")
+        self.map_view = W.Image(format="png", width=self.size, height=self.size)
+        self.mask_view = W.Image(format="png", width=self.size, height=self.size)
+        self.iou_label = W.HTML()
+        for w, cls in ((self.region, "region"), (self.layer, "layer"), (self.channel, "channel"),
+                       (self.selected, "selected"), (self.threshold, "threshold"), (self.map_view, "map"),
+                       (self.mask_view, "mask"), (self.iou_label, "iou")):
+            w.add_class(f"v2s-fmap-{cls}")
+        self.widget = W.VBox([W.HBox([self.region, self.layer]), W.HBox([self.channel, self.selected]),
+                              self.threshold, W.HBox([self.map_view, self.mask_view]), self.iou_label])
+        self.widget.add_class("v2s-fmap-browser")
+
+        self._busy = False
+        self.region.observe(self._on_layer, names="value")
+        self.layer.observe(self._on_layer, names="value")
+        self.channel.observe(self._on_view, names="value")
+        self.threshold.observe(self._on_view, names="value")
+        self.selected.observe(self._on_selected, names="value")
+        self._on_layer()
+
+    # -- data (computed by the method module)
+    def maps(self, layer: str) -> torch.Tensor:
+        """Normalised maps [C, h, w] of ``layer`` for this image (computed once per layer)."""
+        if layer not in self._maps:
+            self._maps[layer] = lc.layer_maps(self.G, self.ws, [layer], maps=self._maps_kind)[layer][0].cpu()
+        return self._maps[layer]
+
+    # -- events
+    def _on_layer(self, *_):
+        x = self.maps(self.layer.value)
+        self._busy = True
+        try:
+            self.channel.max = x.shape[0] - 1
+            opts = [("-", -1)]
+            if self.channel_sets is not None and self.region.value in self.channel_sets.regions:
+                sel = self.channel_sets.get(self.region.value, self.layer.value)
+                order = np.argsort(-sel.iou_pos)
+                opts += [(f"c{int(sel.channels[k])}  IoU+ {sel.iou_pos[k]:.2f}", int(sel.channels[k])) for k in order]
+            self.selected.options = opts
+            self.selected.value = opts[1][1] if len(opts) > 1 else -1
+            if self.selected.value >= 0:
+                self.channel.value = self.selected.value
+        finally:
+            self._busy = False
+        self._on_view()
+
+    def _on_selected(self, change):
+        if not self._busy and change["new"] is not None and change["new"] >= 0:
+            self.channel.value = change["new"]
+
+    def _on_view(self, *_):
+        if self._busy:
+            return
+        region, layer = self.region.value, self.layer.value
+        ch, thr = int(self.channel.value), float(self.threshold.value)
+        norm = self.maps(layer)[ch]
+        h, w = self.image.shape[:2]
+        m = _upsample(norm, (h, w))
+        region_mask = np.asarray(self.masks[region])[self.index]
+        self.iou = lc.channel_iou(norm, self.masks, region, thr, index=self.index)
+        on = lc.binarize(torch.as_tensor(norm)[None, None], region_mask.shape, thr)[0, 0].numpy()
+
+        heat = (self._cmap(m)[..., :3] * 255).astype(np.uint8)
+        self.map_view.value = _png(heat, self.size)
+        over = self.image.astype(np.float32).copy()
+        over[on] = 0.45 * over[on] + 0.55 * np.array([255, 60, 40], np.float32)
+        over[_outline(region_mask)] = (60, 255, 90)
+        self.mask_view.value = _png(np.clip(over, 0, 255).astype(np.uint8), self.size)
+
+        p, n = self.iou
+        text = (f"<b>{region}</b> &middot; {layer} &middot; channel {ch} &middot; threshold {thr:.2f}: "
+                f"<span class='v2s-iou-pos'>IoU+ {p:.3f}</span>, <span class='v2s-iou-neg'>IoU- {n:.3f}</span>")
+        cs = self.channel_sets
+        if cs is not None and region in cs.scores and layer in cs.scores[region]:
+            d = cs.scores[region][layer]
+            chosen = ch in set(cs.channels(region, layer).tolist())
+            text += (f"<br>mean over {cs.settings.get('n_images')} images at threshold {cs.threshold:g}: "
+                     f"IoU+ {d['iou_pos'][ch]:.3f}, IoU- {d['iou_neg'][ch]:.3f} "
+                     f"({'selected' if chosen else 'not selected'} with t_fg {cs.t_fg:g}, t_bg {cs.t_bg:g})")
+        self.iou_label.value = text
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def browse_feature_maps(G, ws, masks, channel_sets=None, index: int = 0, **kwargs) -> FeatureMapBrowser:
+    """Build a :class:`FeatureMapBrowser` (display it by leaving it as a cell's last expression)."""
+    return FeatureMapBrowser(G, ws, masks, channel_sets, index, **kwargs)
