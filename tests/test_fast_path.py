@@ -40,14 +40,19 @@ INTERPRETED = textwrap.dedent("""
     import torch
     from v2s_nb.stylegan3 import fast_ops, ops, tiny_generator
     worst = 0.0
-    # Every kernel variant: the defaults (gather upsampler, separable radial down filter), then the
-    # tensor-core upsampler and the matrix-product radial filter, forced on small float32 planes.
+    # Every kernel variant: the default fused kernel; the unfused kernels (gather upsampler, separable radial
+    # down filter); then the tensor-core upsampler and the matrix-product radial filter, forced on small
+    # float32 planes.
+    fast_ops.FUSED_TILE[torch.float32] = 64  # the fused kernel is for float16 on GPUs; test it here in float32
+    fast_ops.FUSED_MIN_OUT = 0
     variants = [("R", {}), ("T", {}),
-                ("R", dict(DOT_MIN_WIDTH=0, DOT_UP_DTYPES=(torch.float32,), MAX_RANK=0))]
+                ("R", dict(USE_FUSED=False)), ("T", dict(USE_FUSED=False)),
+                ("R", dict(USE_FUSED=False, DOT_MIN_WIDTH=0, DOT_UP_DTYPES=(torch.float32,), MAX_RANK=0))]
     for cfg, overrides in variants:
         for key, value in overrides.items():
             setattr(fast_ops, key, value)
         fast_ops._terms_cache.clear()
+        fast_ops._fused_cache.clear()
         G = tiny_generator(cfg, resolution=32, seed=1, channel_max=4)
         syn = G.synthesis
         ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0)), None)

@@ -70,6 +70,45 @@ if HAVE_TRITON:
         tl.store(optrs, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
 
     @triton.jit
+    def _fused_kernel(x_ptr, b_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, out_ptr, h, w, h_out, w_out, channels, c_offset,
+                      jshift_y, jshift_x, gain, slope, clamp, BO, UP: tl.constexpr, DOWN: tl.constexpr,
+                      R: tl.constexpr, KJX: tl.constexpr, KJY: tl.constexpr, BU: tl.constexpr, BOP: tl.constexpr,
+                      PRECISION: tl.constexpr):
+        """The whole filtered leaky ReLU for one output tile as a chain of small matrix products.
+
+        x tile (+bias) -> upsample along x (@ Ax) -> along y (Ay^T @) -> leaky ReLU, gain, clamp -> for each
+        separable term r of the down-filter: along x (@ Dx[r]) then along y (Dy[r] @), summed. The upsampled
+        tile (BU x BU) lives only in registers; tiles overlap by the filter's halo.
+        """
+        plane = tl.program_id(0)
+        oy0 = tl.program_id(1) * BO
+        ox0 = tl.program_id(2) * BO
+        jy = (oy0 * DOWN) // UP + jshift_y + tl.arange(0, KJY)
+        jx = (ox0 * DOWN) // UP + jshift_x + tl.arange(0, KJX)
+        ok = ((jy >= 0) & (jy < h))[:, None] & ((jx >= 0) & (jx < w))[None, :]
+        xv = tl.load(x_ptr + plane * h * w + jy[:, None] * w + jx[None, :], mask=ok, other=0.0).to(tl.float32)
+        bias = tl.load(b_ptr + (plane + c_offset) % channels)
+        xv = tl.where(ok, xv + bias, 0.0)
+        ax = tl.load(ax_ptr + tl.arange(0, KJX)[:, None] * BU + tl.arange(0, BU)[None, :])
+        t = tl.dot(xv.to(ax.dtype), ax, input_precision=PRECISION)  # [KJY, BU]
+        ayt = tl.load(ay_ptr + tl.arange(0, BU)[:, None] + tl.arange(0, KJY)[None, :] * BU)
+        u = tl.dot(ayt, t.to(ayt.dtype), input_precision=PRECISION)  # [BU, BU]
+        u = tl.where(u >= 0, u, u * slope) * gain
+        u = tl.minimum(tl.maximum(u, -clamp), clamp).to(ax.dtype)
+        acc = tl.zeros([BOP, BOP], dtype=tl.float32)
+        for r in tl.static_range(R):
+            dx = tl.load(dx_ptr + r * BU * BOP + tl.arange(0, BU)[:, None] * BOP + tl.arange(0, BOP)[None, :])
+            v = tl.dot(u, dx, input_precision=PRECISION)  # [BU, BOP]
+            dy = tl.load(dy_ptr + r * BOP * BU + tl.arange(0, BOP)[:, None] * BU + tl.arange(0, BU)[None, :])
+            acc += tl.dot(dy, v.to(dy.dtype), input_precision=PRECISION)
+        lo = tl.arange(0, BOP)
+        oy = oy0 + lo
+        ox = ox0 + lo
+        keep = ((lo < BO) & (oy < h_out))[:, None] & ((lo < BO) & (ox < w_out))[None, :]
+        tl.store(out_ptr + plane * h_out * w_out + oy[:, None] * w_out + ox[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=keep)
+
+    @triton.jit
     def _up_x_kernel(x_ptr, b_ptr, a_ptr, out_ptr, h, w_in, w_out, channels, j_shift,
                      HAS_BIAS: tl.constexpr, UP: tl.constexpr, KJ: tl.constexpr, BR: tl.constexpr,
                      BI: tl.constexpr, PRECISION: tl.constexpr):
@@ -378,8 +417,89 @@ def _prepared_filters(fu, fd, up, device):
     return fu_t, fd_t
 
 
+# Edge of the upsampled tile the fused kernel holds on chip, by storage dtype; halved once more if the compiled
+# kernel does not fit the GPU's shared memory. float32 layers use the unfused kernels: measured on an H100, the
+# fused kernel's three-pass TF32 products (needed for float32 accuracy) made it 1.8x slower than them.
+FUSED_TILE = {torch.float16: 128}
+# Planes whose output is smaller than this use the unfused kernels: one fused tile would be mostly halo.
+FUSED_MIN_OUT = 128
+_fused_cache: dict = {}
+
+
+def _fused_plan(fu, fd, up, down, padding, dtype, device, bu):
+    """Host-side matrices of the fused kernel for one layer (cached per stored filter buffers)."""
+    key = (fu.data_ptr(), fu._version, fd.data_ptr(), fd._version, up, down, tuple(padding), dtype, device, bu)
+    if key in _fused_cache:
+        return _fused_cache[key]
+    px0, _, py0, _ = (int(v) for v in padding)
+    g = fu.detach().cpu().flip(0).float() * up
+    k = fd.shape[0]
+    bo = (bu - k) // down + 1
+    while (bo * down) % up:  # tiles must start on an input sample of the zero-stuffed signal
+        bo -= 1
+    bop = _pow2(bo)
+    mat_dtype, prec = _dot_dtype_and_precision(dtype)
+    ax, jshift_x, kjx = _up_matrix(g, up, px0, bu, mat_dtype, device)
+    ay, jshift_y, kjy = _up_matrix(g, up, py0, bu, mat_dtype, device)
+    if fd.ndim == 2:
+        terms = separable_terms(fd.detach().cpu())
+        if terms is None:
+            _fused_cache[key] = None
+            return None
+        cols, rows = (t.flip(1) for t in terms)
+    else:
+        cols = rows = fd.detach().cpu().float().flip(0)[None]
+    i = torch.arange(bu).reshape(-1, 1)
+    o = torch.arange(bop).reshape(1, -1)
+    tap = i - down * o
+    ok = (tap >= 0) & (tap < k) & (o < bo)
+    dx = torch.stack([torch.where(ok, rr[tap.clamp(0, k - 1)], torch.zeros(())) for rr in rows])  # [R, BU, BOP]
+    dy = torch.stack([torch.where(ok, cc[tap.clamp(0, k - 1)], torch.zeros(())).T for cc in cols])  # [R, BOP, BU]
+    plan = dict(bu=bu, ax=ax, ay=ay, dx=dx.to(device=device, dtype=mat_dtype).contiguous(),
+                dy=dy.to(device=device, dtype=mat_dtype).contiguous(), jshift_x=jshift_x, jshift_y=jshift_y,
+                kjx=kjx, kjy=kjy, bo=bo, bop=bop, r=int(dx.shape[0]), precision=prec)
+    _fused_cache[key] = plan
+    return plan
+
+
+def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp):
+    """The filtered leaky ReLU in one kernel (no upsampled intermediate in memory). None if it can't apply."""
+    n, c, h, w = x.shape
+    if x.dtype not in FUSED_TILE or min(h, w) * up // down < FUSED_MIN_OUT:
+        return None
+    px0, px1, py0, py1 = (int(v) for v in padding)
+    taps_u, k = fu.shape[0], fd.shape[0]
+    h_out = (h * up + py0 + py1 - taps_u + 1 - k) // down + 1
+    w_out = (w * up + px0 + px1 - taps_u + 1 - k) // down + 1
+    x = x.contiguous()
+    out = torch.empty((n, c, h_out, w_out), dtype=x.dtype, device=x.device)
+    bias = b.to(torch.float32).contiguous()
+    for bu in (FUSED_TILE[x.dtype], FUSED_TILE[x.dtype] // 2):
+        plan = _fused_plan(fu, fd, up, down, padding, x.dtype, x.device, bu)
+        if plan is None:
+            return None
+        bo = plan["bo"]
+        grid = (n * c, _cdiv(h_out, bo), _cdiv(w_out, bo))
+        try:
+            _fused_kernel[grid](x, bias, plan["ax"], plan["ay"], plan["dx"], plan["dy"], out, h, w, h_out, w_out,
+                                c, 0, plan["jshift_y"], plan["jshift_x"], float(gain), float(slope), float(clamp), bo,
+                                UP=up, DOWN=down, R=plan["r"], KJX=plan["kjx"], KJY=plan["kjy"], BU=bu,
+                                BOP=plan["bop"], PRECISION=plan["precision"], num_warps=8)
+            return out
+        except triton.runtime.errors.OutOfResources:
+            continue  # too much shared memory for this GPU: try a smaller tile, then the unfused kernels
+    return None
+
+
+USE_FUSED = os.environ.get("V2S_NB_FUSED", "1") != "0"
+
+
 def fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp):
     """Same result as :func:`ops.filtered_lrelu` for separable ``fu`` and 1-D or 2-D ``fd`` (no autograd)."""
+    if USE_FUSED:
+        out = fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp)
+        if out is not None:
+            return out
     n, c, h, w = x.shape
     px0, px1, py0, py1 = (int(v) for v in padding)
     fu_t, fd_t = _prepared_filters(fu, fd, up, x.device)
