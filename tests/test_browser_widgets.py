@@ -1,0 +1,148 @@
+"""Notebook 03 in a real browser: JupyterLab + Debian's headless chromium driven by Python playwright.
+
+Runs all cells of a temporary copy of ``notebooks/03_sspace_feature_maps.ipynb``, moves the feature-map browser's
+threshold slider with the keyboard and checks that the displayed IoU changed. A screenshot goes to
+``$V2S_NB_TEST_ARTIFACTS`` (default: the test's temporary folder). Skipped, with the reason, when jupyterlab,
+playwright or a chromium binary is missing (``pip install jupyterlab playwright``; ``apt-get install -y chromium``;
+never ``playwright install``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = "03_sspace_feature_maps.ipynb"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _chromium() -> str | None:
+    env = os.environ.get("V2S_NB_CHROMIUM")
+    if env:
+        return env
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _requirements():
+    missing = [m for m in ("jupyterlab", "playwright") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"browser test needs {' and '.join(missing)} (pip install jupyterlab playwright)")
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("browser test needs a chromium binary (apt-get install -y chromium, or set V2S_NB_CHROMIUM)")
+    return exe
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    exe = _requirements()
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(REPO / "notebooks" / NOTEBOOK, root / NOTEBOOK)  # JupyterLab autosaves: never the repo's copy
+    port, token = _free_port(), secrets.token_hex(16)
+    log = open(tmp_path / "lab.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--allow-root", "--no-browser", "--ip", "127.0.0.1", "--port", str(port),
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+         f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    log.flush()
+                    pytest.fail(f"JupyterLab did not start:\n{(tmp_path / 'lab.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield exe, base, token, tmp_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_threshold_slider_changes_iou_in_jupyterlab(lab):
+    from playwright.sync_api import sync_playwright
+
+    exe, base, token, tmp = lab
+    artifacts = Path(os.environ.get("V2S_NB_TEST_ARTIFACTS", tmp))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(tmp / "profile"), executable_path=exe, headless=True,
+                                                   args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
+        page = ctx.new_page()
+        try:
+            page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}", timeout=60_000)
+            idle = page.get_by_text(re.compile(r"\|\s*Idle"))
+            deadline = time.time() + 90
+            while not idle.first.is_visible():
+                accept = page.locator(".jp-Dialog .jp-mod-accept")
+                if accept.count() and accept.first.is_visible():  # "Select Kernel" on a fresh server
+                    accept.first.click()
+                if time.time() > deadline:
+                    raise AssertionError("the kernel never became idle")
+                page.wait_for_timeout(500)
+
+            page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
+            page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
+
+            handle = page.locator(".v2s-fmap-threshold .noUi-handle")
+            handle.wait_for(state="visible", timeout=180_000)
+            label = page.locator(".v2s-fmap-iou")
+            page.wait_for_function("() => document.querySelector('.v2s-fmap-iou')?.innerText.includes('IoU+')",
+                                   timeout=60_000)
+            label.scroll_into_view_if_needed()
+            before = label.inner_text()
+            assert "threshold 0.50" in before
+
+            handle.click()
+            for _ in range(10):
+                handle.press("ArrowRight")
+            readout = page.locator(".v2s-fmap-threshold .widget-readout").inner_text().strip()
+            assert float(readout) > 0.5, readout
+            # every key press is sent to the kernel; wait until the label shows the slider's final value
+            page.wait_for_function(
+                "(r) => (document.querySelector('.v2s-fmap-iou')?.innerText || '').includes('threshold ' + r + ':')",
+                arg=readout, timeout=60_000)
+            after = label.inner_text()
+            page.screenshot(path=str(artifacts / "feature_map_browser.png"), full_page=False)
+        except Exception:
+            page.screenshot(path=str(artifacts / "feature_map_browser_failure.png"))
+            raise
+        finally:
+            ctx.close()
+
+    thr = lambda text: float(re.search(r"threshold (\d\.\d\d):", text).group(1))  # noqa: E731
+    iou = lambda text: re.search(r"IoU\+ ([\d.]+), IoU- ([\d.]+)", text.replace("\u2212", "-")).groups()  # noqa: E731
+    assert thr(after) > thr(before)
+    assert iou(after) != iou(before)

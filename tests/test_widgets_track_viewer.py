@@ -1,0 +1,119 @@
+"""Canonical track viewer (section 3.2): driven programmatically, no browser and no face detector needed."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from v2s_nb.face import LandmarkTrack, canonical_track, eye_mouth_geometry, template_landmarks  # noqa: E402
+from v2s_nb.widgets import TrackViewer, view_track  # noqa: E402
+
+SIZE, T = 96, 15
+
+
+@pytest.fixture(scope="module")
+def clip():
+    """A template face turned and shifted per frame with jitter; frame 6 has no face."""
+    rng = np.random.default_rng(0)
+    base = template_landmarks(SIZE)
+    c = np.array([SIZE / 2 - 0.5, SIZE / 2 - 0.5])
+    pts = []
+    for i in range(T):
+        a = np.deg2rad(10 * np.sin(2 * np.pi * i / T) + rng.normal(0, 2))
+        # counter-clockwise as seen in the image (y down): x' = x cos + y sin, y' = -x sin + y cos
+        rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+        pts.append((base - c) @ rot.T + c + [0.1 * SIZE * i / T + rng.normal(0, 1), 0])
+    pts = np.array(pts)
+    pts[6] = np.nan
+    lm = LandmarkTrack.from_points(pts, SIZE)
+    frames = np.tile(np.linspace(40, 200, SIZE, dtype=np.uint8)[None, None, :, None], (T, SIZE, 1, 3))
+    return lm, frames
+
+
+def _css(w):
+    return set(w._dom_classes)
+
+
+def test_kernel_slider_resmooths(clip):
+    lm, frames = clip
+    v = view_track(lm, frames, kernel=3)
+    assert isinstance(v, TrackViewer) and v.backend == "plotly"
+    raw = canonical_track(lm)
+    np.testing.assert_allclose(v.raw.angle, raw.angle)
+    np.testing.assert_allclose(v.smoothed.angle, raw.smooth(3).angle)
+    before = np.array(v._trace("angle smoothed").y)
+    np.testing.assert_allclose(before, raw.smooth(3).angle)
+    seen = []
+    v.on_smooth(seen.append)
+
+    v.kernel.value = 7
+    assert v.kernel.step == 2 and v.kernel.min == 3 and v.kernel.max % 2 == 1
+    for key in ("tx", "ty", "angle"):
+        np.testing.assert_allclose(getattr(v.smoothed, key), getattr(raw.smooth(7), key))
+    after = np.array(v._trace("angle smoothed").y)
+    np.testing.assert_allclose(after, v.smoothed.angle)
+    np.testing.assert_allclose(np.array(v._trace("tx smoothed").y), 100 * v.smoothed.tx)
+    assert np.abs(after - before).max() > 0.5  # the curve really changed
+    assert np.abs(np.diff(after)).sum() < np.abs(np.diff(before)).sum()  # and got smoother
+    np.testing.assert_allclose(np.array(v._trace("angle raw").y), raw.angle)  # raw untouched
+    assert len(seen) == 1 and seen[0] is v.smoothed
+    assert "kernel 7" in v.info.value
+
+    v.method.value = "gaussian"
+    np.testing.assert_allclose(v.smoothed.angle, raw.smooth(7, method="gaussian").angle)
+    assert len(seen) == 2
+
+
+def test_frame_scrubber_changes_the_frame(clip):
+    lm, frames = clip
+    v = TrackViewer(lm, frames)
+    png0, info0 = v.image.value, v.info.value
+    assert png0[:4] == b"\x89PNG" and "frame 0" in info0
+    v.frame.value = 3
+    assert v.image.value != png0 and "frame 3" in v.info.value
+    assert list(v._trace("frame").x) == [3, 3] and list(v._trace("frame ").x) == [3]
+    assert v._trace("frame ").y[0] == pytest.approx(v.smoothed.angle[3])
+    assert f"{v.smoothed.angle[3]:+.2f}" in v.info.value
+    v.frame.value = 6  # no face there: interpolated, said so
+    assert "no face" in v.info.value and v.raw.interpolated[6]
+    assert v.frame.max == T - 1 and v.play.max == T - 1
+
+
+def test_frame_drawing_shows_the_eye_mouth_vector(clip):
+    lm, frames = clip
+    v = TrackViewer(lm, None)  # no frames: grey canvas
+    img = v.render_frame(2)
+    assert img.shape == (SIZE, SIZE, 3) and img.dtype == np.uint8
+    e, vec = eye_mouth_geometry(lm.points[2])
+    x, y = np.round(e + 0.5 * vec).astype(int)
+    assert img[y, x, 0] > 200 and img[y, x, 1] < 120  # red arrow half way from the eyes to the mouth
+    px, py = np.round(lm.points[2, 8]).astype(int)  # chin landmark drawn (green)
+    assert img[py, px, 1] > 200
+    assert (v.render_frame(6) == 60).all()  # no face: nothing drawn
+
+
+def test_css_classes_and_matplotlib_backend(clip):
+    lm, frames = clip
+    v = TrackViewer(lm, frames)
+    for w, cls in ((v.kernel, "kernel"), (v.method, "method"), (v.frame, "frame"), (v.play, "play"),
+                   (v.figure, "plot"), (v.image, "image"), (v.info, "info"), (v.widget, "viewer")):
+        assert f"v2s-track-{cls}" in _css(w)
+    m = TrackViewer(lm, frames, backend="matplotlib", kernel=5)
+    assert m.figure is None and "v2s-track-plot" in _css(m.output)
+    m.kernel.value = 9
+    np.testing.assert_allclose(m.smoothed.ty, canonical_track(lm).smooth(9).ty)
+    np.testing.assert_allclose(m.curves()["smooth_ty"], 100 * m.smoothed.ty)
+
+
+def test_bad_input(clip):
+    lm, frames = clip
+    with pytest.raises(ValueError, match="frames"):
+        TrackViewer(lm, frames[:3])
+    with pytest.raises(ValueError, match="kernel"):
+        TrackViewer(lm, frames, kernel=4)
+    with pytest.raises(ValueError, match="backend"):
+        TrackViewer(lm, frames, backend="bokeh")
