@@ -4,4 +4,11 @@
   and pivotal tuning (PTI) of the generator around the inverted codes (section 3.1).
 * :mod:`v2s_nb.method.local_channels` — S-space channels local to the eyes / nose / mouth, found by IoU of
   feature maps with face-region masks (section 3.4, eq 5-6).
+* :mod:`v2s_nb.method.pose_encoding` — global pose encoding: optimise W+ rows 0-7 of the reference toward a target
+  (yaw, pitch, roll) with any differentiable ``P_r`` (default: a regressor fitted per generator), per frame
+  warm-started (section 3.3).
+* :mod:`v2s_nb.method.baseline` — the W+ baseline of eq 7, in its 'cumulative' (default) and 'printed' readings
+  (section 3.5).
+* :mod:`v2s_nb.method.reenact` — S-space mixing of eq 8-12 and the :class:`~v2s_nb.method.reenact.Reenactor`
+  (prepared inputs, fast per-frame rendering, save / load) (section 3.6).
 """

@@ -1,0 +1,140 @@
+"""Speed and memory of W+ inversion (v2s_nb.method.invert), random-weight generators.
+
+    python benchmarks/bench_invert.py                         # GPU: R 1024, batch 1 8 16, 160-frame sequence
+    python benchmarks/bench_invert.py --tiny --device cpu --batch 1 4 --steps 10 --seq-frames 16
+
+Prints, per batch size, projection throughput in frames·steps/s (one step = render + backward + Adam update for
+every frame of the batch) and peak memory (CUDA: max allocated by torch; CPU: peak RSS of the process so far);
+then the wall time of ``invert_sequence`` over ``--seq-frames`` frames at the default settings (batch 8,
+steps_first 500, steps_next 150, unless overridden), and that time extrapolated to 160 frames when fewer were run.
+``--json FILE`` appends the results as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from v2s_nb.method.invert import invert, invert_sequence  # noqa: E402
+from v2s_nb.stylegan3 import build_generator, tiny_generator  # noqa: E402
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_gib(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB (Linux)
+
+
+def _targets(G, n, seed=0):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        ws = G.mapping(torch.randn([n, G.z_dim], generator=gen).to(G.device), None)
+        return G.synthesis(ws).float().cpu().clamp(-1, 1)
+
+
+def _sequence_targets(G, n, seed=1):
+    """A smooth clip: frames along the line between two random w's."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        w = G.mapping(torch.randn([2, G.z_dim], generator=gen).to(G.device), None)
+        t = torch.linspace(0, 1, n, device=G.device).reshape(-1, 1, 1)
+        out = [G.synthesis(w[:1].lerp(w[1:], t[i:i + 8])).float().cpu() for i in range(0, n, 8)]
+    return torch.cat(out).clamp(-1, 1)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cfg", default="R", choices=["R", "T"])
+    ap.add_argument("--resolution", type=int, default=1024)
+    ap.add_argument("--tiny", action="store_true", help="tiny_generator(cfg, resolution) instead of the released "
+                                                        "architecture (for CPU runs; --resolution defaults to 64)")
+    ap.add_argument("--channel-max", type=int, default=None, help="--tiny only: channel cap")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16])
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per batch size (after 2 warm-up steps)")
+    ap.add_argument("--seq-frames", type=int, default=160, help="frames of the sequence run (0: skip)")
+    ap.add_argument("--seq-batch", type=int, default=8)
+    ap.add_argument("--steps-first", type=int, default=500)
+    ap.add_argument("--steps-next", type=int, default=150)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    t0 = time.perf_counter()
+    if args.tiny:
+        res = args.resolution if args.resolution != 1024 else 64
+        G = tiny_generator(args.cfg, resolution=res, seed=0, channel_max=args.channel_max).to(device)
+    else:
+        G = build_generator(args.cfg, args.resolution, device=device)
+    print(f"generator: {G.source} on {device} ({time.perf_counter() - t0:.1f} s to build); "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
+    results = {"generator": G.source, "device": str(device), "torch": torch.__version__,
+               "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+               "threads": torch.get_num_threads(), "throughput": []}
+
+    print(f"{'batch':>5} {'frames*steps/s':>15} {'s/step':>8} {'peak GiB':>9}")
+    for b in args.batch:
+        images = _targets(G, b)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        invert(G, images, steps=2, batch_size=b, progress=False)  # warm-up (kernels, allocator)
+        _sync(device)
+        t = time.perf_counter()
+        invert(G, images, steps=args.steps, batch_size=b, progress=False)
+        _sync(device)
+        dt = time.perf_counter() - t
+        row = {"batch": b, "steps": args.steps, "frame_steps_per_s": b * args.steps / dt,
+               "s_per_step": dt / args.steps, "peak_gib": _peak_gib(device)}
+        results["throughput"].append(row)
+        print(f"{b:>5} {row['frame_steps_per_s']:>15.2f} {row['s_per_step']:>8.3f} {row['peak_gib']:>9.2f}",
+              flush=True)
+
+    if args.seq_frames > 0:
+        frames = _sequence_targets(G, args.seq_frames)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        t = time.perf_counter()
+        inv = invert_sequence(G, frames, batch=args.seq_batch, steps_first=args.steps_first,
+                              steps_next=args.steps_next, progress=False)
+        _sync(device)
+        dt = time.perf_counter() - t
+        n_batches = -(-args.seq_frames // args.seq_batch)
+        # Extrapolate: first batch as measured, the other batches at the measured per-batch cost.
+        per_next = (dt * (inv.frame_steps - args.seq_batch * args.steps_first) / inv.frame_steps) / max(n_batches - 1, 1)
+        first = dt - per_next * (n_batches - 1)
+        est160 = first + per_next * (-(-160 // args.seq_batch) - 1)
+        seq = {"frames": args.seq_frames, "batch": args.seq_batch, "steps_first": args.steps_first,
+               "steps_next": args.steps_next, "seconds": dt, "total_steps": inv.total_steps,
+               "frame_steps": inv.frame_steps, "psnr_min": float(inv.psnr.min()), "psnr_mean": float(inv.psnr.mean()),
+               "peak_gib": _peak_gib(device), "seconds_160_frames_est": est160}
+        results["sequence"] = seq
+        print(f"sequence: {args.seq_frames} frames, batch {args.seq_batch}, steps {args.steps_first}/"
+              f"{args.steps_next}: {dt:.1f} s ({inv.total_steps} steps, {inv.frame_steps} frame-steps), PSNR min "
+              f"{seq['psnr_min']:.2f} mean {seq['psnr_mean']:.2f} dB, peak {seq['peak_gib']:.2f} GiB"
+              + ("" if args.seq_frames == 160 else f"; 160 frames ≈ {est160:.0f} s (extrapolated)"), flush=True)
+
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(results) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,888 @@
+"""W+ inversion of aligned face crops, warm-started over a video, and pivotal tuning (PTI) — paper §3.1.
+
+Main entry points::
+
+    from v2s_nb.method.invert import invert, invert_sequence, pivotal_tuning, Inversion
+
+    inv = invert(G, images)                       # uint8 [N, H, W, 3] or float [N, 3, H, W] in [-1, 1]
+    inv.psnr, inv.ws                              # per-image PSNR (dB), w+ codes [N, num_ws, w_dim] on the CPU
+    inv.save("ref_inv"); Inversion.load("ref_inv")  # ref_inv.npy (codes) + ref_inv.json (everything else)
+    seq = invert_sequence(G, frames, checkpoint_dir="ckpt")   # a video: batches of consecutive frames
+    G_pti = pivotal_tuning(G, images, inv)         # a fine-tuned copy; G itself is left untouched
+
+Optimisation (:func:`invert`): Adam on w+ (every row free), starting from ``w_avg`` broadcast to all rows (or a
+given ``init``), with the learning-rate schedule of NVIDIA's StyleGAN projectors (linear warm-up over the first
+``lr_rampup`` of the steps, cosine ramp-down over the last ``lr_rampdown``) and their decaying Gaussian noise on
+w early on (``w_noise``, a fraction of the spread of W). Each image's loss is
+
+    mse_weight · MSE(G(w), x) + perceptual_weight · P(G(w), x) + w_avg_weight · mean((w - w_avg)²)
+    [+ temporal_weight · mean((w_i - w_{i-1})²) in sequence mode]
+
+and the batch loss is the *sum* over images, so that (Adam being element-wise) images inverted together give the
+same codes as images inverted one by one. Images are compared at the generator's resolution, in [-1, 1].
+
+Errors: reconstruction MSE is measured on images in [-1, 1]; PSNR = 10·log10(4 / MSE) dB, which equals the PSNR
+of the same images in [0, 1] or in uint8 units.
+
+Perceptual term: ``perceptual=None`` (pixels only), ``'lpips'`` (the ``lpips`` package with its VGG backbone,
+which needs torchvision and a download; when it cannot be built the run falls back to pixels with one
+:class:`PerceptualFallbackWarning`), or any callable ``f(img, target) -> [N]`` on [-1, 1] images.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "Inversion", "InversionDivergedError", "PerceptualFallbackWarning", "ImageResizeWarning", "invert",
+    "invert_sequence", "pivotal_tuning", "prepare_images", "generator_identity", "generator_hash",
+    "default_cache_dir", "lr_schedule", "psnr_from_mse",
+]
+
+FORMAT = "v2s_nb.inversion"
+FORMAT_VERSION = 1
+
+#: Defaults of :func:`invert` (also the per-batch defaults of :func:`invert_sequence`).
+DEFAULTS: dict[str, Any] = dict(
+    steps=500,            # Adam steps per image (first batch of a sequence)
+    lr=0.05,              # peak learning rate (w units; W's per-element spread is about 1 for FFHQ)
+    lr_rampup=0.05,       # fraction of the steps spent warming the lr up linearly
+    lr_rampdown=0.25,     # fraction of the steps over which the lr ramps down (cosine) to 0
+    w_noise=0.05,         # initial noise on w, as a fraction of W's spread (NVIDIA's initial_noise_factor)
+    w_noise_ramp=0.75,    # noise decays to 0 over this fraction of the steps (quadratically)
+    mse_weight=1.0,
+    perceptual_weight=1.0,
+    w_avg_weight=1e-4,    # pull toward w_avg: weight · mean((w - w_avg)^2)
+    seed=0,
+)
+
+
+class InversionDivergedError(FloatingPointError):
+    """The loss became NaN or infinite; ``frames`` lists the frame indices concerned."""
+
+    def __init__(self, message: str, frames: Sequence[int]):
+        super().__init__(message)
+        self.frames = list(frames)
+
+
+class PerceptualFallbackWarning(UserWarning):
+    """``perceptual='lpips'`` was asked for but LPIPS could not be built; pixel MSE is used instead."""
+
+
+class ImageResizeWarning(UserWarning):
+    """Input images were resized (or converted from grayscale / RGBA) to the generator's format."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def psnr_from_mse(mse) -> np.ndarray:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2) from their MSE; ``inf`` for a perfect match."""
+    mse = np.asarray(mse, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(4.0 / mse)
+
+
+def lr_schedule(step: int, steps: int, lr: float, rampup: float = 0.05, rampdown: float = 0.25) -> float:
+    """NVIDIA's projector schedule: linear warm-up over ``rampup`` of the run, cosine ramp-down over the last
+    ``rampdown``. ``step`` counts from 0; the first step already has a non-zero rate."""
+    t = step / max(steps, 1)
+    ramp = min(1.0, (1.0 - t) / rampdown) if rampdown > 0 else 1.0
+    ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
+    if rampup > 0:
+        ramp *= min(1.0, (step + 1) / max(rampup * steps, 1.0))
+    return lr * ramp
+
+
+def _sha256_tensor(h, t: torch.Tensor) -> None:
+    t = t.detach().to("cpu").contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def generator_hash(G) -> str:
+    """SHA-256 (hex) over the generator's state dict (names, dtypes, shapes and values, in key order)."""
+    h = hashlib.sha256()
+    for k, v in G.state_dict().items():
+        h.update(k.encode())
+        _sha256_tensor(h, v)
+    return h.hexdigest()
+
+
+def generator_identity(G) -> dict:
+    """What identifies a generator in saved results: its source, weight hash and shape."""
+    return {"source": None if G.source is None else str(G.source), "sha256": generator_hash(G),
+            "is_random": bool(getattr(G, "is_random", False)), "img_resolution": int(G.img_resolution),
+            "num_ws": int(G.num_ws), "w_dim": int(G.w_dim)}
+
+
+def default_cache_dir() -> Path:
+    """``<v2s_nb weights cache>/inversions`` (see :func:`v2s_nb.weights.cache_dir`)."""
+    from ..weights import cache_dir
+    return cache_dir() / "inversions"
+
+
+def _g_device_dtype(G):
+    w_avg = G.mapping.w_avg
+    return w_avg.device, w_avg.dtype
+
+
+def _json_key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input images
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _frame_list(mask: np.ndarray, frame_indices: Sequence[int]) -> list[int]:
+    return [int(frame_indices[i]) for i in np.flatnonzero(mask)]
+
+
+def prepare_images(images, resolution: int, frame_indices: Sequence[int] | None = None) -> torch.Tensor:
+    """Turn user images into float32 [N, 3, R, R] in [-1, 1] on the CPU, checked.
+
+    Accepts (numpy or torch; a single image or a batch; a list of images is stacked):
+
+    * uint8 (or integer 0..255) channel-last ``[N, H, W, C]`` / ``[H, W, C]``, grayscale ``[N, H, W]`` / ``[H, W]``;
+    * float channel-first ``[N, C, H, W]`` / ``[C, H, W]`` with values in [-1, 1] (channel-last float is
+      accepted when unambiguous).
+
+    ``C`` may be 3 (RGB), 1 (grayscale: replicated to RGB, with a warning) or 4 (RGBA: the alpha channel is
+    dropped, with a warning, only when it is fully opaque; otherwise refused). Square images of another size
+    are resized to ``resolution`` (antialiased bilinear) with an :class:`ImageResizeWarning`; non-square images
+    are refused (align / crop the faces first). Non-finite values raise ``ValueError`` naming the frames.
+    """
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("no images given")
+        images = np.stack([np.asarray(im.detach().cpu() if torch.is_tensor(im) else im) for im in images])
+    if torch.is_tensor(images):
+        arr = images.detach().to("cpu")
+        arr = arr.numpy() if arr.dtype != torch.bfloat16 else arr.float().numpy()
+    else:
+        arr = np.asarray(images)
+    if arr.dtype == bool or arr.dtype.kind not in "uif":
+        raise ValueError(f"images must be uint8 (0..255) or float in [-1, 1], got dtype {arr.dtype}")
+    is_int = arr.dtype.kind in "ui"
+
+    # Bring to [N, C, H, W].
+    if is_int:
+        if arr.ndim == 2:  # one grayscale image
+            arr = arr[None, :, :, None]
+        elif arr.ndim == 3:
+            arr = arr[None] if arr.shape[-1] in (1, 3, 4) else arr[..., None]  # one HWC image / N gray frames
+        elif arr.ndim == 4:
+            if arr.shape[-1] not in (1, 3, 4) and arr.shape[1] in (1, 3, 4):
+                arr = arr.transpose(0, 2, 3, 1)  # channel-first uint8: unambiguous, accept it
+        else:
+            raise ValueError(f"uint8 images must be [N, H, W, C], [H, W, C] or [N, H, W]; got shape {arr.shape}")
+        arr = arr.transpose(0, 3, 1, 2)
+    else:
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4:
+            raise ValueError(f"float images must be [N, C, H, W] or [C, H, W] in [-1, 1]; got shape {arr.shape}")
+        if arr.shape[1] not in (1, 3, 4) and arr.shape[-1] in (1, 3, 4):
+            arr = arr.transpose(0, 3, 1, 2)  # channel-last float: unambiguous, accept it
+    n, c, h, w = arr.shape
+    if n == 0:
+        raise ValueError("no images given (N = 0)")
+    idx = list(range(n)) if frame_indices is None else [int(i) for i in frame_indices]
+    if len(idx) != n:
+        raise ValueError(f"frame_indices has {len(idx)} entries for {n} images")
+
+    if not is_int:
+        arr = arr.astype(np.float32, copy=False)
+        bad = ~np.isfinite(arr).reshape(n, -1).all(axis=1)
+        if bad.any():
+            raise ValueError(f"images contain NaN or inf values in frame(s) {_frame_list(bad, idx)}")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < -10.0 or hi > 10.0:
+            raise ValueError(f"float images must be in [-1, 1] (got values from {lo:.3g} to {hi:.3g}); pass uint8 "
+                             "0..255 images, or scale floats with x / 127.5 - 1 (0..255) or x * 2 - 1 (0..1)")
+        if lo < -2.0 or hi > 2.0:
+            warnings.warn(f"float images range from {lo:.3g} to {hi:.3g}, beyond the expected [-1, 1]; they are "
+                          "compared as given", ImageResizeWarning, stacklevel=3)
+        x = torch.from_numpy(np.ascontiguousarray(arr))
+        opaque = 1.0
+    else:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(f"integer images must be 0..255 (got {lo}..{hi})")
+        x = torch.from_numpy(np.ascontiguousarray(arr).astype(np.float32)) / 127.5 - 1.0
+        opaque = 255
+
+    if c == 4:
+        alpha = arr[:, 3].reshape(n, -1)
+        transparent = (alpha < opaque - (0 if is_int else 1e-6)).any(axis=1)
+        if transparent.any():
+            raise ValueError(f"RGBA images with transparent pixels (frame(s) {_frame_list(transparent, idx)}); "
+                             "composite them onto a background first (alpha is not modelled by the generator)")
+        warnings.warn("RGBA images: the (fully opaque) alpha channel was dropped", ImageResizeWarning, stacklevel=3)
+        x = x[:, :3]
+    elif c == 1:
+        warnings.warn("grayscale images: replicated to 3 channels (the generator renders RGB)",
+                      ImageResizeWarning, stacklevel=3)
+        x = x.expand(n, 3, h, w)
+    elif c != 3:
+        raise ValueError(f"images must have 3 channels (RGB), or 1 (grayscale) / 4 (opaque RGBA); got {c} "
+                         f"(shape {tuple(images.shape) if hasattr(images, 'shape') else arr.shape})")
+
+    if h != w:
+        raise ValueError(f"images must be square aligned face crops; got {h}x{w} (height x width). Align / crop "
+                         "them first (v2s_nb.face), the generator renders {0}x{0}".format(resolution))
+    if h != resolution:
+        warnings.warn(f"images are {h}x{w}; resized to the generator's {resolution}x{resolution}",
+                      ImageResizeWarning, stacklevel=3)
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                          antialias=h > resolution).clamp(-1, 1)
+    return x.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Perceptual term
+# ---------------------------------------------------------------------------------------------------------------
+
+_LPIPS_MODELS: dict[str, Any] = {}
+_LPIPS_WARNED = False
+
+
+def _build_lpips(device):
+    """The ``lpips`` package's VGG LPIPS on ``device``, or None (with one warning per process) if unavailable."""
+    global _LPIPS_WARNED
+    key = str(device)
+    if key in _LPIPS_MODELS:
+        return _LPIPS_MODELS[key]
+    model = None
+    try:
+        import lpips  # noqa: F401  (needs torchvision and downloads the VGG backbone on first use)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = lpips.LPIPS(net="vgg", verbose=False).to(device).eval().requires_grad_(False)
+    except BaseException as e:  # ImportError, offline download, missing torchvision, ...
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        if not _LPIPS_WARNED:
+            _LPIPS_WARNED = True
+            warnings.warn(f"perceptual='lpips' is unavailable ({type(e).__name__}: {str(e)[:200]}); using pixel "
+                          "MSE only. LPIPS needs `pip install lpips torchvision` and a one-time download of the "
+                          "VGG backbone.", PerceptualFallbackWarning, stacklevel=4)
+        model = None
+    _LPIPS_MODELS[key] = model
+    return model
+
+
+def _resolve_perceptual(perceptual, device) -> tuple[Callable | None, str]:
+    """-> (callable(img, target) -> [N] or None, a name for the settings record)."""
+    if perceptual is None or perceptual is False or perceptual == "none":
+        return None, "none"
+    if isinstance(perceptual, str):
+        if perceptual.lower() != "lpips":
+            raise ValueError(f"perceptual must be None, 'lpips' or a callable, got {perceptual!r}")
+        model = _build_lpips(device)
+        if model is None:
+            return None, "none (lpips unavailable)"
+
+        def lpips_fn(img, target):
+            if img.shape[-1] > 256:  # as NVIDIA's projector: compare at 256 px
+                img = F.interpolate(img, size=(256, 256), mode="area")
+                target = F.interpolate(target, size=(256, 256), mode="area")
+            return model(img, target).reshape(img.shape[0])
+        return lpips_fn, "lpips-vgg"
+    if callable(perceptual):
+        name = getattr(perceptual, "__qualname__", None) or type(perceptual).__qualname__
+        return perceptual, f"callable:{getattr(perceptual, '__module__', '?')}.{name}"
+    raise TypeError(f"perceptual must be None, 'lpips' or a callable, got {type(perceptual).__name__}")
+
+
+def _per_image(value, n: int, what: str) -> torch.Tensor:
+    value = torch.as_tensor(value)
+    if value.numel() != n:
+        raise ValueError(f"the {what} callable must return one value per image (shape [{n}]), "
+                         f"got shape {tuple(value.shape)}")
+    return value.reshape(n)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Result
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _stem(path) -> Path:
+    p = Path(path)
+    if p.suffix in (".json", ".npy"):
+        p = p.with_suffix("")
+    return p
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@dataclasses.dataclass
+class Inversion:
+    """The result of :func:`invert` / :func:`invert_sequence`.
+
+    Attributes:
+        ws: w+ codes, float32 CPU tensor [N, num_ws, w_dim].
+        mse: per-image reconstruction MSE (images in [-1, 1]), float64 [N].
+        psnr: per-image PSNR in dB (``10·log10(4 / mse)``), float64 [N].
+        loss_history: per image, the loss at every optimisation step it went through (float32 arrays; in
+            sequence mode warm-started batches have fewer steps).
+        settings: every setting of the run (steps, lr, weights, perceptual term, seed, ...).
+        generator: :func:`generator_identity` of the generator used (source, weight SHA-256, shape).
+        frame_indices: int64 [N], the frames' indices in the video (or 0..N-1).
+        total_steps: optimisation steps run (Adam iterations, summed over batches).
+        frame_steps: sum over batches of (frames in the batch × steps): the work done, in image renders.
+        from_cache: True when this result was read back from a cache / checkpoint instead of computed.
+    """
+
+    ws: torch.Tensor
+    mse: np.ndarray
+    psnr: np.ndarray
+    loss_history: list
+    settings: dict
+    generator: dict
+    frame_indices: np.ndarray
+    total_steps: int = 0
+    frame_steps: int = 0
+    from_cache: bool = False
+
+    def __len__(self) -> int:
+        return int(self.ws.shape[0])
+
+    def __repr__(self) -> str:
+        p = self.psnr
+        return (f"Inversion({len(self)} frames, ws {tuple(self.ws.shape)}, PSNR {np.min(p):.2f}..{np.max(p):.2f} dB "
+                f"(mean {np.mean(p):.2f}), {self.total_steps} steps, generator {self.generator.get('source')!r})")
+
+    # -- rendering --------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def images(self, G, batch_size: int = 8, uint8: bool = False):
+        """Re-render the codes with ``G`` (e.g. the PTI generator): float [N, 3, R, R] CPU tensor in about
+        [-1, 1], or uint8 [N, R, R, 3] numpy with ``uint8=True``."""
+        device, dtype = _g_device_dtype(G)
+        out = [G.synthesis(self.ws[i:i + batch_size].to(device=device, dtype=dtype)).float().cpu()
+               for i in range(0, len(self), batch_size)]
+        img = torch.cat(out)
+        if uint8:
+            from ..images import to_uint8
+            return to_uint8(img)
+        return img
+
+    def matches(self, G) -> bool:
+        """Whether ``G`` has exactly the weights these codes were computed with."""
+        return generator_hash(G) == self.generator.get("sha256")
+
+    # -- saving -----------------------------------------------------------------------------------------------
+
+    def save(self, path) -> Path:
+        """Write ``<path>.npy`` (the codes) and ``<path>.json`` (everything else); returns the ``.json`` path.
+
+        Each file is written to a temporary name and moved into place (``os.replace``); the JSON, written last,
+        holds the SHA-256 of the codes, so a half-updated pair is refused by :meth:`load`.
+        """
+        stem = _stem(path)
+        npy, js = Path(str(stem) + ".npy"), Path(str(stem) + ".json")
+        ws = self.ws.detach().to("cpu", torch.float32).contiguous().numpy()
+        _atomic_write(npy, lambda f: np.save(f, ws, allow_pickle=False))
+        meta = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "ws_file": npy.name,
+            "ws_shape": list(ws.shape), "ws_sha256": hashlib.sha256(ws.tobytes()).hexdigest(),
+            "mse": [float(v) for v in self.mse], "psnr": [float(v) for v in self.psnr],
+            "frame_indices": [int(v) for v in self.frame_indices],
+            "total_steps": int(self.total_steps), "frame_steps": int(self.frame_steps),
+            "settings": self.settings, "generator": self.generator,
+            "loss_history": [[float(v) for v in np.asarray(h, dtype=np.float32)] for h in self.loss_history],
+        }
+        text = json.dumps(meta, indent=1, default=str)
+        _atomic_write(js, lambda f: f.write(text), mode="w")
+        return js
+
+    @classmethod
+    def load(cls, path) -> "Inversion":
+        """Read what :meth:`save` wrote (pass the stem, the ``.json`` or the ``.npy`` path)."""
+        stem = _stem(path)
+        js = Path(str(stem) + ".json")
+        if not js.exists():
+            raise FileNotFoundError(f"no inversion at {js}")
+        try:
+            meta = json.loads(js.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{js} is not a readable inversion file ({e})") from None
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{js} is not a v2s_nb inversion (format={meta.get('format')!r})")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{js}: unsupported inversion format version {meta.get('format_version')!r}")
+        npy = js.parent / meta["ws_file"]
+        ws = np.load(npy, allow_pickle=False)
+        if list(ws.shape) != meta["ws_shape"] or hashlib.sha256(
+                np.ascontiguousarray(ws).tobytes()).hexdigest() != meta["ws_sha256"]:
+            raise ValueError(f"{npy} does not match {js} (incomplete or mixed-up save); re-run the inversion")
+        return cls(ws=torch.from_numpy(ws), mse=np.asarray(meta["mse"], dtype=np.float64),
+                   psnr=np.asarray(meta["psnr"], dtype=np.float64),
+                   loss_history=[np.asarray(h, dtype=np.float32) for h in meta["loss_history"]],
+                   settings=meta["settings"], generator=meta["generator"],
+                   frame_indices=np.asarray(meta["frame_indices"], dtype=np.int64),
+                   total_steps=int(meta["total_steps"]), frame_steps=int(meta["frame_steps"]), from_cache=True)
+
+    # -- combining --------------------------------------------------------------------------------------------
+
+    @classmethod
+    def concat(cls, parts: Sequence["Inversion"], settings: dict | None = None) -> "Inversion":
+        """Join results of consecutive batches (same generator) into one."""
+        parts = list(parts)
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        return cls(ws=torch.cat([p.ws for p in parts]), mse=np.concatenate([p.mse for p in parts]),
+                   psnr=np.concatenate([p.psnr for p in parts]),
+                   loss_history=[h for p in parts for h in p.loss_history],
+                   settings=settings if settings is not None else parts[0].settings,
+                   generator=parts[0].generator,
+                   frame_indices=np.concatenate([p.frame_indices for p in parts]),
+                   total_steps=sum(p.total_steps for p in parts), frame_steps=sum(p.frame_steps for p in parts),
+                   from_cache=all(p.from_cache for p in parts))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optimisation core
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _w_spread(G, device, dtype, samples: int = 2000) -> float:
+    """Per-element spread of W: sqrt(mean over samples and dims of (w - w_avg)^2), deterministic."""
+    gen = torch.Generator(device="cpu").manual_seed(123)
+    z = torch.randn([samples, G.z_dim], generator=gen).to(device)
+    c = torch.zeros([samples, G.c_dim], device=device) if G.c_dim else None
+    w = G.mapping(z, c)[:, 0].to(dtype)
+    return float((w - G.mapping.w_avg).square().mean().sqrt())
+
+
+@torch.no_grad()
+def _reconstruction_mse(G, ws, targets, batch_size) -> np.ndarray:
+    out = []
+    for i in range(0, ws.shape[0], batch_size):
+        img = G.synthesis(ws[i:i + batch_size]).float()
+        out.append((img - targets[i:i + batch_size].to(img.device)).square().mean(dim=(1, 2, 3)).cpu())
+    return torch.cat(out).double().numpy()
+
+
+def _optimise(G, targets: torch.Tensor, init: torch.Tensor, steps: int, cfg: dict, perc_fn, rng: torch.Generator,
+              frame_indices: Sequence[int], pbar=None, prev_w: torch.Tensor | None = None,
+              temporal_weight: float = 0.0, w_noise: float = 0.0, w_spread: float = 1.0):
+    """Optimise one batch. -> (ws [n, num_ws, w_dim] detached on G's device, history float32 [n, steps])."""
+    device, dtype = _g_device_dtype(G)
+    n = targets.shape[0]
+    targets = targets.to(device=device, dtype=torch.float32)
+    w_avg = G.mapping.w_avg.to(dtype).reshape(1, 1, -1)
+    ws = init.to(device=device, dtype=dtype).clone().requires_grad_(True)
+    opt = torch.optim.Adam([ws], lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8)
+    history = np.zeros((n, steps), dtype=np.float32)
+    for step in range(steps):
+        lr = lr_schedule(step, steps, cfg["lr"], cfg["lr_rampup"], cfg["lr_rampdown"])
+        for group in opt.param_groups:
+            group["lr"] = lr
+        w_in = ws
+        t = step / max(steps, 1)
+        if w_noise > 0 and cfg["w_noise_ramp"] > 0:
+            scale = w_spread * w_noise * max(0.0, 1.0 - t / cfg["w_noise_ramp"]) ** 2
+            if scale > 0:
+                w_in = ws + torch.randn(ws.shape, generator=rng).to(device=device, dtype=dtype) * scale
+        img = G.synthesis(w_in).float()
+        loss_i = cfg["mse_weight"] * (img - targets).square().mean(dim=(1, 2, 3))
+        if perc_fn is not None and cfg["perceptual_weight"]:
+            loss_i = loss_i + cfg["perceptual_weight"] * _per_image(perc_fn(img, targets), n, "perceptual").float()
+        if cfg["w_avg_weight"]:
+            loss_i = loss_i + cfg["w_avg_weight"] * (ws - w_avg).float().square().mean(dim=(1, 2))
+        if temporal_weight:
+            seq = ws if prev_w is None else torch.cat([prev_w.to(device=device, dtype=dtype)[None], ws])
+            diff = (seq[1:] - seq[:-1]).float().square().mean(dim=(1, 2))  # one per frame of the batch (or n-1)
+            loss_i = loss_i + temporal_weight * F.pad(diff, (n - diff.shape[0], 0))
+        bad = ~torch.isfinite(loss_i.detach())
+        if bad.any():
+            frames = [int(frame_indices[i]) for i in torch.nonzero(bad).flatten().tolist()]
+            raise InversionDivergedError(f"inversion diverged at step {step}/{steps}: the loss is NaN/inf for "
+                                         f"frame(s) {frames}; lower lr (now {cfg['lr']}) or check the images",
+                                         frames)
+        opt.zero_grad(set_to_none=True)
+        loss_i.sum().backward()
+        opt.step()
+        history[:, step] = loss_i.detach().float().cpu().numpy()
+        if pbar is not None:
+            pbar.update(1)
+            if step % 10 == 0 or step == steps - 1:
+                pbar.set_postfix(loss=f"{float(history[:, step].mean()):.4g}", refresh=False)
+    return ws.detach(), history
+
+
+def _settings(kwargs: dict, perc_name: str, **extra) -> dict:
+    s = {k: kwargs[k] for k in DEFAULTS}
+    s["perceptual"] = perc_name
+    s.update(extra)
+    return s
+
+
+def _check_init(init, G, n: int, device, dtype) -> torch.Tensor:
+    w_avg = G.mapping.w_avg.to(dtype)
+    if init is None:
+        return w_avg.reshape(1, 1, -1).expand(n, G.num_ws, G.w_dim).to(device).clone()
+    if isinstance(init, Inversion):
+        init = init.ws
+    init = torch.as_tensor(init).detach().to(device=device, dtype=dtype)
+    if init.ndim == 1:
+        init = init[None, None]
+    elif init.ndim == 2:
+        init = init[None]
+    if init.ndim != 3 or init.shape[1:] != (G.num_ws, G.w_dim) or init.shape[0] not in (1, n):
+        raise ValueError(f"init must be [N, {G.num_ws}, {G.w_dim}] (or broadcastable [{G.num_ws}, {G.w_dim}] / "
+                         f"[{G.w_dim}]) for N = {n}; got shape {tuple(init.shape)}")
+    if not torch.isfinite(init).all():
+        raise ValueError("init contains NaN or inf")
+    return init.expand(n, -1, -1).clone()
+
+
+def _make_pbar(progress, total, desc):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, leave=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def invert(G, images, *, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["lr"],
+           lr_rampup: float = DEFAULTS["lr_rampup"], lr_rampdown: float = DEFAULTS["lr_rampdown"],
+           w_noise: float = DEFAULTS["w_noise"], w_noise_ramp: float = DEFAULTS["w_noise_ramp"],
+           mse_weight: float = DEFAULTS["mse_weight"], perceptual=None,
+           perceptual_weight: float = DEFAULTS["perceptual_weight"], w_avg_weight: float = DEFAULTS["w_avg_weight"],
+           init=None, seed: int = DEFAULTS["seed"], batch_size: int = 8, frame_indices: Sequence[int] | None = None,
+           cache_dir=None, progress: bool = True) -> Inversion:
+    """Project images into W+ of ``G`` (every image independently; ``batch_size`` of them per optimiser run).
+
+    Args:
+        G: a :class:`v2s_nb.stylegan3.Generator` (any device; its device and dtype are used).
+        images: aligned square crops: uint8 [N, H, W, 3] or float [N, 3, H, W] in [-1, 1] (see
+            :func:`prepare_images` for grayscale / RGBA / other sizes).
+        steps: Adam steps per image. lr, lr_rampup, lr_rampdown: see :func:`lr_schedule`.
+        w_noise, w_noise_ramp: Gaussian noise added to w at step t, std ``w_noise · spread(W) · max(0, 1 - t /
+            w_noise_ramp)²`` (NVIDIA's projector), spread(W) being the per-element std of mapped samples around
+            ``w_avg``; 0 disables it.
+        mse_weight, perceptual, perceptual_weight: the reconstruction loss (see the module docstring).
+        w_avg_weight: weight of the pull toward ``w_avg``.
+        init: start codes [N, num_ws, w_dim] (or one code broadcast to all images); default ``w_avg`` on every row.
+        seed: seeds the noise on w (results are deterministic for a given seed, device and batch split).
+        batch_size: images optimised together (memory vs. speed; results do not depend on it without noise).
+        frame_indices: the frames' indices, used in messages and stored (default 0..N-1).
+        cache_dir: a folder (or True for :func:`default_cache_dir`): results are stored there keyed by a hash of
+            the images, the generator's weights, the settings and ``init``, and reused instead of recomputed.
+        progress: show a ``tqdm.auto`` progress bar with the current loss.
+    Returns:
+        :class:`Inversion`.
+    Raises:
+        ValueError: unusable images (wrong shape / channels / aspect ratio / range, NaN — naming the frames).
+        InversionDivergedError: the loss became NaN / inf; names the frames.
+    """
+    kwargs = dict(steps=int(steps), lr=float(lr), lr_rampup=float(lr_rampup), lr_rampdown=float(lr_rampdown),
+                  w_noise=float(w_noise), w_noise_ramp=float(w_noise_ramp), mse_weight=float(mse_weight),
+                  perceptual_weight=float(perceptual_weight), w_avg_weight=float(w_avg_weight), seed=int(seed))
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    device, dtype = _g_device_dtype(G)
+    targets = prepare_images(images, G.img_resolution, frame_indices)
+    n = targets.shape[0]
+    idx = list(range(n)) if frame_indices is None else [int(i) for i in frame_indices]
+    init_ws = _check_init(init, G, n, device, dtype)
+    perc_fn, perc_name = _resolve_perceptual(perceptual, device)
+    settings = _settings(kwargs, perc_name, mode="invert", batch_size=int(batch_size),
+                         init="w_avg" if init is None else "given")
+    gen_id = generator_identity(G)
+
+    cache_file = None
+    if cache_dir:
+        cache_dir = default_cache_dir() if cache_dir is True else Path(cache_dir)
+        h = hashlib.sha256()
+        _sha256_tensor(h, targets)
+        _sha256_tensor(h, init_ws.float())
+        key = _json_key({"images": h.hexdigest(), "generator": gen_id["sha256"], "settings": settings})
+        cache_file = cache_dir / f"inv-{key[:24]}"
+        if Path(str(cache_file) + ".json").exists():
+            try:
+                inv = Inversion.load(cache_file)
+                inv.frame_indices = np.asarray(idx, dtype=np.int64)
+                return inv
+            except (ValueError, OSError) as e:
+                warnings.warn(f"ignoring unreadable cache entry {cache_file}.json ({e}); recomputing", stacklevel=2)
+
+    w_spread = _w_spread(G, device, dtype) if w_noise > 0 else 1.0
+    rng = torch.Generator(device="cpu").manual_seed(int(seed))
+    pbar = _make_pbar(progress, steps * math.ceil(n / batch_size), f"invert {n} image(s)")
+    ws_out, hist = [], []
+    try:
+        for s in range(0, n, batch_size):
+            if pbar is not None:
+                pbar.set_description(f"invert frames {idx[s]}..{idx[min(s + batch_size, n) - 1]}")
+            w, hst = _optimise(G, targets[s:s + batch_size], init_ws[s:s + batch_size], steps, kwargs, perc_fn, rng,
+                               idx[s:s + batch_size], pbar=pbar, w_noise=w_noise, w_spread=w_spread)
+            ws_out.append(w)
+            hist.extend(list(hst))
+    finally:
+        if pbar is not None:
+            pbar.close()
+    ws = torch.cat(ws_out)
+    mse = _reconstruction_mse(G, ws, targets, batch_size)
+    inv = Inversion(ws=ws.float().cpu(), mse=mse, psnr=psnr_from_mse(mse), loss_history=hist, settings=settings,
+                    generator=gen_id, frame_indices=np.asarray(idx, dtype=np.int64),
+                    total_steps=steps * math.ceil(n / batch_size), frame_steps=steps * n)
+    if cache_file is not None:
+        inv.save(cache_file)
+    return inv
+
+
+def _batch_key(targets: torch.Tensor, init: torch.Tensor, gen_sha: str, settings: dict, extra: dict) -> str:
+    h = hashlib.sha256()
+    _sha256_tensor(h, targets)
+    _sha256_tensor(h, init.float().cpu())
+    return _json_key({"images": h.hexdigest(), "generator": gen_sha, "settings": settings, **extra})
+
+
+def invert_sequence(G, frames, *, batch: int = 8, steps_first: int = DEFAULTS["steps"], steps_next: int = 150,
+                    temporal_weight: float = 0.0, lr: float = DEFAULTS["lr"], lr_next: float | None = None,
+                    lr_rampup: float = DEFAULTS["lr_rampup"],
+                    lr_rampdown: float = DEFAULTS["lr_rampdown"], w_noise: float = DEFAULTS["w_noise"],
+                    w_noise_ramp: float = DEFAULTS["w_noise_ramp"], mse_weight: float = DEFAULTS["mse_weight"],
+                    perceptual=None, perceptual_weight: float = DEFAULTS["perceptual_weight"],
+                    w_avg_weight: float = DEFAULTS["w_avg_weight"], init=None, seed: int = DEFAULTS["seed"],
+                    frame_indices: Sequence[int] | None = None, checkpoint_dir=None, cache_dir=None,
+                    progress: bool = True) -> Inversion:
+    """Invert the frames of a video, in batches of ``batch`` consecutive frames.
+
+    The first batch starts from ``w_avg`` (or ``init``: one code, or one per frame of the first batch) and runs
+    ``steps_first`` steps with the decaying noise on w; every later batch starts each of its frames from the
+    previous frame's result (the last frame of the batch before) and runs ``steps_next`` steps at peak learning
+    rate ``lr_next`` (default ``lr / 2``: the start is already close), without noise.
+    With ``temporal_weight > 0`` each frame is also pulled toward its predecessor:
+    ``temporal_weight · mean((w_i - w_{i-1})²)`` (the first frame of a batch toward the fixed result of the frame
+    before it).
+
+    ``checkpoint_dir``: each finished batch is saved there (``frames_<first>-<last>.npy/.json``, atomically); a
+    re-run with the same frames, generator and settings loads finished batches instead of recomputing them, and
+    recomputes any that is missing, unreadable or stale (other frames / settings / generator). ``cache_dir``:
+    as in :func:`invert`, for the whole result.
+
+    The result's ``total_steps`` (Adam iterations) and ``frame_steps`` (frames × steps, the rendering work) say
+    what the run cost; ``settings['batch_steps']`` lists the steps of each batch.
+    """
+    kwargs = dict(steps=int(steps_first), lr=float(lr), lr_rampup=float(lr_rampup), lr_rampdown=float(lr_rampdown),
+                  w_noise=float(w_noise), w_noise_ramp=float(w_noise_ramp), mse_weight=float(mse_weight),
+                  perceptual_weight=float(perceptual_weight), w_avg_weight=float(w_avg_weight), seed=int(seed))
+    if batch < 1 or steps_first < 1 or steps_next < 1:
+        raise ValueError(f"batch, steps_first and steps_next must be >= 1 (got {batch}, {steps_first}, {steps_next})")
+    lr_next = float(lr) / 2 if lr_next is None else float(lr_next)
+    kwargs_next = dict(kwargs, lr=lr_next)
+    device, dtype = _g_device_dtype(G)
+    targets = prepare_images(frames, G.img_resolution, frame_indices)
+    n = targets.shape[0]
+    idx = list(range(n)) if frame_indices is None else [int(i) for i in frame_indices]
+    first_init = _check_init(init, G, min(batch, n), device, dtype)
+    perc_fn, perc_name = _resolve_perceptual(perceptual, device)
+    settings = _settings(kwargs, perc_name, mode="sequence", batch=int(batch), steps_first=int(steps_first),
+                         steps_next=int(steps_next), lr_next=lr_next, temporal_weight=float(temporal_weight),
+                         init="w_avg" if init is None else "given")
+    starts = list(range(0, n, batch))
+    batch_steps = [steps_first if i == 0 else steps_next for i in range(len(starts))]
+    settings["batch_steps"] = batch_steps
+    gen_id = generator_identity(G)
+
+    cache_file = None
+    if cache_dir:
+        cache_dir = default_cache_dir() if cache_dir is True else Path(cache_dir)
+        h = hashlib.sha256()
+        _sha256_tensor(h, targets)
+        _sha256_tensor(h, first_init.float().cpu())
+        cache_file = cache_dir / ("seq-" + _json_key({"images": h.hexdigest(), "generator": gen_id["sha256"],
+                                                      "settings": settings})[:24])
+        if Path(str(cache_file) + ".json").exists():
+            try:
+                inv = Inversion.load(cache_file)
+                inv.frame_indices = np.asarray(idx, dtype=np.int64)
+                return inv
+            except (ValueError, OSError) as e:
+                warnings.warn(f"ignoring unreadable cache entry {cache_file}.json ({e}); recomputing", stacklevel=2)
+
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    w_spread = _w_spread(G, device, dtype) if w_noise > 0 else 1.0
+    pbar = _make_pbar(progress, sum(batch_steps), f"invert {n} frames")
+    parts: list[Inversion] = []
+    prev_w = None
+    try:
+        for b, s in enumerate(starts):
+            e = min(s + batch, n)
+            tgt = targets[s:e]
+            steps_b = batch_steps[b]
+            init_b = first_init[: e - s] if b == 0 else prev_w[None].expand(e - s, -1, -1)
+            part, key, path = None, None, None
+            if ckpt is not None:
+                key = _batch_key(tgt, init_b, gen_id["sha256"], settings, {"start": s})
+                path = ckpt / f"frames_{idx[s]:06d}-{idx[e - 1]:06d}"
+                if Path(str(path) + ".json").exists():
+                    try:
+                        part = Inversion.load(path)
+                        if part.settings.get("checkpoint_key") != key:
+                            warnings.warn(f"checkpoint {path}.json is from other frames / settings / generator; "
+                                          "recomputing it", stacklevel=2)
+                            part = None
+                    except (ValueError, OSError, KeyError) as err:
+                        warnings.warn(f"checkpoint {path}.json is unreadable ({err}); recomputing it", stacklevel=2)
+                        part = None
+            if part is None:
+                if pbar is not None:
+                    pbar.set_description(f"invert frames {idx[s]}..{idx[e - 1]}")
+                rng = torch.Generator(device="cpu").manual_seed(int(seed) + b)
+                w, hst = _optimise(G, tgt, init_b, steps_b, kwargs if b == 0 else kwargs_next, perc_fn, rng,
+                                   idx[s:e], pbar=pbar,
+                                   prev_w=prev_w, temporal_weight=float(temporal_weight),
+                                   w_noise=w_noise if b == 0 else 0.0, w_spread=w_spread)
+                mse = _reconstruction_mse(G, w, tgt, batch)
+                part = Inversion(ws=w.float().cpu(), mse=mse, psnr=psnr_from_mse(mse), loss_history=list(hst),
+                                 settings=dict(settings, checkpoint_key=key, batch_index=b), generator=gen_id,
+                                 frame_indices=np.asarray(idx[s:e], dtype=np.int64), total_steps=steps_b,
+                                 frame_steps=steps_b * (e - s))
+                if path is not None:
+                    part.save(path)
+            elif pbar is not None:
+                pbar.update(steps_b)
+            parts.append(part)
+            prev_w = part.ws[-1].to(device=device, dtype=dtype)
+    finally:
+        if pbar is not None:
+            pbar.close()
+    inv = Inversion.concat(parts, settings=settings)
+    inv.frame_indices = np.asarray(idx, dtype=np.int64)
+    if cache_file is not None:
+        inv.from_cache = False
+        inv.save(cache_file)
+    return inv
+
+
+def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_weight: float = 1.0, perceptual=None,
+                   perceptual_weight: float = 1.0, locality_weight: float = 0.1, locality_radius: float | None = None,
+                   locality_samples: int = 1, locality_every: int = 1, locality_truncation: float = 0.5,
+                   batch_size: int = 4, seed: int = 0, frame_indices: Sequence[int] | None = None,
+                   progress: bool = True):
+    """Pivotal tuning (PTI, Roich et al. 2022): fine-tune a copy of ``G`` so that the pivots ``ws`` render
+    ``images`` exactly, keeping the generator unchanged elsewhere.
+
+    Only the synthesis network is trained (the mapping network and ``w_avg`` are frozen); ``G`` itself is never
+    modified. Each step: a batch of pivots (all of them when there are at most ``batch_size``) with loss
+    ``mse_weight · MSE + perceptual_weight · P`` against their images, plus, every ``locality_every`` steps, the
+    locality regulariser of PTI: for ``locality_samples`` codes ``w_r = w_p + r · (w_z - w_p) / ||w_z - w_p||``
+    (``w_z`` from the mapping of random z at truncation ``locality_truncation``, ``w_p`` a pivot, per w+ row),
+    ``locality_weight · (MSE + perceptual_weight · P)`` between the tuned and the original generator's renders.
+    ``locality_radius`` defaults to PTI's 30 for 512-d W, scaled by ``sqrt(w_dim / 512)`` for other widths.
+
+    Args:
+        images: as for :func:`invert` (the same crops that were inverted).
+        ws: an :class:`Inversion` or codes [N, num_ws, w_dim].
+        steps, lr: Adam steps and learning rate (PTI: 350 steps, 3e-4).
+    Returns:
+        The tuned generator (eval mode, ``requires_grad`` off, on ``G``'s device), with ``source`` saying it was
+        tuned; save it with :func:`v2s_nb.stylegan3.save_generator`.
+    Raises:
+        InversionDivergedError: NaN / inf loss, naming the frames of the batch.
+    """
+    device, dtype = _g_device_dtype(G)
+    if isinstance(ws, Inversion):
+        if frame_indices is None:
+            frame_indices = [int(i) for i in ws.frame_indices]
+        ws = ws.ws
+    targets = prepare_images(images, G.img_resolution, frame_indices)
+    n = targets.shape[0]
+    idx = list(range(n)) if frame_indices is None else [int(i) for i in frame_indices]
+    pivots = _check_init(ws, G, n, device, dtype)
+    targets = targets.to(device)
+    perc_fn, perc_name = _resolve_perceptual(perceptual, device)
+    radius = 30.0 * math.sqrt(G.w_dim / 512) if locality_radius is None else float(locality_radius)
+
+    G_orig = G
+    G_t = copy.deepcopy(G).requires_grad_(False)
+    G_t.synthesis.requires_grad_(True)
+    G_t.train(False)
+    params = [p for p in G_t.synthesis.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
+    rng = torch.Generator(device="cpu").manual_seed(int(seed))
+
+    def rec_loss(img, tgt):
+        loss = mse_weight * (img - tgt).square().mean(dim=(1, 2, 3))
+        if perc_fn is not None and perceptual_weight:
+            loss = loss + perceptual_weight * _per_image(perc_fn(img, tgt), img.shape[0], "perceptual").float()
+        return loss
+
+    pbar = _make_pbar(progress, steps, f"PTI on {n} pivot(s)")
+    try:
+        for step in range(steps):
+            sel = torch.arange(n) if n <= batch_size else torch.randperm(n, generator=rng)[:batch_size]
+            loss_i = rec_loss(G_t.synthesis(pivots[sel.to(device)]).float(), targets[sel.to(device)])
+            loss = loss_i.sum()
+            if locality_weight and locality_every and step % locality_every == 0:
+                k = int(locality_samples)
+                z = torch.randn([k, G.z_dim], generator=rng).to(device)
+                c = torch.zeros([k, G.c_dim], device=device) if G.c_dim else None
+                with torch.no_grad():
+                    w_z = G_orig.mapping(z, c, truncation_psi=locality_truncation).to(dtype)
+                    p = pivots[torch.randint(n, [k], generator=rng).to(device)]
+                    d = w_z - p
+                    w_r = p + radius * d / d.norm(dim=2, keepdim=True).clamp_min(1e-8)
+                    ref = G_orig.synthesis(w_r).float()
+                reg = rec_loss(G_t.synthesis(w_r).float(), ref)
+                loss = loss + locality_weight * reg.sum()
+            if not torch.isfinite(loss.detach()):
+                bad = [idx[int(i)] for i in sel.tolist()]
+                raise InversionDivergedError(f"pivotal tuning diverged at step {step}/{steps} (NaN/inf loss) on "
+                                             f"frame(s) {bad}; lower lr (now {lr})", bad)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if pbar is not None:
+                pbar.update(1)
+                if step % 10 == 0 or step == steps - 1:
+                    pbar.set_postfix(loss=f"{float(loss_i.detach().mean()):.4g}", refresh=False)
+    finally:
+        if pbar is not None:
+            pbar.close()
+    G_t.requires_grad_(False).eval()
+    G_t.is_random = bool(getattr(G, "is_random", False))
+    G_t.source = (f"{G.source} + PTI ({n} pivot(s), {steps} steps, lr {lr}, locality {locality_weight}, "
+                  f"perceptual {perc_name})")
+    return G_t

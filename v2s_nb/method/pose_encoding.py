@@ -1,0 +1,329 @@
+"""Section 3.3: global pose encoding — move only W+ rows 0-7 of the reference so its head pose matches a target.
+
+    w_ref^p = argmin over w[0:8] of  λ_pose · mean_a (P_r(G(w))_a - target_a)²  +  λ_id · mean |w[0:8] - w_ref[0:8]|
+
+with ``a`` over (yaw, pitch, roll) in degrees, ``λ_pose = 2`` (a scalar or one weight per angle) and
+``λ_id = 0.04`` (paper 4.1). Rows 8+ are never touched. Adam on rows 0-7 (``steps``, ``lr`` in w units).
+
+``P_r`` (``pose_fn``) is any differentiable callable returning [N, 3] degrees (yaw, pitch, roll), either on
+images (``pose_input='image'``: float [N, 3, R, R] in [-1, 1] from ``G.synthesis(w)``) or on the codes
+(``pose_input='w'``: [N, num_ws, w_dim]). A callable with a ``pose_input`` attribute says which itself.
+
+Default ``P_r`` (:func:`default_pose_regressor`): a ridge-regression :class:`PoseRegressor` on the mean of rows
+0-7, fitted once per generator on rendered samples whose pose is measured with :func:`v2s_nb.face.landmarks` +
+:func:`v2s_nb.face.head_pose`, cached under ``cache_dir()/pose_regressor`` keyed by the generator's weight hash.
+It is a w-space surrogate (cheap, differentiable, offline); the pose actually achieved is then *measured* on the
+rendered image with ``head_pose`` (:attr:`PoseEncoding.achieved`) and reported against the target
+(:meth:`PoseEncoding.report`). A generator whose samples contain no detectable faces (``G.is_random``, or
+landmarks found on fewer than half of the samples) raises :class:`PoseUnavailableError` instead of fitting
+nonsense.
+
+Sequence mode (:func:`encode_pose_sequence`): one target per frame, each frame warm-started from the previous
+frame's result (``steps_first`` steps for frame 0, ``steps_next`` after), the identity term always measured
+against the original reference rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "LAMBDA_POSE", "LAMBDA_ID", "POSE_ROWS", "PoseUnavailableError", "PoseEncoding", "PoseRegressor",
+    "encode_pose", "encode_pose_sequence", "default_pose_regressor", "fit_pose_regressor", "measure_pose",
+    "images_pose",
+]
+
+LAMBDA_POSE = 2.0
+LAMBDA_ID = 0.04
+POSE_ROWS = 8
+ANGLES = ("yaw", "pitch", "roll")
+
+
+class PoseUnavailableError(RuntimeError):
+    """No default pose regressor can be made for this generator (its samples contain no detectable faces)."""
+
+
+# ----------------------------------------------------------------------------------------------- result
+
+
+@dataclasses.dataclass
+class PoseEncoding:
+    """Result of :func:`encode_pose` / :func:`encode_pose_sequence`.
+
+    ``ws``: [N, num_ws, w_dim] the pose-encoded codes (rows 8+ equal the input's); ``target``: [N, 3] degrees;
+    ``predicted``: [N, 3] ``P_r`` of the result; ``achieved``: [N, 3] head pose measured on the rendered image
+    (NaN where not measured or no face found); ``loss_history``: per frame, the loss at every step.
+    """
+
+    ws: torch.Tensor
+    target: np.ndarray
+    predicted: np.ndarray
+    achieved: np.ndarray
+    loss_history: list
+    settings: dict
+
+    def __len__(self) -> int:
+        return int(self.ws.shape[0])
+
+    def report(self) -> str:
+        """Table: per frame, target vs predicted (P_r) vs achieved (measured) yaw / pitch / roll, degrees."""
+        lines = ["frame | target yaw pitch roll | P_r yaw pitch roll | measured yaw pitch roll"]
+        for i in range(len(self)):
+            t, p, a = self.target[i], self.predicted[i], self.achieved[i]
+            f = lambda v: " ".join(f"{x:6.1f}" for x in v)  # noqa: E731
+            lines.append(f"{i:5d} | {f(t)} | {f(p)} | {f(a)}")
+        err = np.abs(self.achieved - self.target)
+        if np.isfinite(err).any():
+            lines.append(f"mean |measured - target| (yaw, pitch, roll): {np.nanmean(err, axis=0).round(2).tolist()}")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- default P_r
+
+
+class PoseRegressor(nn.Module):
+    """(yaw, pitch, roll) = mean(w[rows]) @ A + b: a linear map of the mean of W+ rows 0-7 (differentiable in w)."""
+
+    pose_input = "w"
+
+    def __init__(self, A: torch.Tensor, b: torch.Tensor, rows: int = POSE_ROWS, info: dict | None = None):
+        super().__init__()
+        self.register_buffer("A", torch.as_tensor(A, dtype=torch.float32))
+        self.register_buffer("b", torch.as_tensor(b, dtype=torch.float32).reshape(3))
+        self.rows = int(rows)
+        self.info = dict(info or {})
+
+    def forward(self, ws: torch.Tensor) -> torch.Tensor:
+        x = ws[:, :self.rows].float().mean(1)
+        return x @ self.A.to(x.device) + self.b.to(x.device)
+
+
+def images_pose(images: np.ndarray) -> np.ndarray:
+    """Head pose [N, 3] (degrees) of uint8 images [N, H, W, 3]; NaN rows where no face is found."""
+    from ..face import head_pose, landmarks
+    images = np.asarray(images)
+    up = 1 if images.shape[1] < 512 else 0
+    tr = landmarks(images, upsample=up, progress=False)
+    if not tr.found.any():
+        return np.full((len(images), 3), np.nan)
+    return head_pose(tr, interpolate=False)
+
+
+def fit_pose_regressor(ws: torch.Tensor, poses: np.ndarray, rows: int = POSE_ROWS, ridge: float = 1e-2,
+                       info: dict | None = None) -> PoseRegressor:
+    """Ridge regression of ``poses`` [N, 3] on the mean of rows 0-7 of ``ws`` [N, num_ws, w_dim] (NaN rows dropped)."""
+    poses = np.asarray(poses, np.float64)
+    ok = np.isfinite(poses).all(1)
+    x = torch.as_tensor(ws)[:, :rows].double().mean(1).cpu().numpy()[ok]
+    y = poses[ok]
+    if len(y) < 4:
+        raise PoseUnavailableError(f"only {len(y)} samples with a face: too few to fit a pose regressor")
+    mx, my = x.mean(0), y.mean(0)
+    xc = x - mx
+    A = np.linalg.solve(xc.T @ xc + ridge * len(y) * np.eye(x.shape[1]), xc.T @ (y - my))
+    b = my - mx @ A
+    resid = y - (x @ A + b)
+    info = dict(info or {}, n_fit=int(len(y)), rmse=np.sqrt((resid ** 2).mean(0)).tolist())
+    return PoseRegressor(torch.from_numpy(A), torch.from_numpy(b), rows, info)
+
+
+@torch.no_grad()
+def default_pose_regressor(G, n_samples: int = 256, truncation_psi: float = 0.7, seed: int = 0, cache=True,
+                           measure: Callable[[np.ndarray], np.ndarray] | None = None, min_found: float = 0.5,
+                           batch_size: int = 8, progress: bool = True) -> PoseRegressor:
+    """The default ``P_r`` for ``G``: fitted once on ``n_samples`` rendered samples, then cached.
+
+    ``measure``: images uint8 [N, H, W, 3] -> [N, 3] degrees, NaN where no face (default :func:`images_pose`).
+    Raises :class:`PoseUnavailableError` when ``G`` is a random-weight network or faces are found on fewer than
+    ``min_found`` of the samples.
+    """
+    if getattr(G, "is_random", False) and measure is None:
+        raise PoseUnavailableError(
+            "this generator has random weights (G.is_random): it draws no faces, so there is no head pose to fit a "
+            "pose regressor on. Use a trained face model (e.g. --checkpoint stylegan3-r-ffhq-1024) or pass your "
+            "own differentiable pose_fn.")
+    from .invert import generator_hash
+    path = None
+    if cache and measure is None:
+        from ..weights import cache_dir
+        root = cache_dir() / "pose_regressor" if cache is True else Path(cache)
+        path = root / f"{generator_hash(G)[:24]}-{n_samples}-{seed}.pt"
+        if path.is_file():
+            d = torch.load(path, weights_only=True)
+            return PoseRegressor(d["A"], d["b"], int(d["rows"]), {"from_cache": str(path)})
+    from ..images import to_uint8
+    measure = measure or images_pose
+    dev = G.mapping.w_avg.device
+    gen = torch.Generator().manual_seed(int(seed))
+    z = torch.randn(n_samples, G.z_dim, generator=gen)
+    ws_all, poses = [], []
+    it = range(0, n_samples, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="fit pose regressor", unit="batch")
+    for s in it:
+        c = torch.zeros([len(z[s:s + batch_size]), G.c_dim], device=dev) if G.c_dim else None
+        ws = G.mapping(z[s:s + batch_size].to(dev), c, truncation_psi=truncation_psi)
+        poses.append(np.asarray(measure(to_uint8(G.synthesis(ws))), np.float64).reshape(-1, 3))
+        ws_all.append(ws.cpu())
+    poses = np.concatenate(poses)
+    found = np.isfinite(poses).all(1).mean()
+    if found < min_found:
+        raise PoseUnavailableError(
+            f"faces were detected on only {found:.0%} of {n_samples} samples of this generator (need "
+            f"{min_found:.0%}): it does not draw faces the landmark detector recognises, so no pose regressor is "
+            "fitted. Use a trained face model or pass your own pose_fn.")
+    reg = fit_pose_regressor(torch.cat(ws_all), poses, info={"found": float(found), "n_samples": n_samples})
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+        os.close(fd)
+        torch.save({"A": reg.A, "b": reg.b, "rows": torch.tensor(reg.rows)}, tmp)
+        os.replace(tmp, path)
+    return reg
+
+
+@torch.no_grad()
+def measure_pose(G, ws, batch_size: int = 8) -> np.ndarray:
+    """Head pose [N, 3] measured on ``G.synthesis(ws)`` with landmarks + head_pose; NaN where no face."""
+    from ..images import to_uint8
+    dev = G.mapping.w_avg.device
+    ws = torch.as_tensor(ws)
+    out = [images_pose(to_uint8(G.synthesis(ws[s:s + batch_size].to(dev))))
+           for s in range(0, len(ws), batch_size)]
+    return np.concatenate(out)
+
+
+# ----------------------------------------------------------------------------------------------- optimisation
+
+
+def _pose_input(pose_fn, pose_input):
+    if pose_input is None:
+        pose_input = getattr(pose_fn, "pose_input", "image")
+    if pose_input not in ("image", "w"):
+        raise ValueError(f"pose_input must be 'image' or 'w', got {pose_input!r}")
+    return pose_input
+
+
+def _lambda_pose(lambda_pose) -> torch.Tensor:
+    lp = torch.as_tensor(lambda_pose, dtype=torch.float32).reshape(-1)
+    if lp.numel() == 1:
+        lp = lp.expand(3)
+    if lp.numel() != 3 or not torch.isfinite(lp).all() or (lp < 0).any():
+        raise ValueError(f"lambda_pose must be a non-negative number or 3 of them (yaw, pitch, roll), got {lambda_pose!r}")
+    return lp
+
+
+def _predict(G, pose_fn, pose_input, ws):
+    p = pose_fn(ws) if pose_input == "w" else pose_fn(G.synthesis(ws))
+    p = torch.as_tensor(p)
+    if p.shape != (ws.shape[0], 3):
+        raise ValueError(f"pose_fn must return [N, 3] (yaw, pitch, roll in degrees), got {tuple(p.shape)}")
+    return p.float()
+
+
+def _optimise(G, w0, w_orig, target, pose_fn, pose_input, steps, lr, lp, lambda_id, rows):
+    dev = w0.device
+    free = w0[:, :rows].clone().requires_grad_(True)
+    fixed = w0[:, rows:].detach()
+    orig = w_orig[:, :rows].detach()
+    opt = torch.optim.Adam([free], lr=lr)
+    hist = np.zeros((w0.shape[0], steps), np.float32)
+    lp = lp.to(dev)
+    for step in range(steps):
+        ws = torch.cat([free, fixed], 1)
+        pred = _predict(G, pose_fn, pose_input, ws)
+        loss_i = (lp * (pred - target).square()).mean(1) + lambda_id * (free - orig).abs().mean((1, 2))
+        if not torch.isfinite(loss_i).all():
+            raise FloatingPointError(f"pose encoding diverged at step {step} (loss NaN / inf); lower lr (now {lr})")
+        opt.zero_grad(set_to_none=True)
+        loss_i.sum().backward()
+        opt.step()
+        hist[:, step] = loss_i.detach().cpu().numpy()
+    return torch.cat([free.detach(), fixed], 1), hist
+
+
+def _resolve_pose_fn(G, pose_fn):
+    if pose_fn is None:
+        return default_pose_regressor(G)
+    if not callable(pose_fn):
+        raise TypeError(f"pose_fn must be a callable (image or w -> [N, 3] degrees), got {type(pose_fn).__name__}")
+    return pose_fn
+
+
+def encode_pose(G, w_ref, target, pose_fn=None, *, pose_input: str | None = None, steps: int = 100,
+                lr: float = 0.01, lambda_pose=LAMBDA_POSE, lambda_id: float = LAMBDA_ID, rows: int = POSE_ROWS,
+                init=None, measure: bool | None = None) -> PoseEncoding:
+    """Pose-encode ``w_ref`` ([num_ws, w_dim] or [N, num_ws, w_dim]) toward ``target`` ([3] or [N, 3] degrees).
+
+    ``init``: start codes (default ``w_ref``); the identity term always compares to ``w_ref``.
+    ``measure``: measure the achieved pose on the rendered image with head_pose (default: unless ``G.is_random``).
+    """
+    pose_fn = _resolve_pose_fn(G, pose_fn)
+    pose_input = _pose_input(pose_fn, pose_input)
+    if not (isinstance(steps, (int, np.integer)) and steps >= 1):
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not (np.isfinite(lr) and lr > 0) or not (np.isfinite(lambda_id) and lambda_id >= 0):
+        raise ValueError(f"lr must be > 0 and lambda_id >= 0 (finite), got lr={lr!r}, lambda_id={lambda_id!r}")
+    lp = _lambda_pose(lambda_pose)
+    dev = G.mapping.w_avg.device
+    w = torch.as_tensor(w_ref).detach().float().to(dev)
+    if w.ndim == 2:
+        w = w[None]
+    if w.ndim != 3 or w.shape[1:] != (G.num_ws, G.w_dim):
+        raise ValueError(f"w_ref must be [{G.num_ws}, {G.w_dim}] or [N, {G.num_ws}, {G.w_dim}], got {tuple(w.shape)}")
+    if not 1 <= rows <= G.num_ws:
+        raise ValueError(f"rows must be in 1..{G.num_ws}, got {rows}")
+    t = torch.as_tensor(np.asarray(target, np.float32)).to(dev).reshape(-1, 3)
+    if not torch.isfinite(t).all():
+        raise ValueError("target pose contains NaN / inf")
+    if t.shape[0] == 1 and w.shape[0] > 1:
+        t = t.expand(w.shape[0], 3)
+    if w.shape[0] == 1 and t.shape[0] > 1:
+        w = w.expand(t.shape[0], -1, -1)
+    w0 = w if init is None else torch.as_tensor(init).detach().float().to(dev).reshape(w.shape)
+    out, hist = _optimise(G, w0, w, t, pose_fn, pose_input, int(steps), float(lr), lp, float(lambda_id), int(rows))
+    with torch.no_grad():
+        pred = _predict(G, pose_fn, pose_input, out).cpu().numpy()
+    if measure is None:
+        measure = not getattr(G, "is_random", False)
+    achieved = measure_pose(G, out) if measure else np.full((len(out), 3), np.nan)
+    settings = {"steps": int(steps), "lr": float(lr), "lambda_pose": lp.tolist(), "lambda_id": float(lambda_id),
+                "rows": int(rows), "pose_input": pose_input,
+                "pose_fn": getattr(pose_fn, "__qualname__", type(pose_fn).__qualname__)}
+    return PoseEncoding(out.cpu(), t.cpu().numpy().astype(np.float64), pred.astype(np.float64), achieved,
+                        list(hist), settings)
+
+
+def encode_pose_sequence(G, w_ref, targets, pose_fn=None, *, steps_first: int = 100, steps_next: int = 30,
+                         progress: bool = True, measure: bool | None = None, **kwargs) -> PoseEncoding:
+    """One pose code per target frame ([T, 3] degrees), each warm-started from the previous frame's result."""
+    pose_fn = _resolve_pose_fn(G, pose_fn)
+    targets = np.asarray(targets, np.float64).reshape(-1, 3)
+    w_ref = torch.as_tensor(w_ref).detach().float()
+    if w_ref.ndim == 3:
+        w_ref = w_ref[0]
+    parts, prev = [], None
+    it = range(len(targets))
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="pose encoding", unit="frame")
+    for j in it:
+        parts.append(encode_pose(G, w_ref, targets[j], pose_fn, steps=steps_first if prev is None else steps_next,
+                                 init=prev, measure=False, **kwargs))
+        prev = parts[-1].ws
+    ws = torch.cat([p.ws for p in parts])
+    if measure is None:
+        measure = not getattr(G, "is_random", False)
+    achieved = measure_pose(G, ws) if measure else np.full((len(ws), 3), np.nan)
+    settings = dict(parts[0].settings, steps_first=steps_first, steps_next=steps_next, mode="sequence")
+    return PoseEncoding(ws, targets, np.concatenate([p.predicted for p in parts]), achieved,
+                        [h for p in parts for h in p.loss_history], settings)

@@ -1,0 +1,607 @@
+"""Section 3.6: Video2StyleGAN re-enactment — S-space mixing (eq 8-12) and the :class:`Reenactor`.
+
+Equations (pure functions on S codes, :func:`mix_styles`). For frame ``j`` with ``s_ref = A_l(w_ref^p)``,
+``s_j = A_l(w_j)`` (driving frame) and ``s_base = A_l(w_base(j))`` (eq 7, :mod:`v2s_nb.method.baseline`):
+
+* W+ rows in ``layers`` (default 3..7, i.e. ``G.synthesis.style_names[3:8]``), channels in ``X_s`` (the
+  :class:`~v2s_nb.method.local_channels.ChannelSets` of the enabled regions eyes / nose / mouth):
+  ``s_local = α s_ref + β s_j`` (eq 10), ``s_final = s_local + γ s_base`` (eq 11);
+* the other channels of those rows: ``s_final = ζ s_ref + (1 - ζ) s_base`` (eq 12);
+* rows outside ``layers`` (decision, the paper leaves it implicit): ``outside='ref'`` (default) takes them from
+  ``w_ref^p`` — the pose-encoded reference carries the global pose (rows 0-7) and the reference's own fine
+  rows (8+, colour / texture), so the local motion enters only through the mixed rows; ``outside='base'``
+  takes them from ``w_base`` instead.
+
+Defaults (paper 4.1): ``α = -1, β = 1, γ = 1, ζ = 0.5``. Consequences worth knowing: ``α = 1, β = γ = 0,
+ζ = 1`` reproduces the reference exactly; ``α = β = γ = 0, ζ = 1`` reproduces it everywhere *except* the
+``X_s`` channels, which eq 10-11 then set to 0 (identical to the reference only when ``X_s`` is empty).
+
+Coefficients (:func:`check_coefficients`): NaN / inf raise ``ValueError``; α, β, γ must lie in [-10, 10] and ζ
+in [-1, 2] (``ValueError`` otherwise: far outside, the S codes leave the range the generator was trained on and
+the images are garbage); ζ outside [0, 1] (extrapolation past the reference or the baseline) is allowed with a
+:class:`CoefficientWarning`.
+
+Sources (:class:`Reenactor`): local motion from the driving video (or the co-driving one); pose (the
+pose-encoded reference per frame, section 3.3) from driving / co-driving / none; position (the per-frame input
+transform of the canonical track, section 3.2) from driving / co-driving / none.
+
+Driving and co-driving of different lengths: everything per frame is truncated to the shorter, with a
+:class:`LengthMismatchWarning`. Different frame rates: frames are paired by index (no resampling), the output
+uses the driving video's fps, and a :class:`LengthMismatchWarning` says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .baseline import baseline_ws, check_mode
+
+__all__ = [
+    "DEFAULT_COEFFICIENTS", "DEFAULT_LAYERS", "COEFFICIENT_RANGES", "CoefficientWarning", "LengthMismatchWarning",
+    "REGIONS", "SOURCES", "Reenactor", "check_coefficients", "parse_layers", "layer_names", "mix_styles",
+    "channel_masks", "region_channels_from", "generator_from_spec",
+]
+
+DEFAULT_COEFFICIENTS = {"alpha": -1.0, "beta": 1.0, "gamma": 1.0, "zeta": 0.5}
+#: W+ rows whose S codes are mixed (paper's best: 3-7).
+DEFAULT_LAYERS = (3, 4, 5, 6, 7)
+#: Allowed ranges (inclusive); outside -> ValueError.
+COEFFICIENT_RANGES = {"alpha": (-10.0, 10.0), "beta": (-10.0, 10.0), "gamma": (-10.0, 10.0), "zeta": (-1.0, 2.0)}
+REGIONS = ("eyes", "nose", "mouth")
+SOURCES = ("driving", "co-driving", "none")
+_FORMAT = "v2s_nb.reenactor/1"
+
+
+class CoefficientWarning(UserWarning):
+    """A mixing coefficient is allowed but unusual (ζ outside [0, 1])."""
+
+
+class LengthMismatchWarning(UserWarning):
+    """Driving and co-driving differ in length (truncated to the shorter) or frame rate (paired by index)."""
+
+
+# ----------------------------------------------------------------------------------------------- equations
+
+
+def check_coefficients(alpha=None, beta=None, gamma=None, zeta=None, **extra) -> dict[str, float]:
+    """Validate mixing coefficients (those given); returns them as floats. See the module docstring."""
+    if extra:
+        raise TypeError(f"unknown coefficient(s) {sorted(extra)}; use alpha, beta, gamma, zeta")
+    out = {}
+    for name, v in (("alpha", alpha), ("beta", beta), ("gamma", gamma), ("zeta", zeta)):
+        if v is None:
+            continue
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {v!r}") from None
+        if not math.isfinite(f):
+            raise ValueError(f"{name} must be a finite number, got {f} (NaN / inf would turn every frame into NaN)")
+        lo, hi = COEFFICIENT_RANGES[name]
+        if not lo <= f <= hi:
+            raise ValueError(f"{name} = {f:g} is out of range [{lo:g}, {hi:g}]: S codes that far from the "
+                             f"reference give unusable images (paper defaults: {DEFAULT_COEFFICIENTS})")
+        if name == "zeta" and not 0.0 <= f <= 1.0:
+            warnings.warn(f"zeta = {f:g} is outside [0, 1]: eq 12 then extrapolates past the reference / the "
+                          "baseline instead of blending them", CoefficientWarning, stacklevel=3)
+        out[name] = f
+    return out
+
+
+def parse_layers(spec) -> tuple[int, ...]:
+    """W+ rows to mix: '3-7', '3,5,7', '3-5,7', an int or a sequence of ints -> sorted unique tuple."""
+    if isinstance(spec, (int, np.integer)):
+        rows = [int(spec)]
+    elif isinstance(spec, str):
+        rows = []
+        for part in spec.replace(" ", "").split(","):
+            if not part:
+                continue
+            try:
+                if "-" in part:
+                    lo, hi = (int(p) for p in part.split("-", 1))
+                    if hi < lo:
+                        raise ValueError
+                    rows.extend(range(lo, hi + 1))
+                else:
+                    rows.append(int(part))
+            except ValueError:
+                raise ValueError(f"bad layer range {part!r} in {spec!r}: use e.g. '3-7' or '3,5,7'") from None
+    else:
+        rows = [int(r) for r in spec]
+    if not rows:
+        raise ValueError(f"no layers in {spec!r}")
+    if min(rows) < 0:
+        raise ValueError(f"layers must be w+ row indices >= 0, got {spec!r}")
+    return tuple(sorted(set(rows)))
+
+
+def layer_names(G, layers=DEFAULT_LAYERS) -> list[str]:
+    """S layer names of W+ rows ``layers`` (row i drives ``G.synthesis.style_names[i]``)."""
+    names = getattr(G, "synthesis", G).style_names
+    rows = parse_layers(layers)
+    if max(rows) >= len(names):
+        raise ValueError(f"layers {rows} out of range: the generator has {len(names)} w+ rows (0..{len(names) - 1})")
+    return [names[i] for i in rows]
+
+
+def mix_styles(s_ref: Mapping[str, torch.Tensor], s_drive: Mapping[str, torch.Tensor],
+               s_base: Mapping[str, torch.Tensor], masks: Mapping[str, Any], layers: Sequence[str],
+               alpha: float = -1.0, beta: float = 1.0, gamma: float = 1.0, zeta: float = 0.5,
+               outside: str = "ref", check: bool = True) -> dict[str, torch.Tensor]:
+    """Eq 10-12 on S codes (dicts name -> [N, C] or [1, C], broadcast over N).
+
+    ``layers``: S layer names that are mixed; ``masks``: {layer: bool [C]} the ``X_s`` channels of that layer
+    (a missing layer = no local channel). Every key of ``s_ref`` is returned; layers outside ``layers`` come from
+    ``s_ref`` (``outside='ref'``) or ``s_base`` (``outside='base'``). ``s_drive`` is only needed for ``layers``.
+    """
+    if check:
+        check_coefficients(alpha, beta, gamma, zeta)
+    if outside not in ("ref", "base"):
+        raise ValueError(f"outside must be 'ref' or 'base', got {outside!r}")
+    layers = set(layers)
+    unknown = layers - set(s_ref)
+    if unknown:
+        raise KeyError(f"layers {sorted(unknown)} are not in the S code (keys {list(s_ref)})")
+    out = {}
+    for name, ref in s_ref.items():
+        base = s_base[name]
+        if name not in layers:
+            out[name] = ref if outside == "ref" else base
+            continue
+        other = zeta * ref + (1.0 - zeta) * base  # eq 12
+        m = masks.get(name) if masks is not None else None
+        if m is None:
+            out[name] = other.expand(torch.broadcast_shapes(ref.shape, base.shape, s_drive[name].shape)).clone()
+            continue
+        m = torch.as_tensor(np.asarray(m, bool) if not torch.is_tensor(m) else m, device=ref.device)
+        if m.dtype != torch.bool or m.shape != ref.shape[-1:]:
+            raise ValueError(f"mask of {name} must be bool [{ref.shape[-1]}], got {m.dtype} {tuple(m.shape)}")
+        local = alpha * ref + beta * s_drive[name] + gamma * base  # eq 10 + eq 11
+        out[name] = torch.where(m, local, other)
+    return out
+
+
+def region_channels_from(channel_sets) -> dict[str, dict[str, np.ndarray]]:
+    """{region: {layer: int64 channel indices}} from a :class:`ChannelSets` or an equivalent mapping."""
+    if hasattr(channel_sets, "channels") and hasattr(channel_sets, "regions"):
+        return {r: {l: np.asarray(channel_sets.channels(r, l), np.int64) for l in channel_sets.layers}
+                for r in channel_sets.regions}
+    return {r: {l: np.asarray(v, np.int64).reshape(-1) for l, v in by_l.items()} for r, by_l in channel_sets.items()}
+
+
+def channel_masks(region_channels: Mapping[str, Mapping[str, Any]], regions: Sequence[str],
+                  sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """{layer: bool [C]}: the union over ``regions`` of the region channel indices, for layers in ``sizes``."""
+    out = {l: np.zeros(int(c), bool) for l, c in sizes.items()}
+    for r in regions:
+        if r not in region_channels:
+            continue
+        for l, idx in region_channels[r].items():
+            if l in out:
+                idx = np.asarray(idx, np.int64)
+                if idx.size and (idx.min() < 0 or idx.max() >= len(out[l])):
+                    raise ValueError(f"channel index out of range for layer {l} ({len(out[l])} channels)")
+                out[l][idx] = True
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- Reenactor
+
+
+def _as_w(x, name, ndim=3) -> torch.Tensor | None:
+    if x is None:
+        return None
+    t = torch.as_tensor(getattr(x, "ws", x)).detach().to("cpu", torch.float32)
+    if ndim == 2 and t.ndim == 3 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dims, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return t
+
+
+def _track_array(track) -> np.ndarray:
+    """[T, 3] (tx, ty, angle) from a CanonicalTrack or an array."""
+    a = track.as_array() if hasattr(track, "as_array") else np.asarray(track, np.float64)
+    if a.ndim != 2 or a.shape[1] != 3:
+        raise ValueError(f"a track must be a CanonicalTrack or [T, 3] (tx, ty, angle), got shape {a.shape}")
+    return np.asarray(a, np.float64)
+
+
+def _g_device(G):
+    return next(G.parameters()).device
+
+
+@dataclasses.dataclass(eq=False)
+class Reenactor:
+    """Everything prepared for re-enactment; renders frames fast from cached S codes.
+
+    Attributes:
+        G: the generator the codes were found with (pose encoding, channel discovery).
+        w_ref: the reference's inversion, [num_ws, w_dim].
+        ws_drive: the driving frames' inversions, [T, num_ws, w_dim].
+        ws_codrive: optional co-driving inversions, [T', num_ws, w_dim].
+        region_channels: {region: {layer: channel indices}} (``X_s`` per region, e.g. from a ChannelSets).
+        pose_codes: {'driving' | 'co-driving': [T, num_ws, w_dim]} the pose-encoded reference per frame.
+        tracks: {'driving' | 'co-driving': CanonicalTrack or [T, 3] (tx, ty, angle)} (smoothed) position tracks.
+        motion / pose / position: the source of each component: ``motion`` in ('driving', 'co-driving');
+            ``pose`` / ``position`` in ('driving', 'co-driving', 'none'); ``None`` = 'driving' when available
+            else 'none'.
+        regions: enabled regions for ``X_s``.  layers: W+ rows to mix (default 3-7).
+        alpha, beta, gamma, zeta: eq 10-12.  baseline: eq 7 reading ('cumulative' | 'printed').
+        outside: rows outside ``layers`` from 'ref' (w_ref^p) or 'base' (w_base).
+        G_render: generator used to render (e.g. the PTI-tuned copy); default ``G``.
+        fps / fps_codrive: frame rates (the output uses ``fps``).  info: free JSON-able metadata.
+    """
+
+    G: Any
+    w_ref: Any
+    ws_drive: Any
+    ws_codrive: Any = None
+    region_channels: Any = None
+    pose_codes: dict = dataclasses.field(default_factory=dict)
+    tracks: dict = dataclasses.field(default_factory=dict)
+    motion: str = "driving"
+    pose: str | None = None
+    position: str | None = None
+    regions: tuple = REGIONS
+    layers: Any = DEFAULT_LAYERS
+    alpha: float = DEFAULT_COEFFICIENTS["alpha"]
+    beta: float = DEFAULT_COEFFICIENTS["beta"]
+    gamma: float = DEFAULT_COEFFICIENTS["gamma"]
+    zeta: float = DEFAULT_COEFFICIENTS["zeta"]
+    baseline: str = "cumulative"
+    outside: str = "ref"
+    G_render: Any = None
+    fps: float = 30.0
+    fps_codrive: float | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.w_ref = _as_w(self.w_ref, "w_ref", ndim=2)
+        self.ws_drive = _as_w(self.ws_drive, "ws_drive")
+        self.ws_codrive = _as_w(self.ws_codrive, "ws_codrive")
+        if self.region_channels is None:
+            self.region_channels = {}
+        self.region_channels = region_channels_from(self.region_channels)
+        self.pose_codes = {k: _as_w(v, f"pose_codes[{k!r}]") for k, v in (self.pose_codes or {}).items()}
+        self.tracks = {k: _track_array(v) for k, v in (self.tracks or {}).items() if v is not None}
+        for d, what in ((self.pose_codes, "pose_codes"), (self.tracks, "tracks")):
+            bad = set(d) - {"driving", "co-driving"}
+            if bad:
+                raise ValueError(f"{what} keys must be 'driving' / 'co-driving', got {sorted(bad)}")
+        self.layers = parse_layers(self.layers)
+        self.regions = tuple(self.regions)
+        bad = set(self.regions) - set(REGIONS)
+        if bad:
+            raise ValueError(f"unknown region(s) {sorted(bad)}; choose from {REGIONS}")
+        check_mode(self.baseline)
+        check_coefficients(self.alpha, self.beta, self.gamma, self.zeta)
+        if self.G_render is None:
+            self.G_render = self.G
+        sy = self.G_render.synthesis
+        if self.w_ref.shape != (sy.num_ws, sy.w_dim):
+            raise ValueError(f"w_ref must be [{sy.num_ws}, {sy.w_dim}] for this generator, got {tuple(self.w_ref.shape)}")
+        layer_names(self.G_render, self.layers)  # validates the rows
+        # -- lengths and frame rates
+        if self.ws_codrive is not None:
+            nd, nc = len(self.ws_drive), len(self.ws_codrive)
+            if nd != nc:
+                warnings.warn(f"driving has {nd} frames and co-driving {nc}: both are truncated to the shorter "
+                              f"({min(nd, nc)} frames)", LengthMismatchWarning, stacklevel=3)
+            if self.fps_codrive is not None and abs(float(self.fps_codrive) - float(self.fps)) > 1e-3:
+                warnings.warn(f"driving is {self.fps:g} fps and co-driving {self.fps_codrive:g} fps: frames are "
+                              f"paired by index (no resampling); the output is written at {self.fps:g} fps",
+                              LengthMismatchWarning, stacklevel=3)
+        n = self.num_frames
+        self.ws_drive = self.ws_drive[:n]
+        if self.ws_codrive is not None:
+            self.ws_codrive = self.ws_codrive[:n]
+        for d in (self.pose_codes, self.tracks):
+            for k in list(d):
+                if len(d[k]) < n:
+                    raise ValueError(f"{k} has {len(d[k])} frames but the re-enactment has {n}")
+                d[k] = d[k][:n]
+        self._cache = {}
+
+    # ------------------------------------------------------------------ basics
+
+    @property
+    def num_frames(self) -> int:
+        n = len(self.ws_drive)
+        if self.ws_codrive is not None:
+            n = min(n, len(self.ws_codrive))
+        return n
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    @property
+    def coefficients(self) -> dict[str, float]:
+        return {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "zeta": self.zeta}
+
+    def _source(self, what: str, available) -> str:
+        s = getattr(self, what)
+        if s is None:
+            return "driving" if "driving" in available else "none"
+        if s not in SOURCES:
+            raise ValueError(f"{what} source must be one of {SOURCES}, got {s!r}")
+        if s != "none" and s not in available:
+            raise ValueError(f"{what} source {s!r} is not available (have {sorted(available) or 'none'})")
+        return s
+
+    def sources(self) -> dict[str, str]:
+        """The resolved source of each component."""
+        motion = self.motion
+        if motion not in ("driving", "co-driving"):
+            raise ValueError(f"motion source must be 'driving' or 'co-driving', got {motion!r}")
+        if motion == "co-driving" and self.ws_codrive is None:
+            raise ValueError("motion source 'co-driving' needs ws_codrive")
+        return {"motion": motion, "pose": self._source("pose", self.pose_codes),
+                "position": self._source("position", self.tracks)}
+
+    def mixed_layer_names(self) -> list[str]:
+        return layer_names(self.G_render, self.layers)
+
+    # ------------------------------------------------------------------ prepared S codes
+
+    def _prepared(self):
+        src = self.sources()
+        key = (src["motion"], src["pose"], src["position"], self.baseline, self.layers, self.outside,
+               id(self.G_render))
+        hit = self._cache.get("prep")
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        G = self.G_render
+        sy = G.synthesis
+        dev = _g_device(G)
+        n = self.num_frames
+        ws_m = self.ws_drive if src["motion"] == "driving" else self.ws_codrive
+        w_ref_p = self.pose_codes[src["pose"]] if src["pose"] != "none" else self.w_ref[None]
+        w_base = baseline_ws(w_ref_p, ws_m, self.baseline)
+        names = self.mixed_layer_names()
+        with torch.no_grad():
+            s_ref = {k: v.cpu() for k, v in sy.styles(w_ref_p.to(dev)).items()}
+            s_drv_all = sy.styles(ws_m.to(dev))
+            s_drive = {k: s_drv_all[k].cpu() for k in names}
+            s_base = {k: v.cpu() for k, v in sy.styles(w_base.to(dev)).items()}
+        transforms = None
+        if src["position"] != "none":
+            from ..stylegan3.transform import input_transform
+            a = self.tracks[src["position"]]
+            transforms = torch.as_tensor(input_transform(a[:, 0], a[:, 1], a[:, 2]), dtype=torch.float32)
+        prep = {"s_ref": s_ref, "s_drive": s_drive, "s_base": s_base, "transforms": transforms, "names": names,
+                "sizes": {k: s_ref[k].shape[-1] for k in names}, "n": n, "w_base": w_base, "w_ref_p": w_ref_p}
+        self._cache["prep"] = (key, prep)
+        return prep
+
+    def prepare(self) -> "Reenactor":
+        """Compute and cache the S codes (s_ref, s_j, s_base) of every frame; later renders only mix + synthesise."""
+        self._prepared()
+        return self
+
+    def _coeffs(self, overrides) -> dict[str, float]:
+        c = self.coefficients
+        c.update({k: v for k, v in overrides.items() if v is not None})
+        return check_coefficients(**c)
+
+    def masks(self, regions=None) -> dict[str, np.ndarray]:
+        """{layer: bool [C]} of the ``X_s`` channels of the enabled (or given) regions, for the mixed layers."""
+        prep = self._prepared()
+        regions = self.regions if regions is None else tuple(regions)
+        return channel_masks(self.region_channels, regions, prep["sizes"])
+
+    def styles(self, frames, regions=None, **coeffs) -> dict[str, torch.Tensor]:
+        """The final S codes of ``frames`` (indices) with the given coefficient overrides (CPU tensors)."""
+        prep = self._prepared()
+        c = self._coeffs(coeffs)
+        idx = torch.as_tensor(np.atleast_1d(np.asarray(frames, np.int64)))
+        n = prep["n"]
+        if idx.numel() == 0 or int(idx.min()) < -n or int(idx.max()) >= n:
+            raise IndexError(f"frame index out of range for {n} frames: {idx.tolist()}")
+        idx = idx % n
+
+        def pick(d):
+            return {k: (v[idx] if v.shape[0] > 1 else v.expand(len(idx), -1)) for k, v in d.items()}
+
+        return mix_styles(pick(prep["s_ref"]), pick(prep["s_drive"]), pick(prep["s_base"]), self.masks(regions),
+                          prep["names"], check=False, outside=self.outside, **c)
+
+    @torch.no_grad()
+    def render_frames(self, frames, regions=None, impl=None, **coeffs) -> torch.Tensor:
+        """Float images [N, 3, R, R] in about [-1, 1] (CPU) for frame indices ``frames``."""
+        prep = self._prepared()
+        frames = np.atleast_1d(np.asarray(frames, np.int64)) % max(prep["n"], 1)
+        s = self.styles(frames, regions=regions, **coeffs)
+        dev = _g_device(self.G_render)
+        s = {k: v.to(dev) for k, v in s.items()}
+        tr = prep["transforms"]
+        tr = None if tr is None else tr[torch.as_tensor(frames)].to(dev)
+        return self.G_render.synthesis.from_styles(s, transform=tr, impl=impl).float().cpu()
+
+    def render_frame(self, j: int, regions=None, **coeffs) -> np.ndarray:
+        """uint8 [R, R, 3]: frame ``j`` with optional coefficient overrides (alpha=, beta=, gamma=, zeta=)
+        and region toggles (``regions=('eyes', 'mouth')``). One synthesis from cached S codes."""
+        from ..images import to_uint8
+        return to_uint8(self.render_frames([int(j)], regions=regions, **coeffs))[0]
+
+    def render_video(self, batch: int = 8, progress: bool = True, regions=None, **coeffs) -> np.ndarray:
+        """uint8 [T, R, R, 3]: every frame, ``batch`` per synthesis call."""
+        from ..images import to_uint8
+        self._coeffs(coeffs)  # validate before the loop
+        n = self.num_frames
+        out = []
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=n, desc="render", unit="frame")
+        try:
+            for s in range(0, n, max(1, int(batch))):
+                idx = np.arange(s, min(n, s + max(1, int(batch))))
+                out.append(to_uint8(self.render_frames(idx, regions=regions, **coeffs)))
+                if bar is not None:
+                    bar.update(len(idx))
+        finally:
+            if bar is not None:
+                bar.close()
+        return np.concatenate(out) if out else np.zeros((0, *self.resolution_hw, 3), np.uint8)
+
+    @property
+    def resolution_hw(self):
+        r = int(self.G_render.img_resolution)
+        return (r, r)
+
+    @torch.no_grad()
+    def render_reference(self, frame: int | None = None) -> np.ndarray:
+        """uint8 [R, R, 3]: the (pose-encoded, if ``frame`` given and pose is on) reference with the frame's
+        input transform (identity when ``frame`` is None)."""
+        from ..images import to_uint8
+        prep = self._prepared()
+        dev = _g_device(self.G_render)
+        if frame is None:
+            w, tr = self.w_ref[None], None
+        else:
+            w = prep["w_ref_p"][frame % prep["n"] if prep["w_ref_p"].shape[0] > 1 else 0][None]
+            tr = None if prep["transforms"] is None else prep["transforms"][frame:frame + 1].to(dev)
+        return to_uint8(self.G_render.synthesis(w.to(dev), transform=tr))[0]
+
+    # ------------------------------------------------------------------ persistence
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        t = {"w_ref": self.w_ref, "ws_drive": self.ws_drive}
+        if self.ws_codrive is not None:
+            t["ws_codrive"] = self.ws_codrive
+        for k, v in self.pose_codes.items():
+            t[f"pose_codes/{k}"] = v
+        for k, v in self.tracks.items():
+            t[f"tracks/{k}"] = torch.as_tensor(v, dtype=torch.float64)
+        return {k: v.detach().cpu().contiguous() for k, v in t.items()}
+
+    def save(self, directory) -> Path:
+        """Write ``tensors.pt`` (a plain dict of tensors, loadable with ``torch.load(weights_only=True)``) and
+        ``reenactor.json`` (settings, channel sets, generator identity, SHA-256 of the tensors file), each
+        atomically (temporary file + ``os.replace``; the JSON last). A PTI ``G_render`` different from ``G`` is
+        saved as ``G_render.safetensors``. Returns the folder."""
+        from .invert import generator_hash
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(self._tensors(), buf)
+        data = buf.getvalue()
+        _atomic_bytes(d / "tensors.pt", data)
+        g_sha = generator_hash(self.G)
+        render_file = None
+        if self.G_render is not self.G:
+            from ..stylegan3 import save_generator
+            tmp = d / f".G_render.{os.getpid()}.safetensors"
+            save_generator(self.G_render, tmp)
+            os.replace(tmp, d / "G_render.safetensors")
+            render_file = "G_render.safetensors"
+        meta = {
+            "format": _FORMAT, "tensors_sha256": hashlib.sha256(data).hexdigest(),
+            "settings": {"motion": self.motion, "pose": self.pose, "position": self.position,
+                         "regions": list(self.regions), "layers": list(self.layers), **self.coefficients,
+                         "baseline": self.baseline, "outside": self.outside, "fps": self.fps,
+                         "fps_codrive": self.fps_codrive},
+            "region_channels": {r: {l: [int(i) for i in idx] for l, idx in by_l.items()}
+                                for r, by_l in self.region_channels.items()},
+            "generator": {"source": None if getattr(self.G, "source", None) is None else str(self.G.source),
+                          "sha256": g_sha, "is_random": bool(getattr(self.G, "is_random", False)),
+                          "spec": self.info.get("generator_spec")},
+            "G_render_file": render_file, "info": self.info, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        _atomic_bytes(d / "reenactor.json", json.dumps(meta, indent=1, default=_json_default).encode())
+        return d
+
+    @classmethod
+    def load(cls, directory, G=None, G_render=None, device=None) -> "Reenactor":
+        """Read what :meth:`save` wrote. ``G``: the generator (default: rebuilt from the saved generator spec —
+        the tiny random generator or a checkpoint name / path — when there is one); its weights are checked
+        against the saved hash (``ValueError`` on mismatch)."""
+        from .invert import generator_hash
+        d = Path(directory)
+        js = d / "reenactor.json"
+        if not js.is_file():
+            raise FileNotFoundError(f"no saved Reenactor in {d} (missing reenactor.json)")
+        meta = json.loads(js.read_text())
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{js} is not a saved Reenactor (format {meta.get('format')!r})")
+        data = (d / "tensors.pt").read_bytes()
+        if hashlib.sha256(data).hexdigest() != meta["tensors_sha256"]:
+            raise ValueError(f"{d / 'tensors.pt'} does not match {js} (incomplete or mixed-up save)")
+        t = torch.load(io.BytesIO(data), weights_only=True)
+        if G is None:
+            G = generator_from_spec(meta["generator"].get("spec"), device=device)
+            if G is None:
+                raise ValueError(f"pass G=: the generator of {d} ({meta['generator']['source']}) cannot be rebuilt "
+                                 "from the saved information")
+        if generator_hash(G) != meta["generator"]["sha256"]:
+            raise ValueError(f"the generator given does not have the weights {d} was prepared with "
+                             f"({meta['generator']['source']})")
+        if G_render is None and meta.get("G_render_file"):
+            from ..stylegan3 import load_generator
+            G_render = load_generator(d / meta["G_render_file"], device=device or _g_device(G))
+        st = meta["settings"]
+        return cls(G=G, G_render=G_render, w_ref=t["w_ref"], ws_drive=t["ws_drive"], ws_codrive=t.get("ws_codrive"),
+                   region_channels=meta["region_channels"],
+                   pose_codes={k.split("/", 1)[1]: v for k, v in t.items() if k.startswith("pose_codes/")},
+                   tracks={k.split("/", 1)[1]: v.numpy() for k, v in t.items() if k.startswith("tracks/")},
+                   motion=st["motion"], pose=st["pose"], position=st["position"], regions=tuple(st["regions"]),
+                   layers=tuple(st["layers"]), alpha=st["alpha"], beta=st["beta"], gamma=st["gamma"],
+                   zeta=st["zeta"], baseline=st["baseline"], outside=st["outside"], fps=st["fps"],
+                   fps_codrive=st["fps_codrive"], info=meta.get("info") or {})
+
+
+def generator_from_spec(spec, device=None):
+    """A generator from a saved spec: {'kind': 'tiny', 'cfg', 'resolution', 'seed'} or {'kind': 'source',
+    'source': name / path / URL}; None when there is no spec."""
+    if not spec:
+        return None
+    if spec.get("kind") == "tiny":
+        from ..stylegan3 import tiny_generator
+        return tiny_generator(spec.get("cfg", "R"), resolution=int(spec.get("resolution", 64)),
+                              seed=int(spec.get("seed", 0))).to(device or "cpu")
+    if spec.get("kind") == "source":
+        from ..stylegan3 import load_generator
+        return load_generator(spec["source"], device=device)
+    raise ValueError(f"unknown generator spec {spec!r}")
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
