@@ -2,6 +2,14 @@
 
     v2s-nb generate --network stylegan3-r-ffhq-1024 --seeds 0-7 --out grid.png
     v2s-nb generate --seeds 0-15 --out grid.png         # tiny random generator (not a face model)
+    v2s-nb reenact --reference me.png --driving talk.mp4 [--co-driving head.mp4] \
+                   --checkpoint stylegan3-r-ffhq-1024 --out out/me.mp4 [--alpha -1 --beta 1 --gamma 1 --zeta 0.5]
+    v2s-nb demo [--out out/demo.mp4]                     # offline, astronaut photo, tiny random generator
+
+``reenact`` keeps its intermediates (landmarks / aligned crops / tracks, inversions, channel sets, pose codes)
+in ``<out>.v2s/``, keyed by the inputs and settings, so a second run with other coefficients only mixes and
+renders. Channel discovery (section 3.4) uses region masks from the landmarks of the *aligned driving frames*
+and, as the latents, those frames' inversions (the images the masks describe are what the inversions render).
 """
 
 from __future__ import annotations
@@ -77,6 +85,365 @@ def cmd_generate(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ reenact / demo
+
+
+def _say(args, msg: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _sha_file(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _key(obj) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _save_npz(path, **arrays) -> None:
+    import os
+    import tempfile
+
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _faces(path, kind: str, res: int, cache, args) -> dict:
+    """Landmarks, FFHQ-aligned crops at ``res``, aligned landmarks and the (smoothed) canonical track of an image
+    or a video file; cached in ``cache`` keyed by the file's bytes and the settings."""
+    import numpy as np
+
+    from .face import NoFaceError, align_face, align_video, canonical_track, landmarks
+
+    settings = {"sha": _sha_file(path), "kind": kind, "res": res, "detector": args.detector,
+                "upsample": args.upsample, "smooth": args.smooth, "v": 1}
+    f = cache / f"faces-{kind}-{_key(settings)}.npz"
+    if f.is_file():
+        with np.load(f, allow_pickle=False) as d:
+            out = {k: d[k] for k in d.files}
+        out["fps"] = float(out["fps"])
+        out["cached"] = True
+        return out
+    if kind == "image":
+        from .video import as_rgb_uint8
+        import skimage.io
+
+        img = as_rgb_uint8(skimage.io.imread(str(path)), allow_single_image=True, name="reference")[0]
+        tr = landmarks(img, detector=args.detector, upsample=args.upsample, progress=False)
+        if not tr.found[0]:
+            raise NoFaceError(f"no face was found in the reference image {path}; give a photo with one clearly "
+                              "visible, roughly frontal face (or try --detector cnn / --upsample 2)")
+        al = align_face(img, tr.points[0], res)
+        out = {"aligned": al.image[None], "points": al.to_crop(tr.points[0])[None], "fps": 0.0,
+               "track": np.zeros((1, 3)), "interpolated": np.zeros(1, bool)}
+    else:
+        from .video import read_video
+
+        vid = read_video(path)
+        _say(args, f"  {path}: {len(vid)} frames {vid.width}x{vid.height} at {vid.fps:g} fps")
+        tr = landmarks(vid.frames, detector=args.detector, upsample=args.upsample, progress=not args.quiet)
+        if not tr.found.any():
+            raise NoFaceError(f"no face was found in any frame of {path}")
+        if (~tr.found).any():
+            _say(args, f"  no face in frame(s) {tr.missing.tolist()} of {path}: interpolated from neighbours")
+        clip = align_video(vid.frames, tr, res, progress=not args.quiet)
+        pts = np.einsum("tij,tkj->tki", clip.frame_to_crop[:, :2, :2], tr.points) + clip.frame_to_crop[:, None, :2, 2]
+        track = canonical_track(tr)
+        if args.smooth and len(track) >= args.smooth:
+            track = track.smooth(args.smooth)
+        out = {"aligned": clip.frames, "points": pts, "fps": float(vid.fps), "track": track.as_array(),
+               "interpolated": track.interpolated}
+    _save_npz(f, **{k: np.asarray(v) for k, v in out.items()})
+    out["cached"] = False
+    return out
+
+
+def _load_G(args, device):
+    from .stylegan3 import load_generator, tiny_generator
+
+    if args.checkpoint:
+        G = load_generator(args.checkpoint, device=device)
+        spec = {"kind": "source", "source": str(args.checkpoint)}
+    else:
+        G = tiny_generator("R", resolution=args.tiny_resolution).to(device)
+        spec = {"kind": "tiny", "cfg": "R", "resolution": args.tiny_resolution, "seed": 0}
+        _say(args, f"note: no --checkpoint given: using a tiny RANDOM-WEIGHT generator ({G.img_resolution}px). It "
+                   "draws no faces, so the result shows the pipeline, not a re-enacted face. For real results use "
+                   "--checkpoint stylegan3-r-ffhq-1024 (downloaded once, ~380 MB) on a GPU.")
+    return G, spec
+
+
+def _pose_codes(G, w_ref, faces, res, cache, args, which: str):
+    """Pose-encoded reference per frame of a video (or None when unavailable, with a message)."""
+    import numpy as np
+    import torch
+
+    from .face import head_pose
+    from .method.invert import generator_hash
+    from .method.pose_encoding import PoseUnavailableError, default_pose_regressor, encode_pose_sequence
+
+    if getattr(G, "is_random", False):
+        _say(args, f"  pose encoding ({which}): skipped: the generator has random weights, so there is no head "
+                   "pose to match (use a trained face model, e.g. --checkpoint stylegan3-r-ffhq-1024)")
+        return None
+    targets = head_pose(faces["points"], image_size=res)
+    key = _key({"g": generator_hash(G), "w": w_ref.numpy().tobytes().hex()[:4096], "wsum": float(w_ref.sum()),
+                "t": targets.round(4).tolist(), "steps": [args.pose_steps, args.pose_steps_next]})
+    f = cache / f"pose-{which}-{key}.pt"
+    if f.is_file():
+        return torch.load(f, weights_only=True)
+    try:
+        reg = default_pose_regressor(G, progress=not args.quiet)
+    except PoseUnavailableError as e:
+        _say(args, f"  pose encoding ({which}): skipped: {e}")
+        return None
+    enc = encode_pose_sequence(G, w_ref, targets, reg, steps_first=args.pose_steps, steps_next=args.pose_steps_next,
+                               progress=not args.quiet)
+    err = np.nanmean(np.abs(enc.achieved - enc.target), axis=0)
+    _say(args, f"  pose ({which}): mean |measured - target| yaw/pitch/roll = {np.round(err, 2).tolist()} degrees")
+    _save_pt(f, enc.ws)
+    return enc.ws
+
+
+def _save_pt(path, obj) -> None:
+    import os
+    import tempfile
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def prepare_reenactment(args):
+    """Stages 1-4 of ``reenact`` (faces, inversion, channel discovery, pose encoding) -> a Reenactor."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from .face import masks_from_landmarks
+    from .method.invert import invert, invert_sequence
+    from .method.local_channels import discover
+    from .method.reenact import Reenactor, check_coefficients, layer_names
+
+    check_coefficients(args.alpha, args.beta, args.gamma, args.zeta)  # fail before any work
+    for p in [args.reference, args.driving] + ([args.co_driving] if args.co_driving else []):
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"input file not found: {p}")
+    for flag, src in (("--pose-from", args.pose_from), ("--position-from", args.position_from)):
+        if src == "co-driving" and not args.co_driving:
+            raise ValueError(f"{flag} co-driving needs --co-driving")
+    device = _device(args.device)
+    G, spec = _load_G(args, device)
+    res = int(G.img_resolution)
+    names = layer_names(G, args.layers)
+    cache = Path(str(args.out) + ".v2s")
+    cache.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    _say(args, "[1/5] landmarks, alignment, canonical tracks")
+    ref = _faces(args.reference, "image", res, cache, args)
+    drv = _faces(args.driving, "video", res, cache, args)
+    co = _faces(args.co_driving, "video", res, cache, args) if args.co_driving else None
+    _say(args, f"      {time.perf_counter() - t0:.1f} s" + (" (cached)" if drv["cached"] else ""))
+
+    _say(args, "[2/5] inversion (W+)")
+    inv_dir = cache / "inversions"
+    w_ref = invert(G, ref["aligned"], steps=args.invert_steps, cache_dir=inv_dir, progress=not args.quiet).ws[0]
+    seq = dict(steps_first=args.invert_steps, steps_next=args.invert_steps_next, cache_dir=inv_dir,
+               progress=not args.quiet)
+    ws_drv = invert_sequence(G, drv["aligned"], **seq).ws
+    ws_co = invert_sequence(G, co["aligned"], **seq).ws if co is not None else None
+    _say(args, f"      {time.perf_counter() - t0:.1f} s")
+
+    _say(args, f"[3/5] S channel discovery on layers {names[0]}..{names[-1]} (masks from the aligned driving "
+               "frames' landmarks)")
+    masks = masks_from_landmarks(drv["points"], res)
+    cs = discover(G, ws_drv, masks, layers=names, cache=cache / "channels", progress=not args.quiet)
+    if args.t_fg is not None or args.t_bg is not None:
+        cs = cs.reselect(args.t_fg, args.t_bg)
+    _say(args, "      " + repr(cs).replace("\n", "\n      "))
+
+    _say(args, "[4/5] pose encoding (W+ rows 0-7)")
+    pose_codes = {}
+    sources = {"driving": drv, "co-driving": co}
+    for which in {args.pose_from} - {"none"}:
+        if sources[which] is None:
+            raise ValueError(f"--pose-from {which} needs --co-driving")
+        pc = _pose_codes(G, w_ref, sources[which], res, cache, args, which)
+        if pc is not None:
+            pose_codes[which] = pc
+    tracks = {k: v["track"] for k, v in sources.items() if v is not None}
+    if args.position_from != "none" and sources[args.position_from] is None:
+        raise ValueError(f"--position-from {args.position_from} needs --co-driving")
+    regions = tuple(r for r in ("eyes", "nose", "mouth") if r not in (args.no_region or []))
+    r = Reenactor(G=G, w_ref=w_ref, ws_drive=ws_drv, ws_codrive=ws_co, region_channels=cs, pose_codes=pose_codes,
+                  tracks=tracks, pose=args.pose_from if args.pose_from in pose_codes else "none",
+                  position=args.position_from, regions=regions, layers=args.layers, alpha=args.alpha,
+                  beta=args.beta, gamma=args.gamma, zeta=args.zeta, baseline=args.baseline,
+                  fps=drv["fps"], fps_codrive=co["fps"] if co is not None else None,
+                  info={"generator_spec": spec, "reference": str(args.reference), "driving": str(args.driving),
+                        "co_driving": None if not args.co_driving else str(args.co_driving)})
+    r.save(cache / "reenactor")
+    return r
+
+
+def cmd_reenact(args) -> int:
+    from .video import write_video
+
+    t0 = time.perf_counter()
+    r = prepare_reenactment(args)
+    t1 = time.perf_counter()
+    _say(args, f"[5/5] mixing + render {len(r)} frames ({r.sources()})")
+    frames = r.render_video(batch=args.batch, progress=not args.quiet)
+    path = write_video(args.out, frames, fps=r.fps)
+    t2 = time.perf_counter()
+    print(f"wrote {path} ({len(frames)} frames, {frames.shape[2]}x{frames.shape[1]} px, {r.fps:g} fps; "
+          f"prepare {t1 - t0:.1f} s, render {t2 - t1:.1f} s; intermediates in {args.out}.v2s/)")
+    return 0
+
+
+def make_demo_inputs(folder, frames: int = 10, size: int = 256):
+    """The demo's inputs: skimage's astronaut photo (reference, PNG) and two short clips made from it by small
+    rotations / translations (driving and co-driving, MP4). Returns (reference, driving, co_driving) paths."""
+    from pathlib import Path
+
+    import cv2
+    import numpy as np
+    import skimage.data
+    import skimage.io
+
+    from .video import write_video
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    img = cv2.resize(skimage.data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
+    ref = folder / "astronaut.png"
+    if not ref.is_file():
+        skimage.io.imsave(str(ref), img, check_contrast=False)
+
+    def clip(sign):
+        out = []
+        for i in range(frames):
+            t = i / max(frames - 1, 1)
+            a = sign * 6.0 * np.sin(2 * np.pi * t)
+            m = cv2.getRotationMatrix2D((size * 0.45, size * 0.35), a, 1.0)
+            m[:, 2] += [sign * 0.03 * size * t, 0.02 * size * np.sin(np.pi * t)]
+            out.append(cv2.warpAffine(img, m, (size, size), borderMode=cv2.BORDER_REFLECT_101))
+        return np.stack(out)
+
+    drv, co = folder / "driving.mp4", folder / "co_driving.mp4"
+    if not drv.is_file():
+        write_video(drv, clip(1), fps=10)
+    if not co.is_file():
+        write_video(co, clip(-1), fps=10)
+    return ref, drv, co
+
+
+def cmd_demo(args) -> int:
+    from pathlib import Path
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    ref, drv, co = make_demo_inputs(out.parent / (out.stem + "_inputs"), frames=args.frames)
+    print("demo: the whole pipeline on skimage's astronaut photo and a short clip made from it, with a tiny "
+          "RANDOM-WEIGHT generator: the output shows the machinery working, not a re-enacted face.\n"
+          "      For real results: v2s-nb reenact --reference IMG --driving VIDEO --checkpoint "
+          "stylegan3-r-ffhq-1024 --out out.mp4 (on a GPU).", file=sys.stderr)
+    argv = ["reenact", "--reference", str(ref), "--driving", str(drv), "--co-driving", str(co), "--out", str(out),
+            "--invert-steps", str(args.invert_steps), "--invert-steps-next", str(args.invert_steps_next),
+            "--device", args.device]
+    if args.quiet:
+        argv.append("--quiet")
+    rargs = build_parser().parse_args(argv)
+    _resolve_sources(rargs)
+    rc = cmd_reenact(rargs)
+    print(f"demo finished in {time.perf_counter() - t0:.1f} s (generator: random weights)")
+    return rc
+
+
+def _add_reenact_parsers(sub) -> None:
+    def frac(s):
+        return float(s)
+
+    r = sub.add_parser("reenact", help="re-enact a driving video in a reference face (Video2StyleGAN)")
+    r.add_argument("--reference", required=True, help="reference face image (PNG / JPG)")
+    r.add_argument("--driving", required=True, help="driving video (local motion: eyes / nose / mouth)")
+    r.add_argument("--co-driving", default=None, help="optional co-driving video (pose and position); paired with "
+                                                     "the driving video by frame index, truncated to the shorter")
+    r.add_argument("--checkpoint", default=None, help="generator: known name (stylegan3-r-ffhq-1024), path or URL. "
+                                                      "Default: tiny random generator (not a face model)")
+    r.add_argument("--out", required=True, help="output .mp4; intermediates go to <out>.v2s/")
+    r.add_argument("--alpha", type=frac, default=-1.0, help="eq 10 weight of s_ref (default -1)")
+    r.add_argument("--beta", type=frac, default=1.0, help="eq 10 weight of s_j (default 1)")
+    r.add_argument("--gamma", type=frac, default=1.0, help="eq 11 weight of s_base (default 1)")
+    r.add_argument("--zeta", type=frac, default=0.5, help="eq 12 blend of s_ref / s_base (default 0.5)")
+    r.add_argument("--layers", default="3-7", help="W+ rows whose S codes are mixed (default 3-7)")
+    r.add_argument("--baseline", default="cumulative", choices=["cumulative", "printed"], help="eq 7 reading")
+    r.add_argument("--no-region", action="append", choices=["eyes", "nose", "mouth"],
+                   help="leave a region's channels out of X_s (repeatable)")
+    r.add_argument("--pose-from", default=None, choices=["driving", "co-driving", "none"],
+                   help="pose source (default: co-driving if given, else driving)")
+    r.add_argument("--position-from", default=None, choices=["driving", "co-driving", "none"],
+                   help="position (canonical transform) source (default: co-driving if given, else driving)")
+    r.add_argument("--t-fg", type=float, default=None, help="channel selection IoU+ threshold (default 0.2)")
+    r.add_argument("--t-bg", type=float, default=None, help="channel selection IoU- upper bound (default 0.1)")
+    r.add_argument("--invert-steps", type=int, default=300, help="inversion steps (reference, first batch)")
+    r.add_argument("--invert-steps-next", type=int, default=100, help="inversion steps of warm-started batches")
+    r.add_argument("--pose-steps", type=int, default=100, help="pose encoding steps, first frame")
+    r.add_argument("--pose-steps-next", type=int, default=30, help="pose encoding steps, warm-started frames")
+    r.add_argument("--smooth", type=int, default=3, help="canonical track smoothing kernel (odd, >= 3; 0 = off)")
+    r.add_argument("--detector", default="hog", choices=["hog", "cnn"], help="face detector")
+    r.add_argument("--upsample", type=int, default=1, help="detector upsampling (0-4)")
+    r.add_argument("--tiny-resolution", type=int, default=64, help="resolution of the tiny random generator")
+    r.add_argument("--batch", type=int, default=8, help="frames per synthesis call")
+    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_reenact)
+
+    d = sub.add_parser("demo", help="offline demo of the whole pipeline (astronaut photo, tiny random generator)")
+    d.add_argument("--out", default="out/demo.mp4", help="output .mp4 (default out/demo.mp4)")
+    d.add_argument("--frames", type=int, default=8, help="frames of the generated driving clip")
+    d.add_argument("--invert-steps", type=int, default=2, help="inversion steps (first batch; few: CPU demo)")
+    d.add_argument("--invert-steps-next", type=int, default=1, help="inversion steps (warm-started batches)")
+    d.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=cmd_demo)
+
+
+def _resolve_sources(args) -> None:
+    if getattr(args, "command", None) != "reenact":
+        return
+    default = "co-driving" if args.co_driving else "driving"
+    if args.pose_from is None:
+        args.pose_from = default
+    if args.position_from is None:
+        args.position_from = default
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="v2s-nb", description="Video2StyleGAN notebook toolkit, batch jobs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -96,11 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tiny-resolution", type=int, default=64, help="resolution of the tiny random generator")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)
+    _add_reenact_parsers(sub)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    _resolve_sources(args)
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError, RuntimeError) as e:

@@ -1,0 +1,175 @@
+"""Eq 7-12 on small tensors, the Reenactor on the tiny generator (fast: no inversion, ws from the mapping)."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from v2s_nb.method.baseline import baseline_ws
+from v2s_nb.method.reenact import (CoefficientWarning, LengthMismatchWarning, Reenactor, channel_masks,
+                                   check_coefficients, layer_names, mix_styles, parse_layers)
+from v2s_nb.stylegan3 import tiny_generator
+
+
+@pytest.fixture(scope="module")
+def G():
+    return tiny_generator("R", resolution=64)
+
+
+def _ws(G, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return G.mapping(torch.randn(n, G.z_dim, generator=g), None, truncation_psi=0.7)
+
+
+# ------------------------------------------------------------------ eq 7
+
+
+def test_baseline_cumulative_and_printed_by_hand():
+    ref = torch.tensor([[10.0, 20.0]])                   # [num_ws=1, w_dim=2]
+    ws = torch.tensor([[[1.0, 1.0]], [[2.0, 3.0]], [[5.0, 4.0]]])  # T=3
+    cum = baseline_ws(ref, ws, "cumulative")
+    assert torch.equal(cum[:, 0], torch.tensor([[10.0, 20.0], [11.0, 22.0], [14.0, 23.0]]))
+    pr = baseline_ws(ref, ws, "printed")            # w_ref + (w_{j-1} - w_j), w_{-1} := w_0
+    assert torch.equal(pr[:, 0], torch.tensor([[10.0, 20.0], [9.0, 18.0], [7.0, 19.0]]))
+    per_frame = baseline_ws(ref[None].repeat(3, 1, 1) + torch.arange(3.0)[:, None, None], ws)
+    assert torch.equal(per_frame[:, 0, 0], torch.tensor([10.0, 12.0, 16.0]))
+    with pytest.raises(ValueError, match="baseline mode"):
+        baseline_ws(ref, ws, "other")
+
+
+# ------------------------------------------------------------------ eq 8-12
+
+
+def test_mix_styles_by_hand():
+    s_ref = {"a": torch.tensor([[1.0, 2.0, 3.0]]), "b": torch.tensor([[7.0, 7.0]])}
+    s_j = {"a": torch.tensor([[10.0, 20.0, 30.0]]), "b": torch.tensor([[0.0, 0.0]])}
+    s_base = {"a": torch.tensor([[100.0, 200.0, 300.0]]), "b": torch.tensor([[-1.0, -2.0]])}
+    masks = {"a": np.array([True, False, True])}
+    out = mix_styles(s_ref, s_j, s_base, masks, ["a"], alpha=-1, beta=1, gamma=1, zeta=0.5)
+    # X_s channels 0, 2: -s_ref + s_j + s_base; channel 1: 0.5 s_ref + 0.5 s_base
+    assert torch.allclose(out["a"], torch.tensor([[109.0, 101.0, 327.0]]))
+    assert torch.equal(out["b"], s_ref["b"])  # outside the layer range: from w_ref^p (outside='ref')
+    out = mix_styles(s_ref, s_j, s_base, masks, ["a"], alpha=2, beta=0.5, gamma=0.25, zeta=0.25, outside="base")
+    assert torch.allclose(out["a"], torch.tensor([[2 + 5 + 25, 0.25 * 2 + 0.75 * 200, 6 + 15 + 75.0]]))
+    assert torch.equal(out["b"], s_base["b"])
+
+
+def test_each_coefficient_changes_only_its_channels():
+    g = torch.Generator().manual_seed(0)
+    s = [{"a": torch.randn(2, 6, generator=g), "b": torch.randn(2, 4, generator=g)} for _ in range(3)]
+    masks = {"a": np.array([1, 1, 0, 0, 1, 0], bool)}
+    base = mix_styles(*s, masks, ["a"])
+    for name in ("alpha", "beta", "gamma"):
+        out = mix_styles(*s, masks, ["a"], **{name: 0.3})
+        changed = (out["a"] != base["a"]).any(0).numpy()
+        assert np.array_equal(changed, masks["a"]), name
+        assert torch.equal(out["b"], base["b"])
+    out = mix_styles(*s, masks, ["a"], zeta=0.9)
+    assert np.array_equal((out["a"] != base["a"]).any(0).numpy(), ~masks["a"])
+    assert torch.equal(out["b"], base["b"])
+
+
+def test_coefficient_validation():
+    assert check_coefficients(-1, 1, 1, 0.5) == {"alpha": -1.0, "beta": 1.0, "gamma": 1.0, "zeta": 0.5}
+    for bad in ({"alpha": math.nan}, {"gamma": math.inf}, {"zeta": -math.inf}):
+        with pytest.raises(ValueError, match="finite"):
+            check_coefficients(**bad)
+    with pytest.raises(ValueError, match="out of range"):
+        check_coefficients(beta=11)
+    with pytest.raises(ValueError, match="out of range"):
+        check_coefficients(zeta=3)
+    with pytest.warns(CoefficientWarning):
+        check_coefficients(zeta=1.5)
+    with pytest.raises(ValueError):
+        check_coefficients(alpha="x")
+
+
+def test_parse_layers(G):
+    assert parse_layers("3-7") == (3, 4, 5, 6, 7)
+    assert parse_layers("7,3-4") == (3, 4, 7)
+    assert layer_names(G, "3-7") == G.synthesis.style_names[3:8]
+    with pytest.raises(ValueError):
+        parse_layers("7-3")
+    with pytest.raises(ValueError, match="out of range"):
+        layer_names(G, "3-40")
+
+
+# ------------------------------------------------------------------ Reenactor
+
+
+def _reenactor(G, T=5, **kw):
+    names = G.synthesis.style_names
+    rc = {"eyes": {names[3]: [0, 5], names[5]: [1]}, "nose": {names[4]: [2]}, "mouth": {names[7]: [3, 4]}}
+    tracks = {"driving": np.stack([np.linspace(0, 0.1, T), np.zeros(T), np.linspace(0, 10, T)], 1)}
+    return Reenactor(G=G, w_ref=_ws(G, 1, 1)[0], ws_drive=_ws(G, T, 2), region_channels=rc, tracks=tracks, **kw)
+
+
+def test_neutral_coefficients_reproduce_the_reference(G):
+    r = _reenactor(G, position="none")
+    ref = r.render_reference()
+    # alpha=1, beta=gamma=0, zeta=1 -> exactly s_ref everywhere
+    for j in range(len(r)):
+        assert np.array_equal(r.render_frame(j, alpha=1, beta=0, gamma=0, zeta=1), ref)
+    # alpha=beta=gamma=0, zeta=1: eq 10-11 zero the X_s channels; with no region enabled it is the reference
+    assert np.array_equal(r.render_frame(2, alpha=0, beta=0, gamma=0, zeta=1, regions=()), ref)
+    s = r.styles([2], alpha=0, beta=0, gamma=0, zeta=1)
+    sref = G.synthesis.styles(r.w_ref[None])
+    m = r.masks()
+    for name in G.synthesis.style_names:
+        if name in m:
+            assert torch.equal(s[name][0][~torch.from_numpy(m[name])], sref[name][0][~torch.from_numpy(m[name])])
+            assert (s[name][0][torch.from_numpy(m[name])] == 0).all()
+        else:
+            assert torch.equal(s[name], sref[name])
+
+
+def test_only_intended_layers_change(G):
+    r = _reenactor(G)
+    names = G.synthesis.style_names
+    base = r.styles([3])
+    mixed = set(names[3:8])
+    for c in ("alpha", "beta", "gamma", "zeta"):
+        s = r.styles([3], **{c: 0.2})
+        changed = {k for k in names if not torch.equal(s[k], base[k])}
+        assert changed and changed <= mixed, (c, changed)
+    s = r.styles([3], regions=("eyes",), alpha=0.2)
+    changed = {k for k in names if not torch.equal(s[k], r.styles([3], regions=("eyes",))[k])}
+    assert changed == {names[3], names[5]}
+
+
+def test_render_video_matches_frames_and_position(G):
+    r = _reenactor(G)
+    vid = r.render_video(batch=2, progress=False)
+    assert vid.shape == (5, 64, 64, 3) and vid.dtype == np.uint8
+    # batched vs single synthesis: float rounding may move a pixel by one level
+    assert np.abs(vid[3].astype(int) - r.render_frame(3).astype(int)).max() <= 1
+    r2 = _reenactor(G, position="none")
+    assert np.abs(vid[0].astype(int) - r2.render_frame(0).astype(int)).max() <= 1  # track frame 0 = identity
+    assert np.abs(vid[4].astype(int) - r2.render_frame(4).astype(int)).max() > 10
+    with pytest.raises(ValueError, match="finite"):
+        r.render_video(alpha=float("nan"), progress=False)
+    with pytest.raises(ValueError, match="not available"):
+        _reenactor(G, pose="co-driving").render_frame(0)
+
+
+def test_length_and_fps_policy(G):
+    with pytest.warns(LengthMismatchWarning, match="truncated"):
+        r = Reenactor(G=G, w_ref=_ws(G, 1, 1)[0], ws_drive=_ws(G, 6, 2), ws_codrive=_ws(G, 4, 3))
+    assert len(r) == 4 and r.render_video(progress=False).shape[0] == 4
+    with pytest.warns(LengthMismatchWarning, match="paired by index"):
+        Reenactor(G=G, w_ref=_ws(G, 1, 1)[0], ws_drive=_ws(G, 4, 2), ws_codrive=_ws(G, 4, 3), fps=25,
+                  fps_codrive=30)
+
+
+def test_save_load_roundtrip(G, tmp_path):
+    r = _reenactor(G, info={"generator_spec": {"kind": "tiny", "cfg": "R", "resolution": 64, "seed": 0}})
+    r.pose_codes = {}
+    r.save(tmp_path / "r")
+    r2 = Reenactor.load(tmp_path / "r")  # generator rebuilt from the spec
+    assert np.array_equal(r.render_video(progress=False), r2.render_video(progress=False))
+    assert torch.load(tmp_path / "r" / "tensors.pt", weights_only=True)["ws_drive"].shape == (5, 16, 64)
+    with pytest.raises(ValueError, match="weights"):
+        Reenactor.load(tmp_path / "r", G=tiny_generator("R", resolution=64, seed=1))
