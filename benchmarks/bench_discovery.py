@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -27,21 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import peak_gib as _peak_gib, sync as _sync  # noqa: E402
 from v2s_nb.face.regions import masks_from_landmarks, template_landmarks  # noqa: E402
 from v2s_nb.method import local_channels as lc  # noqa: E402
 from v2s_nb.stylegan3 import build_generator, tiny_generator  # noqa: E402
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_gib(device):
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB (Linux)
 
 
 def _masks(res, n):

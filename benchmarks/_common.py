@@ -1,0 +1,24 @@
+"""Helpers shared by the benchmark scripts: import the package from this checkout, sync, peak memory."""
+
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+
+def sync(device):
+    """Wait for queued GPU work, so host timers measure it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_gib(device):
+    """CUDA: peak bytes allocated by torch; CPU: peak resident set of the process so far (GiB)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB (Linux)
