@@ -111,21 +111,11 @@ def _key(obj) -> str:
 
 
 def _save_npz(path, **arrays) -> None:
-    import os
-    import tempfile
-
     import numpy as np
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from .atomic import write_atomic
+
+    write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def _faces(path, kind: str, res: int, cache, args) -> dict:
@@ -226,23 +216,16 @@ def _pose_codes(G, w_ref, faces, res, cache, args, which: str):
 
 
 def _save_pt(path, obj) -> None:
-    import os
-    import tempfile
-
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from .atomic import write_atomic
+
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def prepare_reenactment(args):
     """Stages 1-4 of ``reenact`` (faces, inversion, channel discovery, pose encoding) -> a Reenactor."""
     from pathlib import Path
-
-    import numpy as np
 
     from .face import masks_from_landmarks
     from .method.invert import invert, invert_sequence

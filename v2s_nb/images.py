@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .atomic import atomic_path
 
 
 def to_uint8(img) -> np.ndarray:
@@ -42,14 +42,7 @@ def save_image(path, image: np.ndarray) -> Path:
     from PIL import Image
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=path.suffix or ".png")
-    os.close(fd)
-    try:
-        arr = np.asarray(image)
+    arr = np.asarray(image)
+    with atomic_path(path, suffix=path.suffix or ".png") as tmp:  # PIL picks the format from the suffix
         Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr).save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

@@ -36,14 +36,14 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+
+from ..atomic import write_atomic
 import torch.nn.functional as F
 
 __all__ = [
@@ -332,20 +332,6 @@ def _stem(path) -> Path:
     return p
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 @dataclasses.dataclass
 class Inversion:
     """The result of :func:`invert` / :func:`invert_sequence`.
@@ -413,7 +399,7 @@ class Inversion:
         stem = _stem(path)
         npy, js = Path(str(stem) + ".npy"), Path(str(stem) + ".json")
         ws = self.ws.detach().to("cpu", torch.float32).contiguous().numpy()
-        _atomic_write(npy, lambda f: np.save(f, ws, allow_pickle=False))
+        write_atomic(npy, lambda f: np.save(f, ws, allow_pickle=False))
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "ws_file": npy.name,
             "ws_shape": list(ws.shape), "ws_sha256": hashlib.sha256(ws.tobytes()).hexdigest(),
@@ -424,7 +410,7 @@ class Inversion:
             "loss_history": [[float(v) for v in np.asarray(h, dtype=np.float32)] for h in self.loss_history],
         }
         text = json.dumps(meta, indent=1, default=str)
-        _atomic_write(js, lambda f: f.write(text), mode="w")
+        write_atomic(js, lambda f: f.write(text), mode="w")
         return js
 
     @classmethod

@@ -26,13 +26,13 @@ against the original reference rows.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
+
+from ..atomic import write_atomic
 from torch import nn
 
 __all__ = [
@@ -183,11 +183,8 @@ def default_pose_regressor(G, n_samples: int = 256, truncation_psi: float = 0.7,
             "fitted. Use a trained face model or pass your own pose_fn.")
     reg = fit_pose_regressor(torch.cat(ws_all), poses, info={"found": float(found), "n_samples": n_samples})
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-        os.close(fd)
-        torch.save({"A": reg.A, "b": reg.b, "rows": torch.tensor(reg.rows)}, tmp)
-        os.replace(tmp, path)
+        state = {"A": reg.A, "b": reg.b, "rows": torch.tensor(reg.rows)}
+        write_atomic(path, lambda f: torch.save(state, f))
     return reg
 
 

@@ -37,8 +37,6 @@ import hashlib
 import io
 import json
 import math
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -47,6 +45,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..atomic import write_atomic
 
 from .baseline import baseline_ws, check_mode
 
@@ -504,14 +504,12 @@ class Reenactor:
         buf = io.BytesIO()
         torch.save(self._tensors(), buf)
         data = buf.getvalue()
-        _atomic_bytes(d / "tensors.pt", data)
+        write_atomic(d / "tensors.pt", lambda f: f.write(data))
         g_sha = generator_hash(self.G)
         render_file = None
         if self.G_render is not self.G:
             from ..stylegan3 import save_generator
-            tmp = d / f".G_render.{os.getpid()}.safetensors"
-            save_generator(self.G_render, tmp)
-            os.replace(tmp, d / "G_render.safetensors")
+            save_generator(self.G_render, d / "G_render.safetensors")  # atomic itself
             render_file = "G_render.safetensors"
         meta = {
             "format": _FORMAT, "tensors_sha256": hashlib.sha256(data).hexdigest(),
@@ -526,7 +524,7 @@ class Reenactor:
                           "spec": self.info.get("generator_spec")},
             "G_render_file": render_file, "info": self.info, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        _atomic_bytes(d / "reenactor.json", json.dumps(meta, indent=1, default=_json_default).encode())
+        write_atomic(d / "reenactor.json", lambda f: f.write(json.dumps(meta, indent=1, default=_json_default).encode()))
         return d
 
     @classmethod
@@ -581,20 +579,6 @@ def generator_from_spec(spec, device=None):
         from ..stylegan3 import load_generator
         return load_generator(spec["source"], device=device)
     raise ValueError(f"unknown generator spec {spec!r}")
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _json_default(o):

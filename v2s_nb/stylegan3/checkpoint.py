@@ -14,12 +14,9 @@ Loading it executes nothing: safetensors holds only tensors and strings.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
-import torch
-
+from ..atomic import atomic_path
 from .networks import Generator
 from .snapshot import SnapshotError
 
@@ -32,18 +29,11 @@ def save_generator(G: Generator, path) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in G.state_dict().items()}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": json.dumps(G.init_kwargs),
             "is_random": "true" if G.is_random else "false", "source": str(G.source or "")}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 
