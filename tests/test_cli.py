@@ -45,3 +45,14 @@ def test_parse_seeds():
     assert parse_seeds("0-3,7,10-11") == [0, 1, 2, 3, 7, 10, 11]
     with pytest.raises(Exception):
         parse_seeds("5-2")
+
+
+def test_saved_files_get_normal_permissions(tmp_path):
+    """Atomic writes go through mkstemp (0600); finished files must get the usual umask-based mode."""
+    import os
+
+    from v2s_nb.atomic import current_umask
+    from v2s_nb.images import save_image
+
+    path = save_image(tmp_path / "x.png", np.zeros((4, 4, 3), np.uint8))
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~current_umask()

@@ -26,6 +26,8 @@ from typing import Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
+from .atomic import current_umask
+
 __all__ = [
     "Video",
     "VideoReadError",
@@ -504,6 +506,7 @@ def write_video(path: PathLike, frames, fps: float = 30.0, *, crf: int = 18, pre
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part.mp4", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp_name, 0o666 & ~current_umask())  # mkstemp makes 0600 files; the finished video gets the usual ones
     tmp = Path(tmp_name)
     log = tempfile.TemporaryFile()
     cmd = [ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-nostdin",
