@@ -1,7 +1,9 @@
-"""Notebook 03 in a real browser: JupyterLab + Debian's headless chromium driven by Python playwright.
+"""Notebooks 03 and 04 in a real browser: JupyterLab + Debian's headless chromium driven by Python playwright.
 
 Runs all cells of a temporary copy of ``notebooks/03_sspace_feature_maps.ipynb``, moves the feature-map browser's
-threshold slider with the keyboard and checks that the displayed IoU changed. A screenshot goes to
+threshold slider with the keyboard and checks that the displayed IoU changed; runs all cells of
+``notebooks/04_reenactment.ipynb``, moves the tuner's α slider and checks that the preview image changed.
+Screenshots go to
 ``$V2S_NB_TEST_ARTIFACTS`` (default: the test's temporary folder). Skipped, with the reason, when jupyterlab,
 playwright or a chromium binary is missing (``pip install jupyterlab playwright``; ``apt-get install -y chromium``;
 never ``playwright install``).
@@ -25,6 +27,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = "03_sspace_feature_maps.ipynb"
+NOTEBOOK_04 = "04_reenactment.ipynb"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -60,7 +63,8 @@ def lab(tmp_path):
     exe = _requirements()
     root = tmp_path / "root"
     root.mkdir()
-    shutil.copy(REPO / "notebooks" / NOTEBOOK, root / NOTEBOOK)  # JupyterLab autosaves: never the repo's copy
+    for name in (NOTEBOOK, NOTEBOOK_04):  # JupyterLab autosaves: never the repo's copy
+        shutil.copy(REPO / "notebooks" / name, root / name)
     port, token = _free_port(), secrets.token_hex(16)
     log = open(tmp_path / "lab.log", "wb")
     proc = subprocess.Popen(
@@ -91,6 +95,22 @@ def lab(tmp_path):
         log.close()
 
 
+def _open_and_run_all(page, base, token, notebook):
+    page.goto(f"{base}/lab/tree/{notebook}?token={token}", timeout=60_000)
+    idle = page.get_by_text(re.compile(r"\|\s*Idle"))
+    deadline = time.time() + 90
+    while not idle.first.is_visible():
+        accept = page.locator(".jp-Dialog .jp-mod-accept")
+        if accept.count() and accept.first.is_visible():  # "Select Kernel" on a fresh server
+            accept.first.click()
+        if time.time() > deadline:
+            raise AssertionError("the kernel never became idle")
+        page.wait_for_timeout(500)
+
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
+    page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
+
+
 def test_threshold_slider_changes_iou_in_jupyterlab(lab):
     from playwright.sync_api import sync_playwright
 
@@ -102,19 +122,7 @@ def test_threshold_slider_changes_iou_in_jupyterlab(lab):
                                                    args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
         page = ctx.new_page()
         try:
-            page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}", timeout=60_000)
-            idle = page.get_by_text(re.compile(r"\|\s*Idle"))
-            deadline = time.time() + 90
-            while not idle.first.is_visible():
-                accept = page.locator(".jp-Dialog .jp-mod-accept")
-                if accept.count() and accept.first.is_visible():  # "Select Kernel" on a fresh server
-                    accept.first.click()
-                if time.time() > deadline:
-                    raise AssertionError("the kernel never became idle")
-                page.wait_for_timeout(500)
-
-            page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
-            page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
+            _open_and_run_all(page, base, token, NOTEBOOK)
 
             handle = page.locator(".v2s-fmap-threshold .noUi-handle")
             handle.wait_for(state="visible", timeout=180_000)
@@ -146,3 +154,52 @@ def test_threshold_slider_changes_iou_in_jupyterlab(lab):
     iou = lambda text: re.search(r"IoU\+ ([\d.]+), IoU- ([\d.]+)", text.replace("\u2212", "-")).groups()  # noqa: E731
     assert thr(after) > thr(before)
     assert iou(after) != iou(before)
+
+
+def test_alpha_slider_changes_preview_in_jupyterlab(lab):
+    """Notebook 04: Run All, move the tuner's α slider with the keyboard, the preview image must change."""
+    from playwright.sync_api import sync_playwright
+
+    exe, base, token, tmp = lab
+    artifacts = Path(os.environ.get("V2S_NB_TEST_ARTIFACTS", tmp))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(tmp / "profile"), executable_path=exe, headless=True,
+                                                   args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
+        page = ctx.new_page()
+        try:
+            _open_and_run_all(page, base, token, NOTEBOOK_04)
+            handle = page.locator(".v2s-tuner-alpha .noUi-handle")
+            handle.wait_for(state="visible", timeout=240_000)
+            preview = page.locator("img.v2s-tuner-preview")
+            page.wait_for_function(
+                "() => (document.querySelector('img.v2s-tuner-preview')?.getAttribute('src') || '').length > 0",
+                timeout=60_000)
+            preview.scroll_into_view_if_needed()
+            before = preview.get_attribute("src")
+            read = lambda: float(page.locator(".v2s-tuner-alpha .widget-readout").inner_text()  # noqa: E731
+                                 .strip().replace("\u2212", "-"))
+            readout0 = read()
+            assert readout0 == -1.0, readout0
+
+            handle.click()
+            for _ in range(10):
+                handle.press("ArrowRight")
+            readout = read()
+            assert readout > readout0, readout
+            # the kernel re-renders the frame (latest value wins); wait for the status line to show the new α
+            page.wait_for_function(
+                "(a) => (document.querySelector('.v2s-tuner-status')?.innerText || '').includes('α ' + a)",
+                arg=f"{readout:.2f}", timeout=60_000)
+            page.wait_for_function(
+                "(b) => document.querySelector('img.v2s-tuner-preview')?.getAttribute('src') !== b",
+                arg=before, timeout=60_000)
+            after = preview.get_attribute("src")
+            page.screenshot(path=str(artifacts / "reenactment_tuner.png"), full_page=False)
+        except Exception:
+            page.screenshot(path=str(artifacts / "reenactment_tuner_failure.png"))
+            raise
+        finally:
+            ctx.close()
+
+    assert before and after and after != before

@@ -46,6 +46,16 @@ def nb03(tmp_path_factory):
     return _execute("03_sspace_feature_maps.ipynb", tmp_path_factory)
 
 
+@pytest.fixture(scope="module")
+def nb02(tmp_path_factory):
+    return _execute("02_pose_optimization.ipynb", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def nb04(tmp_path_factory):
+    return _execute("04_reenactment.ipynb", tmp_path_factory)
+
+
 def _outputs(nb, mime=None):
     outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     return outs if mime is None else [o for o in outs if mime in o.get("data", {})]
@@ -64,7 +74,8 @@ def _widget_classes(nb) -> set[str]:
     return {cls for m in state.values() for cls in m.get("state", {}).get("_dom_classes", [])}
 
 
-@pytest.mark.parametrize("name", ["01_canonical_transforms.ipynb", "03_sspace_feature_maps.ipynb"])
+@pytest.mark.parametrize("name", ["01_canonical_transforms.ipynb", "02_pose_optimization.ipynb",
+                                  "03_sspace_feature_maps.ipynb", "04_reenactment.ipynb"])
 def test_stored_clean(name):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(nb)
@@ -76,6 +87,8 @@ def test_stored_clean(name):
     assert "google.colab" in first and "enable_custom_widget_manager" in first and "if IN_COLAB:" in first
     params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and "checkpoint = None" in params[0].source and 'device = "auto"' in params[0].source
+    ids = [c.id for c in nb.cells]
+    assert ids == [f"cell-{i:02d}" for i in range(len(ids))], "fixed cell ids"
 
 
 def test_01_canonical_transforms(nb01):
@@ -105,3 +118,35 @@ def test_03_sspace_feature_maps(nb03):
     assert {"v2s-fmap-browser", "v2s-fmap-threshold", "v2s-fmap-iou"} <= _widget_classes(nb03)
     state = json.dumps(nb03.metadata["widgets"])
     assert "IoU+" in state and "IoU-" in state  # the browser's live score label was rendered
+
+
+def test_02_pose_optimization(nb02):
+    assert not [o for o in _outputs(nb02) if o.output_type == "error"]
+    assert len(_outputs(nb02, "image/png")) >= 3  # loss + rows, sequence target vs achieved, images
+    out = _stdout(nb02)
+    assert "TINY RANDOM generator" in out
+    assert "PoseUnavailableError: this generator has random weights" in out
+    assert "STAND-IN" in out
+    m = re.search(r"max ([\d.]+)\)\nrows 8\+ untouched: True", out)
+    assert m and float(m.group(1)) < 0.5, out
+    m = re.search(r"sequence: 12 frames, max \|P_r - target\| = ([\d.]+) deg, rows 8\+ untouched: True", out)
+    assert m and float(m.group(1)) < 1.0, out
+
+
+def test_04_reenactment(nb04):
+    assert not [o for o in _outputs(nb04) if o.output_type == "error"]
+    out = _stdout(nb04)
+    assert "TINY RANDOM generator" in out
+    assert re.search(r"Reenactor: 8 frames at 10 fps, 64 px", out), out
+    m = re.search(r"X_s channels per region \(rows 3-7\): \{'eyes': (\d+), 'nose': (\d+), 'mouth': (\d+)\}", out)
+    assert m and sum(map(int, m.groups())) > 0, out
+    assert "rendered 8 frames of 64 px" in out
+    assert re.search(r"baseline \(cumulative reading of eq 7\): 8 frames", out)
+    tuner = _cell(nb04, "ReenactmentTuner(")
+    assert any(WIDGET in o.get("data", {}) for o in tuner.outputs)
+    player = _cell(nb04, "SideBySidePlayer(")
+    assert any(WIDGET in o.get("data", {}) for o in player.outputs)
+    assert {"v2s-tuner", "v2s-tuner-alpha", "v2s-tuner-preview", "v2s-tuner-frame", "v2s-tuner-render",
+            "v2s-player", "v2s-player-frame"} <= _widget_classes(nb04)
+    videos = [o.data["text/html"] for o in _outputs(nb04, "text/html")]
+    assert sum("<video" in h for h in videos) >= 2  # inputs, rendered result

@@ -1,0 +1,144 @@
+"""The coefficient tuner and the side-by-side player (v2s_nb.widgets.tuner / player) on the tiny generator.
+
+The Reenactor is built from mapping outputs (no inversion) as in tests/test_reenact.py, with a few X_s channels
+per region so that α / β / γ and the region toggles have something to act on.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("ipywidgets")
+
+from v2s_nb.method.reenact import Reenactor, layer_names  # noqa: E402
+from v2s_nb.stylegan3 import tiny_generator  # noqa: E402
+from v2s_nb.widgets import ReenactmentTuner, SideBySidePlayer  # noqa: E402
+
+T = 5
+
+
+@pytest.fixture(scope="module")
+def G():
+    return tiny_generator("R", resolution=64)
+
+
+def _ws(G, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return G.mapping(torch.randn(n, G.z_dim, generator=g), None, truncation_psi=0.7)
+
+
+def _reenactor(G, **kw):
+    names = layer_names(G, (3, 4, 5, 6, 7))
+    sizes = {n: G.synthesis.styles(_ws(G, 1, 0))[n].shape[-1] for n in names}
+    rc = {reg: {n: np.arange(k, sizes[n], 7) for n in names} for k, reg in enumerate(("eyes", "nose", "mouth"))}
+    angles = np.linspace(0, 10, T)
+    tracks = {"driving": np.stack([np.zeros(T), np.zeros(T), angles], 1),
+              "co-driving": np.stack([np.linspace(0, 0.05, T), np.zeros(T), -angles], 1)}
+    return Reenactor(G=G, w_ref=_ws(G, 1, 1)[0], ws_drive=_ws(G, T, 2), ws_codrive=_ws(G, T, 3),
+                     region_channels=rc, tracks=tracks, fps=10, **kw)
+
+
+@pytest.fixture
+def tuner(G):
+    return ReenactmentTuner(_reenactor(G), size=64)
+
+
+def _changed(tuner, before):
+    assert tuner.wait(30), "the preview never caught up"
+    assert tuner.error is None, tuner.error
+    return not np.array_equal(tuner.preview, before)
+
+
+def test_initial_preview_is_render_frame(G, tuner):
+    assert tuner.preview.shape == (64, 64, 3) and tuner.preview.dtype == np.uint8
+    ref = _reenactor(G).render_frame(0)
+    assert np.array_equal(tuner.preview, ref)
+    assert tuner.image.value[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "v2s-tuner-alpha" in tuner.alpha._dom_classes and "v2s-tuner-preview" in tuner.image._dom_classes
+    assert not tuner.alpha.continuous_update and not tuner.frame.continuous_update
+
+
+def test_alpha_slider_changes_preview_and_reenactor(G, tuner):
+    before, png = tuner.preview.copy(), tuner.image.value
+    tuner.alpha.value = 1.5
+    assert _changed(tuner, before)
+    assert tuner.image.value != png
+    assert tuner.reenactor.alpha == 1.5
+    assert np.array_equal(tuner.preview, _reenactor(G).render_frame(0, alpha=1.5))
+
+
+@pytest.mark.parametrize("name,value", [("beta", -1.0), ("gamma", 0.0), ("zeta", 1.0)])
+def test_each_coefficient_changes_preview(tuner, name, value):
+    tuner.frame.value = 2  # at frame 0 the (cumulative) baseline equals the reference, so ζ has no effect there
+    assert tuner.wait(30)
+    before = tuner.preview.copy()
+    tuner.sliders[name].value = value
+    assert _changed(tuner, before)
+
+
+def test_frame_slider_changes_preview(G, tuner):
+    before = tuner.preview.copy()
+    tuner.frame.value = 3
+    assert _changed(tuner, before)
+    assert np.array_equal(tuner.preview, _reenactor(G).render_frame(3))
+
+
+def test_layers_regions_and_sources(G, tuner):
+    tuner.frame.value = 3  # frame 0: both tracks are at the origin
+    assert tuner.wait(30)
+    before = tuner.preview.copy()
+    tuner.layers.value = (3, 4)
+    assert _changed(tuner, before) and tuner.reenactor.layers == (3, 4)
+    before = tuner.preview.copy()
+    tuner.region_toggles["eyes"].value = False
+    assert _changed(tuner, before) and tuner.reenactor.regions == ("nose", "mouth")
+    before = tuner.preview.copy()
+    tuner.source_widgets["position"].value = "co-driving"
+    assert _changed(tuner, before) and tuner.reenactor.sources()["position"] == "co-driving"
+    # no pose codes prepared: pose is shown read-only with the reason
+    assert tuner.source_widgets["pose"].disabled and "pose" in tuner.source_notes
+    assert not tuner.source_widgets["motion"].disabled
+
+
+def test_latest_value_wins(tuner):
+    """Many changes in a row end with the preview of the last one, not a queue of renders."""
+    for v in np.linspace(-2, 2, 15):
+        tuner.alpha.value = float(v)
+    assert tuner.wait(30)
+    assert tuner.reenactor.alpha == 2.0
+    assert np.array_equal(tuner.preview, tuner.reenactor.render_frame(0))
+
+
+def test_synchronous_mode(G):
+    t = ReenactmentTuner(_reenactor(G), size=64, background=False)
+    before = t.preview.copy()
+    t.alpha.value = 2.0
+    assert not np.array_equal(t.preview, before)
+
+
+def test_render_button_produces_video(G, tuner):
+    tuner.alpha.value = 0.5
+    tuner.wait()
+    tuner.render_button.click()
+    assert tuner.error is None, tuner.error
+    assert tuner.video.shape == (T, 64, 64, 3)
+    assert tuner.progress.value == T
+    assert "<video" in tuner.video_html.value
+    assert np.array_equal(tuner.video, _reenactor(G, alpha=0.5).render_video(progress=False))
+
+
+def test_player_side_by_side(G):
+    r = _reenactor(G)
+    res = r.render_video(progress=False)
+    drv = np.zeros((T + 2, 32, 48, 3), np.uint8)
+    drv[:, :, :, 0] = np.arange(T + 2)[:, None, None] * 20
+    p = SideBySidePlayer({"driving": drv, "co-driving": None, "result": res}, fps=10, size=64)
+    assert p.titles == ["driving", "result"] and len(p.images) == 2 and p.num_frames == T + 2
+    assert p.frame.max == T + 1 and p.play.max == T + 1
+    p.frame.value = 2
+    assert np.array_equal(p.current[0], drv[2]) and np.array_equal(p.current[1], res[2])
+    p.frame.value = T + 1  # the shorter clip holds its last frame
+    assert np.array_equal(p.current[1], res[-1])
+    with pytest.raises(ValueError):
+        SideBySidePlayer({"a": None})

@@ -1,0 +1,82 @@
+"""Side-by-side player: driving | co-driving | result | baseline (or any named clips) in sync.
+
+:class:`SideBySidePlayer` (:func:`play_side_by_side`) shows one image per clip under its title, driven by a single
+frame slider and a play button (linked in the browser, so playback runs without the kernel pacing it). Entries
+that are ``None`` are skipped; clips of different lengths hold their last frame; frames of different sizes are
+shown at the same height. ``player.current`` is the list of frames shown (uint8 arrays), for tests.
+
+Stable CSS classes: ``v2s-player``, ``v2s-player-frame``, ``v2s-player-play``, ``v2s-player-image`` (and
+``v2s-player-image-<i>`` per clip).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from .track_viewer import _png
+
+__all__ = ["SideBySidePlayer", "play_side_by_side"]
+
+
+class SideBySidePlayer:
+    """Several clips in sync.
+
+    Args:
+        videos: {title: clip or None}; a clip is uint8 [T, H, W, 3], a :class:`~v2s_nb.video.Video` or anything
+            :func:`v2s_nb.video.as_rgb_uint8` accepts. ``None`` entries are skipped.
+        fps: playback rate (default: the first Video's fps, else 10).   size: displayed height in pixels.
+    """
+
+    def __init__(self, videos: Mapping[str, object], *, fps: float | None = None, size: int = 192):
+        import ipywidgets as W
+
+        from ..video import Video, as_rgb_uint8
+
+        if not isinstance(videos, Mapping):
+            raise TypeError("videos must be a dict {title: clip or None}")
+        items = [(str(k), v) for k, v in videos.items() if v is not None]
+        if not items:
+            raise ValueError("SideBySidePlayer got no clips (every entry is None)")
+        if fps is None:
+            fps = next((float(v.fps) for _, v in items if isinstance(v, Video)), 10.0)
+        self.titles = [k for k, _ in items]
+        self.clips = [as_rgb_uint8(v, allow_single_image=True, name=k) for k, v in items]
+        self.fps, self.size = float(fps), int(size)
+        n = max(len(c) for c in self.clips)
+        self.num_frames = n
+        self.frame = W.IntSlider(value=0, min=0, max=max(n - 1, 0), description="frame", continuous_update=True)
+        self.frame.add_class("v2s-player-frame")
+        self.play = W.Play(value=0, min=0, max=max(n - 1, 0), interval=max(20, int(round(1000 / self.fps))),
+                           description="play")
+        self.play.add_class("v2s-player-play")
+        W.jslink((self.play, "value"), (self.frame, "value"))
+        self.images, cols = [], []
+        for i, (title, clip) in enumerate(zip(self.titles, self.clips)):
+            h, w = clip.shape[1:3]
+            img = W.Image(format="png", height=self.size, width=int(round(self.size * w / h)))
+            img.add_class("v2s-player-image")
+            img.add_class(f"v2s-player-image-{i}")
+            self.images.append(img)
+            cols.append(W.VBox([W.HTML(f"<b>{title}</b> <small>({len(clip)} frames)</small>"), img]))
+        self.current: list[np.ndarray] = []
+        self.frame.observe(lambda ch: self.show(ch["new"]), names="value")
+        self.widget = W.VBox([W.HBox([self.play, self.frame]), W.HBox(cols)])
+        self.widget.add_class("v2s-player")
+        self.show(0)
+
+    def show(self, j: int) -> None:
+        """Show frame ``j`` of every clip (a shorter clip shows its last frame)."""
+        j = int(j)
+        self.current = [c[min(j, len(c) - 1)] for c in self.clips]
+        for img, f in zip(self.images, self.current):
+            img.value = _png(f, self.size)
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def play_side_by_side(videos: Mapping[str, object], **kwargs) -> SideBySidePlayer:
+    """Build a :class:`SideBySidePlayer` (display it by leaving it as a cell's last expression)."""
+    return SideBySidePlayer(videos, **kwargs)
