@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402,F401  (puts this checkout on sys.path)
+from _common import sync  # noqa: E402  (also puts this checkout on sys.path)
 
 
 def make_reenactor(G, T, device):
@@ -29,11 +29,6 @@ def make_reenactor(G, T, device):
     rc = {"eyes": {names[3]: list(range(0, 8))}, "mouth": {names[6]: list(range(4, 12))}}
     tr = np.stack([np.linspace(0, 0.05, T), np.zeros(T), np.linspace(-5, 5, T)], 1)
     return Reenactor(G=G, w_ref=ws[0], ws_drive=ws[1:], region_channels=rc, tracks={"driving": tr})
-
-
-def sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 def bench(G, device, T=160, batch=8, reps=5):
@@ -59,6 +54,7 @@ def bench(G, device, T=160, batch=8, reps=5):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--tiny", action="store_true")
+    p.add_argument("--tiny-resolution", type=int, nargs="+", default=[64], help="resolutions of the tiny generator")
     p.add_argument("--r1024", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--frames", type=int, default=160)
@@ -67,8 +63,9 @@ def main():
     a = p.parse_args()
     if a.tiny:
         from v2s_nb.stylegan3 import tiny_generator
-        G = tiny_generator("R", resolution=64).to(a.device)
-        print("tiny R 64 px,", a.device, bench(G, a.device, a.frames, a.batch))
+        for res in a.tiny_resolution:
+            G = tiny_generator("R", resolution=res).to(a.device)
+            print(f"tiny R {res} px,", a.device, bench(G, a.device, a.frames, a.batch))
     if a.r1024:
         from v2s_nb.stylegan3 import build_generator
         G = build_generator("R", 1024, device=a.device)
