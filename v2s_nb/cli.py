@@ -356,9 +356,12 @@ def cmd_demo(args) -> int:
           "RANDOM-WEIGHT generator: the output shows the machinery working, not a re-enacted face.\n"
           "      For real results: v2s-nb reenact --reference IMG --driving VIDEO --checkpoint "
           "stylegan3-r-ffhq-1024 --out out.mp4 (on a GPU).", file=sys.stderr)
+    # A random generator's channels barely align with face regions: with the defaults (t_fg 0.2, t_bg 0.1) no
+    # channel would be selected and eq 10-11 would have nothing to act on, so the demo uses lenient thresholds
+    # (as notebook 04 does for the tiny generator).
     argv = ["reenact", "--reference", str(ref), "--driving", str(drv), "--co-driving", str(co), "--out", str(out),
             "--invert-steps", str(args.invert_steps), "--invert-steps-next", str(args.invert_steps_next),
-            "--device", args.device]
+            "--device", args.device, "--t-fg", "0.03", "--t-bg", "0.5"]
     if args.quiet:
         argv.append("--quiet")
     rargs = build_parser().parse_args(argv)
