@@ -59,3 +59,17 @@ def test_bad_config():
         build_generator("X")
     with pytest.raises(ValueError, match="power of two"):
         build_generator("R", resolution=100)
+
+
+@pytest.mark.parametrize("up,pads", [(2, (5, 4, 6, 3)), (4, (13, 12, -2, 7)), (4, (0, 0, 0, 0))])
+def test_transposed_upsampling_equals_zero_stuffing(up, pads):
+    """The CPU upsampler (strided transposed convolutions) computes what NVIDIA's zero-stuffed form computes:
+    compare with the non-separable (zero-stuffing) path on the same filter, asymmetric taps and odd pads."""
+    from v2s_nb.stylegan3.ops import upfirdn2d
+
+    g = torch.Generator().manual_seed(up)
+    x, f = torch.randn(2, 3, 11, 9, generator=g), torch.rand(6 * up, generator=g)
+    separable = upfirdn2d(x, f, up=up, padding=pads, gain=up ** 2)
+    stuffed = upfirdn2d(x, torch.outer(f, f), up=up, padding=pads, gain=up ** 2)
+    assert separable.shape == stuffed.shape
+    assert (separable - stuffed).abs().max() <= 1e-6 * stuffed.abs().max()  # float32 rounding only
