@@ -12,6 +12,7 @@ never ``playwright install``).
 from __future__ import annotations
 
 import importlib.util
+import contextlib
 import os
 import re
 import secrets
@@ -111,7 +112,13 @@ def _open_and_run_all(page, base, token, notebook):
     page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
 
 
-def test_threshold_slider_changes_iou_in_jupyterlab(lab):
+@contextlib.contextmanager
+def _run_notebook_in_lab(lab, notebook, shot):
+    """Open ``notebook`` in JupyterLab in headless Chromium, Run All, and yield the page.
+
+    The page is saved as ``<shot>.png`` in the artifacts folder when the block ends (``<shot>_failure.png`` if it
+    raised).
+    """
     from playwright.sync_api import sync_playwright
 
     exe, base, token, tmp = lab
@@ -122,33 +129,37 @@ def test_threshold_slider_changes_iou_in_jupyterlab(lab):
                                                    args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
         page = ctx.new_page()
         try:
-            _open_and_run_all(page, base, token, NOTEBOOK)
-
-            handle = page.locator(".v2s-fmap-threshold .noUi-handle")
-            handle.wait_for(state="visible", timeout=180_000)
-            label = page.locator(".v2s-fmap-iou")
-            page.wait_for_function("() => document.querySelector('.v2s-fmap-iou')?.innerText.includes('IoU+')",
-                                   timeout=60_000)
-            label.scroll_into_view_if_needed()
-            before = label.inner_text()
-            assert "threshold 0.50" in before
-
-            handle.click()
-            for _ in range(10):
-                handle.press("ArrowRight")
-            readout = page.locator(".v2s-fmap-threshold .widget-readout").inner_text().strip()
-            assert float(readout) > 0.5, readout
-            # every key press is sent to the kernel; wait until the label shows the slider's final value
-            page.wait_for_function(
-                "(r) => (document.querySelector('.v2s-fmap-iou')?.innerText || '').includes('threshold ' + r + ':')",
-                arg=readout, timeout=60_000)
-            after = label.inner_text()
-            page.screenshot(path=str(artifacts / "feature_map_browser.png"), full_page=False)
+            _open_and_run_all(page, base, token, notebook)
+            yield page
+            page.screenshot(path=str(artifacts / f"{shot}.png"), full_page=False)
         except Exception:
-            page.screenshot(path=str(artifacts / "feature_map_browser_failure.png"))
+            page.screenshot(path=str(artifacts / f"{shot}_failure.png"))
             raise
         finally:
             ctx.close()
+
+
+def test_threshold_slider_changes_iou_in_jupyterlab(lab):
+    with _run_notebook_in_lab(lab, NOTEBOOK, "feature_map_browser") as page:
+        handle = page.locator(".v2s-fmap-threshold .noUi-handle")
+        handle.wait_for(state="visible", timeout=180_000)
+        label = page.locator(".v2s-fmap-iou")
+        page.wait_for_function("() => document.querySelector('.v2s-fmap-iou')?.innerText.includes('IoU+')",
+                               timeout=60_000)
+        label.scroll_into_view_if_needed()
+        before = label.inner_text()
+        assert "threshold 0.50" in before
+
+        handle.click()
+        for _ in range(10):
+            handle.press("ArrowRight")
+        readout = page.locator(".v2s-fmap-threshold .widget-readout").inner_text().strip()
+        assert float(readout) > 0.5, readout
+        # every key press is sent to the kernel; wait until the label shows the slider's final value
+        page.wait_for_function(
+            "(r) => (document.querySelector('.v2s-fmap-iou')?.innerText || '').includes('threshold ' + r + ':')",
+            arg=readout, timeout=60_000)
+        after = label.inner_text()
 
     thr = lambda text: float(re.search(r"threshold (\d\.\d\d):", text).group(1))  # noqa: E731
     iou = lambda text: re.search(r"IoU\+ ([\d.]+), IoU- ([\d.]+)", text.replace("\u2212", "-")).groups()  # noqa: E731
@@ -158,48 +169,32 @@ def test_threshold_slider_changes_iou_in_jupyterlab(lab):
 
 def test_alpha_slider_changes_preview_in_jupyterlab(lab):
     """Notebook 04: Run All, move the tuner's α slider with the keyboard, the preview image must change."""
-    from playwright.sync_api import sync_playwright
+    with _run_notebook_in_lab(lab, NOTEBOOK_04, "reenactment_tuner") as page:
+        handle = page.locator(".v2s-tuner-alpha .noUi-handle")
+        handle.wait_for(state="visible", timeout=240_000)
+        preview = page.locator("img.v2s-tuner-preview")
+        page.wait_for_function(
+            "() => (document.querySelector('img.v2s-tuner-preview')?.getAttribute('src') || '').length > 0",
+            timeout=60_000)
+        preview.scroll_into_view_if_needed()
+        before = preview.get_attribute("src")
+        read = lambda: float(page.locator(".v2s-tuner-alpha .widget-readout").inner_text()  # noqa: E731
+                             .strip().replace("\u2212", "-"))
+        readout0 = read()
+        assert readout0 == -1.0, readout0
 
-    exe, base, token, tmp = lab
-    artifacts = Path(os.environ.get("V2S_NB_TEST_ARTIFACTS", tmp))
-    artifacts.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(tmp / "profile"), executable_path=exe, headless=True,
-                                                   args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
-        page = ctx.new_page()
-        try:
-            _open_and_run_all(page, base, token, NOTEBOOK_04)
-            handle = page.locator(".v2s-tuner-alpha .noUi-handle")
-            handle.wait_for(state="visible", timeout=240_000)
-            preview = page.locator("img.v2s-tuner-preview")
-            page.wait_for_function(
-                "() => (document.querySelector('img.v2s-tuner-preview')?.getAttribute('src') || '').length > 0",
-                timeout=60_000)
-            preview.scroll_into_view_if_needed()
-            before = preview.get_attribute("src")
-            read = lambda: float(page.locator(".v2s-tuner-alpha .widget-readout").inner_text()  # noqa: E731
-                                 .strip().replace("\u2212", "-"))
-            readout0 = read()
-            assert readout0 == -1.0, readout0
-
-            handle.click()
-            for _ in range(10):
-                handle.press("ArrowRight")
-            readout = read()
-            assert readout > readout0, readout
-            # the kernel re-renders the frame (latest value wins); wait for the status line to show the new α
-            page.wait_for_function(
-                "(a) => (document.querySelector('.v2s-tuner-status')?.innerText || '').includes('α ' + a)",
-                arg=f"{readout:.2f}", timeout=60_000)
-            page.wait_for_function(
-                "(b) => document.querySelector('img.v2s-tuner-preview')?.getAttribute('src') !== b",
-                arg=before, timeout=60_000)
-            after = preview.get_attribute("src")
-            page.screenshot(path=str(artifacts / "reenactment_tuner.png"), full_page=False)
-        except Exception:
-            page.screenshot(path=str(artifacts / "reenactment_tuner_failure.png"))
-            raise
-        finally:
-            ctx.close()
+        handle.click()
+        for _ in range(10):
+            handle.press("ArrowRight")
+        readout = read()
+        assert readout > readout0, readout
+        # the kernel re-renders the frame (latest value wins); wait for the status line to show the new α
+        page.wait_for_function(
+            "(a) => (document.querySelector('.v2s-tuner-status')?.innerText || '').includes('α ' + a)",
+            arg=f"{readout:.2f}", timeout=60_000)
+        page.wait_for_function(
+            "(b) => document.querySelector('img.v2s-tuner-preview')?.getAttribute('src') !== b",
+            arg=before, timeout=60_000)
+        after = preview.get_attribute("src")
 
     assert before and after and after != before
