@@ -568,6 +568,26 @@ def _make_pbar(progress, total, desc):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _cache_lookup(cache_dir, prefix, targets, init_ws, gen_id, settings, idx):
+    """(cache file stem or None, cached Inversion or None), keyed by images, start codes, generator, settings."""
+    if not cache_dir:
+        return None, None
+    cache_dir = default_cache_dir() if cache_dir is True else Path(cache_dir)
+    h = hashlib.sha256()
+    _sha256_tensor(h, targets)
+    _sha256_tensor(h, init_ws.float().cpu())
+    key = _json_key({"images": h.hexdigest(), "generator": gen_id["sha256"], "settings": settings})
+    cache_file = cache_dir / f"{prefix}-{key[:24]}"
+    if Path(str(cache_file) + ".json").exists():
+        try:
+            inv = Inversion.load(cache_file)
+            inv.frame_indices = np.asarray(idx, dtype=np.int64)
+            return cache_file, inv
+        except (ValueError, OSError) as e:
+            warnings.warn(f"ignoring unreadable cache entry {cache_file}.json ({e}); recomputing", stacklevel=3)
+    return cache_file, None
+
+
 def invert(G, images, *, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["lr"],
            lr_rampup: float = DEFAULTS["lr_rampup"], lr_rampdown: float = DEFAULTS["lr_rampdown"],
            w_noise: float = DEFAULTS["w_noise"], w_noise_ramp: float = DEFAULTS["w_noise_ramp"],
@@ -615,21 +635,9 @@ def invert(G, images, *, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["l
                          init="w_avg" if init is None else "given")
     gen_id = generator_identity(G)
 
-    cache_file = None
-    if cache_dir:
-        cache_dir = default_cache_dir() if cache_dir is True else Path(cache_dir)
-        h = hashlib.sha256()
-        _sha256_tensor(h, targets)
-        _sha256_tensor(h, init_ws.float())
-        key = _json_key({"images": h.hexdigest(), "generator": gen_id["sha256"], "settings": settings})
-        cache_file = cache_dir / f"inv-{key[:24]}"
-        if Path(str(cache_file) + ".json").exists():
-            try:
-                inv = Inversion.load(cache_file)
-                inv.frame_indices = np.asarray(idx, dtype=np.int64)
-                return inv
-            except (ValueError, OSError) as e:
-                warnings.warn(f"ignoring unreadable cache entry {cache_file}.json ({e}); recomputing", stacklevel=2)
+    cache_file, cached = _cache_lookup(cache_dir, "inv", targets, init_ws, gen_id, settings, idx)
+    if cached is not None:
+        return cached
 
     w_spread = _w_spread(G, device, dtype) if w_noise > 0 else 1.0
     rng = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -711,21 +719,9 @@ def invert_sequence(G, frames, *, batch: int = 8, steps_first: int = DEFAULTS["s
     settings["batch_steps"] = batch_steps
     gen_id = generator_identity(G)
 
-    cache_file = None
-    if cache_dir:
-        cache_dir = default_cache_dir() if cache_dir is True else Path(cache_dir)
-        h = hashlib.sha256()
-        _sha256_tensor(h, targets)
-        _sha256_tensor(h, first_init.float().cpu())
-        cache_file = cache_dir / ("seq-" + _json_key({"images": h.hexdigest(), "generator": gen_id["sha256"],
-                                                      "settings": settings})[:24])
-        if Path(str(cache_file) + ".json").exists():
-            try:
-                inv = Inversion.load(cache_file)
-                inv.frame_indices = np.asarray(idx, dtype=np.int64)
-                return inv
-            except (ValueError, OSError) as e:
-                warnings.warn(f"ignoring unreadable cache entry {cache_file}.json ({e}); recomputing", stacklevel=2)
+    cache_file, cached = _cache_lookup(cache_dir, "seq", targets, first_init, gen_id, settings, idx)
+    if cached is not None:
+        return cached
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     w_spread = _w_spread(G, device, dtype) if w_noise > 0 else 1.0
