@@ -2,17 +2,19 @@
 
 The plain path (:func:`v2s_nb.stylegan3.ops.filtered_lrelu`) upsamples by zero-stuffing and filters the
 stuffed signal with depthwise convolutions: most multiply-adds hit zeros, and the upsampled tensor makes
-several round trips through memory. Here the same operator runs as three kernels per channel chunk:
+several round trips through memory. Here the same operator runs as follows:
 
-1. ``upsample along x`` — polyphase, as a small matrix product per tile with a banded matrix that is the same
-   for every tile (tensor cores; the bias is added on load);
-2. ``upsample along y`` — the same along rows, with leaky ReLU, gain and clamp applied before the store;
-3. ``downsample`` — only at the kept samples: a 2-D radial filter as one banded matrix product per filter row,
-   a separable filter as two direct strided 1-D passes.
+* fp16 layers (the snapshot's high-resolution ones): one fused kernel per output tile, a chain of tensor-core
+  products — bias, polyphase upsampling along x and along y (banded matrices shared by all tiles), leaky ReLU /
+  gain / clamp, then the down-filter along x and along y. Radial down-filters enter as 2-4 separable terms from
+  an SVD of the stored filter (exact to float32 rounding). The upsampled tile never leaves the chip.
+* float32 layers, planes too small for a tile, and filters that need more than ``MAX_RANK`` separable terms:
+  unfused kernels per channel chunk — polyphase upsampling along x (bias on load) and along y (activation before
+  the store), then downsampling evaluated only at the kept samples.
 
-Channels are processed in chunks so the upsampled intermediate stays under a memory budget. Arithmetic is
-float32 accumulation; products in fp16 for fp16 layers and in three-pass TF32 (float32 accuracy) otherwise. Gradients: the forward runs these kernels, the
-backward recomputes the plain path under autograd (exact gradients, plain-path speed).
+Arithmetic is float32 accumulation; products in fp16 for fp16 layers and in three-pass TF32 (float32 accuracy)
+otherwise. Gradients: the forward runs these kernels, the backward recomputes the plain operator under autograd
+a few channels at a time (exact gradients, plain-path speed).
 """
 
 from __future__ import annotations
