@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_atomic
+from .loss_scale import grad_scaler
 import torch.nn.functional as F
 
 __all__ = [
@@ -492,6 +493,7 @@ def _optimise(G, targets: torch.Tensor, init: torch.Tensor, steps: int, cfg: dic
     w_avg = G.mapping.w_avg.to(dtype).reshape(1, 1, -1)
     ws = init.to(device=device, dtype=dtype).clone().requires_grad_(True)
     opt = torch.optim.Adam([ws], lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8)
+    scaler = grad_scaler(G)
     history = np.zeros((n, steps), dtype=np.float32)
     for step in range(steps):
         lr = lr_schedule(step, steps, cfg["lr"], cfg["lr_rampup"], cfg["lr_rampdown"])
@@ -520,8 +522,9 @@ def _optimise(G, targets: torch.Tensor, init: torch.Tensor, steps: int, cfg: dic
                                          f"frame(s) {frames}; lower lr (now {cfg['lr']}) or check the images",
                                          frames)
         opt.zero_grad(set_to_none=True)
-        loss_i.sum().backward()
-        opt.step()
+        scaler.scale(loss_i.sum()).backward()
+        scaler.step(opt)
+        scaler.update()
         history[:, step] = loss_i.detach().float().cpu().numpy()
         if pbar is not None:
             pbar.update(1)
@@ -823,6 +826,7 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
     G_t.train(False)
     params = [p for p in G_t.synthesis.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
+    scaler = grad_scaler(G_t)
     rng = torch.Generator(device="cpu").manual_seed(int(seed))
 
     def rec_loss(img, tgt):
@@ -854,8 +858,9 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
                 raise InversionDivergedError(f"pivotal tuning diverged at step {step}/{steps} (NaN/inf loss) on "
                                              f"frame(s) {bad}; lower lr (now {lr})", bad)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             if pbar is not None:
                 pbar.update(1)
                 if step % 10 == 0 or step == steps - 1:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_atomic
+from .loss_scale import grad_scaler
 from torch import nn
 
 __all__ = [
@@ -233,6 +234,8 @@ def _optimise(G, w0, w_orig, target, pose_fn, pose_input, steps, lr, lp, lambda_
     fixed = w0[:, rows:].detach()
     orig = w_orig[:, :rows].detach()
     opt = torch.optim.Adam([free], lr=lr)
+    # The default regressor reads w, not images: only an image-based pose_fn passes the fp16 layers.
+    scaler = grad_scaler(G, force_fp32=pose_input == "w")
     hist = np.zeros((w0.shape[0], steps), np.float32)
     lp = lp.to(dev)
     for step in range(steps):
@@ -242,8 +245,9 @@ def _optimise(G, w0, w_orig, target, pose_fn, pose_input, steps, lr, lp, lambda_
         if not torch.isfinite(loss_i).all():
             raise FloatingPointError(f"pose encoding diverged at step {step} (loss NaN / inf); lower lr (now {lr})")
         opt.zero_grad(set_to_none=True)
-        loss_i.sum().backward()
-        opt.step()
+        scaler.scale(loss_i.sum()).backward()
+        scaler.step(opt)
+        scaler.update()
         hist[:, step] = loss_i.detach().cpu().numpy()
     return torch.cat([free.detach(), fixed], 1), hist
 

@@ -45,7 +45,7 @@ if HAVE_TRITON:
                         UP: tl.constexpr, PHASE_TAPS: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
                         BLOCK_A: tl.constexpr, BLOCK_O: tl.constexpr):
         """Zero-stuff by UP, pad by pad0, correlate with f (already flipped and scaled) along one axis."""
-        plane = tl.program_id(0)
+        plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
         i = tl.program_id(1) * BLOCK_A + tl.arange(0, BLOCK_A)  # output position along the filtered axis
         r = tl.program_id(2) * BLOCK_O + tl.arange(0, BLOCK_O)  # position along the other axis
         # Only taps k with (i + k - pad0) divisible by UP meet a stuffed input sample.
@@ -82,7 +82,7 @@ if HAVE_TRITON:
         separable term r of the down-filter: along x (@ Dx[r]) then along y (Dy[r] @), summed. The upsampled
         tile (BU x BU) lives only in registers; tiles overlap by the filter's halo.
         """
-        plane = tl.program_id(0)
+        plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
         oy0 = tl.program_id(1) * BO
         ox0 = tl.program_id(2) * BO
         jy = (oy0 * DOWN) // UP + jshift_y + tl.arange(0, KJY)
@@ -111,6 +111,63 @@ if HAVE_TRITON:
                  acc.to(out_ptr.dtype.element_ty), mask=keep)
 
     @triton.jit
+    def _fused_backward_kernel(x_ptr, b_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, gy_ptr, gx_ptr,
+                               h, w, h_out, w_out, channels, jshift_y, jshift_x, used_y, used_x, gain, slope, clamp,
+                               BO, UP: tl.constexpr, DOWN: tl.constexpr, R: tl.constexpr, KJX: tl.constexpr,
+                               KJY: tl.constexpr, BU: tl.constexpr, BOP: tl.constexpr, PRECISION: tl.constexpr,
+                               SCALE: tl.constexpr):
+        """Gradient of :func:`_fused_kernel` for one output tile, added into the float32 input gradient.
+
+        Each output sample belongs to exactly one tile, so the operator is a sum over tiles of (gather the input
+        window, tile function, scatter the outputs); its adjoint is the sum over tiles of the transposed chain:
+        gu = sum_r Dy[r]^T G Dx[r]^T, times the activation's derivative (the pre-activation is recomputed exactly
+        as the forward did), then Ay (.) Ax^T back to the input window, added atomically (windows overlap).
+        SCALE (fp16 products): the tile's gradient is divided by its largest magnitude before the products and
+        multiplied back after, so fp16 operands keep their precision whatever the gradient's scale.
+        """
+        plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
+        oy0 = tl.program_id(1) * BO
+        ox0 = tl.program_id(2) * BO
+        ky = tl.arange(0, KJY)
+        kx = tl.arange(0, KJX)
+        jy = (oy0 * DOWN) // UP + jshift_y + ky
+        jx = (ox0 * DOWN) // UP + jshift_x + kx
+        ok = ((jy >= 0) & (jy < h) & (ky < used_y))[:, None] & ((jx >= 0) & (jx < w) & (kx < used_x))[None, :]
+        xv = tl.load(x_ptr + plane * h * w + jy[:, None] * w + jx[None, :], mask=ok, other=0.0).to(tl.float32)
+        bias = tl.load(b_ptr + plane % channels)
+        xv = tl.where(ok, xv + bias, 0.0)
+        ax = tl.load(ax_ptr + kx[:, None] * BU + tl.arange(0, BU)[None, :])
+        t = tl.dot(xv.to(ax.dtype), ax, input_precision=PRECISION)
+        ayt = tl.load(ay_ptr + tl.arange(0, BU)[:, None] + ky[None, :] * BU)
+        pre = tl.dot(ayt, t.to(ayt.dtype), input_precision=PRECISION)  # [BU, BU], as in the forward
+        act = tl.where(pre >= 0, pre, pre * slope) * gain
+        deriv = tl.where(pre >= 0, gain, gain * slope)
+        deriv = tl.where(tl.abs(act) <= clamp, deriv, 0.0)
+        lo = tl.arange(0, BOP)
+        oy = oy0 + lo
+        ox = ox0 + lo
+        keep = ((lo < BO) & (oy < h_out))[:, None] & ((lo < BO) & (ox < w_out))[None, :]
+        g = tl.load(gy_ptr + plane * h_out * w_out + oy[:, None] * w_out + ox[None, :], mask=keep,
+                    other=0.0).to(tl.float32)
+        if SCALE:
+            peak = tl.max(tl.max(tl.abs(g), axis=1), axis=0)
+            g = g * tl.where(peak > 0, 1.0 / peak, 0.0)
+        gu = tl.zeros([BU, BU], dtype=tl.float32)
+        for r in tl.static_range(R):
+            dyt = tl.load(dy_ptr + r * BOP * BU + tl.arange(0, BU)[:, None] + lo[None, :] * BU)  # Dy[r]^T
+            a = tl.dot(dyt, g.to(dyt.dtype), input_precision=PRECISION)  # [BU, BOP]
+            dxt = tl.load(dx_ptr + r * BU * BOP + lo[:, None] + tl.arange(0, BU)[None, :] * BOP)  # Dx[r]^T
+            gu += tl.dot(a.to(dxt.dtype), dxt, input_precision=PRECISION)  # [BU, BU]
+        gu = gu * deriv
+        ay = tl.load(ay_ptr + ky[:, None] * BU + tl.arange(0, BU)[None, :])
+        s = tl.dot(ay, gu.to(ay.dtype), input_precision=PRECISION)  # [KJY, BU]
+        axt = tl.load(ax_ptr + tl.arange(0, BU)[:, None] + kx[None, :] * BU)
+        gx = tl.dot(s.to(axt.dtype), axt, input_precision=PRECISION)  # [KJY, KJX]
+        if SCALE:
+            gx = gx * peak
+        tl.atomic_add(gx_ptr + plane * h * w + jy[:, None] * w + jx[None, :], gx, mask=ok)
+
+    @triton.jit
     def _up_x_kernel(x_ptr, b_ptr, a_ptr, out_ptr, h, w_in, w_out, channels, j_shift,
                      HAS_BIAS: tl.constexpr, UP: tl.constexpr, KJ: tl.constexpr, BR: tl.constexpr,
                      BI: tl.constexpr, PRECISION: tl.constexpr):
@@ -118,7 +175,7 @@ if HAVE_TRITON:
 
         A (KJ x BI, built on the host) is the same for every tile because tiles start at multiples of UP.
         """
-        plane = tl.program_id(0)
+        plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
         r = tl.program_id(1) * BR + tl.arange(0, BR)
         i0 = tl.program_id(2) * BI
         j = i0 // UP + j_shift + tl.arange(0, KJ)
@@ -137,7 +194,7 @@ if HAVE_TRITON:
                          UP: tl.constexpr, KJ: tl.constexpr, BI: tl.constexpr, BC: tl.constexpr,
                          PRECISION: tl.constexpr):
         """Polyphase upsampling along y (A^T @ rows), then leaky ReLU, gain and clamp."""
-        plane = tl.program_id(0)
+        plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
         i0 = tl.program_id(1) * BI
         c = tl.program_id(2) * BC + tl.arange(0, BC)
         j = i0 // UP + j_shift + tl.arange(0, KJ)
@@ -157,7 +214,7 @@ if HAVE_TRITON:
                        PRECISION: tl.constexpr):
         """Non-separable strided FIR as matrix products: for each filter row ky, the input rows D*oy+ky times a
         banded matrix M[ky] (NKC*KC x BW) that holds that filter row at stride D (built on the host)."""
-        plane = tl.program_id(0)
+        plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
         oy = tl.program_id(1) * BH + tl.arange(0, BH)
         x0 = tl.program_id(2) * BW * D
         acc = tl.zeros([BH, BW], dtype=tl.float32)
@@ -179,7 +236,7 @@ if HAVE_TRITON:
     def _down_x_multi_kernel(u_ptr, f_ptr, out_ptr, n_planes, h, w_in, w_out, R: tl.constexpr, K: tl.constexpr,
                              D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
         """R strided row filters at once (one read of the input): out[r, p, y, x] = sum_k f[r, k] u[p, y, D*x + k]."""
-        plane = tl.program_id(0)
+        plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
         y = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
         x = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
         ok = (y < h)[:, None] & (x < w_out)[None, :]
@@ -198,7 +255,7 @@ if HAVE_TRITON:
             if R > 3:
                 acc3 += tl.load(f_ptr + 3 * K + k) * v
         optrs = out_ptr + plane * h * w_out + y[:, None] * w_out + x[None, :]
-        step = n_planes * h * w_out
+        step = n_planes.to(tl.int64) * h * w_out
         tl.store(optrs, acc0.to(out_ptr.dtype.element_ty), mask=ok)
         if R > 1:
             tl.store(optrs + step, acc1.to(out_ptr.dtype.element_ty), mask=ok)
@@ -211,7 +268,7 @@ if HAVE_TRITON:
     def _down_y_sum_kernel(v_ptr, f_ptr, out_ptr, n_planes, h_in, h_out, w, R: tl.constexpr, K: tl.constexpr,
                            D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
         """out[p, y, x] = sum_r sum_k f[r, k] v[r, p, D*y + k, x]: column filters of the R terms, summed."""
-        plane = tl.program_id(0)
+        plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
         y = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
         x = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
         ok = (y < h_out)[:, None] & (x < w)[None, :]
@@ -228,7 +285,7 @@ if HAVE_TRITON:
     def _down_kernel(u_ptr, f_ptr, out_ptr, h_in, w_in, h_out, w_out, KH: tl.constexpr, KW: tl.constexpr,
                      DY: tl.constexpr, DX: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
         """Direct FIR (KH x KW taps, already flipped) evaluated only at the kept samples (stride DY, DX)."""
-        plane = tl.program_id(0)
+        plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
         oy = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
         ox = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
         ok = (oy < h_out)[:, None] & (ox < w_out)[None, :]
@@ -425,6 +482,9 @@ def _prepared_filters(fu, fd, up, device):
 FUSED_TILE = {torch.float16: 128}
 # Planes whose output is smaller than this use the unfused kernels: one fused tile would be mostly halo.
 FUSED_MIN_OUT = 128
+# Warps per tile program: measured on an H200 (R and T at 1024, batch 1 and 8), 4 warps ran the fused forward
+# 1.2-1.6x faster than 8 on every layer; the backward prefers 8 for fp16 layers and 4 for float32 ones.
+FUSED_WARPS = int(os.environ.get("V2S_NB_FUSED_WARPS", "4"))
 _fused_cache: dict = {}
 
 
@@ -457,9 +517,13 @@ def _fused_plan(fu, fd, up, down, padding, dtype, device, bu):
     ok = (tap >= 0) & (tap < k) & (o < bo)
     dx = torch.stack([torch.where(ok, rr[tap.clamp(0, k - 1)], torch.zeros(())) for rr in rows])  # [R, BU, BOP]
     dy = torch.stack([torch.where(ok, cc[tap.clamp(0, k - 1)], torch.zeros(())).T for cc in cols])  # [R, BOP, BU]
+    # Window rows / columns that meet a nonzero tap (the rest of the power-of-two window is padding).
+    used_x = int((ax != 0).any(1).nonzero().max()) + 1
+    used_y = int((ay != 0).any(1).nonzero().max()) + 1
     plan = dict(bu=bu, ax=ax, ay=ay, dx=dx.to(device=device, dtype=mat_dtype).contiguous(),
                 dy=dy.to(device=device, dtype=mat_dtype).contiguous(), jshift_x=jshift_x, jshift_y=jshift_y,
-                kjx=kjx, kjy=kjy, bo=bo, bop=bop, r=int(dx.shape[0]), precision=prec)
+                kjx=kjx, kjy=kjy, used_x=used_x, used_y=used_y, bo=bo, bop=bop, r=int(dx.shape[0]),
+                precision=prec)
     _fused_cache[key] = plan
     return plan
 
@@ -476,7 +540,8 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
     x = x.contiguous()
     out = torch.empty((n, c, h_out, w_out), dtype=x.dtype, device=x.device)
     bias = b.to(torch.float32).contiguous()
-    for bu in (FUSED_TILE[x.dtype], FUSED_TILE[x.dtype] // 2):
+    tiles = (FUSED_TILE[x.dtype],) if x.dtype == torch.float16 else (FUSED_TILE[x.dtype], FUSED_TILE[x.dtype] // 2)
+    for bu in tiles:  # fp16 on 64-wide tiles gave NaNs (Triton 3.6, H200): the unfused kernels take over instead
         plan = _fused_plan(fu, fd, up, down, padding, x.dtype, x.device, bu)
         if plan is None:
             return None
@@ -486,7 +551,7 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
             _fused_kernel[grid](x, bias, plan["ax"], plan["ay"], plan["dx"], plan["dy"], out, h, w, h_out, w_out,
                                 c, 0, plan["jshift_y"], plan["jshift_x"], float(gain), float(slope), float(clamp), bo,
                                 UP=up, DOWN=down, R=plan["r"], KJX=plan["kjx"], KJY=plan["kjy"], BU=bu,
-                                BOP=plan["bop"], PRECISION=plan["precision"], num_warps=8)
+                                BOP=plan["bop"], PRECISION=plan["precision"], num_warps=FUSED_WARPS)
             return out
         except triton.runtime.errors.OutOfResources:
             continue  # too much shared memory for this GPU: try a smaller tile, then the unfused kernels
@@ -494,6 +559,55 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
 
 
 USE_FUSED = os.environ.get("V2S_NB_FUSED", "1") != "0"
+# Tile edges the backward kernel tries, largest first (the smaller one where shared memory runs out), and the
+# output size under which it starts with the smaller tile (a large tile over a small plane is mostly halo).
+BACKWARD_TILES = (128, 64)
+BACKWARD_SMALL_OUT = 100
+BACKWARD_WARPS = {torch.float16: 8, torch.float32: 4}
+
+
+def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad):
+    """Gradients (d x, d b) of the filtered leaky ReLU for the output gradient ``grad``, or None if the fused
+    kernel can't apply (a down-filter needing more than ``MAX_RANK`` separable terms).
+
+    The pre-activation is recomputed tile by tile exactly as the fused forward computes it. Gradient products run
+    in fp16 for float16 layers, on each tile's gradient divided by its largest magnitude (fp16 precision at any
+    gradient scale: no underflow), and in three-pass TF32 (float32 accuracy) for float32 layers. TF32 was tried
+    for the float16 layers: its operands are truncated, not rounded, and the error was 5-10x the plain path's.
+    d x is accumulated in float32, then cast to ``x``'s dtype.
+    """
+    n, c, h, w = x.shape
+    px0, px1, py0, py1 = (int(v) for v in padding)
+    taps_u, k = fu.shape[0], fd.shape[0]
+    h_out = (h * up + py0 + py1 - taps_u + 1 - k) // down + 1
+    w_out = (w * up + px0 + px1 - taps_u + 1 - k) // down + 1
+    x = x.contiguous()
+    grad = grad.contiguous()
+    bias = b.to(torch.float32).contiguous()
+    gx = torch.zeros((n, c, h, w), dtype=torch.float32, device=x.device)
+    tiles = BACKWARD_TILES if min(h_out, w_out) >= BACKWARD_SMALL_OUT else BACKWARD_TILES[::-1]
+    for bu in tiles:
+        if x.dtype == torch.float16 and bu < 128:
+            continue  # fp16 products on 64-wide tiles gave wrong results (Triton 3.6, H200): not used
+        plan = _fused_plan(fu, fd, up, down, padding, x.dtype, x.device, bu)
+        if plan is None:
+            return None
+        bo = plan["bo"]
+        grid = (n * c, _cdiv(h_out, bo), _cdiv(w_out, bo))
+        try:
+            _fused_backward_kernel[grid](
+                x, bias, plan["ax"], plan["ay"], plan["dx"], plan["dy"], grad, gx, h, w, h_out, w_out, c,
+                plan["jshift_y"], plan["jshift_x"], plan["used_y"], plan["used_x"], float(gain), float(slope),
+                float(clamp), bo, UP=up, DOWN=down, R=plan["r"], KJX=plan["kjx"], KJY=plan["kjy"], BU=bu,
+                BOP=plan["bop"], PRECISION=plan["precision"], SCALE=x.dtype == torch.float16,
+                num_warps=BACKWARD_WARPS.get(x.dtype, 4))
+            break
+        except triton.runtime.errors.OutOfResources:
+            gx.zero_()
+            continue
+    else:
+        return None
+    return gx.to(x.dtype), gx.sum(dim=(0, 2, 3))
 
 
 def fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp):
@@ -536,8 +650,12 @@ def fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, cl
     return out.reshape(n, c, h_out, w_out)
 
 
+USE_FUSED_BACKWARD = os.environ.get("V2S_NB_FUSED_BACKWARD", "1") != "0"
+
+
 class _FilteredLReLU(torch.autograd.Function):
-    """Fast forward; backward by recomputing the plain (reference) operator under autograd."""
+    """Fast forward; backward by the fused backward kernel, else by recomputing the plain (reference) operator
+    under autograd, a few channels at a time."""
 
     @staticmethod
     def forward(ctx, x, b, fu, fd, up, down, padding, gain, slope, clamp):
@@ -549,6 +667,12 @@ class _FilteredLReLU(torch.autograd.Function):
     def backward(ctx, grad):
         x, b = ctx.saved_tensors
         fu, fd, up, down, padding, gain, slope, clamp = ctx.args
+        if USE_FUSED_BACKWARD:
+            grads = fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad)
+            if grads is not None:
+                gx, gb = grads
+                return (gx if ctx.needs_input_grad[0] else None, gb.to(b.dtype) if ctx.needs_input_grad[1] else None,
+                        None, None, None, None, None, None, None, None)
         n, c, h, w = x.shape
         gx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
         gb = torch.zeros(b.shape, dtype=torch.float32, device=b.device) if ctx.needs_input_grad[1] else None
