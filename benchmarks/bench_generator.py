@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import peak_gib as _peak_gib, sync as _sync  # noqa: E402
-from v2s_nb.stylegan3 import build_generator, tiny_generator  # noqa: E402
+from v2s_nb.stylegan3 import GraphedSynthesis, build_generator, tiny_generator  # noqa: E402
 
 
 
@@ -28,7 +28,7 @@ from v2s_nb.stylegan3 import build_generator, tiny_generator  # noqa: E402
 def bench_one(G, batch, dtype, device, iters, warmup, backward=False, impl=None):
     force_fp32 = dtype == "fp32"
     kwargs = {"force_fp32": force_fp32}
-    if impl is not None:
+    if impl not in (None, "graph"):
         kwargs["impl"] = impl
     gen = torch.Generator(device="cpu").manual_seed(0)
     ws = G.mapping(torch.randn([batch, G.z_dim], generator=gen).to(device), None)
@@ -36,7 +36,16 @@ def bench_one(G, batch, dtype, device, iters, warmup, backward=False, impl=None)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
+    graphed = None
+    if impl == "graph":  # the fast path replayed from a CUDA graph (v2s_nb.stylegan3.GraphedSynthesis)
+        if backward or device.type != "cuda":
+            raise ValueError("impl 'graph' is for CUDA inference only")
+        graphed = GraphedSynthesis(G, batch, force_fp32=force_fp32)
+
     def step():
+        if graphed is not None:
+            graphed(ws)
+            return
         if backward:
             w = ws.detach().requires_grad_(True)
             G.synthesis(w, **kwargs).square().mean().backward()
@@ -67,7 +76,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--dtype", nargs="+", default=["fp32"], choices=["fp32", "mixed"],
                    help="fp32, or mixed = the snapshot's fp16 layers in fp16 (CUDA only)")
-    p.add_argument("--impl", nargs="+", default=[None], help="synthesis implementations to compare, if offered")
+    p.add_argument("--impl", nargs="+", default=[None],
+                   help="implementations to compare: auto, fast, plain, or graph (fast, replayed from a CUDA graph)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="the tiny test architecture instead of the released one")
     p.add_argument("--iters", type=int, default=10)

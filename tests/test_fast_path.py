@@ -170,3 +170,30 @@ def test_gradients_through_fast_path_mixed_precision(cfg):
     err_fast = float((fast - ref).norm() / ref.norm())
     err_plain = float((plain - ref).norm() / ref.norm())
     assert err_fast < max(2 * err_plain, 5e-3) and err_fast < 2e-2, (scale, err_fast, err_plain)
+
+
+def test_graphed_synthesis_refuses_cpu():
+    from v2s_nb.stylegan3 import GraphedSynthesis
+    with pytest.raises(ValueError, match="CUDA"):
+        GraphedSynthesis(tiny_generator("R"))
+
+
+@requires_cuda
+@pytest.mark.parametrize("cfg", ["R", "T"])
+def test_graphed_synthesis_matches_eager(cfg):
+    from v2s_nb.stylegan3 import GraphedSynthesis, input_transform
+    G = build_generator(cfg, resolution=256, device="cuda", seed=0)
+    graphed = GraphedSynthesis(G, batch_size=2)
+    for seed in (0, 1):  # a second call with other inputs: the replay reads the new values
+        ws = G.mapping(torch.randn(3, G.z_dim, device="cuda", generator=torch.Generator("cuda").manual_seed(seed)),
+                       None)
+        tf = torch.stack([torch.as_tensor(input_transform(0.02 * i, -0.01 * seed, 5.0 * i), dtype=torch.float32)
+                          for i in range(3)])
+        with torch.no_grad():
+            eager2 = G.synthesis(ws[:2], transform=tf[:2].cuda())
+            eager = G.synthesis(ws, transform=tf.cuda())
+            eager_buffer = G.synthesis(ws[:2])
+        assert torch.equal(graphed(ws[:2], transform=tf[:2]), eager2)  # same kernels, same numbers
+        assert torch.equal(graphed(ws[:2]), eager_buffer)  # no transform: the input's buffer, as G.synthesis does
+        # 3 = a full batch of 2 + a padded batch of 1 (eager at batch 3 may pick other GEMM kernels: fp16 rounding)
+        assert float((graphed(ws, transform=tf) - eager).abs().max()) < 1e-2

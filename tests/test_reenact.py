@@ -173,3 +173,28 @@ def test_save_load_roundtrip(G, tmp_path):
     assert torch.load(tmp_path / "r" / "tensors.pt", weights_only=True)["ws_drive"].shape == (5, 16, 64)
     with pytest.raises(ValueError, match="weights"):
         Reenactor.load(tmp_path / "r", G=tiny_generator("R", resolution=64, seed=1))
+
+
+def test_pti_generator_renders_and_survives_save_load(G, tmp_path):
+    """The paper's split: a PTI-tuned copy renders, the original stays as it was (and is what pose encoding uses)."""
+    from v2s_nb.images import to_uint8
+    from v2s_nb.method.invert import pivotal_tuning
+    w_ref = _ws(G, 1, 1)[0]
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    with torch.no_grad():
+        target = G.synthesis(w_ref[None]).flip(3)  # outside what the pivot renders
+    G_pti = pivotal_tuning(G, target, w_ref[None], steps=5, progress=False, locality_weight=0.0)
+    assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())  # the original is untouched
+    r = _reenactor(G, position="none", G_render=G_pti)
+    assert r.G_render is G_pti and r.G is G
+    ref = r.render_frame(0, alpha=1, beta=0, gamma=0, zeta=1)
+    with torch.no_grad():
+        tuned = to_uint8(G_pti.synthesis(w_ref[None]))[0]
+        original = to_uint8(G.synthesis(w_ref[None]))[0]
+    assert np.array_equal(ref, tuned) and not np.array_equal(ref, original)
+    r.pose_codes = {}
+    r.info = {"generator_spec": {"kind": "tiny", "cfg": "R", "resolution": 64, "seed": 0}}
+    r.save(tmp_path / "r")
+    assert (tmp_path / "r" / "G_render.safetensors").exists()
+    r2 = Reenactor.load(tmp_path / "r")
+    assert np.array_equal(r2.render_frame(0, alpha=1, beta=0, gamma=0, zeta=1), ref)

@@ -6,6 +6,7 @@ Main entry points:
   ``'stylegan3-r-ffhq-1024'``) or a v2s_nb ``.safetensors`` checkpoint -> :class:`Generator`.
 * :func:`tiny_generator` — a small random-weight generator for tests and previews (labelled random).
 * :func:`set_input_transform` / :func:`input_transform` — translation + rotation of the Fourier input.
+* :class:`GraphedSynthesis` — ``G.synthesis`` replayed from a CUDA graph (no launch overhead at small batches).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from pathlib import Path
 import torch
 
 from .checkpoint import is_v2s_checkpoint, load_checkpoint, save_generator
+from .graphs import GraphedSynthesis
 from .networks import CONFIGS, Generator, SynthesisNetwork, build_generator, tiny_generator
 from .snapshot import SnapshotError, UnsafePickleError, generator_from_snapshot, read_snapshot
 from .transform import forward_matrix, input_transform, set_input_transform
 
 __all__ = [
-    "CONFIGS", "Generator", "SnapshotError", "SynthesisNetwork", "UnsafePickleError", "build_generator",
+    "CONFIGS", "Generator", "GraphedSynthesis", "SnapshotError", "SynthesisNetwork", "UnsafePickleError", "build_generator",
     "forward_matrix", "input_transform", "load_generator", "save_generator", "set_input_transform",
     "tiny_generator",
 ]

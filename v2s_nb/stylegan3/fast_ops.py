@@ -480,6 +480,11 @@ def _prepared_filters(fu, fd, up, device):
 # kernel does not fit the GPU's shared memory. float32 layers use the unfused kernels: measured on an H100, the
 # fused kernel's three-pass TF32 products (needed for float32 accuracy) made it 1.8x slower than them.
 FUSED_TILE = {torch.float16: 128}
+if os.environ.get("V2S_NB_FUSED_FP32_TILE"):
+    FUSED_TILE[torch.float32] = int(os.environ["V2S_NB_FUSED_FP32_TILE"])
+# Separable terms of a radial down-filter kept for fp16 layers: those whose singular value is at least this
+# fraction of the largest. Half of fp16's rounding step: what is dropped is below what fp16 storage keeps.
+FP16_RANK_TOL = float(os.environ.get("V2S_NB_FP16_RANK_TOL", "2.5e-4"))
 # Planes whose output is smaller than this use the unfused kernels: one fused tile would be mostly halo.
 FUSED_MIN_OUT = 128
 # Warps per tile program: measured on an H200 (R and T at 1024, batch 1 and 8), 4 warps ran the fused forward
@@ -504,7 +509,7 @@ def _fused_plan(fu, fd, up, down, padding, dtype, device, bu):
     ax, jshift_x, kjx = _up_matrix(g, up, px0, bu, mat_dtype, device)
     ay, jshift_y, kjy = _up_matrix(g, up, py0, bu, mat_dtype, device)
     if fd.ndim == 2:
-        terms = separable_terms(fd.detach().cpu())
+        terms = separable_terms(fd.detach().cpu(), tol=FP16_RANK_TOL if dtype == torch.float16 else 1e-7)
         if terms is None:
             _fused_cache[key] = None
             return None

@@ -126,6 +126,16 @@ class SynthesisInput(nn.Module):
         self.register_buffer("freqs", freqs)
         self.register_buffer("phases", torch.rand([self.channels]) - 0.5)
 
+    def _sample_grid(self, device):
+        """Sample positions [H, W, 2] (x, y), in units of the input's sampling period, cached per device (a
+        constant; building it on every call would also copy from the CPU, which CUDA graph capture forbids)."""
+        cache = self.__dict__.setdefault("_grid_cache", {})
+        if device not in cache:
+            sx, sy = int(self.size[0]), int(self.size[1])
+            theta = torch.tensor([[0.5 * sx / self.sampling_rate, 0, 0], [0, 0.5 * sy / self.sampling_rate, 0]])
+            cache[device] = F.affine_grid(theta.unsqueeze(0), [1, 1, sy, sx], align_corners=False)[0].to(device)
+        return cache[device]
+
     def forward_styles(self, t, transform=None):
         """Render the features from the 4 style values ``t`` [N, 4]; ``transform`` [3,3] or [N,3,3] overrides
         the buffer. Returns float32 [N, channels, size_y, size_x]."""
@@ -147,12 +157,7 @@ class SynthesisInput(nn.Module):
         # Fade out frequencies that the rotation pushed above the band limit.
         amplitudes = (1 - (freqs.norm(dim=2) - self.bandwidth)
                       / (self.sampling_rate / 2 - self.bandwidth)).clamp(0, 1)
-        sx, sy = int(self.size[0]), int(self.size[1])
-        theta = torch.eye(2, 3, device=t.device)
-        theta[0, 0] = 0.5 * sx / self.sampling_rate
-        theta[1, 1] = 0.5 * sy / self.sampling_rate
-        grid = F.affine_grid(theta.unsqueeze(0), [1, 1, sy, sx], align_corners=False)  # [1, H, W, 2]
-        x = torch.einsum("hwk,nck->nhwc", grid[0], freqs) + phases[:, None, None, :]
+        x = torch.einsum("hwk,nck->nhwc", self._sample_grid(t.device), freqs) + phases[:, None, None, :]
         x = torch.sin(x * (2 * math.pi)) * amplitudes[:, None, None, :]
         x = x @ (self.weight / math.sqrt(self.channels)).t()
         return x.permute(0, 3, 1, 2)

@@ -1,0 +1,93 @@
+"""Synthesis replayed from a CUDA graph: one launch for the whole network at a fixed batch size.
+
+At batch 1 most of StyleGAN3's early layers are tiny, and eager PyTorch spends more time launching their
+kernels than the GPU spends running them. :class:`GraphedSynthesis` records ``G.synthesis.from_styles`` once
+per batch size into a CUDA graph and replays it: the same kernels, the same numbers, without the per-kernel
+launch cost. Inputs (the S codes and the per-sample input transform) are copied into static buffers first.
+
+The graph reads the generator's parameters where they were when it was recorded: in-place updates (an
+optimiser step, ``load_state_dict``) are seen, but moving the generator (``.to()``) or replacing its
+tensors needs a new :class:`GraphedSynthesis`. Gradients don't flow through a replay (inference only).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class GraphedSynthesis:
+    """``G.synthesis`` for one batch size on CUDA, replayed from a CUDA graph.
+
+    Args:
+        G: a :class:`~v2s_nb.stylegan3.Generator` on a CUDA device.
+        batch_size: the batch recorded; smaller batches are padded (by repeating the last sample), larger
+            ones are split.
+        force_fp32, impl: as for ``G.synthesis`` (fixed at recording time).
+    Call ``graphed(ws, transform=None)`` (ws [N, num_ws, w_dim]) or ``graphed.from_styles(styles, transform)``;
+    both return float32 images [N, C, R, R] on the GPU, as ``G.synthesis`` does.
+    """
+
+    def __init__(self, G, batch_size: int = 1, force_fp32: bool = False, impl: str | None = None):
+        device = G.mapping.w_avg.device
+        if device.type != "cuda":
+            raise ValueError(f"CUDA graphs need the generator on a CUDA device; it is on {device}. Use "
+                             "G.synthesis directly on the CPU.")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.G, self.batch_size, self.device = G, int(batch_size), device
+        self._kwargs = {"force_fp32": bool(force_fp32), "impl": impl}
+        syn = G.synthesis
+        with torch.no_grad():
+            probe = syn.styles(G.mapping.w_avg.reshape(1, 1, -1).expand(1, G.num_ws, -1))
+        self._styles = {k: v.expand(self.batch_size, -1).clone() for k, v in probe.items()}
+        self._transform = syn.input.transform.reshape(1, 3, 3).expand(self.batch_size, 3, 3).clone()
+        self._graph = None
+        self._out = None
+
+    def _record(self):
+        syn = self.G.synthesis
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.no_grad(), torch.cuda.stream(side):
+            for _ in range(2):  # compiles the Triton kernels and fills the caches outside the recording
+                syn.from_styles(self._styles, transform=self._transform, **self._kwargs)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph):
+            self._out = syn.from_styles(self._styles, transform=self._transform, **self._kwargs)
+        self._graph = graph
+
+    @torch.no_grad()
+    def from_styles(self, styles: dict, transform=None) -> torch.Tensor:
+        """Images [N, C, R, R] float32 (GPU) from S codes (a dict as from ``G.synthesis.styles``)."""
+        missing = [k for k in self._styles if k not in styles]
+        if missing:
+            raise KeyError(f"styles lacks entries for {missing}")
+        n = int(styles["input"].shape[0])
+        if transform is not None:
+            transform = torch.as_tensor(transform, dtype=torch.float32, device=self.device).reshape(-1, 3, 3)
+            if transform.shape[0] not in (1, n):
+                raise ValueError(f"transform must be [3, 3] or [{n}, 3, 3], got {tuple(transform.shape)}")
+            transform = transform.expand(n, 3, 3)
+        outs = []
+        for start in range(0, n, self.batch_size):
+            stop = min(n, start + self.batch_size)
+            pad = self.batch_size - (stop - start)
+            for k, buf in self._styles.items():
+                part = styles[k][start:stop].to(device=self.device, dtype=buf.dtype)
+                buf.copy_(torch.cat([part, part[-1:].expand(pad, -1)]) if pad else part)
+            if transform is None:
+                self._transform.copy_(self.G.synthesis.input.transform.reshape(1, 3, 3).expand_as(self._transform))
+            else:
+                part = transform[start:stop]
+                self._transform.copy_(torch.cat([part, part[-1:].expand(pad, 3, 3)]) if pad else part)
+            if self._graph is None:
+                self._record()
+            self._graph.replay()
+            outs.append(self._out[:stop - start].clone())
+        return torch.cat(outs)
+
+    def __call__(self, ws: torch.Tensor, transform=None) -> torch.Tensor:
+        """Images [N, C, R, R] float32 (GPU) from ws [N, num_ws, w_dim]."""
+        with torch.no_grad():
+            return self.from_styles(self.G.synthesis.styles(ws.to(self.device)), transform=transform)
