@@ -197,3 +197,24 @@ def test_graphed_synthesis_matches_eager(cfg):
         assert torch.equal(graphed(ws[:2]), eager_buffer)  # no transform: the input's buffer, as G.synthesis does
         # 3 = a full batch of 2 + a padded batch of 1 (eager at batch 3 may pick other GEMM kernels: fp16 rounding)
         assert float((graphed(ws, transform=tf) - eager).abs().max()) < 1e-2
+
+
+def test_channel_padding_for_tensor_cores_gives_the_same_sums(monkeypatch):
+    """The zero-padded channels of the 3x3 path run on CUDA fp16; here forced on the CPU in float32 to check they
+    compute the same thing, with and without autograd (1x1 kernels are left as they are)."""
+    g = torch.Generator().manual_seed(0)
+    cases = [(torch.randn(2, 13, 9, 9, generator=g), torch.randn(11, 13, 3, 3, generator=g), 2),
+             (torch.randn(2, 13, 9, 9, generator=g), torch.randn(11, 13, 1, 1, generator=g), 0)]
+    for x, w, pad in cases:
+        s = torch.randn(2, 13, generator=g)
+        ref = ops.modulated_conv2d(x, w, s, padding=pad, input_gain=torch.tensor(0.7), fused=False)
+        monkeypatch.setattr(ops, "_pad_for_tensor_cores", lambda t: True)
+        with torch.no_grad():
+            padded = ops.modulated_conv2d(x, w, s, padding=pad, input_gain=torch.tensor(0.7), fused=False)
+        xg = x.clone().requires_grad_(True)
+        padded_grad = ops.modulated_conv2d(xg, w, s, padding=pad, input_gain=torch.tensor(0.7), fused=False)
+        monkeypatch.undo()
+        assert padded.shape == ref.shape and padded.is_contiguous()
+        assert torch.allclose(padded, ref, atol=1e-5) and torch.allclose(padded_grad, ref, atol=1e-5)
+        padded_grad.sum().backward()
+        assert xg.grad.shape == x.shape

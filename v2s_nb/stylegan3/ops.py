@@ -130,6 +130,17 @@ def filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=math.s
     return upfirdn2d(x, fd, down=down)
 
 
+def _pad_for_tensor_cores(x: torch.Tensor) -> bool:
+    """Whether to pad channel counts to multiples of 8 for cuDNN: fp16 on CUDA, where its tensor-core kernels want
+    them (StyleGAN3-T's 323, 203, 81, 51 channels are not). Measured on an H200: the 81 -> 51 channel 3x3
+    convolution at 1044 px 11.4 -> 6.7 ms at batch 8; T synthesis at batch 8 103 -> 108 img/s."""
+    return x.is_cuda and x.dtype == torch.float16
+
+
+def _round8(c: int) -> int:
+    return c + (-c) % 8
+
+
 def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=None, fused=True):
     """Convolve each sample with the kernel scaled by its own styles (and demodulated).
 
@@ -164,13 +175,27 @@ def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=N
         base = weight.float()
         if demodulate:
             base = base * base.square().mean([1, 2, 3], keepdim=True).rsqrt()
-        out = F.conv2d(x * scale.to(x.dtype).reshape(n, in_ch, 1, 1), base.to(x.dtype), padding=padding)
+        scale = scale.to(x.dtype).reshape(n, in_ch, 1, 1)
+        if _pad_for_tensor_cores(x) and (in_ch % 8 or out_ch % 8):
+            # Zero channels in and out (same sums); the padded outputs are dropped by the view below.
+            ci, co = _round8(in_ch), _round8(out_ch)
+            if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
+                xs = F.pad(x * scale, [0, 0, 0, 0, 0, ci - in_ch])
+            else:  # no autograd: write the scaled input straight into the padded buffer
+                xs = x.new_empty((n, ci, *x.shape[2:]))
+                xs[:, in_ch:].zero_()
+                torch.mul(x, scale, out=xs[:, :in_ch])
+            kernel = F.pad(base, [0, 0, 0, 0, 0, ci - in_ch, 0, co - out_ch]).to(x.dtype)
+            out = F.conv2d(xs, kernel, padding=padding)[:, :out_ch]
+        else:
+            out = F.conv2d(x * scale, base.to(x.dtype), padding=padding)
         if demodulate:
             dcoefs = ((base.unsqueeze(0) * s.reshape(n, 1, in_ch, 1, 1)).square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
             out = out * dcoefs.to(out.dtype).reshape(n, out_ch, 1, 1)
         return out
     if kh == 1 and kw == 1 and padding == 0:
         # 1x1 kernels: a batched matrix product, avoiding a grouped convolution.
+        # (Aligning the weight rows for cuBLAS, as the 3x3 case pads channels, was tried: no gain on an H200.)
         out = torch.bmm(w.reshape(n, out_ch, in_ch).to(x.dtype), x.reshape(n, in_ch, -1))
         return out.reshape(n, out_ch, *x.shape[2:])
     x = x.reshape(1, n * in_ch, *x.shape[2:])
