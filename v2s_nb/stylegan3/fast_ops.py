@@ -13,8 +13,10 @@ several round trips through memory. Here the same operator runs as follows:
   the store), then downsampling evaluated only at the kept samples.
 
 Arithmetic is float32 accumulation; products in fp16 for fp16 layers and in three-pass TF32 (float32 accuracy)
-otherwise. Gradients: the forward runs these kernels, the backward recomputes the plain operator under autograd
-a few channels at a time (exact gradients, plain-path speed).
+otherwise. Gradients: a fused backward kernel per output tile recomputes the pre-activation as the forward did and
+runs the transposed chain back to the tile's input window (:func:`fused_filtered_lrelu_backward`); where it can't
+apply (a down-filter needing more than ``MAX_RANK`` terms) the plain operator is recomputed under autograd a few
+channels at a time. Large batches: every kernel offsets planes in 64 bits.
 """
 
 from __future__ import annotations
