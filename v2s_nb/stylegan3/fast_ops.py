@@ -535,25 +535,38 @@ def _fused_plan(fu, fd, up, down, padding, dtype, device, bu):
     return plan
 
 
+def _output_size(h, w, fu, fd, up, down, padding):
+    """(H', W') of the filtered leaky ReLU: upsample by ``up``, pad, filter with ``fu``, then ``fd`` strided by ``down``."""
+    px0, px1, py0, py1 = (int(v) for v in padding)
+    taps_u, k = fu.shape[0], fd.shape[0]
+    return ((h * up + py0 + py1 - taps_u + 1 - k) // down + 1, (w * up + px0 + px1 - taps_u + 1 - k) // down + 1)
+
+
+def _tile_plans(fu, fd, up, down, padding, x, tiles, h_out, w_out):
+    """(tile edge, plan, grid) for each tile edge to try in turn (the next one after a compile that ran out of
+    shared memory); nothing where the down-filter has no plan. fp16 skips tiles under 128: on 64-wide tiles its
+    products gave NaNs and wrong values (Triton 3.6, H200)."""
+    for bu in tiles:
+        if x.dtype == torch.float16 and bu < 128:
+            continue
+        plan = _fused_plan(fu, fd, up, down, padding, x.dtype, x.device, bu)
+        if plan is None:
+            return
+        yield bu, plan, (x.shape[0] * x.shape[1], _cdiv(h_out, plan["bo"]), _cdiv(w_out, plan["bo"]))
+
+
 def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp):
     """The filtered leaky ReLU in one kernel (no upsampled intermediate in memory). None if it can't apply."""
     n, c, h, w = x.shape
     if x.dtype not in FUSED_TILE or min(h, w) * up // down < FUSED_MIN_OUT:
         return None
-    px0, px1, py0, py1 = (int(v) for v in padding)
-    taps_u, k = fu.shape[0], fd.shape[0]
-    h_out = (h * up + py0 + py1 - taps_u + 1 - k) // down + 1
-    w_out = (w * up + px0 + px1 - taps_u + 1 - k) // down + 1
+    h_out, w_out = _output_size(h, w, fu, fd, up, down, padding)
     x = x.contiguous()
     out = torch.empty((n, c, h_out, w_out), dtype=x.dtype, device=x.device)
     bias = b.to(torch.float32).contiguous()
-    tiles = (FUSED_TILE[x.dtype],) if x.dtype == torch.float16 else (FUSED_TILE[x.dtype], FUSED_TILE[x.dtype] // 2)
-    for bu in tiles:  # fp16 on 64-wide tiles gave NaNs (Triton 3.6, H200): the unfused kernels take over instead
-        plan = _fused_plan(fu, fd, up, down, padding, x.dtype, x.device, bu)
-        if plan is None:
-            return None
+    for bu, plan, grid in _tile_plans(fu, fd, up, down, padding, x, (FUSED_TILE[x.dtype], FUSED_TILE[x.dtype] // 2),
+                                      h_out, w_out):
         bo = plan["bo"]
-        grid = (n * c, _cdiv(h_out, bo), _cdiv(w_out, bo))
         try:
             _fused_kernel[grid](x, bias, plan["ax"], plan["ay"], plan["dx"], plan["dy"], out, h, w, h_out, w_out,
                                 c, 0, plan["jshift_y"], plan["jshift_x"], float(gain), float(slope), float(clamp), bo,
@@ -584,23 +597,14 @@ def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, 
     d x is accumulated in float32, then cast to ``x``'s dtype.
     """
     n, c, h, w = x.shape
-    px0, px1, py0, py1 = (int(v) for v in padding)
-    taps_u, k = fu.shape[0], fd.shape[0]
-    h_out = (h * up + py0 + py1 - taps_u + 1 - k) // down + 1
-    w_out = (w * up + px0 + px1 - taps_u + 1 - k) // down + 1
+    h_out, w_out = _output_size(h, w, fu, fd, up, down, padding)
     x = x.contiguous()
     grad = grad.contiguous()
     bias = b.to(torch.float32).contiguous()
     gx = torch.zeros((n, c, h, w), dtype=torch.float32, device=x.device)
     tiles = BACKWARD_TILES if min(h_out, w_out) >= BACKWARD_SMALL_OUT else BACKWARD_TILES[::-1]
-    for bu in tiles:
-        if x.dtype == torch.float16 and bu < 128:
-            continue  # fp16 products on 64-wide tiles gave wrong results (Triton 3.6, H200): not used
-        plan = _fused_plan(fu, fd, up, down, padding, x.dtype, x.device, bu)
-        if plan is None:
-            return None
+    for bu, plan, grid in _tile_plans(fu, fd, up, down, padding, x, tiles, h_out, w_out):
         bo = plan["bo"]
-        grid = (n * c, _cdiv(h_out, bo), _cdiv(w_out, bo))
         try:
             _fused_backward_kernel[grid](
                 x, bias, plan["ax"], plan["ay"], plan["dx"], plan["dy"], grad, gx, h, w, h_out, w_out, c,
