@@ -19,3 +19,10 @@ def sg3_fixture_dir():
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def mapped_ws(G, n, seed, truncation_psi=0.7):
+    """n w+ codes [n, num_ws, w_dim] from G's mapping, reproducible by ``seed`` (CPU generator)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return G.mapping(torch.randn(n, G.z_dim, generator=g), None, truncation_psi=truncation_psi)

@@ -16,6 +16,7 @@ import torch
 
 from v2s_nb.method.invert import (ImageResizeWarning, Inversion, InversionDivergedError, PerceptualFallbackWarning,
                                   generator_hash, invert, invert_sequence, pivotal_tuning, prepare_images)
+from conftest import requires_cuda
 from v2s_nb.stylegan3 import load_generator, save_generator, tiny_generator
 
 RES = 32
@@ -286,7 +287,7 @@ def test_loss_scaler_only_where_fp16_layers_run():
     assert not uses_fp16(G) and not grad_scaler(G).is_enabled()  # CPU: everything float32
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@requires_cuda
 def test_inversion_through_fp16_layers_on_gpu():
     """At 256 px with the snapshot's fp16 layers, unscaled per-image mean losses give gradients that flush to zero
     in fp16; with the loss scaler the inversion makes real progress."""

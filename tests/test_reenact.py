@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import mapped_ws
 from v2s_nb.method.baseline import baseline_ws
 from v2s_nb.method.reenact import (CoefficientWarning, LengthMismatchWarning, Reenactor, channel_masks,
                                    check_coefficients, layer_names, mix_styles, parse_layers)
@@ -16,12 +17,6 @@ from v2s_nb.stylegan3 import tiny_generator
 @pytest.fixture(scope="module")
 def G():
     return tiny_generator("R", resolution=64)
-
-
-def _ws(G, n, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        return G.mapping(torch.randn(n, G.z_dim, generator=g), None, truncation_psi=0.7)
 
 
 # ------------------------------------------------------------------ eq 7
@@ -104,7 +99,8 @@ def _reenactor(G, T=5, **kw):
     names = G.synthesis.style_names
     rc = {"eyes": {names[3]: [0, 5], names[5]: [1]}, "nose": {names[4]: [2]}, "mouth": {names[7]: [3, 4]}}
     tracks = {"driving": np.stack([np.linspace(0, 0.1, T), np.zeros(T), np.linspace(0, 10, T)], 1)}
-    return Reenactor(G=G, w_ref=_ws(G, 1, 1)[0], ws_drive=_ws(G, T, 2), region_channels=rc, tracks=tracks, **kw)
+    return Reenactor(G=G, w_ref=mapped_ws(G, 1, 1)[0], ws_drive=mapped_ws(G, T, 2), region_channels=rc,
+                     tracks=tracks, **kw)
 
 
 def test_neutral_coefficients_reproduce_the_reference(G):
@@ -157,10 +153,10 @@ def test_render_video_matches_frames_and_position(G):
 
 def test_length_and_fps_policy(G):
     with pytest.warns(LengthMismatchWarning, match="truncated"):
-        r = Reenactor(G=G, w_ref=_ws(G, 1, 1)[0], ws_drive=_ws(G, 6, 2), ws_codrive=_ws(G, 4, 3))
+        r = Reenactor(G=G, w_ref=mapped_ws(G, 1, 1)[0], ws_drive=mapped_ws(G, 6, 2), ws_codrive=mapped_ws(G, 4, 3))
     assert len(r) == 4 and r.render_video(progress=False).shape[0] == 4
     with pytest.warns(LengthMismatchWarning, match="paired by index"):
-        Reenactor(G=G, w_ref=_ws(G, 1, 1)[0], ws_drive=_ws(G, 4, 2), ws_codrive=_ws(G, 4, 3), fps=25,
+        Reenactor(G=G, w_ref=mapped_ws(G, 1, 1)[0], ws_drive=mapped_ws(G, 4, 2), ws_codrive=mapped_ws(G, 4, 3), fps=25,
                   fps_codrive=30)
 
 
@@ -179,7 +175,7 @@ def test_pti_generator_renders_and_survives_save_load(G, tmp_path):
     """The paper's split: a PTI-tuned copy renders, the original stays as it was (and is what pose encoding uses)."""
     from v2s_nb.images import to_uint8
     from v2s_nb.method.invert import pivotal_tuning
-    w_ref = _ws(G, 1, 1)[0]
+    w_ref = mapped_ws(G, 1, 1)[0]
     before = {k: v.clone() for k, v in G.state_dict().items()}
     with torch.no_grad():
         target = G.synthesis(w_ref[None]).flip(3)  # outside what the pivot renders

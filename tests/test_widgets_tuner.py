@@ -10,6 +10,7 @@ import torch
 
 pytest.importorskip("ipywidgets")
 
+from conftest import mapped_ws  # noqa: E402
 from v2s_nb.method.reenact import Reenactor, layer_names  # noqa: E402
 from v2s_nb.stylegan3 import tiny_generator  # noqa: E402
 from v2s_nb.widgets import ReenactmentTuner, SideBySidePlayer  # noqa: E402
@@ -22,20 +23,14 @@ def G():
     return tiny_generator("R", resolution=64)
 
 
-def _ws(G, n, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        return G.mapping(torch.randn(n, G.z_dim, generator=g), None, truncation_psi=0.7)
-
-
 def _reenactor(G, **kw):
     names = layer_names(G, (3, 4, 5, 6, 7))
-    sizes = {n: G.synthesis.styles(_ws(G, 1, 0))[n].shape[-1] for n in names}
+    sizes = {n: G.synthesis.styles(mapped_ws(G, 1, 0))[n].shape[-1] for n in names}
     rc = {reg: {n: np.arange(k, sizes[n], 7) for n in names} for k, reg in enumerate(("eyes", "nose", "mouth"))}
     angles = np.linspace(0, 10, T)
     tracks = {"driving": np.stack([np.zeros(T), np.zeros(T), angles], 1),
               "co-driving": np.stack([np.linspace(0, 0.05, T), np.zeros(T), -angles], 1)}
-    return Reenactor(G=G, w_ref=_ws(G, 1, 1)[0], ws_drive=_ws(G, T, 2), ws_codrive=_ws(G, T, 3),
+    return Reenactor(G=G, w_ref=mapped_ws(G, 1, 1)[0], ws_drive=mapped_ws(G, T, 2), ws_codrive=mapped_ws(G, T, 3),
                      region_channels=rc, tracks=tracks, fps=10, **kw)
 
 

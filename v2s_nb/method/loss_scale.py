@@ -14,7 +14,7 @@ import torch
 
 def uses_fp16(G, force_fp32: bool = False) -> bool:
     """Whether ``G.synthesis`` runs any layer in fp16 on its device (CUDA and a snapshot with fp16 layers)."""
-    device = G.mapping.w_avg.device
+    device = G.device
     return (not force_fp32 and device.type == "cuda"
             and any(layer.compute_dtype(device) == torch.float16 for layer in G.synthesis.layers()))
 
@@ -25,5 +25,4 @@ def grad_scaler(G, force_fp32: bool = False) -> torch.amp.GradScaler:
 
     Use: ``scaler.scale(loss).backward(); scaler.step(opt); scaler.update()``.
     """
-    device = G.mapping.w_avg.device
-    return torch.amp.GradScaler(device.type, init_scale=2.0 ** 16, enabled=uses_fp16(G, force_fp32))
+    return torch.amp.GradScaler(G.device.type, init_scale=2.0 ** 16, enabled=uses_fp16(G, force_fp32))

@@ -22,8 +22,8 @@ from .snapshot import SnapshotError, UnsafePickleError, generator_from_snapshot,
 from .transform import forward_matrix, input_transform, set_input_transform
 
 __all__ = [
-    "CONFIGS", "Generator", "GraphedSynthesis", "SnapshotError", "SynthesisNetwork", "UnsafePickleError", "build_generator",
-    "forward_matrix", "input_transform", "load_generator", "save_generator", "set_input_transform",
+    "CONFIGS", "Generator", "GraphedSynthesis", "SnapshotError", "SynthesisNetwork", "UnsafePickleError",
+    "build_generator", "forward_matrix", "input_transform", "load_generator", "save_generator", "set_input_transform",
     "tiny_generator",
 ]
 

@@ -482,8 +482,6 @@ def _prepared_filters(fu, fd, up, device):
 # kernel does not fit the GPU's shared memory. float32 layers use the unfused kernels: measured on an H100, the
 # fused kernel's three-pass TF32 products (needed for float32 accuracy) made it 1.8x slower than them.
 FUSED_TILE = {torch.float16: 128}
-if os.environ.get("V2S_NB_FUSED_FP32_TILE"):
-    FUSED_TILE[torch.float32] = int(os.environ["V2S_NB_FUSED_FP32_TILE"])
 # Separable terms of a radial down-filter kept for fp16 layers: those whose singular value is at least this
 # fraction of the largest. Half of fp16's rounding step: what is dropped is below what fp16 storage keeps.
 FP16_RANK_TOL = float(os.environ.get("V2S_NB_FP16_RANK_TOL", "2.5e-4"))
@@ -536,7 +534,8 @@ def _fused_plan(fu, fd, up, down, padding, dtype, device, bu):
 
 
 def _output_size(h, w, fu, fd, up, down, padding):
-    """(H', W') of the filtered leaky ReLU: upsample by ``up``, pad, filter with ``fu``, then ``fd`` strided by ``down``."""
+    """(H', W') of the filtered leaky ReLU: upsample by ``up``, pad, filter with ``fu``, then ``fd`` at stride
+    ``down``."""
     px0, px1, py0, py1 = (int(v) for v in padding)
     taps_u, k = fu.shape[0], fd.shape[0]
     return ((h * up + py0 + py1 - taps_u + 1 - k) // down + 1, (w * up + px0 + px1 - taps_u + 1 - k) // down + 1)

@@ -15,6 +15,11 @@ from __future__ import annotations
 import torch
 
 
+def _pad_rows(part: torch.Tensor, pad: int) -> torch.Tensor:
+    """``part`` with its last row repeated ``pad`` more times (a short batch filled up to the recorded size)."""
+    return torch.cat([part, part[-1:].expand(pad, *part.shape[1:])]) if pad else part
+
+
 class GraphedSynthesis:
     """``G.synthesis`` for one batch size on CUDA, replayed from a CUDA graph.
 
@@ -28,7 +33,7 @@ class GraphedSynthesis:
     """
 
     def __init__(self, G, batch_size: int = 1, force_fp32: bool = False, impl: str | None = None):
-        device = G.mapping.w_avg.device
+        device = G.device
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need the generator on a CUDA device; it is on {device}. Use "
                              "G.synthesis directly on the CPU.")
@@ -74,13 +79,11 @@ class GraphedSynthesis:
             stop = min(n, start + self.batch_size)
             pad = self.batch_size - (stop - start)
             for k, buf in self._styles.items():
-                part = styles[k][start:stop].to(device=self.device, dtype=buf.dtype)
-                buf.copy_(torch.cat([part, part[-1:].expand(pad, -1)]) if pad else part)
+                buf.copy_(_pad_rows(styles[k][start:stop].to(device=self.device, dtype=buf.dtype), pad))
             if transform is None:
                 self._transform.copy_(self.G.synthesis.input.transform.reshape(1, 3, 3).expand_as(self._transform))
             else:
-                part = transform[start:stop]
-                self._transform.copy_(torch.cat([part, part[-1:].expand(pad, 3, 3)]) if pad else part)
+                self._transform.copy_(_pad_rows(transform[start:stop], pad))
             if self._graph is None:
                 self._record()
             self._graph.replay()
