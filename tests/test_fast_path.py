@@ -40,14 +40,16 @@ INTERPRETED = textwrap.dedent("""
     import torch
     from v2s_nb.stylegan3 import fast_ops, ops, tiny_generator
     worst = 0.0
-    # Every kernel variant: the default fused kernel; the unfused kernels (gather upsampler, separable radial
-    # down filter); then the tensor-core upsampler and the matrix-product radial filter, forced on small
-    # float32 planes.
-    fast_ops.FUSED_TILE[torch.float32] = 64  # the fused kernel is for float16 on GPUs; test it here in float32
-    fast_ops.FUSED_MIN_OUT = 0
-    variants = [("R", {}), ("T", {}),
-                ("R", dict(USE_FUSED=False)), ("T", dict(USE_FUSED=False)),
-                ("R", dict(USE_FUSED=False, DOT_MIN_WIDTH=0, DOT_UP_DTYPES=(torch.float32,), MAX_RANK=0))]
+    # Every kernel variant, on small float32 planes: the default fused kernel for float32 (banded, output-column
+    # halves), banded without halves, the whole-window kernel, banded on 128-wide tiles (window split 64 + 16);
+    # the unfused kernels (gather upsampler, separable radial down filter); then the tensor-core upsampler and
+    # the matrix-product radial filter, forced.
+    fast_ops.FUSED_MIN_OUT = {}
+    fused = [("banded", 64, True), ("banded", 64, False), ("dense", 64, False), ("banded", 128, False)]
+    variants = [(cfg, dict(FUSED_CHOICE={}, FUSED_DEFAULT={torch.float32: choice})) for choice in fused
+                for cfg in "RT"]
+    variants += [("R", dict(USE_FUSED=False)), ("T", dict(USE_FUSED=False)),
+                 ("R", dict(USE_FUSED=False, DOT_MIN_WIDTH=0, DOT_UP_DTYPES=(torch.float32,), MAX_RANK=0))]
     for cfg, overrides in variants:
         for key, value in overrides.items():
             setattr(fast_ops, key, value)
@@ -71,6 +73,9 @@ INTERPRETED = textwrap.dedent("""
             assert a.shape == b.shape, (name, a.shape, b.shape)
             worst = max(worst, float((a - b).abs().max() / a.abs().max().clamp_min(1e-6)))
             x = a
+        tiles = {key[-1] for key, plan in fast_ops._fused_cache.items() if plan is not None}
+        if fast_ops.USE_FUSED:  # the fused variant ran (no silent fall back to the unfused kernels)
+            assert tiles == {overrides["FUSED_DEFAULT"][torch.float32][1]}, (overrides, tiles)
     print("WORST", worst)
 
     # The fused backward kernel against autograd through the plain operator, including a small clamp so that

@@ -2,20 +2,25 @@
 
 The plain path (:func:`v2s_nb.stylegan3.ops.filtered_lrelu`) upsamples by zero-stuffing and filters the
 stuffed signal with depthwise convolutions: most multiply-adds hit zeros, and the upsampled tensor makes
-several round trips through memory. Here the same operator runs as follows:
+several round trips through memory. Here the same operator runs as one fused kernel per output tile, a chain
+of tensor-core products: bias, polyphase upsampling along both axes (banded matrices shared by all tiles),
+leaky ReLU / gain / clamp, then the down-filter along x and along y. Radial down-filters enter as 2-4 separable
+terms from an SVD of the stored filter. The upsampled tile never leaves the chip. Two forms, chosen per layer
+from measurements (``FUSED_CHOICE``):
 
-* fp16 layers (the snapshot's high-resolution ones): one fused kernel per output tile, a chain of tensor-core
-  products — bias, polyphase upsampling along x and along y (banded matrices shared by all tiles), leaky ReLU /
-  gain / clamp, then the down-filter along x and along y. Radial down-filters enter as 2-4 separable terms from
-  an SVD of the stored filter (exact to float32 rounding). The upsampled tile never leaves the chip.
-* float32 layers, planes too small for a tile, and filters that need more than ``MAX_RANK`` separable terms:
-  unfused kernels per channel chunk — polyphase upsampling along x (bias on load) and along y (activation before
-  the store), then downsampling evaluated only at the kept samples.
+* banded (:func:`_fused_kernel`): only the blocks of the banded matrices that hold taps are multiplied (the
+  input window's used rows / columns as a power-of-two block plus a remainder; optionally the down-filter by
+  output-column halves); 64-wide tiles;
+* dense (:func:`_fused_dense_kernel`): whole power-of-two windows on 128-wide tiles, for 4x-upsampling layers.
+
+Planes too small for a tile and filters that need more than ``MAX_RANK`` separable terms use unfused kernels per
+channel chunk — polyphase upsampling along x (bias on load) and along y (activation before the store), then
+downsampling evaluated only at the kept samples.
 
 Arithmetic is float32 accumulation; products in fp16 for fp16 layers and in three-pass TF32 (float32 accuracy)
-otherwise. Gradients: a fused backward kernel per output tile recomputes the pre-activation as the forward did and
-runs the transposed chain back to the tile's input window (:func:`fused_filtered_lrelu_backward`); where it can't
-apply (a down-filter needing more than ``MAX_RANK`` terms) the plain operator is recomputed under autograd a few
+otherwise. Gradients: a fused backward kernel per output tile recomputes the pre-activation and runs the
+transposed chain back to the tile's input window (:func:`fused_filtered_lrelu_backward`); where it can't apply
+(a down-filter needing more than ``MAX_RANK`` terms) the plain operator is recomputed under autograd a few
 channels at a time. Large batches: every kernel offsets planes in 64 bits.
 """
 
@@ -74,15 +79,61 @@ if HAVE_TRITON:
         tl.store(optrs, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
 
     @triton.jit
-    def _fused_kernel(x_ptr, b_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, out_ptr, h, w, h_out, w_out, channels, c_offset,
-                      jshift_y, jshift_x, gain, slope, clamp, BO, UP: tl.constexpr, DOWN: tl.constexpr,
-                      R: tl.constexpr, KJX: tl.constexpr, KJY: tl.constexpr, BU: tl.constexpr, BOP: tl.constexpr,
-                      PRECISION: tl.constexpr):
-        """The whole filtered leaky ReLU for one output tile as a chain of small matrix products.
+    def _window(x_ptr, plane, h, w, jy0, jx0, bias, ROW0: tl.constexpr, NR: tl.constexpr, COL0: tl.constexpr,
+                NC: tl.constexpr):
+        """Input rows jy0+ROW0.. (NR of them) x columns jx0+COL0.. (NC), plus the bias; zero outside the plane."""
+        jy = jy0 + ROW0 + tl.arange(0, NR)
+        jx = jx0 + COL0 + tl.arange(0, NC)
+        ok = ((jy >= 0) & (jy < h))[:, None] & ((jx >= 0) & (jx < w))[None, :]
+        v = tl.load(x_ptr + plane * h * w + jy[:, None] * w + jx[None, :], mask=ok, other=0.0).to(tl.float32)
+        return tl.where(ok, v + bias, 0.0)
 
-        x tile (+bias) -> upsample along x (@ Ax) -> along y (Ay^T @) -> leaky ReLU, gain, clamp -> for each
-        separable term r of the down-filter: along x (@ Dx[r]) then along y (Dy[r] @), summed. The upsampled
-        tile (BU x BU) lives only in registers; tiles overlap by the filter's halo.
+    @triton.jit
+    def _up_rows(x_ptr, ay_ptr, plane, h, w, jy0, jx0, bias, COL0: tl.constexpr, NC: tl.constexpr,
+                 KAY: tl.constexpr, KBY: tl.constexpr, BU: tl.constexpr, PRECISION: tl.constexpr):
+        """Ay^T @ (window columns COL0..COL0+NC) -> [BU, NC]: upsampling along y of a column block.
+
+        The window's KJ rows are read as a power-of-two block of KAY plus a remainder block of KBY (0: none), so
+        the product's inner size follows the rows that meet a tap (e.g. 64 + 16 instead of 128)."""
+        xa = _window(x_ptr, plane, h, w, jy0, jx0, bias, 0, KAY, COL0, NC)
+        ayt = tl.load(ay_ptr + tl.arange(0, BU)[:, None] + tl.arange(0, KAY)[None, :] * BU)
+        s = tl.dot(ayt, xa.to(ayt.dtype), input_precision=PRECISION)
+        if KBY > 0:
+            xb = _window(x_ptr, plane, h, w, jy0, jx0, bias, KAY, KBY, COL0, NC)
+            aytb = tl.load(ay_ptr + tl.arange(0, BU)[:, None] + (KAY + tl.arange(0, KBY))[None, :] * BU)
+            s += tl.dot(aytb, xb.to(aytb.dtype), input_precision=PRECISION)
+        return s
+
+    @triton.jit
+    def _up_cols(sa, sb, ax_ptr, C0: tl.constexpr, NU: tl.constexpr, KAX: tl.constexpr, KBX: tl.constexpr,
+                 BU: tl.constexpr, PRECISION: tl.constexpr):
+        """Upsampled columns C0..C0+NU: [sa | sb] @ Ax[:, C0:C0+NU] -> [BU, NU] (sb: the remainder block; KBX = 0
+        where it has no taps in these columns)."""
+        axa = tl.load(ax_ptr + tl.arange(0, KAX)[:, None] * BU + (C0 + tl.arange(0, NU))[None, :])
+        u = tl.dot(sa.to(axa.dtype), axa, input_precision=PRECISION)
+        if KBX > 0:
+            axb = tl.load(ax_ptr + (KAX + tl.arange(0, KBX))[:, None] * BU + (C0 + tl.arange(0, NU))[None, :])
+            u += tl.dot(sb.to(axb.dtype), axb, input_precision=PRECISION)
+        return u
+
+    @triton.jit
+    def _act(u, gain, slope, clamp):
+        u = tl.where(u >= 0, u, u * slope) * gain
+        return tl.minimum(tl.maximum(u, -clamp), clamp)
+
+    @triton.jit
+    def _fused_dense_kernel(x_ptr, b_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, out_ptr, h, w, h_out, w_out, channels,
+                            c_offset, jshift_y, jshift_x, gain, slope, clamp, BO, UP: tl.constexpr,
+                            DOWN: tl.constexpr, R: tl.constexpr, KJX: tl.constexpr, KJY: tl.constexpr,
+                            BU: tl.constexpr, BOP: tl.constexpr, PRECISION: tl.constexpr):
+        """The filtered leaky ReLU of one output tile with whole-window products (see :func:`_fused_kernel`):
+        upsample along x then y over the power-of-two window, activation, then per separable term r of the
+        down-filter Dy[r] @ (u @ Dx[r]). More multiply-adds than the banded kernel, but on 128-wide tiles,
+        which measured faster for 4x-upsampling layers (less halo per output).
+
+        c_offset: channel of plane 0 (the callers pass 0). It stays a runtime argument on purpose: measured on an
+        H200 with Triton 3.6, the same kernel indexing the bias by ``plane % channels`` alone (or with c_offset
+        1, which Triton specialises to a constant) ran 1.45x slower, with the same registers and shared memory.
         """
         plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
         oy0 = tl.program_id(1) * BO
@@ -97,15 +148,14 @@ if HAVE_TRITON:
         t = tl.dot(xv.to(ax.dtype), ax, input_precision=PRECISION)  # [KJY, BU]
         ayt = tl.load(ay_ptr + tl.arange(0, BU)[:, None] + tl.arange(0, KJY)[None, :] * BU)
         u = tl.dot(ayt, t.to(ayt.dtype), input_precision=PRECISION)  # [BU, BU]
-        u = tl.where(u >= 0, u, u * slope) * gain
-        u = tl.minimum(tl.maximum(u, -clamp), clamp).to(ax.dtype)
+        u = _act(u, gain, slope, clamp).to(ax.dtype)
+        lo = tl.arange(0, BOP)
         acc = tl.zeros([BOP, BOP], dtype=tl.float32)
         for r in tl.static_range(R):
-            dx = tl.load(dx_ptr + r * BU * BOP + tl.arange(0, BU)[:, None] * BOP + tl.arange(0, BOP)[None, :])
+            dx = tl.load(dx_ptr + r * BU * BOP + tl.arange(0, BU)[:, None] * BOP + lo[None, :])
             v = tl.dot(u, dx, input_precision=PRECISION)  # [BU, BOP]
-            dy = tl.load(dy_ptr + r * BOP * BU + tl.arange(0, BOP)[:, None] * BU + tl.arange(0, BU)[None, :])
+            dy = tl.load(dy_ptr + r * BOP * BU + lo[:, None] * BU + tl.arange(0, BU)[None, :])
             acc += tl.dot(dy, v.to(dy.dtype), input_precision=PRECISION)
-        lo = tl.arange(0, BOP)
         oy = oy0 + lo
         ox = ox0 + lo
         keep = ((lo < BO) & (oy < h_out))[:, None] & ((lo < BO) & (ox < w_out))[None, :]
@@ -113,17 +163,89 @@ if HAVE_TRITON:
                  acc.to(out_ptr.dtype.element_ty), mask=keep)
 
     @triton.jit
+    def _fused_kernel(x_ptr, b_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, out_ptr, h, w, h_out, w_out, channels, c_offset,
+                      jshift_y, jshift_x, gain, slope, clamp, BO, UP: tl.constexpr, DOWN: tl.constexpr,
+                      R: tl.constexpr, KAX: tl.constexpr, KBX: tl.constexpr, KAY: tl.constexpr,
+                      KBY: tl.constexpr, BU: tl.constexpr, BOP: tl.constexpr, B0: tl.constexpr,
+                      D01: tl.constexpr, HALVES: tl.constexpr, PRECISION: tl.constexpr):
+        """The whole filtered leaky ReLU for one output tile as a chain of small matrix products.
+
+        x window (+bias) -> upsample along y (Ay^T @) -> along x (@ Ax), in two column halves -> leaky ReLU, gain,
+        clamp -> for each separable term r of the down-filter: along x (@ Dx[r]) then along y (Dy[r] @), summed.
+        The upsampled tile (BU x BU) lives only on chip; tiles overlap by the filter's halo. Only the blocks of
+        the banded matrices that hold taps are multiplied: the window's used rows / columns (KA + KB), and for
+        the down-filter along x, the two output-column halves against the upsampled halves they reach (the
+        first half reaches both; the second only the second unless D01), and the window's remainder columns
+        against the first upsampled half only if B0.
+        """
+        plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
+        oy0 = tl.program_id(1) * BO
+        ox0 = tl.program_id(2) * BO
+        jy0 = (oy0 * DOWN) // UP + jshift_y
+        jx0 = (ox0 * DOWN) // UP + jshift_x
+        bias = tl.load(b_ptr + (plane + c_offset) % channels)  # c_offset: see _fused_dense_kernel
+        sa = _up_rows(x_ptr, ay_ptr, plane, h, w, jy0, jx0, bias, 0, KAX, KAY, KBY, BU, PRECISION)
+        sb = sa
+        if KBX > 0:
+            sb = _up_rows(x_ptr, ay_ptr, plane, h, w, jy0, jx0, bias, KAX, KBX, KAY, KBY, BU, PRECISION)
+        HB: tl.constexpr = BU // 2
+        OB: tl.constexpr = BOP // 2
+        mat = ax_ptr.dtype.element_ty
+        u0 = _act(_up_cols(sa, sb, ax_ptr, 0, HB, KAX, KBX * B0, BU, PRECISION), gain, slope, clamp).to(mat)
+        u1 = _act(_up_cols(sa, sb, ax_ptr, HB, HB, KAX, KBX, BU, PRECISION), gain, slope, clamp).to(mat)
+        lo = tl.arange(0, BOP)
+        oy = oy0 + lo
+        ok_y = (lo < BO) & (oy < h_out)
+        optr = out_ptr + plane * h_out * w_out + oy[:, None] * w_out
+        rh = tl.arange(0, HB)
+        if HALVES:
+            acc0 = tl.zeros([BOP, OB], dtype=tl.float32)
+            acc1 = tl.zeros([BOP, OB], dtype=tl.float32)
+            co = tl.arange(0, OB)
+            for r in tl.static_range(R):
+                base = dx_ptr + r * BU * BOP
+                d00 = tl.load(base + rh[:, None] * BOP + co[None, :])
+                d10 = tl.load(base + (HB + rh)[:, None] * BOP + co[None, :])
+                d11 = tl.load(base + (HB + rh)[:, None] * BOP + (OB + co)[None, :])
+                v0 = tl.dot(u0, d00, input_precision=PRECISION)
+                v0 += tl.dot(u1, d10, input_precision=PRECISION)  # [BU, OB]
+                v1 = tl.dot(u1, d11, input_precision=PRECISION)
+                if D01:
+                    d01 = tl.load(base + rh[:, None] * BOP + (OB + co)[None, :])
+                    v1 += tl.dot(u0, d01, input_precision=PRECISION)
+                dy = tl.load(dy_ptr + r * BOP * BU + lo[:, None] * BU + tl.arange(0, BU)[None, :])
+                acc0 += tl.dot(dy, v0.to(dy.dtype), input_precision=PRECISION)
+                acc1 += tl.dot(dy, v1.to(dy.dtype), input_precision=PRECISION)
+            ox = ox0 + co
+            tl.store(optr + ox[None, :], acc0.to(out_ptr.dtype.element_ty),
+                     mask=ok_y[:, None] & ((co < BO) & (ox < w_out))[None, :])
+            tl.store(optr + (OB + ox)[None, :], acc1.to(out_ptr.dtype.element_ty),
+                     mask=ok_y[:, None] & ((OB + co < BO) & (OB + ox < w_out))[None, :])
+        else:
+            acc = tl.zeros([BOP, BOP], dtype=tl.float32)
+            for r in tl.static_range(R):
+                base = dx_ptr + r * BU * BOP
+                v = tl.dot(u0, tl.load(base + rh[:, None] * BOP + lo[None, :]), input_precision=PRECISION)
+                v += tl.dot(u1, tl.load(base + (HB + rh)[:, None] * BOP + lo[None, :]), input_precision=PRECISION)
+                dy = tl.load(dy_ptr + r * BOP * BU + lo[:, None] * BU + tl.arange(0, BU)[None, :])
+                acc += tl.dot(dy, v.to(dy.dtype), input_precision=PRECISION)
+            ox = ox0 + lo
+            tl.store(optr + ox[None, :], acc.to(out_ptr.dtype.element_ty),
+                     mask=ok_y[:, None] & ((lo < BO) & (ox < w_out))[None, :])
+
+    @triton.jit
     def _fused_backward_kernel(x_ptr, b_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, gy_ptr, gx_ptr,
                                h, w, h_out, w_out, channels, jshift_y, jshift_x, used_y, used_x, gain, slope, clamp,
                                BO, UP: tl.constexpr, DOWN: tl.constexpr, R: tl.constexpr, KJX: tl.constexpr,
                                KJY: tl.constexpr, BU: tl.constexpr, BOP: tl.constexpr, PRECISION: tl.constexpr,
                                SCALE: tl.constexpr):
-        """Gradient of :func:`_fused_kernel` for one output tile, added into the float32 input gradient.
+        """Gradient of the fused filtered leaky ReLU for one output tile, added into the float32 input gradient.
 
         Each output sample belongs to exactly one tile, so the operator is a sum over tiles of (gather the input
         window, tile function, scatter the outputs); its adjoint is the sum over tiles of the transposed chain:
-        gu = sum_r Dy[r]^T G Dx[r]^T, times the activation's derivative (the pre-activation is recomputed exactly
-        as the forward did), then Ay (.) Ax^T back to the input window, added atomically (windows overlap).
+        gu = sum_r Dy[r]^T G Dx[r]^T, times the activation's derivative (the pre-activation is recomputed with
+        the dense kernel's products: where the forward ran the banded kernel, the same sums grouped differently,
+        equal to rounding), then Ay (.) Ax^T back to the input window, added atomically (windows overlap).
         SCALE (fp16 products): the tile's gradient is divided by its largest magnitude before the products and
         multiplied back after, so fp16 operands keep their precision whatever the gradient's scale.
         """
@@ -141,7 +263,7 @@ if HAVE_TRITON:
         ax = tl.load(ax_ptr + kx[:, None] * BU + tl.arange(0, BU)[None, :])
         t = tl.dot(xv.to(ax.dtype), ax, input_precision=PRECISION)
         ayt = tl.load(ay_ptr + tl.arange(0, BU)[:, None] + ky[None, :] * BU)
-        pre = tl.dot(ayt, t.to(ayt.dtype), input_precision=PRECISION)  # [BU, BU], as in the forward
+        pre = tl.dot(ayt, t.to(ayt.dtype), input_precision=PRECISION)  # [BU, BU], as the dense forward computes it
         act = tl.where(pre >= 0, pre, pre * slope) * gain
         deriv = tl.where(pre >= 0, gain, gain * slope)
         deriv = tl.where(tl.abs(act) <= clamp, deriv, 0.0)
@@ -478,15 +600,25 @@ def _prepared_filters(fu, fd, up, device):
     return fu_t, fd_t
 
 
-# Edge of the upsampled tile the fused kernel holds on chip, by storage dtype; halved once more if the compiled
-# kernel does not fit the GPU's shared memory. float32 layers use the unfused kernels: measured on an H100, the
-# fused kernel's three-pass TF32 products (needed for float32 accuracy) made it 1.8x slower than them.
-FUSED_TILE = {torch.float16: 128}
+# Which fused forward runs a layer, by (storage dtype, upsampling factor): (kernel, edge of the upsampled tile
+# held on chip, output-column halves for the banded kernel). Measured per layer on an H200 (R and T at 1024,
+# batch 8, against the other choices): 4x-upsampling fp16 layers run fastest as whole-window products on
+# 128-wide tiles; 2x fp16 layers as banded products on 64-wide tiles (10-20% faster); float32 layers (three-pass
+# TF32 products) banded with halves on 64-wide tiles: on the mixed-precision runs' small float32 layers up to
+# 2.3x faster than the unfused kernels, and whole float32 synthesis at batch 8 went from 17.4 to 18.3 img/s (R)
+# and from 38.9 to 52.1 (T). Banded fp16 on 128-wide tiles with halves is never used: Triton 3.6 miscompiled it
+# on the H200 (wrong values).
+FUSED_CHOICE = {(torch.float16, 4): ("dense", 128, False), (torch.float16, 2): ("banded", 64, False),
+                (torch.float32, 4): ("banded", 64, True), (torch.float32, 2): ("banded", 64, True)}
+FUSED_DEFAULT = {torch.float16: ("banded", 64, False), torch.float32: ("banded", 64, True)}
 # Separable terms of a radial down-filter kept for fp16 layers: those whose singular value is at least this
 # fraction of the largest. Half of fp16's rounding step: what is dropped is below what fp16 storage keeps.
 FP16_RANK_TOL = float(os.environ.get("V2S_NB_FP16_RANK_TOL", "2.5e-4"))
-# Planes whose output is smaller than this use the unfused kernels: one fused tile would be mostly halo.
-FUSED_MIN_OUT = 128
+# Planes whose output is smaller than this use the unfused kernels. float16: the fused kernel rounds the filter
+# taps and one more intermediate to fp16; on the small planes of 256-512 px models that measurably added to the
+# gradient error (R 256: 7.9e-3 -> 1.0e-2 against float32), so they stay unfused, as before. float32: from 32
+# up, the fused kernel is exact to float32 rounding and faster.
+FUSED_MIN_OUT = {torch.float16: 128, torch.float32: 32}
 # Warps per tile program: measured on an H200 (R and T at 1024, batch 1 and 8), 4 warps ran the fused forward
 # 1.2-1.6x faster than 8 on every layer; the backward prefers 8 for fp16 layers and 4 for float32 ones.
 FUSED_WARPS = int(os.environ.get("V2S_NB_FUSED_WARPS", "4"))
@@ -525,12 +657,26 @@ def _fused_plan(fu, fd, up, down, padding, dtype, device, bu):
     # Window rows / columns that meet a nonzero tap (the rest of the power-of-two window is padding).
     used_x = int((ax != 0).any(1).nonzero().max()) + 1
     used_y = int((ay != 0).any(1).nonzero().max()) + 1
+    # The forward multiplies only the blocks that hold taps: the used window as a power-of-two block plus a
+    # remainder, and Dx by halves (rows of the upsampled tile x output columns); the block of the first rows
+    # and the last output columns is empty whenever the down-filter is shorter than its stride times BOP / 2.
+    kax, kbx = _split_window(used_x)
+    kay, kby = _split_window(used_y)
+    d01 = bool((dx[:, : bu // 2, bop // 2:] != 0).any())
+    b0 = bool((ax[kax:kax + kbx, : bu // 2] != 0).any())  # remainder input columns reaching the first half
     plan = dict(bu=bu, ax=ax, ay=ay, dx=dx.to(device=device, dtype=mat_dtype).contiguous(),
                 dy=dy.to(device=device, dtype=mat_dtype).contiguous(), jshift_x=jshift_x, jshift_y=jshift_y,
-                kjx=kjx, kjy=kjy, used_x=used_x, used_y=used_y, bo=bo, bop=bop, r=int(dx.shape[0]),
-                precision=prec)
+                kjx=kjx, kjy=kjy, used_x=used_x, used_y=used_y, kax=kax, kbx=kbx, kay=kay, kby=kby, b0=b0, d01=d01,
+                bo=bo, bop=bop, r=int(dx.shape[0]), precision=prec)
     _fused_cache[key] = plan
     return plan
+
+
+def _split_window(used):
+    """(KA, KB): the ``used`` window rows as a power-of-two block KA plus a power-of-two remainder KB (0 if none),
+    both at least 16 (the smallest matrix-product operand); e.g. 72 -> (64, 16) instead of one block of 128."""
+    ka = max(16, 1 << (int(used).bit_length() - 1))
+    return (ka, 0) if used <= ka else (ka, _pow2(used - ka))
 
 
 def _output_size(h, w, fu, fd, up, down, padding):
@@ -542,9 +688,9 @@ def _output_size(h, w, fu, fd, up, down, padding):
 
 
 def _tile_plans(fu, fd, up, down, padding, x, tiles, h_out, w_out):
-    """(tile edge, plan, grid) for each tile edge to try in turn (the next one after a compile that ran out of
-    shared memory); nothing where the down-filter has no plan. fp16 skips tiles under 128: on 64-wide tiles its
-    products gave NaNs and wrong values (Triton 3.6, H200)."""
+    """(tile edge, plan, grid) for each tile edge the backward tries in turn (the next one after a compile that ran
+    out of shared memory); nothing where the down-filter has no plan. fp16 skips tiles under 128: on 64-wide tiles
+    the whole-window products gave NaNs and wrong values (Triton 3.6, H200)."""
     for bu in tiles:
         if x.dtype == torch.float16 and bu < 128:
             continue
@@ -554,26 +700,51 @@ def _tile_plans(fu, fd, up, down, padding, x, tiles, h_out, w_out):
         yield bu, plan, (x.shape[0] * x.shape[1], _cdiv(h_out, plan["bo"]), _cdiv(w_out, plan["bo"]))
 
 
-def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp):
-    """The filtered leaky ReLU in one kernel (no upsampled intermediate in memory). None if it can't apply."""
+def _forward_choices(dtype, up):
+    """The fused forward variants to try in turn: the measured choice, then banded on 64-wide tiles (should the
+    first not fit the GPU's shared memory)."""
+    first = FUSED_CHOICE.get((dtype, up), FUSED_DEFAULT.get(dtype))
+    if first is None:
+        return []
+    fallback = ("banded", 64, dtype != torch.float16)
+    return [first] if first == fallback else [first, fallback]
+
+
+def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp, forms=None):
+    """The filtered leaky ReLU in one kernel (no upsampled intermediate in memory). None if it can't apply.
+
+    ``forms``: the (kernel, tile edge, halves) to try in turn, e.g. ``[("banded", 64, False)]``; by default the
+    measured choice for the layer's dtype and upsampling factor, and none for planes under ``FUSED_MIN_OUT``.
+    """
     n, c, h, w = x.shape
-    if x.dtype not in FUSED_TILE or min(h, w) * up // down < FUSED_MIN_OUT:
-        return None
     h_out, w_out = _output_size(h, w, fu, fd, up, down, padding)
+    if forms is None:
+        if min(h_out, w_out) < FUSED_MIN_OUT.get(x.dtype, 0):
+            return None
+        forms = _forward_choices(x.dtype, up)
     x = x.contiguous()
     out = torch.empty((n, c, h_out, w_out), dtype=x.dtype, device=x.device)
     bias = b.to(torch.float32).contiguous()
-    for bu, plan, grid in _tile_plans(fu, fd, up, down, padding, x, (FUSED_TILE[x.dtype], FUSED_TILE[x.dtype] // 2),
-                                      h_out, w_out):
+    for kernel, bu, halves in forms:
+        plan = _fused_plan(fu, fd, up, down, padding, x.dtype, x.device, bu)
+        if plan is None:
+            return None
         bo = plan["bo"]
+        grid = (n * c, _cdiv(h_out, bo), _cdiv(w_out, bo))
+        common = (x, bias, plan["ax"], plan["ay"], plan["dx"], plan["dy"], out, h, w, h_out, w_out, c, 0,
+                  plan["jshift_y"], plan["jshift_x"], float(gain), float(slope), float(clamp), bo)
         try:
-            _fused_kernel[grid](x, bias, plan["ax"], plan["ay"], plan["dx"], plan["dy"], out, h, w, h_out, w_out,
-                                c, 0, plan["jshift_y"], plan["jshift_x"], float(gain), float(slope), float(clamp), bo,
-                                UP=up, DOWN=down, R=plan["r"], KJX=plan["kjx"], KJY=plan["kjy"], BU=bu,
-                                BOP=plan["bop"], PRECISION=plan["precision"], num_warps=FUSED_WARPS)
+            if kernel == "dense":
+                _fused_dense_kernel[grid](*common, UP=up, DOWN=down, R=plan["r"], KJX=plan["kjx"], KJY=plan["kjy"],
+                                          BU=bu, BOP=plan["bop"], PRECISION=plan["precision"], num_warps=FUSED_WARPS)
+            else:
+                _fused_kernel[grid](*common, UP=up, DOWN=down, R=plan["r"], KAX=plan["kax"], KBX=plan["kbx"],
+                                    KAY=plan["kay"], KBY=plan["kby"], BU=bu, BOP=plan["bop"], B0=plan["b0"],
+                                    D01=plan["d01"], HALVES=halves, PRECISION=plan["precision"],
+                                    num_warps=FUSED_WARPS)
             return out
         except triton.runtime.errors.OutOfResources:
-            continue  # too much shared memory for this GPU: try a smaller tile, then the unfused kernels
+            continue  # too much shared memory for this GPU: the next choice, then the unfused kernels
     return None
 
 
