@@ -72,6 +72,12 @@ INTERPRETED = textwrap.dedent("""
                                                      L.down_factor, L.padding, 2 ** 0.5, 0.2, float(L.conv_clamp))
             assert a.shape == b.shape, (name, a.shape, b.shape)
             worst = max(worst, float((a - b).abs().max() / a.abs().max().clamp_min(1e-6)))
+            if fast_ops.USE_FUSED and L.down_filter.ndim == 1:  # output written into a channel-padded buffer
+                p = fast_ops.fast_filtered_lrelu_forward(y, L.up_filter, L.down_filter, L.bias, L.up_factor,
+                                                         L.down_factor, L.padding, 2 ** 0.5, 0.2,
+                                                         float(L.conv_clamp), pad_channels_to=8)
+                assert torch.equal(p, b) and p._v2s_zero_padded
+                assert not ops.zero_padded_channels(p)[:, p.shape[1]:].any()
             x = a
         tiles = {key[-1] for key, plan in fast_ops._fused_cache.items() if plan is not None}
         if fast_ops.USE_FUSED:  # the fused variant ran (no silent fall back to the unfused kernels)
@@ -142,6 +148,7 @@ def test_fast_matches_plain_on_gpu(cfg):
 
 @requires_cuda
 def test_gradients_through_fast_path():
+    torch.backends.cudnn.allow_tf32 = False  # float32 against float32 (with it on, 1x1 products use TF32 as convs do)
     G = build_generator("R", resolution=256, device="cuda", seed=0)
     ws = G.mapping(torch.randn(1, G.z_dim, device="cuda"), None)
     grads = []
@@ -223,3 +230,20 @@ def test_channel_padding_for_tensor_cores_gives_the_same_sums(monkeypatch):
         assert torch.allclose(padded, ref, atol=1e-5) and torch.allclose(padded_grad, ref, atol=1e-5)
         padded_grad.sum().backward()
         assert xg.grad.shape == x.shape
+
+
+def test_zero_padded_channels_feed_the_matrix_product_unchanged():
+    """The fast path's fp16 outputs are views of channel-padded buffers (zeros in the extra channels); the next 1x1
+    modulated convolution multiplies the whole buffer with zero-padded weights: same result as the plain view.
+    Only marked views count as padded."""
+    g = torch.Generator().manual_seed(0)
+    buf = torch.randn(2, 16, 5, 5, generator=g)
+    buf[:, 13:] = 0
+    x = buf[:, :13]
+    w, s = torch.randn(11, 13, 1, 1, generator=g), torch.randn(2, 13, generator=g)
+    ref = ops.modulated_conv2d(x.contiguous(), w, s, input_gain=torch.tensor(0.7))
+    assert ops.zero_padded_channels(x) is None  # not marked: treated as an ordinary view
+    x._v2s_zero_padded = True
+    assert ops.zero_padded_channels(x).shape == (2, 16, 25)
+    out = ops.modulated_conv2d(x, w, s, input_gain=torch.tensor(0.7))
+    assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5)
