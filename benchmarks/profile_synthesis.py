@@ -13,6 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from v2s_nb.stylegan3 import build_generator  # noqa: E402
+from v2s_nb.stylegan3.networks import resolve_impl  # noqa: E402
 
 
 def main(argv=None):
@@ -36,11 +37,13 @@ def main(argv=None):
             syn(ws, **kw)
         styles = syn.styles(ws)
         x = syn.input.forward_styles(styles["input"])
-        print(f"# per-layer time, {args.cfg} {args.resolution} batch {args.batch} {args.dtype}")
+        impl = resolve_impl(args.impl or "auto", dev)  # what syn(ws) runs; a layer alone defaults to "plain"
+        print(f"# per-layer time, {args.cfg} {args.resolution} batch {args.batch} {args.dtype}, impl {impl}")
         total = 0.0
         for name in syn.layer_names:
             layer = getattr(syn, name)
-            fn = (lambda x=x, layer=layer, name=name: layer.forward_styles(x, styles[name], **kw))
+            fn = (lambda x=x, layer=layer, name=name: layer.forward_styles(x, styles[name], impl=impl,
+                                                                           force_fp32=kw["force_fp32"]))
             fn()
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
