@@ -1,5 +1,5 @@
-"""Every form of the fast filtered leaky ReLU, timed on every layer of R / T (how ``fast_ops.FUSED_CHOICE`` is
-chosen; rerun it to tune for another GPU).
+"""Every form of the fast filtered leaky ReLU, timed on every layer of R / T (how ``fast_ops.FUSED_DEFAULT`` and
+``FUSED_CHOICE`` are chosen; rerun it to tune for another GPU).
 
     python benchmarks/bench_lrelu_forms.py --cfg R T --batch 8
 

@@ -6,7 +6,7 @@ several round trips through memory. Here the same operator runs as one fused ker
 of tensor-core products: bias, polyphase upsampling along both axes (banded matrices shared by all tiles),
 leaky ReLU / gain / clamp, then the down-filter along x and along y. Radial down-filters enter as 2-4 separable
 terms from an SVD of the stored filter. The upsampled tile never leaves the chip. Two forms, chosen per layer
-from measurements (``FUSED_CHOICE``):
+from measurements (``FUSED_DEFAULT`` per dtype, ``FUSED_CHOICE`` the exceptions):
 
 * banded (:func:`_fused_kernel`): only the blocks of the banded matrices that hold taps are multiplied (the
   input window's used rows / columns as a power-of-two block plus a remainder; optionally the down-filter by
@@ -608,8 +608,8 @@ def _prepared_filters(fu, fd, up, device):
 # 2.3x faster than the unfused kernels, and whole float32 synthesis at batch 8 went from 17.4 to 18.3 img/s (R)
 # and from 38.9 to 52.1 (T). Banded fp16 on 128-wide tiles with halves is never used: Triton 3.6 miscompiled it
 # on the H200 (wrong values).
-FUSED_CHOICE = {(torch.float16, 4): ("dense", 128, False), (torch.float16, 2): ("banded", 64, False),
-                (torch.float32, 4): ("banded", 64, True), (torch.float32, 2): ("banded", 64, True)}
+# FUSED_CHOICE holds the exceptions to FUSED_DEFAULT, the form per dtype (also the fallback of any exception).
+FUSED_CHOICE = {(torch.float16, 4): ("dense", 128, False)}
 FUSED_DEFAULT = {torch.float16: ("banded", 64, False), torch.float32: ("banded", 64, True)}
 # Separable terms of a radial down-filter kept for fp16 layers: those whose singular value is at least this
 # fraction of the largest. Half of fp16's rounding step: what is dropped is below what fp16 storage keeps.
@@ -702,12 +702,12 @@ def _tile_plans(fu, fd, up, down, padding, x, tiles, h_out, w_out):
 
 
 def _forward_choices(dtype, up):
-    """The fused forward variants to try in turn: the measured choice, then banded on 64-wide tiles (should the
+    """The fused forward variants to try in turn: the measured choice, then the dtype's default form (should the
     first not fit the GPU's shared memory)."""
-    first = FUSED_CHOICE.get((dtype, up), FUSED_DEFAULT.get(dtype))
+    fallback = FUSED_DEFAULT.get(dtype)
+    first = FUSED_CHOICE.get((dtype, up), fallback)
     if first is None:
         return []
-    fallback = ("banded", 64, dtype != torch.float16)
     return [first] if first == fallback else [first, fallback]
 
 
@@ -924,5 +924,5 @@ def filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=2 ** 0
     # Inference: fp16 outputs padded to multiples of 8 channels for the next layer's matrix product (StyleGAN3-R's
     # 645, 406, 161, 102 channels); measured on an H200 at batch 8, its 161 -> 102 channel product at 1044 px
     # 4.1 -> 1.3 ms, 645 -> 406 at 276 px 3.5 -> 0.56 ms.
-    pad = 8 if x.dtype == torch.float16 else 1
+    pad = 8 if ops._pad_for_tensor_cores(x) else 1
     return fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp, pad_channels_to=pad)

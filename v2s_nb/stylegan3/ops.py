@@ -12,6 +12,7 @@ Image tensors are NCHW. Filters are 1-D ``[taps]`` (separable: applied along x, 
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -229,10 +230,8 @@ def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=N
             w = F.pad(w, [0, xm.shape[1] - in_ch])
         else:
             xm = x.reshape(n, in_ch, -1)
-        if not fused and x.is_cuda and x.dtype == torch.float32:
-            with _Tf32LikeCudnn():
-                out = torch.bmm(w, xm)
-        else:
+        tf32 = not fused and x.is_cuda and x.dtype == torch.float32
+        with _Tf32LikeCudnn() if tf32 else contextlib.nullcontext():
             out = torch.bmm(w, xm)
         return out.reshape(n, out_ch, *x.shape[2:])
     x = x.reshape(1, n * in_ch, *x.shape[2:])
