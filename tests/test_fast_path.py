@@ -78,8 +78,19 @@ INTERPRETED = textwrap.dedent("""
                                                          float(L.conv_clamp), pad_channels_to=8)
                 assert torch.equal(p, b) and p._v2s_zero_padded
                 assert not ops.zero_padded_channels(p)[:, p.shape[1]:].any()
+            if fast_ops.USE_FUSED:  # input as a channel slice of a larger buffer, with per-plane factors
+                gen = torch.Generator().manual_seed(len(name))
+                g = torch.rand(y.shape[:2], generator=gen) + 0.5
+                s = torch.rand(y.shape[:2], generator=gen) + 0.5
+                big = torch.zeros(y.shape[0], y.shape[1] + 3, *y.shape[2:])
+                big[:, :y.shape[1]] = y / g[:, :, None, None]
+                q = fast_ops.fast_filtered_lrelu_forward(big[:, :y.shape[1]], L.up_filter, L.down_filter, L.bias,
+                                                         L.up_factor, L.down_factor, L.padding, 2 ** 0.5, 0.2,
+                                                         float(L.conv_clamp), in_gain=g, out_scale=s)
+                ref = b * s[:, :, None, None]
+                worst = max(worst, float((q - ref).abs().max() / ref.abs().max().clamp_min(1e-6)))
             x = a
-        tiles = {key[-1] for key, plan in fast_ops._fused_cache.items() if plan is not None}
+        tiles = {key[-1] for key, (plan, _) in fast_ops._fused_cache.items() if plan is not None}
         if fast_ops.USE_FUSED:  # the fused variant ran (no silent fall back to the unfused kernels)
             assert tiles == {overrides["FUSED_DEFAULT"][torch.float32][1]}, (overrides, tiles)
     print("WORST", worst)
@@ -166,7 +177,7 @@ def test_gradients_through_fast_path_mixed_precision(cfg):
     v2s_nb.method.loss_scale) the fast path's gradients are as close to float32's as the plain path's."""
     torch.backends.cudnn.allow_tf32 = False
     G = build_generator(cfg, resolution=256, device="cuda", seed=0)
-    ws = G.mapping(torch.randn(2, G.z_dim, device="cuda"), None)
+    ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0)).to("cuda"), None)
 
     def grad(impl, force_fp32, scale):
         w = ws.detach().clone().requires_grad_(True)
@@ -247,3 +258,41 @@ def test_zero_padded_channels_feed_the_matrix_product_unchanged():
     assert ops.zero_padded_channels(x).shape == (2, 16, 25)
     out = ops.modulated_conv2d(x, w, s, input_gain=torch.tensor(0.7))
     assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5)
+
+
+def test_prescaled_chain_gives_the_modulated_convolution(monkeypatch):
+    """The fast path's T layers split the modulated convolution into input scale, shared convolution and
+    demodulation, and chain the scale into the previous layer's activation kernel (which writes a zero-padded
+    buffer on CUDA fp16). Forced here on the CPU in float32: the pieces, with the input already scaled and read
+    from a marked padded buffer, give the modulated convolution."""
+    g = torch.Generator().manual_seed(1)
+    x, w, s = torch.randn(2, 13, 9, 9, generator=g), torch.randn(11, 13, 3, 3, generator=g), torch.randn(2, 13, generator=g)
+    ref = ops.modulated_conv2d(x, w, s, padding=2, input_gain=torch.tensor(0.7))
+    scale, dcoefs = ops.modulation_factors(w, s, True, torch.tensor(0.7))
+    assert scale.shape == (2, 13) and dcoefs.shape == (2, 11)
+    buf = torch.zeros(2, 16, 9, 9)
+    buf[:, :13] = x * scale[:, :, None, None]
+    xs = buf[:, :13]
+    xs._v2s_zero_padded = True
+    monkeypatch.setattr(ops, "_pad_for_tensor_cores", lambda t: True)
+    with torch.no_grad():
+        raw = ops.scaled_input_conv2d(xs, w, None, padding=2, prescaled=True)
+    monkeypatch.undo()
+    assert raw.shape == ref.shape
+    assert torch.allclose(raw * dcoefs[:, :, None, None], ref, atol=1e-5)
+    unscaled = ops.scaled_input_conv2d(x, w, scale, padding=2)
+    assert torch.allclose(unscaled * dcoefs[:, :, None, None], ref, atol=1e-5)
+
+
+def test_filter_plans_are_not_reused_for_another_tensor_at_the_same_address():
+    """The fast path caches per-filter matrices under the buffer's address and version; a freed generator's
+    address can be reused by a new one's filters with other values. The cache must rebuild then (it once served
+    a stale plan to a second generator in the same process: fp16 gradient errors 4x the plain path's)."""
+    from v2s_nb.stylegan3 import fast_ops
+
+    cache, built = {}, []
+    a, b = torch.ones(3), torch.zeros(3)
+    build = lambda t: (lambda: built.append(t) or float(t.sum()))  # noqa: E731
+    assert fast_ops._cached(cache, "k", (a,), build(a)) == 3.0
+    assert fast_ops._cached(cache, "k", (a,), build(a)) == 3.0 and len(built) == 1  # a hit for the same tensor
+    assert fast_ops._cached(cache, "k", (b,), build(b)) == 0.0 and len(built) == 2  # same key, another tensor

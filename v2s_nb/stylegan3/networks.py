@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fast_ops
-from .ops import design_lowpass_filter, filtered_lrelu, modulated_conv2d
+from .ops import (design_lowpass_filter, filtered_lrelu, modulated_conv2d, modulation_factors,
+                  modulation_input_scale, scaled_input_conv2d)
 
 IMPLS = ("auto", "fast", "plain")
 
@@ -212,21 +213,51 @@ class SynthesisLayer(nn.Module):
         """float16 for the snapshot's high-resolution layers on CUDA (as NVIDIA runs them), else float32."""
         return torch.float16 if self.use_fp16 and not force_fp32 and device.type == "cuda" else torch.float32
 
-    def forward_styles(self, x, styles, force_fp32=False, impl="plain"):
+    def forward_styles(self, x, styles, force_fp32=False, impl="plain", x_scaled=False, next_layer=None,
+                       next_styles=None):
         """Apply the layer with the given raw affine output ``styles`` [N, in_channels].
 
         ``impl``: 'plain' (reference ops) or 'fast' (Triton kernels on CUDA; see :mod:`fast_ops`).
+        Fast-path chaining (used by :meth:`SynthesisNetwork._run`; see :meth:`chains_into`): ``next_layer`` with
+        its ``next_styles`` makes this layer return its output already multiplied by that layer's input scale
+        (in the activation kernel, no extra pass), and ``x_scaled`` says that ``x`` came so.
         """
         if self.is_torgb:
             styles = styles * (1 / math.sqrt(self.in_channels * self.conv_kernel ** 2))
         dtype = self.compute_dtype(x.device, force_fp32)
         fast = impl == "fast"
+        gain, slope = (1, 1) if self.is_torgb else (math.sqrt(2), 0.2)
+        lrelu = dict(up=self.up_factor, down=self.down_factor, padding=self.padding, gain=gain, slope=slope,
+                     clamp=self.conv_clamp)
+        if fast and self.conv_kernel > 1:
+            # The shared convolution between two per-channel scalings; the demodulation (and, when chained, the
+            # next layer's input scale) are applied inside the fast activation kernel.
+            scale, dcoefs = modulation_factors(self.weight, styles, not self.is_torgb, self.magnitude_ema.rsqrt())
+            y = scaled_input_conv2d(x.to(dtype), self.weight, scale, padding=self.conv_kernel - 1,
+                                    demodulate=not self.is_torgb, prescaled=x_scaled)
+            out_scale = out_dtype = None
+            if next_layer is not None:
+                out_scale = next_layer.input_scale(next_styles)
+                out_dtype = next_layer.compute_dtype(x.device, force_fp32)
+            return fast_ops.filtered_lrelu(y, self.up_filter, self.down_filter, self.bias, in_gain=dcoefs,
+                                           out_scale=out_scale, out_dtype=out_dtype, **lrelu)
+        if x_scaled or next_layer is not None:
+            raise ValueError("x_scaled / next_layer are for the fast path's 3x3 layers (see chains_into)")
         x = modulated_conv2d(x.to(dtype), self.weight, styles, demodulate=not self.is_torgb,
                              padding=self.conv_kernel - 1, input_gain=self.magnitude_ema.rsqrt(), fused=not fast)
-        gain, slope = (1, 1) if self.is_torgb else (math.sqrt(2), 0.2)
         act = fast_ops.filtered_lrelu if fast else filtered_lrelu
-        return act(x, self.up_filter, self.down_filter, self.bias, up=self.up_factor, down=self.down_factor,
-                   padding=self.padding, gain=gain, slope=slope, clamp=self.conv_clamp)
+        return act(x, self.up_filter, self.down_filter, self.bias, **lrelu)
+
+    def input_scale(self, styles):
+        """[N, in_channels] float32: what the fast path multiplies this layer's input by before its shared
+        convolution (normalised styles times the magnitude gain)."""
+        return modulation_input_scale(styles, not self.is_torgb, self.magnitude_ema.rsqrt())
+
+    def chains_into(self, nxt, impl, x) -> bool:
+        """Whether, on the fast path in inference, this layer may hand ``nxt`` its output already scaled by
+        ``nxt``'s input scale: both are 3x3 (T) layers, so ``nxt`` runs the scale-convolve-scale form."""
+        return (impl == "fast" and self.conv_kernel > 1 and nxt.conv_kernel > 1 and not nxt.is_torgb
+                and x.is_cuda and fast_ops.HAVE_TRITON and not torch.is_grad_enabled())
 
     def forward(self, x, w, force_fp32=False, impl="plain"):
         return self.forward_styles(x, self.affine(w.to(torch.float32)), force_fp32=force_fp32, impl=impl)
@@ -310,10 +341,18 @@ class SynthesisNetwork(nn.Module):
         x = self.input.forward_styles(styles["input"], transform=transform)
         if "input" in collect:
             feats["input"] = x
-        for name in self.layer_names:
+        x_scaled = False
+        for i, name in enumerate(self.layer_names):
             if stop_after == "input":
                 break
-            x = getattr(self, name).forward_styles(x, styles[name], force_fp32=force_fp32, impl=impl)
+            layer = getattr(self, name)
+            nxt = getattr(self, self.layer_names[i + 1]) if i + 1 < len(self.layer_names) else None
+            chain = (nxt is not None and name not in collect and name != stop_after
+                     and layer.chains_into(nxt, impl, x))
+            x = layer.forward_styles(x, styles[name], force_fp32=force_fp32, impl=impl, x_scaled=x_scaled,
+                                     next_layer=nxt if chain else None,
+                                     next_styles=styles[self.layer_names[i + 1]] if chain else None)
+            x_scaled = chain
             if name in collect:
                 feats[name] = x.to(torch.float32)
             if name == stop_after:

@@ -169,6 +169,66 @@ class _Tf32LikeCudnn:
         torch.backends.cuda.matmul.allow_tf32 = self.saved
 
 
+def modulation_input_scale(styles, demodulate=True, input_gain=None):
+    """[N, I] float32: the per-sample input-channel scale of the "scale, shared convolution, scale" form of a
+    modulated convolution (styles, pre-normalised when demodulating, times the input gain)."""
+    s = styles.float()
+    if demodulate:
+        s = s * s.square().mean().rsqrt()  # pre-normalisation, as in the fused form (scale-free after demodulation)
+    return s if input_gain is None else s * torch.as_tensor(input_gain, dtype=s.dtype, device=s.device)
+
+
+def modulation_factors(weight, styles, demodulate=True, input_gain=None):
+    """The per-sample factors of the "scale, shared convolution, scale" form of a modulated convolution:
+    (input scale [N, I], demodulation coefficients [N, O] or None), float32. With them,
+    ``modulated_conv2d(x, ...) == scaled_input_conv2d(x, weight, scale, ...) * dcoefs`` (per sample and channel)."""
+    s = modulation_input_scale(styles, demodulate)
+    scale = s if input_gain is None else s * torch.as_tensor(input_gain, dtype=s.dtype, device=s.device)
+    if not demodulate:
+        return scale, None
+    # |base * s|^2 summed over inputs and taps, as one [N, I] x [I, O] product (no [N, O, I, k, k] temporary).
+    energy = s.square() @ _base_kernel(weight, demodulate).square().sum(dim=[2, 3]).T
+    return scale, (energy + 1e-8).rsqrt()
+
+
+def _base_kernel(weight, demodulate):
+    w = weight.float()
+    return w * w.square().mean([1, 2, 3], keepdim=True).rsqrt() if demodulate else w
+
+
+def scaled_input_conv2d(x, weight, scale, padding=0, demodulate=True, prescaled=False):
+    """conv2d(x * scale, base kernel): the shared convolution of the modulated one, without demodulation.
+
+    x: [N, I, H, W]; scale: [N, I] (from :func:`modulation_factors`), or ``prescaled=True`` when x already holds
+    x * scale (the fast path's previous layer writes it so). On CUDA in fp16, channels are padded to multiples of
+    8 for cuDNN (a zero-padded buffer behind ``x``, see :func:`zero_padded_channels`, is used as it is). Returns
+    [N, O, H', W'], in inference possibly a channel slice of a padded buffer."""
+    n, in_ch = x.shape[:2]
+    out_ch = weight.shape[0]
+    base = _base_kernel(weight, demodulate)
+    grad = torch.is_grad_enabled() and (x.requires_grad or (not prescaled and scale.requires_grad))
+    if not prescaled:
+        scale = scale.to(x.dtype).reshape(n, in_ch, 1, 1)
+    if _pad_for_tensor_cores(x) and (in_ch % 8 or out_ch % 8):
+        # Zero channels in and out (same sums); the padded outputs are dropped by the view below.
+        ci, co = _round8(in_ch), _round8(out_ch)
+        whole = zero_padded_channels(x) if prescaled and not grad else None
+        if whole is not None and whole.shape[1] == ci:  # the previous layer wrote the padded buffer
+            xs = whole.reshape(n, ci, *x.shape[2:])
+        elif grad:
+            xs = F.pad(x if prescaled else x * scale, [0, 0, 0, 0, 0, ci - in_ch])
+        else:  # no autograd: write the scaled input straight into the padded buffer
+            xs = x.new_empty((n, ci, *x.shape[2:]))
+            xs[:, in_ch:].zero_()
+            if prescaled:
+                xs[:, :in_ch] = x
+            else:
+                torch.mul(x, scale, out=xs[:, :in_ch])
+        kernel = F.pad(base, [0, 0, 0, 0, 0, ci - in_ch, 0, co - out_ch]).to(x.dtype)
+        return F.conv2d(xs, kernel, padding=padding)[:, :out_ch]
+    return F.conv2d(x if prescaled else x * scale, base.to(x.dtype), padding=padding)
+
+
 def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=None, fused=True):
     """Convolve each sample with the kernel scaled by its own styles (and demodulated).
 
@@ -188,6 +248,12 @@ def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=N
     """
     n = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
+    if not fused and not (kh == 1 and kw == 1):
+        scale, dcoefs = modulation_factors(weight, styles, demodulate, input_gain)
+        out = scaled_input_conv2d(x, weight, scale, padding, demodulate)
+        if dcoefs is not None:
+            out = out * dcoefs.to(out.dtype).reshape(n, out_ch, 1, 1)
+        return out
     w = weight.float()
     s = styles.float()
     if demodulate:
@@ -199,29 +265,6 @@ def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=N
         w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
     if input_gain is not None:
         w = w * torch.as_tensor(input_gain, dtype=w.dtype, device=w.device).expand(in_ch).reshape(1, 1, in_ch, 1, 1)
-    if not fused and not (kh == 1 and kw == 1):
-        scale = s * (torch.as_tensor(input_gain, dtype=s.dtype, device=s.device) if input_gain is not None else 1)
-        base = weight.float()
-        if demodulate:
-            base = base * base.square().mean([1, 2, 3], keepdim=True).rsqrt()
-        scale = scale.to(x.dtype).reshape(n, in_ch, 1, 1)
-        if _pad_for_tensor_cores(x) and (in_ch % 8 or out_ch % 8):
-            # Zero channels in and out (same sums); the padded outputs are dropped by the view below.
-            ci, co = _round8(in_ch), _round8(out_ch)
-            if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
-                xs = F.pad(x * scale, [0, 0, 0, 0, 0, ci - in_ch])
-            else:  # no autograd: write the scaled input straight into the padded buffer
-                xs = x.new_empty((n, ci, *x.shape[2:]))
-                xs[:, in_ch:].zero_()
-                torch.mul(x, scale, out=xs[:, :in_ch])
-            kernel = F.pad(base, [0, 0, 0, 0, 0, ci - in_ch, 0, co - out_ch]).to(x.dtype)
-            out = F.conv2d(xs, kernel, padding=padding)[:, :out_ch]
-        else:
-            out = F.conv2d(x * scale, base.to(x.dtype), padding=padding)
-        if demodulate:
-            dcoefs = ((base.unsqueeze(0) * s.reshape(n, 1, in_ch, 1, 1)).square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
-            out = out * dcoefs.to(out.dtype).reshape(n, out_ch, 1, 1)
-        return out
     if kh == 1 and kw == 1 and padding == 0:
         # 1x1 kernels: a batched matrix product, avoiding a grouped convolution.
         w = w.reshape(n, out_ch, in_ch).to(x.dtype)
