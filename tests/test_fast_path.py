@@ -141,10 +141,11 @@ def test_triton_kernels_in_interpreter():
 
 
 @requires_cuda
-@pytest.mark.parametrize("cfg", ["R", "T"])
-def test_fast_matches_plain_on_gpu(cfg):
+@pytest.mark.parametrize("cfg, channel_scale", [("R", 1.0), ("T", 1.0), ("T", 0.25)])
+def test_fast_matches_plain_on_gpu(cfg, channel_scale):
+    """channel_scale 0.25: T's last layers have 32-64 channels, so the Triton convolution (fast_conv) runs too."""
     torch.backends.cudnn.allow_tf32 = False  # compare float32 with float32
-    G = build_generator(cfg, resolution=256, device="cuda", seed=0)
+    G = build_generator(cfg, resolution=256, device="cuda", seed=0, channel_scale=channel_scale)
     set_input_transform(G, 0.05, -0.1, 7.0)
     ws = G.mapping(torch.randn(2, G.z_dim, device="cuda"), None)
     with torch.no_grad():
@@ -296,3 +297,43 @@ def test_filter_plans_are_not_reused_for_another_tensor_at_the_same_address():
     assert fast_ops._cached(cache, "k", (a,), build(a)) == 3.0
     assert fast_ops._cached(cache, "k", (a,), build(a)) == 3.0 and len(built) == 1  # a hit for the same tensor
     assert fast_ops._cached(cache, "k", (b,), build(b)) == 0.0 and len(built) == 2  # same key, another tensor
+
+
+CONV_INTERPRETED = textwrap.dedent("""
+    import torch, torch.nn.functional as F
+    from v2s_nb.stylegan3 import fast_conv
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for n, c, h, w, o, cfg in [(2, 13, 9, 11, 11, None), (2, 40, 7, 40, 70, (2, 16, 64, 16, 4, 2))]:
+        buf = torch.randn(n, c + 3, h, w, generator=g)
+        x = buf[:, :c]  # a channel slice of a padded buffer, as the fast path passes
+        wt = torch.randn(o, c, 3, 3, generator=g)
+        ref = F.conv2d(x, wt, padding=2)
+        out = fast_conv.conv2d_nchw(x, wt, 2, config=cfg)
+        assert out.shape == ref.shape and out.is_contiguous()
+        worst = max(worst, float((out - ref).abs().max() / ref.abs().max()))
+    print("WORST", worst)
+""")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_triton_convolution_in_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-c", CONV_INTERPRETED], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert float(r.stdout.split("WORST")[1].split()[0]) < 1e-5
+
+
+@requires_cuda
+def test_triton_convolution_matches_cudnn_on_gpu():
+    from v2s_nb.stylegan3 import fast_conv
+
+    g = torch.Generator().manual_seed(0)
+    for c, o, size in [(81, 51, 70), (51, 32, 33), (32, 32, 64)]:
+        buf = torch.randn(3, c + (-c) % 8, size, size, generator=g).to("cuda", torch.float16)
+        w = (torch.randn(o, c, 3, 3, generator=g) / (3 * c ** 0.5)).cuda()
+        with torch.no_grad():
+            assert fast_conv.applies(buf[:, :c], w)
+            out = fast_conv.conv2d_nchw(buf[:, :c], w, 2)
+        ref = torch.nn.functional.conv2d(buf[:, :c].float(), w, padding=2)
+        assert float((out.float() - ref).abs().max() / ref.abs().max()) < 2e-3

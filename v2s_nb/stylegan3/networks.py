@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fast_ops
+from . import fast_conv, fast_ops
 from .ops import (design_lowpass_filter, filtered_lrelu, modulated_conv2d, modulation_factors,
-                  modulation_input_scale, scaled_input_conv2d)
+                  modulation_input_scale, scaled_input_conv2d, shared_kernel)
 
 IMPLS = ("auto", "fast", "plain")
 
@@ -233,8 +233,13 @@ class SynthesisLayer(nn.Module):
             # The shared convolution between two per-channel scalings; the demodulation (and, when chained, the
             # next layer's input scale) are applied inside the fast activation kernel.
             scale, dcoefs = modulation_factors(self.weight, styles, not self.is_torgb, self.magnitude_ema.rsqrt())
-            y = scaled_input_conv2d(x.to(dtype), self.weight, scale, padding=self.conv_kernel - 1,
-                                    demodulate=not self.is_torgb, prescaled=x_scaled)
+            x = x.to(dtype)
+            if x_scaled and fast_conv.applies(x, self.weight):  # no NCHW <-> NHWC transposes (see fast_conv)
+                y = fast_conv.conv2d_nchw(x, shared_kernel(self.weight, not self.is_torgb),
+                                          self.conv_kernel - 1)
+            else:
+                y = scaled_input_conv2d(x, self.weight, scale, padding=self.conv_kernel - 1,
+                                        demodulate=not self.is_torgb, prescaled=x_scaled)
             out_scale = out_dtype = None
             if next_layer is not None:
                 out_scale = next_layer.input_scale(next_styles)

@@ -187,11 +187,13 @@ def modulation_factors(weight, styles, demodulate=True, input_gain=None):
     if not demodulate:
         return scale, None
     # |base * s|^2 summed over inputs and taps, as one [N, I] x [I, O] product (no [N, O, I, k, k] temporary).
-    energy = s.square() @ _base_kernel(weight, demodulate).square().sum(dim=[2, 3]).T
+    energy = s.square() @ shared_kernel(weight, demodulate).square().sum(dim=[2, 3]).T
     return scale, (energy + 1e-8).rsqrt()
 
 
-def _base_kernel(weight, demodulate):
+def shared_kernel(weight, demodulate=True):
+    """The float32 kernel of the shared convolution in the "scale, convolve, scale" form (pre-normalised when
+    demodulating, as the fused form normalises it)."""
     w = weight.float()
     return w * w.square().mean([1, 2, 3], keepdim=True).rsqrt() if demodulate else w
 
@@ -205,7 +207,7 @@ def scaled_input_conv2d(x, weight, scale, padding=0, demodulate=True, prescaled=
     [N, O, H', W'], in inference possibly a channel slice of a padded buffer."""
     n, in_ch = x.shape[:2]
     out_ch = weight.shape[0]
-    base = _base_kernel(weight, demodulate)
+    base = shared_kernel(weight, demodulate)
     grad = torch.is_grad_enabled() and (x.requires_grad or (not prescaled and scale.requires_grad))
     if not prescaled:
         scale = scale.to(x.dtype).reshape(n, in_ch, 1, 1)
