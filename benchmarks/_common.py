@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: import the package from this checkout, sync, peak memory."""
+"""Helpers shared by the benchmark scripts: import the package from this checkout, sync, CUDA-event timing, peak
+memory."""
 
 import resource
 import sys
@@ -22,3 +23,16 @@ def peak_gib(device):
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB (Linux)
+
+
+def cuda_ms(fn, reps=10):
+    """Milliseconds per call of ``fn`` on the current CUDA stream (CUDA events; one warm-up call first)."""
+    fn()
+    torch.cuda.synchronize()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    stop.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(stop) / reps

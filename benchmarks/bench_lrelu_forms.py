@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cuda_ms  # noqa: E402
 from v2s_nb.stylegan3 import build_generator, fast_ops, ops  # noqa: E402
 
 FORMS = {
@@ -29,18 +30,6 @@ FORMS = {
     "banded128": ("banded", 128, False),
     "auto": "auto",
 }
-
-
-def cuda_ms(fn, reps):
-    fn()
-    torch.cuda.synchronize()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    stop.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(stop) / reps
 
 
 def run_form(form, args):

@@ -217,6 +217,8 @@ def scaled_input_conv2d(x, weight, scale, padding=0, demodulate=True, prescaled=
         whole = zero_padded_channels(x) if prescaled and not grad else None
         if whole is not None and whole.shape[1] == ci:  # the previous layer wrote the padded buffer
             xs = whole.reshape(n, ci, *x.shape[2:])
+        elif prescaled and ci == in_ch:  # only the outputs need padding
+            xs = x
         elif grad:
             xs = F.pad(x if prescaled else x * scale, [0, 0, 0, 0, 0, ci - in_ch])
         else:  # no autograd: write the scaled input straight into the padded buffer

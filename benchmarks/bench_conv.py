@@ -1,0 +1,61 @@
+"""The fp16 3x3 convolutions of StyleGAN3-T's fast path: cuDNN (NCHW, channels padded to multiples of 8, as
+``ops.scaled_input_conv2d`` runs it; its time includes the NCHW <-> NHWC transposes cuDNN does around its
+tensor-core kernels) against the Triton kernel of ``v2s_nb.stylegan3.fast_conv`` (NCHW throughout), per layer.
+
+    python benchmarks/bench_conv.py --batch 8
+
+Prints, for every fp16 layer of T at 1024: both times (ms), the Triton kernel's error against a float32
+convolution (relative to the largest output), and which one the fast path uses (``fast_conv.applies``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cuda_ms  # noqa: E402
+from v2s_nb.stylegan3 import build_generator, fast_conv  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--resolution", type=int, default=1024)
+    args = p.parse_args(argv)
+    dev = torch.device("cuda")
+    G = build_generator("T", args.resolution, device=dev, calibrate=False)
+    r8 = lambda c: c + (-c) % 8  # noqa: E731
+    print(f"# {torch.cuda.get_device_name()}, T {args.resolution}, batch {args.batch}, fp16 3x3 convolutions (ms)")
+    print(f"{'layer':>14} {'in->out @ px':>16} {'cuDNN':>7} {'Triton':>7} {'rel err':>8}  fast path uses")
+    tot = {"cudnn": 0.0, "triton": 0.0, "used": 0.0}
+    with torch.no_grad():
+        for name in G.synthesis.layer_names:
+            L = getattr(G.synthesis, name)
+            if not L.use_fp16 or L.conv_kernel != 3:
+                continue
+            c, o, size = L.in_channels, L.out_channels, int(L.in_size[0])
+            ci, co = r8(c), r8(o)
+            x = torch.zeros(args.batch, ci, size, size, device=dev, dtype=torch.float16)
+            x[:, :c] = torch.randn(args.batch, c, size, size, device=dev, dtype=torch.float16)
+            w = torch.randn(o, c, 3, 3, device=dev) / (3 * c ** 0.5)
+            kernel = F.pad(w, [0, 0, 0, 0, 0, ci - c, 0, co - o])
+            t_cudnn = cuda_ms(lambda: F.conv2d(x, kernel.half(), padding=2)[:, :o])
+            t_triton = cuda_ms(lambda: fast_conv.conv2d_nchw(x[:, :c], w, 2))
+            ref = F.conv2d(x[:, :c].float(), w, padding=2)
+            err = float((fast_conv.conv2d_nchw(x[:, :c], w, 2).float() - ref).abs().max() / ref.abs().max())
+            use = fast_conv.applies(x[:, :c], w)
+            tot["cudnn"] += t_cudnn
+            tot["triton"] += t_triton
+            tot["used"] += t_triton if use else t_cudnn
+            print(f"{name:>14} {f'{c}->{o} @ {size}':>16} {t_cudnn:7.3f} {t_triton:7.3f} {err:8.1e}  "
+                  f"{'Triton' if use else 'cuDNN'}")
+    print(f"{'total':>14} {'':>16} {tot['cudnn']:7.3f} {tot['triton']:7.3f} {'':>8}  {tot['used']:.3f} ms as used")
+
+
+if __name__ == "__main__":
+    main()
