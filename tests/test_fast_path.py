@@ -156,6 +156,13 @@ def test_fast_matches_plain_on_gpu(cfg, channel_scale):
     scale = plain32.abs().max().clamp_min(1.0)  # the tolerances are for images in [-1, 1]
     assert float((fast32 - plain32).abs().max() / scale) <= 1e-4
     assert float((fast16 - plain16).abs().max() / scale) <= 1e-2
+    # PyTorch's default: TF32 convolutions, and three-pass bf16 products in the float32 layers' activations
+    torch.backends.cudnn.allow_tf32 = True
+    with torch.no_grad():
+        fast16_tf32 = G.synthesis(ws, impl="fast")
+        fast32_tf32 = G.synthesis(ws, impl="fast", force_fp32=True)
+    assert float((fast16_tf32 - plain16).abs().max() / scale) <= 1e-2
+    assert float((fast32_tf32 - plain32).abs().max() / scale) <= 1e-2
 
 
 @requires_cuda
@@ -267,7 +274,8 @@ def test_prescaled_chain_gives_the_modulated_convolution(monkeypatch):
     buffer on CUDA fp16). Forced here on the CPU in float32: the pieces, with the input already scaled and read
     from a marked padded buffer, give the modulated convolution."""
     g = torch.Generator().manual_seed(1)
-    x, w, s = torch.randn(2, 13, 9, 9, generator=g), torch.randn(11, 13, 3, 3, generator=g), torch.randn(2, 13, generator=g)
+    x, w = torch.randn(2, 13, 9, 9, generator=g), torch.randn(11, 13, 3, 3, generator=g)
+    s = torch.randn(2, 13, generator=g)
     ref = ops.modulated_conv2d(x, w, s, padding=2, input_gain=torch.tensor(0.7))
     scale, dcoefs = ops.modulation_factors(w, s, True, torch.tensor(0.7))
     assert scale.shape == (2, 13) and dcoefs.shape == (2, 11)
