@@ -277,7 +277,8 @@ def test_prescaled_chain_gives_the_modulated_convolution(monkeypatch):
     x, w = torch.randn(2, 13, 9, 9, generator=g), torch.randn(11, 13, 3, 3, generator=g)
     s = torch.randn(2, 13, generator=g)
     ref = ops.modulated_conv2d(x, w, s, padding=2, input_gain=torch.tensor(0.7))
-    scale, dcoefs = ops.modulation_factors(w, s, True, torch.tensor(0.7))
+    kernel = ops.shared_kernel(w)
+    scale, dcoefs = ops.modulation_factors(kernel, s, True, torch.tensor(0.7))
     assert scale.shape == (2, 13) and dcoefs.shape == (2, 11)
     buf = torch.zeros(2, 16, 9, 9)
     buf[:, :13] = x * scale[:, :, None, None]
@@ -285,11 +286,11 @@ def test_prescaled_chain_gives_the_modulated_convolution(monkeypatch):
     xs._v2s_zero_padded = True
     monkeypatch.setattr(ops, "_pad_for_tensor_cores", lambda t: True)
     with torch.no_grad():
-        raw = ops.scaled_input_conv2d(xs, w, None, padding=2, prescaled=True)
+        raw = ops.scaled_input_conv2d(xs, kernel, None, padding=2, prescaled=True)
     monkeypatch.undo()
     assert raw.shape == ref.shape
     assert torch.allclose(raw * dcoefs[:, :, None, None], ref, atol=1e-5)
-    unscaled = ops.scaled_input_conv2d(x, w, scale, padding=2)
+    unscaled = ops.scaled_input_conv2d(x, kernel, scale, padding=2)
     assert torch.allclose(unscaled * dcoefs[:, :, None, None], ref, atol=1e-5)
 
 

@@ -920,12 +920,8 @@ def fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, cl
             return out
     if in_gain is not None or out_scale is not None or (out_dtype is not None and out_dtype != x.dtype):
         # The unfused kernels take no factors: apply them around the operator.
-        if in_gain is not None:
-            x = x * in_gain.to(x.dtype)[:, :, None, None]
-        y = fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp)
-        if out_scale is not None:
-            y = y * out_scale.to(y.dtype)[:, :, None, None]
-        return y.to(out_dtype or y.dtype)
+        return _with_factors(lambda v: fast_filtered_lrelu_forward(v, fu, fd, b, up, down, padding, gain, slope,
+                                                                   clamp), x, in_gain, out_scale, out_dtype)
     n, c, h, w = x.shape
     px0, px1, py0, py1 = (int(v) for v in padding)
     fu_t, fd_t = _prepared_filters(fu, fd, up, x.device)
@@ -1023,6 +1019,17 @@ def warn_fallback(reason: str):
         _warned = True
 
 
+def _with_factors(op, x, in_gain, out_scale, out_dtype):
+    """``op`` with the per-(sample, channel) factors as separate operations: x * in_gain in, the result times
+    out_scale, cast to out_dtype (where the fused kernel, which applies them itself, does not run)."""
+    if in_gain is not None:
+        x = x * in_gain.to(x.dtype)[:, :, None, None]
+    y = op(x)
+    if out_scale is not None:
+        y = y * out_scale.to(y.dtype)[:, :, None, None]
+    return y if out_dtype is None else y.to(out_dtype)
+
+
 def filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=2 ** 0.5, slope=0.2, clamp=None,
                    in_gain=None, out_scale=None, out_dtype=None):
     """Drop-in for :func:`ops.filtered_lrelu` that runs the Triton kernels where they apply.
@@ -1034,22 +1041,16 @@ def filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=2 ** 0
     inference = not (torch.is_grad_enabled() and (x.requires_grad or b.requires_grad
                                                   or any(t is not None and t.requires_grad
                                                          for t in (in_gain, out_scale))))
-    if not (fast and inference):
-        if in_gain is not None:
-            x = x * in_gain.to(x.dtype)[:, :, None, None]
-        if fast:
-            y = _FilteredLReLU.apply(x, b, fu, fd, up, down, tuple(padding), gain, slope,
-                                     float(clamp) if clamp is not None else 3.0e38)
-        else:
-            y = ops.filtered_lrelu(x, fu, fd, b, up=up, down=down, padding=padding, gain=gain, slope=slope,
-                                   clamp=clamp)
-        if out_scale is not None:
-            y = y * out_scale.to(y.dtype)[:, :, None, None]
-        return y if out_dtype is None else y.to(out_dtype)
+    if not fast:
+        return _with_factors(lambda v: ops.filtered_lrelu(v, fu, fd, b, up=up, down=down, padding=padding, gain=gain,
+                                                          slope=slope, clamp=clamp), x, in_gain, out_scale, out_dtype)
     clamp = float(clamp) if clamp is not None else 3.0e38
+    if not inference:
+        return _with_factors(lambda v: _FilteredLReLU.apply(v, b, fu, fd, up, down, tuple(padding), gain, slope,
+                                                            clamp), x, in_gain, out_scale, out_dtype)
     # Inference: fp16 outputs padded to multiples of 8 channels for the next layer's matrix product (StyleGAN3-R's
     # 645, 406, 161, 102 channels); measured on an H200 at batch 8, its 161 -> 102 channel product at 1044 px
     # 4.1 -> 1.3 ms, 645 -> 406 at 276 px 3.5 -> 0.56 ms.
-    pad = 8 if x.is_cuda and (out_dtype or x.dtype) == torch.float16 else 1
+    pad = 8 if ops._pad_for_tensor_cores(x, out_dtype) else 1
     return fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp, pad_channels_to=pad,
                                        in_gain=in_gain, out_scale=out_scale, out_dtype=out_dtype)

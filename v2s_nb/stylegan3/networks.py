@@ -232,14 +232,13 @@ class SynthesisLayer(nn.Module):
         if fast and self.conv_kernel > 1:
             # The shared convolution between two per-channel scalings; the demodulation (and, when chained, the
             # next layer's input scale) are applied inside the fast activation kernel.
-            scale, dcoefs = modulation_factors(self.weight, styles, not self.is_torgb, self.magnitude_ema.rsqrt())
+            kernel = shared_kernel(self.weight, not self.is_torgb)
+            scale, dcoefs = modulation_factors(kernel, styles, not self.is_torgb, self.magnitude_ema.rsqrt())
             x = x.to(dtype)
-            if x_scaled and fast_conv.applies(x, self.weight):  # no NCHW <-> NHWC transposes (see fast_conv)
-                y = fast_conv.conv2d_nchw(x, shared_kernel(self.weight, not self.is_torgb),
-                                          self.conv_kernel - 1)
+            if x_scaled and fast_conv.applies(x, kernel):  # no NCHW <-> NHWC transposes (see fast_conv)
+                y = fast_conv.conv2d_nchw(x, kernel, self.conv_kernel - 1)
             else:
-                y = scaled_input_conv2d(x, self.weight, scale, padding=self.conv_kernel - 1,
-                                        demodulate=not self.is_torgb, prescaled=x_scaled)
+                y = scaled_input_conv2d(x, kernel, scale, padding=self.conv_kernel - 1, prescaled=x_scaled)
             out_scale = out_dtype = None
             if next_layer is not None:
                 out_scale = next_layer.input_scale(next_styles)

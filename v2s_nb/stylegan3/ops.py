@@ -131,11 +131,12 @@ def filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=math.s
     return upfirdn2d(x, fd, down=down)
 
 
-def _pad_for_tensor_cores(x: torch.Tensor) -> bool:
-    """Whether to pad channel counts to multiples of 8 for cuDNN: fp16 on CUDA, where its tensor-core kernels want
-    them (StyleGAN3-T's 323, 203, 81, 51 channels are not). Measured on an H200: the 81 -> 51 channel 3x3
-    convolution at 1044 px 11.4 -> 6.7 ms at batch 8; T synthesis at batch 8 103 -> 108 img/s."""
-    return x.is_cuda and x.dtype == torch.float16
+def _pad_for_tensor_cores(x: torch.Tensor, dtype=None) -> bool:
+    """Whether to pad channel counts to multiples of 8 for cuDNN / cuBLAS: fp16 on CUDA (``dtype``: the dtype the
+    data will have, default x's), where their tensor-core kernels want them (StyleGAN3-T's 323, 203, 81, 51 channels
+    are not). Measured on an H200: the 81 -> 51 channel 3x3 convolution at 1044 px 11.4 -> 6.7 ms at batch 8; T
+    synthesis at batch 8 103 -> 108 img/s."""
+    return x.is_cuda and (dtype or x.dtype) == torch.float16
 
 
 def _round8(c: int) -> int:
@@ -178,16 +179,17 @@ def modulation_input_scale(styles, demodulate=True, input_gain=None):
     return s if input_gain is None else s * torch.as_tensor(input_gain, dtype=s.dtype, device=s.device)
 
 
-def modulation_factors(weight, styles, demodulate=True, input_gain=None):
+def modulation_factors(kernel, styles, demodulate=True, input_gain=None):
     """The per-sample factors of the "scale, shared convolution, scale" form of a modulated convolution:
-    (input scale [N, I], demodulation coefficients [N, O] or None), float32. With them,
-    ``modulated_conv2d(x, ...) == scaled_input_conv2d(x, weight, scale, ...) * dcoefs`` (per sample and channel)."""
+    (input scale [N, I], demodulation coefficients [N, O] or None), float32. ``kernel``: the shared kernel
+    (:func:`shared_kernel`). With them, ``modulated_conv2d(x, weight, ...) == scaled_input_conv2d(x, kernel, scale,
+    ...) * dcoefs`` (per sample and channel)."""
     s = modulation_input_scale(styles, demodulate)
     scale = s if input_gain is None else s * torch.as_tensor(input_gain, dtype=s.dtype, device=s.device)
     if not demodulate:
         return scale, None
-    # |base * s|^2 summed over inputs and taps, as one [N, I] x [I, O] product (no [N, O, I, k, k] temporary).
-    energy = s.square() @ shared_kernel(weight, demodulate).square().sum(dim=[2, 3]).T
+    # |kernel * s|^2 summed over inputs and taps, as one [N, I] x [I, O] product (no [N, O, I, k, k] temporary).
+    energy = s.square() @ kernel.square().sum(dim=[2, 3]).T
     return scale, (energy + 1e-8).rsqrt()
 
 
@@ -198,16 +200,16 @@ def shared_kernel(weight, demodulate=True):
     return w * w.square().mean([1, 2, 3], keepdim=True).rsqrt() if demodulate else w
 
 
-def scaled_input_conv2d(x, weight, scale, padding=0, demodulate=True, prescaled=False):
-    """conv2d(x * scale, base kernel): the shared convolution of the modulated one, without demodulation.
+def scaled_input_conv2d(x, kernel, scale, padding=0, prescaled=False):
+    """conv2d(x * scale, kernel): the shared convolution of the modulated one, without demodulation.
 
-    x: [N, I, H, W]; scale: [N, I] (from :func:`modulation_factors`), or ``prescaled=True`` when x already holds
-    x * scale (the fast path's previous layer writes it so). On CUDA in fp16, channels are padded to multiples of
-    8 for cuDNN (a zero-padded buffer behind ``x``, see :func:`zero_padded_channels`, is used as it is). Returns
-    [N, O, H', W'], in inference possibly a channel slice of a padded buffer."""
+    x: [N, I, H, W]; kernel: [O, I, k, k] float32 (:func:`shared_kernel`); scale: [N, I] (from
+    :func:`modulation_factors`), or ``prescaled=True`` when x already holds x * scale (the fast path's previous
+    layer writes it so). On CUDA in fp16, channels are padded to multiples of 8 for cuDNN (a zero-padded buffer
+    behind ``x``, see :func:`zero_padded_channels`, is used as it is). Returns [N, O, H', W'], in inference
+    possibly a channel slice of a padded buffer."""
     n, in_ch = x.shape[:2]
-    out_ch = weight.shape[0]
-    base = shared_kernel(weight, demodulate)
+    out_ch = kernel.shape[0]
     grad = torch.is_grad_enabled() and (x.requires_grad or (not prescaled and scale.requires_grad))
     if not prescaled:
         scale = scale.to(x.dtype).reshape(n, in_ch, 1, 1)
@@ -228,9 +230,9 @@ def scaled_input_conv2d(x, weight, scale, padding=0, demodulate=True, prescaled=
                 xs[:, :in_ch] = x
             else:
                 torch.mul(x, scale, out=xs[:, :in_ch])
-        kernel = F.pad(base, [0, 0, 0, 0, 0, ci - in_ch, 0, co - out_ch]).to(x.dtype)
-        return F.conv2d(xs, kernel, padding=padding)[:, :out_ch]
-    return F.conv2d(x if prescaled else x * scale, base.to(x.dtype), padding=padding)
+        padded = F.pad(kernel, [0, 0, 0, 0, 0, ci - in_ch, 0, co - out_ch]).to(x.dtype)
+        return F.conv2d(xs, padded, padding=padding)[:, :out_ch]
+    return F.conv2d(x if prescaled else x * scale, kernel.to(x.dtype), padding=padding)
 
 
 def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=None, fused=True):
@@ -253,8 +255,9 @@ def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=N
     n = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
     if not fused and not (kh == 1 and kw == 1):
-        scale, dcoefs = modulation_factors(weight, styles, demodulate, input_gain)
-        out = scaled_input_conv2d(x, weight, scale, padding, demodulate)
+        kernel = shared_kernel(weight, demodulate)
+        scale, dcoefs = modulation_factors(kernel, styles, demodulate, input_gain)
+        out = scaled_input_conv2d(x, kernel, scale, padding)
         if dcoefs is not None:
             out = out * dcoefs.to(out.dtype).reshape(n, out_ch, 1, 1)
         return out
