@@ -140,6 +140,59 @@ def test_triton_kernels_in_interpreter():
     assert float(grad_part[0]) < 1e-5
 
 
+SINGLE_TERM_INTERPRETED = textwrap.dedent("""
+    import torch
+    from v2s_nb.stylegan3 import build_generator, fast_ops, ops
+    G = build_generator("T", resolution=128, channel_scale=0.0625, seed=0)
+    syn = G.synthesis
+    g = torch.Generator().manual_seed(0)
+    launches = {"single": 0}
+
+    class Counted:  # counts launches of the single-term kernel
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            launches["single"] += 1
+            return self.kernel[grid]
+
+    fast_ops._fused_single_term_kernel = Counted(fast_ops._fused_single_term_kernel)
+    worst_same, worst_plain, ups = 0.0, 0.0, set()
+    for name in (syn.layer_names[9], syn.layer_names[11]):
+        L = getattr(syn, name)
+        h = int(L.in_size[0]) + 2
+        y = torch.randn(1, 2, h, h, generator=g)
+        gi, so = torch.rand(1, 2, generator=g) + 0.5, torch.rand(1, 2, generator=g) + 0.5
+        args = (L.up_filter, L.down_filter, L.bias[:2], L.up_factor, L.down_factor, L.padding, 2 ** 0.5, 0.2, 256.0)
+        new = fast_ops.fused_filtered_lrelu_forward(y.half(), *args, in_gain=gi, out_scale=so).float()
+        fast_ops.SINGLE_TERM_DTYPES, fast_ops.DENSE_MATS_FIRST = (), False
+        old = fast_ops.fused_filtered_lrelu_forward(y.half(), *args, in_gain=gi, out_scale=so).float()
+        fast_ops.SINGLE_TERM_DTYPES, fast_ops.DENSE_MATS_FIRST = (torch.float16,), True
+        plain = ops.filtered_lrelu(y * gi[:, :, None, None], L.up_filter, L.down_filter, L.bias[:2],
+                                   up=L.up_factor, down=L.down_factor, padding=L.padding, clamp=256.0)
+        plain = plain * so[:, :, None, None]
+        ups.add(L.up_factor)
+        worst_same = max(worst_same, float((new - old).abs().max() / old.abs().max()))
+        worst_plain = max(worst_plain, float((new - plain).abs().max() / plain.abs().max()))
+    print("SAME", worst_same, "PLAIN", worst_plain, "SINGLE", launches["single"], "UPS", sorted(ups))
+""")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_single_term_forms_in_interpreter():
+    """fp16 layers with a one-term down-filter (T): the single-term banded kernel (2x) and the dense kernel with its
+    matrices loaded first (4x) give what the general forms give, and the plain operator's values."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-c", SINGLE_TERM_INTERPRETED], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout.split()
+    assert float(out[out.index("SAME") + 1]) < 1e-3
+    assert float(out[out.index("PLAIN") + 1]) < 1e-2  # fp16 storage and products
+    assert int(out[out.index("SINGLE") + 1]) >= 1
+    assert r.stdout.split("UPS")[1].strip() == "[2, 4]"
+
+
 @requires_cuda
 @pytest.mark.parametrize("cfg, channel_scale", [("R", 1.0), ("T", 1.0), ("T", 0.25)])
 def test_fast_matches_plain_on_gpu(cfg, channel_scale):
