@@ -143,22 +143,37 @@ def test_triton_kernels_in_interpreter():
 SINGLE_TERM_INTERPRETED = textwrap.dedent("""
     import torch
     from v2s_nb.stylegan3 import build_generator, fast_ops, ops
-    G = build_generator("T", resolution=128, channel_scale=0.0625, seed=0)
+    G = build_generator("T", resolution=256, channel_scale=0.0625, seed=0)
     syn = G.synthesis
     g = torch.Generator().manual_seed(0)
-    launches = {"single": 0}
+    launches = {"single": 0, "unmasked": 0, "dense_unmasked": 0}
 
-    class Counted:  # counts launches of the single-term kernel
+    class Counted:  # counts launches of the single-term kernel, and those without bounds tests
         def __init__(self, kernel):
             self.kernel = kernel
 
         def __getitem__(self, grid):
-            launches["single"] += 1
-            return self.kernel[grid]
+            launch = self.kernel[grid]
+
+            def run(*args, **kwargs):
+                launches["single"] += 1
+                launches["unmasked"] += not kwargs["MASKED"]
+                return launch(*args, **kwargs)
+            return run
+
+    class CountedDense(Counted):
+        def __getitem__(self, grid):
+            launch = self.kernel[grid]
+
+            def run(*args, **kwargs):
+                launches["dense_unmasked"] += not kwargs.get("MASKED", True)
+                return launch(*args, **kwargs)
+            return run
 
     fast_ops._fused_single_term_kernel = Counted(fast_ops._fused_single_term_kernel)
+    fast_ops._fused_dense_kernel = CountedDense(fast_ops._fused_dense_kernel)
     worst_same, worst_plain, ups = 0.0, 0.0, set()
-    for name in (syn.layer_names[9], syn.layer_names[11]):
+    for name in (syn.layer_names[10], syn.layer_names[11]):
         L = getattr(syn, name)
         h = int(L.in_size[0]) + 2
         y = torch.randn(1, 2, h, h, generator=g)
@@ -168,20 +183,26 @@ SINGLE_TERM_INTERPRETED = textwrap.dedent("""
         fast_ops.SINGLE_TERM_DTYPES, fast_ops.DENSE_MATS_FIRST = (), False
         old = fast_ops.fused_filtered_lrelu_forward(y.half(), *args, in_gain=gi, out_scale=so).float()
         fast_ops.SINGLE_TERM_DTYPES, fast_ops.DENSE_MATS_FIRST = (torch.float16,), True
+        fast_ops.ALWAYS_MASKED = True
+        masked = fast_ops.fused_filtered_lrelu_forward(y.half(), *args, in_gain=gi, out_scale=so).float()
+        fast_ops.ALWAYS_MASKED = False
+        worst_same = max(worst_same, float((new - masked).abs().max() / masked.abs().max()))
         plain = ops.filtered_lrelu(y * gi[:, :, None, None], L.up_filter, L.down_filter, L.bias[:2],
                                    up=L.up_factor, down=L.down_factor, padding=L.padding, clamp=256.0)
         plain = plain * so[:, :, None, None]
         ups.add(L.up_factor)
         worst_same = max(worst_same, float((new - old).abs().max() / old.abs().max()))
         worst_plain = max(worst_plain, float((new - plain).abs().max() / plain.abs().max()))
-    print("SAME", worst_same, "PLAIN", worst_plain, "SINGLE", launches["single"], "UPS", sorted(ups))
+    print("SAME", worst_same, "PLAIN", worst_plain, "SINGLE", launches["single"], "UNMASKED", launches["unmasked"],
+          "DENSE_UNMASKED", launches["dense_unmasked"], "UPS", sorted(ups))
 """)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 def test_single_term_forms_in_interpreter():
-    """fp16 layers with a one-term down-filter (T): the single-term banded kernel (2x) and the dense kernel with its
-    matrices loaded first (4x) give what the general forms give, and the plain operator's values."""
+    """fp16 layers with a one-term down-filter (T): the single-term banded kernel (2x; its interior tiles without
+    bounds tests) and the dense kernel with its matrices loaded first (4x) give what the general forms give, and the
+    plain operator's values."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, "-c", SINGLE_TERM_INTERPRETED], capture_output=True, text=True, env=env,
                        timeout=600)
@@ -189,7 +210,9 @@ def test_single_term_forms_in_interpreter():
     out = r.stdout.split()
     assert float(out[out.index("SAME") + 1]) < 1e-3
     assert float(out[out.index("PLAIN") + 1]) < 1e-2  # fp16 storage and products
-    assert int(out[out.index("SINGLE") + 1]) >= 1
+    assert int(out[out.index("SINGLE") + 1]) >= 2
+    assert int(out[out.index("UNMASKED") + 1]) >= 1  # interior tiles ran without bounds tests
+    assert int(out[out.index("DENSE_UNMASKED") + 1]) >= 1
     assert r.stdout.split("UPS")[1].strip() == "[2, 4]"
 
 
