@@ -128,6 +128,14 @@ if HAVE_TRITON:
         return tl.minimum(tl.maximum(u, -clamp), clamp)
 
     @triton.jit
+    def _tile_keep(oy, ox, lo, BO, h_out, w_out, MASKED: tl.constexpr):
+        """The output tile's store mask: its BO x BO samples of the padded BOP x BOP block (``lo``), and (MASKED)
+        only those inside the plane."""
+        if MASKED:
+            return ((lo < BO) & (oy < h_out))[:, None] & ((lo < BO) & (ox < w_out))[None, :]
+        return (lo < BO)[:, None] & (lo < BO)[None, :]
+
+    @triton.jit
     def _fused_dense_kernel(x_ptr, b_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, out_ptr, g_ptr, s_ptr, h, w, h_out, w_out,
                             channels, c_offset, jshift_y, jshift_x, gain, slope, clamp, BO, UP: tl.constexpr,
                             DOWN: tl.constexpr, R: tl.constexpr, KJX: tl.constexpr, KJY: tl.constexpr,
@@ -203,10 +211,7 @@ if HAVE_TRITON:
             acc = acc * tl.load(s_ptr + plane)
         oy = oy0 + lo
         ox = ox0 + lo
-        if MASKED:
-            keep = ((lo < BO) & (oy < h_out))[:, None] & ((lo < BO) & (ox < w_out))[None, :]
-        else:
-            keep = (lo < BO)[:, None] & (lo < BO)[None, :]
+        keep = _tile_keep(oy, ox, lo, BO, h_out, w_out, MASKED)
         tl.store(out_ptr + plane * h_out * w_out + oy[:, None] * w_out + ox[None, :],
                  acc.to(out_ptr.dtype.element_ty), mask=keep)
 
@@ -370,10 +375,7 @@ if HAVE_TRITON:
         mat = ax_ptr.dtype.element_ty
         oy = oy0 + lo
         ox = ox0 + lo
-        if MASKED:
-            keep = ((lo < BO) & (oy < h_out))[:, None] & ((lo < BO) & (ox < w_out))[None, :]
-        else:
-            keep = (lo < BO)[:, None] & (lo < BO)[None, :]
+        keep = _tile_keep(oy, ox, lo, BO, h_out, w_out, MASKED)
         for i in range(PLANES):
             plane = tl.minimum(p0 + i, n_planes - 1).to(tl.int64)  # 64-bit offsets: large batches
             xp = x_ptr + plane * h * w
