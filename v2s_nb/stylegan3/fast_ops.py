@@ -81,17 +81,42 @@ if HAVE_TRITON:
         tl.store(optrs, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
 
     @triton.jit
+    def _window_raw(x_plane, h, w, jy0, jx0, ROW0: tl.constexpr, NR: tl.constexpr, COL0: tl.constexpr,
+                    NC: tl.constexpr, MASKED: tl.constexpr):
+        """Input rows jy0+ROW0.. (NR) x columns jx0+COL0.. (NC) of the plane at ``x_plane`` as stored (zero
+        outside; MASKED = False: the caller knows the block lies inside the plane); :func:`_window_finish` applies
+        gain and bias."""
+        jy = jy0 + ROW0 + tl.arange(0, NR)
+        jx = jx0 + COL0 + tl.arange(0, NC)
+        if MASKED:
+            ok = ((jy >= 0) & (jy < h))[:, None] & ((jx >= 0) & (jx < w))[None, :]
+            return tl.load(x_plane + jy[:, None] * w + jx[None, :], mask=ok, other=0.0)
+        else:
+            return tl.load(x_plane + jy[:, None] * w + jx[None, :])
+
+    @triton.jit
+    def _window_finish(v, h, w, jy0, jx0, g, bias, ROW0: tl.constexpr, NR: tl.constexpr, COL0: tl.constexpr,
+                       NC: tl.constexpr, HAS_GAIN: tl.constexpr, MASKED: tl.constexpr):
+        """A window block from :func:`_window_raw` in float32, times g (if HAS_GAIN), plus the bias inside the plane
+        (zero outside)."""
+        v = v.to(tl.float32)
+        if HAS_GAIN:
+            v = v * g
+        if MASKED:
+            jy = jy0 + ROW0 + tl.arange(0, NR)
+            jx = jx0 + COL0 + tl.arange(0, NC)
+            ok = ((jy >= 0) & (jy < h))[:, None] & ((jx >= 0) & (jx < w))[None, :]
+            return tl.where(ok, v + bias, 0.0)
+        else:
+            return v + bias
+
+    @triton.jit
     def _window(x_plane, h, w, jy0, jx0, g, bias, ROW0: tl.constexpr, NR: tl.constexpr, COL0: tl.constexpr,
                 NC: tl.constexpr, HAS_GAIN: tl.constexpr):
         """Input rows jy0+ROW0.. (NR of them) x columns jx0+COL0.. (NC) of the plane at ``x_plane``, times the
         plane's gain g (if HAS_GAIN), plus the bias; zero outside the plane."""
-        jy = jy0 + ROW0 + tl.arange(0, NR)
-        jx = jx0 + COL0 + tl.arange(0, NC)
-        ok = ((jy >= 0) & (jy < h))[:, None] & ((jx >= 0) & (jx < w))[None, :]
-        v = tl.load(x_plane + jy[:, None] * w + jx[None, :], mask=ok, other=0.0).to(tl.float32)
-        if HAS_GAIN:
-            v = v * g
-        return tl.where(ok, v + bias, 0.0)
+        v = _window_raw(x_plane, h, w, jy0, jx0, ROW0, NR, COL0, NC, True)
+        return _window_finish(v, h, w, jy0, jx0, g, bias, ROW0, NR, COL0, NC, HAS_GAIN, True)
 
     @triton.jit
     def _up_rows(x_plane, ay_ptr, h, w, jy0, jx0, g, bias, COL0: tl.constexpr, NC: tl.constexpr,
@@ -167,15 +192,14 @@ if HAVE_TRITON:
             pid2 = tl.program_id(2)
             oy0 = (pid1 + ty_off + tl.where(pid1 >= ty_split, ty_jump, 0)) * BO
             ox0 = (pid2 + tx_off + tl.where(pid2 >= tx_split, tx_jump, 0)) * BO
-        else:
-            oy0 = tl.program_id(1) * BO
-            ox0 = tl.program_id(2) * BO
-        if MATS_FIRST:
             lo = tl.arange(0, BOP)
             ax = tl.load(ax_ptr + tl.arange(0, KJX)[:, None] * BU + tl.arange(0, BU)[None, :])
             ayt = tl.load(ay_ptr + tl.arange(0, BU)[:, None] + tl.arange(0, KJY)[None, :] * BU)
             dx1 = tl.load(dx_ptr + tl.arange(0, BU)[:, None] * BOP + lo[None, :])
             dy1 = tl.load(dy_ptr + lo[:, None] * BU + tl.arange(0, BU)[None, :])
+        else:
+            oy0 = tl.program_id(1) * BO
+            ox0 = tl.program_id(2) * BO
         jy = (oy0 * DOWN) // UP + jshift_y + tl.arange(0, KJY)
         jx = (ox0 * DOWN) // UP + jshift_x + tl.arange(0, KJX)
         if MASKED:
@@ -301,34 +325,6 @@ if HAVE_TRITON:
             ox = ox0 + lo
             tl.store(optr + ox[None, :], acc.to(out_ptr.dtype.element_ty),
                      mask=ok_y[:, None] & ((lo < BO) & (ox < w_out))[None, :])
-
-    @triton.jit
-    def _window_raw(x_plane, h, w, jy0, jx0, ROW0: tl.constexpr, NR: tl.constexpr, COL0: tl.constexpr,
-                    NC: tl.constexpr, MASKED: tl.constexpr):
-        """Input rows jy0+ROW0.. (NR) x columns jx0+COL0.. (NC) of the plane at ``x_plane`` as stored (zero
-        outside; MASKED = False: the caller knows the block lies inside the plane); :func:`_window_finish` applies
-        gain and bias."""
-        jy = jy0 + ROW0 + tl.arange(0, NR)
-        jx = jx0 + COL0 + tl.arange(0, NC)
-        if MASKED:
-            ok = ((jy >= 0) & (jy < h))[:, None] & ((jx >= 0) & (jx < w))[None, :]
-            return tl.load(x_plane + jy[:, None] * w + jx[None, :], mask=ok, other=0.0)
-        else:
-            return tl.load(x_plane + jy[:, None] * w + jx[None, :])
-
-    @triton.jit
-    def _window_finish(v, h, w, jy0, jx0, g, bias, ROW0: tl.constexpr, NR: tl.constexpr, COL0: tl.constexpr,
-                       NC: tl.constexpr, HAS_GAIN: tl.constexpr, MASKED: tl.constexpr):
-        v = v.to(tl.float32)
-        if HAS_GAIN:
-            v = v * g
-        if MASKED:
-            jy = jy0 + ROW0 + tl.arange(0, NR)
-            jx = jx0 + COL0 + tl.arange(0, NC)
-            ok = ((jy >= 0) & (jy < h))[:, None] & ((jx >= 0) & (jx < w))[None, :]
-            return tl.where(ok, v + bias, 0.0)
-        else:
-            return v + bias
 
     @triton.jit
     def _fused_single_term_kernel(x_ptr, b_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, out_ptr, g_ptr, s_ptr, n_planes, h,
@@ -849,8 +845,6 @@ DENSE_FIRST_WARPS = 8
 SINGLE_TERM_DTYPES = (torch.float16,)
 # Bounds tests on every tile (for the tests: the interior tiles' unmasked form must give the same values).
 ALWAYS_MASKED = False
-# Interior tiles of the dense single-term form without bounds tests.
-DENSE_INTERIOR = True
 _fused_cache: dict = {}
 
 
@@ -1043,7 +1037,7 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
                                                    BU=bu, BOP=plan["bop"], MATS_FIRST=True, ty_off=tiles[0],
                                                    ty_split=tiles[1], ty_jump=tiles[2], tx_off=tiles[3],
                                                    tx_split=tiles[4], tx_jump=tiles[5],
-                                                   MASKED=masked or ALWAYS_MASKED or not DENSE_INTERIOR,
+                                                   MASKED=masked or ALWAYS_MASKED,
                                                    num_warps=DENSE_FIRST_WARPS, **flags)
                 elif kernel == "dense":
                     _fused_dense_kernel[grid](*common, UP=up, DOWN=down, R=plan["r"], KJX=plan["kjx"],
