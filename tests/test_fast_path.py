@@ -172,7 +172,7 @@ SINGLE_TERM_INTERPRETED = textwrap.dedent("""
 
     fast_ops._fused_single_term_kernel = Counted(fast_ops._fused_single_term_kernel)
     fast_ops._fused_dense_kernel = CountedDense(fast_ops._fused_dense_kernel)
-    worst_same, worst_plain, ups = 0.0, 0.0, set()
+    worst_same, worst_plain, ups, aligned = 0.0, 0.0, set(), []
     for name in (syn.layer_names[10], syn.layer_names[11]):
         L = getattr(syn, name)
         h = int(L.in_size[0]) + 2
@@ -180,8 +180,12 @@ SINGLE_TERM_INTERPRETED = textwrap.dedent("""
         gi, so = torch.rand(1, 2, generator=g) + 0.5, torch.rand(1, 2, generator=g) + 0.5
         args = (L.up_filter, L.down_filter, L.bias[:2], L.up_factor, L.down_factor, L.padding, 2 ** 0.5, 0.2, 256.0)
         new = fast_ops.fused_filtered_lrelu_forward(y.half(), *args, in_gain=gi, out_scale=so).float()
+        rows = fast_ops.fused_filtered_lrelu_forward(y.half(), *args, in_gain=gi, out_scale=so, row_align=8)
+        aligned.append((rows.stride(2) % 8 == 0 and rows.stride(2) > rows.shape[3], float((rows - new).abs().max())))
         fast_ops.SINGLE_TERM_DTYPES, fast_ops.DENSE_MATS_FIRST = (), False
         old = fast_ops.fused_filtered_lrelu_forward(y.half(), *args, in_gain=gi, out_scale=so).float()
+        rows = fast_ops.fused_filtered_lrelu_forward(y.half(), *args, in_gain=gi, out_scale=so, row_align=8)
+        aligned.append((rows.stride(2) % 8 == 0 and rows.stride(2) > rows.shape[3], float((rows - old).abs().max())))
         fast_ops.SINGLE_TERM_DTYPES, fast_ops.DENSE_MATS_FIRST = (torch.float16,), True
         fast_ops.ALWAYS_MASKED = True
         masked = fast_ops.fused_filtered_lrelu_forward(y.half(), *args, in_gain=gi, out_scale=so).float()
@@ -194,7 +198,8 @@ SINGLE_TERM_INTERPRETED = textwrap.dedent("""
         worst_same = max(worst_same, float((new - old).abs().max() / old.abs().max()))
         worst_plain = max(worst_plain, float((new - plain).abs().max() / plain.abs().max()))
     print("SAME", worst_same, "PLAIN", worst_plain, "SINGLE", launches["single"], "UNMASKED", launches["unmasked"],
-          "DENSE_UNMASKED", launches["dense_unmasked"], "UPS", sorted(ups))
+          "DENSE_UNMASKED", launches["dense_unmasked"], "ALIGNED", all(a for a, _ in aligned),
+          max(d for _, d in aligned), "UPS", sorted(ups))
 """)
 
 
@@ -202,7 +207,7 @@ SINGLE_TERM_INTERPRETED = textwrap.dedent("""
 def test_single_term_forms_in_interpreter():
     """fp16 layers with a one-term down-filter (T): the single-term banded kernel (2x; its interior tiles without
     bounds tests) and the dense kernel with its matrices loaded first (4x) give what the general forms give, and the
-    plain operator's values."""
+    plain operator's values; each form writes the same values into row-padded buffers (``row_align``)."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, "-c", SINGLE_TERM_INTERPRETED], capture_output=True, text=True, env=env,
                        timeout=600)
@@ -213,6 +218,8 @@ def test_single_term_forms_in_interpreter():
     assert int(out[out.index("SINGLE") + 1]) >= 2
     assert int(out[out.index("UNMASKED") + 1]) >= 1  # interior tiles ran without bounds tests
     assert int(out[out.index("DENSE_UNMASKED") + 1]) >= 1
+    # row_align: rows padded in memory (for the convolution's rows form), the same values
+    assert out[out.index("ALIGNED") + 1] == "True" and float(out[out.index("ALIGNED") + 2]) == 0.0
     assert r.stdout.split("UPS")[1].strip() == "[2, 4]"
 
 
@@ -397,6 +404,24 @@ CONV_INTERPRETED = textwrap.dedent("""
         out = fast_conv.conv2d_nchw(x, wt, 2, config=cfg)
         assert out.shape == ref.shape and out.is_contiguous()
         worst = max(worst, float((out - ref).abs().max() / ref.abs().max()))
+    # the rows form: rows padded to 16 bytes (row_align), channel slices; both accumulator orders; several tiles
+    # per row (the first starts left of the plane), more outputs than one block
+    for n, c, h, w, o, cfg in [(2, 13, 9, 37, 11, (32, 16, 16, 4, 2, True)),
+                               (2, 40, 7, 37, 20, (16, 16, 32, 4, 2, False)), (1, 17, 5, 30, 40, (32, 32, 16, 4, 2, True))]:
+        buf = torch.zeros(n, c + 3, h, w + (-w) % 8)
+        buf[..., :w] = torch.randn(n, c + 3, h, w, generator=g)
+        x = buf[:, :c, :, :w]
+        wt = torch.randn(o, c, 3, 3, generator=g)
+        ref = F.conv2d(x, wt, padding=2)
+        out = fast_conv.conv2d_nchw(x, wt, 2, config=cfg, form="rows")
+        assert out.shape == ref.shape and out.is_contiguous()
+        worst = max(worst, float((out - ref).abs().max() / ref.abs().max()))
+    try:
+        fast_conv.conv2d_nchw(torch.zeros(1, 3, 5, 5), torch.zeros(2, 3, 3, 3), 2, form="rows")
+    except ValueError as e:
+        assert "16-byte" in str(e), e
+    else:
+        raise AssertionError("unaligned rows accepted")
     print("WORST", worst)
 """)
 
@@ -414,11 +439,14 @@ def test_triton_convolution_matches_cudnn_on_gpu():
     from v2s_nb.stylegan3 import fast_conv
 
     g = torch.Generator().manual_seed(0)
-    for c, o, size in [(81, 51, 70), (51, 32, 33), (32, 32, 64)]:
-        buf = torch.randn(3, c + (-c) % 8, size, size, generator=g).to("cuda", torch.float16)
+    forms = ["pointers", "rows"] if torch.cuda.get_device_capability()[0] >= 9 else ["pointers"]
+    for c, o, size in [(81, 51, 70), (51, 32, 33), (32, 32, 64), (51, 32, 301)]:
+        buf = torch.randn(3, c + (-c) % 8, size, size + (-size) % 8, generator=g).to("cuda", torch.float16)
+        x = buf[:, :c, :, :size]  # channels and rows padded, as the previous layer writes it
         w = (torch.randn(o, c, 3, 3, generator=g) / (3 * c ** 0.5)).cuda()
+        ref = torch.nn.functional.conv2d(x.float(), w, padding=2)
         with torch.no_grad():
-            assert fast_conv.applies(buf[:, :c], w)
-            out = fast_conv.conv2d_nchw(buf[:, :c], w, 2)
-        ref = torch.nn.functional.conv2d(buf[:, :c].float(), w, padding=2)
-        assert float((out.float() - ref).abs().max() / ref.abs().max()) < 2e-3
+            assert fast_conv.applies(x, w)
+            for form in forms + [None]:
+                out = fast_conv.conv2d_nchw(x, w, 2, form=form)
+                assert float((out.float() - ref).abs().max() / ref.abs().max()) < 2e-3, form

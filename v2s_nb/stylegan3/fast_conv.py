@@ -1,12 +1,23 @@
 """A 3x3 convolution on NCHW fp16 feature maps in Triton (implicit GEMM), for StyleGAN3-T's fast path.
 
 cuDNN's tensor-core kernels want NHWC: on NCHW fp16 input it transposes the input in, and the output back, around
-each convolution (at T batch 8 on an H200, 9.6 ms of transposes beside about 13 ms of convolutions). This kernel
-reads and writes NCHW directly: each program computes a tile of output pixels (TH x TW) for a block of BN output
-channels as a sum over the KS*KS taps and the input-channel blocks of [pixels x channels] @ [channels x outputs]
-tensor-core products. For a fixed channel the pixels of a tile row are contiguous in NCHW, so loads and stores
-coalesce along x. The modulation scalings are not here: the fast path applies them in the activation kernels
-around the convolution (the previous layer writes the scaled input, the next one demodulates).
+each convolution, and with T's few, odd channel counts at 1044 px that costs more than the products. These kernels
+read and write NCHW directly, as sums of [pixels x channels] @ [channels x outputs] tensor-core products. The
+modulation scalings are not here: the fast path applies them in the activation kernels around the convolution (the
+previous layer writes the scaled input, the next one demodulates). Two forms:
+
+* rows (:func:`_conv_rows_kernel`, GPUs with TMA, compute capability 9+): the input's rows must start on 16-byte
+  boundaries (the previous activation kernel writes them so: ``row_align``). Each program takes one output row
+  segment. TMA copies the input in whole aligned row boxes, which can't start at the odd column a shifted tap
+  needs; so each box feeds all three column taps of its kernel row, into three accumulators over the input's
+  columns, and the column shifts are made once per tile, in registers. Three loads per channel block instead of
+  nine, asynchronous and pipelined.
+* pointers (:func:`_conv_kernel`, any GPU and any layout): per tap, the shifted input tile is gathered with
+  ordinary loads.
+
+Measured on an H200 (StyleGAN3-T 1024, batch 8): rows against pointers 81 -> 51 channels 5.56 -> 3.02 ms,
+51 -> 32 3.07 -> 1.45 ms, 32 -> 32 1.63 -> 1.15 ms; cuDNN (with its transposes) took 11.3, 4.8 and 1.9 ms. For
+layers of 81 or more outputs cuDNN stays the faster (the rows form measured 0.99-1.4x its time there).
 """
 
 from __future__ import annotations
@@ -20,6 +31,11 @@ try:
     HAVE_TRITON = True
 except Exception:  # pragma: no cover - depends on the install
     HAVE_TRITON = False
+
+try:  # host-side TMA descriptors (Triton 3.4+)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except Exception:  # pragma: no cover - depends on the install
+    TensorDescriptor = None
 
 
 if HAVE_TRITON:
@@ -57,18 +73,97 @@ if HAVE_TRITON:
         optr = out_ptr + n * c_out * h_out * w_out + o[None, :] * (h_out * w_out) + (oy * w_out + ox)[:, None]
         tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=keep)
 
+    @triton.jit
+    def _conv_rows_kernel(x_desc, w_desc, out_ptr, h_out, w_out, c_out, tiles_x, n_cblocks, TW: tl.constexpr,
+                          BN: tl.constexpr, BK: tl.constexpr, STAGES: tl.constexpr, OUT_MAJOR: tl.constexpr):
+        """3x3 convolution, zero padding 2: out[n, o, y, x] = sum_{c, ky, kx} W[o, c, ky, kx] x[n, c, y+ky-2, x+kx-2].
 
-# Where this kernel runs instead of cuDNN: fp16 layers with at most this many output channels. Measured on an H200
+        x_desc: TMA descriptor of x [N, C, H, W], box [1, BK, 1, TW]. Program (t, ob, n) reads the input columns
+        [x0, x0 + TW), x0 = (t % tiles_x) * (TW - 8) - 8 (16-byte aligned: TMA needs it), of the three rows around
+        output row t // tiles_x, and owns the output columns x0 + [8, TW): output column x0 + j + 2 is
+        P0[j] + P1[j + 1] + P2[j + 2], where P_kx sums W[., ., ky, kx] @ input over ky and the channel blocks.
+        w_desc: the weights as [9, O', C'] (OUT_MAJOR: products [BN, BK] @ [BK, TW], accumulators [outputs,
+        pixels]) or [9, C', O'] (products [TW, BK] @ [BK, BN], accumulators [pixels, outputs]), zero padded."""
+        pid_t = tl.program_id(0)
+        pid_o = tl.program_id(1)
+        n = tl.program_id(2)
+        oy = pid_t // tiles_x
+        x0 = (pid_t % tiles_x) * (TW - 8) - 8
+        if OUT_MAJOR:
+            p0 = tl.zeros([BN, TW], dtype=tl.float32)
+        else:
+            p0 = tl.zeros([TW, BN], dtype=tl.float32)
+        p1 = tl.zeros_like(p0)
+        p2 = tl.zeros_like(p0)
+        for k in tl.range(0, 3 * n_cblocks, num_stages=STAGES):
+            ky = k // n_cblocks
+            cb = (k % n_cblocks) * BK
+            a = x_desc.load([n, cb, oy + ky - 2, x0]).reshape(BK, TW)
+            if OUT_MAJOR:
+                p0 = tl.dot(w_desc.load([ky * 3, pid_o * BN, cb]).reshape(BN, BK), a, p0)
+                p1 = tl.dot(w_desc.load([ky * 3 + 1, pid_o * BN, cb]).reshape(BN, BK), a, p1)
+                p2 = tl.dot(w_desc.load([ky * 3 + 2, pid_o * BN, cb]).reshape(BN, BK), a, p2)
+            else:
+                at = a.T
+                p0 = tl.dot(at, w_desc.load([ky * 3, cb, pid_o * BN]).reshape(BK, BN), p0)
+                p1 = tl.dot(at, w_desc.load([ky * 3 + 1, cb, pid_o * BN]).reshape(BK, BN), p1)
+                p2 = tl.dot(at, w_desc.load([ky * 3 + 2, cb, pid_o * BN]).reshape(BK, BN), p2)
+        j = tl.arange(0, TW)
+        o = pid_o * BN + tl.arange(0, BN)
+        ox = x0 + j + 2
+        own = (j >= 6) & (j < TW - 2) & (ox < w_out)  # j + 2 < TW: the shifted columns are in this tile
+        base = out_ptr + n.to(tl.int64) * c_out * h_out * w_out + oy * w_out  # 64-bit: large batches
+        if OUT_MAJOR:
+            acc = p0 + tl.gather(p1, tl.broadcast_to(tl.minimum(j + 1, TW - 1)[None, :], (BN, TW)), 1)
+            acc += tl.gather(p2, tl.broadcast_to(tl.minimum(j + 2, TW - 1)[None, :], (BN, TW)), 1)
+            ptr = base + o[:, None].to(tl.int64) * (h_out * w_out) + ox[None, :]
+            tl.store(ptr, acc.to(out_ptr.dtype.element_ty), mask=(o < c_out)[:, None] & own[None, :])
+        else:
+            acc = p0 + tl.gather(p1, tl.broadcast_to(tl.minimum(j + 1, TW - 1)[:, None], (TW, BN)), 0)
+            acc += tl.gather(p2, tl.broadcast_to(tl.minimum(j + 2, TW - 1)[:, None], (TW, BN)), 0)
+            ptr = base + o[None, :].to(tl.int64) * (h_out * w_out) + ox[:, None]
+            tl.store(ptr, acc.to(out_ptr.dtype.element_ty), mask=(o < c_out)[None, :] & own[:, None])
+
+
+# Where these kernels run instead of cuDNN: fp16 layers with at most this many output channels. Measured on an H200
 # (StyleGAN3-T 1024, batch 8, cuDNN's time including its NCHW <-> NHWC transposes): 81 -> 51 channels at 1044 px
-# 6.7 -> 5.5 ms, 51 -> 32 4.7 -> 3.0 ms, 32 -> 32 1.9 -> 1.6 ms; with 81 or more outputs cuDNN was faster (by
-# 1.4-2.1x on T's 128-512 channel layers), its tensor-core kernels then outweighing the transposes.
+# 6.7 -> 5.5 ms (pointers form), 51 -> 32 4.7 -> 3.0 ms, 32 -> 32 1.9 -> 1.6 ms; with 81 or more outputs cuDNN was
+# faster (pointers form: by 1.4-2.1x on T's 128-512 channel layers), its tensor-core kernels then outweighing the
+# transposes.
 MAX_OUT_CHANNELS = 64
+# The rows form's row alignment, in elements of fp16: TMA copies start on 16-byte boundaries.
+ROW_ALIGN = 8
 
 
 def applies(x, weight) -> bool:
     """Whether :func:`conv2d_nchw` is the faster choice for this fp16 CUDA convolution (inference)."""
     return (HAVE_TRITON and x.is_cuda and x.dtype == torch.float16 and weight.shape[0] <= MAX_OUT_CHANNELS
             and weight.shape[2] == weight.shape[3] and not torch.is_grad_enabled())
+
+
+def row_align_for(device, dtype, out_channels, kernel_size) -> int:
+    """The row alignment (elements) to give a layer's output when the next layer's convolution (``out_channels``
+    outputs, ``kernel_size`` square) will read it with the rows form, else 1. A layout hint: values don't change."""
+    ok = (HAVE_TRITON and TensorDescriptor is not None and torch.device(device).type == "cuda"
+          and dtype == torch.float16 and out_channels <= MAX_OUT_CHANNELS and kernel_size == 3
+          and torch.cuda.get_device_capability(device)[0] >= 9)
+    return ROW_ALIGN if ok else 1
+
+
+def _rows_form_fits(x, kernel_size, padding) -> bool:
+    """Whether the rows form can read ``x`` (a TMA descriptor needs a 16-byte aligned start and strides)."""
+    size = x.element_size()
+    return (TensorDescriptor is not None and kernel_size == 3 and padding == 2 and x.stride(3) == 1
+            and x.data_ptr() % 16 == 0 and all(st * size % 16 == 0 for st in x.stride()[:3]))
+
+
+def _rows_config(c_in, c_out):
+    """(TW, BN, BK, warps, stages, out_major) of the rows form: the best of 12-16 configurations per layer of T on
+    an H200 (81 -> 51, 51 -> 32, 32 -> 32 channels at 1044 px): 128-pixel segments, all outputs in one block,
+    accumulators [outputs, pixels] above 32 outputs."""
+    bn = 32 if c_out <= 32 else 64
+    bk = min((64, 32), key=lambda b: -(-c_in // b) * b)
+    return 128, bn, bk, 4, 4 if c_in <= 32 else 3, c_out > 32
 
 
 def _config(c_in, c_out):
@@ -89,14 +184,28 @@ def arranged_weight(weight, bk, bn, dtype):
     return out
 
 
-def conv2d_nchw(x, weight, padding, config=None):
+def conv2d_nchw(x, weight, padding, config=None, form=None):
     """3x3 (any odd k) stride-1 convolution of fp16 ``x`` [N, C, H, W] with ``weight`` [O, C, k, k], zero padding
     ``padding`` on every side; returns a new contiguous [N, O, H + 2p - k + 1, W + 2p - k + 1] tensor in x's
-    dtype. ``x`` may be a channel slice of a larger buffer (each sample's planes contiguous). Inference only."""
+    dtype. ``x`` may be a channel slice of a larger buffer (each sample's planes contiguous), and its rows may be
+    padded. Inference only.
+
+    ``form``: 'rows' or 'pointers' (see the module's docstring); by default rows where it can run (a GPU with TMA,
+    k = 3, padding 2, 16-byte aligned rows), else pointers. ``config``: the chosen form's tile configuration
+    (:func:`_rows_config` / :func:`_config`)."""
     n, c, h, w = x.shape
     o, c_w, kh, kw = weight.shape
     if c_w != c or kh != kw:
         raise ValueError(f"weight {tuple(weight.shape)} does not fit input {tuple(x.shape)}")
+    if form is None:
+        form = "rows" if (x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9
+                          and _rows_form_fits(x, kh, padding)) else "pointers"
+    if form == "rows":
+        if not _rows_form_fits(x, kh, padding):
+            raise ValueError("the rows form needs k = 3, padding 2 and a 16-byte aligned input with 16-byte "
+                             f"aligned strides (got k {kh}, padding {padding}, strides {x.stride()}); use "
+                             "form='pointers'")
+        return _conv_rows(x, weight, config or _rows_config(c, o))
     if not x[0].is_contiguous():
         x = x.contiguous()
     th, tw, bn, bk, warps, stages = config or _config(c, o)
@@ -108,4 +217,23 @@ def conv2d_nchw(x, weight, padding, config=None):
     _conv_kernel[grid](x, wt, out, c, h, w, o, h_out, w_out, padding, x.stride(0) if n > 1 else c * h * w, tiles_x,
                        wt.shape[1] // bk, KS=kh, TH=th, TW=tw, BN=bn, BK=bk, COUT_PAD=wt.shape[2], STAGES=stages,
                        num_warps=warps)
+    return out
+
+
+def _conv_rows(x, weight, config):
+    """The rows form of :func:`conv2d_nchw` (k = 3, padding 2)."""
+    n, c, h, w = x.shape
+    o = weight.shape[0]
+    tw, bn, bk, warps, stages, out_major = config
+    wt = arranged_weight(weight, bk, bn, x.dtype)  # [9, C', O']
+    if out_major:
+        wt = wt.transpose(1, 2).contiguous()  # [9, O', C']
+    w_desc = TensorDescriptor(wt, list(wt.shape), list(wt.stride()), [1, bn, bk] if out_major else [1, bk, bn])
+    x_desc = TensorDescriptor(x, list(x.shape), list(x.stride()), [1, bk, 1, tw])
+    h_out, w_out = h + 2, w + 2
+    out = torch.empty((n, o, h_out, w_out), dtype=x.dtype, device=x.device)
+    tiles_x = -(-w_out // (tw - 8))  # tile t owns the output columns [t (tw - 8), (t + 1)(tw - 8))
+    grid = (h_out * tiles_x, -(-o // bn), n)
+    _conv_rows_kernel[grid](x_desc, w_desc, out, h_out, w_out, o, tiles_x, -(-c // bk), TW=tw, BN=bn, BK=bk,
+                            STAGES=stages, OUT_MAJOR=out_major, num_warps=warps)
     return out

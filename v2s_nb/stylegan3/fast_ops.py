@@ -162,7 +162,7 @@ if HAVE_TRITON:
 
     @triton.jit
     def _fused_dense_kernel(x_ptr, b_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, out_ptr, g_ptr, s_ptr, h, w, h_out, w_out,
-                            channels, c_offset, jshift_y, jshift_x, gain, slope, clamp, BO, UP: tl.constexpr,
+                            w_store, channels, c_offset, jshift_y, jshift_x, gain, slope, clamp, BO, UP: tl.constexpr,
                             DOWN: tl.constexpr, R: tl.constexpr, KJX: tl.constexpr, KJY: tl.constexpr,
                             BU: tl.constexpr, BOP: tl.constexpr, PRECISION: tl.constexpr, HAS_GAIN: tl.constexpr,
                             HAS_SCALE: tl.constexpr, MATS_FIRST: tl.constexpr, ty_off=0, ty_split=0, ty_jump=0,
@@ -236,12 +236,12 @@ if HAVE_TRITON:
         oy = oy0 + lo
         ox = ox0 + lo
         keep = _tile_keep(oy, ox, lo, BO, h_out, w_out, MASKED)
-        tl.store(out_ptr + plane * h_out * w_out + oy[:, None] * w_out + ox[None, :],
+        tl.store(out_ptr + plane * h_out * w_store + oy[:, None] * w_store + ox[None, :],
                  acc.to(out_ptr.dtype.element_ty), mask=keep)
 
     @triton.jit
     def _fused_kernel(x_ptr, b_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, out_ptr, g_ptr, s_ptr, h, w, h_out, w_out,
-                      channels, c_offset, jshift_y, jshift_x, gain, slope, clamp, BO, UP: tl.constexpr,
+                      w_store, channels, c_offset, jshift_y, jshift_x, gain, slope, clamp, BO, UP: tl.constexpr,
                       DOWN: tl.constexpr, R: tl.constexpr, KAX: tl.constexpr, KBX: tl.constexpr,
                       KAY: tl.constexpr, KBY: tl.constexpr, BU: tl.constexpr, BOP: tl.constexpr,
                       B0: tl.constexpr, D01: tl.constexpr, HALVES: tl.constexpr, PRECISION: tl.constexpr,
@@ -257,7 +257,8 @@ if HAVE_TRITON:
         against the first upsampled half only if B0.
 
         HAS_GAIN: the input plane is first multiplied by g_ptr[p] (demodulation of a convolution's output);
-        HAS_SCALE: the result is multiplied by s_ptr[p] (the next layer's input modulation).
+        HAS_SCALE: the result is multiplied by s_ptr[p] (the next layer's input modulation). w_store: the output's
+        row stride in elements (w_out, or more where the rows are padded: ``row_align``), in every fused kernel.
         """
         plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
         oy0 = tl.program_id(1) * BO
@@ -281,7 +282,7 @@ if HAVE_TRITON:
         lo = tl.arange(0, BOP)
         oy = oy0 + lo
         ok_y = (lo < BO) & (oy < h_out)
-        optr = out_ptr + plane * h_out * w_out + oy[:, None] * w_out
+        optr = out_ptr + plane * h_out * w_store + oy[:, None] * w_store
         s = 1.0
         if HAS_SCALE:
             s = tl.load(s_ptr + plane)
@@ -328,8 +329,8 @@ if HAVE_TRITON:
 
     @triton.jit
     def _fused_single_term_kernel(x_ptr, b_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, out_ptr, g_ptr, s_ptr, n_planes, h,
-                                  w, h_out, w_out, channels, jshift_y, jshift_x, gain, slope, clamp, BO, ty_off,
-                                  ty_split, ty_jump, tx_off, tx_split, tx_jump, UP: tl.constexpr,
+                                  w, h_out, w_out, w_store, channels, jshift_y, jshift_x, gain, slope, clamp, BO,
+                                  ty_off, ty_split, ty_jump, tx_off, tx_split, tx_jump, UP: tl.constexpr,
                                   DOWN: tl.constexpr, KAX: tl.constexpr, KBX: tl.constexpr, KAY: tl.constexpr,
                                   KBY: tl.constexpr, BU: tl.constexpr, BOP: tl.constexpr, B0: tl.constexpr,
                                   PRECISION: tl.constexpr, HAS_GAIN: tl.constexpr, HAS_SCALE: tl.constexpr,
@@ -403,7 +404,7 @@ if HAVE_TRITON:
             acc = tl.dot(dy, v.to(mat), input_precision=PRECISION)
             if HAS_SCALE:
                 acc = acc * tl.load(s_ptr + plane)
-            tl.store(out_ptr + plane * h_out * w_out + oy[:, None] * w_out + ox[None, :],
+            tl.store(out_ptr + plane * h_out * w_store + oy[:, None] * w_store + ox[None, :],
                      acc.to(out_ptr.dtype.element_ty), mask=keep)
 
     @triton.jit
@@ -979,7 +980,7 @@ def _per_plane(v, n, c, device):
 
 
 def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp, forms=None,
-                                 pad_channels_to=1, in_gain=None, out_scale=None, out_dtype=None):
+                                 pad_channels_to=1, in_gain=None, out_scale=None, out_dtype=None, row_align=1):
     """The filtered leaky ReLU in one kernel (no upsampled intermediate in memory). None if it can't apply.
 
     ``forms``: the (kernel, tile edge, halves) to try in turn, e.g. ``[("banded", 64, False)]``; by default the
@@ -991,6 +992,8 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
     ``in_gain`` / ``out_scale``: optional [N, C] factors applied to the input before the bias (a convolution's
     demodulation) and to the result (the next layer's input modulation), in float32 inside the kernel.
     ``out_dtype``: the result's dtype (default ``x``'s). ``x`` may be a channel slice of a larger buffer.
+    ``row_align``: the buffer's rows are padded to a multiple of this many elements and the result is a view of
+    its first columns (the rows form of :func:`fast_conv.conv2d_nchw` reads it in 16-byte aligned boxes).
     """
     n, c, h, w = x.shape
     h_out, w_out = _output_size(h, w, fu, fd, up, down, padding)
@@ -1001,7 +1004,8 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
     if not _planes_contiguous_per_sample(x):
         x = x.contiguous()
     c_pad = c + (-c) % pad_channels_to
-    buf = torch.empty((n, c_pad, h_out, w_out), dtype=out_dtype or x.dtype, device=x.device)
+    w_buf = w_out + (-w_out) % row_align
+    buf = torch.empty((n, c_pad, h_out, w_buf), dtype=out_dtype or x.dtype, device=x.device)
     if c_pad > c:
         buf[:, c:].zero_()
     bias = b.to(torch.float32).contiguous()
@@ -1029,7 +1033,7 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
                 gs = gs if gs is not None else bias
                 ss = ss if ss is not None else bias
                 common = (xs, bias, plan["ax"], plan["ay"], plan["dx"], plan["dy"], out, gs, ss, h, w, h_out, w_out,
-                          c, 0, plan["jshift_y"], plan["jshift_x"], float(gain), float(slope), float(clamp), bo)
+                          w_buf, c, 0, plan["jshift_y"], plan["jshift_x"], float(gain), float(slope), float(clamp), bo)
                 if kernel == "dense" and mats_first:
                     for tgrid, tiles, masked in _tile_launches(planes, h, w, h_out, w_out, up, down, plan,
                                                                plan["kjy"], plan["kjx"]):
@@ -1048,7 +1052,7 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
                                                                plan["kay"] + plan["kby"], plan["kax"] + plan["kbx"]):
                         _fused_single_term_kernel[tgrid](
                             xs, bias, plan["ax"], plan["ay"], plan["dx"], plan["dy"], out, gs, ss, planes, h, w,
-                            h_out, w_out, c, plan["jshift_y"], plan["jshift_x"], float(gain), float(slope),
+                            h_out, w_out, w_buf, c, plan["jshift_y"], plan["jshift_x"], float(gain), float(slope),
                             float(clamp), bo, *tiles, UP=up, DOWN=down, KAX=plan["kax"], KBX=plan["kbx"],
                             KAY=plan["kay"], KBY=plan["kby"], BU=bu, BOP=plan["bop"], B0=plan["b0"], PLANES=1,
                             MASKED=masked or ALWAYS_MASKED, num_warps=FUSED_WARPS, **flags)
@@ -1058,6 +1062,8 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
                                         D01=plan["d01"], HALVES=halves, num_warps=FUSED_WARPS, **flags)
         except triton.runtime.errors.OutOfResources:
             continue  # too much shared memory for this GPU: the next choice, then the unfused kernels
+        if w_buf > w_out:
+            buf = buf[..., :w_out]
         if c_pad == c:
             return buf
         out = buf[:, :c]
@@ -1110,14 +1116,14 @@ def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, 
 
 
 def fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp, pad_channels_to=1,
-                                in_gain=None, out_scale=None, out_dtype=None):
+                                in_gain=None, out_scale=None, out_dtype=None, row_align=1):
     """Same result as :func:`ops.filtered_lrelu` for separable ``fu`` and 1-D or 2-D ``fd`` (no autograd).
-    ``pad_channels_to`` (where the fused kernel runs), ``in_gain``, ``out_scale``, ``out_dtype``: see
-    :func:`fused_filtered_lrelu_forward`."""
+    ``pad_channels_to`` and ``row_align`` (layouts, where the fused kernel runs), ``in_gain``, ``out_scale``,
+    ``out_dtype``: see :func:`fused_filtered_lrelu_forward`."""
     if USE_FUSED:
         out = fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp,
                                            pad_channels_to=pad_channels_to, in_gain=in_gain, out_scale=out_scale,
-                                           out_dtype=out_dtype)
+                                           out_dtype=out_dtype, row_align=row_align)
         if out is not None:
             return out
     if in_gain is not None or out_scale is not None or (out_dtype is not None and out_dtype != x.dtype):
@@ -1233,12 +1239,13 @@ def _with_factors(op, x, in_gain, out_scale, out_dtype):
 
 
 def filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=2 ** 0.5, slope=0.2, clamp=None,
-                   in_gain=None, out_scale=None, out_dtype=None):
+                   in_gain=None, out_scale=None, out_dtype=None, row_align=1):
     """Drop-in for :func:`ops.filtered_lrelu` that runs the Triton kernels where they apply.
 
     ``in_gain`` / ``out_scale`` ([N, C] or None) multiply the input before the bias and the result; ``out_dtype``
     casts the result. In inference on the fast path they happen inside the kernel (no extra pass over memory);
-    elsewhere as separate operations, with the same result."""
+    elsewhere as separate operations, with the same result. ``row_align``: a layout hint for the next
+    convolution (see :func:`fused_filtered_lrelu_forward`); the values are the same either way."""
     fast = can_use_fast(x, fu, fd)
     inference = not (torch.is_grad_enabled() and (x.requires_grad or b.requires_grad
                                                   or any(t is not None and t.requires_grad
@@ -1255,4 +1262,4 @@ def filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=2 ** 0
     # 4.1 -> 1.3 ms, 645 -> 406 at 276 px 3.5 -> 0.56 ms.
     pad = 8 if ops._pad_for_tensor_cores(x, out_dtype) else 1
     return fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp, pad_channels_to=pad,
-                                       in_gain=in_gain, out_scale=out_scale, out_dtype=out_dtype)
+                                       in_gain=in_gain, out_scale=out_scale, out_dtype=out_dtype, row_align=row_align)

@@ -240,11 +240,14 @@ class SynthesisLayer(nn.Module):
             else:
                 y = scaled_input_conv2d(x, kernel, scale, padding=self.conv_kernel - 1, prescaled=x_scaled)
             out_scale = out_dtype = None
+            row_align = 1
             if next_layer is not None:
                 out_scale = next_layer.input_scale(next_styles)
                 out_dtype = next_layer.compute_dtype(x.device, force_fp32)
+                row_align = fast_conv.row_align_for(x.device, out_dtype, next_layer.out_channels,
+                                                    next_layer.conv_kernel)  # for fast_conv's rows form
             return fast_ops.filtered_lrelu(y, self.up_filter, self.down_filter, self.bias, in_gain=dcoefs,
-                                           out_scale=out_scale, out_dtype=out_dtype, **lrelu)
+                                           out_scale=out_scale, out_dtype=out_dtype, row_align=row_align, **lrelu)
         if x_scaled or next_layer is not None:
             raise ValueError("x_scaled / next_layer are for the fast path's 3x3 layers (see chains_into)")
         x = modulated_conv2d(x.to(dtype), self.weight, styles, demodulate=not self.is_torgb,
