@@ -15,9 +15,10 @@ previous layer writes the scaled input, the next one demodulates). Two forms:
 * pointers (:func:`_conv_kernel`, any GPU and any layout): per tap, the shifted input tile is gathered with
   ordinary loads.
 
-Measured on an H200 (StyleGAN3-T 1024, batch 8): rows against pointers 81 -> 51 channels 5.56 -> 3.02 ms,
-51 -> 32 3.07 -> 1.45 ms, 32 -> 32 1.63 -> 1.15 ms; cuDNN (with its transposes) took 11.3, 4.8 and 1.9 ms. For
-layers of 81 or more outputs cuDNN stays the faster (the rows form measured 0.99-1.4x its time there).
+Measured on an H200 (StyleGAN3-T 1024, batch 8, ``benchmarks/bench_conv.py``): pointers -> rows 81 -> 51 channels
+5.59 -> 3.15 ms, 51 -> 32 3.06 -> 1.40 ms, 32 -> 32 1.62 -> 1.10 ms; cuDNN (channels padded to multiples of 8, with
+its transposes) 6.8, 4.7 and 1.9 ms. For layers of 81 or more outputs cuDNN stays the faster (the rows form took
+1.06-1.8x its time there).
 """
 
 from __future__ import annotations
