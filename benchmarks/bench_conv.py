@@ -68,5 +68,6 @@ def main(argv=None):
     print(f"{'total':>14} {'':>16} {tot['cudnn']:7.3f} {tot['rows']:7.3f} {tot['pointers']:8.3f} {'':>8}  "
           f"{tot['used']:.3f} ms as used")
 
+
 if __name__ == "__main__":
     main()

@@ -153,12 +153,17 @@ def applies(x, weight) -> bool:
             and weight.shape[2] == weight.shape[3] and not torch.is_grad_enabled())
 
 
+def _has_tma(device) -> bool:
+    """Whether the rows form can run on ``device``: a CUDA GPU with TMA (compute capability 9+) and a Triton with
+    host-side tensor descriptors."""
+    return (HAVE_TRITON and TensorDescriptor is not None and torch.device(device).type == "cuda"
+            and torch.cuda.get_device_capability(device)[0] >= 9)
+
+
 def row_align_for(device, dtype, out_channels, kernel_size) -> int:
     """The row alignment (elements) to give a layer's output when the next layer's convolution (``out_channels``
     outputs, ``kernel_size`` square) will read it with the rows form, else 1. A layout hint: values don't change."""
-    ok = (HAVE_TRITON and TensorDescriptor is not None and torch.device(device).type == "cuda"
-          and dtype == torch.float16 and out_channels <= MAX_OUT_CHANNELS and kernel_size == 3
-          and torch.cuda.get_device_capability(device)[0] >= 9)
+    ok = dtype == torch.float16 and out_channels <= MAX_OUT_CHANNELS and kernel_size == 3 and _has_tma(device)
     return ROW_ALIGN if ok else 1
 
 
@@ -216,8 +221,7 @@ def conv2d_nchw(x, weight, padding, config=None, form=None):
     if c_w != c or kh != kw:
         raise ValueError(f"weight {tuple(weight.shape)} does not fit input {tuple(x.shape)}")
     if form is None:
-        form = "rows" if (x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9
-                          and _rows_form_fits(x, kh, padding)) else "pointers"
+        form = "rows" if _has_tma(x.device) and _rows_form_fits(x, kh, padding) else "pointers"
     if form == "rows":
         if not _rows_form_fits(x, kh, padding):
             raise ValueError("the rows form needs k = 3, padding 2 and a 16-byte aligned input with 16-byte "
