@@ -1,12 +1,13 @@
-"""The fp16 3x3 convolutions of StyleGAN3-T's fast path: cuDNN (NCHW, channels padded to multiples of 8, as
-``ops.scaled_input_conv2d`` runs it; its time includes the NCHW <-> NHWC transposes cuDNN does around its
-tensor-core kernels) against the Triton kernels of ``v2s_nb.stylegan3.fast_conv`` (NCHW throughout; the rows form
-on GPUs with TMA, reading rows padded to 16 bytes as the fast path writes them, and the pointers form), per layer.
+"""The fp16 3x3 convolutions of StyleGAN3-T's fast path, per layer: cuDNN on NCHW (channels padded to multiples of
+8, as ``ops.scaled_input_conv2d`` runs it; its time includes the NCHW <-> NHWC transposes cuDNN does around its
+tensor-core kernels) against the forms of ``v2s_nb.stylegan3.fast_conv`` (NCHW in and out): cudnn (cuDNN on
+channels-last copies made by our transposes), rows (GPUs with TMA, reading rows padded to 16 bytes as the fast path
+writes them) and pointers.
 
     python benchmarks/bench_conv.py --batch 8
 
 Prints, for every fp16 layer of T at 1024: the times (ms), the largest error of the Triton kernels against a float32
-convolution (relative to the largest output), and which one the fast path uses (``fast_conv.applies``).
+convolution (relative to the largest output), and the form the fast path uses (``conv2d_nchw``'s choice).
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ def main(argv=None):
     r8 = lambda c: c + (-c) % 8  # noqa: E731
     print(f"# {torch.cuda.get_device_name()}, T {args.resolution}, batch {args.batch}, fp16 3x3 convolutions (ms)")
     rows = torch.cuda.get_device_capability()[0] >= 9
-    print(f"{'layer':>14} {'in->out @ px':>16} {'cuDNN':>7} {'rows':>7} {'pointers':>8} {'rel err':>8}  fast path uses")
-    tot = {"cudnn": 0.0, "rows": 0.0, "pointers": 0.0, "used": 0.0}
+    forms = ("cudnn", "rows", "pointers")
+    print(f"{'layer':>14} {'in->out @ px':>16} {'NCHW cuDNN':>10} {'cudnn':>7} {'rows':>7} {'pointers':>8} "
+          f"{'rel err':>8}  fast path uses")
+    tot = {"nchw": 0.0, "cudnn": 0.0, "rows": 0.0, "pointers": 0.0, "used": 0.0}
     with torch.no_grad():
         for name in G.synthesis.layer_names:
             L = getattr(G.synthesis, name)
@@ -49,24 +52,24 @@ def main(argv=None):
             xr = xr[:, :c, :, :size]  # channels and rows padded, as the fast path's activation writes it
             w = torch.randn(o, c, 3, 3, device=dev) / (3 * c ** 0.5)
             kernel = F.pad(w, [0, 0, 0, 0, 0, ci - c, 0, co - o])
-            t = {"cudnn": cuda_ms(lambda: F.conv2d(x, kernel.half(), padding=2)[:, :o])}
+            t = {"nchw": cuda_ms(lambda: F.conv2d(x, kernel.half(), padding=2)[:, :o])}
             ref = F.conv2d(x[:, :c].float(), w, padding=2)
             err = 0.0
-            for form, xin in (("rows", xr), ("pointers", x[:, :c])):
+            for form, xin in (("cudnn", x[:, :c]), ("rows", xr), ("pointers", x[:, :c])):
                 if form == "rows" and not rows:
                     t[form] = float("nan")
                     continue
                 t[form] = cuda_ms(lambda: fast_conv.conv2d_nchw(xin, w, 2, form=form))
                 out = fast_conv.conv2d_nchw(xin, w, 2, form=form)
                 err = max(err, float((out.float() - ref).abs().max() / ref.abs().max()))
-            use = fast_conv.applies(x[:, :c], w)
+            used = "cudnn" if o > fast_conv.MAX_OUT_CHANNELS else ("rows" if rows else "pointers")
             for k in t:
                 tot[k] += t[k]
-            tot["used"] += (t["rows"] if rows else t["pointers"]) if use else t["cudnn"]
-            print(f"{name:>14} {f'{c}->{o} @ {size}':>16} {t['cudnn']:7.3f} {t['rows']:7.3f} {t['pointers']:8.3f} "
-                  f"{err:8.1e}  {('Triton, ' + ('rows' if rows else 'pointers')) if use else 'cuDNN'}")
-    print(f"{'total':>14} {'':>16} {tot['cudnn']:7.3f} {tot['rows']:7.3f} {tot['pointers']:8.3f} {'':>8}  "
-          f"{tot['used']:.3f} ms as used")
+            tot["used"] += t[used]
+            print(f"{name:>14} {f'{c}->{o} @ {size}':>16} {t['nchw']:10.3f} "
+                  + " ".join(f"{t[f]:{max(len(f), 7)}.3f}" for f in forms) + f" {err:8.1e}  {used}")
+    print(f"{'total':>14} {'':>16} {tot['nchw']:10.3f} " + " ".join(f"{tot[f]:{max(len(f), 7)}.3f}" for f in forms)
+          + f" {'':>8}  {tot['used']:.3f} ms as used")
 
 
 if __name__ == "__main__":

@@ -416,6 +416,19 @@ CONV_INTERPRETED = textwrap.dedent("""
         out = fast_conv.conv2d_nchw(x, wt, 2, config=cfg, form="rows")
         assert out.shape == ref.shape and out.is_contiguous()
         worst = max(worst, float((out - ref).abs().max() / ref.abs().max()))
+    # the cudnn form (the transposes around F.conv2d): more outputs than MAX_OUT_CHANNELS picks it; 300 outputs are
+    # padded to 320 for cuDNN
+    for n, c, h, w, o in [(2, 13, 9, 11, 70), (1, 20, 6, 7, 300)]:
+        x = torch.randn(n, c + 3, h, w, generator=g)[:, :c]
+        xl = fast_conv.to_nhwc(x, c + 3)
+        assert xl.is_contiguous(memory_format=torch.channels_last) and torch.equal(xl[:, :c], x)
+        assert not xl[:, c:].any()
+        assert torch.equal(fast_conv.to_nchw(xl, c - 2), x[:, :c - 2]) and fast_conv.to_nchw(xl).is_contiguous()
+        wt = torch.randn(o, c, 3, 3, generator=g)
+        ref = F.conv2d(x, wt, padding=2)
+        out = fast_conv.conv2d_nchw(x, wt, 2)
+        assert out.shape == ref.shape and out.is_contiguous()
+        worst = max(worst, float((out - ref).abs().max() / ref.abs().max()))
     try:
         fast_conv.conv2d_nchw(torch.zeros(1, 3, 5, 5), torch.zeros(2, 3, 3, 3), 2, form="rows")
     except ValueError as e:
@@ -439,8 +452,8 @@ def test_triton_convolution_matches_cudnn_on_gpu():
     from v2s_nb.stylegan3 import fast_conv
 
     g = torch.Generator().manual_seed(0)
-    forms = ["pointers", "rows"] if torch.cuda.get_device_capability()[0] >= 9 else ["pointers"]
-    for c, o, size in [(81, 51, 70), (51, 32, 33), (32, 32, 64), (51, 32, 301)]:
+    forms = ["cudnn", "pointers", "rows"] if torch.cuda.get_device_capability()[0] >= 9 else ["cudnn", "pointers"]
+    for c, o, size in [(81, 51, 70), (51, 32, 33), (32, 32, 64), (51, 32, 301), (128, 81, 40), (512, 323, 20)]:
         buf = torch.randn(3, c + (-c) % 8, size, size + (-size) % 8, generator=g).to("cuda", torch.float16)
         x = buf[:, :c, :, :size]  # channels and rows padded, as the previous layer writes it
         w = (torch.randn(o, c, 3, 3, generator=g) / (3 * c ** 0.5)).cuda()

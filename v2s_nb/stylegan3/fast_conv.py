@@ -1,24 +1,27 @@
-"""A 3x3 convolution on NCHW fp16 feature maps in Triton (implicit GEMM), for StyleGAN3-T's fast path.
+"""The fp16 3x3 convolutions of StyleGAN3-T's fast path, on NCHW feature maps, in Triton (implicit GEMM) or cuDNN.
 
 cuDNN's tensor-core kernels want NHWC: on NCHW fp16 input it transposes the input in, and the output back, around
-each convolution, and with T's few, odd channel counts at 1044 px that costs more than the products. These kernels
-read and write NCHW directly, as sums of [pixels x channels] @ [channels x outputs] tensor-core products. The
-modulation scalings are not here: the fast path applies them in the activation kernels around the convolution (the
-previous layer writes the scaled input, the next one demodulates). Two forms:
+each convolution, and with T's few, odd channel counts at 1044 px that costs more than the products. The modulation
+scalings are not here: the fast path applies them in the activation kernels around the convolution (the previous
+layer writes the scaled input, the next one demodulates). Three forms, all reading and writing NCHW:
 
 * rows (:func:`_conv_rows_kernel`, GPUs with TMA, compute capability 9+): the input's rows must start on 16-byte
   boundaries (the previous activation kernel writes them so: ``row_align``). Each program takes one output row
   segment. TMA copies the input in whole aligned row boxes, which can't start at the odd column a shifted tap
   needs; so each box feeds all three column taps of its kernel row, into three accumulators over the input's
   columns, and the column shifts are made once per tile, in registers. Three loads per channel block instead of
-  nine, asynchronous and pipelined.
+  nine, asynchronous and pipelined. Sums of [pixels x channels] @ [channels x outputs] tensor-core products.
 * pointers (:func:`_conv_kernel`, any GPU and any layout): per tap, the shifted input tile is gathered with
   ordinary loads.
+* cudnn (:func:`_conv_cudnn_nhwc`), for layers of more than :data:`MAX_OUT_CHANNELS` outputs, where cuDNN's
+  products are the faster: cuDNN on channels-last copies made by our transpose kernels, which run faster than
+  cuDNN's own, with output channels padded where that changes cuDNN's choice of kernel for the better.
 
 Measured on an H200 (StyleGAN3-T 1024, batch 8, ``benchmarks/bench_conv.py``): pointers -> rows 81 -> 51 channels
 5.59 -> 3.15 ms, 51 -> 32 3.06 -> 1.40 ms, 32 -> 32 1.62 -> 1.10 ms; cuDNN (channels padded to multiples of 8, with
 its transposes) 6.8, 4.7 and 1.9 ms. For layers of 81 or more outputs cuDNN stays the faster (the rows form took
-1.06-1.8x its time there).
+1.06-1.8x its time there), and the cudnn form cut those six layers of T from 8.71 to 7.18 ms (T batch 8 190 -> 197
+img/s).
 """
 
 from __future__ import annotations
@@ -136,21 +139,45 @@ if HAVE_TRITON:
             prv = tl.gather(odd, tl.broadcast_to(tl.maximum(i - 1, 0)[None, :], (BN, TW // 2)), 1)
             return tl.join(prv, even).reshape(BN, TW)
 
+    @triton.jit
+    def _to_nhwc_kernel(x_ptr, out_ptr, c, c_pad, hw, x_sn, x_sc, x_sp, BC: tl.constexpr, BP: tl.constexpr):
+        """out[n, p, ch] = x[n, ch, p] for ch < c, 0 for c <= ch < c_pad (p: pixel index y * W + x; out
+        contiguous [N, H*W, c_pad]). The tile is loaded along pixels and stored along channels; Triton moves it
+        between the two orders through shared memory, so both sides are coalesced."""
+        p = tl.program_id(0) * BP + tl.arange(0, BP)
+        ch = tl.program_id(1) * BC + tl.arange(0, BC)
+        n = tl.program_id(2).to(tl.int64)  # the sample's offset in 64 bits (large batches), within it 32
+        inside = (p < hw)[None, :]
+        v = tl.load(x_ptr + n * x_sn + (ch[:, None] * x_sc + p[None, :] * x_sp), mask=(ch < c)[:, None] & inside,
+                    other=0.0)
+        tl.store(out_ptr + n * hw * c_pad + (p[None, :] * c_pad + ch[:, None]), v, mask=(ch < c_pad)[:, None] & inside)
 
-# Where these kernels run instead of cuDNN: fp16 layers with at most this many output channels. Measured on an H200
-# (StyleGAN3-T 1024, batch 8, cuDNN's time including its NCHW <-> NHWC transposes): 81 -> 51 channels at 1044 px
-# 6.7 -> 5.5 ms (pointers form), 51 -> 32 4.7 -> 3.0 ms, 32 -> 32 1.9 -> 1.6 ms; with 81 or more outputs cuDNN was
-# faster (pointers form: by 1.4-2.1x on T's 128-512 channel layers), its tensor-core kernels then outweighing the
-# transposes.
+    @triton.jit
+    def _to_nchw_kernel(y_ptr, out_ptr, c, hw, y_sn, y_sc, y_sp, BC: tl.constexpr, BP: tl.constexpr):
+        """out[n, ch, p] = y[n, ch, p] for ch < c (out contiguous [N, c, H*W]; y in any layout whose pixels
+        y * W + x sit at one stride, e.g. channels-last with more channels)."""
+        p = tl.program_id(0) * BP + tl.arange(0, BP)
+        ch = tl.program_id(1) * BC + tl.arange(0, BC)
+        n = tl.program_id(2).to(tl.int64)
+        ok = (ch < c)[:, None] & (p < hw)[None, :]
+        v = tl.load(y_ptr + n * y_sn + (ch[:, None] * y_sc + p[None, :] * y_sp), mask=ok)
+        tl.store(out_ptr + n * c * hw + (ch[:, None] * hw + p[None, :]), v, mask=ok)
+
+
+# Where the Triton kernels run: layers with at most this many output channels. Measured on an H200 (StyleGAN3-T
+# 1024, batch 8): 81 -> 51 channels at 1044 px 6.7 -> 3.2 ms against cuDNN with its own transposes, 51 -> 32 4.7 ->
+# 1.4 ms, 32 -> 32 1.9 -> 1.1 ms; with 81 or more outputs cuDNN's tensor-core kernels are the faster (rows form
+# 1.06-1.8x slower on T's 128-512 channel layers), and run in the cudnn form.
 MAX_OUT_CHANNELS = 64
 # The rows form's row alignment, in elements of fp16: TMA copies start on 16-byte boundaries.
 ROW_ALIGN = 8
 
 
 def applies(x, weight) -> bool:
-    """Whether :func:`conv2d_nchw` is the faster choice for this fp16 CUDA convolution (inference)."""
-    return (HAVE_TRITON and x.is_cuda and x.dtype == torch.float16 and weight.shape[0] <= MAX_OUT_CHANNELS
-            and weight.shape[2] == weight.shape[3] and not torch.is_grad_enabled())
+    """Whether :func:`conv2d_nchw` is the faster choice for this fp16 CUDA convolution (inference): always, with
+    its form picked by the output channels."""
+    return (HAVE_TRITON and x.is_cuda and x.dtype == torch.float16 and weight.shape[2] == weight.shape[3]
+            and not torch.is_grad_enabled())
 
 
 def _has_tma(device) -> bool:
@@ -213,15 +240,21 @@ def conv2d_nchw(x, weight, padding, config=None, form=None):
     dtype. ``x`` may be a channel slice of a larger buffer (each sample's planes contiguous), and its rows may be
     padded. Inference only.
 
-    ``form``: 'rows' or 'pointers' (see the module's docstring); by default rows where it can run (a GPU with TMA,
-    k = 3, padding 2, 16-byte aligned rows), else pointers. ``config``: the chosen form's tile configuration
-    (:func:`_rows_config` / :func:`_config`)."""
+    ``form``: 'rows', 'pointers' or 'cudnn' (see the module's docstring). By default: above
+    :data:`MAX_OUT_CHANNELS` outputs cudnn; else rows where it can run (a GPU with TMA, k = 3, padding 2, 16-byte
+    aligned rows), else pointers. ``config``: the rows / pointers form's tile configuration (:func:`_rows_config` /
+    :func:`_config`)."""
     n, c, h, w = x.shape
     o, c_w, kh, kw = weight.shape
     if c_w != c or kh != kw:
         raise ValueError(f"weight {tuple(weight.shape)} does not fit input {tuple(x.shape)}")
     if form is None:
-        form = "rows" if _has_tma(x.device) and _rows_form_fits(x, kh, padding) else "pointers"
+        if o > MAX_OUT_CHANNELS:
+            form = "cudnn"
+        else:
+            form = "rows" if _has_tma(x.device) and _rows_form_fits(x, kh, padding) else "pointers"
+    if form == "cudnn":
+        return _conv_cudnn_nhwc(x, weight, padding)
     if form == "rows":
         if not _rows_form_fits(x, kh, padding):
             raise ValueError("the rows form needs k = 3, padding 2 and a 16-byte aligned input with 16-byte "
@@ -257,3 +290,69 @@ def _conv_rows(x, weight, config):
     _conv_rows_kernel[grid](x_desc, w_desc, out, h_out, w_out, o, tiles_x, -(-c // bk), TW=tw, BN=bn, BK=bk,
                             STAGES=stages, OUT_MAJOR=out_major, num_warps=warps)
     return out
+
+
+def _cudnn_out_channels(o):
+    """Output channels to ask cuDNN for (zero filters past ``o``): a multiple of 8 for its tensor-core kernels, of 32
+    from 256 up. Measured on an H200 (T 1024, batch 8, NHWC): 512 -> 323 at 148 px 1.44 ms with 328 outputs, 0.84
+    with 352 (cuDNN's heuristics pick another kernel); 512 outputs need none, and for T's 81-203 output layers the
+    multiples of 32 were 0-5% slower."""
+    return o + (-o) % (32 if o >= 256 else 8)
+
+
+def _transpose_tile(c):
+    """(BC, BP, warps) of :func:`_to_nhwc_kernel` for ``c`` channels: all channels in one tile up to 512 (each
+    program writes one contiguous run of pixels x channels; 3.4-3.7 TB/s on an H200 for T's layers, against
+    2.0-2.1 for 64-channel blocks at 328 channels), 16384 elements a tile."""
+    bc = min(triton.next_power_of_2(c), 512)
+    return bc, 16384 // bc, 8
+
+
+# :func:`_to_nchw_kernel`'s tile (BC, BP, warps): of 9 timed on an H200 for T's six cudnn-form layers, the best on
+# four and within 11% on the others (2.4-3.3 TB/s).
+NCHW_TILE = (64, 256, 8)
+
+
+def to_nhwc(x, channels=None):
+    """[N, C, H, W] (pixels at one stride within a channel: any dense NCHW, or a channel slice of one) -> a new
+    channels-last [N, channels, H, W] tensor (``channels`` >= C, default C; the extra channels zero)."""
+    n, c, h, w = x.shape
+    cp = c if channels is None else channels
+    if cp < c:
+        raise ValueError(f"channels={cp} is fewer than the input's {c}")
+    if x.stride(2) != w * x.stride(3):
+        x = x.contiguous()
+    out = torch.empty((n, h, w, cp), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
+    bc, bp, warps = _transpose_tile(cp)
+    grid = (triton.cdiv(h * w, bp), triton.cdiv(cp, bc), n)
+    _to_nhwc_kernel[grid](x, out, c, cp, h * w, x.stride(0), x.stride(1), x.stride(3), BC=bc, BP=bp,
+                          num_warps=warps)
+    return out
+
+
+def to_nchw(y, channels=None):
+    """[N, C, H, W] in any layout whose pixels sit at one stride (channels-last, NCHW) -> a new contiguous NCHW
+    tensor of its first ``channels`` (default all)."""
+    n, c, h, w = y.shape
+    c = c if channels is None else channels
+    if y.stride(2) != w * y.stride(3):
+        y = y.contiguous(memory_format=torch.channels_last)
+    out = torch.empty((n, c, h, w), dtype=y.dtype, device=y.device)
+    bc, bp, warps = NCHW_TILE
+    grid = (triton.cdiv(h * w, bp), triton.cdiv(c, bc), n)
+    _to_nchw_kernel[grid](y, out, c, h * w, y.stride(0), y.stride(1), y.stride(3), BC=bc, BP=bp, num_warps=warps)
+    return out
+
+
+def _conv_cudnn_nhwc(x, weight, padding):
+    """The cudnn form of :func:`conv2d_nchw`: cuDNN on channels-last copies, made here. On NCHW fp16 cuDNN makes
+    the same copies itself, at about 2.1 TB/s on an H200; ours run at 2.0-3.7 TB/s. Input channels padded to
+    multiples of 8 (zeros), outputs per :func:`_cudnn_out_channels`. T 1024 batch 8, H200: its six 81-512 output
+    layers 8.71 ms in all through cuDNN on NCHW, 7.18 in this form (of that, 512 -> 323 at 148 px 1.75 -> 1.06 ms,
+    mostly from the output padding)."""
+    c, o = x.shape[1], weight.shape[0]
+    ci, co = c + (-c) % 8, _cudnn_out_channels(o)
+    kernel = weight.new_zeros((co, weight.shape[2], weight.shape[3], ci), dtype=x.dtype)
+    kernel[:o, :, :, :c] = weight.permute(0, 2, 3, 1)
+    y = torch.nn.functional.conv2d(to_nhwc(x, ci), kernel.permute(0, 3, 1, 2), padding=padding)
+    return to_nchw(y, o)

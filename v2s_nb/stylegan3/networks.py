@@ -235,7 +235,7 @@ class SynthesisLayer(nn.Module):
             kernel = shared_kernel(self.weight, not self.is_torgb)
             scale, dcoefs = modulation_factors(kernel, styles, not self.is_torgb, self.magnitude_ema.rsqrt())
             x = x.to(dtype)
-            if x_scaled and fast_conv.applies(x, kernel):  # no NCHW <-> NHWC transposes (see fast_conv)
+            if x_scaled and fast_conv.applies(x, kernel):  # Triton, or cuDNN with faster transposes
                 y = fast_conv.conv2d_nchw(x, kernel, self.conv_kernel - 1)
             else:
                 y = scaled_input_conv2d(x, kernel, scale, padding=self.conv_kernel - 1, prescaled=x_scaled)
