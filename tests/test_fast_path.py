@@ -377,6 +377,42 @@ def test_prescaled_chain_gives_the_modulated_convolution(monkeypatch):
     assert torch.allclose(unscaled * dcoefs[:, :, None, None], ref, atol=1e-5)
 
 
+def test_weight_derived_operands_are_kept_in_inference_and_follow_the_weight():
+    """The shared kernel (and its tap energy) and the convolution forms' weight operands depend on the weight only:
+    in inference they are built once and kept; a changed weight (an optimiser step, a load: its version moves) gets
+    new ones, and under autograd the kernel is recomputed so gradients reach the weight."""
+    from v2s_nb.stylegan3 import fast_conv
+
+    G = tiny_generator("T", seed=0)
+    layer = getattr(G.synthesis, G.synthesis.layer_names[1])
+    with torch.no_grad():
+        k1, e1 = layer._shared_kernel()
+        k2, e2 = layer._shared_kernel()
+        assert k1 is k2 and e1 is e2
+        assert torch.equal(k1, ops.shared_kernel(layer.weight)) and torch.equal(e1, ops.kernel_tap_energy(k1))
+        layer.weight.mul_(2)  # the weight changes in place: its version moves
+        k3, _ = layer._shared_kernel()
+        assert k3 is not k1 and torch.equal(k3, ops.shared_kernel(layer.weight))
+        built = []
+        build = lambda: built.append(1) or layer.weight.sum()  # noqa: E731
+        a = fast_conv._kept_operand(layer.weight, ("t",), build)
+        assert fast_conv._kept_operand(layer.weight, ("t",), build) is a and len(built) == 1
+        fast_conv._kept_operand(layer.weight, ("u",), build)  # another form / layout: its own entry
+        layer.weight.add_(1)
+        fast_conv._kept_operand(layer.weight, ("t",), build)
+        assert len(built) == 3
+    with torch.inference_mode():
+        layer.weight.mul_(0.5)  # (a change, so that the entry is rebuilt inside inference mode)
+        k5, _ = layer._shared_kernel()
+    assert not k5.is_inference()  # so a later autograd pass may save it (a frozen weight, an input with grad)
+    x = torch.ones(3, requires_grad=True)
+    (x[:, None] * k5.reshape(1, -1)[:, :3].T).sum().backward()
+    layer.weight.requires_grad_(True)
+    k4, _ = layer._shared_kernel()  # autograd on, a trainable weight: recomputed, connected to it
+    k4.sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
 def test_filter_plans_are_not_reused_for_another_tensor_at_the_same_address():
     """The fast path caches per-filter matrices under the buffer's address and version; a freed generator's
     address can be reused by a new one's filters with other values. The cache must rebuild then (it once served

@@ -27,6 +27,7 @@ img/s).
 from __future__ import annotations
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 try:
     import triton
@@ -220,6 +221,24 @@ def _config(c_in, c_out):
     return 4, 32, bn, bk, 4, 3
 
 
+# The weight operands the forms build from a kernel, per kernel tensor (an entry goes with its tensor).
+_KEPT_OPERANDS = WeakIdKeyDictionary()
+
+
+def _kept_operand(weight, key, build):
+    """``build()`` for this ``weight`` tensor and ``key``, kept while the weight's storage and version stay the same
+    (the fast path passes the same kernel tensor on every call in inference; see
+    ``SynthesisLayer._shared_kernel``)."""
+    entries = _KEPT_OPERANDS.get(weight)
+    if entries is None:
+        entries = _KEPT_OPERANDS[weight] = {}
+    stamp = (weight.data_ptr(), weight._version)
+    hit = entries.get(key)
+    if hit is None or hit[0] != stamp:
+        hit = entries[key] = (stamp, build())
+    return hit[1]
+
+
 def arranged_weight(weight, bk, bn, dtype, out_major=False):
     """[O, I, k, k] -> [k*k, I rounded up to bk, O rounded up to bn] (``out_major``: [k*k, O', I']), zero padded,
     in ``dtype`` (the kernels' weight operand)."""
@@ -264,7 +283,7 @@ def conv2d_nchw(x, weight, padding, config=None, form=None):
     if not x[0].is_contiguous():
         x = x.contiguous()
     th, tw, bn, bk, warps, stages = config or _config(c, o)
-    wt = arranged_weight(weight, bk, bn, x.dtype)
+    wt = _kept_operand(weight, ("pointers", bk, bn, x.dtype), lambda: arranged_weight(weight, bk, bn, x.dtype))
     h_out, w_out = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
     out = torch.empty((n, o, h_out, w_out), dtype=x.dtype, device=x.device)
     tiles_x = -(-w_out // tw)
@@ -280,7 +299,8 @@ def _conv_rows(x, weight, config):
     n, c, h, w = x.shape
     o = weight.shape[0]
     tw, bn, bk, warps, stages, out_major = config
-    wt = arranged_weight(weight, bk, bn, x.dtype, out_major)  # [9, O', C'] or [9, C', O']
+    wt = _kept_operand(weight, ("rows", bk, bn, x.dtype, out_major),
+                       lambda: arranged_weight(weight, bk, bn, x.dtype, out_major))  # [9, O', C'] or [9, C', O']
     w_desc = TensorDescriptor(wt, list(wt.shape), list(wt.stride()), [1, bn, bk] if out_major else [1, bk, bn])
     x_desc = TensorDescriptor(x, list(x.shape), list(x.stride()), [1, bk, 1, tw])
     h_out, w_out = h + 2, w + 2
@@ -352,7 +372,12 @@ def _conv_cudnn_nhwc(x, weight, padding):
     mostly from the output padding)."""
     c, o = x.shape[1], weight.shape[0]
     ci, co = c + (-c) % 8, _cudnn_out_channels(o)
-    kernel = weight.new_zeros((co, weight.shape[2], weight.shape[3], ci), dtype=x.dtype)
-    kernel[:o, :, :, :c] = weight.permute(0, 2, 3, 1)
-    y = torch.nn.functional.conv2d(to_nhwc(x, ci), kernel.permute(0, 3, 1, 2), padding=padding)
+
+    def build():  # [co, k, k, ci] zero padded, seen as channels-last [co, ci, k, k]
+        kernel = weight.new_zeros((co, weight.shape[2], weight.shape[3], ci), dtype=x.dtype)
+        kernel[:o, :, :, :c] = weight.permute(0, 2, 3, 1)
+        return kernel.permute(0, 3, 1, 2)
+
+    kernel = _kept_operand(weight, ("cudnn", ci, co, x.dtype), build)
+    y = torch.nn.functional.conv2d(to_nhwc(x, ci), kernel, padding=padding)
     return to_nchw(y, o)

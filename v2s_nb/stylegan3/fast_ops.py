@@ -1239,13 +1239,15 @@ def _with_factors(op, x, in_gain, out_scale, out_dtype):
 
 
 def filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=2 ** 0.5, slope=0.2, clamp=None,
-                   in_gain=None, out_scale=None, out_dtype=None, row_align=1):
+                   in_gain=None, out_scale=None, out_dtype=None, row_align=1, pad_channels=True):
     """Drop-in for :func:`ops.filtered_lrelu` that runs the Triton kernels where they apply.
 
     ``in_gain`` / ``out_scale`` ([N, C] or None) multiply the input before the bias and the result; ``out_dtype``
     casts the result. In inference on the fast path they happen inside the kernel (no extra pass over memory);
     elsewhere as separate operations, with the same result. ``row_align``: a layout hint for the next
-    convolution (see :func:`fused_filtered_lrelu_forward`); the values are the same either way."""
+    convolution (see :func:`fused_filtered_lrelu_forward`); the values are the same either way.
+    ``pad_channels=False``: the next layer does not want fp16 outputs in a channel-padded buffer (the fast path's
+    3x3 convolutions pad, or mask, for themselves)."""
     fast = can_use_fast(x, fu, fd)
     inference = not (torch.is_grad_enabled() and (x.requires_grad or b.requires_grad
                                                   or any(t is not None and t.requires_grad
@@ -1260,6 +1262,6 @@ def filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=2 ** 0
     # Inference: fp16 outputs padded to multiples of 8 channels for the next layer's matrix product (StyleGAN3-R's
     # 645, 406, 161, 102 channels); measured on an H200 at batch 8, its 161 -> 102 channel product at 1044 px
     # 4.1 -> 1.3 ms, 645 -> 406 at 276 px 3.5 -> 0.56 ms.
-    pad = 8 if ops._pad_for_tensor_cores(x, out_dtype) else 1
+    pad = 8 if pad_channels and ops._pad_for_tensor_cores(x, out_dtype) else 1
     return fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp, pad_channels_to=pad,
                                        in_gain=in_gain, out_scale=out_scale, out_dtype=out_dtype, row_align=row_align)

@@ -19,12 +19,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import fast_conv, fast_ops
-from .ops import (design_lowpass_filter, filtered_lrelu, modulated_conv2d, modulation_factors,
+from .ops import (design_lowpass_filter, filtered_lrelu, kernel_tap_energy, modulated_conv2d, modulation_factors,
                   modulation_input_scale, scaled_input_conv2d, shared_kernel)
 
 IMPLS = ("auto", "fast", "plain")
+# SynthesisLayer._shared_kernel's values in inference, per weight tensor (an entry goes with its tensor).
+_KEPT_KERNELS = WeakIdKeyDictionary()
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:
@@ -160,7 +163,8 @@ class SynthesisInput(nn.Module):
                       / (self.sampling_rate / 2 - self.bandwidth)).clamp(0, 1)
         x = torch.einsum("hwk,nck->nhwc", self._sample_grid(t.device), freqs) + phases[:, None, None, :]
         x = torch.sin(x * (2 * math.pi)) * amplitudes[:, None, None, :]
-        x = x @ (self.weight / math.sqrt(self.channels)).t()
+        # One [N*H*W, C] product (on the einsum's strided layout, matmul would run one per sample and row).
+        x = (x.reshape(-1, self.channels) @ (self.weight / math.sqrt(self.channels)).t()).reshape(x.shape)
         return x.permute(0, 3, 1, 2)
 
 
@@ -232,8 +236,9 @@ class SynthesisLayer(nn.Module):
         if fast and self.conv_kernel > 1:
             # The shared convolution between two per-channel scalings; the demodulation (and, when chained, the
             # next layer's input scale) are applied inside the fast activation kernel.
-            kernel = shared_kernel(self.weight, not self.is_torgb)
-            scale, dcoefs = modulation_factors(kernel, styles, not self.is_torgb, self.magnitude_ema.rsqrt())
+            kernel, tap_energy = self._shared_kernel()
+            scale, dcoefs = modulation_factors(kernel, styles, not self.is_torgb, self.magnitude_ema.rsqrt(),
+                                               tap_energy)
             x = x.to(dtype)
             if x_scaled and fast_conv.applies(x, kernel):  # Triton, or cuDNN with faster transposes
                 y = fast_conv.conv2d_nchw(x, kernel, self.conv_kernel - 1)
@@ -246,14 +251,36 @@ class SynthesisLayer(nn.Module):
                 out_dtype = next_layer.compute_dtype(x.device, force_fp32)
                 row_align = fast_conv.row_align_for(x.device, out_dtype, next_layer.out_channels,
                                                     next_layer.conv_kernel)  # for fast_conv's rows form
+            # Chained, the next layer's convolution is fast_conv's (fp16) or needs no padded channels (float32).
             return fast_ops.filtered_lrelu(y, self.up_filter, self.down_filter, self.bias, in_gain=dcoefs,
-                                           out_scale=out_scale, out_dtype=out_dtype, row_align=row_align, **lrelu)
+                                           out_scale=out_scale, out_dtype=out_dtype, row_align=row_align,
+                                           pad_channels=next_layer is None, **lrelu)
         if x_scaled or next_layer is not None:
             raise ValueError("x_scaled / next_layer are for the fast path's 3x3 layers (see chains_into)")
         x = modulated_conv2d(x.to(dtype), self.weight, styles, demodulate=not self.is_torgb,
-                             padding=self.conv_kernel - 1, input_gain=self.magnitude_ema.rsqrt(), fused=not fast)
+                             padding=self.conv_kernel - 1, input_gain=self.magnitude_ema.rsqrt(), fused=not fast,
+                             kernel=self._shared_kernel()[0] if fast else None)
         act = fast_ops.filtered_lrelu if fast else filtered_lrelu
         return act(x, self.up_filter, self.down_filter, self.bias, **lrelu)
+
+    def _shared_kernel(self):
+        """(the shared convolution's kernel, its :func:`kernel_tap_energy`). In inference both depend on the weight
+        only, so they are kept from call to call (rebuilt when the weight changes: another tensor, device or version,
+        e.g. after an optimiser step or a load); under autograd they are recomputed, so gradients reach the weight.
+        Keeping them saves 4-6 small kernels per layer and call."""
+        w = self.weight
+        if torch.is_grad_enabled() and w.requires_grad:
+            kernel = shared_kernel(w, not self.is_torgb)
+            return kernel, kernel_tap_energy(kernel)
+        key = (w.data_ptr(), w._version, self.is_torgb)
+        kept = _KEPT_KERNELS.get(w)
+        if kept is None or kept[0] != key:
+            # Normal tensors even under torch.inference_mode: a later autograd pass may save them for backward.
+            with torch.inference_mode(False), torch.no_grad():
+                kernel = shared_kernel(w, not self.is_torgb)
+                kept = (key, kernel, kernel_tap_energy(kernel))
+            _KEPT_KERNELS[w] = kept
+        return kept[1], kept[2]
 
     def input_scale(self, styles):
         """[N, in_channels] float32: what the fast path multiplies this layer's input by before its shared

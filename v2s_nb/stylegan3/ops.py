@@ -99,7 +99,8 @@ def upfirdn2d(x: torch.Tensor, f, up: int = 1, down: int = 1, padding=(0, 0, 0, 
         x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
         x = x.reshape(n, c, h * up, w * up)
     px0, px1, py0, py1 = (int(p) for p in padding)
-    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    if max(px0, px1, py0, py1) > 0:  # (F.pad copies even when it adds nothing: ToRGB's full-size passes)
+        x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
     x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
     if f is None:
         x = x * gain if gain != 1 else x
@@ -179,18 +180,25 @@ def modulation_input_scale(styles, demodulate=True, input_gain=None):
     return s if input_gain is None else s * torch.as_tensor(input_gain, dtype=s.dtype, device=s.device)
 
 
-def modulation_factors(kernel, styles, demodulate=True, input_gain=None):
+def modulation_factors(kernel, styles, demodulate=True, input_gain=None, tap_energy=None):
     """The per-sample factors of the "scale, shared convolution, scale" form of a modulated convolution:
     (input scale [N, I], demodulation coefficients [N, O] or None), float32. ``kernel``: the shared kernel
-    (:func:`shared_kernel`). With them, ``modulated_conv2d(x, weight, ...) == scaled_input_conv2d(x, kernel, scale,
-    ...) * dcoefs`` (per sample and channel)."""
+    (:func:`shared_kernel`); ``tap_energy``: its :func:`kernel_tap_energy` if already at hand. With them,
+    ``modulated_conv2d(x, weight, ...) == scaled_input_conv2d(x, kernel, scale, ...) * dcoefs`` (per sample and
+    channel)."""
     s = modulation_input_scale(styles, demodulate)
     scale = s if input_gain is None else s * torch.as_tensor(input_gain, dtype=s.dtype, device=s.device)
     if not demodulate:
         return scale, None
     # |kernel * s|^2 summed over inputs and taps, as one [N, I] x [I, O] product (no [N, O, I, k, k] temporary).
-    energy = s.square() @ kernel.square().sum(dim=[2, 3]).T
+    energy = s.square() @ (kernel_tap_energy(kernel) if tap_energy is None else tap_energy)
     return scale, (energy + 1e-8).rsqrt()
+
+
+def kernel_tap_energy(kernel):
+    """[I, O]: the squares of ``kernel`` [O, I, k, k] summed over the taps (what the demodulation weighs each
+    input's squared scale by)."""
+    return kernel.square().sum(dim=[2, 3]).T
 
 
 def shared_kernel(weight, demodulate=True):
@@ -235,7 +243,7 @@ def scaled_input_conv2d(x, kernel, scale, padding=0, prescaled=False):
     return F.conv2d(x if prescaled else x * scale, kernel.to(x.dtype), padding=padding)
 
 
-def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=None, fused=True):
+def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=None, fused=True, kernel=None):
     """Convolve each sample with the kernel scaled by its own styles (and demodulated).
 
     Args:
@@ -249,23 +257,23 @@ def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=N
             scales the input channels, runs one shared convolution and scales the outputs by the
             demodulation factors — the same mathematics, faster for large batches on GPUs (the fast path's form;
             there, 1x1 float32 products on CUDA use TF32 exactly when cuDNN's convolutions do).
+        kernel: ``shared_kernel(weight, demodulate)`` if at hand (the fast path keeps it between calls).
     Returns:
         [N, O, H', W'].
     """
     n = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
+    if kernel is None:
+        kernel = shared_kernel(weight, demodulate)  # pre-normalised: keeps fp16 in range (scale-free after demod)
     if not fused and not (kh == 1 and kw == 1):
-        kernel = shared_kernel(weight, demodulate)
         scale, dcoefs = modulation_factors(kernel, styles, demodulate, input_gain)
         out = scaled_input_conv2d(x, kernel, scale, padding)
         if dcoefs is not None:
             out = out * dcoefs.to(out.dtype).reshape(n, out_ch, 1, 1)
         return out
-    w = weight.float()
+    w = kernel
     s = styles.float()
     if demodulate:
-        # Pre-normalisation keeps fp16 in range; demodulation below makes the result scale-free.
-        w = w * w.square().mean([1, 2, 3], keepdim=True).rsqrt()
         s = s * s.square().mean().rsqrt()
     w = w.unsqueeze(0) * s.reshape(n, 1, in_ch, 1, 1)
     if demodulate:
