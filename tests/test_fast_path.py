@@ -413,6 +413,18 @@ def test_weight_derived_operands_are_kept_in_inference_and_follow_the_weight():
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
 
 
+def test_transposes_refuse_samples_past_32_bit_offsets():
+    from v2s_nb.stylegan3 import fast_conv
+
+    big = torch.empty(1, 2 ** 15, 2 ** 8, 2 ** 8, device="meta")  # 2**31 elements in one sample
+    with pytest.raises(ValueError, match="too large"):
+        fast_conv.to_nhwc(big)
+    with pytest.raises(ValueError, match="too large"):
+        fast_conv.to_nchw(big)
+    with pytest.raises(ValueError, match="fewer than"):
+        fast_conv.to_nhwc(torch.empty(1, 8, 2, 2, device="meta"), 4)
+
+
 def test_filter_plans_are_not_reused_for_another_tensor_at_the_same_address():
     """The fast path caches per-filter matrices under the buffer's address and version; a freed generator's
     address can be reused by a new one's filters with other values. The cache must rebuild then (it once served

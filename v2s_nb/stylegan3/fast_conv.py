@@ -320,17 +320,24 @@ def _cudnn_out_channels(o):
     return o + (-o) % (32 if o >= 256 else 8)
 
 
-def _transpose_tile(c):
+def _transpose_tile(c, element_size=2):
     """(BC, BP, warps) of :func:`_to_nhwc_kernel` for ``c`` channels: all channels in one tile up to 512 (each
     program writes one contiguous run of pixels x channels; 3.4-3.7 TB/s on an H200 for T's layers, against
-    2.0-2.1 for 64-channel blocks at 328 channels), 16384 elements a tile."""
+    2.0-2.1 for 64-channel blocks at 328 channels), 32 KiB a tile (the reordering goes through shared memory)."""
     bc = min(triton.next_power_of_2(c), 512)
-    return bc, 16384 // bc, 8
+    return bc, max(32768 // element_size // bc, 1), 8
 
 
-# :func:`_to_nchw_kernel`'s tile (BC, BP, warps): of 9 timed on an H200 for T's six cudnn-form layers, the best on
-# four and within 11% on the others (2.4-3.3 TB/s).
+# :func:`_to_nchw_kernel`'s tile (BC, BP, warps) for fp16 (BP halves for 4-byte elements): of 9 timed on an H200 for
+# T's six cudnn-form layers, the best on four and within 11% on the others (2.4-3.3 TB/s).
 NCHW_TILE = (64, 256, 8)
+
+
+def _check_sample_size(elements):
+    """The transposes index within a sample in 32 bits."""
+    if elements >= 2 ** 31:
+        raise ValueError(f"a sample of {elements} elements is too large for fast_conv's transposes (at most "
+                         "2**31 - 1); use the plain path (impl='plain')")
 
 
 def to_nhwc(x, channels=None):
@@ -340,10 +347,11 @@ def to_nhwc(x, channels=None):
     cp = c if channels is None else channels
     if cp < c:
         raise ValueError(f"channels={cp} is fewer than the input's {c}")
+    _check_sample_size(max(cp, c) * h * w)
     if x.stride(2) != w * x.stride(3):
         x = x.contiguous()
     out = torch.empty((n, h, w, cp), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
-    bc, bp, warps = _transpose_tile(cp)
+    bc, bp, warps = _transpose_tile(cp, x.element_size())
     grid = (triton.cdiv(h * w, bp), triton.cdiv(cp, bc), n)
     _to_nhwc_kernel[grid](x, out, c, cp, h * w, x.stride(0), x.stride(1), x.stride(3), BC=bc, BP=bp,
                           num_warps=warps)
@@ -355,10 +363,12 @@ def to_nchw(y, channels=None):
     tensor of its first ``channels`` (default all)."""
     n, c, h, w = y.shape
     c = c if channels is None else channels
+    _check_sample_size(y.shape[1] * h * w)
     if y.stride(2) != w * y.stride(3):
         y = y.contiguous(memory_format=torch.channels_last)
     out = torch.empty((n, c, h, w), dtype=y.dtype, device=y.device)
     bc, bp, warps = NCHW_TILE
+    bp = max(bp * 2 // y.element_size(), 1)
     grid = (triton.cdiv(h * w, bp), triton.cdiv(c, bc), n)
     _to_nchw_kernel[grid](y, out, c, h * w, y.stride(0), y.stride(1), y.stride(3), BC=bc, BP=bp, num_warps=warps)
     return out
