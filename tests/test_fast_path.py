@@ -395,11 +395,11 @@ def test_weight_derived_operands_are_kept_in_inference_and_follow_the_weight():
         assert k3 is not k1 and torch.equal(k3, ops.shared_kernel(layer.weight))
         built = []
         build = lambda: built.append(1) or layer.weight.sum()  # noqa: E731
-        a = fast_conv._kept_operand(layer.weight, ("t",), build)
-        assert fast_conv._kept_operand(layer.weight, ("t",), build) is a and len(built) == 1
-        fast_conv._kept_operand(layer.weight, ("u",), build)  # another form / layout: its own entry
+        a = fast_conv.weight_derived(layer.weight, ("t",), build)
+        assert fast_conv.weight_derived(layer.weight, ("t",), build) is a and len(built) == 1
+        fast_conv.weight_derived(layer.weight, ("u",), build)  # another form / layout: its own entry
         layer.weight.add_(1)
-        fast_conv._kept_operand(layer.weight, ("t",), build)
+        fast_conv.weight_derived(layer.weight, ("t",), build)
         assert len(built) == 3
     with torch.inference_mode():
         layer.weight.mul_(0.5)  # (a change, so that the entry is rebuilt inside inference mode)

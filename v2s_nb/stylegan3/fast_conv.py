@@ -29,6 +29,8 @@ from __future__ import annotations
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .ops import _round8
+
 try:
     import triton
     import triton.language as tl
@@ -221,21 +223,24 @@ def _config(c_in, c_out):
     return 4, 32, bn, bk, 4, 3
 
 
-# The weight operands the forms build from a kernel, per kernel tensor (an entry goes with its tensor).
-_KEPT_OPERANDS = WeakIdKeyDictionary()
+# Values built from a weight tensor, per tensor (an entry goes with its tensor): see weight_derived.
+_WEIGHT_DERIVED = WeakIdKeyDictionary()
 
 
-def _kept_operand(weight, key, build):
+def weight_derived(weight, key, build):
     """``build()`` for this ``weight`` tensor and ``key``, kept while the weight's storage and version stay the same
-    (the fast path passes the same kernel tensor on every call in inference; see
-    ``SynthesisLayer._shared_kernel``)."""
-    entries = _KEPT_OPERANDS.get(weight)
+    (an optimiser step or a load moves the version; one entry per key, replaced then). For inference: the fast path
+    keeps each layer's shared kernel (``SynthesisLayer._shared_kernel``) and, per convolution form, the weight
+    operands built from it. Built as normal tensors without autograd, even under ``torch.inference_mode``: a later
+    autograd pass may save them for backward."""
+    entries = _WEIGHT_DERIVED.get(weight)
     if entries is None:
-        entries = _KEPT_OPERANDS[weight] = {}
+        entries = _WEIGHT_DERIVED[weight] = {}
     stamp = (weight.data_ptr(), weight._version)
     hit = entries.get(key)
     if hit is None or hit[0] != stamp:
-        hit = entries[key] = (stamp, build())
+        with torch.inference_mode(False), torch.no_grad():
+            hit = entries[key] = (stamp, build())
     return hit[1]
 
 
@@ -283,7 +288,7 @@ def conv2d_nchw(x, weight, padding, config=None, form=None):
     if not x[0].is_contiguous():
         x = x.contiguous()
     th, tw, bn, bk, warps, stages = config or _config(c, o)
-    wt = _kept_operand(weight, ("pointers", bk, bn, x.dtype), lambda: arranged_weight(weight, bk, bn, x.dtype))
+    wt = weight_derived(weight, ("pointers", bk, bn, x.dtype), lambda: arranged_weight(weight, bk, bn, x.dtype))
     h_out, w_out = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
     out = torch.empty((n, o, h_out, w_out), dtype=x.dtype, device=x.device)
     tiles_x = -(-w_out // tw)
@@ -299,7 +304,7 @@ def _conv_rows(x, weight, config):
     n, c, h, w = x.shape
     o = weight.shape[0]
     tw, bn, bk, warps, stages, out_major = config
-    wt = _kept_operand(weight, ("rows", bk, bn, x.dtype, out_major),
+    wt = weight_derived(weight, ("rows", bk, bn, x.dtype, out_major),
                        lambda: arranged_weight(weight, bk, bn, x.dtype, out_major))  # [9, O', C'] or [9, C', O']
     w_desc = TensorDescriptor(wt, list(wt.shape), list(wt.stride()), [1, bn, bk] if out_major else [1, bk, bn])
     x_desc = TensorDescriptor(x, list(x.shape), list(x.stride()), [1, bk, 1, tw])
@@ -381,13 +386,13 @@ def _conv_cudnn_nhwc(x, weight, padding):
     layers 8.71 ms in all through cuDNN on NCHW, 7.18 in this form (of that, 512 -> 323 at 148 px 1.75 -> 1.06 ms,
     mostly from the output padding)."""
     c, o = x.shape[1], weight.shape[0]
-    ci, co = c + (-c) % 8, _cudnn_out_channels(o)
+    ci, co = _round8(c), _cudnn_out_channels(o)
 
     def build():  # [co, k, k, ci] zero padded, seen as channels-last [co, ci, k, k]
         kernel = weight.new_zeros((co, weight.shape[2], weight.shape[3], ci), dtype=x.dtype)
         kernel[:o, :, :, :c] = weight.permute(0, 2, 3, 1)
         return kernel.permute(0, 3, 1, 2)
 
-    kernel = _kept_operand(weight, ("cudnn", ci, co, x.dtype), build)
+    kernel = weight_derived(weight, ("cudnn", ci, co, x.dtype), build)
     y = torch.nn.functional.conv2d(to_nhwc(x, ci), kernel, padding=padding)
     return to_nchw(y, o)

@@ -19,15 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.weak import WeakIdKeyDictionary
 
 from . import fast_conv, fast_ops
 from .ops import (design_lowpass_filter, filtered_lrelu, kernel_tap_energy, modulated_conv2d, modulation_factors,
                   modulation_input_scale, scaled_input_conv2d, shared_kernel)
 
 IMPLS = ("auto", "fast", "plain")
-# SynthesisLayer._shared_kernel's values in inference, per weight tensor (an entry goes with its tensor).
-_KEPT_KERNELS = WeakIdKeyDictionary()
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:
@@ -267,20 +264,15 @@ class SynthesisLayer(nn.Module):
         """(the shared convolution's kernel, its :func:`kernel_tap_energy`). In inference both depend on the weight
         only, so they are kept from call to call (rebuilt when the weight changes: another tensor, device or version,
         e.g. after an optimiser step or a load); under autograd they are recomputed, so gradients reach the weight.
-        Keeping them saves 4-6 small kernels per layer and call."""
-        w = self.weight
-        if torch.is_grad_enabled() and w.requires_grad:
-            kernel = shared_kernel(w, not self.is_torgb)
+        Keeping them (:func:`fast_conv.weight_derived`) saves 4-6 small kernels per layer and call."""
+
+        def build():
+            kernel = shared_kernel(self.weight, not self.is_torgb)
             return kernel, kernel_tap_energy(kernel)
-        key = (w.data_ptr(), w._version, self.is_torgb)
-        kept = _KEPT_KERNELS.get(w)
-        if kept is None or kept[0] != key:
-            # Normal tensors even under torch.inference_mode: a later autograd pass may save them for backward.
-            with torch.inference_mode(False), torch.no_grad():
-                kernel = shared_kernel(w, not self.is_torgb)
-                kept = (key, kernel, kernel_tap_energy(kernel))
-            _KEPT_KERNELS[w] = kept
-        return kept[1], kept[2]
+
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return build()
+        return fast_conv.weight_derived(self.weight, ("shared kernel", self.is_torgb), build)
 
     def input_scale(self, styles):
         """[N, in_channels] float32: what the fast path multiplies this layer's input by before its shared
