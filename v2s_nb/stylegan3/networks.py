@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fast_conv, fast_ops
+from . import fast_conv, fast_modulation, fast_ops
 from .ops import (design_lowpass_filter, filtered_lrelu, kernel_tap_energy, modulated_conv2d, modulation_factors,
-                  modulation_input_scale, scaled_input_conv2d, shared_kernel)
+                  scaled_input_conv2d, shared_kernel)
 
 IMPLS = ("auto", "fast", "plain")
 
@@ -54,10 +54,14 @@ class FullyConnectedLayer(nn.Module):
         self.bias_gain = lr_multiplier
 
     def forward(self, x):
-        w = self.weight.to(x.dtype) * self.weight_gain
-        y = x.matmul(w.t())
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype) * self.bias_gain
+        if self.bias is not None and x.dim() == 2:
+            # One launch, gains and bias applied by the matrix product (synthesis runs 16 affines per call).
+            y = torch.addmm(self.bias.to(x.dtype), x, self.weight.to(x.dtype).t(), beta=self.bias_gain,
+                            alpha=self.weight_gain)
+        else:
+            y = x.matmul((self.weight.to(x.dtype) * self.weight_gain).t())
+            if self.bias is not None:
+                y = y + self.bias.to(x.dtype) * self.bias_gain
         if self.activation == "lrelu":
             y = F.leaky_relu(y, 0.2) * math.sqrt(2)
         elif self.activation != "linear":
@@ -214,17 +218,18 @@ class SynthesisLayer(nn.Module):
         """float16 for the snapshot's high-resolution layers on CUDA (as NVIDIA runs them), else float32."""
         return torch.float16 if self.use_fp16 and not force_fp32 and device.type == "cuda" else torch.float32
 
-    def forward_styles(self, x, styles, force_fp32=False, impl="plain", x_scaled=False, next_layer=None,
-                       next_styles=None):
+    def forward_styles(self, x, styles, force_fp32=False, impl="plain", x_scaled=False, factors=None,
+                       next_layer=None, next_factors=None, out_gain=1.0):
         """Apply the layer with the given raw affine output ``styles`` [N, in_channels].
 
         ``impl``: 'plain' (reference ops) or 'fast' (Triton kernels on CUDA; see :mod:`fast_ops`).
         Fast-path chaining (used by :meth:`SynthesisNetwork._run`; see :meth:`chains_into`): ``next_layer`` with
-        its ``next_styles`` makes this layer return its output already multiplied by that layer's input scale
-        (in the activation kernel, no extra pass), and ``x_scaled`` says that ``x`` came so.
+        ``next_factors`` (its :meth:`modulation` of its styles) makes this layer return its output already
+        multiplied by that layer's input scale (in the activation kernel, no extra pass); ``x_scaled`` says that
+        ``x`` came so, and ``factors`` hands this layer its own :meth:`modulation` (the previous layer computed it).
+        ``out_gain``: a factor on the result (the network's ``output_scale`` for ToRGB; the fast ToRGB applies it in
+        its kernel and returns float32).
         """
-        if self.is_torgb:
-            styles = styles * (1 / math.sqrt(self.in_channels * self.conv_kernel ** 2))
         dtype = self.compute_dtype(x.device, force_fp32)
         fast = impl == "fast"
         gain, slope = (1, 1) if self.is_torgb else (math.sqrt(2), 0.2)
@@ -234,8 +239,7 @@ class SynthesisLayer(nn.Module):
             # The shared convolution between two per-channel scalings; the demodulation (and, when chained, the
             # next layer's input scale) are applied inside the fast activation kernel.
             kernel, tap_energy = self._shared_kernel()
-            scale, dcoefs = modulation_factors(kernel, styles, not self.is_torgb, self.magnitude_ema.rsqrt(),
-                                               tap_energy)
+            scale, dcoefs = factors if factors is not None else self._modulation(styles, kernel, tap_energy)
             x = x.to(dtype)
             if x_scaled and fast_conv.applies(x, kernel):  # Triton, or cuDNN with faster transposes
                 y = fast_conv.conv2d_nchw(x, kernel, self.conv_kernel - 1)
@@ -244,21 +248,32 @@ class SynthesisLayer(nn.Module):
             out_scale = out_dtype = None
             row_align = 1
             if next_layer is not None:
-                out_scale = next_layer.input_scale(next_styles)
+                if next_factors is None:
+                    raise ValueError("next_layer needs next_factors (next_layer.modulation(its styles))")
+                out_scale = next_factors[0]
                 out_dtype = next_layer.compute_dtype(x.device, force_fp32)
                 row_align = fast_conv.row_align_for(x.device, out_dtype, next_layer.out_channels,
                                                     next_layer.conv_kernel)  # for fast_conv's rows form
             # Chained, the next layer's convolution is fast_conv's (fp16) or needs no padded channels (float32).
-            return fast_ops.filtered_lrelu(y, self.up_filter, self.down_filter, self.bias, in_gain=dcoefs,
-                                           out_scale=out_scale, out_dtype=out_dtype, row_align=row_align,
-                                           pad_channels=next_layer is None, **lrelu)
-        if x_scaled or next_layer is not None:
-            raise ValueError("x_scaled / next_layer are for the fast path's 3x3 layers (see chains_into)")
+            y = fast_ops.filtered_lrelu(y, self.up_filter, self.down_filter, self.bias, in_gain=dcoefs,
+                                        out_scale=out_scale, out_dtype=out_dtype, row_align=row_align,
+                                        pad_channels=next_layer is None, **lrelu)
+            return y * out_gain if out_gain != 1 else y
+        if x_scaled or next_layer is not None or factors is not None:
+            raise ValueError("x_scaled / factors / next_layer are for the fast path's 3x3 layers (see chains_into)")
+        if (fast and self.is_torgb and self.up_filter is None and self.down_filter is None
+                and fast_modulation.torgb_applies(x, self.weight, styles)):
+            # One pass: the 1x1 product, bias, clamp and output gain, float32 out (the plain sequence makes five).
+            return fast_modulation.torgb(x, self.weight, styles, self.magnitude_ema, self.bias, self.conv_clamp,
+                                         out_gain)
+        if self.is_torgb:
+            styles = styles * (1 / math.sqrt(self.in_channels * self.conv_kernel ** 2))
         x = modulated_conv2d(x.to(dtype), self.weight, styles, demodulate=not self.is_torgb,
                              padding=self.conv_kernel - 1, input_gain=self.magnitude_ema.rsqrt(), fused=not fast,
                              kernel=self._shared_kernel()[0] if fast else None)
         act = fast_ops.filtered_lrelu if fast else filtered_lrelu
-        return act(x, self.up_filter, self.down_filter, self.bias, **lrelu)
+        x = act(x, self.up_filter, self.down_filter, self.bias, **lrelu)
+        return x * out_gain if out_gain != 1 else x
 
     def _shared_kernel(self):
         """(the shared convolution's kernel, its :func:`kernel_tap_energy`). In inference both depend on the weight
@@ -274,10 +289,19 @@ class SynthesisLayer(nn.Module):
             return build()
         return fast_conv.weight_derived(self.weight, ("shared kernel", self.is_torgb), build)
 
-    def input_scale(self, styles):
-        """[N, in_channels] float32: what the fast path multiplies this layer's input by before its shared
-        convolution (normalised styles times the magnitude gain)."""
-        return modulation_input_scale(styles, not self.is_torgb, self.magnitude_ema.rsqrt())
+    def modulation(self, styles):
+        """The fast path's factors of this layer for its raw affine ``styles`` [N, in_channels]: (input scale
+        [N, in_channels], demodulation coefficients [N, out_channels] or None), float32, as
+        :func:`ops.modulation_factors` defines them. In CUDA inference one Triton launch
+        (:func:`fast_modulation.modulation_factors`) instead of about ten small kernels."""
+        kernel, tap_energy = self._shared_kernel()
+        return self._modulation(styles, kernel, tap_energy)
+
+    def _modulation(self, styles, kernel, tap_energy):
+        demodulate = not self.is_torgb
+        if demodulate and fast_modulation.modulation_applies(styles, tap_energy, self.magnitude_ema):
+            return fast_modulation.modulation_factors(styles, tap_energy, self.magnitude_ema)
+        return modulation_factors(kernel, styles, demodulate, self.magnitude_ema.rsqrt(), tap_energy)
 
     def chains_into(self, nxt, impl, x) -> bool:
         """Whether, on the fast path in inference, this layer may hand ``nxt`` its output already scaled by
@@ -358,7 +382,7 @@ class SynthesisNetwork(nn.Module):
         ws = ws.to(torch.float32)
         return {name: getattr(self, name).affine(ws[:, i]) for i, name in enumerate(self.style_names)}
 
-    def _run(self, styles, transform=None, force_fp32=False, stop_after=None, collect=(), impl=None):
+    def _run(self, styles, transform=None, force_fp32=False, stop_after=None, collect=(), impl=None, out_gain=1.0):
         missing = [n for n in self.style_names if n not in styles]
         if missing:
             raise KeyError(f"styles lacks entries for {missing}; expected keys {self.style_names}")
@@ -367,7 +391,7 @@ class SynthesisNetwork(nn.Module):
         x = self.input.forward_styles(styles["input"], transform=transform)
         if "input" in collect:
             feats["input"] = x
-        x_scaled = False
+        factors = None  # this layer's modulation factors when the previous (chained) layer computed them
         for i, name in enumerate(self.layer_names):
             if stop_after == "input":
                 break
@@ -375,10 +399,11 @@ class SynthesisNetwork(nn.Module):
             nxt = getattr(self, self.layer_names[i + 1]) if i + 1 < len(self.layer_names) else None
             chain = (nxt is not None and name not in collect and name != stop_after
                      and layer.chains_into(nxt, impl, x))
-            x = layer.forward_styles(x, styles[name], force_fp32=force_fp32, impl=impl, x_scaled=x_scaled,
-                                     next_layer=nxt if chain else None,
-                                     next_styles=styles[self.layer_names[i + 1]] if chain else None)
-            x_scaled = chain
+            next_factors = nxt.modulation(styles[self.layer_names[i + 1]]) if chain else None
+            x = layer.forward_styles(x, styles[name], force_fp32=force_fp32, impl=impl, x_scaled=factors is not None,
+                                     factors=factors, next_layer=nxt if chain else None, next_factors=next_factors,
+                                     out_gain=out_gain if nxt is None else 1.0)
+            factors = next_factors
             if name in collect:
                 feats[name] = x.to(torch.float32)
             if name == stop_after:
@@ -392,9 +417,7 @@ class SynthesisNetwork(nn.Module):
         ``transform`` buffer for this call only. ``impl`` ('auto', 'fast', 'plain'; default ``self.impl``)
         picks the implementation: 'fast' is the Triton path on CUDA, 'plain' the reference ops.
         """
-        x, _ = self._run(styles, transform=transform, force_fp32=force_fp32, impl=impl)
-        if self.output_scale != 1:
-            x = x * self.output_scale
+        x, _ = self._run(styles, transform=transform, force_fp32=force_fp32, impl=impl, out_gain=self.output_scale)
         return x.to(torch.float32)
 
     def forward(self, ws, noise_mode="const", force_fp32=False, transform=None, impl=None, **_ignored):
