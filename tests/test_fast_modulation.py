@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import REPO, requires_cuda
+from conftest import REPO, requires_cuda, skip_unless_triton_interpreter_works
 
 CHECKS = textwrap.dedent("""
     import math
@@ -63,6 +63,7 @@ CHECKS = textwrap.dedent("""
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 def test_modulation_kernels_in_interpreter():
+    skip_unless_triton_interpreter_works()
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
     script = CHECKS + "\nprint('WORST', check('cpu', torch.float32))\n"
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)

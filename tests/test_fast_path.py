@@ -13,7 +13,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import REPO, requires_cuda
+from conftest import REPO, requires_cuda, skip_unless_triton_interpreter_works
 from v2s_nb.stylegan3 import build_generator, ops, set_input_transform, tiny_generator
 
 
@@ -130,6 +130,7 @@ INTERPRETED = textwrap.dedent("""
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 def test_triton_kernels_in_interpreter():
+    skip_unless_triton_interpreter_works()
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, "-c", INTERPRETED], capture_output=True, text=True, env=env, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -208,6 +209,7 @@ def test_single_term_forms_in_interpreter():
     """fp16 layers with a one-term down-filter (T): the single-term banded kernel (2x; its interior tiles without
     bounds tests) and the dense kernel with its matrices loaded first (4x) give what the general forms give, and the
     plain operator's values; each form writes the same values into row-padded buffers (``row_align``)."""
+    skip_unless_triton_interpreter_works()
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, "-c", SINGLE_TERM_INTERPRETED], capture_output=True, text=True, env=env,
                        timeout=600)
@@ -489,6 +491,7 @@ CONV_INTERPRETED = textwrap.dedent("""
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 def test_triton_convolution_in_interpreter():
+    skip_unless_triton_interpreter_works()
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, "-c", CONV_INTERPRETED], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
