@@ -200,6 +200,8 @@ if HAVE_TRITON:
         else:
             oy0 = tl.program_id(1) * BO
             ox0 = tl.program_id(2) * BO
+        # The window as _window_raw / _window_finish would give it, written out: through those helpers (same
+        # values) R batch 8 measured 0.3-0.4% slower on an H100 (100.7-100.8 against 101.1 img/s; T unchanged).
         jy = (oy0 * DOWN) // UP + jshift_y + tl.arange(0, KJY)
         jx = (ox0 * DOWN) // UP + jshift_x + tl.arange(0, KJX)
         if MASKED:
