@@ -1,4 +1,4 @@
-"""Shared test helpers: where the shared fixtures live, a CUDA marker, and a check of Triton's interpreter."""
+"""Test helpers: where the test fixtures live, a CUDA marker, and a check of Triton's interpreter."""
 
 import functools
 import os
@@ -11,14 +11,13 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("V2S_NB_SHARED", REPO.parent / "shared"))
-SG3_FIXTURES = SHARED / "fixtures" / "stylegan3_official_tiny"
+FIXTURES = REPO / "tests" / "fixtures"  # data made for the tests; tests/fixtures/README.md says how
+SG3_FIXTURES = FIXTURES / "stylegan3_official_tiny"
 
 
 @pytest.fixture(scope="session")
 def sg3_fixture_dir():
-    if not SG3_FIXTURES.is_dir():
-        pytest.fail(f"shared fixtures not found at {SG3_FIXTURES}; set V2S_NB_SHARED to the shared/ folder")
+    assert SG3_FIXTURES.is_dir(), f"test fixtures missing at {SG3_FIXTURES} (they are part of the repository)"
     return SG3_FIXTURES
 
 

@@ -1,4 +1,4 @@
-"""BiSeNet face parser: the port reproduces the public code's outputs (shared fixture), loads the checkpoint layout."""
+"""BiSeNet face parser: the port reproduces the public code's outputs (tests/fixtures), loads the checkpoint layout."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED
+from conftest import FIXTURES
 from v2s_nb.face import parsing
 from v2s_nb.face.parsing import BiSeNet, labels_to_regions, load_bisenet
 from v2s_nb.face.regions import RegionSourceWarning, region_masks, template_landmarks
 
-FIXTURE = SHARED / "fixtures" / "bisenet_face_parsing"
+FIXTURE = FIXTURES / "bisenet_face_parsing"
 
 
 def bisenet_random_state_dict(layout_path, seed):
-    """The fixture README's weight rule (bisenet-weight-rule-v1), verbatim."""
+    """The weight rule the fixture was made with (tests/fixtures/README.md)."""
     sd = {}
     for i, (key, shape, dtype) in enumerate(json.loads(layout_path.read_text())):
         g = torch.Generator(device="cpu").manual_seed(seed * 100003 + i)
@@ -43,8 +43,7 @@ def bisenet_random_state_dict(layout_path, seed):
 
 @pytest.fixture(scope="module")
 def fixture_dir():
-    if not FIXTURE.is_dir():
-        pytest.fail(f"shared fixture not found at {FIXTURE}; set V2S_NB_SHARED to the shared/ folder")
+    assert FIXTURE.is_dir(), f"test fixture missing at {FIXTURE} (it is part of the repository)"
     return FIXTURE
 
 

@@ -49,6 +49,7 @@ def _fresh_warning_state(monkeypatch):
 def _isolated_cache(monkeypatch, tmp_path):
     """Never touch the user's real cache, even from a test that forgets cache=."""
     monkeypatch.setenv("V2S_NB_CACHE", str(tmp_path / "default-cache"))
+    monkeypatch.delenv("V2S_NB_WEIGHTS_DIR", raising=False)
 
 
 class _Server:
@@ -301,6 +302,33 @@ def test_no_url_entry_tells_where_to_put_file(monkeypatch, tmp_path):
     (tmp_path / "manual.pth").write_bytes(b"nope")
     with pytest.raises(WeightsChecksumError, match="manual.pth"):
         fetch("test-manual", cache=tmp_path, progress=False)
+
+
+def test_weights_dir_is_searched_before_download_and_checked(server, monkeypatch, tmp_path):
+    """A folder of pre-downloaded weights serves a known name with no request; a copy with the wrong
+    SHA-256 there is passed over with a warning (and the file is downloaded), never used."""
+    _register(monkeypatch, "test-wd", server.url("/wd.bin"), "wd.bin", sha256=PAYLOAD_SHA)
+    server.routes["/wd.bin"] = (PAYLOAD, "ok")
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir(), bad.mkdir()
+    (good / "wd.bin").write_bytes(PAYLOAD)
+    (bad / "wd.bin").write_bytes(b"not the weights")
+    monkeypatch.setenv("V2S_NB_WEIGHTS_DIR", os.pathsep.join([str(tmp_path / "missing"), str(good)]))
+    assert W.weights_dirs() == [good]
+    assert fetch("test-wd", cache=tmp_path / "c", progress=False) == good / "wd.bin"
+    assert server.hits.get("/wd.bin", 0) == 0 and not (tmp_path / "c").exists()
+    assert sorted(p.name for p in good.iterdir()) == ["wd.bin"]  # no sidecar written into the folder
+
+    monkeypatch.setenv("V2S_NB_WEIGHTS_DIR", str(bad))
+    with pytest.warns(RuntimeWarning, match="SHA-256 mismatch.*V2S_NB_WEIGHTS_DIR"):
+        got = fetch("test-wd", cache=tmp_path / "c", progress=False)
+    assert got == tmp_path / "c" / "wd.bin" and got.read_bytes() == PAYLOAD and server.hits["/wd.bin"] == 1
+
+
+def test_landmark_cnn_files_are_pinned():
+    for name in ("pfld-68", "rfb-320-face-detector"):
+        kf = KNOWN_FILES[name]
+        assert kf.url.startswith("https://") and "6f34bf9" in kf.url and kf.size and len(kf.sha256) == 64
 
 
 # ---------------------------------------------------------------------------------------------

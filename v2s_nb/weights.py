@@ -10,6 +10,11 @@ local :class:`pathlib.Path`::
 Cache location (see :func:`cache_dir`): ``$V2S_NB_CACHE`` if set, else
 ``$XDG_CACHE_HOME/v2s_nb``, else ``~/.cache/v2s_nb``.
 
+Pre-downloaded weights (offline machines, shared lab folders, CI): folders named in
+``$V2S_NB_WEIGHTS_DIR`` (separated by ``os.pathsep``) are searched for a known file's file name
+before the cache; a file found there is used in place, after the same size / SHA-256 check as a
+download (see :func:`weights_dirs`).
+
 Guarantees
 ----------
 * A file only ever appears under its final name after it was received completely and, where a
@@ -54,6 +59,7 @@ __all__ = [
     "cache_dir",
     "cache_path",
     "fetch",
+    "weights_dirs",
     "sha256_file",
 ]
 
@@ -208,8 +214,38 @@ _BISENET = KnownFile(
     homepage="https://github.com/zllrunning/face-parsing.PyTorch",
 )
 
+# The face detector and 68-point landmark CNN that the paper cites for its pose regressor and keypoint metric
+# (cunjian/pytorch_face_landmark, commit 6f34bf9). That repository has no licence file, so the files are never
+# shipped: downloaded from upstream, pinned to the commit and to these sizes / SHA-256 (computed here on
+# the files at that commit).
+_CUNJIAN = "https://raw.githubusercontent.com/cunjian/pytorch_face_landmark/6f34bf9/"
+_CUNJIAN_PAGE = "https://github.com/cunjian/pytorch_face_landmark"
+_PFLD = KnownFile(
+    name="pfld-68",
+    url=_CUNJIAN + "onnx/pfld.onnx",
+    filename="pfld.onnx",
+    size=2_987_921,
+    sha256="7d7bbd5c6a1d9272e58d9773898284a1905d872eba9a662df9b5f20f1ba6f83e",
+    description=("PFLD 68-point facial landmark regressor (ONNX, input [N,3,112,112] RGB in [0,1], output "
+                 "[N,136] crop-relative (x, y) in dlib order), from cunjian/pytorch_face_landmark (no licence "
+                 "file upstream: downloaded, never redistributed)."),
+    homepage=_CUNJIAN_PAGE,
+)
+_RFB320 = KnownFile(
+    name="rfb-320-face-detector",
+    url=_CUNJIAN + "models/onnx/version-RFB-320.onnx",
+    filename="version-RFB-320.onnx",
+    size=1_270_727,
+    sha256="34cd7e60aeff28744c657de7a3dc64e872d506741de66987f3426f2b79f88017",
+    description=("Ultra-Light-Fast-Generic-Face-Detector RFB-320 (ONNX, input [1,3,240,320] (RGB-127)/128, "
+                 "output scores [1,K,2] and corner boxes [1,K,4] in [0,1]), as copied in "
+                 "cunjian/pytorch_face_landmark."),
+    homepage=_CUNJIAN_PAGE,
+)
+
 #: Registry of known files by short name.
-KNOWN_FILES: dict[str, KnownFile] = {**_stylegan3_entries(), _BISENET.name: _BISENET}
+KNOWN_FILES: dict[str, KnownFile] = {**_stylegan3_entries(), _BISENET.name: _BISENET, _PFLD.name: _PFLD,
+                                     _RFB320.name: _RFB320}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,6 +266,31 @@ def cache_dir() -> pathlib.Path:
     if xdg:
         return pathlib.Path(xdg).expanduser() / "v2s_nb"
     return pathlib.Path.home() / ".cache" / "v2s_nb"
+
+
+def weights_dirs() -> list[pathlib.Path]:
+    """Folders of pre-downloaded weights searched before the cache: ``$V2S_NB_WEIGHTS_DIR``, split on
+    ``os.pathsep`` (``:`` on POSIX), empty entries and missing folders skipped. Files in them are
+    never written to or deleted; a file that fails its size / SHA-256 check is passed over with a warning.
+    """
+    env = os.environ.get("V2S_NB_WEIGHTS_DIR", "")
+    return [pathlib.Path(d).expanduser() for d in env.split(os.pathsep) if d and pathlib.Path(d).expanduser().is_dir()]
+
+
+def _from_weights_dirs(kf: "KnownFile", *, size: int | None, sha256: str | None) -> pathlib.Path | None:
+    """The first copy of ``kf`` in :func:`weights_dirs` that passes the size / SHA-256 check, or None."""
+    for d in weights_dirs():
+        path = d / kf.filename
+        if not path.is_file():
+            continue
+        try:
+            _check_file(path, label=kf.name, url=None, size=size, sha256=sha256, sidecar=False)
+        except WeightsChecksumError as e:
+            warnings.warn(f"{e} Ignoring this copy (found through V2S_NB_WEIGHTS_DIR).", RuntimeWarning,
+                          stacklevel=3)
+            continue
+        return path
+    return None
 
 
 def sha256_file(path: str | os.PathLike, *, chunk_bytes: int = CHUNK_BYTES) -> str:
@@ -538,6 +599,11 @@ def fetch(name_or_url: str | os.PathLike, *, sha256: str | None = None, size: in
     else:
         label, url, manual = _url_filename(s), s, None
     target = cache_path(s, cache=cache)
+
+    if kf is not None:
+        found = _from_weights_dirs(kf, size=size, sha256=exp_sha)
+        if found is not None:
+            return found
 
     if target.is_file():
         try:
