@@ -3,8 +3,8 @@
 The network is the one of zllrunning/face-parsing.PyTorch (the parser the Video2StyleGAN paper uses): a
 ResNet-18 context path with attention-refinement modules, no separate spatial path (the ResNet's 1/8 feature
 takes its place), a feature-fusion module and a main 19-class head, plus two auxiliary heads used only in
-training. It was written here from the architecture, not copied; the shared fixture
-``fixtures/bisenet_face_parsing`` checks it against the public code's outputs.
+training. It was written here from the architecture, not copied; the test fixture
+``tests/fixtures/bisenet_face_parsing`` checks it against the public code's outputs.
 
 * :func:`load_bisenet` -> an eval-mode :class:`BiSeNet` whose ``forward(x)`` takes ImageNet-normalised RGB
   ``[N, 3, H, W]`` and returns the main logits ``[N, 19, H, W]``.

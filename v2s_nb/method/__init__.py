@@ -1,4 +1,4 @@
-"""The paper's steps, one module per section (see ``shared/PAPER.md``).
+"""The paper's steps, one module per section (see ``docs/method.md`` for the method and the decisions taken).
 
 * :mod:`v2s_nb.method.invert` — W+ inversion of aligned frames (batched, warm-started over a video, cached),
   and pivotal tuning (PTI) of the generator around the inverted codes (section 3.1).

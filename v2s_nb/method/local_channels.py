@@ -13,7 +13,7 @@ For N latents and their region masks (see :func:`v2s_nb.face.region_masks`), per
 6. keep the channel for the region when ``IoU+ >= t_fg`` and ``IoU- <= t_bg``.
 
 The paper prints ``IoU- >= t_bg``; a channel local to a region must overlap the rest of the image *little*, so
-``t_bg`` is used as an upper bound here (``shared/PAPER.md`` section 3.4).
+``t_bg`` is used as an upper bound here (``docs/method.md``, section 3.4).
 
 Which feature map belongs to an S channel? The style vector ``s_l = A_l(w_l)`` of layer ``l`` (one value per
 *input* channel of ``l``) scales the feature maps that enter layer ``l``, i.e. the output of the layer before it
