@@ -84,3 +84,20 @@ def test_browser_layer_and_selected_channels(setup):
     # without channel sets: every channel of the default layers can still be browsed
     plain = FeatureMapBrowser(G, ws, masks, layers=LAYERS, image=images[0])
     assert list(plain.region.options) == ["eyes", "nose", "mouth"] and "mean over" not in plain.iou_label.value
+
+
+def test_browser_selected_follows_the_slider_and_images_are_captioned(setup):
+    """Moving the channel slider keeps the "selected" dropdown on the channel shown ('-' when it is not a selected
+    channel), and both pictures carry a caption saying what they show."""
+    G, ws, masks, cs, images = setup
+    b = FeatureMapBrowser(G, ws, masks, cs, image=images[0])
+    region, layer = next((r, l) for r in cs.regions for l in LAYERS if len(cs.channels(r, l)))
+    b.region.value, b.layer.value = region, layer
+    chosen = set(cs.channels(region, layer).tolist())
+    other = next(c for c in range(b.channel.max + 1) if c not in chosen)
+    b.channel.value = other
+    assert b.selected.value == -1 and b.channel.value == other
+    pick = sorted(chosen)[0]
+    b.channel.value = pick
+    assert b.selected.value == pick
+    assert "normalised" in b.map_caption.value and "threshold" in b.mask_caption.value

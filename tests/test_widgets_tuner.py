@@ -129,11 +129,18 @@ def test_player_side_by_side(G):
     drv = np.zeros((T + 2, 32, 48, 3), np.uint8)
     drv[:, :, :, 0] = np.arange(T + 2)[:, None, None] * 20
     p = SideBySidePlayer({"driving": drv, "co-driving": None, "result": res}, fps=10, size=64)
-    assert p.titles == ["driving", "result"] and len(p.images) == 2 and p.num_frames == T + 2
+    assert p.titles == ["driving", "result"] and p.num_frames == T + 2
     assert p.frame.max == T + 1 and p.play.max == T + 1
     p.frame.value = 2
     assert np.array_equal(p.current[0], drv[2]) and np.array_equal(p.current[1], res[2])
+    # One picture holds every clip (they change together): driving scaled to 64 px high, a gap, the result.
+    pic = p.composite(2)
+    assert pic.shape == (64, 96 + 6 + 64, 3) and (pic[:, 96:102] == 255).all()
+    assert abs(int(pic[:, :96, 0].mean()) - 40) <= 1 and np.abs(pic[:, 102:].astype(int) - res[2].astype(int)).max() == 0
+    shown = p.image.value
     p.frame.value = T + 1  # the shorter clip holds its last frame
-    assert np.array_equal(p.current[1], res[-1])
+    assert np.array_equal(p.current[1], res[-1]) and p.image.value != shown
+    p.frame.value = 2
+    assert p.image.value == shown  # replayed from the cache
     with pytest.raises(ValueError):
         SideBySidePlayer({"a": None})

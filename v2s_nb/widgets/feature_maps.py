@@ -159,12 +159,18 @@ class FeatureMapBrowser:
         self.map_view = W.Image(format="png", width=self.size, height=self.size)
         self.mask_view = W.Image(format="png", width=self.size, height=self.size)
         self.iou_label = W.HTML()
+        self.map_caption = W.HTML(f"feature map, min-max normalised ({cmap}: dark = low, bright = high)")
+        self.mask_caption = W.HTML("<span style='color:#d23c28'>red</span>: map above the threshold; "
+                                   "<span style='color:#2a9d3a'>green</span>: region outline")
         for w, cls in ((self.region, "region"), (self.layer, "layer"), (self.channel, "channel"),
                        (self.selected, "selected"), (self.threshold, "threshold"), (self.map_view, "map"),
-                       (self.mask_view, "mask"), (self.iou_label, "iou")):
+                       (self.mask_view, "mask"), (self.iou_label, "iou"), (self.map_caption, "map-caption"),
+                       (self.mask_caption, "mask-caption")):
             w.add_class(f"v2s-fmap-{cls}")
+        figure = W.HBox([W.VBox([self.map_view, self.map_caption], layout=W.Layout(width=f"{self.size + 8}px")),
+                         W.VBox([self.mask_view, self.mask_caption], layout=W.Layout(width=f"{self.size + 8}px"))])
         self.widget = W.VBox([W.HBox([self.region, self.layer]), W.HBox([self.channel, self.selected]),
-                              self.threshold, W.HBox([self.map_view, self.mask_view]), self.iou_label])
+                              self.threshold, figure, self.iou_label])
         self.widget.add_class("v2s-fmap-browser")
 
         self._busy = False
@@ -205,11 +211,22 @@ class FeatureMapBrowser:
         if not self._busy and change["new"] is not None and change["new"] >= 0:
             self.channel.value = change["new"]
 
+    def _sync_selected(self, ch: int) -> None:
+        """Keep the "selected" dropdown on the channel shown: that channel's entry if it is a selected one, else '-'."""
+        value = ch if ch in {v for _, v in self.selected.options} else -1
+        if self.selected.value != value:
+            self._busy = True
+            try:
+                self.selected.value = value
+            finally:
+                self._busy = False
+
     def _on_view(self, *_):
         if self._busy:
             return
         region, layer = self.region.value, self.layer.value
         ch, thr = int(self.channel.value), float(self.threshold.value)
+        self._sync_selected(ch)
         norm = self.maps(layer)[ch]
         h, w = self.image.shape[:2]
         m = _upsample(norm, (h, w))

@@ -3,10 +3,12 @@
 :class:`SideBySidePlayer` (:func:`play_side_by_side`) shows one image per clip under its title, driven by a single
 frame slider and a play button (linked in the browser, so playback runs without the kernel pacing it). Entries
 that are ``None`` are skipped; clips of different lengths hold their last frame; frames of different sizes are
-shown at the same height. ``player.current`` is the list of frames shown (uint8 arrays), for tests.
+shown at the same height. All clips of a frame are drawn into **one** picture, sent as one message, so they change
+together (four separate images arrived, and were painted, one after another); each frame's picture is encoded
+once and kept, so replaying costs nothing. ``player.current`` is the list of frames shown (uint8 arrays).
 
-Stable CSS classes: ``v2s-player``, ``v2s-player-frame``, ``v2s-player-play``, ``v2s-player-image`` (and
-``v2s-player-image-<i>`` per clip).
+Stable CSS classes: ``v2s-player``, ``v2s-player-frame``, ``v2s-player-play``, ``v2s-player-image``,
+``v2s-player-titles``.
 """
 
 from __future__ import annotations
@@ -52,26 +54,42 @@ class SideBySidePlayer:
                            description="play")
         self.play.add_class("v2s-player-play")
         W.jslink((self.play, "value"), (self.frame, "value"))
-        self.images, cols = [], []
-        for i, (title, clip) in enumerate(zip(self.titles, self.clips)):
-            h, w = clip.shape[1:3]
-            img = W.Image(format="png", height=self.size, width=int(round(self.size * w / h)))
-            img.add_class("v2s-player-image")
-            img.add_class(f"v2s-player-image-{i}")
-            self.images.append(img)
-            cols.append(W.VBox([W.HTML(f"<b>{title}</b> <small>({len(clip)} frames)</small>"), img]))
+        widths = [int(round(self.size * c.shape[2] / c.shape[1])) for c in self.clips]
+        self._widths, self._gap = widths, 6
+        total = sum(widths) + self._gap * (len(widths) - 1)
+        self.image = W.Image(format="png", height=self.size, width=total)
+        self.image.add_class("v2s-player-image")
+        titles = W.HBox([W.HTML(f"<b>{t}</b> <small>({len(c)} frames)</small>",
+                                layout=W.Layout(width=f"{w + self._gap}px", overflow="hidden"))
+                         for t, c, w in zip(self.titles, self.clips, widths)])
+        titles.add_class("v2s-player-titles")
         self.current: list[np.ndarray] = []
+        self._png_cache: dict[int, bytes] = {}
         self.frame.observe(lambda ch: self.show(ch["new"]), names="value")
-        self.widget = W.VBox([W.HBox([self.play, self.frame]), W.HBox(cols)])
+        self.widget = W.VBox([W.HBox([self.play, self.frame]), titles, self.image])
         self.widget.add_class("v2s-player")
         self.show(0)
+
+    def composite(self, j: int) -> np.ndarray:
+        """uint8 [size, W, 3]: frame ``j`` of every clip scaled to the same height, side by side (white gaps)."""
+        from PIL import Image
+
+        parts = []
+        for k, (c, w) in enumerate(zip(self.clips, self._widths)):
+            f = c[min(int(j), len(c) - 1)]
+            parts.append(np.asarray(Image.fromarray(np.ascontiguousarray(f)).resize((w, self.size), Image.BILINEAR)))
+            if k < len(self.clips) - 1:
+                parts.append(np.full((self.size, self._gap, 3), 255, np.uint8))
+        return np.concatenate(parts, axis=1)
 
     def show(self, j: int) -> None:
         """Show frame ``j`` of every clip (a shorter clip shows its last frame)."""
         j = int(j)
         self.current = [c[min(j, len(c) - 1)] for c in self.clips]
-        for img, f in zip(self.images, self.current):
-            img.value = _png(f, self.size)
+        if j not in self._png_cache:
+            pic = self.composite(j)
+            self._png_cache[j] = _png(pic, max(pic.shape[:2]))
+        self.image.value = self._png_cache[j]
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)

@@ -110,6 +110,7 @@ class TrackViewer:
         self.play = W.Play(value=0, min=0, max=max(n - 1, 0), interval=100, description="play")
         W.jslink((self.play, "value"), (self.frame, "value"))
         self.image = W.Image(format="png", width=self.size, height=self.size)
+        self._png_cache: dict[int, bytes] = {}
         self.info = W.HTML()
         if backend == "plotly":
             self.figure = self._make_plotly()
@@ -153,7 +154,9 @@ class TrackViewer:
 
     def _on_frame(self, *_):
         i = int(self.frame.value)
-        self.image.value = _png(self.render_frame(i), self.size)
+        if i not in self._png_cache:  # drawn and encoded once per frame: playback then only sends bytes
+            self._png_cache[i] = _png(self.render_frame(i), self.size)
+        self.image.value = self._png_cache[i]
         r, s = self.raw, self.smoothed
         note = " <i>(no face: interpolated)</i>" if r.interpolated[i] else ""
         self.info.value = (
