@@ -28,7 +28,8 @@ import numpy as np
 from .landmarks import CHIN, LandmarkTrack, NoFaceError, _image_size
 from .canonical import _interp_missing
 
-__all__ = ["MODEL_POINTS", "MODEL_INDICES", "head_pose", "project_model", "rotation_matrix", "euler_angles"]
+__all__ = ["MODEL_POINTS", "MODEL_INDICES", "head_pose", "head_pose_torch", "project_model", "rotation_matrix",
+           "euler_angles"]
 
 #: dlib landmark indices of the model points: nose tip, chin, image-left eye outer corner, image-right eye
 #: outer corner, image-left mouth corner, image-right mouth corner.
@@ -182,3 +183,65 @@ def head_pose(landmarks_or_track, image_size=None, *, focal: float | None = None
     for j in range(3):
         out[:, j] = _interp_missing(out[:, j], found)
     return out
+
+
+# ----------------------------------------------------------------------------------------------- differentiable
+
+
+def _inv_sqrt_2x2(a):
+    """(A)^(-1/2) of symmetric positive definite matrices [..., 2, 2], closed form (differentiable)."""
+    import torch
+
+    det = a[..., 0, 0] * a[..., 1, 1] - a[..., 0, 1] * a[..., 1, 0]
+    sd = det.clamp_min(1e-30).sqrt()
+    t = (a[..., 0, 0] + a[..., 1, 1] + 2 * sd).clamp_min(1e-30).sqrt()
+    eye = torch.eye(2, dtype=a.dtype, device=a.device)
+    root = (a + sd[..., None, None] * eye) / t[..., None, None]  # sqrt(A)
+    # inverse of a 2x2: adjugate / determinant; det(sqrt A) = sqrt(det A)
+    adj = torch.stack([torch.stack([root[..., 1, 1], -root[..., 0, 1]], -1),
+                       torch.stack([-root[..., 1, 0], root[..., 0, 0]], -1)], -2)
+    return adj / sd[..., None, None]
+
+
+def head_pose_torch(points, image_size, *, focal: float | None = None, iterations: int = 8):
+    """Differentiable head pose: landmarks [N, 68, 2] (pixels, a tensor) -> [N, 3] yaw, pitch, roll in degrees.
+
+    The same model, camera and angle conventions as :func:`head_pose` (which solves PnP with OpenCV), solved here
+    with torch operations only, so gradients flow back to the landmarks: the scaled-orthographic fit of
+    :data:`MODEL_POINTS` to the six landmarks (a 2x3 least-squares map, made a scaled rotation by its polar
+    factor, in closed form), repeated ``iterations`` times with each image point scaled by its current depth
+    ratio (the POSIT correction), which converges to the perspective pose. On exact projections of the model it
+    reproduces the pose to well under a degree within a few iterations. ``image_size``: (width, height) pixels
+    or an int; ``focal``: pixels (default the width).
+    """
+    import torch
+
+    pts = torch.as_tensor(points)
+    if pts.ndim == 2:
+        pts = pts[None]
+    if pts.ndim != 3 or pts.shape[1:] != (68, 2):
+        raise ValueError(f"points must be [N, 68, 2] (pixels), got {tuple(pts.shape)}")
+    if not pts.is_floating_point():
+        pts = pts.double()
+    k = _camera(_image_size(image_size), focal)
+    dt, dev = pts.dtype, pts.device
+    f = torch.tensor([k[0, 0], k[1, 1]], dtype=dt, device=dev)
+    c = torch.tensor(k[:2, 2], dtype=dt, device=dev)
+    uv = (pts[:, MODEL_INDICES] - c) / f  # normalised image coordinates [N, 6, 2]
+    X = torch.as_tensor(MODEL_POINTS, dtype=dt, device=dev)  # [6, 3], nose tip at the origin
+    Xc = X - X.mean(0)
+    pinv = torch.linalg.pinv(Xc)  # [3, 6]: least-squares map from centred model points
+    eps = torch.zeros(uv.shape[:2], dtype=dt, device=dev)  # per-point depth correction r3.X / tz
+    for _ in range(max(1, int(iterations))):
+        q = uv * (1 + eps)[..., None]  # [N, 6, 2] = (R[:2] X + t_xy) / tz exactly at convergence
+        a = (pinv @ (q - q.mean(1, keepdim=True))).transpose(1, 2)  # [N, 2, 3]
+        scale = (a @ a.transpose(1, 2))
+        r12 = _inv_sqrt_2x2(scale) @ a  # rows r1, r2: orthonormal (polar factor)
+        s = torch.linalg.matrix_norm(a, ord="fro") / np.sqrt(2.0)  # 1 / tz
+        r3 = torch.linalg.cross(r12[:, 0], r12[:, 1], dim=-1)
+        eps = (X @ r3[..., None])[..., 0] * s[:, None]
+    rot = torch.cat([r12, r3[:, None]], 1)  # [N, 3, 3] model -> camera
+    yaw = torch.asin((-rot[:, 2, 0]).clamp(-1.0, 1.0))
+    pitch = torch.atan2(rot[:, 2, 1], rot[:, 2, 2])
+    roll = torch.atan2(rot[:, 1, 0], rot[:, 0, 0])
+    return -torch.rad2deg(torch.stack([yaw, pitch, roll], 1))
