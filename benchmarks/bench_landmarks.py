@@ -108,7 +108,8 @@ def main(argv=None) -> None:
         print(f"{'size':>6} {'batch':>6} {'ms/frame':>9}")
         for size in args.pose_sizes:
             for b in args.pose_batches:
-                print(f"{size:>6} {b:>6} {bench_pose_regressor(size, b, args.device, args.pose_reps):>9.1f}", flush=True)
+                ms = bench_pose_regressor(size, b, args.device, args.pose_reps)
+                print(f"{size:>6} {b:>6} {ms:>9.1f}", flush=True)
 
 
 if __name__ == "__main__":

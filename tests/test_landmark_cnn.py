@@ -13,10 +13,9 @@ import pytest
 import torch
 from skimage import data
 
+import v2s_nb.face.landmark_cnn as lc
 from v2s_nb.face import LandmarkTrack, head_pose, head_pose_torch, landmarks, project_model
 from v2s_nb.weights import WeightsUnavailableError
-
-lc = pytest.importorskip("v2s_nb.face.landmark_cnn")
 
 
 def _weights(name):
@@ -265,5 +264,6 @@ def test_default_regressor_choices(pfld_path, monkeypatch, tmp_path):
         warnings.simplefilter("error", RuntimeWarning)
         with pytest.raises(RuntimeWarning, match="falling back to pose_regressor='w-linear'"):
             pe.default_pose_regressor(G, n_samples=8, progress=False)
-    with pytest.warns(RuntimeWarning, match="falling back"), pytest.raises(pe.PoseUnavailableError, match="detected on"):
+    with pytest.warns(RuntimeWarning, match="falling back"), \
+            pytest.raises(pe.PoseUnavailableError, match="detected on"):
         pe.default_pose_regressor(G, n_samples=8, progress=False)

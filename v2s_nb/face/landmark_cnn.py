@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "PFLD_INPUT", "RFB_INPUT", "PFLD_SCALE_RFB", "ALIGNED_FACE_SQUARE", "OnnxGraph", "PFLD", "RFBDetector", "weights_path", "load_pfld",
+    "PFLD_INPUT", "RFB_INPUT", "PFLD_SCALE_RFB", "ALIGNED_FACE_SQUARE", "OnnxGraph", "PFLD", "RFBDetector",
+    "weights_path", "load_pfld",
     "load_rfb", "crop_squares", "face_square", "pfld_landmarks", "nms",
 ]
 

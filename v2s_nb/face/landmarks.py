@@ -107,7 +107,7 @@ def _shape_predictor():
 
 
 def _detect(image: np.ndarray, detector: str, upsample: int) -> list[tuple[tuple[float, float, float, float], float, object]]:
-    """Faces in one uint8 RGB image (dlib's detectors): list of ((left, top, right, bottom) px, score, dlib rectangle)."""
+    """Faces in one uint8 RGB image with dlib's detectors: list of ((left, top, right, bottom) px, score, rectangle)."""
     if detector == "hog":
         rects, scores, _ = _hog_detector().run(image, upsample, 0.0)
         out = list(zip(rects, scores))

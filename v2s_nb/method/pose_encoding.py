@@ -228,9 +228,9 @@ def default_pose_regressor(G, n_samples: int = 256, truncation_psi: float = 0.7,
         except (WeightsUnavailableError, WeightsChecksumError, ImportError) as e:
             import warnings
             first = str(e).splitlines()[0]
-            warnings.warn(f"the paper's pose regressor (PFLD landmarks on the rendered image) is unavailable ({first}); "
-                          "falling back to pose_regressor='w-linear', a ridge map from W+ rows 0-7 fitted on samples.",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(f"the paper's pose regressor (PFLD landmarks on the rendered image) is unavailable "
+                          f"({first}); falling back to pose_regressor='w-linear', a ridge map from W+ rows 0-7 "
+                          "fitted on samples.", RuntimeWarning, stacklevel=2)
     return _w_linear_regressor(G, n_samples, truncation_psi, seed, cache, measure, min_found, batch_size, progress)
 
 
