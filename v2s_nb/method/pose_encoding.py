@@ -152,6 +152,20 @@ class ImagePoseRegressor(nn.Module):
         x = (images.float() + 1) * 0.5
         return pfld_landmarks(self.pfld, x, px.to(x.dtype))
 
+    @torch.no_grad()
+    def read(self, frames, batch_size: int = 16) -> np.ndarray:
+        """Poses [T, 3] (degrees) of aligned frames, uint8 [T, H, W, 3] (or [H, W, 3]): eq 4's targets
+        P_r(D_j) read by the same regressor that reads the generator's images."""
+        from ..video import as_rgb_uint8
+
+        frames = as_rgb_uint8(frames, allow_single_image=True)
+        dev = self.square.device
+        out = []
+        for s in range(0, len(frames), int(batch_size)):
+            x = torch.from_numpy(np.ascontiguousarray(frames[s:s + int(batch_size)])).to(dev)
+            out.append(self(x.permute(0, 3, 1, 2).float() / 127.5 - 1).double().cpu().numpy())
+        return np.concatenate(out)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         from ..face.head_pose import head_pose_torch
 
