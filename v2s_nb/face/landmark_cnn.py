@@ -204,11 +204,10 @@ class OnnxGraph(nn.Module):
             return {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}[op](x, y)
         if op == "Exp":
             return torch.exp(args[0])
-        if op == "Softmax":  # opset < 13: flatten to 2-D at `axis`
+        if op == "Softmax":  # opset < 13: over all dimensions from `axis` on, taken together
             x = args[0]
             axis = int(a.get("axis", 1)) % x.ndim
-            return F.softmax(x.reshape(*x.shape[:axis], -1), dim=-1).reshape(x.shape) if axis == x.ndim - 1 else \
-                F.softmax(x.reshape(int(np.prod(x.shape[:axis])), -1), dim=1).reshape(x.shape)
+            return F.softmax(x.reshape(*x.shape[:axis], -1), dim=-1).reshape(x.shape)
         if op == "Concat":
             return torch.cat(args, dim=int(a["axis"]))
         if op == "Reshape":
