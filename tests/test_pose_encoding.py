@@ -86,6 +86,24 @@ def test_sequence_warm_start(G, w_ref):
     assert len(enc.loss_history[1]) == 100  # warm-started frames run steps_next
 
 
+def test_sequence_in_batches(G, w_ref):
+    P = LinearOnW(G)
+    start = P(w_ref[None])[0].numpy()
+    targets = start + np.array([[0, 0, 0], [2, 0, 0], [4, 1, 0], [6, 2, -1], [8, 2, -1]], float)
+    enc = encode_pose_sequence(G, w_ref, targets, P, steps_first=150, steps_next=100, lr=0.02, progress=False,
+                               batch_size=2)
+    assert enc.ws.shape == (5, G.num_ws, G.w_dim) and enc.settings["batch_size"] == 2
+    assert torch.equal(enc.ws[:, 8:], w_ref[8:].expand(5, -1, -1))
+    assert np.abs(enc.predicted - targets).max() < TOL_DEG
+    assert [len(h) for h in enc.loss_history] == [150, 150, 100, 100, 100]  # frames 0-1 together, then warm starts
+    # warm start: frames 2-3 began from frame 1's result, so their first loss is that of frame 1's code
+    lp = 2.0 * ((P(enc.ws[1:2]) - torch.as_tensor(targets[2:4], dtype=torch.float32)) ** 2).mean(1)
+    id_term = 0.04 * (enc.ws[1, :8] - w_ref[:8]).abs().mean().item()
+    assert np.allclose(np.array(enc.loss_history[2:4])[:, 0] - lp.numpy(), id_term, atol=1e-3)
+    with pytest.raises(ValueError, match="batch_size"):
+        encode_pose_sequence(G, w_ref, targets, P, batch_size=0, progress=False)
+
+
 def test_default_regressor_refuses_random_generator(G, w_ref):
     with pytest.raises(PoseUnavailableError, match="random weights"):
         default_pose_regressor(G)

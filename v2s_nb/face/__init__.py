@@ -1,4 +1,5 @@
-"""Faces in frames: 68-point landmarks (dlib), FFHQ alignment, canonical transforms, head pose.
+"""Faces in frames: 68-point landmarks (dlib, or the PFLD CNN of :mod:`.landmark_cnn`), FFHQ alignment, canonical
+transforms, head pose.
 
 All coordinates are pixels with x to the right and y down (centre of the top-left pixel at (0, 0)); all
 angles are degrees with positive = counter-clockwise as seen in the image (the convention of
@@ -8,7 +9,8 @@ angles are degrees with positive = counter-clockwise as seen in the image (the c
 from .align import (FFHQ_EYE_MIDPOINT, AlignedClip, AlignedFace, align_face, align_video, ffhq_crop_matrix,
                     ffhq_eye_midpoint, ffhq_quad)
 from .canonical import CanonicalTrack, canonical_track, eye_mouth_geometry
-from .head_pose import MODEL_INDICES, MODEL_POINTS, euler_angles, head_pose, project_model, rotation_matrix
+from .head_pose import (MODEL_INDICES, MODEL_POINTS, euler_angles, head_pose, head_pose_torch, project_model,
+                        rotation_matrix)
 from .landmarks import LandmarkTrack, NoFaceError, landmarks, model_path
 
 __all__ = [
@@ -16,7 +18,7 @@ __all__ = [
     "FFHQ_EYE_MIDPOINT", "AlignedFace", "AlignedClip", "align_face", "align_video", "ffhq_quad",
     "ffhq_crop_matrix", "ffhq_eye_midpoint",
     "CanonicalTrack", "canonical_track", "eye_mouth_geometry",
-    "MODEL_INDICES", "MODEL_POINTS", "head_pose", "project_model", "rotation_matrix", "euler_angles",
+    "MODEL_INDICES", "MODEL_POINTS", "head_pose", "head_pose_torch", "project_model", "rotation_matrix", "euler_angles",
 ]
 
 # Face-region masks (eyes / nose / mouth / rest) from landmarks or BiSeNet parsing.

@@ -1,4 +1,8 @@
-"""68-point facial landmarks per frame with dlib (the models shipped in ``face_recognition_models``).
+"""68-point facial landmarks per frame: dlib (the models shipped in ``face_recognition_models``) or PFLD.
+
+Two front ends give the same :class:`LandmarkTrack`: dlib's face detector (HOG or MMOD CNN) + its 68-point shape
+predictor (the default), or the paper's CNNs, the RFB-320 face detector + PFLD (``detector='rfb', model='pfld'``;
+:mod:`v2s_nb.face.landmark_cnn`, weights downloaded once).
 
 Coordinates are **pixels, x to the right, y down**, with the centre of the top-left pixel at (0, 0) (dlib's
 and OpenCV's convention). Point numbering is dlib's / iBUG 300-W's 68-point scheme:
@@ -49,7 +53,11 @@ EYE_RIGHT = np.arange(42, 48)
 MOUTH = np.arange(48, 68)
 NOSE_TIP, CHIN, MOUTH_LEFT, MOUTH_RIGHT = 30, 8, 48, 54
 
-DETECTORS = ("hog", "cnn")
+DETECTORS = ("hog", "cnn", "rfb")
+MODELS = ("dlib", "pfld")
+#: PFLD crop side relative to the longer side of each detector's face box: RFB 1.1 (upstream); HOG 1.35, measured
+#: (HOG's box is tighter and lower: 1.35 x it gives the same square as 1.1 x RFB's on the astronaut photo).
+PFLD_SCALE = {"rfb": 1.1, "hog": 1.35}
 
 
 class NoFaceError(ValueError):
@@ -99,7 +107,7 @@ def _shape_predictor():
 
 
 def _detect(image: np.ndarray, detector: str, upsample: int) -> list[tuple[tuple[float, float, float, float], float, object]]:
-    """Faces in one uint8 RGB image: list of ((left, top, right, bottom) px, score, dlib rectangle)."""
+    """Faces in one uint8 RGB image with dlib's detectors: list of ((left, top, right, bottom) px, score, rectangle)."""
     if detector == "hog":
         rects, scores, _ = _hog_detector().run(image, upsample, 0.0)
         out = list(zip(rects, scores))
@@ -121,7 +129,8 @@ class LandmarkTrack:
     * ``scores``: float64 [T], detector confidence of the followed face (NaN where none).
     * ``num_faces``: int [T], how many faces the detector saw in each frame.
     * ``image_size``: (width, height) of the frames in pixels.
-    * ``detector``: which detector made it ('hog', 'cnn', or 'given' for :meth:`from_points`).
+    * ``detector``: which detector made it ('hog', 'cnn', 'rfb', or 'given' for :meth:`from_points`), followed by
+      ``+pfld`` when PFLD placed the points (e.g. ``'rfb+pfld'``).
     """
 
     points: np.ndarray
@@ -270,8 +279,9 @@ def _num_frames(item) -> int:
     return 1 if single or not shape else int(shape[0])
 
 
-def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool = True) -> LandmarkTrack:
-    """Detect one person's face in every frame and fit dlib's 68 landmarks.
+def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool = True, model: str | None = None,
+              device=None, batch_size: int = 16) -> LandmarkTrack:
+    """Detect one person's face in every frame and fit 68 landmarks (dlib's or PFLD's).
 
     ``frames``: a clip [T, H, W, 3] or one image [H, W, 3] (T = 1) in any form
     :func:`v2s_nb.video.as_rgb_uint8` accepts (grayscale, RGBA and float [0, 1] are converted), a
@@ -281,7 +291,13 @@ def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool =
     ``detector``: ``'hog'`` (dlib's HOG + linear SVM frontal detector; fast on a CPU) or ``'cnn'`` (dlib's
     MMOD CNN; finds more rotated / profile faces, ~1 s per 512 px frame on a CPU).
     ``upsample``: how many times the image is doubled before detection (0 = none; 1 finds faces down to
-    ~40 px instead of ~80 px at about 4x the cost).
+    ~40 px instead of ~80 px at about 4x the cost); dlib's detectors only. ``'rfb'``: the RFB-320 CNN face
+    detector (the frame resized to 320 x 240; faces down to ~20 px of that; score > 0.7, NMS IoU 0.3).
+
+    ``model``: ``'dlib'`` (shape predictor, with ``'hog'`` / ``'cnn'``) or ``'pfld'`` (the PFLD CNN on a square
+    crop around the box, with ``'rfb'`` / ``'hog'``); default ``'pfld'`` for ``detector='rfb'``, else ``'dlib'``.
+    ``device`` / ``batch_size``: where and how many frames at a time the CNNs (RFB, PFLD) run (default CPU, 16).
+    Their weights come from :func:`v2s_nb.weights.fetch` (downloaded once; ``$V2S_NB_WEIGHTS_DIR`` first).
 
     Several faces in a frame: in the first frame with a face the largest is taken; afterwards the one whose
     box centre is nearest to the previous frame's face, so the same person is followed. Frames without a
@@ -290,11 +306,30 @@ def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool =
     """
     if detector not in DETECTORS:
         raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}.")
+    model = ("pfld" if detector == "rfb" else "dlib") if model is None else model
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}.")
+    if (model == "pfld" and detector not in PFLD_SCALE) or (model == "dlib" and detector == "rfb"):
+        raise ValueError(f"model={model!r} does not go with detector={detector!r}: use 'pfld' with 'rfb' or 'hog', "
+                         "'dlib' with 'hog' or 'cnn'.")
     if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or not 0 <= upsample <= 4:
         raise ValueError(f"upsample must be an integer 0..4 (times the image is doubled), got {upsample!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
     chunks, total = _chunks_of(frames)
-    predictor = _shape_predictor()
-    (_hog_detector if detector == "hog" else _cnn_detector)()  # load before the progress bar starts
+    # load the models before the progress bar starts
+    rfb = pfld = predictor = None
+    if detector == "rfb":
+        from .landmark_cnn import load_rfb
+        rfb = load_rfb(device)
+    else:
+        (_hog_detector if detector == "hog" else _cnn_detector)()
+    if model == "pfld":
+        from .landmark_cnn import load_pfld
+        pfld = load_pfld(device)
+    else:
+        predictor = _shape_predictor()
+    name = detector if model == "dlib" else f"{detector}+pfld"
 
     pts, found, boxes, scores, counts = [], [], [], [], []
     size = None
@@ -302,7 +337,7 @@ def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool =
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=total, desc=f"landmarks ({detector})", unit="frame")
+        bar = tqdm(total=total, desc=f"landmarks ({name})", unit="frame")
     try:
         for chunk in chunks:
             if size is None:
@@ -310,23 +345,36 @@ def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool =
             elif (chunk.shape[2], chunk.shape[1]) != size:
                 raise ValueError(f"all frames must have the same size: got {chunk.shape[2]}x{chunk.shape[1]} "
                                  f"after {size[0]}x{size[1]}.")
-            for image in chunk:
-                image = np.ascontiguousarray(image)
-                faces = _detect(image, detector, int(upsample))
-                counts.append(len(faces))
-                if not faces:
-                    pts.append(np.full((68, 2), np.nan))
-                    found.append(False)
-                    boxes.append(np.full(4, np.nan))
-                    scores.append(np.nan)
+            for s in range(0, len(chunk), int(batch_size)):
+                part = chunk[s:s + int(batch_size)]
+                if detector == "rfb":
+                    dets = rfb.detect(np.ascontiguousarray(part))
+                    faces_all = [[(tuple(float(v) for v in d[:4]), float(d[4]), None) for d in ds] for ds in dets]
                 else:
+                    faces_all = [_detect(np.ascontiguousarray(im), detector, int(upsample)) for im in part]
+                picked = []
+                for image, faces in zip(part, faces_all):
+                    counts.append(len(faces))
+                    if not faces:
+                        picked.append(None)
+                        pts.append(np.full((68, 2), np.nan))
+                        found.append(False)
+                        boxes.append(np.full(4, np.nan))
+                        scores.append(np.nan)
+                        continue
                     box, score, rect = faces[_pick(faces, prev_center)]
-                    shape = predictor(image, rect)
-                    pts.append(np.array([(p.x, p.y) for p in shape.parts()], np.float64))
+                    picked.append(box)
+                    if predictor is not None:
+                        shape = predictor(np.ascontiguousarray(image), rect)
+                        pts.append(np.array([(p.x, p.y) for p in shape.parts()], np.float64))
+                    else:
+                        pts.append(None)  # filled below, the whole batch at once
                     found.append(True)
                     boxes.append(np.array(box, np.float64))
                     scores.append(score)
                     prev_center = 0.5 * (np.array(box[:2], np.float64) + np.array(box[2:], np.float64))
+                if pfld is not None:
+                    _pfld_fill(pfld, part, picked, pts, PFLD_SCALE[detector])
             if bar is not None:
                 bar.update(len(chunk))
     finally:
@@ -335,4 +383,23 @@ def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool =
     if size is None:
         raise ValueError("landmarks() got no frames; give at least one frame.")
     return LandmarkTrack(np.stack(pts), np.array(found), np.stack(boxes), np.array(scores), np.array(counts),
-                         size, detector)
+                         size, name)
+
+
+def _pfld_fill(pfld, images: np.ndarray, picked: list, pts: list, scale: float) -> None:
+    """Replace the trailing ``None`` entries of ``pts`` (one per non-None box in ``picked``, in order) with PFLD's
+    68 points [68, 2] (pixels) for those frames of ``images`` (uint8 [n, H, W, 3])."""
+    import torch
+
+    from .landmark_cnn import face_square, pfld_landmarks
+
+    idx = [i for i, b in enumerate(picked) if b is not None]
+    if not idx:
+        return
+    x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(pfld.device).permute(0, 3, 1, 2).float() / 255.0
+    sq = face_square(np.array([picked[i] for i in idx], np.float64), scale)
+    with torch.no_grad():
+        out = pfld_landmarks(pfld, x, torch.as_tensor(sq, dtype=torch.float32)).double().cpu().numpy()
+    holes = [j for j in range(len(pts) - len(picked), len(pts)) if pts[j] is None]
+    for j, p in zip(holes, out):
+        pts[j] = p

@@ -9,18 +9,26 @@ with ``a`` over (yaw, pitch, roll) in degrees, ``λ_pose = 2`` (a scalar or one 
 images (``pose_input='image'``: float [N, 3, R, R] in [-1, 1] from ``G.synthesis(w)``) or on the codes
 (``pose_input='w'``: [N, num_ws, w_dim]). A callable with a ``pose_input`` attribute says which itself.
 
-Default ``P_r`` (:func:`default_pose_regressor`): a ridge-regression :class:`PoseRegressor` on the mean of rows
-0-7, fitted once per generator on rendered samples whose pose is measured with :func:`v2s_nb.face.landmarks` +
-:func:`v2s_nb.face.head_pose`, cached under ``cache_dir()/pose_regressor`` keyed by the generator's weight hash.
-It is a w-space surrogate (cheap, differentiable, offline); the pose actually achieved is then *measured* on the
-rendered image with ``head_pose`` (:attr:`PoseEncoding.achieved`) and reported against the target
-(:meth:`PoseEncoding.report`). A generator whose samples contain no detectable faces (``G.is_random``, or
+Default ``P_r`` (:func:`default_pose_regressor`, ``pose_regressor='auto'``): the paper's, on the rendered image,
+:class:`ImagePoseRegressor` = head pose (:func:`v2s_nb.face.head_pose.head_pose_torch`, differentiable) of the 68
+PFLD landmarks (:mod:`v2s_nb.face.landmark_cnn`, the CNN of "cunjian 2019") found in the face square of the
+aligned frame (:data:`~v2s_nb.face.landmark_cnn.ALIGNED_FACE_SQUARE`). The gradient reaches all of rows 0-7
+through the image. Its weights are downloaded once (``v2s_nb.weights.fetch("pfld-68")``); when they can't be had,
+a warning says so and the w-space surrogate is used instead.
+
+The surrogate (``pose_regressor='w-linear'``): a ridge-regression :class:`PoseRegressor` on the mean of rows 0-7,
+fitted once per generator on rendered samples whose pose is measured with :func:`v2s_nb.face.landmarks` +
+:func:`v2s_nb.face.head_pose`, cached under ``cache_dir()/pose_regressor`` keyed by the generator's weight hash
+(cheap, offline, but rank 1: each frame's change is one direction added to all 8 rows). Either way the pose
+actually achieved is then *measured* on the rendered image with dlib + ``head_pose``
+(:attr:`PoseEncoding.achieved`) and reported against the target (:meth:`PoseEncoding.report`); ``settings['pose_fn']``
+names the regressor that ran. A generator whose samples contain no detectable faces (``G.is_random``, or
 landmarks found on fewer than half of the samples) raises :class:`PoseUnavailableError` instead of fitting
 nonsense.
 
-Sequence mode (:func:`encode_pose_sequence`): one target per frame, each frame warm-started from the previous
-frame's result (``steps_first`` steps for frame 0, ``steps_next`` after), the identity term always measured
-against the original reference rows.
+Sequence mode (:func:`encode_pose_sequence`): one target per frame, in batches of frames (``batch_size``), each
+batch warm-started from the previous batch's last result (``steps_first`` steps for the first batch,
+``steps_next`` after), the identity term always measured against the original reference rows.
 """
 
 from __future__ import annotations
@@ -39,13 +47,14 @@ from torch import nn
 __all__ = [
     "LAMBDA_POSE", "LAMBDA_ID", "POSE_ROWS", "PoseUnavailableError", "PoseEncoding", "PoseRegressor",
     "encode_pose", "encode_pose_sequence", "default_pose_regressor", "fit_pose_regressor", "measure_pose",
-    "images_pose",
+    "images_pose", "ImagePoseRegressor", "pfld_pose_regressor", "POSE_REGRESSORS",
 ]
 
 LAMBDA_POSE = 2.0
 LAMBDA_ID = 0.04
 POSE_ROWS = 8
 ANGLES = ("yaw", "pitch", "roll")
+POSE_REGRESSORS = ("auto", "pfld", "w-linear")
 
 
 class PoseUnavailableError(RuntimeError):
@@ -107,6 +116,73 @@ class PoseRegressor(nn.Module):
         return x @ self.A.to(x.device) + self.b.to(x.device)
 
 
+class ImagePoseRegressor(nn.Module):
+    """P_r(image) = head pose of the PFLD landmarks in the face square: images -> [N, 3] yaw, pitch, roll (degrees).
+
+    ``forward(images)``: float [N, 3, H, W] in [-1, 1] (``G.synthesis`` output), differentiable w.r.t. the images.
+    ``pfld``: a :class:`~v2s_nb.face.landmark_cnn.PFLD` module. ``square``: where the face is, (left, top, right,
+    bottom) as fractions of the width / height (default :data:`~v2s_nb.face.landmark_cnn.ALIGNED_FACE_SQUARE`,
+    right for FFHQ-aligned frames), one for all frames [4] or one per frame [N, 4]. ``iterations``: of the
+    perspective pose fit (:func:`~v2s_nb.face.head_pose.head_pose_torch`). The camera is that of
+    :func:`~v2s_nb.face.head_pose` (focal length = image width), so the angles are comparable with it.
+    """
+
+    pose_input = "image"
+
+    def __init__(self, pfld, square=None, iterations: int = 8):
+        super().__init__()
+        from ..face.landmark_cnn import ALIGNED_FACE_SQUARE
+
+        self.pfld = pfld
+        sq = torch.as_tensor(ALIGNED_FACE_SQUARE if square is None else square, dtype=torch.float64)
+        if sq.shape[-1:] != (4,) or sq.ndim > 2 or not bool(((sq[..., 2:] > sq[..., :2])).all()):
+            raise ValueError(f"square must be (left, top, right, bottom) fractions [4] or [N, 4] with right > left "
+                             f"and bottom > top, got {square!r}")
+        self.register_buffer("square", sq, persistent=False)
+        self.iterations = int(iterations)
+
+    def landmarks(self, images: torch.Tensor) -> torch.Tensor:
+        """PFLD landmarks [N, 68, 2] in image pixels of ``images`` [N, 3, H, W] in [-1, 1] (differentiable)."""
+        from ..face.landmark_cnn import pfld_landmarks
+
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [N, 3, H, W] in [-1, 1], got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        px = self.square.to(images.device) * torch.tensor([w, h, w, h], dtype=torch.float64, device=images.device)
+        x = (images.float() + 1) * 0.5
+        return pfld_landmarks(self.pfld, x, px.to(x.dtype))
+
+    @torch.no_grad()
+    def read(self, frames, batch_size: int = 16) -> np.ndarray:
+        """Poses [T, 3] (degrees) of aligned frames, uint8 [T, H, W, 3] (or [H, W, 3]): eq 4's targets
+        P_r(D_j) read by the same regressor that reads the generator's images."""
+        from ..video import as_rgb_uint8
+
+        frames = as_rgb_uint8(frames, allow_single_image=True)
+        dev = self.square.device
+        out = []
+        for s in range(0, len(frames), int(batch_size)):
+            x = torch.from_numpy(np.ascontiguousarray(frames[s:s + int(batch_size)])).to(dev)
+            out.append(self(x.permute(0, 3, 1, 2).float() / 127.5 - 1).double().cpu().numpy())
+        return np.concatenate(out)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        from ..face.head_pose import head_pose_torch
+
+        pts = self.landmarks(images)
+        h, w = images.shape[-2:]
+        return head_pose_torch(pts, (w, h), iterations=self.iterations).float()
+
+
+def pfld_pose_regressor(device=None, *, square=None, download: bool = True) -> ImagePoseRegressor:
+    """The paper's P_r as an :class:`ImagePoseRegressor` on ``device``, PFLD weights from
+    ``v2s_nb.weights.fetch("pfld-68")`` (``download=False``: only pre-downloaded copies; raises
+    :class:`~v2s_nb.weights.WeightsUnavailableError` when there are none)."""
+    from ..face.landmark_cnn import load_pfld
+
+    return ImagePoseRegressor(load_pfld(device, download=download), square).to(device or "cpu")
+
+
 def images_pose(images: np.ndarray) -> np.ndarray:
     """Head pose [N, 3] (degrees) of uint8 images [N, H, W, 3]; NaN rows where no face is found."""
     from ..face import head_pose, landmarks
@@ -139,18 +215,42 @@ def fit_pose_regressor(ws: torch.Tensor, poses: np.ndarray, rows: int = POSE_ROW
 @torch.no_grad()
 def default_pose_regressor(G, n_samples: int = 256, truncation_psi: float = 0.7, seed: int = 0, cache=True,
                            measure: Callable[[np.ndarray], np.ndarray] | None = None, min_found: float = 0.5,
-                           batch_size: int = 8, progress: bool = True) -> PoseRegressor:
-    """The default ``P_r`` for ``G``: fitted once on ``n_samples`` rendered samples, then cached.
+                           batch_size: int = 8, progress: bool = True, pose_regressor: str = "auto"):
+    """The default ``P_r`` for ``G`` (see the module docstring).
 
-    ``measure``: images uint8 [N, H, W, 3] -> [N, 3] degrees, NaN where no face (default :func:`images_pose`).
-    Raises :class:`PoseUnavailableError` when ``G`` is a random-weight network or faces are found on fewer than
-    ``min_found`` of the samples.
+    ``pose_regressor``: ``'auto'`` (default): the paper's image regressor (:func:`pfld_pose_regressor`, on G's
+    device) when the PFLD weights can be had (downloaded once), else a warning and ``'w-linear'``; ``'pfld'``: the
+    image regressor or an error; ``'w-linear'``: the ridge :class:`PoseRegressor` on rows 0-7, fitted once on
+    ``n_samples`` rendered samples, then cached (the other arguments are its settings).
+    ``measure``: images uint8 [N, H, W, 3] -> [N, 3] degrees, NaN where no face (default :func:`images_pose`);
+    giving one means ``'w-linear'``. Raises :class:`PoseUnavailableError` for ``'auto'`` / ``'w-linear'`` when
+    ``G`` is a random-weight network or faces are found on fewer than ``min_found`` of the samples.
     """
+    if pose_regressor not in POSE_REGRESSORS:
+        raise ValueError(f"pose_regressor must be one of {POSE_REGRESSORS}, got {pose_regressor!r}")
+    if pose_regressor == "pfld":
+        return pfld_pose_regressor(G.mapping.w_avg.device)
     if getattr(G, "is_random", False) and measure is None:
         raise PoseUnavailableError(
             "this generator has random weights (G.is_random): it draws no faces, so there is no head pose to fit a "
             "pose regressor on. Use a trained face model (e.g. --checkpoint stylegan3-r-ffhq-1024) or pass your "
             "own differentiable pose_fn.")
+    if pose_regressor == "auto" and measure is None:
+        from ..weights import WeightsChecksumError, WeightsUnavailableError
+        try:
+            return pfld_pose_regressor(G.mapping.w_avg.device)
+        except (WeightsUnavailableError, WeightsChecksumError, ImportError) as e:
+            import warnings
+            first = str(e).splitlines()[0]
+            warnings.warn(f"the paper's pose regressor (PFLD landmarks on the rendered image) is unavailable "
+                          f"({first}); falling back to pose_regressor='w-linear', a ridge map from W+ rows 0-7 "
+                          "fitted on samples.", RuntimeWarning, stacklevel=2)
+    return _w_linear_regressor(G, n_samples, truncation_psi, seed, cache, measure, min_found, batch_size, progress)
+
+
+@torch.no_grad()
+def _w_linear_regressor(G, n_samples, truncation_psi, seed, cache, measure, min_found, batch_size,
+                        progress) -> PoseRegressor:
     from .invert import generator_hash
     path = None
     if cache and measure is None:
@@ -253,8 +353,8 @@ def _optimise(G, w0, w_orig, target, pose_fn, pose_input, steps, lr, lp, lambda_
 
 
 def _resolve_pose_fn(G, pose_fn):
-    if pose_fn is None:
-        return default_pose_regressor(G)
+    if pose_fn is None or isinstance(pose_fn, str):
+        return default_pose_regressor(G, pose_regressor=pose_fn or "auto")
     if not callable(pose_fn):
         raise TypeError(f"pose_fn must be a callable (image or w -> [N, 3] degrees), got {type(pose_fn).__name__}")
     return pose_fn
@@ -265,6 +365,8 @@ def encode_pose(G, w_ref, target, pose_fn=None, *, pose_input: str | None = None
                 init=None, measure: bool | None = None) -> PoseEncoding:
     """Pose-encode ``w_ref`` ([num_ws, w_dim] or [N, num_ws, w_dim]) toward ``target`` ([3] or [N, 3] degrees).
 
+    ``pose_fn``: P_r, a callable (see the module docstring), or None / ``'auto'`` / ``'pfld'`` / ``'w-linear'`` for
+    :func:`default_pose_regressor`'s choices; ``settings['pose_fn']`` of the result names the one that ran.
     ``init``: start codes (default ``w_ref``); the identity term always compares to ``w_ref``.
     ``measure``: measure the achieved pose on the rendered image with head_pose (default: unless ``G.is_random``).
     """
@@ -305,26 +407,45 @@ def encode_pose(G, w_ref, target, pose_fn=None, *, pose_input: str | None = None
 
 
 def encode_pose_sequence(G, w_ref, targets, pose_fn=None, *, steps_first: int = 100, steps_next: int = 30,
-                         progress: bool = True, measure: bool | None = None, **kwargs) -> PoseEncoding:
-    """One pose code per target frame ([T, 3] degrees), each warm-started from the previous frame's result."""
+                         batch_size: int | None = None, progress: bool = True, measure: bool | None = None,
+                         **kwargs) -> PoseEncoding:
+    """One pose code per target frame ([T, 3] degrees), ``batch_size`` frames optimised together.
+
+    Each batch starts from the previous batch's last result (warm start; the first from ``w_ref``) and runs
+    ``steps_first`` (first batch) or ``steps_next`` Adam steps. ``batch_size`` default: 8 for a P_r on images (one
+    backward pass through G serves 8 frames), 1 for a P_r on w (cheap; each frame starts from its predecessor).
+    """
     pose_fn = _resolve_pose_fn(G, pose_fn)
     targets = np.asarray(targets, np.float64).reshape(-1, 3)
+    if batch_size is None:
+        batch_size = 8 if _pose_input(pose_fn, kwargs.get("pose_input")) == "image" else 1
+    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer >= 1 (frames optimised together), got {batch_size!r}")
     w_ref = torch.as_tensor(w_ref).detach().float()
     if w_ref.ndim == 3:
         w_ref = w_ref[0]
     parts, prev = [], None
-    it = range(len(targets))
+    bar = None
     if progress:
         from tqdm.auto import tqdm
-        it = tqdm(it, desc="pose encoding", unit="frame")
-    for j in it:
-        parts.append(encode_pose(G, w_ref, targets[j], pose_fn, steps=steps_first if prev is None else steps_next,
-                                 init=prev, measure=False, **kwargs))
-        prev = parts[-1].ws
+        bar = tqdm(total=len(targets), desc="pose encoding", unit="frame")
+    try:
+        for s in range(0, len(targets), batch_size):
+            tgt = targets[s:s + batch_size]
+            init = None if prev is None else prev[-1:].expand(len(tgt), -1, -1)
+            parts.append(encode_pose(G, w_ref, tgt, pose_fn, steps=steps_first if prev is None else steps_next,
+                                     init=init, measure=False, **kwargs))
+            prev = parts[-1].ws
+            if bar is not None:
+                bar.update(len(tgt))
+    finally:
+        if bar is not None:
+            bar.close()
     ws = torch.cat([p.ws for p in parts])
     if measure is None:
         measure = not getattr(G, "is_random", False)
     achieved = measure_pose(G, ws) if measure else np.full((len(ws), 3), np.nan)
-    settings = dict(parts[0].settings, steps_first=steps_first, steps_next=steps_next, mode="sequence")
+    settings = dict(parts[0].settings, steps_first=steps_first, steps_next=steps_next, batch_size=int(batch_size),
+                    mode="sequence")
     return PoseEncoding(ws, targets, np.concatenate([p.predicted for p in parts]), achieved,
                         [h for p in parts for h in p.loss_history], settings)

@@ -32,7 +32,8 @@ import numpy as np
 
 from ..face.landmarks import LandmarkTrack, landmarks
 
-__all__ = ["NORMALIZATIONS", "KeypointDistance", "keypoint_distance", "normalized_points", "track_of"]
+__all__ = ["NORMALIZATIONS", "KeypointDistance", "keypoint_distance", "normalized_points", "track_of",
+           "default_front_end"]
 
 NORMALIZATIONS = ("percent", "iod", "pixels")
 UNITS = {"percent": "% of frame size, squared", "iod": "inter-ocular distance (outer corners), squared",
@@ -49,6 +50,7 @@ class KeypointDistance:
     * ``valid``: bool [T], frames with a face in both clips.
     * ``missing_driving`` / ``missing_result``: int indices of frames without a face in that clip.
     * ``normalization`` and ``units``: how coordinates were scaled (see the module docstring).
+    * ``detector``: the landmark front end of the driving track (``'rfb+pfld'``, ``'hog'``, ... or ``'given'``).
     """
 
     x: float
@@ -59,6 +61,7 @@ class KeypointDistance:
     missing_result: np.ndarray
     normalization: str
     units: str
+    detector: str = "given"
 
     @property
     def frames(self) -> int:
@@ -73,15 +76,37 @@ class KeypointDistance:
     def __repr__(self) -> str:
         t = len(self.valid)
         return (f"KeypointDistance(x={self.x:.4g}, y={self.y:.4g} [{self.units}], {self.frames}/{t} frames; "
-                f"no face in driving: {len(self.missing_driving)}, in result: {len(self.missing_result)})")
+                f"no face in driving: {len(self.missing_driving)}, in result: {len(self.missing_result)}; "
+                f"landmarks: {self.detector})")
 
 
 def track_of(frames_or_track, *, detector: str = "hog", upsample: int = 1, progress: bool = True,
-             desc: str = "frames") -> LandmarkTrack:
+             desc: str = "frames", model: str | None = None) -> LandmarkTrack:
     """A :class:`LandmarkTrack` for frames (detected now) or the track itself if one is given."""
     if isinstance(frames_or_track, LandmarkTrack):
         return frames_or_track
-    return landmarks(frames_or_track, detector=detector, upsample=upsample, progress=progress)
+    return landmarks(frames_or_track, detector=detector, upsample=upsample, progress=progress, model=model)
+
+
+def default_front_end() -> tuple[str, str]:
+    """ΔK's landmark front end: ``('rfb', 'pfld')``, the paper's CNNs, when their weights can be had
+    (:func:`v2s_nb.weights.fetch`: downloaded once), else ``('hog', 'dlib')`` with a warning saying so."""
+    from ..face.landmark_cnn import weights_path
+    from ..weights import WeightsChecksumError, WeightsUnavailableError
+
+    try:
+        import onnx  # noqa: F401
+
+        weights_path("pfld-68")
+        weights_path("rfb-320-face-detector")
+        return "rfb", "pfld"
+    except (WeightsUnavailableError, WeightsChecksumError, ImportError) as e:
+        import warnings
+
+        warnings.warn(f"ΔK: the paper's landmark CNN (RFB-320 + PFLD) is unavailable ({str(e).splitlines()[0]}); "
+                      "using dlib's HOG detector + 68-point predictor instead, so the values are not measured "
+                      "with the paper's detector.", RuntimeWarning, stacklevel=3)
+        return "hog", "dlib"
 
 
 def normalized_points(result: LandmarkTrack, driving: LandmarkTrack, normalization: str = "percent"):
@@ -108,20 +133,25 @@ def normalized_points(result: LandmarkTrack, driving: LandmarkTrack, normalizati
     return pr, pd
 
 
-def keypoint_distance(result, driving, normalization: str = "percent", *, detector: str = "hog",
-                      upsample: int = 1, progress: bool = True) -> KeypointDistance:
+def keypoint_distance(result, driving, normalization: str = "percent", *, detector: str | None = None,
+                      upsample: int = 1, progress: bool = True, model: str | None = None) -> KeypointDistance:
     """ΔK (x and y) between ``result`` and ``driving`` frames, frame i against frame i.
 
     ``result`` / ``driving``: clips [T, H, W, 3] in any form :func:`v2s_nb.face.landmarks` takes, or
     ready :class:`~v2s_nb.face.LandmarkTrack` objects (then nothing is detected again). Both must have the
     same number of frames. ``normalization``: ``'percent'`` (default), ``'iod'`` or ``'pixels'``; see the
-    module docstring for what each means and why ``'percent'`` is the default. ``detector`` /
-    ``upsample`` are passed to :func:`v2s_nb.face.landmarks`.
+    module docstring for what each means and why ``'percent'`` is the default. ``detector`` / ``model`` /
+    ``upsample`` are passed to :func:`v2s_nb.face.landmarks`; by default (``detector=None``) frames get the paper's
+    front end, RFB-320 + PFLD, when its weights can be had, else dlib's HOG + 68 points with a warning
+    (:func:`default_front_end`). ``detector`` of the result says which ran.
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
-    tr_d = track_of(driving, detector=detector, upsample=upsample, progress=progress)
-    tr_r = track_of(result, detector=detector, upsample=upsample, progress=progress)
+    if detector is None and not (isinstance(driving, LandmarkTrack) and isinstance(result, LandmarkTrack)):
+        detector, model = default_front_end() if model is None else ("rfb" if model == "pfld" else "hog", model)
+    detector = detector or "hog"
+    tr_d = track_of(driving, detector=detector, upsample=upsample, progress=progress, model=model)
+    tr_r = track_of(result, detector=detector, upsample=upsample, progress=progress, model=model)
     if len(tr_r) != len(tr_d):
         raise ValueError(f"ΔK compares frame i with frame i: got {len(tr_r)} result frames for "
                          f"{len(tr_d)} driving frames.")
@@ -135,4 +165,4 @@ def keypoint_distance(result, driving, normalization: str = "percent", *, detect
     else:
         x = y = float("nan")
     return KeypointDistance(x, y, per_frame, valid, tr_d.missing, tr_r.missing, normalization,
-                            UNITS[normalization])
+                            UNITS[normalization], tr_d.detector)
