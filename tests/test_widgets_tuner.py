@@ -28,8 +28,9 @@ def _reenactor(G, **kw):
     sizes = {n: G.synthesis.styles(mapped_ws(G, 1, 0))[n].shape[-1] for n in names}
     rc = {reg: {n: np.arange(k, sizes[n], 7) for n in names} for k, reg in enumerate(("eyes", "nose", "mouth"))}
     angles = np.linspace(0, 10, T)
-    tracks = {"driving": np.stack([np.zeros(T), np.zeros(T), angles], 1),
-              "co-driving": np.stack([np.linspace(0, 0.05, T), np.zeros(T), -angles], 1)}
+    size = np.full(T, 0.1)  # face size (eye-to-mouth distance, widths) for the relative position track
+    tracks = {"driving": np.stack([np.zeros(T), np.zeros(T), angles, size], 1),
+              "co-driving": np.stack([np.linspace(0, 0.05, T), np.zeros(T), -angles, size], 1)}
     return Reenactor(G=G, w_ref=mapped_ws(G, 1, 1)[0], ws_drive=mapped_ws(G, T, 2), ws_codrive=mapped_ws(G, T, 3),
                      region_channels=rc, tracks=tracks, fps=10, **kw)
 
