@@ -97,6 +97,29 @@ def test_layers_regions_and_sources(G, tuner):
     assert not tuner.source_widgets["motion"].disabled
 
 
+def test_motion_mode_strength_anchor_and_position(G, tuner):
+    """Choosing a motion mode sets its coefficients (still tunable); k, the anchor and the position form re-render."""
+    tuner.frame.value = 3
+    assert tuner.wait(30)
+    before = tuner.preview.copy()
+    tuner.motion_mode.value = "paper"
+    assert _changed(tuner, before)
+    r = tuner.reenactor
+    assert r.motion_mode == "paper" and (r.alpha, r.beta, r.gamma, r.zeta) == (-1, 1, 1, 0.5)
+    assert tuner.alpha.value == -1 and np.array_equal(tuner.preview, _reenactor(G, motion_mode="paper").render_frame(3))
+    tuner.motion_mode.value = "relative"
+    assert tuner.wait(30) and (tuner.alpha.value, tuner.gamma.value) == (0, 1)
+    for widget, value in ((tuner.strength, 0.3), (tuner.anchor, 2), (tuner.position_mode, "absolute")):
+        before = tuner.preview.copy()
+        widget.value = value
+        assert _changed(tuner, before), widget.description
+    assert (r.strength, r.anchor, r.position_mode) == (0.3, 2, "absolute")
+    want = _reenactor(G, strength=0.3, anchor=2, position_mode="absolute").render_frame(3)
+    assert np.array_equal(tuner.preview, want)
+    assert "v2s-tuner-motion-mode" in tuner.motion_mode._dom_classes
+    assert [o[0] for o in tuner.anchor.options[:2]] == ["first", "frame 0"]  # no landmarks held: no 'best'
+
+
 def test_latest_value_wins(tuner):
     """Many changes in a row end with the preview of the last one, not a queue of renders."""
     for v in np.linspace(-2, 2, 15):
