@@ -179,3 +179,24 @@ def test_face_choice_follows_the_track_by_box_overlap():
     # no box overlaps: the nearest centre (in units of the previous box size)
     faces = [(_box(400, 100, 60), 1.0, None), (_box(190, 100, 60), 1.0, None)]
     assert _pick(faces, np.array(person, float)) == 1
+
+
+def test_landmarks_keep_following_the_first_face_when_a_larger_one_appears():
+    """dlib on real pixels: frame 0 holds one face; from frame 1 a second, larger face is there as well. The track
+    stays on the first person (its box overlaps the previous one), not on the largest face."""
+    import cv2
+    from skimage import data
+
+    from v2s_nb.face import landmarks
+
+    face = data.astronaut()[20:240, 110:330]                         # the astronaut's head, 220 px
+    small = cv2.resize(face, (130, 130), interpolation=cv2.INTER_AREA)
+    large = cv2.resize(face, (230, 230), interpolation=cv2.INTER_AREA)
+    frames = np.full((3, 300, 480, 3), 128, np.uint8)
+    for i in range(3):
+        frames[i, 80 + 3 * i:210 + 3 * i, 20 + 4 * i:150 + 4 * i] = small   # the person we follow, moving a little
+    frames[1:, 40:270, 230:460] = large                                      # a larger face joins
+    tr = landmarks(frames, upsample=1, progress=False)
+    assert tr.found.all() and tr.num_faces[0] == 1 and (tr.num_faces[1:] == 2).all()
+    centres = 0.5 * (tr.boxes[:, 0] + tr.boxes[:, 2])
+    assert (centres < 200).all(), centres                                   # always the small face on the left
