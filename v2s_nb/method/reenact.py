@@ -65,6 +65,8 @@ __all__ = [
     "channel_masks", "region_channels_from", "generator_from_spec",
 ]
 
+#: The paper's coefficients (section 4.1), the ``'paper'`` motion mode's; each mode has its own defaults
+#: (:func:`v2s_nb.method.motion.motion_mode`).
 DEFAULT_COEFFICIENTS = {"alpha": -1.0, "beta": 1.0, "gamma": 1.0, "zeta": 0.5}
 #: W+ rows whose S codes are mixed (paper's best: 3-7).
 DEFAULT_LAYERS = (3, 4, 5, 6, 7)
