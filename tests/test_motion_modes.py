@@ -188,6 +188,25 @@ def test_relative_position_track_in_face_units(G):
     assert np.abs(rp.render_frame(5).astype(int) - rn.render_frame(5).astype(int)).max() > 10
 
 
+def test_relative_position_turns_about_the_reference_face_centre(G):
+    """The relative track is the motion of the face centre, so the generator turns about the reference's face
+    centre: that point moves by exactly (tx, ty) whatever the angle. The printed track turns about the image centre."""
+    p = template_landmarks(64)
+    tr = _track()
+    r = _reenactor(G, tracks={"driving": tr}, points={"reference": p})
+    e = 0.5 * (p[36:42].mean(0) + p[42:48].mean(0))
+    centre = (e + 0.5 * (p[48:68].mean(0) - e)) / 64
+    assert r.face_centre() == pytest.approx(tuple(centre))
+    a = r.position_track()
+    for j, m in enumerate(r.position_transforms()):
+        moved = np.linalg.inv(m) @ np.r_[centre - 0.5, 1.0]     # the forward matrix moves content points
+        np.testing.assert_allclose(moved[:2], centre - 0.5 + a[j, :2], atol=1e-12)
+    assert _reenactor(G, tracks={"driving": tr}).face_centre() == pytest.approx((0.5, 0.6))
+    ab = _reenactor(G, tracks={"driving": tr}, position_mode="absolute")
+    from v2s_nb.stylegan3.transform import input_transform
+    np.testing.assert_allclose(ab.position_transforms(), input_transform(tr.tx, tr.ty, tr.angle))
+
+
 def test_relative_position_needs_the_face_size(G):
     r = _reenactor(G, tracks={"driving": _track().as_array()})   # [T, 3]: no face size
     with pytest.raises(ValueError, match="face size"):

@@ -53,13 +53,13 @@ def eye_mouth_geometry(points) -> tuple[np.ndarray, np.ndarray]:
     return e, v
 
 
-def _pair(value) -> tuple[float, float]:
+def _pair(value, name: str = "canonical_eyes") -> tuple[float, float]:
     try:
         x, y = (float(c) for c in value)
     except (TypeError, ValueError):
-        raise ValueError(f"canonical_eyes must be an (x, y) pair of fractions of the image size, got {value!r}.") from None
+        raise ValueError(f"{name} must be an (x, y) pair of fractions of the image size, got {value!r}.") from None
     if not (np.isfinite(x) and np.isfinite(y)):
-        raise ValueError(f"canonical_eyes must be finite, got {value!r}.")
+        raise ValueError(f"{name} must be finite, got {value!r}.")
     return x, y
 
 
@@ -281,7 +281,7 @@ class CanonicalTrack:
         return self.replace(tx=(cx - cx[f]) * g, ty=(cy - cy[f]) * g, angle=self.angle - self.angle[f],
                             face_size=self.face_size * g)
 
-    def input_transforms(self, pivot: str = "centre") -> np.ndarray:
+    def input_transforms(self, pivot="centre") -> np.ndarray:
         """float64 [T, 3, 3]: values for ``G.synthesis.input.transform``, one per frame, made by
         :func:`v2s_nb.stylegan3.transform.input_transform` (the one implementation of the convention).
 
@@ -290,17 +290,25 @@ class CanonicalTrack:
         ``pivot='eyes'``: the translation is corrected so that the turn is about the canonical eye midpoint
         e' instead, i.e. e' ends up exactly at e' + t: t_gen = t + (e' - c) - R (e' - c), c the image centre.
         The two differ by |e' - c| sin(angle) ~ 0.025 sin(angle) widths.
+        ``pivot=(x, y)``: the same about that point (fractions of the output's width / height), e.g. the output
+        face's eye-mouth centre for a face-unit :meth:`relative_to` track, whose t is that centre's motion.
         """
         from ..stylegan3.transform import forward_matrix, input_transform
 
         tx, ty = self.tx, self.ty
-        if pivot == "eyes":
-            off = np.array([self.canonical_eyes[0] - 0.5, self.canonical_eyes[1] - 0.5])
+        point = None
+        if isinstance(pivot, str):
+            if pivot == "eyes":
+                point = self.canonical_eyes
+            elif pivot != "centre":
+                raise ValueError(f"pivot must be 'centre', 'eyes' or an (x, y) pair of fractions, got {pivot!r}.")
+        else:
+            point = _pair(pivot, "pivot")
+        if point is not None:
+            off = np.array([point[0] - 0.5, point[1] - 0.5])
             rot = forward_matrix(np.zeros(len(self)), np.zeros(len(self)), self.angle)[:, :2, :2]
             moved = rot @ off
             tx, ty = tx + off[0] - moved[:, 0], ty + off[1] - moved[:, 1]
-        elif pivot != "centre":
-            raise ValueError(f"pivot must be 'centre' or 'eyes', got {pivot!r}.")
         return input_transform(tx, ty, self.angle)
 
     def plot(self, title: str | None = None):

@@ -423,7 +423,12 @@ class Reenactor:
         """The anchor frame index (``anchor`` resolved; 'best' compares the motion source's aligned landmarks
         with the reference's, :func:`v2s_nb.method.motion.anchor_errors`)."""
         src = self.motion if self.motion in ("driving", "co-driving") else "driving"
-        return resolve_anchor(self.anchor, self.num_frames, self.points.get(src), self.points.get("reference"))
+        pts, ref = self.points.get(src), self.points.get("reference")
+        key = (str(self.anchor), src, self.num_frames, id(pts), id(ref))
+        cache = getattr(self, "_anchor_cache", None)
+        if cache is None or cache[0] != key:
+            self._anchor_cache = cache = (key, resolve_anchor(self.anchor, self.num_frames, pts, ref))
+        return cache[1]
 
     def baseline_reading(self) -> str:
         """The eq 7 reading in use: ``baseline`` when set, else the motion mode's."""
@@ -437,6 +442,29 @@ class Reenactor:
             return float(face_size_of(self.points["reference"])) / float(self.G_render.img_resolution)
         from ..face.canonical import FFHQ_FACE_SIZE
         return FFHQ_FACE_SIZE
+
+    def face_centre(self) -> tuple[float, float]:
+        """The reference's eye-mouth centre in the output, (x, y) fractions of its width / height: measured on
+        ``points['reference']``, else the FFHQ layout's (0.5, 0.475 + 0.25 / 2)."""
+        if "reference" in self.points:
+            from ..face.canonical import eye_mouth_geometry
+            e, v = eye_mouth_geometry(self.points["reference"])
+            c = (e + 0.5 * v) / float(self.G_render.img_resolution)
+            return float(c[0]), float(c[1])
+        from ..face.align import FFHQ_EYE_MIDPOINT
+        from ..face.canonical import FFHQ_FACE_SIZE
+        return FFHQ_EYE_MIDPOINT[0], FFHQ_EYE_MIDPOINT[1] + 0.5 * FFHQ_FACE_SIZE
+
+    def position_transforms(self, source: str | None = None) -> np.ndarray | None:
+        """float64 [T, 3, 3] for ``G.synthesis.input.transform`` from :meth:`position_track`, or None. Relative
+        tracks turn about the reference's face centre (:meth:`face_centre`), so that centre moves by exactly the
+        track's (tx, ty); absolute ones about the image centre, as printed."""
+        a = self.position_track(source)
+        if a is None:
+            return None
+        from ..face.canonical import CanonicalTrack
+        ct = CanonicalTrack(a[:, 0], a[:, 1], a[:, 2], np.zeros(len(a), bool), 1)
+        return ct.input_transforms(pivot=self.face_centre() if self.position_mode == "relative" else "centre")
 
     def position_track(self, source: str | None = None) -> np.ndarray | None:
         """float64 [T, 3] (tx, ty in output widths, angle in degrees) applied to the output, or None (no position).
@@ -484,11 +512,9 @@ class Reenactor:
             s_drv_all = sy.styles(ws_m.to(dev))
             s_drive = {k: s_drv_all[k].cpu() for k in names}
             s_base = {k: v.cpu() for k, v in sy.styles(w_base.to(dev)).items()}
-        transforms = None
-        a = self.position_track(src["position"])
-        if a is not None:
-            from ..stylegan3.transform import input_transform
-            transforms = torch.as_tensor(input_transform(a[:, 0], a[:, 1], a[:, 2]), dtype=torch.float32)
+        transforms = self.position_transforms(src["position"])
+        if transforms is not None:
+            transforms = torch.as_tensor(transforms, dtype=torch.float32)
         prep = {"s_ref": s_ref, "s_drive": s_drive, "s_base": s_base, "transforms": transforms, "names": names,
                 "sizes": {k: s_ref[k].shape[-1] for k in names}, "n": n, "w_base": w_base, "w_ref_p": w_ref_p}
         self._cache["prep"] = (key, prep)
