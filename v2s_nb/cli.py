@@ -230,6 +230,11 @@ def _save_pt(path, obj) -> None:
     write_atomic(path, lambda f: torch.save(obj, f))
 
 
+#: The reenact command's motion settings and their defaults (see ``--motion`` etc.).
+_MOTION_DEFAULTS = {"motion": "relative", "strength": 1.0, "anchor": "first", "position": "relative",
+                    "regions": "auto", "smooth_method": "robust"}
+
+
 def prepare_reenactment(args):
     """Stages 1-4 of ``reenact`` (faces, inversion, channel discovery, pose encoding) -> a Reenactor."""
     from pathlib import Path
@@ -241,6 +246,9 @@ def prepare_reenactment(args):
 
     from .method.motion import check_strength, motion_mode
 
+    for name, value in _MOTION_DEFAULTS.items():  # namespaces built by hand (not by build_parser) get the defaults
+        if not hasattr(args, name):
+            setattr(args, name, value)
     check_coefficients(args.alpha, args.beta, args.gamma, args.zeta)  # fail before any work
     motion_mode(args.motion)
     check_strength(args.strength)
