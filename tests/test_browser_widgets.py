@@ -181,7 +181,7 @@ def test_alpha_slider_changes_preview_in_jupyterlab(lab):
         read = lambda: float(page.locator(".v2s-tuner-alpha .widget-readout").inner_text()  # noqa: E731
                              .strip().replace("\u2212", "-"))
         readout0 = read()
-        assert readout0 == -1.0, readout0
+        assert readout0 == 0.0, readout0  # the relative motion mode's α (the default mode)
 
         handle.click()
         for _ in range(10):

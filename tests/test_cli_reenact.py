@@ -39,6 +39,10 @@ def test_reenact_end_to_end_then_reuse(inputs, tmp_path, capsys):
     assert (cache / "reenactor" / "reenactor.json").is_file() and any(cache.glob("faces-video-*.npz"))
     r = Reenactor.load(cache / "reenactor")
     assert r.sources() == {"motion": "driving", "pose": "none", "position": "co-driving"}
+    # ordinary-video defaults: relative expression and position, anchored at the first frame, masks of the reference
+    assert (r.motion_mode, r.position_mode, r.anchor_frame()) == ("relative", "relative", 0)
+    assert (r.alpha, r.beta, r.gamma, r.zeta) == (0, 0, 1, 0.5) and set(r.points) == {"reference", "driving", "co-driving"}
+    assert np.all(r.position_track()[0] == 0) and r.tracks["co-driving"].shape == (5, 4)
     # second run: intermediates reused -> faster, same frames
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LengthMismatchWarning)
@@ -65,3 +69,31 @@ def test_bad_inputs(inputs, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["reenact", "--reference", str(ref), "--pose-from", "co-driving"] + base) == 2
     assert "--co-driving" in capsys.readouterr().err
+    assert main(["reenact", "--reference", str(ref), "--anchor", "middle"] + base) == 2
+    assert "--anchor must be first, best or a frame index" in capsys.readouterr().err
+    assert main(["reenact", "--reference", str(ref), "--strength", "nan"] + base) == 2
+    assert "strength" in capsys.readouterr().err
+
+
+def test_discovery_masks_come_from_the_aligned_reference(inputs):
+    """--regions: masks of the aligned reference image (the paper's SegNet(I_ref^c)), landmark hulls or BiSeNet."""
+    import argparse
+
+    import skimage.io
+
+    from v2s_nb.cli import _reference_masks
+    from v2s_nb.face import align_face, landmarks
+
+    img = skimage.io.imread(str(inputs[0]))
+    tr = landmarks(img, progress=False)
+    al = align_face(img, tr.points[0], 64)
+    ref = {"aligned": al.image[None], "points": al.to_crop(tr.points[0])[None]}
+    args = argparse.Namespace(regions="landmarks", device="cpu")
+    m = _reference_masks(ref, 64, args)
+    assert m.source == "landmarks" and m.shape == (1, 64, 64) and m["mouth"].any() and m["eyes"].any()
+    # the mouth mask sits where the reference's mouth landmarks are
+    mouth = ref["points"][0, 48:68].mean(0)
+    ys, xs = np.nonzero(m["mouth"][0])
+    assert abs(xs.mean() - mouth[0]) < 3 and abs(ys.mean() - mouth[1]) < 3
+    auto = _reference_masks(ref, 64, argparse.Namespace(regions="auto", device="cpu"))
+    assert auto.source in ("bisenet", "landmarks") and (auto.source == "bisenet" or auto.note)

@@ -105,6 +105,10 @@ def test_01_canonical_transforms(nb01):
     videos = _outputs(nb01, "text/html")
     assert any("<video" in o.data["text/html"] for o in videos)
     assert "12 frames of 64 px; kernel 3 (mean)" in out
+    # the robust smoother against the paper's filter on a track with ground truth and false faces
+    m = re.search(r"RMS error vs ground truth: paper k=3 mean ([\d.]+), robust ([\d.]+)", out)
+    assert m and float(m.group(2)) <= 0.5 * float(m.group(1)), out
+    assert len(_outputs(nb01, "image/png")) >= 5
 
 
 def test_03_sspace_feature_maps(nb03):
@@ -146,6 +150,9 @@ def test_04_reenactment(nb04):
     m = re.search(r"X_s channels per region \(rows 3-7\): \{'eyes': (\d+), 'nose': (\d+), 'mouth': (\d+)\}", out)
     assert m and sum(map(int, m.groups())) > 0, out
     assert "rendered 8 frames of 64 px" in out
+    assert "motion relative (anchor frame 0, k = 1), position relative; α β γ ζ = 0 0 1 0.5" in out
+    assert "motion modes at frame 7 (anchor frame 0): relative, absolute, paper" in out
+    assert "v2s-tuner-motion-mode" in _widget_classes(nb04)
     assert re.search(r"baseline \(cumulative reading of eq 7\): 8 frames", out)
     tuner = _cell(nb04, "ReenactmentTuner(")
     assert any(WIDGET in o.get("data", {}) for o in tuner.outputs)

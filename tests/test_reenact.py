@@ -98,7 +98,8 @@ def test_parse_layers(G):
 def _reenactor(G, T=5, **kw):
     names = G.synthesis.style_names
     rc = {"eyes": {names[3]: [0, 5], names[5]: [1]}, "nose": {names[4]: [2]}, "mouth": {names[7]: [3, 4]}}
-    tracks = {"driving": np.stack([np.linspace(0, 0.1, T), np.zeros(T), np.linspace(0, 10, T)], 1)}
+    # tx, ty, angle, face size (the relative position track needs the face size)
+    tracks = {"driving": np.stack([np.linspace(0, 0.1, T), np.zeros(T), np.linspace(0, 10, T), np.full(T, 0.1)], 1)}
     return Reenactor(G=G, w_ref=mapped_ws(G, 1, 1)[0], ws_drive=mapped_ws(G, T, 2), region_channels=rc,
                      tracks=tracks, **kw)
 

@@ -28,8 +28,9 @@ def _reenactor(G, **kw):
     sizes = {n: G.synthesis.styles(mapped_ws(G, 1, 0))[n].shape[-1] for n in names}
     rc = {reg: {n: np.arange(k, sizes[n], 7) for n in names} for k, reg in enumerate(("eyes", "nose", "mouth"))}
     angles = np.linspace(0, 10, T)
-    tracks = {"driving": np.stack([np.zeros(T), np.zeros(T), angles], 1),
-              "co-driving": np.stack([np.linspace(0, 0.05, T), np.zeros(T), -angles], 1)}
+    size = np.full(T, 0.1)  # face size (eye-to-mouth distance, widths) for the relative position track
+    tracks = {"driving": np.stack([np.zeros(T), np.zeros(T), angles, size], 1),
+              "co-driving": np.stack([np.linspace(0, 0.05, T), np.zeros(T), -angles, size], 1)}
     return Reenactor(G=G, w_ref=mapped_ws(G, 1, 1)[0], ws_drive=mapped_ws(G, T, 2), ws_codrive=mapped_ws(G, T, 3),
                      region_channels=rc, tracks=tracks, fps=10, **kw)
 
@@ -94,6 +95,29 @@ def test_layers_regions_and_sources(G, tuner):
     # no pose codes prepared: pose is shown read-only with the reason
     assert tuner.source_widgets["pose"].disabled and "pose" in tuner.source_notes
     assert not tuner.source_widgets["motion"].disabled
+
+
+def test_motion_mode_strength_anchor_and_position(G, tuner):
+    """Choosing a motion mode sets its coefficients (still tunable); k, the anchor and the position form re-render."""
+    tuner.frame.value = 3
+    assert tuner.wait(30)
+    before = tuner.preview.copy()
+    tuner.motion_mode.value = "paper"
+    assert _changed(tuner, before)
+    r = tuner.reenactor
+    assert r.motion_mode == "paper" and (r.alpha, r.beta, r.gamma, r.zeta) == (-1, 1, 1, 0.5)
+    assert tuner.alpha.value == -1 and np.array_equal(tuner.preview, _reenactor(G, motion_mode="paper").render_frame(3))
+    tuner.motion_mode.value = "relative"
+    assert tuner.wait(30) and (tuner.alpha.value, tuner.gamma.value) == (0, 1)
+    for widget, value in ((tuner.strength, 0.3), (tuner.anchor, 2), (tuner.position_mode, "absolute")):
+        before = tuner.preview.copy()
+        widget.value = value
+        assert _changed(tuner, before), widget.description
+    assert (r.strength, r.anchor, r.position_mode) == (0.3, 2, "absolute")
+    want = _reenactor(G, strength=0.3, anchor=2, position_mode="absolute").render_frame(3)
+    assert np.array_equal(tuner.preview, want)
+    assert "v2s-tuner-motion-mode" in tuner.motion_mode._dom_classes
+    assert [o[0] for o in tuner.anchor.options[:2]] == ["first", "frame 0"]  # no landmarks held: no 'best'
 
 
 def test_latest_value_wins(tuner):

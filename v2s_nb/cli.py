@@ -8,8 +8,12 @@
 
 ``reenact`` keeps its intermediates (landmarks / aligned crops / tracks, inversions, channel sets, pose codes)
 in ``<out>.v2s/``, keyed by the inputs and settings, so a second run with other coefficients only mixes and
-renders. Channel discovery (section 3.4) uses region masks from the landmarks of the *aligned driving frames*
-and, as the latents, those frames' inversions (the images the masks describe are what the inversions render).
+renders. Motion (``--motion relative|absolute|paper``, ``--anchor``, ``--position relative|absolute``): see
+:mod:`v2s_nb.method.motion`; the defaults move the reference's own face as the driver moves from its first
+frame, in face units. Channel discovery (section 3.4) uses region masks of the *aligned reference* (the paper's
+SegNet(I_ref^c)): BiSeNet when its weights are cached (``--regions auto``, the default) or asked for
+(``--regions bisenet``), landmark hulls otherwise (``--regions landmarks``), with the reference's inversion as
+the latent.
 """
 
 from __future__ import annotations
@@ -126,7 +130,7 @@ def _faces(path, kind: str, res: int, cache, args) -> dict:
     from .face import NoFaceError, align_face, align_video, canonical_track, landmarks
 
     settings = {"sha": _sha_file(path), "kind": kind, "res": res, "detector": args.detector,
-                "upsample": args.upsample, "smooth": args.smooth, "v": 1}
+                "upsample": args.upsample, "smooth": args.smooth, "smooth_method": args.smooth_method, "v": 2}
     f = cache / f"faces-{kind}-{_key(settings)}.npz"
     if f.is_file():
         with np.load(f, allow_pickle=False) as d:
@@ -160,8 +164,11 @@ def _faces(path, kind: str, res: int, cache, args) -> dict:
         pts = np.einsum("tij,tkj->tki", clip.frame_to_crop[:, :2, :2], tr.points) + clip.frame_to_crop[:, None, :2, 2]
         track = canonical_track(tr)
         if args.smooth and len(track) >= args.smooth:
-            track = track.smooth(args.smooth)
-        out = {"aligned": clip.frames, "points": pts, "fps": float(vid.fps), "track": track.as_array(),
+            track = track.smooth(args.smooth, method=args.smooth_method)
+        if track.outliers.any():
+            _say(args, f"  outlier frame(s) {np.flatnonzero(track.outliers).tolist()} of {path} (face far from its "
+                       "neighbours, e.g. a false detection): re-interpolated from neighbours")
+        out = {"aligned": clip.frames, "points": pts, "fps": float(vid.fps), "track": track.as_array(face_size=True),
                "interpolated": track.interpolated}
     _save_npz(f, **{k: np.asarray(v) for k, v in out.items()})
     out["cached"] = False
@@ -223,16 +230,30 @@ def _save_pt(path, obj) -> None:
     write_atomic(path, lambda f: torch.save(obj, f))
 
 
+#: The reenact command's motion settings and their defaults (see ``--motion`` etc.).
+_MOTION_DEFAULTS = {"motion": "relative", "strength": 1.0, "anchor": "first", "position": "relative",
+                    "regions": "auto", "smooth_method": "robust"}
+
+
 def prepare_reenactment(args):
     """Stages 1-4 of ``reenact`` (faces, inversion, channel discovery, pose encoding) -> a Reenactor."""
     from pathlib import Path
 
-    from .face import masks_from_landmarks
+    from .face import region_masks
     from .method.invert import invert, invert_sequence
     from .method.local_channels import discover
     from .method.reenact import Reenactor, check_coefficients, layer_names
 
+    from .method.motion import check_strength, motion_mode
+
+    for name, value in _MOTION_DEFAULTS.items():  # namespaces built by hand (not by build_parser) get the defaults
+        if not hasattr(args, name):
+            setattr(args, name, value)
     check_coefficients(args.alpha, args.beta, args.gamma, args.zeta)  # fail before any work
+    motion_mode(args.motion)
+    check_strength(args.strength)
+    if args.anchor not in ("first", "best") and not args.anchor.lstrip("-").isdigit():
+        raise ValueError(f"--anchor must be first, best or a frame index, got {args.anchor!r}")
     for p in [args.reference, args.driving] + ([args.co_driving] if args.co_driving else []):
         if not Path(p).is_file():
             raise FileNotFoundError(f"input file not found: {p}")
@@ -262,10 +283,10 @@ def prepare_reenactment(args):
     ws_co = invert_sequence(G, co["aligned"], **seq).ws if co is not None else None
     _say(args, f"      {time.perf_counter() - t0:.1f} s")
 
-    _say(args, f"[3/5] S channel discovery on layers {names[0]}..{names[-1]} (masks from the aligned driving "
-               "frames' landmarks)")
-    masks = masks_from_landmarks(drv["points"], res)
-    cs = discover(G, ws_drv, masks, layers=names, cache=cache / "channels", progress=not args.quiet)
+    _say(args, f"[3/5] S channel discovery on layers {names[0]}..{names[-1]} (region masks of the aligned reference)")
+    masks = _reference_masks(ref, res, args)
+    _say(args, f"      masks: {masks.source}" + (f" ({masks.note})" if masks.note else ""))
+    cs = discover(G, w_ref[None], masks, layers=names, cache=cache / "channels", progress=not args.quiet)
     if args.t_fg is not None or args.t_bg is not None:
         cs = cs.reselect(args.t_fg, args.t_bg)
     _say(args, "      " + repr(cs).replace("\n", "\n      "))
@@ -287,11 +308,29 @@ def prepare_reenactment(args):
                   tracks=tracks, pose=args.pose_from if args.pose_from in pose_codes else "none",
                   position=args.position_from, regions=regions, layers=args.layers, alpha=args.alpha,
                   beta=args.beta, gamma=args.gamma, zeta=args.zeta, baseline=args.baseline,
+                  motion_mode=args.motion, strength=args.strength, position_mode=args.position,
+                  anchor=int(args.anchor) if args.anchor.lstrip("-").isdigit() else args.anchor,
+                  points={"reference": ref["points"][0], "driving": drv["points"],
+                          **({"co-driving": co["points"]} if co is not None else {})},
                   fps=drv["fps"], fps_codrive=co["fps"] if co is not None else None,
                   info={"generator_spec": spec, "reference": str(args.reference), "driving": str(args.driving),
                         "co_driving": None if not args.co_driving else str(args.co_driving)})
+    _say(args, f"      motion {args.motion} (anchor frame {r.anchor_frame()}), position {args.position}")
     r.save(cache / "reenactor")
     return r
+
+
+def _reference_masks(ref, res, args):
+    """Region masks of the aligned reference [1, res, res] (``--regions``): BiSeNet or landmark hulls."""
+    import warnings
+
+    from .face import RegionSourceWarning, region_masks
+
+    source = {"auto": "auto", "bisenet": "bisenet", "landmarks": "landmarks"}[args.regions]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RegionSourceWarning)  # said on the console instead (masks.note)
+        return region_masks(ref["aligned"], landmarks=ref["points"], source=source, image_size=res,
+                            device=_device(args.device))
 
 
 def cmd_reenact(args) -> int:
@@ -383,12 +422,27 @@ def _add_reenact_parsers(sub) -> None:
     r.add_argument("--checkpoint", default=None, help="generator: known name (stylegan3-r-ffhq-1024), path or URL. "
                                                       "Default: tiny random generator (not a face model)")
     r.add_argument("--out", required=True, help="output .mp4; intermediates go to <out>.v2s/")
-    r.add_argument("--alpha", type=frac, default=-1.0, help="eq 10 weight of s_ref (default -1)")
-    r.add_argument("--beta", type=frac, default=1.0, help="eq 10 weight of s_j (default 1)")
-    r.add_argument("--gamma", type=frac, default=1.0, help="eq 11 weight of s_base (default 1)")
-    r.add_argument("--zeta", type=frac, default=0.5, help="eq 12 blend of s_ref / s_base (default 0.5)")
+    r.add_argument("--motion", default="relative", choices=["relative", "absolute", "paper"],
+                   help="expression transfer: relative (default: the reference's own eyes / mouth moved as the "
+                        "driver moves from the anchor frame), absolute (the driver's values), paper (eq 7 as "
+                        "printed, alpha -1, beta 1, gamma 1, zeta 0.5)")
+    r.add_argument("--strength", type=frac, default=1.0, help="expression strength k on the driver's change "
+                                                              "(default 1)")
+    r.add_argument("--anchor", default="first", help="anchor frame of the driver: first (default), best (the "
+                                                     "frame whose expression matches the reference) or an index")
+    r.add_argument("--position", default="relative", choices=["relative", "absolute"],
+                   help="position track: relative (default: the motion since the anchor, in face units) or "
+                        "absolute (the printed canonical track)")
+    r.add_argument("--alpha", type=frac, default=None, help="eq 10 weight of s_ref (default: the motion mode's)")
+    r.add_argument("--beta", type=frac, default=None, help="eq 10 weight of s_j (default: the motion mode's)")
+    r.add_argument("--gamma", type=frac, default=None, help="eq 11 weight of s_base (default: the motion mode's)")
+    r.add_argument("--zeta", type=frac, default=None, help="eq 12 blend of s_ref / s_base (default 0.5)")
     r.add_argument("--layers", default="3-7", help="W+ rows whose S codes are mixed (default 3-7)")
-    r.add_argument("--baseline", default="cumulative", choices=["cumulative", "printed"], help="eq 7 reading")
+    r.add_argument("--baseline", default=None, choices=["cumulative", "printed"],
+                   help="eq 7 reading (default: the motion mode's)")
+    r.add_argument("--regions", default="auto", choices=["auto", "landmarks", "bisenet"],
+                   help="region masks of the reference for channel discovery: bisenet, landmarks, or auto "
+                        "(default: BiSeNet when its weights are cached, else landmarks)")
     r.add_argument("--no-region", action="append", choices=["eyes", "nose", "mouth"],
                    help="leave a region's channels out of X_s (repeatable)")
     r.add_argument("--pose-from", default=None, choices=["driving", "co-driving", "none"],
@@ -402,6 +456,9 @@ def _add_reenact_parsers(sub) -> None:
     r.add_argument("--pose-steps", type=int, default=100, help="pose encoding steps, first frame")
     r.add_argument("--pose-steps-next", type=int, default=30, help="pose encoding steps, warm-started frames")
     r.add_argument("--smooth", type=int, default=3, help="canonical track smoothing kernel (odd, >= 3; 0 = off)")
+    r.add_argument("--smooth-method", default="robust", choices=["robust", "mean", "gaussian"],
+                   help="track smoothing: robust (default: outlier frames rejected, then a centred Gaussian), "
+                        "mean (the paper's box filter) or gaussian")
     r.add_argument("--detector", default="hog", choices=["hog", "cnn"], help="face detector")
     r.add_argument("--upsample", type=int, default=1, help="detector upsampling (0-4)")
     r.add_argument("--tiny-resolution", type=int, default=64, help="resolution of the tiny random generator")

@@ -8,7 +8,7 @@ angles are degrees with positive = counter-clockwise as seen in the image (the c
 
 from .align import (FFHQ_EYE_MIDPOINT, AlignedClip, AlignedFace, align_face, align_video, ffhq_crop_matrix,
                     ffhq_eye_midpoint, ffhq_quad)
-from .canonical import CanonicalTrack, canonical_track, eye_mouth_geometry
+from .canonical import FFHQ_FACE_SIZE, CanonicalTrack, canonical_track, eye_mouth_geometry
 from .head_pose import (MODEL_INDICES, MODEL_POINTS, euler_angles, head_pose, head_pose_torch, project_model,
                         rotation_matrix)
 from .landmarks import LandmarkTrack, NoFaceError, landmarks, model_path
@@ -17,7 +17,7 @@ __all__ = [
     "LandmarkTrack", "NoFaceError", "landmarks", "model_path",
     "FFHQ_EYE_MIDPOINT", "AlignedFace", "AlignedClip", "align_face", "align_video", "ffhq_quad",
     "ffhq_crop_matrix", "ffhq_eye_midpoint",
-    "CanonicalTrack", "canonical_track", "eye_mouth_geometry",
+    "CanonicalTrack", "canonical_track", "eye_mouth_geometry", "FFHQ_FACE_SIZE",
     "MODEL_INDICES", "MODEL_POINTS", "head_pose", "head_pose_torch", "project_model", "rotation_matrix", "euler_angles",
 ]
 

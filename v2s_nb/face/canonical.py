@@ -34,7 +34,12 @@ import numpy as np
 from .align import FFHQ_EYE_MIDPOINT
 from .landmarks import EYE_LEFT, EYE_RIGHT, MOUTH, LandmarkTrack, NoFaceError, _image_size
 
-__all__ = ["CanonicalTrack", "canonical_track", "eye_mouth_geometry"]
+__all__ = ["CanonicalTrack", "canonical_track", "eye_mouth_geometry", "FFHQ_FACE_SIZE"]
+
+#: Eye-to-mouth distance of an FFHQ-aligned face as a fraction of the crop width, for a face whose eye-to-mouth
+#: distance equals its eye distance (the same assumption as FFHQ_EYE_MIDPOINT): the recipe's crop is 4 eye
+#: distances wide, so 1/4.
+FFHQ_FACE_SIZE = 0.25
 
 
 def eye_mouth_geometry(points) -> tuple[np.ndarray, np.ndarray]:
@@ -48,13 +53,13 @@ def eye_mouth_geometry(points) -> tuple[np.ndarray, np.ndarray]:
     return e, v
 
 
-def _pair(value) -> tuple[float, float]:
+def _pair(value, name: str = "canonical_eyes") -> tuple[float, float]:
     try:
         x, y = (float(c) for c in value)
     except (TypeError, ValueError):
-        raise ValueError(f"canonical_eyes must be an (x, y) pair of fractions of the image size, got {value!r}.") from None
+        raise ValueError(f"{name} must be an (x, y) pair of fractions of the image size, got {value!r}.") from None
     if not (np.isfinite(x) and np.isfinite(y)):
-        raise ValueError(f"canonical_eyes must be finite, got {value!r}.")
+        raise ValueError(f"{name} must be finite, got {value!r}.")
     return x, y
 
 
@@ -78,9 +83,13 @@ class CanonicalTrack:
 
     * ``tx``, ``ty``: float64 [T], translation in image widths (+ = right / down);
     * ``angle``: float64 [T], in-plane rotation in degrees (+ = counter-clockwise as seen);
-    * ``interpolated``: bool [T], True for frames without a face whose values were interpolated;
+    * ``interpolated``: bool [T], True for frames whose values were interpolated (no face, or an outlier
+      rejected by ``smooth(method='robust')``);
     * ``image_size``: (width, height) of the frames the track was measured on, in pixels;
-    * ``canonical_eyes``: e' used, as (x, y) fractions of the canonical square image.
+    * ``canonical_eyes``: e' used, as (x, y) fractions of the canonical square image;
+    * ``face_size``: float64 [T] or None, the eye-to-mouth distance |v| in image widths (the face's scale; used
+      by the face-unit :meth:`relative_to` and by the outlier test);
+    * ``outliers``: bool [T], frames the robust smoother rejected (a subset of ``interpolated``).
     """
 
     tx: np.ndarray
@@ -89,6 +98,8 @@ class CanonicalTrack:
     interpolated: np.ndarray
     image_size: tuple[int, int]
     canonical_eyes: tuple[float, float] = FFHQ_EYE_MIDPOINT
+    face_size: np.ndarray | None = None
+    outliers: np.ndarray | None = None
 
     def __post_init__(self):
         arrays = [np.array(getattr(self, k), np.float64).reshape(-1) for k in ("tx", "ty", "angle")]
@@ -105,6 +116,18 @@ class CanonicalTrack:
             object.__setattr__(self, k, a)
         interp.flags.writeable = False
         object.__setattr__(self, "interpolated", interp)
+        if self.face_size is not None:
+            fs = np.array(self.face_size, np.float64).reshape(-1)
+            if fs.shape != (t,) or not np.isfinite(fs).all() or (fs <= 0).any():
+                raise ValueError(f"face_size must be {t} finite positive values (eye-to-mouth distance in image "
+                                 f"widths), got shape {fs.shape}.")
+            fs.flags.writeable = False
+            object.__setattr__(self, "face_size", fs)
+        out = np.zeros(t, bool) if self.outliers is None else np.array(self.outliers, bool).reshape(-1)
+        if out.shape != (t,):
+            raise ValueError(f"outliers must have shape [{t}], got {np.shape(self.outliers)}.")
+        out.flags.writeable = False
+        object.__setattr__(self, "outliers", out)
         object.__setattr__(self, "image_size", _image_size(self.image_size))
         object.__setattr__(self, "canonical_eyes", _pair(self.canonical_eyes))
 
@@ -124,11 +147,18 @@ class CanonicalTrack:
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
         return self.replace(tx=self.tx[index], ty=self.ty[index], angle=self.angle[index],
-                            interpolated=self.interpolated[index])
+                            interpolated=self.interpolated[index], outliers=self.outliers[index],
+                            face_size=None if self.face_size is None else self.face_size[index])
 
-    def as_array(self) -> np.ndarray:
-        """float64 [T, 3]: columns tx (widths), ty (widths), angle (degrees)."""
-        return np.stack([self.tx, self.ty, self.angle], axis=1)
+    def as_array(self, face_size: bool = False) -> np.ndarray:
+        """float64 [T, 3]: columns tx (widths), ty (widths), angle (degrees); with ``face_size=True``
+        [T, 4] with the face size (widths) as a fourth column (``ValueError`` when the track has none)."""
+        cols = [self.tx, self.ty, self.angle]
+        if face_size:
+            if self.face_size is None:
+                raise ValueError("this track has no face_size (make it with canonical_track() from landmarks)")
+            cols.append(self.face_size)
+        return np.stack(cols, axis=1)
 
     def replace(self, **changes) -> "CanonicalTrack":
         """Copy with some fields replaced (e.g. ``track.replace(angle=np.zeros(len(track)))``)."""
@@ -136,20 +166,23 @@ class CanonicalTrack:
 
     def __repr__(self) -> str:
         return (f"CanonicalTrack({len(self)} frames, {self.image_size[0]}x{self.image_size[1]}, "
-                f"{int(self.interpolated.sum())} interpolated)")
+                f"{int(self.interpolated.sum())} interpolated, {int(self.outliers.sum())} outliers)")
 
     # ------------------------------------------------------------------ operations
 
     def smooth(self, kernel: int = 3, method: str = "mean", sigma: float | None = None,
-               ends: str = "reflect") -> "CanonicalTrack":
-        """A NEW track with tx, ty and angle each filtered over time by a centred (zero-lag) filter.
+               ends: str = "reflect", outlier_window: int = 7, outlier_sigmas: float = 3.0) -> "CanonicalTrack":
+        """A NEW track with tx, ty and angle (and face_size) each filtered over time by a centred (zero-lag) filter.
 
         ``kernel``: odd window length in frames, >= 3 (PAPER.md default 3). ``method``: 'mean' (box filter,
-        as in the paper) or 'gaussian' (weights exp(-k^2 / 2 sigma^2) over the same window; ``sigma``
-        in frames defaults to kernel / 4). ``ends``: how the track is extended past its ends:
+        as in the paper), 'gaussian' (weights exp(-k^2 / 2 sigma^2) over the same window; ``sigma``
+        in frames defaults to kernel / 4), or 'robust': first an outlier test (:meth:`outlier_frames`, a
+        Hampel test with ``outlier_window`` / ``outlier_sigmas`` on tx, ty, angle and face size), the rejected
+        frames re-interpolated from their neighbours like frames without a face (flagged in ``outliers`` and
+        ``interpolated``), then the 'gaussian' filter. ``ends``: how the track is extended past its ends:
         'reflect' (mirror, the first / last frame repeated once) or 'nearest' (repeat the end value).
-        The number of frames is kept; a constant track stays constant; a step that is symmetric about a
-        frame (or a half frame) keeps its midpoint there. ``interpolated`` is carried over unchanged.
+        The number of frames is kept and the filter is symmetric, so nothing lags; a constant track stays
+        constant; a step that is symmetric about a frame (or a half frame) keeps its midpoint there.
         """
         if isinstance(kernel, bool) or not isinstance(kernel, (int, np.integer)) or kernel < 3 or kernel % 2 == 0:
             raise ValueError(f"kernel must be an odd integer >= 3 (a centred window of frames), got {kernel!r}.")
@@ -158,9 +191,9 @@ class CanonicalTrack:
         r = int(kernel) // 2
         if method == "mean":
             if sigma is not None:
-                raise ValueError("sigma is only used with method='gaussian'.")
+                raise ValueError("sigma is only used with method='gaussian' or 'robust'.")
             w = np.full(int(kernel), 1.0 / kernel)
-        elif method == "gaussian":
+        elif method in ("gaussian", "robust"):
             sigma = kernel / 4.0 if sigma is None else float(sigma)
             if not np.isfinite(sigma) or sigma <= 0:
                 raise ValueError(f"sigma must be a positive number of frames, got {sigma!r}.")
@@ -168,19 +201,87 @@ class CanonicalTrack:
             w = np.exp(-0.5 * (k / sigma) ** 2)
             w /= w.sum()
         else:
-            raise ValueError(f"method must be 'mean' or 'gaussian', got {method!r}.")
-        return self.replace(tx=_filter(self.tx, w, ends), ty=_filter(self.ty, w, ends),
-                            angle=_filter(self.angle, w, ends))
+            raise ValueError(f"method must be 'mean', 'gaussian' or 'robust', got {method!r}.")
+        track = self
+        if method == "robust":
+            bad = self.outlier_frames(outlier_window, outlier_sigmas)
+            good = ~(bad | self.interpolated)
+            if good.any() and bad.any():
+                track = self.replace(
+                    tx=_interp_missing(self.tx, good), ty=_interp_missing(self.ty, good),
+                    angle=_interp_missing(self.angle, good),
+                    face_size=None if self.face_size is None else _interp_missing(self.face_size, good),
+                    interpolated=self.interpolated | bad, outliers=self.outliers | bad)
+        return track.replace(tx=_filter(track.tx, w, ends), ty=_filter(track.ty, w, ends),
+                             angle=_filter(track.angle, w, ends),
+                             face_size=None if track.face_size is None else _filter(track.face_size, w, ends))
 
-    def relative_to(self, frame: int = 0) -> "CanonicalTrack":
-        """A NEW track of the motion relative to one frame: tx - tx[frame], ty - ty[frame],
-        angle - angle[frame] (so that frame becomes the identity)."""
+    def outlier_frames(self, window: int = 7, sigmas: float = 3.0) -> np.ndarray:
+        """bool [T]: frames whose tx, ty, angle or face size is far from its neighbours (a Hampel test).
+
+        For each frame and each of the four values: the median ``m`` and the scale ``1.4826 MAD`` over the centred
+        ``window`` (odd, >= 5; truncated at the ends); the frame is an outlier when ``|x - m| > sigmas *
+        max(scale, floor)`` for any value. The floors keep landmark jitter on a still face from counting:
+        5% of the median face size for tx, ty and face size (widths; 0.005 widths without a face size) and
+        2 degrees for the angle. Frames already interpolated (no face) take no part and are never flagged.
+        """
+        if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 5 or window % 2 == 0:
+            raise ValueError(f"outlier_window must be an odd integer >= 5 (frames), got {window!r}.")
+        sigmas = float(sigmas)
+        if not np.isfinite(sigmas) or sigmas <= 0:
+            raise ValueError(f"outlier_sigmas must be a positive number, got {sigmas!r}.")
+        known = ~self.interpolated
+        fs = self.face_size
+        unit = 0.05 * float(np.median(fs[known])) if fs is not None and known.any() else 0.005
+        series = [(self.tx, unit), (self.ty, unit), (self.angle, 2.0)]
+        if fs is not None:
+            series.append((fs, unit))
+        bad = np.zeros(len(self), bool)
+        idx = np.flatnonzero(known)
+        r = int(window) // 2
+        for x, floor in series:
+            xs = x[idx]
+            for n, i in enumerate(idx):
+                lo, hi = max(0, n - r), min(len(idx), n + r + 1)
+                if hi - lo < 4:
+                    continue
+                win = xs[lo:hi]
+                m = np.median(win)
+                scale = max(1.4826 * np.median(np.abs(win - m)), floor)
+                if abs(xs[n] - m) > sigmas * scale:
+                    bad[i] = True
+        return bad
+
+    def relative_to(self, frame: int = 0, face_size: float | None = None) -> "CanonicalTrack":
+        """A NEW track of the motion relative to one frame (that frame becomes the identity).
+
+        ``face_size=None``: in the track's own units, tx - tx[frame], ty - ty[frame], angle - angle[frame].
+        ``face_size=S`` (face units; needs ``self.face_size``): the translation is the change of the eye-mouth
+        centre ``c = e + v / 2`` since ``frame``, divided by the face size at ``frame`` and multiplied by ``S``,
+        the face size (eye-to-mouth distance) wanted in the output, in output widths (an FFHQ-aligned face:
+        about :data:`FFHQ_FACE_SIZE`); the angle is the change of the signed angle. The result is then in
+        output widths whatever the framing of the measured clip (a face filmed small moves as much as one
+        filmed large), and its ``face_size`` is the measured one rescaled the same way.
+        """
         if not -len(self) <= int(frame) < len(self):
             raise IndexError(f"frame {frame} is outside the track of {len(self)} frames.")
         f = int(frame)
-        return self.replace(tx=self.tx - self.tx[f], ty=self.ty - self.ty[f], angle=self.angle - self.angle[f])
+        if face_size is None:
+            return self.replace(tx=self.tx - self.tx[f], ty=self.ty - self.ty[f], angle=self.angle - self.angle[f])
+        if self.face_size is None:
+            raise ValueError("relative_to(face_size=...) needs the track's face sizes; make the track with "
+                             "canonical_track() from landmarks (or pass face_size=None for image-width units).")
+        out_size = float(face_size)
+        if not np.isfinite(out_size) or out_size <= 0:
+            raise ValueError(f"face_size must be a positive fraction of the output width, got {face_size!r}.")
+        a = np.radians(self.angle)
+        cx = self.tx + 0.5 * self.face_size * np.sin(a)
+        cy = self.ty + 0.5 * self.face_size * np.cos(a)
+        g = out_size / self.face_size[f]
+        return self.replace(tx=(cx - cx[f]) * g, ty=(cy - cy[f]) * g, angle=self.angle - self.angle[f],
+                            face_size=self.face_size * g)
 
-    def input_transforms(self, pivot: str = "centre") -> np.ndarray:
+    def input_transforms(self, pivot="centre") -> np.ndarray:
         """float64 [T, 3, 3]: values for ``G.synthesis.input.transform``, one per frame, made by
         :func:`v2s_nb.stylegan3.transform.input_transform` (the one implementation of the convention).
 
@@ -189,17 +290,25 @@ class CanonicalTrack:
         ``pivot='eyes'``: the translation is corrected so that the turn is about the canonical eye midpoint
         e' instead, i.e. e' ends up exactly at e' + t: t_gen = t + (e' - c) - R (e' - c), c the image centre.
         The two differ by |e' - c| sin(angle) ~ 0.025 sin(angle) widths.
+        ``pivot=(x, y)``: the same about that point (fractions of the output's width / height), e.g. the output
+        face's eye-mouth centre for a face-unit :meth:`relative_to` track, whose t is that centre's motion.
         """
         from ..stylegan3.transform import forward_matrix, input_transform
 
         tx, ty = self.tx, self.ty
-        if pivot == "eyes":
-            off = np.array([self.canonical_eyes[0] - 0.5, self.canonical_eyes[1] - 0.5])
+        point = None
+        if isinstance(pivot, str):
+            if pivot == "eyes":
+                point = self.canonical_eyes
+            elif pivot != "centre":
+                raise ValueError(f"pivot must be 'centre', 'eyes' or an (x, y) pair of fractions, got {pivot!r}.")
+        else:
+            point = _pair(pivot, "pivot")
+        if point is not None:
+            off = np.array([point[0] - 0.5, point[1] - 0.5])
             rot = forward_matrix(np.zeros(len(self)), np.zeros(len(self)), self.angle)[:, :2, :2]
             moved = rot @ off
             tx, ty = tx + off[0] - moved[:, 0], ty + off[1] - moved[:, 1]
-        elif pivot != "centre":
-            raise ValueError(f"pivot must be 'centre' or 'eyes', got {pivot!r}.")
         return input_transform(tx, ty, self.angle)
 
     def plot(self, title: str | None = None):
@@ -237,6 +346,7 @@ def canonical_track(landmarks, image_size=None, *, canonical_eyes=FFHQ_EYE_MIDPO
 
     Frames without a face keep their place: their values are interpolated linearly from the nearest frames
     with a face (the first / last known value at the ends) and flagged in ``.interpolated`` (bool [T]).
+    ``.face_size`` holds each frame's eye-to-mouth distance in image widths (the face's scale).
     A clip with no face at all raises :class:`~v2s_nb.face.NoFaceError`.
     """
     if isinstance(landmarks, LandmarkTrack):
@@ -270,4 +380,5 @@ def canonical_track(landmarks, image_size=None, *, canonical_eyes=FFHQ_EYE_MIDPO
     tx = _interp_missing(np.where(found, t[:, 0], np.nan), found)
     ty = _interp_missing(np.where(found, t[:, 1], np.nan), found)
     angle = _interp_missing(angle, found)
-    return CanonicalTrack(tx, ty, angle, ~found, size, (ex, ey))
+    fs = _interp_missing(np.where(found, np.hypot(v[:, 0], v[:, 1]) / w, np.nan), found)
+    return CanonicalTrack(tx, ty, angle, ~found, size, (ex, ey), face_size=fs)

@@ -247,14 +247,28 @@ def _image_size(size) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------- detection
 
 
-def _pick(faces, prev_center) -> int:
-    """Index of the face to follow: nearest box centre to the previous one, else the largest box."""
+def _pick(faces, prev_box) -> int:
+    """Index of the face to follow.
+
+    ``prev_box``: the followed face's box (left, top, right, bottom) in the previous frame with a face, or None.
+    First face: the largest box. Afterwards: the box that overlaps the previous one most (intersection over
+    union), so the same person is followed even when a larger face appears; when no box overlaps it, the box
+    whose centre is nearest to the previous centre.
+    """
     boxes = np.array([f[0] for f in faces], np.float64)
-    if prev_center is None:
-        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    if prev_box is None:
         return int(np.argmax(area))
+    p = np.asarray(prev_box, np.float64)
+    iw = np.clip(np.minimum(boxes[:, 2], p[2]) - np.maximum(boxes[:, 0], p[0]), 0, None)
+    ih = np.clip(np.minimum(boxes[:, 3], p[3]) - np.maximum(boxes[:, 1], p[1]), 0, None)
+    inter = iw * ih
+    union = area + max(p[2] - p[0], 0.0) * max(p[3] - p[1], 0.0) - inter
+    iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    if iou.max() > 0:
+        return int(np.argmax(iou))
     centres = 0.5 * (boxes[:, :2] + boxes[:, 2:])
-    return int(np.argmin(np.hypot(*(centres - prev_center).T)))
+    return int(np.argmin(np.hypot(*(centres - 0.5 * (p[:2] + p[2:])).T)))
 
 
 def _chunks_of(frames) -> tuple[Iterable[np.ndarray], int | None]:
@@ -300,7 +314,8 @@ def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool =
     Their weights come from :func:`v2s_nb.weights.fetch` (downloaded once; ``$V2S_NB_WEIGHTS_DIR`` first).
 
     Several faces in a frame: in the first frame with a face the largest is taken; afterwards the one whose
-    box centre is nearest to the previous frame's face, so the same person is followed. Frames without a
+    box overlaps the previous face's box most (intersection over union; the nearest box centre when none
+    overlaps), so the same person is followed even when a larger face (or a false detection) appears. Frames without a
     face get NaN points and ``found == False`` (nothing is dropped or interpolated here; see
     :func:`v2s_nb.face.canonical_track` for that). Returns a :class:`LandmarkTrack`.
     """
@@ -333,7 +348,7 @@ def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool =
 
     pts, found, boxes, scores, counts = [], [], [], [], []
     size = None
-    prev_center = None
+    prev_box = None
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -362,7 +377,7 @@ def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool =
                         boxes.append(np.full(4, np.nan))
                         scores.append(np.nan)
                         continue
-                    box, score, rect = faces[_pick(faces, prev_center)]
+                    box, score, rect = faces[_pick(faces, prev_box)]
                     picked.append(box)
                     if predictor is not None:
                         shape = predictor(np.ascontiguousarray(image), rect)
@@ -372,7 +387,7 @@ def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool =
                     found.append(True)
                     boxes.append(np.array(box, np.float64))
                     scores.append(score)
-                    prev_center = 0.5 * (np.array(box[:2], np.float64) + np.array(box[2:], np.float64))
+                    prev_box = np.array(box, np.float64)
                 if pfld is not None:
                     _pfld_fill(pfld, part, picked, pts, PFLD_SCALE[detector])
             if bar is not None:

@@ -9,6 +9,8 @@
   warm-started (section 3.3).
 * :mod:`v2s_nb.method.baseline` — the W+ baseline of eq 7, in its 'cumulative' (default) and 'printed' readings
   (section 3.5).
+* :mod:`v2s_nb.method.motion` — the motion modes (relative / absolute / paper: which eq 7 reading and which default
+  coefficients), the anchor frame and the position track's form, used by the Reenactor, the CLI and the tuner.
 * :mod:`v2s_nb.method.reenact` — S-space mixing of eq 8-12 and the :class:`~v2s_nb.method.reenact.Reenactor`
   (prepared inputs, fast per-frame rendering, save / load) (section 3.6).
 """

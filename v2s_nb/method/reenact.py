@@ -12,7 +12,14 @@ Equations (pure functions on S codes, :func:`mix_styles`). For frame ``j`` with 
   rows (8+, colour / texture), so the local motion enters only through the mixed rows; ``outside='base'``
   takes them from ``w_base`` instead.
 
-Defaults (paper 4.1): ``α = -1, β = 1, γ = 1, ζ = 0.5``. Consequences worth knowing: ``α = 1, β = γ = 0,
+Motion modes (:mod:`v2s_nb.method.motion`, the one place that defines them): ``motion_mode='relative'``
+(default: ``X_s = s_ref + k (s_j - s_anchor)``), ``'absolute'`` (``X_s = s_j``) or ``'paper'`` (eq 7 as printed
+and the paper's coefficients); each sets the eq 7 reading and the default α, β, γ, ζ, which stay tunable. The
+anchor frame (``anchor='first' | 'best' | index``) is shared by the expression modes and the relative position
+track (``position_mode='relative'``: the driver's motion since the anchor in face units; ``'absolute'``: the
+canonical track as printed).
+
+The paper's coefficients (4.1, ``motion_mode='paper'``): ``α = -1, β = 1, γ = 1, ζ = 0.5``. Consequences worth knowing: ``α = 1, β = γ = 0,
 ζ = 1`` reproduces the reference exactly; ``α = β = γ = 0, ζ = 1`` reproduces it everywhere *except* the
 ``X_s`` channels, which eq 10-11 then set to 0 (identical to the reference only when ``X_s`` is empty).
 
@@ -49,6 +56,8 @@ import torch
 from ..atomic import write_atomic
 
 from .baseline import baseline_ws, check_mode
+from .motion import (check_position_mode, check_strength, face_size_of, motion_mode as _motion_mode,
+                     resolve_anchor)
 
 __all__ = [
     "DEFAULT_COEFFICIENTS", "DEFAULT_LAYERS", "COEFFICIENT_RANGES", "CoefficientWarning", "LengthMismatchWarning",
@@ -56,6 +65,8 @@ __all__ = [
     "channel_masks", "region_channels_from", "generator_from_spec",
 ]
 
+#: The paper's coefficients (section 4.1), the ``'paper'`` motion mode's; each mode has its own defaults
+#: (:func:`v2s_nb.method.motion.motion_mode`).
 DEFAULT_COEFFICIENTS = {"alpha": -1.0, "beta": 1.0, "gamma": 1.0, "zeta": 0.5}
 #: W+ rows whose S codes are mixed (paper's best: 3-7).
 DEFAULT_LAYERS = (3, 4, 5, 6, 7)
@@ -217,11 +228,26 @@ def _as_w(x, name, ndim=3) -> torch.Tensor | None:
 
 
 def _track_array(track) -> np.ndarray:
-    """[T, 3] (tx, ty, angle) from a CanonicalTrack or an array."""
-    a = track.as_array() if hasattr(track, "as_array") else np.asarray(track, np.float64)
-    if a.ndim != 2 or a.shape[1] != 3:
-        raise ValueError(f"a track must be a CanonicalTrack or [T, 3] (tx, ty, angle), got shape {a.shape}")
+    """[T, 4] (tx, ty, angle, face size) or [T, 3] (no face size) from a CanonicalTrack or an array."""
+    if hasattr(track, "as_array"):
+        a = track.as_array(face_size=getattr(track, "face_size", None) is not None)
+    else:
+        a = np.asarray(track, np.float64)
+    if a.ndim != 2 or a.shape[1] not in (3, 4):
+        raise ValueError(f"a track must be a CanonicalTrack or [T, 3] (tx, ty, angle) / [T, 4] (tx, ty, angle, "
+                         f"face size), got shape {a.shape}")
     return np.asarray(a, np.float64)
+
+
+def _points_array(x, name) -> np.ndarray:
+    a = np.asarray(x, np.float64)
+    if name == "reference" and a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    want = (68, 2) if name == "reference" else None
+    if (want and a.shape != want) or (not want and (a.ndim != 3 or a.shape[1:] != (68, 2))):
+        raise ValueError(f"points[{name!r}] must be {'[68, 2]' if want else '[T, 68, 2]'} landmarks (pixels of the "
+                         f"aligned crops), got shape {a.shape}")
+    return a
 
 
 def _g_device(G):
@@ -243,8 +269,18 @@ class Reenactor:
         motion / pose / position: the source of each component: ``motion`` in ('driving', 'co-driving');
             ``pose`` / ``position`` in ('driving', 'co-driving', 'none'); ``None`` = 'driving' when available
             else 'none'.
+        motion_mode: 'relative' (default), 'absolute' or 'paper' (:mod:`v2s_nb.method.motion`).
+        strength: ``k``, the factor on the driver's expression change (default 1).
+        anchor: 'first' (default), 'best' (needs ``points``) or a frame index (:func:`~.motion.resolve_anchor`).
+        position_mode: 'relative' (default: the motion since the anchor, in face units; needs tracks with a face
+            size, e.g. CanonicalTracks from landmarks) or 'absolute' (the printed canonical track).
+        ref_face_size: the reference's eye-to-mouth distance in the output, as a fraction of its width (default:
+            measured on ``points['reference']``, else :data:`v2s_nb.face.FFHQ_FACE_SIZE`).
+        points: {'reference': [68, 2], 'driving' / 'co-driving': [T, 68, 2]} landmarks of the aligned crops, in
+            pixels of crops at the generator's resolution (for anchor 'best' and the reference's face size).
         regions: enabled regions for ``X_s``.  layers: W+ rows to mix (default 3-7).
-        alpha, beta, gamma, zeta: eq 10-12.  baseline: eq 7 reading ('cumulative' | 'printed').
+        alpha, beta, gamma, zeta: eq 10-12; ``None`` = the motion mode's default.
+        baseline: eq 7 reading ('cumulative' | 'printed'); ``None`` = the motion mode's.
         outside: rows outside ``layers`` from 'ref' (w_ref^p) or 'base' (w_base).
         G_render: generator used to render (e.g. the PTI-tuned copy); default ``G``.
         fps / fps_codrive: frame rates (the output uses ``fps``).  info: free JSON-able metadata.
@@ -262,11 +298,17 @@ class Reenactor:
     position: str | None = None
     regions: tuple = REGIONS
     layers: Any = DEFAULT_LAYERS
-    alpha: float = DEFAULT_COEFFICIENTS["alpha"]
-    beta: float = DEFAULT_COEFFICIENTS["beta"]
-    gamma: float = DEFAULT_COEFFICIENTS["gamma"]
-    zeta: float = DEFAULT_COEFFICIENTS["zeta"]
-    baseline: str = "cumulative"
+    alpha: float | None = None
+    beta: float | None = None
+    gamma: float | None = None
+    zeta: float | None = None
+    baseline: str | None = None
+    motion_mode: str = "relative"
+    strength: float = 1.0
+    anchor: Any = "first"
+    position_mode: str = "relative"
+    ref_face_size: float | None = None
+    points: dict = dataclasses.field(default_factory=dict)
     outside: str = "ref"
     G_render: Any = None
     fps: float = 30.0
@@ -286,12 +328,29 @@ class Reenactor:
             bad = set(d) - {"driving", "co-driving"}
             if bad:
                 raise ValueError(f"{what} keys must be 'driving' / 'co-driving', got {sorted(bad)}")
+        self.points = {k: _points_array(v, k) for k, v in (self.points or {}).items() if v is not None}
+        bad = set(self.points) - {"reference", "driving", "co-driving"}
+        if bad:
+            raise ValueError(f"points keys must be 'reference' / 'driving' / 'co-driving', got {sorted(bad)}")
+        mode = _motion_mode(self.motion_mode)
+        for k, v in mode.coefficients.items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+        self.strength = check_strength(self.strength)
+        check_position_mode(self.position_mode)
+        if self.ref_face_size is not None:
+            f = float(self.ref_face_size)
+            if not math.isfinite(f) or not 0 < f < 1:
+                raise ValueError(f"ref_face_size must be a fraction of the output width in (0, 1), got "
+                                 f"{self.ref_face_size!r}")
+            self.ref_face_size = f
         self.layers = parse_layers(self.layers)
         self.regions = tuple(self.regions)
         bad = set(self.regions) - set(REGIONS)
         if bad:
             raise ValueError(f"unknown region(s) {sorted(bad)}; choose from {REGIONS}")
-        check_mode(self.baseline)
+        if self.baseline is not None:
+            check_mode(self.baseline)
         check_coefficients(self.alpha, self.beta, self.gamma, self.zeta)
         if self.G_render is None:
             self.G_render = self.G
@@ -313,11 +372,15 @@ class Reenactor:
         self.ws_drive = self.ws_drive[:n]
         if self.ws_codrive is not None:
             self.ws_codrive = self.ws_codrive[:n]
-        for d in (self.pose_codes, self.tracks):
+        for d in (self.pose_codes, self.tracks, {k: v for k, v in self.points.items() if k != "reference"}):
             for k in list(d):
                 if len(d[k]) < n:
                     raise ValueError(f"{k} has {len(d[k])} frames but the re-enactment has {n}")
                 d[k] = d[k][:n]
+        for k in ("driving", "co-driving"):
+            if k in self.points:
+                self.points[k] = self.points[k][:n]
+        self.anchor_frame()  # validates the anchor
         self._cache = {}
 
     # ------------------------------------------------------------------ basics
@@ -356,6 +419,71 @@ class Reenactor:
         return {"motion": motion, "pose": self._source("pose", self.pose_codes),
                 "position": self._source("position", self.tracks)}
 
+    def anchor_frame(self) -> int:
+        """The anchor frame index (``anchor`` resolved; 'best' compares the motion source's aligned landmarks
+        with the reference's, :func:`v2s_nb.method.motion.anchor_errors`)."""
+        src = self.motion if self.motion in ("driving", "co-driving") else "driving"
+        pts, ref = self.points.get(src), self.points.get("reference")
+        key = (str(self.anchor), src, self.num_frames, id(pts), id(ref))
+        cache = getattr(self, "_anchor_cache", None)
+        if cache is None or cache[0] != key:
+            self._anchor_cache = cache = (key, resolve_anchor(self.anchor, self.num_frames, pts, ref))
+        return cache[1]
+
+    def baseline_reading(self) -> str:
+        """The eq 7 reading in use: ``baseline`` when set, else the motion mode's."""
+        return self.baseline if self.baseline is not None else _motion_mode(self.motion_mode).baseline
+
+    def reference_face_size(self) -> float:
+        """The reference's eye-to-mouth distance in the output, fraction of its width (see ``ref_face_size``)."""
+        if self.ref_face_size is not None:
+            return float(self.ref_face_size)
+        if "reference" in self.points:
+            return float(face_size_of(self.points["reference"])) / float(self.G_render.img_resolution)
+        from ..face.canonical import FFHQ_FACE_SIZE
+        return FFHQ_FACE_SIZE
+
+    def face_centre(self) -> tuple[float, float]:
+        """The reference's eye-mouth centre in the output, (x, y) fractions of its width / height: measured on
+        ``points['reference']``, else the FFHQ layout's (0.5, 0.475 + 0.25 / 2)."""
+        if "reference" in self.points:
+            from ..face.canonical import eye_mouth_geometry
+            e, v = eye_mouth_geometry(self.points["reference"])
+            c = (e + 0.5 * v) / float(self.G_render.img_resolution)
+            return float(c[0]), float(c[1])
+        from ..face.align import FFHQ_EYE_MIDPOINT
+        from ..face.canonical import FFHQ_FACE_SIZE
+        return FFHQ_EYE_MIDPOINT[0], FFHQ_EYE_MIDPOINT[1] + 0.5 * FFHQ_FACE_SIZE
+
+    def position_transforms(self, source: str | None = None) -> np.ndarray | None:
+        """float64 [T, 3, 3] for ``G.synthesis.input.transform`` from :meth:`position_track`, or None. Relative
+        tracks turn about the reference's face centre (:meth:`face_centre`), so that centre moves by exactly the
+        track's (tx, ty); absolute ones about the image centre, as printed."""
+        a = self.position_track(source)
+        if a is None:
+            return None
+        from ..face.canonical import CanonicalTrack
+        ct = CanonicalTrack(a[:, 0], a[:, 1], a[:, 2], np.zeros(len(a), bool), 1)
+        return ct.input_transforms(pivot=self.face_centre() if self.position_mode == "relative" else "centre")
+
+    def position_track(self, source: str | None = None) -> np.ndarray | None:
+        """float64 [T, 3] (tx, ty in output widths, angle in degrees) applied to the output, or None (no position).
+
+        ``position_mode='relative'``: :meth:`v2s_nb.face.CanonicalTrack.relative_to` of the source's track at
+        the anchor frame with the reference's face size; ``'absolute'``: the track as given."""
+        src = self.sources()["position"] if source is None else source
+        if src == "none":
+            return None
+        a = self.tracks[src]
+        if check_position_mode(self.position_mode) == "absolute":
+            return a[:, :3].copy()
+        if a.shape[1] < 4:
+            raise ValueError(f"position_mode 'relative' needs the face size of the {src} track: give a CanonicalTrack "
+                             "made by canonical_track() (or [T, 4] with the face size), or position_mode='absolute'")
+        from ..face.canonical import CanonicalTrack
+        ct = CanonicalTrack(a[:, 0], a[:, 1], a[:, 2], np.zeros(len(a), bool), 1, face_size=a[:, 3])
+        return ct.relative_to(self.anchor_frame(), face_size=self.reference_face_size()).as_array()
+
     def mixed_layer_names(self) -> list[str]:
         return layer_names(self.G_render, self.layers)
 
@@ -363,7 +491,10 @@ class Reenactor:
 
     def _prepared(self):
         src = self.sources()
-        key = (src["motion"], src["pose"], src["position"], self.baseline, self.layers, self.outside,
+        mode = self.baseline_reading()
+        anchor = self.anchor_frame()
+        key = (src["motion"], src["pose"], src["position"], mode, anchor, check_strength(self.strength),
+               check_position_mode(self.position_mode), self.reference_face_size(), self.layers, self.outside,
                id(self.G_render))
         hit = self._cache.get("prep")
         if hit is not None and hit[0] == key:
@@ -374,18 +505,16 @@ class Reenactor:
         n = self.num_frames
         ws_m = self.ws_drive if src["motion"] == "driving" else self.ws_codrive
         w_ref_p = self.pose_codes[src["pose"]] if src["pose"] != "none" else self.w_ref[None]
-        w_base = baseline_ws(w_ref_p, ws_m, self.baseline)
+        w_base = baseline_ws(w_ref_p, ws_m, mode, anchor=anchor, strength=self.strength)
         names = self.mixed_layer_names()
         with torch.no_grad():
             s_ref = {k: v.cpu() for k, v in sy.styles(w_ref_p.to(dev)).items()}
             s_drv_all = sy.styles(ws_m.to(dev))
             s_drive = {k: s_drv_all[k].cpu() for k in names}
             s_base = {k: v.cpu() for k, v in sy.styles(w_base.to(dev)).items()}
-        transforms = None
-        if src["position"] != "none":
-            from ..stylegan3.transform import input_transform
-            a = self.tracks[src["position"]]
-            transforms = torch.as_tensor(input_transform(a[:, 0], a[:, 1], a[:, 2]), dtype=torch.float32)
+        transforms = self.position_transforms(src["position"])
+        if transforms is not None:
+            transforms = torch.as_tensor(transforms, dtype=torch.float32)
         prep = {"s_ref": s_ref, "s_drive": s_drive, "s_base": s_base, "transforms": transforms, "names": names,
                 "sizes": {k: s_ref[k].shape[-1] for k in names}, "n": n, "w_base": w_base, "w_ref_p": w_ref_p}
         self._cache["prep"] = (key, prep)
@@ -491,6 +620,8 @@ class Reenactor:
             t[f"pose_codes/{k}"] = v
         for k, v in self.tracks.items():
             t[f"tracks/{k}"] = torch.as_tensor(v, dtype=torch.float64)
+        for k, v in self.points.items():
+            t[f"points/{k}"] = torch.as_tensor(v, dtype=torch.float64)
         return {k: v.detach().cpu().contiguous() for k, v in t.items()}
 
     def save(self, directory) -> Path:
@@ -516,7 +647,9 @@ class Reenactor:
             "settings": {"motion": self.motion, "pose": self.pose, "position": self.position,
                          "regions": list(self.regions), "layers": list(self.layers), **self.coefficients,
                          "baseline": self.baseline, "outside": self.outside, "fps": self.fps,
-                         "fps_codrive": self.fps_codrive},
+                         "fps_codrive": self.fps_codrive, "motion_mode": self.motion_mode,
+                         "strength": self.strength, "anchor": self.anchor, "position_mode": self.position_mode,
+                         "ref_face_size": self.ref_face_size},
             "region_channels": {r: {l: [int(i) for i in idx] for l, idx in by_l.items()}
                                 for r, by_l in self.region_channels.items()},
             "generator": {"source": None if getattr(self.G, "source", None) is None else str(self.G.source),
@@ -560,10 +693,16 @@ class Reenactor:
                    region_channels=meta["region_channels"],
                    pose_codes={k.split("/", 1)[1]: v for k, v in t.items() if k.startswith("pose_codes/")},
                    tracks={k.split("/", 1)[1]: v.numpy() for k, v in t.items() if k.startswith("tracks/")},
+                   points={k.split("/", 1)[1]: v.numpy() for k, v in t.items() if k.startswith("points/")},
                    motion=st["motion"], pose=st["pose"], position=st["position"], regions=tuple(st["regions"]),
                    layers=tuple(st["layers"]), alpha=st["alpha"], beta=st["beta"], gamma=st["gamma"],
                    zeta=st["zeta"], baseline=st["baseline"], outside=st["outside"], fps=st["fps"],
-                   fps_codrive=st["fps_codrive"], info=meta.get("info") or {})
+                   fps_codrive=st["fps_codrive"], info=meta.get("info") or {},
+                   # saves from before the motion modes: their coefficients and eq 7 reading are stored, and
+                   # their position was the printed (absolute) track
+                   motion_mode=st.get("motion_mode", "relative"), strength=st.get("strength", 1.0),
+                   anchor=st.get("anchor", "first"), position_mode=st.get("position_mode", "absolute"),
+                   ref_face_size=st.get("ref_face_size"))
 
 
 def generator_from_spec(spec, device=None):

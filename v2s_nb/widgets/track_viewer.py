@@ -105,7 +105,7 @@ class TrackViewer:
 
         self.kernel = W.IntSlider(value=int(kernel), min=3, max=max(int(max_kernel), int(kernel)), step=2,
                                   description="kernel", continuous_update=False)
-        self.method = W.Dropdown(options=["mean", "gaussian"], value=method, description="method")
+        self.method = W.Dropdown(options=["mean", "gaussian", "robust"], value=method, description="method")
         self.frame = W.IntSlider(value=0, min=0, max=max(n - 1, 0), description="frame", continuous_update=True)
         self.play = W.Play(value=0, min=0, max=max(n - 1, 0), interval=100, description="play")
         W.jslink((self.play, "value"), (self.frame, "value"))

@@ -3,6 +3,9 @@
 
 :class:`ReenactmentTuner` (:func:`tune`) shows
 
+* the motion mode (relative / absolute / paper, :mod:`v2s_nb.method.motion`; choosing one sets α, β, γ, ζ to its
+  defaults, which stay tunable), the expression strength k, the anchor frame (first, best when the Reenactor
+  holds landmarks, or an index) and the position track's form (relative in face units / absolute);
 * sliders for α, β, γ (eq 10-11, on the ``X_s`` channels) and ζ (eq 12, on the other channels of the mixed rows);
 * the W+ rows whose S codes are mixed (an ``IntRangeSlider``, paper: 3-7);
 * a toggle per face region (eyes / nose / mouth) that puts its channels in ``X_s`` or leaves them out;
@@ -23,7 +26,8 @@ newest settings, so dragging or key presses never queue up work. ``background=Fa
 
 For tests and scripts: ``tuner.preview`` is the current preview (uint8 [R, R, 3]), ``tuner.video`` the last
 rendered video (uint8 [T, R, R, 3] or None), :meth:`ReenactmentTuner.wait` waits for a pending preview,
-``tuner.params`` is the current settings. Stable CSS classes: ``v2s-tuner``, ``v2s-tuner-alpha``,
+``tuner.params`` is the current settings. Stable CSS classes: ``v2s-tuner``, ``v2s-tuner-motion-mode``,
+``v2s-tuner-strength``, ``v2s-tuner-anchor``, ``v2s-tuner-position-mode``, ``v2s-tuner-alpha``,
 ``v2s-tuner-beta``, ``v2s-tuner-gamma``, ``v2s-tuner-zeta``, ``v2s-tuner-layers``, ``v2s-tuner-region-<name>``,
 ``v2s-tuner-source-<component>``, ``v2s-tuner-frame``, ``v2s-tuner-preview``, ``v2s-tuner-status``,
 ``v2s-tuner-render``, ``v2s-tuner-progress``, ``v2s-tuner-video``.
@@ -38,6 +42,7 @@ import warnings
 
 import numpy as np
 
+from ..method.motion import MOTION_MODES, POSITION_MODES, motion_mode
 from ..method.reenact import REGIONS, CoefficientWarning
 from .track_viewer import _png
 
@@ -92,6 +97,23 @@ class ReenactmentTuner:
             s.add_class(f"v2s-tuner-{name}")
             self.sliders[name] = s
         self.alpha, self.beta, self.gamma, self.zeta = (self.sliders[k] for k in ("alpha", "beta", "gamma", "zeta"))
+        self._holding = False  # True while a mode change sets the sliders (one preview for all of them)
+        self.motion_mode = W.Dropdown(options=list(MOTION_MODES), value=r.motion_mode, description="motion mode",
+                                      layout=W.Layout(width="260px"), style=style)
+        self.motion_mode.add_class("v2s-tuner-motion-mode")
+        self.strength = W.FloatSlider(value=float(r.strength), min=min(0.0, r.strength), max=max(2.0, r.strength),
+                                      step=0.05, description="strength k", continuous_update=False,
+                                      readout_format=".2f", layout=lay, style=style)
+        self.strength.add_class("v2s-tuner-strength")
+        anchors = [("first", "first")] + ([("best", "best")] if "reference" in r.points else [])
+        anchors += [(f"frame {j}", j) for j in range(n)]
+        self.anchor = W.Dropdown(options=anchors, value=r.anchor if r.anchor in ("first", "best") else
+                                 int(r.anchor_frame()), description="anchor", layout=W.Layout(width="260px"),
+                                 style=style)
+        self.anchor.add_class("v2s-tuner-anchor")
+        self.position_mode = W.Dropdown(options=list(POSITION_MODES), value=r.position_mode,
+                                        description="position", layout=W.Layout(width="260px"), style=style)
+        self.position_mode.add_class("v2s-tuner-position-mode")
         rows = r.layers
         self.layers = W.IntRangeSlider(value=(min(rows), max(rows)), min=0, max=num_ws - 1, step=1,
                                        description="W+ rows", continuous_update=False, layout=lay, style=style)
@@ -134,12 +156,14 @@ class ReenactmentTuner:
         self.video_html.add_class("v2s-tuner-video")
 
         for w in [*self.sliders.values(), self.layers, *self.region_toggles.values(), *self.source_widgets.values(),
-                  self.frame]:
+                  self.frame, self.strength, self.anchor, self.position_mode]:
             w.observe(self._on_change, names="value")
+        self.motion_mode.observe(self._on_mode, names="value")
         self.render_button.on_click(self._on_render)
 
         notes = W.HTML("<br>".join(html.escape(s) for s in self.source_notes.values()))
-        controls = W.VBox([W.HTML("<b>eq 10-12 coefficients</b>"), *self.sliders.values(), self.layers,
+        controls = W.VBox([W.HTML("<b>motion</b>"), self.motion_mode, self.strength, self.anchor, self.position_mode,
+                           W.HTML("<b>eq 10-12 coefficients</b>"), *self.sliders.values(), self.layers,
                            W.HBox([W.Label("X_s regions"), *self.region_toggles.values()]),
                            W.HTML("<b>sources</b>"), *self.source_widgets.values(), notes,
                            W.HBox([self.render_button, self.progress])])
@@ -158,7 +182,9 @@ class ReenactmentTuner:
         lo, hi = self.layers.value
         return {**{k: float(s.value) for k, s in self.sliders.items()}, "layers": tuple(range(lo, hi + 1)),
                 "regions": tuple(k for k, t in self.region_toggles.items() if t.value),
-                **{k: d.value for k, d in self.source_widgets.items()}, "frame": int(self.frame.value)}
+                **{k: d.value for k, d in self.source_widgets.items()}, "frame": int(self.frame.value),
+                "motion_mode": self.motion_mode.value, "strength": float(self.strength.value),
+                "anchor": self.anchor.value, "position_mode": self.position_mode.value}
 
     def _apply(self, p: dict) -> None:
         r = self.reenactor
@@ -166,10 +192,23 @@ class ReenactmentTuner:
             setattr(r, k, p[k])
         r.layers, r.regions = p["layers"], p["regions"]
         r.motion, r.pose, r.position = p["motion"], p["pose"], p["position"]
+        r.motion_mode, r.strength, r.anchor, r.position_mode = (p["motion_mode"], p["strength"], p["anchor"],
+                                                                p["position_mode"])
 
     # ------------------------------------------------------------------ preview
 
     def _on_change(self, change=None) -> None:
+        if not self._holding:
+            self._request()
+
+    def _on_mode(self, change=None) -> None:
+        """A motion mode sets the coefficients to its defaults (they stay tunable); one preview follows."""
+        self._holding = True
+        try:
+            for k, v in motion_mode(self.motion_mode.value).coefficients.items():
+                self.sliders[k].value = v
+        finally:
+            self._holding = False
         self._request()
 
     def _request(self) -> None:
@@ -211,7 +250,8 @@ class ReenactmentTuner:
         self.preview = img
         self.error = None
         self.image.value = _png(img, self.size)
-        msg = (f"frame {p['frame']} · α {p['alpha']:.2f} β {p['beta']:.2f} γ {p['gamma']:.2f} ζ {p['zeta']:.2f} · "
+        msg = (f"frame {p['frame']} · {p['motion_mode']} (anchor frame {self.reenactor.anchor_frame()}, "
+               f"k {p['strength']:.2f}) · α {p['alpha']:.2f} β {p['beta']:.2f} γ {p['gamma']:.2f} ζ {p['zeta']:.2f} · "
                f"rows {p['layers'][0]}-{p['layers'][-1]} · regions {', '.join(p['regions']) or 'none'} · "
                f"{self.render_time * 1000:.0f} ms")
         for w in caught:
