@@ -17,11 +17,9 @@ layer writes the scaled input, the next one demodulates). Three forms, all readi
   products are the faster: cuDNN on channels-last copies made by our transpose kernels, which run faster than
   cuDNN's own, with output channels padded where that changes cuDNN's choice of kernel for the better.
 
-Measured on an H200 (StyleGAN3-T 1024, batch 8, ``benchmarks/bench_conv.py``): pointers -> rows 81 -> 51 channels
-5.59 -> 3.15 ms, 51 -> 32 3.06 -> 1.40 ms, 32 -> 32 1.62 -> 1.10 ms; cuDNN (channels padded to multiples of 8, with
-its transposes) 6.8, 4.7 and 1.9 ms. For layers of 81 or more outputs cuDNN stays the faster (the rows form took
-1.06-1.8x its time there), and the cudnn form cut those six layers of T from 8.71 to 7.18 ms (T batch 8 190 -> 197
-img/s; on an H100 9.15 -> 7.89 ms, 185 -> 191 img/s).
+On T's layers of at most 64 outputs rows beats pointers, and both beat cuDNN with its transposes; from 81 outputs up
+cuDNN's products win and run in the cudnn form. ``benchmarks/bench_conv.py`` times every form on every layer;
+the figures are in docs/performance.md ('Kernel choices, measured').
 """
 
 from __future__ import annotations
@@ -132,7 +130,7 @@ if HAVE_TRITON:
     def _shift_cols(p, s: tl.constexpr, BN: tl.constexpr, TW: tl.constexpr):
         """[BN, TW] -> q with q[:, j] = p[:, j + s] (s = +-1; the edge column repeats). Split into even and odd
         columns (neighbours in a thread's registers), only one half needs moving: one gather over half the columns.
-        Measured on an H200 against whole-tile gathers: T's 1044 px convolutions 1.03-1.2x faster."""
+        Faster than gathering the whole tile on T's 1044 px convolutions (docs/performance.md)."""
         even, odd = tl.split(p.reshape(BN, TW // 2, 2))
         i = tl.arange(0, TW // 2)
         if s > 0:  # q[2i] = p[2i + 1] = odd[i], q[2i + 1] = p[2i + 2] = even[i + 1]
@@ -167,10 +165,9 @@ if HAVE_TRITON:
         tl.store(out_ptr + n * c * hw + (ch[:, None] * hw + p[None, :]), v, mask=ok)
 
 
-# Where the Triton kernels run: layers with at most this many output channels. Measured on an H200 (StyleGAN3-T
-# 1024, batch 8): 81 -> 51 channels at 1044 px 6.7 -> 3.2 ms against cuDNN with its own transposes, 51 -> 32 4.7 ->
-# 1.4 ms, 32 -> 32 1.9 -> 1.1 ms; with 81 or more outputs cuDNN's tensor-core kernels are the faster (rows form
-# 1.06-1.8x slower on T's 128-512 channel layers), and run in the cudnn form.
+# Where the Triton kernels run: layers with at most this many output channels. There cuDNN's NCHW <-> NHWC transposes
+# cost more than its tensor-core kernels save; from 81 outputs up (T's next size) cuDNN's kernels are the faster and
+# run in the cudnn form (docs/performance.md, 'Kernel choices, measured').
 MAX_OUT_CHANNELS = 64
 # The rows form's row alignment, in elements of fp16: TMA copies start on 16-byte boundaries.
 ROW_ALIGN = 8
@@ -205,10 +202,10 @@ def _rows_form_fits(x, kernel_size, padding) -> bool:
 
 
 def _rows_config(c_in, c_out):
-    """(TW, BN, BK, warps, stages, out_major) of the rows form: the best of 12-20 configurations per layer of T on
-    an H200 (81 -> 51, 51 -> 32, 32 -> 32 channels at 1044 px): 128-pixel segments, all outputs in one block,
-    accumulators [outputs, pixels] above 32 outputs (81 -> 51: 1.23x faster than [pixels, outputs]; at 32 outputs
-    1.1x slower)."""
+    """(TW, BN, BK, warps, stages, out_major) of the rows form: the best of 12-20 configurations timed per layer of
+    T (81 -> 51, 51 -> 32, 32 -> 32 channels at 1044 px): 128-pixel segments, all outputs in one block, accumulators
+    [outputs, pixels] above 32 outputs (faster there than [pixels, outputs], slower at 32 outputs; figures in
+    docs/performance.md)."""
     bn = 32 if c_out <= 32 else 64
     bk = min((64, 32), key=lambda b: -(-c_in // b) * b)
     return 128, bn, bk, 4, 3, c_out > 32
@@ -216,8 +213,8 @@ def _rows_config(c_in, c_out):
 
 def _config(c_in, c_out):
     """(TH, TW, BN, BK, warps, stages): 4 x 32 pixel tiles, all outputs in one block, the channel block (32 or 64)
-    that pads the input channels least (the larger on a tie: fewer steps). The best of 8-16 configurations per
-    layer on an H200."""
+    that pads the input channels least (the larger on a tie: fewer steps). The best of 8-16 configurations timed per
+    layer of T."""
     bn = 32 if c_out <= 32 else 64
     bk = min((64, 32), key=lambda b: -(-c_in // b) * b)
     return 4, 32, bn, bk, 4, 3
@@ -319,22 +316,21 @@ def _conv_rows(x, weight, config):
 
 def _cudnn_out_channels(o):
     """Output channels to ask cuDNN for (zero filters past ``o``): a multiple of 8 for its tensor-core kernels, of 32
-    from 256 up. Measured on an H200 (T 1024, batch 8, NHWC): 512 -> 323 at 148 px 1.44 ms with 328 outputs, 0.84
-    with 352 (cuDNN's heuristics pick another kernel); 512 outputs need none, and for T's 81-203 output layers the
-    multiples of 32 were 0-5% slower."""
+    from 256 up: there it makes cuDNN's heuristics pick a faster kernel for T's 512 -> 323 layer (512 outputs need
+    none; on T's 81-203 output layers multiples of 32 were slightly slower; figures in docs/performance.md)."""
     return o + (-o) % (32 if o >= 256 else 8)
 
 
 def _transpose_tile(c, element_size=2):
     """(BC, BP, warps) of :func:`_to_nhwc_kernel` for ``c`` channels: all channels in one tile up to 512 (each
-    program writes one contiguous run of pixels x channels; 3.4-3.7 TB/s on an H200 for T's layers, against
-    2.0-2.1 for 64-channel blocks at 328 channels), 32 KiB a tile (the reordering goes through shared memory)."""
+    program writes one contiguous run of pixels x channels, faster than 64-channel blocks: docs/performance.md),
+    32 KiB a tile (the reordering goes through shared memory)."""
     bc = min(triton.next_power_of_2(c), 512)
     return bc, max(32768 // element_size // bc, 1), 8
 
 
-# :func:`_to_nchw_kernel`'s tile (BC, BP, warps) for fp16 (BP halves for 4-byte elements): of 9 timed on an H200 for
-# T's six cudnn-form layers, the best on four and within 11% on the others (2.4-3.3 TB/s).
+# :func:`_to_nchw_kernel`'s tile (BC, BP, warps) for fp16 (BP halves for 4-byte elements): the best overall of 9
+# timed on T's six cudnn-form layers (docs/performance.md).
 NCHW_TILE = (64, 256, 8)
 
 
@@ -381,10 +377,9 @@ def to_nchw(y, channels=None):
 
 def _conv_cudnn_nhwc(x, weight, padding):
     """The cudnn form of :func:`conv2d_nchw`: cuDNN on channels-last copies, made here. On NCHW fp16 cuDNN makes
-    the same copies itself, at about 2.1 TB/s on an H200; ours run at 2.0-3.7 TB/s. Input channels padded to
-    multiples of 8 (zeros), outputs per :func:`_cudnn_out_channels`. T 1024 batch 8, H200: its six 81-512 output
-    layers 8.71 ms in all through cuDNN on NCHW, 7.18 in this form (of that, 512 -> 323 at 148 px 1.75 -> 1.06 ms,
-    mostly from the output padding)."""
+    the same copies itself; ours are as fast or faster. Input channels padded to multiples of 8 (zeros), outputs
+    per :func:`_cudnn_out_channels`. Faster in all than cuDNN on NCHW over T's six 81-512 output layers, most of all
+    on 512 -> 323 (from the output padding; docs/performance.md)."""
     c, o = x.shape[1], weight.shape[0]
     ci, co = _round8(c), _cudnn_out_channels(o)
 

@@ -10,9 +10,8 @@ product (bias, clamp, the network's output scale, the cast to float32). Here:
 * :func:`torgb`: ToRGB's modulated 1x1 convolution, bias, clamp and output scale in one pass over its input,
   written straight as float32 images.
 
-Both are inference only (no autograd) and need CUDA and Triton, or Triton's interpreter (the CPU tests). Measured on
-an H100 (StyleGAN3-T 1024, batch 8, mixed): the 14 modulation launches take 0.11 ms, ToRGB 0.23 ms; with them (and
-one ``addmm`` per affine) synthesis went 196.5-196.9 -> 199.2-200.9 img/s, and batch 1 to 144-155 img/s eager.
+Both are inference only (no autograd) and need CUDA and Triton, or Triton's interpreter (the CPU tests). What they
+take and save in synthesis: docs/performance.md ('Kernel choices, measured').
 """
 
 from __future__ import annotations

@@ -172,19 +172,18 @@ if HAVE_TRITON:
         down-filter Dy[r] @ (u @ Dx[r]). More multiply-adds than the banded kernel, but on 128-wide tiles,
         which measured faster for 4x-upsampling layers (less halo per output).
 
-        c_offset: channel of plane 0 (the callers pass 0). It stays a runtime argument on purpose: measured on an
-        H200 with Triton 3.6, the same kernel indexing the bias by ``plane % channels`` alone (or with c_offset
-        1, which Triton specialises to a constant) ran 1.45x slower, with the same registers and shared memory.
-        The plane offsets are kept as they are for the same reason: computing the channel and sample first (for
-        batch strides) made the 4x layers 1.35x slower; channel slices and padded outputs are launched per sample
-        instead. HAS_GAIN / HAS_SCALE: as in :func:`_fused_kernel`.
+        c_offset: channel of plane 0 (the callers pass 0). It stays a runtime argument on purpose: with Triton 3.6
+        the same kernel indexing the bias by ``plane % channels`` alone (or with c_offset 1, which Triton
+        specialises to a constant) ran markedly slower, with the same registers and shared memory. The plane
+        offsets are kept as they are for the same reason: computing the channel and sample first (for batch
+        strides) made the 4x layers slower; channel slices and padded outputs are launched per sample instead
+        (figures for both in docs/performance.md). HAS_GAIN / HAS_SCALE: as in :func:`_fused_kernel`.
 
         MATS_FIRST (single-term down-filters, R = 1): all four matrices are loaded before the input window, and
-        the kernel runs with 8 warps (``DENSE_FIRST_WARPS``). Measured on an H200 (T 1024, batch 8, same output
-        bit for bit): 1.03-1.12x faster on every 4x layer (81-channel 1044 px layer 6.35 -> 5.68 ms); the old order
-        with 8 warps was 1.25x slower. With MATS_FIRST the tiles are mapped and the interior ones run without bounds
-        tests (MASKED = False) as in :func:`_fused_single_term_kernel`: 1.01-1.11x faster (1044 px layer 6.01 ->
-        5.42 ms against the same launches all masked).
+        the kernel runs with 8 warps (``DENSE_FIRST_WARPS``): faster on every 4x layer of T than the other order,
+        with 4 warps or 8, the same output bit for bit. With MATS_FIRST the tiles are mapped and the interior ones
+        run without bounds tests (MASKED = False) as in :func:`_fused_single_term_kernel`, faster again than the
+        same launches all masked (docs/performance.md).
         """
         plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
         if MATS_FIRST:
@@ -201,7 +200,7 @@ if HAVE_TRITON:
             oy0 = tl.program_id(1) * BO
             ox0 = tl.program_id(2) * BO
         # The window as _window_raw / _window_finish would give it, written out: through those helpers (same
-        # values) R batch 8 measured 0.3-0.4% slower on an H100 (100.7-100.8 against 101.1 img/s; T unchanged).
+        # values) R's synthesis measured slightly slower (docs/performance.md).
         jy = (oy0 * DOWN) // UP + jshift_y + tl.arange(0, KJY)
         jx = (ox0 * DOWN) // UP + jshift_x + tl.arange(0, KJX)
         if MASKED:
@@ -341,16 +340,14 @@ if HAVE_TRITON:
         blocks on both axes (KBX, KBY > 0), written otherwise: every matrix block is loaded once before a loop over
         the program's PLANES planes at the same tile.
 
-        Measured on an H200 (StyleGAN3-T 1024, batch 8, fp16, the same output bit for bit): with PLANES = 1 this
-        form ran the 2x layers 1.16-1.20x faster than :func:`_fused_kernel` (51-channel 1044 px layer 5.21 -> 4.37
-        ms); more planes per program were slower (2: 1.7x, 8: 1.2x, also with the next plane's window prefetched),
-        and so was the straight-line version of this code without the loop (1.15x). 8 warps gave wrong values
+        With PLANES = 1 this form runs T's 2x fp16 layers faster than :func:`_fused_kernel`, the same output bit
+        for bit; more planes per program (also with the next plane's window prefetched) and the straight-line
+        version of this code without the loop were slower (docs/performance.md). 8 warps gave wrong values
         (Triton 3.6).
 
         Tiles: program (p, i, j) runs tile row i + ty_off (+ ty_jump from i = ty_split on), column likewise (see
         :func:`_tile_launches`). MASKED = False for the tiles whose whole input window and output tile lie inside
-        the planes: no bounds tests on their loads and stores, 1.09-1.11x faster on the 1044 px layers (same
-        output)."""
+        the planes: no bounds tests on their loads and stores (faster, the same output)."""
         p0 = tl.program_id(0) * PLANES
         pid1 = tl.program_id(1)
         pid2 = tl.program_id(2)
@@ -653,10 +650,8 @@ def _forward_precision(dtype):
     """The fused forward's product precision. float32 layers: three-pass bf16 (about 16 bits; fp16-rate tensor
     cores) when TF32 is allowed for cuDNN's convolutions (``torch.backends.cudnn.allow_tf32``, PyTorch's default)
     -- those convolutions, and the 1x1 products that follow the same flag, then round their operands to 10 bits,
-    so the activation's error stays far below the layer's; else three-pass TF32 (float32 accuracy). Measured on an
-    H200 at batch 8 (default flags): R 85.7 -> 82.3 ms (97.3 img/s), T 52.0 -> 50.6 ms; the images' error against
-    strict float32 unchanged (R: max 5.9e-3 -> 6.1e-3, mean 6.42e-4 -> 6.40e-4; R all-float32: max 1.74e-3 ->
-    1.77e-3)."""
+    so the activation's error stays far below the layer's; else three-pass TF32 (float32 accuracy). bf16x3 is the
+    faster, and leaves the images' error against strict float32 unchanged (docs/performance.md)."""
     if dtype == torch.float16:
         return "ieee"
     return "bf16x3" if BF16X3 and torch.backends.cudnn.allow_tf32 else "tf32x3"
@@ -819,13 +814,11 @@ def _prepared_filters(fu, fd, up, device):
 
 
 # Which fused forward runs a layer, by (storage dtype, upsampling factor): (kernel, edge of the upsampled tile
-# held on chip, output-column halves for the banded kernel). Measured per layer on an H200 (R and T at 1024,
-# batch 8, against the other choices): 4x-upsampling fp16 layers run fastest as whole-window products on
-# 128-wide tiles; 2x fp16 layers as banded products on 64-wide tiles (10-20% faster); float32 layers (three-pass
-# TF32 products) banded with halves on 64-wide tiles: on the mixed-precision runs' small float32 layers up to
-# 2.3x faster than the unfused kernels, and whole float32 synthesis at batch 8 went from 17.4 to 18.3 img/s (R)
-# and from 38.9 to 52.1 (T). Banded fp16 on 128-wide tiles with halves is never used: Triton 3.6 miscompiled it
-# on the H200 (wrong values).
+# held on chip, output-column halves for the banded kernel), chosen per layer of R and T with
+# benchmarks/bench_lrelu_forms.py (figures in docs/performance.md): 4x-upsampling fp16 layers run fastest as
+# whole-window products on 128-wide tiles; 2x fp16 layers as banded products on 64-wide tiles; float32 layers
+# (three-pass products) banded with halves on 64-wide tiles, faster than the unfused kernels. Banded fp16 on
+# 128-wide tiles with halves is never used: Triton 3.6 miscompiled it on Hopper (wrong values).
 # FUSED_CHOICE holds the exceptions to FUSED_DEFAULT, the form per dtype (also the fallback of any exception).
 FUSED_CHOICE = {(torch.float16, 4): ("dense", 128, False)}
 FUSED_DEFAULT = {torch.float16: ("banded", 64, False), torch.float32: ("banded", 64, True)}
@@ -834,12 +827,12 @@ FUSED_DEFAULT = {torch.float16: ("banded", 64, False), torch.float32: ("banded",
 FP16_RANK_TOL = float(os.environ.get("V2S_NB_FP16_RANK_TOL", "2.5e-4"))
 # Planes whose output is smaller than this use the unfused kernels. float16: the fused kernel rounds the filter
 # taps and one more intermediate to fp16; on the small planes of 256-512 px models that measurably added to the
-# gradient error (R 256: 7.9e-3 -> 1.0e-2 against float32), so they stay unfused, as before. float32: from 32
+# gradient error (R 256: 1.0e-2 against float32 fused, 7.9e-3 unfused), so they stay unfused. float32: from 32
 # up, the fused kernel is exact to float32 rounding and faster.
 FUSED_MIN_OUT = {torch.float16: 128, torch.float32: 32}
-# Warps per tile program: measured on an H200 (R and T at 1024, batch 1 and 8), 4 warps ran the dense forward
-# 1.2-1.6x faster than 8 on every layer; with the banded forms 8 warps crashed (illegal address, Triton 3.6) and
-# 2 made R 13x slower. The backward prefers 8 for fp16 layers and 4 for float32 ones.
+# Warps per tile program: 4. With 8 the dense forward ran slower on every layer of R and T and the banded forms
+# crashed (illegal address, Triton 3.6); 2 was far slower (docs/performance.md). The backward prefers 8 for fp16
+# layers and 4 for float32 ones.
 FUSED_WARPS = int(os.environ.get("V2S_NB_FUSED_WARPS", "4"))
 # The dense forward's form for single-term down-filters (see _fused_dense_kernel's MATS_FIRST) and its warps.
 DENSE_MATS_FIRST = True
@@ -917,7 +910,7 @@ def _output_size(h, w, fu, fd, up, down, padding):
 def _tile_plans(fu, fd, up, down, padding, x, tiles, h_out, w_out):
     """(tile edge, plan, grid) for each tile edge the backward tries in turn (the next one after a compile that ran
     out of shared memory); nothing where the down-filter has no plan. fp16 skips tiles under 128: on 64-wide tiles
-    the whole-window products gave NaNs and wrong values (Triton 3.6, H200)."""
+    the whole-window products gave NaNs and wrong values (Triton 3.6 on Hopper)."""
     for bu in tiles:
         if x.dtype == torch.float16 and bu < 128:
             continue
@@ -1016,9 +1009,8 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
     if x.is_contiguous() and c_pad == c:
         parts = [(x, buf, g, sc)]
     else:
-        # One launch per sample, each over a contiguous block of c planes in and out. Measured on an H200
-        # (batch 8): faster than one launch indexing the planes with batch strides (R's 102-channel layer 14.9 ->
-        # 14.2 ms; T's 51-channel layer 5.4 -> 4.6 ms).
+        # One launch per sample, each over a contiguous block of c planes in and out: faster than one launch
+        # indexing the planes with batch strides (docs/performance.md).
         parts = [(x[i], buf[i, :c], None if g is None else g[i], None if sc is None else sc[i]) for i in range(n)]
     for kernel, bu, halves in forms:
         plan = _fused_plan(fu, fd, up, down, padding, x.dtype, x.device, bu)
@@ -1262,8 +1254,7 @@ def filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=2 ** 0
         return _with_factors(lambda v: _FilteredLReLU.apply(v, b, fu, fd, up, down, tuple(padding), gain, slope,
                                                             clamp), x, in_gain, out_scale, out_dtype)
     # Inference: fp16 outputs padded to multiples of 8 channels for the next layer's matrix product (StyleGAN3-R's
-    # 645, 406, 161, 102 channels); measured on an H200 at batch 8, its 161 -> 102 channel product at 1044 px
-    # 4.1 -> 1.3 ms, 645 -> 406 at 276 px 3.5 -> 0.56 ms.
+    # 645, 406, 161, 102 channels), an inner size cuBLAS's fast kernels take (docs/performance.md).
     pad = 8 if pad_channels and ops._pad_for_tensor_cores(x, out_dtype) else 1
     return fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp, pad_channels_to=pad,
                                        in_gain=in_gain, out_scale=out_scale, out_dtype=out_dtype, row_align=row_align)

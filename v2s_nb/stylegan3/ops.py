@@ -86,8 +86,8 @@ def upfirdn2d(x: torch.Tensor, f, up: int = 1, down: int = 1, padding=(0, 0, 0, 
     """
     if up > 1 and f is not None and f.ndim == 1 and x.device.type == "cpu":
         # A separable upsampling filter: per axis, a strided transposed convolution computes exactly the
-        # zero-stuffed convolution without multiplying the stuffed zeros (2-3x faster on CPUs). CUDA keeps the
-        # zero-stuffed form, whose speed the README reports; synthesis there takes the fast path anyway.
+        # zero-stuffed convolution without multiplying the stuffed zeros (faster on CPUs: docs/performance.md). CUDA
+        # keeps the zero-stuffed form, the 'plain' rows of docs/performance.md; synthesis there takes the fast path.
         px0, px1, py0, py1 = (int(p) for p in padding)
         g = f * (gain ** 0.5)
         x = _upsample_axis(x, g, up, px0, px1, dim=3)
@@ -135,8 +135,7 @@ def filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=math.s
 def _pad_for_tensor_cores(x: torch.Tensor, dtype=None) -> bool:
     """Whether to pad channel counts to multiples of 8 for cuDNN / cuBLAS: fp16 on CUDA (``dtype``: the dtype the
     data will have, default x's), where their tensor-core kernels want them (StyleGAN3-T's 323, 203, 81, 51 channels
-    are not). Measured on an H200: the 81 -> 51 channel 3x3 convolution at 1044 px 11.4 -> 6.7 ms at batch 8; T
-    synthesis at batch 8 103 -> 108 img/s."""
+    are not; padded, T's 81 -> 51 channel convolution runs much faster: docs/performance.md)."""
     return x.is_cuda and (dtype or x.dtype) == torch.float16
 
 
@@ -160,8 +159,8 @@ def zero_padded_channels(x: torch.Tensor):
 class _Tf32LikeCudnn:
     """Float32 matrix products on CUDA with TF32 exactly when cuDNN's convolutions use it
     (``torch.backends.cudnn.allow_tf32``, on by default): the fast path's 1x1 modulated convolutions are batched
-    matrix products, and NVIDIA's code runs the same layers as convolutions. Measured on an H200: StyleGAN3-R's
-    float32 1024 -> 1024 channel products at 84 px, batch 8, 2.4 -> 0.34 ms."""
+    matrix products, and NVIDIA's code runs the same layers as convolutions (with TF32 they run several times
+    faster: docs/performance.md)."""
 
     def __enter__(self):
         self.saved = torch.backends.cuda.matmul.allow_tf32
