@@ -19,27 +19,20 @@ the latent.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
-    seeds = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "-" in part[1:]:
-            lo, hi = part.split("-", 1) if not part.startswith("-") else (None, None)
-            if lo is None or int(hi) < int(lo):
-                raise argparse.ArgumentTypeError(f"bad seed range {part!r}: use 'a-b' with a <= b")
-            seeds.extend(range(int(lo), int(hi) + 1))
-        else:
-            seeds.append(int(part))
-    if not seeds:
-        raise argparse.ArgumentTypeError("no seeds given")
-    return seeds
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]; seeds in 0..2**32-1, at most ``validate.MAX_SEEDS`` of them
+    (checked on the range bounds before the list is built)."""
+    from .validate import MAX_SEEDS, parse_int_ranges
+
+    try:
+        return parse_int_ranges(text, "seed", lo=0, hi=2**32 - 1, max_count=MAX_SEEDS)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _device(name: str | None):
@@ -54,12 +47,19 @@ def _device(name: str | None):
 
 
 def cmd_generate(args) -> int:
+    from pathlib import Path
+
     import numpy as np
     import torch
 
     from .images import image_grid, save_image, to_uint8
     from .stylegan3 import load_generator, set_input_transform, tiny_generator
 
+    from .validate import check_output_path
+
+    inputs = [args.network] if args.network and Path(str(args.network)).exists() else []
+    check_output_path(args.out, suffixes=(".png", ".jpg", ".jpeg"), inputs=inputs, what="--out")
+    seeds = args.seeds if isinstance(args.seeds, list) else parse_seeds(args.seeds)
     device = _device(args.device)
     if args.network:
         G = load_generator(args.network, device=device)
@@ -69,7 +69,6 @@ def cmd_generate(args) -> int:
               f"({G.img_resolution}px). Its images are noise-like patterns, not faces.", file=sys.stderr)
     if args.translate or args.rotate:
         set_input_transform(G, args.translate[0], args.translate[1], args.rotate)
-    seeds = parse_seeds(args.seeds)
     images = []
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
@@ -254,9 +253,11 @@ def prepare_reenactment(args):
     check_strength(args.strength)
     if args.anchor not in ("first", "best") and not args.anchor.lstrip("-").isdigit():
         raise ValueError(f"--anchor must be first, best or a frame index, got {args.anchor!r}")
-    for p in [args.reference, args.driving] + ([args.co_driving] if args.co_driving else []):
+    inputs = [args.reference, args.driving] + ([args.co_driving] if args.co_driving else [])
+    for p in inputs:
         if not Path(p).is_file():
             raise FileNotFoundError(f"input file not found: {p}")
+    check_reenact_output(args)
     for flag, src in (("--pose-from", args.pose_from), ("--position-from", args.position_from)):
         if src == "co-driving" and not args.co_driving:
             raise ValueError(f"{flag} co-driving needs --co-driving")
@@ -331,6 +332,18 @@ def _reference_masks(ref, res, args):
         warnings.simplefilter("ignore", RegionSourceWarning)  # said on the console instead (masks.note)
         return region_masks(ref["aligned"], landmarks=ref["points"], source=source, image_size=res,
                             device=_device(args.device))
+
+
+def check_reenact_output(args) -> None:
+    """Refuse (one line, before any work) an ``--out`` that is an input, a folder, not .mp4, not writable, or
+    whose intermediates folder ``<out>.v2s/`` would hold an input; also an input's own intermediates."""
+    from .validate import check_output_path
+
+    inputs = [args.reference, args.driving] + ([args.co_driving] if args.co_driving else [])
+    if args.checkpoint and os.path.exists(str(args.checkpoint)):
+        inputs.append(args.checkpoint)
+    check_output_path(args.out, suffixes=(".mp4", ".m4v", ".mov"), inputs=inputs, intermediates=".v2s",
+                      what="--out")
 
 
 def cmd_reenact(args) -> int:
@@ -411,8 +424,19 @@ def cmd_demo(args) -> int:
 
 
 def _add_reenact_parsers(sub) -> None:
-    def frac(s):
+    from .validate import finite_arg, int_arg
+
+    def frac(s):  # range and finiteness: reenact.check_coefficients, with the paper's ranges in its message
         return float(s)
+
+    def layers_arg(text):
+        from .method.reenact import parse_layers
+
+        try:
+            parse_layers(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
 
     r = sub.add_parser("reenact", help="re-enact a driving video in a reference face (Video2StyleGAN)")
     r.add_argument("--reference", required=True, help="reference face image (PNG / JPG)")
@@ -437,7 +461,7 @@ def _add_reenact_parsers(sub) -> None:
     r.add_argument("--beta", type=frac, default=None, help="eq 10 weight of s_j (default: the motion mode's)")
     r.add_argument("--gamma", type=frac, default=None, help="eq 11 weight of s_base (default: the motion mode's)")
     r.add_argument("--zeta", type=frac, default=None, help="eq 12 blend of s_ref / s_base (default 0.5)")
-    r.add_argument("--layers", default="3-7", help="W+ rows whose S codes are mixed (default 3-7)")
+    r.add_argument("--layers", type=layers_arg, default="3-7", help="W+ rows whose S codes are mixed (default 3-7)")
     r.add_argument("--baseline", default=None, choices=["cumulative", "printed"],
                    help="eq 7 reading (default: the motion mode's)")
     r.add_argument("--regions", default="auto", choices=["auto", "landmarks", "bisenet"],
@@ -449,29 +473,29 @@ def _add_reenact_parsers(sub) -> None:
                    help="pose source (default: co-driving if given, else driving)")
     r.add_argument("--position-from", default=None, choices=["driving", "co-driving", "none"],
                    help="position (canonical transform) source (default: co-driving if given, else driving)")
-    r.add_argument("--t-fg", type=float, default=None, help="channel selection IoU+ threshold (default 0.2)")
-    r.add_argument("--t-bg", type=float, default=None, help="channel selection IoU- upper bound (default 0.1)")
-    r.add_argument("--invert-steps", type=int, default=300, help="inversion steps (reference, first batch)")
-    r.add_argument("--invert-steps-next", type=int, default=100, help="inversion steps of warm-started batches")
-    r.add_argument("--pose-steps", type=int, default=100, help="pose encoding steps, first frame")
-    r.add_argument("--pose-steps-next", type=int, default=30, help="pose encoding steps, warm-started frames")
-    r.add_argument("--smooth", type=int, default=3, help="canonical track smoothing kernel (odd, >= 3; 0 = off)")
+    r.add_argument("--t-fg", type=finite_arg("--t-fg", 0.0, 1.0), default=None, help="channel selection IoU+ threshold (default 0.2)")
+    r.add_argument("--t-bg", type=finite_arg("--t-bg", 0.0, 1.0), default=None, help="channel selection IoU- upper bound (default 0.1)")
+    r.add_argument("--invert-steps", type=int_arg("--invert-steps", 1, 100_000), default=300, help="inversion steps (reference, first batch)")
+    r.add_argument("--invert-steps-next", type=int_arg("--invert-steps-next", 1, 100_000), default=100, help="inversion steps of warm-started batches")
+    r.add_argument("--pose-steps", type=int_arg("--pose-steps", 1, 100_000), default=100, help="pose encoding steps, first frame")
+    r.add_argument("--pose-steps-next", type=int_arg("--pose-steps-next", 1, 100_000), default=30, help="pose encoding steps, warm-started frames")
+    r.add_argument("--smooth", type=int_arg("--smooth", 0, 1001), default=3, help="canonical track smoothing kernel (odd, >= 3; 0 = off)")
     r.add_argument("--smooth-method", default="robust", choices=["robust", "mean", "gaussian"],
                    help="track smoothing: robust (default: outlier frames rejected, then a centred Gaussian), "
                         "mean (the paper's box filter) or gaussian")
     r.add_argument("--detector", default="hog", choices=["hog", "cnn"], help="face detector")
-    r.add_argument("--upsample", type=int, default=1, help="detector upsampling (0-4)")
-    r.add_argument("--tiny-resolution", type=int, default=64, help="resolution of the tiny random generator")
-    r.add_argument("--batch", type=int, default=8, help="frames per synthesis call")
+    r.add_argument("--upsample", type=int_arg("--upsample", 0, 4), default=1, help="detector upsampling (0-4)")
+    r.add_argument("--tiny-resolution", type=int_arg("--tiny-resolution", 16, 1024), default=64, help="resolution of the tiny random generator")
+    r.add_argument("--batch", type=int_arg("--batch", 1, 4096), default=8, help="frames per synthesis call")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_reenact)
 
     d = sub.add_parser("demo", help="offline demo of the whole pipeline (astronaut photo, tiny random generator)")
     d.add_argument("--out", default="out/demo.mp4", help="output .mp4 (default out/demo.mp4)")
-    d.add_argument("--frames", type=int, default=8, help="frames of the generated driving clip")
-    d.add_argument("--invert-steps", type=int, default=2, help="inversion steps (first batch; few: CPU demo)")
-    d.add_argument("--invert-steps-next", type=int, default=1, help="inversion steps (warm-started batches)")
+    d.add_argument("--frames", type=int_arg("--frames", 2, 10_000), default=8, help="frames of the generated driving clip")
+    d.add_argument("--invert-steps", type=int_arg("--invert-steps", 1, 100_000), default=2, help="inversion steps (first batch; few: CPU demo)")
+    d.add_argument("--invert-steps-next", type=int_arg("--invert-steps-next", 1, 100_000), default=1, help="inversion steps (warm-started batches)")
     d.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
@@ -487,23 +511,32 @@ def _resolve_sources(args) -> None:
         args.position_from = default
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: argument --x: <what is wrong> (see v2s-nb <cmd> --help)``."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="v2s-nb", description="Video2StyleGAN notebook toolkit, batch jobs.")
-    sub = p.add_subparsers(dest="command", required=True)
+    from .validate import finite_arg, int_arg
+
+    p = _Parser(prog="v2s-nb", description="Video2StyleGAN notebook toolkit, batch jobs.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     g = sub.add_parser("generate", help="render an image grid from seeds")
     g.add_argument("--network", help="snapshot .pkl / .safetensors path, URL, or short name "
                                      "(e.g. stylegan3-r-ffhq-1024). Default: tiny random generator")
-    g.add_argument("--seeds", default="0-7", help="seeds, e.g. '0-7' or '1,5,9' (default 0-7)")
-    g.add_argument("--trunc", type=float, default=1.0, help="truncation psi (default 1)")
-    g.add_argument("--translate", type=float, nargs=2, default=(0.0, 0.0), metavar=("TX", "TY"),
+    g.add_argument("--seeds", type=parse_seeds, default="0-7", help="seeds, e.g. '0-7' or '1,5,9' (default 0-7)")
+    g.add_argument("--trunc", type=finite_arg("--trunc", -2.0, 2.0), default=1.0, help="truncation psi (default 1)")
+    g.add_argument("--translate", type=finite_arg("--translate", -100.0, 100.0), nargs=2, default=(0.0, 0.0), metavar=("TX", "TY"),
                    help="input translation in image widths (positive: right / down)")
-    g.add_argument("--rotate", type=float, default=0.0, help="input rotation in degrees (positive: counter-clockwise)")
+    g.add_argument("--rotate", type=finite_arg("--rotate", -3600.0, 3600.0), default=0.0, help="input rotation in degrees (positive: counter-clockwise)")
     g.add_argument("--out", default="out/grid.png", help="output image path (default out/grid.png)")
-    g.add_argument("--cols", type=int, default=None, help="grid columns (default: square)")
-    g.add_argument("--batch", type=int, default=4, help="images per forward pass")
+    g.add_argument("--cols", type=int_arg("--cols", 1, 4096), default=None, help="grid columns (default: square)")
+    g.add_argument("--batch", type=int_arg("--batch", 1, 4096), default=4, help="images per forward pass")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     g.add_argument("--cfg", default="R", choices=["R", "T"], help="architecture of the tiny random generator")
-    g.add_argument("--tiny-resolution", type=int, default=64, help="resolution of the tiny random generator")
+    g.add_argument("--tiny-resolution", type=int_arg("--tiny-resolution", 16, 1024), default=64, help="resolution of the tiny random generator")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)
     _add_reenact_parsers(sub)
@@ -515,8 +548,15 @@ def main(argv=None) -> int:
     _resolve_sources(args)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted: finished steps are kept (a rerun resumes from them); nothing was written under the "
+              "output name", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError, MemoryError) as e:
+        msg = str(e) or type(e).__name__
+        if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
+            msg += f": {e.filename}"
+        print(f"error: {msg}", file=sys.stderr)
         return 2
 
 

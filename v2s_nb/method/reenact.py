@@ -113,6 +113,10 @@ def check_coefficients(alpha=None, beta=None, gamma=None, zeta=None, **extra) ->
     return out
 
 
+#: Largest W+ row index accepted anywhere (StyleGAN3 generators have at most 16 rows at 1024 px).
+MAX_LAYER_ROW = 63
+
+
 def parse_layers(spec) -> tuple[int, ...]:
     """W+ rows to mix: '3-7', '3,5,7', '3-5,7', an int or a sequence of ints -> sorted unique tuple."""
     if isinstance(spec, (int, np.integer)):
@@ -127,17 +131,22 @@ def parse_layers(spec) -> tuple[int, ...]:
                     lo, hi = (int(p) for p in part.split("-", 1))
                     if hi < lo:
                         raise ValueError
+                    if hi > MAX_LAYER_ROW:  # checked before the range is built: '0-100000000' fails at once
+                        raise OverflowError
                     rows.extend(range(lo, hi + 1))
                 else:
                     rows.append(int(part))
+            except OverflowError:
+                raise ValueError(f"layer range {part!r} is out of range: w+ rows are 0..{MAX_LAYER_ROW} at most "
+                                 "(16 for a 1024 px StyleGAN3)") from None
             except ValueError:
                 raise ValueError(f"bad layer range {part!r} in {spec!r}: use e.g. '3-7' or '3,5,7'") from None
     else:
         rows = [int(r) for r in spec]
     if not rows:
         raise ValueError(f"no layers in {spec!r}")
-    if min(rows) < 0:
-        raise ValueError(f"layers must be w+ row indices >= 0, got {spec!r}")
+    if min(rows) < 0 or max(rows) > MAX_LAYER_ROW:
+        raise ValueError(f"layers must be w+ row indices in 0..{MAX_LAYER_ROW}, got {str(spec)[:80]!r}")
     return tuple(sorted(set(rows)))
 
 

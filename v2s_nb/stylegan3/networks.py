@@ -104,6 +104,9 @@ class MappingNetwork(nn.Module):
             self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
         x = x.unsqueeze(1).repeat([1, self.num_ws, 1])
         if truncation_psi != 1:
+            if not (isinstance(truncation_psi, torch.Tensor) or math.isfinite(float(truncation_psi))):
+                raise ValueError(f"truncation_psi must be a finite number (1 = none, 0.5-0.7 typical), "
+                                 f"got {truncation_psi!r}")
             cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
             x[:, :cutoff] = self.w_avg.lerp(x[:, :cutoff], truncation_psi)
         return x

@@ -26,6 +26,9 @@ def forward_matrix(tx, ty, angle_deg) -> np.ndarray:
     """
     tx, ty, a = np.broadcast_arrays(np.asarray(tx, np.float64), np.asarray(ty, np.float64),
                                     np.deg2rad(np.asarray(angle_deg, np.float64)))
+    for name, v in (("tx", tx), ("ty", ty), ("angle_deg", a)):
+        if not np.isfinite(v).all():
+            raise ValueError(f"input transform {name} must be finite (NaN / inf give black images), got {v!r}")
     c, s = np.cos(a), np.sin(a)
     m = np.zeros(tx.shape + (3, 3), np.float64)
     m[..., 0, 0], m[..., 0, 1], m[..., 0, 2] = c, s, tx
