@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
+import pickle
 import pathlib
 import re
 import socket
 import threading
+import time
 import warnings
 
 import pytest
@@ -17,7 +19,7 @@ from v2s_nb import weights as W
 from v2s_nb.weights import (KNOWN_FILES, KnownFile, UnverifiedWeightsWarning, WeightsChecksumError,
                             WeightsUnavailableError, cache_dir, fetch, sha256_file)
 
-PAYLOAD = os.urandom(3 * (1 << 20) + 12345)  # > 3 chunks, not chunk-aligned
+PAYLOAD = pickle.dumps(os.urandom(3 * (1 << 20) + 12345), protocol=4)  # a complete pickle: > 3 chunks, not chunk-aligned
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
@@ -63,6 +65,7 @@ class _Server:
     def __init__(self):
         self.routes: dict[str, tuple[bytes, object]] = {}
         self.hits: dict[str, int] = {}
+        self.trickle_s = 0.2
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -80,6 +83,15 @@ class _Server:
                 if mode != "nolength":
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if mode == "trickle":  # one byte per server.trickle_s seconds, as long as the client listens
+                    try:
+                        for i in range(len(body)):
+                            self.wfile.write(body[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(server.trickle_s)
+                    except OSError:
+                        pass
+                    return
                 if mode == "truncate":
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
@@ -439,3 +451,152 @@ def test_cache_path_for_known_name(tmp_path):
     # The NGC URL maps to the same place as the short name.
     url = KNOWN_FILES["stylegan3-t-afhqv2-512"].url
     assert W.cache_path(url, cache=tmp_path) == tmp_path / "stylegan3-t-afhqv2-512x512.pkl"
+
+
+# ---------------------------------------------------------------------------------------------
+# Nothing poisons the cache (issue 23)
+# ---------------------------------------------------------------------------------------------
+
+HTML = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>quota exceeded</body></html>\n" * 50
+
+
+@pytest.mark.parametrize("body, mode, why", [
+    (HTML, "ok", "HTML"),
+    (b'{"error": "rate limited", "code": 429}', "ok", "JSON"),
+    (PAYLOAD[: len(PAYLOAD) // 2], "nolength", "truncated"),  # close-delimited body cut short
+    (b"", "nolength", "empty"),
+])
+def test_unpinned_download_that_is_not_weights_is_never_cached(server, tmp_path, body, mode, why):
+    server.routes["/net.pkl"] = (body, mode)
+    url = server.url("/net.pkl")
+    for attempt in (1, 2):  # nothing cached: the second call asks the server again and fails again
+        with pytest.raises(WeightsUnavailableError, match=why):
+            fetch(url, cache=tmp_path, progress=False)
+        assert server.hits["/net.pkl"] == attempt
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_truncated_zip_checkpoint_is_refused(server, tmp_path):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", PAYLOAD)
+    data = buf.getvalue()
+    server.routes["/m.pth"] = (data[: len(data) - 100], "nolength")
+    with pytest.raises(WeightsUnavailableError, match="zip archive is truncated"):
+        fetch(server.url("/m.pth"), cache=tmp_path, progress=False)
+    server.routes["/m.pth"] = (data, "nolength")
+    with pytest.warns(UnverifiedWeightsWarning):
+        assert fetch(server.url("/m.pth"), cache=tmp_path, progress=False).read_bytes() == data
+
+
+def test_trickling_server_times_out_and_leaves_nothing(server, monkeypatch, tmp_path):
+    server.routes["/slow.pkl"] = (PAYLOAD[:4096], "trickle")
+    monkeypatch.setattr(W, "MIN_RATE_BPS", 100)
+    monkeypatch.setattr(W, "RATE_WINDOW_S", 1.0)
+    t0 = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match="below the minimum"):
+        fetch(server.url("/slow.pkl"), cache=tmp_path, progress=False)
+    assert time.monotonic() - t0 < 10
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_overall_deadline(server, monkeypatch, tmp_path):
+    server.routes["/slow.pkl"] = (PAYLOAD[:4096], "trickle")
+    server.trickle_s = 0.01  # ~100 bytes/s: above the minimum rate set below, but 4096 bytes take ~40 s
+    monkeypatch.setattr(W, "MIN_RATE_BPS", 1)
+    monkeypatch.setattr(W, "DEADLINE_S", 1.0)
+    with pytest.raises(WeightsUnavailableError, match="longer than 1 s"):
+        fetch(server.url("/slow.pkl"), cache=tmp_path, progress=False)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_killed_download_leaves_no_part_file(server, tmp_path, sig):
+    import signal
+    import subprocess
+    import sys
+
+    server.routes["/big.pkl"] = (PAYLOAD[:4096], "trickle")
+    code = ("import sys; from v2s_nb.weights import fetch; "
+            f"fetch({server.url('/big.pkl')!r}, cache={str(tmp_path)!r}, progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.rglob("*.part-*")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the download never started"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(getattr(signal, sig))
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_stale_part_files_are_removed(server, monkeypatch, tmp_path):
+    server.routes["/w.pkl"] = (PAYLOAD, "ok")
+    url = server.url("/w.pkl")
+    target = W.cache_path(url, cache=tmp_path)
+    target.parent.mkdir(parents=True)
+    stale = target.with_name(target.name + ".part-abc123")
+    stale.write_bytes(b"\x80half")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    with pytest.warns(UnverifiedWeightsWarning):
+        fetch(url, cache=tmp_path, progress=False)
+    assert not stale.exists()
+
+
+def test_force_downloads_again(server, monkeypatch, tmp_path):
+    server.routes["/f.pkl"] = (PAYLOAD, "ok")
+    _register(monkeypatch, "test-f", server.url("/f.pkl"), "f.pkl", sha256=PAYLOAD_SHA)
+    fetch("test-f", cache=tmp_path, progress=False)
+    fetch("test-f", cache=tmp_path, progress=False)
+    assert server.hits["/f.pkl"] == 1
+    assert fetch("test-f", cache=tmp_path, progress=False, force=True).read_bytes() == PAYLOAD
+    assert server.hits["/f.pkl"] == 2
+
+
+@pytest.mark.parametrize("pinned", ["size", "none"])
+def test_truncated_file_in_cache_is_redownloaded(server, monkeypatch, tmp_path, pinned):
+    server.routes["/t.pkl"] = (PAYLOAD, "ok")
+    _register(monkeypatch, "test-t", server.url("/t.pkl"), "t.pkl", size=len(PAYLOAD) if pinned == "size" else None)
+    (tmp_path / "t.pkl").write_bytes(PAYLOAD[: len(PAYLOAD) // 3])  # an interrupted copy by hand, say
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnverifiedWeightsWarning)
+        with pytest.warns(RuntimeWarning, match="Downloading it again"):
+            p = fetch("test-t", cache=tmp_path, progress=False)
+    assert p.read_bytes() == PAYLOAD and server.hits["/t.pkl"] == 1
+
+
+def test_verify_and_clear_cache(server, monkeypatch, tmp_path):
+    server.routes["/g.pkl"] = (PAYLOAD, "ok")
+    server.routes["/copy/g.pkl"] = (PAYLOAD, "ok")
+    _register(monkeypatch, "test-g", server.url("/g.pkl"), "g.pkl", size=len(PAYLOAD), sha256=PAYLOAD_SHA)
+    good = fetch("test-g", cache=tmp_path, progress=False)
+    with pytest.warns(UnverifiedWeightsWarning):
+        url_file = fetch(server.url("/copy/g.pkl"), cache=tmp_path, progress=False)
+    url_file.write_bytes(HTML)  # poisoned after the fact
+    (tmp_path / "g.pkl.part-xyz").write_bytes(b"\x80")
+    (tmp_path / "notes.txt").write_text("mine")
+    status = {p.name: s for p, s, _ in W.verify_cache(cache=tmp_path)}
+    assert status == {"g.pkl": "ok", url_file.name: "bad", "g.pkl.part-xyz": "bad", "notes.txt": "unknown"}
+    removed = W.clear_cache(cache=tmp_path, bad_only=True)
+    assert sorted(p.name for p in removed) == sorted([url_file.name, "g.pkl.part-xyz"])
+    assert good.is_file()
+    assert W.clear_cache(cache=tmp_path) == [good] and not good.exists()
+    assert (tmp_path / "notes.txt").is_file()  # not ours: never removed
+
+
+def test_weights_command(monkeypatch, tmp_path, capsys):
+    from v2s_nb.cli import main
+
+    cache = tmp_path / "default-cache"  # what the autouse fixture points V2S_NB_CACHE at
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "stylegan3-r-ffhq-1024x1024.pkl").write_bytes(HTML)
+    assert main(["weights", "verify"]) == 1
+    out = capsys.readouterr().out
+    assert "bad" in out and "HTML" in out
+    assert main(["weights", "clear", "stylegan3-r-ffhq-1024"]) == 0
+    assert "1 file(s) removed" in capsys.readouterr().out
+    assert main(["weights", "verify"]) == 0

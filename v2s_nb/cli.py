@@ -518,6 +518,34 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def cmd_weights(args) -> int:
+    """``v2s-nb weights verify`` (exit 1 when a cached file is bad) / ``v2s-nb weights clear [NAME ...]``."""
+    from . import weights as W
+
+    if args.action == "verify":
+        rows = W.verify_cache()
+        for path, status, detail in rows:
+            print(f"{status:9s} {path}  {detail}")
+        bad = sum(status == "bad" for _, status, _ in rows)
+        print(f"{len(rows)} file(s) in {W.cache_dir()}, {bad} bad" + ("; remove them with: v2s-nb weights clear "
+                                                                       "--bad" if bad else ""))
+        return 1 if bad else 0
+    removed = W.clear_cache(args.names or None, bad_only=args.bad)
+    for p in removed:
+        print(f"removed {p}")
+    print(f"{len(removed)} file(s) removed from {W.cache_dir()}")
+    return 0
+
+
+def _add_weights_parser(sub) -> None:
+    w = sub.add_parser("weights", help="check or empty the download cache of pretrained weights")
+    w.add_argument("action", choices=["verify", "clear"], help="verify: check size / SHA-256 / format of every "
+                   "cached file; clear: remove cached files")
+    w.add_argument("names", nargs="*", help="clear only these known names (default: all)")
+    w.add_argument("--bad", action="store_true", help="clear only the files verify calls bad")
+    w.set_defaults(func=cmd_weights)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .validate import finite_arg, int_arg
 
@@ -540,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)
     _add_reenact_parsers(sub)
+    _add_weights_parser(sub)
     return p
 
 

@@ -21,6 +21,15 @@ Guarantees
   size (bytes) and/or SHA-256 is known, after both matched.  Downloads stream into
   ``<filename>.part-<random>`` in the same directory and are moved into place with
   :func:`os.replace` (atomic on POSIX and Windows when source and target share a file system).
+* Without a pinned SHA-256, what arrived must also pass :func:`sniff_weights` (not an HTML / JSON page,
+  a pickle that ends with its STOP opcode, a zip archive with its end record, a safetensors file whose
+  header matches its size) before the rename, and a cached copy is sniffed again before reuse: a
+  poisoned or truncated cache entry is downloaded again, never reused.
+* A download ends with :class:`WeightsUnavailableError` past :data:`DEADLINE_S` or when the server sends
+  less than :data:`MIN_RATE_BPS` over :data:`RATE_WINDOW_S`.  The ``.part`` file is removed on any exit
+  (errors, Ctrl-C, SIGTERM); one left by a SIGKILL is removed by the next download of that file.
+* ``fetch(..., force=True)`` downloads again; :func:`verify_cache` / :func:`clear_cache` (``v2s-nb
+  weights verify | clear``) check and empty the cache.
 * Network trouble (offline, DNS, refused connection, HTTP error status, timeout, connection cut
   mid-transfer) raises :class:`WeightsUnavailableError`, whose message names the file, its URL and
   the exact path where the file can be put by hand.
@@ -61,12 +70,24 @@ __all__ = [
     "fetch",
     "weights_dirs",
     "sha256_file",
+    "sniff_weights",
+    "verify_cache",
+    "clear_cache",
 ]
 
 #: Read / write block size for hashing and downloading, in bytes (1 MiB).
 CHUNK_BYTES = 1 << 20
 #: Socket timeout for connecting and for each read of a download, in seconds.
 TIMEOUT_S = 60.0
+#: Overall deadline of one download, in seconds (4 h: a 380 MB snapshot at 27 kB/s).
+DEADLINE_S = 4 * 3600.0
+#: Minimum transfer rate, in bytes per second, averaged over :data:`RATE_WINDOW_S`: a server trickling bytes
+#: slower than this is given up on (each read alone would never time out).
+MIN_RATE_BPS = 10 * 1024
+#: Window of the minimum-rate check, in seconds.
+RATE_WINDOW_S = 60.0
+#: Leftover ``<file>.part-*`` downloads (from a killed process) older than this, in seconds, are removed.
+STALE_PART_S = 600.0
 #: ``User-Agent`` header sent with downloads (some hosts reject urllib's default).
 USER_AGENT = "v2s_nb-weights/0.1 (+python-urllib)"
 
@@ -441,6 +462,121 @@ def _manual_hint(label: str, url: str | None, target: pathlib.Path, extra: str |
 
 
 # ---------------------------------------------------------------------------------------------
+# Format sniffing: what a file that arrived (or sits in the cache) looks like
+# ---------------------------------------------------------------------------------------------
+
+_TAIL_BYTES = 1 << 16
+
+
+def sniff_weights(path: str | os.PathLike, filename: str | None = None) -> str | None:
+    """What is wrong with a weight file judged from its first and last bytes, or ``None`` when it looks right.
+
+    Refused whatever the extension: an empty file, an HTML / XML page, a JSON document (an error page of an
+    API). By extension (``filename``, default the path's name): ``.pkl`` must be a complete pickle (protocol
+    header, STOP opcode as last byte); ``.pth`` / ``.pt`` a complete zip archive (end-of-central-directory
+    record present) or a pickle; ``.safetensors`` a header whose tensors' data fits the file exactly;
+    ``.zip`` a complete zip archive. Reads at most 128 KiB.
+    """
+    path = pathlib.Path(path)
+    name = (filename or path.name).lower()
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty"
+    with open(path, "rb") as f:
+        head = f.read(4096)
+        f.seek(max(0, size - _TAIL_BYTES))
+        tail = f.read()
+    low = head.lstrip().lower()
+    if low.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")) or b"<html" in low[:512]:
+        return "it is an HTML / XML page, not weights (an error or login page served with status 200?)"
+    if low[:1] in (b"{", b"[") and not name.endswith(".safetensors") and size < (1 << 20):
+        try:
+            json.loads(path.read_bytes())
+            return "it is a JSON document, not weights (an API error message?)"
+        except ValueError:
+            pass
+    ext = name.rsplit(".", 1)[-1] if "." in name else ""
+    is_zip = head.startswith(b"PK\x03\x04")
+    if ext == "pkl" or (ext in ("pth", "pt") and not is_zip):
+        if not head.startswith(b"\x80"):
+            return "it is not a pickle (no protocol header)"
+        if ext == "pkl" and not tail.endswith(b"."):
+            return "the pickle is truncated (it does not end with the STOP opcode)"
+    if ext in ("pth", "pt", "zip") and (is_zip or ext == "zip"):
+        if not is_zip:
+            return "it is not a zip archive"
+        if b"PK\x05\x06" not in tail[-(_TAIL_BYTES):]:
+            return "the zip archive is truncated (no end-of-central-directory record)"
+    if ext == "safetensors":
+        n = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
+        if not (0 < n < 100_000_000) or head[8:9] != b"{" or 8 + n > size:
+            return "it is not a complete safetensors file (bad header)"
+        with open(path, "rb") as f:
+            f.seek(8)
+            try:
+                header = json.loads(f.read(n))
+                end = max([int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"] or [0])
+            except (ValueError, KeyError, TypeError, IndexError):
+                return "it is not a complete safetensors file (unreadable header)"
+        if 8 + n + end != size:
+            return f"the safetensors file is truncated or padded ({size} bytes, its header says {8 + n + end})"
+    return None
+
+
+def _remove_stale_parts(target: pathlib.Path) -> None:
+    """Remove ``<target>.part-*`` files left by a killed process (untouched for :data:`STALE_PART_S`)."""
+    import time
+
+    try:
+        for p in target.parent.glob(glob_escape(target.name) + ".part-*"):
+            try:
+                if time.time() - p.stat().st_mtime > STALE_PART_S:
+                    p.unlink()
+            except OSError:
+                pass
+    except OSError:
+        pass
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+class _TerminateToException:
+    """While active (main thread only), SIGTERM raises ``SystemExit(143)`` so that ``finally`` blocks run and
+    remove partial files; the previous handler is restored afterwards."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._prev = None
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._prev = signal.getsignal(signal.SIGTERM)
+                if self._prev in (signal.SIG_DFL, None):
+                    signal.signal(signal.SIGTERM, self._raise)
+                else:
+                    self._prev = None
+            except (ValueError, OSError):
+                self._prev = None
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise SystemExit(128 + signum)
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._prev is not None:
+            signal.signal(signal.SIGTERM, self._prev)
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
 # Download
 # ---------------------------------------------------------------------------------------------
 
@@ -453,11 +589,15 @@ def _download(url: str, target: pathlib.Path, *, label: str, size: int | None,
               sha256: str | None, progress: bool, manual: str | None) -> str:
     """Stream ``url`` to ``target`` via a temporary file; return the SHA-256 of what was written.
 
-    Raises :class:`WeightsUnavailableError` for network failures and incomplete transfers and
-    :class:`WeightsChecksumError` for complete transfers with the wrong size / SHA-256.  The
-    temporary file is always removed on failure; ``target`` is only touched by the final
-    :func:`os.replace`.
+    Raises :class:`WeightsUnavailableError` for network failures, incomplete transfers (short of the
+    Content-Length, or, when no SHA-256 is pinned, content that :func:`sniff_weights` finds truncated or
+    not weights at all: an HTML / JSON page), transfers past :data:`DEADLINE_S` or slower than
+    :data:`MIN_RATE_BPS`; :class:`WeightsChecksumError` for complete transfers with the wrong size /
+    SHA-256.  The temporary file is removed on any exit (also Ctrl-C, and SIGTERM when no other handler
+    is installed); ``target`` is only touched by the final :func:`os.replace`.
     """
+    import time
+
     from tqdm.auto import tqdm
 
     def unavailable(reason: str) -> WeightsUnavailableError:
@@ -467,11 +607,15 @@ def _download(url: str, target: pathlib.Path, *, label: str, size: int | None,
             name=label, url=url, target=target)
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(target)
+    guard = _TerminateToException().__enter__()
     fd, tmp_name = tempfile.mkstemp(prefix=target.name + ".part-", dir=target.parent)
     tmp = pathlib.Path(tmp_name)
     try:
         h = hashlib.sha256()
         received = 0
+        t0 = time.monotonic()
+        window = [(t0, 0)]  # (time, bytes received) marks for the minimum-rate check
         with os.fdopen(fd, "wb") as out:
             try:
                 req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
@@ -479,16 +623,30 @@ def _download(url: str, target: pathlib.Path, *, label: str, size: int | None,
                     length = resp.headers.get("Content-Length")
                     expected_len = int(length) if length and length.isdigit() else None
                     total = expected_len if expected_len is not None else size
+                    read = getattr(resp, "read1", resp.read)  # what is there: the rate is checked between reads
                     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
                               desc=target.name, disable=not progress, leave=False) as bar:
                         while True:
-                            block = resp.read(CHUNK_BYTES)
+                            block = read(CHUNK_BYTES)
                             if not block:
                                 break
                             out.write(block)
                             h.update(block)
                             received += len(block)
                             bar.update(len(block))
+                            now = time.monotonic()
+                            if now - t0 > DEADLINE_S:
+                                raise unavailable(f"the download took longer than {DEADLINE_S:g} s "
+                                                  f"(after {received} bytes)")
+                            if now - window[0][0] >= RATE_WINDOW_S:
+                                rate = (received - window[0][1]) / (now - window[0][0])
+                                if rate < MIN_RATE_BPS:
+                                    raise unavailable(f"the server sent {rate:.0f} bytes/s over the last "
+                                                      f"{now - window[0][0]:.0f} s, below the minimum "
+                                                      f"{MIN_RATE_BPS} bytes/s (after {received} bytes)")
+                                window = [w for w in window if now - w[0] < RATE_WINDOW_S] or [(now, received)]
+                            if now - window[-1][0] >= RATE_WINDOW_S / 4:
+                                window.append((now, received))
             except urllib.error.HTTPError as e:
                 raise unavailable(f"HTTP {e.code} {e.reason}") from e
             except _NETWORK_ERRORS as e:
@@ -511,6 +669,10 @@ def _download(url: str, target: pathlib.Path, *, label: str, size: int | None,
                 f"{label}: downloaded file from {url} has the wrong SHA-256: expected {sha256}, "
                 f"got {digest}. Nothing was saved.",
                 name=label, url=url, path=target, kind="sha256", expected=sha256, got=digest)
+        if sha256 is None:  # nothing pinned: at least the content must look like complete weights
+            bad = sniff_weights(tmp, target.name)
+            if bad:
+                raise unavailable(f"what arrived ({received} bytes) is not usable: {bad}. Nothing was saved")
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -518,6 +680,7 @@ def _download(url: str, target: pathlib.Path, *, label: str, size: int | None,
                 tmp.unlink()
             except OSError:
                 pass
+        guard.__exit__(None, None, None)
     _write_sidecar(target, digest)
     return digest
 
@@ -535,7 +698,7 @@ def _local_from_file_url(url: str) -> pathlib.Path:
 
 
 def fetch(name_or_url: str | os.PathLike, *, sha256: str | None = None, size: int | None = None,
-          progress: bool = True, cache: str | os.PathLike | None = None) -> pathlib.Path:
+          progress: bool = True, cache: str | os.PathLike | None = None, force: bool = False) -> pathlib.Path:
     """Return a local path for a weight file, downloading and verifying it on first use.
 
     Parameters
@@ -555,6 +718,9 @@ def fetch(name_or_url: str | os.PathLike, *, sha256: str | None = None, size: in
         Show a ``tqdm`` progress bar (bytes) while downloading.
     cache :
         Cache directory to use instead of :func:`cache_dir`.
+    force :
+        Download again even when a cached (or ``V2S_NB_WEIGHTS_DIR``) copy exists; the cached copy is
+        replaced only once the new one is complete and verified.
 
     Returns
     -------
@@ -600,14 +766,18 @@ def fetch(name_or_url: str | os.PathLike, *, sha256: str | None = None, size: in
         label, url, manual = _url_filename(s), s, None
     target = cache_path(s, cache=cache)
 
-    if kf is not None:
+    if kf is not None and not force:
         found = _from_weights_dirs(kf, size=size, sha256=exp_sha)
         if found is not None:
             return found
 
-    if target.is_file():
+    if target.is_file() and not force:
         try:
             _check_file(target, label=label, url=url, size=size, sha256=exp_sha)
+            bad = sniff_weights(target) if exp_sha is None else None
+            if bad:
+                raise WeightsChecksumError(f"{label}: the cached {target} is unusable: {bad}.", name=label, url=url,
+                                           path=target, kind="format", expected="weights", got=bad)
         except WeightsChecksumError as e:
             if url is None:
                 raise WeightsChecksumError(
@@ -645,3 +815,81 @@ def _fetch_local(path: pathlib.Path, *, sha256: str | None, size: int | None,
     if size is not None or sha256 is not None:
         _check_file(path, label=path.name, url=None, size=size, sha256=sha256, sidecar=False)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache maintenance (``v2s-nb weights verify | clear``)
+# ---------------------------------------------------------------------------------------------
+
+
+def _cached_files(root: pathlib.Path) -> list[pathlib.Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".sha256.json"))
+
+
+def verify_cache(*, cache: str | os.PathLike | None = None) -> list[tuple[pathlib.Path, str, str]]:
+    """Check every file in the cache: ``[(path, status, detail)]`` with status ``"ok"`` (size and SHA-256
+    match the pinned values), ``"unpinned"`` (no SHA-256 pinned; the format looks right; detail = its SHA-256),
+    ``"bad"`` (wrong size / SHA-256 / format, or a leftover partial download; detail says what) or
+    ``"unknown"`` (a file this module did not write). Reads every byte of pinned files (hashing ~1 s per
+    300 MB). Changes nothing."""
+    root = pathlib.Path(cache).expanduser() if cache is not None else cache_dir()
+    by_name = {kf.filename: kf for kf in KNOWN_FILES.values()}
+    out = []
+    for p in _cached_files(root):
+        rel = p.relative_to(root)
+        if ".part-" in p.name:
+            out.append((p, "bad", "leftover partial download"))
+            continue
+        kf = by_name.get(p.name) if len(rel.parts) == 1 else None
+        if kf is None and rel.parts[0] != "url":
+            out.append((p, "unknown", "not a file v2s_nb downloads"))
+            continue
+        try:
+            if kf is not None:
+                _check_file(p, label=kf.name, url=kf.url, size=kf.size, sha256=kf.sha256, sidecar=False)
+            bad = None if (kf is not None and kf.sha256) else sniff_weights(p)
+        except WeightsChecksumError as e:
+            out.append((p, "bad", str(e)))
+            continue
+        if bad:
+            out.append((p, "bad", bad))
+        elif kf is not None and kf.sha256:
+            out.append((p, "ok", kf.sha256))
+        else:
+            out.append((p, "unpinned", sha256_file(p)))
+    return out
+
+
+def clear_cache(names=None, *, cache: str | os.PathLike | None = None, bad_only: bool = False) -> list[pathlib.Path]:
+    """Remove cached files (and their ``.sha256.json`` records): all of them, those of the known short names
+    ``names``, or (``bad_only``) those :func:`verify_cache` calls ``"bad"``. Only files :func:`fetch` writes
+    are removed (known file names, ``url/``, partial downloads); other files in the folder and the
+    ``V2S_NB_WEIGHTS_DIR`` folders are never touched. Returns the removed paths."""
+    root = pathlib.Path(cache).expanduser() if cache is not None else cache_dir()
+    if names:
+        unknown = [n for n in names if n not in KNOWN_FILES and not _is_http(n)]
+        if unknown:
+            raise ValueError(f"unknown weight name(s) {unknown}; known: {', '.join(sorted(KNOWN_FILES))}")
+        paths = [cache_path(n, cache=root) for n in names]
+        paths = [p for p in paths if p.is_file()]
+        paths += [q for n in names for q in cache_path(n, cache=root).parent.glob(
+            glob_escape(cache_path(n, cache=root).name) + ".part-*")]
+    elif bad_only:
+        paths = [p for p, status, _ in verify_cache(cache=root) if status == "bad"]
+    else:
+        known = {kf.filename for kf in KNOWN_FILES.values()}
+        paths = [p for p in _cached_files(root)  # only what fetch writes: other files in the folder stay
+                 if p.relative_to(root).parts[0] == "url" or p.name in known
+                 or any(p.name.startswith(k + ".part-") for k in known)]
+    removed = []
+    for p in paths:
+        for q in (p, _sidecar(p)):
+            try:
+                q.unlink()
+                if q == p:
+                    removed.append(p)
+            except FileNotFoundError:
+                pass
+    return removed
