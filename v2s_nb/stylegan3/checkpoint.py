@@ -8,6 +8,12 @@ safetensors metadata holds:
   ``img_channels``, ``mapping_kwargs``, synthesis and layer arguments);
 * ``is_random``: ``"true"`` for random-weight generators; ``source``: where the weights came from.
 
+Metadata is only text: a file whose metadata says ``is_random=false`` gets ``G.weights_verified = True`` and
+its source believed only when its tensors match a digest in :data:`PINNED_WEIGHT_DIGESTS`; otherwise
+``G.weights_verified`` is False and ``G.source`` (and the repr) say the claim is unverified. Tensors holding
+NaN / inf, a config that is not JSON or asks for absurd sizes, and tensors that do not fit the config are
+one-line errors (:class:`SnapshotError`).
+
 Loading it executes nothing: safetensors holds only tensors and strings.
 """
 
@@ -18,7 +24,9 @@ from pathlib import Path
 
 from ..atomic import atomic_path
 from .networks import Generator
-from .snapshot import SnapshotError
+import torch
+
+from .snapshot import SnapshotError, build_checked, check_finite
 
 FORMAT = "v2s_nb.stylegan3"
 FORMAT_VERSION = "1"
@@ -63,11 +71,53 @@ def load_checkpoint(path) -> Generator:
         raise
     except Exception as e:
         raise SnapshotError(f"{path} could not be read as a safetensors file ({e}); truncated or corrupt?") from None
-    G = Generator(**json.loads(meta["config"]))
-    result = G.load_state_dict(tensors, strict=False)
+    try:
+        config = json.loads(meta["config"])
+    except KeyError:
+        raise SnapshotError(f"{path}: the v2s_nb generator file has no 'config' metadata; corrupt file.") from None
+    except (ValueError, TypeError, RecursionError) as e:
+        raise SnapshotError(f"{path}: the generator config in the metadata is not readable JSON "
+                            f"({type(e).__name__}); corrupt file.") from None
+    G = build_checked(config, path)
+    try:
+        result = G.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:
+        raise SnapshotError(f"{path}: tensors do not match the stored config "
+                            f"({str(e).splitlines()[-1].strip()[:200]}).") from None
     if result.missing_keys or result.unexpected_keys:
         raise SnapshotError(f"{path}: tensors do not match the stored config (missing {result.missing_keys[:3]}, "
                             f"unexpected {result.unexpected_keys[:3]}).")
-    G.is_random = meta.get("is_random") == "true"
-    G.source = meta.get("source") or str(path)
+    check_finite(tensors, path)
+    claimed_random = meta.get("is_random") != "false"
+    claimed_source = meta.get("source") or str(path)
+    G.is_random = claimed_random
+    G.source = claimed_source
+    if not claimed_random:
+        digest = weights_digest(G)
+        if digest in PINNED_WEIGHT_DIGESTS:
+            G.source = PINNED_WEIGHT_DIGESTS[digest]
+            G.weights_verified = True
+        else:
+            # Metadata is text anyone can write: a file saying "trained, from NVIDIA" is not believed unless its
+            # tensors match a pinned digest. The claim is kept, marked as such.
+            G.weights_verified = False
+            G.source = f"{claimed_source} (claimed by {Path(str(path)).name}; UNVERIFIED: no pinned digest matches)"
     return G.eval().requires_grad_(False)
+
+
+#: SHA-256 of :func:`weights_digest` of trained generators whose origin was checked, -> description. A
+#: ``.safetensors`` file whose metadata says ``is_random=false`` is labelled verified only when its tensors'
+#: digest is listed here. Empty: no official StyleGAN3 digest has been checked yet.
+PINNED_WEIGHT_DIGESTS: dict[str, str] = {}
+
+
+def weights_digest(G) -> str:
+    """SHA-256 over the generator's tensors (names in sorted order, dtype, shape and bytes), hex."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(G.state_dict().items()):
+        t = v.detach().to("cpu").contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

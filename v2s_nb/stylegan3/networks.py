@@ -467,6 +467,7 @@ class Generator(nn.Module):
                                       **(mapping_kwargs or {}))
         self.is_random = False  # True for tiny_generator / random init: never passed off as a face model
         self.source = None  # where the weights came from (path, URL or description)
+        self.weights_verified = None  # False: a file claimed trained weights that no pinned digest confirms
 
     def forward(self, z, c=None, truncation_psi=1.0, truncation_cutoff=None, **synthesis_kwargs):
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
@@ -478,6 +479,8 @@ class Generator(nn.Module):
 
     def extra_repr(self):
         kind = "RANDOM WEIGHTS (not a trained model)" if self.is_random else f"weights from {self.source}"
+        if not self.is_random and self.weights_verified is False and "UNVERIFIED" not in str(self.source):
+            kind += " (UNVERIFIED claim)"
         return f"res={self.img_resolution} z_dim={self.z_dim} w_dim={self.w_dim} num_ws={self.num_ws}; {kind}"
 
 

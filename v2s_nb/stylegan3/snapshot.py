@@ -71,7 +71,44 @@ class EasyDict(dict):
 
 def _storage_from_bytes(data: bytes):
     # torch.storage._load_from_bytes would call torch.load without weights_only; this never runs code.
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(data, (bytes, bytearray)):
+        raise SnapshotError(f"a stored tensor's data is a {type(data).__name__}, not bytes")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refused a global inside the nested pickle
+        raise UnsafePickleError(f"a tensor storage inside the pickle holds a nested pickle that refers to "
+                                f"objects a tensor does not need; nothing was run ({str(e).splitlines()[0]})") from None
+
+
+def _storage_elements(storage) -> tuple[int, torch.dtype]:
+    """(number of elements, dtype) of a TypedStorage / UntypedStorage (bytes, uint8)."""
+    if isinstance(storage, torch.UntypedStorage):
+        return storage.nbytes(), torch.uint8
+    if isinstance(storage, torch.storage.TypedStorage):
+        return storage._size(), storage.dtype
+    raise SnapshotError(f"a tensor is built on a {type(storage).__name__}, not a tensor storage")
+
+
+def _rebuild_tensor_checked(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None):
+    """``torch._utils._rebuild_tensor_v2`` that first checks that the storage holds every element the declared
+    shape / strides / offset reach. (``Tensor.set_`` would silently grow a short storage with uninitialised
+    memory: a snapshot declaring [512, 512] over 16 stored numbers would load as garbage.)"""
+    import torch._utils
+
+    try:
+        size, stride, offset = tuple(int(x) for x in size), tuple(int(x) for x in stride), int(storage_offset)
+    except (TypeError, ValueError):
+        raise SnapshotError(f"a tensor has a malformed shape / stride ({size!r}, {stride!r})") from None
+    if len(size) != len(stride) or offset < 0 or min(size + stride, default=0) < 0:
+        raise SnapshotError(f"a tensor has an invalid layout: shape {size}, stride {stride}, offset {offset}")
+    n, _ = _storage_elements(storage)
+    need = 0 if 0 in size else offset + 1 + sum((d - 1) * st for d, st in zip(size, stride))
+    if need > n:
+        raise SnapshotError(f"a tensor of shape {list(size)} (offset {offset}) needs {need} stored elements but "
+                            f"its storage holds {n}: the file is corrupt or crafted (it would load as "
+                            f"uninitialised memory)")
+    return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, backward_hooks,
+                                           *([] if metadata is None else [metadata]))
 
 
 def _numpy_multiarray():
@@ -91,7 +128,7 @@ def _allowed_globals() -> dict:
         ("collections", "OrderedDict"): collections.OrderedDict,
         ("builtins", "set"): set,
         ("builtins", "frozenset"): frozenset,
-        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_checked,
         ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
         ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
         ("numpy", "dtype"): np.dtype,
@@ -223,6 +260,8 @@ def _copy_state(module: torch.nn.Module, record: PersistentRecord, prefix: str, 
                 continue
             if not isinstance(target, torch.Tensor):
                 raise SnapshotError(f"{path}: stored tensor {key} has no place in the rebuilt architecture.")
+            if not isinstance(value, torch.Tensor):
+                raise SnapshotError(f"{path}: stored {key} is a {type(value).__name__}, not a tensor.")
             if tuple(target.shape) != tuple(value.shape):
                 raise SnapshotError(f"{path}: {key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}"
                                     f" from the snapshot's own constructor arguments.")
@@ -254,15 +293,67 @@ def generator_from_snapshot(data: dict, path="snapshot", key: str = "G_ema") -> 
     if not isinstance(record, PersistentRecord):
         raise SnapshotError(f"{path}: {key} is a {type(record).__name__}, not a persistent network object.")
     kwargs = generator_kwargs_from_record(record, path)
-    try:
-        G = Generator(**kwargs)
-    except TypeError as e:
-        raise SnapshotError(f"{path}: unsupported generator arguments ({e}).") from None
+    G = build_checked(kwargs, path)
     filled = _copy_state(G, record, "", path)
     expected = set(G.state_dict().keys())
     missing = sorted(expected - filled)
     if missing:
         raise SnapshotError(f"{path}: the file lacks tensors the generator needs: {missing[:5]}"
                             f"{' ...' if len(missing) > 5 else ''}")
+    check_finite(G.state_dict(), path)
     G.source = str(path)
     return G.eval().requires_grad_(False)
+
+
+#: Bounds on a generator's constructor arguments read from a file (NVIDIA's largest: 1024 px, 512-d W,
+#: channel_base 65536, channel_max 1024); a file asking for more is refused before anything is allocated.
+_ARG_BOUNDS = {"z_dim": (0, 4096), "c_dim": (0, 4096), "w_dim": (1, 4096), "img_resolution": (4, 4096),
+               "img_channels": (1, 4), "channel_base": (1, 1 << 20), "channel_max": (1, 4096),
+               "num_layers": (1, 64), "num_critical": (0, 64), "num_fp16_res": (0, 16), "conv_kernel": (1, 7), "margin_size": (0, 1024)}
+
+
+def check_generator_kwargs(kwargs, path="snapshot") -> dict:
+    """Refuse constructor arguments that are not a dict of plain values or that ask for absurd sizes (one-line
+    :class:`SnapshotError`); returns ``kwargs``."""
+    if not isinstance(kwargs, dict):
+        raise SnapshotError(f"{path}: the generator config is a {type(kwargs).__name__}, not a dict of arguments.")
+    for name, (lo, hi) in _ARG_BOUNDS.items():
+        for where in (kwargs, kwargs.get("mapping_kwargs") if isinstance(kwargs.get("mapping_kwargs"), dict) else {}):
+            if name not in where or where[name] is None:
+                continue
+            v = where[name]
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= int(v) <= hi:
+                raise SnapshotError(f"{path}: generator argument {name}={str(v)[:40]!r} is not an integer in "
+                                    f"{lo}..{hi}; corrupt or unsupported config.")
+    for where in (kwargs, kwargs.get("mapping_kwargs") or {}):
+        for name, v in where.items():
+            if isinstance(v, (float, np.floating)) and not np.isfinite(v):
+                raise SnapshotError(f"{path}: generator argument {name}={v} is not finite; corrupt config.")
+    res = kwargs.get("img_resolution")
+    if isinstance(res, (int, np.integer)) and res & (res - 1):
+        raise SnapshotError(f"{path}: img_resolution={res} is not a power of two; corrupt or unsupported config.")
+    return kwargs
+
+
+def build_checked(kwargs, path="snapshot") -> Generator:
+    """``Generator(**kwargs)`` after :func:`check_generator_kwargs`, any failure as one :class:`SnapshotError`."""
+    check_generator_kwargs(kwargs, path)
+    try:
+        return Generator(**kwargs)
+    except (TypeError, ValueError, KeyError, AttributeError, AssertionError, RecursionError, OverflowError,
+            RuntimeError) as e:
+        raise SnapshotError(f"{path}: unsupported generator arguments ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else ''}).") from None
+
+
+def check_finite(tensors, path="snapshot") -> None:
+    """Raise :class:`SnapshotError` naming the tensors that hold NaN or infinite values.
+
+    An error rather than a warning: one non-finite weight turns every image the generator draws into NaN
+    (modulated convolutions mix all channels), so such a file has no use; the message names the tensors so
+    that a repaired copy can be checked.
+    """
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise SnapshotError(f"{path}: {len(bad)} tensor(s) hold NaN / infinite values ({', '.join(bad[:3])}"
+                            f"{' ...' if len(bad) > 3 else ''}): the weights are corrupt; every image would be NaN.")
