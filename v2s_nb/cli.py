@@ -113,12 +113,57 @@ def _key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+def _arrays_digest(arrays) -> str:
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def _save_npz(path, **arrays) -> None:
+    """Save arrays atomically with a ``_sha256`` entry over all of them (checked by :func:`_load_npz`)."""
     import numpy as np
 
     from .atomic import write_atomic
 
-    write_atomic(path, lambda f: np.savez(f, **arrays))
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    digest = np.asarray(_arrays_digest(arrays))
+    write_atomic(path, lambda f: np.savez(f, _sha256=digest, **arrays))
+
+
+_FACES_KEYS = ("aligned", "points", "fps", "track", "interpolated")
+
+
+def _load_npz(path, keys=()):
+    """Arrays written by :func:`_save_npz`, or None (with a warning naming the file and why) when the file is
+    unreadable (truncated), lacks ``keys``, or its arrays do not match their stored digest (altered)."""
+    import warnings
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            out = {k: d[k] for k in d.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        why = f"unreadable ({type(e).__name__}: {str(e)[:100]})"
+    else:
+        digest = str(out.pop("_sha256", ""))
+        missing = [k for k in keys if k not in out]
+        if missing:
+            why = f"missing {missing}"
+        elif digest != _arrays_digest(out):
+            why = "its arrays do not match their stored digest (altered, or written by an older version)"
+        else:
+            return out
+    warnings.warn(f"cached intermediate {path}: {why}; recomputing it", RuntimeWarning, stacklevel=3)
+    return None
 
 
 def _faces(path, kind: str, res: int, cache, args) -> dict:
@@ -131,9 +176,8 @@ def _faces(path, kind: str, res: int, cache, args) -> dict:
     settings = {"sha": _sha_file(path), "kind": kind, "res": res, "detector": args.detector,
                 "upsample": args.upsample, "smooth": args.smooth, "smooth_method": args.smooth_method, "v": 2}
     f = cache / f"faces-{kind}-{_key(settings)}.npz"
-    if f.is_file():
-        with np.load(f, allow_pickle=False) as d:
-            out = {k: d[k] for k in d.files}
+    out = _load_npz(f, _FACES_KEYS) if f.is_file() else None
+    if out is not None:
         out["fps"] = float(out["fps"])
         out["cached"] = True
         return out
@@ -207,7 +251,17 @@ def _pose_codes(G, w_ref, faces, res, cache, args, which: str):
                 "t": targets.round(4).tolist(), "steps": [args.pose_steps, args.pose_steps_next]})
     f = cache / f"pose-{which}-{key}.pt"
     if f.is_file():
-        return torch.load(f, weights_only=True)
+        import warnings
+
+        try:
+            ws = torch.load(f, weights_only=True)
+            if isinstance(ws, torch.Tensor) and ws.ndim == 3 and len(ws) == len(targets) \
+                    and bool(torch.isfinite(ws).all()):
+                return ws
+            why = "not a [T, num_ws, w_dim] tensor of finite values for these frames"
+        except Exception as e:  # truncated / corrupt file: recompute (torch raises many kinds here)
+            why = f"unreadable ({type(e).__name__})"
+        warnings.warn(f"cached intermediate {f}: {why}; recomputing it", RuntimeWarning, stacklevel=2)
     try:
         reg = default_pose_regressor(G, progress=not args.quiet)
     except PoseUnavailableError as e:
@@ -278,10 +332,13 @@ def prepare_reenactment(args):
     _say(args, "[2/5] inversion (W+)")
     inv_dir = cache / "inversions"
     w_ref = invert(G, ref["aligned"], steps=args.invert_steps, cache_dir=inv_dir, progress=not args.quiet).ws[0]
+    # Each finished batch is saved under batches/<video>/ (keyed by frames, settings and generator), so a killed
+    # run resumes from the batches it finished.
     seq = dict(steps_first=args.invert_steps, steps_next=args.invert_steps_next, cache_dir=inv_dir,
-               progress=not args.quiet)
-    ws_drv = invert_sequence(G, drv["aligned"], **seq).ws
-    ws_co = invert_sequence(G, co["aligned"], **seq).ws if co is not None else None
+               batch=args.invert_batch, progress=not args.quiet)
+    ws_drv = invert_sequence(G, drv["aligned"], checkpoint_dir=inv_dir / "batches" / "driving", **seq).ws
+    ws_co = (invert_sequence(G, co["aligned"], checkpoint_dir=inv_dir / "batches" / "co-driving", **seq).ws
+             if co is not None else None)
     _say(args, f"      {time.perf_counter() - t0:.1f} s")
 
     _say(args, f"[3/5] S channel discovery on layers {names[0]}..{names[-1]} (region masks of the aligned reference)")
@@ -477,6 +534,8 @@ def _add_reenact_parsers(sub) -> None:
     r.add_argument("--t-bg", type=finite_arg("--t-bg", 0.0, 1.0), default=None, help="channel selection IoU- upper bound (default 0.1)")
     r.add_argument("--invert-steps", type=int_arg("--invert-steps", 1, 100_000), default=300, help="inversion steps (reference, first batch)")
     r.add_argument("--invert-steps-next", type=int_arg("--invert-steps-next", 1, 100_000), default=100, help="inversion steps of warm-started batches")
+    r.add_argument("--invert-batch", type=int_arg("--invert-batch", 1, 1024), default=8,
+                   help="frames per inversion batch; each finished batch is saved, so a killed run resumes (8)")
     r.add_argument("--pose-steps", type=int_arg("--pose-steps", 1, 100_000), default=100, help="pose encoding steps, first frame")
     r.add_argument("--pose-steps-next", type=int_arg("--pose-steps-next", 1, 100_000), default=30, help="pose encoding steps, warm-started frames")
     r.add_argument("--smooth", type=int_arg("--smooth", 0, 1001), default=3, help="canonical track smoothing kernel (odd, >= 3; 0 = off)")
