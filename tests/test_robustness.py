@@ -42,8 +42,10 @@ def _read_only_folder(tmp_path) -> Path:
 
 
 def _finals(folder: Path) -> set[str]:
-    """Files under ``folder`` that are not hidden temporaries."""
-    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    """Files under ``folder`` that are not hidden temporaries, outside ``*.v2s`` intermediates folders (whose
+    complete entries a rerun reuses)."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+            and not any(part.endswith(".v2s") for part in p.relative_to(folder).parts)}
 
 
 # ------------------------------------------------------------------------------------ inputs are never outputs
@@ -174,3 +176,184 @@ def test_truncated_or_altered_faces_cache_is_recomputed(demo_inputs, tmp_path):
     with pytest.warns(RuntimeWarning, match="digest"):
         again = _faces(ref, "image", 64, cache, args)
     assert not again["cached"] and np.allclose(again["points"], first["points"])
+
+
+# ------------------------------------------------------------------------------------ media
+
+
+def _two_colour(h=20, w=30):
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[: h // 2] = [200, 30, 40]
+    rgb[h // 2:] = [10, 120, 250]
+    return rgb
+
+
+def test_cmyk_jpeg_is_converted_to_rgb(tmp_path):
+    from PIL import Image
+
+    from v2s_nb.images import read_image
+
+    rgb = _two_colour()
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.jpg", quality=100)
+    got = read_image(tmp_path / "c.jpg")
+    assert got.shape == rgb.shape and np.abs(got.astype(int) - rgb).max() <= 4
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    from v2s_nb.images import read_image
+
+    stored = np.zeros((20, 30, 3), np.uint8)
+    stored[:4, :4] = 255  # white mark top-left as stored
+    ex = Image.Exif()
+    ex[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(stored).save(tmp_path / "o.png", exif=ex)
+    got = read_image(tmp_path / "o.png")
+    assert got.shape == (30, 20, 3)
+    assert got[:4, -4:].min() == 255 and got[:4, :4].max() == 0  # the mark is now top-right
+
+
+def test_16bit_and_palette_with_transparency(tmp_path):
+    from PIL import Image
+
+    from v2s_nb.images import read_image
+
+    g = np.full((8, 8), 65535, np.uint16)
+    g[:4] = 32896  # 128 * 257
+    Image.fromarray(g).save(tmp_path / "g16.png")
+    got = read_image(tmp_path / "g16.png")
+    assert got.shape == (8, 8, 3) and got[0, 0].tolist() == [128] * 3 and got[-1, -1].tolist() == [255] * 3
+
+    p = Image.new("P", (8, 8))
+    p.putpalette([0, 0, 0, 255, 0, 0] + [0] * (256 * 3 - 6))
+    p.paste(1, (0, 0, 8, 4))  # top half palette index 1 (red), bottom half index 0 (black, made transparent)
+    p.save(tmp_path / "p.png", transparency=0)
+    got = read_image(tmp_path / "p.png")
+    assert got[0, 0].tolist() == [255, 0, 0] and got[-1, -1].tolist() == [255, 255, 255]
+
+
+# ------------------------------------------------------------------------------------ the table of bad inputs
+
+
+def _make(kind: str, folder: Path, demo, sg3) -> str:
+    """Materialise one bad (or good) input named in the table; returns its path."""
+    import torch
+    from PIL import Image
+
+    from v2s_nb.stylegan3 import save_generator, tiny_generator
+
+    ref, drv, _ = demo
+    p = folder / kind
+    if kind == "ref.png":
+        return str(ref)
+    if kind == "drv.mp4":
+        return str(drv)
+    if kind == "empty.png":
+        p.write_bytes(b"")
+    elif kind == "text.png":
+        p.write_text("not a picture")
+    elif kind == "truncated.png":
+        data = Path(ref).read_bytes()
+        p.write_bytes(data[: len(data) // 3])
+    elif kind == "dir":
+        p.mkdir()
+        return str(p)
+    elif kind == "readonly/out.png" or kind == "readonly/out.mp4":
+        return str(_read_only_folder(folder) / Path(kind).name)
+    elif kind == "page.pkl":
+        p.write_text("<!DOCTYPE html><html><body>sign in</body></html>")
+    elif kind == "half.pkl":
+        data = (sg3 / "t64" / "network.pkl").read_bytes()
+        p.write_bytes(data[: len(data) // 2])
+    elif kind == "nan.safetensors":
+        G = tiny_generator("R")
+        with torch.no_grad():
+            next(G.parameters()).view(-1)[0] = float("nan")
+        save_generator(G, p)
+    elif kind == "broken.mp4":
+        data = Path(drv).read_bytes()
+        p.write_bytes(data[:200])
+    else:
+        raise KeyError(kind)
+    return str(p)
+
+
+OUT_PNG, OUT_MP4 = "@out.png", "@out.mp4"
+
+# (argv with {placeholders} for made inputs, text the error line must contain)
+TABLE = [
+    (["generate", "--trunc", "nan", "--out", OUT_PNG], "--trunc must be a finite number"),
+    (["generate", "--rotate", "nan", "--out", OUT_PNG], "--rotate must be a finite number"),
+    (["generate", "--translate", "inf", "0", "--out", OUT_PNG], "--translate must be a finite number"),
+    (["generate", "--translate", "0", "1e6", "--out", OUT_PNG], "out of range"),
+    (["generate", "--seeds", "5-2", "--out", OUT_PNG], "a <= b"),
+    (["generate", "--seeds", "0-20000000", "--out", OUT_PNG], "too many seeds"),
+    (["generate", "--seeds", "-3", "--out", OUT_PNG], "out of range"),
+    (["generate", "--seeds", "x", "--out", OUT_PNG], "bad seed"),
+    (["generate", "--batch", "0", "--out", OUT_PNG], "--batch = 0 is out of range"),
+    (["generate", "--tiny-resolution", "1000000", "--out", OUT_PNG], "--tiny-resolution"),
+    (["generate", "--out", "{dir}"], "is a folder"),
+    (["generate", "--out", "{readonly/out.png}"], "not writable"),
+    (["generate", "--out", "@out.txt"], "wrong extension"),
+    (["generate", "--network", "{page.pkl}", "--out", OUT_PNG], "HTML"),
+    (["generate", "--network", "{half.pkl}", "--out", OUT_PNG], "truncated"),
+    (["generate", "--network", "{nan.safetensors}", "--out", OUT_PNG], "NaN / infinite"),
+    (["reenact", "--reference", "{ref.png}", "--driving", "{drv.mp4}", "--t-fg", "nan", "--out", OUT_MP4],
+     "--t-fg must be a finite number"),
+    (["reenact", "--reference", "{ref.png}", "--driving", "{drv.mp4}", "--layers", "0-100000000", "--out", OUT_MP4],
+     "out of range"),
+    (["reenact", "--reference", "{ref.png}", "--driving", "{drv.mp4}", "--layers", "5-2", "--out", OUT_MP4],
+     "bad layer range"),
+    (["reenact", "--reference", "{ref.png}", "--driving", "{drv.mp4}", "--layers", "3-20", "--out", OUT_MP4],
+     "w+ rows"),
+    (["reenact", "--reference", "{ref.png}", "--driving", "{drv.mp4}", "--invert-steps", "0", "--out", OUT_MP4],
+     "--invert-steps = 0 is out of range"),
+    (["reenact", "--reference", "{ref.png}", "--driving", "{drv.mp4}", "--upsample", "9", "--out", OUT_MP4],
+     "--upsample"),
+    (["reenact", "--reference", "{ref.png}", "--driving", "{drv.mp4}", "--alpha", "inf", "--out", OUT_MP4], "finite"),
+    (["reenact", "--reference", "{ref.png}", "--driving", "{drv.mp4}", "--out", "{drv.mp4}"], "is the input file"),
+    (["reenact", "--reference", "{ref.png}", "--driving", "{drv.mp4}", "--out", "{dir}"], "is a folder"),
+    (["reenact", "--reference", "{ref.png}", "--driving", "{drv.mp4}", "--out", "{readonly/out.mp4}"], "not writable"),
+    (["reenact", "--reference", "{ref.png}", "--driving", "{drv.mp4}", "--out", "@out.gif"], "wrong extension"),
+    (["reenact", "--reference", "{empty.png}", "--driving", "{drv.mp4}", "--out", OUT_MP4], "empty file"),
+    (["reenact", "--reference", "{text.png}", "--driving", "{drv.mp4}", "--out", OUT_MP4], "not an image"),
+    (["reenact", "--reference", "{truncated.png}", "--driving", "{drv.mp4}", "--out", OUT_MP4], "truncated"),
+    (["reenact", "--reference", "{ref.png}", "--driving", "{broken.mp4}", "--out", OUT_MP4], "video"),
+    (["weights", "clear", "no-such-weights"], "unknown weight name"),
+]
+
+
+@pytest.mark.parametrize("argv, expect", TABLE, ids=[" ".join(a[:3]) + " " + e[:20] for a, e in TABLE])
+def test_bad_input_gives_one_line_and_leaves_nothing(argv, expect, demo_inputs, sg3_fixture_dir, tmp_path,
+                                                     monkeypatch, capsys):
+    import re
+
+    monkeypatch.setenv("V2S_NB_CACHE", str(tmp_path / "cache"))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    outdir = tmp_path / "o"
+    outdir.mkdir()
+    made = {}
+
+    def fill(a):
+        if a.startswith("@"):
+            return str(outdir / a[1:])
+        return re.sub(r"\{([^}]+)\}", lambda m: made.setdefault(m.group(1), _make(m.group(1), inputs, demo_inputs,
+                                                                                    sg3_fixture_dir)), a)
+
+    args = [fill(a) for a in argv] + (["--device", "cpu", "--quiet"] if argv[0] != "weights" else [])
+    if argv[0] == "reenact":
+        args += ["--invert-steps-next", "1"] + ([] if "--invert-steps" in argv else ["--invert-steps", "1"])
+    before = {p: Path(p).read_bytes() for p in made.values() if Path(p).is_file()}
+    try:
+        rc = main(args)
+    except SystemExit as e:  # argparse
+        rc = e.code
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert rc == 2, err
+    assert len(errors) == 1 and expect in errors[0], err
+    assert "Traceback" not in err
+    assert _finals(outdir) == set()  # nothing under a final name (intermediates folder aside)
+    assert {p: Path(p).read_bytes() for p in before} == before  # inputs untouched

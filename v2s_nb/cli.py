@@ -182,10 +182,9 @@ def _faces(path, kind: str, res: int, cache, args) -> dict:
         out["cached"] = True
         return out
     if kind == "image":
-        from .video import as_rgb_uint8
-        import skimage.io
+        from .images import read_image
 
-        img = as_rgb_uint8(skimage.io.imread(str(path)), allow_single_image=True, name="reference")[0]
+        img = read_image(path)  # EXIF orientation, CMYK / 16-bit / palette / alpha handled
         tr = landmarks(img, detector=args.detector, upsample=args.upsample, progress=False)
         if not tr.found[0]:
             raise NoFaceError(f"no face was found in the reference image {path}; give a photo with one clearly "

@@ -46,3 +46,79 @@ def save_image(path, image: np.ndarray) -> Path:
     with atomic_path(path, suffix=path.suffix or ".png") as tmp:  # PIL picks the format from the suffix
         Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr).save(tmp)
     return path
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be read as a picture (the message names the file and why)."""
+
+
+def read_image(path, *, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """Read an image file as uint8 RGB [H, W, 3], the way a viewer shows it.
+
+    * EXIF orientation is applied (phone photos stored sideways come out upright);
+    * CMYK (also Adobe's inverted CMYK JPEGs) and YCbCr / LAB are converted to RGB by Pillow, using an embedded
+      ICC profile when there is one;
+    * 16-bit and 32-bit grayscale are scaled to 0..255 (not clipped), float images in [0, 1] or [0, 255] too;
+    * palette, grayscale + alpha and RGBA images are composited over ``background`` (alpha is not dropped
+      raw: transparent pixels would otherwise show whatever colour they store).
+
+    Raises :class:`ImageReadError` (one line) for a missing-content, truncated or non-image file; a missing
+    file raises ``FileNotFoundError``.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path} is an empty file (0 bytes), not an image; give a PNG or JPEG photo")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            img = _to_rgb(im, background)
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path} is not an image Pillow can read (wrong extension or not a picture); "
+                             "give a PNG or JPEG photo") from None
+    except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt data
+        raise ImageReadError(f"{path} could not be decoded ({str(e).splitlines()[0][:120] or type(e).__name__}): "
+                             "truncated or corrupt image") from None
+    return np.ascontiguousarray(img)
+
+
+def _to_rgb(im, background) -> np.ndarray:
+    from PIL import Image
+
+    mode = im.mode
+    if mode == "CMYK" and im.info.get("icc_profile"):
+        try:
+            import io
+
+            from PIL import ImageCms
+
+            src = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
+            return np.asarray(ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB"))
+        except Exception:  # a broken profile: fall back to Pillow's plain conversion
+            pass
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        if mode == "F":
+            hi = 1.0 if a.size and np.nanmax(a) <= 1.0 else 255.0
+        elif mode == "I" and a.size and a.max() <= 255 and a.min() >= 0:
+            hi = 255.0
+        elif mode == "I" and a.size and a.max() > 65535:
+            hi = float(2 ** 32 - 1)
+        else:
+            hi = 65535.0
+        g = np.rint(np.clip(np.nan_to_num(a) / hi, 0, 1) * 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=-1)
+    if mode == "P":
+        im = im.convert("RGBA")
+    elif mode in ("LA", "La", "PA"):
+        im = im.convert("RGBA")
+    elif mode == "RGBa":
+        im = im.convert("RGBA")
+    if im.mode == "RGBA":
+        base = Image.new("RGBA", im.size, tuple(background) + (255,))
+        return np.asarray(Image.alpha_composite(base, im).convert("RGB"))
+    return np.asarray(im.convert("RGB"))
