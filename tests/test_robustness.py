@@ -271,6 +271,11 @@ def _make(kind: str, folder: Path, demo, sg3) -> str:
         with torch.no_grad():
             next(G.parameters()).view(-1)[0] = float("nan")
         save_generator(G, p)
+    elif kind == "damaged.mp4":
+        data = bytearray(Path(drv).read_bytes())
+        for i in range(len(data) // 3, len(data) // 3 + 3000, 7):
+            data[i] ^= 0x5A
+        p.write_bytes(bytes(data))
     elif kind == "broken.mp4":
         data = Path(drv).read_bytes()
         p.write_bytes(data[:200])
@@ -320,6 +325,8 @@ TABLE = [
     (["reenact", "--reference", "{text.png}", "--driving", "{drv.mp4}", "--out", OUT_MP4], "not an image"),
     (["reenact", "--reference", "{truncated.png}", "--driving", "{drv.mp4}", "--out", OUT_MP4], "truncated"),
     (["reenact", "--reference", "{ref.png}", "--driving", "{broken.mp4}", "--out", OUT_MP4], "video"),
+    (["reenact", "--reference", "{ref.png}", "--driving", "{damaged.mp4}", "--strict", "--out", OUT_MP4],
+     "decoding error"),
     (["weights", "clear", "no-such-weights"], "unknown weight name"),
 ]
 
@@ -357,3 +364,35 @@ def test_bad_input_gives_one_line_and_leaves_nothing(argv, expect, demo_inputs, 
     assert "Traceback" not in err
     assert _finals(outdir) == set()  # nothing under a final name (intermediates folder aside)
     assert {p: Path(p).read_bytes() for p in before} == before  # inputs untouched
+
+
+def _corrupt_video(tmp_path) -> tuple[Path, Path]:
+    from v2s_nb.video import write_video
+
+    rng = np.random.default_rng(0)
+    frames = np.cumsum((rng.random((30, 64, 64, 3)) * 255).astype(np.uint8), axis=1).astype(np.uint8)
+    good = write_video(tmp_path / "good.mp4", frames, fps=10)
+    data = bytearray(good.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 4000, 7):  # damage the middle of the stream, keep the header
+        data[i] ^= 0x5A
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(data))
+    return good, bad
+
+
+def test_decoding_errors_are_warned_with_frames_or_refused_when_strict(tmp_path):
+    import warnings
+
+    from v2s_nb.video import CorruptFramesWarning, VideoReadError, decode_errors, read_video
+
+    good, bad = _corrupt_video(tmp_path)
+    assert decode_errors(good) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CorruptFramesWarning)
+        assert len(read_video(good, check=True)) == 30
+    errs = decode_errors(bad)
+    assert errs and all(0 <= f <= 30 for f, _ in errs)
+    with pytest.warns(CorruptFramesWarning, match=r"near frame\(s\) \[\d+"):
+        read_video(bad, check=True)
+    with pytest.raises(VideoReadError, match="decoding error"):
+        read_video(bad, strict=True)

@@ -195,7 +195,7 @@ def _faces(path, kind: str, res: int, cache, args) -> dict:
     else:
         from .video import read_video
 
-        vid = read_video(path)
+        vid = read_video(path, check=True, strict=args.strict)  # decoding errors: a warning naming the frames
         _say(args, f"  {path}: {len(vid)} frames {vid.width}x{vid.height} at {vid.fps:g} fps")
         tr = landmarks(vid.frames, detector=args.detector, upsample=args.upsample, progress=not args.quiet)
         if not tr.found.any():
@@ -546,6 +546,8 @@ def _add_reenact_parsers(sub) -> None:
     r.add_argument("--tiny-resolution", type=int_arg("--tiny-resolution", 16, 1024), default=64, help="resolution of the tiny random generator")
     r.add_argument("--batch", type=int_arg("--batch", 1, 4096), default=8, help="frames per synthesis call")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    r.add_argument("--strict", action="store_true", help="stop on decoding errors in a video (default: warn, "
+                                                          "naming the frames)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_reenact)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import os
 import shutil
 import subprocess
@@ -31,6 +32,8 @@ from .atomic import current_umask
 __all__ = [
     "Video",
     "VideoReadError",
+    "CorruptFramesWarning",
+    "decode_errors",
     "VideoWriteError",
     "FrameFormatError",
     "VideoInfo",
@@ -414,17 +417,62 @@ def stream_video(path: PathLike, chunk: int = 64, progress: bool = False) -> Vid
     return VideoStream(path, chunk=chunk, progress=progress)
 
 
-def read_video(path: PathLike, progress: bool = False) -> Video:
+def read_video(path: PathLike, progress: bool = False, check: bool = False, strict: bool = False) -> Video:
     """Decode a whole video file (any format ffmpeg reads) into a :class:`Video` (uint8 [T, H, W, 3] + fps).
 
     Raises :class:`FileNotFoundError` for a missing path and :class:`VideoReadError` (a ValueError) for a
     corrupt file, a file without a video stream or one with zero frames. For long clips prefer
     :func:`stream_video`, which holds only one chunk in memory.
+
+    ``check=True`` also asks ffmpeg for the errors it concealed while decoding (see :func:`decode_errors`; a
+    second decoding pass) and reports them as one :class:`CorruptFramesWarning` naming the frames, or, with
+    ``strict=True``, as a :class:`VideoReadError`.
     """
     stream = VideoStream(path, chunk=64, progress=progress)
     chunks = list(stream)
     frames = chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=0)
+    if check or strict:
+        errs = decode_errors(path)
+        if errs:
+            shown = sorted({f for f, _ in errs})
+            msg = (f"'{path}': ffmpeg reported {len(errs)} decoding error(s) near frame(s) "
+                   f"{shown[:20]}{' ...' if len(shown) > 20 else ''} ({errs[0][1][:120]}); those frames may be "
+                   "damaged (concealed by the decoder)")
+            if strict:
+                raise VideoReadError(msg + ". Re-encode or replace the file.")
+            warnings.warn(msg + ".", CorruptFramesWarning, stacklevel=2)
     return Video(frames, stream.fps)
+
+
+class CorruptFramesWarning(UserWarning):
+    """ffmpeg concealed decoding errors in a video (damaged or truncated data); the frames are named."""
+
+
+_DECODE_ERROR = re.compile(r"error|corrupt|concealing|invalid|missing|truncat|non-existing|mmco", re.IGNORECASE)
+_SHOWINFO_N = re.compile(r"Parsed_showinfo.*\bn:\s*(\d+)")
+
+
+def decode_errors(path: PathLike) -> list[tuple[int, str]]:
+    """Decode ``path`` once more with ffmpeg (one decoding thread, frames discarded) and return
+    ``[(frame, message)]`` for every error the decoder logged. ``frame`` is the index (display order, from 0)
+    of the first frame the filter graph showed after the message: approximate, as ffmpeg (7) decodes and
+    filters in separate threads and B-frames are decoded out of display order, so the damaged frame is near
+    it (usually within a few frames). Costs one extra decode of the file."""
+    p = _existing_file(path)
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "info", "-threads", "1", "-i", str(p),
+           "-map", "0:v:0", "-vf", "showinfo=checksum=0", "-f", "null", "-"]
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
+    out, pending = [], []
+    for line in proc.stderr.splitlines():
+        m = _SHOWINFO_N.search(line)
+        if m:
+            out.extend((int(m.group(1)), msg) for msg in pending)
+            pending = []
+        elif line.startswith("[") and _DECODE_ERROR.search(line) and "Parsed_showinfo" not in line:
+            pending.append(line.split("] ", 1)[-1].strip())
+    last = max([f for f, _ in out], default=-1)
+    out.extend((last + 1, msg) for msg in pending)  # errors after the last frame (a truncated end)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- writing
