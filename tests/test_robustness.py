@@ -396,3 +396,22 @@ def test_decoding_errors_are_warned_with_frames_or_refused_when_strict(tmp_path)
         read_video(bad, check=True)
     with pytest.raises(VideoReadError, match="decoding error"):
         read_video(bad, strict=True)
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "grid.png"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "v2s_nb.cli", "generate", "--seeds", "0-4095", "--batch",
+                             "1", "--out", str(out), "--device", "cpu", "--quiet"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()  # the random-generator note: printed once the command runs
+    assert "RANDOM-WEIGHT" in first, first
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130
+    assert "Traceback" not in rest and len(rest.strip().splitlines()) == 1 and "interrupted" in rest
+    assert not out.exists() and _finals(tmp_path) == set()

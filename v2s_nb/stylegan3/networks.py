@@ -504,8 +504,11 @@ def build_generator(cfg: str = "R", resolution: int = 1024, z_dim: int = 512, w_
     cfg = cfg.upper()
     if cfg not in CONFIGS:
         raise ValueError(f"cfg must be 'R' or 'T', got {cfg!r}")
-    if resolution < 16 or resolution & (resolution - 1):
-        raise ValueError(f"resolution must be a power of two >= 16, got {resolution}")
+    if not isinstance(resolution, (int, np.integer)) or resolution < 16 or resolution > 4096 \
+            or resolution & (resolution - 1):
+        raise ValueError(f"resolution must be a power of two in 16..4096, got {resolution!r}")
+    if not (math.isfinite(float(channel_scale)) and 0 < channel_scale <= 16):
+        raise ValueError(f"channel_scale must be a finite number in (0, 16], got {channel_scale!r}")
     kwargs = dict(CONFIGS[cfg])
     kwargs["channel_base"] = int(kwargs["channel_base"] * channel_scale)
     kwargs["channel_max"] = int(kwargs["channel_max"] * channel_scale)
