@@ -609,7 +609,11 @@ def _download(url: str, target: pathlib.Path, *, label: str, size: int | None,
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_parts(target)
     guard = _TerminateToException().__enter__()
-    fd, tmp_name = tempfile.mkstemp(prefix=target.name + ".part-", dir=target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=target.name + ".part-", dir=target.parent)
+    except BaseException:
+        guard.__exit__(None, None, None)
+        raise
     tmp = pathlib.Path(tmp_name)
     try:
         h = hashlib.sha256()
