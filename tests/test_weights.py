@@ -19,7 +19,8 @@ from v2s_nb import weights as W
 from v2s_nb.weights import (KNOWN_FILES, KnownFile, UnverifiedWeightsWarning, WeightsChecksumError,
                             WeightsUnavailableError, cache_dir, fetch, sha256_file)
 
-PAYLOAD = pickle.dumps(os.urandom(3 * (1 << 20) + 12345), protocol=4)  # a complete pickle: > 3 chunks, not chunk-aligned
+# A complete pickle (unpinned downloads must look like one), > 3 chunks, not chunk-aligned.
+PAYLOAD = pickle.dumps(os.urandom(3 * (1 << 20) + 12345), protocol=4)
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 

@@ -195,7 +195,8 @@ def _faces(path, kind: str, res: int, cache, args) -> dict:
     else:
         from .video import read_video
 
-        vid = read_video(path, check=True, strict=args.strict)  # decoding errors: a warning naming the frames
+        # decoding errors ffmpeg concealed: a warning naming the frames (an error with --strict)
+        vid = read_video(path, check=True, strict=getattr(args, "strict", False))
         _say(args, f"  {path}: {len(vid)} frames {vid.width}x{vid.height} at {vid.fps:g} fps")
         tr = landmarks(vid.frames, detector=args.detector, upsample=args.upsample, progress=not args.quiet)
         if not tr.found.any():
@@ -334,7 +335,7 @@ def prepare_reenactment(args):
     # Each finished batch is saved under batches/<video>/ (keyed by frames, settings and generator), so a killed
     # run resumes from the batches it finished.
     seq = dict(steps_first=args.invert_steps, steps_next=args.invert_steps_next, cache_dir=inv_dir,
-               batch=args.invert_batch, progress=not args.quiet)
+               batch=getattr(args, "invert_batch", 8), progress=not args.quiet)
     ws_drv = invert_sequence(G, drv["aligned"], checkpoint_dir=inv_dir / "batches" / "driving", **seq).ws
     ws_co = (invert_sequence(G, co["aligned"], checkpoint_dir=inv_dir / "batches" / "co-driving", **seq).ws
              if co is not None else None)
@@ -529,21 +530,29 @@ def _add_reenact_parsers(sub) -> None:
                    help="pose source (default: co-driving if given, else driving)")
     r.add_argument("--position-from", default=None, choices=["driving", "co-driving", "none"],
                    help="position (canonical transform) source (default: co-driving if given, else driving)")
-    r.add_argument("--t-fg", type=finite_arg("--t-fg", 0.0, 1.0), default=None, help="channel selection IoU+ threshold (default 0.2)")
-    r.add_argument("--t-bg", type=finite_arg("--t-bg", 0.0, 1.0), default=None, help="channel selection IoU- upper bound (default 0.1)")
-    r.add_argument("--invert-steps", type=int_arg("--invert-steps", 1, 100_000), default=300, help="inversion steps (reference, first batch)")
-    r.add_argument("--invert-steps-next", type=int_arg("--invert-steps-next", 1, 100_000), default=100, help="inversion steps of warm-started batches")
+    r.add_argument("--t-fg", type=finite_arg("--t-fg", 0.0, 1.0), default=None,
+                   help="channel selection IoU+ threshold (default 0.2)")
+    r.add_argument("--t-bg", type=finite_arg("--t-bg", 0.0, 1.0), default=None,
+                   help="channel selection IoU- upper bound (default 0.1)")
+    r.add_argument("--invert-steps", type=int_arg("--invert-steps", 1, 100_000), default=300,
+                   help="inversion steps (reference, first batch)")
+    r.add_argument("--invert-steps-next", type=int_arg("--invert-steps-next", 1, 100_000), default=100,
+                   help="inversion steps of warm-started batches")
     r.add_argument("--invert-batch", type=int_arg("--invert-batch", 1, 1024), default=8,
                    help="frames per inversion batch; each finished batch is saved, so a killed run resumes (8)")
-    r.add_argument("--pose-steps", type=int_arg("--pose-steps", 1, 100_000), default=100, help="pose encoding steps, first frame")
-    r.add_argument("--pose-steps-next", type=int_arg("--pose-steps-next", 1, 100_000), default=30, help="pose encoding steps, warm-started frames")
-    r.add_argument("--smooth", type=int_arg("--smooth", 0, 1001), default=3, help="canonical track smoothing kernel (odd, >= 3; 0 = off)")
+    r.add_argument("--pose-steps", type=int_arg("--pose-steps", 1, 100_000), default=100,
+                   help="pose encoding steps, first frame")
+    r.add_argument("--pose-steps-next", type=int_arg("--pose-steps-next", 1, 100_000), default=30,
+                   help="pose encoding steps, warm-started frames")
+    r.add_argument("--smooth", type=int_arg("--smooth", 0, 1001), default=3,
+                   help="canonical track smoothing kernel (odd, >= 3; 0 = off)")
     r.add_argument("--smooth-method", default="robust", choices=["robust", "mean", "gaussian"],
                    help="track smoothing: robust (default: outlier frames rejected, then a centred Gaussian), "
                         "mean (the paper's box filter) or gaussian")
     r.add_argument("--detector", default="hog", choices=["hog", "cnn"], help="face detector")
     r.add_argument("--upsample", type=int_arg("--upsample", 0, 4), default=1, help="detector upsampling (0-4)")
-    r.add_argument("--tiny-resolution", type=int_arg("--tiny-resolution", 16, 1024), default=64, help="resolution of the tiny random generator")
+    r.add_argument("--tiny-resolution", type=int_arg("--tiny-resolution", 16, 1024), default=64,
+                   help="resolution of the tiny random generator")
     r.add_argument("--batch", type=int_arg("--batch", 1, 4096), default=8, help="frames per synthesis call")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     r.add_argument("--strict", action="store_true", help="stop on decoding errors in a video (default: warn, "
@@ -553,9 +562,12 @@ def _add_reenact_parsers(sub) -> None:
 
     d = sub.add_parser("demo", help="offline demo of the whole pipeline (astronaut photo, tiny random generator)")
     d.add_argument("--out", default="out/demo.mp4", help="output .mp4 (default out/demo.mp4)")
-    d.add_argument("--frames", type=int_arg("--frames", 2, 10_000), default=8, help="frames of the generated driving clip")
-    d.add_argument("--invert-steps", type=int_arg("--invert-steps", 1, 100_000), default=2, help="inversion steps (first batch; few: CPU demo)")
-    d.add_argument("--invert-steps-next", type=int_arg("--invert-steps-next", 1, 100_000), default=1, help="inversion steps (warm-started batches)")
+    d.add_argument("--frames", type=int_arg("--frames", 2, 10_000), default=8,
+                   help="frames of the generated driving clip")
+    d.add_argument("--invert-steps", type=int_arg("--invert-steps", 1, 100_000), default=2,
+                   help="inversion steps (first batch; few: CPU demo)")
+    d.add_argument("--invert-steps-next", type=int_arg("--invert-steps-next", 1, 100_000), default=1,
+                   help="inversion steps (warm-started batches)")
     d.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
@@ -616,15 +628,18 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(e.g. stylegan3-r-ffhq-1024). Default: tiny random generator")
     g.add_argument("--seeds", type=parse_seeds, default="0-7", help="seeds, e.g. '0-7' or '1,5,9' (default 0-7)")
     g.add_argument("--trunc", type=finite_arg("--trunc", -2.0, 2.0), default=1.0, help="truncation psi (default 1)")
-    g.add_argument("--translate", type=finite_arg("--translate", -100.0, 100.0), nargs=2, default=(0.0, 0.0), metavar=("TX", "TY"),
+    g.add_argument("--translate", type=finite_arg("--translate", -100.0, 100.0), nargs=2, default=(0.0, 0.0),
+                   metavar=("TX", "TY"),
                    help="input translation in image widths (positive: right / down)")
-    g.add_argument("--rotate", type=finite_arg("--rotate", -3600.0, 3600.0), default=0.0, help="input rotation in degrees (positive: counter-clockwise)")
+    g.add_argument("--rotate", type=finite_arg("--rotate", -3600.0, 3600.0), default=0.0,
+                   help="input rotation in degrees (positive: counter-clockwise)")
     g.add_argument("--out", default="out/grid.png", help="output image path (default out/grid.png)")
     g.add_argument("--cols", type=int_arg("--cols", 1, 4096), default=None, help="grid columns (default: square)")
     g.add_argument("--batch", type=int_arg("--batch", 1, 4096), default=4, help="images per forward pass")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     g.add_argument("--cfg", default="R", choices=["R", "T"], help="architecture of the tiny random generator")
-    g.add_argument("--tiny-resolution", type=int_arg("--tiny-resolution", 16, 1024), default=64, help="resolution of the tiny random generator")
+    g.add_argument("--tiny-resolution", type=int_arg("--tiny-resolution", 16, 1024), default=64,
+                   help="resolution of the tiny random generator")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)
     _add_reenact_parsers(sub)

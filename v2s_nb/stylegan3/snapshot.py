@@ -309,7 +309,8 @@ def generator_from_snapshot(data: dict, path="snapshot", key: str = "G_ema") -> 
 #: channel_base 65536, channel_max 1024); a file asking for more is refused before anything is allocated.
 _ARG_BOUNDS = {"z_dim": (0, 4096), "c_dim": (0, 4096), "w_dim": (1, 4096), "img_resolution": (4, 4096),
                "img_channels": (1, 4), "channel_base": (1, 1 << 20), "channel_max": (1, 4096),
-               "num_layers": (1, 64), "num_critical": (0, 64), "num_fp16_res": (0, 16), "conv_kernel": (1, 7), "margin_size": (0, 1024)}
+               "num_layers": (1, 64), "num_critical": (0, 64), "num_fp16_res": (0, 16), "conv_kernel": (1, 7),
+               "margin_size": (0, 1024)}
 
 
 def check_generator_kwargs(kwargs, path="snapshot") -> dict:
