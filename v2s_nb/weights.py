@@ -264,9 +264,35 @@ _RFB320 = KnownFile(
     homepage=_CUNJIAN_PAGE,
 )
 
+# ReStyle encoders for StyleGAN3 released with yuval-alaluf/stylegan3-editing (README, "StyleGAN3 Encoder"), trained on
+# FFHQ over the aligned StyleGAN3-R FFHQ 1024 generator (their converted sg3-r-ffhq-1024.pt); each file also holds
+# that generator as 'decoder.*' tensors. Hosted only on Google Drive (no stable direct URL: url None, the Drive page
+# is the homepage for a manual download into the cache or V2S_NB_WEIGHTS_DIR). No public size / SHA-256 was found.
+_RESTYLE_PSP = KnownFile(
+    name="restyle-psp-ffhq",
+    url=None,
+    filename="restyle_pSp_ffhq.pt",
+    size=None,
+    sha256=None,
+    description=("ReStyle-pSp encoder (IR-SE-50, 6-channel input) for the StyleGAN3-R FFHQ 1024 generator, from "
+                 "yuval-alaluf/stylegan3-editing; Google Drive file id 12WZi2a9ORVg-j6d9x4eF-CKpLaURC2W-."),
+    homepage="https://drive.google.com/file/d/12WZi2a9ORVg-j6d9x4eF-CKpLaURC2W-/view?usp=sharing",
+)
+_RESTYLE_E4E = KnownFile(
+    name="restyle-e4e-ffhq",
+    url=None,
+    filename="restyle_e4e_ffhq.pt",
+    size=None,
+    sha256=None,
+    description=("ReStyle-e4e encoder (IR-SE-50, 6-channel input) for the StyleGAN3-R FFHQ 1024 generator, from "
+                 "yuval-alaluf/stylegan3-editing; Google Drive file id 1z_cB187QOc6aqVBdLvYvBjoc93-_EuRm."),
+    homepage="https://drive.google.com/file/d/1z_cB187QOc6aqVBdLvYvBjoc93-_EuRm/view",
+)
+
 #: Registry of known files by short name.
 KNOWN_FILES: dict[str, KnownFile] = {**_stylegan3_entries(), _BISENET.name: _BISENET, _PFLD.name: _PFLD,
-                                     _RFB320.name: _RFB320}
+                                     _RFB320.name: _RFB320, _RESTYLE_PSP.name: _RESTYLE_PSP,
+                                     _RESTYLE_E4E.name: _RESTYLE_E4E}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,458 @@
+"""ReStyle encoders for StyleGAN3 (the paper's §3.1 inversion): images -> W+ codes in a few forward passes.
+
+Loads the ReStyle-pSp and ReStyle-e4e encoders that Alaluf et al. released with *stylegan3-editing*
+(``restyle_pSp_ffhq.pt``, ``restyle_e4e_ffhq.pt``) and runs their iterative refinement::
+
+    from v2s_nb.method.encoder import load_encoder
+    E = load_encoder("restyle-e4e-ffhq")          # a known name, a file name, or a path
+    E.kind, E.latent_avg.shape                     # 'psp' or 'e4e'; [512] or [16, 512]
+    E.generator                                    # the v2s_nb Generator rebuilt from the checkpoint's decoder
+    ws = E.encode(images, n_iters=3)               # float [N, 3, H, W] in [-1, 1] (or uint8 [N, H, W, 3])
+                                                   # -> ws [N, num_ws, w_dim] on E.device
+
+The network (an IR-SE-50 body on a 6-channel input, one map-to-style head per W+ row on its 16x16 features):
+
+* stem: 3x3 convolution from 6 channels (the image and the current reconstruction, both 256 px) to 64, batch
+  norm, PReLU;
+* body: 24 IR-SE bottleneck units in four stages of 3, 4, 14 and 3 units (64, 128, 256 and 512 channels); the
+  first unit of each stage has stride 2 (256 px -> 16 px). A unit adds a shortcut (identity subsampling, or a
+  1x1 strided convolution + batch norm where the width changes) to a residual branch: batch norm, 3x3
+  convolution, PReLU, 3x3 convolution (with the stride), batch norm, squeeze-and-excitation (global average, 1x1
+  convolutions to channels / 16 and back with a ReLU between, sigmoid gate);
+* heads: per W+ row, ``log2(16) = 4`` stride-2 3x3 convolutions with leaky ReLU (slope 0.01) down to 1x1, then
+  an equalised linear layer (weight scaled by ``1 / sqrt(in)``). ReStyle-pSp's row i is head i's output;
+  ReStyle-e4e's row 0 is head 0's and row i > 0 is head 0's plus head i's (e4e's progressive deltas, all of
+  them at inference).
+
+Iterations (ReStyle): the reconstruction starts as the image of ``latent_avg`` (rendered at the generator's
+resolution with the identity input transform in float32, then average-pooled to 256x256); each iteration feeds
+``[image, reconstruction]`` to the network and adds its output to the current code (``latent_avg`` on the
+first); the new code's image, pooled to 256, is the next reconstruction. Input images of another size are
+resized to 256 (antialiased bilinear) first.
+
+The architecture is read from the checkpoint's tensors (stages, widths, head count), so smaller encoders of the
+same design load too. Checkpoints are read with ``torch.load(weights_only=True)``: only tensors, plain
+containers and the ``pathlib`` / numpy scalar types that the released files' ``opts`` hold can be rebuilt; any
+other object in the file is refused without being run.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import pickle
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..stylegan3.snapshot import SnapshotError
+from ..stylegan3.state_dict import generator_from_state_dict
+
+__all__ = ["ReStyleEncoder", "ReStyleNet", "EncoderCheckpointError", "load_encoder", "read_checkpoint",
+           "ENCODER_NAMES", "ENCODE_SIZE"]
+
+#: Side of the square images the encoder sees (pixels).
+ENCODE_SIZE = 256
+
+#: Known short names (see :data:`v2s_nb.weights.KNOWN_FILES`) -> kind.
+ENCODER_NAMES = {"restyle-psp-ffhq": "psp", "restyle-e4e-ffhq": "e4e"}
+
+_KIND_OF_TYPE = {"BackboneEncoder": "psp", "ProgressiveBackboneEncoder": "e4e"}
+
+
+class EncoderCheckpointError(SnapshotError):
+    """The file is not a ReStyle checkpoint this loader can read (the message says why); nothing was executed."""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The network. Sub-module names follow the released checkpoints' state-dict keys.
+# ------------------------------------------------------------------------------------------------------------
+
+
+class _SqueezeExcite(nn.Module):
+    """Channel gate: x * sigmoid(fc2(relu(fc1(mean_hw(x))))), fc1/fc2 bias-free 1x1 convolutions."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, channels // reduction, 1, bias=False)
+        self.fc2 = nn.Conv2d(channels // reduction, channels, 1, bias=False)
+
+    def forward(self, x):
+        g = x.mean(dim=(2, 3), keepdim=True)
+        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(g))))
+
+
+class _IRSEUnit(nn.Module):
+    """IR-SE bottleneck unit: shortcut(x) + residual(x); ``stride`` on the second 3x3 convolution."""
+
+    def __init__(self, cin: int, cout: int, stride: int, reduction: int = 16):
+        super().__init__()
+        self.stride = int(stride)
+        if cin == cout:
+            self.shortcut_layer = None  # identity, subsampled by the stride (a 1x1 max pool in the original)
+        else:
+            self.shortcut_layer = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.res_layer = nn.Sequential(
+            nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.PReLU(cout),
+            nn.Conv2d(cout, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), _SqueezeExcite(cout, reduction))
+
+    def forward(self, x):
+        if self.shortcut_layer is None:
+            short = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+        else:
+            short = self.shortcut_layer(x)
+        return self.res_layer(x) + short
+
+
+class _EqualLinear(nn.Module):
+    """y = x @ (weight / sqrt(in)).T + bias (equalised learning rate, multiplier 1)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin))
+        self.bias = nn.Parameter(torch.zeros(cout))
+
+    def forward(self, x):
+        return F.linear(x, self.weight / math.sqrt(self.weight.shape[1]), self.bias)
+
+
+class _StyleHead(nn.Module):
+    """``n_down`` stride-2 3x3 convolutions + leaky ReLU (0.01) from [N, cin, S, S] to [N, cout, 1, 1]; a linear."""
+
+    def __init__(self, cin: int, cout: int, n_down: int):
+        super().__init__()
+        mods = []
+        for i in range(n_down):
+            mods += [nn.Conv2d(cin if i == 0 else cout, cout, 3, 2, 1), nn.LeakyReLU(0.01)]
+        self.convs = nn.Sequential(*mods)
+        self.linear = _EqualLinear(cout, cout)
+
+    def forward(self, x):
+        x = self.convs(x)
+        return self.linear(x.reshape(x.shape[0], -1))
+
+
+class ReStyleNet(nn.Module):
+    """One ReStyle forward pass: [N, in_channels, 256, 256] -> code residual [N, n_styles, style_dim].
+
+    Args:
+        units: ``(in_channels, out_channels, stride)`` of each body unit, in order (IR-SE-50: 24 units).
+        in_channels: input channels (6: image + reconstruction); ``stem``: the stem's width (64).
+        n_styles: W+ rows (heads); ``style_dim``: their width (w_dim); ``n_down``: stride-2 convolutions per head.
+        progressive: False for ReStyle-pSp (independent rows), True for ReStyle-e4e (row 0 + per-row deltas).
+    """
+
+    def __init__(self, units, in_channels: int = 6, stem: int = 64, n_styles: int = 16, style_dim: int = 512,
+                 n_down: int = 4, progressive: bool = False):
+        super().__init__()
+        self.units = [tuple(int(v) for v in u) for u in units]
+        self.progressive = bool(progressive)
+        self.input_layer = nn.Sequential(nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem),
+                                         nn.PReLU(stem))
+        self.body = nn.Sequential(*[_IRSEUnit(*u) for u in self.units])
+        feat = self.units[-1][1] if self.units else stem
+        self.styles = nn.ModuleList([_StyleHead(feat, style_dim, n_down) for _ in range(n_styles)])
+
+    @staticmethod
+    def ir_se50_units(widths=(64, 128, 256, 512), counts=(3, 4, 14, 3), stem: int = 64) -> list[tuple]:
+        """Unit list of an IR-SE body: stage k has ``counts[k]`` units of ``widths[k]`` channels, stride 2 first."""
+        units, cin = [], stem
+        for w, n in zip(widths, counts):
+            for i in range(n):
+                units.append((cin, w, 2 if i == 0 else 1))
+                cin = w
+        return units
+
+    @classmethod
+    def from_state_dict(cls, sd: dict, progressive: bool, where: str = "checkpoint") -> "ReStyleNet":
+        """The network whose shapes ``sd`` (keys without the ``encoder.`` prefix) holds, with its weights loaded.
+
+        Body strides are not stored; as in IR-SE bodies, each run of units of one width starts with stride 2.
+        """
+        try:
+            stem_w = sd["input_layer.0.weight"]
+            n_units = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"body\.(\d+)\.", k)))
+            n_styles = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"styles\.(\d+)\.", k)))
+            n_down = sum(1 for k in sd if re.fullmatch(r"styles\.0\.convs\.\d+\.weight", k))
+            style_dim = int(sd["styles.0.linear.weight"].shape[0])
+            units, prev = [], None
+            for i in range(n_units):
+                w = sd[f"body.{i}.res_layer.1.weight"]
+                cout, cin = int(w.shape[0]), int(w.shape[1])
+                units.append((cin, cout, 2 if cout != prev else 1))
+                prev = cout
+        except (KeyError, ValueError) as e:
+            raise EncoderCheckpointError(f"{where}: the encoder tensors are not an IR-SE ReStyle encoder "
+                                         f"(missing {e}); only BackboneEncoder / ProgressiveBackboneEncoder on "
+                                         f"IR-SE-50 are supported.") from None
+        net = cls(units, in_channels=int(stem_w.shape[1]), stem=int(stem_w.shape[0]), n_styles=n_styles,
+                  style_dim=style_dim, n_down=n_down, progressive=progressive)
+        ours = net.state_dict()
+        bad = sorted(set(ours) ^ set(sd)) + sorted(k for k in sd if k in ours and sd[k].shape != ours[k].shape)
+        if bad:
+            raise EncoderCheckpointError(f"{where}: the encoder tensors do not fit the IR-SE ReStyle layout read "
+                                         f"from them (first differences: {bad[:4]}).")
+        net.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in sd.items()})
+        return net.eval().requires_grad_(False)
+
+    def forward(self, x):
+        f = self.body(self.input_layer(x))
+        rows = torch.stack([head(f) for head in self.styles], dim=1)  # [N, n_styles, style_dim]
+        if self.progressive:
+            rows = torch.cat([rows[:, :1], rows[:, :1] + rows[:, 1:]], dim=1)
+        return rows
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Checkpoint reading
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _allowed_globals() -> list:
+    """Types that the released checkpoints' ``opts`` / bookkeeping need beyond what weights_only allows."""
+    allowed = []
+    for name in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"):
+        allowed.append((getattr(pathlib, name), f"pathlib.{name}"))
+    try:  # numpy >= 2
+        from numpy._core import multiarray
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed.append((multiarray.scalar, f"{mod}.scalar"))
+    allowed.append((np.dtype, "numpy.dtype"))
+    for dt in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType"):
+        if hasattr(np, "dtypes") and hasattr(np.dtypes, dt):
+            allowed.append((getattr(np.dtypes, dt), f"numpy.dtypes.{dt}"))
+    return allowed
+
+
+def read_checkpoint(path) -> dict:
+    """``torch.load`` a ReStyle checkpoint with ``weights_only=True`` (CPU tensors) and check its layout.
+
+    Returns the dict (``'state_dict'``, ``'opts'``, ``'latent_avg'``, ...). Raises :class:`EncoderCheckpointError`
+    for anything else, including files that hold objects outside the allowed types (they are not run).
+    """
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_allowed_globals()):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EncoderCheckpointError(
+            f"{path}: refusing to load it: the file holds an object that is not a tensor, a plain container or one "
+            f"of the few allowed types ({first[:200]}). Nothing from it was run; use the checkpoints released with "
+            f"stylegan3-editing (restyle_pSp_ffhq.pt / restyle_e4e_ffhq.pt).") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise EncoderCheckpointError(f"{path} could not be read as a torch checkpoint ({type(e).__name__}: "
+                                     f"{str(e)[:200]}); truncated, corrupt or not a .pt file?") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        got = sorted(map(str, ckpt))[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise EncoderCheckpointError(f"{path} is not a ReStyle checkpoint: expected a dict with 'state_dict', "
+                                     f"'opts' and 'latent_avg', got {got}.")
+    return ckpt
+
+
+def _split(sd: dict, prefix: str) -> dict:
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in sd.items() if k.startswith(prefix + ".")}
+
+
+def _kind_from(ckpt: dict, enc_sd: dict, where) -> str:
+    opts = ckpt.get("opts")
+    etype = opts.get("encoder_type") if isinstance(opts, dict) else None
+    if etype is not None:
+        if etype not in _KIND_OF_TYPE:
+            raise EncoderCheckpointError(f"{where}: encoder_type {etype!r} is not supported (only "
+                                         f"{sorted(_KIND_OF_TYPE)}: the IR-SE-50 ReStyle encoders).")
+        return _KIND_OF_TYPE[etype]
+    raise EncoderCheckpointError(f"{where}: the checkpoint's opts do not say its encoder_type "
+                                 f"(BackboneEncoder = ReStyle-pSp or ProgressiveBackboneEncoder = ReStyle-e4e).")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The encoder
+# ------------------------------------------------------------------------------------------------------------
+
+
+class ReStyleEncoder:
+    """A loaded ReStyle encoder with its generator. See the module docstring.
+
+    Attributes:
+        kind: ``'psp'`` or ``'e4e'``.
+        net: the :class:`ReStyleNet`.
+        generator: the checkpoint's decoder as a v2s_nb ``Generator`` (identity input transform).
+        latent_avg: the start code, [w_dim] or [num_ws, w_dim] float32.
+        source: where it was loaded from.
+    """
+
+    def __init__(self, net: ReStyleNet, generator, latent_avg: torch.Tensor, kind: str, source: str = ""):
+        self.net, self.generator, self.kind, self.source = net, generator, kind, source
+        self.latent_avg = latent_avg.detach().to(torch.float32)
+        num_ws, w_dim = generator.num_ws, generator.w_dim
+        if len(net.styles) != num_ws or net.styles[0].linear.weight.shape[0] != w_dim:
+            raise EncoderCheckpointError(f"{source}: the encoder outputs {len(net.styles)} x "
+                                         f"{net.styles[0].linear.weight.shape[0]} codes, its generator takes "
+                                         f"{num_ws} x {w_dim}.")
+        if tuple(self.latent_avg.shape) not in ((w_dim,), (num_ws, w_dim)):
+            raise EncoderCheckpointError(f"{source}: latent_avg has shape {tuple(self.latent_avg.shape)}, expected "
+                                         f"[{w_dim}] or [{num_ws}, {w_dim}].")
+        self._avg_image = {}
+        self.to(generator.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.latent_avg.device
+
+    def to(self, device) -> "ReStyleEncoder":
+        """Move the network, generator and start code to ``device`` (in place); returns self."""
+        device = torch.device(device)
+        self.net.to(device)
+        self.generator.to(device)
+        self.latent_avg = self.latent_avg.to(device)
+        return self
+
+    def __repr__(self):
+        return (f"ReStyleEncoder(kind={self.kind!r}, {len(self.net.units)} IR-SE units, "
+                f"{len(self.net.styles)}x{self.generator.w_dim} codes, generator {self.generator.img_resolution} px, "
+                f"device={self.device}, source={self.source!r})")
+
+    def matches(self, G, atol: float = 0.0) -> bool:
+        """True when ``G`` has this encoder's decoder: the same tensors (the input transform aside)."""
+        ours, theirs = self.generator.state_dict(), G.state_dict()
+        if set(ours) != set(theirs):
+            return False
+        for k, v in ours.items():
+            if k.endswith("input.transform"):
+                continue
+            w = theirs[k]
+            if v.shape != w.shape or not torch.allclose(v.to("cpu", torch.float32), w.to("cpu", torch.float32),
+                                                        rtol=0, atol=atol):
+                return False
+        return True
+
+    def render256(self, ws: torch.Tensor, force_fp32: bool = True) -> torch.Tensor:
+        """The generator's images of ``ws`` (identity input transform) average-pooled to [N, 3, 256, 256]."""
+        eye = torch.eye(3, device=ws.device)
+        img = self.generator.synthesis(ws, transform=eye, force_fp32=force_fp32)
+        return F.adaptive_avg_pool2d(img.to(torch.float32), (ENCODE_SIZE, ENCODE_SIZE))
+
+    def start_codes(self, n: int) -> torch.Tensor:
+        """``latent_avg`` broadcast to [n, num_ws, w_dim]."""
+        avg = self.latent_avg
+        return avg.expand(n, self.generator.num_ws, self.generator.w_dim) if avg.ndim == 1 else \
+            avg.unsqueeze(0).expand(n, -1, -1)
+
+    def average_image(self, force_fp32: bool = True) -> torch.Tensor:
+        """The image of ``latent_avg``, pooled to 256: [1, 3, 256, 256] (cached per device and precision)."""
+        key = (str(self.device), force_fp32)
+        if key not in self._avg_image:
+            with torch.no_grad():
+                self._avg_image[key] = self.render256(self.start_codes(1).contiguous(), force_fp32)
+        return self._avg_image[key]
+
+    @staticmethod
+    def prepare(images) -> torch.Tensor:
+        """Images as the encoder sees them: float32 [N, 3, 256, 256] in [-1, 1] on the CPU (see
+        :func:`v2s_nb.method.invert.prepare_images` for the accepted forms; other sizes are resized to 256)."""
+        from .invert import ImageResizeWarning, prepare_images
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="images are .* resized", category=ImageResizeWarning)
+            return prepare_images(images, ENCODE_SIZE)
+
+    @torch.no_grad()
+    def encode(self, images, n_iters: int = 3, batch_size: int = 8, return_steps: bool = False,
+               force_fp32: bool = True, progress: bool = False):
+        """W+ codes of aligned face crops by ``n_iters`` ReStyle iterations.
+
+        Args:
+            images: float [N, 3, H, W] in [-1, 1] or uint8 [N, H, W, 3] (numpy or torch), square; resized to 256.
+            n_iters: iterations (the released models were trained with 3 to 5; each costs one encoder pass and,
+                except the last, one generator render).
+            batch_size: images per forward pass.
+            return_steps: also return the codes after every iteration, [n_iters, N, num_ws, w_dim].
+            force_fp32: render the reconstructions in float32 as the reference does (False lets the generator's
+                fp16 layers run in fp16 on CUDA: faster, slightly different codes).
+            progress: a progress bar over batches.
+        Returns:
+            ws [N, num_ws, w_dim] float32 on :attr:`device` (and the per-iteration codes if ``return_steps``).
+        """
+        if int(n_iters) < 1:
+            raise ValueError(f"n_iters must be >= 1, got {n_iters}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        x_all = self.prepare(images)
+        n = x_all.shape[0]
+        avg_img = self.average_image(force_fp32)
+        out = torch.empty([n_iters, n, self.generator.num_ws, self.generator.w_dim], device=self.device)
+        starts = range(0, n, int(batch_size))
+        if progress:
+            from tqdm.auto import tqdm
+            starts = tqdm(starts, desc=f"ReStyle-{self.kind} encoding {n} image(s)", unit="batch")
+        for s in starts:
+            x = x_all[s:s + batch_size].to(self.device, non_blocking=True)
+            b = x.shape[0]
+            rec = avg_img.expand(b, -1, -1, -1)
+            ws = self.start_codes(b)
+            for it in range(n_iters):
+                ws = ws + self.net(torch.cat([x, rec], dim=1))
+                out[it, s:s + b] = ws
+                if it + 1 < n_iters:
+                    rec = self.render256(ws, force_fp32)
+        return (out[-1].clone(), out) if return_steps else out[-1].clone()
+
+
+def _resolve(path_or_name) -> tuple[Path, str]:
+    from ..weights import KNOWN_FILES, fetch
+
+    s = str(path_or_name)
+    p = Path(s).expanduser()
+    if p.exists():
+        return p, s
+    by_file = {kf.filename: name for name, kf in KNOWN_FILES.items() if name in ENCODER_NAMES}
+    name = s if s in ENCODER_NAMES else by_file.get(s)
+    if name is None:
+        raise FileNotFoundError(f"encoder checkpoint not found: {s}. Pass a path to a ReStyle .pt file or one of "
+                                f"the known names {sorted(ENCODER_NAMES)}.")
+    return fetch(name), name
+
+
+def load_encoder(path_or_name, device=None) -> ReStyleEncoder:
+    """Load a ReStyle-pSp / ReStyle-e4e checkpoint of stylegan3-editing (safely, see :func:`read_checkpoint`).
+
+    Args:
+        path_or_name: a path, a known name (``'restyle-psp-ffhq'``, ``'restyle-e4e-ffhq'``) or its file name
+            (``'restyle_pSp_ffhq.pt'``, ``'restyle_e4e_ffhq.pt'``); known files come from
+            :func:`v2s_nb.weights.fetch` (its cache or ``V2S_NB_WEIGHTS_DIR``).
+        device: where to run (``None``: CPU).
+    Returns:
+        A :class:`ReStyleEncoder` whose ``generator`` is built from the checkpoint's ``decoder.*`` tensors.
+    Raises:
+        FileNotFoundError: no such file or name. EncoderCheckpointError: unreadable, unsafe or unsupported file.
+    """
+    path, label = _resolve(path_or_name)
+    ckpt = read_checkpoint(path)
+    sd = ckpt["state_dict"]
+    enc_sd, dec_sd = _split(sd, "encoder"), _split(sd, "decoder")
+    if not enc_sd:
+        raise EncoderCheckpointError(f"{path}: the state_dict has no 'encoder.*' tensors; not a ReStyle checkpoint.")
+    if not dec_sd:
+        raise EncoderCheckpointError(f"{path}: the state_dict has no 'decoder.*' tensors (the generator the "
+                                     f"encoder was trained with); cannot encode without it.")
+    kind = _kind_from(ckpt, enc_sd, path)
+    net = ReStyleNet.from_state_dict(enc_sd, progressive=kind == "e4e", where=str(path))
+    # As the reference loader does, the stored input transform is not loaded: the decoder keeps the identity.
+    G = generator_from_state_dict(dec_sd, where=f"{path} (decoder)", skip=("synthesis.input.transform",))
+    G.source = f"{path} (ReStyle-{kind} decoder)"
+    latent_avg = ckpt.get("latent_avg")
+    if not torch.is_tensor(latent_avg):
+        raise EncoderCheckpointError(f"{path}: no 'latent_avg' tensor (the codes' starting point).")
+    E = ReStyleEncoder(net, G, latent_avg, kind, source=str(label))
+    return E.to(device or "cpu")
