@@ -282,3 +282,43 @@ def test_generator_from_state_dict_refuses_other_tensors():
     bad["synthesis.L3_36_32.affine.weight"] = torch.zeros(7, 64)
     with pytest.raises(SnapshotError, match="shapes"):
         generator_from_state_dict(bad)
+
+
+def test_invert_with_encoder_refines_and_caches(tmp_path, tiny_g):
+    from v2s_nb.method.encoder import invert_with_encoder
+
+    G = tiny_g
+    E = load_encoder(save_released_format(tmp_path / "e.pt", make_encoder_sd(G.num_ws, G.w_dim, seed=8), G,
+                                          G.mapping.w_avg.clone(), "ProgressiveBackboneEncoder"))
+    with torch.no_grad():  # frames the generator can make: images of random codes
+        frames = G.synthesis(G.mapping(torch.randn(5, G.z_dim, generator=torch.Generator().manual_seed(1))))
+    frames = frames.clamp(-1, 1)
+    enc = invert_with_encoder(E, G, frames, n_iters=2, batch=2, progress=False)
+    direct = E.encode(frames, n_iters=2)
+    assert torch.allclose(enc.ws, direct.cpu(), atol=1e-5) and enc.total_steps == 0
+    assert enc.settings["mode"] == "encoder" and len(enc.psnr) == 5
+    ref = invert_with_encoder(E, G, frames, n_iters=2, batch=2, refine_steps=15, refine_lr=0.02,
+                              cache_dir=tmp_path / "inv", progress=False)
+    assert ref.total_steps > 0 and float(ref.mse.mean()) < float(enc.mse.mean())
+    again = invert_with_encoder(E, G, frames, n_iters=2, batch=2, refine_steps=15, refine_lr=0.02,
+                                cache_dir=tmp_path / "inv", progress=False)
+    assert again.from_cache and torch.equal(again.ws, ref.ws)
+
+
+def test_invert_reference_pti_and_fallback(tmp_path, tiny_g):
+    from v2s_nb.method.encoder import invert_reference
+
+    G = tiny_g
+    E = load_encoder(save_released_format(tmp_path / "e.pt", make_encoder_sd(G.num_ws, G.w_dim, seed=9), G,
+                                          G.mapping.w_avg.clone(), "BackboneEncoder"))
+    img = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    said = []
+    inv, G_r = invert_reference(G, img, encoder=E, pti=True, pti_steps=3, progress=False, say=said.append,
+                                locality_weight=0)
+    assert not said and inv.settings["mode"] == "encoder" and G_r is not G
+    assert not torch.equal(G_r.synthesis.L2_36_64.weight, G.synthesis.L2_36_64.weight)
+    inv2, G_r2 = invert_reference(G, img, encoder=E, progress=False, say=said.append)
+    assert G_r2 is G  # random-weight generator: PTI off by default
+    other = tiny_generator("R", resolution=64, seed=4)
+    inv3, _ = invert_reference(other, img, encoder=E, pti=False, invert_steps=2, progress=False, say=said.append)
+    assert said and "optimisation" in said[0] and inv3.settings["mode"] == "invert"

@@ -456,3 +456,114 @@ def load_encoder(path_or_name, device=None) -> ReStyleEncoder:
         raise EncoderCheckpointError(f"{path}: no 'latent_avg' tensor (the codes' starting point).")
     E = ReStyleEncoder(net, G, latent_avg, kind, source=str(label))
     return E.to(device or "cpu")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Inversion by encoder (video frames, reference photo + PTI)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def encoder_digest(E: ReStyleEncoder) -> str:
+    """SHA-256 (hex) over the encoder network's tensors and ``latent_avg`` (identifies it in cache keys)."""
+    import hashlib
+
+    from .invert import _sha256_tensor
+
+    h = hashlib.sha256()
+    for k, v in E.net.state_dict().items():
+        h.update(k.encode())
+        _sha256_tensor(h, v)
+    _sha256_tensor(h, E.latent_avg)
+    return h.hexdigest()
+
+
+def encoder_for(G, encoder, say=print) -> ReStyleEncoder | None:
+    """``encoder`` (a :class:`ReStyleEncoder`, a path or known name, or None) if it was trained with ``G``'s
+    weights, else None after telling ``say`` that optimisation-only inversion runs instead."""
+    if encoder is None:
+        return None
+    E = encoder if isinstance(encoder, ReStyleEncoder) else load_encoder(encoder, device=G.device)
+    if E.matches(G):
+        return E.to(G.device)
+    if say is not None:
+        say(f"encoder {E.source} was trained with another generator ({E.generator.img_resolution} px, "
+            f"{E.generator.source}); its codes would not fit {G.source}: inverting by optimisation only.")
+    return None
+
+
+def invert_with_encoder(E: ReStyleEncoder, G, images, *, n_iters: int = 3, batch: int = 8, refine_steps: int = 0,
+                        refine_lr: float = 0.01, refine_kwargs: dict | None = None, force_fp32: bool = True,
+                        frame_indices=None, cache_dir=None, progress: bool = True):
+    """W+ codes of aligned crops (e.g. every frame of a video) by the encoder, optionally refined by optimisation.
+
+    All images are encoded in batches of ``batch`` (``n_iters`` ReStyle iterations, see
+    :meth:`ReStyleEncoder.encode`); with ``refine_steps > 0`` every code then starts a short
+    :func:`~v2s_nb.method.invert.invert` run on ``G`` (peak learning rate ``refine_lr``, no noise on w;
+    ``refine_kwargs`` overrides other settings of :func:`invert`).
+
+    Args:
+        E: the encoder; G: the generator the codes are for (normally ``E.generator`` or the same weights).
+        images: as for :func:`~v2s_nb.method.invert.invert` (uint8 [N, H, W, 3] or float [N, 3, H, W] in [-1, 1]).
+        cache_dir: as for :func:`invert`; the key covers the images, the encoder's and generator's weights and
+            these settings.
+    Returns:
+        :class:`~v2s_nb.method.invert.Inversion` (codes on the CPU, PSNR against the images at G's resolution;
+        ``settings['mode']`` is ``'encoder'``; ``total_steps`` counts the refinement's Adam steps).
+    """
+    from .invert import (Inversion, _cache_lookup, _reconstruction_mse, generator_identity, invert, prepare_images,
+                         psnr_from_mse)
+
+    targets = prepare_images(images, G.img_resolution, frame_indices)
+    n = targets.shape[0]
+    idx = list(range(n)) if frame_indices is None else [int(i) for i in frame_indices]
+    settings = {"mode": "encoder", "encoder": E.kind, "encoder_sha256": encoder_digest(E), "n_iters": int(n_iters),
+                "force_fp32": bool(force_fp32), "refine_steps": int(refine_steps), "refine_lr": float(refine_lr),
+                "refine_kwargs": dict(refine_kwargs or {})}
+    gen_id = generator_identity(G)
+    cache_file, cached = _cache_lookup(cache_dir, "enc", targets, E.start_codes(1).float().cpu(), gen_id, settings,
+                                       idx)
+    if cached is not None:
+        return cached
+    E.to(G.device)
+    ws = E.encode(images, n_iters=n_iters, batch_size=batch, force_fp32=force_fp32, progress=progress)
+    hist, total = [], 0
+    if refine_steps > 0:
+        kw = dict(lr=float(refine_lr), w_noise=0.0, lr_rampup=0.0, batch_size=int(batch), progress=progress)
+        kw.update(refine_kwargs or {})
+        ref = invert(G, targets, steps=int(refine_steps), init=ws, frame_indices=idx, **kw)
+        ws, hist, total = ref.ws, list(ref.loss_history), ref.total_steps
+    ws = ws.to(G.device, torch.float32)
+    mse = _reconstruction_mse(G, ws, targets, batch)
+    inv = Inversion(ws=ws.float().cpu(), mse=mse, psnr=psnr_from_mse(mse), loss_history=hist, settings=settings,
+                    generator=gen_id, frame_indices=np.asarray(idx, dtype=np.int64), total_steps=total,
+                    frame_steps=int(refine_steps) * n)
+    if cache_file is not None:
+        inv.save(cache_file)
+    return inv
+
+
+def invert_reference(G, image, *, encoder=None, pti: bool | None = None, n_iters: int = 3, pti_steps: int = 350,
+                     invert_steps: int = 300, cache_dir=None, progress: bool = True, say=print, **pti_kwargs):
+    """The reference photo's code and the generator to render it with (paper §3.1 / §3.3).
+
+    With a matching ``encoder`` (see :func:`encoder_for`) the code is the encoder's; otherwise ``invert_steps`` of
+    optimisation (:func:`~v2s_nb.method.invert.invert`). Then, when ``pti`` (default: on for trained generators,
+    off for random-weight ones), :func:`~v2s_nb.method.invert.pivotal_tuning` fine-tunes a copy of ``G`` around
+    that code for ``pti_steps`` steps. Pose encoding should keep running on ``G``; rendering uses the returned one.
+
+    Returns:
+        (Inversion of the one image, G_render): ``G_render`` is ``G`` itself when PTI is off.
+    """
+    from .invert import invert, pivotal_tuning
+
+    E = encoder_for(G, encoder, say=say)
+    if E is not None:
+        inv = invert_with_encoder(E, G, image, n_iters=n_iters, batch=1, cache_dir=cache_dir, progress=False)
+    else:
+        inv = invert(G, image, steps=invert_steps, cache_dir=cache_dir, progress=progress)
+    if pti is None:
+        pti = not bool(getattr(G, "is_random", False))
+    if not pti:
+        return inv, G
+    G_render = pivotal_tuning(G, image, inv, steps=pti_steps, progress=progress, **pti_kwargs)
+    return inv, G_render
