@@ -288,11 +288,51 @@ _MOTION_DEFAULTS = {"motion": "relative", "strength": 1.0, "anchor": "first", "p
                     "regions": "auto", "smooth_method": "robust"}
 
 
+def _encoder(G, args):
+    """The ReStyle encoder of ``--encoder`` when it was trained with G's weights, else None (with a message)."""
+    if not getattr(args, "encoder", None):
+        return None
+    from .method.encoder import encoder_for
+
+    E = encoder_for(G, args.encoder, say=lambda m: print(
+        "      " + m + " (pass the generator it was trained with, e.g. --checkpoint stylegan3-r-ffhq-1024)",
+        file=sys.stderr, flush=True))
+    if E is not None:
+        _say(args, f"      ReStyle-{E.kind} encoder ({args.encoder}), {args.encoder_iters} iterations"
+                   + (f" + {args.refine_steps} refinement steps" if args.refine_steps else ""))
+    return E
+
+
+def _pti(G, ref_aligned, w_ref, cache, args):
+    """G fine-tuned around the reference (PTI) when --pti (default: trained generators only), else G. Cached."""
+    import hashlib
+
+    from .method.invert import generator_hash, pivotal_tuning
+    from .stylegan3 import load_generator, save_generator
+
+    pti = getattr(args, "pti", None)
+    if pti is None:
+        pti = not getattr(G, "is_random", False)
+    if not pti:
+        return G
+    key = _key({"g": generator_hash(G), "w": w_ref.numpy().tobytes().hex(),
+                "img": hashlib.sha256(ref_aligned.tobytes()).hexdigest(), "steps": args.pti_steps})
+    f = cache / f"pti-{key}.safetensors"
+    if f.is_file():
+        _say(args, f"      PTI generator reused ({f.name})")
+        return load_generator(f, device=G.device)
+    _say(args, f"      pivotal tuning of the reference ({args.pti_steps} steps)")
+    G_pti = pivotal_tuning(G, ref_aligned, w_ref[None], steps=args.pti_steps, progress=not args.quiet)
+    save_generator(G_pti, f)
+    return G_pti
+
+
 def prepare_reenactment(args):
     """Stages 1-4 of ``reenact`` (faces, inversion, channel discovery, pose encoding) -> a Reenactor."""
     from pathlib import Path
 
     from .face import region_masks
+    from .method.encoder import invert_with_encoder
     from .method.invert import invert, invert_sequence
     from .method.local_channels import discover
     from .method.reenact import Reenactor, check_coefficients, layer_names
@@ -331,14 +371,23 @@ def prepare_reenactment(args):
 
     _say(args, "[2/5] inversion (W+)")
     inv_dir = cache / "inversions"
-    w_ref = invert(G, ref["aligned"], steps=args.invert_steps, cache_dir=inv_dir, progress=not args.quiet).ws[0]
-    # Each finished batch is saved under batches/<video>/ (keyed by frames, settings and generator), so a killed
-    # run resumes from the batches it finished.
-    seq = dict(steps_first=args.invert_steps, steps_next=args.invert_steps_next, cache_dir=inv_dir,
-               batch=getattr(args, "invert_batch", 8), progress=not args.quiet)
-    ws_drv = invert_sequence(G, drv["aligned"], checkpoint_dir=inv_dir / "batches" / "driving", **seq).ws
-    ws_co = (invert_sequence(G, co["aligned"], checkpoint_dir=inv_dir / "batches" / "co-driving", **seq).ws
-             if co is not None else None)
+    E = _encoder(G, args)
+    if E is not None:
+        enc = dict(n_iters=args.encoder_iters, batch=args.batch, refine_steps=args.refine_steps, cache_dir=inv_dir,
+                   progress=not args.quiet)
+        w_ref = invert_with_encoder(E, G, ref["aligned"], **dict(enc, batch=1)).ws[0]
+        ws_drv = invert_with_encoder(E, G, drv["aligned"], **enc).ws
+        ws_co = invert_with_encoder(E, G, co["aligned"], **enc).ws if co is not None else None
+    else:
+        w_ref = invert(G, ref["aligned"], steps=args.invert_steps, cache_dir=inv_dir, progress=not args.quiet).ws[0]
+        # Each finished batch is saved under batches/<video>/ (keyed by frames, settings and generator), so a killed
+        # run resumes from the batches it finished.
+        seq = dict(steps_first=args.invert_steps, steps_next=args.invert_steps_next, cache_dir=inv_dir,
+                   batch=getattr(args, "invert_batch", 8), progress=not args.quiet)
+        ws_drv = invert_sequence(G, drv["aligned"], checkpoint_dir=inv_dir / "batches" / "driving", **seq).ws
+        ws_co = (invert_sequence(G, co["aligned"], checkpoint_dir=inv_dir / "batches" / "co-driving", **seq).ws
+                 if co is not None else None)
+    G_render = _pti(G, ref["aligned"], w_ref, cache, args)
     _say(args, f"      {time.perf_counter() - t0:.1f} s")
 
     _say(args, f"[3/5] S channel discovery on layers {names[0]}..{names[-1]} (region masks of the aligned reference)")
@@ -362,7 +411,8 @@ def prepare_reenactment(args):
     if args.position_from != "none" and sources[args.position_from] is None:
         raise ValueError(f"--position-from {args.position_from} needs --co-driving")
     regions = tuple(r for r in ("eyes", "nose", "mouth") if r not in (args.no_region or []))
-    r = Reenactor(G=G, w_ref=w_ref, ws_drive=ws_drv, ws_codrive=ws_co, region_channels=cs, pose_codes=pose_codes,
+    r = Reenactor(G=G, G_render=G_render, w_ref=w_ref, ws_drive=ws_drv, ws_codrive=ws_co, region_channels=cs,
+                  pose_codes=pose_codes,
                   tracks=tracks, pose=args.pose_from if args.pose_from in pose_codes else "none",
                   position=args.position_from, regions=regions, layers=args.layers, alpha=args.alpha,
                   beta=args.beta, gamma=args.gamma, zeta=args.zeta, baseline=args.baseline,
@@ -546,6 +596,16 @@ def _add_reenact_parsers(sub) -> None:
                    help="pose encoding steps, warm-started frames")
     r.add_argument("--smooth", type=int_arg("--smooth", 0, 1001), default=3,
                    help="canonical track smoothing kernel (odd, >= 3; 0 = off)")
+    r.add_argument("--encoder", default=None, help="ReStyle encoder: restyle-e4e-ffhq, restyle-psp-ffhq or a .pt path "
+                   "(stylegan3-editing's release; used when it was trained with the --checkpoint generator)")
+    r.add_argument("--encoder-iters", type=int_arg("--encoder-iters", 1, 100), default=3,
+                   help="ReStyle iterations per frame (default 3)")
+    r.add_argument("--refine-steps", type=int_arg("--refine-steps", 0, 100_000), default=0,
+                   help="optimisation steps after the encoder (default 0)")
+    r.add_argument("--pti", action=argparse.BooleanOptionalAction, default=None,
+                   help="pivotal tuning of the reference; default on for trained generators, off for random ones")
+    r.add_argument("--pti-steps", type=int_arg("--pti-steps", 1, 100_000), default=350,
+                   help="PTI steps (default 350)")
     r.add_argument("--smooth-method", default="robust", choices=["robust", "mean", "gaussian"],
                    help="track smoothing: robust (default: outlier frames rejected, then a centred Gaussian), "
                         "mean (the paper's box filter) or gaussian")
