@@ -199,6 +199,12 @@ def test_encode_resizes_other_sizes(tmp_path, tiny_g):
     u8 = ((x256.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     c = E.encode(u8, n_iters=1)
     assert c.shape == (2, G.num_ws, G.w_dim)
+    # Arrays are converted batch by batch on the device; other forms (a list) through prepare_images: same codes.
+    assert (E.encode(list(u8), n_iters=1) - c).abs().max() < 1e-5
+    u8_big = ((x.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    assert (E.encode(u8_big, n_iters=1) - E.encode(list(u8_big), n_iters=1)).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="NaN"):
+        E.encode(torch.full((1, 3, 256, 256), float("nan")))
     with pytest.raises(ValueError, match="square"):
         E.encode(torch.zeros(1, 3, 256, 200))
     with pytest.raises(ValueError, match="n_iters"):

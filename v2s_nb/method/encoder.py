@@ -367,6 +367,40 @@ class ReStyleEncoder:
             warnings.filterwarnings("ignore", message="images are .* resized", category=ImageResizeWarning)
             return prepare_images(images, ENCODE_SIZE)
 
+    def _batches(self, images, batch_size):
+        """(N, iterator of (start, [b, 3, 256, 256] float32 on the device)). Arrays of the usual video layouts
+        (uint8 [N, H, W, 3], float [N, 3, H, W]) are converted and resized on the device batch by batch, with the
+        same operations as :meth:`prepare`; anything else goes through :meth:`prepare` first."""
+        arr = images if torch.is_tensor(images) or isinstance(images, np.ndarray) else None
+        fast = (arr is not None and arr.ndim == 4 and arr.shape[0] > 0
+                and ((arr.dtype in (np.uint8, torch.uint8) and arr.shape[-1] == 3 and arr.shape[1] == arr.shape[2])
+                     or (arr.dtype in (np.float32, torch.float32) and arr.shape[1] == 3
+                         and arr.shape[2] == arr.shape[3])))
+        if not fast:
+            x_all = self.prepare(images)
+            return x_all.shape[0], ((s, x_all[s:s + batch_size].to(self.device))
+                                    for s in range(0, x_all.shape[0], batch_size))
+        n = arr.shape[0]
+
+        def gen():
+            for s in range(0, n, batch_size):
+                x = torch.as_tensor(arr[s:s + batch_size]).to(self.device, non_blocking=True)
+                if x.dtype == torch.uint8:
+                    x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+                else:
+                    bad = ~torch.isfinite(x).flatten(1).all(1)
+                    if bad.any():
+                        raise ValueError(f"images contain NaN or inf values in frame(s) "
+                                         f"{(torch.nonzero(bad).flatten() + s).tolist()}")
+                    if float(x.abs().max()) > 10:
+                        raise ValueError("float images must be in [-1, 1]; scale 0..255 floats with x / 127.5 - 1")
+                h = x.shape[-1]
+                if h != ENCODE_SIZE:
+                    x = F.interpolate(x, size=(ENCODE_SIZE, ENCODE_SIZE), mode="bilinear", align_corners=False,
+                                      antialias=h > ENCODE_SIZE).clamp(-1, 1)
+                yield s, x.contiguous()
+        return n, gen()
+
     @torch.no_grad()
     def encode(self, images, n_iters: int = 3, batch_size: int = 8, return_steps: bool = False,
                force_fp32: bool = True, progress: bool = False):
@@ -388,16 +422,15 @@ class ReStyleEncoder:
             raise ValueError(f"n_iters must be >= 1, got {n_iters}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        x_all = self.prepare(images)
-        n = x_all.shape[0]
+        batch_size = int(batch_size)
+        n, batches = self._batches(images, batch_size)
         avg_img = self.average_image(force_fp32)
         out = torch.empty([n_iters, n, self.generator.num_ws, self.generator.w_dim], device=self.device)
-        starts = range(0, n, int(batch_size))
         if progress:
             from tqdm.auto import tqdm
-            starts = tqdm(starts, desc=f"ReStyle-{self.kind} encoding {n} image(s)", unit="batch")
-        for s in starts:
-            x = x_all[s:s + batch_size].to(self.device, non_blocking=True)
+            batches = tqdm(batches, total=-(-n // batch_size), desc=f"ReStyle-{self.kind} encoding {n} image(s)",
+                           unit="batch")
+        for s, x in batches:
             b = x.shape[0]
             rec = avg_img.expand(b, -1, -1, -1)
             ws = self.start_codes(b)
