@@ -9,10 +9,12 @@ Stages, as ``v2s-nb reenact --encoder`` runs them after face alignment:
    ``--batch``) and the reference;
 2. PTI of the reference (``pivotal_tuning``, ``--pti-steps`` steps, its default locality regulariser);
 3. channel discovery (``discover``) on all frames' codes with region masks of a template face;
-4. pose encoding (``encode_pose_sequence``) on ``--pose-frames`` frames; its time per warm-started frame is
-   reported as its own row and extrapolated to the clip (it depends on the pose regressor: ``--pose-input w`` is
-   a linear map of W+ rows 0-7, ``image`` renders each step and pools the image to 112 px for a linear map, the
-   cost of an image-based regressor without its CNN);
+4. pose encoding (``encode_pose_sequence``, batches of ``--pose-batch`` frames: its default is 8 for an image
+   regressor, 1 for a W+ one): the first batch, then two batches; their difference is one warm-started batch, so
+   the time per warm-started frame is its own row and the clip's pose encoding is extrapolated from it. It depends
+   on the regressor: ``--pose-input pfld`` is the paper's P_r (PFLD on the rendered image; weights from
+   ``v2s_nb.weights.fetch('pfld-68')`` or ``V2S_NB_WEIGHTS_DIR``), ``image`` a stand-in that renders every step and
+   pools the image to 112 px for a linear map (the cost without PFLD), ``w`` a linear map of W+ rows 0-7;
 5. render the clip with the PTI generator (``Reenactor.render_video``).
 
 Weights are random (the generator: NVIDIA's R architecture, ``build_generator``; the encoder: the released
@@ -93,8 +95,9 @@ def main(argv=None):
     ap.add_argument("--fp16", action="store_true", help="encode with the generator's fp16 layers (CUDA; the "
                                                         "reference renders its reconstructions in float32)")
     ap.add_argument("--pti-steps", type=int, default=350)
-    ap.add_argument("--pose-frames", type=int, default=8, help="frames pose-encoded (time extrapolated to --frames)")
-    ap.add_argument("--pose-input", default="image", choices=["image", "w"])
+    ap.add_argument("--pose-input", default="image", choices=["pfld", "image", "w"])
+    ap.add_argument("--pose-batch", type=int, default=None, help="frames per pose-encoding batch (default: "
+                                                                 "encode_pose_sequence's, 8 on images, 1 on w)")
     ap.add_argument("--pose-steps-first", type=int, default=100)
     ap.add_argument("--pose-steps-next", type=int, default=30)
     ap.add_argument("--json", default=None, help="append the results as one JSON line to this file")
@@ -142,31 +145,32 @@ def main(argv=None):
     if a.pose_input == "w":
         pose_fn = fit_pose_regressor(torch.randn(64, G.num_ws, G.w_dim, generator=g),
                                      np.random.default_rng(0).normal(size=(64, 3)) * 10).to(dev)
+    elif a.pose_input == "pfld":
+        from v2s_nb.method.pose_encoding import pfld_pose_regressor
+        pose_fn = pfld_pose_regressor(dev)
     else:
         pose_fn = _ImagePose().to(dev)
-    targets = np.random.default_rng(1).normal(size=(a.pose_frames, 3)) * 10
-    kw = dict(steps_first=a.pose_steps_first, steps_next=a.pose_steps_next, progress=False, measure=False)
-    first = stage(f"pose encoding: first frame ({a.pose_steps_first} steps)",
-                  lambda: encode_pose_sequence(G, w_ref[0], targets[:1], pose_fn, **kw))
-    n_next = max(a.pose_frames - 1, 1)
-    more = stage(f"pose encoding: {n_next} more frames ({a.pose_steps_next} steps each)",
-                 lambda: encode_pose_sequence(G, w_ref[0], targets[:n_next + 1], pose_fn, **kw))
-    per_frame = max(rows[-1]["seconds"] - rows[-2]["seconds"], 0.0) / n_next
-    rows[-1]["seconds"] = per_frame
-    rows[-1]["stage"] = f"pose encoding ({a.pose_input} regressor), per warm-started frame"
-    print(f"  -> per warm-started frame {per_frame:.3f} s; {a.frames} frames about "
-          f"{rows[-2]['seconds'] + per_frame * (a.frames - 1):.1f} s")
-    del first, more
+    pb = a.pose_batch or (1 if a.pose_input == "w" else 8)
+    targets = np.random.default_rng(1).normal(size=(2 * pb, 3)) * 10
+    kw = dict(steps_first=a.pose_steps_first, steps_next=a.pose_steps_next, batch_size=pb, progress=False,
+              measure=False)
+    stage(f"pose encoding: first batch ({pb} frames, {a.pose_steps_first} steps)",
+          lambda: encode_pose_sequence(G, w_ref[0], targets[:pb], pose_fn, **kw))
+    stage(f"pose encoding: two batches ({2 * pb} frames)",
+          lambda: encode_pose_sequence(G, w_ref[0], targets, pose_fn, **kw))
+    per_batch = max(rows[-1]["seconds"] - rows[-2]["seconds"], 0.0)
+    rows[-1]["seconds"] = per_batch / pb
+    rows[-1]["stage"] = f"pose encoding ({a.pose_input}), per warm-started frame ({a.pose_steps_next} steps)"
+    pose_total = rows[-2]["seconds"] + per_batch * (-(-a.frames // pb) - 1)
+    print(f"  -> per warm-started frame {per_batch / pb:.3f} s; {a.frames} frames about {pose_total:.1f} s")
 
     tr = np.stack([np.linspace(0, 0.05, a.frames), np.zeros(a.frames), np.linspace(-5, 5, a.frames)], 1)
     r = Reenactor(G=G, G_render=G_pti, w_ref=w_ref[0].cpu(), ws_drive=ws_drv.cpu(), region_channels=cs,
-                  tracks={"driving": tr})
+                  tracks={"driving": tr}, position_mode="absolute")
     stage(f"render {a.frames} frames (PTI generator)",
           lambda: (r.prepare(), r.render_video(batch=a.batch, progress=False)))
 
     without_pose = sum(x["seconds"] for x in rows if not x["stage"].startswith("pose"))
-    pose_rows = [x for x in rows if x["stage"].startswith("pose")]
-    pose_total = pose_rows[0]["seconds"] + pose_rows[1]["seconds"] * (a.frames - 1)
     print(f"  {'total without pose encoding':<46s} {without_pose:9.2f} s")
     print(f"  {'total with pose encoding of every frame':<46s} {without_pose + pose_total:9.2f} s (extrapolated)")
     peak = max(x["peak_gib"] for x in rows)
