@@ -9,9 +9,10 @@ Stages, as ``v2s-nb reenact --encoder`` runs them after face alignment:
    ``--batch``) and the reference;
 2. PTI of the reference (``pivotal_tuning``, ``--pti-steps`` steps, its default locality regulariser);
 3. channel discovery (``discover``) on all frames' codes with region masks of a template face;
-4. pose encoding (``encode_pose_sequence``, batches of ``--pose-batch`` frames: its default is 8 for an image
-   regressor, 1 for a W+ one): the first batch, then two batches; their difference is one warm-started batch, so
-   the time per warm-started frame is its own row and the clip's pose encoding is extrapolated from it. It depends
+4. pose encoding as ``encode_pose_sequence`` runs it, in batches of ``--pose-batch`` frames (its default: 8 for
+   an image regressor, 1 for a W+ one): the first batch (``--pose-steps-first`` steps from the reference's code),
+   then one warm-started batch (``--pose-steps-next`` steps from the previous batch's last code), timed alone: its
+   time per frame is its own row, and the clip's pose encoding is extrapolated from the two. It depends
    on the regressor: ``--pose-input pfld`` is the paper's P_r (PFLD on the rendered image; weights from
    ``v2s_nb.weights.fetch('pfld-68')`` or ``V2S_NB_WEIGHTS_DIR``), ``image`` a stand-in that renders every step and
    pools the image to 112 px for a linear map (the cost without PFLD), ``w`` a linear map of W+ rows 0-7;
@@ -41,7 +42,7 @@ from v2s_nb.face import masks_from_landmarks, template_landmarks  # noqa: E402
 from v2s_nb.method.encoder import ReStyleEncoder, ReStyleNet  # noqa: E402
 from v2s_nb.method.invert import pivotal_tuning  # noqa: E402
 from v2s_nb.method.local_channels import discover  # noqa: E402
-from v2s_nb.method.pose_encoding import encode_pose_sequence, fit_pose_regressor  # noqa: E402
+from v2s_nb.method.pose_encoding import encode_pose, fit_pose_regressor  # noqa: E402
 from v2s_nb.method.reenact import Reenactor, layer_names  # noqa: E402
 from v2s_nb.stylegan3 import build_generator, tiny_generator  # noqa: E402
 
@@ -152,17 +153,15 @@ def main(argv=None):
         pose_fn = _ImagePose().to(dev)
     pb = a.pose_batch or (1 if a.pose_input == "w" else 8)
     targets = np.random.default_rng(1).normal(size=(2 * pb, 3)) * 10
-    kw = dict(steps_first=a.pose_steps_first, steps_next=a.pose_steps_next, batch_size=pb, progress=False,
-              measure=False)
-    stage(f"pose encoding: first batch ({pb} frames, {a.pose_steps_first} steps)",
-          lambda: encode_pose_sequence(G, w_ref[0], targets[:pb], pose_fn, **kw))
-    stage(f"pose encoding: two batches ({2 * pb} frames)",
-          lambda: encode_pose_sequence(G, w_ref[0], targets, pose_fn, **kw))
-    per_batch = max(rows[-1]["seconds"] - rows[-2]["seconds"], 0.0)
-    rows[-1]["seconds"] = per_batch / pb
-    rows[-1]["stage"] = f"pose encoding ({a.pose_input}), per warm-started frame ({a.pose_steps_next} steps)"
-    pose_total = rows[-2]["seconds"] + per_batch * (-(-a.frames // pb) - 1)
-    print(f"  -> per warm-started frame {per_batch / pb:.3f} s; {a.frames} frames about {pose_total:.1f} s")
+    kw = dict(pose_fn=pose_fn, measure=False)
+    first = stage(f"pose encoding: first batch ({pb} frames, {a.pose_steps_first} steps)",
+                  lambda: encode_pose(G, w_ref[0], targets[:pb], steps=a.pose_steps_first, **kw))
+    init = first.ws[-1:].to(dev).expand(pb, -1, -1)  # as encode_pose_sequence starts every later batch
+    stage(f"pose encoding ({a.pose_input}), per warm-started frame ({a.pose_steps_next} steps)",
+          lambda: encode_pose(G, w_ref[0], targets[pb:], steps=a.pose_steps_next, init=init, **kw))
+    rows[-1]["seconds"] /= pb
+    pose_total = rows[-2]["seconds"] + rows[-1]["seconds"] * pb * (-(-a.frames // pb) - 1)
+    print(f"  -> {a.frames} frames about {pose_total:.1f} s")
 
     tr = np.stack([np.linspace(0, 0.05, a.frames), np.zeros(a.frames), np.linspace(-5, 5, a.frames)], 1)
     r = Reenactor(G=G, G_render=G_pti, w_ref=w_ref[0].cpu(), ws_drive=ws_drv.cpu(), region_channels=cs,
