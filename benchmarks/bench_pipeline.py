@@ -157,11 +157,13 @@ def main(argv=None):
     first = stage(f"pose encoding: first batch ({pb} frames, {a.pose_steps_first} steps)",
                   lambda: encode_pose(G, w_ref[0], targets[:pb], steps=a.pose_steps_first, **kw))
     init = first.ws[-1:].to(dev).expand(pb, -1, -1)  # as encode_pose_sequence starts every later batch
-    stage(f"pose encoding ({a.pose_input}), per warm-started frame ({a.pose_steps_next} steps)",
+    stage(f"pose encoding: one warm-started batch ({a.pose_steps_next} steps)",
           lambda: encode_pose(G, w_ref[0], targets[pb:], steps=a.pose_steps_next, init=init, **kw))
-    rows[-1]["seconds"] /= pb
-    pose_total = rows[-2]["seconds"] + rows[-1]["seconds"] * pb * (-(-a.frames // pb) - 1)
-    print(f"  -> {a.frames} frames about {pose_total:.1f} s")
+    batch_s = rows[-1]["seconds"]
+    rows[-1]["seconds"] = batch_s / pb
+    rows[-1]["stage"] = f"pose encoding ({a.pose_input}), per warm-started frame ({a.pose_steps_next} steps)"
+    pose_total = rows[-2]["seconds"] + batch_s * (-(-a.frames // pb) - 1)
+    print(f"  -> {batch_s / pb:.2f} s per warm-started frame; {a.frames} frames about {pose_total:.1f} s")
 
     tr = np.stack([np.linspace(0, 0.05, a.frames), np.zeros(a.frames), np.linspace(-5, 5, a.frames)], 1)
     r = Reenactor(G=G, G_render=G_pti, w_ref=w_ref[0].cpu(), ws_drive=ws_drv.cpu(), region_channels=cs,
