@@ -10,8 +10,9 @@ translations of its Fourier-feature input whatever its weights, so rotating / tr
 (``G.synthesis(ws, transform=M)``) turns / moves the fitted face. The fit sees only the aligned photo; the moves come
 from the architecture. A network as small as the demo's is only roughly equivariant, so larger turns blur the
 face (the demo measures how much: :func:`follow_check`). The demo measures the driving clip's
-canonical transforms (dlib landmarks -> :func:`v2s_nb.face.canonical_track`, smoothed) and renders them
-through the input transform, via the pipeline's :class:`~v2s_nb.method.reenact.Reenactor`. What it cannot
+canonical transforms (dlib landmarks -> :func:`v2s_nb.face.canonical_track`, smoothed) and renders their
+change since the first frame through the input transform, via the pipeline's
+:class:`~v2s_nb.method.reenact.Reenactor` (position mode 'relative'). What it cannot
 show: expressions (eyes / mouth; S-space channel mixing) and head pose (yaw / pitch; W+ pose encoding) need a
 generator whose latent space spans many faces; one fitted to a single image has no such directions, so the
 demo does not pretend to show them (:data:`CAN_SHOW`, :data:`CANNOT_SHOW`).
@@ -49,7 +50,8 @@ PHOTO_DESCRIPTION = "scikit-image's astronaut photo (NASA, public domain)"
 
 #: Components of re-enactment a generator fitted to one photo can show, and how.
 CAN_SHOW = {
-    "position (tx, ty)": "translation of the Fourier-feature input, from the driving clip's canonical track",
+    "position (tx, ty)": "translation of the Fourier-feature input: the driving clip's canonical track since "
+                         "its first frame",
     "in-plane rotation (roll)": "rotation of the Fourier-feature input (StyleGAN3-R is rotation-equivariant)",
 }
 #: ... and those it cannot: it knows one image, so W+ / S hold no directions for them.
@@ -421,6 +423,7 @@ def run_demo(out, *, frames: int = 32, fps: float = 16.0, settings: FitSettings 
     from types import SimpleNamespace
 
     from .cli import _faces
+    from .face import align_face
     from .method.reenact import Reenactor
     from .video import read_video, write_video
 
@@ -464,7 +467,7 @@ def run_demo(out, *, frames: int = 32, fps: float = 16.0, settings: FitSettings 
     lap("fit")
 
     say("[3/5] driving clip read back: dlib landmarks, canonical track (smoothed)")
-    args = SimpleNamespace(detector=detector, upsample=upsample, smooth=smooth, quiet=quiet)
+    args = SimpleNamespace(detector=detector, upsample=upsample, smooth=smooth, smooth_method="robust", quiet=quiet)
     drv = _faces(inp["driving"], "video", res, cache, args)
     driving = read_video(inp["driving"]).frames
     lap("landmarks")
@@ -474,6 +477,8 @@ def run_demo(out, *, frames: int = 32, fps: float = 16.0, settings: FitSettings 
     r = Reenactor(G=G, w_ref=w, ws_drive=w[None].expand(len(drv["track"]), -1, -1), region_channels={},
                   layers=tuple(range(1, min(8, G.num_ws))),  # nothing is mixed: no region channels
                   tracks={"driving": drv["track"]}, pose="none", position="driving", fps=drv["fps"],
+                  points={"reference": align_face(inp["photo"], inp["points"], res).to_crop(inp["points"]),
+                          "driving": drv["points"]},
                   info={"generator_spec": {"kind": "source", "source": str(fitted_path)},
                         "generator": G.source, "reference": str(inp["reference"]), "driving": str(inp["driving"]),
                         "shown": list(CAN_SHOW), "not_shown": list(CANNOT_SHOW)})
