@@ -3,7 +3,15 @@ i.e. mixing + one synthesis from cached S codes) and for a whole 160-frame video
 
     python benchmarks/bench_reenact.py --tiny                 # tiny random generator on the CPU
     python benchmarks/bench_reenact.py --r1024 --device cuda  # 1024 px R architecture, random weights, on a GPU
-    python benchmarks/bench_reenact.py --tiny --demo          # + wall time of `v2s-nb demo` (CPU)
+    python benchmarks/bench_reenact.py --demo --cpus 2        # `v2s-nb demo`: stages, total, peak RSS
+    python benchmarks/bench_reenact.py --demo --device cuda   # the same on a GPU
+
+``--demo`` runs ``v2s-nb demo`` twice in a subprocess with an empty fitted-generator cache (a temporary
+``V2S_NB_CACHE``): first cold (the fit runs), then again (the fitted generator and the landmarks are reused).
+It prints the demo's own stage timings (``<out>.v2s/timings.json``), the wall time of the whole command
+(Python start and imports included), its CPU time (user + system, all threads and ffmpeg; on a loaded machine a
+steadier figure than the wall time), the child's peak resident memory, and the load average around the run.
+``--cpus N`` pins the demo to the first N CPUs (Linux), as on a 2-core machine.
 """
 
 import argparse
@@ -51,6 +59,46 @@ def bench(G, device, T=160, batch=8, reps=5):
             "video_per_frame_s": video / T, "shape": vid.shape}
 
 
+def bench_demo(device="cpu", cpus=None):
+    import json
+    import os
+    import resource
+
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    pin = None
+    if cpus:
+        avail = sorted(os.sched_getaffinity(0))
+        if len(avail) < cpus:
+            raise SystemExit(f"--cpus {cpus}: only {len(avail)} CPUs are available to this process")
+        use = set(avail[:cpus])
+        env["OMP_NUM_THREADS"] = str(cpus)
+
+        def pin():
+            os.sched_setaffinity(0, use)
+    print(f"CPUs available: {len(os.sched_getaffinity(0))}; demo pinned to: {cpus or 'all'}; device {device}; "
+          f"load average before: {os.getloadavg()}")
+    with tempfile.TemporaryDirectory() as d:
+        env["V2S_NB_CACHE"] = f"{d}/cache"
+        for run in ("cold (fit runs)", "again (fit cached)"):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "v2s_nb.cli", "demo", "--out", f"{d}/demo.mp4", "--quiet",
+                            "--device", device], check=True, env=env, preexec_fn=pin, stdout=subprocess.DEVNULL)
+            wall = time.perf_counter() - t
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            rss = after.ru_maxrss / 1024  # kB -> MB (Linux)
+            cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+            summary = json.loads(Path(f"{d}/demo.mp4.v2s/timings.json").read_text())
+            stages = ", ".join(f"{k} {v:.1f}" for k, v in summary["timings_s"].items())
+            print(f"demo {run}: wall {wall:.1f} s (Python start + imports + demo), CPU time {cpu:.1f} s; "
+                  f"stages (s): {stages}; "
+                  f"peak RSS so far {rss:.0f} MB; fit {summary['fit_psnr_db']:.1f} dB; faces "
+                  f"{summary['detection_rate']:.0%}, max roll error {summary['max_roll_error_deg']:.2f} deg; "
+                  f"load average after: {os.getloadavg()}")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--tiny", action="store_true")
@@ -59,7 +107,8 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--frames", type=int, default=160)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--demo", action="store_true", help="also time `v2s-nb demo` (CPU)")
+    p.add_argument("--demo", action="store_true", help="time `v2s-nb demo` (stages, total, peak RSS)")
+    p.add_argument("--cpus", type=int, default=None, help="with --demo: pin the demo to the first N CPUs")
     a = p.parse_args()
     if a.tiny:
         from v2s_nb.stylegan3 import tiny_generator
@@ -71,16 +120,7 @@ def main():
         G = build_generator("R", 1024, device=a.device)
         print("R 1024 px (random weights),", a.device, bench(G, a.device, a.frames, a.batch))
     if a.demo:
-        with tempfile.TemporaryDirectory() as d:
-            t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "v2s_nb.cli", "demo", "--out", f"{d}/demo.mp4", "--quiet"],
-                           check=True)
-            print(f"demo wall time (cold, CPU): {time.perf_counter() - t:.1f} s")
-            t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "v2s_nb.cli", "demo", "--out", f"{d}/demo.mp4", "--quiet"],
-                           check=True)
-            print(f"demo wall time (intermediates reused): {time.perf_counter() - t:.1f} s")
-
+        bench_demo(a.device, a.cpus)
 
 if __name__ == "__main__":
     main()

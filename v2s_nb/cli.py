@@ -4,7 +4,7 @@
     v2s-nb generate --seeds 0-15 --out grid.png         # tiny random generator (not a face model)
     v2s-nb reenact --reference me.png --driving talk.mp4 [--co-driving head.mp4] \
                    --checkpoint stylegan3-r-ffhq-1024 --out out/me.mp4 [--alpha -1 --beta 1 --gamma 1 --zeta 0.5]
-    v2s-nb demo [--out out/demo.mp4]                     # offline, astronaut photo, tiny random generator
+    v2s-nb demo [--out out/demo.mp4]                     # offline: a generator fitted to one photo follows a clip
 
 ``reenact`` keeps its intermediates (landmarks / aligned crops / tracks, inversions, channel sets, pose codes)
 in ``<out>.v2s/``, keyed by the inputs and settings, so a second run with other coefficients only mixes and
@@ -506,27 +506,64 @@ def make_demo_inputs(folder, frames: int = 10, size: int = 256):
 
 
 def cmd_demo(args) -> int:
-    from pathlib import Path
+    """Offline demo: a generator fitted to the astronaut photo follows a clip made from it (v2s_nb.demo); with
+    --checkpoint, the whole re-enactment pipeline with that model on the same inputs."""
+    from .demo import CAN_SHOW, LABEL, capabilities_text, run_demo
+
+    if args.checkpoint:
+        return _demo_checkpoint(args)
+    t0 = time.perf_counter()
+    device = _device(args.device)
+    print(f"demo: a small StyleGAN3-R generator {LABEL.upper()} (skimage's astronaut, fitted here by pivotal "
+          "tuning; a stand-in, not a face model) follows a clip made from the same photo.\n"
+          f"      For real re-enactment: v2s-nb demo --checkpoint stylegan3-r-ffhq-1024 --device cuda, or\n"
+          "      v2s-nb reenact --reference IMG --driving VIDEO --checkpoint stylegan3-r-ffhq-1024 --out out.mp4",
+          file=sys.stderr)
+    res = run_demo(args.out, frames=args.frames, device=device, quiet=args.quiet)
+    c = res.check
+    print(f"generator: {res.generator.source}")
+    print(capabilities_text())
+    print(f"measured: dlib finds a face in {int(c['detected'].sum())}/{c['frames']} result frames "
+          f"({c['detection_rate']:.0%}); the result's roll follows the driving clip's (relative to frame "
+          f"{c['reference_frame']}) within {c['max_roll_error']:.2f} deg max, {c['mean_roll_error']:.2f} deg mean")
+    p = res.paths
+    print(f"wrote {p['side_by_side']} (driving | result), {p['contact_sheet']}, {p['result']} (result only); "
+          f"inputs in {p['inputs']}/, intermediates in {p['intermediates']}/")
+    tm = ", ".join(f"{k} {v:.1f}" for k, v in res.timings.items() if k != "total")
+    print(f"demo finished in {time.perf_counter() - t0:.1f} s ({tm} s; fit "
+          f"{'from the cache' if res.fitted_from_cache else 'computed'}; {', '.join(CAN_SHOW)} shown)")
+    return 0
+
+
+def _demo_checkpoint(args) -> int:
+    """``demo --checkpoint``: the reenact pipeline with a real model on the demo's inputs, then the
+    side-by-side video and contact sheet."""
+    from .demo import contact_sheet, demo_paths, side_by_side, write_inputs
+    from .video import read_video, write_video
 
     t0 = time.perf_counter()
-    out = Path(args.out)
-    ref, drv, co = make_demo_inputs(out.parent / (out.stem + "_inputs"), frames=args.frames)
-    print("demo: the whole pipeline on skimage's astronaut photo and a short clip made from it, with a tiny "
-          "RANDOM-WEIGHT generator: the output shows the machinery working, not a re-enacted face.\n"
-          "      For real results: v2s-nb reenact --reference IMG --driving VIDEO --checkpoint "
-          "stylegan3-r-ffhq-1024 --out out.mp4 (on a GPU).", file=sys.stderr)
-    # A random generator's channels barely align with face regions: with the defaults (t_fg 0.2, t_bg 0.1) no
-    # channel would be selected and eq 10-11 would have nothing to act on, so the demo uses lenient thresholds
-    # (as notebook 04 does for the tiny generator).
-    argv = ["reenact", "--reference", str(ref), "--driving", str(drv), "--co-driving", str(co), "--out", str(out),
-            "--invert-steps", str(args.invert_steps), "--invert-steps-next", str(args.invert_steps_next),
-            "--device", args.device, "--t-fg", "0.03", "--t-bg", "0.5"]
+    paths = demo_paths(args.out)
+    inp = write_inputs(paths["inputs"], frames=args.frames)
+    print(f"demo: the whole pipeline with {args.checkpoint} on skimage's astronaut photo and a clip made from it "
+          "(rolled and moved: position and rotation change, the expression does not).", file=sys.stderr)
+    argv = ["reenact", "--reference", str(inp["reference"]), "--driving", str(inp["driving"]), "--out",
+            str(args.out), "--checkpoint", str(args.checkpoint), "--device", args.device]
+    if args.invert_steps is not None:
+        argv += ["--invert-steps", str(args.invert_steps)]
+    if args.invert_steps_next is not None:
+        argv += ["--invert-steps-next", str(args.invert_steps_next)]
     if args.quiet:
         argv.append("--quiet")
     rargs = build_parser().parse_args(argv)
     _resolve_sources(rargs)
     rc = cmd_reenact(rargs)
-    print(f"demo finished in {time.perf_counter() - t0:.1f} s (generator: random weights)")
+    driving, result = read_video(inp["driving"]).frames, read_video(args.out).frames
+    write_video(paths["side_by_side"], side_by_side(driving, result, right=f"re-enacted ({args.checkpoint})"),
+                fps=read_video(args.out).fps)
+    contact_sheet(paths["contact_sheet"], driving, result, title=f"v2s-nb demo with {args.checkpoint}",
+                  result_label="re-enacted")
+    print(f"wrote {paths['side_by_side']} (driving | result) and {paths['contact_sheet']}")
+    print(f"demo finished in {time.perf_counter() - t0:.1f} s (generator: {args.checkpoint})")
     return rc
 
 
@@ -620,14 +657,18 @@ def _add_reenact_parsers(sub) -> None:
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_reenact)
 
-    d = sub.add_parser("demo", help="offline demo of the whole pipeline (astronaut photo, tiny random generator)")
-    d.add_argument("--out", default="out/demo.mp4", help="output .mp4 (default out/demo.mp4)")
-    d.add_argument("--frames", type=int_arg("--frames", 2, 10_000), default=8,
-                   help="frames of the generated driving clip")
-    d.add_argument("--invert-steps", type=int_arg("--invert-steps", 1, 100_000), default=2,
-                   help="inversion steps (first batch; few: CPU demo)")
-    d.add_argument("--invert-steps-next", type=int_arg("--invert-steps-next", 1, 100_000), default=1,
-                   help="inversion steps (warm-started batches)")
+    d = sub.add_parser("demo", help="offline demo: a generator fitted to one photo follows a clip of it (position, "
+                                    "rotation); with --checkpoint, the whole pipeline with a real model")
+    d.add_argument("--out", default="out/demo.mp4", help="result .mp4 (default out/demo.mp4); the side-by-side "
+                                                         "video and contact sheet are written beside it")
+    d.add_argument("--frames", type=int_arg("--frames", 2, 10_000), default=32,
+                   help="frames of the generated driving clip (default 32)")
+    d.add_argument("--checkpoint", default=None, help="a real generator (name, path or URL): run the reenact "
+                                                      "pipeline with it instead of fitting one to the photo")
+    d.add_argument("--invert-steps", type=int_arg("--invert-steps", 1, 100_000), default=None,
+                   help="with --checkpoint: inversion steps (first batch)")
+    d.add_argument("--invert-steps-next", type=int_arg("--invert-steps-next", 1, 100_000), default=None,
+                   help="with --checkpoint: inversion steps (warm-started batches)")
     d.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)

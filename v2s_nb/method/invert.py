@@ -785,7 +785,7 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
                    perceptual_weight: float = 1.0, locality_weight: float = 0.1, locality_radius: float | None = None,
                    locality_samples: int = 1, locality_every: int = 1, locality_truncation: float = 0.5,
                    batch_size: int = 4, seed: int = 0, frame_indices: Sequence[int] | None = None,
-                   progress: bool = True):
+                   lr_rampup: float = 0.0, lr_rampdown: float = 0.0, progress: bool = True):
     """Pivotal tuning (PTI, Roich et al. 2022): fine-tune a copy of ``G`` so that the pivots ``ws`` render
     ``images`` exactly, keeping the generator unchanged elsewhere.
 
@@ -801,6 +801,8 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
         images: as for :func:`invert` (the same crops that were inverted).
         ws: an :class:`Inversion` or codes [N, num_ws, w_dim].
         steps, lr: Adam steps and learning rate (PTI: 350 steps, 3e-4).
+        lr_rampup, lr_rampdown: fractions of the steps for a linear warm-up / cosine ramp-down of the learning
+            rate, as :func:`lr_schedule` (default 0 and 0: constant ``lr``, as PTI).
     Returns:
         The tuned generator (eval mode, ``requires_grad`` off, on ``G``'s device), with ``source`` saying it was
         tuned; save it with :func:`v2s_nb.stylegan3.save_generator`.
@@ -836,8 +838,12 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
         return loss
 
     pbar = _make_pbar(progress, steps, f"PTI on {n} pivot(s)")
+    scheduled = bool(lr_rampup or lr_rampdown)
     try:
         for step in range(steps):
+            if scheduled:
+                for group in opt.param_groups:
+                    group["lr"] = lr_schedule(step, steps, lr, lr_rampup, lr_rampdown)
             sel = torch.arange(n) if n <= batch_size else torch.randperm(n, generator=rng)[:batch_size]
             loss_i = rec_loss(G_t.synthesis(pivots[sel.to(device)]).float(), targets[sel.to(device)])
             loss = loss_i.sum()
