@@ -97,3 +97,42 @@ def test_discovery_masks_come_from_the_aligned_reference(inputs):
     assert abs(xs.mean() - mouth[0]) < 3 and abs(ys.mean() - mouth[1]) < 3
     auto = _reference_masks(ref, 64, argparse.Namespace(regions="auto", device="cpu"))
     assert auto.source in ("bisenet", "landmarks") and (auto.source == "bisenet" or auto.note)
+
+
+def test_pose_targets_are_read_by_the_regressor_that_reads_the_renders(tmp_path, monkeypatch):
+    """Eq 4 compares P_r(G(w)) with P_r(D_j): when P_r reads images, the CLI reads the targets with it too
+    (not with dlib + PnP, whose own offset would shift every frame's pose)."""
+    import argparse
+
+    import numpy as np
+    import torch
+
+    import v2s_nb.method.pose_encoding as pe
+    from v2s_nb import cli
+    from v2s_nb.stylegan3 import tiny_generator
+
+    G = tiny_generator("R", 64)
+    G.is_random = False  # pretend trained: the regressor below stands in for the CNN
+    aligned = np.zeros((3, 64, 64, 3), np.uint8)
+    read_poses = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+
+    class Reader:
+        def read(self, frames):
+            assert frames is aligned
+            return read_poses
+
+    seen = {}
+
+    def fake_encode(G_, w_ref, targets, reg, **kw):
+        seen["targets"] = np.asarray(targets)
+        t = np.asarray(targets)
+        return pe.PoseEncoding(ws=w_ref[None].repeat(len(t), 1, 1), target=t, predicted=t, achieved=t,
+                               loss_history=[], settings={})
+
+    monkeypatch.setattr(pe, "default_pose_regressor", lambda *a, **k: Reader())
+    monkeypatch.setattr(pe, "encode_pose_sequence", fake_encode)
+    args = argparse.Namespace(quiet=True, pose_steps=2, pose_steps_next=1)
+    w_ref = G.mapping(torch.zeros(1, G.z_dim), None)[0]
+    faces = {"aligned": aligned, "points": np.full((3, 68, 2), np.nan)}
+    ws = cli._pose_codes(G, w_ref, faces, 64, tmp_path, args, "driving")
+    assert ws.shape == (3, G.num_ws, G.w_dim) and np.array_equal(seen["targets"], read_poses)

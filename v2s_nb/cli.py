@@ -246,9 +246,17 @@ def _pose_codes(G, w_ref, faces, res, cache, args, which: str):
         _say(args, f"  pose encoding ({which}): skipped: the generator has random weights, so there is no head "
                    "pose to match (use a trained face model, e.g. --checkpoint stylegan3-r-ffhq-1024)")
         return None
-    targets = head_pose(faces["points"], image_size=res)
+    try:
+        reg = default_pose_regressor(G, progress=not args.quiet)
+    except PoseUnavailableError as e:
+        _say(args, f"  pose encoding ({which}): skipped: {e}")
+        return None
+    # Eq 4 compares P_r(G(w)) with P_r(D_j): the targets are read by the same regressor when it reads images
+    # (another detector would add its own constant offset to every frame's pose).
+    targets = reg.read(faces["aligned"]) if hasattr(reg, "read") else head_pose(faces["points"], image_size=res)
     key = _key({"g": generator_hash(G), "w": w_ref.numpy().tobytes().hex()[:4096], "wsum": float(w_ref.sum()),
-                "t": targets.round(4).tolist(), "steps": [args.pose_steps, args.pose_steps_next]})
+                "t": np.asarray(targets).round(4).tolist(), "steps": [args.pose_steps, args.pose_steps_next],
+                "regressor": type(reg).__name__})
     f = cache / f"pose-{which}-{key}.pt"
     if f.is_file():
         import warnings
@@ -262,11 +270,6 @@ def _pose_codes(G, w_ref, faces, res, cache, args, which: str):
         except Exception as e:  # truncated / corrupt file: recompute (torch raises many kinds here)
             why = f"unreadable ({type(e).__name__})"
         warnings.warn(f"cached intermediate {f}: {why}; recomputing it", RuntimeWarning, stacklevel=2)
-    try:
-        reg = default_pose_regressor(G, progress=not args.quiet)
-    except PoseUnavailableError as e:
-        _say(args, f"  pose encoding ({which}): skipped: {e}")
-        return None
     enc = encode_pose_sequence(G, w_ref, targets, reg, steps_first=args.pose_steps, steps_next=args.pose_steps_next,
                                progress=not args.quiet)
     err = np.nanmean(np.abs(enc.achieved - enc.target), axis=0)
