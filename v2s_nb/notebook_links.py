@@ -80,13 +80,27 @@ def _set_cell_text(cell, text: str) -> None:
     cell["source"] = text.splitlines(keepends=True)
 
 
+def _source_cell(path: Path, nb: dict) -> dict:
+    """The notebook's first code cell, which must hold the ``V2S_NB_SOURCE = ...`` line."""
+    code = next((c for c in nb.get("cells", []) if c.get("cell_type") == "code"), None)
+    if code is None or not _SOURCE_LINE.search(_cell_text(code)):
+        raise LinkError(f"{path}: its first code cell has no 'V2S_NB_SOURCE = ...' line to set")
+    return code
+
+
+def _check_readme(path: Path) -> str:
+    """The README's text, which must hold the marked block."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if START not in text:
+        raise LinkError(f"{path}: no '{START}' ... '{END}' block to fill")
+    return text
+
+
 def link_notebook(path: Path, repo: str, branch: str, rel: str) -> None:
     """Write the install source and the badges into one notebook (see the module docstring)."""
     nb = json.loads(path.read_text(encoding="utf-8"))
     cells = nb.get("cells", [])
-    code = next((c for c in cells if c.get("cell_type") == "code"), None)
-    if code is None or not _SOURCE_LINE.search(_cell_text(code)):
-        raise LinkError(f"{path}: its first code cell has no 'V2S_NB_SOURCE = ...' line to set")
+    code = _source_cell(path, nb)
     _set_cell_text(code, _SOURCE_LINE.sub(lambda _: f"V2S_NB_SOURCE = {install_source(repo, branch)!r}",
                                           _cell_text(code), count=1))
     md = next((c for c in cells if c.get("cell_type") == "markdown"), None)
@@ -100,9 +114,7 @@ def link_notebook(path: Path, repo: str, branch: str, rel: str) -> None:
 def link_readme(path: Path, repo: str, branch: str, notebooks: list[str]) -> None:
     """Replace the README's marked block with one line of badges per notebook."""
     lines = [f"{Path(rel).stem}: {_badges(repo, branch, rel)}<br>" for rel in notebooks]
-    text = path.read_text(encoding="utf-8")
-    if START not in text:
-        raise LinkError(f"{path}: no '{START}' ... '{END}' block to fill")
+    text = _check_readme(path)
     new = _replace_block(text, "\n".join(lines), after_first_line=False)
     write_atomic(path, lambda f: f.write(new.encode("utf-8")))
 
@@ -125,12 +137,8 @@ def link_repository(root, repo: str, branch: str = "main") -> list[Path]:
     readme = root / "README.md"
     # Check every file before writing any, so a bad one leaves everything as it was.
     for nb in notebooks:
-        cells = json.loads(nb.read_text(encoding="utf-8")).get("cells", [])
-        code = next((c for c in cells if c.get("cell_type") == "code"), None)
-        if code is None or not _SOURCE_LINE.search(_cell_text(code)):
-            raise LinkError(f"{nb}: its first code cell has no 'V2S_NB_SOURCE = ...' line to set")
-    if not readme.is_file() or START not in readme.read_text(encoding="utf-8"):
-        raise LinkError(f"{readme}: no '{START}' ... '{END}' block to fill")
+        _source_cell(nb, json.loads(nb.read_text(encoding="utf-8")))
+    _check_readme(readme)
     for nb, rel in zip(notebooks, rels):
         link_notebook(nb, repo, branch, rel)
     link_readme(readme, repo, branch, rels)

@@ -58,26 +58,25 @@ def _fmt(x) -> str:
     return "-inf" if x is None else f"{x:g}"
 
 
-def finite_arg(name: str, lo: float | None = None, hi: float | None = None):
-    """argparse ``type=`` for a finite float in ``[lo, hi]``."""
+def _argparse_type(check, label: str, name: str, lo, hi):
+    """argparse ``type=`` calling ``check(text, name, lo, hi)``; its ValueError becomes argparse's one-line error."""
     def parse(text):
         try:
-            return finite(text, name, lo, hi)
+            return check(text, name, lo, hi)
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
-    parse.__name__ = "number"
+    parse.__name__ = label  # argparse names the expected kind by the function's name
     return parse
+
+
+def finite_arg(name: str, lo: float | None = None, hi: float | None = None):
+    """argparse ``type=`` for a finite float in ``[lo, hi]``."""
+    return _argparse_type(finite, "number", name, lo, hi)
 
 
 def int_arg(name: str, lo: int | None = None, hi: int | None = None):
     """argparse ``type=`` for an int in ``[lo, hi]``."""
-    def parse(text):
-        try:
-            return integer(text, name, lo, hi)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    parse.__name__ = "integer"
-    return parse
+    return _argparse_type(integer, "integer", name, lo, hi)
 
 
 def parse_int_ranges(text: str, name: str, *, lo: int | None = None, hi: int | None = None,
