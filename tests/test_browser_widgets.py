@@ -2,7 +2,8 @@
 
 Runs all cells of a temporary copy of ``notebooks/03_sspace_feature_maps.ipynb``, moves the feature-map browser's
 threshold slider with the keyboard and checks that the displayed IoU changed; runs all cells of
-``notebooks/04_reenactment.ipynb``, moves the tuner's α slider and checks that the preview image changed.
+``notebooks/04_reenactment.ipynb``, checks that the tuner opened on a frame with motion, moves its ζ slider and
+checks that the preview and the difference view changed and that no part of the tuner shows a scrollbar.
 Screenshots go to
 ``$V2S_NB_TEST_ARTIFACTS`` (default: the test's temporary folder). Skipped, with the reason, when jupyterlab,
 playwright or a chromium binary is missing (``pip install jupyterlab playwright``; ``apt-get install -y chromium``;
@@ -167,34 +168,56 @@ def test_threshold_slider_changes_iou_in_jupyterlab(lab):
     assert iou(after) != iou(before)
 
 
-def test_alpha_slider_changes_preview_in_jupyterlab(lab):
-    """Notebook 04: Run All, move the tuner's α slider with the keyboard, the preview image must change."""
+#: Elements inside a widget that show a scrollbar: their content is larger than their box and their overflow
+#: lets the browser scroll it.
+_SCROLLBARS_JS = """(root) => {
+    const out = [];
+    for (const el of [root, ...root.querySelectorAll('*')]) {
+        const cs = getComputedStyle(el);
+        const sx = ['auto', 'scroll'].includes(cs.overflowX) && el.scrollWidth > el.clientWidth + 1;
+        const sy = ['auto', 'scroll'].includes(cs.overflowY) && el.scrollHeight > el.clientHeight + 1;
+        if (sx || sy) out.push(el.className + (sx ? ' (x)' : '') + (sy ? ' (y)' : ''));
+    }
+    return out;
+}"""
+
+
+def test_tuner_moves_on_a_frame_with_motion_in_jupyterlab(lab):
+    """Notebook 04: Run All; the tuner opens on a frame other than the anchor; moving ζ with the keyboard changes
+    the preview and the difference view; nothing in the tuner shows a scrollbar."""
     with _run_notebook_in_lab(lab, NOTEBOOK_04, "reenactment_tuner") as page:
-        handle = page.locator(".v2s-tuner-alpha .noUi-handle")
+        handle = page.locator(".v2s-tuner-zeta .noUi-handle")
         handle.wait_for(state="visible", timeout=240_000)
-        preview = page.locator("img.v2s-tuner-preview")
+        preview, diff = page.locator("img.v2s-tuner-preview"), page.locator("img.v2s-tuner-difference")
         page.wait_for_function(
-            "() => (document.querySelector('img.v2s-tuner-preview')?.getAttribute('src') || '').length > 0",
+            "() => (document.querySelector('img.v2s-tuner-difference')?.getAttribute('src') || '').length > 0",
             timeout=60_000)
-        preview.scroll_into_view_if_needed()
-        before = preview.get_attribute("src")
-        read = lambda: float(page.locator(".v2s-tuner-alpha .widget-readout").inner_text()  # noqa: E731
+        page.locator(".v2s-tuner").scroll_into_view_if_needed()
+        status = page.locator(".v2s-tuner-status").inner_text()
+        frame = int(page.locator(".v2s-tuner-frame .widget-readout").inner_text().strip())
+        anchor = int(re.search(r"anchor frame (\d+)", status).group(1))
+        assert frame != anchor, status  # opened on a frame with motion
+        before, diff_before = preview.get_attribute("src"), diff.get_attribute("src")
+        read = lambda: float(page.locator(".v2s-tuner-zeta .widget-readout").inner_text()  # noqa: E731
                              .strip().replace("\u2212", "-"))
-        readout0 = read()
-        assert readout0 == 0.0, readout0  # the relative motion mode's α (the default mode)
+        zeta0 = read()
+        assert zeta0 == 0.5, zeta0  # the relative motion mode's ζ (the default mode)
 
         handle.click()
         for _ in range(10):
             handle.press("ArrowRight")
-        readout = read()
-        assert readout > readout0, readout
-        # the kernel re-renders the frame (latest value wins); wait for the status line to show the new α
+        zeta = read()
+        assert zeta > zeta0, zeta
+        # the kernel re-renders the frame (latest value wins); wait for the status line to show the new ζ
         page.wait_for_function(
-            "(a) => (document.querySelector('.v2s-tuner-status')?.innerText || '').includes('α ' + a)",
-            arg=f"{readout:.2f}", timeout=60_000)
+            "(z) => (document.querySelector('.v2s-tuner-status')?.innerText || '').includes('ζ ' + z)",
+            arg=f"{zeta:.2f}", timeout=60_000)
         page.wait_for_function(
             "(b) => document.querySelector('img.v2s-tuner-preview')?.getAttribute('src') !== b",
             arg=before, timeout=60_000)
-        after = preview.get_attribute("src")
+        after, diff_after = preview.get_attribute("src"), diff.get_attribute("src")
+        scrollbars = page.locator(".v2s-tuner").evaluate(_SCROLLBARS_JS)
 
     assert before and after and after != before
+    assert diff_after != diff_before
+    assert scrollbars == [], scrollbars

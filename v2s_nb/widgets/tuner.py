@@ -150,7 +150,7 @@ class ReenactmentTuner:
         self._thread: threading.Thread | None = None
         self._ref_cache: tuple | None = None  # (key, reference render) for the difference view
 
-        lay = W.Layout(width="420px")
+        lay = W.Layout(width="400px")
         style = {"description_width": "100px"}
         toggle_style = {"description_width": "100px", "button_width": "86px"}
         self.sliders = {}
@@ -255,17 +255,18 @@ class ReenactmentTuner:
         self.render_button.on_click(self._on_render)
 
         notes = W.HTML("<br>".join(html.escape(s) for s in self.source_notes.values()))
+        css = W.HTML(f"<style>{_CSS}</style>", layout=W.Layout(display="none"))
         controls = W.VBox([W.HTML("<b>motion</b>"), self.motion_mode, self.strength, self.anchor, self.position_mode,
                            W.HTML("<b>eq 10-12 coefficients</b>"), *self.sliders.values(), self.layers,
                            W.HBox([W.Label("X_s regions", layout=W.Layout(width="104px")),
                                    *self.region_toggles.values()]),
                            W.HTML("<b>sources</b>"), *self.source_widgets.values(), notes,
                            W.HBox([self.reset_paper, self.reset_v2s]),
-                           W.HBox([self.render_button, self.progress])], layout=W.Layout(width="460px"))
+                           W.HBox([self.render_button, self.progress])], layout=W.Layout(width="420px", margin="0 12px 0 0"))
         pictures = W.HBox([W.VBox([self.image, self.preview_label], layout=W.Layout(margin="0 8px 0 0")),
                            W.VBox([self.diff_image, self.diff_label])])
         right = W.VBox([self.frame, pictures, self.gain, self.status])
-        self.widget = W.VBox([W.HBox([controls, right], layout=W.Layout(flex_flow="row wrap")),
+        self.widget = W.VBox([css, W.HBox([controls, right], layout=W.Layout(flex_flow="row wrap")),
                               self.video_html])
         self.widget.add_class("v2s-tuner")
         self._request()
@@ -406,8 +407,9 @@ class ReenactmentTuner:
         d = img.astype(np.int16) - ref.astype(np.int16)
         self.difference = np.clip(128 + g * d, 0, 255).astype(np.uint8)
         self.diff_image.value = _png(self.difference, self.size)
-        self.diff_label.value = (f"<small>(result − reference) × {g} + grey · reference with this frame's pose and "
-                                 f"position · max |Δ| {int(np.abs(d).max())}/255</small>")
+        self.diff_label.value = (f"<small title='result minus the reference rendered with this frame&#39;s pose and "
+                                 f"position, times the gain, around grey'>(result − reference) × {g}, grey = 0 · "
+                                 f"max |Δ| {int(np.abs(d).max())}/255</small>")
 
     def wait(self, timeout: float = 60.0) -> bool:
         """Wait until the preview shows the latest settings; True when it does."""
@@ -462,6 +464,11 @@ class ReenactmentTuner:
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
+
+
+#: The chosen button of a toggle group in the theme's accent colour (JupyterLab's default only darkens it a little).
+_CSS = (".v2s-tuner .widget-toggle-button.mod-active:not(.mod-success) {background: #1976d2; color: white;}"
+        ".v2s-tuner .widget-toggle-button.mod-active:disabled {background: #90a4ae; color: white;}")
 
 
 def _style_toggle(t) -> None:
