@@ -1,8 +1,8 @@
 """The tutorial notebooks run top to bottom on a CPU (tiny random generator, bundled astronaut photo).
 
 Each notebook is executed once per session with nbclient (kernel ``python3``) in a temporary copy; the tests then
-look at its outputs. Notebooks 01 and 03 default to the demo's generator fitted to the photo when no checkpoint is
-given; the tests inject ``stand_in = "tiny"`` after the parameters cell (as papermill does), so they keep the tiny
+look at its outputs. Notebook 01 defaults to the demo's generator fitted to the photo when no checkpoint is
+given; the tests inject ``stand_in = "tiny"`` after its parameters cell (as papermill does), so they keep the tiny
 random generator.
 """
 
@@ -25,7 +25,7 @@ CELL_TIMEOUT = 180  # seconds per cell; the whole notebook takes ~15-25 s on 2 C
 
 
 #: Parameters injected per notebook (a cell after the one tagged ``parameters``).
-PARAMETERS = {"01_canonical_transforms.ipynb": {"stand_in": "tiny"}, "03_sspace_feature_maps.ipynb": {"stand_in": "tiny"}}
+PARAMETERS = {"01_canonical_transforms.ipynb": {"stand_in": "tiny"}}
 
 
 def inject_parameters(nb, params: dict) -> None:
