@@ -100,7 +100,7 @@ def _wait_idle(page, timeout: float) -> None:
 def shoot(page, base: str, token: str, stem: str, target: Path) -> None:
     """Open ``stem``.ipynb, Run All, wait for the kernel, scroll to the notebook's target and save the window."""
     selector, cell_text, timeout = TARGETS.get(stem, (".jp-OutputArea-output", None, 900))
-    page.goto(f"{base}/lab/tree/{stem}.ipynb?token={token}", timeout=60_000)
+    page.goto(f"{base}/lab/tree/{stem}.ipynb?reset&token={token}", timeout=60_000)  # reset: only this tab
     _wait_idle(page, 120)
     for label in ("No",):  # "Would you like to get notified about official Jupyter news?"
         btn = page.locator(".jp-Notification-Toast button, .jp-toast-button", has_text=re.compile(f"^{label}$"))
@@ -125,6 +125,18 @@ def shoot(page, base: str, token: str, stem: str, target: Path) -> None:
     raw = target.with_suffix(".raw.png")
     page.screenshot(path=str(raw))
     _shrink(raw, target)
+
+
+def _stop_kernels(base: str, token: str) -> None:
+    """Shut down every kernel of the server (the next notebook runs alone)."""
+    import json
+
+    hdr = {"Authorization": f"token {token}"}
+    with urllib.request.urlopen(urllib.request.Request(f"{base}/api/kernels", headers=hdr), timeout=10) as r:
+        kernels = json.load(r)
+    for k in kernels:
+        urllib.request.urlopen(urllib.request.Request(f"{base}/api/kernels/{k['id']}", headers=hdr, method="DELETE"),
+                               timeout=30).read()
 
 
 def _shrink(raw: Path, target: Path) -> None:
@@ -168,8 +180,12 @@ def main(argv=None) -> int:
                     target = args.out / f"{stem}.png"
                     try:
                         shoot(page, base, token, stem, target)
+                    except Exception:
+                        page.screenshot(path=str(args.out / f"{stem}_failure.png"))
+                        raise
                     finally:
                         page.close()
+                        _stop_kernels(base, token)
                     print(f"{n} -> {target} ({target.stat().st_size / 1024:.0f} KiB, {time.perf_counter() - t0:.0f} s)")
             finally:
                 ctx.close()

@@ -65,8 +65,8 @@ def lab(tmp_path):
     exe = _requirements()
     root = tmp_path / "root"
     root.mkdir()
-    for name in (NOTEBOOK, NOTEBOOK_04):  # JupyterLab autosaves: never the repo's copy
-        shutil.copy(REPO / "notebooks" / name, root / name)
+    for path in (REPO / "notebooks").glob("0*.ipynb"):  # JupyterLab autosaves: never the repo's copy
+        shutil.copy(path, root / path.name)
     port, token = _free_port(), secrets.token_hex(16)
     log = open(tmp_path / "lab.log", "wb")
     proc = subprocess.Popen(
@@ -221,3 +221,40 @@ def test_tuner_moves_on_a_frame_with_motion_in_jupyterlab(lab):
     assert before and after and after != before
     assert diff_after != diff_before
     assert scrollbars == [], scrollbars
+
+
+#: Formulas (MathJax containers) whose right edge passes the right edge of their markdown cell.
+_WIDE_FORMULAS_JS = """() => {
+    const out = [];
+    for (const md of document.querySelectorAll('.jp-RenderedMarkdown')) {
+        const edge = md.getBoundingClientRect().right + 1;
+        for (const m of md.querySelectorAll('mjx-container')) {
+            if (m.getBoundingClientRect().right > edge) out.push(m.textContent.slice(0, 60) || m.outerHTML.slice(0, 60));
+        }
+    }
+    return out;
+}"""
+
+
+@pytest.mark.parametrize("notebook", ["01_canonical_transforms.ipynb", "02_pose_optimization.ipynb",
+                                      "03_sspace_feature_maps.ipynb"])
+def test_formulas_fit_the_page(lab, notebook):
+    """Notebooks 01-03 opened in JupyterLab (1400 px window, file browser open): no formula runs off the right edge
+    of its cell."""
+    from playwright.sync_api import sync_playwright
+
+    exe, base, token, tmp = lab
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(tmp / "profile"), executable_path=exe, headless=True,
+                                                   args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
+        try:
+            page = ctx.new_page()
+            page.goto(f"{base}/lab/tree/{notebook}?token={token}", timeout=60_000)
+            page.locator("mjx-container").first.wait_for(state="attached", timeout=120_000)
+            page.wait_for_timeout(3000)  # MathJax typesets cell by cell
+            n = page.locator("mjx-container").count()
+            wide = page.evaluate(_WIDE_FORMULAS_JS)
+        finally:
+            ctx.close()
+    assert n > 3, f"only {n} formulas rendered"
+    assert wide == [], wide
