@@ -2,7 +2,8 @@
 
 Runs all cells of a temporary copy of ``notebooks/03_sspace_feature_maps.ipynb``, moves the feature-map browser's
 threshold slider with the keyboard and checks that the displayed IoU changed; runs all cells of
-``notebooks/04_reenactment.ipynb``, moves the tuner's α slider and checks that the preview image changed.
+``notebooks/04_reenactment.ipynb``, checks that the tuner opened on a frame with motion, moves its ζ slider and
+checks that the preview and the difference view changed and that no part of the tuner shows a scrollbar.
 Screenshots go to
 ``$V2S_NB_TEST_ARTIFACTS`` (default: the test's temporary folder). Skipped, with the reason, when jupyterlab,
 playwright or a chromium binary is missing (``pip install jupyterlab playwright``; ``apt-get install -y chromium``;
@@ -64,8 +65,8 @@ def lab(tmp_path):
     exe = _requirements()
     root = tmp_path / "root"
     root.mkdir()
-    for name in (NOTEBOOK, NOTEBOOK_04):  # JupyterLab autosaves: never the repo's copy
-        shutil.copy(REPO / "notebooks" / name, root / name)
+    for path in (REPO / "notebooks").glob("0*.ipynb"):  # JupyterLab autosaves: never the repo's copy
+        shutil.copy(path, root / path.name)
     port, token = _free_port(), secrets.token_hex(16)
     log = open(tmp_path / "lab.log", "wb")
     proc = subprocess.Popen(
@@ -167,34 +168,95 @@ def test_threshold_slider_changes_iou_in_jupyterlab(lab):
     assert iou(after) != iou(before)
 
 
-def test_alpha_slider_changes_preview_in_jupyterlab(lab):
-    """Notebook 04: Run All, move the tuner's α slider with the keyboard, the preview image must change."""
+#: Elements inside a widget that show a scrollbar: their content is larger than their box and their overflow
+#: lets the browser scroll it.
+_SCROLLBARS_JS = """(root) => {
+    const out = [];
+    for (const el of [root, ...root.querySelectorAll('*')]) {
+        const cs = getComputedStyle(el);
+        const sx = ['auto', 'scroll'].includes(cs.overflowX) && el.scrollWidth > el.clientWidth + 1;
+        const sy = ['auto', 'scroll'].includes(cs.overflowY) && el.scrollHeight > el.clientHeight + 1;
+        if (sx || sy) out.push(el.className + (sx ? ' (x)' : '') + (sy ? ' (y)' : ''));
+    }
+    return out;
+}"""
+
+
+def test_tuner_moves_on_a_frame_with_motion_in_jupyterlab(lab):
+    """Notebook 04: Run All; the tuner opens on a frame other than the anchor; moving ζ with the keyboard changes
+    the preview and the difference view; nothing in the tuner shows a scrollbar."""
     with _run_notebook_in_lab(lab, NOTEBOOK_04, "reenactment_tuner") as page:
-        handle = page.locator(".v2s-tuner-alpha .noUi-handle")
+        handle = page.locator(".v2s-tuner-zeta .noUi-handle")
         handle.wait_for(state="visible", timeout=240_000)
-        preview = page.locator("img.v2s-tuner-preview")
+        preview, diff = page.locator("img.v2s-tuner-preview"), page.locator("img.v2s-tuner-difference")
         page.wait_for_function(
-            "() => (document.querySelector('img.v2s-tuner-preview')?.getAttribute('src') || '').length > 0",
+            "() => (document.querySelector('img.v2s-tuner-difference')?.getAttribute('src') || '').length > 0",
             timeout=60_000)
-        preview.scroll_into_view_if_needed()
-        before = preview.get_attribute("src")
-        read = lambda: float(page.locator(".v2s-tuner-alpha .widget-readout").inner_text()  # noqa: E731
+        page.locator(".v2s-tuner").scroll_into_view_if_needed()
+        status = page.locator(".v2s-tuner-status").inner_text()
+        frame = int(page.locator(".v2s-tuner-frame .widget-readout").inner_text().strip())
+        anchor = int(re.search(r"anchor frame (\d+)", status).group(1))
+        assert frame != anchor, status  # opened on a frame with motion
+        before, diff_before = preview.get_attribute("src"), diff.get_attribute("src")
+        read = lambda: float(page.locator(".v2s-tuner-zeta .widget-readout").inner_text()  # noqa: E731
                              .strip().replace("\u2212", "-"))
-        readout0 = read()
-        assert readout0 == 0.0, readout0  # the relative motion mode's α (the default mode)
+        zeta0 = read()
+        assert zeta0 == 0.5, zeta0  # the relative motion mode's ζ (the default mode)
 
         handle.click()
         for _ in range(10):
             handle.press("ArrowRight")
-        readout = read()
-        assert readout > readout0, readout
-        # the kernel re-renders the frame (latest value wins); wait for the status line to show the new α
+        zeta = read()
+        assert zeta > zeta0, zeta
+        # the kernel re-renders the frame (latest value wins); wait for the status line to show the new ζ
         page.wait_for_function(
-            "(a) => (document.querySelector('.v2s-tuner-status')?.innerText || '').includes('α ' + a)",
-            arg=f"{readout:.2f}", timeout=60_000)
+            "(z) => (document.querySelector('.v2s-tuner-status')?.innerText || '').includes('ζ ' + z)",
+            arg=f"{zeta:.2f}", timeout=60_000)
         page.wait_for_function(
             "(b) => document.querySelector('img.v2s-tuner-preview')?.getAttribute('src') !== b",
             arg=before, timeout=60_000)
-        after = preview.get_attribute("src")
+        after, diff_after = preview.get_attribute("src"), diff.get_attribute("src")
+        scrollbars = page.locator(".v2s-tuner").evaluate(_SCROLLBARS_JS)
 
     assert before and after and after != before
+    assert diff_after != diff_before
+    assert scrollbars == [], scrollbars
+
+
+#: Formulas (MathJax containers) that pass the right edge of their markdown cell, or scroll inside their own box.
+_WIDE_FORMULAS_JS = """() => {
+    const out = [];
+    for (const md of document.querySelectorAll('.jp-RenderedMarkdown')) {
+        const edge = md.getBoundingClientRect().right + 1;
+        for (const m of md.querySelectorAll('mjx-container')) {
+            const inner = m.firstElementChild ? m.firstElementChild.getBoundingClientRect().right : 0;
+            if (m.getBoundingClientRect().right > edge || inner > edge || m.scrollWidth > m.clientWidth + 1)
+                out.push((m.querySelector('mjx-assistive-mml')?.textContent || m.outerHTML).slice(0, 80));
+        }
+    }
+    return out;
+}"""
+
+
+@pytest.mark.parametrize("notebook", ["01_canonical_transforms.ipynb", "02_pose_optimization.ipynb",
+                                      "03_sspace_feature_maps.ipynb"])
+def test_formulas_fit_the_page(lab, notebook):
+    """Notebooks 01-03 opened in JupyterLab in a 1000 px window (a laptop; the file browser open, so the cells are
+    about 570 px wide): no formula runs off the right edge of its cell."""
+    from playwright.sync_api import sync_playwright
+
+    exe, base, token, tmp = lab
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(tmp / "profile"), executable_path=exe, headless=True,
+                                                   args=CHROMIUM_ARGS, viewport={"width": 1000, "height": 1000})
+        try:
+            page = ctx.new_page()
+            page.goto(f"{base}/lab/tree/{notebook}?token={token}", timeout=60_000)
+            page.locator("mjx-container").first.wait_for(state="attached", timeout=120_000)
+            page.wait_for_timeout(3000)  # MathJax typesets cell by cell
+            n = page.locator("mjx-container").count()
+            wide = page.evaluate(_WIDE_FORMULAS_JS)
+        finally:
+            ctx.close()
+    assert n > 3, f"only {n} formulas rendered"
+    assert wide == [], wide

@@ -1,7 +1,9 @@
 """The tutorial notebooks run top to bottom on a CPU (tiny random generator, bundled astronaut photo).
 
 Each notebook is executed once per session with nbclient (kernel ``python3``) in a temporary copy; the tests then
-look at its outputs. The stored notebooks must carry no outputs.
+look at its outputs. Notebook 01 defaults to the demo's generator fitted to the photo when no checkpoint is
+given; the tests inject ``stand_in = "tiny"`` after its parameters cell (as papermill does), so they keep the tiny
+random generator.
 """
 
 from __future__ import annotations
@@ -22,11 +24,26 @@ WIDGET = "application/vnd.jupyter.widget-view+json"
 CELL_TIMEOUT = 180  # seconds per cell; the whole notebook takes ~15-25 s on 2 CPU cores
 
 
+#: Parameters injected per notebook (a cell after the one tagged ``parameters``).
+PARAMETERS = {"01_canonical_transforms.ipynb": {"stand_in": "tiny"}}
+
+
+def inject_parameters(nb, params: dict) -> None:
+    """Insert ``name = value`` lines as a new code cell after the cell tagged ``parameters`` (papermill's way)."""
+    if not params:
+        return
+    i = next(k for k, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    cell = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items()))
+    cell.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(i + 1, cell)
+
+
 def _execute(name: str, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(name.split("_")[0])
     path = tmp / name
     shutil.copy(NOTEBOOKS / name, path)
     nb = nbformat.read(path, as_version=4)
+    inject_parameters(nb, PARAMETERS.get(name, {}))
     t0 = time.perf_counter()
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT, allow_errors=False,
                                      resources={"metadata": {"path": str(tmp)}})
@@ -81,7 +98,8 @@ def test_stored_clean(name):
     nbformat.validate(nb)
     assert nb.metadata.kernelspec.name == "python3"
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs and c.execution_count is None for c in code), "store notebooks without outputs"
+    if "v2s_nb_outputs" not in nb.metadata:  # outputs only as written by docs/make_notebook_outputs.py
+        assert all(not c.outputs and c.execution_count is None for c in code), "store notebooks without outputs"
     assert "widgets" not in nb.metadata, "store notebooks without widget state"
     first = code[0].source
     assert "google.colab" in first and "enable_custom_widget_manager" in first and "if IN_COLAB:" in first

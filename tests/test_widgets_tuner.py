@@ -14,6 +14,7 @@ from conftest import mapped_ws  # noqa: E402
 from v2s_nb.method.reenact import Reenactor, layer_names  # noqa: E402
 from v2s_nb.stylegan3 import tiny_generator  # noqa: E402
 from v2s_nb.widgets import ReenactmentTuner, SideBySidePlayer  # noqa: E402
+from v2s_nb.widgets.tuner import PAPER_DEFAULTS, V2S_NB_DEFAULTS, motion_frame  # noqa: E402
 
 T = 5
 
@@ -37,7 +38,7 @@ def _reenactor(G, **kw):
 
 @pytest.fixture
 def tuner(G):
-    return ReenactmentTuner(_reenactor(G), size=64)
+    return ReenactmentTuner(_reenactor(G), size=64, frame=0)  # frame 0: the tests below start at the anchor
 
 
 def _changed(tuner, before):
@@ -118,6 +119,99 @@ def test_motion_mode_strength_anchor_and_position(G, tuner):
     assert np.array_equal(tuner.preview, want)
     assert "v2s-tuner-motion-mode" in tuner.motion_mode._dom_classes
     assert [o[0] for o in tuner.anchor.options[:2]] == ["first", "frame 0"]  # no landmarks held: no 'best'
+
+
+def test_opens_on_a_frame_with_motion(G):
+    """Default frame: the one furthest from the anchor; there ζ and the W+ rows change the preview, while at the
+    anchor frame (relative mode) the result is the reference and ζ changes nothing."""
+    r = _reenactor(G)
+    t = ReenactmentTuner(r, size=64)
+    j = motion_frame(r)
+    assert t.frame.value == j != r.anchor_frame() == 0
+    assert np.array_equal(t.preview, _reenactor(G).render_frame(j))
+    before, diff_before = t.preview.copy(), t.difference.copy()
+    t.zeta.value = 1.5
+    assert _changed(t, before) and not np.array_equal(t.difference, diff_before)
+    before = t.preview.copy()
+    t.layers.value = (3, 4)
+    assert _changed(t, before)
+    at_anchor = ReenactmentTuner(_reenactor(G), size=64, frame=0, background=False)
+    assert (at_anchor.difference == 128).all()  # result == reference at the anchor frame
+    at_anchor.zeta.value = 1.5
+    assert (at_anchor.difference == 128).all()
+
+
+def test_motion_frame_is_the_furthest_from_the_anchor(G):
+    ws = mapped_ws(G, 1, 2).repeat(T, 1, 1)
+    ws[3, 4] += 1.0  # frame 3 moves in a mixed row
+    still = np.zeros((T, 4))
+    still[:, 3] = 0.1
+    r = Reenactor(G=G, w_ref=mapped_ws(G, 1, 1)[0], ws_drive=ws, tracks={"driving": still})
+    assert motion_frame(r) == 3
+    r.anchor = 3
+    assert motion_frame(r) != 3
+    ws2 = mapped_ws(G, 1, 2).repeat(T, 1, 1)
+    ws2[1, 12] += 5.0  # a row outside the mixed rows 3-7 does not count; the track's move does
+    moving = still.copy()
+    moving[:, 2] = [0, 0, 0, 9, 0]
+    r2 = Reenactor(G=G, w_ref=mapped_ws(G, 1, 1)[0], ws_drive=ws2, tracks={"driving": moving})
+    assert motion_frame(r2) == 3
+    r3 = Reenactor(G=G, w_ref=mapped_ws(G, 1, 1)[0], ws_drive=mapped_ws(G, 1, 2).repeat(T, 1, 1))
+    assert motion_frame(r3) == T - 1  # no motion at all
+    assert ReenactmentTuner(r, size=64, frame=2, background=False).frame.value == 2
+
+
+def test_difference_view_and_gain(G):
+    t = ReenactmentTuner(_reenactor(G), size=64, gain=4)
+    j = t.frame.value
+    ref = _reenactor(G).render_reference(j)
+    want = np.clip(128 + 4 * (t.preview.astype(int) - ref.astype(int)), 0, 255).astype(np.uint8)
+    assert np.array_equal(t.difference, want) and "× 4" in t.diff_label.value
+    assert t.diff_image.value[:8] == b"\x89PNG\r\n\x1a\n" and "v2s-tuner-difference" in t.diff_image._dom_classes
+    shown = t.preview.copy()
+    t.gain.value = 16
+    assert np.array_equal(t.preview, shown)  # no new synthesis, only the difference picture
+    want16 = np.clip(128 + 16 * (t.preview.astype(int) - ref.astype(int)), 0, 255).astype(np.uint8)
+    assert np.array_equal(t.difference, want16) and "× 16" in t.diff_label.value
+    with pytest.raises(ValueError, match="gain"):
+        ReenactmentTuner(_reenactor(G), size=64, gain=3)
+
+
+def test_reset_buttons(G, tuner):
+    tuner.frame.value = 3
+    tuner.alpha.value, tuner.zeta.value, tuner.strength.value = 2.0, 1.2, 0.4
+    tuner.layers.value = (1, 2)
+    tuner.region_toggles["nose"].value = False
+    tuner.source_widgets["position"].value = "co-driving"
+    assert tuner.wait(30)
+    tuner.reset_paper.click()
+    assert tuner.wait(30) and tuner.error is None, tuner.error
+    r = tuner.reenactor
+    assert r.motion_mode == "paper" and r.position_mode == "absolute" and r.anchor == "first"
+    assert (r.alpha, r.beta, r.gamma, r.zeta, r.strength) == (-1, 1, 1, 0.5, 1)
+    assert r.layers == PAPER_DEFAULTS["layers"] and r.regions == ("eyes", "nose", "mouth")
+    assert r.sources()["position"] == "driving"
+    want = _reenactor(G, motion_mode="paper", position_mode="absolute").render_frame(3)
+    assert np.array_equal(tuner.preview, want)
+    tuner.reset_v2s.click()
+    assert tuner.wait(30)
+    assert (r.motion_mode, r.position_mode) == (V2S_NB_DEFAULTS["motion_mode"], V2S_NB_DEFAULTS["position_mode"])
+    assert (r.alpha, r.beta, r.gamma, r.zeta) == (0, 0, 1, 0.5)
+    assert np.array_equal(tuner.preview, _reenactor(G).render_frame(3))
+    with pytest.raises(ValueError, match="paper"):
+        tuner.reset("nonsense")
+
+
+def test_toggle_states_are_visible(tuner):
+    eyes = tuner.region_toggles["eyes"]
+    assert eyes.value and eyes.button_style == "success" and eyes.icon == "check"
+    eyes.value = False
+    assert eyes.button_style == "" and eyes.icon == "times"
+    eyes.value = True
+    assert eyes.button_style == "success"
+    import ipywidgets as W
+    for w in (tuner.motion_mode, tuner.position_mode, tuner.gain, *tuner.source_widgets.values()):
+        assert isinstance(w, W.ToggleButtons)  # every choice visible, the chosen one highlighted
 
 
 def test_latest_value_wins(tuner):

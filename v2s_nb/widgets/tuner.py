@@ -14,8 +14,22 @@
   none). Switching a source only recomputes the per-frame S codes (affine layers, no synthesis, no inversion,
   no channel discovery), so it is offered wherever the Reenactor holds that source; choices it does not hold are
   absent and a component with a single choice is shown read-only, with the reason;
-* a frame slider and a live preview of that frame (``ipywidgets.Image``, PNG);
+* a frame slider and a live preview of that frame (``ipywidgets.Image``, PNG), next to a **difference view**:
+  result − reference (the reference rendered with the frame's pose and position,
+  :meth:`~v2s_nb.method.reenact.Reenactor.render_reference`), amplified by a chosen gain around mid-grey, with the
+  gain and the largest difference written under it, so that small changes (ζ, the W+ rows) are visible;
+* two reset buttons: **paper defaults** (:data:`PAPER_DEFAULTS`: the printed eq 7 and coefficients, rows 3-7,
+  the printed absolute position track) and **v2s_nb defaults** (:data:`V2S_NB_DEFAULTS`: relative motion and
+  position); either also puts every region in ``X_s``, k = 1, the first frame as anchor, and each source back to
+  the driving video where the Reenactor holds it;
 * a "render video" button with a progress bar; the video is shown inline (``v2s_nb.video.show_videos`` HTML).
+
+Choices with few options (motion mode, position form, sources, gain) are toggle buttons whose chosen one is
+highlighted; a region toggle is green with a tick when its channels are in ``X_s`` and grey with a cross when not.
+
+The tuner opens on a frame **with motion** (:func:`motion_frame`: the driving frame furthest from the anchor in
+the mixed W+ rows and the position track), since at the anchor frame the relative modes give the reference
+unchanged and the coefficients have nothing to act on; ``frame=`` overrides.
 
 The tuner edits the Reenactor it is given (``tuner.reenactor.alpha`` etc. follow the controls), so a later
 ``reenactor.render_video()`` or ``reenactor.save(...)`` uses the tuned settings. A control change re-renders only
@@ -24,13 +38,15 @@ on release (``continuous_update=False``), and the preview is rendered in a backg
 "latest value wins" rule: requests arriving while a frame is being drawn are merged into one render with the
 newest settings, so dragging or key presses never queue up work. ``background=False`` renders synchronously.
 
-For tests and scripts: ``tuner.preview`` is the current preview (uint8 [R, R, 3]), ``tuner.video`` the last
+For tests and scripts: ``tuner.preview`` is the current preview (uint8 [R, R, 3]), ``tuner.difference`` the
+difference view (uint8 [R, R, 3]: 128 + gain · (result − reference), clipped), ``tuner.video`` the last
 rendered video (uint8 [T, R, R, 3] or None), :meth:`ReenactmentTuner.wait` waits for a pending preview,
 ``tuner.params`` is the current settings. Stable CSS classes: ``v2s-tuner``, ``v2s-tuner-motion-mode``,
 ``v2s-tuner-strength``, ``v2s-tuner-anchor``, ``v2s-tuner-position-mode``, ``v2s-tuner-alpha``,
 ``v2s-tuner-beta``, ``v2s-tuner-gamma``, ``v2s-tuner-zeta``, ``v2s-tuner-layers``, ``v2s-tuner-region-<name>``,
-``v2s-tuner-source-<component>``, ``v2s-tuner-frame``, ``v2s-tuner-preview``, ``v2s-tuner-status``,
-``v2s-tuner-render``, ``v2s-tuner-progress``, ``v2s-tuner-video``.
+``v2s-tuner-source-<component>``, ``v2s-tuner-frame``, ``v2s-tuner-preview``, ``v2s-tuner-difference``,
+``v2s-tuner-gain``, ``v2s-tuner-difference-label``, ``v2s-tuner-reset-paper``, ``v2s-tuner-reset-v2s``,
+``v2s-tuner-status``, ``v2s-tuner-render``, ``v2s-tuner-progress``, ``v2s-tuner-video``.
 """
 
 from __future__ import annotations
@@ -43,10 +59,49 @@ import warnings
 import numpy as np
 
 from ..method.motion import MOTION_MODES, POSITION_MODES, motion_mode
-from ..method.reenact import REGIONS, CoefficientWarning
+from ..method.reenact import DEFAULT_LAYERS, REGIONS, CoefficientWarning
 from .track_viewer import _png
 
-__all__ = ["ReenactmentTuner", "tune"]
+__all__ = ["ReenactmentTuner", "tune", "motion_frame", "PAPER_DEFAULTS", "V2S_NB_DEFAULTS", "DIFFERENCE_GAINS"]
+
+#: What "reset to paper defaults" sets: eq 7 as printed with its coefficients (section 3.6), rows 3-7 (the paper's
+#: best), every region, k = 1, the first frame as anchor, the canonical track as printed (section 3.2).
+PAPER_DEFAULTS = {"motion_mode": "paper", **motion_mode("paper").coefficients, "layers": DEFAULT_LAYERS,
+                  "regions": REGIONS, "strength": 1.0, "anchor": "first", "position_mode": "absolute"}
+#: What "reset to v2s_nb defaults" sets: the package's defaults (:class:`~v2s_nb.method.reenact.Reenactor`).
+V2S_NB_DEFAULTS = {"motion_mode": MOTION_MODES[0], **motion_mode(MOTION_MODES[0]).coefficients,
+                   "layers": DEFAULT_LAYERS, "regions": REGIONS, "strength": 1.0, "anchor": "first",
+                   "position_mode": POSITION_MODES[0]}
+#: Gains offered for the difference view (result − reference) · gain + mid-grey.
+DIFFERENCE_GAINS = (1, 4, 16)
+
+
+def motion_frame(reenactor) -> int:
+    """The driving frame that moves most away from the anchor frame: argmax over frames j of
+    ``d_w(j) / max d_w + d_t(j) / max d_t``, with ``d_w`` the RMS difference of the motion source's codes
+    (mixed W+ rows only) from the anchor frame's, and ``d_t`` the position track's change since the anchor
+    (|Δtx| + |Δty| in widths, plus |Δangle| / 90°). A term that is zero for every frame is left out; with
+    no motion at all, the last frame."""
+    r = reenactor
+    n = len(r)
+    if n <= 1:
+        return 0
+    a = r.anchor_frame()
+    ws = r.ws_drive if r.sources()["motion"] == "driving" else r.ws_codrive
+    rows = [i for i in r.layers if i < ws.shape[1]] or list(range(ws.shape[1]))
+    d_w = (ws[:n, rows] - ws[a, rows]).float().pow(2).mean(dim=(1, 2)).sqrt().cpu().numpy().astype(np.float64)
+    score = np.zeros(n)
+    src = r.sources()["position"]
+    terms = [d_w]
+    if src != "none":
+        t = np.asarray(r.tracks[src][:n, :3], np.float64)
+        d = t - t[a]
+        terms.append(np.abs(d[:, 0]) + np.abs(d[:, 1]) + np.abs(d[:, 2]) / 90.0)
+    for term in terms:
+        term = np.nan_to_num(term)
+        if term.max() > 0:
+            score += term / term.max()
+    return int(np.argmax(score)) if score.max() > 0 else n - 1
 
 #: Slider ranges (a subset of the allowed COEFFICIENT_RANGES, where the images stay usable).
 SLIDER_RANGES = {"alpha": (-3.0, 3.0), "beta": (-3.0, 3.0), "gamma": (-3.0, 3.0), "zeta": (-0.5, 1.5)}
@@ -63,19 +118,28 @@ class ReenactmentTuner:
     Args:
         reenactor: a prepared :class:`~v2s_nb.method.reenact.Reenactor` (e.g. from
             :func:`v2s_nb.cli.prepare_reenactment`); it is edited in place.
-        frame: initial preview frame.   size: displayed preview size in pixels.
+        frame: initial preview frame; ``None`` = :func:`motion_frame` (a frame where the coefficients act).
+        size: displayed preview size in pixels (the difference view has the same size).
+        gain: initial amplification of the difference view, one of :data:`DIFFERENCE_GAINS`.
         batch: frames per synthesis call when rendering the video.
         background: render previews in a worker thread (latest value wins); ``False`` = synchronously.
     """
 
-    def __init__(self, reenactor, *, frame: int = 0, size: int = 256, batch: int = 8, background: bool = True):
+    def __init__(self, reenactor, *, frame: int | None = None, size: int = 256, batch: int = 8,
+                 background: bool = True, gain: int = 4):
         import ipywidgets as W
 
         self.reenactor = r = reenactor
         self.size, self.batch, self.background = int(size), max(1, int(batch)), bool(background)
         n = len(r)
         num_ws = r.G_render.synthesis.num_ws
+        if frame is None:
+            frame = motion_frame(r)
+        if gain not in DIFFERENCE_GAINS:
+            raise ValueError(f"gain must be one of {DIFFERENCE_GAINS} (the difference view's amplification), "
+                             f"got {gain!r}")
         self.preview: np.ndarray | None = None
+        self.difference: np.ndarray | None = None
         self.video: np.ndarray | None = None
         self.render_time = float("nan")
         self.error: BaseException | None = None
@@ -84,9 +148,11 @@ class ReenactmentTuner:
         self._wanted = self._done = 0
         self._running = False
         self._thread: threading.Thread | None = None
+        self._ref_cache: tuple | None = None  # (key, reference render) for the difference view
 
-        lay = W.Layout(width="420px")
+        lay = W.Layout(width="400px")
         style = {"description_width": "100px"}
+        toggle_style = {"description_width": "100px", "button_width": "86px"}
         self.sliders = {}
         for name in ("alpha", "beta", "gamma", "zeta"):
             lo, hi = SLIDER_RANGES[name]
@@ -97,9 +163,10 @@ class ReenactmentTuner:
             s.add_class(f"v2s-tuner-{name}")
             self.sliders[name] = s
         self.alpha, self.beta, self.gamma, self.zeta = (self.sliders[k] for k in ("alpha", "beta", "gamma", "zeta"))
-        self._holding = False  # True while a mode change sets the sliders (one preview for all of them)
-        self.motion_mode = W.Dropdown(options=list(MOTION_MODES), value=r.motion_mode, description="motion mode",
-                                      layout=W.Layout(width="260px"), style=style)
+        self._holding = False  # True while a reset / mode change sets several controls (one preview for all)
+        self.motion_mode = W.ToggleButtons(options=list(MOTION_MODES), value=r.motion_mode, description="motion mode",
+                                           tooltips=[motion_mode(m).summary for m in MOTION_MODES],
+                                           style=toggle_style)
         self.motion_mode.add_class("v2s-tuner-motion-mode")
         self.strength = W.FloatSlider(value=float(r.strength), min=min(0.0, r.strength), max=max(2.0, r.strength),
                                       step=0.05, description="strength k", continuous_update=False,
@@ -111,8 +178,10 @@ class ReenactmentTuner:
                                  int(r.anchor_frame()), description="anchor", layout=W.Layout(width="260px"),
                                  style=style)
         self.anchor.add_class("v2s-tuner-anchor")
-        self.position_mode = W.Dropdown(options=list(POSITION_MODES), value=r.position_mode,
-                                        description="position", layout=W.Layout(width="260px"), style=style)
+        self.position_mode = W.ToggleButtons(options=list(POSITION_MODES), value=r.position_mode,
+                                             description="position", style=toggle_style,
+                                             tooltips=["the driver's motion since the anchor frame, in face units",
+                                                       "the canonical track as printed (section 3.2)"])
         self.position_mode.add_class("v2s-tuner-position-mode")
         rows = r.layers
         self.layers = W.IntRangeSlider(value=(min(rows), max(rows)), min=0, max=num_ws - 1, step=1,
@@ -121,32 +190,55 @@ class ReenactmentTuner:
         self.region_toggles = {}
         for reg in REGIONS:
             t = W.ToggleButton(value=reg in r.regions, description=reg, tooltip=f"{reg} channels in X_s",
-                               layout=W.Layout(width="80px"))
+                               layout=W.Layout(width="90px"))
             t.add_class(f"v2s-tuner-region-{reg}")
+            _style_toggle(t)
+            t.observe(lambda ch, t=t: _style_toggle(t), names="value")
             self.region_toggles[reg] = t
         self.source_widgets, self.source_notes = {}, {}
         src = r.sources()
         avail = {"motion": ["driving"] + (["co-driving"] if r.ws_codrive is not None else []),
                  "pose": [k for k in ("driving", "co-driving") if k in r.pose_codes] + ["none"],
                  "position": [k for k in ("driving", "co-driving") if k in r.tracks] + ["none"]}
+        self._source_choices = avail
         why = {"motion": "no co-driving video was prepared (ws_codrive is None)",
                "pose": "no pose codes were prepared" + (" (random generator: no head pose to encode)"
                                                        if getattr(r.G, "is_random", False) else ""),
                "position": "no canonical track was prepared"}
         for comp in ("motion", "pose", "position"):
-            d = W.Dropdown(options=avail[comp], value=src[comp], description=f"{comp} from",
-                           layout=W.Layout(width="260px"), style=style)
+            d = W.ToggleButtons(options=avail[comp], value=src[comp], description=f"{comp} from", style=toggle_style)
             d.add_class(f"v2s-tuner-source-{comp}")
             if len(avail[comp]) == 1:
                 d.disabled = True
                 self.source_notes[comp] = f"{comp}: fixed to '{src[comp]}': {why[comp]}"
             self.source_widgets[comp] = d
+        self.reset_paper = W.Button(description="reset to paper defaults", icon="undo", layout=W.Layout(width="205px"),
+                                    tooltip="eq 7 as printed, α β γ ζ = -1 1 1 0.5, rows 3-7, every region, k 1, "
+                                            "anchor first, absolute position track")
+        self.reset_paper.add_class("v2s-tuner-reset-paper")
+        self.reset_v2s = W.Button(description="reset to v2s_nb defaults", icon="undo", layout=W.Layout(width="205px"),
+                                  tooltip="relative motion (α β γ ζ = 0 0 1 0.5), rows 3-7, every region, k 1, "
+                                          "anchor first, relative position")
+        self.reset_v2s.add_class("v2s-tuner-reset-v2s")
+        self.reset_paper.on_click(lambda _b: self.reset("paper"))
+        self.reset_v2s.on_click(lambda _b: self.reset("v2s_nb"))
         self.frame = W.IntSlider(value=int(frame) % max(n, 1), min=0, max=max(n - 1, 0), description="frame",
-                                 continuous_update=False, layout=lay, style=style)
+                                 continuous_update=False, layout=W.Layout(width=f"{max(2 * self.size, 300)}px"),
+                                 style={"description_width": "50px"})
         self.frame.add_class("v2s-tuner-frame")
         self.image = W.Image(format="png", width=self.size, height=self.size)
         self.image.add_class("v2s-tuner-preview")
-        self.status = W.HTML()
+        self.diff_image = W.Image(format="png", width=self.size, height=self.size)
+        self.diff_image.add_class("v2s-tuner-difference")
+        self.gain = W.ToggleButtons(options=[(f"×{g}", g) for g in DIFFERENCE_GAINS], value=gain,
+                                    description="gain", style={"description_width": "50px", "button_width": "48px"},
+                                    tooltips=[f"difference amplified {g} times" for g in DIFFERENCE_GAINS])
+        self.gain.add_class("v2s-tuner-gain")
+        cap = W.Layout(width=f"{self.size}px")
+        self.preview_label = W.HTML(layout=cap)
+        self.diff_label = W.HTML(layout=cap)
+        self.diff_label.add_class("v2s-tuner-difference-label")
+        self.status = W.HTML(layout=W.Layout(width=f"{2 * self.size + 8}px"))
         self.status.add_class("v2s-tuner-status")
         self.render_button = W.Button(description="render video", icon="film", button_style="primary")
         self.render_button.add_class("v2s-tuner-render")
@@ -159,16 +251,23 @@ class ReenactmentTuner:
                   self.frame, self.strength, self.anchor, self.position_mode]:
             w.observe(self._on_change, names="value")
         self.motion_mode.observe(self._on_mode, names="value")
+        self.gain.observe(self._on_gain, names="value")
         self.render_button.on_click(self._on_render)
 
         notes = W.HTML("<br>".join(html.escape(s) for s in self.source_notes.values()))
+        css = W.HTML(f"<style>{_CSS}</style>", layout=W.Layout(display="none"))
         controls = W.VBox([W.HTML("<b>motion</b>"), self.motion_mode, self.strength, self.anchor, self.position_mode,
                            W.HTML("<b>eq 10-12 coefficients</b>"), *self.sliders.values(), self.layers,
-                           W.HBox([W.Label("X_s regions"), *self.region_toggles.values()]),
+                           W.HBox([W.Label("X_s regions", layout=W.Layout(width="104px")),
+                                   *self.region_toggles.values()]),
                            W.HTML("<b>sources</b>"), *self.source_widgets.values(), notes,
-                           W.HBox([self.render_button, self.progress])])
-        right = W.VBox([self.frame, self.image, self.status])
-        self.widget = W.VBox([W.HBox([controls, right]), self.video_html])
+                           W.HBox([self.reset_paper, self.reset_v2s]),
+                           W.HBox([self.render_button, self.progress])], layout=W.Layout(width="420px", margin="0 12px 0 0"))
+        pictures = W.HBox([W.VBox([self.image, self.preview_label], layout=W.Layout(margin="0 8px 0 0")),
+                           W.VBox([self.diff_image, self.diff_label])])
+        right = W.VBox([self.frame, pictures, self.gain, self.status])
+        self.widget = W.VBox([css, W.HBox([controls, right], layout=W.Layout(flex_flow="row wrap")),
+                              self.video_html])
         self.widget.add_class("v2s-tuner")
         self._request()
         if self.background:
@@ -183,6 +282,7 @@ class ReenactmentTuner:
         return {**{k: float(s.value) for k, s in self.sliders.items()}, "layers": tuple(range(lo, hi + 1)),
                 "regions": tuple(k for k, t in self.region_toggles.items() if t.value),
                 **{k: d.value for k, d in self.source_widgets.items()}, "frame": int(self.frame.value),
+                "gain": int(self.gain.value),
                 "motion_mode": self.motion_mode.value, "strength": float(self.strength.value),
                 "anchor": self.anchor.value, "position_mode": self.position_mode.value}
 
@@ -203,6 +303,8 @@ class ReenactmentTuner:
 
     def _on_mode(self, change=None) -> None:
         """A motion mode sets the coefficients to its defaults (they stay tunable); one preview follows."""
+        if self._holding:
+            return  # a reset sets the coefficients itself
         self._holding = True
         try:
             for k, v in motion_mode(self.motion_mode.value).coefficients.items():
@@ -210,6 +312,36 @@ class ReenactmentTuner:
         finally:
             self._holding = False
         self._request()
+
+    def reset(self, which: str = "v2s_nb") -> None:
+        """Set every control to :data:`PAPER_DEFAULTS` (``'paper'``) or :data:`V2S_NB_DEFAULTS` (``'v2s_nb'``);
+        each source goes back to the driving video where the Reenactor holds it (else its only choice). One
+        preview follows."""
+        if which not in ("paper", "v2s_nb"):
+            raise ValueError(f"reset takes 'paper' or 'v2s_nb', got {which!r}")
+        d = PAPER_DEFAULTS if which == "paper" else V2S_NB_DEFAULTS
+        rows = [i for i in d["layers"] if i <= self.layers.max] or [self.layers.max]
+        self._holding = True
+        try:
+            self.motion_mode.value = d["motion_mode"]
+            for k in ("alpha", "beta", "gamma", "zeta"):
+                self.sliders[k].value = d[k]
+            self.layers.value = (min(rows), max(rows))
+            for reg, t in self.region_toggles.items():
+                t.value = reg in d["regions"]
+            self.strength.value = d["strength"]
+            self.anchor.value = d["anchor"]
+            self.position_mode.value = d["position_mode"]
+            for comp, w in self.source_widgets.items():
+                w.value = "driving" if "driving" in self._source_choices[comp] else self._source_choices[comp][0]
+        finally:
+            self._holding = False
+        self._request()
+
+    def _on_gain(self, change=None) -> None:
+        """Only the difference picture changes: no synthesis."""
+        if self.preview is not None and self._ref_cache is not None:
+            self._show_difference(self.preview, self._ref_cache[1])
 
     def _request(self) -> None:
         with self._lock:
@@ -247,9 +379,12 @@ class ReenactmentTuner:
                 warnings.simplefilter("always", CoefficientWarning)
                 img = self.reenactor.render_frame(p["frame"])
             self.render_time = time.perf_counter() - t0
+            ref = self._reference(p["frame"])
         self.preview = img
         self.error = None
         self.image.value = _png(img, self.size)
+        self.preview_label.value = f"<small>result, frame {p['frame']}</small>"
+        self._show_difference(img, ref)
         msg = (f"frame {p['frame']} · {p['motion_mode']} (anchor frame {self.reenactor.anchor_frame()}, "
                f"k {p['strength']:.2f}) · α {p['alpha']:.2f} β {p['beta']:.2f} γ {p['gamma']:.2f} ζ {p['zeta']:.2f} · "
                f"rows {p['layers'][0]}-{p['layers'][-1]} · regions {', '.join(p['regions']) or 'none'} · "
@@ -257,6 +392,24 @@ class ReenactmentTuner:
         for w in caught:
             msg += f"<br><span style='color:#a60'>{html.escape(str(w.message))}</span>"
         self.status.value = msg
+
+    def _reference(self, j: int) -> np.ndarray:
+        """The reference at frame ``j``'s pose and position (cached until the pose / position inputs change)."""
+        r = self.reenactor
+        r.prepare()
+        key = (int(j), r._cache["prep"][0])
+        if self._ref_cache is None or self._ref_cache[0] != key:
+            self._ref_cache = (key, r.render_reference(int(j)))
+        return self._ref_cache[1]
+
+    def _show_difference(self, img: np.ndarray, ref: np.ndarray) -> None:
+        g = int(self.gain.value)
+        d = img.astype(np.int16) - ref.astype(np.int16)
+        self.difference = np.clip(128 + g * d, 0, 255).astype(np.uint8)
+        self.diff_image.value = _png(self.difference, self.size)
+        self.diff_label.value = (f"<small title='result minus the reference rendered with this frame&#39;s pose and "
+                                 f"position, times the gain, around grey'>(result − reference) × {g}, grey = 0 · "
+                                 f"max |Δ| {int(np.abs(d).max())}/255</small>")
 
     def wait(self, timeout: float = 60.0) -> bool:
         """Wait until the preview shows the latest settings; True when it does."""
@@ -311,6 +464,17 @@ class ReenactmentTuner:
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
+
+
+#: The chosen button of a toggle group in the theme's accent colour (JupyterLab's default only darkens it a little).
+_CSS = (".v2s-tuner .widget-toggle-button.mod-active:not(.mod-success) {background: #1976d2; color: white;}"
+        ".v2s-tuner .widget-toggle-button.mod-active:disabled {background: #90a4ae; color: white;}")
+
+
+def _style_toggle(t) -> None:
+    """A region toggle shows its state: green with a tick when on, plain with a cross when off."""
+    t.button_style = "success" if t.value else ""
+    t.icon = "check" if t.value else "times"
 
 
 def tune(reenactor, **kwargs) -> ReenactmentTuner:
