@@ -102,7 +102,7 @@ def main(argv=None):
             torch.cuda.reset_peak_memory_stats(device)
         _sync(device)
         t = time.perf_counter()
-        inv = invert_sequence(G, frames, batch=args.seq_batch, steps_first=args.steps_first,
+        inv = invert_sequence(G, frames, batch_size=args.seq_batch, steps_first=args.steps_first,
                               steps_next=args.steps_next, progress=False)
         _sync(device)
         dt = time.perf_counter() - t

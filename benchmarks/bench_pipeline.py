@@ -169,7 +169,7 @@ def main(argv=None):
     r = Reenactor(G=G, G_render=G_pti, w_ref=w_ref[0].cpu(), ws_drive=ws_drv.cpu(), region_channels=cs,
                   tracks={"driving": tr}, position_mode="absolute")
     stage(f"render {a.frames} frames (PTI generator)",
-          lambda: (r.prepare(), r.render_video(batch=a.batch, progress=False)))
+          lambda: (r.prepare(), r.render_video(batch_size=a.batch, progress=False)))
 
     without_pose = sum(x["seconds"] for x in rows if not x["stage"].startswith("pose"))
     print(f"  {'total without pose encoding':<46s} {without_pose:9.2f} s")

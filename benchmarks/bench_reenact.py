@@ -52,7 +52,7 @@ def bench(G, device, T=160, batch=8, reps=5):
     sync(device)
     per_frame = (time.perf_counter() - t) / reps
     t = time.perf_counter()
-    vid = r.render_video(batch=batch, progress=False)
+    vid = r.render_video(batch_size=batch, progress=False)
     sync(device)
     video = time.perf_counter() - t
     return {"prepare_s": prep, "render_frame_s": per_frame, f"render_video_{T}_s": video,

@@ -299,14 +299,14 @@ def test_invert_with_encoder_refines_and_caches(tmp_path, tiny_g):
     with torch.no_grad():  # frames the generator can make: images of random codes
         frames = G.synthesis(G.mapping(torch.randn(5, G.z_dim, generator=torch.Generator().manual_seed(1))))
     frames = frames.clamp(-1, 1)
-    enc = invert_with_encoder(E, G, frames, n_iters=2, batch=2, progress=False)
+    enc = invert_with_encoder(E, G, frames, n_iters=2, batch_size=2, progress=False)
     direct = E.encode(frames, n_iters=2)
     assert torch.allclose(enc.ws, direct.cpu(), atol=1e-5) and enc.total_steps == 0
     assert enc.settings["mode"] == "encoder" and len(enc.psnr) == 5
-    ref = invert_with_encoder(E, G, frames, n_iters=2, batch=2, refine_steps=15, refine_lr=0.02,
+    ref = invert_with_encoder(E, G, frames, n_iters=2, batch_size=2, refine_steps=15, refine_lr=0.02,
                               cache_dir=tmp_path / "inv", progress=False)
     assert ref.total_steps > 0 and float(ref.mse.mean()) < float(enc.mse.mean())
-    again = invert_with_encoder(E, G, frames, n_iters=2, batch=2, refine_steps=15, refine_lr=0.02,
+    again = invert_with_encoder(E, G, frames, n_iters=2, batch_size=2, refine_steps=15, refine_lr=0.02,
                                 cache_dir=tmp_path / "inv", progress=False)
     assert again.from_cache and torch.equal(again.ws, ref.ws)
 

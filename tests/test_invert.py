@@ -99,7 +99,7 @@ def test_sequence_needs_fewer_steps_than_frame_by_frame(G):
     t0 = time.perf_counter()
     fbf = invert(G, frames, steps=150, batch_size=6, **FAST)  # every frame from w_avg
     t1 = time.perf_counter()
-    seq = invert_sequence(G, frames, batch=1, steps_first=150, steps_next=50, lr_next=0.03, **FAST)
+    seq = invert_sequence(G, frames, batch_size=1, steps_first=150, steps_next=50, lr_next=0.03, **FAST)
     t2 = time.perf_counter()
     print(f"\nframe-by-frame: {fbf.frame_steps} frame-steps, PSNR min {fbf.psnr.min():.2f} mean {fbf.psnr.mean():.2f} "
           f"({t1 - t0:.1f} s); sequence: {seq.frame_steps} frame-steps ({seq.total_steps} steps), PSNR min "
@@ -123,7 +123,7 @@ def test_sequence_needs_fewer_steps_than_frame_by_frame(G):
 def test_sequence_temporal_term_and_checkpoint_resume(G, tmp_path):
     gen = torch.Generator().manual_seed(3)
     frames = _render(G, G.mapping(torch.randn(5, G.z_dim, generator=gen), None))
-    kw = dict(batch=2, steps_first=4, steps_next=2, temporal_weight=0.5, progress=False)
+    kw = dict(batch_size=2, steps_first=4, steps_next=2, temporal_weight=0.5, progress=False)
     ref = invert_sequence(G, frames, **kw)
     ckpt = tmp_path / "ckpt"
     first = invert_sequence(G, frames, checkpoint_dir=ckpt, **kw)
@@ -156,8 +156,8 @@ def test_cache_avoids_inverting_twice(G, tmp_path):
     assert b.from_cache and torch.equal(a.ws, b.ws) and list(b.frame_indices) == [10, 11]
     c = invert(G, frames, steps=4, cache_dir=tmp_path, progress=False)  # other settings: a new entry
     assert not c.from_cache and len(list(tmp_path.iterdir())) == 4
-    s1 = invert_sequence(G, frames, batch=1, steps_first=3, steps_next=2, cache_dir=tmp_path, progress=False)
-    s2 = invert_sequence(G, frames, batch=1, steps_first=3, steps_next=2, cache_dir=tmp_path, progress=False)
+    s1 = invert_sequence(G, frames, batch_size=1, steps_first=3, steps_next=2, cache_dir=tmp_path, progress=False)
+    s2 = invert_sequence(G, frames, batch_size=1, steps_first=3, steps_next=2, cache_dir=tmp_path, progress=False)
     assert not s1.from_cache and s2.from_cache and torch.equal(s1.ws, s2.ws)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from v2s_nb.face import FFHQ_FACE_SIZE, CanonicalTrack, canonical_track, template_landmarks
-from v2s_nb.face.landmarks import _pick
+from v2s_nb.face.landmark_detection import _pick
 
 T = 120
 

@@ -139,7 +139,7 @@ def test_only_intended_layers_change(G):
 
 def test_render_video_matches_frames_and_position(G):
     r = _reenactor(G)
-    vid = r.render_video(batch=2, progress=False)
+    vid = r.render_video(batch_size=2, progress=False)
     assert vid.shape == (5, 64, 64, 3) and vid.dtype == np.uint8
     # batched vs single synthesis: float rounding may move a pixel by one level
     assert np.abs(vid[3].astype(int) - r.render_frame(3).astype(int)).max() <= 1

@@ -1,6 +1,6 @@
 """``v2s-nb`` command line: the notebook toolkit's jobs in batch.
 
-    v2s-nb generate --network stylegan3-r-ffhq-1024 --seeds 0-7 --out grid.png
+    v2s-nb generate --checkpoint stylegan3-r-ffhq-1024 --seeds 0-7 --out grid.png
     v2s-nb generate --seeds 0-15 --out grid.png         # tiny random generator (not a face model)
     v2s-nb reenact --reference me.png --driving talk.mp4 [--co-driving head.mp4] \
                    --checkpoint stylegan3-r-ffhq-1024 --out out/me.mp4 [--alpha -1 --beta 1 --gamma 1 --zeta 0.5]
@@ -57,28 +57,29 @@ def cmd_generate(args) -> int:
 
     from .validate import check_output_path
 
-    inputs = [args.network] if args.network and Path(str(args.network)).exists() else []
+    inputs = [args.checkpoint] if args.checkpoint and Path(str(args.checkpoint)).exists() else []
     check_output_path(args.out, suffixes=(".png", ".jpg", ".jpeg"), inputs=inputs, what="--out")
     seeds = args.seeds if isinstance(args.seeds, list) else parse_seeds(args.seeds)
     device = _device(args.device)
-    if args.network:
-        G = load_generator(args.network, device=device)
+    if args.checkpoint:
+        G = load_generator(args.checkpoint, device=device)
     else:
         G = tiny_generator(args.cfg, resolution=args.tiny_resolution).to(device)
-        print(f"note: no --network given; using a tiny RANDOM-WEIGHT {args.cfg} generator "
+        print(f"note: no --checkpoint given; using a tiny RANDOM-WEIGHT {args.cfg} generator "
               f"({G.img_resolution}px). Its images are noise-like patterns, not faces.", file=sys.stderr)
     if args.translate or args.rotate:
         set_input_transform(G, args.translate[0], args.translate[1], args.rotate)
     images = []
     t0 = time.perf_counter()
-    from tqdm.auto import tqdm
+    from .progress import progress_iter
 
     with torch.no_grad():
-        for start in tqdm(range(0, len(seeds), args.batch), desc="generate", unit="batch", disable=args.quiet):
-            chunk = seeds[start: start + args.batch]
+        for start in progress_iter(range(0, len(seeds), args.batch_size), desc="generate", unit="batch",
+                                   enabled=not args.quiet):
+            chunk = seeds[start: start + args.batch_size]
             z = torch.from_numpy(np.stack([np.random.RandomState(s).randn(G.z_dim) for s in chunk])).float().to(device)
             c = torch.zeros([len(chunk), G.c_dim], device=device) if G.c_dim else None
-            ws = G.mapping(z, c, truncation_psi=args.trunc)
+            ws = G.mapping(z, c, truncation_psi=args.truncation_psi)
             images.append(to_uint8(G.synthesis(ws)))
     images = np.concatenate(images)
     grid = image_grid(images, cols=args.cols)
@@ -96,21 +97,10 @@ def _say(args, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _sha_file(path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _key(obj) -> str:
-    import hashlib
-    import json
+    from .caching import KEY_CHARS, json_key
 
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return json_key(obj)[:KEY_CHARS]
 
 
 def _arrays_digest(arrays) -> str:
@@ -143,10 +133,11 @@ _FACES_KEYS = ("aligned", "points", "fps", "track", "interpolated")
 def _load_npz(path, keys=()):
     """Arrays written by :func:`_save_npz`, or None (with a warning naming the file and why) when the file is
     unreadable (truncated), lacks ``keys``, or its arrays do not match their stored digest (altered)."""
-    import warnings
     import zipfile
 
     import numpy as np
+
+    from .caching import warn_unusable
 
     try:
         with np.load(path, allow_pickle=False) as d:
@@ -162,7 +153,7 @@ def _load_npz(path, keys=()):
             why = "its arrays do not match their stored digest (altered, or written by an older version)"
         else:
             return out
-    warnings.warn(f"cached intermediate {path}: {why}; recomputing it", RuntimeWarning, stacklevel=3)
+    warn_unusable(path, why, stacklevel=4)
     return None
 
 
@@ -171,9 +162,10 @@ def _faces(path, kind: str, res: int, cache, args) -> dict:
     or a video file; cached in ``cache`` keyed by the file's bytes and the settings."""
     import numpy as np
 
+    from .caching import sha256_file
     from .face import NoFaceError, align_face, align_video, canonical_track, landmarks
 
-    settings = {"sha": _sha_file(path), "kind": kind, "res": res, "detector": args.detector,
+    settings = {"sha": sha256_file(path), "kind": kind, "res": res, "detector": args.detector,
                 "upsample": args.upsample, "smooth": args.smooth, "smooth_method": args.smooth_method, "v": 2}
     f = cache / f"faces-{kind}-{_key(settings)}.npz"
     out = _load_npz(f, _FACES_KEYS) if f.is_file() else None
@@ -239,7 +231,7 @@ def _pose_codes(G, w_ref, faces, res, cache, args, which: str):
     import torch
 
     from .face import head_pose
-    from .method.invert import generator_hash
+    from .caching import generator_hash, warn_unusable
     from .method.pose_encoding import PoseUnavailableError, default_pose_regressor, encode_pose_sequence
 
     if getattr(G, "is_random", False):
@@ -259,8 +251,6 @@ def _pose_codes(G, w_ref, faces, res, cache, args, which: str):
                 "regressor": type(reg).__name__})
     f = cache / f"pose-{which}-{key}.pt"
     if f.is_file():
-        import warnings
-
         try:
             ws = torch.load(f, weights_only=True)
             if isinstance(ws, torch.Tensor) and ws.ndim == 3 and len(ws) == len(targets) \
@@ -269,7 +259,7 @@ def _pose_codes(G, w_ref, faces, res, cache, args, which: str):
             why = "not a [T, num_ws, w_dim] tensor of finite values for these frames"
         except Exception as e:  # truncated / corrupt file: recompute (torch raises many kinds here)
             why = f"unreadable ({type(e).__name__})"
-        warnings.warn(f"cached intermediate {f}: {why}; recomputing it", RuntimeWarning, stacklevel=2)
+        warn_unusable(f, why)
     enc = encode_pose_sequence(G, w_ref, targets, reg, steps_first=args.pose_steps, steps_next=args.pose_steps_next,
                                progress=not args.quiet)
     err = np.nanmean(np.abs(enc.achieved - enc.target), axis=0)
@@ -310,7 +300,8 @@ def _pti(G, ref_aligned, w_ref, cache, args):
     """G fine-tuned around the reference (PTI) when --pti (default: trained generators only), else G. Cached."""
     import hashlib
 
-    from .method.invert import generator_hash, pivotal_tuning
+    from .caching import generator_hash
+    from .method.invert import pivotal_tuning
     from .stylegan3 import load_generator, save_generator
 
     pti = getattr(args, "pti", None)
@@ -376,9 +367,9 @@ def prepare_reenactment(args):
     inv_dir = cache / "inversions"
     E = _encoder(G, args)
     if E is not None:
-        enc = dict(n_iters=args.encoder_iters, batch=args.batch, refine_steps=args.refine_steps, cache_dir=inv_dir,
-                   progress=not args.quiet)
-        w_ref = invert_with_encoder(E, G, ref["aligned"], **dict(enc, batch=1)).ws[0]
+        enc = dict(n_iters=args.encoder_iters, batch_size=args.batch_size, refine_steps=args.refine_steps,
+                   cache_dir=inv_dir, progress=not args.quiet)
+        w_ref = invert_with_encoder(E, G, ref["aligned"], **dict(enc, batch_size=1)).ws[0]
         ws_drv = invert_with_encoder(E, G, drv["aligned"], **enc).ws
         ws_co = invert_with_encoder(E, G, co["aligned"], **enc).ws if co is not None else None
     else:
@@ -386,7 +377,7 @@ def prepare_reenactment(args):
         # Each finished batch is saved under batches/<video>/ (keyed by frames, settings and generator), so a killed
         # run resumes from the batches it finished.
         seq = dict(steps_first=args.invert_steps, steps_next=args.invert_steps_next, cache_dir=inv_dir,
-                   batch=getattr(args, "invert_batch", 8), progress=not args.quiet)
+                   batch_size=args.invert_batch_size, progress=not args.quiet)
         ws_drv = invert_sequence(G, drv["aligned"], checkpoint_dir=inv_dir / "batches" / "driving", **seq).ws
         ws_co = (invert_sequence(G, co["aligned"], checkpoint_dir=inv_dir / "batches" / "co-driving", **seq).ws
                  if co is not None else None)
@@ -463,7 +454,7 @@ def cmd_reenact(args) -> int:
     r = prepare_reenactment(args)
     t1 = time.perf_counter()
     _say(args, f"[5/5] mixing + render {len(r)} frames ({r.sources()})")
-    frames = r.render_video(batch=args.batch, progress=not args.quiet)
+    frames = r.render_video(batch_size=args.batch_size, progress=not args.quiet)
     path = write_video(args.out, frames, fps=r.fps)
     t2 = time.perf_counter()
     print(f"wrote {path} ({len(frames)} frames, {frames.shape[2]}x{frames.shape[1]} px, {r.fps:g} fps; "
@@ -479,8 +470,8 @@ def make_demo_inputs(folder, frames: int = 10, size: int = 256):
     import cv2
     import numpy as np
     import skimage.data
-    import skimage.io
 
+    from .images import save_image
     from .video import write_video
 
     folder = Path(folder)
@@ -488,7 +479,7 @@ def make_demo_inputs(folder, frames: int = 10, size: int = 256):
     img = cv2.resize(skimage.data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
     ref = folder / "astronaut.png"
     if not ref.is_file():
-        skimage.io.imsave(str(ref), img, check_contrast=False)
+        save_image(ref, img)
 
     def clip(sign):
         out = []
@@ -592,6 +583,7 @@ def _add_reenact_parsers(sub) -> None:
                                                      "the driving video by frame index, truncated to the shorter")
     r.add_argument("--checkpoint", default=None, help="generator: known name (stylegan3-r-ffhq-1024), path or URL. "
                                                       "Default: tiny random generator (not a face model)")
+    _alias(r, "--network", "checkpoint")
     r.add_argument("--out", required=True, help="output .mp4; intermediates go to <out>.v2s/")
     r.add_argument("--motion", default="relative", choices=["relative", "absolute", "paper"],
                    help="expression transfer: relative (default: the reference's own eyes / mouth moved as the "
@@ -624,28 +616,30 @@ def _add_reenact_parsers(sub) -> None:
                    help="channel selection IoU+ threshold (default 0.2)")
     r.add_argument("--t-bg", type=finite_arg("--t-bg", 0.0, 1.0), default=None,
                    help="channel selection IoU- upper bound (default 0.1)")
-    r.add_argument("--invert-steps", type=int_arg("--invert-steps", 1, 100_000), default=300,
-                   help="inversion steps (reference, first batch)")
-    r.add_argument("--invert-steps-next", type=int_arg("--invert-steps-next", 1, 100_000), default=100,
-                   help="inversion steps of warm-started batches")
-    r.add_argument("--invert-batch", type=int_arg("--invert-batch", 1, 1024), default=8,
-                   help="frames per inversion batch; each finished batch is saved, so a killed run resumes (8)")
-    r.add_argument("--pose-steps", type=int_arg("--pose-steps", 1, 100_000), default=100,
-                   help="pose encoding steps, first frame")
-    r.add_argument("--pose-steps-next", type=int_arg("--pose-steps-next", 1, 100_000), default=30,
-                   help="pose encoding steps, warm-started frames")
+    r.add_argument("--invert-steps", type=int_arg("--invert-steps", 1, 100_000), default=None,
+                   help="inversion steps (reference, first batch; default: invert()'s)")
+    r.add_argument("--invert-steps-next", type=int_arg("--invert-steps-next", 1, 100_000), default=None,
+                   help="inversion steps of warm-started batches (default: invert_sequence()'s)")
+    r.add_argument("--invert-batch-size", type=int_arg("--invert-batch-size", 1, 1024), default=None,
+                   help="frames per inversion batch; each finished batch is saved, so a killed run resumes "
+                        "(default: invert_sequence()'s)")
+    _alias(r, "--invert-batch", "invert_batch_size", type=int_arg("--invert-batch", 1, 1024))
+    r.add_argument("--pose-steps", type=int_arg("--pose-steps", 1, 100_000), default=None,
+                   help="pose encoding steps, first frame (default: encode_pose_sequence()'s)")
+    r.add_argument("--pose-steps-next", type=int_arg("--pose-steps-next", 1, 100_000), default=None,
+                   help="pose encoding steps, warm-started frames (default: encode_pose_sequence()'s)")
     r.add_argument("--smooth", type=int_arg("--smooth", 0, 1001), default=3,
                    help="canonical track smoothing kernel (odd, >= 3; 0 = off)")
     r.add_argument("--encoder", default=None, help="ReStyle encoder: restyle-e4e-ffhq, restyle-psp-ffhq or a .pt path "
                    "(stylegan3-editing's release; used when it was trained with the --checkpoint generator)")
-    r.add_argument("--encoder-iters", type=int_arg("--encoder-iters", 1, 100), default=3,
-                   help="ReStyle iterations per frame (default 3)")
+    r.add_argument("--encoder-iters", type=int_arg("--encoder-iters", 1, 100), default=None,
+                   help="ReStyle iterations per frame (default: invert_with_encoder()'s)")
     r.add_argument("--refine-steps", type=int_arg("--refine-steps", 0, 100_000), default=0,
                    help="optimisation steps after the encoder (default 0)")
     r.add_argument("--pti", action=argparse.BooleanOptionalAction, default=None,
                    help="pivotal tuning of the reference; default on for trained generators, off for random ones")
-    r.add_argument("--pti-steps", type=int_arg("--pti-steps", 1, 100_000), default=350,
-                   help="PTI steps (default 350)")
+    r.add_argument("--pti-steps", type=int_arg("--pti-steps", 1, 100_000), default=None,
+                   help="PTI steps (default: pivotal_tuning()'s)")
     r.add_argument("--smooth-method", default="robust", choices=["robust", "mean", "gaussian"],
                    help="track smoothing: robust (default: outlier frames rejected, then a centred Gaussian), "
                         "mean (the paper's box filter) or gaussian")
@@ -653,7 +647,8 @@ def _add_reenact_parsers(sub) -> None:
     r.add_argument("--upsample", type=int_arg("--upsample", 0, 4), default=1, help="detector upsampling (0-4)")
     r.add_argument("--tiny-resolution", type=int_arg("--tiny-resolution", 16, 1024), default=64,
                    help="resolution of the tiny random generator")
-    r.add_argument("--batch", type=int_arg("--batch", 1, 4096), default=8, help="frames per synthesis call")
+    r.add_argument("--batch-size", type=int_arg("--batch-size", 1, 4096), default=8, help="frames per synthesis call")
+    _alias(r, "--batch", "batch_size", type=int_arg("--batch", 1, 4096))
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     r.add_argument("--strict", action="store_true", help="stop on decoding errors in a video (default: warn, "
                                                           "naming the frames)")
@@ -668,6 +663,7 @@ def _add_reenact_parsers(sub) -> None:
                    help="frames of the generated driving clip (default 32)")
     d.add_argument("--checkpoint", default=None, help="a real generator (name, path or URL): run the reenact "
                                                       "pipeline with it instead of fitting one to the photo")
+    _alias(d, "--network", "checkpoint")
     d.add_argument("--invert-steps", type=int_arg("--invert-steps", 1, 100_000), default=None,
                    help="with --checkpoint: inversion steps (first batch)")
     d.add_argument("--invert-steps-next", type=int_arg("--invert-steps-next", 1, 100_000), default=None,
@@ -677,9 +673,36 @@ def _add_reenact_parsers(sub) -> None:
     d.set_defaults(func=cmd_demo)
 
 
+def _alias(parser, old: str, dest: str, **kwargs) -> None:
+    """``old`` as a hidden second spelling of the option stored in ``dest`` (kept so old command lines work)."""
+    parser.add_argument(old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+
+def api_defaults() -> dict:
+    """The reenact command's step / batch defaults, read from the API functions' signatures (one set of defaults:
+    the command line takes the API's)."""
+    import inspect
+
+    from .method.encoder import invert_with_encoder
+    from .method.invert import invert, invert_sequence, pivotal_tuning
+    from .method.pose_encoding import encode_pose_sequence
+
+    def default(func, name):
+        return inspect.signature(inspect.unwrap(func)).parameters[name].default
+
+    return {"invert_steps": default(invert, "steps"), "invert_steps_next": default(invert_sequence, "steps_next"),
+            "invert_batch_size": default(invert_sequence, "batch_size"),
+            "pose_steps": default(encode_pose_sequence, "steps_first"),
+            "pose_steps_next": default(encode_pose_sequence, "steps_next"),
+            "pti_steps": default(pivotal_tuning, "steps"), "encoder_iters": default(invert_with_encoder, "n_iters")}
+
+
 def _resolve_sources(args) -> None:
     if getattr(args, "command", None) != "reenact":
         return
+    for name, value in api_defaults().items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
     default = "co-driving" if args.co_driving else "driving"
     if args.pose_from is None:
         args.pose_from = default
@@ -728,10 +751,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="v2s-nb", description="Video2StyleGAN notebook toolkit, batch jobs.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     g = sub.add_parser("generate", help="render an image grid from seeds")
-    g.add_argument("--network", help="snapshot .pkl / .safetensors path, URL, or short name "
-                                     "(e.g. stylegan3-r-ffhq-1024). Default: tiny random generator")
+    g.add_argument("--checkpoint", help="generator: snapshot .pkl / .safetensors path, URL, or short name "
+                                        "(e.g. stylegan3-r-ffhq-1024). Default: tiny random generator")
+    _alias(g, "--network", "checkpoint")
     g.add_argument("--seeds", type=parse_seeds, default="0-7", help="seeds, e.g. '0-7' or '1,5,9' (default 0-7)")
-    g.add_argument("--trunc", type=finite_arg("--trunc", -2.0, 2.0), default=1.0, help="truncation psi (default 1)")
+    g.add_argument("--truncation-psi", type=finite_arg("--truncation-psi", -2.0, 2.0), default=1.0,
+                   help="truncation psi (default 1)")
+    _alias(g, "--trunc", "truncation_psi", type=finite_arg("--trunc", -2.0, 2.0))
     g.add_argument("--translate", type=finite_arg("--translate", -100.0, 100.0), nargs=2, default=(0.0, 0.0),
                    metavar=("TX", "TY"),
                    help="input translation in image widths (positive: right / down)")
@@ -739,7 +765,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input rotation in degrees (positive: counter-clockwise)")
     g.add_argument("--out", default="out/grid.png", help="output image path (default out/grid.png)")
     g.add_argument("--cols", type=int_arg("--cols", 1, 4096), default=None, help="grid columns (default: square)")
-    g.add_argument("--batch", type=int_arg("--batch", 1, 4096), default=4, help="images per forward pass")
+    g.add_argument("--batch-size", type=int_arg("--batch-size", 1, 4096), default=4, help="images per forward pass")
+    _alias(g, "--batch", "batch_size", type=int_arg("--batch", 1, 4096))
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     g.add_argument("--cfg", default="R", choices=["R", "T"], help="architecture of the tiny random generator")
     g.add_argument("--tiny-resolution", type=int_arg("--tiny-resolution", 16, 1024), default=64,
@@ -751,6 +778,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: What the command line adds to a caught error's message: the flags that fix it (messages from the Python API
+#: name arguments, never flags). Keyed by class name, looked up along the exception's MRO.
+_FLAG_HINTS = {
+    "NoFaceError": "try --detector cnn or --upsample 2",
+    "InversionDivergedError": "check the --reference / --driving images; on a GPU, try --device cpu",
+    "PoseUnavailableError": "use a trained generator (--checkpoint stylegan3-r-ffhq-1024) or --pose-from none",
+    "EncoderCheckpointError": "check --encoder, or leave it out to invert by optimisation",
+    "SnapshotError": "check --checkpoint / --network",
+    "WeightsUnavailableError": "or leave --checkpoint / --encoder out to run without downloads",
+    "ImageReadError": "check --reference",
+    "VideoReadError": "check --driving / --co-driving",
+    "FrameFormatError": "check --driving / --co-driving",
+    "VideoWriteError": "check --out",
+}
+
+#: Built-in exception families that the package raises for bad input or an unusable environment; their message is
+#: printed as is. Anything else reaching :func:`main` is a bug in v2s-nb, printed as one line asking for a report.
+_EXPECTED = (ValueError, RuntimeError, OSError, MemoryError, LookupError, TypeError, ArithmeticError, ImportError)
+
+
+def error_line(e: BaseException) -> str:
+    """``error: <message> (<flag hint>)`` on one line, for any exception (see :data:`_FLAG_HINTS`)."""
+    from .errors import V2SError
+
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        msg = e.args[0]  # str(KeyError) is the repr of its argument, quotes and escaped newlines included
+    else:
+        msg = str(e)
+    msg = " ".join(part.strip() for part in msg.splitlines() if part.strip()) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
+        msg += f": {e.filename}"
+    if not isinstance(e, (V2SError,) + _EXPECTED):
+        return f"error: unexpected {type(e).__name__}: {msg} (a bug in v2s-nb: please report it with the command)"
+    hint = next((_FLAG_HINTS[c.__name__] for c in type(e).__mro__ if c.__name__ in _FLAG_HINTS), None)
+    if hint and not any(flag in msg for flag in hint.split() if flag.startswith("--")):
+        msg += f" ({hint})"
+    return f"error: {msg}"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _resolve_sources(args)
@@ -760,11 +826,8 @@ def main(argv=None) -> int:
         print("interrupted: finished steps are kept (a rerun resumes from them); nothing was written under the "
               "output name", file=sys.stderr)
         return 130
-    except (ValueError, RuntimeError, OSError, MemoryError) as e:
-        msg = str(e) or type(e).__name__
-        if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
-            msg += f": {e.filename}"
-        print(f"error: {msg}", file=sys.stderr)
+    except Exception as e:  # one line, never a traceback (the package's errors and the built-ins it raises)
+        print(error_line(e), file=sys.stderr)
         return 2
 
 

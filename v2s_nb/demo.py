@@ -207,8 +207,8 @@ def fitted_cache_path(photo: np.ndarray, points: np.ndarray, settings: FitSettin
     ``settings`` on ``device``'s type: ``<cache_dir>/fitted-<key>.safetensors``, the key a hash of the aligned
     crop and the settings; ``cache_dir`` defaults to ``<v2s_nb cache>/demo``."""
     if cache_dir is None:
-        from .weights import cache_dir as _cache
-        cache_dir = _cache() / "demo"
+        from .caching import default_dir
+        cache_dir = default_dir("demo")
     aligned = aligned_crop(photo, points, settings)
     return Path(cache_dir) / f"fitted-{_fit_key(aligned, settings, torch.device(device))}.safetensors"
 
@@ -482,7 +482,7 @@ def run_demo(out, *, frames: int = 32, fps: float = 16.0, settings: FitSettings 
                   info={"generator_spec": {"kind": "source", "source": str(fitted_path)},
                         "generator": G.source, "reference": str(inp["reference"]), "driving": str(inp["driving"]),
                         "shown": list(CAN_SHOW), "not_shown": list(CANNOT_SHOW)})
-    result = r.render_video(batch=4, progress=not quiet)
+    result = r.render_video(batch_size=4, progress=not quiet)
     r.save(cache / "reenactor")
     write_video(paths["result"], result, fps=drv["fps"], crf=12)  # near-lossless: the check reads this file
     lap("render")

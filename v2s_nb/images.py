@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
+from .errors import V2SError
 
 
 def to_uint8(img) -> np.ndarray:
@@ -22,9 +23,22 @@ def to_uint8(img) -> np.ndarray:
     return out[0] if single else out
 
 
+def _picture(images, single: bool) -> np.ndarray:
+    """uint8 kept as it is; other pictures converted by :func:`v2s_nb.video.as_rgb_uint8` (float in [0, 1],
+    channel-last; generator images are refused there with the fix, :func:`to_uint8`)."""
+    arr = np.asarray(images.detach().cpu() if torch.is_tensor(images) else images)
+    if arr.dtype == np.uint8:
+        return arr
+    from .video import as_rgb_uint8
+
+    out = as_rgb_uint8(arr, allow_single_image=single, name="image" if single else "images")
+    return out[0] if single else out
+
+
 def image_grid(images: np.ndarray, cols: int | None = None, pad: int = 2, pad_value: int = 255) -> np.ndarray:
-    """Tile uint8 images [N, H, W, C] into one [rows*H, cols*W, C] picture (rows filled left to right)."""
-    images = np.asarray(images)
+    """Tile pictures [N, H, W, C] (uint8, or float in [0, 1]) into one uint8 [rows*H, cols*W, C] picture (rows
+    filled left to right)."""
+    images = _picture(images, single=False)
     if images.ndim != 4:
         raise ValueError(f"expected [N, H, W, C] images, got shape {images.shape}")
     n, h, w, c = images.shape
@@ -38,17 +52,18 @@ def image_grid(images: np.ndarray, cols: int | None = None, pad: int = 2, pad_va
 
 
 def save_image(path, image: np.ndarray) -> Path:
-    """Write a uint8 [H, W, C] image (PNG / JPEG by extension) atomically: never a half-written file."""
+    """Write a picture [H, W, C] (uint8, or float in [0, 1]) as PNG / JPEG (by extension) atomically: never a
+    half-written file."""
     from PIL import Image
 
     path = Path(path)
-    arr = np.asarray(image)
+    arr = _picture(image, single=True)
     with atomic_path(path, suffix=path.suffix or ".png") as tmp:  # PIL picks the format from the suffix
         Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr).save(tmp)
     return path
 
 
-class ImageReadError(ValueError):
+class ImageReadError(V2SError, ValueError):
     """An image file that cannot be read as a picture (the message names the file and why)."""
 
 

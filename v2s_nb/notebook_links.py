@@ -26,6 +26,7 @@ import urllib.parse
 from pathlib import Path
 
 from .atomic import write_atomic
+from .errors import V2SError
 
 START, END = "<!-- links -->", "<!-- /links -->"
 _SOURCE_LINE = re.compile(r"^V2S_NB_SOURCE = .*$", re.M)
@@ -35,7 +36,7 @@ COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 BINDER_BADGE = "https://mybinder.org/badge_logo.svg"
 
 
-class LinkError(ValueError):
+class LinkError(V2SError, ValueError):
     """The repository name, the branch or the files to rewrite are not what the command needs."""
 
 

@@ -6,22 +6,27 @@ the problem and the fix.
 * :func:`parse_int_ranges` — ``'0-3,7'`` style lists, refusing descending and oversized ranges *before*
   building the list;
 * :func:`check_output_path` — an output path that is a file name with the right extension in a writable
-  folder, and is none of the inputs (nor inside their intermediates).
+  folder, and is none of the inputs (nor inside their intermediates);
+* :func:`renamed_kwargs` — a keyword argument's old name still accepted (one name per idea, old calls keep working).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from .errors import V2SError
 
 #: Largest number of seeds one ``generate`` call accepts (a grid of this many images is already huge).
 MAX_SEEDS = 4096
 
 
-class OutputPathError(ValueError):
+class OutputPathError(V2SError, ValueError):
     """An output path that must not (or cannot) be written: an input, a folder, a read-only place."""
 
 
@@ -113,6 +118,24 @@ def parse_int_ranges(text: str, name: str, *, lo: int | None = None, hi: int | N
     return out
 
 
+def renamed_kwargs(**old_to_new: str):
+    """Decorator: accept the keyword ``old`` as ``new`` (``@renamed_kwargs(batch="batch_size")``), with a
+    ``DeprecationWarning``; giving both names is a ``TypeError``."""
+    def deco(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            for old, new in old_to_new.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{func.__name__}() got both {new}= and its old name {old}=; give {new}=")
+                    warnings.warn(f"{func.__name__}({old}=...) is now called {new}=...", DeprecationWarning,
+                                  stacklevel=2)
+                    kwargs[new] = kwargs.pop(old)
+            return func(*args, **kwargs)
+        return wrapper
+    return deco
+
+
 def _resolved(p) -> Path:
     return Path(os.path.abspath(os.path.expanduser(os.fspath(p)))).resolve()
 
@@ -153,20 +176,21 @@ def check_output_path(out, *, suffixes: Sequence[str], inputs: Iterable = (), in
                 pass
         if same:
             raise OutputPathError(f"{what} {out} is the input file {src}: writing it would destroy the input; "
-                                  "choose another --out")
+                                  f"choose another {what}")
         if intermediates:
             if _inside(rp, _resolved(str(src) + intermediates)):
-                raise OutputPathError(f"{what} {out} lies inside the intermediates of {src}; choose another --out")
+                raise OutputPathError(f"{what} {out} lies inside the intermediates of {src}; choose another {what}")
             if _inside(rs, _resolved(str(path) + intermediates)):
                 raise OutputPathError(f"input {src} lies inside the intermediates folder of {what} {out}, which "
-                                      "the run writes; move the input or choose another --out")
+                                      f"the run writes; move the input or choose another {what}")
     folder = rp.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
         raise OutputPathError(f"cannot create the folder of {what} {out}: {folder} is a file")
     if not _can_create_in(folder):
-        raise OutputPathError(f"cannot write {what} {out}: folder {folder} is not writable; choose another --out")
+        raise OutputPathError(f"cannot write {what} {out}: folder {folder} is not writable; choose another "
+                              f"{what}")
     return path
 
 

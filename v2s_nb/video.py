@@ -27,7 +27,9 @@ from typing import Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
-from .atomic import current_umask
+from .atomic import atomic_path
+from .errors import V2SError, V2SWarning
+from .progress import progress_bar
 
 __all__ = [
     "Video",
@@ -54,15 +56,15 @@ PathLike = Union[str, os.PathLike]
 FLOAT_TOLERANCE = 1e-3
 
 
-class FrameFormatError(ValueError):
+class FrameFormatError(V2SError, ValueError):
     """Frames that cannot be read as RGB images (wrong shape, dtype or value range)."""
 
 
-class VideoReadError(ValueError):
+class VideoReadError(V2SError, ValueError):
     """A file that exists but cannot be decoded as a video (corrupt, not a video, or no frames)."""
 
 
-class VideoWriteError(RuntimeError):
+class VideoWriteError(V2SError, RuntimeError):
     """The encoder failed while writing a video file."""
 
 
@@ -107,9 +109,12 @@ def as_rgb_uint8(frames, *, allow_single_image: bool = False, name: str = "frame
     if allow_single_image and (arr.ndim == 2 or (arr.ndim == 3 and shape[-1] in (3, 4))):
         arr = arr[None]
     if arr.ndim == 4 and shape[-1] not in (1, 3, 4) and arr.shape[1] in (1, 3, 4):
+        gen = arr.dtype.kind == "f" and arr.size and float(np.nanmin(arr)) < -FLOAT_TOLERANCE
         raise FrameFormatError(
             f"{name}: shape {tuple(shape)} looks channel-first [T, C, H, W]; v2s_nb wants channel-last "
-            "[T, H, W, C]: pass frames.permute(0, 2, 3, 1) (torch) or frames.transpose(0, 2, 3, 1) (numpy).")
+            "[T, H, W, C]: " + ("these look like generator images in [-1, 1]: pass v2s_nb.images.to_uint8(x)."
+                                if gen else "pass frames.permute(0, 2, 3, 1) (torch) or frames.transpose(0, 2, 3, "
+                                            "1) (numpy)."))
     if arr.ndim == 3:  # grayscale clip [T, H, W]
         arr = arr[..., None]
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
@@ -299,7 +304,7 @@ def _open_reader(p: Path):
             f"ffmpeg said:\n    {_stderr_tail(err)}") from None
     fps = float(meta.get("fps") or 0.0)
     if not np.isfinite(fps) or fps <= 0:
-        warnings.warn(f"'{p}': ffmpeg reports no frame rate; assuming 30 fps.", stacklevel=3)
+        warnings.warn(f"'{p}': ffmpeg reports no frame rate; assuming 30 fps.", V2SWarning, stacklevel=3)
         fps = 30.0
     info = VideoInfo(path=p, width=width, height=height, fps=fps,
                      duration=float(meta.get("duration") or 0.0), codec=str(meta.get("codec", "")))
@@ -347,10 +352,8 @@ class VideoStream:
     def _chunks(self) -> Iterator[np.ndarray]:
         h, w = self.height, self.width
         frame_bytes = h * w * 3
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=self.info.approx_frames or None, desc=self.path.name, unit="frame")
+        bar = progress_bar(total=self.info.approx_frames or None, desc=self.path.name, unit="frame",
+                           enabled=self.progress)
         try:
             buf = np.empty((self.chunk, h, w, 3), np.uint8)
             n = 0
@@ -444,7 +447,7 @@ def read_video(path: PathLike, progress: bool = False, check: bool = False, stri
     return Video(frames, stream.fps)
 
 
-class CorruptFramesWarning(UserWarning):
+class CorruptFramesWarning(V2SWarning):
     """ffmpeg concealed decoding errors in a video (damaged or truncated data); the frames are named."""
 
 
@@ -552,56 +555,53 @@ def write_video(path: PathLike, frames, fps: float = 30.0, *, crf: int = 18, pre
         raise FrameFormatError("write_video got no frames; give at least one frame.") from None
     h, w = first.shape[1:3]
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part.mp4", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp_name, 0o666 & ~current_umask())  # mkstemp makes 0600 files; the finished video gets the usual ones
-    tmp = Path(tmp_name)
     log = tempfile.TemporaryFile()
-    cmd = [ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-nostdin",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", _fps_fraction(fps), "-i", "-",
-           "-an", "-c:v", "libx264", "-preset", str(preset), "-crf", str(int(crf)), "-pix_fmt", "yuv420p",
-           "-movflags", "+faststart", "-f", "mp4", str(tmp)]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(desc=path.name, unit="frame", total=len(frames) if hasattr(frames, "__len__") else None)
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
-    ok = False
-    n_frames = 0
+    bar = progress_bar(desc=path.name, unit="frame", total=len(frames) if hasattr(frames, "__len__") else None,
+                       enabled=progress)
     try:
-        for chunk in itertools.chain([first], chunks):
-            chunk = np.ascontiguousarray(_fix_odd(chunk, odd_size))
-            if chunk.shape[1:3] != (h, w):
-                raise FrameFormatError(f"all frames must have the same size: the first were {w}x{h}, frame "
-                                       f"{n_frames} is {chunk.shape[2]}x{chunk.shape[1]}.")
+        with atomic_path(path, suffix=".part.mp4") as tmp:  # ffmpeg writes the hidden temporary; renamed when done
+            cmd = [ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-nostdin",
+                   "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", _fps_fraction(fps), "-i", "-",
+                   "-an", "-c:v", "libx264", "-preset", str(preset), "-crf", str(int(crf)), "-pix_fmt", "yuv420p",
+                   "-movflags", "+faststart", "-f", "mp4", str(tmp)]
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
             try:
-                proc.stdin.write(memoryview(chunk).cast("B"))
-            except BrokenPipeError:
-                break  # ffmpeg died; its log says why (read below)
-            n_frames += len(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-        try:
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        rc = proc.wait()
-        if rc != 0:
-            log.seek(0)
-            msg = log.read().decode("utf-8", "replace")
-            raise VideoWriteError(f"ffmpeg failed writing '{path}' (exit code {rc}):\n    {_stderr_tail(msg)}")
-        os.replace(tmp, path)
-        ok = True
+                _feed_ffmpeg(proc, itertools.chain([first], chunks), odd_size, h, w, bar)
+                rc = proc.wait()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            if rc != 0:
+                log.seek(0)
+                msg = log.read().decode("utf-8", "replace")
+                raise VideoWriteError(f"ffmpeg failed writing '{path}' (exit code {rc}):\n    {_stderr_tail(msg)}")
     finally:
         if bar is not None:
             bar.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         log.close()
-        if not ok:
-            tmp.unlink(missing_ok=True)
     return path
+
+
+def _feed_ffmpeg(proc, chunks, odd_size, h: int, w: int, bar) -> None:
+    """Write uint8 [n, h, w, 3] chunks to ffmpeg's stdin and close it (a dead ffmpeg: stop; its log says why)."""
+    n_frames = 0
+    for chunk in chunks:
+        chunk = np.ascontiguousarray(_fix_odd(chunk, odd_size))
+        if chunk.shape[1:3] != (h, w):
+            raise FrameFormatError(f"all frames must have the same size: the first were {w}x{h}, frame "
+                                   f"{n_frames} is {chunk.shape[2]}x{chunk.shape[1]}.")
+        try:
+            proc.stdin.write(memoryview(chunk).cast("B"))
+        except BrokenPipeError:
+            break
+        n_frames += len(chunk)
+        if bar is not None:
+            bar.update(len(chunk))
+    try:
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
 
 
 # ----------------------------------------------------------------------------------------------- showing

@@ -58,6 +58,8 @@ import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import dataclass
+from .atomic import write_atomic
+from .errors import CacheWarning, V2SError, V2SWarning
 
 __all__ = [
     "KnownFile",
@@ -99,7 +101,7 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # ---------------------------------------------------------------------------------------------
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(V2SError, RuntimeError):
     """The file could not be obtained (offline, HTTP error, interrupted transfer, no URL known).
 
     Attributes: ``name`` (short name or file name), ``url`` (``str`` or ``None``), ``target``
@@ -113,7 +115,7 @@ class WeightsUnavailableError(RuntimeError):
         self.target = target
 
 
-class WeightsChecksumError(RuntimeError):
+class WeightsChecksumError(V2SError, RuntimeError):
     """A file was received (or found) but its size or SHA-256 differs from the expected one.
 
     Attributes: ``name``, ``url``, ``path`` (the offending file; already deleted when it was a
@@ -131,7 +133,7 @@ class WeightsChecksumError(RuntimeError):
         self.got = got
 
 
-class UnverifiedWeightsWarning(UserWarning):
+class UnverifiedWeightsWarning(V2SWarning):
     """Issued (once per file and process) when a file is used whose SHA-256 is not pinned."""
 
 
@@ -333,7 +335,7 @@ def _from_weights_dirs(kf: "KnownFile", *, size: int | None, sha256: str | None)
         try:
             _check_file(path, label=kf.name, url=None, size=size, sha256=sha256, sidecar=False)
         except WeightsChecksumError as e:
-            warnings.warn(f"{e} Ignoring this copy (found through V2S_NB_WEIGHTS_DIR).", RuntimeWarning,
+            warnings.warn(f"{e} Ignoring this copy (found through V2S_NB_WEIGHTS_DIR).", CacheWarning,
                           stacklevel=3)
             continue
         return path
@@ -437,8 +439,8 @@ def _cached_digest(path: pathlib.Path) -> str:
 def _write_sidecar(path: pathlib.Path, digest: str) -> None:
     try:
         st = path.stat()
-        _sidecar(path).write_text(json.dumps(
-            {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+        text = json.dumps({"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        write_atomic(_sidecar(path), lambda f: f.write(text.encode()))
     except OSError:  # read-only cache etc.: the sidecar is only an optimisation
         pass
 
@@ -624,7 +626,7 @@ def _download(url: str, target: pathlib.Path, *, label: str, size: int | None,
     """
     import time
 
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     def unavailable(reason: str) -> WeightsUnavailableError:
         return WeightsUnavailableError(
@@ -654,8 +656,8 @@ def _download(url: str, target: pathlib.Path, *, label: str, size: int | None,
                     expected_len = int(length) if length and length.isdigit() else None
                     total = expected_len if expected_len is not None else size
                     read = getattr(resp, "read1", resp.read)  # what is there: the rate is checked between reads
-                    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                              desc=target.name, disable=not progress, leave=False) as bar:
+                    with progress_bar(total, target.name, enabled=progress, unit="B", unit_scale=True,
+                                      unit_divisor=1024, leave=False) as bar:
                         while True:
                             block = read(CHUNK_BYTES)
                             if not block:
@@ -815,7 +817,7 @@ def fetch(name_or_url: str | os.PathLike, *, sha256: str | None = None, size: in
                     + _manual_hint(label, None, target, manual),
                     name=e.name, url=None, path=target, kind=e.kind,
                     expected=e.expected, got=e.got) from None
-            warnings.warn(f"{e} Downloading it again.", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"{e} Downloading it again.", CacheWarning, stacklevel=2)
         else:
             if exp_sha is None:
                 _warn_unverified(label, target, _cached_digest(target), target.stat().st_size)

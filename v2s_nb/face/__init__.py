@@ -4,6 +4,9 @@ transforms, head pose.
 All coordinates are pixels with x to the right and y down (centre of the top-left pixel at (0, 0)); all
 angles are degrees with positive = counter-clockwise as seen in the image (the convention of
 :mod:`v2s_nb.stylegan3.transform`). Face-region masks come from the landmarks or from BiSeNet parsing (:mod:`.regions`, :mod:`.parsing`).
+
+``v2s_nb.face.landmarks`` is the detection *function*; its module is :mod:`.landmark_detection` (no submodule is
+called ``landmarks``, so the name always means the function).
 """
 
 from .align import (FFHQ_EYE_MIDPOINT, AlignedClip, AlignedFace, align_face, align_video, ffhq_crop_matrix,
@@ -11,7 +14,7 @@ from .align import (FFHQ_EYE_MIDPOINT, AlignedClip, AlignedFace, align_face, ali
 from .canonical import FFHQ_FACE_SIZE, CanonicalTrack, canonical_track, eye_mouth_geometry
 from .head_pose import (MODEL_INDICES, MODEL_POINTS, euler_angles, head_pose, head_pose_torch, project_model,
                         rotation_matrix)
-from .landmarks import LandmarkTrack, NoFaceError, landmarks, model_path
+from .landmark_detection import LandmarkTrack, NoFaceError, landmarks, model_path
 
 __all__ = [
     "LandmarkTrack", "NoFaceError", "landmarks", "model_path",

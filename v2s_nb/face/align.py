@@ -29,7 +29,8 @@ import dataclasses
 import numpy as np
 
 from ..video import as_rgb_uint8
-from .landmarks import EYE_LEFT, EYE_RIGHT, MOUTH_LEFT, MOUTH_RIGHT, LandmarkTrack, NoFaceError
+from ..progress import progress_iter
+from .landmark_detection import EYE_LEFT, EYE_RIGHT, MOUTH_LEFT, MOUTH_RIGHT, LandmarkTrack, NoFaceError
 
 __all__ = ["AlignedFace", "AlignedClip", "ffhq_quad", "ffhq_crop_matrix", "align_face", "align_video",
            "FFHQ_EYE_MIDPOINT"]
@@ -239,10 +240,6 @@ def align_video(frames, track: LandmarkTrack | np.ndarray, output_size: int = 10
     quads = _fill_missing(quads, found)
     mats = ffhq_crop_matrix(quads, size)
     out = np.empty((len(clip), size, size, 3), np.uint8)
-    it = range(len(clip))
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="align", unit="frame")
-    for i in it:
+    for i in progress_iter(range(len(clip)), desc="align", enabled=progress, unit="frame"):
         out[i] = _warp(clip[i], mats[i], size, border, antialias)
     return AlignedClip(out, mats, np.linalg.inv(mats), quads, ~found)

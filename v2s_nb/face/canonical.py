@@ -32,7 +32,7 @@ import dataclasses
 import numpy as np
 
 from .align import FFHQ_EYE_MIDPOINT
-from .landmarks import EYE_LEFT, EYE_RIGHT, MOUTH, LandmarkTrack, NoFaceError, _image_size
+from .landmark_detection import EYE_LEFT, EYE_RIGHT, MOUTH, LandmarkTrack, NoFaceError, _image_size
 
 __all__ = ["CanonicalTrack", "canonical_track", "eye_mouth_geometry", "FFHQ_FACE_SIZE"]
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .landmarks import CHIN, LandmarkTrack, NoFaceError, _image_size
+from .landmark_detection import CHIN, LandmarkTrack, NoFaceError, _image_size
 from .canonical import _interp_missing
 
 __all__ = ["MODEL_POINTS", "MODEL_INDICES", "head_pose", "head_pose_torch", "project_model", "rotation_matrix",

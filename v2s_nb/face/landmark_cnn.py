@@ -20,7 +20,7 @@ to its input (so with respect to the image a crop was taken from).
   (``scale`` x the longer side, centred on the box: 1.1 for RFB boxes as upstream).
 * :func:`pfld_landmarks`: images + face boxes -> landmarks in image pixels, differentiable.
 
-Pixel coordinates follow :mod:`v2s_nb.face.landmarks`: x right, y down, the centre of the top-left pixel at
+Pixel coordinates follow :mod:`v2s_nb.face.landmark_detection`: x right, y down, the centre of the top-left pixel at
 (0, 0); a box (left, top, right, bottom) spans those continuous coordinates.
 """
 

@@ -266,16 +266,10 @@ def bisenet_available() -> bool:
 
 
 def _as_images(images) -> np.ndarray:
-    arr = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"images must be RGB [N, H, W, 3] (or one [H, W, 3]), got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating) and arr.size and np.nanmax(arr) <= 1.0 + 1e-6:
-            arr = arr * 255.0
-        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-    return arr
+    """Pictures (uint8, or float in [0, 1], channel-last; one or a batch) -> uint8 RGB [N, H, W, 3]."""
+    from ..video import as_rgb_uint8
+
+    return as_rgb_uint8(images, allow_single_image=True, name="images")
 
 
 def preprocess(images, size: int = PARSE_SIZE) -> torch.Tensor:

@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Mapping
 
 import numpy as np
+from ..errors import V2SWarning
 
 __all__ = ["REGIONS", "LANDMARK_GROUPS", "PRIORITY", "RegionMasks", "RegionSourceWarning", "masks_from_landmarks",
            "region_masks", "auto_dilation", "template_landmarks"]
@@ -40,7 +41,7 @@ PRIORITY = ("mouth", "eyes", "nose")
 DILATE_FRACTION = 0.05
 
 
-class RegionSourceWarning(UserWarning):
+class RegionSourceWarning(V2SWarning):
     """``region_masks(source='auto')`` could not use BiSeNet and used the landmark masks instead."""
 
 
@@ -248,7 +249,7 @@ def region_masks(images=None, landmarks=None, source: str = "auto", *, image_siz
     if landmarks is None:
         if images is None:
             raise ValueError("landmark masks need the images or their landmarks")
-        from .landmarks import landmarks as detect
+        from .landmark_detection import landmarks as detect
         landmarks = detect(_as_uint8_images(images), progress=False)
     if image_size is None:
         if images is not None:

@@ -52,6 +52,8 @@ from torch import nn
 
 from ..stylegan3.snapshot import SnapshotError
 from ..stylegan3.state_dict import generator_from_state_dict
+from ..validate import renamed_kwargs
+from ..progress import progress_iter
 
 __all__ = ["ReStyleEncoder", "ReStyleNet", "EncoderCheckpointError", "load_encoder", "read_checkpoint",
            "ENCODER_NAMES", "ENCODE_SIZE"]
@@ -426,10 +428,8 @@ class ReStyleEncoder:
         n, batches = self._batches(images, batch_size)
         avg_img = self.average_image(force_fp32)
         out = torch.empty([n_iters, n, self.generator.num_ws, self.generator.w_dim], device=self.device)
-        if progress:
-            from tqdm.auto import tqdm
-            batches = tqdm(batches, total=-(-n // batch_size), desc=f"ReStyle-{self.kind} encoding {n} image(s)",
-                           unit="batch")
+        batches = progress_iter(batches, total=-(-n // batch_size), desc=f"ReStyle-{self.kind} encoding {n} image(s)",
+                                unit="batch", enabled=progress)
         for s, x in batches:
             b = x.shape[0]
             rec = avg_img.expand(b, -1, -1, -1)
@@ -500,13 +500,13 @@ def encoder_digest(E: ReStyleEncoder) -> str:
     """SHA-256 (hex) over the encoder network's tensors and ``latent_avg`` (identifies it in cache keys)."""
     import hashlib
 
-    from .invert import _sha256_tensor
+    from ..caching import hash_tensor
 
     h = hashlib.sha256()
     for k, v in E.net.state_dict().items():
         h.update(k.encode())
-        _sha256_tensor(h, v)
-    _sha256_tensor(h, E.latent_avg)
+        hash_tensor(h, v)
+    hash_tensor(h, E.latent_avg)
     return h.hexdigest()
 
 
@@ -524,12 +524,13 @@ def encoder_for(G, encoder, say=print) -> ReStyleEncoder | None:
     return None
 
 
-def invert_with_encoder(E: ReStyleEncoder, G, images, *, n_iters: int = 3, batch: int = 8, refine_steps: int = 0,
+@renamed_kwargs(batch="batch_size")
+def invert_with_encoder(E: ReStyleEncoder, G, images, *, n_iters: int = 3, batch_size: int = 8, refine_steps: int = 0,
                         refine_lr: float = 0.01, refine_kwargs: dict | None = None, force_fp32: bool = True,
                         frame_indices=None, cache_dir=None, progress: bool = True):
     """W+ codes of aligned crops (e.g. every frame of a video) by the encoder, optionally refined by optimisation.
 
-    All images are encoded in batches of ``batch`` (``n_iters`` ReStyle iterations, see
+    All images are encoded in batches of ``batch_size`` (``n_iters`` ReStyle iterations, see
     :meth:`ReStyleEncoder.encode`); with ``refine_steps > 0`` every code then starts a short
     :func:`~v2s_nb.method.invert.invert` run on ``G`` (peak learning rate ``refine_lr``, no noise on w;
     ``refine_kwargs`` overrides other settings of :func:`invert`).
@@ -558,15 +559,15 @@ def invert_with_encoder(E: ReStyleEncoder, G, images, *, n_iters: int = 3, batch
     if cached is not None:
         return cached
     E.to(G.device)
-    ws = E.encode(images, n_iters=n_iters, batch_size=batch, force_fp32=force_fp32, progress=progress)
+    ws = E.encode(images, n_iters=n_iters, batch_size=batch_size, force_fp32=force_fp32, progress=progress)
     hist, total = [], 0
     if refine_steps > 0:
-        kw = dict(lr=float(refine_lr), w_noise=0.0, lr_rampup=0.0, batch_size=int(batch), progress=progress)
+        kw = dict(lr=float(refine_lr), w_noise=0.0, lr_rampup=0.0, batch_size=int(batch_size), progress=progress)
         kw.update(refine_kwargs or {})
         ref = invert(G, targets, steps=int(refine_steps), init=ws, frame_indices=idx, **kw)
         ws, hist, total = ref.ws, list(ref.loss_history), ref.total_steps
     ws = ws.to(G.device, torch.float32)
-    mse = _reconstruction_mse(G, ws, targets, batch)
+    mse = _reconstruction_mse(G, ws, targets, batch_size)
     inv = Inversion(ws=ws.float().cpu(), mse=mse, psnr=psnr_from_mse(mse), loss_history=hist, settings=settings,
                     generator=gen_id, frame_indices=np.asarray(idx, dtype=np.int64), total_steps=total,
                     frame_steps=int(refine_steps) * n)
@@ -576,13 +577,13 @@ def invert_with_encoder(E: ReStyleEncoder, G, images, *, n_iters: int = 3, batch
 
 
 def invert_reference(G, image, *, encoder=None, pti: bool | None = None, n_iters: int = 3, pti_steps: int = 350,
-                     invert_steps: int = 300, cache_dir=None, progress: bool = True, say=print, **pti_kwargs):
+                     invert_steps: int | None = None, cache_dir=None, progress: bool = True, say=print, **pti_kwargs):
     """The reference photo's code and the generator to render it with (paper §3.1 / §3.3).
 
     With a matching ``encoder`` (see :func:`encoder_for`) the code is the encoder's; otherwise ``invert_steps`` of
-    optimisation (:func:`~v2s_nb.method.invert.invert`). Then, when ``pti`` (default: on for trained generators,
-    off for random-weight ones), :func:`~v2s_nb.method.invert.pivotal_tuning` fine-tunes a copy of ``G`` around
-    that code for ``pti_steps`` steps. Pose encoding should keep running on ``G``; rendering uses the returned one.
+    optimisation (:func:`~v2s_nb.method.invert.invert`; default: its ``steps``). Then, when ``pti`` (default: on
+    for trained generators, off for random-weight ones), :func:`~v2s_nb.method.invert.pivotal_tuning` fine-tunes a
+    copy of ``G`` around that code for ``pti_steps`` steps. Pose encoding should keep running on ``G``; rendering uses the returned one.
 
     Returns:
         (Inversion of the one image, G_render): ``G_render`` is ``G`` itself when PTI is off.
@@ -591,9 +592,10 @@ def invert_reference(G, image, *, encoder=None, pti: bool | None = None, n_iters
 
     E = encoder_for(G, encoder, say=say)
     if E is not None:
-        inv = invert_with_encoder(E, G, image, n_iters=n_iters, batch=1, cache_dir=cache_dir, progress=False)
+        inv = invert_with_encoder(E, G, image, n_iters=n_iters, batch_size=1, cache_dir=cache_dir, progress=False)
     else:
-        inv = invert(G, image, steps=invert_steps, cache_dir=cache_dir, progress=progress)
+        steps = {} if invert_steps is None else {"steps": int(invert_steps)}
+        inv = invert(G, image, cache_dir=cache_dir, progress=progress, **steps)
     if pti is None:
         pti = not bool(getattr(G, "is_random", False))
     if not pti:

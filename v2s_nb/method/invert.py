@@ -46,6 +46,10 @@ import torch
 from ..atomic import write_atomic
 from .loss_scale import grad_scaler
 import torch.nn.functional as F
+from ..caching import entry_path, generator_hash, hash_tensor, json_key, warn_unusable
+from ..errors import V2SError, V2SWarning
+from ..validate import renamed_kwargs
+from ..progress import progress_bar
 
 __all__ = [
     "Inversion", "InversionDivergedError", "PerceptualFallbackWarning", "ImageResizeWarning", "invert",
@@ -71,7 +75,7 @@ DEFAULTS: dict[str, Any] = dict(
 )
 
 
-class InversionDivergedError(FloatingPointError):
+class InversionDivergedError(V2SError, FloatingPointError):
     """The loss became NaN or infinite; ``frames`` lists the frame indices concerned."""
 
     def __init__(self, message: str, frames: Sequence[int]):
@@ -79,11 +83,11 @@ class InversionDivergedError(FloatingPointError):
         self.frames = list(frames)
 
 
-class PerceptualFallbackWarning(UserWarning):
+class PerceptualFallbackWarning(V2SWarning):
     """``perceptual='lpips'`` was asked for but LPIPS could not be built; pixel MSE is used instead."""
 
 
-class ImageResizeWarning(UserWarning):
+class ImageResizeWarning(V2SWarning):
     """Input images were resized (or converted from grayscale / RGBA) to the generator's format."""
 
 
@@ -110,21 +114,6 @@ def lr_schedule(step: int, steps: int, lr: float, rampup: float = 0.05, rampdown
     return lr * ramp
 
 
-def _sha256_tensor(h, t: torch.Tensor) -> None:
-    t = t.detach().to("cpu").contiguous()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-
-
-def generator_hash(G) -> str:
-    """SHA-256 (hex) over the generator's state dict (names, dtypes, shapes and values, in key order)."""
-    h = hashlib.sha256()
-    for k, v in G.state_dict().items():
-        h.update(k.encode())
-        _sha256_tensor(h, v)
-    return h.hexdigest()
-
-
 def generator_identity(G) -> dict:
     """What identifies a generator in saved results: its source, weight hash and shape."""
     return {"source": None if G.source is None else str(G.source), "sha256": generator_hash(G),
@@ -139,12 +128,7 @@ def default_cache_dir() -> Path:
 
 
 def _g_device_dtype(G):
-    w_avg = G.mapping.w_avg
-    return w_avg.device, w_avg.dtype
-
-
-def _json_key(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    return G.device, G.mapping.w_avg.dtype
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -161,9 +145,11 @@ def prepare_images(images, resolution: int, frame_indices: Sequence[int] | None 
 
     Accepts (numpy or torch; a single image or a batch; a list of images is stacked):
 
-    * uint8 (or integer 0..255) channel-last ``[N, H, W, C]`` / ``[H, W, C]``, grayscale ``[N, H, W]`` / ``[H, W]``;
-    * float channel-first ``[N, C, H, W]`` / ``[C, H, W]`` with values in [-1, 1] (channel-last float is
-      accepted when unambiguous).
+    * pictures: uint8 (or integer 0..255) channel-last ``[N, H, W, C]`` / ``[H, W, C]``, grayscale ``[N, H, W]`` /
+      ``[H, W]``; float channel-last pictures are read as values in [0, 1] (the package's image convention,
+      docs/architecture.md) and refused outside it;
+    * generator images: float channel-first ``[N, C, H, W]`` / ``[C, H, W]`` with values in [-1, 1] (what
+      ``G.synthesis`` returns).
 
     ``C`` may be 3 (RGB), 1 (grayscale: replicated to RGB, with a warning) or 4 (RGBA: the alpha channel is
     dropped, with a warning, only when it is fully opaque; otherwise refused). Square images of another size
@@ -182,6 +168,7 @@ def prepare_images(images, resolution: int, frame_indices: Sequence[int] | None 
     if arr.dtype == bool or arr.dtype.kind not in "uif":
         raise ValueError(f"images must be uint8 (0..255) or float in [-1, 1], got dtype {arr.dtype}")
     is_int = arr.dtype.kind in "ui"
+    channels_last = False
 
     # Bring to [N, C, H, W].
     if is_int:
@@ -201,7 +188,8 @@ def prepare_images(images, resolution: int, frame_indices: Sequence[int] | None 
         if arr.ndim != 4:
             raise ValueError(f"float images must be [N, C, H, W] or [C, H, W] in [-1, 1]; got shape {arr.shape}")
         if arr.shape[1] not in (1, 3, 4) and arr.shape[-1] in (1, 3, 4):
-            arr = arr.transpose(0, 3, 1, 2)  # channel-last float: unambiguous, accept it
+            channels_last = True  # a float picture: values in [0, 1] (mapped to [-1, 1] below)
+            arr = arr.transpose(0, 3, 1, 2)
     n, c, h, w = arr.shape
     if n == 0:
         raise ValueError("no images given (N = 0)")
@@ -215,6 +203,12 @@ def prepare_images(images, resolution: int, frame_indices: Sequence[int] | None 
         if bad.any():
             raise ValueError(f"images contain NaN or inf values in frame(s) {_frame_list(bad, idx)}")
         lo, hi = float(arr.min()), float(arr.max())
+        if channels_last:
+            if lo < -1e-3 or hi > 1.0 + 1e-3:
+                raise ValueError(f"channel-last float images are pictures with values in [0, 1], got values from "
+                                 f"{lo:.3g} to {hi:.3g}; pass uint8 0..255 pictures, or generator images "
+                                 "channel-first [N, 3, H, W] in [-1, 1]")
+            arr = np.clip(arr, 0.0, 1.0) * 2.0 - 1.0
         if lo < -10.0 or hi > 10.0:
             raise ValueError(f"float images must be in [-1, 1] (got values from {lo:.3g} to {hi:.3g}); pass uint8 "
                              "0..255 images, or scale floats with x / 127.5 - 1 (0..255) or x * 2 - 1 (0..1)")
@@ -560,10 +554,7 @@ def _check_init(init, G, n: int, device, dtype) -> torch.Tensor:
 
 
 def _make_pbar(progress, total, desc):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, leave=True)
+    return progress_bar(total, desc, enabled=progress, leave=True) if progress else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -577,17 +568,17 @@ def _cache_lookup(cache_dir, prefix, targets, init_ws, gen_id, settings, idx):
         return None, None
     cache_dir = default_cache_dir() if cache_dir is True else Path(cache_dir)
     h = hashlib.sha256()
-    _sha256_tensor(h, targets)
-    _sha256_tensor(h, init_ws.float().cpu())
-    key = _json_key({"images": h.hexdigest(), "generator": gen_id["sha256"], "settings": settings})
-    cache_file = cache_dir / f"{prefix}-{key[:24]}"
+    hash_tensor(h, targets)
+    hash_tensor(h, init_ws.float().cpu())
+    key = json_key({"images": h.hexdigest(), "generator": gen_id["sha256"], "settings": settings})
+    cache_file = entry_path(cache_dir, prefix, key)
     if Path(str(cache_file) + ".json").exists():
         try:
             inv = Inversion.load(cache_file)
             inv.frame_indices = np.asarray(idx, dtype=np.int64)
             return cache_file, inv
         except (ValueError, OSError) as e:
-            warnings.warn(f"ignoring unreadable cache entry {cache_file}.json ({e}); recomputing", stacklevel=3)
+            warn_unusable(f"{cache_file}.json", f"unreadable ({e})", stacklevel=4)
     return cache_file, None
 
 
@@ -669,12 +660,18 @@ def invert(G, images, *, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["l
 
 def _batch_key(targets: torch.Tensor, init: torch.Tensor, gen_sha: str, settings: dict, extra: dict) -> str:
     h = hashlib.sha256()
-    _sha256_tensor(h, targets)
-    _sha256_tensor(h, init.float().cpu())
-    return _json_key({"images": h.hexdigest(), "generator": gen_sha, "settings": settings, **extra})
+    hash_tensor(h, targets)
+    hash_tensor(h, init.float().cpu())
+    return json_key({"images": h.hexdigest(), "generator": gen_sha, "settings": settings, **extra})
 
 
-def invert_sequence(G, frames, *, batch: int = 8, steps_first: int = DEFAULTS["steps"], steps_next: int = 150,
+#: Steps of every warm-started batch of :func:`invert_sequence` (the first batch runs ``DEFAULTS["steps"]``).
+STEPS_NEXT = 150
+
+
+@renamed_kwargs(batch="batch_size")
+def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAULTS["steps"],
+                    steps_next: int = STEPS_NEXT,
                     temporal_weight: float = 0.0, lr: float = DEFAULTS["lr"], lr_next: float | None = None,
                     lr_rampup: float = DEFAULTS["lr_rampup"],
                     lr_rampdown: float = DEFAULTS["lr_rampdown"], w_noise: float = DEFAULTS["w_noise"],
@@ -683,7 +680,7 @@ def invert_sequence(G, frames, *, batch: int = 8, steps_first: int = DEFAULTS["s
                     w_avg_weight: float = DEFAULTS["w_avg_weight"], init=None, seed: int = DEFAULTS["seed"],
                     frame_indices: Sequence[int] | None = None, checkpoint_dir=None, cache_dir=None,
                     progress: bool = True) -> Inversion:
-    """Invert the frames of a video, in batches of ``batch`` consecutive frames.
+    """Invert the frames of a video, in batches of ``batch_size`` consecutive frames.
 
     The first batch starts from ``w_avg`` (or ``init``: one code, or one per frame of the first batch) and runs
     ``steps_first`` steps with the decaying noise on w; every later batch starts each of its frames from the
@@ -704,8 +701,10 @@ def invert_sequence(G, frames, *, batch: int = 8, steps_first: int = DEFAULTS["s
     kwargs = dict(steps=int(steps_first), lr=float(lr), lr_rampup=float(lr_rampup), lr_rampdown=float(lr_rampdown),
                   w_noise=float(w_noise), w_noise_ramp=float(w_noise_ramp), mse_weight=float(mse_weight),
                   perceptual_weight=float(perceptual_weight), w_avg_weight=float(w_avg_weight), seed=int(seed))
+    batch = batch_size
     if batch < 1 or steps_first < 1 or steps_next < 1:
-        raise ValueError(f"batch, steps_first and steps_next must be >= 1 (got {batch}, {steps_first}, {steps_next})")
+        raise ValueError(f"batch_size, steps_first and steps_next must be >= 1 (got {batch}, {steps_first}, "
+                         f"{steps_next})")
     lr_next = float(lr) / 2 if lr_next is None else float(lr_next)
     kwargs_next = dict(kwargs, lr=lr_next)
     device, dtype = _g_device_dtype(G)
@@ -745,11 +744,10 @@ def invert_sequence(G, frames, *, batch: int = 8, steps_first: int = DEFAULTS["s
                     try:
                         part = Inversion.load(path)
                         if part.settings.get("checkpoint_key") != key:
-                            warnings.warn(f"checkpoint {path}.json is from other frames / settings / generator; "
-                                          "recomputing it", stacklevel=2)
+                            warn_unusable(f"{path}.json", "from other frames / settings / generator")
                             part = None
                     except (ValueError, OSError, KeyError) as err:
-                        warnings.warn(f"checkpoint {path}.json is unreadable ({err}); recomputing it", stacklevel=2)
+                        warn_unusable(f"{path}.json", f"unreadable ({err})")
                         part = None
             if part is None:
                 if pbar is not None:

@@ -44,13 +44,16 @@ import hashlib
 import json
 import os
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..atomic import write_atomic
+from ..caching import default_dir, entry_path, generator_hash, warn_unusable
+from ..progress import progress_bar
 
 __all__ = [
     "DEFAULT_THRESHOLD", "DEFAULT_T_FG", "DEFAULT_T_BG", "ChannelSets", "Selection", "discover", "score_channels",
@@ -144,7 +147,7 @@ def layer_maps(G, ws, layers: Sequence[str] | str, maps: str = "modulated", norm
         layers = [layers]
     sources = {layer: map_layer(G, layer, maps) for layer in layers}
     sy = _synthesis(G)
-    dev = next(sy.parameters()).device
+    dev = sy.device
     feats = sy.feature_maps(torch.as_tensor(ws).to(dev), sorted(set(sources.values()), key=sy.style_names.index))
     out = {}
     for layer, src in sources.items():
@@ -394,12 +397,8 @@ class ChannelSets:
 
     def save(self, path) -> Path:
         """Write JSON (atomically); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), default=_json_default))
-        os.replace(tmp, path)
-        return path
+        text = json.dumps(self.to_dict(), default=_json_default)
+        return write_atomic(path, lambda f: f.write(text.encode()))
 
     @classmethod
     def load(cls, path) -> "ChannelSets":
@@ -417,27 +416,8 @@ def _json_default(o):
 # ----------------------------------------------------------------------------------------------- cache
 
 
-_FINGERPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def generator_fingerprint(G) -> str:
-    """sha256 of the generator's state dict (names, shapes, dtypes, values); memoised until a tensor changes."""
-    sd = G.state_dict()
-    stamp = tuple((k, v.data_ptr(), v._version) for k, v in sd.items())
-    hit = _FINGERPRINTS.get(G)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    h = hashlib.sha256()
-    for k, v in sd.items():
-        t = v.detach().to("cpu").contiguous()
-        h.update(f"{k}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    digest = h.hexdigest()
-    try:
-        _FINGERPRINTS[G] = (stamp, digest)
-    except TypeError:
-        pass
-    return digest
+#: The generator's weight hash (the package's one: :func:`v2s_nb.caching.generator_hash`), under its old name here.
+generator_fingerprint = generator_hash
 
 
 def cache_key(G, ws, masks: Mapping[str, np.ndarray], settings: Mapping) -> str:
@@ -456,12 +436,7 @@ def cache_key(G, ws, masks: Mapping[str, np.ndarray], settings: Mapping) -> str:
 
 
 def _cache_file(cache, key: str) -> Path:
-    if cache is True:
-        from ..weights import cache_dir
-        root = cache_dir() / "channels"
-    else:
-        root = Path(cache).expanduser()
-    return root / f"{key[:40]}.json"
+    return entry_path(default_dir("channels") if cache is True else cache, "channels", key, ".json")
 
 
 # ----------------------------------------------------------------------------------------------- discovery
@@ -473,16 +448,13 @@ def compute_scores(G, ws, masks, layers, regions, threshold, maps="modulated", b
     """{region: {layer: {'iou_pos', 'iou_neg'}}}: one synthesis pass per image batch, then layer by layer,
     channel chunk by channel chunk (memory bounded by ``batch_size`` and ``chunk_elements``)."""
     sy = _synthesis(G)
-    dev = next(sy.parameters()).device
+    dev = sy.device
     ws = torch.as_tensor(ws)
     n = ws.shape[0]
     sources = {layer: map_layer(G, layer, maps) for layer in layers}
     needed = sorted(set(sources.values()), key=sy.style_names.index)
     accs: dict[str, _Accumulator] = {}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=n * len(layers), desc="channel discovery", unit="map")
+    bar = progress_bar(total=n * len(layers), desc="channel discovery", unit="map", enabled=progress)
     try:
         for s in range(0, n, batch_size):
             wb = ws[s:s + batch_size].to(dev, torch.float32)
@@ -552,8 +524,9 @@ def discover(G, ws, masks: Mapping[str, np.ndarray], layers: Sequence[str] | Non
             if cs.settings.get("key") == key:
                 cs.from_cache = True
                 return cs
-        except (ValueError, KeyError, OSError, json.JSONDecodeError):
-            pass  # unreadable cache entry: recompute and overwrite
+            warn_unusable(path, "made with other settings (its stored key differs)")
+        except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
+            warn_unusable(path, f"unreadable ({type(e).__name__}: {str(e)[:100]})")
     t0 = time.perf_counter()
     scores = compute_scores(G, ws, masks, layers, regions, float(threshold), maps, int(batch_size), progress,
                             int(chunk_elements))

@@ -43,6 +43,8 @@ import torch
 from ..atomic import write_atomic
 from .loss_scale import grad_scaler
 from torch import nn
+from ..errors import FallbackWarning, V2SError
+from ..progress import progress_bar, progress_iter
 
 __all__ = [
     "LAMBDA_POSE", "LAMBDA_ID", "POSE_ROWS", "PoseUnavailableError", "PoseEncoding", "PoseRegressor",
@@ -57,7 +59,7 @@ ANGLES = ("yaw", "pitch", "roll")
 POSE_REGRESSORS = ("auto", "pfld", "w-linear")
 
 
-class PoseUnavailableError(RuntimeError):
+class PoseUnavailableError(V2SError, RuntimeError):
     """No default pose regressor can be made for this generator (its samples contain no detectable faces)."""
 
 
@@ -229,48 +231,48 @@ def default_pose_regressor(G, n_samples: int = 256, truncation_psi: float = 0.7,
     if pose_regressor not in POSE_REGRESSORS:
         raise ValueError(f"pose_regressor must be one of {POSE_REGRESSORS}, got {pose_regressor!r}")
     if pose_regressor == "pfld":
-        return pfld_pose_regressor(G.mapping.w_avg.device)
+        return pfld_pose_regressor(G.device)
     if getattr(G, "is_random", False) and measure is None:
         raise PoseUnavailableError(
             "this generator has random weights (G.is_random): it draws no faces, so there is no head pose to fit a "
-            "pose regressor on. Use a trained face model (e.g. --checkpoint stylegan3-r-ffhq-1024) or pass your "
+            "pose regressor on. Use a trained face model (e.g. load_generator('stylegan3-r-ffhq-1024')) or pass your "
             "own differentiable pose_fn.")
     if pose_regressor == "auto" and measure is None:
         from ..weights import WeightsChecksumError, WeightsUnavailableError
         try:
-            return pfld_pose_regressor(G.mapping.w_avg.device)
+            return pfld_pose_regressor(G.device)
         except (WeightsUnavailableError, WeightsChecksumError, ImportError) as e:
             import warnings
             first = str(e).splitlines()[0]
             warnings.warn(f"the paper's pose regressor (PFLD landmarks on the rendered image) is unavailable "
                           f"({first}); falling back to pose_regressor='w-linear', a ridge map from W+ rows 0-7 "
-                          "fitted on samples.", RuntimeWarning, stacklevel=2)
+                          "fitted on samples.", FallbackWarning, stacklevel=2)
     return _w_linear_regressor(G, n_samples, truncation_psi, seed, cache, measure, min_found, batch_size, progress)
 
 
 @torch.no_grad()
 def _w_linear_regressor(G, n_samples, truncation_psi, seed, cache, measure, min_found, batch_size,
                         progress) -> PoseRegressor:
-    from .invert import generator_hash
+    from ..caching import default_dir, entry_path, generator_hash, json_key, warn_unusable
     path = None
     if cache and measure is None:
-        from ..weights import cache_dir
-        root = cache_dir() / "pose_regressor" if cache is True else Path(cache)
-        path = root / f"{generator_hash(G)[:24]}-{n_samples}-{seed}.pt"
+        key = json_key({"g": generator_hash(G), "n_samples": int(n_samples), "seed": int(seed),
+                        "truncation_psi": float(truncation_psi), "min_found": float(min_found)})
+        path = entry_path(default_dir("pose_regressor") if cache is True else cache, "regressor", key, ".pt")
         if path.is_file():
-            d = torch.load(path, weights_only=True)
-            return PoseRegressor(d["A"], d["b"], int(d["rows"]), {"from_cache": str(path)})
+            try:
+                d = torch.load(path, weights_only=True)
+                return PoseRegressor(d["A"], d["b"], int(d["rows"]), {"from_cache": str(path)})
+            except Exception as e:  # truncated / corrupt file (torch raises many kinds here): recompute
+                warn_unusable(path, f"unreadable ({type(e).__name__})")
     from ..images import to_uint8
     measure = measure or images_pose
-    dev = G.mapping.w_avg.device
+    dev = G.device
     gen = torch.Generator().manual_seed(int(seed))
     z = torch.randn(n_samples, G.z_dim, generator=gen)
     ws_all, poses = [], []
-    it = range(0, n_samples, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="fit pose regressor", unit="batch")
-    for s in it:
+    for s in progress_iter(range(0, n_samples, batch_size), desc="fit pose regressor", enabled=progress,
+                           unit="batch"):
         c = torch.zeros([len(z[s:s + batch_size]), G.c_dim], device=dev) if G.c_dim else None
         ws = G.mapping(z[s:s + batch_size].to(dev), c, truncation_psi=truncation_psi)
         poses.append(np.asarray(measure(to_uint8(G.synthesis(ws))), np.float64).reshape(-1, 3))
@@ -293,7 +295,7 @@ def _w_linear_regressor(G, n_samples, truncation_psi, seed, cache, measure, min_
 def measure_pose(G, ws, batch_size: int = 8) -> np.ndarray:
     """Head pose [N, 3] measured on ``G.synthesis(ws)`` with landmarks + head_pose; NaN where no face."""
     from ..images import to_uint8
-    dev = G.mapping.w_avg.device
+    dev = G.device
     ws = torch.as_tensor(ws)
     out = [images_pose(to_uint8(G.synthesis(ws[s:s + batch_size].to(dev))))
            for s in range(0, len(ws), batch_size)]
@@ -377,7 +379,7 @@ def encode_pose(G, w_ref, target, pose_fn=None, *, pose_input: str | None = None
     if not (np.isfinite(lr) and lr > 0) or not (np.isfinite(lambda_id) and lambda_id >= 0):
         raise ValueError(f"lr must be > 0 and lambda_id >= 0 (finite), got lr={lr!r}, lambda_id={lambda_id!r}")
     lp = _lambda_pose(lambda_pose)
-    dev = G.mapping.w_avg.device
+    dev = G.device
     w = torch.as_tensor(w_ref).detach().float().to(dev)
     if w.ndim == 2:
         w = w[None]
@@ -425,10 +427,7 @@ def encode_pose_sequence(G, w_ref, targets, pose_fn=None, *, steps_first: int = 
     if w_ref.ndim == 3:
         w_ref = w_ref[0]
     parts, prev = [], None
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(targets), desc="pose encoding", unit="frame")
+    bar = progress_bar(total=len(targets), desc="pose encoding", unit="frame", enabled=progress)
     try:
         for s in range(0, len(targets), batch_size):
             tgt = targets[s:s + batch_size]

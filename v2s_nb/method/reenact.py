@@ -58,6 +58,9 @@ from ..atomic import write_atomic
 from .baseline import baseline_ws, check_mode
 from .motion import (check_position_mode, check_strength, face_size_of, motion_mode as _motion_mode,
                      resolve_anchor)
+from ..errors import V2SWarning
+from ..validate import renamed_kwargs
+from ..progress import progress_bar
 
 __all__ = [
     "DEFAULT_COEFFICIENTS", "DEFAULT_LAYERS", "COEFFICIENT_RANGES", "CoefficientWarning", "LengthMismatchWarning",
@@ -77,11 +80,11 @@ SOURCES = ("driving", "co-driving", "none")
 _FORMAT = "v2s_nb.reenactor/1"
 
 
-class CoefficientWarning(UserWarning):
+class CoefficientWarning(V2SWarning):
     """A mixing coefficient is allowed but unusual (ζ outside [0, 1])."""
 
 
-class LengthMismatchWarning(UserWarning):
+class LengthMismatchWarning(V2SWarning):
     """Driving and co-driving differ in length (truncated to the shorter) or frame rate (paired by index)."""
 
 
@@ -121,26 +124,10 @@ def parse_layers(spec) -> tuple[int, ...]:
     """W+ rows to mix: '3-7', '3,5,7', '3-5,7', an int or a sequence of ints -> sorted unique tuple."""
     if isinstance(spec, (int, np.integer)):
         rows = [int(spec)]
-    elif isinstance(spec, str):
-        rows = []
-        for part in spec.replace(" ", "").split(","):
-            if not part:
-                continue
-            try:
-                if "-" in part:
-                    lo, hi = (int(p) for p in part.split("-", 1))
-                    if hi < lo:
-                        raise ValueError
-                    if hi > MAX_LAYER_ROW:  # checked before the range is built: '0-100000000' fails at once
-                        raise OverflowError
-                    rows.extend(range(lo, hi + 1))
-                else:
-                    rows.append(int(part))
-            except OverflowError:
-                raise ValueError(f"layer range {part!r} is out of range: w+ rows are 0..{MAX_LAYER_ROW} at most "
-                                 "(16 for a 1024 px StyleGAN3)") from None
-            except ValueError:
-                raise ValueError(f"bad layer range {part!r} in {spec!r}: use e.g. '3-7' or '3,5,7'") from None
+    elif isinstance(spec, str):  # the package's one range parser; bounds checked before a range is built
+        from ..validate import parse_int_ranges
+
+        rows = parse_int_ranges(spec.replace(" ", ""), "layer", lo=0, hi=MAX_LAYER_ROW)
     else:
         rows = [int(r) for r in spec]
     if not rows:
@@ -257,10 +244,6 @@ def _points_array(x, name) -> np.ndarray:
         raise ValueError(f"points[{name!r}] must be {'[68, 2]' if want else '[T, 68, 2]'} landmarks (pixels of the "
                          f"aligned crops), got shape {a.shape}")
     return a
-
-
-def _g_device(G):
-    return next(G.parameters()).device
 
 
 @dataclasses.dataclass(eq=False)
@@ -510,7 +493,7 @@ class Reenactor:
             return hit[1]
         G = self.G_render
         sy = G.synthesis
-        dev = _g_device(G)
+        dev = G.device
         n = self.num_frames
         ws_m = self.ws_drive if src["motion"] == "driving" else self.ws_codrive
         w_ref_p = self.pose_codes[src["pose"]] if src["pose"] != "none" else self.w_ref[None]
@@ -567,7 +550,7 @@ class Reenactor:
         prep = self._prepared()
         frames = np.atleast_1d(np.asarray(frames, np.int64)) % max(prep["n"], 1)
         s = self.styles(frames, regions=regions, **coeffs)
-        dev = _g_device(self.G_render)
+        dev = self.G_render.device
         s = {k: v.to(dev) for k, v in s.items()}
         tr = prep["transforms"]
         tr = None if tr is None else tr[torch.as_tensor(frames)].to(dev)
@@ -579,19 +562,17 @@ class Reenactor:
         from ..images import to_uint8
         return to_uint8(self.render_frames([int(j)], regions=regions, **coeffs))[0]
 
-    def render_video(self, batch: int = 8, progress: bool = True, regions=None, **coeffs) -> np.ndarray:
-        """uint8 [T, R, R, 3]: every frame, ``batch`` per synthesis call."""
+    @renamed_kwargs(batch="batch_size")
+    def render_video(self, batch_size: int = 8, progress: bool = True, regions=None, **coeffs) -> np.ndarray:
+        """uint8 [T, R, R, 3]: every frame, ``batch_size`` per synthesis call."""
         from ..images import to_uint8
         self._coeffs(coeffs)  # validate before the loop
         n = self.num_frames
         out = []
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=n, desc="render", unit="frame")
+        bar = progress_bar(total=n, desc="render", unit="frame", enabled=progress)
         try:
-            for s in range(0, n, max(1, int(batch))):
-                idx = np.arange(s, min(n, s + max(1, int(batch))))
+            for s in range(0, n, max(1, int(batch_size))):
+                idx = np.arange(s, min(n, s + max(1, int(batch_size))))
                 out.append(to_uint8(self.render_frames(idx, regions=regions, **coeffs)))
                 if bar is not None:
                     bar.update(len(idx))
@@ -611,7 +592,7 @@ class Reenactor:
         input transform (identity when ``frame`` is None)."""
         from ..images import to_uint8
         prep = self._prepared()
-        dev = _g_device(self.G_render)
+        dev = self.G_render.device
         if frame is None:
             w, tr = self.w_ref[None], None
         else:
@@ -638,7 +619,7 @@ class Reenactor:
         ``reenactor.json`` (settings, channel sets, generator identity, SHA-256 of the tensors file), each
         atomically (temporary file + ``os.replace``; the JSON last). A PTI ``G_render`` different from ``G`` is
         saved as ``G_render.safetensors``. Returns the folder."""
-        from .invert import generator_hash
+        from ..caching import generator_hash
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
@@ -674,7 +655,7 @@ class Reenactor:
         """Read what :meth:`save` wrote. ``G``: the generator (default: rebuilt from the saved generator spec —
         the tiny random generator or a checkpoint name / path — when there is one); its weights are checked
         against the saved hash (``ValueError`` on mismatch)."""
-        from .invert import generator_hash
+        from ..caching import generator_hash
         d = Path(directory)
         js = d / "reenactor.json"
         if not js.is_file():
@@ -696,7 +677,7 @@ class Reenactor:
                              f"({meta['generator']['source']})")
         if G_render is None and meta.get("G_render_file"):
             from ..stylegan3 import load_generator
-            G_render = load_generator(d / meta["G_render_file"], device=device or _g_device(G))
+            G_render = load_generator(d / meta["G_render_file"], device=device or G.device)
         st = meta["settings"]
         return cls(G=G, G_render=G_render, w_ref=t["w_ref"], ws_drive=t["ws_drive"], ws_codrive=t.get("ws_codrive"),
                    region_channels=meta["region_channels"],

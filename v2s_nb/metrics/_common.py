@@ -23,26 +23,7 @@ def one_image(image, name: str = "reference") -> np.ndarray:
 
 
 def progress_bar(total: int | None, desc: str, enabled: bool, unit: str = "frame"):
-    """A ``tqdm.auto`` bar, or a do-nothing stand-in when ``enabled`` is False."""
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
+    """:func:`v2s_nb.progress.progress_bar` with the metrics' unit (frames)."""
+    from ..progress import progress_bar as bar
 
-    return tqdm(total=total, desc=desc, unit=unit)
-
-
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def set_postfix_str(self, s="", refresh=True):
-        pass
-
-    def close(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    return bar(total, desc, enabled=enabled, unit=unit)

@@ -32,6 +32,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..atomic import atomic_path
+from ..errors import FallbackWarning
 from ._common import clip_frames, progress_bar
 
 __all__ = [
@@ -247,7 +249,8 @@ def inception_weights(backend: str = "torch-fidelity", *, download: bool = True)
                                       name=filename, url=url, target=target)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        torch.hub.download_url_to_file(url, str(target), progress=True)
+        with atomic_path(target, suffix=".pth") as tmp:
+            torch.hub.download_url_to_file(url, str(tmp), progress=True)
     except (urllib.error.URLError, OSError, TimeoutError, ConnectionError) as e:
         raise WeightsUnavailableError(f"could not download the FID Inception weights '{filename}' ({e}): {hint}",
                                       name=filename, url=url, target=target) from e
@@ -356,7 +359,7 @@ def get_feature_extractor(spec="inception", *, fallback=None, **kwargs) -> Featu
             raise
         fb = get_feature_extractor(fallback)
         warnings.warn(f"feature extractor {spec!r} is unavailable ({type(e).__name__}: {e}); using the fallback "
-                      f"you chose: {fb.label}.", stacklevel=2)
+                      f"you chose: {fb.label}.", FallbackWarning, stacklevel=2)
         return fb
 
 

@@ -16,7 +16,7 @@ import functools
 
 import numpy as np
 
-from ..face.landmarks import LandmarkTrack, NoFaceError, model_path
+from ..face.landmark_detection import LandmarkTrack, NoFaceError, model_path
 from ._common import clip_frames, one_image, progress_bar
 from .keypoints import track_of
 

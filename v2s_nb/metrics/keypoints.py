@@ -30,7 +30,7 @@ import dataclasses
 
 import numpy as np
 
-from ..face.landmarks import LandmarkTrack, landmarks
+from ..face.landmark_detection import LandmarkTrack, landmarks
 
 __all__ = ["NORMALIZATIONS", "KeypointDistance", "keypoint_distance", "normalized_points", "track_of",
            "default_front_end"]
@@ -103,9 +103,11 @@ def default_front_end() -> tuple[str, str]:
     except (WeightsUnavailableError, WeightsChecksumError, ImportError) as e:
         import warnings
 
+        from ..errors import FallbackWarning
+
         warnings.warn(f"ΔK: the paper's landmark CNN (RFB-320 + PFLD) is unavailable ({str(e).splitlines()[0]}); "
                       "using dlib's HOG detector + 68-point predictor instead, so the values are not measured "
-                      "with the paper's detector.", RuntimeWarning, stacklevel=3)
+                      "with the paper's detector.", FallbackWarning, stacklevel=3)
         return "hog", "dlib"
 
 

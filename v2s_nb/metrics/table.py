@@ -22,7 +22,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ..face.landmarks import LandmarkTrack, NoFaceError
+from ..face.landmark_detection import LandmarkTrack, NoFaceError
 from ._common import clip_frames, one_image, progress_bar
 from .frechet import FaceEmbeddingFeatures, FeatureExtractor, frechet_distance_features, get_feature_extractor
 from .identity import identity_distance, reference_embedding
@@ -233,22 +233,24 @@ def _notes(rows: Mapping[str, dict]) -> list[str]:
 
 def write_table1_csv(rows: Mapping[str, Mapping], path: str | os.PathLike) -> Path:
     """Write the rows as CSV (method, the seven table columns at full precision, then bookkeeping)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    import io
+
+    from ..atomic import write_atomic
+
     flat = {name: _flat(r) for name, r in rows.items()}
     header = ["method"] + [k for _, k in TABLE1_COLUMNS] + list(EXTRA_COLUMNS)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        for name, r in flat.items():
-            line = [name]
-            for k in header[1:]:
-                v = r.get(k)
-                if isinstance(v, (list, tuple)):
-                    v = len(v)  # frames without a face: the count (indices are in the table notes / the row)
-                line.append("" if v is None else repr(float(v)) if isinstance(v, (float, np.floating)) else v)
-            w.writerow(line)
-    return path
+    fh = io.StringIO(newline="")
+    w = csv.writer(fh)
+    w.writerow(header)
+    for name, r in flat.items():
+        line = [name]
+        for k in header[1:]:
+            v = r.get(k)
+            if isinstance(v, (list, tuple)):
+                v = len(v)  # frames without a face: the count (indices are in the table notes / the row)
+            line.append("" if v is None else repr(float(v)) if isinstance(v, (float, np.floating)) else v)
+        w.writerow(line)
+    return write_atomic(path, lambda f: f.write(fh.getvalue().encode("utf-8")))
 
 
 def table1(rows: Mapping[str, Mapping], csv_path: str | os.PathLike | None = None, *, digits: int = 2,

@@ -364,6 +364,11 @@ class SynthesisNetwork(nn.Module):
             self.layer_names.append(name)
 
     @property
+    def device(self) -> torch.device:
+        """Where the synthesis network's weights are (``G.device`` is the same for a whole generator)."""
+        return self.input.transform.device
+
+    @property
     def style_names(self) -> list[str]:
         """``'input'`` followed by :attr:`layer_names`: the keys of :meth:`styles`, one per w+ row."""
         return ["input"] + self.layer_names

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from .networks import Generator
+from ..errors import V2SError
 
 
-class SnapshotError(ValueError):
+class SnapshotError(V2SError, ValueError):
     """The file is not a StyleGAN3 snapshot this loader can read (the message says what it is instead)."""
 
 

@@ -28,7 +28,7 @@ def render_image(G, ws, index: int = 0) -> np.ndarray:
     """uint8 [H, W, 3] of latent ``ws[index]``."""
     from ..images import to_uint8
 
-    w = torch.as_tensor(ws)[index:index + 1].to(next(G.synthesis.parameters()).device)
+    w = torch.as_tensor(ws)[index:index + 1].to(G.synthesis.device)
     return to_uint8(G.synthesis(w))[0]
 
 

@@ -34,6 +34,8 @@ from typing import Iterable
 import numpy as np
 
 from ..video import Video, VideoStream, as_rgb_uint8
+from ..errors import V2SError
+from ..progress import progress_bar
 
 __all__ = [
     "LandmarkTrack",
@@ -60,7 +62,7 @@ MODELS = ("dlib", "pfld")
 PFLD_SCALE = {"rfb": 1.1, "hog": 1.35}
 
 
-class NoFaceError(ValueError):
+class NoFaceError(V2SError, ValueError):
     """No face was found where one is needed (e.g. in every frame of a clip)."""
 
 
@@ -349,10 +351,7 @@ def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool =
     pts, found, boxes, scores, counts = [], [], [], [], []
     size = None
     prev_box = None
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total, desc=f"landmarks ({name})", unit="frame")
+    bar = progress_bar(total=total, desc=f"landmarks ({name})", unit="frame", enabled=progress)
     try:
         for chunk in chunks:
             if size is None:
