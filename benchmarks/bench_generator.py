@@ -5,7 +5,11 @@
 
 Prints one row per combination: images/s of ``G.synthesis(ws)`` (noise_mode='const'), the first call's time
 (which includes any compilation), and peak memory (CUDA: max allocated by torch; CPU: peak RSS of the process
-so far). ``--backward`` also times one forward+backward step w.r.t. ws. ``--json FILE`` appends results.
+so far). ``--backward`` times one forward+backward step w.r.t. ws instead; ``--modes forward ws weights`` times
+the forward, the step w.r.t. ws and the step w.r.t. the synthesis weights (PTI's) in one process, side by side
+(loss: mean of squares of the image). ``--json FILE`` appends results.
+
+    python benchmarks/bench_generator.py --cfg R T --batch 1 8 --dtype mixed --modes forward ws weights --device cuda
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from v2s_nb.stylegan3 import GraphedSynthesis, build_generator, tiny_generator  
 
 
 def bench_one(G, batch, dtype, device, iters, warmup, backward=False, impl=None):
+    """Times of one configuration. ``backward``: False (synthesis only), True or 'ws' (forward+backward w.r.t.
+    ws), or 'weights' (w.r.t. the synthesis parameters, ws fixed; gradients set to None before each step)."""
     force_fp32 = dtype == "fp32"
     kwargs = {"force_fp32": force_fp32}
     if impl not in (None, "graph"):
@@ -46,6 +52,11 @@ def bench_one(G, batch, dtype, device, iters, warmup, backward=False, impl=None)
         if graphed is not None:
             graphed(ws)
             return
+        if backward == "weights":
+            for prm in params:
+                prm.grad = None
+            G.synthesis(ws, **kwargs).square().mean().backward()
+            return
         if backward:
             w = ws.detach().requires_grad_(True)
             G.synthesis(w, **kwargs).square().mean().backward()
@@ -53,19 +64,28 @@ def bench_one(G, batch, dtype, device, iters, warmup, backward=False, impl=None)
         with torch.no_grad():
             G.synthesis(ws, **kwargs)
 
-    _sync(device)
-    t0 = time.perf_counter()
-    step()
-    _sync(device)
-    first = time.perf_counter() - t0
-    for _ in range(warmup):
+    params = list(G.synthesis.parameters()) if backward == "weights" else []
+    saved = [prm.requires_grad for prm in params]
+    for prm in params:
+        prm.requires_grad_(True)
+    try:
+        _sync(device)
+        t0 = time.perf_counter()
         step()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        step()
-    _sync(device)
-    dt = (time.perf_counter() - t0) / iters
+        _sync(device)
+        first = time.perf_counter() - t0
+        for _ in range(warmup):
+            step()
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            step()
+        _sync(device)
+        dt = (time.perf_counter() - t0) / iters
+    finally:
+        for prm, flag in zip(params, saved):
+            prm.requires_grad_(flag)
+            prm.grad = None
     return {"img_per_s": batch / dt, "ms_per_call": dt * 1e3, "first_call_s": first, "peak_gib": _peak_gib(device)}
 
 
@@ -83,12 +103,16 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--backward", action="store_true", help="time forward+backward w.r.t. ws instead")
+    p.add_argument("--modes", nargs="+", choices=["forward", "ws", "weights"],
+                   help="what to time, side by side: synthesis only, forward+backward w.r.t. ws, w.r.t. weights")
     p.add_argument("--json", help="append results as JSON lines to this file")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"# {name}, torch {torch.__version__}, {'forward+backward' if args.backward else 'synthesis only'}")
-    print(f"{'cfg':>3} {'res':>5} {'batch':>5} {'dtype':>6} {'impl':>8} {'img/s':>8} {'ms/call':>9} {'first s':>8} {'peak GiB':>9}")
+    modes = args.modes or (["ws"] if args.backward else ["forward"])
+    print(f"# {name}, torch {torch.__version__}, modes {' '.join(modes)} (ws / weights: forward+backward w.r.t. them)")
+    print(f"{'cfg':>3} {'res':>5} {'batch':>5} {'dtype':>6} {'impl':>8} {'mode':>8} {'img/s':>8} {'ms/call':>9} "
+          f"{'first s':>8} {'peak GiB':>9}")
     for cfg in args.cfg:
         if args.tiny:
             G = tiny_generator(cfg, resolution=args.resolution).to(device)
@@ -97,18 +121,22 @@ def main(argv=None):
         for impl in args.impl:
             for dtype in args.dtype:
                 for batch in args.batch:
-                    try:
-                        r = bench_one(G, batch, dtype, device, args.iters, args.warmup, args.backward, impl)
-                    except torch.cuda.OutOfMemoryError:
-                        print(f"{cfg:>3} {args.resolution:>5} {batch:>5} {dtype:>6} {str(impl):>8}   out of memory")
-                        torch.cuda.empty_cache()
-                        continue
-                    print(f"{cfg:>3} {args.resolution:>5} {batch:>5} {dtype:>6} {str(impl):>8} {r['img_per_s']:8.2f} "
-                          f"{r['ms_per_call']:9.1f} {r['first_call_s']:8.2f} {r['peak_gib']:9.2f}", flush=True)
-                    if args.json:
-                        with open(args.json, "a") as f:
-                            f.write(json.dumps(dict(cfg=cfg, resolution=args.resolution, batch=batch, dtype=dtype,
-                                                    impl=impl, device=name, backward=args.backward, **r)) + "\n")
+                    for mode in modes:
+                        backward = False if mode == "forward" else mode
+                        head = f"{cfg:>3} {args.resolution:>5} {batch:>5} {dtype:>6} {str(impl):>8} {mode:>8}"
+                        try:
+                            r = bench_one(G, batch, dtype, device, args.iters, args.warmup, backward, impl)
+                        except torch.cuda.OutOfMemoryError:
+                            print(f"{head}   out of memory")
+                            torch.cuda.empty_cache()
+                            continue
+                        print(f"{head} {r['img_per_s']:8.2f} {r['ms_per_call']:9.1f} {r['first_call_s']:8.2f} "
+                              f"{r['peak_gib']:9.2f}", flush=True)
+                        if args.json:
+                            with open(args.json, "a") as f:
+                                f.write(json.dumps(dict(cfg=cfg, resolution=args.resolution, batch=batch,
+                                                        dtype=dtype, impl=impl, device=name, mode=mode,
+                                                        backward=backward, **r)) + "\n")
         del G
         if device.type == "cuda":
             torch.cuda.empty_cache()

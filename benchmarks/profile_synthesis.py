@@ -1,18 +1,24 @@
 """Where synthesis spends its time: per-layer CUDA-event timings and the top kernels (torch.profiler).
 
     python benchmarks/profile_synthesis.py --cfg R --batch 8 --dtype mixed
+    python benchmarks/profile_synthesis.py --cfg T --batch 8 --dtype mixed --backward ws
+
+``--backward ws|weights`` profiles the training step instead: per layer, the forward under autograd, the backward
+of that layer alone (for a random output gradient; w.r.t. its input and styles, plus its parameters with
+``weights``) and the bytes autograd saves for it; then the top kernels of one whole forward+backward step.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from v2s_nb.stylegan3 import build_generator  # noqa: E402
+from v2s_nb.stylegan3 import build_generator, tiny_generator  # noqa: E402
 from v2s_nb.stylegan3.networks import resolve_impl  # noqa: E402
 
 
@@ -24,14 +30,20 @@ def main(argv=None):
     p.add_argument("--dtype", default="mixed", choices=["fp32", "mixed"])
     p.add_argument("--impl", default=None)
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--backward", choices=["ws", "weights"], help="profile forward+backward w.r.t. ws or weights")
+    p.add_argument("--device", default="cuda", help="cuda; cpu (with --tiny) only checks that the script runs")
+    p.add_argument("--tiny", action="store_true", help="the tiny test architecture instead of the released one")
     args = p.parse_args(argv)
-    dev = torch.device("cuda")
-    G = build_generator(args.cfg, resolution=args.resolution, device=dev)
+    dev = torch.device(args.device)
+    G = (tiny_generator(args.cfg, resolution=args.resolution).to(dev) if args.tiny
+         else build_generator(args.cfg, resolution=args.resolution, device=dev))
     syn = G.synthesis
     kw = {"force_fp32": args.dtype == "fp32"}
     if args.impl:
         kw["impl"] = args.impl
     ws = G.mapping(torch.randn(args.batch, G.z_dim, device=dev), None)
+    if args.backward:
+        return profile_backward(G, ws, kw, args)
     with torch.no_grad():
         for _ in range(2):
             syn(ws, **kw)
@@ -63,6 +75,81 @@ def main(argv=None):
             syn(ws, **kw)
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.top, max_name_column_width=60))
+
+
+def _event_ms(fn, reps=5):
+    fn()
+    if not torch.cuda.is_available():  # the CPU check of the script
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - t0) * 1e3 / reps
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(reps):
+        fn()
+    b.record()
+    torch.cuda.synchronize()
+    return a.elapsed_time(b) / reps
+
+
+def profile_backward(G, ws, kw, args):
+    """Per-layer forward under autograd / backward / saved bytes, then the top kernels of one training step."""
+    syn = G.synthesis
+    impl = resolve_impl(args.impl or "auto", ws.device)
+    weights = args.backward == "weights"
+    syn.requires_grad_(weights)
+    with torch.no_grad():
+        styles = {k: v.detach() for k, v in syn.styles(ws).items()}
+        x = syn.input.forward_styles(styles["input"])
+    print(f"# per-layer forward (under autograd) / backward ms and saved MiB, {args.cfg} {args.resolution} "
+          f"batch {args.batch} {args.dtype}, impl {impl}, gradients w.r.t. {args.backward}")
+    tot_f = tot_b = tot_m = 0.0
+    for name in syn.layer_names:
+        layer = getattr(syn, name)
+        xin = x.detach().requires_grad_(True)
+        st = styles[name].requires_grad_(True)
+        saved = {}
+
+        def pack(t):
+            saved[(t.data_ptr(), t.dtype, tuple(t.shape))] = t.numel() * t.element_size()
+            return t
+
+        def fwd():
+            return layer.forward_styles(xin, st, impl=impl, force_fp32=kw["force_fp32"])
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = fwd()
+        gy = torch.randn_like(y)
+        ms_f = _event_ms(fwd)
+        ms_b = _event_ms(lambda: y.backward(gy, retain_graph=True))
+        mib = sum(saved.values()) / 2 ** 20
+        tot_f, tot_b, tot_m = tot_f + ms_f, tot_b + ms_b, tot_m + mib
+        print(f"{name:>14} fwd {ms_f:7.2f} ms  bwd {ms_b:7.2f} ms  saved {mib:8.1f} MiB  out={tuple(y.shape)} "
+              f"{y.dtype}")
+        x = y.detach()
+        del y, gy
+        for prm in layer.parameters():
+            prm.grad = None
+    print(f"{'total':>14} fwd {tot_f:7.2f} ms  bwd {tot_b:7.2f} ms  saved {tot_m:8.1f} MiB")
+
+    def step():
+        w = ws.detach().requires_grad_(not weights)
+        syn(w, **kw).square().mean().backward()
+
+    step()
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = ws.is_cuda
+    if cuda:
+        torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=args.top,
+                                    max_name_column_width=70))
+    syn.requires_grad_(False)
 
 
 if __name__ == "__main__":

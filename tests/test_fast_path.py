@@ -265,6 +265,29 @@ def test_gradients_through_fast_path():
 
 @requires_cuda
 @pytest.mark.parametrize("cfg", ["R", "T"])
+def test_weight_gradients_through_fast_path(cfg):
+    """Gradients w.r.t. the synthesis weights (what PTI optimises), float32: the fast path's equal autograd through
+    the plain path."""
+    torch.backends.cudnn.allow_tf32 = False
+    G = build_generator(cfg, resolution=256, device="cuda", seed=0)
+    ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)).to("cuda"), None)
+    params = [p for p in G.synthesis.parameters()]
+    grads = {}
+    G.synthesis.requires_grad_(True)
+    try:
+        for impl in ("plain", "fast"):
+            G.synthesis.zero_grad(set_to_none=True)
+            G.synthesis(ws, impl=impl, force_fp32=True).square().mean().backward()
+            grads[impl] = [p.grad.clone() for p in params]
+    finally:
+        G.synthesis.requires_grad_(False)
+    worst = max(float((f - r).norm() / r.norm().clamp_min(1e-30)) for f, r in zip(grads["fast"], grads["plain"])
+                if float(r.norm()) > 0)
+    assert worst < 1e-4, worst
+
+
+@requires_cuda
+@pytest.mark.parametrize("cfg", ["R", "T"])
 def test_gradients_through_fast_path_mixed_precision(cfg):
     """The snapshot's fp16 layers in fp16: with a loss scale (as the optimisers use, through
     v2s_nb.method.loss_scale) the fast path's gradients are as close to float32's as the plain path's."""
@@ -514,3 +537,51 @@ def test_triton_convolution_matches_cudnn_on_gpu():
             for form in forms + [None]:
                 out = fast_conv.conv2d_nchw(x, w, 2, form=form)
                 assert float((out.float() - ref).abs().max() / ref.abs().max()) < 2e-3, form
+
+
+BANDED_INTERPRETED = textwrap.dedent("""
+    import torch
+    from v2s_nb.stylegan3 import fast_backward, ops, tiny_generator
+    worst, checked = 0.0, 0
+    for cfg in "RT":
+        G = tiny_generator(cfg, resolution=32, seed=1, channel_max=4)
+        syn = G.synthesis
+        ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)), None)
+        styles = syn.styles(ws)
+        x = syn.input.forward_styles(styles["input"])
+        for i, name in enumerate(syn.layer_names[:-1]):
+            L = getattr(syn, name)
+            y = ops.modulated_conv2d(x, L.weight, styles[name], padding=L.conv_kernel - 1,
+                                     input_gain=L.magnitude_ema.rsqrt()).detach()
+            clamp = 0.5 if i % 2 else float(L.conv_clamp)  # a small clamp: clamped samples get no gradient
+            kw = dict(up=L.up_factor, down=L.down_factor, padding=L.padding, gain=2 ** 0.5, slope=0.2, clamp=clamp)
+            yd, bd = y.clone().requires_grad_(True), L.bias.detach().clone().requires_grad_(True)
+            out = ops.filtered_lrelu(yd, L.up_filter, L.down_filter, bd, **kw)
+            gy = torch.randn(out.shape, generator=torch.Generator().manual_seed(i))
+            ga, gba = torch.autograd.grad(out, [yd, bd], gy)
+            args = (y, L.up_filter, L.down_filter, L.bias, L.up_factor, L.down_factor, L.padding, 2 ** 0.5, 0.2,
+                    clamp, gy)
+            assert fast_backward.banded_filtered_lrelu_backward(*args) is None  # float32: not in BANDED_FORMS
+            res = fast_backward.banded_filtered_lrelu_backward(*args, tiles=(64,))
+            if res is not None:
+                checked += 1
+                worst = max(worst, float((ga - res[0]).abs().max() / ga.abs().max()),
+                            float((gba - res[1]).abs().max() / gba.abs().max()))
+            x = out.detach()
+    print("BANDED", worst, "CHECKED", checked)
+""")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_banded_backward_in_interpreter():
+    """The banded backward kernel (fast_backward; fp16 layers on the GPU) in float32 on 64-wide tiles equals autograd
+    through the plain operator, for every layer of tiny R and T generators (radial and separable down-filters, 2x and
+    4x upsampling, clamped samples)."""
+    skip_unless_triton_interpreter_works()
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-c", BANDED_INTERPRETED], capture_output=True, text=True, env=env,
+                       timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout.split()
+    assert int(out[out.index("CHECKED") + 1]) >= 20
+    assert float(out[out.index("BANDED") + 1]) < 1e-5

@@ -462,7 +462,8 @@ if HAVE_TRITON:
         gx = tl.dot(s.to(axt.dtype), axt, input_precision=PRECISION)  # [KJY, KJX]
         if SCALE:
             gx = gx * peak
-        tl.atomic_add(gx_ptr + plane * h * w + jy[:, None] * w + jx[None, :], gx, mask=ok)
+        # Relaxed atomics: the kernel reads nothing another tile writes (fast_backward.RELAXED_ATOMICS: faster).
+        tl.atomic_add(gx_ptr + plane * h * w + jy[:, None] * w + jx[None, :], gx, mask=ok, sem="relaxed")
 
     @triton.jit
     def _up_x_kernel(x_ptr, b_ptr, a_ptr, out_ptr, h, w_in, w_out, channels, j_shift,
@@ -1072,6 +1073,7 @@ USE_FUSED = os.environ.get("V2S_NB_FUSED", "1") != "0"
 BACKWARD_TILES = (128, 64)
 BACKWARD_SMALL_OUT = 100
 BACKWARD_WARPS = {torch.float16: 8, torch.float32: 4}
+BACKWARD_FORM = os.environ.get("V2S_NB_BACKWARD_FORM", "dense")  # or "banded" (see fused_filtered_lrelu_backward)
 
 
 def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad):
@@ -1082,8 +1084,18 @@ def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, 
     in fp16 for float16 layers, on each tile's gradient divided by its largest magnitude (fp16 precision at any
     gradient scale: no underflow), and in three-pass TF32 (float32 accuracy) for float32 layers. TF32 was tried
     for the float16 layers: its operands are truncated, not rounded, and the error was 5-10x the plain path's.
-    d x is accumulated in float32, then cast to ``x``'s dtype.
+    d x is accumulated in float32, then cast to ``x``'s dtype. ``BACKWARD_FORM`` 'banded' (environment
+    ``V2S_NB_BACKWARD_FORM=banded``) runs :func:`fast_backward.banded_filtered_lrelu_backward` first where it applies
+    (only the tap-holding blocks of the window products); 'dense' (the default until the GPU gradient tests have run
+    on the banded kernel) this function's own kernel.
     """
+    if BACKWARD_FORM == "banded":
+        from . import fast_backward
+
+        grads = fast_backward.banded_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp,
+                                                             grad)
+        if grads is not None:
+            return grads
     n, c, h, w = x.shape
     h_out, w_out = _output_size(h, w, fu, fd, up, down, padding)
     x = x.contiguous()
