@@ -7,7 +7,7 @@ Triton's interpreter (tests/interpreted/, run by tests/test_triton_interpreter.p
 import pytest
 import torch
 
-from conftest import requires_cuda
+from conftest import mapped_ws, requires_cuda
 from v2s_nb.stylegan3 import build_generator, ops, set_input_transform, tiny_generator
 
 
@@ -144,7 +144,7 @@ def test_channel_padding_for_tensor_cores_gives_the_same_sums(monkeypatch):
 def test_zero_padded_channels_feed_the_matrix_product_unchanged():
     """The fast path's fp16 outputs are views of channel-padded buffers (zeros in the extra channels); the next 1x1
     modulated convolution multiplies the whole buffer with zero-padded weights: same result as the plain view.
-    Only marked views count as padded."""
+    Only views recorded by ops.mark_zero_padded count as padded."""
     g = torch.Generator().manual_seed(0)
     buf = torch.randn(2, 16, 5, 5, generator=g)
     buf[:, 13:] = 0
@@ -152,7 +152,7 @@ def test_zero_padded_channels_feed_the_matrix_product_unchanged():
     w, s = torch.randn(11, 13, 1, 1, generator=g), torch.randn(2, 13, generator=g)
     ref = ops.modulated_conv2d(x.contiguous(), w, s, input_gain=torch.tensor(0.7))
     assert ops.zero_padded_channels(x) is None  # not marked: treated as an ordinary view
-    x._v2s_zero_padded = True
+    assert ops.mark_zero_padded(x) is x
     assert ops.zero_padded_channels(x).shape == (2, 16, 25)
     out = ops.modulated_conv2d(x, w, s, input_gain=torch.tensor(0.7))
     assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5)
@@ -173,7 +173,7 @@ def test_prescaled_chain_gives_the_modulated_convolution(monkeypatch):
     buf = torch.zeros(2, 16, 9, 9)
     buf[:, :13] = x * scale[:, :, None, None]
     xs = buf[:, :13]
-    xs._v2s_zero_padded = True
+    ops.mark_zero_padded(xs)
     monkeypatch.setattr(ops, "_pad_for_tensor_cores", lambda t: True)
     with torch.no_grad():
         raw = ops.scaled_input_conv2d(xs, kernel, None, padding=2, prescaled=True)
@@ -190,15 +190,19 @@ def test_weight_derived_operands_are_kept_in_inference_and_follow_the_weight():
     new ones, and under autograd the kernel is recomputed so gradients reach the weight."""
     from v2s_nb.stylegan3 import fast_conv
 
+    from v2s_nb.stylegan3.fast_path import plan_for
+
     G = tiny_generator("T", seed=0)
     layer = getattr(G.synthesis, G.synthesis.layer_names[1])
+    plan = plan_for(layer, "cpu")
+    assert plan_for(layer, "cpu") is plan  # one plan per layer and device
     with torch.no_grad():
-        k1, e1 = layer._shared_kernel()
-        k2, e2 = layer._shared_kernel()
+        k1, e1 = plan.shared_kernel()
+        k2, e2 = plan.shared_kernel()
         assert k1 is k2 and e1 is e2
         assert torch.equal(k1, ops.shared_kernel(layer.weight)) and torch.equal(e1, ops.kernel_tap_energy(k1))
         layer.weight.mul_(2)  # the weight changes in place: its version moves
-        k3, _ = layer._shared_kernel()
+        k3, _ = plan.shared_kernel()
         assert k3 is not k1 and torch.equal(k3, ops.shared_kernel(layer.weight))
         built = []
         build = lambda: built.append(1) or layer.weight.sum()  # noqa: E731
@@ -210,12 +214,12 @@ def test_weight_derived_operands_are_kept_in_inference_and_follow_the_weight():
         assert len(built) == 3
     with torch.inference_mode():
         layer.weight.mul_(0.5)  # (a change, so that the entry is rebuilt inside inference mode)
-        k5, _ = layer._shared_kernel()
+        k5, _ = plan.shared_kernel()
     assert not k5.is_inference()  # so a later autograd pass may save it (a frozen weight, an input with grad)
     x = torch.ones(3, requires_grad=True)
     (x[:, None] * k5.reshape(1, -1)[:, :3].T).sum().backward()
     layer.weight.requires_grad_(True)
-    k4, _ = layer._shared_kernel()  # autograd on, a trainable weight: recomputed, connected to it
+    k4, _ = plan.shared_kernel()  # autograd on, a trainable weight: recomputed, connected to it
     k4.sum().backward()
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
 
@@ -262,3 +266,77 @@ def test_triton_convolution_matches_cudnn_on_gpu():
             for form in forms + [None]:
                 out = fast_conv.conv2d_nchw(x, w, 2, form=form)
                 assert float((out.float() - ref).abs().max() / ref.abs().max()) < 2e-3, form
+
+
+def test_fast_config_reads_the_environment_and_restores_overrides():
+    from v2s_nb.stylegan3 import fast_config
+    from v2s_nb.stylegan3.fast_config import FastConfig
+
+    env = {"V2S_NB_FUSED": "0", "V2S_NB_FAST_CHUNK_MB": "64", "V2S_NB_FP16_RANK_TOL": "1e-3"}
+    assert FastConfig.from_env(env) == FastConfig(use_fused=False, chunk_mb=64, fp16_rank_tol=1e-3)
+    assert FastConfig.from_env({}) == FastConfig()
+    with pytest.raises(ValueError, match="V2S_NB_FUSED_WARPS='many' is not valid"):
+        FastConfig.from_env({"V2S_NB_FUSED_WARPS": "many"})
+    with pytest.raises(ValueError, match="fused_warps must be"):
+        FastConfig(fused_warps=3)
+    before = fast_config.current()
+    with fast_config.override(use_fused=not before.use_fused, chunk_mb=8) as inside:
+        assert fast_config.current() is inside and inside.chunk_bytes == 8 * 2 ** 20
+        assert inside.use_fused != before.use_fused and inside.fused_warps == before.fused_warps
+    assert fast_config.current() == before
+    with pytest.raises(TypeError, match="unknown fast-path setting"):
+        with fast_config.override(use_fusd=False):
+            pass
+    try:
+        assert fast_config.configure(fused_warps=8).fused_warps == 8 and fast_config.current().fused_warps == 8
+    finally:
+        fast_config.configure(fused_warps=before.fused_warps)
+
+
+def test_fast_ops_follow_the_config(monkeypatch):
+    """use_fused picks the fused kernel or the unfused ones (each stubbed here: no GPU)."""
+    from v2s_nb.stylegan3 import fast_config, fast_ops
+
+    class Unfused(Exception):
+        pass
+
+    def unfused(*args, **kwargs):
+        raise Unfused
+
+    monkeypatch.setattr(fast_ops, "fused_filtered_lrelu_forward", lambda *a, **k: "fused")
+    monkeypatch.setattr(fast_ops, "_prepared_filters", unfused)
+    args = (torch.zeros(1, 2, 8, 8), torch.ones(4), torch.ones(4), torch.zeros(2), 2, 2, [1, 1, 1, 1], 1.0, 0.2, 256.0)
+    with fast_config.override(use_fused=True):
+        assert fast_ops.fast_filtered_lrelu_forward(*args) == "fused"
+    with fast_config.override(use_fused=False), pytest.raises(Unfused):
+        fast_ops.fast_filtered_lrelu_forward(*args)
+
+
+@pytest.mark.parametrize("cfg", ["R", "T"])
+def test_layer_plans_on_the_cpu_give_the_plain_images(cfg, monkeypatch):
+    """The fast path's layer logic (plans; T's 3x3 layers chained, each handing the next its input scale and
+    factors) run on the CPU, where the kernels fall back to the reference ops: the plain path's images and feature
+    maps. (With the kernels, on CUDA: test_fast_matches_plain_on_gpu.)"""
+    from v2s_nb.stylegan3 import fast_path
+
+    chained = []
+
+    def chains_into(self, nxt):  # as on CUDA in inference
+        chained.append(self.three_by_three and nxt.three_by_three and not nxt.is_torgb)
+        return chained[-1]
+
+    monkeypatch.setattr(fast_path.LayerPlan, "chains_into", chains_into)
+    G = tiny_generator(cfg, seed=0)
+    syn = G.synthesis
+    ws = mapped_ws(G, 2, seed=3)
+    with torch.no_grad():
+        styles = syn.styles(ws)
+        x0 = syn.input.forward_styles(styles["input"])
+        fast, _ = fast_path.run_layers(syn, x0, styles, out_gain=syn.output_scale)
+        plain = syn.from_styles(styles, impl="plain")
+        middle = syn.layer_names[len(syn.layer_names) // 2]
+        _, feats = fast_path.run_layers(syn, x0, styles, stop_after=middle, collect={middle})
+        plain_feats = syn.feature_maps(ws, middle, impl="plain")
+    assert any(chained) == (cfg == "T")  # T's 3x3 layers chain; R's 1x1 layers don't
+    assert fast.shape == plain.shape and float((fast - plain).abs().max()) <= 1e-4 * float(plain.abs().max())
+    assert torch.allclose(feats[middle], plain_feats[middle], rtol=1e-4, atol=1e-5)

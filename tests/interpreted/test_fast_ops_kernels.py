@@ -4,15 +4,15 @@ every forward variant on small float32 planes, the fused backward kernel, and th
 import pytest
 import torch
 
-from v2s_nb.stylegan3 import build_generator, fast_ops, ops, tiny_generator
+from v2s_nb.stylegan3 import build_generator, fast_config, fast_ops, ops, tiny_generator
 
 # The fused kernel's forms (kind, tile, output-column halves): the default for float32 (banded, halves), banded
 # without halves, the whole-window kernel, banded on 128-wide tiles (window split 64 + 16).
 FUSED = [("banded", 64, True), ("banded", 64, False), ("dense", 64, False), ("banded", 128, False)]
 # Then the unfused kernels (gather upsampler, separable radial down filter), and the tensor-core upsampler and the
 # matrix-product radial filter, forced.
-UNFUSED = {"gather": dict(USE_FUSED=False),
-           "forced_products": dict(USE_FUSED=False, DOT_MIN_WIDTH=0, DOT_UP_DTYPES=(torch.float32,), MAX_RANK=0)}
+UNFUSED = {"gather": dict(use_fused=False),
+           "forced_products": dict(use_fused=False, DOT_MIN_WIDTH=0, DOT_UP_DTYPES=(torch.float32,), MAX_RANK=0)}
 VARIANTS = ([(cfg, f"{kind}-{tile}{'-halves' if halves else ''}", dict(FUSED_CHOICE={}, FUSED_MIN_OUT={},
                                                                       FUSED_DEFAULT={torch.float32: choice}))
              for kind, tile, halves in FUSED for choice in [(kind, tile, halves)] for cfg in "RT"]
@@ -52,8 +52,16 @@ def _relative(a, b):
 
 @pytest.mark.parametrize("cfg, variant, overrides", VARIANTS, ids=[f"{c}-{v}" for c, v, _ in VARIANTS])
 def test_forward_variant_matches_the_plain_operator(cfg, variant, overrides, monkeypatch):
+    settings = {k: v for k, v in overrides.items() if k.islower()}  # fast_config's knobs; the rest: measured choices
     for key, value in overrides.items():
-        monkeypatch.setattr(fast_ops, key, value)
+        if not key.islower():
+            monkeypatch.setattr(fast_ops, key, value)
+    with fast_config.override(**settings):
+        _check_forward_variant(cfg, overrides)
+
+
+def _check_forward_variant(cfg, overrides):
+    fused = fast_config.current().use_fused
     worst = 0.0
     for name, L, y in _layers(cfg):
         args = (L.up_filter, L.down_filter, L.bias)
@@ -63,11 +71,11 @@ def test_forward_variant_matches_the_plain_operator(cfg, variant, overrides, mon
         b = fast_ops.fast_filtered_lrelu_forward(y, *fast_args)
         assert a.shape == b.shape, (name, a.shape, b.shape)
         worst = max(worst, _relative(b, a))
-        if fast_ops.USE_FUSED and L.down_filter.ndim == 1:  # output written into a channel-padded buffer
+        if fused and L.down_filter.ndim == 1:  # output written into a channel-padded buffer
             p = fast_ops.fast_filtered_lrelu_forward(y, *fast_args, pad_channels_to=8)
-            assert torch.equal(p, b) and p._v2s_zero_padded
+            assert torch.equal(p, b) and ops.zero_padded_channels(p) is not None
             assert not ops.zero_padded_channels(p)[:, p.shape[1]:].any()
-        if fast_ops.USE_FUSED:  # input as a channel slice of a larger buffer, with per-plane factors
+        if fused:  # input as a channel slice of a larger buffer, with per-plane factors
             gen = torch.Generator().manual_seed(len(name))
             g = torch.rand(y.shape[:2], generator=gen) + 0.5
             s = torch.rand(y.shape[:2], generator=gen) + 0.5
@@ -76,7 +84,7 @@ def test_forward_variant_matches_the_plain_operator(cfg, variant, overrides, mon
             q = fast_ops.fast_filtered_lrelu_forward(big[:, :y.shape[1]], *fast_args, in_gain=g, out_scale=s)
             worst = max(worst, _relative(q, b * s[:, :, None, None]))
     assert worst < 1e-5
-    if fast_ops.USE_FUSED:  # the fused variant ran (no silent fall back to the unfused kernels)
+    if fused:  # the fused variant ran (no silent fall back to the unfused kernels)
         tiles = {key[-1] for key, (plan, _) in fast_ops._fused_cache.items() if plan is not None}
         assert tiles == {overrides["FUSED_DEFAULT"][torch.float32][1]}
 
