@@ -18,6 +18,21 @@ def test_kernels_stay_off_on_the_cpu_without_the_interpreter(monkeypatch):
     assert not fast_modulation.torgb_applies(x, torch.ones(3, 4, 1, 1), s)
 
 
+def test_kernels_follow_the_config(monkeypatch):
+    from v2s_nb.stylegan3 import fast_config
+
+    if not fast_modulation.HAVE_TRITON:
+        pytest.skip("Triton is not installed")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # as if the kernels could run on these CPU tensors (none launched)
+    x, s = torch.randn(1, 4, 3, 3), torch.randn(1, 4)
+    with fast_config.override(modulation_kernels=True):
+        assert fast_modulation.modulation_applies(s, torch.ones(4, 2), torch.ones([]))
+        assert fast_modulation.torgb_applies(x, torch.ones(3, 4, 1, 1), s)
+    with fast_config.override(modulation_kernels=False):
+        assert not fast_modulation.modulation_applies(s, torch.ones(4, 2), torch.ones([]))
+        assert not fast_modulation.torgb_applies(x, torch.ones(3, 4, 1, 1), s)
+
+
 @requires_cuda
 def test_modulation_kernels_on_gpu():
     assert modulation_kernel_error("cuda", torch.float32) < 1e-5

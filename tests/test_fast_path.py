@@ -294,7 +294,8 @@ def test_fast_config_reads_the_environment_and_restores_overrides():
 
 
 def test_fast_ops_follow_the_config(monkeypatch):
-    """use_fused picks the fused kernel or the unfused ones (each stubbed here: no GPU)."""
+    """use_fused picks the fused kernel or the unfused ones (each stubbed here: no GPU); bf16x3 may turn the float32
+    layers' three-pass bf16 products off."""
     from v2s_nb.stylegan3 import fast_config, fast_ops
 
     class Unfused(Exception):
@@ -310,6 +311,9 @@ def test_fast_ops_follow_the_config(monkeypatch):
         assert fast_ops.fast_filtered_lrelu_forward(*args) == "fused"
     with fast_config.override(use_fused=False), pytest.raises(Unfused):
         fast_ops.fast_filtered_lrelu_forward(*args)
+    for allowed, expected in ((True, "bf16x3" if fast_ops.BF16X3 else "tf32x3"), (False, "tf32x3")):
+        with fast_config.override(bf16x3=allowed):
+            assert fast_ops._forward_precision(torch.float32) == expected
 
 
 @pytest.mark.parametrize("cfg", ["R", "T"])

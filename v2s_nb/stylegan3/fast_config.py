@@ -25,6 +25,11 @@ field                     environment variable    meaning
 ``fused_warps``           ``V2S_NB_FUSED_WARPS``  warps per program of the fused forward kernels (default 4)
 ``fp16_rank_tol``         ``V2S_NB_FP16_RANK_TOL``   relative tolerance below which an fp16 layer's radial
                                                   down-filter drops separable terms (default 2.5e-4)
+``bf16x3``                (none)                  True (default): float32 layers' fused forward in three-pass
+                                                  bf16 products where Triton has them and cuDNN may use TF32;
+                                                  False: three-pass TF32 always
+``modulation_kernels``    (none)                  True (default): fast_modulation's one-launch modulation
+                                                  factors and ToRGB; False: the small ops
 ========================  ======================  ==========================================================
 """
 
@@ -48,6 +53,8 @@ class FastConfig:
     chunk_mb: int = 1024
     fused_warps: int = 4
     fp16_rank_tol: float = 2.5e-4
+    bf16x3: bool = True
+    modulation_kernels: bool = True
 
     def __post_init__(self):
         if not isinstance(self.chunk_mb, int) or self.chunk_mb < 1:

@@ -640,7 +640,8 @@ def _bf16x3_available():
         return False
 
 
-# Triton's interpreter (the CPU tests) has no bf16x3: there the float32 layers keep three-pass TF32.
+# Whether bf16x3 products are available (fast_config's bf16x3 says whether to use them). Triton's interpreter
+# (the CPU tests) has none: there the float32 layers keep three-pass TF32.
 BF16X3 = HAVE_TRITON and os.environ.get("TRITON_INTERPRET", "0") != "1" and _bf16x3_available()
 
 
@@ -652,7 +653,8 @@ def _forward_precision(dtype):
     faster, and leaves the images' error against strict float32 unchanged (docs/performance.md)."""
     if dtype == torch.float16:
         return "ieee"
-    return "bf16x3" if BF16X3 and torch.backends.cudnn.allow_tf32 else "tf32x3"
+    use = BF16X3 and fast_config.current().bf16x3 and torch.backends.cudnn.allow_tf32
+    return "bf16x3" if use else "tf32x3"
 
 
 def _up_axis(x, f, up, pad0, pad1, axis, bias=None, channels=1, act=None):
