@@ -1,5 +1,6 @@
 """Test helpers: where the test fixtures live, a CUDA marker, and reproducible w codes."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"  # data made for the tests; tests/fixtures/README.md says how
 SG3_FIXTURES = FIXTURES / "stylegan3_official_tiny"
+# tests/interpreted/ needs a process started with TRITON_INTERPRET=1; test_triton_interpreter.py starts one.
+collect_ignore_glob = [] if os.environ.get("TRITON_INTERPRET") == "1" else ["interpreted/*"]
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +19,15 @@ def sg3_fixture_dir():
     return SG3_FIXTURES
 
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# GPU tests: marked ``gpu`` (``pytest -m gpu`` runs just them on a CUDA machine) and skipped without a CUDA GPU.
+CUDA_MARKS = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def requires_cuda(test):
+    """Decorator of a GPU test (:data:`CUDA_MARKS`; a module uses ``pytestmark = CUDA_MARKS``)."""
+    for mark in CUDA_MARKS:
+        test = mark(test)
+    return test
 
 
 def mapped_ws(G, n, seed, truncation_psi=0.7):

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from v2s_nb.stylegan3 import fast_conv
+from triton_interpreter_probe import interpreter_runs_kernels_like_ours  # noqa: F401 (autouse fixture)
 
 
 def _relative(a, b):

@@ -3,6 +3,7 @@
 import torch
 
 from kernel_checks import modulation_kernel_error
+from triton_interpreter_probe import interpreter_runs_kernels_like_ours  # noqa: F401 (autouse fixture)
 
 
 def test_modulation_kernels_match_the_plain_ops():

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from v2s_nb.stylegan3 import build_generator, fast_config, fast_ops, ops, tiny_generator
+from triton_interpreter_probe import interpreter_runs_kernels_like_ours  # noqa: F401 (autouse fixture)
 
 # The fused kernel's forms (kind, tile, output-column halves): the default for float32 (banded, halves), banded
 # without halves, the whole-window kernel, banded on 128-wide tiles (window split 64 + 16).

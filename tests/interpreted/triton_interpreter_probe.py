@@ -1,18 +1,16 @@
-"""The fast path's Triton kernels on the CPU, through Triton's interpreter.
+"""For the tests in tests/interpreted/: the fast path's Triton kernels on the CPU, through Triton's interpreter.
 
 Triton picks interpreter or compiler when it is imported (its own library functions are decorated then), so these
 tests need a process started with TRITON_INTERPRET=1; ``tests/test_triton_interpreter.py`` starts one per module
 (``TRITON_INTERPRET=1 python -m pytest tests/interpreted/<module>`` does the same by hand). A run without the
-variable does not collect them. Small shapes; each module takes minutes on a CPU.
-"""
+variable does not collect them (tests/conftest.py). Small shapes; each module takes minutes on a CPU.
 
-import os
+Each module imports :func:`interpreter_runs_kernels_like_ours`, an autouse fixture. (Not a conftest.py: a second
+module named ``conftest`` would shadow tests/conftest.py for the ``from conftest import ...`` of the other tests.)
+"""
 
 import pytest
 import torch
-
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-collect_ignore_glob = [] if INTERPRETED else ["test_*.py"]
 
 
 def _probe_kernel():
@@ -32,7 +30,7 @@ def _probe_kernel():
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _interpreter_runs_kernels_like_ours():
+def interpreter_runs_kernels_like_ours():
     """Skips every test here where Triton is missing or its interpreter can't run the probe kernel."""
     pytest.importorskip("triton")
     x = torch.ones(32)
