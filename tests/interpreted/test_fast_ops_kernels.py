@@ -86,7 +86,7 @@ def _check_forward_variant(cfg, overrides):
             worst = max(worst, _relative(q, b * s[:, :, None, None]))
     assert worst < 1e-5
     if fused:  # the fused variant ran (no silent fall back to the unfused kernels)
-        tiles = {key[-1] for key, (plan, _) in fast_ops._fused_cache.items() if plan is not None}
+        tiles = {plan["bu"] for plan, _ in fast_ops._fused_cache.values() if plan is not None}
         assert tiles == {overrides["FUSED_DEFAULT"][torch.float32][1]}
 
 
