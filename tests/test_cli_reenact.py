@@ -22,6 +22,7 @@ def inputs(tmp_path_factory):
     return ref, drv, co, co_short
 
 
+@pytest.mark.slow
 def test_reenact_end_to_end_then_reuse(inputs, tmp_path, capsys, monkeypatch):
     ref, drv, co, co_short = inputs
     out = tmp_path / "out.mp4"

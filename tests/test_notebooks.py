@@ -146,6 +146,7 @@ def test_stored_clean(name):
     assert ids == [f"cell-{i:02d}" for i in range(len(ids))], "fixed cell ids"
 
 
+@pytest.mark.slow
 def test_01_canonical_transforms(nb01):
     assert not [o for o in _outputs(nb01) if o.output_type == "error"]
     assert len(_outputs(nb01, "image/png")) >= 4  # driving strip, raw track, put-in vs measured, result strip
@@ -165,6 +166,7 @@ def test_01_canonical_transforms(nb01):
     assert len(_outputs(nb01, "image/png")) >= 5
 
 
+@pytest.mark.slow
 def test_03_sspace_feature_maps(nb03):
     assert not [o for o in _outputs(nb03) if o.output_type == "error"]
     assert len(_outputs(nb03, "image/png")) >= 3  # photo masks, generated masks, Fig. 5
@@ -178,6 +180,7 @@ def test_03_sspace_feature_maps(nb03):
     assert "IoU+" in state and "IoU-" in state  # the browser's live score label was rendered
 
 
+@pytest.mark.slow
 def test_02_pose_optimization(nb02):
     assert not [o for o in _outputs(nb02) if o.output_type == "error"]
     assert len(_outputs(nb02, "image/png")) >= 3  # loss + rows, sequence target vs achieved, images
@@ -197,6 +200,7 @@ def test_02_pose_optimization(nb02):
         assert "the PFLD weights are not available" in out
 
 
+@pytest.mark.slow
 def test_04_reenactment(nb04):
     assert not [o for o in _outputs(nb04) if o.output_type == "error"]
     out = _stdout(nb04)
