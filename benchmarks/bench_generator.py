@@ -8,6 +8,8 @@ Prints one row per combination: images/s of ``G.synthesis(ws)`` (noise_mode='con
 so far). ``--backward`` times one forward+backward step w.r.t. ws instead; ``--modes forward ws weights`` times
 the forward, the step w.r.t. ws and the step w.r.t. the synthesis weights (PTI's) in one process, side by side
 (loss: mean of squares of the image). ``--json FILE`` appends results.
+``--fast NAME=VALUE ...`` sets fast-path knobs of :mod:`v2s_nb.stylegan3.fast_config` for the run (e.g.
+``--fast bf16x3=0 modulation_kernels=0``), to time the library with and without a choice.
 
     python benchmarks/bench_generator.py --cfg R T --batch 1 8 --dtype mixed --modes forward ws weights --device cuda
 """
@@ -24,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import peak_gib as _peak_gib, sync as _sync  # noqa: E402
-from v2s_nb.stylegan3 import GraphedSynthesis, build_generator, tiny_generator  # noqa: E402
+from v2s_nb.stylegan3 import GraphedSynthesis, build_generator, fast_config, tiny_generator  # noqa: E402
 
 
 
@@ -89,6 +91,26 @@ def bench_one(G, batch, dtype, device, iters, warmup, backward=False, impl=None)
     return {"img_per_s": batch / dt, "ms_per_call": dt * 1e3, "first_call_s": first, "peak_gib": _peak_gib(device)}
 
 
+def fast_settings(pairs) -> dict:
+    """``['use_fused=0', 'chunk_mb=256']`` -> {'use_fused': False, 'chunk_mb': 256}, typed as FastConfig's fields."""
+    import dataclasses
+
+    types = {f.name: f.type for f in dataclasses.fields(fast_config.FastConfig)}
+    out = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or name not in types:
+            raise ValueError(f"{pair!r}: want NAME=VALUE with NAME one of {sorted(types)}")
+        kind = types[name]
+        if kind in ("bool", bool):
+            if text not in ("0", "1"):
+                raise ValueError(f"{pair!r}: {name} takes 0 or 1")
+            out[name] = text == "1"
+        else:
+            out[name] = (int if kind in ("int", int) else float)(text)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg", nargs="+", default=["R", "T"], choices=["R", "T"])
@@ -106,7 +128,16 @@ def main(argv=None):
     p.add_argument("--modes", nargs="+", choices=["forward", "ws", "weights"],
                    help="what to time, side by side: synthesis only, forward+backward w.r.t. ws, w.r.t. weights")
     p.add_argument("--json", help="append results as JSON lines to this file")
+    p.add_argument("--fast", nargs="+", default=[], metavar="NAME=VALUE",
+                   help="fast_config knobs for this run, e.g. use_fused=0 chunk_mb=256 (see its docstring)")
     args = p.parse_args(argv)
+    try:
+        settings = fast_settings(args.fast)
+        fast_config.configure(**settings)
+    except (TypeError, ValueError) as e:
+        p.error(f"--fast: {e}")
+    if settings:
+        print(f"# fast_config: {fast_config.current()}")
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     modes = args.modes or (["ws"] if args.backward else ["forward"])

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cuda_ms  # noqa: E402
 from bench_generator import bench_one  # noqa: E402
-from v2s_nb.stylegan3 import build_generator, fast_backward, fast_ops  # noqa: E402
+from v2s_nb.stylegan3 import build_generator, fast_backward, fast_config, fast_ops  # noqa: E402
 
 
 def capture_lrelu_inputs(G, batch, force_fp32):
@@ -45,7 +45,7 @@ def capture_lrelu_inputs(G, batch, force_fp32):
 
 VARIANTS = {  # name: (tiles, warps, relaxed atomics); None: the dense kernel
     "dense": None,
-    "chosen": "chosen",  # fused_filtered_lrelu_backward with BACKWARD_FORM 'banded': BANDED_FORMS, else dense
+    "chosen": "chosen",  # fused_filtered_lrelu_backward with fast_config backward_form 'banded': BANDED_FORMS, else dense
     "banded": ((128,), 8, True),
     "banded-acqrel": ((128,), 8, False),
     "banded-64": ((64,), 4, True),
@@ -56,12 +56,8 @@ def run_variant(name, args, gy):
     x, b, fu, fd, up, down, padding, gain, slope, clamp = args
     spec = VARIANTS[name]
     if spec is None or spec == "chosen":
-        saved = fast_ops.BACKWARD_FORM
-        fast_ops.BACKWARD_FORM = "dense" if spec is None else "banded"
-        try:
+        with fast_config.override(backward_form="dense" if spec is None else "banded"):
             return fast_ops.fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, gy)
-        finally:
-            fast_ops.BACKWARD_FORM = saved
     tiles, warps, relaxed = spec
     return fast_backward.banded_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, gy,
                                                         tiles=tiles, warps=warps, relaxed=relaxed)
@@ -115,15 +111,13 @@ def main(argv=None):
         if calls:
             print("total | " + " | ".join(f"{k} {v:.1f} ms" for k, v in totals.items()), flush=True)
         del calls
-        saved = fast_ops.BACKWARD_FORM
         for batch in args.steps:
-            for form in ("dense", "banded"):  # fast_ops.BACKWARD_FORM: dense only, or banded where it applies
-                fast_ops.BACKWARD_FORM = form
-                for mode in ("forward", "ws", "weights"):
-                    r = bench_one(G, batch, args.dtype, dev, args.iters, 1, False if mode == "forward" else mode)
-                    print(f"step {cfg} batch {batch} {args.dtype} backward-form {form:>6} {mode:>8}: "
-                          f"{r['ms_per_call']:7.1f} ms  peak {r['peak_gib']:.2f} GiB", flush=True)
-            fast_ops.BACKWARD_FORM = saved
+            for form in ("dense", "banded"):  # fast_config's backward_form: dense only, or banded where it applies
+                with fast_config.override(backward_form=form):
+                    for mode in ("forward", "ws", "weights"):
+                        r = bench_one(G, batch, args.dtype, dev, args.iters, 1, False if mode == "forward" else mode)
+                        print(f"step {cfg} batch {batch} {args.dtype} backward-form {form:>6} {mode:>8}: "
+                              f"{r['ms_per_call']:7.1f} ms  peak {r['peak_gib']:.2f} GiB", flush=True)
         del G
         torch.cuda.empty_cache()
 

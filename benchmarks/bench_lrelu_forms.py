@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cuda_ms  # noqa: E402
-from v2s_nb.stylegan3 import build_generator, fast_ops, ops  # noqa: E402
+from v2s_nb.stylegan3 import build_generator, fast_config, fast_ops, ops  # noqa: E402
 
 FORMS = {
     "unfused": None,
@@ -37,11 +37,8 @@ def run_form(form, args):
     if form == "auto":
         return fast_ops.fast_filtered_lrelu_forward(*args)
     if form is None:
-        saved, fast_ops.USE_FUSED = fast_ops.USE_FUSED, False
-        try:
+        with fast_config.override(use_fused=False):
             return fast_ops.fast_filtered_lrelu_forward(*args)
-        finally:
-            fast_ops.USE_FUSED = saved
     out = fast_ops.fused_filtered_lrelu_forward(*args, forms=[form])
     if out is None:
         raise RuntimeError("does not apply (shared memory or separable terms)")

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # JupyterLab and Chromium
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = "03_sspace_feature_maps.ipynb"
 NOTEBOOK_04 = "04_reenactment.ipynb"

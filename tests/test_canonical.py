@@ -36,6 +36,7 @@ def moving_clip(face512):
     return np.stack(frames), np.stack(mats)
 
 
+@pytest.mark.slow
 def test_real_photo_rotation_and_translation(moving_clip):
     frames, mats = moving_clip
     track = landmarks(frames, upsample=0, progress=False)

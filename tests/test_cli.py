@@ -15,6 +15,7 @@ def run(*args, cwd=None):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_generate_tiny(tmp_path):
     out = tmp_path / "grid.png"
     r = run("generate", "--seeds", "0-3", "--out", str(out), "--device", "cpu", "--quiet")
@@ -24,6 +25,7 @@ def test_generate_tiny(tmp_path):
     assert img.shape == (64 * 2 + 2, 64 * 2 + 2, 3) and img.std() > 5
 
 
+@pytest.mark.slow
 def test_generate_snapshot(tmp_path, sg3_fixture_dir):
     out = tmp_path / "grid.png"
     r = run("generate", "--network", str(sg3_fixture_dir / "t64" / "network.pkl"), "--seeds", "1,2,3",
@@ -33,6 +35,7 @@ def test_generate_snapshot(tmp_path, sg3_fixture_dir):
     assert np.asarray(Image.open(out)).shape == (64, 64 * 3 + 4, 3)
 
 
+@pytest.mark.slow
 def test_generate_bad_network(tmp_path):
     bad = tmp_path / "page.pkl"
     bad.write_text("<html>login</html>")

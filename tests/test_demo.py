@@ -20,6 +20,8 @@ from v2s_nb.face import landmarks
 from v2s_nb.face.canonical import eye_mouth_geometry
 from v2s_nb.video import read_video
 
+pytestmark = pytest.mark.slow  # the whole offline demo runs once for the module
+
 
 def _run(argv):
     out, err = io.StringIO(), io.StringIO()

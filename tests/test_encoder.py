@@ -158,6 +158,7 @@ def tiny_g():
     return tiny_generator("R", resolution=64, seed=3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,etype,avg_rows", [("psp", "BackboneEncoder", True),
                                                   ("e4e", "ProgressiveBackboneEncoder", False)])
 def test_encode_matches_reference(tmp_path, tiny_g, kind, etype, avg_rows):
@@ -188,6 +189,7 @@ def test_encode_matches_reference(tmp_path, tiny_g, kind, etype, avg_rows):
         assert (ws[:, 1] - ws[:, 2]).abs().max() > 1e-4
 
 
+@pytest.mark.slow
 def test_encode_resizes_other_sizes(tmp_path, tiny_g):
     G = tiny_g
     enc_sd = make_encoder_sd(G.num_ws, G.w_dim, seed=4)
@@ -262,7 +264,7 @@ def test_bad_checkpoints_have_clear_errors(tmp_path, tiny_g):
 
 
 @pytest.mark.parametrize("cfg", ["R", "T"])
-@pytest.mark.parametrize("res", [16, 64, 256, 1024])
+@pytest.mark.parametrize("res", [16, pytest.param(64, marks=pytest.mark.slow), 256, 1024])
 def test_generator_from_state_dict_rebuilds_architecture(cfg, res):
     scale = 1 / 32 if res == 1024 else 1 / 16
     G = build_generator(cfg, resolution=res, channel_scale=scale, z_dim=32, w_dim=32, seed=1, calibrate=res <= 64)
@@ -290,6 +292,7 @@ def test_generator_from_state_dict_refuses_other_tensors():
         generator_from_state_dict(bad)
 
 
+@pytest.mark.slow
 def test_invert_with_encoder_refines_and_caches(tmp_path, tiny_g):
     from v2s_nb.method.encoder import invert_with_encoder
 
@@ -311,6 +314,7 @@ def test_invert_with_encoder_refines_and_caches(tmp_path, tiny_g):
     assert again.from_cache and torch.equal(again.ws, ref.ws)
 
 
+@pytest.mark.slow
 def test_invert_reference_pti_and_fallback(tmp_path, tiny_g):
     from v2s_nb.method.encoder import invert_reference
 

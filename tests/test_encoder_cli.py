@@ -8,6 +8,8 @@ from v2s_nb.stylegan3 import save_generator, tiny_generator
 
 from test_encoder import make_encoder_sd, save_released_format
 
+pytestmark = pytest.mark.slow  # reenact end to end with the encoder and PTI
+
 FAST = ["--invert-steps", "1", "--invert-steps-next", "1", "--device", "cpu", "--encoder-iters", "1"]
 
 

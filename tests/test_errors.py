@@ -198,6 +198,7 @@ def test_no_method_layer_message_names_a_cli_flag():
     assert not bad, "method-layer messages name CLI flags: " + "; ".join(bad)
 
 
+@pytest.mark.slow
 def test_a_real_error_reaches_the_user_as_one_line(tmp_path):
     # the whole path, in a fresh interpreter: a corrupt snapshot (SnapshotError) through the installed entry point
     bad = tmp_path / "page.pkl"

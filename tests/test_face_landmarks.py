@@ -98,6 +98,7 @@ def test_bad_arguments(astronaut):
         landmarks(np.zeros((2, 3, 64, 64), np.uint8), progress=False)
 
 
+@pytest.mark.slow
 def test_cnn_detector_agrees(astronaut):
     hog = landmarks(astronaut, detector="hog", upsample=0, progress=False)
     cnn = landmarks(astronaut, detector="cnn", upsample=0, progress=False)  # ~1 s on a CPU

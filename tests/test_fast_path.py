@@ -1,19 +1,13 @@
 """The fast synthesis path against the plain reference path.
 
 The Triton kernels run on CUDA; where Triton is installed, they are also checked on the CPU through
-Triton's interpreter (TRITON_INTERPRET=1, in a subprocess, small shapes).
+Triton's interpreter (tests/interpreted/, run by tests/test_triton_interpreter.py; small shapes, slow).
 """
-
-import importlib.util
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 
-from conftest import REPO, requires_cuda, skip_unless_triton_interpreter_works
+from conftest import mapped_ws, requires_cuda
 from v2s_nb.stylegan3 import build_generator, ops, set_input_transform, tiny_generator
 
 
@@ -34,195 +28,6 @@ def test_fast_on_cpu_falls_back_with_one_warning():
     assert torch.equal(a, G.synthesis(ws, impl="plain"))
     with pytest.raises(ValueError, match="impl"):
         G.synthesis(ws, impl="turbo")
-
-
-INTERPRETED = textwrap.dedent("""
-    import torch
-    from v2s_nb.stylegan3 import fast_ops, ops, tiny_generator
-    worst = 0.0
-    # Every kernel variant, on small float32 planes: the default fused kernel for float32 (banded, output-column
-    # halves), banded without halves, the whole-window kernel, banded on 128-wide tiles (window split 64 + 16);
-    # the unfused kernels (gather upsampler, separable radial down filter); then the tensor-core upsampler and
-    # the matrix-product radial filter, forced.
-    fast_ops.FUSED_MIN_OUT = {}
-    fused = [("banded", 64, True), ("banded", 64, False), ("dense", 64, False), ("banded", 128, False)]
-    variants = [(cfg, dict(FUSED_CHOICE={}, FUSED_DEFAULT={torch.float32: choice})) for choice in fused
-                for cfg in "RT"]
-    variants += [("R", dict(USE_FUSED=False)), ("T", dict(USE_FUSED=False)),
-                 ("R", dict(USE_FUSED=False, DOT_MIN_WIDTH=0, DOT_UP_DTYPES=(torch.float32,), MAX_RANK=0))]
-    for cfg, overrides in variants:
-        for key, value in overrides.items():
-            setattr(fast_ops, key, value)
-        fast_ops._terms_cache.clear()
-        fast_ops._fused_cache.clear()
-        G = tiny_generator(cfg, resolution=32, seed=1, channel_max=4)
-        syn = G.synthesis
-        ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0)), None)
-        styles = syn.styles(ws)
-        x = syn.input.forward_styles(styles["input"])
-        for name in syn.layer_names[:-1]:
-            L = getattr(syn, name)
-            y = ops.modulated_conv2d(x, L.weight, styles[name], padding=L.conv_kernel - 1,
-                                     input_gain=L.magnitude_ema.rsqrt())
-            args = (L.up_filter, L.down_filter, L.bias)
-            kw = dict(up=L.up_factor, down=L.down_factor, padding=L.padding, gain=2 ** 0.5, slope=0.2,
-                      clamp=L.conv_clamp)
-            a = ops.filtered_lrelu(y, *args, **kw)
-            b = fast_ops.fast_filtered_lrelu_forward(y, L.up_filter, L.down_filter, L.bias, L.up_factor,
-                                                     L.down_factor, L.padding, 2 ** 0.5, 0.2, float(L.conv_clamp))
-            assert a.shape == b.shape, (name, a.shape, b.shape)
-            worst = max(worst, float((a - b).abs().max() / a.abs().max().clamp_min(1e-6)))
-            if fast_ops.USE_FUSED and L.down_filter.ndim == 1:  # output written into a channel-padded buffer
-                p = fast_ops.fast_filtered_lrelu_forward(y, L.up_filter, L.down_filter, L.bias, L.up_factor,
-                                                         L.down_factor, L.padding, 2 ** 0.5, 0.2,
-                                                         float(L.conv_clamp), pad_channels_to=8)
-                assert torch.equal(p, b) and p._v2s_zero_padded
-                assert not ops.zero_padded_channels(p)[:, p.shape[1]:].any()
-            if fast_ops.USE_FUSED:  # input as a channel slice of a larger buffer, with per-plane factors
-                gen = torch.Generator().manual_seed(len(name))
-                g = torch.rand(y.shape[:2], generator=gen) + 0.5
-                s = torch.rand(y.shape[:2], generator=gen) + 0.5
-                big = torch.zeros(y.shape[0], y.shape[1] + 3, *y.shape[2:])
-                big[:, :y.shape[1]] = y / g[:, :, None, None]
-                q = fast_ops.fast_filtered_lrelu_forward(big[:, :y.shape[1]], L.up_filter, L.down_filter, L.bias,
-                                                         L.up_factor, L.down_factor, L.padding, 2 ** 0.5, 0.2,
-                                                         float(L.conv_clamp), in_gain=g, out_scale=s)
-                ref = b * s[:, :, None, None]
-                worst = max(worst, float((q - ref).abs().max() / ref.abs().max().clamp_min(1e-6)))
-            x = a
-        tiles = {key[-1] for key, (plan, _) in fast_ops._fused_cache.items() if plan is not None}
-        if fast_ops.USE_FUSED:  # the fused variant ran (no silent fall back to the unfused kernels)
-            assert tiles == {overrides["FUSED_DEFAULT"][torch.float32][1]}, (overrides, tiles)
-    print("WORST", worst)
-
-    # The fused backward kernel against autograd through the plain operator, including a small clamp so that
-    # clamped samples (zero gradient) occur; down-filters needing more than MAX_RANK terms return None.
-    fast_ops.BACKWARD_TILES = (64,)  # float32 here: the 64-wide tile is allowed
-    fast_ops.MAX_RANK = 4  # undo the last forward variant's override
-    fast_ops._fused_cache.clear()
-    worst_grad, checked = 0.0, 0
-    for cfg in ("R", "T"):
-        G = tiny_generator(cfg, resolution=32, seed=1, channel_max=4)
-        syn = G.synthesis
-        ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0)), None)
-        styles = syn.styles(ws)
-        x = syn.input.forward_styles(styles["input"])
-        for i, name in enumerate(syn.layer_names[:-1]):
-            L = getattr(syn, name)
-            y = ops.modulated_conv2d(x, L.weight, styles[name], padding=L.conv_kernel - 1,
-                                     input_gain=L.magnitude_ema.rsqrt()).detach()
-            clamp = 0.5 if i % 2 else float(L.conv_clamp)
-            kw = dict(up=L.up_factor, down=L.down_factor, padding=L.padding, gain=2 ** 0.5, slope=0.2, clamp=clamp)
-            yd, bd = y.clone().requires_grad_(True), L.bias.detach().clone().requires_grad_(True)
-            out = ops.filtered_lrelu(yd, L.up_filter, L.down_filter, bd, **kw)
-            gy = torch.randn(out.shape, generator=torch.Generator().manual_seed(i))
-            ga, gba = torch.autograd.grad(out, [yd, bd], gy)
-            res = fast_ops.fused_filtered_lrelu_backward(y, L.up_filter, L.down_filter, L.bias, L.up_factor,
-                                                         L.down_factor, L.padding, 2 ** 0.5, 0.2, clamp, gy)
-            if res is not None:
-                checked += 1
-                worst_grad = max(worst_grad, float((ga - res[0]).abs().max() / ga.abs().max()),
-                                 float((gba - res[1]).abs().max() / gba.abs().max()))
-            x = out.detach()
-    print("GRAD", worst_grad, "CHECKED", checked)
-""")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
-def test_triton_kernels_in_interpreter():
-    skip_unless_triton_interpreter_works()
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, "-c", INTERPRETED], capture_output=True, text=True, env=env, timeout=1200)
-    assert r.returncode == 0, r.stderr[-3000:]
-    worst = float(r.stdout.split("WORST")[1].split()[0])
-    assert worst < 1e-5
-    grad_part = r.stdout.split("GRAD")[1].split()
-    assert int(grad_part[2]) >= 20  # most layers of both configs went through the fused backward
-    assert float(grad_part[0]) < 1e-5
-
-
-SINGLE_TERM_INTERPRETED = textwrap.dedent("""
-    import torch
-    from v2s_nb.stylegan3 import build_generator, fast_ops, ops
-    G = build_generator("T", resolution=256, channel_scale=0.0625, seed=0)
-    syn = G.synthesis
-    g = torch.Generator().manual_seed(0)
-    launches = {"single": 0, "unmasked": 0, "dense_unmasked": 0}
-
-    class Counted:  # counts launches of the single-term kernel, and those without bounds tests
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, grid):
-            launch = self.kernel[grid]
-
-            def run(*args, **kwargs):
-                launches["single"] += 1
-                launches["unmasked"] += not kwargs["MASKED"]
-                return launch(*args, **kwargs)
-            return run
-
-    class CountedDense(Counted):
-        def __getitem__(self, grid):
-            launch = self.kernel[grid]
-
-            def run(*args, **kwargs):
-                launches["dense_unmasked"] += not kwargs.get("MASKED", True)
-                return launch(*args, **kwargs)
-            return run
-
-    fast_ops._fused_single_term_kernel = Counted(fast_ops._fused_single_term_kernel)
-    fast_ops._fused_dense_kernel = CountedDense(fast_ops._fused_dense_kernel)
-    worst_same, worst_plain, ups, aligned = 0.0, 0.0, set(), []
-    for name in (syn.layer_names[10], syn.layer_names[11]):
-        L = getattr(syn, name)
-        h = int(L.in_size[0]) + 2
-        y = torch.randn(1, 2, h, h, generator=g)
-        gi, so = torch.rand(1, 2, generator=g) + 0.5, torch.rand(1, 2, generator=g) + 0.5
-        args = (L.up_filter, L.down_filter, L.bias[:2], L.up_factor, L.down_factor, L.padding, 2 ** 0.5, 0.2, 256.0)
-        new = fast_ops.fused_filtered_lrelu_forward(y.half(), *args, in_gain=gi, out_scale=so).float()
-        rows = fast_ops.fused_filtered_lrelu_forward(y.half(), *args, in_gain=gi, out_scale=so, row_align=8)
-        aligned.append((rows.stride(2) % 8 == 0 and rows.stride(2) > rows.shape[3], float((rows - new).abs().max())))
-        fast_ops.SINGLE_TERM_DTYPES, fast_ops.DENSE_MATS_FIRST = (), False
-        old = fast_ops.fused_filtered_lrelu_forward(y.half(), *args, in_gain=gi, out_scale=so).float()
-        rows = fast_ops.fused_filtered_lrelu_forward(y.half(), *args, in_gain=gi, out_scale=so, row_align=8)
-        aligned.append((rows.stride(2) % 8 == 0 and rows.stride(2) > rows.shape[3], float((rows - old).abs().max())))
-        fast_ops.SINGLE_TERM_DTYPES, fast_ops.DENSE_MATS_FIRST = (torch.float16,), True
-        fast_ops.ALWAYS_MASKED = True
-        masked = fast_ops.fused_filtered_lrelu_forward(y.half(), *args, in_gain=gi, out_scale=so).float()
-        fast_ops.ALWAYS_MASKED = False
-        worst_same = max(worst_same, float((new - masked).abs().max() / masked.abs().max()))
-        plain = ops.filtered_lrelu(y * gi[:, :, None, None], L.up_filter, L.down_filter, L.bias[:2],
-                                   up=L.up_factor, down=L.down_factor, padding=L.padding, clamp=256.0)
-        plain = plain * so[:, :, None, None]
-        ups.add(L.up_factor)
-        worst_same = max(worst_same, float((new - old).abs().max() / old.abs().max()))
-        worst_plain = max(worst_plain, float((new - plain).abs().max() / plain.abs().max()))
-    print("SAME", worst_same, "PLAIN", worst_plain, "SINGLE", launches["single"], "UNMASKED", launches["unmasked"],
-          "DENSE_UNMASKED", launches["dense_unmasked"], "ALIGNED", all(a for a, _ in aligned),
-          max(d for _, d in aligned), "UPS", sorted(ups))
-""")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
-def test_single_term_forms_in_interpreter():
-    """fp16 layers with a one-term down-filter (T): the single-term banded kernel (2x; its interior tiles without
-    bounds tests) and the dense kernel with its matrices loaded first (4x) give what the general forms give, and the
-    plain operator's values; each form writes the same values into row-padded buffers (``row_align``)."""
-    skip_unless_triton_interpreter_works()
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, "-c", SINGLE_TERM_INTERPRETED], capture_output=True, text=True, env=env,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = r.stdout.split()
-    assert float(out[out.index("SAME") + 1]) < 1e-3
-    assert float(out[out.index("PLAIN") + 1]) < 1e-2  # fp16 storage and products
-    assert int(out[out.index("SINGLE") + 1]) >= 2
-    assert int(out[out.index("UNMASKED") + 1]) >= 1  # interior tiles ran without bounds tests
-    assert int(out[out.index("DENSE_UNMASKED") + 1]) >= 1
-    # row_align: rows padded in memory (for the convolution's rows form), the same values
-    assert out[out.index("ALIGNED") + 1] == "True" and float(out[out.index("ALIGNED") + 2]) == 0.0
-    assert r.stdout.split("UPS")[1].strip() == "[2, 4]"
 
 
 @requires_cuda
@@ -362,7 +167,7 @@ def test_channel_padding_for_tensor_cores_gives_the_same_sums(monkeypatch):
 def test_zero_padded_channels_feed_the_matrix_product_unchanged():
     """The fast path's fp16 outputs are views of channel-padded buffers (zeros in the extra channels); the next 1x1
     modulated convolution multiplies the whole buffer with zero-padded weights: same result as the plain view.
-    Only marked views count as padded."""
+    Only views recorded by ops.mark_zero_padded count as padded."""
     g = torch.Generator().manual_seed(0)
     buf = torch.randn(2, 16, 5, 5, generator=g)
     buf[:, 13:] = 0
@@ -370,7 +175,7 @@ def test_zero_padded_channels_feed_the_matrix_product_unchanged():
     w, s = torch.randn(11, 13, 1, 1, generator=g), torch.randn(2, 13, generator=g)
     ref = ops.modulated_conv2d(x.contiguous(), w, s, input_gain=torch.tensor(0.7))
     assert ops.zero_padded_channels(x) is None  # not marked: treated as an ordinary view
-    x._v2s_zero_padded = True
+    assert ops.mark_zero_padded(x) is x
     assert ops.zero_padded_channels(x).shape == (2, 16, 25)
     out = ops.modulated_conv2d(x, w, s, input_gain=torch.tensor(0.7))
     assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5)
@@ -391,7 +196,7 @@ def test_prescaled_chain_gives_the_modulated_convolution(monkeypatch):
     buf = torch.zeros(2, 16, 9, 9)
     buf[:, :13] = x * scale[:, :, None, None]
     xs = buf[:, :13]
-    xs._v2s_zero_padded = True
+    ops.mark_zero_padded(xs)
     monkeypatch.setattr(ops, "_pad_for_tensor_cores", lambda t: True)
     with torch.no_grad():
         raw = ops.scaled_input_conv2d(xs, kernel, None, padding=2, prescaled=True)
@@ -408,15 +213,19 @@ def test_weight_derived_operands_are_kept_in_inference_and_follow_the_weight():
     new ones, and under autograd the kernel is recomputed so gradients reach the weight."""
     from v2s_nb.stylegan3 import fast_conv
 
+    from v2s_nb.stylegan3.fast_path import plan_for
+
     G = tiny_generator("T", seed=0)
     layer = getattr(G.synthesis, G.synthesis.layer_names[1])
+    plan = plan_for(layer, "cpu")
+    assert plan_for(layer, "cpu") is plan  # one plan per layer and device
     with torch.no_grad():
-        k1, e1 = layer._shared_kernel()
-        k2, e2 = layer._shared_kernel()
+        k1, e1 = plan.shared_kernel()
+        k2, e2 = plan.shared_kernel()
         assert k1 is k2 and e1 is e2
         assert torch.equal(k1, ops.shared_kernel(layer.weight)) and torch.equal(e1, ops.kernel_tap_energy(k1))
         layer.weight.mul_(2)  # the weight changes in place: its version moves
-        k3, _ = layer._shared_kernel()
+        k3, _ = plan.shared_kernel()
         assert k3 is not k1 and torch.equal(k3, ops.shared_kernel(layer.weight))
         built = []
         build = lambda: built.append(1) or layer.weight.sum()  # noqa: E731
@@ -428,12 +237,12 @@ def test_weight_derived_operands_are_kept_in_inference_and_follow_the_weight():
         assert len(built) == 3
     with torch.inference_mode():
         layer.weight.mul_(0.5)  # (a change, so that the entry is rebuilt inside inference mode)
-        k5, _ = layer._shared_kernel()
+        k5, _ = plan.shared_kernel()
     assert not k5.is_inference()  # so a later autograd pass may save it (a frozen weight, an input with grad)
     x = torch.ones(3, requires_grad=True)
     (x[:, None] * k5.reshape(1, -1)[:, :3].T).sum().backward()
     layer.weight.requires_grad_(True)
-    k4, _ = layer._shared_kernel()  # autograd on, a trainable weight: recomputed, connected to it
+    k4, _ = plan.shared_kernel()  # autograd on, a trainable weight: recomputed, connected to it
     k4.sum().backward()
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
 
@@ -464,63 +273,6 @@ def test_filter_plans_are_not_reused_for_another_tensor_at_the_same_address():
     assert fast_ops._cached(cache, "k", (b,), build(b)) == 0.0 and len(built) == 2  # same key, another tensor
 
 
-CONV_INTERPRETED = textwrap.dedent("""
-    import torch, torch.nn.functional as F
-    from v2s_nb.stylegan3 import fast_conv
-    g = torch.Generator().manual_seed(0)
-    worst = 0.0
-    for n, c, h, w, o, cfg in [(2, 13, 9, 11, 11, None), (2, 40, 7, 40, 70, (2, 16, 64, 16, 4, 2))]:
-        buf = torch.randn(n, c + 3, h, w, generator=g)
-        x = buf[:, :c]  # a channel slice of a padded buffer, as the fast path passes
-        wt = torch.randn(o, c, 3, 3, generator=g)
-        ref = F.conv2d(x, wt, padding=2)
-        out = fast_conv.conv2d_nchw(x, wt, 2, config=cfg)
-        assert out.shape == ref.shape and out.is_contiguous()
-        worst = max(worst, float((out - ref).abs().max() / ref.abs().max()))
-    # the rows form: rows padded to 16 bytes (row_align), channel slices; both accumulator orders; several tiles
-    # per row (the first starts left of the plane), more outputs than one block
-    for n, c, h, w, o, cfg in [(2, 13, 9, 37, 11, (32, 16, 16, 4, 2, True)),
-                               (2, 40, 7, 37, 20, (16, 16, 32, 4, 2, False)), (1, 17, 5, 30, 40, (32, 32, 16, 4, 2, True))]:
-        buf = torch.zeros(n, c + 3, h, w + (-w) % 8)
-        buf[..., :w] = torch.randn(n, c + 3, h, w, generator=g)
-        x = buf[:, :c, :, :w]
-        wt = torch.randn(o, c, 3, 3, generator=g)
-        ref = F.conv2d(x, wt, padding=2)
-        out = fast_conv.conv2d_nchw(x, wt, 2, config=cfg, form="rows")
-        assert out.shape == ref.shape and out.is_contiguous()
-        worst = max(worst, float((out - ref).abs().max() / ref.abs().max()))
-    # the cudnn form (the transposes around F.conv2d): more outputs than MAX_OUT_CHANNELS picks it; 300 outputs are
-    # padded to 320 for cuDNN
-    for n, c, h, w, o in [(2, 13, 9, 11, 70), (1, 20, 6, 7, 300)]:
-        x = torch.randn(n, c + 3, h, w, generator=g)[:, :c]
-        xl = fast_conv.to_nhwc(x, c + 3)
-        assert xl.is_contiguous(memory_format=torch.channels_last) and torch.equal(xl[:, :c], x)
-        assert not xl[:, c:].any()
-        assert torch.equal(fast_conv.to_nchw(xl, c - 2), x[:, :c - 2]) and fast_conv.to_nchw(xl).is_contiguous()
-        wt = torch.randn(o, c, 3, 3, generator=g)
-        ref = F.conv2d(x, wt, padding=2)
-        out = fast_conv.conv2d_nchw(x, wt, 2)
-        assert out.shape == ref.shape and out.is_contiguous()
-        worst = max(worst, float((out - ref).abs().max() / ref.abs().max()))
-    try:
-        fast_conv.conv2d_nchw(torch.zeros(1, 3, 5, 5), torch.zeros(2, 3, 3, 3), 2, form="rows")
-    except ValueError as e:
-        assert "16-byte" in str(e), e
-    else:
-        raise AssertionError("unaligned rows accepted")
-    print("WORST", worst)
-""")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
-def test_triton_convolution_in_interpreter():
-    skip_unless_triton_interpreter_works()
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, "-c", CONV_INTERPRETED], capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert float(r.stdout.split("WORST")[1].split()[0]) < 1e-5
-
-
 @requires_cuda
 def test_triton_convolution_matches_cudnn_on_gpu():
     from v2s_nb.stylegan3 import fast_conv
@@ -539,49 +291,83 @@ def test_triton_convolution_matches_cudnn_on_gpu():
                 assert float((out.float() - ref).abs().max() / ref.abs().max()) < 2e-3, form
 
 
-BANDED_INTERPRETED = textwrap.dedent("""
-    import torch
-    from v2s_nb.stylegan3 import fast_backward, ops, tiny_generator
-    worst, checked = 0.0, 0
-    for cfg in "RT":
-        G = tiny_generator(cfg, resolution=32, seed=1, channel_max=4)
-        syn = G.synthesis
-        ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)), None)
+def test_fast_config_reads_the_environment_and_restores_overrides():
+    from v2s_nb.stylegan3 import fast_config
+    from v2s_nb.stylegan3.fast_config import FastConfig
+
+    env = {"V2S_NB_FUSED": "0", "V2S_NB_FAST_CHUNK_MB": "64", "V2S_NB_FP16_RANK_TOL": "1e-3"}
+    assert FastConfig.from_env(env) == FastConfig(use_fused=False, chunk_mb=64, fp16_rank_tol=1e-3)
+    assert FastConfig.from_env({}) == FastConfig()
+    assert FastConfig.from_env({"V2S_NB_BACKWARD_FORM": "banded", "V2S_NB_RELAXED_ATOMICS": "0"}) == FastConfig(
+        backward_form="banded", relaxed_atomics=False)
+    with pytest.raises(ValueError, match="backward_form must be"):
+        FastConfig(backward_form="sparse")
+    with pytest.raises(ValueError, match="V2S_NB_FUSED_WARPS='many' is not valid"):
+        FastConfig.from_env({"V2S_NB_FUSED_WARPS": "many"})
+    with pytest.raises(ValueError, match="fused_warps must be"):
+        FastConfig(fused_warps=3)
+    before = fast_config.current()
+    with fast_config.override(use_fused=not before.use_fused, chunk_mb=8) as inside:
+        assert fast_config.current() is inside and inside.chunk_bytes == 8 * 2 ** 20
+        assert inside.use_fused != before.use_fused and inside.fused_warps == before.fused_warps
+    assert fast_config.current() == before
+    with pytest.raises(TypeError, match="unknown fast-path setting"):
+        with fast_config.override(use_fusd=False):
+            pass
+    try:
+        assert fast_config.configure(fused_warps=8).fused_warps == 8 and fast_config.current().fused_warps == 8
+    finally:
+        fast_config.configure(fused_warps=before.fused_warps)
+
+
+def test_fast_ops_follow_the_config(monkeypatch):
+    """use_fused picks the fused kernel or the unfused ones (each stubbed here: no GPU); bf16x3 may turn the float32
+    layers' three-pass bf16 products off."""
+    from v2s_nb.stylegan3 import fast_config, fast_ops
+
+    class Unfused(Exception):
+        pass
+
+    def unfused(*args, **kwargs):
+        raise Unfused
+
+    monkeypatch.setattr(fast_ops, "fused_filtered_lrelu_forward", lambda *a, **k: "fused")
+    monkeypatch.setattr(fast_ops, "_prepared_filters", unfused)
+    args = (torch.zeros(1, 2, 8, 8), torch.ones(4), torch.ones(4), torch.zeros(2), 2, 2, [1, 1, 1, 1], 1.0, 0.2, 256.0)
+    with fast_config.override(use_fused=True):
+        assert fast_ops.fast_filtered_lrelu_forward(*args) == "fused"
+    with fast_config.override(use_fused=False), pytest.raises(Unfused):
+        fast_ops.fast_filtered_lrelu_forward(*args)
+    for allowed, expected in ((True, "bf16x3" if fast_ops.BF16X3 else "tf32x3"), (False, "tf32x3")):
+        with fast_config.override(bf16x3=allowed):
+            assert fast_ops._forward_precision(torch.float32) == expected
+
+
+@pytest.mark.parametrize("cfg", ["R", "T"])
+def test_layer_plans_on_the_cpu_give_the_plain_images(cfg, monkeypatch):
+    """The fast path's layer logic (plans; T's 3x3 layers chained, each handing the next its input scale and
+    factors) run on the CPU, where the kernels fall back to the reference ops: the plain path's images and feature
+    maps. (With the kernels, on CUDA: test_fast_matches_plain_on_gpu.)"""
+    from v2s_nb.stylegan3 import fast_path
+
+    chained = []
+
+    def chains_into(self, nxt):  # as on CUDA in inference
+        chained.append(self.three_by_three and nxt.three_by_three and not nxt.is_torgb)
+        return chained[-1]
+
+    monkeypatch.setattr(fast_path.LayerPlan, "chains_into", chains_into)
+    G = tiny_generator(cfg, seed=0)
+    syn = G.synthesis
+    ws = mapped_ws(G, 2, seed=3)
+    with torch.no_grad():
         styles = syn.styles(ws)
-        x = syn.input.forward_styles(styles["input"])
-        for i, name in enumerate(syn.layer_names[:-1]):
-            L = getattr(syn, name)
-            y = ops.modulated_conv2d(x, L.weight, styles[name], padding=L.conv_kernel - 1,
-                                     input_gain=L.magnitude_ema.rsqrt()).detach()
-            clamp = 0.5 if i % 2 else float(L.conv_clamp)  # a small clamp: clamped samples get no gradient
-            kw = dict(up=L.up_factor, down=L.down_factor, padding=L.padding, gain=2 ** 0.5, slope=0.2, clamp=clamp)
-            yd, bd = y.clone().requires_grad_(True), L.bias.detach().clone().requires_grad_(True)
-            out = ops.filtered_lrelu(yd, L.up_filter, L.down_filter, bd, **kw)
-            gy = torch.randn(out.shape, generator=torch.Generator().manual_seed(i))
-            ga, gba = torch.autograd.grad(out, [yd, bd], gy)
-            args = (y, L.up_filter, L.down_filter, L.bias, L.up_factor, L.down_factor, L.padding, 2 ** 0.5, 0.2,
-                    clamp, gy)
-            assert fast_backward.banded_filtered_lrelu_backward(*args) is None  # float32: not in BANDED_FORMS
-            res = fast_backward.banded_filtered_lrelu_backward(*args, tiles=(64,))
-            if res is not None:
-                checked += 1
-                worst = max(worst, float((ga - res[0]).abs().max() / ga.abs().max()),
-                            float((gba - res[1]).abs().max() / gba.abs().max()))
-            x = out.detach()
-    print("BANDED", worst, "CHECKED", checked)
-""")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
-def test_banded_backward_in_interpreter():
-    """The banded backward kernel (fast_backward; fp16 layers on the GPU) in float32 on 64-wide tiles equals autograd
-    through the plain operator, for every layer of tiny R and T generators (radial and separable down-filters, 2x and
-    4x upsampling, clamped samples)."""
-    skip_unless_triton_interpreter_works()
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, "-c", BANDED_INTERPRETED], capture_output=True, text=True, env=env,
-                       timeout=1200)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = r.stdout.split()
-    assert int(out[out.index("CHECKED") + 1]) >= 20
-    assert float(out[out.index("BANDED") + 1]) < 1e-5
+        x0 = syn.input.forward_styles(styles["input"])
+        fast, _ = fast_path.run_layers(syn, x0, styles, out_gain=syn.output_scale)
+        plain = syn.from_styles(styles, impl="plain")
+        middle = syn.layer_names[len(syn.layer_names) // 2]
+        _, feats = fast_path.run_layers(syn, x0, styles, stop_after=middle, collect={middle})
+        plain_feats = syn.feature_maps(ws, middle, impl="plain")
+    assert any(chained) == (cfg == "T")  # T's 3x3 layers chain; R's 1x1 layers don't
+    assert fast.shape == plain.shape and float((fast - plain).abs().max()) <= 1e-4 * float(plain.abs().max())
+    assert torch.allclose(feats[middle], plain_feats[middle], rtol=1e-4, atol=1e-5)

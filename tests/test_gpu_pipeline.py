@@ -7,12 +7,12 @@ import pytest
 import torch
 from skimage import data
 
-from conftest import requires_cuda
+from conftest import CUDA_MARKS
 from test_encoder import make_encoder_sd, save_released_format
 from v2s_nb.method.encoder import load_encoder
 from v2s_nb.stylegan3 import tiny_generator
 
-pytestmark = requires_cuda
+pytestmark = CUDA_MARKS
 
 
 def test_encoder_codes_on_cuda_equal_cpu(tmp_path):

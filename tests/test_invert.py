@@ -53,6 +53,7 @@ def known(G):
     return images, ws, inv, time.perf_counter() - t0
 
 
+@pytest.mark.slow
 def test_recovers_known_w_with_high_psnr(G, known):
     images, _, inv, seconds = known
     print(f"\nPSNR of 2 images after 150 steps: {np.round(inv.psnr, 2)} dB ({seconds:.1f} s)")
@@ -70,6 +71,7 @@ def test_recovers_known_w_with_high_psnr(G, known):
     assert inv.images(G, uint8=True).shape == (2, RES, RES, 3)
 
 
+@pytest.mark.slow
 def test_save_and_load_roundtrip(tmp_path, known):
     inv = known[2]
     js = inv.save(tmp_path / "sub" / "inv.json")
@@ -90,6 +92,7 @@ def test_save_and_load_roundtrip(tmp_path, known):
         Inversion.load(tmp_path / "sub" / "inv.npy")
 
 
+@pytest.mark.slow
 def test_sequence_needs_fewer_steps_than_frame_by_frame(G):
     # A smooth "video": 6 frames along the line between two w's.
     gen = torch.Generator().manual_seed(7)
@@ -120,6 +123,7 @@ def test_sequence_needs_fewer_steps_than_frame_by_frame(G):
     assert seq.psnr.min() >= same.psnr.min() + 2 and seq.psnr.mean() >= same.psnr.mean() + 1.5
 
 
+@pytest.mark.slow
 def test_sequence_temporal_term_and_checkpoint_resume(G, tmp_path):
     gen = torch.Generator().manual_seed(3)
     frames = _render(G, G.mapping(torch.randn(5, G.z_dim, generator=gen), None))
@@ -146,6 +150,7 @@ def test_sequence_temporal_term_and_checkpoint_resume(G, tmp_path):
     assert not other.from_cache
 
 
+@pytest.mark.slow
 def test_cache_avoids_inverting_twice(G, tmp_path):
     gen = torch.Generator().manual_seed(5)
     frames = _render(G, G.mapping(torch.randn(2, G.z_dim, generator=gen), None))
@@ -161,6 +166,7 @@ def test_cache_avoids_inverting_twice(G, tmp_path):
     assert not s1.from_cache and s2.from_cache and torch.equal(s1.ws, s2.ws)
 
 
+@pytest.mark.slow
 def test_deterministic_and_batch_independent(G, known):
     images = known[0]
     kw = dict(steps=6, lr=0.1, progress=False)
@@ -175,6 +181,7 @@ def test_deterministic_and_batch_independent(G, known):
     np.testing.assert_allclose(warm.psnr, known[2].psnr, atol=0.1)
 
 
+@pytest.mark.slow
 def test_pti_fits_an_out_of_range_image_and_leaves_G_untouched(G, tmp_path):
     import cv2
     from skimage import data
@@ -239,6 +246,7 @@ def test_image_formats_and_bad_input(G):
         invert(G, x, steps=1, init=torch.zeros(3, 4), progress=False)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_naming_the_frame(G, known):
     def perceptual(img, target):  # a perceptual term that breaks on the second image only
         out = torch.zeros(img.shape[0])
@@ -250,6 +258,7 @@ def test_nan_loss_stops_naming_the_frame(G, known):
     assert err.value.frames == [8]
 
 
+@pytest.mark.slow
 def test_lpips_falls_back_to_mse_with_one_warning(G, known, monkeypatch):
     import builtins
     import v2s_nb.method.invert as mod
@@ -275,6 +284,7 @@ def test_lpips_falls_back_to_mse_with_one_warning(G, known, monkeypatch):
     assert c.settings["perceptual"].startswith("callable:")
 
 
+@pytest.mark.slow
 def test_progress_bar_shows_loss(G, known, capsys):
     invert(G, known[0][:1], steps=3, progress=True)
     err = capsys.readouterr().err

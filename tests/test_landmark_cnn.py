@@ -238,6 +238,7 @@ def test_keypoint_distance_falls_back_to_dlib_with_a_warning(monkeypatch, tmp_pa
 # ----------------------------------------------------------------------------------------------- eq 4
 
 
+@pytest.mark.slow
 def test_eq4_with_image_pose_regressor_moves_rows_0_to_7_and_lowers_the_loss(pfld_path):
     from v2s_nb.method.pose_encoding import ImagePoseRegressor, encode_pose
     from v2s_nb.stylegan3 import tiny_generator

@@ -328,6 +328,7 @@ def test_inception_adapter_with_a_stand_in_library(monkeypatch, tmp_path):
     assert feats.shape == (5, 2048) and seen["input"] == (torch.uint8, (5, 3, 20, 30)) and np.all(feats == 7)
 
 
+@pytest.mark.slow
 def test_run_table1_paired_clips_and_face_features(small_clip):
     """Two references with a driving clip each (one given as a list of frames is one clip); FID on dlib
     embeddings reuses the ID embeddings."""

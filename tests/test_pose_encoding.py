@@ -65,6 +65,7 @@ def test_larger_lambda_id_keeps_w_closer(G, w_ref):
     assert d[1] < 0.8 * d[0]
 
 
+@pytest.mark.slow
 def test_image_pose_fn_through_generator(G, w_ref):
     with torch.no_grad():
         start = image_pose(G.synthesis(w_ref[None]))[0].numpy()

@@ -172,6 +172,7 @@ def test_save_load_roundtrip(G, tmp_path):
         Reenactor.load(tmp_path / "r", G=tiny_generator("R", resolution=64, seed=1))
 
 
+@pytest.mark.slow
 def test_pti_generator_renders_and_survives_save_load(G, tmp_path):
     """The paper's split: a PTI-tuned copy renders, the original stays as it was (and is what pose encoding uses)."""
     from v2s_nb.images import to_uint8

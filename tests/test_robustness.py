@@ -122,6 +122,7 @@ def test_generate_refuses_overwriting_its_network(tmp_path, capsys, sg3_fixture_
 # ------------------------------------------------------------------------------------ resumable by default
 
 
+@pytest.mark.slow
 def test_reenact_resumes_inversion_after_sigkill(demo_inputs, tmp_path):
     """Kill the CLI (SIGKILL) once the first inversion batch is saved; the rerun reuses it (its files are not
     rewritten) and finishes."""
@@ -399,6 +400,7 @@ def test_decoding_errors_are_warned_with_frames_or_refused_when_strict(tmp_path)
         read_video(bad, strict=True)
 
 
+@pytest.mark.slow
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     import signal
     import time

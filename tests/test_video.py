@@ -84,6 +84,7 @@ def test_stream_chunks_equal_full_read(tmp_path):
         stream_video(path, chunk=0)
 
 
+@pytest.mark.slow
 def test_stream_memory_is_bounded(tmp_path):
     """600 frames of 320x240 are 138 MB decoded; streaming in chunks of 8 must peak at a few MB.
 

@@ -521,9 +521,9 @@ def test_killed_download_leaves_no_part_file(server, tmp_path, sig):
     import sys
 
     server.routes["/big.pkl"] = (PAYLOAD[:4096], "trickle")
-    code = ("import sys; from v2s_nb.weights import fetch; "
-            f"fetch({server.url('/big.pkl')!r}, cache={str(tmp_path)!r}, progress=False)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    script = pathlib.Path(__file__).with_name("fetch_url.py")
+    proc = subprocess.Popen([sys.executable, str(script), server.url("/big.pkl"), str(tmp_path)],
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not list(tmp_path.rglob("*.part-*")):
         assert proc.poll() is None and time.monotonic() < deadline, "the download never started"

@@ -101,7 +101,8 @@ class OnnxGraph(nn.Module):
     Div, Exp, Softmax, Concat, Reshape, Transpose, Slice, Shape, Gather, Unsqueeze, Constant: what PFLD and
     RFB-320 use. An unsupported node raises ``NotImplementedError`` at load time, naming it.
     Subnormal float weights (below ~1.2e-38 in magnitude; PFLD's file holds some 450,000) are read as 0: they
-    cannot change an output measurably, and arithmetic on them makes a CPU forward pass ~15x slower.
+    cannot change an output measurably, and arithmetic on them makes a CPU forward pass many times slower
+    (docs/performance.md).
     ``forward(x)`` returns the graph's outputs as a tuple, in the file's order.
     """
 

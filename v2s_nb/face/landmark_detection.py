@@ -305,7 +305,7 @@ def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool =
     :class:`~v2s_nb.video.VideoStream` (then only one chunk is in memory at a time).
 
     ``detector``: ``'hog'`` (dlib's HOG + linear SVM frontal detector; fast on a CPU) or ``'cnn'`` (dlib's
-    MMOD CNN; finds more rotated / profile faces, ~1 s per 512 px frame on a CPU).
+    MMOD CNN; finds more rotated / profile faces, much slower on a CPU: docs/performance.md).
     ``upsample``: how many times the image is doubled before detection (0 = none; 1 finds faces down to
     ~40 px instead of ~80 px at about 4x the cost); dlib's detectors only. ``'rfb'``: the RFB-320 CNN face
     detector (the frame resized to 320 x 240; faces down to ~20 px of that; score > 0.7, NMS IoU 0.3).

@@ -17,11 +17,10 @@ back.
 
 from __future__ import annotations
 
-import os
 
 import torch
 
-from . import fast_ops
+from . import fast_config, fast_ops
 
 HAVE_TRITON = fast_ops.HAVE_TRITON
 if HAVE_TRITON:
@@ -117,9 +116,8 @@ if HAVE_TRITON:
 # dense kernel's 64-wide tiles were faster) the dense kernel runs. Measured per layer by
 # benchmarks/bench_lrelu_backward.py (docs/performance.md).
 BANDED_FORMS = {(torch.float16, 2): ((128,), 8), (torch.float16, 4): ((64,), 4)}
-# Relaxed atomics for the input gradient's sums (the kernel reads nothing another tile writes); acquire-release
-# ordering, Triton's default, measured 1.4x slower over T's layers.
-RELAXED_ATOMICS = os.environ.get("V2S_NB_RELAXED_ATOMICS", "1") != "0"
+# Relaxed atomics for the input gradient's sums (the kernel reads nothing another tile writes): fast_config's
+# relaxed_atomics; acquire-release ordering, Triton's default, measured slower (docs/performance.md).
 
 
 def banded_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad, tiles=None,
@@ -144,7 +142,7 @@ def banded_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope,
     grad = grad.contiguous()
     bias = b.to(torch.float32).contiguous()
     gx = torch.zeros((n, c, h, w), dtype=torch.float32, device=x.device)
-    relaxed = RELAXED_ATOMICS if relaxed is None else relaxed
+    relaxed = fast_config.current().relaxed_atomics if relaxed is None else relaxed
     for bu in tiles:
         plan = fast_ops._fused_plan(fu, fd, up, down, padding, x.dtype, x.device, bu)
         if plan is None:

@@ -227,7 +227,7 @@ _WEIGHT_DERIVED = WeakIdKeyDictionary()
 def weight_derived(weight, key, build):
     """``build()`` for this ``weight`` tensor and ``key``, kept while the weight's storage and version stay the same
     (an optimiser step or a load moves the version; one entry per key, replaced then). For inference: the fast path
-    keeps each layer's shared kernel (``SynthesisLayer._shared_kernel``) and, per convolution form, the weight
+    keeps each layer's shared kernel (``fast_path.LayerPlan.shared_kernel``) and, per convolution form, the weight
     operands built from it. Built as normal tensors without autograd, even under ``torch.inference_mode``: a later
     autograd pass may save them for backward."""
     entries = _WEIGHT_DERIVED.get(weight)

@@ -21,6 +21,8 @@ import os
 
 import torch
 
+from . import fast_config
+
 try:
     import triton
     import triton.language as tl
@@ -96,7 +98,8 @@ if HAVE_TRITON:
 
 
 def _on_triton(*tensors) -> bool:
-    return HAVE_TRITON and all(t.is_cuda or _interpreted() for t in tensors)
+    return (HAVE_TRITON and fast_config.current().modulation_kernels
+            and all(t.is_cuda or _interpreted() for t in tensors))
 
 
 def _interpreted() -> bool:

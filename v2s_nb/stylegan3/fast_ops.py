@@ -33,7 +33,7 @@ import weakref
 
 import torch
 
-from . import ops
+from . import fast_config, ops
 
 try:  # Triton ships with CUDA builds of PyTorch; without it the plain path is used.
     import triton
@@ -43,8 +43,6 @@ try:  # Triton ships with CUDA builds of PyTorch; without it the plain path is u
 except Exception:  # pragma: no cover - depends on the install
     HAVE_TRITON = False
 
-# Upper bound on the bytes of one chunk's upsampled intermediate (the rest of the layer streams through it).
-CHUNK_BYTES = int(os.environ.get("V2S_NB_FAST_CHUNK_MB", "1024")) * 2 ** 20
 
 if HAVE_TRITON:
 
@@ -462,7 +460,7 @@ if HAVE_TRITON:
         gx = tl.dot(s.to(axt.dtype), axt, input_precision=PRECISION)  # [KJY, KJX]
         if SCALE:
             gx = gx * peak
-        # Relaxed atomics: the kernel reads nothing another tile writes (fast_backward.RELAXED_ATOMICS: faster).
+        # Relaxed atomics: the kernel reads nothing another tile writes (measured faster: docs/performance.md).
         tl.atomic_add(gx_ptr + plane * h * w + jy[:, None] * w + jx[None, :], gx, mask=ok, sem="relaxed")
 
     @triton.jit
@@ -643,7 +641,8 @@ def _bf16x3_available():
         return False
 
 
-# Triton's interpreter (the CPU tests) has no bf16x3: there the float32 layers keep three-pass TF32.
+# Whether bf16x3 products are available (fast_config's bf16x3 says whether to use them). Triton's interpreter
+# (the CPU tests) has none: there the float32 layers keep three-pass TF32.
 BF16X3 = HAVE_TRITON and os.environ.get("TRITON_INTERPRET", "0") != "1" and _bf16x3_available()
 
 
@@ -655,7 +654,8 @@ def _forward_precision(dtype):
     faster, and leaves the images' error against strict float32 unchanged (docs/performance.md)."""
     if dtype == torch.float16:
         return "ieee"
-    return "bf16x3" if BF16X3 and torch.backends.cudnn.allow_tf32 else "tf32x3"
+    use = BF16X3 and fast_config.current().bf16x3 and torch.backends.cudnn.allow_tf32
+    return "bf16x3" if use else "tf32x3"
 
 
 def _up_axis(x, f, up, pad0, pad1, axis, bias=None, channels=1, act=None):
@@ -823,18 +823,14 @@ def _prepared_filters(fu, fd, up, device):
 # FUSED_CHOICE holds the exceptions to FUSED_DEFAULT, the form per dtype (also the fallback of any exception).
 FUSED_CHOICE = {(torch.float16, 4): ("dense", 128, False)}
 FUSED_DEFAULT = {torch.float16: ("banded", 64, False), torch.float32: ("banded", 64, True)}
-# Separable terms of a radial down-filter kept for fp16 layers: those whose singular value is at least this
-# fraction of the largest. Half of fp16's rounding step: what is dropped is below what fp16 storage keeps.
-FP16_RANK_TOL = float(os.environ.get("V2S_NB_FP16_RANK_TOL", "2.5e-4"))
+# (Separable terms kept for fp16 layers' radial down-filters: fast_config's fp16_rank_tol.)
 # Planes whose output is smaller than this use the unfused kernels. float16: the fused kernel rounds the filter
 # taps and one more intermediate to fp16; on the small planes of 256-512 px models that measurably added to the
 # gradient error (R 256: 1.0e-2 against float32 fused, 7.9e-3 unfused), so they stay unfused. float32: from 32
 # up, the fused kernel is exact to float32 rounding and faster.
 FUSED_MIN_OUT = {torch.float16: 128, torch.float32: 32}
-# Warps per tile program: 4. With 8 the dense forward ran slower on every layer of R and T and the banded forms
-# crashed (illegal address, Triton 3.6); 2 was far slower (docs/performance.md). The backward prefers 8 for fp16
-# layers and 4 for float32 ones.
-FUSED_WARPS = int(os.environ.get("V2S_NB_FUSED_WARPS", "4"))
+# (Warps per forward tile program: fast_config's fused_warps. The backward prefers 8 for fp16 layers and 4 for
+# float32 ones.)
 # The dense forward's form for single-term down-filters (see _fused_dense_kernel's MATS_FIRST) and its warps.
 DENSE_MATS_FIRST = True
 DENSE_FIRST_WARPS = 8
@@ -847,12 +843,14 @@ _fused_cache: dict = {}
 
 def _fused_plan(fu, fd, up, down, padding, dtype, device, bu):
     """Host-side matrices of the fused kernel for one layer (cached per stored filter buffers)."""
-    key = (fu.data_ptr(), fu._version, fd.data_ptr(), fd._version, up, down, tuple(padding), dtype, device, bu)
+    rank_tol = fast_config.current().fp16_rank_tol if dtype == torch.float16 else 1e-7
+    key = (fu.data_ptr(), fu._version, fd.data_ptr(), fd._version, up, down, tuple(padding), dtype, device, bu,
+           rank_tol)
     return _cached(_fused_cache, key, (fu, fd), lambda: _build_fused_plan(fu, fd, up, down, padding, dtype, device,
-                                                                          bu))
+                                                                          bu, rank_tol))
 
 
-def _build_fused_plan(fu, fd, up, down, padding, dtype, device, bu):
+def _build_fused_plan(fu, fd, up, down, padding, dtype, device, bu, rank_tol):
     px0, _, py0, _ = (int(v) for v in padding)
     g = fu.detach().cpu().flip(0).float() * up
     k = fd.shape[0]
@@ -864,7 +862,7 @@ def _build_fused_plan(fu, fd, up, down, padding, dtype, device, bu):
     ax, jshift_x, kjx = _up_matrix(g, up, px0, bu, mat_dtype, device)
     ay, jshift_y, kjy = _up_matrix(g, up, py0, bu, mat_dtype, device)
     if fd.ndim == 2:
-        terms = separable_terms(fd.detach().cpu(), tol=FP16_RANK_TOL if dtype == torch.float16 else 1e-7)
+        terms = separable_terms(fd.detach().cpu(), tol=rank_tol)
         if terms is None:
             return None
         cols, rows = (t.flip(1) for t in terms)
@@ -982,8 +980,8 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
     ``forms``: the (kernel, tile edge, halves) to try in turn, e.g. ``[("banded", 64, False)]``; by default the
     measured choice for the layer's dtype and upsampling factor, and none for planes under ``FUSED_MIN_OUT``.
     ``pad_channels_to``: the result is written into a buffer whose channel count is rounded up to a multiple of
-    this, with zeros in the extra channels, and returned as a view of its first channels marked
-    ``_v2s_zero_padded`` (see :func:`ops.zero_padded_channels`): the next layer's matrix product reads the padded
+    this, with zeros in the extra channels, and returned as a view of its first channels recorded by
+    :func:`ops.mark_zero_padded`: the next layer's matrix product reads the padded
     buffer directly, and cuBLAS's fast kernels want inner sizes that are multiples of 8.
     ``in_gain`` / ``out_scale``: optional [N, C] factors applied to the input before the bias (a convolution's
     demodulation) and to the result (the next layer's input modulation), in float32 inside the kernel.
@@ -993,6 +991,7 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
     """
     n, c, h, w = x.shape
     h_out, w_out = _output_size(h, w, fu, fd, up, down, padding)
+    warps = fast_config.current().fused_warps
     if forms is None:
         if min(h_out, w_out) < FUSED_MIN_OUT.get(x.dtype, 0):
             return None
@@ -1041,7 +1040,7 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
                 elif kernel == "dense":
                     _fused_dense_kernel[grid](*common, UP=up, DOWN=down, R=plan["r"], KJX=plan["kjx"],
                                               KJY=plan["kjy"], BU=bu, BOP=plan["bop"], MATS_FIRST=False,
-                                              num_warps=FUSED_WARPS, **flags)
+                                              num_warps=warps, **flags)
                 elif single and not halves and plan["kbx"] and plan["kby"] and x.dtype in SINGLE_TERM_DTYPES:
                     for tgrid, tiles, masked in _tile_launches(planes, h, w, h_out, w_out, up, down, plan,
                                                                plan["kay"] + plan["kby"], plan["kax"] + plan["kbx"]):
@@ -1050,30 +1049,26 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
                             h_out, w_out, w_buf, c, plan["jshift_y"], plan["jshift_x"], float(gain), float(slope),
                             float(clamp), bo, *tiles, UP=up, DOWN=down, KAX=plan["kax"], KBX=plan["kbx"],
                             KAY=plan["kay"], KBY=plan["kby"], BU=bu, BOP=plan["bop"], B0=plan["b0"], PLANES=1,
-                            MASKED=masked or ALWAYS_MASKED, num_warps=FUSED_WARPS, **flags)
+                            MASKED=masked or ALWAYS_MASKED, num_warps=warps, **flags)
                 else:
                     _fused_kernel[grid](*common, UP=up, DOWN=down, R=plan["r"], KAX=plan["kax"], KBX=plan["kbx"],
                                         KAY=plan["kay"], KBY=plan["kby"], BU=bu, BOP=plan["bop"], B0=plan["b0"],
-                                        D01=plan["d01"], HALVES=halves, num_warps=FUSED_WARPS, **flags)
+                                        D01=plan["d01"], HALVES=halves, num_warps=warps, **flags)
         except triton.runtime.errors.OutOfResources:
             continue  # too much shared memory for this GPU: the next choice, then the unfused kernels
         if w_buf > w_out:
             buf = buf[..., :w_out]
         if c_pad == c:
             return buf
-        out = buf[:, :c]
-        out._v2s_zero_padded = True
-        return out
+        return ops.mark_zero_padded(buf[:, :c])
     return None
 
 
-USE_FUSED = os.environ.get("V2S_NB_FUSED", "1") != "0"
 # Tile edges the backward kernel tries, largest first (the smaller one where shared memory runs out), and the
 # output size under which it starts with the smaller tile (a large tile over a small plane is mostly halo).
 BACKWARD_TILES = (128, 64)
 BACKWARD_SMALL_OUT = 100
 BACKWARD_WARPS = {torch.float16: 8, torch.float32: 4}
-BACKWARD_FORM = os.environ.get("V2S_NB_BACKWARD_FORM", "dense")  # or "banded" (see fused_filtered_lrelu_backward)
 
 
 def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad):
@@ -1084,12 +1079,12 @@ def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, 
     in fp16 for float16 layers, on each tile's gradient divided by its largest magnitude (fp16 precision at any
     gradient scale: no underflow), and in three-pass TF32 (float32 accuracy) for float32 layers. TF32 was tried
     for the float16 layers: its operands are truncated, not rounded, and the error was 5-10x the plain path's.
-    d x is accumulated in float32, then cast to ``x``'s dtype. ``BACKWARD_FORM`` 'banded' (environment
+    d x is accumulated in float32, then cast to ``x``'s dtype. ``fast_config`` ``backward_form='banded'`` (environment
     ``V2S_NB_BACKWARD_FORM=banded``) runs :func:`fast_backward.banded_filtered_lrelu_backward` first where it applies
     (only the tap-holding blocks of the window products); 'dense' (the default until the GPU gradient tests have run
     on the banded kernel) this function's own kernel.
     """
-    if BACKWARD_FORM == "banded":
+    if fast_config.current().backward_form == "banded":
         from . import fast_backward
 
         grads = fast_backward.banded_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp,
@@ -1126,7 +1121,7 @@ def fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, cl
     """Same result as :func:`ops.filtered_lrelu` for separable ``fu`` and 1-D or 2-D ``fd`` (no autograd).
     ``pad_channels_to`` and ``row_align`` (layouts, where the fused kernel runs), ``in_gain``, ``out_scale``,
     ``out_dtype``: see :func:`fused_filtered_lrelu_forward`."""
-    if USE_FUSED:
+    if fast_config.current().use_fused:
         out = fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp,
                                            pad_channels_to=pad_channels_to, in_gain=in_gain, out_scale=out_scale,
                                            out_dtype=out_dtype, row_align=row_align)
@@ -1148,7 +1143,7 @@ def fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, cl
     kd = fd.shape[0]
     h_out, w_out = (hu - kd) // down + 1, (wu - kd) // down + 1
     out = torch.empty((n * c, h_out, w_out), dtype=x.dtype, device=x.device)
-    chunk = max(1, min(n * c, CHUNK_BYTES // max(1, hu * wu * x.element_size())))
+    chunk = max(1, min(n * c, fast_config.current().chunk_bytes // max(1, hu * wu * x.element_size())))
     for start in range(0, n * c, chunk):
         stop = min(n * c, start + chunk)
         # The kernel indexes the bias by plane % c; a chunk starting mid-batch gets a rolled bias.
@@ -1170,7 +1165,6 @@ def fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, cl
     return out.reshape(n, c, h_out, w_out)
 
 
-USE_FUSED_BACKWARD = os.environ.get("V2S_NB_FUSED_BACKWARD", "1") != "0"
 
 
 class _FilteredLReLU(torch.autograd.Function):
@@ -1187,7 +1181,7 @@ class _FilteredLReLU(torch.autograd.Function):
     def backward(ctx, grad):
         x, b = ctx.saved_tensors
         fu, fd, up, down, padding, gain, slope, clamp = ctx.args
-        if USE_FUSED_BACKWARD:
+        if fast_config.current().use_fused_backward:
             grads = fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad)
             if grads is not None:
                 gx, gb = grads
@@ -1199,7 +1193,7 @@ class _FilteredLReLU(torch.autograd.Function):
         # The operator acts on each (sample, channel) plane alone, so its plain-path gradient can be taken a
         # few channels at a time: memory stays bounded however large the batch.
         plane_bytes = (h * up + fu.shape[0]) * (w * up + fu.shape[0]) * 4 * 6  # zero-stuffed tensors autograd keeps
-        per_chunk = max(1, min(c, CHUNK_BYTES // plane_bytes))
+        per_chunk = max(1, min(c, fast_config.current().chunk_bytes // plane_bytes))
         for i in range(n):
             for c0 in range(0, c, per_chunk):
                 c1 = min(c, c0 + per_chunk)

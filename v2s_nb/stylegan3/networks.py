@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fast_conv, fast_modulation, fast_ops
-from .ops import (design_lowpass_filter, filtered_lrelu, kernel_tap_energy, modulated_conv2d, modulation_factors,
-                  scaled_input_conv2d, shared_kernel)
+from . import fast_ops, fast_path
+from .ops import design_lowpass_filter, filtered_lrelu, modulated_conv2d
 
 IMPLS = ("auto", "fast", "plain")
 
@@ -221,96 +220,24 @@ class SynthesisLayer(nn.Module):
         """float16 for the snapshot's high-resolution layers on CUDA (as NVIDIA runs them), else float32."""
         return torch.float16 if self.use_fp16 and not force_fp32 and device.type == "cuda" else torch.float32
 
-    def forward_styles(self, x, styles, force_fp32=False, impl="plain", x_scaled=False, factors=None,
-                       next_layer=None, next_factors=None, out_gain=1.0):
-        """Apply the layer with the given raw affine output ``styles`` [N, in_channels].
+    def forward_styles(self, x, styles, force_fp32=False, impl="plain", out_gain=1.0):
+        """Apply the layer with the given raw affine output ``styles`` [N, in_channels] to ``x`` [N, in_channels,
+        H, W]; ``out_gain``: a factor on the result (the network's ``output_scale`` for ToRGB).
 
-        ``impl``: 'plain' (reference ops) or 'fast' (Triton kernels on CUDA; see :mod:`fast_ops`).
-        Fast-path chaining (used by :meth:`SynthesisNetwork._run`; see :meth:`chains_into`): ``next_layer`` with
-        ``next_factors`` (its :meth:`modulation` of its styles) makes this layer return its output already
-        multiplied by that layer's input scale (in the activation kernel, no extra pass); ``x_scaled`` says that
-        ``x`` came so, and ``factors`` hands this layer its own :meth:`modulation` (the previous layer computed it).
-        ``out_gain``: a factor on the result (the network's ``output_scale`` for ToRGB; the fast ToRGB applies it in
-        its kernel and returns float32).
+        ``impl``: 'plain' (the reference ops) or 'fast' (the Triton kernels on CUDA: the layer's
+        :class:`~v2s_nb.stylegan3.fast_path.LayerPlan`).
         """
-        dtype = self.compute_dtype(x.device, force_fp32)
-        fast = impl == "fast"
-        gain, slope = (1, 1) if self.is_torgb else (math.sqrt(2), 0.2)
-        lrelu = dict(up=self.up_factor, down=self.down_factor, padding=self.padding, gain=gain, slope=slope,
-                     clamp=self.conv_clamp)
-        if fast and self.conv_kernel > 1:
-            # The shared convolution between two per-channel scalings; the demodulation (and, when chained, the
-            # next layer's input scale) are applied inside the fast activation kernel.
-            kernel, tap_energy = self._shared_kernel()
-            scale, dcoefs = factors if factors is not None else self._modulation(styles, kernel, tap_energy)
-            x = x.to(dtype)
-            if x_scaled and fast_conv.applies(x, kernel):  # Triton, or cuDNN with faster transposes
-                y = fast_conv.conv2d_nchw(x, kernel, self.conv_kernel - 1)
-            else:
-                y = scaled_input_conv2d(x, kernel, scale, padding=self.conv_kernel - 1, prescaled=x_scaled)
-            out_scale = out_dtype = None
-            row_align = 1
-            if next_layer is not None:
-                if next_factors is None:
-                    raise ValueError("next_layer needs next_factors (next_layer.modulation(its styles))")
-                out_scale = next_factors[0]
-                out_dtype = next_layer.compute_dtype(x.device, force_fp32)
-                row_align = fast_conv.row_align_for(x.device, out_dtype, next_layer.out_channels,
-                                                    next_layer.conv_kernel)  # for fast_conv's rows form
-            # Chained, the next layer's convolution is fast_conv's (fp16) or needs no padded channels (float32).
-            y = fast_ops.filtered_lrelu(y, self.up_filter, self.down_filter, self.bias, in_gain=dcoefs,
-                                        out_scale=out_scale, out_dtype=out_dtype, row_align=row_align,
-                                        pad_channels=next_layer is None, **lrelu)
-            return y * out_gain if out_gain != 1 else y
-        if x_scaled or next_layer is not None or factors is not None:
-            raise ValueError("x_scaled / factors / next_layer are for the fast path's 3x3 layers (see chains_into)")
-        if (fast and self.is_torgb and self.up_filter is None and self.down_filter is None
-                and fast_modulation.torgb_applies(x, self.weight, styles)):
-            # One pass: the 1x1 product, bias, clamp and output gain, float32 out (the plain sequence makes five).
-            return fast_modulation.torgb(x, self.weight, styles, self.magnitude_ema, self.bias, self.conv_clamp,
-                                         out_gain)
+        if impl == "fast":
+            return fast_path.plan_for(self, x.device).forward(x, styles, force_fp32=force_fp32, out_gain=out_gain)
         if self.is_torgb:
             styles = styles * (1 / math.sqrt(self.in_channels * self.conv_kernel ** 2))
-        x = modulated_conv2d(x.to(dtype), self.weight, styles, demodulate=not self.is_torgb,
-                             padding=self.conv_kernel - 1, input_gain=self.magnitude_ema.rsqrt(), fused=not fast,
-                             kernel=self._shared_kernel()[0] if fast else None)
-        act = fast_ops.filtered_lrelu if fast else filtered_lrelu
-        x = act(x, self.up_filter, self.down_filter, self.bias, **lrelu)
+        x = modulated_conv2d(x.to(self.compute_dtype(x.device, force_fp32)), self.weight, styles,
+                             demodulate=not self.is_torgb, padding=self.conv_kernel - 1,
+                             input_gain=self.magnitude_ema.rsqrt())
+        gain, slope = (1, 1) if self.is_torgb else (math.sqrt(2), 0.2)
+        x = filtered_lrelu(x, self.up_filter, self.down_filter, self.bias, up=self.up_factor, down=self.down_factor,
+                           padding=self.padding, gain=gain, slope=slope, clamp=self.conv_clamp)
         return x * out_gain if out_gain != 1 else x
-
-    def _shared_kernel(self):
-        """(the shared convolution's kernel, its :func:`kernel_tap_energy`). In inference both depend on the weight
-        only, so they are kept from call to call (rebuilt when the weight changes: another tensor, device or version,
-        e.g. after an optimiser step or a load); under autograd they are recomputed, so gradients reach the weight.
-        Keeping them (:func:`fast_conv.weight_derived`) saves 4-6 small kernels per layer and call."""
-
-        def build():
-            kernel = shared_kernel(self.weight, not self.is_torgb)
-            return kernel, kernel_tap_energy(kernel)
-
-        if torch.is_grad_enabled() and self.weight.requires_grad:
-            return build()
-        return fast_conv.weight_derived(self.weight, ("shared kernel", self.is_torgb), build)
-
-    def modulation(self, styles):
-        """The fast path's factors of this layer for its raw affine ``styles`` [N, in_channels]: (input scale
-        [N, in_channels], demodulation coefficients [N, out_channels] or None), float32, as
-        :func:`ops.modulation_factors` defines them. In CUDA inference one Triton launch
-        (:func:`fast_modulation.modulation_factors`) instead of about ten small kernels."""
-        kernel, tap_energy = self._shared_kernel()
-        return self._modulation(styles, kernel, tap_energy)
-
-    def _modulation(self, styles, kernel, tap_energy):
-        demodulate = not self.is_torgb
-        if demodulate and fast_modulation.modulation_applies(styles, tap_energy, self.magnitude_ema):
-            return fast_modulation.modulation_factors(styles, tap_energy, self.magnitude_ema)
-        return modulation_factors(kernel, styles, demodulate, self.magnitude_ema.rsqrt(), tap_energy)
-
-    def chains_into(self, nxt, impl, x) -> bool:
-        """Whether, on the fast path in inference, this layer may hand ``nxt`` its output already scaled by
-        ``nxt``'s input scale: both are 3x3 (T) layers, so ``nxt`` runs the scale-convolve-scale form."""
-        return (impl == "fast" and self.conv_kernel > 1 and nxt.conv_kernel > 1 and not nxt.is_torgb
-                and x.is_cuda and fast_ops.HAVE_TRITON and not torch.is_grad_enabled())
 
     def forward(self, x, w, force_fp32=False, impl="plain"):
         return self.forward_styles(x, self.affine(w.to(torch.float32)), force_fp32=force_fp32, impl=impl)
@@ -399,19 +326,15 @@ class SynthesisNetwork(nn.Module):
         x = self.input.forward_styles(styles["input"], transform=transform)
         if "input" in collect:
             feats["input"] = x
-        factors = None  # this layer's modulation factors when the previous (chained) layer computed them
+        if stop_after == "input":
+            return x, feats
+        if impl == "fast":
+            return fast_path.run_layers(self, x, styles, force_fp32=force_fp32, stop_after=stop_after,
+                                        collect=collect, out_gain=out_gain, feats=feats)
         for i, name in enumerate(self.layer_names):
-            if stop_after == "input":
-                break
-            layer = getattr(self, name)
-            nxt = getattr(self, self.layer_names[i + 1]) if i + 1 < len(self.layer_names) else None
-            chain = (nxt is not None and name not in collect and name != stop_after
-                     and layer.chains_into(nxt, impl, x))
-            next_factors = nxt.modulation(styles[self.layer_names[i + 1]]) if chain else None
-            x = layer.forward_styles(x, styles[name], force_fp32=force_fp32, impl=impl, x_scaled=factors is not None,
-                                     factors=factors, next_layer=nxt if chain else None, next_factors=next_factors,
-                                     out_gain=out_gain if nxt is None else 1.0)
-            factors = next_factors
+            last = i + 1 == len(self.layer_names)
+            x = getattr(self, name).forward_styles(x, styles[name], force_fp32=force_fp32,
+                                                   out_gain=out_gain if last else 1.0)
             if name in collect:
                 feats[name] = x.to(torch.float32)
             if name == stop_after:

@@ -20,6 +20,7 @@ import scipy.signal
 import scipy.special
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 
 def design_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float, radial: bool = False):
@@ -143,11 +144,23 @@ def _round8(c: int) -> int:
     return c + (-c) % 8
 
 
+# Views known to be the first channels of a buffer whose extra channels are zero (see mark_zero_padded); an entry
+# goes with its tensor.
+_ZERO_PADDED = WeakIdKeyDictionary()
+
+
+def mark_zero_padded(x: torch.Tensor) -> torch.Tensor:
+    """Records that ``x`` [N, C, H, W] is the first C channels of a contiguous buffer whose extra channels are zero
+    (the fast filtered leaky ReLU's fp16 outputs are), so that :func:`zero_padded_channels` may use the buffer.
+    Returns ``x``. Only the caller that wrote the zeros may say so."""
+    _ZERO_PADDED[x] = True
+    return x
+
+
 def zero_padded_channels(x: torch.Tensor):
     """The whole buffer [N, C', H*W] behind ``x`` [N, C, H, W] when ``x`` is the first C channels of a contiguous
-    buffer with C' > C channels whose extra channels are zero (what the fast filtered leaky ReLU returns for fp16
-    inference, marked ``_v2s_zero_padded``); else None."""
-    if not getattr(x, "_v2s_zero_padded", False) or x.dim() != 4:
+    buffer with C' > C channels whose extra channels are zero (recorded by :func:`mark_zero_padded`); else None."""
+    if x.dim() != 4 or x not in _ZERO_PADDED:
         return None
     n, c, h, w = x.shape
     plane = h * w

@@ -1,0 +1,178 @@
+"""fast_ops' filtered leaky ReLU kernels against the plain operator (ops.filtered_lrelu), under Triton's interpreter:
+every forward variant on small float32 planes, the fused backward kernel, and the fp16 single-term forms."""
+
+import pytest
+import torch
+
+from v2s_nb.stylegan3 import build_generator, fast_config, fast_ops, ops, tiny_generator
+from triton_interpreter_probe import interpreter_runs_kernels_like_ours  # noqa: F401 (autouse fixture)
+
+# The fused kernel's forms (kind, tile, output-column halves): the default for float32 (banded, halves), banded
+# without halves, the whole-window kernel, banded on 128-wide tiles (window split 64 + 16).
+FUSED = [("banded", 64, True), ("banded", 64, False), ("dense", 64, False), ("banded", 128, False)]
+# Then the unfused kernels (gather upsampler, separable radial down filter), and the tensor-core upsampler and the
+# matrix-product radial filter, forced.
+UNFUSED = {"gather": dict(use_fused=False),
+           "forced_products": dict(use_fused=False, DOT_MIN_WIDTH=0, DOT_UP_DTYPES=(torch.float32,), MAX_RANK=0)}
+VARIANTS = ([(cfg, f"{kind}-{tile}{'-halves' if halves else ''}", dict(FUSED_CHOICE={}, FUSED_MIN_OUT={},
+                                                                      FUSED_DEFAULT={torch.float32: choice}))
+             for kind, tile, halves in FUSED for choice in [(kind, tile, halves)] for cfg in "RT"]
+            + [(cfg, name, overrides) for name, overrides in UNFUSED.items() for cfg in ("RT" if name == "gather" else "R")])
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches():
+    """The filter plans are cached per module; a test that changes the tuning values must not see another's plans."""
+    fast_ops._terms_cache.clear()
+    fast_ops._fused_cache.clear()
+    yield
+    fast_ops._terms_cache.clear()
+    fast_ops._fused_cache.clear()
+
+
+def _layers(cfg):
+    """A tiny generator's synthesis layers (not ToRGB) with each one's input, from the plain path: [(layer, x)]."""
+    G = tiny_generator(cfg, resolution=32, seed=1, channel_max=4)
+    syn = G.synthesis
+    ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0)), None)
+    styles = syn.styles(ws)
+    x = syn.input.forward_styles(styles["input"])
+    for name in syn.layer_names[:-1]:
+        layer = getattr(syn, name)
+        y = ops.modulated_conv2d(x, layer.weight, styles[name], padding=layer.conv_kernel - 1,
+                                 input_gain=layer.magnitude_ema.rsqrt())
+        yield name, layer, y.detach()
+        x = ops.filtered_lrelu(y, layer.up_filter, layer.down_filter, layer.bias, up=layer.up_factor,
+                               down=layer.down_factor, padding=layer.padding, gain=2 ** 0.5, slope=0.2,
+                               clamp=layer.conv_clamp).detach()
+
+
+def _relative(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-6))
+
+
+@pytest.mark.parametrize("cfg, variant, overrides", VARIANTS, ids=[f"{c}-{v}" for c, v, _ in VARIANTS])
+def test_forward_variant_matches_the_plain_operator(cfg, variant, overrides, monkeypatch):
+    settings = {k: v for k, v in overrides.items() if k.islower()}  # fast_config's knobs; the rest: measured choices
+    for key, value in overrides.items():
+        if not key.islower():
+            monkeypatch.setattr(fast_ops, key, value)
+    with fast_config.override(**settings):
+        _check_forward_variant(cfg, overrides)
+
+
+def _check_forward_variant(cfg, overrides):
+    fused = fast_config.current().use_fused
+    worst = 0.0
+    for name, L, y in _layers(cfg):
+        args = (L.up_filter, L.down_filter, L.bias)
+        a = ops.filtered_lrelu(y, *args, up=L.up_factor, down=L.down_factor, padding=L.padding, gain=2 ** 0.5,
+                               slope=0.2, clamp=L.conv_clamp)
+        fast_args = (*args, L.up_factor, L.down_factor, L.padding, 2 ** 0.5, 0.2, float(L.conv_clamp))
+        b = fast_ops.fast_filtered_lrelu_forward(y, *fast_args)
+        assert a.shape == b.shape, (name, a.shape, b.shape)
+        worst = max(worst, _relative(b, a))
+        if fused and L.down_filter.ndim == 1:  # output written into a channel-padded buffer
+            p = fast_ops.fast_filtered_lrelu_forward(y, *fast_args, pad_channels_to=8)
+            assert torch.equal(p, b) and ops.zero_padded_channels(p) is not None
+            assert not ops.zero_padded_channels(p)[:, p.shape[1]:].any()
+        if fused:  # input as a channel slice of a larger buffer, with per-plane factors
+            gen = torch.Generator().manual_seed(len(name))
+            g = torch.rand(y.shape[:2], generator=gen) + 0.5
+            s = torch.rand(y.shape[:2], generator=gen) + 0.5
+            big = torch.zeros(y.shape[0], y.shape[1] + 3, *y.shape[2:])
+            big[:, :y.shape[1]] = y / g[:, :, None, None]
+            q = fast_ops.fast_filtered_lrelu_forward(big[:, :y.shape[1]], *fast_args, in_gain=g, out_scale=s)
+            worst = max(worst, _relative(q, b * s[:, :, None, None]))
+    assert worst < 1e-5
+    if fused:  # the fused variant ran (no silent fall back to the unfused kernels)
+        tiles = {plan["bu"] for plan, _ in fast_ops._fused_cache.values() if plan is not None}
+        assert tiles == {overrides["FUSED_DEFAULT"][torch.float32][1]}
+
+
+@pytest.mark.parametrize("cfg", ["R", "T"])
+def test_fused_backward_matches_autograd(cfg, monkeypatch):
+    """The fused backward kernel against autograd through the plain operator, a small clamp on every other layer so
+    that clamped samples (zero gradient) occur; down-filters needing more than MAX_RANK terms return None."""
+    monkeypatch.setattr(fast_ops, "BACKWARD_TILES", (64,))  # float32 here: the 64-wide tile is allowed
+    worst, checked, layers = 0.0, 0, 0
+    for i, (name, L, y) in enumerate(_layers(cfg)):
+        layers += 1
+        clamp = 0.5 if i % 2 else float(L.conv_clamp)
+        yd, bd = y.clone().requires_grad_(True), L.bias.detach().clone().requires_grad_(True)
+        out = ops.filtered_lrelu(yd, L.up_filter, L.down_filter, bd, up=L.up_factor, down=L.down_factor,
+                                 padding=L.padding, gain=2 ** 0.5, slope=0.2, clamp=clamp)
+        gy = torch.randn(out.shape, generator=torch.Generator().manual_seed(i))
+        ga, gba = torch.autograd.grad(out, [yd, bd], gy)
+        res = fast_ops.fused_filtered_lrelu_backward(y, L.up_filter, L.down_filter, L.bias, L.up_factor,
+                                                     L.down_factor, L.padding, 2 ** 0.5, 0.2, clamp, gy)
+        if res is not None:
+            checked += 1
+            worst = max(worst, _relative(res[0], ga), _relative(res[1], gba))
+    assert checked >= layers - 4, (checked, layers)  # most layers went through the fused backward
+    assert worst < 1e-5
+
+
+class _CountedLaunches:
+    """Wraps a kernel to count its launches into ``counts``: all of them under ``key``, those without bounds tests
+    (MASKED=False) under ``key + '_unmasked'``."""
+
+    def __init__(self, kernel, counts, key):
+        self.kernel, self.counts, self.key = kernel, counts, key
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            self.counts[self.key] += 1
+            self.counts[self.key + "_unmasked"] += not kwargs.get("MASKED", True)
+            return launch(*args, **kwargs)
+        return run
+
+
+def test_single_term_forms_match_the_general_ones(monkeypatch):
+    """fp16 layers with a one-term down-filter (T): the single-term banded kernel (2x; its interior tiles without
+    bounds tests) and the dense kernel with its matrices loaded first (4x) give what the general forms give, and the
+    plain operator's values; each form writes the same values into row-padded buffers (``row_align``)."""
+    G = build_generator("T", resolution=256, channel_scale=0.0625, seed=0)
+    syn = G.synthesis
+    g = torch.Generator().manual_seed(0)
+    counts = {"single": 0, "single_unmasked": 0, "dense": 0, "dense_unmasked": 0}
+    monkeypatch.setattr(fast_ops, "_fused_single_term_kernel",
+                        _CountedLaunches(fast_ops._fused_single_term_kernel, counts, "single"))
+    monkeypatch.setattr(fast_ops, "_fused_dense_kernel", _CountedLaunches(fast_ops._fused_dense_kernel, counts, "dense"))
+    ups = set()
+    for name in (syn.layer_names[10], syn.layer_names[11]):
+        L = getattr(syn, name)
+        h = int(L.in_size[0]) + 2
+        y = torch.randn(1, 2, h, h, generator=g).half()
+        gi, so = torch.rand(1, 2, generator=g) + 0.5, torch.rand(1, 2, generator=g) + 0.5
+        args = (L.up_filter, L.down_filter, L.bias[:2], L.up_factor, L.down_factor, L.padding, 2 ** 0.5, 0.2, 256.0)
+
+        def forward(**kw):
+            return fast_ops.fused_filtered_lrelu_forward(y, *args, in_gain=gi, out_scale=so, **kw)
+
+        def assert_row_padded_same(ref):
+            rows = forward(row_align=8)
+            assert rows.stride(2) % 8 == 0 and rows.stride(2) > rows.shape[3]  # rows padded in memory
+            assert torch.equal(rows.float(), ref)
+
+        new = forward().float()
+        assert_row_padded_same(new)
+        with monkeypatch.context() as m:  # the general forms
+            m.setattr(fast_ops, "SINGLE_TERM_DTYPES", ())
+            m.setattr(fast_ops, "DENSE_MATS_FIRST", False)
+            old = forward().float()
+            assert_row_padded_same(old)
+        with monkeypatch.context() as m:  # bounds tests on every tile
+            m.setattr(fast_ops, "ALWAYS_MASKED", True)
+            masked = forward().float()
+        plain = ops.filtered_lrelu(y.float() * gi[:, :, None, None], L.up_filter, L.down_filter, L.bias[:2],
+                                   up=L.up_factor, down=L.down_factor, padding=L.padding, clamp=256.0)
+        plain = plain * so[:, :, None, None]
+        ups.add(L.up_factor)
+        assert _relative(new, masked) < 1e-3 and _relative(new, old) < 1e-3
+        assert _relative(new, plain) < 1e-2  # fp16 storage and products
+    assert ups == {2, 4}
+    assert counts["single"] >= 2 and counts["single_unmasked"] >= 1  # interior tiles ran without bounds tests
+    assert counts["dense_unmasked"] >= 1

@@ -1,0 +1,156 @@
+"""The fast synthesis path's tuning knobs, in one place.
+
+The knobs change how the fast path computes (which kernels, how much memory per step), never what: every setting
+gives the plain path's images to the tolerances the tests check. Defaults are what measured best on the GPUs we
+tried (docs/performance.md, 'Kernel choices, measured'); the benchmarks set them through this module to compare.
+
+Read once, at import, from environment variables (for runs that can't change code), then changed in code::
+
+    from v2s_nb.stylegan3 import fast_config
+
+    fast_config.current()                       # the settings in force
+    with fast_config.override(use_fused=False):  # for a block (restored after it, also on errors)
+        G.synthesis(ws, impl="fast")
+    fast_config.configure(chunk_mb=256)         # from now on
+
+========================  ======================  ==========================================================
+field                     environment variable    meaning
+========================  ======================  ==========================================================
+``use_fused``             ``V2S_NB_FUSED``        1 (default): the fused filtered-leaky-ReLU kernel where it
+                                                  applies; 0: always the unfused kernels (per channel chunk)
+``use_fused_backward``    ``V2S_NB_FUSED_BACKWARD``  1 (default): the fused backward kernel where it applies; 0:
+                                                  the plain operator recomputed under autograd
+``chunk_mb``              ``V2S_NB_FAST_CHUNK_MB``   upper bound (MiB) on one chunk's intermediate in the unfused
+                                                  kernels and the recomputed backward (default 1024)
+``fused_warps``           ``V2S_NB_FUSED_WARPS``  warps per program of the fused forward kernels (default 4)
+``fp16_rank_tol``         ``V2S_NB_FP16_RANK_TOL``   relative tolerance below which an fp16 layer's radial
+                                                  down-filter drops separable terms (default 2.5e-4)
+``bf16x3``                (none)                  True (default): float32 layers' fused forward in three-pass
+                                                  bf16 products where Triton has them and cuDNN may use TF32;
+                                                  False: three-pass TF32 always
+``modulation_kernels``    (none)                  True (default): fast_modulation's one-launch modulation
+                                                  factors and ToRGB; False: the small ops
+``backward_form``         ``V2S_NB_BACKWARD_FORM``  'dense' (default): the fused backward kernel over whole
+                                                  windows; 'banded': fast_backward's kernel (only the
+                                                  tap-holding blocks) where it applies, dense elsewhere
+``relaxed_atomics``       ``V2S_NB_RELAXED_ATOMICS``  1 (default): the banded backward kernel's input-gradient
+                                                  sums with relaxed atomics; 0: acquire-release (Triton's default)
+========================  ======================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from typing import Iterator, Mapping
+
+__all__ = ["FastConfig", "current", "configure", "override"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FastConfig:
+    """The fast path's tuning knobs (see the module's table). Immutable: change them with :func:`configure` or
+    :func:`override`."""
+
+    use_fused: bool = True
+    use_fused_backward: bool = True
+    chunk_mb: int = 1024
+    fused_warps: int = 4
+    fp16_rank_tol: float = 2.5e-4
+    bf16x3: bool = True
+    modulation_kernels: bool = True
+    backward_form: str = "dense"
+    relaxed_atomics: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.chunk_mb, int) or self.chunk_mb < 1:
+            raise ValueError(f"chunk_mb must be a whole number of MiB >= 1, got {self.chunk_mb!r}")
+        if self.fused_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"fused_warps must be 1, 2, 4, 8 or 16, got {self.fused_warps!r}")
+        if not (isinstance(self.fp16_rank_tol, (int, float)) and 0 <= self.fp16_rank_tol < 1):
+            raise ValueError(f"fp16_rank_tol must be a number in [0, 1), got {self.fp16_rank_tol!r}")
+        if self.backward_form not in ("dense", "banded"):
+            raise ValueError(f"backward_form must be 'dense' or 'banded', got {self.backward_form!r}")
+
+    @property
+    def chunk_bytes(self) -> int:
+        """``chunk_mb`` in bytes."""
+        return self.chunk_mb * 2 ** 20
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "FastConfig":
+        """The defaults, with each knob whose environment variable is set (see the module's table) taken from it."""
+        def read(var, parse, field):
+            text = environ.get(var)
+            if text is None:
+                return {}
+            try:
+                return {field: parse(text.strip())}
+            except ValueError:
+                raise ValueError(f"{var}={text!r} is not valid: unset it, or give {parse.__doc__}") from None
+
+        def flag(text):
+            """0 or 1"""
+            if text not in ("0", "1"):
+                raise ValueError(text)
+            return text == "1"
+
+        def whole(text):
+            """a whole number"""
+            return int(text)
+
+        def form(text):
+            """dense or banded"""
+            if text not in ("dense", "banded"):
+                raise ValueError(text)
+            return text
+
+        def number(text):
+            """a number"""
+            return float(text)
+
+        kwargs = {}
+        for var, parse, field in [("V2S_NB_FUSED", flag, "use_fused"),
+                                  ("V2S_NB_FUSED_BACKWARD", flag, "use_fused_backward"),
+                                  ("V2S_NB_FAST_CHUNK_MB", whole, "chunk_mb"),
+                                  ("V2S_NB_FUSED_WARPS", whole, "fused_warps"),
+                                  ("V2S_NB_FP16_RANK_TOL", number, "fp16_rank_tol"),
+                                  ("V2S_NB_BACKWARD_FORM", form, "backward_form"),
+                                  ("V2S_NB_RELAXED_ATOMICS", flag, "relaxed_atomics")]:
+            kwargs.update(read(var, parse, field))
+        return cls(**kwargs)
+
+
+_current = FastConfig.from_env()
+
+
+def current() -> FastConfig:
+    """The settings in force."""
+    return _current
+
+
+def _changed(changes: dict) -> FastConfig:
+    names = {f.name for f in dataclasses.fields(FastConfig)}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise TypeError(f"unknown fast-path setting(s) {unknown}; the settings are {sorted(names)}")
+    return dataclasses.replace(_current, **changes)
+
+
+def configure(**changes) -> FastConfig:
+    """Changes the named settings from now on (e.g. ``configure(use_fused=False)``); returns the new settings."""
+    global _current
+    _current = _changed(changes)
+    return _current
+
+
+@contextlib.contextmanager
+def override(**changes) -> Iterator[FastConfig]:
+    """The named settings changed for the ``with`` block only (restored after it, also when it raises)."""
+    global _current
+    saved, _current = _current, _changed(changes)
+    try:
+        yield _current
+    finally:
+        _current = saved
