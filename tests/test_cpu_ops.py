@@ -10,15 +10,7 @@ import torch.nn.functional as F
 from v2s_nb.stylegan3 import ops
 
 
-def plain_filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=math.sqrt(2), slope=0.2,
-                         clamp=None):
-    """The formulation the CPU form replaces: bias, upsample (gain up^2), leaky ReLU, times gain, clamp, down."""
-    x = x + b.to(x.dtype).reshape(1, -1, 1, 1)
-    x = ops.upfirdn2d(x, fu, up=up, padding=padding, gain=up ** 2)
-    x = F.leaky_relu(x, slope) if slope != 1 else x
-    x = x * gain if gain != 1 else x
-    x = x.clamp(-clamp, clamp) if clamp is not None else x
-    return ops.upfirdn2d(x, fd, down=down)
+plain_filtered_lrelu = ops.filtered_lrelu_stepwise  # the formulation the CPU form replaces
 
 
 def _filters(dtype):

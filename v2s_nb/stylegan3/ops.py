@@ -131,6 +131,19 @@ def filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=math.s
         # and reused by the allocator instead of fresh pages for every buffer).
         return _in_channel_chunks(lambda v: _filtered_lrelu_cpu(v, fu, fd, up, down, padding, gain, slope, clamp),
                                   x, up)
+    return _filtered_lrelu_steps(x, fu, fd, up, down, padding, gain, slope, clamp)
+
+
+def filtered_lrelu_stepwise(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=math.sqrt(2), slope=0.2,
+                            clamp=None):
+    """:func:`filtered_lrelu` one step at a time on any device (bias; upsample; leaky ReLU; gain; clamp; downsample),
+    each step a whole-tensor op under plain autograd: the form CUDA's plain path runs, and the one the CPU form
+    of :func:`filtered_lrelu` is tested and timed against (same arguments, same values)."""
+    x = x + b.to(x.dtype).reshape(1, -1, 1, 1)
+    return _filtered_lrelu_steps(x, fu, fd, up, down, padding, gain, slope, clamp)
+
+
+def _filtered_lrelu_steps(x, fu, fd, up, down, padding, gain, slope, clamp):
     x = upfirdn2d(x, fu, up=up, padding=padding, gain=up ** 2)
     x = F.leaky_relu(x, slope) if slope != 1 else x
     if gain != 1:
