@@ -5,6 +5,13 @@ i.e. mixing + one synthesis from cached S codes) and for a whole 160-frame video
     python benchmarks/bench_reenact.py --r1024 --device cuda  # 1024 px R architecture, random weights, on a GPU
     python benchmarks/bench_reenact.py --demo --cpus 2        # `v2s-nb demo`: stages, total, peak RSS
     python benchmarks/bench_reenact.py --demo --device cuda   # the same on a GPU
+    python benchmarks/bench_reenact.py --cpu-ops              # the demo generator: CPU filtered lrelu, old vs new
+
+``--cpu-ops`` times the demo's generator (``v2s_nb.demo.FitSettings``, batch 1) with the CPU form of
+``ops.filtered_lrelu`` against the step-by-step formulation (``ops.filtered_lrelu_stepwise``, the code before it),
+interleaved in one process: synthesis without autograd (a render), synthesis + backward to the weights (one fit
+step), and a render at batch 1 vs 4 per frame. With ``--threads 1`` (default) it reads the thread's CPU time,
+which other jobs on a shared machine inflate much less than the wall time; with more threads, the wall time.
 
 ``--demo`` runs ``v2s-nb demo`` twice in a subprocess with an empty fitted-generator cache (a temporary
 ``V2S_NB_CACHE``): first cold (the fit runs), then again (the fitted generator and the landmarks are reused).
@@ -15,6 +22,7 @@ steadier figure than the wall time), the child's peak resident memory, and the l
 """
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -99,6 +107,52 @@ def bench_demo(device="cpu", cpus=None):
                   f"load average after: {os.getloadavg()}")
 
 
+def bench_cpu_ops(threads=1, reps=5):
+    import importlib
+
+    from v2s_nb.demo import FitSettings, pivot_ws
+    from v2s_nb.stylegan3 import build_generator, ops
+    networks = importlib.import_module("v2s_nb.stylegan3.networks")
+
+    torch.set_num_threads(threads)
+    clock = time.thread_time if threads == 1 else time.perf_counter
+    G = build_generator(device="cpu", **FitSettings().generator_kwargs())
+    ws = pivot_ws(G)
+    for p in G.parameters():
+        p.requires_grad_(True)
+
+    def render(batch):
+        with torch.no_grad():
+            G.synthesis(ws.expand(batch, -1, -1))
+
+    def fit_step():
+        G.zero_grad(set_to_none=True)
+        G.synthesis(ws).square().mean().backward()
+
+    forms = {"stepwise (before)": ops.filtered_lrelu_stepwise, "CPU form": ops.filtered_lrelu}
+    cases = {"render (no grad), per frame, batch 1": lambda: render(1),
+             "render (no grad), per frame, batch 4": lambda: render(4),
+             "fit step (forward + backward)": fit_step}
+    times = {(f, c): [] for f in forms for c in cases}
+    try:
+        for _ in range(reps):
+            for f, fn in forms.items():
+                networks.filtered_lrelu = fn
+                for c, run in cases.items():
+                    run()  # warm
+                    t = clock()
+                    run()
+                    times[f, c].append((clock() - t) / (4 if "batch 4" in c else 1))
+    finally:
+        networks.filtered_lrelu = ops.filtered_lrelu
+    what = "thread CPU time" if threads == 1 else "wall time"
+    print(f"demo generator (StyleGAN3-R 128 px, 4 layers), {threads} thread(s), median {what} of {reps}, ms "
+          f"(load average {os.getloadavg()[0]:.1f}):")
+    for c in cases:
+        old, new = (float(np.median(times[f, c])) * 1000 for f in forms)
+        print(f"  {c}: stepwise {old:.0f}, CPU form {new:.0f}, ratio {old / new:.2f}")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--tiny", action="store_true")
@@ -108,6 +162,8 @@ def main():
     p.add_argument("--frames", type=int, default=160)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--demo", action="store_true", help="time `v2s-nb demo` (stages, total, peak RSS)")
+    p.add_argument("--cpu-ops", action="store_true", help="the demo generator's CPU filtered lrelu: old vs new")
+    p.add_argument("--threads", type=int, default=1, help="with --cpu-ops: torch threads")
     p.add_argument("--cpus", type=int, default=None, help="with --demo: pin the demo to the first N CPUs")
     a = p.parse_args()
     if a.tiny:
@@ -121,6 +177,8 @@ def main():
         print("R 1024 px (random weights),", a.device, bench(G, a.device, a.frames, a.batch))
     if a.demo:
         bench_demo(a.device, a.cpus)
+    if a.cpu_ops:
+        bench_cpu_ops(a.threads)
 
 if __name__ == "__main__":
     main()

@@ -124,6 +124,27 @@ def filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=math.s
     between two low-pass filters. ``padding`` is (x_lo, x_hi, y_lo, y_hi) applied in the upsampled domain.
     """
     x = x + b.to(x.dtype).reshape(1, -1, 1, 1)
+    if x.device.type == "cpu" and gain > 0 and slope >= 0:
+        # The CPU form (same values; docs/performance.md has its speed): the gain rides on the upsampling filter
+        # (lrelu(x) * gain == lrelu(x * gain) for gain > 0), the leaky ReLU and the clamp take one pass each (in place
+        # without autograd; with it, a Function whose backward reads its saved output instead of autograd's where /
+        # le / ge chain), and the channels go through in chunks whose upsampled buffers stay small (cache-resident,
+        # and reused by the allocator instead of fresh pages for every buffer).
+        return _in_channel_chunks(lambda v: _filtered_lrelu_cpu(v, fu, fd, up, down, padding, gain, slope, clamp),
+                                  x, up)
+    return _filtered_lrelu_steps(x, fu, fd, up, down, padding, gain, slope, clamp)
+
+
+def filtered_lrelu_stepwise(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=math.sqrt(2), slope=0.2,
+                            clamp=None):
+    """:func:`filtered_lrelu` one step at a time on any device (bias; upsample; leaky ReLU; gain; clamp; downsample),
+    each step a whole-tensor op under plain autograd: the form CUDA's plain path runs, and the one the CPU form
+    of :func:`filtered_lrelu` is tested and timed against (same arguments, same values)."""
+    x = x + b.to(x.dtype).reshape(1, -1, 1, 1)
+    return _filtered_lrelu_steps(x, fu, fd, up, down, padding, gain, slope, clamp)
+
+
+def _filtered_lrelu_steps(x, fu, fd, up, down, padding, gain, slope, clamp):
     x = upfirdn2d(x, fu, up=up, padding=padding, gain=up ** 2)
     x = F.leaky_relu(x, slope) if slope != 1 else x
     if gain != 1:
@@ -131,6 +152,67 @@ def filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=math.s
     if clamp is not None:
         x = x.clamp(-clamp, clamp)
     return upfirdn2d(x, fd, down=down)
+
+
+#: Bytes of one channel chunk's upsampled buffer in the CPU filtered leaky ReLU (see :func:`_in_channel_chunks`).
+CHUNK_BYTES = 6 << 20
+#: Fewest channels in a chunk: oneDNN's depthwise convolutions work in blocks of 16 channels (8 are much slower).
+MIN_CHUNK = 16
+
+
+def _in_channel_chunks(fn, x, up):
+    """``fn`` (channel-wise: output channel i depends on input channel i only) applied to channel slices of ``x``
+    [N, C, H, W] and concatenated: slices of a multiple of :data:`MIN_CHUNK` channels whose buffer after ``up``-fold
+    upsampling holds about :data:`CHUNK_BYTES` (a short remainder joins the last slice)."""
+    n, c, h, w = x.shape
+    per_channel = max(1, n * h * w * up * up * x.element_size())
+    per = max(MIN_CHUNK, CHUNK_BYTES // per_channel // MIN_CHUNK * MIN_CHUNK)
+    starts = list(range(0, c, per))
+    if len(starts) > 1 and c - starts[-1] < MIN_CHUNK:
+        starts.pop()
+    if len(starts) == 1:
+        return fn(x)
+    return torch.cat([fn(x[:, s:e]) for s, e in zip(starts, starts[1:] + [c])], 1)
+
+
+def _filtered_lrelu_cpu(x, fu, fd, up, down, padding, gain, slope, clamp):
+    """:func:`filtered_lrelu` after the bias, for ``gain`` > 0 and ``slope`` >= 0 (the CPU form)."""
+    x = upfirdn2d(x, fu, up=up, padding=padding, gain=up ** 2 * gain)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return upfirdn2d(_LeakyReluClamp.apply(x, slope, clamp), fd, down=down)
+    if slope != 1:
+        x = F.leaky_relu_(x, slope)  # x is ours: the biased input or a buffer made from it
+    if clamp is not None:
+        x = x.clamp_(-clamp, clamp)
+    return upfirdn2d(x, fd, down=down)
+
+
+class _LeakyReluClamp(torch.autograd.Function):
+    """``leaky_relu(x, slope).clamp(-clamp, clamp)`` (``clamp`` None: no clamp), ``slope`` >= 0, whose backward
+    reads the saved output: the gradient passes where -clamp < y < clamp, times 1 where y > 0 and ``slope``
+    elsewhere (the same as autograd's chain except exactly at ±clamp, a set of measure zero). First-order only."""
+
+    @staticmethod
+    def forward(ctx, x, slope, clamp):
+        if slope != 1:
+            y = F.leaky_relu(x, slope)
+            if clamp is not None:
+                y.clamp_(-clamp, clamp)
+        else:
+            y = x.clamp(-clamp, clamp) if clamp is not None else x.clone()
+        ctx.save_for_backward(y)
+        ctx.slope, ctx.clamp = slope, clamp
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        if ctx.clamp is not None:
+            grad = torch.ops.aten.hardtanh_backward(grad, y, -ctx.clamp, ctx.clamp)
+        if ctx.slope != 1:
+            grad = torch.ops.aten.leaky_relu_backward(grad, y, ctx.slope, True)
+        return grad, None, None
 
 
 def _pad_for_tensor_cores(x: torch.Tensor, dtype=None) -> bool:
