@@ -80,45 +80,40 @@ def test_bad_inputs(inputs, tmp_path, capsys):
 
 def test_discovery_masks_come_from_the_aligned_reference(inputs, monkeypatch):
     """--regions: masks of the aligned reference image (the paper's SegNet(I_ref^c)), landmark hulls or BiSeNet."""
-    import argparse
-
     import skimage.io
 
-    from v2s_nb.cli import _reference_masks
     from v2s_nb.face import align_face, landmarks
+    from v2s_nb.prepare import FaceClip, reference_masks
 
     img = skimage.io.imread(str(inputs[0]))
     tr = landmarks(img, progress=False)
     al = align_face(img, tr.points[0], 64)
-    ref = {"aligned": al.image[None], "points": al.to_crop(tr.points[0])[None]}
-    args = argparse.Namespace(regions="landmarks", device="cpu")
-    m = _reference_masks(ref, 64, args)
+    ref = FaceClip(inputs[0], "image", al.image[None], al.to_crop(tr.points[0])[None], 0.0, np.zeros((1, 3)),
+                   np.zeros(1, bool))
+    m = reference_masks(ref, "landmarks", device="cpu")
     assert m.source == "landmarks" and m.shape == (1, 64, 64) and m["mouth"].any() and m["eyes"].any()
     # the mouth mask sits where the reference's mouth landmarks are
-    mouth = ref["points"][0, 48:68].mean(0)
+    mouth = ref.points[0, 48:68].mean(0)
     ys, xs = np.nonzero(m["mouth"][0])
     assert abs(xs.mean() - mouth[0]) < 3 and abs(ys.mean() - mouth[1]) < 3
     # auto: BiSeNet where its checkpoint is found offline, else the landmark masks with a note saying why
     from v2s_nb.face import parsing
 
-    auto_args = argparse.Namespace(regions="auto", device="cpu")
-    auto = _reference_masks(ref, 64, auto_args)
+    auto = reference_masks(ref, "auto", device="cpu")
     assert auto.source == ("bisenet" if parsing.bisenet_available() else "landmarks")
     monkeypatch.setattr(parsing, "bisenet_available", lambda *a, **k: False)
-    fallback = _reference_masks(ref, 64, auto_args)
+    fallback = reference_masks(ref, "auto", device="cpu")
     assert fallback.source == "landmarks" and "BiSeNet" in fallback.note
 
 
 def test_pose_targets_are_read_by_the_regressor_that_reads_the_renders(tmp_path, monkeypatch):
     """Eq 4 compares P_r(G(w)) with P_r(D_j): when P_r reads images, the CLI reads the targets with it too
     (not with dlib + PnP, whose own offset would shift every frame's pose)."""
-    import argparse
-
     import numpy as np
     import torch
 
     import v2s_nb.method.pose_encoding as pe
-    from v2s_nb import cli
+    from v2s_nb import prepare
     from v2s_nb.stylegan3 import tiny_generator
 
     G = tiny_generator("R", 64)
@@ -139,10 +134,9 @@ def test_pose_targets_are_read_by_the_regressor_that_reads_the_renders(tmp_path,
         return pe.PoseEncoding(ws=w_ref[None].repeat(len(t), 1, 1), target=t, predicted=t, achieved=t,
                                loss_history=[], settings={})
 
-    monkeypatch.setattr(pe, "default_pose_regressor", lambda *a, **k: Reader())
     monkeypatch.setattr(pe, "encode_pose_sequence", fake_encode)
-    args = argparse.Namespace(quiet=True, pose_steps=2, pose_steps_next=1)
     w_ref = G.mapping(torch.zeros(1, G.z_dim), None)[0]
-    faces = {"aligned": aligned, "points": np.full((3, 68, 2), np.nan)}
-    ws = cli._pose_codes(G, w_ref, faces, 64, tmp_path, args, "driving")
+    clip = prepare.FaceClip(tmp_path / "d.mp4", "video", aligned, np.full((3, 68, 2), np.nan), 10.0,
+                            np.zeros((3, 4)), np.zeros(3, bool))
+    ws, targets, _ = prepare._pose_code(G, w_ref, clip, Reader(), tmp_path, "driving", 2, 1, False, None)
     assert ws.shape == (3, G.num_ws, G.w_dim) and np.array_equal(seen["targets"], read_poses)

@@ -26,7 +26,7 @@ CELL_TIMEOUT = 180  # seconds per cell; the whole notebook takes ~15-25 s on 2 C
 
 
 #: Parameters injected per notebook (a cell after the one tagged ``parameters``).
-PARAMETERS = {"01_canonical_transforms.ipynb": {"stand_in": "tiny"}}
+PARAMETERS = {"01_canonical_transforms.ipynb": {"stand_in": "tiny"}, "04_reenactment.ipynb": {"checkpoint": "tiny"}}
 PROBE = "v2s-test-probe"  # the metadata tag of the added cell
 
 
@@ -40,14 +40,14 @@ def inject_parameters(nb, params: dict) -> None:
     nb.cells.insert(i + 1, cell)
 
 
-def _execute(name: str, tmp_path_factory, probe: dict[str, str]):
+def _execute(name: str, tmp_path_factory, probe: dict[str, str], params: dict | None = None):
     """Runs notebook ``name`` (a copy, in a temporary folder) and then ``probe``'s expressions in its kernel: the
-    executed notebook, with ``nb.probe``: {name: value} (JSON values)."""
+    executed notebook, with ``nb.probe``: {name: value} (JSON values). ``params``: more injected parameters."""
     tmp = tmp_path_factory.mktemp(name.split("_")[0])
     path = tmp / name
     shutil.copy(NOTEBOOKS / name, path)
     nb = nbformat.read(path, as_version=4)
-    inject_parameters(nb, PARAMETERS.get(name, {}))
+    inject_parameters(nb, {**PARAMETERS.get(name, {}), **(params or {})})
     source = ("import json as _json\nprint(_json.dumps({" + ", ".join(f"{k!r}: {v}" for k, v in probe.items())
               + "}))")
     nb.cells.append(nbformat.v4.new_code_cell(source, metadata={"tags": [PROBE]}))
@@ -104,10 +104,13 @@ def nb02(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def nb04(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("nb04-cache")  # not the user's cache
     return _execute("04_reenactment.ipynb", tmp_path_factory, {
         "frames": "len(r)", "fps": "float(r.fps)", "resolution": "int(r.G_render.img_resolution)",
         "x_s_channels": "n_xs", "baseline_frames": "len(baseline_video)",
-        "baseline_reading": "r.baseline_reading()", "rendered_frames": "len(video)"})
+        "baseline_reading": "r.baseline_reading()", "rendered_frames": "len(video)",
+        "faces": "[faces.resolution, len(faces.driving), len(faces.co_driving)]", "method": "inv.method",
+        "channel_rows": "list(ch.layers)", "pose_skipped": "sorted(pose.skipped)"}, params={"out_dir": str(cache)})
 
 
 def _outputs(nb, mime=None):
@@ -117,6 +120,10 @@ def _outputs(nb, mime=None):
 
 def _stdout(nb) -> str:
     return "".join(o.text for o in _outputs(nb) if o.output_type == "stream" and o.name == "stdout")
+
+
+def _outputs_of(nb, needle: str, mime: str):
+    return [o for o in _cell(nb, needle).outputs if mime in o.get("data", {})]
 
 
 def _cell(nb, needle: str):
@@ -209,6 +216,11 @@ def test_04_reenactment(nb04):
     assert (v["frames"], v["fps"], v["resolution"]) == (8, 10.0, 64), v
     assert set(v["x_s_channels"]) == {"eyes", "nose", "mouth"} and sum(v["x_s_channels"].values()) > 0, v
     assert v["rendered_frames"] == v["baseline_frames"] == 8 and v["baseline_reading"] == "cumulative", v
+    # each stage's value and picture (faces, inversions, channels, pose)
+    assert v["faces"] == [64, 8, 8] and v["method"] == "optimisation" and v["channel_rows"] == [3, 4, 5, 6, 7], v
+    assert v["pose_skipped"] == ["co-driving"], v  # random weights: no head pose, said
+    for needle in ("faces.show()", "inv.show()", "ch.show()", "pose.show()"):
+        assert _outputs_of(nb04, needle, "image/png"), needle
     assert "motion relative (anchor frame 0, k = 1), position relative; α β γ ζ = 0 0 1 0.5" in out
     assert "motion modes at frame 7 (anchor frame 0): relative, absolute, paper" in out
     assert "v2s-tuner-motion-mode" in _widget_classes(nb04)
@@ -220,3 +232,51 @@ def test_04_reenactment(nb04):
             "v2s-player", "v2s-player-frame"} <= _widget_classes(nb04)
     videos = [o.data["text/html"] for o in _outputs(nb04, "text/html")]
     assert sum("<video" in h for h in videos) >= 2  # inputs, rendered result
+
+
+# ------------------------------------------------------------------------------------ no private names
+
+
+def private_uses(source: str) -> list[str]:
+    """Private names of v2s_nb a piece of notebook code uses: ``from v2s_nb... import _x`` and ``module._x`` where
+    ``module`` was imported from v2s_nb (IPython ``!`` / ``%`` lines are skipped)."""
+    import ast
+
+    code = "\n".join("" if line.lstrip().startswith(("!", "%")) else line for line in source.splitlines())
+    tree = ast.parse(code)
+    modules, found = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "v2s_nb":
+                    modules.add(a.asname or a.name.split(".")[0])
+                    found += [f"import {a.name}" for part in a.name.split(".") if part.startswith("_")]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "v2s_nb":
+            for a in node.names:
+                if a.name.startswith("_") or any(p.startswith("_") for p in node.module.split(".")):
+                    found.append(f"from {node.module} import {a.name}")
+                else:
+                    modules.add(a.asname or a.name)  # may be a module (from v2s_nb import cli)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            base = node.value
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if isinstance(base, ast.Name) and base.id in modules:
+                found.append(ast.unparse(node))
+    return found
+
+
+def test_the_private_name_check_finds_them():
+    assert private_uses("from v2s_nb.cli import _resolve_sources, build_parser") == \
+        ["from v2s_nb.cli import _resolve_sources"]
+    assert private_uses("from v2s_nb import cli\ncli._faces(1)") == ["cli._faces"]
+    assert private_uses("import v2s_nb.method.invert as inv\ninv._optimise") == ["inv._optimise"]
+    assert private_uses("from v2s_nb import prepare as P\nx = P.faces(1)\n!pip list\nx._cache") == []
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
+def test_no_notebook_uses_a_private_name(name):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    used = [u for c in nb.cells if c.cell_type == "code" for u in private_uses(c.source)]
+    assert not used, f"{name} uses private names of v2s_nb (make them public or use the public API): {used}"

@@ -139,45 +139,44 @@ def test_reenact_resumes_inversion_after_sigkill(demo_inputs, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "v2s_nb.cli", *map(str, argv)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while not list(batches.glob("frames_*.json")):
+    while not list(batches.glob("*/frames_*.json")):  # one folder per clip
         assert proc.poll() is None, f"the run ended before any batch was saved: {proc.stderr.read()[-2000:]}"
         assert time.monotonic() < deadline, "no inversion batch saved within 240 s"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    done = sorted(batches.glob("frames_*"))
+    done = sorted(batches.glob("*/frames_*"))
     assert len(done) == 2 and not out.exists()  # one batch (.json + .npy), no output
     stamps = {p.name: p.stat().st_mtime_ns for p in done}
     r = run_cli(*argv)
     assert r.returncode == 0, r.stderr[-2000:]
     assert {p.name: p.stat().st_mtime_ns for p in done} == stamps  # reused, not recomputed
-    assert len(list(batches.glob("frames_*.json"))) == 2 and len(read_video(out)) == 4
+    assert len(list(batches.glob("*/frames_*.json"))) == 2 and len(read_video(out)) == 4
 
 
 def test_truncated_or_altered_faces_cache_is_recomputed(demo_inputs, tmp_path):
-    from v2s_nb.cli import _faces, build_parser
+    from v2s_nb.prepare import face_clip
 
     ref, drv, _ = demo_inputs
-    args = build_parser().parse_args(["reenact", "--reference", str(ref), "--driving", str(drv),
-                                      "--out", str(tmp_path / "o.mp4"), "--quiet"])
     cache = tmp_path / "cache"
     cache.mkdir()
-    first = _faces(ref, "image", 64, cache, args)
+
+    first = face_clip(ref, "image", 64, cache=cache, progress=False)
     (npz,) = cache.glob("faces-image-*.npz")
     good = npz.read_bytes()
     npz.write_bytes(good[: len(good) // 2])  # truncated
     with pytest.warns(RuntimeWarning, match="unreadable.*recomputing"):
-        again = _faces(ref, "image", 64, cache, args)
-    assert not again["cached"] and np.array_equal(again["aligned"], first["aligned"])
-    assert _faces(ref, "image", 64, cache, args)["cached"]  # rewritten whole
+        again = face_clip(ref, "image", 64, cache=cache, progress=False)
+    assert not again.cached and np.array_equal(again.aligned, first.aligned)
+    assert face_clip(ref, "image", 64, cache=cache, progress=False).cached  # rewritten whole
 
     d = dict(np.load(npz))
     d["points"] = d["points"] + 5.0  # well-formed but altered
     with open(npz, "wb") as f:
         np.savez(f, **d)
     with pytest.warns(RuntimeWarning, match="digest"):
-        again = _faces(ref, "image", 64, cache, args)
-    assert not again["cached"] and np.allclose(again["points"], first["points"])
+        again = face_clip(ref, "image", 64, cache=cache, progress=False)
+    assert not again.cached and np.allclose(again.points, first.points)
 
 
 # ------------------------------------------------------------------------------------ media

@@ -8,7 +8,9 @@
 
 ``reenact`` keeps its intermediates (landmarks / aligned crops / tracks, inversions, channel sets, pose codes)
 in ``<out>.v2s/``, keyed by the inputs and settings, so a second run with other coefficients only mixes and
-renders. Motion (``--motion relative|absolute|paper``, ``--anchor``, ``--position relative|absolute``): see
+renders. Those stages are the public functions of :mod:`v2s_nb.prepare` (faces, inversions, channels, pose_codes,
+reenactor), which notebooks and scripts can call one at a time. Motion (``--motion relative|absolute|paper``,
+``--anchor``, ``--position relative|absolute``): see
 :mod:`v2s_nb.method.motion`; the defaults move the reference's own face as the driver moves from its first
 frame, in face units. Channel discovery (section 3.4) uses region masks of the *aligned reference* (the paper's
 SegNet(I_ref^c)): BiSeNet when its weights are cached (``--regions auto``, the default) or asked for
@@ -97,119 +99,6 @@ def _say(args, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _key(obj) -> str:
-    from .caching import KEY_CHARS, json_key
-
-    return json_key(obj)[:KEY_CHARS]
-
-
-def _arrays_digest(arrays) -> str:
-    import hashlib
-
-    import numpy as np
-
-    h = hashlib.sha256()
-    for k in sorted(arrays):
-        a = np.ascontiguousarray(arrays[k])
-        h.update(f"{k}:{a.dtype.str}:{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _save_npz(path, **arrays) -> None:
-    """Save arrays atomically with a ``_sha256`` entry over all of them (checked by :func:`_load_npz`)."""
-    import numpy as np
-
-    from .atomic import write_atomic
-
-    arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    digest = np.asarray(_arrays_digest(arrays))
-    write_atomic(path, lambda f: np.savez(f, _sha256=digest, **arrays))
-
-
-_FACES_KEYS = ("aligned", "points", "fps", "track", "interpolated")
-
-
-def _load_npz(path, keys=()):
-    """Arrays written by :func:`_save_npz`, or None (with a warning naming the file and why) when the file is
-    unreadable (truncated), lacks ``keys``, or its arrays do not match their stored digest (altered)."""
-    import zipfile
-
-    import numpy as np
-
-    from .caching import warn_unusable
-
-    try:
-        with np.load(path, allow_pickle=False) as d:
-            out = {k: d[k] for k in d.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-        why = f"unreadable ({type(e).__name__}: {str(e)[:100]})"
-    else:
-        digest = str(out.pop("_sha256", ""))
-        missing = [k for k in keys if k not in out]
-        if missing:
-            why = f"missing {missing}"
-        elif digest != _arrays_digest(out):
-            why = "its arrays do not match their stored digest (altered, or written by an older version)"
-        else:
-            return out
-    warn_unusable(path, why, stacklevel=4)
-    return None
-
-
-def _faces(path, kind: str, res: int, cache, args) -> dict:
-    """Landmarks, FFHQ-aligned crops at ``res``, aligned landmarks and the (smoothed) canonical track of an image
-    or a video file; cached in ``cache`` keyed by the file's bytes and the settings."""
-    import numpy as np
-
-    from .caching import sha256_file
-    from .face import NoFaceError, align_face, align_video, canonical_track, landmarks
-
-    settings = {"sha": sha256_file(path), "kind": kind, "res": res, "detector": args.detector,
-                "upsample": args.upsample, "smooth": args.smooth, "smooth_method": args.smooth_method, "v": 2}
-    f = cache / f"faces-{kind}-{_key(settings)}.npz"
-    out = _load_npz(f, _FACES_KEYS) if f.is_file() else None
-    if out is not None:
-        out["fps"] = float(out["fps"])
-        out["cached"] = True
-        return out
-    if kind == "image":
-        from .images import read_image
-
-        img = read_image(path)  # EXIF orientation, CMYK / 16-bit / palette / alpha handled
-        tr = landmarks(img, detector=args.detector, upsample=args.upsample, progress=False)
-        if not tr.found[0]:
-            raise NoFaceError(f"no face was found in the reference image {path}; give a photo with one clearly "
-                              "visible, roughly frontal face (or try --detector cnn / --upsample 2)")
-        al = align_face(img, tr.points[0], res)
-        out = {"aligned": al.image[None], "points": al.to_crop(tr.points[0])[None], "fps": 0.0,
-               "track": np.zeros((1, 3)), "interpolated": np.zeros(1, bool)}
-    else:
-        from .video import read_video
-
-        # decoding errors ffmpeg concealed: a warning naming the frames (an error with --strict)
-        vid = read_video(path, check=True, strict=getattr(args, "strict", False))
-        _say(args, f"  {path}: {len(vid)} frames {vid.width}x{vid.height} at {vid.fps:g} fps")
-        tr = landmarks(vid.frames, detector=args.detector, upsample=args.upsample, progress=not args.quiet)
-        if not tr.found.any():
-            raise NoFaceError(f"no face was found in any frame of {path}")
-        if (~tr.found).any():
-            _say(args, f"  no face in frame(s) {tr.missing.tolist()} of {path}: interpolated from neighbours")
-        clip = align_video(vid.frames, tr, res, progress=not args.quiet)
-        pts = np.einsum("tij,tkj->tki", clip.frame_to_crop[:, :2, :2], tr.points) + clip.frame_to_crop[:, None, :2, 2]
-        track = canonical_track(tr)
-        if args.smooth and len(track) >= args.smooth:
-            track = track.smooth(args.smooth, method=args.smooth_method)
-        if track.outliers.any():
-            _say(args, f"  outlier frame(s) {np.flatnonzero(track.outliers).tolist()} of {path} (face far from its "
-                       "neighbours, e.g. a false detection): re-interpolated from neighbours")
-        out = {"aligned": clip.frames, "points": pts, "fps": float(vid.fps), "track": track.as_array(face_size=True),
-               "interpolated": track.interpolated}
-    _save_npz(f, **{k: np.asarray(v) for k, v in out.items()})
-    out["cached"] = False
-    return out
-
-
 def _load_G(args, device):
     from .stylegan3 import load_generator, tiny_generator
 
@@ -225,113 +114,18 @@ def _load_G(args, device):
     return G, spec
 
 
-def _pose_codes(G, w_ref, faces, res, cache, args, which: str):
-    """Pose-encoded reference per frame of a video (or None when unavailable, with a message)."""
-    import numpy as np
-    import torch
-
-    from .face import head_pose
-    from .caching import generator_hash, warn_unusable
-    from .method.pose_encoding import PoseUnavailableError, default_pose_regressor, encode_pose_sequence
-
-    if getattr(G, "is_random", False):
-        _say(args, f"  pose encoding ({which}): skipped: the generator has random weights, so there is no head "
-                   "pose to match (use a trained face model, e.g. --checkpoint stylegan3-r-ffhq-1024)")
-        return None
-    try:
-        reg = default_pose_regressor(G, progress=not args.quiet)
-    except PoseUnavailableError as e:
-        _say(args, f"  pose encoding ({which}): skipped: {e}")
-        return None
-    # Eq 4 compares P_r(G(w)) with P_r(D_j): the targets are read by the same regressor when it reads images
-    # (another detector would add its own constant offset to every frame's pose).
-    targets = reg.read(faces["aligned"]) if hasattr(reg, "read") else head_pose(faces["points"], image_size=res)
-    key = _key({"g": generator_hash(G), "w": w_ref.numpy().tobytes().hex()[:4096], "wsum": float(w_ref.sum()),
-                "t": np.asarray(targets).round(4).tolist(), "steps": [args.pose_steps, args.pose_steps_next],
-                "regressor": type(reg).__name__})
-    f = cache / f"pose-{which}-{key}.pt"
-    if f.is_file():
-        try:
-            ws = torch.load(f, weights_only=True)
-            if isinstance(ws, torch.Tensor) and ws.ndim == 3 and len(ws) == len(targets) \
-                    and bool(torch.isfinite(ws).all()):
-                return ws
-            why = "not a [T, num_ws, w_dim] tensor of finite values for these frames"
-        except Exception as e:  # truncated / corrupt file: recompute (torch raises many kinds here)
-            why = f"unreadable ({type(e).__name__})"
-        warn_unusable(f, why)
-    enc = encode_pose_sequence(G, w_ref, targets, reg, steps_first=args.pose_steps, steps_next=args.pose_steps_next,
-                               progress=not args.quiet)
-    err = np.nanmean(np.abs(enc.achieved - enc.target), axis=0)
-    _say(args, f"  pose ({which}): mean |measured - target| yaw/pitch/roll = {np.round(err, 2).tolist()} degrees")
-    _save_pt(f, enc.ws)
-    return enc.ws
-
-
-def _save_pt(path, obj) -> None:
-    import torch
-
-    from .atomic import write_atomic
-
-    write_atomic(path, lambda f: torch.save(obj, f))
-
-
 #: The reenact command's motion settings and their defaults (see ``--motion`` etc.).
 _MOTION_DEFAULTS = {"motion": "relative", "strength": 1.0, "anchor": "first", "position": "relative",
                     "regions": "auto", "smooth_method": "robust"}
-
-
-def _encoder(G, args):
-    """The ReStyle encoder of ``--encoder`` when it was trained with G's weights, else None (with a message)."""
-    if not getattr(args, "encoder", None):
-        return None
-    from .method.encoder import encoder_for
-
-    E = encoder_for(G, args.encoder, say=lambda m: print(
-        "      " + m + " (pass the generator it was trained with, e.g. --checkpoint stylegan3-r-ffhq-1024)",
-        file=sys.stderr, flush=True))
-    if E is not None:
-        _say(args, f"      ReStyle-{E.kind} encoder ({args.encoder}), {args.encoder_iters} iterations"
-                   + (f" + {args.refine_steps} refinement steps" if args.refine_steps else ""))
-    return E
-
-
-def _pti(G, ref_aligned, w_ref, cache, args):
-    """G fine-tuned around the reference (PTI) when --pti (default: trained generators only), else G. Cached."""
-    import hashlib
-
-    from .caching import generator_hash
-    from .method.invert import pivotal_tuning
-    from .stylegan3 import load_generator, save_generator
-
-    pti = getattr(args, "pti", None)
-    if pti is None:
-        pti = not getattr(G, "is_random", False)
-    if not pti:
-        return G
-    key = _key({"g": generator_hash(G), "w": w_ref.numpy().tobytes().hex(),
-                "img": hashlib.sha256(ref_aligned.tobytes()).hexdigest(), "steps": args.pti_steps})
-    f = cache / f"pti-{key}.safetensors"
-    if f.is_file():
-        _say(args, f"      PTI generator reused ({f.name})")
-        return load_generator(f, device=G.device)
-    _say(args, f"      pivotal tuning of the reference ({args.pti_steps} steps)")
-    G_pti = pivotal_tuning(G, ref_aligned, w_ref[None], steps=args.pti_steps, progress=not args.quiet)
-    save_generator(G_pti, f)
-    return G_pti
 
 
 def prepare_reenactment(args):
     """Stages 1-4 of ``reenact`` (faces, inversion, channel discovery, pose encoding) -> a Reenactor."""
     from pathlib import Path
 
-    from .face import region_masks
-    from .method.encoder import invert_with_encoder
-    from .method.invert import invert, invert_sequence
-    from .method.local_channels import discover
-    from .method.reenact import Reenactor, check_coefficients, layer_names
-
+    from . import prepare as P
     from .method.motion import check_strength, motion_mode
+    from .method.reenact import check_coefficients, layer_names
 
     for name, value in _MOTION_DEFAULTS.items():  # namespaces built by hand (not by build_parser) get the defaults
         if not hasattr(args, name):
@@ -356,83 +150,44 @@ def prepare_reenactment(args):
     cache = Path(str(args.out) + ".v2s")
     cache.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    progress = not args.quiet
+
+    def say(msg):  # the stages' lines, indented under the stage headers
+        _say(args, "      " + msg)
 
     _say(args, "[1/5] landmarks, alignment, canonical tracks")
-    ref = _faces(args.reference, "image", res, cache, args)
-    drv = _faces(args.driving, "video", res, cache, args)
-    co = _faces(args.co_driving, "video", res, cache, args) if args.co_driving else None
-    _say(args, f"      {time.perf_counter() - t0:.1f} s" + (" (cached)" if drv["cached"] else ""))
+    faces = P.faces(args.reference, args.driving, args.co_driving or None, resolution=res, cache=cache,
+                    detector=args.detector, upsample=args.upsample, smooth=args.smooth,
+                    smooth_method=args.smooth_method, strict=getattr(args, "strict", False), progress=progress,
+                    say=say)
+    _say(args, f"      {time.perf_counter() - t0:.1f} s" + (" (cached)" if faces.driving.cached else ""))
 
     _say(args, "[2/5] inversion (W+)")
-    inv_dir = cache / "inversions"
-    E = _encoder(G, args)
-    if E is not None:
-        enc = dict(n_iters=args.encoder_iters, batch_size=args.batch_size, refine_steps=args.refine_steps,
-                   cache_dir=inv_dir, progress=not args.quiet)
-        w_ref = invert_with_encoder(E, G, ref["aligned"], **dict(enc, batch_size=1)).ws[0]
-        ws_drv = invert_with_encoder(E, G, drv["aligned"], **enc).ws
-        ws_co = invert_with_encoder(E, G, co["aligned"], **enc).ws if co is not None else None
-    else:
-        w_ref = invert(G, ref["aligned"], steps=args.invert_steps, cache_dir=inv_dir, progress=not args.quiet).ws[0]
-        # Each finished batch is saved under batches/<video>/ (keyed by frames, settings and generator), so a killed
-        # run resumes from the batches it finished.
-        seq = dict(steps_first=args.invert_steps, steps_next=args.invert_steps_next, cache_dir=inv_dir,
-                   batch_size=args.invert_batch_size, progress=not args.quiet)
-        ws_drv = invert_sequence(G, drv["aligned"], checkpoint_dir=inv_dir / "batches" / "driving", **seq).ws
-        ws_co = (invert_sequence(G, co["aligned"], checkpoint_dir=inv_dir / "batches" / "co-driving", **seq).ws
-                 if co is not None else None)
-    G_render = _pti(G, ref["aligned"], w_ref, cache, args)
+    inv = P.inversions(G, faces, encoder=getattr(args, "encoder", None),
+                       encoder_iters=args.encoder_iters, refine_steps=getattr(args, "refine_steps", 0),
+                       invert_steps=args.invert_steps, invert_steps_next=args.invert_steps_next,
+                       invert_batch_size=args.invert_batch_size, batch_size=args.batch_size,
+                       pti=getattr(args, "pti", None), pti_steps=args.pti_steps, cache=cache, progress=progress,
+                       say=say,
+                       note=lambda m: print("      " + m, file=sys.stderr, flush=True))  # shown even with --quiet
     _say(args, f"      {time.perf_counter() - t0:.1f} s")
 
     _say(args, f"[3/5] S channel discovery on layers {names[0]}..{names[-1]} (region masks of the aligned reference)")
-    masks = _reference_masks(ref, res, args)
-    _say(args, f"      masks: {masks.source}" + (f" ({masks.note})" if masks.note else ""))
-    cs = discover(G, w_ref[None], masks, layers=names, cache=cache / "channels", progress=not args.quiet)
-    if args.t_fg is not None or args.t_bg is not None:
-        cs = cs.reselect(args.t_fg, args.t_bg)
-    _say(args, "      " + repr(cs).replace("\n", "\n      "))
+    ch = P.channels(inv, layers=args.layers, regions=args.regions, t_fg=args.t_fg, t_bg=args.t_bg, cache=cache,
+                    progress=progress, say=say)
+    say(repr(ch.sets).replace("\n", "\n      "))
 
     _say(args, "[4/5] pose encoding (W+ rows 0-7)")
-    pose_codes = {}
-    sources = {"driving": drv, "co-driving": co}
-    for which in {args.pose_from} - {"none"}:
-        if sources[which] is None:
-            raise ValueError(f"--pose-from {which} needs --co-driving")
-        pc = _pose_codes(G, w_ref, sources[which], res, cache, args, which)
-        if pc is not None:
-            pose_codes[which] = pc
-    tracks = {k: v["track"] for k, v in sources.items() if v is not None}
-    if args.position_from != "none" and sources[args.position_from] is None:
-        raise ValueError(f"--position-from {args.position_from} needs --co-driving")
-    regions = tuple(r for r in ("eyes", "nose", "mouth") if r not in (args.no_region or []))
-    r = Reenactor(G=G, G_render=G_render, w_ref=w_ref, ws_drive=ws_drv, ws_codrive=ws_co, region_channels=cs,
-                  pose_codes=pose_codes,
-                  tracks=tracks, pose=args.pose_from if args.pose_from in pose_codes else "none",
-                  position=args.position_from, regions=regions, layers=args.layers, alpha=args.alpha,
-                  beta=args.beta, gamma=args.gamma, zeta=args.zeta, baseline=args.baseline,
-                  motion_mode=args.motion, strength=args.strength, position_mode=args.position,
-                  anchor=int(args.anchor) if args.anchor.lstrip("-").isdigit() else args.anchor,
-                  points={"reference": ref["points"][0], "driving": drv["points"],
-                          **({"co-driving": co["points"]} if co is not None else {})},
-                  fps=drv["fps"], fps_codrive=co["fps"] if co is not None else None,
-                  info={"generator_spec": spec, "reference": str(args.reference), "driving": str(args.driving),
-                        "co_driving": None if not args.co_driving else str(args.co_driving)})
+    poses = P.pose_codes(inv, [s for s in (args.pose_from,) if s != "none"], steps=args.pose_steps,
+                         steps_next=args.pose_steps_next, cache=cache, progress=progress, say=say)
+    r = P.reenactor(inv, ch, poses, pose=args.pose_from, position=args.position_from,
+                    regions=[x for x in ("eyes", "nose", "mouth") if x not in (args.no_region or [])],
+                    motion=args.motion, strength=args.strength, anchor=args.anchor, position_mode=args.position,
+                    alpha=args.alpha, beta=args.beta, gamma=args.gamma, zeta=args.zeta, baseline=args.baseline,
+                    info={"generator_spec": spec})
     _say(args, f"      motion {args.motion} (anchor frame {r.anchor_frame()}), position {args.position}")
     r.save(cache / "reenactor")
     return r
-
-
-def _reference_masks(ref, res, args):
-    """Region masks of the aligned reference [1, res, res] (``--regions``): BiSeNet or landmark hulls."""
-    import warnings
-
-    from .face import RegionSourceWarning, region_masks
-
-    source = {"auto": "auto", "bisenet": "bisenet", "landmarks": "landmarks"}[args.regions]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RegionSourceWarning)  # said on the console instead (masks.note)
-        return region_masks(ref["aligned"], landmarks=ref["points"], source=source, image_size=res,
-                            device=_device(args.device))
 
 
 def check_reenact_output(args) -> None:

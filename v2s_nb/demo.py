@@ -420,11 +420,9 @@ def run_demo(out, *, frames: int = 32, fps: float = 16.0, settings: FitSettings 
     ``<intermediates>/timings.json``. ``upsample``: dlib's for the photo and the driving clip (faces of 100+
     px); ``result_upsample``: for the 128 px result frames. ``cache_dir``: where the fitted generator is kept (default
     ``<v2s_nb cache>/demo``). ``say``: where progress lines go (default stderr; nothing when ``quiet``)."""
-    from types import SimpleNamespace
-
-    from .cli import _faces
     from .face import align_face
     from .method.reenact import Reenactor
+    from .prepare import face_clip
     from .video import read_video, write_video
 
     if say is None:
@@ -467,24 +465,24 @@ def run_demo(out, *, frames: int = 32, fps: float = 16.0, settings: FitSettings 
     lap("fit")
 
     say("[3/5] driving clip read back: dlib landmarks, canonical track (smoothed)")
-    args = SimpleNamespace(detector=detector, upsample=upsample, smooth=smooth, smooth_method="robust", quiet=quiet)
-    drv = _faces(inp["driving"], "video", res, cache, args)
+    drv = face_clip(inp["driving"], "video", res, cache=cache, detector=detector, upsample=upsample, smooth=smooth,
+                    progress=not quiet, say=lambda m: say("      " + m))
     driving = read_video(inp["driving"]).frames
     lap("landmarks")
 
     say("[4/5] render: position + rotation through the Fourier-feature input (Reenactor, no expression / pose)")
     w = pivot_ws(G).cpu()[0]
-    r = Reenactor(G=G, w_ref=w, ws_drive=w[None].expand(len(drv["track"]), -1, -1), region_channels={},
+    r = Reenactor(G=G, w_ref=w, ws_drive=w[None].expand(len(drv.track), -1, -1), region_channels={},
                   layers=tuple(range(1, min(8, G.num_ws))),  # nothing is mixed: no region channels
-                  tracks={"driving": drv["track"]}, pose="none", position="driving", fps=drv["fps"],
+                  tracks={"driving": drv.track}, pose="none", position="driving", fps=drv.fps,
                   points={"reference": align_face(inp["photo"], inp["points"], res).to_crop(inp["points"]),
-                          "driving": drv["points"]},
+                          "driving": drv.points},
                   info={"generator_spec": {"kind": "source", "source": str(fitted_path)},
                         "generator": G.source, "reference": str(inp["reference"]), "driving": str(inp["driving"]),
                         "shown": list(CAN_SHOW), "not_shown": list(CANNOT_SHOW)})
     result = r.render_video(batch_size=1, progress=not quiet)  # one frame a call: the fastest per frame on CPUs
     r.save(cache / "reenactor")
-    write_video(paths["result"], result, fps=drv["fps"], crf=12)  # near-lossless: the check reads this file
+    write_video(paths["result"], result, fps=drv.fps, crf=12)  # near-lossless: the check reads this file
     lap("render")
 
     say("[5/5] check (dlib on the result frames), side-by-side video, contact sheet")
@@ -492,7 +490,7 @@ def run_demo(out, *, frames: int = 32, fps: float = 16.0, settings: FitSettings 
     check = follow_check(driving, result, upsample_driving=upsample, upsample_result=result_upsample)
     lap("check")
     write_video(paths["side_by_side"], side_by_side(driving, result, left="driving clip (real photo, moved)",
-                                                    right=f"generator {LABEL} ({res} px)"), fps=drv["fps"])
+                                                    right=f"generator {LABEL} ({res} px)"), fps=drv.fps)
     found = int(check["detected"].sum())
     notes = ["shown:     " + "; ".join(CAN_SHOW),
              "not shown: " + "; ".join(CANNOT_SHOW) + " (it knows one image)",

@@ -1,0 +1,160 @@
+"""The public preparation API (v2s_nb.prepare) stage by stage on the tiny random generator: values, cache hits
+on a second call, pictures, and one-line errors for bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+from v2s_nb import prepare as P
+from v2s_nb.cli import make_demo_inputs
+from v2s_nb.method.reenact import Reenactor
+from v2s_nb.stylegan3 import tiny_generator
+
+FAST = dict(invert_steps=1, invert_steps_next=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    return make_demo_inputs(d, frames=3, size=256)
+
+
+@pytest.fixture(scope="module")
+def G():
+    return tiny_generator("R", resolution=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def stages(inputs, G, tmp_path_factory):
+    """Every stage once, with what each said."""
+    cache = tmp_path_factory.mktemp("cache")
+    said = []
+    ref, drv, co = inputs
+    faces = P.faces(ref, drv, co, resolution=G.img_resolution, cache=cache, progress=False, say=said.append)
+    inv = P.inversions(G, faces, cache=cache, say=said.append, **FAST)
+    ch = P.channels(inv, layers="3-7", regions="landmarks", t_fg=0.03, t_bg=0.5, cache=cache, progress=False,
+                    say=said.append)
+    pose = P.pose_codes(inv, ["driving", "co-driving"], cache=cache, progress=False, say=said.append)
+    return dict(cache=cache, faces=faces, inv=inv, ch=ch, pose=pose, said=said)
+
+
+def test_faces_values_and_cache_hit(stages, inputs, G):
+    faces = stages["faces"]
+    assert faces.reference.aligned.shape == (1, 64, 64, 3) and faces.reference.aligned.dtype == np.uint8
+    assert len(faces.driving) == 3 and len(faces.co_driving) == 3 and faces.driving.fps == pytest.approx(10)
+    assert faces.driving.points.shape == (3, 68, 2) and np.isfinite(faces.driving.points).all()
+    assert faces.driving.track.shape == (3, 4) and not faces.cached
+    # the reference's landmarks lie inside its aligned crop, the eyes above the mouth
+    pts = faces.reference.points[0]
+    assert (pts > 0).all() and (pts < 64).all() and pts[36:48, 1].mean() < pts[48:68, 1].mean()
+    assert "Faces(64 px aligned crops" in repr(faces) and "driving.mp4 (3 frames at 10 fps)" in repr(faces)
+    again = P.faces(*inputs, resolution=64, cache=stages["cache"], progress=False, say=None)
+    assert again.cached and "from the cache" in repr(again)
+    assert np.array_equal(again.driving.aligned, faces.driving.aligned)
+    fig = faces.figure(frames=3)
+    assert len([a for a in fig.axes if a.images]) == 2 + 3 + 3  # photo + aligned reference, 3 frames per video
+
+
+def test_inversions_values_and_cache_hit(stages, G):
+    inv = stages["inv"]
+    assert inv.method == "optimisation" and inv.G_render is inv.G  # random weights: PTI off by default
+    assert inv.w_ref.shape == (G.num_ws, G.w_dim) and inv.ws_drive.shape == (3, G.num_ws, G.w_dim)
+    assert inv.ws_codrive.shape == (3, G.num_ws, G.w_dim) and torch.isfinite(inv.ws_drive).all()
+    assert np.isfinite(inv.driving.psnr).all() and "optimisation" in repr(inv)
+    assert any("optimisation: reference 1 steps" in m for m in stages["said"])
+    again = P.inversions(G, stages["faces"], cache=stages["cache"], say=None, **FAST)
+    assert again.reference.from_cache and torch.equal(again.ws_drive, inv.ws_drive)
+    # settings of the optimisation pass through: a vanishing learning rate without noise stays at w_avg
+    still = P.inversions(G, stages["faces"], cache=stages["cache"], say=None,
+                         invert_kwargs={"lr": 1e-9, "w_noise": 0.0}, **FAST)
+    w_avg = G.mapping.w_avg.detach().cpu()
+    assert torch.allclose(still.ws_drive, w_avg.expand_as(still.ws_drive), atol=1e-5)
+    assert not torch.allclose(inv.ws_drive, w_avg.expand_as(inv.ws_drive), atol=1e-3)
+    fig = inv.figure(frames=2)
+    titles = [a.get_title() for a in fig.axes]
+    assert sum("dB" in t for t in titles) == 1 + 2 + 2
+
+
+def test_pti_gives_a_render_generator_closer_to_the_reference(stages, G):
+    inv = P.inversions(G, stages["faces"], pti=True, pti_steps=3, cache=stages["cache"], say=None, **FAST)
+    assert inv.G_render is not inv.G and inv.pti_steps == 3
+    assert inv.reference_psnr_pti > float(inv.reference.psnr[0])  # tuning around the code fits the photo better
+    assert "after 3 PTI steps" in repr(inv)
+    assert any(a.get_title().startswith("PTI G(w)") for a in inv.figure(frames=2).axes)
+    assert any(stages["cache"].glob("pti-*.safetensors"))
+
+
+def test_channels_and_pose_codes(stages, G):
+    ch, pose = stages["ch"], stages["pose"]
+    assert ch.layers == (3, 4, 5, 6, 7) and ch.masks.source == "landmarks"
+    assert set(ch.counts()) == {"eyes", "nose", "mouth"} and sum(ch.counts().values()) > 0
+    assert "Channels(rows 3-7, masks from landmarks" in repr(ch)
+    assert len(ch.figure().axes) == 6
+    # random weights: no head pose to encode, said and kept as the reason
+    assert not pose.codes and set(pose.skipped) == {"driving", "co-driving"}
+    assert "random weights" in pose.skipped["driving"] and "skipped" in repr(pose)
+    assert any("pose encoding (driving): skipped" in m for m in stages["said"])
+    assert pose.figure() is not None
+
+
+def test_reenactor_from_the_stages(stages):
+    r = P.reenactor(stages["inv"], stages["ch"], stages["pose"], alpha=0.0)
+    assert isinstance(r, Reenactor) and len(r) == 3
+    assert r.sources() == {"motion": "driving", "pose": "none", "position": "co-driving"}
+    assert r.layers == (3, 4, 5, 6, 7) and r.alpha == 0.0
+    assert r.render_frame(2).shape == (64, 64, 3)
+
+
+def test_messages_go_to_stdout_and_the_cache_is_per_user(inputs, G, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("V2S_NB_CACHE", str(tmp_path / "user-cache"))
+    assert P.default_cache() == tmp_path / "user-cache" / "prepare"
+    faces = P.faces(*inputs, resolution=64, progress=False)  # default say: print
+    P.inversions(G, faces, **FAST)
+    out, err = capsys.readouterr()
+    assert "driving.mp4: 3 frames" in out and "optimisation" in out and not err
+    assert any((tmp_path / "user-cache" / "prepare").glob("faces-video-*.npz"))
+    assert any((tmp_path / "user-cache" / "prepare" / "inversions").iterdir())
+
+
+def test_encoder_of_another_generator_says_it_falls_back(stages, inputs, tmp_path):
+    from test_encoder import make_encoder_sd, save_released_format
+
+    G = tiny_generator("R", resolution=64, seed=0)
+    other = tiny_generator("R", resolution=64, seed=5)
+    enc = save_released_format(tmp_path / "other.pt", make_encoder_sd(G.num_ws, G.w_dim, seed=11), other,
+                               G.mapping.w_avg.clone(), "ProgressiveBackboneEncoder")
+    said = []
+    inv = P.inversions(G, stages["faces"], encoder=enc, cache=stages["cache"], say=said.append, **FAST)
+    assert inv.method == "optimisation" and any("inverting by optimisation only" in m for m in said)
+
+
+def test_bad_input_gets_a_clear_error(stages, inputs, G, tmp_path):
+    ref, drv, co = inputs
+    with pytest.raises(FileNotFoundError, match="input file not found: .*missing.mp4"):
+        P.faces(ref, tmp_path / "missing.mp4", resolution=64, cache=tmp_path)
+    with pytest.raises(ValueError, match="driving is None"):
+        P.faces(ref, None, resolution=64, cache=tmp_path)
+    with pytest.raises(ValueError, match="detector must be one of 'hog', 'cnn'"):
+        P.faces(ref, drv, resolution=64, detector="yolo", cache=tmp_path)
+    with pytest.raises(ValueError, match="resolution must be an integer"):
+        P.faces(ref, drv, resolution=64.5, cache=tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="cache must be a folder"):
+        P.faces(ref, drv, resolution=64, cache=tmp_path / "file")
+    big = tiny_generator("R", resolution=128)
+    with pytest.raises(ValueError, match="aligned at 64 px but the generator draws 128 px"):
+        P.inversions(big, stages["faces"], cache=stages["cache"], **FAST)
+    with pytest.raises(TypeError, match="Faces of v2s_nb.prepare.faces"):
+        P.inversions(G, {"aligned": None}, cache=stages["cache"], **FAST)
+    with pytest.raises(ValueError, match="invert_steps must be an integer in 1..100000"):
+        P.inversions(G, stages["faces"], cache=stages["cache"], invert_steps=0)
+    two = P.faces(ref, drv, resolution=64, cache=stages["cache"], progress=False, say=None)
+    inv2 = P.inversions(G, two, cache=stages["cache"], say=None, **FAST)
+    with pytest.raises(ValueError, match="needs a co-driving video"):
+        P.pose_codes(inv2, "co-driving", cache=stages["cache"])
+    with pytest.raises(ValueError, match="layers .* out of range"):
+        P.channels(inv2, layers="3-20", cache=stages["cache"])
+    with pytest.raises(ValueError, match="t_fg must be a number in \\[0, 1\\]"):
+        P.channels(inv2, t_fg=2.0, cache=stages["cache"])
+    with pytest.raises(ValueError, match="position='co-driving' needs a co-driving video"):
+        P.reenactor(inv2, stages["ch"], position="co-driving")
