@@ -73,3 +73,22 @@ def test_transposed_upsampling_equals_zero_stuffing(up, pads):
     stuffed = upfirdn2d(x, torch.outer(f, f), up=up, padding=pads, gain=up ** 2)
     assert separable.shape == stuffed.shape
     assert (separable - stuffed).abs().max() <= 1e-6 * stuffed.abs().max()  # float32 rounding only
+
+
+def test_large_generator_on_the_cpu_warns(tmp_path):
+    """A notebook on a machine without a GPU that loads a 1024 px checkpoint is told so (with the fix); small ones
+    load silently."""
+    import warnings
+
+    from v2s_nb.errors import SlowDeviceWarning
+    from v2s_nb.stylegan3 import CPU_WARN_RESOLUTION, load_generator, save_generator
+
+    for res, warns in ((CPU_WARN_RESOLUTION, True), (64, False)):
+        path = save_generator(tiny_generator("R", resolution=res, channel_max=4), tmp_path / f"g{res}.safetensors")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            G = load_generator(path, device="cpu")
+        slow = [w for w in caught if issubclass(w.category, SlowDeviceWarning)]
+        assert G.img_resolution == res and bool(slow) == warns
+        if warns:
+            assert "device='cuda'" in str(slow[0].message) and f"{res} px" in str(slow[0].message)

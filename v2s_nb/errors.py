@@ -41,3 +41,7 @@ class CacheWarning(V2SWarning, RuntimeWarning):
 
 class FallbackWarning(V2SWarning, RuntimeWarning):
     """Something asked for (a model, a detector, a feature extractor) is unavailable; a named substitute is used."""
+
+
+class SlowDeviceWarning(V2SWarning, RuntimeWarning):
+    """A large model was put on a device where it will be very slow (a 1024 px generator on the CPU)."""

@@ -243,7 +243,7 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
         tr = landmarks(img, detector=detector, upsample=upsample, progress=False)
         if not tr.found[0]:
             raise NoFaceError(f"no face was found in the reference image {path}; give a photo with one clearly "
-                              "visible, roughly frontal face (or try --detector cnn / --upsample 2)")
+                              "visible, roughly frontal face (or try detector='cnn' / upsample=2)")
         al = align_face(img, tr.points[0], resolution)
         out = {"aligned": al.image[None], "points": al.to_crop(tr.points[0])[None], "fps": 0.0,
                "track": np.zeros((1, 3)), "interpolated": np.zeros(1, bool)}

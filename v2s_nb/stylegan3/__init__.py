@@ -62,4 +62,17 @@ def load_generator(source, device=None, dtype=torch.float32) -> Generator:
         G = load_checkpoint(path)
     else:
         G = generator_from_snapshot(read_snapshot(path), path=path)
-    return G.to(device=device or "cpu", dtype=dtype)
+    G = G.to(device=device or "cpu", dtype=dtype)
+    if G.device.type == "cpu" and G.img_resolution >= CPU_WARN_RESOLUTION:
+        import warnings
+
+        from ..errors import SlowDeviceWarning
+
+        warnings.warn(f"a {G.img_resolution} px generator on the CPU: each image takes seconds and preparing a clip "
+                      "hours; pass device='cuda' (on Colab: Runtime > Change runtime type > GPU)",
+                      SlowDeviceWarning, stacklevel=2)
+    return G
+
+
+#: Generators of this size or larger warn when loaded onto the CPU (a notebook on Colab without a GPU).
+CPU_WARN_RESOLUTION = 512

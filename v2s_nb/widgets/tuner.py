@@ -117,7 +117,7 @@ class ReenactmentTuner:
 
     Args:
         reenactor: a prepared :class:`~v2s_nb.method.reenact.Reenactor` (e.g. from
-            :func:`v2s_nb.cli.prepare_reenactment`); it is edited in place.
+            :func:`v2s_nb.prepare.reenactor`); it is edited in place.
         frame: initial preview frame; ``None`` = :func:`motion_frame` (a frame where the coefficients act).
         size: displayed preview size in pixels (the difference view has the same size).
         gain: initial amplification of the difference view, one of :data:`DIFFERENCE_GAINS`.
