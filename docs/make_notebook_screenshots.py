@@ -52,8 +52,9 @@ def chromium() -> str:
 
 
 @contextlib.contextmanager
-def jupyterlab(root: Path):
-    """A JupyterLab server on a free local port serving ``root``; yields (base URL, token)."""
+def jupyterlab(root: Path, timeout: float = 120):
+    """A JupyterLab server on a free local port serving ``root`` (log: ``root.parent / 'lab.log'``); yields (base
+    URL, token). Raises RuntimeError with the log's end when it has not answered within ``timeout`` seconds."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -65,14 +66,15 @@ def jupyterlab(root: Path):
          f"--LabApp.workspaces_dir={root.parent / 'workspaces'}"], stdout=log, stderr=subprocess.STDOUT, cwd=root)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + timeout
         while True:
             try:
                 urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2).read()
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise SystemExit(f"JupyterLab did not start:\n{(root.parent / 'lab.log').read_text()[-3000:]}")
+                    log.flush()
+                    raise RuntimeError(f"JupyterLab did not start:\n{(root.parent / 'lab.log').read_text()[-3000:]}")
                 time.sleep(0.5)
         yield base, token
     finally:
@@ -169,7 +171,12 @@ def main(argv=None) -> int:
         root.mkdir()
         for n in names:
             shutil.copy(REPO / "notebooks" / n, root / n)
-        with jupyterlab(root) as (base, token), sync_playwright() as p:
+        try:
+            lab = contextlib.ExitStack()
+            base, token = lab.enter_context(jupyterlab(root))
+        except RuntimeError as e:
+            raise SystemExit(str(e)) from None
+        with lab, sync_playwright() as p:
             ctx = p.chromium.launch_persistent_context(str(Path(tmp) / "profile"), executable_path=exe, headless=True,
                                                        args=CHROMIUM_ARGS, viewport=VIEWPORT)
             try:

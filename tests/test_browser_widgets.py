@@ -16,13 +16,8 @@ import importlib.util
 import contextlib
 import os
 import re
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,6 +25,10 @@ import pytest
 pytestmark = pytest.mark.slow  # JupyterLab and Chromium
 
 REPO = Path(__file__).resolve().parents[1]
+# The JupyterLab server of the screenshot tool (docs/make_notebook_screenshots.py) serves the tests too.
+_spec = importlib.util.spec_from_file_location("make_notebook_screenshots", REPO / "docs" / "make_notebook_screenshots.py")
+screenshots = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(screenshots)
 NOTEBOOK = "03_sspace_feature_maps.ipynb"
 NOTEBOOK_04 = "04_reenactment.ipynb"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -56,12 +55,6 @@ def _requirements():
     return exe
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def lab(tmp_path):
     exe = _requirements()
@@ -69,34 +62,12 @@ def lab(tmp_path):
     root.mkdir()
     for path in (REPO / "notebooks").glob("0*.ipynb"):  # JupyterLab autosaves: never the repo's copy
         shutil.copy(path, root / path.name)
-    port, token = _free_port(), secrets.token_hex(16)
-    log = open(tmp_path / "lab.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--allow-root", "--no-browser", "--ip", "127.0.0.1", "--port", str(port),
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-         f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    log.flush()
-                    pytest.fail(f"JupyterLab did not start:\n{(tmp_path / 'lab.log').read_text()[-3000:]}")
-                time.sleep(0.5)
-        yield exe, base, token, tmp_path
-    finally:
-        proc.terminate()
+    with contextlib.ExitStack() as stack:
         try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            base, token = stack.enter_context(screenshots.jupyterlab(root, timeout=90))
+        except RuntimeError as e:
+            pytest.fail(str(e))
+        yield exe, base, token, tmp_path
 
 
 def _open_and_run_all(page, base, token, notebook):
