@@ -93,23 +93,43 @@ def _check_forward_variant(cfg, overrides):
 @pytest.mark.parametrize("cfg", ["R", "T"])
 def test_fused_backward_matches_autograd(cfg, monkeypatch):
     """The fused backward kernel against autograd through the plain operator, a small clamp on every other layer so
-    that clamped samples (zero gradient) occur; down-filters needing more than MAX_RANK terms return None."""
+    that clamped samples (zero gradient) occur, an input gain (the demodulation the fast path folds in) on every
+    other layer, one of them with a zero gain (taken out of the kernel); down-filters needing more than MAX_RANK
+    terms return None."""
     monkeypatch.setattr(fast_ops, "BACKWARD_TILES", (64,))  # float32 here: the 64-wide tile is allowed
-    worst, checked, layers = 0.0, 0, 0
+    worst, checked, layers, gained = 0.0, 0, 0, 0
     for i, (name, L, y) in enumerate(_layers(cfg)):
         layers += 1
         clamp = 0.5 if i % 2 else float(L.conv_clamp)
-        yd, bd = y.clone().requires_grad_(True), L.bias.detach().clone().requires_grad_(True)
-        out = ops.filtered_lrelu(yd, L.up_filter, L.down_filter, bd, up=L.up_factor, down=L.down_factor,
+        g = None
+        if i % 2 == 0:
+            g = torch.rand(y.shape[:2], generator=torch.Generator().manual_seed(100 + i)) + 0.5
+            if i % 4 == 0:
+                g[0, 0] = 0.0
+        # A random bias: with a zero gain and a zero bias the pre-activation is 0 exactly, where the plain operator
+        # and the kernel take different sides of the derivative's jump.
+        b = torch.randn(L.bias.shape, generator=torch.Generator().manual_seed(200 + i))
+        yd, bd = y.clone().requires_grad_(True), b.clone().requires_grad_(True)
+        inputs = [yd, bd]
+        a = yd
+        if g is not None:
+            gd = g.clone().requires_grad_(True)
+            inputs.append(gd)
+            a = yd * gd[:, :, None, None]
+        out = ops.filtered_lrelu(a, L.up_filter, L.down_filter, bd, up=L.up_factor, down=L.down_factor,
                                  padding=L.padding, gain=2 ** 0.5, slope=0.2, clamp=clamp)
         gy = torch.randn(out.shape, generator=torch.Generator().manual_seed(i))
-        ga, gba = torch.autograd.grad(out, [yd, bd], gy)
-        res = fast_ops.fused_filtered_lrelu_backward(y, L.up_filter, L.down_filter, L.bias, L.up_factor,
-                                                     L.down_factor, L.padding, 2 ** 0.5, 0.2, clamp, gy)
+        expected = torch.autograd.grad(out, inputs, gy)
+        res = fast_ops.fused_filtered_lrelu_backward(y, L.up_filter, L.down_filter, b, L.up_factor, L.down_factor,
+                                                     L.padding, 2 ** 0.5, 0.2, clamp, gy, in_gain=g)
         if res is not None:
             checked += 1
-            worst = max(worst, _relative(res[0], ga), _relative(res[1], gba))
+            assert (res[2] is None) == (g is None)
+            got = res[:3] if g is not None else res[:2]
+            worst = max(worst, *(_relative(r, e) for r, e in zip(got, expected)))
+            gained += g is not None
     assert checked >= layers - 4, (checked, layers)  # most layers went through the fused backward
+    assert gained >= 2
     assert worst < 1e-5
 
 

@@ -30,11 +30,6 @@ field                     environment variable    meaning
                                                   False: three-pass TF32 always
 ``modulation_kernels``    (none)                  True (default): fast_modulation's one-launch modulation
                                                   factors and ToRGB; False: the small ops
-``backward_form``         ``V2S_NB_BACKWARD_FORM``  'dense' (default): the fused backward kernel over whole
-                                                  windows; 'banded': fast_backward's kernel (only the
-                                                  tap-holding blocks) where it applies, dense elsewhere
-``relaxed_atomics``       ``V2S_NB_RELAXED_ATOMICS``  1 (default): the banded backward kernel's input-gradient
-                                                  sums with relaxed atomics; 0: acquire-release (Triton's default)
 ========================  ======================  ==========================================================
 """
 
@@ -60,8 +55,6 @@ class FastConfig:
     fp16_rank_tol: float = 2.5e-4
     bf16x3: bool = True
     modulation_kernels: bool = True
-    backward_form: str = "dense"
-    relaxed_atomics: bool = True
 
     def __post_init__(self):
         if not isinstance(self.chunk_mb, int) or self.chunk_mb < 1:
@@ -70,8 +63,6 @@ class FastConfig:
             raise ValueError(f"fused_warps must be 1, 2, 4, 8 or 16, got {self.fused_warps!r}")
         if not (isinstance(self.fp16_rank_tol, (int, float)) and 0 <= self.fp16_rank_tol < 1):
             raise ValueError(f"fp16_rank_tol must be a number in [0, 1), got {self.fp16_rank_tol!r}")
-        if self.backward_form not in ("dense", "banded"):
-            raise ValueError(f"backward_form must be 'dense' or 'banded', got {self.backward_form!r}")
 
     @property
     def chunk_bytes(self) -> int:
@@ -100,12 +91,6 @@ class FastConfig:
             """a whole number"""
             return int(text)
 
-        def form(text):
-            """dense or banded"""
-            if text not in ("dense", "banded"):
-                raise ValueError(text)
-            return text
-
         def number(text):
             """a number"""
             return float(text)
@@ -115,9 +100,7 @@ class FastConfig:
                                   ("V2S_NB_FUSED_BACKWARD", flag, "use_fused_backward"),
                                   ("V2S_NB_FAST_CHUNK_MB", whole, "chunk_mb"),
                                   ("V2S_NB_FUSED_WARPS", whole, "fused_warps"),
-                                  ("V2S_NB_FP16_RANK_TOL", number, "fp16_rank_tol"),
-                                  ("V2S_NB_BACKWARD_FORM", form, "backward_form"),
-                                  ("V2S_NB_RELAXED_ATOMICS", flag, "relaxed_atomics")]:
+                                  ("V2S_NB_FP16_RANK_TOL", number, "fp16_rank_tol")]:
             kwargs.update(read(var, parse, field))
         return cls(**kwargs)
 

@@ -405,12 +405,14 @@ if HAVE_TRITON:
                      acc.to(out_ptr.dtype.element_ty), mask=keep)
 
     @triton.jit
-    def _fused_backward_kernel(x_ptr, b_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, gy_ptr, gx_ptr,
+    def _fused_backward_kernel(x_ptr, b_ptr, g_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, gy_ptr, gx_ptr,
                                h, w, h_out, w_out, channels, jshift_y, jshift_x, used_y, used_x, gain, slope, clamp,
                                BO, UP: tl.constexpr, DOWN: tl.constexpr, R: tl.constexpr, KJX: tl.constexpr,
                                KJY: tl.constexpr, BU: tl.constexpr, BOP: tl.constexpr, PRECISION: tl.constexpr,
-                               SCALE: tl.constexpr):
+                               SCALE: tl.constexpr, HAS_GAIN: tl.constexpr, SPLIT: tl.constexpr):
         """Gradient of the fused filtered leaky ReLU for one output tile, added into the float32 input gradient.
+        HAS_GAIN: the operator's input was x * g (g per plane, as the forward's ``in_gain``); the pre-activation is
+        recomputed with it and the tile's gradient is multiplied by it, so the sums are d/dx.
 
         Each output sample belongs to exactly one tile, so the operator is a sum over tiles of (gather the input
         window, tile function, scatter the outputs); its adjoint is the sum over tiles of the transposed chain:
@@ -430,14 +432,13 @@ if HAVE_TRITON:
         ok = ((jy >= 0) & (jy < h) & (ky < used_y))[:, None] & ((jx >= 0) & (jx < w) & (kx < used_x))[None, :]
         xv = tl.load(x_ptr + plane * h * w + jy[:, None] * w + jx[None, :], mask=ok, other=0.0).to(tl.float32)
         bias = tl.load(b_ptr + plane % channels)
+        if HAS_GAIN:
+            pg = tl.load(g_ptr + plane)
+            xv = xv * pg
         xv = tl.where(ok, xv + bias, 0.0)
         ax = tl.load(ax_ptr + kx[:, None] * BU + tl.arange(0, BU)[None, :])
         t = tl.dot(xv.to(ax.dtype), ax, input_precision=PRECISION)
-        ayt = tl.load(ay_ptr + tl.arange(0, BU)[:, None] + ky[None, :] * BU)
-        pre = tl.dot(ayt, t.to(ayt.dtype), input_precision=PRECISION)  # [BU, BU], as the dense forward computes it
-        act = tl.where(pre >= 0, pre, pre * slope) * gain
-        deriv = tl.where(pre >= 0, gain, gain * slope)
-        deriv = tl.where(tl.abs(act) <= clamp, deriv, 0.0)
+        t = t.to(ax.dtype)
         lo = tl.arange(0, BOP)
         oy = oy0 + lo
         ox = ox0 + lo
@@ -447,21 +448,48 @@ if HAVE_TRITON:
         if SCALE:
             peak = tl.max(tl.max(tl.abs(g), axis=1), axis=0)
             g = g * tl.where(peak > 0, 1.0 / peak, 0.0)
-        gu = tl.zeros([BU, BU], dtype=tl.float32)
-        for r in tl.static_range(R):
-            dyt = tl.load(dy_ptr + r * BOP * BU + tl.arange(0, BU)[:, None] + lo[None, :] * BU)  # Dy[r]^T
-            a = tl.dot(dyt, g.to(dyt.dtype), input_precision=PRECISION)  # [BU, BOP]
-            dxt = tl.load(dx_ptr + r * BU * BOP + lo[:, None] + tl.arange(0, BU)[None, :] * BOP)  # Dx[r]^T
-            gu += tl.dot(a.to(dxt.dtype), dxt, input_precision=PRECISION)  # [BU, BU]
-        gu = gu * deriv
-        ay = tl.load(ay_ptr + ky[:, None] * BU + tl.arange(0, BU)[None, :])
-        s = tl.dot(ay, gu.to(ay.dtype), input_precision=PRECISION)  # [KJY, BU]
+        g = g.to(ax.dtype)
+        # The upsampled window in SPLIT row blocks of HB rows: fewer live [BU, BU] values per program.
+        HB: tl.constexpr = BU // SPLIT
+        s = tl.zeros([KJY, BU], dtype=tl.float32)
+        for half in tl.static_range(SPLIT):
+            rows = half * HB + tl.arange(0, HB)
+            ayt = tl.load(ay_ptr + rows[:, None] + ky[None, :] * BU)  # Ay^T, these rows
+            pre = tl.dot(ayt, t, input_precision=PRECISION)  # [HB, BU], as the dense forward computes it
+            act = tl.where(pre >= 0, pre, pre * slope) * gain
+            deriv = tl.where(pre >= 0, gain, gain * slope)
+            deriv = tl.where(tl.abs(act) <= clamp, deriv, 0.0)
+            gu = tl.zeros([HB, BU], dtype=tl.float32)
+            for r in tl.static_range(R):
+                dyt = tl.load(dy_ptr + r * BOP * BU + rows[:, None] + lo[None, :] * BU)  # Dy[r]^T, these rows
+                a = tl.dot(dyt, g, input_precision=PRECISION)  # [HB, BOP]
+                dxt = tl.load(dx_ptr + r * BU * BOP + lo[:, None] + tl.arange(0, BU)[None, :] * BOP)  # Dx[r]^T
+                gu += tl.dot(a.to(dxt.dtype), dxt, input_precision=PRECISION)  # [HB, BU]
+            gu = gu * deriv
+            ay = tl.load(ay_ptr + ky[:, None] * BU + rows[None, :])
+            s += tl.dot(ay, gu.to(ay.dtype), input_precision=PRECISION)  # [KJY, BU]
         axt = tl.load(ax_ptr + tl.arange(0, BU)[:, None] + kx[None, :] * BU)
         gx = tl.dot(s.to(axt.dtype), axt, input_precision=PRECISION)  # [KJY, KJX]
         if SCALE:
             gx = gx * peak
+        if HAS_GAIN:
+            gx = gx * pg
         # Relaxed atomics: the kernel reads nothing another tile writes (measured faster: docs/performance.md).
         tl.atomic_add(gx_ptr + plane * h * w + jy[:, None] * w + jx[None, :], gx, mask=ok, sem="relaxed")
+
+    @triton.jit
+    def _backward_epilogue_kernel(acc_ptr, x_ptr, gx_ptr, sums_ptr, hw, BLOCK: tl.constexpr):
+        """One pass over the backward's float32 sums ``acc`` (d/dx): d x in its storage dtype, and per plane the
+        sums of acc and of acc * x (for the bias' and the input gain's gradients), added into sums [2, planes]."""
+        plane = tl.program_id(0).to(tl.int64)
+        i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        ok = i < hw
+        a = tl.load(acc_ptr + plane * hw + i, mask=ok, other=0.0)
+        xv = tl.load(x_ptr + plane * hw + i, mask=ok, other=0.0).to(tl.float32)
+        tl.store(gx_ptr + plane * hw + i, a.to(gx_ptr.dtype.element_ty), mask=ok)
+        n_planes = tl.num_programs(0)
+        tl.atomic_add(sums_ptr + plane, tl.sum(a, axis=0), sem="relaxed")
+        tl.atomic_add(sums_ptr + n_planes + plane, tl.sum(a * xv, axis=0), sem="relaxed")
 
     @triton.jit
     def _up_x_kernel(x_ptr, b_ptr, a_ptr, out_ptr, h, w_in, w_out, channels, j_shift,
@@ -1069,51 +1097,70 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
 BACKWARD_TILES = (128, 64)
 BACKWARD_SMALL_OUT = 100
 BACKWARD_WARPS = {torch.float16: 8, torch.float32: 4}
+# Row blocks the backward kernel's upsampled window is processed in (1: whole).
+BACKWARD_SPLIT = {torch.float16: 1, torch.float32: 1}
 
 
-def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad):
-    """Gradients (d x, d b) of the filtered leaky ReLU for the output gradient ``grad``, or None if the fused
-    kernel can't apply (a down-filter needing more than ``MAX_RANK`` separable terms).
+def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad, in_gain=None):
+    """Gradients of the filtered leaky ReLU of ``x * in_gain`` (``in_gain`` [N, C] or None for 1) for the output
+    gradient ``grad``: (d x [x's shape and dtype], d b [C] float32, d in_gain [N, C] float32 or None), or None if
+    the fused kernel can't apply (a down-filter needing more than ``MAX_RANK`` separable terms).
 
     The pre-activation is recomputed tile by tile as the dense fused forward computes it. Gradient products run
     in fp16 for float16 layers, on each tile's gradient divided by its largest magnitude (fp16 precision at any
     gradient scale: no underflow), and in three-pass TF32 (float32 accuracy) for float32 layers. TF32 was tried
     for the float16 layers: its operands are truncated, not rounded, and the error was 5-10x the plain path's.
-    d x is accumulated in float32, then cast to ``x``'s dtype. ``fast_config`` ``backward_form='banded'`` (environment
-    ``V2S_NB_BACKWARD_FORM=banded``) runs :func:`fast_backward.banded_filtered_lrelu_backward` first where it applies
-    (only the tap-holding blocks of the window products); 'dense' (the default until the GPU gradient tests have run
-    on the banded kernel) this function's own kernel.
+    d x is accumulated in float32; one more pass casts it and sums what the bias and gain gradients need.
     """
-    if fast_config.current().backward_form == "banded":
-        from . import fast_backward
-
-        grads = fast_backward.banded_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp,
-                                                             grad)
-        if grads is not None:
-            return grads
     n, c, h, w = x.shape
+    if in_gain is not None and not bool((in_gain != 0).all()):
+        # A zero gain zeroes d/dx, from which the bias gradient is recovered: take the gain out instead.
+        return _backward_gain_outside(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad, in_gain)
     h_out, w_out = _output_size(h, w, fu, fd, up, down, padding)
     x = x.contiguous()
     grad = grad.contiguous()
     bias = b.to(torch.float32).contiguous()
-    gx = torch.zeros((n, c, h, w), dtype=torch.float32, device=x.device)
+    g = _per_plane(in_gain, n, c, x.device)
+    acc = torch.zeros((n, c, h, w), dtype=torch.float32, device=x.device)
     tiles = BACKWARD_TILES if min(h_out, w_out) >= BACKWARD_SMALL_OUT else BACKWARD_TILES[::-1]
     for bu, plan, grid in _tile_plans(fu, fd, up, down, padding, x, tiles, h_out, w_out):
         bo = plan["bo"]
         try:
             _fused_backward_kernel[grid](
-                x, bias, plan["ax"], plan["ay"], plan["dx"], plan["dy"], grad, gx, h, w, h_out, w_out, c,
-                plan["jshift_y"], plan["jshift_x"], plan["used_y"], plan["used_x"], float(gain), float(slope),
-                float(clamp), bo, UP=up, DOWN=down, R=plan["r"], KJX=plan["kjx"], KJY=plan["kjy"], BU=bu,
-                BOP=plan["bop"], PRECISION=plan["precision"], SCALE=x.dtype == torch.float16,
+                x, bias, g if g is not None else bias, plan["ax"], plan["ay"], plan["dx"], plan["dy"], grad, acc,
+                h, w, h_out, w_out, c, plan["jshift_y"], plan["jshift_x"], plan["used_y"], plan["used_x"],
+                float(gain), float(slope), float(clamp), bo, UP=up, DOWN=down, R=plan["r"], KJX=plan["kjx"],
+                KJY=plan["kjy"], BU=bu, BOP=plan["bop"], PRECISION=plan["precision"],
+                SCALE=x.dtype == torch.float16, HAS_GAIN=g is not None, SPLIT=BACKWARD_SPLIT.get(x.dtype, 1),
                 num_warps=BACKWARD_WARPS.get(x.dtype, 4))
             break
         except triton.runtime.errors.OutOfResources:
-            gx.zero_()
+            acc.zero_()
             continue
     else:
         return None
-    return gx.to(x.dtype), gx.sum(dim=(0, 2, 3))
+    gx = torch.empty((n, c, h, w), dtype=x.dtype, device=x.device)
+    sums = torch.zeros((2, n, c), dtype=torch.float32, device=x.device)
+    _backward_epilogue_kernel[(n * c, _cdiv(h * w, EPILOGUE_BLOCK))](acc, x, gx, sums, h * w, BLOCK=EPILOGUE_BLOCK)
+    if g is None:
+        return gx, sums[0].sum(0), None
+    # acc = d/dx = g dL/da (a = x g + b): a plane's sums of acc and of acc x are g times those the bias and the
+    # gain need (sum dL/da, sum dL/da x).
+    return gx, (sums[0] / g).sum(0), sums[1] / g
+
+
+EPILOGUE_BLOCK = 4096
+
+
+def _backward_gain_outside(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad, in_gain):
+    """fused_filtered_lrelu_backward's result with the gain applied to x first (for gains with zeros)."""
+    a = x * in_gain.to(x.dtype)[:, :, None, None]
+    res = fused_filtered_lrelu_backward(a, fu, fd, b, up, down, padding, gain, slope, clamp, grad)
+    if res is None:
+        return None
+    ga, gb, _ = res
+    g_gain = (ga.float() * x.float()).sum((2, 3))
+    return (ga * in_gain.to(ga.dtype)[:, :, None, None]), gb, g_gain
 
 
 def fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp, pad_channels_to=1,
@@ -1168,47 +1215,61 @@ def fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, cl
 
 
 class _FilteredLReLU(torch.autograd.Function):
-    """Fast forward; backward by the fused backward kernel, else by recomputing the plain (reference) operator
-    under autograd, a few channels at a time."""
+    """Fast forward of the operator on ``x * in_gain`` (``in_gain`` [N, C] or None), saving only its inputs;
+    backward by the fused backward kernel, else by recomputing the plain (reference) operator under autograd, a
+    few channels at a time."""
 
     @staticmethod
-    def forward(ctx, x, b, fu, fd, up, down, padding, gain, slope, clamp):
-        ctx.save_for_backward(x, b)
+    def forward(ctx, x, b, in_gain, fu, fd, up, down, padding, gain, slope, clamp):
+        ctx.save_for_backward(x, b, in_gain)
         ctx.args = (fu, fd, up, down, padding, gain, slope, clamp)
-        return fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp)
+        return fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_gain=in_gain)
 
     @staticmethod
     def backward(ctx, grad):
-        x, b = ctx.saved_tensors
+        x, b, in_gain = ctx.saved_tensors
         fu, fd, up, down, padding, gain, slope, clamp = ctx.args
+        grads = None
         if fast_config.current().use_fused_backward:
-            grads = fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad)
-            if grads is not None:
-                gx, gb = grads
-                return (gx if ctx.needs_input_grad[0] else None, gb.to(b.dtype) if ctx.needs_input_grad[1] else None,
-                        None, None, None, None, None, None, None, None)
-        n, c, h, w = x.shape
-        gx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
-        gb = torch.zeros(b.shape, dtype=torch.float32, device=b.device) if ctx.needs_input_grad[1] else None
-        # The operator acts on each (sample, channel) plane alone, so its plain-path gradient can be taken a
-        # few channels at a time: memory stays bounded however large the batch.
-        plane_bytes = (h * up + fu.shape[0]) * (w * up + fu.shape[0]) * 4 * 6  # zero-stuffed tensors autograd keeps
-        per_chunk = max(1, min(c, fast_config.current().chunk_bytes // plane_bytes))
-        for i in range(n):
-            for c0 in range(0, c, per_chunk):
-                c1 = min(c, c0 + per_chunk)
-                with torch.enable_grad():
-                    xd = x[i:i + 1, c0:c1].detach().requires_grad_(gx is not None)
-                    bd = b[c0:c1].detach().requires_grad_(gb is not None)
-                    y = ops.filtered_lrelu(xd, fu, fd, bd, up=up, down=down, padding=padding, gain=gain,
-                                           slope=slope, clamp=clamp)
-                    inputs = [t for t in (xd, bd) if t.requires_grad]
-                    grads = iter(torch.autograd.grad(y, inputs, grad[i:i + 1, c0:c1]))
-                if gx is not None:
-                    gx[i:i + 1, c0:c1] = next(grads)
-                if gb is not None:
-                    gb[c0:c1] += next(grads).float()
-        return gx, gb.to(b.dtype) if gb is not None else None, None, None, None, None, None, None, None, None
+            grads = fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad,
+                                                  in_gain=in_gain)
+        if grads is None:
+            grads = _plain_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad, in_gain)
+        gx, gb, g_gain = grads
+        need = ctx.needs_input_grad
+        return (gx if need[0] else None, gb.to(b.dtype) if need[1] else None,
+                g_gain.to(in_gain.dtype) if need[2] else None, None, None, None, None, None, None, None, None)
+
+
+def _plain_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad, in_gain=None):
+    """fused_filtered_lrelu_backward's result by autograd through the plain operator, recomputed a few channels at
+    a time (the operator acts on each (sample, channel) plane alone, so memory stays bounded at any batch)."""
+    n, c, h, w = x.shape
+    gx = torch.empty_like(x)
+    gb = torch.zeros(b.shape, dtype=torch.float32, device=b.device)
+    g_gain = torch.zeros((n, c), dtype=torch.float32, device=x.device) if in_gain is not None else None
+    plane_bytes = (h * up + fu.shape[0]) * (w * up + fu.shape[0]) * 4 * 6  # zero-stuffed tensors autograd keeps
+    per_chunk = max(1, min(c, fast_config.current().chunk_bytes // plane_bytes))
+    for i in range(n):
+        for c0 in range(0, c, per_chunk):
+            c1 = min(c, c0 + per_chunk)
+            with torch.enable_grad():
+                xd = x[i:i + 1, c0:c1].detach().requires_grad_(True)
+                bd = b[c0:c1].detach().requires_grad_(True)
+                inputs = [xd, bd]
+                a = xd
+                if in_gain is not None:
+                    gd = in_gain[i:i + 1, c0:c1].detach().requires_grad_(True)
+                    inputs.append(gd)
+                    a = xd * gd.to(xd.dtype)[:, :, None, None]
+                y = ops.filtered_lrelu(a, fu, fd, bd, up=up, down=down, padding=padding, gain=gain, slope=slope,
+                                       clamp=clamp)
+                grads = torch.autograd.grad(y, inputs, grad[i:i + 1, c0:c1])
+            gx[i:i + 1, c0:c1] = grads[0]
+            gb[c0:c1] += grads[1].float()
+            if g_gain is not None:
+                g_gain[i:i + 1, c0:c1] = grads[2].float()
+    return gx, gb, g_gain
 
 
 def can_use_fast(x, fu, fd) -> bool:
@@ -1257,8 +1318,9 @@ def filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=2 ** 0
                                                           slope=slope, clamp=clamp), x, in_gain, out_scale, out_dtype)
     clamp = float(clamp) if clamp is not None else 3.0e38
     if not inference:
-        return _with_factors(lambda v: _FilteredLReLU.apply(v, b, fu, fd, up, down, tuple(padding), gain, slope,
-                                                            clamp), x, in_gain, out_scale, out_dtype)
+        g = None if in_gain is None else in_gain.float().expand(x.shape[0], x.shape[1])
+        return _with_factors(lambda v: _FilteredLReLU.apply(v, b, g, fu, fd, up, down, tuple(padding), gain, slope,
+                                                            clamp), x, None, out_scale, out_dtype)
     # Inference: fp16 outputs padded to multiples of 8 channels for the next layer's matrix product (StyleGAN3-R's
     # 645, 406, 161, 102 channels), an inner size cuBLAS's fast kernels take (docs/performance.md).
     pad = 8 if pad_channels and ops._pad_for_tensor_cores(x, out_dtype) else 1
