@@ -5,7 +5,8 @@
 
 Prints, per batch size, projection throughput in frames·steps/s (one step = render + backward + Adam update for
 every frame of the batch) and peak memory (CUDA: max allocated by torch; CPU: peak RSS of the process so far);
-then the wall time of ``invert_sequence`` over ``--seq-frames`` frames at the default settings (batch 8,
+then PTI's speed (``pivotal_tuning`` of one reference frame, ``--pti-steps`` steps after 2 warm-up steps: steps/s
+and peak memory); then the wall time of ``invert_sequence`` over ``--seq-frames`` frames at the default settings (batch 8,
 steps_first 500, steps_next 150, unless overridden), and that time extrapolated to 160 frames when fewer were run.
 ``--json FILE`` appends the results as one JSON line.
 """
@@ -22,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import peak_gib as _peak_gib, sync as _sync  # noqa: E402
-from v2s_nb.method.invert import invert, invert_sequence  # noqa: E402
+from v2s_nb.method.invert import invert, invert_sequence, pivotal_tuning  # noqa: E402
 from v2s_nb.stylegan3 import build_generator, tiny_generator  # noqa: E402
 
 
@@ -55,6 +56,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16])
     ap.add_argument("--steps", type=int, default=20, help="timed steps per batch size (after 2 warm-up steps)")
+    ap.add_argument("--pti-steps", type=int, default=20, help="timed PTI steps (0: skip)")
     ap.add_argument("--seq-frames", type=int, default=160, help="frames of the sequence run (0: skip)")
     ap.add_argument("--seq-batch", type=int, default=8)
     ap.add_argument("--steps-first", type=int, default=500)
@@ -95,6 +97,23 @@ def main(argv=None):
         results["throughput"].append(row)
         print(f"{b:>5} {row['frame_steps_per_s']:>15.2f} {row['s_per_step']:>8.3f} {row['peak_gib']:>9.2f}",
               flush=True)
+
+    if args.pti_steps > 0:
+        image = _targets(G, 1, seed=2)
+        with torch.no_grad():
+            w = G.mapping(torch.randn([1, G.z_dim], generator=torch.Generator().manual_seed(3)).to(device), None)
+        pivotal_tuning(G, image, w, steps=2, progress=False)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        t = time.perf_counter()
+        pivotal_tuning(G, image, w, steps=args.pti_steps, progress=False)
+        _sync(device)
+        dt = time.perf_counter() - t
+        results["pti"] = {"steps": args.pti_steps, "steps_per_s": args.pti_steps / dt, "peak_gib": _peak_gib(device)}
+        print(f"PTI: {args.pti_steps} steps in {dt:.2f} s: {args.pti_steps / dt:.2f} steps/s, peak "
+              f"{results['pti']['peak_gib']:.2f} GiB", flush=True)
 
     if args.seq_frames > 0:
         frames = _sequence_targets(G, args.seq_frames)
