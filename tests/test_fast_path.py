@@ -307,6 +307,10 @@ def test_fast_config_reads_the_environment_and_restores_overrides():
     env = {"V2S_NB_FUSED": "0", "V2S_NB_FAST_CHUNK_MB": "64", "V2S_NB_FP16_RANK_TOL": "1e-3"}
     assert FastConfig.from_env(env) == FastConfig(use_fused=False, chunk_mb=64, fp16_rank_tol=1e-3)
     assert FastConfig.from_env({}) == FastConfig()
+    assert FastConfig.from_env({"V2S_NB_LAYER_FUNCTION": "0"}) == FastConfig(layer_function=False)
+    assert FastConfig().layer_function
+    with pytest.raises(ValueError, match="V2S_NB_LAYER_FUNCTION='yes' is not valid"):
+        FastConfig.from_env({"V2S_NB_LAYER_FUNCTION": "yes"})
     with pytest.raises(ValueError, match="V2S_NB_FUSED_WARPS='many' is not valid"):
         FastConfig.from_env({"V2S_NB_FUSED_WARPS": "many"})
     with pytest.raises(ValueError, match="fused_warps must be"):

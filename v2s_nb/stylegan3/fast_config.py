@@ -30,6 +30,10 @@ field                     environment variable    meaning
                                                   False: three-pass TF32 always
 ``modulation_kernels``    (none)                  True (default): fast_modulation's one-launch modulation
                                                   factors and ToRGB; False: the small ops
+``layer_function``        ``V2S_NB_LAYER_FUNCTION``  1 (default): under autograd, each synthesis layer (not ToRGB)
+                                                  as one autograd Function that saves only its input and its
+                                                  convolution's output (:mod:`.fast_layer`); 0: the layer's ops
+                                                  under ordinary autograd (what they save, side by side)
 ========================  ======================  ==========================================================
 """
 
@@ -55,6 +59,7 @@ class FastConfig:
     fp16_rank_tol: float = 2.5e-4
     bf16x3: bool = True
     modulation_kernels: bool = True
+    layer_function: bool = True
 
     def __post_init__(self):
         if not isinstance(self.chunk_mb, int) or self.chunk_mb < 1:
@@ -100,7 +105,8 @@ class FastConfig:
                                   ("V2S_NB_FUSED_BACKWARD", flag, "use_fused_backward"),
                                   ("V2S_NB_FAST_CHUNK_MB", whole, "chunk_mb"),
                                   ("V2S_NB_FUSED_WARPS", whole, "fused_warps"),
-                                  ("V2S_NB_FP16_RANK_TOL", number, "fp16_rank_tol")]:
+                                  ("V2S_NB_FP16_RANK_TOL", number, "fp16_rank_tol"),
+                                  ("V2S_NB_LAYER_FUNCTION", flag, "layer_function")]:
             kwargs.update(read(var, parse, field))
         return cls(**kwargs)
 

@@ -1228,17 +1228,25 @@ class _FilteredLReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, b, in_gain = ctx.saved_tensors
-        fu, fd, up, down, padding, gain, slope, clamp = ctx.args
-        grads = None
-        if fast_config.current().use_fused_backward:
-            grads = fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad,
-                                                  in_gain=in_gain)
-        if grads is None:
-            grads = _plain_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad, in_gain)
-        gx, gb, g_gain = grads
+        gx, gb, g_gain = activation_backward(x, b, grad, *ctx.args, in_gain=in_gain)
         need = ctx.needs_input_grad
         return (gx if need[0] else None, gb.to(b.dtype) if need[1] else None,
                 g_gain.to(in_gain.dtype) if need[2] else None, None, None, None, None, None, None, None, None)
+
+
+def activation_backward(x, b, grad, fu, fd, up, down, padding, gain, slope, clamp, in_gain=None):
+    """Gradients of the filtered leaky ReLU of ``x * in_gain`` + ``b`` (``in_gain`` [N, C] or None for 1;
+    ``clamp`` a number, 3e38 for none) for its output gradient ``grad``: (d x [x's shape and dtype], d b [C],
+    d in_gain [N, C] or None), the sums float32 (float64 for float64 tensors). The fused backward kernel
+    (:func:`fused_filtered_lrelu_backward`) where it applies (CUDA and Triton, ``fast_config`` ``use_fused_backward``),
+    else the plain operator recomputed under autograd a few channels at a time (the CPU included)."""
+    grads = None
+    if fast_config.current().use_fused_backward and can_use_fast(x, fu, fd):
+        grads = fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad,
+                                              in_gain=in_gain)
+    if grads is None:
+        grads = _plain_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad, in_gain)
+    return grads
 
 
 def _plain_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad, in_gain=None):
@@ -1246,8 +1254,8 @@ def _plain_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad, i
     a time (the operator acts on each (sample, channel) plane alone, so memory stays bounded at any batch)."""
     n, c, h, w = x.shape
     gx = torch.empty_like(x)
-    gb = torch.zeros(b.shape, dtype=torch.float32, device=b.device)
-    g_gain = torch.zeros((n, c), dtype=torch.float32, device=x.device) if in_gain is not None else None
+    gb = torch.zeros(b.shape, dtype=ops.at_least_float32(b).dtype, device=b.device)
+    g_gain = torch.zeros((n, c), dtype=ops.at_least_float32(x).dtype, device=x.device) if in_gain is not None else None
     plane_bytes = (h * up + fu.shape[0]) * (w * up + fu.shape[0]) * 4 * 6  # zero-stuffed tensors autograd keeps
     per_chunk = max(1, min(c, fast_config.current().chunk_bytes // plane_bytes))
     for i in range(n):
@@ -1266,9 +1274,9 @@ def _plain_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad, i
                                        clamp=clamp)
                 grads = torch.autograd.grad(y, inputs, grad[i:i + 1, c0:c1])
             gx[i:i + 1, c0:c1] = grads[0]
-            gb[c0:c1] += grads[1].float()
+            gb[c0:c1] += grads[1].to(gb.dtype)
             if g_gain is not None:
-                g_gain[i:i + 1, c0:c1] = grads[2].float()
+                g_gain[i:i + 1, c0:c1] = grads[2].to(g_gain.dtype)
     return gx, gb, g_gain
 
 

@@ -6,9 +6,10 @@ synthesis loop hands the layers to :func:`run_layers` here (and one layer's ``fo
 (:func:`plan_for`), which owns the fast path's view of that layer: its compute dtype, its activation's arguments,
 its weight-derived operands (the shared kernel and its tap energy, kept while the weight is unchanged), its
 modulation factors, and whether it hands its output to the next layer already multiplied by that layer's input
-scale (chaining, T's 3x3 layers in CUDA inference). The kernels live in :mod:`.fast_ops` (filtered leaky ReLU),
-:mod:`.fast_conv` (T's fp16 3x3 convolutions) and :mod:`.fast_modulation` (modulation factors, ToRGB); their
-tuning knobs in :mod:`.fast_config`.
+scale (chaining, T's 3x3 layers in CUDA inference). Under autograd each layer but ToRGB runs as one autograd
+Function (:mod:`.fast_layer`) that saves only the layer's input and its convolution's output. The kernels live in
+:mod:`.fast_ops` (filtered leaky ReLU), :mod:`.fast_conv` (T's fp16 3x3 convolutions) and :mod:`.fast_modulation`
+(modulation factors, ToRGB); their tuning knobs in :mod:`.fast_config`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import weakref
 
 import torch
 
-from . import fast_conv, fast_modulation, fast_ops
+from . import fast_conv, fast_layer, fast_modulation, fast_ops
 from .ops import kernel_tap_energy, modulated_conv2d, modulation_factors, scaled_input_conv2d, shared_kernel
 
 __all__ = ["LayerPlan", "plan_for", "run_layers"]
@@ -111,6 +112,10 @@ class LayerPlan:
         float32)."""
         layer = self.layer
         dtype = self.dtype(force_fp32)
+        if factors is None and into is None and fast_layer.applies(self, layer, x, styles):
+            # Under autograd: the layer as one Function that saves only its input and its convolution's output.
+            y = fast_layer.layer_forward(self, layer, x.to(dtype), styles)
+            return y * out_gain if out_gain != 1 else y
         if self.three_by_three:
             return self._forward_3x3(layer, x.to(dtype), styles, force_fp32, factors, into, into_factors, out_gain)
         if factors is not None or into is not None:

@@ -265,10 +265,15 @@ class _Tf32LikeCudnn:
         torch.backends.cuda.matmul.allow_tf32 = self.saved
 
 
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32, or as it is when already wider (float64: the modulation's small tensors keep it)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def modulation_input_scale(styles, demodulate=True, input_gain=None):
     """[N, I] float32: the per-sample input-channel scale of the "scale, shared convolution, scale" form of a
     modulated convolution (styles, pre-normalised when demodulating, times the input gain)."""
-    s = styles.float()
+    s = at_least_float32(styles)
     if demodulate:
         s = s * s.square().mean().rsqrt()  # pre-normalisation, as in the fused form (scale-free after demodulation)
     return s if input_gain is None else s * torch.as_tensor(input_gain, dtype=s.dtype, device=s.device)
@@ -298,7 +303,7 @@ def kernel_tap_energy(kernel):
 def shared_kernel(weight, demodulate=True):
     """The float32 kernel of the shared convolution in the "scale, convolve, scale" form (pre-normalised when
     demodulating, as the fused form normalises it)."""
-    w = weight.float()
+    w = at_least_float32(weight)
     return w * w.square().mean([1, 2, 3], keepdim=True).rsqrt() if demodulate else w
 
 
@@ -326,15 +331,57 @@ def scaled_input_conv2d(x, kernel, scale, padding=0, prescaled=False):
         elif grad:
             xs = F.pad(x if prescaled else x * scale, [0, 0, 0, 0, 0, ci - in_ch])
         else:  # no autograd: write the scaled input straight into the padded buffer
-            xs = x.new_empty((n, ci, *x.shape[2:]))
-            xs[:, in_ch:].zero_()
-            if prescaled:
-                xs[:, :in_ch] = x
-            else:
-                torch.mul(x, scale, out=xs[:, :in_ch])
+            xs = scaled_into_padded(x, None if prescaled else scale, ci)
         padded = F.pad(kernel, [0, 0, 0, 0, 0, ci - in_ch, 0, co - out_ch]).to(x.dtype)
         return F.conv2d(xs, padded, padding=padding)[:, :out_ch]
     return F.conv2d(x if prescaled else x * scale, kernel.to(x.dtype), padding=padding)
+
+
+def scaled_into_padded(x, factor, channels):
+    """A new [N, ``channels``, H, W] buffer holding ``x * factor`` [N, C, H, W] in its first C channels and zeros in
+    the others (``factor``: broadcastable to x, e.g. [N, C, 1, 1], or None for x itself): one pass, no autograd."""
+    n, c = x.shape[:2]
+    out = x.new_empty((n, channels, *x.shape[2:]))
+    out[:, c:].zero_()
+    if factor is None:
+        out[:, :c] = x
+    else:
+        torch.mul(x, factor, out=out[:, :c])
+    return out
+
+
+def modulated_weight(kernel, styles, demodulate=True, input_gain=None):
+    """[N, O, I, kh, kw] float32: every sample's own kernel, ``kernel`` [O, I, kh, kw] (:func:`shared_kernel`) times
+    its ``styles`` [N, I] (pre-normalised when demodulating), each output filter scaled to unit L2 norm when
+    ``demodulate``, times ``input_gain`` (scalar or [I]) on the input channels: the per-sample weight of
+    :func:`modulated_conv2d`'s fused form."""
+    n, in_ch = styles.shape
+    s = at_least_float32(styles)
+    if demodulate:
+        s = s * s.square().mean().rsqrt()
+    w = kernel.unsqueeze(0) * s.reshape(n, 1, in_ch, 1, 1)
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
+    if input_gain is not None:
+        w = w * torch.as_tensor(input_gain, dtype=w.dtype, device=w.device).expand(in_ch).reshape(1, 1, in_ch, 1, 1)
+    return w
+
+
+def batched_1x1(w, x, tf32=False):
+    """The 1x1 convolution of each sample of ``x`` [N, I, H, W] with its own weight ``w`` [N, O, I] (cast to x's
+    dtype) as one batched matrix product -> [N, O, H, W]. A zero-padded buffer behind ``x``
+    (:func:`zero_padded_channels`) is used whole (inner size a multiple of 8: cuBLAS's fast kernels). ``tf32``:
+    float32 products on CUDA with TF32 exactly when cuDNN's convolutions use it (:class:`_Tf32LikeCudnn`)."""
+    n, out_ch, in_ch = w.shape
+    w = w.to(x.dtype)
+    xm = zero_padded_channels(x)
+    if xm is not None:  # zero weights on the zero channels
+        w = F.pad(w, [0, xm.shape[1] - in_ch])
+    else:
+        xm = x.reshape(n, in_ch, -1)
+    with _Tf32LikeCudnn() if tf32 else contextlib.nullcontext():
+        out = torch.bmm(w, xm)
+    return out.reshape(n, out_ch, *x.shape[2:])
 
 
 def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=None, fused=True, kernel=None):
@@ -365,27 +412,10 @@ def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=N
         if dcoefs is not None:
             out = out * dcoefs.to(out.dtype).reshape(n, out_ch, 1, 1)
         return out
-    w = kernel
-    s = styles.float()
-    if demodulate:
-        s = s * s.square().mean().rsqrt()
-    w = w.unsqueeze(0) * s.reshape(n, 1, in_ch, 1, 1)
-    if demodulate:
-        w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
-    if input_gain is not None:
-        w = w * torch.as_tensor(input_gain, dtype=w.dtype, device=w.device).expand(in_ch).reshape(1, 1, in_ch, 1, 1)
+    w = modulated_weight(kernel, styles, demodulate, input_gain)
     if kh == 1 and kw == 1 and padding == 0:
         # 1x1 kernels: a batched matrix product, avoiding a grouped convolution.
-        w = w.reshape(n, out_ch, in_ch).to(x.dtype)
-        xm = zero_padded_channels(x)
-        if xm is not None:  # inner size a multiple of 8 (zero weights on the zero channels): cuBLAS's fast kernels
-            w = F.pad(w, [0, xm.shape[1] - in_ch])
-        else:
-            xm = x.reshape(n, in_ch, -1)
-        tf32 = not fused and x.is_cuda and x.dtype == torch.float32
-        with _Tf32LikeCudnn() if tf32 else contextlib.nullcontext():
-            out = torch.bmm(w, xm)
-        return out.reshape(n, out_ch, *x.shape[2:])
+        return batched_1x1(w.reshape(n, out_ch, in_ch), x, tf32=not fused and x.is_cuda and x.dtype == torch.float32)
     x = x.reshape(1, n * in_ch, *x.shape[2:])
     out = F.conv2d(x, w.reshape(n * out_ch, in_ch, kh, kw).to(x.dtype), padding=padding, groups=n)
     return out.reshape(n, out_ch, *out.shape[2:])

@@ -1,0 +1,169 @@
+"""The fast path's per-layer autograd Function (v2s_nb/stylegan3/fast_layer.py), run on the CPU where its pieces fall
+back to the plain ops: its gradients against autograd through the plain path, and what it saves for backward.
+(With the Triton kernels, on CUDA: tests/test_fast_path.py's gradient tests.)"""
+
+import pytest
+import torch
+
+from conftest import mapped_ws
+from v2s_nb.stylegan3 import fast_config, fast_layer, fast_path, networks, tiny_generator
+
+
+def _fast_layers(syn, x, styles, out_gain, function=True):
+    """The synthesis layers through the fast path's layer logic on the CPU: with ``function`` the layers run as the
+    Function (asserted), else as ordinary autograd over the fast path's ops."""
+    with fast_layer.on_any_device(), fast_config.override(layer_function=function):
+        plans = [fast_path.plan_for(getattr(syn, n), x.device) for n in syn.layer_names]
+        assert all(fast_layer.applies(p, p.layer, x, styles[n]) == (function and not p.is_torgb)
+                   for p, n in zip(plans[:1], syn.layer_names))
+        out, _ = fast_path.run_layers(syn, x, styles, out_gain=out_gain)
+    return out
+
+
+def _grads(syn, ws, how):
+    """Image and gradients {'ws', parameter name: ...} of the mean squared image for float32 ``ws``."""
+    syn.zero_grad(set_to_none=True)
+    w = ws.detach().clone().requires_grad_(True)
+    styles = syn.styles(w)
+    if how == "plain":
+        img = syn.from_styles(styles, impl="plain")
+    else:
+        img = _fast_layers(syn, syn.input.forward_styles(styles["input"]), styles, syn.output_scale,
+                           function=how == "function")
+    img.square().mean().backward()
+    return img.detach(), {"ws": w.grad, **{n: p.grad for n, p in syn.named_parameters()}}
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("cfg", ["R", "T"])
+def test_function_gradients_equal_the_plain_path_float32(cfg):
+    """Gradients w.r.t. ws and every synthesis parameter. T's demodulated 3x3 layers run as scale, shared
+    convolution, scale on the fast path and as one kernel per sample on the plain path: their weight gradients
+    differ by float32 rounding (up to 2e-5 here), the same with or without the Function, which gives the ordinary
+    autograd fast path's gradients to 1e-6."""
+    G = tiny_generator(cfg, seed=0)
+    syn = G.synthesis.requires_grad_(True)
+    ws = mapped_ws(G, 2, seed=1)
+    img_p, plain = _grads(syn, ws, "plain")
+    img_f, fn = _grads(syn, ws, "function")
+    _, old = _grads(syn, ws, "autograd")
+    assert _rel(img_f, img_p) < 1e-6
+    assert len(fn) == len(list(syn.parameters())) + 1
+    for name, ref in plain.items():
+        assert fn[name] is not None, name
+        if float(ref.norm()) == 0:
+            assert float(fn[name].norm()) == 0, name
+            continue
+        assert _rel(fn[name], ref) < (1e-5 if name == "ws" or cfg == "R" else 5e-5), (name, _rel(fn[name], ref))
+        assert _rel(fn[name], old[name]) < 1e-6, (name, _rel(fn[name], old[name]))
+
+
+@pytest.mark.parametrize("cfg", ["R", "T"])
+def test_function_gradients_equal_the_plain_path_float64(cfg, monkeypatch):
+    """In float64 (the layers' compute dtype made float64; the styles from float64 ws through the layers' affines; a
+    float64 input feature map) the Function's gradients w.r.t. ws, the input and every layer parameter equal the
+    plain path's to 1e-10."""
+    monkeypatch.setattr(networks.SynthesisLayer, "compute_dtype", lambda self, device, force_fp32=False: torch.float64)
+    G = tiny_generator(cfg, seed=0)
+    syn = G.synthesis
+    ws = mapped_ws(G, 2, seed=2)
+    with torch.no_grad():
+        x0 = syn.input.forward_styles(syn.styles(ws)["input"]).double()
+    ws = ws.double()
+    G.double()
+    layers = [getattr(syn, n) for n in syn.layer_names]
+    for layer in layers:
+        layer.requires_grad_(True)
+    results = {}
+    for how in ("plain", "function"):
+        syn.zero_grad(set_to_none=True)
+        w, x = ws.clone().requires_grad_(True), x0.clone().requires_grad_(True)
+        styles = {n: layer.affine(w[:, i + 1]) for i, (n, layer) in enumerate(zip(syn.layer_names, layers))}
+        if how == "plain":
+            out = x
+            for n, layer in zip(syn.layer_names, layers):
+                out = layer.forward_styles(out, styles[n], impl="plain")
+        else:
+            out = _fast_layers(syn, x, styles, 1.0)
+        assert out.dtype == torch.float64
+        out.square().mean().backward()
+        results[how] = {"ws": w.grad, "x": x.grad,
+                        **{f"{n}.{k}": p.grad for n, layer in zip(syn.layer_names, layers)
+                           for k, p in layer.named_parameters()}}
+    for name, ref in results["plain"].items():
+        got = results["function"][name]
+        assert got is not None and got.dtype == torch.float64, name
+        assert _rel(got, ref) < 1e-10, (name, _rel(got, ref))
+
+
+@pytest.mark.parametrize("cfg", ["R", "T"])
+def test_function_saves_only_the_input_and_the_convolution_output(cfg):
+    """Per layer, autograd keeps the layer's input x, its convolution's output y and small per-sample / weight-sized
+    tensors, nothing else the size of a feature map; ordinary autograd over the same ops keeps more."""
+    G = tiny_generator(cfg, seed=0)
+    syn = G.synthesis.requires_grad_(True)
+    ws = mapped_ws(G, 2, seed=3)
+    with torch.no_grad():
+        styles = syn.styles(ws)
+        x = syn.input.forward_styles(styles["input"])
+    checked = 0
+    for name in syn.layer_names[:-1]:  # ToRGB keeps ordinary autograd
+        layer = getattr(syn, name)
+        plan = fast_path.plan_for(layer, x.device)
+        xin = x.detach().requires_grad_(True)
+        st = styles[name].detach().requires_grad_(True)
+
+        def saved_bytes(function):
+            saved = {}
+
+            def pack(t):
+                saved[(t.data_ptr(), t.dtype, tuple(t.shape))] = t.numel() * t.element_size()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), fast_layer.on_any_device(), \
+                    fast_config.override(layer_function=function):
+                out = plan.forward(xin, st)
+            return saved, out
+
+        saved, out = saved_bytes(True)
+        # the convolution's output: [N, O, H + k - 1, W + k - 1]
+        k = layer.conv_kernel
+        y_shape = (x.shape[0], layer.out_channels, x.shape[2] + k - 1, x.shape[3] + k - 1)
+        big = {k: v for k, v in saved.items() if v >= min(x.numel(), out.numel()) * x.element_size() // 4}
+        assert sorted(k[2] for k in big) == sorted([tuple(x.shape), y_shape]), (name, list(big))
+        small = sum(saved.values()) - sum(big.values())
+        # the modulation's weight-sized tensors: R's per-sample weight [N, O, I] and its steps, the shared kernel
+        weight_sized = 8 * (x.shape[0] + 1) * layer.weight.numel() * 4
+        vectors = 16 * x.shape[0] * (layer.in_channels + layer.out_channels) * 4
+        assert small <= weight_sized + vectors, (name, small)
+        old, _ = saved_bytes(False)
+        assert sum(old.values()) > sum(saved.values()) + x.numel() * x.element_size(), name
+        x = out.detach()
+        checked += 1
+    assert checked == len(syn.layer_names) - 1
+
+
+def test_function_is_used_only_where_it_applies():
+    """Only under autograd, with something of the layer requiring grad, not for ToRGB, and with the knob on; on the
+    CPU only inside on_any_device."""
+    G = tiny_generator("T", seed=0)
+    syn = G.synthesis
+    first, torgb = (getattr(syn, n) for n in (syn.layer_names[0], syn.layer_names[-1]))
+    x = torch.randn(1, first.in_channels, 8, 8, requires_grad=True)
+    st = torch.randn(1, first.in_channels)
+    plan = fast_path.plan_for(first, x.device)
+    assert not fast_layer.applies(plan, first, x, st)  # the CPU, outside on_any_device
+    with fast_layer.on_any_device():
+        assert fast_layer.applies(plan, first, x, st)
+        assert not fast_layer.applies(plan, first, x.detach(), st)  # nothing requires grad
+        with torch.no_grad():
+            assert not fast_layer.applies(plan, first, x, st)
+        with fast_config.override(layer_function=False):
+            assert not fast_layer.applies(plan, first, x, st)
+        tplan = fast_path.plan_for(torgb, x.device)
+        assert not fast_layer.applies(tplan, torgb, torch.randn(1, torgb.in_channels, 8, 8, requires_grad=True),
+                                      torch.randn(1, torgb.in_channels))
+    assert not fast_layer.applies(plan, first, x, st)  # restored after the block

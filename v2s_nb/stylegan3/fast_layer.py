@@ -1,0 +1,197 @@
+"""One synthesis layer as one autograd Function: the fast path's training step (forward + backward).
+
+Under ordinary autograd a fast-path layer saves every intermediate its ops keep for backward: the convolution's
+input, its channel-padded and its scaled copies, the convolution's output and its demodulated copy, each the size of
+a feature map. Here (:func:`layer_forward`, called by :meth:`.fast_path.LayerPlan.forward` where :func:`applies`)
+the layer runs as
+
+* outside the Function, under ordinary autograd (so gradients reach the styles, hence w, and the weight): the small
+  per-sample tensors. 3x3 layers (T): the shared kernel (float32 [O, I, k, k]), the input scale [N, I] and the
+  demodulation coefficients [N, O] (:meth:`.fast_path.LayerPlan.modulation`); 1x1 layers (R): each sample's
+  modulated, demodulated weight [N, O, I] (:func:`.ops.modulated_weight`, with the magnitude EMA's input gain);
+* inside it, without autograd, the inference pieces: the convolution of x * scale (fast_conv's Triton / cuDNN
+  forms, or :func:`.ops.scaled_input_conv2d`; for 1x1 :func:`.ops.batched_1x1`), then the filtered leaky ReLU with
+  the demodulation applied in its kernel (:func:`.fast_ops.filtered_lrelu`, ``in_gain``). It saves only the layer's
+  input x, the convolution's output y (compute dtype, unpadded channels) and the small tensors;
+* its backward: the activation's gradients w.r.t. y, the bias and dcoefs (its input gain) from y, in one pass
+  (:func:`.fast_ops.activation_backward`: the fused backward kernel on CUDA), the convolution's two gradients in one
+  ``aten.convolution_backward`` call on x * scale recomputed (only for the weight's gradient; or two batched
+  products for 1x1), d scale = sum over pixels of (d (x * scale) * x), d x = d (x * scale) * scale. Sums over
+  pixels in float32.
+
+ToRGB layers keep ordinary autograd (they are small: 3 output channels). ``fast_config`` ``layer_function=False``
+(environment ``V2S_NB_LAYER_FUNCTION=0``) turns the Function off, for side-by-side measurements.
+
+On the CPU the fast path's kernels fall back to the plain ops; :func:`on_any_device` lets the Function run there
+too (the tests use it to check its gradients against autograd through the plain path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import fast_config, fast_conv, fast_ops, ops
+
+__all__ = ["applies", "layer_forward", "on_any_device"]
+
+_ANY_DEVICE = False
+
+
+@contextlib.contextmanager
+def on_any_device():
+    """Within the block the Function runs wherever autograd records, the CPU included (its pieces fall back to the
+    plain ops there): for tests and CPU checks of the benchmarks. Restored after the block."""
+    global _ANY_DEVICE
+    saved, _ANY_DEVICE = _ANY_DEVICE, True
+    try:
+        yield
+    finally:
+        _ANY_DEVICE = saved
+
+
+def applies(plan, layer, x, styles) -> bool:
+    """Whether :func:`layer_forward` runs this layer: not ToRGB, ``fast_config`` ``layer_function`` on, autograd
+    recording something of the layer (x, styles, weight or bias requires grad), and the fast kernels available for
+    ``x`` (CUDA and Triton; anywhere inside :func:`on_any_device`)."""
+    if plan.is_torgb or not fast_config.current().layer_function or not torch.is_grad_enabled():
+        return False
+    if not any(t.requires_grad for t in (x, styles, layer.weight, layer.bias)):
+        return False
+    fu, fd = layer.up_filter, layer.down_filter
+    if _ANY_DEVICE:
+        return fu is not None and fd is not None and fu.ndim == 1
+    return fast_ops.can_use_fast(x, fu, fd)
+
+
+def layer_forward(plan, layer, x, styles):
+    """The (non-ToRGB) layer of ``plan`` on ``x`` [N, I, H, W] (already in the layer's compute dtype) with its raw
+    affine output ``styles`` [N, I] -> [N, O, H', W'] in x's dtype, through the Function (see the module's
+    docstring)."""
+    spec = (layer.up_filter, layer.down_filter, plan.lrelu)
+    kernel, tap_energy = plan.shared_kernel()
+    if plan.three_by_three:
+        scale, dcoefs = plan.modulation(styles, kernel, tap_energy)
+        return _Layer3x3.apply(x, kernel, scale, dcoefs, layer.bias, spec)
+    n = x.shape[0]
+    weight = ops.modulated_weight(kernel, styles, True, layer.magnitude_ema.rsqrt())
+    return _Layer1x1.apply(x, weight.reshape(n, plan.out_channels, -1), layer.bias, spec)
+
+
+def _activation_backward(y, bias, grad, spec, in_gain):
+    """(d y, d bias, d in_gain or None) of the layer's filtered leaky ReLU on y * in_gain (``in_gain`` [N, O] or
+    None) + bias (:func:`.fast_ops.activation_backward`)."""
+    fu, fd, lrelu = spec
+    clamp = float(lrelu["clamp"]) if lrelu["clamp"] is not None else 3.0e38
+    return fast_ops.activation_backward(y, bias, grad, fu, fd, lrelu["up"], lrelu["down"], tuple(lrelu["padding"]),
+                                        lrelu["gain"], lrelu["slope"], clamp, in_gain=in_gain)
+
+
+def _pixel_sums(a, b):
+    """[N, C] float32 (float64 for float64 inputs): sum over the pixels of a * b (both [N, C, H, W])."""
+    return (a * b).sum(dim=(2, 3), dtype=torch.promote_types(a.dtype, torch.float32))
+
+
+def _tf32(x) -> bool:
+    return x.is_cuda and x.dtype == torch.float32
+
+
+class _Layer3x3(torch.autograd.Function):
+    """filtered_lrelu(conv(x * scale, kernel) * dcoefs + bias) for a 3x3 (T) layer, saving x and the conv output."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, scale, dcoefs, bias, spec):
+        fu, fd, lrelu = spec
+        pad = kernel.shape[-1] - 1
+        if fast_conv.applies(x, kernel):  # fp16 on CUDA: the Triton convolution (or cuDNN with faster transposes)
+            y = fast_conv.conv2d_nchw(x * scale.to(x.dtype)[:, :, None, None], kernel, pad)
+        else:
+            y = ops.scaled_input_conv2d(x, kernel, scale, padding=pad)
+        out = fast_ops.filtered_lrelu(y, fu, fd, bias, in_gain=dcoefs, pad_channels=False, **lrelu)
+        ctx.save_for_backward(x, y, kernel, scale, dcoefs, bias)
+        ctx.spec = spec
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, y, kernel, scale, dcoefs, bias = ctx.saved_tensors
+        need_x, need_k, need_s = ctx.needs_input_grad[:3]
+        # d y (the demodulation inside), d bias, d dcoefs: the activation's backward with dcoefs as its input gain
+        g_y, g_b, g_d = _activation_backward(y, bias, grad, ctx.spec, dcoefs)
+        del y
+        g_x = g_k = g_s = None
+        if need_x or need_k or need_s:
+            g_y, weight = _conv_operands(g_y, kernel)
+            g_xs, g_k = _conv_backward(g_y, x, scale, weight, need_x or need_s, need_k)
+            del g_y
+            if need_s:
+                g_s = _pixel_sums(g_xs, x)
+            if need_x:
+                g_x = g_xs * scale.to(g_xs.dtype)[:, :, None, None]
+            if g_k is not None:
+                g_k = g_k[:kernel.shape[0], :kernel.shape[1]].to(kernel.dtype)
+        return g_x, g_k, g_s, g_d.to(dcoefs.dtype), g_b.to(bias.dtype), None
+
+
+def _conv_operands(g_y, kernel):
+    """(the convolution's output gradient [N, O', H, W], its weight [O', I', k, k] in g_y's dtype): with the channels
+    padded to multiples of 8 (zeros) where the forward pads them (fp16 on CUDA, for the tensor cores)."""
+    co, ci = kernel.shape[:2]
+    if ops._pad_for_tensor_cores(g_y) and (ci % 8 or co % 8):
+        cip, cop = ops._round8(ci), ops._round8(co)
+        weight = torch.nn.functional.pad(kernel, [0, 0, 0, 0, 0, cip - ci, 0, cop - co]).to(g_y.dtype)
+        return ops.scaled_into_padded(g_y, None, cop), weight
+    return g_y, kernel.to(g_y.dtype)
+
+
+def _conv_backward(g_y, x, scale, weight, need_input, need_weight):
+    """(d (x * scale) [N, I, H, W] in x's dtype or None, d weight [O', I', k, k] or None) of
+    conv2d(x * scale, weight, padding k - 1) (channels of x padded with zeros to the weight's I') for the output
+    gradient ``g_y`` (:func:`_conv_operands`): one ``convolution_backward`` call."""
+    n, ci, h, w = x.shape
+    cip, k = weight.shape[1], weight.shape[-1]
+    if need_weight:
+        s = scale.to(x.dtype)[:, :, None, None]
+        xs = ops.scaled_into_padded(x, s, cip) if cip != ci else x * s
+    else:  # the input's values aren't read for the input gradient, only its shape
+        xs = g_y.new_empty(1).expand(n, cip, h, w)
+    g_xs, g_k, _ = torch.ops.aten.convolution_backward(g_y, xs, weight, None, [1, 1], [k - 1, k - 1], [1, 1], False,
+                                                       [0, 0], 1, [need_input, need_weight, False])
+    if g_xs is not None and cip != ci:
+        g_xs = g_xs[:, :ci]
+    return g_xs, g_k
+
+
+class _Layer1x1(torch.autograd.Function):
+    """filtered_lrelu(bmm(weight, x) + bias) for a 1x1 (R) layer with per-sample weight [N, O, I], saving x and the
+    product."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, spec):
+        fu, fd, lrelu = spec
+        y = ops.batched_1x1(weight, x, tf32=_tf32(x))
+        out = fast_ops.filtered_lrelu(y, fu, fd, bias, pad_channels=False, **lrelu)
+        ctx.save_for_backward(x, y, weight, bias)
+        ctx.spec = spec
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, y, weight, bias = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[:2]
+        g_y, g_b, _ = _activation_backward(y, bias, grad, ctx.spec, None)
+        del y
+        g_x = g_w = None
+        if need_x or need_w:
+            n, ci = x.shape[:2]
+            g_a = g_y.reshape(n, g_y.shape[1], -1)
+            with ops._Tf32LikeCudnn() if _tf32(x) else contextlib.nullcontext():
+                if need_w:
+                    g_w = torch.bmm(g_a, x.reshape(n, ci, -1).transpose(1, 2)).to(weight.dtype)
+                if need_x:
+                    g_x = torch.bmm(weight.to(x.dtype).transpose(1, 2), g_a).reshape(x.shape)
+        return g_x, g_w, g_b.to(bias.dtype), None
