@@ -2,6 +2,9 @@
 
     python benchmarks/profile_synthesis.py --cfg R --batch 8 --dtype mixed
     python benchmarks/profile_synthesis.py --cfg T --batch 8 --dtype mixed --backward ws
+    V2S_NB_LAYER_FUNCTION=0 python benchmarks/profile_synthesis.py --cfg T --batch 8 --backward weights  # without
+    python benchmarks/profile_synthesis.py --tiny --cfg T --resolution 64 --batch 2 --device cpu --cpu-fast \
+        --backward weights  # the CPU check of the per-layer Function's saved bytes
 
 ``--backward ws|weights`` profiles the training step instead: per layer, the forward under autograd, the backward
 of that layer alone (for a random output gradient; w.r.t. its input and styles, plus its parameters with
@@ -11,6 +14,7 @@ of that layer alone (for a random output gradient; w.r.t. its input and styles, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -18,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from v2s_nb.stylegan3 import build_generator, tiny_generator  # noqa: E402
+from v2s_nb.stylegan3 import build_generator, fast_config, fast_layer, tiny_generator  # noqa: E402
 from v2s_nb.stylegan3.networks import resolve_impl  # noqa: E402
 
 
@@ -33,7 +37,13 @@ def main(argv=None):
     p.add_argument("--backward", choices=["ws", "weights"], help="profile forward+backward w.r.t. ws or weights")
     p.add_argument("--device", default="cuda", help="cuda; cpu (with --tiny) only checks that the script runs")
     p.add_argument("--tiny", action="store_true", help="the tiny test architecture instead of the released one")
+    p.add_argument("--cpu-fast", action="store_true",
+                   help="with --device cpu and --backward: the per-layer table through the fast path's layer logic "
+                        "(each layer but ToRGB as fast_layer's Function, its pieces falling back to the plain ops), "
+                        "to check its saved bytes at tiny sizes")
     args = p.parse_args(argv)
+    if args.cpu_fast and (args.device != "cpu" or not args.backward):
+        p.error("--cpu-fast is for --device cpu with --backward ws|weights (on CUDA the fast path runs anyway)")
     dev = torch.device(args.device)
     G = (tiny_generator(args.cfg, resolution=args.resolution).to(dev) if args.tiny
          else build_generator(args.cfg, resolution=args.resolution, device=dev))
@@ -93,17 +103,8 @@ def _event_ms(fn, reps=5):
     return a.elapsed_time(b) / reps
 
 
-def profile_backward(G, ws, kw, args):
-    """Per-layer forward under autograd / backward / saved bytes, then the top kernels of one training step."""
-    syn = G.synthesis
-    impl = resolve_impl(args.impl or "auto", ws.device)
-    weights = args.backward == "weights"
-    syn.requires_grad_(weights)
-    with torch.no_grad():
-        styles = {k: v.detach() for k, v in syn.styles(ws).items()}
-        x = syn.input.forward_styles(styles["input"])
-    print(f"# per-layer forward (under autograd) / backward ms and saved MiB, {args.cfg} {args.resolution} "
-          f"batch {args.batch} {args.dtype}, impl {impl}, gradients w.r.t. {args.backward}")
+def _per_layer_backward(syn, styles, x, impl, kw):
+    """The per-layer rows of :func:`profile_backward`: forward under autograd, backward, saved MiB."""
     tot_f = tot_b = tot_m = 0.0
     for name in syn.layer_names:
         layer = getattr(syn, name)
@@ -125,13 +126,29 @@ def profile_backward(G, ws, kw, args):
         ms_b = _event_ms(lambda: y.backward(gy, retain_graph=True))
         mib = sum(saved.values()) / 2 ** 20
         tot_f, tot_b, tot_m = tot_f + ms_f, tot_b + ms_b, tot_m + mib
-        print(f"{name:>14} fwd {ms_f:7.2f} ms  bwd {ms_b:7.2f} ms  saved {mib:8.1f} MiB  out={tuple(y.shape)} "
+        print(f"{name:>14} fwd {ms_f:7.2f} ms  bwd {ms_b:7.2f} ms  saved {mib:9.2f} MiB  out={tuple(y.shape)} "
               f"{y.dtype}")
         x = y.detach()
         del y, gy
         for prm in layer.parameters():
             prm.grad = None
-    print(f"{'total':>14} fwd {tot_f:7.2f} ms  bwd {tot_b:7.2f} ms  saved {tot_m:8.1f} MiB")
+    print(f"{'total':>14} fwd {tot_f:7.2f} ms  bwd {tot_b:7.2f} ms  saved {tot_m:9.2f} MiB")
+
+
+def profile_backward(G, ws, kw, args):
+    """Per-layer forward under autograd / backward / saved bytes, then the top kernels of one training step."""
+    syn = G.synthesis
+    impl = "fast" if args.cpu_fast else resolve_impl(args.impl or "auto", ws.device)
+    weights = args.backward == "weights"
+    syn.requires_grad_(weights)
+    with torch.no_grad():
+        styles = {k: v.detach() for k, v in syn.styles(ws).items()}
+        x = syn.input.forward_styles(styles["input"])
+    print(f"# per-layer forward (under autograd) / backward ms and saved MiB, {args.cfg} {args.resolution} "
+          f"batch {args.batch} {args.dtype}, impl {impl}, gradients w.r.t. {args.backward}, layer_function "
+          f"{int(fast_config.current().layer_function)}" + (" (on the CPU)" if args.cpu_fast else ""))
+    with fast_layer.on_any_device() if args.cpu_fast else contextlib.nullcontext():
+        _per_layer_backward(syn, styles, x, impl, kw)
 
     def step():
         w = ws.detach().requires_grad_(not weights)
