@@ -2,11 +2,13 @@
 back to the plain ops: its gradients against autograd through the plain path, and what it saves for backward.
 (With the Triton kernels, on CUDA: tests/test_fast_path.py's gradient tests.)"""
 
+import contextlib
+
 import pytest
 import torch
 
-from conftest import mapped_ws
-from v2s_nb.stylegan3 import fast_config, fast_layer, fast_path, networks, tiny_generator
+from conftest import mapped_ws, requires_cuda
+from v2s_nb.stylegan3 import build_generator, fast_config, fast_layer, fast_path, networks, tiny_generator
 
 
 def _fast_layers(syn, x, styles, out_gain, function=True):
@@ -115,13 +117,12 @@ def test_function_gradients_equal_the_plain_path_float64(cfg, monkeypatch):
         assert _rel(got, ref) < 1e-10, (name, _rel(got, ref))
 
 
-@pytest.mark.parametrize("cfg", ["R", "T"])
-def test_function_saves_only_the_input_and_the_convolution_output(cfg):
-    """Per layer, autograd keeps the layer's input x, its convolution's output y and small per-sample / weight-sized
-    tensors, nothing else the size of a feature map; ordinary autograd over the same ops keeps more."""
-    G = tiny_generator(cfg, seed=0)
+def _check_saved_per_layer(G, n, force_fp32=False, any_device=False):
+    """Per synthesis layer but ToRGB, with gradients w.r.t. its input, styles and parameters: the feature maps
+    autograd keeps are the layer's input x and its convolution's output y, once each, the rest is small
+    (per-sample / weight-sized); ordinary autograd over the same ops (layer_function off) keeps more."""
     syn = G.synthesis.requires_grad_(True)
-    ws = mapped_ws(G, 2, seed=3)
+    ws = mapped_ws(G, n, seed=3).to(G.device)
     with torch.no_grad():
         styles = syn.styles(ws)
         x = syn.input.forward_styles(styles["input"])
@@ -129,37 +130,51 @@ def test_function_saves_only_the_input_and_the_convolution_output(cfg):
     for name in syn.layer_names[:-1]:  # ToRGB keeps ordinary autograd
         layer = getattr(syn, name)
         plan = fast_path.plan_for(layer, x.device)
-        xin = x.detach().requires_grad_(True)
+        xin = x.detach().to(plan.dtype(force_fp32)).requires_grad_(True)
         st = styles[name].detach().requires_grad_(True)
 
-        def saved_bytes(function):
+        def saved_tensors(function):
             saved = {}
 
             def pack(t):
                 saved[(t.data_ptr(), t.dtype, tuple(t.shape))] = t.numel() * t.element_size()
                 return t
 
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), fast_layer.on_any_device(), \
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                    fast_layer.on_any_device() if any_device else contextlib.nullcontext(), \
                     fast_config.override(layer_function=function):
-                out = plan.forward(xin, st)
+                out = plan.forward(xin, st, force_fp32=force_fp32)
             return saved, out
 
-        saved, out = saved_bytes(True)
-        # the convolution's output: [N, O, H + k - 1, W + k - 1]
+        saved, out = saved_tensors(True)
         k = layer.conv_kernel
-        y_shape = (x.shape[0], layer.out_channels, x.shape[2] + k - 1, x.shape[3] + k - 1)
-        big = {k: v for k, v in saved.items() if v >= min(x.numel(), out.numel()) * x.element_size() // 4}
-        assert sorted(k[2] for k in big) == sorted([tuple(x.shape), y_shape]), (name, list(big))
-        small = sum(saved.values()) - sum(big.values())
+        y_shape = (n, layer.out_channels, x.shape[2] + k - 1, x.shape[3] + k - 1)  # the convolution's output
+        maps = {key: v for key, v in saved.items() if len(key[2]) == 4 and key[2][2] * key[2][3] > 9}  # not kernels
+        assert sorted(key[2] for key in maps) == sorted([tuple(x.shape), y_shape]), (name, list(maps))
+        assert all(key[1] == xin.dtype for key in maps), (name, list(maps))
+        small = sum(saved.values()) - sum(maps.values())
         # the modulation's weight-sized tensors: R's per-sample weight [N, O, I] and its steps, the shared kernel
-        weight_sized = 8 * (x.shape[0] + 1) * layer.weight.numel() * 4
-        vectors = 16 * x.shape[0] * (layer.in_channels + layer.out_channels) * 4
+        weight_sized = 8 * (n + 1) * layer.weight.numel() * 4
+        vectors = 16 * n * (layer.in_channels + layer.out_channels) * 4
         assert small <= weight_sized + vectors, (name, small)
-        old, _ = saved_bytes(False)
-        assert sum(old.values()) > sum(saved.values()) + x.numel() * x.element_size(), name
+        old, _ = saved_tensors(False)
+        assert sum(old.values()) > sum(saved.values()) + xin.numel() * xin.element_size(), name
         x = out.detach()
         checked += 1
     assert checked == len(syn.layer_names) - 1
+
+
+@pytest.mark.parametrize("cfg", ["R", "T"])
+def test_function_saves_only_the_input_and_the_convolution_output(cfg):
+    _check_saved_per_layer(tiny_generator(cfg, seed=0), 2, any_device=True)
+
+
+@requires_cuda
+@pytest.mark.parametrize("cfg", ["R", "T"])
+def test_function_saves_only_the_input_and_the_convolution_output_on_gpu(cfg):
+    """The same with the kernels, mixed precision (fp16 layers' x and y in fp16, unpadded channels)."""
+    G = build_generator(cfg, resolution=256, device="cuda", seed=0, channel_scale=0.25)
+    _check_saved_per_layer(G, 2)
 
 
 def test_function_is_used_only_where_it_applies():
