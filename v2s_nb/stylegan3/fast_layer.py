@@ -129,8 +129,9 @@ class _Layer3x3(torch.autograd.Function):
             del g_y
             if need_s:
                 g_s = _pixel_sums(g_xs, x)
-            if need_x:
-                g_x = g_xs * scale.to(g_xs.dtype)[:, :, None, None]
+            if need_x:  # in place where g_xs is a whole buffer (not a slice of channel-padded sums)
+                s = scale.to(g_xs.dtype)[:, :, None, None]
+                g_x = g_xs.mul_(s) if g_xs.is_contiguous() else g_xs * s
             if g_k is not None:
                 g_k = g_k[:kernel.shape[0], :kernel.shape[1]].to(kernel.dtype)
         return g_x, g_k, g_s, g_d.to(dcoefs.dtype), g_b.to(bias.dtype), None
