@@ -198,3 +198,14 @@ def test_function_is_used_only_where_it_applies():
         assert not fast_layer.applies(tplan, torgb, torch.randn(1, torgb.in_channels, 8, 8, requires_grad=True),
                                       torch.randn(1, torgb.in_channels))
     assert not fast_layer.applies(plan, first, x, st)  # restored after the block
+
+
+def test_scaled_input_rows_padded_for_the_rows_convolution():
+    """The Function's scaled input for fast_conv: x * scale, rows padded to the alignment (a view, the values
+    unchanged), contiguous with alignment 1."""
+    g = torch.Generator().manual_seed(5)
+    x, s = torch.randn(2, 3, 5, 7, generator=g), torch.randn(2, 3, generator=g)
+    plain = fast_layer._scaled_rows(x, s, 1)
+    rows = fast_layer._scaled_rows(x, s, 8)
+    assert plain.is_contiguous() and torch.equal(plain, x * s[:, :, None, None])
+    assert rows.stride() == (3 * 5 * 8, 5 * 8, 8, 1) and torch.equal(rows, plain)

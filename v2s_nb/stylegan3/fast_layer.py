@@ -98,6 +98,15 @@ def _tf32(x) -> bool:
     return x.is_cuda and x.dtype == torch.float32
 
 
+def _scaled_rows(x, scale, align):
+    """x * scale [N, C, H, W] (scale [N, C]) in a new buffer whose rows are padded to a multiple of ``align``
+    elements (a view of it; ``align`` 1: contiguous): the layout fast_conv's rows form reads (TMA copies start on
+    16-byte boundaries), as the activation kernel writes it for the next layer in inference."""
+    n, c, h, w = x.shape
+    buf = x.new_empty((n, c, h, w + (-w) % align))[..., :w]
+    return torch.mul(x, scale.to(x.dtype)[:, :, None, None], out=buf)
+
+
 class _Layer3x3(torch.autograd.Function):
     """filtered_lrelu(conv(x * scale, kernel) * dcoefs + bias) for a 3x3 (T) layer, saving x and the conv output."""
 
@@ -106,7 +115,8 @@ class _Layer3x3(torch.autograd.Function):
         fu, fd, lrelu = spec
         pad = kernel.shape[-1] - 1
         if fast_conv.applies(x, kernel):  # fp16 on CUDA: the Triton convolution (or cuDNN with faster transposes)
-            y = fast_conv.conv2d_nchw(x * scale.to(x.dtype)[:, :, None, None], kernel, pad)
+            align = fast_conv.row_align_for(x.device, x.dtype, kernel.shape[0], kernel.shape[-1])
+            y = fast_conv.conv2d_nchw(_scaled_rows(x, scale, align), kernel, pad)
         else:
             y = ops.scaled_input_conv2d(x, kernel, scale, padding=pad)
         out = fast_ops.filtered_lrelu(y, fu, fd, bias, in_gain=dcoefs, pad_channels=False, **lrelu)
