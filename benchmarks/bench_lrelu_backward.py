@@ -48,21 +48,17 @@ def capture_lrelu_inputs(G, batch, force_fp32):
 F16, F32 = torch.float16, torch.float32
 VARIANTS = {  # name: fast_ops settings changed for the variant ('default': as the code runs it)
     "default": {},
-    "warps4": dict(BACKWARD_WARPS={F16: 4, F32: 4}),
-    "warps16": dict(BACKWARD_WARPS={F16: 16, F32: 8}),
-    "split2": dict(BACKWARD_SPLIT={F16: 2, F32: 2}),
-    "split4": dict(BACKWARD_SPLIT={F16: 4, F32: 4}),
-    "split2-warps4": dict(BACKWARD_SPLIT={F16: 2, F32: 2}, BACKWARD_WARPS={F16: 4, F32: 4}),
-    "gain-outside": "outside",  # the input gain applied by a separate pass before the kernel (as before)
+    "warps8": dict(BACKWARD_WARPS={F16: 8, F32: 4}, BACKWARD_SPLIT={F16: 1, F32: 1}, BACKWARD_LAUNCH={}),
+    "warps4": dict(BACKWARD_WARPS={F16: 4, F32: 4}, BACKWARD_SPLIT={F16: 1, F32: 1}, BACKWARD_LAUNCH={}),
+    "split2": dict(BACKWARD_WARPS={F16: 8, F32: 4}, BACKWARD_SPLIT={F16: 2, F32: 2}, BACKWARD_LAUNCH={}),
+    "split4": dict(BACKWARD_WARPS={F16: 8, F32: 4}, BACKWARD_SPLIT={F16: 4, F32: 4}, BACKWARD_LAUNCH={}),
+    "split2-warps4": dict(BACKWARD_WARPS={F16: 4, F32: 4}, BACKWARD_SPLIT={F16: 2, F32: 2}, BACKWARD_LAUNCH={}),
 }
 
 
 def run_variant(name, args, gy):
     x, b, g, fu, fd, up, down, padding, gain, slope, clamp = args
     spec = VARIANTS[name]
-    if spec == "outside":
-        return fast_ops._backward_gain_outside(x, fu, fd, b, up, down, padding, gain, slope, clamp, gy, g) \
-            if g is not None else None
     saved = {k: getattr(fast_ops, k) for k in spec}
     try:
         for k, v in spec.items():

@@ -412,7 +412,7 @@ if HAVE_TRITON:
                                SCALE: tl.constexpr, HAS_GAIN: tl.constexpr, SPLIT: tl.constexpr):
         """Gradient of the fused filtered leaky ReLU for one output tile, added into the float32 input gradient.
         HAS_GAIN: the operator's input was x * g (g per plane, as the forward's ``in_gain``); the pre-activation is
-        recomputed with it and the tile's gradient is multiplied by it, so the sums are d/dx.
+        recomputed with it. The sums are the gradient w.r.t. the operator's input, x * g (the epilogue applies g).
 
         Each output sample belongs to exactly one tile, so the operator is a sum over tiles of (gather the input
         window, tile function, scatter the outputs); its adjoint is the sum over tiles of the transposed chain:
@@ -472,24 +472,26 @@ if HAVE_TRITON:
         gx = tl.dot(s.to(axt.dtype), axt, input_precision=PRECISION)  # [KJY, KJX]
         if SCALE:
             gx = gx * peak
-        if HAS_GAIN:
-            gx = gx * pg
         # Relaxed atomics: the kernel reads nothing another tile writes (measured faster: docs/performance.md).
         tl.atomic_add(gx_ptr + plane * h * w + jy[:, None] * w + jx[None, :], gx, mask=ok, sem="relaxed")
 
     @triton.jit
-    def _backward_epilogue_kernel(acc_ptr, x_ptr, gx_ptr, sums_ptr, hw, BLOCK: tl.constexpr):
-        """One pass over the backward's float32 sums ``acc`` (d/dx): d x in its storage dtype, and per plane the
-        sums of acc and of acc * x (for the bias' and the input gain's gradients), added into sums [2, planes]."""
+    def _backward_epilogue_kernel(acc_ptr, x_ptr, g_ptr, gx_ptr, sums_ptr, hw, HAS_GAIN: tl.constexpr,
+                                  BLOCK: tl.constexpr):
+        """One pass over the backward's float32 sums ``acc`` (the gradient w.r.t. the operator's input a = x * g):
+        d x = acc * g in x's storage dtype, and per plane the sums of acc and of acc * x (the bias' and the gain's
+        gradients), added into sums [2, planes]."""
         plane = tl.program_id(0).to(tl.int64)
         i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         ok = i < hw
         a = tl.load(acc_ptr + plane * hw + i, mask=ok, other=0.0)
         xv = tl.load(x_ptr + plane * hw + i, mask=ok, other=0.0).to(tl.float32)
-        tl.store(gx_ptr + plane * hw + i, a.to(gx_ptr.dtype.element_ty), mask=ok)
+        gx = a * tl.load(g_ptr + plane) if HAS_GAIN else a
+        tl.store(gx_ptr + plane * hw + i, gx.to(gx_ptr.dtype.element_ty), mask=ok)
         n_planes = tl.num_programs(0)
         tl.atomic_add(sums_ptr + plane, tl.sum(a, axis=0), sem="relaxed")
-        tl.atomic_add(sums_ptr + n_planes + plane, tl.sum(a * xv, axis=0), sem="relaxed")
+        if HAS_GAIN:
+            tl.atomic_add(sums_ptr + n_planes + plane, tl.sum(a * xv, axis=0), sem="relaxed")
 
     @triton.jit
     def _up_x_kernel(x_ptr, b_ptr, a_ptr, out_ptr, h, w_in, w_out, channels, j_shift,
@@ -1096,9 +1098,13 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
 # output size under which it starts with the smaller tile (a large tile over a small plane is mostly halo).
 BACKWARD_TILES = (128, 64)
 BACKWARD_SMALL_OUT = 100
+# The backward kernel's launch per storage dtype: warps per program, and the row blocks its upsampled window is
+# processed in (1: whole); BACKWARD_LAUNCH: the exceptions per (dtype, up), (row blocks, warps). Measured per layer
+# of R and T (benchmarks/bench_lrelu_backward.py, docs/performance.md): two row blocks on 4 warps are 18-25% faster
+# on fp16 4x-upsampling layers, slower everywhere else.
 BACKWARD_WARPS = {torch.float16: 8, torch.float32: 4}
-# Row blocks the backward kernel's upsampled window is processed in (1: whole).
 BACKWARD_SPLIT = {torch.float16: 1, torch.float32: 1}
+BACKWARD_LAUNCH = {(torch.float16, 4): (2, 4)}
 
 
 def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad, in_gain=None):
@@ -1110,12 +1116,10 @@ def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, 
     in fp16 for float16 layers, on each tile's gradient divided by its largest magnitude (fp16 precision at any
     gradient scale: no underflow), and in three-pass TF32 (float32 accuracy) for float32 layers. TF32 was tried
     for the float16 layers: its operands are truncated, not rounded, and the error was 5-10x the plain path's.
-    d x is accumulated in float32; one more pass casts it and sums what the bias and gain gradients need.
+    The gradient w.r.t. the operator's input is accumulated in float32; one more pass multiplies it by the gain,
+    casts it, and sums what the bias' and the gain's gradients need.
     """
     n, c, h, w = x.shape
-    if in_gain is not None and not bool((in_gain != 0).all()):
-        # A zero gain zeroes d/dx, from which the bias gradient is recovered: take the gain out instead.
-        return _backward_gain_outside(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad, in_gain)
     h_out, w_out = _output_size(h, w, fu, fd, up, down, padding)
     x = x.contiguous()
     grad = grad.contiguous()
@@ -1123,6 +1127,7 @@ def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, 
     g = _per_plane(in_gain, n, c, x.device)
     acc = torch.zeros((n, c, h, w), dtype=torch.float32, device=x.device)
     tiles = BACKWARD_TILES if min(h_out, w_out) >= BACKWARD_SMALL_OUT else BACKWARD_TILES[::-1]
+    split, warps = BACKWARD_LAUNCH.get((x.dtype, up), (BACKWARD_SPLIT.get(x.dtype, 1), BACKWARD_WARPS.get(x.dtype, 4)))
     for bu, plan, grid in _tile_plans(fu, fd, up, down, padding, x, tiles, h_out, w_out):
         bo = plan["bo"]
         try:
@@ -1131,8 +1136,7 @@ def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, 
                 h, w, h_out, w_out, c, plan["jshift_y"], plan["jshift_x"], plan["used_y"], plan["used_x"],
                 float(gain), float(slope), float(clamp), bo, UP=up, DOWN=down, R=plan["r"], KJX=plan["kjx"],
                 KJY=plan["kjy"], BU=bu, BOP=plan["bop"], PRECISION=plan["precision"],
-                SCALE=x.dtype == torch.float16, HAS_GAIN=g is not None, SPLIT=BACKWARD_SPLIT.get(x.dtype, 1),
-                num_warps=BACKWARD_WARPS.get(x.dtype, 4))
+                SCALE=x.dtype == torch.float16, HAS_GAIN=g is not None, SPLIT=split, num_warps=warps)
             break
         except triton.runtime.errors.OutOfResources:
             acc.zero_()
@@ -1141,26 +1145,13 @@ def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, 
         return None
     gx = torch.empty((n, c, h, w), dtype=x.dtype, device=x.device)
     sums = torch.zeros((2, n, c), dtype=torch.float32, device=x.device)
-    _backward_epilogue_kernel[(n * c, _cdiv(h * w, EPILOGUE_BLOCK))](acc, x, gx, sums, h * w, BLOCK=EPILOGUE_BLOCK)
-    if g is None:
-        return gx, sums[0].sum(0), None
-    # acc = d/dx = g dL/da (a = x g + b): a plane's sums of acc and of acc x are g times those the bias and the
-    # gain need (sum dL/da, sum dL/da x).
-    return gx, (sums[0] / g).sum(0), sums[1] / g
+    _backward_epilogue_kernel[(n * c, _cdiv(h * w, EPILOGUE_BLOCK))](acc, x, g if g is not None else acc, gx, sums,
+                                                                    h * w, HAS_GAIN=g is not None,
+                                                                    BLOCK=EPILOGUE_BLOCK)
+    return gx, sums[0].sum(0), sums[1] if g is not None else None
 
 
 EPILOGUE_BLOCK = 4096
-
-
-def _backward_gain_outside(x, fu, fd, b, up, down, padding, gain, slope, clamp, grad, in_gain):
-    """fused_filtered_lrelu_backward's result with the gain applied to x first (for gains with zeros)."""
-    a = x * in_gain.to(x.dtype)[:, :, None, None]
-    res = fused_filtered_lrelu_backward(a, fu, fd, b, up, down, padding, gain, slope, clamp, grad)
-    if res is None:
-        return None
-    ga, gb, _ = res
-    g_gain = (ga.float() * x.float()).sum((2, 3))
-    return (ga * in_gain.to(ga.dtype)[:, :, None, None]), gb, g_gain
 
 
 def fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp, pad_channels_to=1,
