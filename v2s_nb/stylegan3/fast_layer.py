@@ -16,8 +16,8 @@ the layer runs as
 * its backward: the activation's gradients w.r.t. y, the bias and dcoefs (its input gain) from y, in one pass
   (:func:`.fast_ops.activation_backward`: the fused backward kernel on CUDA), the convolution's two gradients in one
   ``aten.convolution_backward`` call on x * scale recomputed (only for the weight's gradient; or two batched
-  products for 1x1), d scale = sum over pixels of (d (x * scale) * x), d x = d (x * scale) * scale. Sums over
-  pixels in float32.
+  products for 1x1), d scale = sum over pixels of (d (x * scale) * x), d x = d (x * scale) * scale (one pass,
+  :func:`.fast_ops.scaled_with_sums`). Sums over pixels in float32.
 
 ToRGB layers keep ordinary autograd (they are small: 3 output channels). ``fast_config`` ``layer_function=False``
 (environment ``V2S_NB_LAYER_FUNCTION=0``) turns the Function off, for side-by-side measurements.
@@ -89,11 +89,6 @@ def _activation_backward(y, bias, grad, spec, in_gain):
                                         lrelu["gain"], lrelu["slope"], clamp, in_gain=in_gain)
 
 
-def _pixel_sums(a, b):
-    """[N, C] float32 (float64 for float64 inputs): sum over the pixels of a * b (both [N, C, H, W])."""
-    return (a * b).sum(dim=(2, 3), dtype=torch.promote_types(a.dtype, torch.float32))
-
-
 def _tf32(x) -> bool:
     return x.is_cuda and x.dtype == torch.float32
 
@@ -137,11 +132,10 @@ class _Layer3x3(torch.autograd.Function):
             g_y, weight = _conv_operands(g_y, kernel)
             g_xs, g_k = _conv_backward(g_y, x, scale, weight, need_x or need_s, need_k)
             del g_y
-            if need_s:
-                g_s = _pixel_sums(g_xs, x)
-            if need_x:  # in place where g_xs is a whole buffer (not a slice of channel-padded sums)
-                s = scale.to(g_xs.dtype)[:, :, None, None]
-                g_x = g_xs.mul_(s) if g_xs.is_contiguous() else g_xs * s
+            # d x = d (x * scale) * scale and d scale = pixel sums of d (x * scale) * x, in one pass
+            g_x, _, g_s = fast_ops.scaled_with_sums(g_xs, x, scale, x.dtype)
+            g_x = g_x if need_x else None
+            g_s = g_s if need_s else None
             if g_k is not None:
                 g_k = g_k[:kernel.shape[0], :kernel.shape[1]].to(kernel.dtype)
         return g_x, g_k, g_s, g_d.to(dcoefs.dtype), g_b.to(bias.dtype), None

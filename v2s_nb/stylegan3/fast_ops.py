@@ -484,7 +484,7 @@ if HAVE_TRITON:
         plane = tl.program_id(0).to(tl.int64)
         i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         ok = i < hw
-        a = tl.load(acc_ptr + plane * hw + i, mask=ok, other=0.0)
+        a = tl.load(acc_ptr + plane * hw + i, mask=ok, other=0.0).to(tl.float32)
         xv = tl.load(x_ptr + plane * hw + i, mask=ok, other=0.0).to(tl.float32)
         gx = a * tl.load(g_ptr + plane) if HAS_GAIN else a
         tl.store(gx_ptr + plane * hw + i, gx.to(gx_ptr.dtype.element_ty), mask=ok)
@@ -1143,12 +1143,31 @@ def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, 
             continue
     else:
         return None
-    gx = torch.empty((n, c, h, w), dtype=x.dtype, device=x.device)
-    sums = torch.zeros((2, n, c), dtype=torch.float32, device=x.device)
-    _backward_epilogue_kernel[(n * c, _cdiv(h * w, EPILOGUE_BLOCK))](acc, x, g if g is not None else acc, gx, sums,
+    gx, g_bias, g_gain = scaled_with_sums(acc, x, g, x.dtype)
+    return gx, g_bias.sum(0), g_gain
+
+
+def scaled_with_sums(a, x, g=None, out_dtype=None):
+    """For ``a`` and ``x`` [N, C, H, W] and a per-plane factor ``g`` [N, C] (None: 1), in one pass where Triton
+    runs: (a * g in ``out_dtype`` (default a's), the per-plane sums of a [N, C] float32, of a * x [N, C] float32 or
+    None without ``g``; float64 sums for float64 tensors). The backward's last step: a the gradient w.r.t. x * g, so a * g is x's, the sums the
+    gradients of a bias added after and of g."""
+    n, c, h, w = a.shape
+    out_dtype = out_dtype or a.dtype
+    kernels = HAVE_TRITON and (a.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+    if not (kernels and a.is_contiguous() and x.is_contiguous() and a.dtype != torch.float64):
+        acc = torch.promote_types(a.dtype, torch.float32)  # float32 sums (float64 stays float64)
+        sums = a.sum((2, 3), dtype=acc)
+        prods = None if g is None else (a.to(acc) * x.to(acc)).sum((2, 3))
+        out = a if g is None else a * g.to(a.dtype)[:, :, None, None]
+        return out.to(out_dtype), sums, prods
+    g = _per_plane(g, n, c, a.device)
+    out = torch.empty((n, c, h, w), dtype=out_dtype, device=a.device)
+    sums = torch.zeros((2, n, c), dtype=torch.float32, device=a.device)
+    _backward_epilogue_kernel[(n * c, _cdiv(h * w, EPILOGUE_BLOCK))](a, x, g if g is not None else a, out, sums,
                                                                     h * w, HAS_GAIN=g is not None,
                                                                     BLOCK=EPILOGUE_BLOCK)
-    return gx, sums[0].sum(0), sums[1] if g is not None else None
+    return out, sums[0], sums[1] if g is not None else None
 
 
 EPILOGUE_BLOCK = 4096
