@@ -300,6 +300,47 @@ def test_triton_convolution_matches_cudnn_on_gpu():
                 assert float((out.float() - ref).abs().max() / ref.abs().max()) < 2e-3, form
 
 
+def test_convolution_gradients_refuse_other_dtypes_and_shapes():
+    """fast_conv's gradient functions take fp16 only and check the shapes fit (checked before any kernel runs; the
+    values are tested under Triton's interpreter in tests/interpreted/test_fast_conv_grads.py)."""
+    from v2s_nb.stylegan3 import fast_conv
+
+    x, gy, w = torch.zeros(2, 5, 9, 9), torch.zeros(2, 4, 11, 11), torch.zeros(4, 5, 3, 3)
+    with pytest.raises(ValueError, match="float16"):
+        fast_conv.conv2d_weight_grad_nchw(x, gy.half(), 3, 2)
+    with pytest.raises(ValueError, match="float16"):
+        fast_conv.conv2d_input_grad_nchw(gy, w, 2, x.shape)
+    with pytest.raises(ValueError, match=r"expected \(2, 4, 9, 9\)"):  # padding 1 gives 9 x 9 outputs
+        fast_conv.conv2d_weight_grad_nchw(x.half(), gy.half(), 3, 1)
+    with pytest.raises(ValueError, match=r"expected x_shape \(2, 5, 7, 7\)"):
+        fast_conv.conv2d_input_grad_nchw(gy.half(), w, 3, x.shape)
+    with pytest.raises(ValueError, match="don't fit"):
+        fast_conv.conv2d_input_grad_nchw(gy.half(), w[:3], 2, x.shape)
+
+
+@requires_cuda
+def test_convolution_gradients_match_cudnn_on_gpu():
+    """On T-like layers (odd channel counts, padding 2, a channel slice of a row-padded x as the fast path writes
+    it): both gradients against cuDNN's backward in float32."""
+    from v2s_nb.stylegan3 import fast_conv
+
+    g = torch.Generator().manual_seed(0)
+    for c, o, size in [(81, 51, 70), (51, 32, 301), (32, 32, 64), (128, 81, 40), (512, 323, 20)]:
+        buf = torch.randn(3, c + (-c) % 8, size, size + (-size) % 8, generator=g).to("cuda", torch.float16)
+        x = buf[:, :c, :, :size]
+        w = (torch.randn(o, c, 3, 3, generator=g) / (3 * c ** 0.5)).cuda()
+        gy = torch.randn(3, o, size + 2, size + 2, generator=g).to("cuda", torch.float16)
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # a float32 reference
+            ref_x, ref_w, _ = torch.ops.aten.convolution_backward(
+                gy.float(), x.float(), w.half().float(), None, [1, 1], [2, 2], [1, 1], False, [0, 0], 1,
+                [True, True, False])
+        gx = fast_conv.conv2d_input_grad_nchw(gy, w, 2, x.shape)
+        gw = fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2)
+        assert gx.dtype == torch.float16 and gw.dtype == torch.float32
+        assert float((gx.float() - ref_x).abs().max() / ref_x.abs().max()) < 2e-3, (c, o, size)
+        assert float((gw - ref_w).abs().max() / ref_w.abs().max()) < 2e-3, (c, o, size)
+
+
 def test_fast_config_reads_the_environment_and_restores_overrides():
     from v2s_nb.stylegan3 import fast_config
     from v2s_nb.stylegan3.fast_config import FastConfig

@@ -20,6 +20,12 @@ layer writes the scaled input, the next one demodulates). Three forms, all readi
 On T's layers of at most 64 outputs rows beats pointers, and both beat cuDNN with its transposes; from 81 outputs up
 cuDNN's products win and run in the cudnn form. ``benchmarks/bench_conv.py`` times every form on every layer;
 the figures are in docs/performance.md ('Kernel choices, measured').
+
+Gradients (training, fp16 only): :func:`conv2d_input_grad_nchw` is the convolution of the output gradient with
+the flipped, transposed kernel, run by :func:`conv2d_nchw`; :func:`conv2d_weight_grad_nchw` is its own kernel
+(:func:`_conv_wgrad_kernel`): per block of output and input channels, [outputs x pixels] @ [pixels x inputs]
+products per tap, over a share of the pixels, added atomically into a float32 gradient. Both read and write NCHW
+(``benchmarks/bench_conv.py --grads`` times them against cuDNN's backward).
 """
 
 from __future__ import annotations
@@ -139,6 +145,85 @@ if HAVE_TRITON:
         else:  # q[2i] = p[2i - 1] = odd[i - 1], q[2i + 1] = p[2i] = even[i]
             prv = tl.gather(odd, tl.broadcast_to(tl.maximum(i - 1, 0)[None, :], (BN, TW // 2)), 1)
             return tl.join(prv, even).reshape(BN, TW)
+
+    @triton.jit
+    def _wgrad_tap(acc, g, x_base, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky, kx, ks):
+        """acc + g @ x_tap: g [BO, P] the output gradient's pixels, x_tap [P, BI] the input at the pixels' tap
+        (ky, kx) (zero outside the input and for taps past the kernel, ky or kx >= ks)."""
+        iy = oy + ky - pad
+        ix = ox + kx - pad
+        h_tap = tl.where((ky < ks) & (kx < ks), h, 0)  # no rows for taps past the kernel
+        ok = (p_ok & (iy >= 0) & (iy < h_tap) & (ix >= 0) & (ix < w))[:, None] & i_ok[None, :]
+        a = tl.load(x_base + (iy * x_sy + ix)[:, None] + (i * x_sc)[None, :], mask=ok, other=0.0)
+        return tl.dot(g, a, acc)
+
+    @triton.jit
+    def _wgrad_add(out_ptr, base, acc, o_ok, i, c_in, ky, kx, ks):
+        """out[o, i, ky, kx] += acc[o, i] (float32 atomics, relaxed; taps past the kernel are not written)."""
+        i_tap = tl.where((ky < ks) & (kx < ks), c_in, 0)
+        tl.atomic_add(out_ptr + base + ky * ks + kx, acc, mask=o_ok[:, None] & (i < i_tap)[None, :], sem="relaxed")
+
+    @triton.jit
+    def _conv_wgrad_kernel(x_ptr, g_ptr, out_ptr, c_in, h, w, c_out, h_out, w_out, pad, ks, x_sn, x_sc, x_sy, g_sn,
+                           g_sc, tiles_per_sample, n_tiles, tiles_per_split, n_iblocks, groups_x, BO: tl.constexpr,
+                           BI: tl.constexpr, P: tl.constexpr, STAGES: tl.constexpr):
+        """out[o, i, ky, kx] += sum_{n, y, x} g[n, o, y, x] * x[n, i, y + ky - pad, x + kx - pad] (zero outside x).
+
+        Program (c, s, t): output channels block c // n_iblocks (BO), input channels block c % n_iblocks (BI), the
+        taps [3 ty, 3 ty + 3) x [3 tx, 3 tx + 3) (ty, tx = divmod(t, groups_x): one group for 3x3 kernels), and the
+        pixel tiles [s, s + 1) * tiles_per_split of the N * tiles_per_sample tiles of P output pixels (each sample's
+        pixels in row-major order, y * w_out + x). Nine float32 accumulators [BO, BI], one per tap, sums of
+        [BO, P] @ [P, BI] products; added atomically into out (float32 [c_out, c_in, ks, ks], zeroed).
+        g: [N, c_out, h_out, w_out], each plane dense; x: [N, c_in, h, w] with strides x_sn, x_sc, x_sy, 1."""
+        pid_c = tl.program_id(0)
+        split = tl.program_id(1)
+        tg = tl.program_id(2)
+        ky0 = (tg // groups_x) * 3
+        kx0 = (tg % groups_x) * 3
+        o = (pid_c // n_iblocks) * BO + tl.arange(0, BO)
+        i = (pid_c % n_iblocks) * BI + tl.arange(0, BI)
+        o_ok = o < c_out
+        i_ok = i < c_in
+        q = tl.arange(0, P)
+        hw_out = h_out * w_out
+        a00 = tl.zeros([BO, BI], dtype=tl.float32)
+        a01 = tl.zeros_like(a00)
+        a02 = tl.zeros_like(a00)
+        a10 = tl.zeros_like(a00)
+        a11 = tl.zeros_like(a00)
+        a12 = tl.zeros_like(a00)
+        a20 = tl.zeros_like(a00)
+        a21 = tl.zeros_like(a00)
+        a22 = tl.zeros_like(a00)
+        first = split * tiles_per_split
+        for t in tl.range(first, tl.minimum(first + tiles_per_split, n_tiles), num_stages=STAGES):
+            n = (t // tiles_per_sample).to(tl.int64)  # 64-bit sample offsets: large batches pass 2**31 elements
+            p = (t % tiles_per_sample) * P + q
+            p_ok = p < hw_out
+            oy = p // w_out
+            ox = p % w_out
+            g = tl.load(g_ptr + n * g_sn + (o * g_sc)[:, None] + p[None, :], mask=o_ok[:, None] & p_ok[None, :],
+                        other=0.0)  # [BO, P]
+            xb = x_ptr + n * x_sn
+            a00 = _wgrad_tap(a00, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky0, kx0, ks)
+            a01 = _wgrad_tap(a01, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky0, kx0 + 1, ks)
+            a02 = _wgrad_tap(a02, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky0, kx0 + 2, ks)
+            a10 = _wgrad_tap(a10, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky0 + 1, kx0, ks)
+            a11 = _wgrad_tap(a11, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky0 + 1, kx0 + 1, ks)
+            a12 = _wgrad_tap(a12, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky0 + 1, kx0 + 2, ks)
+            a20 = _wgrad_tap(a20, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky0 + 2, kx0, ks)
+            a21 = _wgrad_tap(a21, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky0 + 2, kx0 + 1, ks)
+            a22 = _wgrad_tap(a22, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky0 + 2, kx0 + 2, ks)
+        base = (o[:, None] * c_in + i[None, :]) * (ks * ks)
+        _wgrad_add(out_ptr, base, a00, o_ok, i, c_in, ky0, kx0, ks)
+        _wgrad_add(out_ptr, base, a01, o_ok, i, c_in, ky0, kx0 + 1, ks)
+        _wgrad_add(out_ptr, base, a02, o_ok, i, c_in, ky0, kx0 + 2, ks)
+        _wgrad_add(out_ptr, base, a10, o_ok, i, c_in, ky0 + 1, kx0, ks)
+        _wgrad_add(out_ptr, base, a11, o_ok, i, c_in, ky0 + 1, kx0 + 1, ks)
+        _wgrad_add(out_ptr, base, a12, o_ok, i, c_in, ky0 + 1, kx0 + 2, ks)
+        _wgrad_add(out_ptr, base, a20, o_ok, i, c_in, ky0 + 2, kx0, ks)
+        _wgrad_add(out_ptr, base, a21, o_ok, i, c_in, ky0 + 2, kx0 + 1, ks)
+        _wgrad_add(out_ptr, base, a22, o_ok, i, c_in, ky0 + 2, kx0 + 2, ks)
 
     @triton.jit
     def _to_nhwc_kernel(x_ptr, out_ptr, c, c_pad, hw, x_sn, x_sc, x_sp, BC: tl.constexpr, BP: tl.constexpr):
@@ -335,9 +420,9 @@ NCHW_TILE = (64, 256, 8)
 
 
 def _check_sample_size(elements):
-    """The transposes index within a sample in 32 bits."""
+    """The transposes and the weight gradient's kernel index within a sample in 32 bits."""
     if elements >= 2 ** 31:
-        raise ValueError(f"a sample of {elements} elements is too large for fast_conv's transposes (at most "
+        raise ValueError(f"a sample of {elements} elements is too large for fast_conv's kernels (at most "
                          "2**31 - 1); use the plain path (impl='plain')")
 
 
@@ -391,3 +476,112 @@ def _conv_cudnn_nhwc(x, weight, padding):
     kernel = weight_derived(weight, ("cudnn", ci, co, x.dtype), build)
     y = torch.nn.functional.conv2d(to_nhwc(x, ci), kernel, padding=padding)
     return to_nchw(y, o)
+
+
+# The gradients of a stride-1 convolution y = conv2d(x, K, padding=p), for training: fp16 NCHW tensors in, no
+# transposes (cuDNN's backward on NCHW fp16 transposes around its kernels, as its forward does).
+
+
+def _require_fp16(**tensors):
+    """ValueError unless every tensor is fp16 (the gradient kernels have no float32 path)."""
+    for name, t in tensors.items():
+        if t.dtype != torch.float16:
+            raise ValueError(f"{name} is {t.dtype}; fast_conv's convolution gradients take float16 tensors (use "
+                             "torch.nn.grad.conv2d_input / conv2d_weight for other dtypes)")
+
+
+def conv2d_input_grad_nchw(grad_y, weight, padding, x_shape, form=None, config=None):
+    """The input gradient of y = conv2d(x, weight, padding=padding) (stride 1, square odd kernel k), for fp16.
+
+    grad_y: [N, O, H', W'] float16, H' = H + 2 padding - k + 1 (each sample's planes contiguous, or it is copied);
+    weight: [O, I, k, k] (any float dtype; used in fp16); x_shape: x's [N, I, H, W]. Returns a new contiguous
+    grad_x [N, I, H, W] float16: the convolution of grad_y with the flipped, transposed kernel
+    K'[i, o, ky, kx] = weight[o, i, k-1-ky, k-1-kx], zero padding k - 1 - padding (a negative one crops grad_y),
+    run by :func:`conv2d_nchw`. ``form`` / ``config`` go to it; by default it picks by grad_x's channels I: above
+    :data:`MAX_OUT_CHANNELS` the cudnn form (our transposes around cuDNN's NHWC kernels), else pointers (T's layers,
+    padding 2 with k = 3, have padding 0 here, which the rows form doesn't take). The flipped kernel is kept per
+    weight tensor (:func:`weight_derived`). Raises ValueError for other dtypes or shapes that don't fit."""
+    _require_fp16(grad_y=grad_y)
+    if grad_y.dim() != 4 or weight.dim() != 4 or len(x_shape) != 4:
+        raise ValueError(f"grad_y {tuple(grad_y.shape)}, weight {tuple(weight.shape)} and x_shape {tuple(x_shape)} "
+                         "must all be 4-D ([N, C, H, W], [O, I, k, k])")
+    n, o, hy, wy = grad_y.shape
+    o_w, i, k, kw = weight.shape
+    want = (n, i, hy + k - 1 - 2 * padding, wy + k - 1 - 2 * padding)
+    if k != kw or k % 2 == 0 or o_w != o or tuple(x_shape) != want:
+        raise ValueError(f"grad_y {tuple(grad_y.shape)} and weight {tuple(weight.shape)} (square odd kernel, padding "
+                         f"{padding}) don't fit x_shape {tuple(x_shape)}: expected x_shape {want}")
+    q = k - 1 - padding
+    if q < 0:  # padding > k - 1: the outer rows / columns of grad_y saw only zero padding
+        grad_y = grad_y[:, :, -q:hy + q, -q:wy + q]
+        q = 0
+    flipped = weight_derived(weight, ("input grad",), lambda: weight.flip(2, 3).transpose(0, 1).contiguous())
+    return conv2d_nchw(grad_y, flipped, q, config=config, form=form)
+
+
+def _wgrad_config(c_in, c_out, n, pixels, kernel_size, sms):
+    """(BO, BI, P, warps, stages, splits) of :func:`_conv_wgrad_kernel` for ``n`` samples of ``pixels`` output
+    pixels each (H' W'), ``c_in`` -> ``c_out`` channels, on a GPU of ``sms`` multiprocessors.
+
+    Blocks: nine float32 accumulators of BO x BI must fit the registers: 32 x 32 (4 warps), 32 x 64 or 64 x 32
+    (8 warps), the one that pads the channels least (the larger on a tie: x and grad_y are read once per channel
+    block of the other). P = 64 output pixels a step. Splits of the N * ceil(H' W' / P) pixel tiles: enough for
+    8 programs per multiprocessor, each program at least 16 tiles (its 9 BO BI atomic adds are few beside its
+    products). Not yet timed against alternatives: ``benchmarks/bench_conv.py --grads --sweep`` times others."""
+    padded = lambda c, b: -(-c // b) * b  # noqa: E731
+    bo, bi = min(((32, 32), (32, 64), (64, 32)), key=lambda b: (padded(c_out, b[0]) * padded(c_in, b[1]), -b[0] * b[1]))
+    p = 64
+    blocks = -(-c_out // bo) * -(-c_in // bi) * (-(-kernel_size // 3)) ** 2
+    tiles = n * -(-pixels // p)
+    splits = max(1, min(-(-8 * sms // blocks), tiles // 16))
+    return bo, bi, p, 4 if bo * bi <= 1024 else 8, 3, splits
+
+
+def _multiprocessors(device) -> int:
+    """The GPU's multiprocessor count (132 on an H200 SXM); 1 where there is none (Triton's interpreter on CPU)."""
+    device = torch.device(device)
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def conv2d_weight_grad_nchw(x, grad_y, kernel_size, padding, config=None):
+    """The weight gradient of y = conv2d(x, K, padding=padding) (stride 1, square kernel ``kernel_size`` = k), for
+    fp16, in one Triton kernel reading NCHW as it is (no transposes):
+    grad_K[o, i, ky, kx] = sum_{n, y, x} grad_y[n, o, y, x] * x[n, i, y + ky - padding, x + kx - padding] (zero
+    outside x), fp16 products summed in float32.
+
+    x: [N, I, H, W] float16, rows at any stride (a channel slice or row-padded buffer, as the fast path's activations
+    write it, is read in place; pixels must be adjacent in a row, or it is copied); grad_y: [N, O, H', W'] float16,
+    H' = H + 2 padding - k + 1 (each plane dense, or it is copied). Returns a new grad_K [O, I, k, k] float32. The
+    sums are split over programs and added with float32 atomics: the last bits vary from run to run. ``config``:
+    (BO, BI, P, warps, stages, splits), default :func:`_wgrad_config`. Raises ValueError for other dtypes or shapes
+    that don't fit."""
+    _require_fp16(x=x, grad_y=grad_y)
+    if x.dim() != 4 or grad_y.dim() != 4:
+        raise ValueError(f"x {tuple(x.shape)} and grad_y {tuple(grad_y.shape)} must be 4-D [N, C, H, W]")
+    n, c_in, h, w = x.shape
+    k = kernel_size
+    want = (n, grad_y.shape[1], h + 2 * padding - k + 1, w + 2 * padding - k + 1)
+    if tuple(grad_y.shape) != want or k < 1 or min(want[2:]) < 1:
+        raise ValueError(f"grad_y {tuple(grad_y.shape)} doesn't fit x {tuple(x.shape)} with kernel_size {k} and "
+                         f"padding {padding}: expected {want}")
+    if x.device != grad_y.device:
+        raise ValueError(f"x is on {x.device} and grad_y on {grad_y.device}; move both to one device")
+    c_out, h_out, w_out = want[1:]
+    if x.stride(3) != 1:
+        x = x.contiguous()
+    if grad_y.stride(3) != 1 or grad_y.stride(2) != w_out:
+        grad_y = grad_y.contiguous()
+    _check_sample_size(max(c_in * x.stride(1), h * x.stride(2), c_out * grad_y.stride(1)))
+    bo, bi, p, warps, stages, splits = config or _wgrad_config(c_in, c_out, n, h_out * w_out, k,
+                                                               _multiprocessors(x.device))
+    out = torch.zeros((c_out, c_in, k, k), dtype=torch.float32, device=x.device)
+    tiles_per_sample = -(-(h_out * w_out) // p)
+    n_tiles = n * tiles_per_sample
+    per_split = -(-n_tiles // splits)
+    n_iblocks = -(-c_in // bi)
+    groups_x = -(-k // 3)
+    grid = (-(-c_out // bo) * n_iblocks, -(-n_tiles // per_split), groups_x * groups_x)
+    _conv_wgrad_kernel[grid](x, grad_y, out, c_in, h, w, c_out, h_out, w_out, padding, k, x.stride(0), x.stride(1),
+                             x.stride(2), grad_y.stride(0), grad_y.stride(1), tiles_per_sample, n_tiles, per_split,
+                             n_iblocks, groups_x, BO=bo, BI=bi, P=p, STAGES=stages, num_warps=warps)
+    return out

@@ -1,0 +1,73 @@
+"""fast_conv's convolution gradients (fp16) against torch.nn.grad in float32, under Triton's interpreter: the
+weight gradient's kernel (default and explicit tile configurations, several pixel splits, other kernel sizes,
+row-padded channel slices of x) and the input gradient through conv2d_nchw (pointers and cudnn forms, a padding
+past k - 1)."""
+
+import pytest
+import torch
+
+from v2s_nb.stylegan3 import fast_conv
+from triton_interpreter_probe import interpreter_runs_kernels_like_ours  # noqa: F401 (autouse fixture)
+
+
+def _relative(a, b):
+    return float((a.float() - b).abs().max() / b.abs().max())
+
+
+def _case(n, i, o, h, w, k, p, seed):
+    """fp16 x [n, i, h, w], a float32 kernel [o, i, k, k] and an fp16 output gradient of conv2d(x, K, padding=p)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, i, h, w, generator=g).half()
+    kernel = torch.randn(o, i, k, k, generator=g) / (k * i ** 0.5)
+    gy = torch.randn(n, o, h + 2 * p - k + 1, w + 2 * p - k + 1, generator=g).half()
+    return x, kernel, gy
+
+
+# Channels not multiples of the blocks, odd sizes; configs: 64 x 32 blocks, and 7 pixel splits of 16-pixel tiles
+# (the last split shorter) with 32 x 32 blocks; kernel sizes 1 and 5 (taps past the kernel masked in 3x3 groups).
+@pytest.mark.parametrize("n, i, o, h, w, k, p, config", [
+    (2, 13, 7, 19, 23, 3, 2, None),
+    (2, 13, 7, 19, 23, 3, 1, (64, 32, 32, 4, 2, 3)),
+    (2, 40, 37, 9, 11, 3, 2, (32, 32, 16, 4, 2, 7)),
+    (1, 5, 9, 8, 7, 1, 0, None),
+    (1, 6, 4, 9, 10, 5, 2, None),
+])
+def test_weight_grad_matches_torch(n, i, o, h, w, k, p, config):
+    x, kernel, gy = _case(n, i, o, h, w, k, p, seed=i * o + p)
+    ref = torch.nn.grad.conv2d_weight(x.float(), kernel.shape, gy.float(), padding=p)
+    out = fast_conv.conv2d_weight_grad_nchw(x, gy, k, p, config=config)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert _relative(out, ref) < 2e-3
+
+
+def test_weight_grad_reads_row_padded_channel_slices():
+    """x as the fast path's activations write it (channels and rows padded: read in place), grad_y a strided view
+    (copied): same sums."""
+    x, kernel, gy = _case(2, 11, 9, 13, 17, 3, 2, seed=3)
+    buf = torch.zeros(2, 16, 13, 24, dtype=torch.float16)
+    buf[:, :11, :, :17] = x
+    buf[:, 11:] = 1.0  # must not leak into the sums
+    view = buf[:, :11, :, :17]
+    gy_t = gy.transpose(2, 3).contiguous().transpose(2, 3)  # same values, columns-major planes
+    ref = torch.nn.grad.conv2d_weight(x.float(), kernel.shape, gy.float(), padding=2)
+    out = fast_conv.conv2d_weight_grad_nchw(view, gy_t, 3, 2)
+    assert _relative(out, ref) < 2e-3
+
+
+# 13 outputs of x: pointers form; 70: cudnn form (more than MAX_OUT_CHANNELS); padding 3 > k - 1 crops grad_y.
+@pytest.mark.parametrize("n, i, o, h, w, k, p", [(2, 13, 7, 19, 23, 3, 2), (2, 13, 7, 19, 23, 3, 1),
+                                                 (1, 70, 20, 9, 12, 3, 2), (1, 6, 5, 8, 9, 3, 3),
+                                                 (1, 6, 5, 11, 9, 5, 1)])
+def test_input_grad_matches_torch(n, i, o, h, w, k, p):
+    x, kernel, gy = _case(n, i, o, h, w, k, p, seed=i + o + p)
+    ref = torch.nn.grad.conv2d_input(x.shape, kernel.half().float(), gy.float(), padding=p)
+    out = fast_conv.conv2d_input_grad_nchw(gy, kernel, p, x.shape)
+    assert out.shape == x.shape and out.dtype == torch.float16 and out.is_contiguous()
+    assert _relative(out, ref) < 2e-3
+
+
+def test_input_grad_forms_agree():
+    x, kernel, gy = _case(1, 20, 12, 7, 9, 3, 2, seed=5)
+    ref = torch.nn.grad.conv2d_input(x.shape, kernel.half().float(), gy.float(), padding=2)
+    for form in ("pointers", "cudnn"):
+        assert _relative(fast_conv.conv2d_input_grad_nchw(gy, kernel, 2, x.shape, form=form), ref) < 2e-3, form
