@@ -8,6 +8,15 @@ writes them) and pointers.
 
 Prints, for every fp16 layer of T at 1024: the times (ms), the largest error of the Triton kernels against a float32
 convolution (relative to the largest output), and the form the fast path uses (``conv2d_nchw``'s choice).
+
+    python benchmarks/bench_conv.py --batch 8 --grads [--sweep]
+
+The gradients instead (training): per layer, cuDNN's backward on NCHW fp16 as autograd runs it today
+(``aten.convolution_backward`` on the channel-padded tensors of ``ops.scaled_input_conv2d``, its transposes
+included: both gradients, and each alone) against ``fast_conv.conv2d_input_grad_nchw`` (its cudnn and pointers
+forms, and the one it picks) and ``fast_conv.conv2d_weight_grad_nchw``; ms, and the largest error of each against a
+float32 backward (TF32 off), relative to the largest value. ``--sweep`` also times the weight gradient's kernel in
+other tile configurations per layer and prints the fastest.
 """
 
 from __future__ import annotations
@@ -28,9 +37,13 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--resolution", type=int, default=1024)
+    p.add_argument("--grads", action="store_true", help="time the gradients (backward) instead of the forward")
+    p.add_argument("--sweep", action="store_true", help="with --grads: time other weight-gradient tile configs")
     args = p.parse_args(argv)
     dev = torch.device("cuda")
     G = build_generator("T", args.resolution, device=dev, calibrate=False)
+    if args.grads:
+        return grads(G, args.batch, args.sweep, dev)
     r8 = lambda c: c + (-c) % 8  # noqa: E731
     print(f"# {torch.cuda.get_device_name()}, T {args.resolution}, batch {args.batch}, fp16 3x3 convolutions (ms)")
     rows = torch.cuda.get_device_capability()[0] >= 9
@@ -71,6 +84,98 @@ def main(argv=None):
     print(f"{'total':>14} {'':>16} {tot['nchw']:10.3f} " + " ".join(f"{tot[f]:{max(len(f), 7)}.3f}" for f in forms)
           + f" {'':>8}  {tot['used']:.3f} ms as used")
 
+
+def _fp16_3x3_layers(G):
+    """(name, in channels, out channels, input size) of the synthesis layers with fp16 3x3 convolutions."""
+    for name in G.synthesis.layer_names:
+        L = getattr(G.synthesis, name)
+        if L.use_fp16 and L.conv_kernel == 3:
+            yield name, L.in_channels, L.out_channels, int(L.in_size[0])
+
+
+def _rel(a, ref):
+    return float((a.float() - ref).abs().max() / ref.abs().max())
+
+
+def _sweep_wgrad(x, gy, sms):
+    """(ms, config, configs that failed to run) of the fastest weight-gradient tile configuration among blocks x
+    pixels a step x stages x programs per multiprocessor."""
+    n, c, h, w = x.shape
+    o = gy.shape[1]
+    best, skipped = (float("inf"), None), 0
+    for blocks in ((32, 32), (32, 64), (64, 32)):
+        for pix in (32, 64, 128):
+            for stages in (2, 3):
+                for per_sm in (4, 8, 16):
+                    cfg = fast_conv._wgrad_config(c, o, n, gy.shape[2] * gy.shape[3], 3, sms, blocks=blocks,
+                                                  pixels_per_step=pix, stages=stages, programs_per_sm=per_sm)
+                    try:
+                        ms = cuda_ms(lambda: fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, config=cfg), reps=5)
+                    except Exception:  # noqa: BLE001 - e.g. too much shared memory (OutOfResources): skip it
+                        skipped += 1
+                        continue
+                    best = min(best, (ms, cfg), key=lambda b: b[0])
+    return (*best, skipped)
+
+
+def grads(G, batch, sweep, dev):
+    """The --grads table: see the module's docstring."""
+    r8 = lambda c: c + (-c) % 8  # noqa: E731
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    print(f"# {torch.cuda.get_device_name()}, T, batch {batch}, gradients of the fp16 3x3 convolutions (ms); "
+          "errors: largest |difference| from a float32 backward / largest |value|")
+    print(f"{'layer':>14} {'in->out @ px':>16} | {'cuDNN both':>10} {'dgrad':>7} {'wgrad':>7} | {'in cudnn':>8} "
+          f"{'in ptrs':>7} {'picks':>8} {'weight':>7} {'new sum':>7} | {'err in':>7} {'err w':>7} "
+          f"{'cuDNN in':>8} {'cuDNN w':>7}" + ("  fastest weight config (ms)" if sweep else ""))
+    tot = dict.fromkeys(("both", "new"), 0.0)
+    for name, c, o, size in _fp16_3x3_layers(G):
+        ci, co = r8(c), r8(o)
+        g = torch.Generator(device=dev).manual_seed(c * o)
+        # today's autograd: cuDNN on channel-padded NCHW fp16 (ops.scaled_input_conv2d)
+        xp = torch.zeros(batch, ci, size, size, device=dev, dtype=torch.float16)
+        xp[:, :c] = torch.randn(batch, c, size, size, device=dev, generator=g, dtype=torch.float16)
+        w = torch.randn(o, c, 3, 3, device=dev, generator=g) / (3 * c ** 0.5)
+        kp = F.pad(w, [0, 0, 0, 0, 0, ci - c, 0, co - o]).half()
+        gyp = torch.zeros(batch, co, size + 2, size + 2, device=dev, dtype=torch.float16)
+        gyp[:, :o] = torch.randn(batch, o, size + 2, size + 2, device=dev, generator=g, dtype=torch.float16) / 8
+        gy = gyp[:, :o].contiguous()
+        # the fast path's x: a channel slice of a row-padded buffer
+        xr = torch.zeros(batch, ci, size, r8(size), device=dev, dtype=torch.float16)
+        xr[..., :size] = xp
+        x = xr[:, :c, :, :size]
+
+        def cudnn(mask):
+            return torch.ops.aten.convolution_backward(gyp, xp, kp, None, [1, 1], [2, 2], [1, 1], False, [0, 0], 1,
+                                                       mask)
+
+        t = {"both": cuda_ms(lambda: cudnn([True, True, False])), "dgrad": cuda_ms(lambda: cudnn([True, False, False])),
+             "wgrad": cuda_ms(lambda: cudnn([False, True, False]))}
+        for form in ("cudnn", "pointers", None):
+            t[form] = cuda_ms(lambda: fast_conv.conv2d_input_grad_nchw(gy, w, 2, x.shape, form=form))
+        t["weight"] = cuda_ms(lambda: fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2))
+        picks = "cudnn" if c > fast_conv.MAX_OUT_CHANNELS else "pointers"
+        new = t[None] + t["weight"]
+        tot["both"] += t["both"]
+        tot["new"] += new
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            ref_x, ref_w, _ = torch.ops.aten.convolution_backward(
+                gy.float(), x.float(), w.half().float(), None, [1, 1], [2, 2], [1, 1], False, [0, 0], 1,
+                [True, True, False])
+        old_x, old_w, _ = cudnn([True, True, False])
+        errs = (_rel(fast_conv.conv2d_input_grad_nchw(gy, w, 2, x.shape), ref_x),
+                _rel(fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2), ref_w),
+                _rel(old_x[:, :c], ref_x), _rel(old_w[:o, :c], ref_w))
+        line = (f"{name:>14} {f'{c}->{o} @ {size}':>16} | {t['both']:10.3f} {t['dgrad']:7.3f} {t['wgrad']:7.3f} | "
+                f"{t['cudnn']:8.3f} {t['pointers']:7.3f} {picks:>8} {t['weight']:7.3f} {new:7.3f} | "
+                + " ".join(f"{e:{wd}.1e}" for e, wd in zip(errs, (7, 7, 8, 7))))
+        if sweep:
+            ms, cfg, skipped = _sweep_wgrad(x, gy, sms)
+            line += f"  {cfg} ({ms:.3f}; {skipped} of 54 could not run)"
+        print(line, flush=True)
+        del xp, xr, x, gyp, gy, ref_x, ref_w, old_x, old_w
+        torch.cuda.empty_cache()
+    print(f"{'total':>14} {'':>16} | {tot['both']:10.3f} {'':>7} {'':>7} | {'':>8} {'':>7} {'':>8} {'':>7} "
+          f"{tot['new']:7.3f}")
 
 if __name__ == "__main__":
     main()

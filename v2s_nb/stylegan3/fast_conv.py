@@ -519,22 +519,31 @@ def conv2d_input_grad_nchw(grad_y, weight, padding, x_shape, form=None, config=N
     return conv2d_nchw(grad_y, flipped, q, config=config, form=form)
 
 
-def _wgrad_config(c_in, c_out, n, pixels, kernel_size, sms):
+# Shared memory a weight-gradient program may take for its pipelined tiles (bytes): two programs fit in an H100 /
+# H200 multiprocessor's 227 KiB.
+WGRAD_SMEM = 100 * 1024
+
+
+def _wgrad_config(c_in, c_out, n, pixels, kernel_size, sms, blocks=None, pixels_per_step=None, stages=2,
+                  programs_per_sm=8):
     """(BO, BI, P, warps, stages, splits) of :func:`_conv_wgrad_kernel` for ``n`` samples of ``pixels`` output
     pixels each (H' W'), ``c_in`` -> ``c_out`` channels, on a GPU of ``sms`` multiprocessors.
 
-    Blocks: nine float32 accumulators of BO x BI must fit the registers: 32 x 32 (4 warps), 32 x 64 or 64 x 32
-    (8 warps), the one that pads the channels least (the larger on a tie: x and grad_y are read once per channel
-    block of the other). P = 64 output pixels a step. Splits of the N * ceil(H' W' / P) pixel tiles: enough for
-    8 programs per multiprocessor, each program at least 16 tiles (its 9 BO BI atomic adds are few beside its
-    products). Not yet timed against alternatives: ``benchmarks/bench_conv.py --grads --sweep`` times others."""
+    Blocks (BO, BI): nine float32 accumulators of BO x BI must fit the registers: 32 x 32 (4 warps), 32 x 64 or
+    64 x 32 (8 warps), by default the one that pads the channels least (on a tie the larger: x and grad_y are read
+    once per channel block of the other; then 64 x 32: its nine x tiles are the smaller). P output pixels a step
+    (``pixels_per_step``; default 64, or 32 where ``stages`` copies of a step's tiles, grad_y [BO, P] and nine x
+    [P, BI] in fp16, would pass :data:`WGRAD_SMEM`). Splits of the N * ceil(H' W' / P) pixel tiles: enough for
+    ``programs_per_sm`` programs per multiprocessor, each program at least 16 tiles (its 9 BO BI atomic adds few
+    beside its products). Not yet tuned on a GPU: ``benchmarks/bench_conv.py --grads --sweep`` times others."""
     padded = lambda c, b: -(-c // b) * b  # noqa: E731
-    bo, bi = min(((32, 32), (32, 64), (64, 32)), key=lambda b: (padded(c_out, b[0]) * padded(c_in, b[1]), -b[0] * b[1]))
-    p = 64
-    blocks = -(-c_out // bo) * -(-c_in // bi) * (-(-kernel_size // 3)) ** 2
+    bo, bi = blocks or min(((32, 32), (64, 32), (32, 64)),
+                           key=lambda b: (padded(c_out, b[0]) * padded(c_in, b[1]), -b[0] * b[1]))
+    p = pixels_per_step or (64 if stages * 2 * 64 * (bo + 9 * bi) <= WGRAD_SMEM else 32)
+    programs = -(-c_out // bo) * -(-c_in // bi) * (-(-kernel_size // 3)) ** 2
     tiles = n * -(-pixels // p)
-    splits = max(1, min(-(-8 * sms // blocks), tiles // 16))
-    return bo, bi, p, 4 if bo * bi <= 1024 else 8, 3, splits
+    splits = max(1, min(-(-programs_per_sm * sms // programs), tiles // 16))
+    return bo, bi, p, 4 if bo * bi <= 1024 else 8, stages, splits
 
 
 def _multiprocessors(device) -> int:
