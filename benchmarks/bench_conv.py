@@ -98,24 +98,25 @@ def _rel(a, ref):
 
 
 def _sweep_wgrad(x, gy, sms):
-    """(ms, config, configs that failed to run) of the fastest weight-gradient tile configuration among blocks x
-    pixels a step x stages x programs per multiprocessor."""
+    """(ms, config, configs that failed to run, configs tried) of the fastest weight-gradient tile configuration
+    among blocks x pixels a step x warps x programs per multiprocessor."""
     n, c, h, w = x.shape
     o = gy.shape[1]
-    best, skipped = (float("inf"), None), 0
-    for blocks in ((32, 32), (32, 64), (64, 32)):
-        for pix in (32, 64, 128):
-            for stages in (2, 3):
+    best, skipped, tried = (float("inf"), None), 0, 0
+    for blocks in fast_conv.WGRAD_STEPS:
+        for pix in (16, 32, 64):
+            for warps in (4, 8):
                 for per_sm in (4, 8, 16):
                     cfg = fast_conv._wgrad_config(c, o, n, gy.shape[2] * gy.shape[3], 3, sms, blocks=blocks,
-                                                  pixels_per_step=pix, stages=stages, programs_per_sm=per_sm)
+                                                  pixels_per_step=pix, warps=warps, programs_per_sm=per_sm)
+                    tried += 1
                     try:
                         ms = cuda_ms(lambda: fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, config=cfg), reps=5)
-                    except Exception:  # noqa: BLE001 - e.g. too much shared memory (OutOfResources): skip it
+                    except Exception:  # noqa: BLE001 - e.g. too many resources (OutOfResources): skip it
                         skipped += 1
                         continue
                     best = min(best, (ms, cfg), key=lambda b: b[0])
-    return (*best, skipped)
+    return (*best, skipped, tried)
 
 
 def grads(G, batch, sweep, dev):
@@ -169,8 +170,8 @@ def grads(G, batch, sweep, dev):
                 f"{t['cudnn']:8.3f} {t['pointers']:7.3f} {picks:>8} {t['weight']:7.3f} {new:7.3f} | "
                 + " ".join(f"{e:{wd}.1e}" for e, wd in zip(errs, (7, 7, 8, 7))))
         if sweep:
-            ms, cfg, skipped = _sweep_wgrad(x, gy, sms)
-            line += f"  {cfg} ({ms:.3f}; {skipped} of 54 could not run)"
+            ms, cfg, skipped, tried = _sweep_wgrad(x, gy, sms)
+            line += f"  {cfg} ({ms:.3f}; {skipped} of {tried} could not run)"
         print(line, flush=True)
         del xp, xr, x, gyp, gy, ref_x, ref_w, old_x, old_w
         torch.cuda.empty_cache()

@@ -170,15 +170,15 @@ if HAVE_TRITON:
         """out[o, i, ky, kx] += sum_{n, y, x} g[n, o, y, x] * x[n, i, y + ky - pad, x + kx - pad] (zero outside x).
 
         Program (c, s, t): output channels block c // n_iblocks (BO), input channels block c % n_iblocks (BI), the
-        taps [3 ty, 3 ty + 3) x [3 tx, 3 tx + 3) (ty, tx = divmod(t, groups_x): one group for 3x3 kernels), and the
-        pixel tiles [s, s + 1) * tiles_per_split of the N * tiles_per_sample tiles of P output pixels (each sample's
-        pixels in row-major order, y * w_out + x). Nine float32 accumulators [BO, BI], one per tap, sums of
+        three taps ky = t // groups_x, kx in 3 (t % groups_x) + [0, 3) (one group for 3x3 kernels), and the pixel
+        tiles [s, s + 1) * tiles_per_split of the N * tiles_per_sample tiles of P output pixels (each sample's
+        pixels in row-major order, y * w_out + x). Three float32 accumulators [BO, BI], one per tap, sums of
         [BO, P] @ [P, BI] products; added atomically into out (float32 [c_out, c_in, ks, ks], zeroed).
         g: [N, c_out, h_out, w_out], each plane dense; x: [N, c_in, h, w] with strides x_sn, x_sc, x_sy, 1."""
         pid_c = tl.program_id(0)
         split = tl.program_id(1)
         tg = tl.program_id(2)
-        ky0 = (tg // groups_x) * 3
+        ky = tg // groups_x
         kx0 = (tg % groups_x) * 3
         o = (pid_c // n_iblocks) * BO + tl.arange(0, BO)
         i = (pid_c % n_iblocks) * BI + tl.arange(0, BI)
@@ -186,15 +186,9 @@ if HAVE_TRITON:
         i_ok = i < c_in
         q = tl.arange(0, P)
         hw_out = h_out * w_out
-        a00 = tl.zeros([BO, BI], dtype=tl.float32)
-        a01 = tl.zeros_like(a00)
-        a02 = tl.zeros_like(a00)
-        a10 = tl.zeros_like(a00)
-        a11 = tl.zeros_like(a00)
-        a12 = tl.zeros_like(a00)
-        a20 = tl.zeros_like(a00)
-        a21 = tl.zeros_like(a00)
-        a22 = tl.zeros_like(a00)
+        a0 = tl.zeros([BO, BI], dtype=tl.float32)
+        a1 = tl.zeros_like(a0)
+        a2 = tl.zeros_like(a0)
         first = split * tiles_per_split
         for t in tl.range(first, tl.minimum(first + tiles_per_split, n_tiles), num_stages=STAGES):
             n = (t // tiles_per_sample).to(tl.int64)  # 64-bit sample offsets: large batches pass 2**31 elements
@@ -205,25 +199,13 @@ if HAVE_TRITON:
             g = tl.load(g_ptr + n * g_sn + (o * g_sc)[:, None] + p[None, :], mask=o_ok[:, None] & p_ok[None, :],
                         other=0.0)  # [BO, P]
             xb = x_ptr + n * x_sn
-            a00 = _wgrad_tap(a00, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky0, kx0, ks)
-            a01 = _wgrad_tap(a01, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky0, kx0 + 1, ks)
-            a02 = _wgrad_tap(a02, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky0, kx0 + 2, ks)
-            a10 = _wgrad_tap(a10, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky0 + 1, kx0, ks)
-            a11 = _wgrad_tap(a11, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky0 + 1, kx0 + 1, ks)
-            a12 = _wgrad_tap(a12, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky0 + 1, kx0 + 2, ks)
-            a20 = _wgrad_tap(a20, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky0 + 2, kx0, ks)
-            a21 = _wgrad_tap(a21, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky0 + 2, kx0 + 1, ks)
-            a22 = _wgrad_tap(a22, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky0 + 2, kx0 + 2, ks)
+            a0 = _wgrad_tap(a0, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky, kx0, ks)
+            a1 = _wgrad_tap(a1, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky, kx0 + 1, ks)
+            a2 = _wgrad_tap(a2, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky, kx0 + 2, ks)
         base = (o[:, None] * c_in + i[None, :]) * (ks * ks)
-        _wgrad_add(out_ptr, base, a00, o_ok, i, c_in, ky0, kx0, ks)
-        _wgrad_add(out_ptr, base, a01, o_ok, i, c_in, ky0, kx0 + 1, ks)
-        _wgrad_add(out_ptr, base, a02, o_ok, i, c_in, ky0, kx0 + 2, ks)
-        _wgrad_add(out_ptr, base, a10, o_ok, i, c_in, ky0 + 1, kx0, ks)
-        _wgrad_add(out_ptr, base, a11, o_ok, i, c_in, ky0 + 1, kx0 + 1, ks)
-        _wgrad_add(out_ptr, base, a12, o_ok, i, c_in, ky0 + 1, kx0 + 2, ks)
-        _wgrad_add(out_ptr, base, a20, o_ok, i, c_in, ky0 + 2, kx0, ks)
-        _wgrad_add(out_ptr, base, a21, o_ok, i, c_in, ky0 + 2, kx0 + 1, ks)
-        _wgrad_add(out_ptr, base, a22, o_ok, i, c_in, ky0 + 2, kx0 + 2, ks)
+        _wgrad_add(out_ptr, base, a0, o_ok, i, c_in, ky, kx0, ks)
+        _wgrad_add(out_ptr, base, a1, o_ok, i, c_in, ky, kx0 + 1, ks)
+        _wgrad_add(out_ptr, base, a2, o_ok, i, c_in, ky, kx0 + 2, ks)
 
     @triton.jit
     def _to_nhwc_kernel(x_ptr, out_ptr, c, c_pad, hw, x_sn, x_sc, x_sp, BC: tl.constexpr, BP: tl.constexpr):
@@ -519,31 +501,29 @@ def conv2d_input_grad_nchw(grad_y, weight, padding, x_shape, form=None, config=N
     return conv2d_nchw(grad_y, flipped, q, config=config, form=form)
 
 
-# Shared memory a weight-gradient program may take for its pipelined tiles (bytes): two programs fit in an H100 /
-# H200 multiprocessor's 227 KiB.
-WGRAD_SMEM = 100 * 1024
+# Weight-gradient tiles per block shape (BO, BI): (P, warps), the largest pixel step that compiles for sm_90 without
+# register spills (Triton 3.9; the pixel gathers are unvectorised loads, one address per element).
+WGRAD_STEPS = {(32, 32): (16, 4), (64, 32): (32, 8), (32, 64): (32, 8), (64, 64): (32, 8)}
 
 
-def _wgrad_config(c_in, c_out, n, pixels, kernel_size, sms, blocks=None, pixels_per_step=None, stages=2,
-                  programs_per_sm=8):
+def _wgrad_config(c_in, c_out, n, pixels, kernel_size, sms, blocks=None, pixels_per_step=None, warps=None,
+                  stages=2, programs_per_sm=8):
     """(BO, BI, P, warps, stages, splits) of :func:`_conv_wgrad_kernel` for ``n`` samples of ``pixels`` output
     pixels each (H' W'), ``c_in`` -> ``c_out`` channels, on a GPU of ``sms`` multiprocessors.
 
-    Blocks (BO, BI): nine float32 accumulators of BO x BI must fit the registers: 32 x 32 (4 warps), 32 x 64 or
-    64 x 32 (8 warps), by default the one that pads the channels least (on a tie the larger: x and grad_y are read
-    once per channel block of the other; then 64 x 32: its nine x tiles are the smaller). P output pixels a step
-    (``pixels_per_step``; default 64, or 32 where ``stages`` copies of a step's tiles, grad_y [BO, P] and nine x
-    [P, BI] in fp16, would pass :data:`WGRAD_SMEM`). Splits of the N * ceil(H' W' / P) pixel tiles: enough for
-    ``programs_per_sm`` programs per multiprocessor, each program at least 16 tiles (its 9 BO BI atomic adds few
+    Blocks (BO, BI) from 32 x 32, 64 x 32, 32 x 64, 64 x 64: by default the one that pads the channels least (on a
+    tie the larger: x and grad_y are read once per channel block of the other). P output pixels a step and the
+    warps from :data:`WGRAD_STEPS` unless given. Splits of the N * ceil(H' W' / P) pixel tiles: enough for
+    ``programs_per_sm`` programs per multiprocessor, each program at least 16 tiles (its 3 BO BI atomic adds few
     beside its products). Not yet tuned on a GPU: ``benchmarks/bench_conv.py --grads --sweep`` times others."""
     padded = lambda c, b: -(-c // b) * b  # noqa: E731
-    bo, bi = blocks or min(((32, 32), (64, 32), (32, 64)),
-                           key=lambda b: (padded(c_out, b[0]) * padded(c_in, b[1]), -b[0] * b[1]))
-    p = pixels_per_step or (64 if stages * 2 * 64 * (bo + 9 * bi) <= WGRAD_SMEM else 32)
-    programs = -(-c_out // bo) * -(-c_in // bi) * (-(-kernel_size // 3)) ** 2
+    bo, bi = blocks or min(WGRAD_STEPS, key=lambda b: (padded(c_out, b[0]) * padded(c_in, b[1]), -b[0] * b[1]))
+    p, wp = WGRAD_STEPS.get((bo, bi), (32, 8))
+    p, wp = pixels_per_step or p, warps or wp
+    programs = -(-c_out // bo) * -(-c_in // bi) * kernel_size * -(-kernel_size // 3)
     tiles = n * -(-pixels // p)
     splits = max(1, min(-(-programs_per_sm * sms // programs), tiles // 16))
-    return bo, bi, p, 4 if bo * bi <= 1024 else 8, stages, splits
+    return bo, bi, p, wp, stages, splits
 
 
 def _multiprocessors(device) -> int:
@@ -589,7 +569,7 @@ def conv2d_weight_grad_nchw(x, grad_y, kernel_size, padding, config=None):
     per_split = -(-n_tiles // splits)
     n_iblocks = -(-c_in // bi)
     groups_x = -(-k // 3)
-    grid = (-(-c_out // bo) * n_iblocks, -(-n_tiles // per_split), groups_x * groups_x)
+    grid = (-(-c_out // bo) * n_iblocks, -(-n_tiles // per_split), k * groups_x)
     _conv_wgrad_kernel[grid](x, grad_y, out, c_in, h, w, c_out, h_out, w_out, padding, k, x.stride(0), x.stride(1),
                              x.stride(2), grad_y.stride(0), grad_y.stride(1), tiles_per_sample, n_tiles, per_split,
                              n_iblocks, groups_x, BO=bo, BI=bi, P=p, STAGES=stages, num_warps=warps)
