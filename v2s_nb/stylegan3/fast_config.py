@@ -34,6 +34,9 @@ field                     environment variable    meaning
                                                   as one autograd Function that saves only its input and its
                                                   convolution's output (:mod:`.fast_layer`); 0: the layer's ops
                                                   under ordinary autograd (what they save, side by side)
+``triton_conv_grads``     ``V2S_NB_TRITON_CONV_GRADS``  1: the 3x3 layers' convolution gradients by fast_conv's
+                                                  NCHW kernels (no transposes; fp16 on CUDA); 0 (default):
+                                                  cuDNN's ``convolution_backward``
 ========================  ======================  ==========================================================
 """
 
@@ -60,6 +63,7 @@ class FastConfig:
     bf16x3: bool = True
     modulation_kernels: bool = True
     layer_function: bool = True
+    triton_conv_grads: bool = False
 
     def __post_init__(self):
         if not isinstance(self.chunk_mb, int) or self.chunk_mb < 1:
@@ -106,7 +110,8 @@ class FastConfig:
                                   ("V2S_NB_FAST_CHUNK_MB", whole, "chunk_mb"),
                                   ("V2S_NB_FUSED_WARPS", whole, "fused_warps"),
                                   ("V2S_NB_FP16_RANK_TOL", number, "fp16_rank_tol"),
-                                  ("V2S_NB_LAYER_FUNCTION", flag, "layer_function")]:
+                                  ("V2S_NB_LAYER_FUNCTION", flag, "layer_function"),
+                                  ("V2S_NB_TRITON_CONV_GRADS", flag, "triton_conv_grads")]:
             kwargs.update(read(var, parse, field))
         return cls(**kwargs)
 

@@ -15,7 +15,8 @@ the layer runs as
   input x, the convolution's output y (compute dtype, unpadded channels) and the small tensors;
 * its backward: the activation's gradients w.r.t. y, the bias and dcoefs (its input gain) from y, in one pass
   (:func:`.fast_ops.activation_backward`: the fused backward kernel on CUDA), the convolution's two gradients in one
-  ``aten.convolution_backward`` call on x * scale recomputed (only for the weight's gradient; or two batched
+  ``aten.convolution_backward`` call on x * scale recomputed (only for the weight's gradient), or, with
+  ``fast_config`` ``triton_conv_grads``, fast_conv's NCHW kernels (no layout transposes; or two batched
   products for 1x1), d scale = sum over pixels of (d (x * scale) * x), d x = d (x * scale) * scale (one pass,
   :func:`.fast_ops.scaled_with_sums`). Sums over pixels in float32.
 
@@ -29,6 +30,7 @@ too (the tests use it to check its gradients against autograd through the plain 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -128,7 +130,17 @@ class _Layer3x3(torch.autograd.Function):
         g_y, g_b, g_d = _activation_backward(y, bias, grad, ctx.spec, dcoefs)
         del y
         g_x = g_k = g_s = None
-        if need_x or need_k or need_s:
+        if (need_x or need_k or need_s) and _triton_conv_grads(g_y):
+            k = kernel.shape[-1]
+            g_xs = fast_conv.conv2d_input_grad_nchw(g_y, kernel, k - 1, x.shape) if need_x or need_s else None
+            if need_k:
+                g_k = fast_conv.conv2d_weight_grad_nchw(_scaled_rows(x, scale, 1), g_y, k, k - 1).to(kernel.dtype)
+            del g_y
+            if g_xs is not None:
+                g_x, _, g_s = fast_ops.scaled_with_sums(g_xs, x, scale, x.dtype)
+                g_x = g_x if need_x else None
+                g_s = g_s if need_s else None
+        elif need_x or need_k or need_s:
             g_y, weight = _conv_operands(g_y, kernel)
             g_xs, g_k = _conv_backward(g_y, x, scale, weight, need_x or need_s, need_k)
             del g_y
@@ -139,6 +151,13 @@ class _Layer3x3(torch.autograd.Function):
             if g_k is not None:
                 g_k = g_k[:kernel.shape[0], :kernel.shape[1]].to(kernel.dtype)
         return g_x, g_k, g_s, g_d.to(dcoefs.dtype), g_b.to(bias.dtype), None
+
+
+def _triton_conv_grads(g_y) -> bool:
+    """Whether the convolution's gradients run in fast_conv's NCHW kernels (``fast_config`` ``triton_conv_grads``;
+    fp16, CUDA or Triton's interpreter)."""
+    return (fast_config.current().triton_conv_grads and g_y.dtype == torch.float16 and fast_conv.HAVE_TRITON
+            and (g_y.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"))
 
 
 def _conv_operands(g_y, kernel):
