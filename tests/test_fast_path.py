@@ -349,6 +349,7 @@ def test_fast_config_reads_the_environment_and_restores_overrides():
     assert FastConfig.from_env(env) == FastConfig(use_fused=False, chunk_mb=64, fp16_rank_tol=1e-3)
     assert FastConfig.from_env({}) == FastConfig()
     assert FastConfig.from_env({"V2S_NB_LAYER_FUNCTION": "0"}) == FastConfig(layer_function=False)
+    assert FastConfig.from_env({"V2S_NB_TRITON_CONV_GRADS": "0"}) == FastConfig(triton_conv_grads=False)
     assert FastConfig().layer_function
     with pytest.raises(ValueError, match="V2S_NB_LAYER_FUNCTION='yes' is not valid"):
         FastConfig.from_env({"V2S_NB_LAYER_FUNCTION": "yes"})

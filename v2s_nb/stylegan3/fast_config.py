@@ -34,9 +34,10 @@ field                     environment variable    meaning
                                                   as one autograd Function that saves only its input and its
                                                   convolution's output (:mod:`.fast_layer`); 0: the layer's ops
                                                   under ordinary autograd (what they save, side by side)
-``triton_conv_grads``     ``V2S_NB_TRITON_CONV_GRADS``  1: the 3x3 layers' convolution gradients by fast_conv's
-                                                  NCHW kernels (no transposes; fp16 on CUDA); 0 (default):
-                                                  cuDNN's ``convolution_backward``
+``triton_conv_grads``     ``V2S_NB_TRITON_CONV_GRADS``  1 (default): the 3x3 layers' convolution gradients by
+                                                  fast_conv's NCHW kernels (no transposes; fp16 on CUDA); 0:
+                                                  cuDNN's ``convolution_backward`` (faster weight gradient,
+                                                  twice the peak memory: docs/performance.md)
 ========================  ======================  ==========================================================
 """
 
@@ -63,7 +64,7 @@ class FastConfig:
     bf16x3: bool = True
     modulation_kernels: bool = True
     layer_function: bool = True
-    triton_conv_grads: bool = False
+    triton_conv_grads: bool = True
 
     def __post_init__(self):
         if not isinstance(self.chunk_mb, int) or self.chunk_mb < 1:

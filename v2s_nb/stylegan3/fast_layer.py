@@ -16,7 +16,7 @@ the layer runs as
 * its backward: the activation's gradients w.r.t. y, the bias and dcoefs (its input gain) from y, in one pass
   (:func:`.fast_ops.activation_backward`: the fused backward kernel on CUDA), the convolution's two gradients in one
   ``aten.convolution_backward`` call on x * scale recomputed (only for the weight's gradient), or, with
-  ``fast_config`` ``triton_conv_grads``, fast_conv's NCHW kernels (no layout transposes; or two batched
+  ``fast_config`` ``triton_conv_grads`` (the default), fast_conv's NCHW kernels (no layout transposes; or two batched
   products for 1x1), d scale = sum over pixels of (d (x * scale) * x), d x = d (x * scale) * scale (one pass,
   :func:`.fast_ops.scaled_with_sums`). Sums over pixels in float32.
 
