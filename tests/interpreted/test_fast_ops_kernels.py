@@ -90,13 +90,15 @@ def _check_forward_variant(cfg, overrides):
         assert tiles == {overrides["FUSED_DEFAULT"][torch.float32][1]}
 
 
-@pytest.mark.parametrize("cfg", ["R", "T"])
-def test_fused_backward_matches_autograd(cfg, monkeypatch):
+@pytest.mark.parametrize("cfg, one_sample_chunks", [("R", False), ("T", False), ("T", True)])
+def test_fused_backward_matches_autograd(cfg, one_sample_chunks, monkeypatch):
     """The fused backward kernel against autograd through the plain operator, a small clamp on every other layer so
     that clamped samples (zero gradient) occur, an input gain (the demodulation the fast path folds in) on every
-    other layer, one of them with a zero gain (taken out of the kernel); down-filters needing more than MAX_RANK
-    terms return None."""
+    other layer, one of them with a zero gain; down-filters needing more than MAX_RANK terms return None. Also with
+    the batch taken one sample at a time (what a chunk_mb smaller than one sample's float32 sums makes it do)."""
     monkeypatch.setattr(fast_ops, "BACKWARD_TILES", (64,))  # float32 here: the 64-wide tile is allowed
+    if one_sample_chunks:
+        monkeypatch.setattr(fast_config.FastConfig, "chunk_bytes", property(lambda self: 1))
     worst, checked, layers, gained = 0.0, 0, 0, 0
     for i, (name, L, y) in enumerate(_layers(cfg)):
         layers += 1

@@ -21,7 +21,8 @@ field                     environment variable    meaning
 ``use_fused_backward``    ``V2S_NB_FUSED_BACKWARD``  1 (default): the fused backward kernel where it applies; 0:
                                                   the plain operator recomputed under autograd
 ``chunk_mb``              ``V2S_NB_FAST_CHUNK_MB``   upper bound (MiB) on one chunk's intermediate in the unfused
-                                                  kernels and the recomputed backward (default 1024)
+                                                  kernels, the recomputed backward and the fused backward's
+                                                  float32 sums (default 1024)
 ``fused_warps``           ``V2S_NB_FUSED_WARPS``  warps per program of the fused forward kernels (default 4)
 ``fp16_rank_tol``         ``V2S_NB_FP16_RANK_TOL``   relative tolerance below which an fp16 layer's radial
                                                   down-filter drops separable terms (default 2.5e-4)
