@@ -20,7 +20,8 @@ Mixed precision (``--dtype mixed``, the default): both run their fp16 layers in 
 on the CPU both run float32. Printed per row: ms per call, the first call's seconds (CUDA: includes NVIDIA's
 plugin build if not cached, and our kernels' compilation), peak GiB (CUDA: ``torch.cuda.max_memory_allocated``
 after a reset; CPU: the process's peak RSS), the step's time over the same model's forward, and ours over
-NVIDIA's. ``--nvidia-impl ref`` runs NVIDIA's reference (pure PyTorch) ops on CUDA instead of their plugins.
+NVIDIA's. ``--nvidia-impl ref`` runs NVIDIA's reference (pure PyTorch) ops on CUDA instead of their plugins;
+``--training-flags`` sets, for both, the backend flags of NVIDIA's training loop (cudnn.benchmark, no TF32).
 """
 
 from __future__ import annotations
@@ -161,6 +162,9 @@ def main(argv=None):
                    help="NVIDIA's ops: their CUDA plugins (built at run time) or their reference implementations")
     p.add_argument("--channel-scale", type=float, default=1.0,
                    help="multiplies channel_base and channel_max (1 = released; smaller for CPU smoke tests)")
+    p.add_argument("--training-flags", action="store_true",
+                   help="for both models, the backend flags NVIDIA's training loop sets: cudnn.benchmark on, TF32 "
+                        "off for cuDNN and matmul (default: PyTorch's defaults)")
     p.add_argument("--seed", type=int, default=0, help="seed of NVIDIA's weight initialisation")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
@@ -172,10 +176,15 @@ def main(argv=None):
     if not 0 < args.channel_scale <= 1:
         _fail(f"--channel-scale {args.channel_scale}: want a number in (0, 1].")
     nv_module = import_nvidia(args.nvidia_repo, args.nvidia_impl, device)
+    if args.training_flags:  # as NVIDIA's training/training_loop.py sets them, process-wide
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"# {name}, torch {torch.__version__}, {args.resolution} px, dtype {args.dtype}, channel scale "
-          f"{args.channel_scale:g}, NVIDIA ops {args.nvidia_impl if device.type == 'cuda' else 'ref (CPU)'}")
+          f"{args.channel_scale:g}, NVIDIA ops {args.nvidia_impl if device.type == 'cuda' else 'ref (CPU)'}; "
+          f"cudnn.benchmark {torch.backends.cudnn.benchmark}, TF32 cuDNN {torch.backends.cudnn.allow_tf32} "
+          f"matmul {torch.backends.cuda.matmul.allow_tf32}")
     if device.type != "cuda":
         print("# CPU: a smoke test only; the timings say nothing about the GPU (both run float32 here).")
     modes = [m for m in MODES if m in args.modes]
