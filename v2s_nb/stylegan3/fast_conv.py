@@ -527,7 +527,7 @@ def _wgrad_config(c_in, c_out, n, pixels, kernel_size, sms, blocks=None, pixels_
 
 
 def _multiprocessors(device) -> int:
-    """The GPU's multiprocessor count (132 on an H200 SXM); 1 where there is none (Triton's interpreter on CPU)."""
+    """The GPU's multiprocessor count; 1 where there is none (Triton's interpreter on CPU)."""
     device = torch.device(device)
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 

@@ -1,0 +1,109 @@
+"""Registers, spills and shared memory of the filtered leaky ReLU's backward kernel per layer and launch variant,
+compiled for a GPU architecture without running anything: works on a machine with no GPU (Triton and its bundled
+``cuobjdump`` are enough).
+
+    python benchmarks/kernel_resources.py --cfg T R --arch 90
+    python benchmarks/kernel_resources.py --cfg T --variants 128:1:8 128:1:16 128:2:4
+
+A variant is ``tile:row_blocks:warps`` (tile: the upsampled tile edge; row blocks: ``SPLIT``). Per layer of the
+released architecture at ``--resolution`` (channel counts don't change the kernel, so a narrow copy is built), the
+kernel is compiled as :func:`v2s_nb.stylegan3.fast_ops.fused_filtered_lrelu_backward` launches it (fp16 for the
+snapshot's fp16 layers, float32 for the others) and ``cuobjdump -res-usage`` reads its registers per thread, stack
+(bytes spilled per thread) and static shared memory; Triton's dynamic shared memory is printed too. A kernel at 255
+registers runs one 8-warp program per SM; stack bytes are spills to local memory. Speed still has to be measured on
+the GPU (``bench_lrelu_backward.py``); this says which variants can be fast, between GPU runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402,F401 (puts this checkout first on the path)
+from v2s_nb.stylegan3 import build_generator, fast_ops  # noqa: E402
+
+
+def _cuobjdump():
+    """The cuobjdump Triton ships with (or one on PATH)."""
+    import triton
+
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    return str(bundled) if bundled.exists() else "cuobjdump"
+
+
+def compile_backward(layer, dtype, tile, split, warps, arch):
+    """(registers, stack bytes, static shared bytes, Triton's shared bytes) of the backward kernel for ``layer``."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    rank_tol = 2.5e-4 if dtype == torch.float16 else 1e-7
+    plan = fast_ops._build_fused_plan(layer.up_filter, layer.down_filter, layer.up_factor, layer.down_factor,
+                                      layer.padding, dtype, torch.device("cpu"), tile, rank_tol)
+    if plan is None:
+        raise ValueError("the down-filter needs more separable terms than the kernel takes")
+    t = "fp16" if dtype == torch.float16 else "fp32"
+    signature = {"x_ptr": f"*{t}", "b_ptr": "*fp32", "g_ptr": "*fp32", "ax_ptr": f"*{t}", "ay_ptr": f"*{t}",
+                 "dx_ptr": f"*{t}", "dy_ptr": f"*{t}", "gy_ptr": f"*{t}", "gx_ptr": "*fp32"}
+    signature.update({k: "i32" for k in ("h", "w", "h_out", "w_out", "channels", "jshift_y", "jshift_x", "used_y",
+                                         "used_x")})
+    signature.update({k: "fp32" for k in ("gain", "slope", "clamp")})
+    signature["BO"] = "i32"
+    constants = dict(UP=layer.up_factor, DOWN=layer.down_factor, R=plan["r"], KJX=plan["kjx"], KJY=plan["kjy"],
+                     BU=tile, BOP=plan["bop"], PRECISION=plan["precision"], SCALE=dtype == torch.float16,
+                     HAS_GAIN=True, SPLIT=split)
+    names = list(signature) + list(constants)
+    signature.update(dict.fromkeys(constants, "constexpr"))
+    src = ASTSource(fn=fast_ops._fused_backward_kernel, signature=signature,
+                    constexprs={(names.index(k),): v for k, v in constants.items()})
+    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([_cuobjdump(), "-res-usage", f.name], capture_output=True, text=True,
+                               check=True).stdout
+    fields = dict(re.findall(r"(REG|STACK|SHARED):(\d+)", usage))
+    return int(fields["REG"]), int(fields["STACK"]), int(fields["SHARED"]), int(kernel.metadata.shared)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cfg", nargs="+", default=["T", "R"], choices=["R", "T"])
+    p.add_argument("--resolution", type=int, default=1024)
+    p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: Hopper, H100 / H200)")
+    p.add_argument("--variants", nargs="+", default=["128:1:8", "128:1:16", "128:2:4", "64:1:4"],
+                   help="tile:row_blocks:warps (the code runs 128:1:8 on fp16 2x layers, 128:2:4 on fp16 4x layers, "
+                        "64:1:4 on the float32 layers' small planes)")
+    args = p.parse_args(argv)
+    try:
+        variants = [tuple(int(v) for v in text.split(":")) for text in args.variants]
+        assert all(len(v) == 3 for v in variants)
+    except (ValueError, AssertionError):
+        p.error("--variants: each as tile:row_blocks:warps, e.g. 128:1:8")
+    print(f"# sm_{args.arch}: registers / stack (spilled bytes) per thread / Triton shared KiB")
+    for cfg in args.cfg:
+        # Channel counts don't enter the kernel: a narrow copy of the architecture has the same layers' filters.
+        G = build_generator(cfg, resolution=args.resolution, channel_scale=1 / 16, seed=0)
+        syn = G.synthesis
+        for name in syn.layer_names[:-1]:
+            layer = getattr(syn, name)
+            dtype = layer.compute_dtype(torch.device("cuda"), False)
+            row = []
+            for tile, split, warps in variants:
+                try:
+                    regs, stack, _, shared = compile_backward(layer, dtype, tile, split, warps, args.arch)
+                    row.append(f"{tile}:{split}:{warps} {regs:3d}/{stack:4d}/{shared / 1024:5.1f}")
+                except Exception as e:  # a variant that does not compile: say so, go on
+                    row.append(f"{tile}:{split}:{warps} failed ({type(e).__name__})")
+            print(f"{cfg} {name:>12} {str(dtype)[6:]:>7} up {layer.up_factor} | " + " | ".join(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
