@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cuda_ms  # noqa: E402
 from v2s_nb.stylegan3 import build_generator, fast_config, fast_layer, tiny_generator  # noqa: E402
 from v2s_nb.stylegan3.networks import resolve_impl  # noqa: E402
 
@@ -88,19 +90,14 @@ def main(argv=None):
 
 
 def _event_ms(fn, reps=5):
+    """Milliseconds per call: CUDA events (:func:`_common.cuda_ms`), or the host clock for the script's CPU check."""
+    if torch.cuda.is_available():
+        return cuda_ms(fn, reps)
     fn()
-    if not torch.cuda.is_available():  # the CPU check of the script
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        return (time.perf_counter() - t0) * 1e3 / reps
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
+    t0 = time.perf_counter()
     for _ in range(reps):
         fn()
-    b.record()
-    torch.cuda.synchronize()
-    return a.elapsed_time(b) / reps
+    return (time.perf_counter() - t0) * 1e3 / reps
 
 
 def _per_layer_backward(syn, styles, x, impl, kw):
