@@ -209,3 +209,30 @@ def test_scaled_input_rows_padded_for_the_rows_convolution():
     rows = fast_layer._scaled_rows(x, s, 8)
     assert plain.is_contiguous() and torch.equal(plain, x * s[:, :, None, None])
     assert rows.stride() == (3 * 5 * 8, 5 * 8, 8, 1) and torch.equal(rows, plain)
+
+
+@pytest.mark.parametrize("cfg", ["R", "T"])
+def test_only_a_convolution_weight_trained(cfg):
+    """Only one layer's weight requires grad (no input, style or scale gradient is wanted): the Function computes
+    that weight's gradient alone, equal to the plain path's."""
+    G = tiny_generator(cfg, resolution=16, seed=1, channel_max=4)
+    syn = G.synthesis
+    syn.requires_grad_(False)
+    layer = getattr(syn, syn.layer_names[3])
+    layer.weight.requires_grad_(True)
+    ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)), None)
+    grads = []
+    for how in ("function", "plain"):
+        layer.weight.grad = None
+        styles = syn.styles(ws)
+        if how == "function":
+            x = syn.input.forward_styles(styles["input"])
+            with fast_layer.on_any_device():
+                plan = fast_path.plan_for(layer, x.device)
+                assert fast_layer.applies(plan, layer, x, styles[syn.layer_names[3]])
+                img, _ = fast_path.run_layers(syn, x, styles, out_gain=syn.output_scale)
+        else:
+            img = syn.from_styles(styles, impl="plain")
+        img.square().mean().backward()
+        grads.append(layer.weight.grad.clone())
+    assert _rel(*grads) < 5e-5

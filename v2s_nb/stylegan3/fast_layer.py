@@ -129,27 +129,24 @@ class _Layer3x3(torch.autograd.Function):
         # d y (the demodulation inside), d bias, d dcoefs: the activation's backward with dcoefs as its input gain
         g_y, g_b, g_d = _activation_backward(y, bias, grad, ctx.spec, dcoefs)
         del y
-        g_x = g_k = g_s = None
+        g_x = g_k = g_s = g_xs = None
         if (need_x or need_k or need_s) and _triton_conv_grads(g_y):
             k = kernel.shape[-1]
             g_xs = fast_conv.conv2d_input_grad_nchw(g_y, kernel, k - 1, x.shape) if need_x or need_s else None
             if need_k:
                 g_k = fast_conv.conv2d_weight_grad_nchw(_scaled_rows(x, scale, 1), g_y, k, k - 1).to(kernel.dtype)
             del g_y
-            if g_xs is not None:
-                g_x, _, g_s = fast_ops.scaled_with_sums(g_xs, x, scale, x.dtype)
-                g_x = g_x if need_x else None
-                g_s = g_s if need_s else None
         elif need_x or need_k or need_s:
             g_y, weight = _conv_operands(g_y, kernel)
             g_xs, g_k = _conv_backward(g_y, x, scale, weight, need_x or need_s, need_k)
             del g_y
+            if g_k is not None:
+                g_k = g_k[:kernel.shape[0], :kernel.shape[1]].to(kernel.dtype)
+        if g_xs is not None:
             # d x = d (x * scale) * scale and d scale = pixel sums of d (x * scale) * x, in one pass
             g_x, _, g_s = fast_ops.scaled_with_sums(g_xs, x, scale, x.dtype)
             g_x = g_x if need_x else None
             g_s = g_s if need_s else None
-            if g_k is not None:
-                g_k = g_k[:kernel.shape[0], :kernel.shape[1]].to(kernel.dtype)
         return g_x, g_k, g_s, g_d.to(dcoefs.dtype), g_b.to(bias.dtype), None
 
 
