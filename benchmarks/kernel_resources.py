@@ -38,8 +38,13 @@ def _cuobjdump():
     return str(bundled) if bundled.exists() else "cuobjdump"
 
 
-def compile_backward(layer, dtype, tile, split, warps, arch):
-    """(registers, stack bytes, static shared bytes, Triton's shared bytes) of the backward kernel for ``layer``."""
+KERNELS = ("backward", "codes", "train")
+
+
+def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward"):
+    """(registers, stack bytes, static shared bytes, Triton's shared bytes) of one of the activation's kernels for
+    ``layer``: ``backward`` (recomputes the pre-activation), ``codes`` (the backward from stored derivative codes),
+    ``train`` (the training forward that stores them)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -50,27 +55,44 @@ def compile_backward(layer, dtype, tile, split, warps, arch):
     if plan is None:
         raise ValueError("the down-filter needs more separable terms than the kernel takes")
     t = "fp16" if dtype == torch.float16 else "fp32"
-    signature = {"x_ptr": f"*{t}", "b_ptr": "*fp32", "g_ptr": "*fp32", "ax_ptr": f"*{t}", "ay_ptr": f"*{t}",
-                 "dx_ptr": f"*{t}", "dy_ptr": f"*{t}", "gy_ptr": f"*{t}", "gx_ptr": "*fp32"}
-    signature.update({k: "i32" for k in ("h", "w", "h_out", "w_out", "channels", "jshift_y", "jshift_x", "used_y",
-                                         "used_x")})
-    signature.update({k: "fp32" for k in ("gain", "slope", "clamp")})
+    mats = {k: f"*{t}" for k in ("ax_ptr", "ay_ptr", "dx_ptr", "dy_ptr")}
+    window = ("jshift_y", "jshift_x", "used_y", "used_x")
+    shape = ("h", "w", "h_out", "w_out")
+    if kernel == "backward":
+        fn = fast_ops._fused_backward_kernel
+        signature = {"x_ptr": f"*{t}", "b_ptr": "*fp32", "g_ptr": "*fp32", **mats, "gy_ptr": f"*{t}",
+                     "gx_ptr": "*fp32"}
+        signature.update({k: "i32" for k in (*shape, "channels", *window)})
+        signature.update({k: "fp32" for k in ("gain", "slope", "clamp")})
+        extra = dict(SCALE=dtype == torch.float16, HAS_GAIN=True)
+    elif kernel == "codes":
+        fn = fast_ops._fused_backward_codes_kernel
+        signature = {"codes_ptr": "*u8", "gy_ptr": f"*{t}", "gx_ptr": "*fp32", **mats}
+        signature.update({k: "i32" for k in (*shape, *window)})
+        signature.update({k: "fp32" for k in ("gain", "slope")})
+        extra = dict(SCALE=dtype == torch.float16)
+    else:
+        fn = fast_ops._fused_train_kernel
+        signature = {"x_ptr": f"*{t}", "b_ptr": "*fp32", "g_ptr": "*fp32", **mats, "out_ptr": f"*{t}",
+                     "codes_ptr": "*u8"}
+        signature.update({k: "i32" for k in (*shape, "channels", "jshift_y", "jshift_x")})
+        signature.update({k: "fp32" for k in ("gain", "slope", "clamp")})
+        extra = dict(HAS_GAIN=True)
     signature["BO"] = "i32"
-    constants = dict(UP=layer.up_factor, DOWN=layer.down_factor, R=plan["r"], KJX=plan["kjx"], KJY=plan["kjy"],
-                     BU=tile, BOP=plan["bop"], PRECISION=plan["precision"], SCALE=dtype == torch.float16,
-                     HAS_GAIN=True, SPLIT=split)
+    window = fast_ops.codes_window(plan) if kernel != "backward" else dict(KJX=plan["kjx"], KJY=plan["kjy"])
+    constants = dict(UP=layer.up_factor, DOWN=layer.down_factor, R=plan["r"], **window, BU=tile, BOP=plan["bop"],
+                     PRECISION=plan["precision"], **extra, SPLIT=split)
     names = list(signature) + list(constants)
     signature.update(dict.fromkeys(constants, "constexpr"))
-    src = ASTSource(fn=fast_ops._fused_backward_kernel, signature=signature,
-                    constexprs={(names.index(k),): v for k, v in constants.items()})
-    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+    src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constants.items()})
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
+        f.write(compiled.asm["cubin"])
         f.flush()
         usage = subprocess.run([_cuobjdump(), "-res-usage", f.name], capture_output=True, text=True,
                                check=True).stdout
     fields = dict(re.findall(r"(REG|STACK|SHARED):(\d+)", usage))
-    return int(fields["REG"]), int(fields["STACK"]), int(fields["SHARED"]), int(kernel.metadata.shared)
+    return int(fields["REG"]), int(fields["STACK"]), int(fields["SHARED"]), int(compiled.metadata.shared)
 
 
 def main(argv=None):
@@ -78,6 +100,9 @@ def main(argv=None):
     p.add_argument("--cfg", nargs="+", default=["T", "R"], choices=["R", "T"])
     p.add_argument("--resolution", type=int, default=1024)
     p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: Hopper, H100 / H200)")
+    p.add_argument("--kernel", choices=KERNELS, default="backward",
+                   help="backward: recomputes the pre-activation; codes: the backward from the training forward's "
+                        "derivative codes; train: that forward")
     p.add_argument("--variants", nargs="+", default=["128:1:8", "128:1:16", "128:2:4", "64:1:4"],
                    help="tile:row_blocks:warps (the code runs 128:1:8 on fp16 2x layers, 128:2:4 on fp16 4x layers, "
                         "64:1:4 on the float32 layers' small planes)")
@@ -87,7 +112,7 @@ def main(argv=None):
         assert all(len(v) == 3 for v in variants)
     except (ValueError, AssertionError):
         p.error("--variants: each as tile:row_blocks:warps, e.g. 128:1:8")
-    print(f"# sm_{args.arch}: registers / stack (spilled bytes) per thread / Triton shared KiB")
+    print(f"# {args.kernel} kernel, sm_{args.arch}: registers / stack (spilled bytes) per thread / Triton shared KiB")
     for cfg in args.cfg:
         # Channel counts don't enter the kernel: a narrow copy of the architecture has the same layers' filters.
         G = build_generator(cfg, resolution=args.resolution, channel_scale=1 / 16, seed=0)
@@ -98,7 +123,8 @@ def main(argv=None):
             row = []
             for tile, split, warps in variants:
                 try:
-                    regs, stack, _, shared = compile_backward(layer, dtype, tile, split, warps, args.arch)
+                    regs, stack, _, shared = compile_backward(layer, dtype, tile, split, warps, args.arch,
+                                                                 args.kernel)
                     row.append(f"{tile}:{split}:{warps} {regs:3d}/{stack:4d}/{shared / 1024:5.1f}")
                 except Exception as e:  # a variant that does not compile: say so, go on
                     row.append(f"{tile}:{split}:{warps} failed ({type(e).__name__})")

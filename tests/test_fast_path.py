@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import mapped_ws, requires_cuda
-from v2s_nb.stylegan3 import build_generator, ops, set_input_transform, tiny_generator
+from v2s_nb.stylegan3 import build_generator, fast_config, ops, set_input_transform, tiny_generator
 
 
 
@@ -101,11 +101,13 @@ def test_weight_gradients_through_fast_path(cfg):
 
 
 @requires_cuda
-@pytest.mark.parametrize("cfg", ["R", "T"])
-def test_gradients_through_fast_path_mixed_precision(cfg):
+@pytest.mark.parametrize("cfg, saved_codes", [("R", False), ("T", False), ("R", True), ("T", True)])
+def test_gradients_through_fast_path_mixed_precision(cfg, saved_codes, monkeypatch):
     """The snapshot's fp16 layers in fp16: with a loss scale (as the optimisers use, through
-    v2s_nb.method.loss_scale) the fast path's gradients are as close to float32's as the plain path's."""
+    v2s_nb.method.loss_scale) the fast path's gradients are as close to float32's as the plain path's; with the
+    backward recomputing the activation's derivative and reading it from the training forward's codes."""
     torch.backends.cudnn.allow_tf32 = False
+    monkeypatch.setattr(fast_config, "_current", fast_config._changed(dict(saved_codes=saved_codes)))
     G = build_generator(cfg, resolution=256, device="cuda", seed=0)
     ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0)).to("cuda"), None)
 

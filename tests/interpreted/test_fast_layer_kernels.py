@@ -5,12 +5,16 @@ Gradients w.r.t. ws and every synthesis parameter equal autograd through the pla
 import pytest
 import torch
 
-from v2s_nb.stylegan3 import fast_layer, fast_ops, fast_path, tiny_generator
+from v2s_nb.stylegan3 import fast_config, fast_layer, fast_ops, fast_path, tiny_generator
 from triton_interpreter_probe import interpreter_runs_kernels_like_ours  # noqa: F401 (autouse fixture)
 
 
-@pytest.mark.parametrize("cfg", ["R", "T"])
-def test_layer_function_with_the_kernels_gives_the_plain_gradients(cfg, monkeypatch):
+@pytest.mark.parametrize("cfg, saved_codes, recompute", [("R", True, False), ("T", True, False), ("T", True, True),
+                                                         ("T", False, False)])
+def test_layer_function_with_the_kernels_gives_the_plain_gradients(cfg, saved_codes, recompute, monkeypatch):
+    """saved_codes: the forward stores the activation's derivative and the backward reads it; else (the default)
+    the backward recomputes it from the saved convolution output. recompute: T's convolution output recomputed in
+    the backward (for the demodulation's gradient), not kept."""
     # the kernels on CPU tensors (the interpreter runs them there), as they run on CUDA
     monkeypatch.setattr(fast_ops, "can_use_fast", lambda x, fu, fd: fu is not None and fd is not None and fu.ndim == 1)
     G = tiny_generator(cfg, resolution=16, seed=1, channel_max=4)
@@ -18,6 +22,12 @@ def test_layer_function_with_the_kernels_gives_the_plain_gradients(cfg, monkeypa
     ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)), None)
     used = []
     monkeypatch.setattr(fast_layer, "layer_forward", lambda *a, f=fast_layer.layer_forward: used.append(1) or f(*a))
+    coded = []
+    monkeypatch.setattr(fast_ops, "forward_with_codes",
+                        lambda *a, f=fast_ops.forward_with_codes, **k: (lambda r: coded.append(r is not None) or r)(
+                            f(*a, **k)))
+    monkeypatch.setattr(fast_config, "_current", fast_config._changed(dict(saved_codes=saved_codes,
+                                                                                recompute_conv_output=recompute)))
     results = []
     for fast in (False, True):
         syn.zero_grad(set_to_none=True)
@@ -31,6 +41,8 @@ def test_layer_function_with_the_kernels_gives_the_plain_gradients(cfg, monkeypa
         img.square().mean().backward()
         results.append({"image": img.detach(), "ws": w.grad, **{n: p.grad for n, p in syn.named_parameters()}})
     assert len(used) == len(syn.layer_names) - 1
+    # every layer through the codes (but float32 radial down-filters needing more than MAX_RANK terms: 3 here), or none
+    assert len(coded) == (len(used) if saved_codes else 0) and sum(coded) >= len(coded) - 3, coded
     plain, fast = results
     for name, ref in plain.items():
         if float(ref.norm()) == 0:

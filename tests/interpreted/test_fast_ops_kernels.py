@@ -90,13 +90,17 @@ def _check_forward_variant(cfg, overrides):
         assert tiles == {overrides["FUSED_DEFAULT"][torch.float32][1]}
 
 
-@pytest.mark.parametrize("cfg, one_sample_chunks", [("R", False), ("T", False), ("T", True)])
-def test_fused_backward_matches_autograd(cfg, one_sample_chunks, monkeypatch):
+@pytest.mark.parametrize("cfg, one_sample_chunks, via_codes, tile",
+                         [("R", False, False, 64), ("T", False, False, 64), ("T", True, False, 64),
+                          ("R", False, True, 64), ("T", True, True, 64), ("T", False, True, 128)])
+def test_fused_backward_matches_autograd(cfg, one_sample_chunks, via_codes, tile, monkeypatch):
     """The fused backward kernel against autograd through the plain operator, a small clamp on every other layer so
     that clamped samples (zero gradient) occur, an input gain (the demodulation the fast path folds in) on every
     other layer, one of them with a zero gain; down-filters needing more than MAX_RANK terms return None. Also with
-    the batch taken one sample at a time (what a chunk_mb smaller than one sample's float32 sums makes it do)."""
-    monkeypatch.setattr(fast_ops, "BACKWARD_TILES", (64,))  # float32 here: the 64-wide tile is allowed
+    the batch taken one sample at a time (what a chunk_mb smaller than one sample's float32 sums makes it do).
+    via_codes: the training forward (its output against the plain operator's too) and the backward from the
+    derivative codes it stored; on 128-wide tiles their window is taken in blocks (64 + 16 of 128 for 2x layers)."""
+    monkeypatch.setattr(fast_ops, "BACKWARD_TILES", (tile,))  # float32 here: the 64-wide tile is allowed
     if one_sample_chunks:
         monkeypatch.setattr(fast_config.FastConfig, "chunk_bytes", property(lambda self: 1))
     worst, checked, layers, gained = 0.0, 0, 0, 0
@@ -122,8 +126,16 @@ def test_fused_backward_matches_autograd(cfg, one_sample_chunks, monkeypatch):
                                  padding=L.padding, gain=2 ** 0.5, slope=0.2, clamp=clamp)
         gy = torch.randn(out.shape, generator=torch.Generator().manual_seed(i))
         expected = torch.autograd.grad(out, inputs, gy)
-        res = fast_ops.fused_filtered_lrelu_backward(y, L.up_filter, L.down_filter, b, L.up_factor, L.down_factor,
-                                                     L.padding, 2 ** 0.5, 0.2, clamp, gy, in_gain=g)
+        spec = (L.up_filter, L.down_filter, b, L.up_factor, L.down_factor, L.padding, 2 ** 0.5, 0.2, clamp)
+        if via_codes:
+            res = fast_ops.forward_with_codes(y, *spec, in_gain=g)
+            if res is not None:
+                worst = max(worst, _relative(res[0], out.detach()))
+                assert res[1].dtype == torch.uint8 and res[1].shape[:2] == y.shape[:2]
+                res = fast_ops.backward_from_codes(res[1], gy, y.shape, y.dtype, *spec[:2], *spec[3:8], x=y,
+                                                   in_gain=g)
+        else:
+            res = fast_ops.fused_filtered_lrelu_backward(y, *spec, gy, in_gain=g)
         if res is not None:
             checked += 1
             assert (res[2] is None) == (g is None)

@@ -39,6 +39,17 @@ field                     environment variable    meaning
                                                   fast_conv's NCHW kernels (no transposes; fp16 on CUDA); 0:
                                                   cuDNN's ``convolution_backward`` (faster weight gradient,
                                                   twice the peak memory: docs/performance.md)
+``saved_codes``           ``V2S_NB_SAVED_CODES``  1: the layer Function's forward stores the activation's
+                                                  derivative (2 bits per upsampled sample) and its backward
+                                                  reads it instead of recomputing the pre-activation
+                                                  (:func:`.fast_ops.forward_with_codes`); 0 (default): the
+                                                  backward recomputes it from the saved convolution output.
+                                                  Measured no faster yet and T keeps 3 GiB more at batch 8
+                                                  (docs/performance.md)
+``recompute_conv_output``  ``V2S_NB_RECOMPUTE_CONV_OUTPUT``  with saved codes, 3x3 (T) layers: 1: the
+                                                  convolution's output (for the demodulation's gradient) is
+                                                  recomputed in the backward, not kept (less memory, one
+                                                  more convolution); 0 (default): kept
 ========================  ======================  ==========================================================
 """
 
@@ -66,6 +77,8 @@ class FastConfig:
     modulation_kernels: bool = True
     layer_function: bool = True
     triton_conv_grads: bool = True
+    saved_codes: bool = False
+    recompute_conv_output: bool = False
 
     def __post_init__(self):
         if not isinstance(self.chunk_mb, int) or self.chunk_mb < 1:
@@ -113,7 +126,9 @@ class FastConfig:
                                   ("V2S_NB_FUSED_WARPS", whole, "fused_warps"),
                                   ("V2S_NB_FP16_RANK_TOL", number, "fp16_rank_tol"),
                                   ("V2S_NB_LAYER_FUNCTION", flag, "layer_function"),
-                                  ("V2S_NB_TRITON_CONV_GRADS", flag, "triton_conv_grads")]:
+                                  ("V2S_NB_TRITON_CONV_GRADS", flag, "triton_conv_grads"),
+                                  ("V2S_NB_SAVED_CODES", flag, "saved_codes"),
+                                  ("V2S_NB_RECOMPUTE_CONV_OUTPUT", flag, "recompute_conv_output")]:
             kwargs.update(read(var, parse, field))
         return cls(**kwargs)
 

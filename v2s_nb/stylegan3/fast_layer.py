@@ -20,6 +20,11 @@ the layer runs as
   products for 1x1), d scale = sum over pixels of (d (x * scale) * x), d x = d (x * scale) * scale (one pass,
   :func:`.fast_ops.scaled_with_sums`). Sums over pixels in float32.
 
+With ``fast_config`` ``saved_codes`` (off by default: measured no faster yet, docs/performance.md) the forward runs
+:func:`.fast_ops.forward_with_codes`, which also stores the activation's derivative (2 bits per upsampled sample),
+and the backward reads it (:func:`.fast_ops.backward_from_codes`) instead of recomputing the pre-activation; 1x1
+layers then keep no y, 3x3 layers keep it for d dcoefs (or recompute it, ``recompute_conv_output``).
+
 ToRGB layers keep ordinary autograd (they are small: 3 output channels). ``fast_config`` ``layer_function=False``
 (environment ``V2S_NB_LAYER_FUNCTION=0``) turns the Function off, for side-by-side measurements.
 
@@ -82,13 +87,37 @@ def layer_forward(plan, layer, x, styles):
     return _Layer1x1.apply(x, weight.reshape(n, plan.out_channels, -1), layer.bias, spec)
 
 
-def _activation_backward(y, bias, grad, spec, in_gain):
-    """(d y, d bias, d in_gain or None) of the layer's filtered leaky ReLU on y * in_gain (``in_gain`` [N, O] or
-    None) + bias (:func:`.fast_ops.activation_backward`)."""
+def _lrelu_args(spec):
+    """(fu, fd, up, down, padding, gain, slope, clamp) of the layer's filtered leaky ReLU (clamp 3e38 for none)."""
     fu, fd, lrelu = spec
     clamp = float(lrelu["clamp"]) if lrelu["clamp"] is not None else 3.0e38
-    return fast_ops.activation_backward(y, bias, grad, fu, fd, lrelu["up"], lrelu["down"], tuple(lrelu["padding"]),
-                                        lrelu["gain"], lrelu["slope"], clamp, in_gain=in_gain)
+    return fu, fd, lrelu["up"], lrelu["down"], tuple(lrelu["padding"]), lrelu["gain"], lrelu["slope"], clamp
+
+
+def _activation_forward(y, bias, spec, in_gain):
+    """(the layer's filtered leaky ReLU of y * in_gain + bias, the activation's derivative codes or None):
+    :func:`.fast_ops.forward_with_codes` where it applies (``fast_config`` ``saved_codes``), else the inference
+    kernels (the backward then recomputes from y)."""
+    fu, fd, lrelu = spec
+    if fast_ops.codes_apply(y, fu, fd):
+        res = fast_ops.forward_with_codes(y, b=bias, in_gain=in_gain, **_named(spec))
+        if res is not None:
+            return res
+    return fast_ops.filtered_lrelu(y, fu, fd, bias, in_gain=in_gain, pad_channels=False, **lrelu), None
+
+
+def _named(spec):
+    return dict(zip(("fu", "fd", "up", "down", "padding", "gain", "slope", "clamp"), _lrelu_args(spec)))
+
+
+def _activation_backward(y, codes, bias, grad, spec, in_gain, size, dtype):
+    """(d y, d bias, d in_gain or None) of the layer's filtered leaky ReLU on y * in_gain (``in_gain`` [N, O] or
+    None) + bias: from the forward's derivative codes where it stored them (y then needed only with in_gain),
+    else recomputed from y (:func:`.fast_ops.activation_backward`). ``size`` / ``dtype``: y's."""
+    if codes is not None:
+        return fast_ops.backward_from_codes(codes, grad, size, dtype, x=y, in_gain=in_gain,
+                                            **{k: v for k, v in _named(spec).items() if k != "clamp"})
+    return fast_ops.activation_backward(y, bias, grad, *_lrelu_args(spec), in_gain=in_gain)
 
 
 def _tf32(x) -> bool:
@@ -104,31 +133,40 @@ def _scaled_rows(x, scale, align):
     return torch.mul(x, scale.to(x.dtype)[:, :, None, None], out=buf)
 
 
+def _conv3x3(x, kernel, scale):
+    """conv2d(x * scale, kernel) with 'full' padding (k - 1), in x's dtype: fast_conv's kernels for fp16 on CUDA
+    (the Triton convolution, or cuDNN with faster transposes), else :func:`.ops.scaled_input_conv2d`."""
+    pad = kernel.shape[-1] - 1
+    if fast_conv.applies(x, kernel):
+        align = fast_conv.row_align_for(x.device, x.dtype, kernel.shape[0], kernel.shape[-1])
+        return fast_conv.conv2d_nchw(_scaled_rows(x, scale, align), kernel, pad)
+    return ops.scaled_input_conv2d(x, kernel, scale, padding=pad)
+
+
 class _Layer3x3(torch.autograd.Function):
     """filtered_lrelu(conv(x * scale, kernel) * dcoefs + bias) for a 3x3 (T) layer, saving x and the conv output."""
 
     @staticmethod
     def forward(ctx, x, kernel, scale, dcoefs, bias, spec):
-        fu, fd, lrelu = spec
-        pad = kernel.shape[-1] - 1
-        if fast_conv.applies(x, kernel):  # fp16 on CUDA: the Triton convolution (or cuDNN with faster transposes)
-            align = fast_conv.row_align_for(x.device, x.dtype, kernel.shape[0], kernel.shape[-1])
-            y = fast_conv.conv2d_nchw(_scaled_rows(x, scale, align), kernel, pad)
-        else:
-            y = ops.scaled_input_conv2d(x, kernel, scale, padding=pad)
-        out = fast_ops.filtered_lrelu(y, fu, fd, bias, in_gain=dcoefs, pad_channels=False, **lrelu)
-        ctx.save_for_backward(x, y, kernel, scale, dcoefs, bias)
+        y = _conv3x3(x, kernel, scale)
+        out, codes = _activation_forward(y, bias, spec, dcoefs)
+        # y: for d dcoefs (sums of y * d y); with the codes and fast_config's recompute_conv_output, recomputed then
+        keep_y = codes is None or not fast_config.current().recompute_conv_output
+        ctx.save_for_backward(x, y if keep_y else None, codes, kernel, scale, dcoefs, bias)
+        ctx.y_meta = (y.shape, y.dtype)
         ctx.spec = spec
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, y, kernel, scale, dcoefs, bias = ctx.saved_tensors
+        x, y, codes, kernel, scale, dcoefs, bias = ctx.saved_tensors
         need_x, need_k, need_s = ctx.needs_input_grad[:3]
+        if y is None:
+            y = _conv3x3(x, kernel, scale)
         # d y (the demodulation inside), d bias, d dcoefs: the activation's backward with dcoefs as its input gain
-        g_y, g_b, g_d = _activation_backward(y, bias, grad, ctx.spec, dcoefs)
-        del y
+        g_y, g_b, g_d = _activation_backward(y, codes, bias, grad, ctx.spec, dcoefs, *ctx.y_meta)
+        del y, codes
         g_x = g_k = g_s = g_xs = None
         if (need_x or need_k or need_s) and _triton_conv_grads(g_y):
             k = kernel.shape[-1]
@@ -192,20 +230,21 @@ class _Layer1x1(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, spec):
-        fu, fd, lrelu = spec
         y = ops.batched_1x1(weight, x, tf32=_tf32(x))
-        out = fast_ops.filtered_lrelu(y, fu, fd, bias, pad_channels=False, **lrelu)
-        ctx.save_for_backward(x, y, weight, bias)
+        out, codes = _activation_forward(y, bias, spec, None)
+        # With the codes the backward needs only y's shape (no input gain here): y is not kept.
+        ctx.save_for_backward(x, y if codes is None else None, codes, weight, bias)
+        ctx.y_meta = (y.shape, y.dtype)
         ctx.spec = spec
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, y, weight, bias = ctx.saved_tensors
+        x, y, codes, weight, bias = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[:2]
-        g_y, g_b, _ = _activation_backward(y, bias, grad, ctx.spec, None)
-        del y
+        g_y, g_b, _ = _activation_backward(y, codes, bias, grad, ctx.spec, None, *ctx.y_meta)
+        del y, codes
         g_x = g_w = None
         if need_x or need_w:
             n, ci = x.shape[:2]

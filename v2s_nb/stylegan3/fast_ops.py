@@ -22,7 +22,8 @@ Arithmetic is float32 accumulation; products in fp16 for fp16 layers; for float3
 :func:`_forward_precision`). Gradients: a fused backward kernel per output tile recomputes the pre-activation and
 runs the transposed chain back to the tile's input window (:func:`fused_filtered_lrelu_backward`); where it can't
 apply (a down-filter needing more than ``MAX_RANK`` terms) the plain operator is recomputed under autograd a few
-channels at a time. Large batches: every kernel offsets planes in 64 bits.
+channels at a time. Or a training forward stores the activation's derivative as 2-bit codes per tile and the
+backward reads them (:func:`forward_with_codes`, :func:`backward_from_codes`; fast_config's ``saved_codes``). Large batches: every kernel offsets planes in 64 bits.
 """
 
 from __future__ import annotations
@@ -405,6 +406,23 @@ if HAVE_TRITON:
                      acc.to(out_ptr.dtype.element_ty), mask=keep)
 
     @triton.jit
+    def _tile_gradient(gy_ptr, plane, oy0, ox0, h_out, w_out, BO, BOP: tl.constexpr, SCALE: tl.constexpr):
+        """The output tile's gradient [BOP, BOP] float32 (zero outside the tile and the plane) and its scale: with
+        SCALE divided by its largest magnitude, returned as the scale (fp16 products keep their precision at any
+        gradient scale), else 1."""
+        lo = tl.arange(0, BOP)
+        oy = oy0 + lo
+        ox = ox0 + lo
+        keep = ((lo < BO) & (oy < h_out))[:, None] & ((lo < BO) & (ox < w_out))[None, :]
+        g = tl.load(gy_ptr + plane * h_out * w_out + oy[:, None] * w_out + ox[None, :], mask=keep,
+                    other=0.0).to(tl.float32)
+        peak = 1.0
+        if SCALE:
+            peak = tl.max(tl.max(tl.abs(g), axis=1), axis=0)
+            g = g * tl.where(peak > 0, 1.0 / peak, 0.0)
+        return g, peak
+
+    @triton.jit
     def _fused_backward_kernel(x_ptr, b_ptr, g_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, gy_ptr, gx_ptr,
                                h, w, h_out, w_out, channels, jshift_y, jshift_x, used_y, used_x, gain, slope, clamp,
                                BO, UP: tl.constexpr, DOWN: tl.constexpr, R: tl.constexpr, KJX: tl.constexpr,
@@ -440,14 +458,7 @@ if HAVE_TRITON:
         t = tl.dot(xv.to(ax.dtype), ax, input_precision=PRECISION)
         t = t.to(ax.dtype)
         lo = tl.arange(0, BOP)
-        oy = oy0 + lo
-        ox = ox0 + lo
-        keep = ((lo < BO) & (oy < h_out))[:, None] & ((lo < BO) & (ox < w_out))[None, :]
-        g = tl.load(gy_ptr + plane * h_out * w_out + oy[:, None] * w_out + ox[None, :], mask=keep,
-                    other=0.0).to(tl.float32)
-        if SCALE:
-            peak = tl.max(tl.max(tl.abs(g), axis=1), axis=0)
-            g = g * tl.where(peak > 0, 1.0 / peak, 0.0)
+        g, peak = _tile_gradient(gy_ptr, plane, oy0, ox0, h_out, w_out, BO, BOP, SCALE)
         g = g.to(ax.dtype)
         # The upsampled window in SPLIT row blocks of HB rows: fewer live [BU, BU] values per program.
         HB: tl.constexpr = BU // SPLIT
@@ -474,6 +485,160 @@ if HAVE_TRITON:
             gx = gx * peak
         # Relaxed atomics: the kernel reads nothing another tile writes (measured faster: docs/performance.md).
         tl.atomic_add(gx_ptr + plane * h * w + jy[:, None] * w + jx[None, :], gx, mask=ok, sem="relaxed")
+
+    @triton.jit
+    def _derivative_codes(u, gain, slope, clamp):
+        """The activation's derivative at each pre-activation sample u as a 2-bit code (int32): 1 where the leaky
+        ReLU passes u with slope 1, 0 where with ``slope``, 2 where the clamp cuts it (zero derivative); the
+        backward's rule (the clamp applies to the activation times its gain)."""
+        a = tl.where(u >= 0, u, u * slope) * gain
+        return tl.where(tl.abs(a) <= clamp, (u >= 0).to(tl.int32), 2)
+
+    @triton.jit
+    def _pack_codes(codes, ROWS: tl.constexpr, BU: tl.constexpr):
+        """[ROWS, BU] 2-bit codes -> [ROWS, BU // 4] bytes, column c in bits 2 (c % 4) of byte c // 4."""
+        shifted = codes << (2 * (tl.arange(0, BU) % 4))[None, :]
+        return tl.sum(tl.reshape(shifted, [ROWS, BU // 4, 4]), axis=2).to(tl.uint8)
+
+    @triton.jit
+    def _unpacked_derivative(packed, gain, slope, ROWS: tl.constexpr, BU: tl.constexpr):
+        """[ROWS, BU // 4] bytes from :func:`_pack_codes` -> the derivative [ROWS, BU] float32 (gain, gain * slope
+        or 0)."""
+        wide = tl.reshape(tl.broadcast_to(packed.to(tl.int32)[:, :, None], [ROWS, BU // 4, 4]), [ROWS, BU])
+        code = (wide >> (2 * (tl.arange(0, BU) % 4))[None, :]) & 3
+        return tl.where(code == 1, gain, tl.where(code == 0, gain * slope, 0.0))
+
+    @triton.jit
+    def _fused_train_kernel(x_ptr, b_ptr, g_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, out_ptr, codes_ptr, h, w, h_out,
+                            w_out, channels, jshift_y, jshift_x, gain, slope, clamp, BO, UP: tl.constexpr,
+                            DOWN: tl.constexpr, R: tl.constexpr, KAX: tl.constexpr, KBX: tl.constexpr,
+                            KAY: tl.constexpr, KBY: tl.constexpr, BU: tl.constexpr, BOP: tl.constexpr,
+                            PRECISION: tl.constexpr, HAS_GAIN: tl.constexpr, SPLIT: tl.constexpr):
+        """The filtered leaky ReLU of one output tile on the backward's tiles, which also stores the activation's
+        derivative over the tile's upsampled [BU, BU] block as 2-bit codes (:func:`_derivative_codes`), four per
+        byte, at codes[plane, tile y, tile x] ([BU, BU // 4] bytes per tile): what
+        :func:`_fused_backward_codes_kernel` reads instead of recomputing the pre-activation. The input window is
+        taken in blocks as there (KAY + KBY rows, KAX + KBX columns: :func:`codes_window`), the upsampled block in
+        SPLIT row blocks."""
+        plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
+        ty = tl.program_id(1)
+        tx = tl.program_id(2)
+        oy0 = ty * BO
+        ox0 = tx * BO
+        jy0 = (oy0 * DOWN) // UP + jshift_y
+        jx0 = (ox0 * DOWN) // UP + jshift_x
+        x_plane = x_ptr + plane * h * w
+        pg = tl.load(g_ptr + plane) if HAS_GAIN else 1.0
+        bias = tl.load(b_ptr + plane % channels)
+        # Upsampling along x of the window's row blocks: t_a [KAY, BU], t_b [KBY, BU].
+        ax_a = tl.load(ax_ptr + tl.arange(0, KAX)[:, None] * BU + tl.arange(0, BU)[None, :])
+        xw = _window(x_plane, h, w, jy0, jx0, pg, bias, 0, KAY, 0, KAX, HAS_GAIN)
+        t_a = tl.dot(xw.to(ax_a.dtype), ax_a, input_precision=PRECISION)
+        if KBX > 0:
+            ax_b = tl.load(ax_ptr + (KAX + tl.arange(0, KBX))[:, None] * BU + tl.arange(0, BU)[None, :])
+            xw = _window(x_plane, h, w, jy0, jx0, pg, bias, 0, KAY, KAX, KBX, HAS_GAIN)
+            t_a += tl.dot(xw.to(ax_b.dtype), ax_b, input_precision=PRECISION)
+        t_a = t_a.to(ax_a.dtype)
+        if KBY > 0:
+            xw = _window(x_plane, h, w, jy0, jx0, pg, bias, KAY, KBY, 0, KAX, HAS_GAIN)
+            t_b = tl.dot(xw.to(ax_a.dtype), ax_a, input_precision=PRECISION)
+            if KBX > 0:
+                xw = _window(x_plane, h, w, jy0, jx0, pg, bias, KAY, KBY, KAX, KBX, HAS_GAIN)
+                t_b += tl.dot(xw.to(ax_b.dtype), ax_b, input_precision=PRECISION)
+            t_b = t_b.to(ax_a.dtype)
+        lo = tl.arange(0, BOP)
+        tile = ((plane * tl.num_programs(1) + ty) * tl.num_programs(2) + tx) * (BU * (BU // 4))
+        HB: tl.constexpr = BU // SPLIT
+        acc = tl.zeros([BOP, BOP], dtype=tl.float32)
+        for part in tl.static_range(SPLIT):
+            rows = part * HB + tl.arange(0, HB)
+            ayt = tl.load(ay_ptr + rows[:, None] + tl.arange(0, KAY)[None, :] * BU)  # Ay^T: these rows, block a
+            u = tl.dot(ayt, t_a, input_precision=PRECISION)  # [HB, BU] pre-activation
+            if KBY > 0:
+                ayt = tl.load(ay_ptr + rows[:, None] + (KAY + tl.arange(0, KBY))[None, :] * BU)
+                u += tl.dot(ayt, t_b, input_precision=PRECISION)
+            tl.store(codes_ptr + tile + rows[:, None] * (BU // 4) + tl.arange(0, BU // 4)[None, :],
+                     _pack_codes(_derivative_codes(u, gain, slope, clamp), HB, BU))
+            a = _act(u, gain, slope, clamp).to(ax_a.dtype)
+            for r in tl.static_range(R):
+                dx = tl.load(dx_ptr + r * BU * BOP + tl.arange(0, BU)[:, None] * BOP + lo[None, :])
+                v = tl.dot(a, dx, input_precision=PRECISION)  # [HB, BOP]
+                dy = tl.load(dy_ptr + r * BOP * BU + lo[:, None] * BU + rows[None, :])  # Dy[r], these columns
+                acc += tl.dot(dy, v.to(dy.dtype), input_precision=PRECISION)
+        oy = oy0 + lo
+        ox = ox0 + lo
+        keep = ((lo < BO) & (oy < h_out))[:, None] & ((lo < BO) & (ox < w_out))[None, :]
+        tl.store(out_ptr + plane * h_out * w_out + oy[:, None] * w_out + ox[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=keep)
+
+    @triton.jit
+    def _add_window_block(gx_plane, v, h, w, jy0, jx0, used_y, used_x, ROW0: tl.constexpr, NR: tl.constexpr,
+                          COL0: tl.constexpr, NC: tl.constexpr):
+        """Adds v [NR, NC] into the float32 plane at input rows jy0+ROW0.., columns jx0+COL0.. (atomically: windows of
+        neighbouring tiles overlap), inside the plane and the window's used rows / columns only."""
+        ky = ROW0 + tl.arange(0, NR)
+        kx = COL0 + tl.arange(0, NC)
+        jy = jy0 + ky
+        jx = jx0 + kx
+        ok = ((jy >= 0) & (jy < h) & (ky < used_y))[:, None] & ((jx >= 0) & (jx < w) & (kx < used_x))[None, :]
+        # Relaxed atomics: the kernel reads nothing another tile writes (measured faster: docs/performance.md).
+        tl.atomic_add(gx_plane + jy[:, None] * w + jx[None, :], v, mask=ok, sem="relaxed")
+
+    @triton.jit
+    def _fused_backward_codes_kernel(codes_ptr, gy_ptr, gx_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, h, w, h_out, w_out,
+                                     jshift_y, jshift_x, used_y, used_x, gain, slope, BO, UP: tl.constexpr,
+                                     DOWN: tl.constexpr, R: tl.constexpr, KAX: tl.constexpr, KBX: tl.constexpr,
+                                     KAY: tl.constexpr, KBY: tl.constexpr, BU: tl.constexpr, BOP: tl.constexpr,
+                                     PRECISION: tl.constexpr, SCALE: tl.constexpr, SPLIT: tl.constexpr):
+        """:func:`_fused_backward_kernel` with the activation's derivative read from the codes the training
+        forward stored (:func:`_fused_train_kernel`) instead of recomputed: no input window to load, no upsampling
+        products before the transposed chain. The window's used rows / columns are taken as a power-of-two block
+        plus a remainder (KAY + KBY, KAX + KBX; e.g. 64 + 16 of a 128 window for 2x layers), which keeps the
+        [window, BU] sums within the registers. Same sums into the float32 input gradient."""
+        plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
+        ty = tl.program_id(1)
+        tx = tl.program_id(2)
+        oy0 = ty * BO
+        ox0 = tx * BO
+        lo = tl.arange(0, BOP)
+        g, peak = _tile_gradient(gy_ptr, plane, oy0, ox0, h_out, w_out, BO, BOP, SCALE)
+        g = g.to(dx_ptr.dtype.element_ty)
+        tile = ((plane * tl.num_programs(1) + ty) * tl.num_programs(2) + tx) * (BU * (BU // 4))
+        HB: tl.constexpr = BU // SPLIT
+        s_a = tl.zeros([KAY, BU], dtype=tl.float32)
+        if KBY > 0:
+            s_b = tl.zeros([KBY, BU], dtype=tl.float32)
+        for part in tl.static_range(SPLIT):
+            rows = part * HB + tl.arange(0, HB)
+            gu = tl.zeros([HB, BU], dtype=tl.float32)
+            for r in tl.static_range(R):
+                dyt = tl.load(dy_ptr + r * BOP * BU + rows[:, None] + lo[None, :] * BU)  # Dy[r]^T, these rows
+                a = tl.dot(dyt, g, input_precision=PRECISION)  # [HB, BOP]
+                dxt = tl.load(dx_ptr + r * BU * BOP + lo[:, None] + tl.arange(0, BU)[None, :] * BOP)  # Dx[r]^T
+                gu += tl.dot(a.to(dxt.dtype), dxt, input_precision=PRECISION)  # [HB, BU]
+            packed = tl.load(codes_ptr + tile + rows[:, None] * (BU // 4) + tl.arange(0, BU // 4)[None, :])
+            gu = (gu * _unpacked_derivative(packed, gain, slope, HB, BU)).to(dx_ptr.dtype.element_ty)
+            ay_a = tl.load(ay_ptr + tl.arange(0, KAY)[:, None] * BU + rows[None, :])
+            s_a += tl.dot(ay_a, gu, input_precision=PRECISION)  # [KAY, BU]
+            if KBY > 0:
+                ay_b = tl.load(ay_ptr + (KAY + tl.arange(0, KBY))[:, None] * BU + rows[None, :])
+                s_b += tl.dot(ay_b, gu, input_precision=PRECISION)  # [KBY, BU]
+        jy0 = (oy0 * DOWN) // UP + jshift_y
+        jx0 = (ox0 * DOWN) // UP + jshift_x
+        gx_plane = gx_ptr + plane * h * w
+        axt_a = tl.load(ax_ptr + tl.arange(0, BU)[:, None] + tl.arange(0, KAX)[None, :] * BU)  # Ax^T, used columns
+        v = tl.dot(s_a.to(axt_a.dtype), axt_a, input_precision=PRECISION) * peak
+        _add_window_block(gx_plane, v, h, w, jy0, jx0, used_y, used_x, 0, KAY, 0, KAX)
+        if KBX > 0:
+            axt_b = tl.load(ax_ptr + tl.arange(0, BU)[:, None] + (KAX + tl.arange(0, KBX))[None, :] * BU)
+            v = tl.dot(s_a.to(axt_b.dtype), axt_b, input_precision=PRECISION) * peak
+            _add_window_block(gx_plane, v, h, w, jy0, jx0, used_y, used_x, 0, KAY, KAX, KBX)
+        if KBY > 0:
+            v = tl.dot(s_b.to(axt_a.dtype), axt_a, input_precision=PRECISION) * peak
+            _add_window_block(gx_plane, v, h, w, jy0, jx0, used_y, used_x, KAY, KBY, 0, KAX)
+            if KBX > 0:
+                v = tl.dot(s_b.to(axt_b.dtype), axt_b, input_precision=PRECISION) * peak
+                _add_window_block(gx_plane, v, h, w, jy0, jx0, used_y, used_x, KAY, KBY, KAX, KBX)
 
     @triton.jit
     def _backward_epilogue_kernel(acc_ptr, x_ptr, g_ptr, gx_ptr, sums_ptr, hw, HAS_GAIN: tl.constexpr,
@@ -1117,7 +1282,8 @@ def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, 
     gradient scale: no underflow), and in three-pass TF32 (float32 accuracy) for float32 layers. TF32 was tried
     for the float16 layers: its operands are truncated, not rounded, and the error was 5-10x the plain path's.
     The gradient w.r.t. the operator's input is accumulated in float32; one more pass multiplies it by the gain,
-    casts it, and sums what the bias' and the gain's gradients need.
+    casts it, and sums what the bias' and the gain's gradients need. Where the training forward stored the
+    activation's derivative (:func:`forward_with_codes`), :func:`backward_from_codes` skips the recomputation.
     """
     n, c, h, w = x.shape
     h_out, w_out = _output_size(h, w, fu, fd, up, down, padding)
@@ -1125,43 +1291,145 @@ def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, 
     grad = grad.contiguous()
     bias = b.to(torch.float32).contiguous()
     g = _per_plane(in_gain, n, c, x.device)
-    # A few samples at a time: the float32 sums of a chunk stay within fast_config's chunk_mb (a batch-8 layer at
-    # 1044 px with 102 channels would otherwise hold 3.6 GB of them at once, on top of what autograd keeps).
-    per = max(1, min(n, fast_config.current().chunk_bytes // max(1, c * h * w * 4)))
-    tiles = BACKWARD_TILES if min(h_out, w_out) >= BACKWARD_SMALL_OUT else BACKWARD_TILES[::-1]
-    split, warps = BACKWARD_LAUNCH.get((x.dtype, up), (BACKWARD_SPLIT.get(x.dtype, 1), BACKWARD_WARPS.get(x.dtype, 4)))
-    gx = torch.empty((n, c, h, w), dtype=x.dtype, device=x.device)
-    g_bias = torch.zeros((c,), dtype=torch.float32, device=x.device)
-    g_gain = torch.empty((n, c), dtype=torch.float32, device=x.device) if g is not None else None
-    acc = None
-    chosen = None  # the tile plan that compiled, kept for the later chunks
-    for n0 in range(0, n, per):
-        n1 = min(n, n0 + per)
-        xs, gs, grads = x[n0:n1], (g[n0:n1] if g is not None else None), grad[n0:n1]
-        if acc is None or acc.shape[0] != n1 - n0:
-            acc = torch.empty((n1 - n0, c, h, w), dtype=torch.float32, device=x.device)
-        candidates = [chosen] if chosen is not None else _tile_plans(fu, fd, up, down, padding, x, tiles, h_out,
-                                                                       w_out)
+    split, warps = _backward_launch(x.dtype, up)
+    chosen = []  # the tile plan that compiled, kept for the later chunks
+
+    def launch(n0, n1, acc):
+        gs = g[n0:n1] if g is not None else None
+        candidates = chosen or _tile_plans(fu, fd, up, down, padding, x, _backward_tiles(h_out, w_out), h_out,
+                                           w_out)
         for bu, plan, grid in candidates:
             acc.zero_()
             try:
                 _fused_backward_kernel[((n1 - n0) * c, grid[1], grid[2])](
-                    xs, bias, gs if gs is not None else bias, plan["ax"], plan["ay"], plan["dx"], plan["dy"], grads,
-                    acc, h, w, h_out, w_out, c, plan["jshift_y"], plan["jshift_x"], plan["used_y"], plan["used_x"],
-                    float(gain), float(slope), float(clamp), plan["bo"], UP=up, DOWN=down, R=plan["r"],
-                    KJX=plan["kjx"], KJY=plan["kjy"], BU=bu, BOP=plan["bop"], PRECISION=plan["precision"],
-                    SCALE=x.dtype == torch.float16, HAS_GAIN=gs is not None, SPLIT=split, num_warps=warps)
-                chosen = (bu, plan, grid)
-                break
+                    x[n0:n1], bias, gs if gs is not None else bias, plan["ax"], plan["ay"], plan["dx"], plan["dy"],
+                    grad[n0:n1], acc, h, w, h_out, w_out, c, plan["jshift_y"], plan["jshift_x"], plan["used_y"],
+                    plan["used_x"], float(gain), float(slope), float(clamp), plan["bo"], UP=up, DOWN=down,
+                    R=plan["r"], KJX=plan["kjx"], KJY=plan["kjy"], BU=bu, BOP=plan["bop"],
+                    PRECISION=plan["precision"], SCALE=x.dtype == torch.float16, HAS_GAIN=gs is not None,
+                    SPLIT=split, num_warps=warps)
+                chosen[:] = [(bu, plan, grid)]
+                return True
             except triton.runtime.errors.OutOfResources:
                 continue
-        else:
+        return False
+
+    return _chunked_backward(x.shape, x.dtype, x.device, x, g, launch)
+
+
+def _backward_tiles(h_out, w_out):
+    """The tile edges the backward (and the training forward) try in turn for an output of this size."""
+    return BACKWARD_TILES if min(h_out, w_out) >= BACKWARD_SMALL_OUT else BACKWARD_TILES[::-1]
+
+
+def _backward_launch(dtype, up):
+    """(row blocks, warps) of the backward's programs (and the training forward's) for this layer."""
+    return BACKWARD_LAUNCH.get((dtype, up), (BACKWARD_SPLIT.get(dtype, 1), BACKWARD_WARPS.get(dtype, 4)))
+
+
+def _chunked_backward(shape, dtype, device, x, g, launch):
+    """The backward's chunk loop and epilogue: ``launch(n0, n1, acc)`` adds samples n0..n1's gradient w.r.t. the
+    operator's input into ``acc`` (float32, zeroed by it; False: no kernel could run); then one pass per chunk
+    scales it by the gain ``g`` [N, C] (or None), casts it to ``dtype`` and takes the sums (:func:`scaled_with_sums`;
+    the gain's needs ``x``, the operator's input before the gain). Returns (d x, d b, d g or None) or None."""
+    n, c, h, w = shape
+    # A few samples at a time: the float32 sums of a chunk stay within fast_config's chunk_mb (a batch-8 layer at
+    # 1044 px with 102 channels would otherwise hold 3.6 GB of them at once, on top of what autograd keeps).
+    per = max(1, min(n, fast_config.current().chunk_bytes // max(1, c * h * w * 4)))
+    gx = torch.empty((n, c, h, w), dtype=dtype, device=device)
+    g_bias = torch.zeros((c,), dtype=torch.float32, device=device)
+    g_gain = torch.empty((n, c), dtype=torch.float32, device=device) if g is not None else None
+    acc = None
+    for n0 in range(0, n, per):
+        n1 = min(n, n0 + per)
+        if acc is None or acc.shape[0] != n1 - n0:
+            acc = torch.empty((n1 - n0, c, h, w), dtype=torch.float32, device=device)
+        if not launch(n0, n1, acc):
             return None
-        _, sums, prods = scaled_with_sums(acc, xs, gs, x.dtype, out=gx[n0:n1])
+        gs = g[n0:n1] if g is not None else None
+        _, sums, prods = scaled_with_sums(acc, x[n0:n1] if g is not None else acc, gs, dtype, out=gx[n0:n1])
         g_bias += sums.sum(0)
         if g_gain is not None:
             g_gain[n0:n1] = prods
     return gx, g_bias, g_gain
+
+
+def codes_apply(x, fu, fd) -> bool:
+    """Whether :func:`forward_with_codes` can run for ``x``: the fused backward on (``fast_config``), ``saved_codes``
+    on, Triton on CUDA (or its interpreter), a separable up-filter and a down-filter."""
+    cfg = fast_config.current()
+    where = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return (HAVE_TRITON and cfg.saved_codes and cfg.use_fused_backward and where and fu is not None
+            and fd is not None and fu.ndim == 1)
+
+
+def forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_gain=None):
+    """The filtered leaky ReLU of ``x * in_gain`` + ``b`` for a training step: (out [N, C, H', W'] in x's dtype,
+    codes), or None where the fused kernels can't apply (then use the forward and backward that recompute).
+
+    ``codes`` (uint8 [N, C, tiles y, tiles x, BU, BU // 4]) holds the activation's derivative at every sample of
+    each output tile's upsampled block, 2 bits each: what :func:`backward_from_codes` needs instead of ``x``. It
+    is about 0.6 bytes per input sample for 2x layers (``x`` in fp16: 2), so a layer that keeps only the codes
+    saves memory as well as the backward's recomputation. The output is computed on the backward's tiles
+    (whole-window products, as :func:`fused_filtered_lrelu_backward` recomputes it, in its precision: float32 layers
+    in three-pass TF32, not the inference forward's bf16x3), equal to the inference kernels' to rounding."""
+    n, c, h, w = x.shape
+    h_out, w_out = _output_size(h, w, fu, fd, up, down, padding)
+    x = x.contiguous()
+    bias = b.to(torch.float32).contiguous()
+    g = _per_plane(in_gain, n, c, x.device)
+    split, warps = _backward_launch(x.dtype, up)
+    out = torch.empty((n, c, h_out, w_out), dtype=x.dtype, device=x.device)
+    for bu, plan, grid in _tile_plans(fu, fd, up, down, padding, x, _backward_tiles(h_out, w_out), h_out, w_out):
+        codes = torch.empty((n, c, grid[1], grid[2], bu, bu // 4), dtype=torch.uint8, device=x.device)
+        try:
+            _fused_train_kernel[grid](x, bias, g if g is not None else bias, plan["ax"], plan["ay"], plan["dx"],
+                                      plan["dy"], out, codes, h, w, h_out, w_out, c, plan["jshift_y"],
+                                      plan["jshift_x"], float(gain), float(slope), float(clamp), plan["bo"], UP=up,
+                                      DOWN=down, R=plan["r"], **codes_window(plan), BU=bu, BOP=plan["bop"],
+                                      PRECISION=plan["precision"], HAS_GAIN=g is not None, SPLIT=split,
+                                      num_warps=warps)
+        except triton.runtime.errors.OutOfResources:
+            continue
+        return out, codes
+    return None
+
+
+def codes_window(plan):
+    """The window blocks of :func:`_fused_backward_codes_kernel` and :func:`_fused_train_kernel` (KAX, KBX, KAY,
+    KBY): windows over 64 (2x layers' 128 for 72 used) as their used part's power-of-two block plus a remainder
+    (fewer multiply-adds, and the backward's sums stay within the registers); smaller ones whole (split, the 4x
+    layers' backward spilled: benchmarks/kernel_resources.py)."""
+    if plan["kjx"] <= 64 and plan["kjy"] <= 64:
+        return dict(KAX=plan["kjx"], KBX=0, KAY=plan["kjy"], KBY=0)
+    return dict(KAX=plan["kax"], KBX=plan["kbx"], KAY=plan["kay"], KBY=plan["kby"])
+
+
+def backward_from_codes(codes, grad, size, dtype, fu, fd, up, down, padding, gain, slope, x=None, in_gain=None):
+    """:func:`fused_filtered_lrelu_backward` from the codes of :func:`forward_with_codes`: (d x [``size``, ``dtype``],
+    d b [C] float32, d in_gain [N, C] float32 or None). ``size``: the operator input's [N, C, H, W]; ``x`` (that
+    input) is needed only with ``in_gain`` (its gradient sums x times the incoming gradient). Raises RuntimeError
+    where the kernel doesn't fit the GPU (the forward that wrote the codes did, on the same tiles)."""
+    n, c, h, w = size
+    if in_gain is not None and x is None:
+        raise ValueError("backward_from_codes: in_gain's gradient needs the operator's input x; pass x=")
+    h_out, w_out = _output_size(h, w, fu, fd, up, down, padding)
+    bu = codes.shape[-2]
+    plan = _fused_plan(fu, fd, up, down, padding, dtype, codes.device, bu)
+    grad = grad.contiguous()
+    g = _per_plane(in_gain, n, c, codes.device)
+    split, warps = _backward_launch(dtype, up)
+
+    def launch(n0, n1, acc):
+        acc.zero_()
+        _fused_backward_codes_kernel[((n1 - n0) * c, codes.shape[2], codes.shape[3])](
+            codes[n0:n1], grad[n0:n1], acc, plan["ax"], plan["ay"], plan["dx"], plan["dy"], h, w, h_out, w_out,
+            plan["jshift_y"], plan["jshift_x"], plan["used_y"], plan["used_x"], float(gain), float(slope),
+            plan["bo"], UP=up, DOWN=down, R=plan["r"], **codes_window(plan), BU=bu, BOP=plan["bop"],
+            PRECISION=plan["precision"], SCALE=dtype == torch.float16, SPLIT=split, num_warps=warps)
+        return True
+
+    return _chunked_backward((n, c, h, w), dtype, codes.device, x.contiguous() if x is not None else None, g, launch)
 
 
 def scaled_with_sums(a, x, g=None, out_dtype=None, out=None):
