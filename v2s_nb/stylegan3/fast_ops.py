@@ -423,6 +423,20 @@ if HAVE_TRITON:
         return g, peak
 
     @triton.jit
+    def _down_transposed(g, dy_ptr, dx_ptr, rows, R: tl.constexpr, HB: tl.constexpr, BU: tl.constexpr,
+                         BOP: tl.constexpr, PRECISION: tl.constexpr):
+        """sum_r Dy[r]^T G Dx[r]^T for the upsampled tile's rows ``rows`` (HB of them): the down-filter's adjoint
+        applied to the output tile's gradient g [BOP, BOP] -> [HB, BU] float32."""
+        lo = tl.arange(0, BOP)
+        gu = tl.zeros([HB, BU], dtype=tl.float32)
+        for r in tl.static_range(R):
+            dyt = tl.load(dy_ptr + r * BOP * BU + rows[:, None] + lo[None, :] * BU)  # Dy[r]^T, these rows
+            a = tl.dot(dyt, g, input_precision=PRECISION)  # [HB, BOP]
+            dxt = tl.load(dx_ptr + r * BU * BOP + lo[:, None] + tl.arange(0, BU)[None, :] * BOP)  # Dx[r]^T
+            gu += tl.dot(a.to(dxt.dtype), dxt, input_precision=PRECISION)  # [HB, BU]
+        return gu
+
+    @triton.jit
     def _fused_backward_kernel(x_ptr, b_ptr, g_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, gy_ptr, gx_ptr,
                                h, w, h_out, w_out, channels, jshift_y, jshift_x, used_y, used_x, gain, slope, clamp,
                                BO, UP: tl.constexpr, DOWN: tl.constexpr, R: tl.constexpr, KJX: tl.constexpr,
@@ -470,12 +484,7 @@ if HAVE_TRITON:
             act = tl.where(pre >= 0, pre, pre * slope) * gain
             deriv = tl.where(pre >= 0, gain, gain * slope)
             deriv = tl.where(tl.abs(act) <= clamp, deriv, 0.0)
-            gu = tl.zeros([HB, BU], dtype=tl.float32)
-            for r in tl.static_range(R):
-                dyt = tl.load(dy_ptr + r * BOP * BU + rows[:, None] + lo[None, :] * BU)  # Dy[r]^T, these rows
-                a = tl.dot(dyt, g, input_precision=PRECISION)  # [HB, BOP]
-                dxt = tl.load(dx_ptr + r * BU * BOP + lo[:, None] + tl.arange(0, BU)[None, :] * BOP)  # Dx[r]^T
-                gu += tl.dot(a.to(dxt.dtype), dxt, input_precision=PRECISION)  # [HB, BU]
+            gu = _down_transposed(g, dy_ptr, dx_ptr, rows, R, HB, BU, BOP, PRECISION)
             gu = gu * deriv
             ay = tl.load(ay_ptr + ky[:, None] * BU + rows[None, :])
             s += tl.dot(ay, gu.to(ay.dtype), input_precision=PRECISION)  # [KJY, BU]
@@ -610,12 +619,7 @@ if HAVE_TRITON:
             s_b = tl.zeros([KBY, BU], dtype=tl.float32)
         for part in tl.static_range(SPLIT):
             rows = part * HB + tl.arange(0, HB)
-            gu = tl.zeros([HB, BU], dtype=tl.float32)
-            for r in tl.static_range(R):
-                dyt = tl.load(dy_ptr + r * BOP * BU + rows[:, None] + lo[None, :] * BU)  # Dy[r]^T, these rows
-                a = tl.dot(dyt, g, input_precision=PRECISION)  # [HB, BOP]
-                dxt = tl.load(dx_ptr + r * BU * BOP + lo[:, None] + tl.arange(0, BU)[None, :] * BOP)  # Dx[r]^T
-                gu += tl.dot(a.to(dxt.dtype), dxt, input_precision=PRECISION)  # [HB, BU]
+            gu = _down_transposed(g, dy_ptr, dx_ptr, rows, R, HB, BU, BOP, PRECISION)
             packed = tl.load(codes_ptr + tile + rows[:, None] * (BU // 4) + tl.arange(0, BU // 4)[None, :])
             gu = (gu * _unpacked_derivative(packed, gain, slope, HB, BU)).to(dx_ptr.dtype.element_ty)
             ay_a = tl.load(ay_ptr + tl.arange(0, KAY)[:, None] * BU + rows[None, :])
