@@ -100,14 +100,10 @@ def _activation_forward(y, bias, spec, in_gain):
     kernels (the backward then recomputes from y)."""
     fu, fd, lrelu = spec
     if fast_ops.codes_apply(y, fu, fd):
-        res = fast_ops.forward_with_codes(y, b=bias, in_gain=in_gain, **_named(spec))
+        res = fast_ops.forward_with_codes(y, fu, fd, bias, *_lrelu_args(spec)[2:], in_gain=in_gain)
         if res is not None:
             return res
     return fast_ops.filtered_lrelu(y, fu, fd, bias, in_gain=in_gain, pad_channels=False, **lrelu), None
-
-
-def _named(spec):
-    return dict(zip(("fu", "fd", "up", "down", "padding", "gain", "slope", "clamp"), _lrelu_args(spec)))
 
 
 def _activation_backward(y, codes, bias, grad, spec, in_gain, size, dtype):
@@ -115,8 +111,8 @@ def _activation_backward(y, codes, bias, grad, spec, in_gain, size, dtype):
     None) + bias: from the forward's derivative codes where it stored them (y then needed only with in_gain),
     else recomputed from y (:func:`.fast_ops.activation_backward`). ``size`` / ``dtype``: y's."""
     if codes is not None:
-        return fast_ops.backward_from_codes(codes, grad, size, dtype, x=y, in_gain=in_gain,
-                                            **{k: v for k, v in _named(spec).items() if k != "clamp"})
+        # the codes hold the clamp: no clamp argument
+        return fast_ops.backward_from_codes(codes, grad, size, dtype, *_lrelu_args(spec)[:7], x=y, in_gain=in_gain)
     return fast_ops.activation_backward(y, bias, grad, *_lrelu_args(spec), in_gain=in_gain)
 
 
