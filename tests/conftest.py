@@ -31,7 +31,8 @@ def requires_cuda(test):
 
 
 def mapped_ws(G, n, seed, truncation_psi=0.7):
-    """n w+ codes [n, num_ws, w_dim] from G's mapping, reproducible by ``seed`` (CPU generator)."""
+    """n w+ codes [n, num_ws, w_dim] from G's mapping on G's device, reproducible by ``seed`` (CPU generator)."""
     g = torch.Generator().manual_seed(seed)
+    device = next(G.parameters()).device
     with torch.no_grad():
-        return G.mapping(torch.randn(n, G.z_dim, generator=g), None, truncation_psi=truncation_psi)
+        return G.mapping(torch.randn(n, G.z_dim, generator=g).to(device), None, truncation_psi=truncation_psi)

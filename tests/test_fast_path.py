@@ -127,6 +127,41 @@ def test_gradients_through_fast_path_mixed_precision(cfg, saved_codes, monkeypat
     assert err_fast < max(2 * err_plain, 5e-3) and err_fast < 2e-2, (scale, err_fast, err_plain)
 
 
+@requires_cuda
+@pytest.mark.parametrize("triton_from", [0, None, 1 << 40])
+def test_weight_gradients_through_fast_path_mixed_precision(triton_from, monkeypatch):
+    """T's fp16 layers in fp16, gradients w.r.t. every synthesis weight (PTI's): as close to float32's as the plain
+    path's, with the 3x3 layers' weight gradients from the Triton kernel on every layer (0), on the large layers only
+    (the default) or on none (cuDNN's everywhere)."""
+    from v2s_nb.stylegan3 import fast_conv
+
+    if triton_from is not None:
+        monkeypatch.setattr(fast_conv, "WGRAD_TRITON_MIN_PIXELS", triton_from)
+    torch.backends.cudnn.allow_tf32 = False
+    G = build_generator("T", resolution=256, device="cuda", seed=0)
+    ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0)).to("cuda"), None)
+    params = list(G.synthesis.parameters())
+
+    def grads(impl, force_fp32, scale):
+        G.synthesis.zero_grad(set_to_none=True)
+        (G.synthesis(ws, impl=impl, force_fp32=force_fp32).square().mean() * scale).backward()
+        return torch.cat([p.grad.flatten() / scale for p in params])
+
+    G.synthesis.requires_grad_(True)
+    try:
+        ref = grads("plain", True, 1.0)
+        for scale in (2.0 ** 16, 2.0 ** 12, 2.0 ** 8):
+            fast = grads("fast", False, scale)
+            if torch.isfinite(fast).all():
+                break
+        plain = grads("plain", False, scale)
+    finally:
+        G.synthesis.requires_grad_(False)
+    err_fast = float((fast - ref).norm() / ref.norm())
+    err_plain = float((plain - ref).norm() / ref.norm())
+    assert err_fast < max(2 * err_plain, 5e-3) and err_fast < 2e-2, (scale, err_fast, err_plain)
+
+
 def test_graphed_synthesis_refuses_cpu():
     from v2s_nb.stylegan3 import GraphedSynthesis
     with pytest.raises(ValueError, match="CUDA"):

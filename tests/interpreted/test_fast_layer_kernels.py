@@ -9,12 +9,17 @@ from v2s_nb.stylegan3 import fast_config, fast_layer, fast_ops, fast_path, tiny_
 from triton_interpreter_probe import interpreter_runs_kernels_like_ours  # noqa: F401 (autouse fixture)
 
 
-@pytest.mark.parametrize("cfg, saved_codes, recompute", [("R", True, False), ("T", True, False), ("T", True, True),
-                                                         ("T", False, False)])
-def test_layer_function_with_the_kernels_gives_the_plain_gradients(cfg, saved_codes, recompute, monkeypatch):
-    """saved_codes: the forward stores the activation's derivative and the backward reads it; else (the default)
-    the backward recomputes it from the saved convolution output. recompute: T's convolution output recomputed in
-    the backward (for the demodulation's gradient), not kept."""
+@pytest.mark.parametrize("cfg, saved_codes, recompute, codes_up", [
+    ("R", True, False, None), ("T", True, False, None), ("T", True, True, None), ("T", False, False, None),
+    ("T", True, False, (4,))])
+def test_layer_function_with_the_kernels_gives_the_plain_gradients(cfg, saved_codes, recompute, codes_up,
+                                                                    monkeypatch):
+    """saved_codes (the default): the forward stores the activation's derivative and the backward reads it; else the
+    backward recomputes it from the saved convolution output. recompute: T's convolution output recomputed in the
+    backward (for the demodulation's gradient), not kept. codes_up: fast_layer.CODES_3X3_UP (tiny T's layers are
+    all 2x: (4,) sends them all the recomputing way)."""
+    if codes_up is not None:
+        monkeypatch.setattr(fast_layer, "CODES_3X3_UP", codes_up)
     # the kernels on CPU tensors (the interpreter runs them there), as they run on CUDA
     monkeypatch.setattr(fast_ops, "can_use_fast", lambda x, fu, fd: fu is not None and fd is not None and fu.ndim == 1)
     G = tiny_generator(cfg, resolution=16, seed=1, channel_max=4)
@@ -28,6 +33,7 @@ def test_layer_function_with_the_kernels_gives_the_plain_gradients(cfg, saved_co
                             f(*a, **k)))
     monkeypatch.setattr(fast_config, "_current", fast_config._changed(dict(saved_codes=saved_codes,
                                                                                 recompute_conv_output=recompute)))
+    monkeypatch.setattr(fast_ops, "CODES_MIN_OUT", 0)  # the tiny planes take codes too
     results = []
     for fast in (False, True):
         syn.zero_grad(set_to_none=True)
@@ -41,8 +47,11 @@ def test_layer_function_with_the_kernels_gives_the_plain_gradients(cfg, saved_co
         img.square().mean().backward()
         results.append({"image": img.detach(), "ws": w.grad, **{n: p.grad for n, p in syn.named_parameters()}})
     assert len(used) == len(syn.layer_names) - 1
-    # every layer through the codes (but float32 radial down-filters needing more than MAX_RANK terms: 3 here), or none
-    assert len(coded) == (len(used) if saved_codes else 0) and sum(coded) >= len(coded) - 3, coded
+    # R's layers and T's with fast_layer.CODES_3X3_UP upsampling through the codes (but float32 radial down-filters
+    # needing more than MAX_RANK terms: 3 here), or none
+    takes_codes = [cfg == "R" or getattr(syn, name).up_factor in fast_layer.CODES_3X3_UP
+                   for name in syn.layer_names[:-1]]
+    assert len(coded) == (sum(takes_codes) if saved_codes else 0) and sum(coded) >= len(coded) - 3, coded
     plain, fast = results
     for name, ref in plain.items():
         if float(ref.norm()) == 0:

@@ -101,6 +101,8 @@ def test_fused_backward_matches_autograd(cfg, one_sample_chunks, via_codes, tile
     via_codes: the training forward (its output against the plain operator's too) and the backward from the
     derivative codes it stored; on 128-wide tiles their window is taken in blocks (64 + 16 of 128 for 2x layers)."""
     monkeypatch.setattr(fast_ops, "BACKWARD_TILES", (tile,))  # float32 here: the 64-wide tile is allowed
+    monkeypatch.setattr(fast_ops, "CODES_FLOAT32_TILES", (tile,))  # (on CUDA 64 only: shared memory)
+    monkeypatch.setattr(fast_ops, "CODES_MIN_OUT", 0)  # the small test planes keep codes too
     if one_sample_chunks:
         monkeypatch.setattr(fast_config.FastConfig, "chunk_bytes", property(lambda self: 1))
     worst, checked, layers, gained = 0.0, 0, 0, 0

@@ -35,17 +35,19 @@ field                     environment variable    meaning
                                                   as one autograd Function that saves only its input and its
                                                   convolution's output (:mod:`.fast_layer`); 0: the layer's ops
                                                   under ordinary autograd (what they save, side by side)
-``triton_conv_grads``     ``V2S_NB_TRITON_CONV_GRADS``  1 (default): the 3x3 layers' convolution gradients by
-                                                  fast_conv's NCHW kernels (no transposes; fp16 on CUDA); 0:
-                                                  cuDNN's ``convolution_backward`` (faster weight gradient,
-                                                  twice the peak memory: docs/performance.md)
-``saved_codes``           ``V2S_NB_SAVED_CODES``  1: the layer Function's forward stores the activation's
-                                                  derivative (2 bits per upsampled sample) and its backward
-                                                  reads it instead of recomputing the pre-activation
-                                                  (:func:`.fast_ops.forward_with_codes`); 0 (default): the
-                                                  backward recomputes it from the saved convolution output.
-                                                  Measured no faster yet and T keeps 3 GiB more at batch 8
-                                                  (docs/performance.md)
+``triton_conv_grads``     ``V2S_NB_TRITON_CONV_GRADS``  1 (default): the 3x3 layers' input gradients by fast_conv's
+                                                  NCHW kernels (no transposes; fp16 on CUDA), their weight
+                                                  gradients by its Triton kernel on the 1024 px planes
+                                                  (:data:`.fast_conv.WGRAD_TRITON_MIN_PIXELS`), cuDNN's
+                                                  below; 0: cuDNN's ``convolution_backward`` for both (T
+                                                  batch 8: 3.2 GiB more; docs/performance.md)
+``saved_codes``           ``V2S_NB_SAVED_CODES``  1 (default): the layer Function's forward stores the
+                                                  activation's derivative (2 bits per upsampled sample) and its
+                                                  backward reads it instead of recomputing the pre-activation
+                                                  (:func:`.fast_ops.forward_with_codes`; on planes of 100+
+                                                  output pixels: R's layers, T's 2x layers); 0: the backward
+                                                  recomputes it from the saved convolution output (T batch 8:
+                                                  1.15x slower step, 1.4 GiB less; docs/performance.md)
 ``recompute_conv_output``  ``V2S_NB_RECOMPUTE_CONV_OUTPUT``  with saved codes, 3x3 (T) layers: 1: the
                                                   convolution's output (for the demodulation's gradient) is
                                                   recomputed in the backward, not kept (less memory, one
@@ -77,7 +79,7 @@ class FastConfig:
     modulation_kernels: bool = True
     layer_function: bool = True
     triton_conv_grads: bool = True
-    saved_codes: bool = False
+    saved_codes: bool = True
     recompute_conv_output: bool = False
 
     def __post_init__(self):

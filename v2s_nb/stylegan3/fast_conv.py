@@ -501,9 +501,20 @@ def conv2d_input_grad_nchw(grad_y, weight, padding, x_shape, form=None, config=N
     return conv2d_nchw(grad_y, flipped, q, config=config, form=form)
 
 
-# Weight-gradient tiles per block shape (BO, BI): (P, warps), the largest pixel step that compiles for sm_90 without
-# register spills (Triton 3.9; the pixel gathers are unvectorised loads, one address per element).
-WGRAD_STEPS = {(32, 32): (16, 4), (64, 32): (32, 8), (32, 64): (32, 8), (64, 64): (32, 8)}
+# Weight-gradient tiles per block shape (BO, BI): (P, warps), the fastest per block in a sweep of T's layers at batch
+# 8 on an H200 (bench_conv.py --grads --sweep; all on 4 warps; docs/performance.md).
+WGRAD_STEPS = {(32, 32): (16, 4), (64, 32): (64, 4), (32, 64): (16, 4), (64, 64): (32, 4)}
+
+# Output pixels per sample (H' W') from which a layer's weight gradient runs in the Triton kernel. Below it cuDNN's on
+# channel-padded NCHW (its layout copies small there) was 3-5x faster on T's 148-532 px layers; at 1044 px the Triton
+# kernel is as fast or faster and cuDNN's copies would cost gigabytes at batch 8 (docs/performance.md).
+WGRAD_TRITON_MIN_PIXELS = 768 * 768
+
+
+def weight_grad_in_triton(pixels: int) -> bool:
+    """Whether a 3x3 layer with ``pixels`` output pixels per sample takes its weight gradient from
+    :func:`conv2d_weight_grad_nchw` (else cuDNN's): see :data:`WGRAD_TRITON_MIN_PIXELS`."""
+    return pixels >= WGRAD_TRITON_MIN_PIXELS
 
 
 def _wgrad_config(c_in, c_out, n, pixels, kernel_size, sms, blocks=None, pixels_per_step=None, warps=None,

@@ -16,14 +16,16 @@ the layer runs as
 * its backward: the activation's gradients w.r.t. y, the bias and dcoefs (its input gain) from y, in one pass
   (:func:`.fast_ops.activation_backward`: the fused backward kernel on CUDA), the convolution's two gradients in one
   ``aten.convolution_backward`` call on x * scale recomputed (only for the weight's gradient), or, with
-  ``fast_config`` ``triton_conv_grads`` (the default), fast_conv's NCHW kernels (no layout transposes; or two batched
-  products for 1x1), d scale = sum over pixels of (d (x * scale) * x), d x = d (x * scale) * scale (one pass,
+  ``fast_config`` ``triton_conv_grads`` (the default), fast_conv's NCHW kernels (no layout transposes; the weight's
+  gradient from cuDNN below :data:`.fast_conv.WGRAD_TRITON_MIN_PIXELS`; or two batched products for 1x1),
+  d scale = sum over pixels of (d (x * scale) * x), d x = d (x * scale) * scale (one pass,
   :func:`.fast_ops.scaled_with_sums`). Sums over pixels in float32.
 
-With ``fast_config`` ``saved_codes`` (off by default: measured no faster yet, docs/performance.md) the forward runs
-:func:`.fast_ops.forward_with_codes`, which also stores the activation's derivative (2 bits per upsampled sample),
-and the backward reads it (:func:`.fast_ops.backward_from_codes`) instead of recomputing the pre-activation; 1x1
-layers then keep no y, 3x3 layers keep it for d dcoefs (or recompute it, ``recompute_conv_output``).
+With ``fast_config`` ``saved_codes`` (the default) the forward runs :func:`.fast_ops.forward_with_codes` where it
+applies (planes of 100+ output pixels; 3x3 layers: :data:`CODES_3X3_UP`), which also stores the activation's
+derivative (2 bits per upsampled sample), and the backward reads it (:func:`.fast_ops.backward_from_codes`) instead
+of recomputing the pre-activation; 1x1 layers then keep no y, 3x3 layers keep it for d dcoefs (or recompute it,
+``recompute_conv_output``). Measured: R's batch-8 step 1.15x faster, T's 1.13x (docs/performance.md).
 
 ToRGB layers keep ordinary autograd (they are small: 3 output channels). ``fast_config`` ``layer_function=False``
 (environment ``V2S_NB_LAYER_FUNCTION=0``) turns the Function off, for side-by-side measurements.
@@ -94,12 +96,18 @@ def _lrelu_args(spec):
     return fu, fd, lrelu["up"], lrelu["down"], tuple(lrelu["padding"]), lrelu["gain"], lrelu["slope"], clamp
 
 
-def _activation_forward(y, bias, spec, in_gain):
+# 3x3 layers keep their convolution output beside the codes (d dcoefs needs it), so there the codes cost memory: they
+# are stored only on the layers with these upsampling factors. T batch 8 on an H200: codes on the 4x layers too gave
+# the same step time for 1.7 GiB more (12.96 GiB, above NVIDIA's 12.33; docs/performance.md).
+CODES_3X3_UP = (2,)
+
+
+def _activation_forward(y, bias, spec, in_gain, codes=True):
     """(the layer's filtered leaky ReLU of y * in_gain + bias, the activation's derivative codes or None):
-    :func:`.fast_ops.forward_with_codes` where it applies (``fast_config`` ``saved_codes``), else the inference
-    kernels (the backward then recomputes from y)."""
+    :func:`.fast_ops.forward_with_codes` where it applies (``codes`` and ``fast_config`` ``saved_codes``), else the
+    inference kernels (the backward then recomputes from y)."""
     fu, fd, lrelu = spec
-    if fast_ops.codes_apply(y, fu, fd):
+    if codes and fast_ops.codes_apply(y, fu, fd):
         res = fast_ops.forward_with_codes(y, fu, fd, bias, *_lrelu_args(spec)[2:], in_gain=in_gain)
         if res is not None:
             return res
@@ -145,7 +153,7 @@ class _Layer3x3(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, scale, dcoefs, bias, spec):
         y = _conv3x3(x, kernel, scale)
-        out, codes = _activation_forward(y, bias, spec, dcoefs)
+        out, codes = _activation_forward(y, bias, spec, dcoefs, spec[2]["up"] in CODES_3X3_UP)
         # y: for d dcoefs (sums of y * d y); with the codes and fast_config's recompute_conv_output, recomputed then
         keep_y = codes is None or not fast_config.current().recompute_conv_output
         ctx.save_for_backward(x, y if keep_y else None, codes, kernel, scale, dcoefs, bias)
@@ -167,15 +175,14 @@ class _Layer3x3(torch.autograd.Function):
         if (need_x or need_k or need_s) and _triton_conv_grads(g_y):
             k = kernel.shape[-1]
             g_xs = fast_conv.conv2d_input_grad_nchw(g_y, kernel, k - 1, x.shape) if need_x or need_s else None
-            if need_k:
+            if need_k and fast_conv.weight_grad_in_triton(g_y.shape[2] * g_y.shape[3]):
                 g_k = fast_conv.conv2d_weight_grad_nchw(_scaled_rows(x, scale, 1), g_y, k, k - 1).to(kernel.dtype)
+            elif need_k:
+                g_k = _cudnn_grads(g_y, x, scale, kernel, False, True)[1]
             del g_y
         elif need_x or need_k or need_s:
-            g_y, weight = _conv_operands(g_y, kernel)
-            g_xs, g_k = _conv_backward(g_y, x, scale, weight, need_x or need_s, need_k)
+            g_xs, g_k = _cudnn_grads(g_y, x, scale, kernel, need_x or need_s, need_k)
             del g_y
-            if g_k is not None:
-                g_k = g_k[:kernel.shape[0], :kernel.shape[1]].to(kernel.dtype)
         if g_xs is not None:
             # d x = d (x * scale) * scale and d scale = pixel sums of d (x * scale) * x, in one pass
             g_x, _, g_s = fast_ops.scaled_with_sums(g_xs, x, scale, x.dtype)
@@ -189,6 +196,16 @@ def _triton_conv_grads(g_y) -> bool:
     fp16, CUDA or Triton's interpreter)."""
     return (fast_config.current().triton_conv_grads and g_y.dtype == torch.float16 and fast_conv.HAVE_TRITON
             and (g_y.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"))
+
+
+def _cudnn_grads(g_y, x, scale, kernel, need_input, need_weight):
+    """(d (x * scale) or None, d kernel in kernel's dtype or None) of conv2d(x * scale, kernel, padding k - 1) for
+    the output gradient ``g_y``, by cuDNN (channels padded as the forward pads them)."""
+    g_y, weight = _conv_operands(g_y, kernel)
+    g_xs, g_k = _conv_backward(g_y, x, scale, weight, need_input, need_weight)
+    if g_k is not None:
+        g_k = g_k[:kernel.shape[0], :kernel.shape[1]].to(kernel.dtype)
+    return g_xs, g_k
 
 
 def _conv_operands(g_y, kernel):

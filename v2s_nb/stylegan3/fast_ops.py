@@ -1327,8 +1327,24 @@ def _backward_tiles(h_out, w_out):
 
 
 def _backward_launch(dtype, up):
-    """(row blocks, warps) of the backward's programs (and the training forward's) for this layer."""
+    """(row blocks, warps) of the recomputing backward's programs for this layer."""
     return BACKWARD_LAUNCH.get((dtype, up), (BACKWARD_SPLIT.get(dtype, 1), BACKWARD_WARPS.get(dtype, 4)))
+
+
+# The training forward's and the codes backward's launch: (row blocks, warps) per (dtype, up), else CODES_DEFAULT.
+# 4 warps everywhere: on the fp16 2x layers 15-30% faster for both kernels than the recomputing backward's 8 (T and
+# R at batch 8 on an H200), the same elsewhere (docs/performance.md).
+CODES_LAUNCH = {(torch.float16, 4): (2, 4)}
+# Planes with fewer output rows or columns keep no codes (:func:`forward_with_codes` declines): their few whole tiles'
+# codes outweigh the saved input there, and the backward gained at most 0.3 ms a layer (docs/performance.md).
+CODES_MIN_OUT = 100
+CODES_DEFAULT = (1, 4)
+
+
+def _codes_launch(dtype, up):
+    """(row blocks, warps) of :func:`_fused_train_kernel` and :func:`_fused_backward_codes_kernel` for this layer
+    (both the same: the backward's row blocks follow the codes' rows)."""
+    return CODES_LAUNCH.get((dtype, up), CODES_DEFAULT)
 
 
 def _chunked_backward(shape, dtype, device, x, g, launch):
@@ -1369,7 +1385,8 @@ def codes_apply(x, fu, fd) -> bool:
 
 def forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_gain=None):
     """The filtered leaky ReLU of ``x * in_gain`` + ``b`` for a training step: (out [N, C, H', W'] in x's dtype,
-    codes), or None where the fused kernels can't apply (then use the forward and backward that recompute).
+    codes), or None where the fused kernels can't apply or the planes have under :data:`CODES_MIN_OUT` output rows or
+    columns (then use the forward and backward that recompute).
 
     ``codes`` (uint8 [N, C, tiles y, tiles x, BU, BU // 4]) holds the activation's derivative at every sample of
     each output tile's upsampled block, 2 bits each: what :func:`backward_from_codes` needs instead of ``x``. It
@@ -1379,12 +1396,15 @@ def forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_g
     in three-pass TF32, not the inference forward's bf16x3), equal to the inference kernels' to rounding."""
     n, c, h, w = x.shape
     h_out, w_out = _output_size(h, w, fu, fd, up, down, padding)
+    if min(h_out, w_out) < CODES_MIN_OUT:
+        return None
     x = x.contiguous()
     bias = b.to(torch.float32).contiguous()
     g = _per_plane(in_gain, n, c, x.device)
-    split, warps = _backward_launch(x.dtype, up)
+    split, warps = _codes_launch(x.dtype, up)
     out = torch.empty((n, c, h_out, w_out), dtype=x.dtype, device=x.device)
-    for bu, plan, grid in _tile_plans(fu, fd, up, down, padding, x, _backward_tiles(h_out, w_out), h_out, w_out):
+    for bu, plan, grid in _tile_plans(fu, fd, up, down, padding, x, _codes_tiles(x.dtype, h_out, w_out), h_out,
+                                      w_out):
         codes = torch.empty((n, c, grid[1], grid[2], bu, bu // 4), dtype=torch.uint8, device=x.device)
         try:
             _fused_train_kernel[grid](x, bias, g if g is not None else bias, plan["ax"], plan["ay"], plan["dx"],
@@ -1397,6 +1417,17 @@ def forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_g
             continue
         return out, codes
     return None
+
+
+# The training forward's tiles for float32 planes: 64 wide only. On 128-wide ones the codes backward wants more shared
+# memory than an H200 has where the forward fits, and it must use the forward's tiles.
+CODES_FLOAT32_TILES = (64,)
+
+
+def _codes_tiles(dtype, h_out, w_out):
+    """The tile edges the training forward tries in turn: the backward's for fp16, :data:`CODES_FLOAT32_TILES` for
+    float32."""
+    return _backward_tiles(h_out, w_out) if dtype == torch.float16 else CODES_FLOAT32_TILES
 
 
 def codes_window(plan):
@@ -1422,7 +1453,7 @@ def backward_from_codes(codes, grad, size, dtype, fu, fd, up, down, padding, gai
     plan = _fused_plan(fu, fd, up, down, padding, dtype, codes.device, bu)
     grad = grad.contiguous()
     g = _per_plane(in_gain, n, c, codes.device)
-    split, warps = _backward_launch(dtype, up)
+    split, warps = _codes_launch(dtype, up)
 
     def launch(n0, n1, acc):
         acc.zero_()
