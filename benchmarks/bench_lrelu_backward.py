@@ -3,11 +3,15 @@ whole training step.
 
     python benchmarks/bench_lrelu_backward.py --cfg R T --batch 8 --dtype mixed
     python benchmarks/bench_lrelu_backward.py --cfg T --batch 8 --variants --steps 1 8
+    python benchmarks/bench_lrelu_backward.py --cfg T R --batch 8 --codes
 
 Per layer: milliseconds of ``fast_ops.fused_filtered_lrelu_backward`` on the layer's real input (captured from one
 forward pass of ``G.synthesis`` under autograd, with the demodulation as the kernel's input gain) and a random
 output gradient, in each variant (warps per program, tile edge; 'default' is what the code uses), with each
-variant's largest difference from the default's input gradient (relative to its largest value). ``--steps``:
+variant's largest difference from the default's input gradient (relative to its largest value). ``--codes``: also
+the inference forward, the training forward that stores the activation's derivative codes
+(``fast_ops.forward_with_codes``) and the backward from them, per layer (the codes path costs training + from
+codes, the recomputing one forward + the default backward; every layer is timed both ways, whichever it takes). ``--steps``:
 batch sizes for which the whole forward / forward+backward (w.r.t. ws and w.r.t. weights) is then timed
 (bench_generator's timing).
 """
@@ -23,26 +27,52 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cuda_ms  # noqa: E402
 from bench_generator import bench_one  # noqa: E402
-from v2s_nb.stylegan3 import build_generator, fast_ops  # noqa: E402
+from v2s_nb.stylegan3 import build_generator, fast_layer, fast_ops  # noqa: E402
 
 
 def capture_lrelu_inputs(G, batch, force_fp32):
-    """The arguments of every fast filtered leaky ReLU call of one synthesis pass with ws requiring grad."""
+    """The arguments (x, b, in_gain, fu, fd, up, down, padding, gain, slope, clamp) of the filtered leaky ReLU of
+    every synthesis layer but ToRGB in one pass of ``G.synthesis`` with ws requiring grad, as the per-layer autograd
+    Function (fast_layer) calls it: x is the layer's convolution output, in_gain its demodulation (3x3) or None."""
     calls = []
-    orig = fast_ops._FilteredLReLU.apply
+    orig = fast_layer._activation_forward
 
-    def spy(x, b, in_gain, fu, fd, up, down, padding, gain, slope, clamp):
-        calls.append((x.detach(), b.detach(), None if in_gain is None else in_gain.detach(), fu, fd, up, down,
-                      padding, gain, slope, clamp))
-        return orig(x, b, in_gain, fu, fd, up, down, padding, gain, slope, clamp)
+    def spy(y, bias, spec, in_gain, *rest):
+        calls.append((y.detach(), bias.detach(), None if in_gain is None else in_gain.detach(),
+                      *fast_layer._lrelu_args(spec)))
+        return orig(y, bias, spec, in_gain, *rest)
 
-    fast_ops._FilteredLReLU.apply = spy
+    fast_layer._activation_forward = spy
     try:
         ws = G.mapping(torch.randn(batch, G.z_dim, device=G.device), None).requires_grad_(True)
         G.synthesis(ws, force_fp32=force_fp32)
     finally:
-        fast_ops._FilteredLReLU.apply = orig
+        fast_layer._activation_forward = orig
+    if not calls:
+        raise RuntimeError("no layer ran the layer Function (fast_config layer_function off, or no CUDA / Triton)")
     return calls
+
+
+def codes_row(call, gy):
+    """(inference forward ms, training forward ms, codes backward ms) of one layer's activation (small planes
+    included, where the code keeps no codes), or None where forward_with_codes can't run (radial filters beyond
+    MAX_RANK)."""
+    x, b, g, fu, fd, up, down, padding, gain, slope, clamp = call
+    saved, fast_ops.CODES_MIN_OUT = fast_ops.CODES_MIN_OUT, 0  # small planes too, for the comparison
+    try:
+        res = fast_ops.forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_gain=g)
+        if res is None:
+            return None
+        codes = res[1]
+        inference = cuda_ms(lambda: fast_ops.fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain,
+                                                                          slope, clamp, in_gain=g))
+        train = cuda_ms(lambda: fast_ops.forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp,
+                                                            in_gain=g))
+        back = cuda_ms(lambda: fast_ops.backward_from_codes(codes, gy, x.shape, x.dtype, fu, fd, up, down, padding,
+                                                            gain, slope, x=x, in_gain=g))
+    finally:
+        fast_ops.CODES_MIN_OUT = saved
+    return inference, train, back
 
 
 F16, F32 = torch.float16, torch.float32
@@ -78,6 +108,9 @@ def main(argv=None):
     p.add_argument("--dtype", default="mixed", choices=["fp32", "mixed"])
     p.add_argument("--variants", nargs="*", default=["default"], choices=list(VARIANTS),
                    help="kernels to compare per layer (none: only the whole steps)")
+    p.add_argument("--codes", action="store_true",
+                   help="also per layer: the inference forward, the training forward that stores the derivative "
+                        "codes and the backward from them (ms)")
     p.add_argument("--steps", type=int, nargs="*", default=[], help="batch sizes for the whole-step comparison")
     p.add_argument("--iters", type=int, default=5)
     args = p.parse_args(argv)
@@ -85,11 +118,11 @@ def main(argv=None):
     print(f"# {torch.cuda.get_device_name(dev)}, torch {torch.__version__}")
     for cfg in args.cfg:
         G = build_generator(cfg, resolution=args.resolution, device=dev)
-        calls = capture_lrelu_inputs(G, args.batch, args.dtype == "fp32") if args.variants else []
+        calls = capture_lrelu_inputs(G, args.batch, args.dtype == "fp32") if args.variants or args.codes else []
         if calls:
             print(f"# {cfg} {args.resolution} batch {args.batch} {args.dtype}: backward ms per layer (max rel. diff "
                   f"of d x from the default)")
-        totals = dict.fromkeys(args.variants, 0.0)
+        totals = dict.fromkeys(args.variants + (["inference", "training", "from codes"] if args.codes else []), 0.0)
         for i, call in enumerate(calls):
             x = call[0]
             h_out, w_out = fast_ops._output_size(x.shape[2], x.shape[3], *call[3:8])
@@ -110,6 +143,14 @@ def main(argv=None):
                 err = "" if ref is None else (
                     f" ({float((res[0].float() - ref[0].float()).abs().max() / ref[0].float().abs().max()):.1e})")
                 row.append(f"{name} {ms:7.2f}{err}")
+            if args.codes:
+                times = codes_row(call, gy)
+                if times is None:
+                    row.append("codes n/a")
+                else:
+                    for name, ms in zip(("inference", "training", "from codes"), times):
+                        totals[name] += ms
+                    row.append("forward {:6.2f} training {:6.2f} from codes {:6.2f}".format(*times))
             print(f"{i:2d} {tuple(x.shape)} {str(x.dtype)[6:]} up {call[5]} down {call[6]} | " + " | ".join(row),
                   flush=True)
         if calls:
