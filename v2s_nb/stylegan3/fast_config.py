@@ -46,8 +46,8 @@ field                     environment variable    meaning
                                                   backward reads it instead of recomputing the pre-activation
                                                   (:func:`.fast_ops.forward_with_codes`; on planes of 100+
                                                   output pixels: R's layers, T's 2x layers); 0: the backward
-                                                  recomputes it from the saved convolution output (T batch 8:
-                                                  1.15x slower step, 1.4 GiB less; docs/performance.md)
+                                                  recomputes it from the saved convolution output (slower, a
+                                                  little less memory: docs/performance.md)
 ``recompute_conv_output``  ``V2S_NB_RECOMPUTE_CONV_OUTPUT``  with saved codes, 3x3 (T) layers: 1: the
                                                   convolution's output (for the demodulation's gradient) is
                                                   recomputed in the backward, not kept (less memory, one

@@ -502,12 +502,12 @@ def conv2d_input_grad_nchw(grad_y, weight, padding, x_shape, form=None, config=N
 
 
 # Weight-gradient tiles per block shape (BO, BI): (P, warps), the fastest per block in a sweep of T's layers at batch
-# 8 on an H200 (bench_conv.py --grads --sweep; all on 4 warps; docs/performance.md).
+# 8 (bench_conv.py --grads --sweep; all on 4 warps; docs/performance.md).
 WGRAD_STEPS = {(32, 32): (16, 4), (64, 32): (64, 4), (32, 64): (16, 4), (64, 64): (32, 4)}
 
 # Output pixels per sample (H' W') from which a layer's weight gradient runs in the Triton kernel. Below it cuDNN's on
-# channel-padded NCHW (its layout copies small there) was 3-5x faster on T's 148-532 px layers; at 1044 px the Triton
-# kernel is as fast or faster and cuDNN's copies would cost gigabytes at batch 8 (docs/performance.md).
+# channel-padded NCHW (its layout copies small there) was several times faster on T's 148-532 px layers; at 1044 px
+# the Triton kernel is as fast or faster and cuDNN's copies would cost gigabytes at batch 8 (docs/performance.md).
 WGRAD_TRITON_MIN_PIXELS = 768 * 768
 
 

@@ -25,7 +25,7 @@ With ``fast_config`` ``saved_codes`` (the default) the forward runs :func:`.fast
 applies (planes of 100+ output pixels; 3x3 layers: :data:`CODES_3X3_UP`), which also stores the activation's
 derivative (2 bits per upsampled sample), and the backward reads it (:func:`.fast_ops.backward_from_codes`) instead
 of recomputing the pre-activation; 1x1 layers then keep no y, 3x3 layers keep it for d dcoefs (or recompute it,
-``recompute_conv_output``). Measured: R's batch-8 step 1.15x faster, T's 1.13x (docs/performance.md).
+``recompute_conv_output``). Measured faster for R and T (docs/performance.md).
 
 ToRGB layers keep ordinary autograd (they are small: 3 output channels). ``fast_config`` ``layer_function=False``
 (environment ``V2S_NB_LAYER_FUNCTION=0``) turns the Function off, for side-by-side measurements.
@@ -97,8 +97,8 @@ def _lrelu_args(spec):
 
 
 # 3x3 layers keep their convolution output beside the codes (d dcoefs needs it), so there the codes cost memory: they
-# are stored only on the layers with these upsampling factors. T batch 8 on an H200: codes on the 4x layers too gave
-# the same step time for 1.7 GiB more (12.96 GiB, above NVIDIA's 12.33; docs/performance.md).
+# are stored only on the layers with these upsampling factors. Codes on T's 4x layers too gave the same step time for
+# more memory, above NVIDIA's peak (docs/performance.md).
 CODES_3X3_UP = (2,)
 
 

@@ -1332,11 +1332,11 @@ def _backward_launch(dtype, up):
 
 
 # The training forward's and the codes backward's launch: (row blocks, warps) per (dtype, up), else CODES_DEFAULT.
-# 4 warps everywhere: on the fp16 2x layers 15-30% faster for both kernels than the recomputing backward's 8 (T and
-# R at batch 8 on an H200), the same elsewhere (docs/performance.md).
+# 4 warps everywhere: on the fp16 2x layers both kernels are faster than on the recomputing backward's 8, the same
+# elsewhere (docs/performance.md).
 CODES_LAUNCH = {(torch.float16, 4): (2, 4)}
 # Planes with fewer output rows or columns keep no codes (:func:`forward_with_codes` declines): their few whole tiles'
-# codes outweigh the saved input there, and the backward gained at most 0.3 ms a layer (docs/performance.md).
+# codes outweigh the saved input there, and the backward gained little (docs/performance.md).
 CODES_MIN_OUT = 100
 CODES_DEFAULT = (1, 4)
 
@@ -1420,7 +1420,7 @@ def forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_g
 
 
 # The training forward's tiles for float32 planes: 64 wide only. On 128-wide ones the codes backward wants more shared
-# memory than an H200 has where the forward fits, and it must use the forward's tiles.
+# memory than Hopper GPUs have where the forward fits, and it must use the forward's tiles.
 CODES_FLOAT32_TILES = (64,)
 
 
