@@ -19,6 +19,7 @@ batch sizes for which the whole forward / forward+backward (w.r.t. ws and w.r.t.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -58,8 +59,7 @@ def codes_row(call, gy):
     included, where the code keeps no codes), or None where forward_with_codes can't run (radial filters beyond
     MAX_RANK)."""
     x, b, g, fu, fd, up, down, padding, gain, slope, clamp = call
-    saved, fast_ops.CODES_MIN_OUT = fast_ops.CODES_MIN_OUT, 0  # small planes too, for the comparison
-    try:
+    with fast_ops_settings(CODES_MIN_OUT=0):  # small planes too, for the comparison
         res = fast_ops.forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_gain=g)
         if res is None:
             return None
@@ -70,8 +70,6 @@ def codes_row(call, gy):
                                                             in_gain=g))
         back = cuda_ms(lambda: fast_ops.backward_from_codes(codes, gy, x.shape, x.dtype, fu, fd, up, down, padding,
                                                             gain, slope, x=x, in_gain=g))
-    finally:
-        fast_ops.CODES_MIN_OUT = saved
     return inference, train, back
 
 
@@ -86,18 +84,24 @@ VARIANTS = {  # name: fast_ops settings changed for the variant ('default': as t
 }
 
 
-def run_variant(name, args, gy):
-    x, b, g, fu, fd, up, down, padding, gain, slope, clamp = args
-    spec = VARIANTS[name]
-    saved = {k: getattr(fast_ops, k) for k in spec}
+@contextlib.contextmanager
+def fast_ops_settings(**settings):
+    """fast_ops' module settings (e.g. BACKWARD_WARPS) changed for the ``with`` block, restored after it."""
+    saved = {k: getattr(fast_ops, k) for k in settings}
     try:
-        for k, v in spec.items():
+        for k, v in settings.items():
             setattr(fast_ops, k, v)
-        return fast_ops.fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, gy,
-                                                      in_gain=g)
+        yield
     finally:
         for k, v in saved.items():
             setattr(fast_ops, k, v)
+
+
+def run_variant(name, args, gy):
+    x, b, g, fu, fd, up, down, padding, gain, slope, clamp = args
+    with fast_ops_settings(**VARIANTS[name]):
+        return fast_ops.fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, clamp, gy,
+                                                      in_gain=g)
 
 
 def main(argv=None):
