@@ -1335,10 +1335,10 @@ def _backward_launch(dtype, up):
 # 4 warps everywhere: on the fp16 2x layers both kernels are faster than on the recomputing backward's 8, the same
 # elsewhere (docs/performance.md).
 CODES_LAUNCH = {(torch.float16, 4): (2, 4)}
+CODES_DEFAULT = (1, 4)
 # Planes with fewer output rows or columns keep no codes (:func:`forward_with_codes` declines): their few whole tiles'
 # codes outweigh the saved input there, and the backward gained little (docs/performance.md).
 CODES_MIN_OUT = 100
-CODES_DEFAULT = (1, 4)
 
 
 def _codes_launch(dtype, up):
