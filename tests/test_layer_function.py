@@ -75,8 +75,8 @@ def test_function_gradients_with_channels_padded_for_tensor_cores(monkeypatch):
     _, ref = _grads(syn, ws, "function")
     monkeypatch.setattr(ops, "_pad_for_tensor_cores", lambda t, dtype=None: True)
     _, padded = _grads(syn, ws, "function")
-    for name, r in ref.items():
-        assert _rel(padded[name], r) < 1e-6 if float(r.norm()) else float(padded[name].norm()) == 0, name
+    for name, r in ref.items():  # float32 sums in another order (the padded matrix products): rounding only
+        assert _rel(padded[name], r) < 5e-6 if float(r.norm()) else float(padded[name].norm()) == 0, name
 
 
 @pytest.mark.parametrize("cfg", ["R", "T"])
