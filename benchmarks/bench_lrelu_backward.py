@@ -10,9 +10,8 @@ forward pass of ``G.synthesis`` under autograd, with the demodulation as the ker
 output gradient, in each variant (warps per program, tile edge; 'default' is what the code uses), with each
 variant's largest difference from the default's input gradient (relative to its largest value). ``--codes``: also
 the inference forward, the training forward that stores the activation's derivative codes
-(``fast_ops.forward_with_codes``) and the backward from them, per layer, for each training forward of
-``CODES_FORMS`` (the codes path costs training + from codes, the recomputing one forward + the default backward;
-every layer is timed both ways, whichever it takes), with the d x difference from the default backward. ``--steps``:
+(``fast_ops.forward_with_codes``) and the backward from them, per layer (the codes path costs training + from
+codes, the recomputing one forward + the default backward; every layer is timed both ways, whichever it takes). ``--steps``:
 batch sizes for which the whole forward / forward+backward (w.r.t. ws and w.r.t. weights) is then timed
 (bench_generator's timing).
 """
@@ -55,40 +54,23 @@ def capture_lrelu_inputs(G, batch, force_fp32):
     return calls
 
 
-CODES_FORMS = {  # the training forwards --codes times: name -> fast_ops settings
-    "training": {},  # as the code runs it (fp16 2x layers: the banded inference kernel storing the codes)
-    "dense training": dict(BANDED_CODES_DTYPES=()),  # the dense training kernel on the backward's tiles everywhere
-}
-
-
-def codes_row(call, gy, ref=None):
-    """{name: ms} of one layer's activation (small planes included, where the code keeps no codes): the inference
-    forward, and per training forward of :data:`CODES_FORMS` that forward and the backward from its codes (with the
-    largest difference of its d x from ``ref``'s, relative to ``ref``'s largest value); None where
-    forward_with_codes can't run (radial filters beyond MAX_RANK)."""
+def codes_row(call, gy):
+    """(inference forward ms, training forward ms, codes backward ms) of one layer's activation (small planes
+    included, where the code keeps no codes), or None where forward_with_codes can't run (radial filters beyond
+    MAX_RANK)."""
     x, b, g, fu, fd, up, down, padding, gain, slope, clamp = call
-    row = {}
     with fast_ops_settings(CODES_MIN_OUT=0):  # small planes too, for the comparison
-        row["inference"] = cuda_ms(lambda: fast_ops.fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding,
-                                                                                gain, slope, clamp, in_gain=g))
-        for name, settings in CODES_FORMS.items():
-            with fast_ops_settings(**settings):
-                res = fast_ops.forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_gain=g)
-                if res is None:
-                    return None
-                codes = res[1]
-                row[name] = cuda_ms(lambda: fast_ops.forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope,
-                                                                        clamp, in_gain=g))
-
-                def back():
-                    return fast_ops.backward_from_codes(codes, gy, x.shape, x.dtype, fu, fd, up, down, padding, gain,
-                                                        slope, x=x, in_gain=g)
-
-                row[name + " from codes"] = cuda_ms(back)
-                if ref is not None:
-                    row[name + " err"] = float((back()[0].float() - ref[0].float()).abs().max()
-                                               / ref[0].float().abs().max())
-    return row
+        res = fast_ops.forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_gain=g)
+        if res is None:
+            return None
+        codes = res[1]
+        inference = cuda_ms(lambda: fast_ops.fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain,
+                                                                          slope, clamp, in_gain=g))
+        train = cuda_ms(lambda: fast_ops.forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp,
+                                                            in_gain=g))
+        back = cuda_ms(lambda: fast_ops.backward_from_codes(codes, gy, x.shape, x.dtype, fu, fd, up, down, padding,
+                                                            gain, slope, x=x, in_gain=g))
+    return inference, train, back
 
 
 F16, F32 = torch.float16, torch.float32
@@ -144,7 +126,7 @@ def main(argv=None):
         if calls:
             print(f"# {cfg} {args.resolution} batch {args.batch} {args.dtype}: backward ms per layer (max rel. diff "
                   f"of d x from the default)")
-        totals = dict.fromkeys(args.variants, 0.0)
+        totals = dict.fromkeys(args.variants + (["inference", "training", "from codes"] if args.codes else []), 0.0)
         for i, call in enumerate(calls):
             x = call[0]
             h_out, w_out = fast_ops._output_size(x.shape[2], x.shape[3], *call[3:8])
@@ -166,15 +148,13 @@ def main(argv=None):
                     f" ({float((res[0].float() - ref[0].float()).abs().max() / ref[0].float().abs().max()):.1e})")
                 row.append(f"{name} {ms:7.2f}{err}")
             if args.codes:
-                times = codes_row(call, gy, ref)
+                times = codes_row(call, gy)
                 if times is None:
                     row.append("codes n/a")
                 else:
-                    for name, v in times.items():
-                        if not name.endswith(" err"):
-                            totals[name] = totals.get(name, 0.0) + v
-                    row.append(" ".join(f"{k} {v:.1e}" if k.endswith(" err") else f"{k} {v:.2f}"
-                                        for k, v in times.items()))
+                    for name, ms in zip(("inference", "training", "from codes"), times):
+                        totals[name] += ms
+                    row.append("forward {:6.2f} training {:6.2f} from codes {:6.2f}".format(*times))
             print(f"{i:2d} {tuple(x.shape)} {str(x.dtype)[6:]} up {call[5]} down {call[6]} | " + " | ".join(row),
                   flush=True)
         if calls:

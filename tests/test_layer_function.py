@@ -150,16 +150,16 @@ def _check_saved_per_layer(G, n, force_fp32=False, any_device=False):
         k = layer.conv_kernel
         y_shape = (n, layer.out_channels, x.shape[2] + k - 1, x.shape[3] + k - 1)  # the convolution's output
         maps = {key: v for key, v in saved.items() if len(key[2]) == 4 and key[2][2] * key[2][3] > 9}  # not kernels
-        # The activation's derivative codes (fast_config saved_codes, where the kernels run): 2 bits per upsampled
-        # sample, each tile column's whole block along x; then the 1x1 layers (no input gain) keep no y.
-        codes = {key: v for key, v in saved.items() if key[1] == torch.uint8 and len(key[2]) == 5}
+        # The activation's derivative codes (fast_config saved_codes, where the kernels run): 2 bits per sample
+        # of each output tile's upsampled block; then the 1x1 layers (no input gain) keep no y.
+        codes = {key: v for key, v in saved.items() if key[1] == torch.uint8 and len(key[2]) == 6}
         expected = [tuple(x.shape), y_shape] if k == 3 or not codes else [tuple(x.shape)]
         assert sorted(key[2] for key in maps) == sorted(expected), (name, list(maps))
         assert all(key[1] == xin.dtype for key in maps), (name, list(maps))
         if codes:  # at most 2x the upsampled y's 2 bits per sample (the tiles' overlap), plus up to four of the
             # tiles' [BU, BU // 4]-byte blocks per plane (small planes: 2 x 2 tiles of 64 over 76 upsampled samples)
             y_numel = y_shape[0] * y_shape[1] * y_shape[2] * y_shape[3]
-            bu = next(iter(codes))[2][-1] * 4
+            bu = next(iter(codes))[2][-2]
             bound = 2 * y_numel * layer.up_factor ** 2 / 4 + 4 * y_shape[0] * y_shape[1] * bu * bu // 4
             assert sum(codes.values()) <= bound, (name, sum(codes.values()), bound)
         small = sum(saved.values()) - sum(maps.values()) - sum(codes.values())

@@ -91,31 +91,18 @@ def _check_forward_variant(cfg, overrides):
 
 
 @pytest.mark.parametrize("cfg, one_sample_chunks, via_codes, tile",
-                         [("R", False, None, 64), ("T", False, None, 64), ("T", True, None, 64),
-                          ("R", False, "dense", 64), ("T", True, "dense", 64), ("T", False, "dense", 128),
-                          ("R", False, "banded", 64), ("T", False, "banded", 128), ("R", True, "banded", 128)])
+                         [("R", False, False, 64), ("T", False, False, 64), ("T", True, False, 64),
+                          ("R", False, True, 64), ("T", True, True, 64), ("T", False, True, 128)])
 def test_fused_backward_matches_autograd(cfg, one_sample_chunks, via_codes, tile, monkeypatch):
     """The fused backward kernel against autograd through the plain operator, a small clamp on every other layer so
     that clamped samples (zero gradient) occur, an input gain (the demodulation the fast path folds in) on every
     other layer, one of them with a zero gain; down-filters needing more than MAX_RANK terms return None. Also with
     the batch taken one sample at a time (what a chunk_mb smaller than one sample's float32 sums makes it do).
     via_codes: the training forward (its output against the plain operator's too) and the backward from the
-    derivative codes it stored: "dense", the training kernel on the backward's tiles (on 128-wide ones their window
-    is taken in blocks, 64 + 16 of 128 for 2x layers); "banded", the inference forward's banded kernels storing the
-    codes on 64-wide tiles (T: the single-term kernel, R: the general one with output halves), read by the backward
-    on ``tile``-wide tiles (128: the codes rewritten for them), as fp16 layers run on CUDA."""
+    derivative codes it stored; on 128-wide tiles their window is taken in blocks (64 + 16 of 128 for 2x layers)."""
     monkeypatch.setattr(fast_ops, "BACKWARD_TILES", (tile,))  # float32 here: the 64-wide tile is allowed
     monkeypatch.setattr(fast_ops, "CODES_FLOAT32_TILES", (tile,))  # (on CUDA 64 only: shared memory)
     monkeypatch.setattr(fast_ops, "CODES_MIN_OUT", 0)  # the small test planes keep codes too
-    if via_codes == "banded":
-        monkeypatch.setattr(fast_ops, "BANDED_CODES_DTYPES", (torch.float32,))
-        monkeypatch.setattr(fast_ops, "CODES_BACKWARD_TILE", {torch.float32: tile})
-        monkeypatch.setattr(fast_ops, "SINGLE_TERM_DTYPES", (torch.float32,))
-        monkeypatch.setattr(fast_ops, "FUSED_DEFAULT", {torch.float32: ("banded", 64, cfg == "R")})
-        launches = {"banded": 0, "banded_unmasked": 0, "single": 0, "single_unmasked": 0}
-        monkeypatch.setattr(fast_ops, "_fused_kernel", _CountedLaunches(fast_ops._fused_kernel, launches, "banded"))
-        monkeypatch.setattr(fast_ops, "_fused_single_term_kernel",
-                            _CountedLaunches(fast_ops._fused_single_term_kernel, launches, "single"))
     if one_sample_chunks:
         monkeypatch.setattr(fast_config.FastConfig, "chunk_bytes", property(lambda self: 1))
     worst, checked, layers, gained = 0.0, 0, 0, 0
@@ -160,8 +147,6 @@ def test_fused_backward_matches_autograd(cfg, one_sample_chunks, via_codes, tile
     assert checked >= layers - 4, (checked, layers)  # most layers went through the fused backward
     assert gained >= 2
     assert worst < 1e-5
-    if via_codes == "banded":  # the codes came from the banded kernels
-        assert launches["single" if cfg == "T" else "banded"] >= 3, launches
 
 
 class _CountedLaunches:

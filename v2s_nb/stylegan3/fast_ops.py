@@ -245,7 +245,7 @@ if HAVE_TRITON:
                       DOWN: tl.constexpr, R: tl.constexpr, KAX: tl.constexpr, KBX: tl.constexpr,
                       KAY: tl.constexpr, KBY: tl.constexpr, BU: tl.constexpr, BOP: tl.constexpr,
                       B0: tl.constexpr, D01: tl.constexpr, HALVES: tl.constexpr, PRECISION: tl.constexpr,
-                      HAS_GAIN: tl.constexpr, HAS_SCALE: tl.constexpr, codes_ptr=None, CODES: tl.constexpr = False):
+                      HAS_GAIN: tl.constexpr, HAS_SCALE: tl.constexpr):
         """The whole filtered leaky ReLU for one output tile as a chain of small matrix products.
 
         x window (+bias) -> upsample along y (Ay^T @) -> along x (@ Ax), in two column halves -> leaky ReLU, gain,
@@ -259,8 +259,6 @@ if HAVE_TRITON:
         HAS_GAIN: the input plane is first multiplied by g_ptr[p] (demodulation of a convolution's output);
         HAS_SCALE: the result is multiplied by s_ptr[p] (the next layer's input modulation). w_store: the output's
         row stride in elements (w_out, or more where the rows are padded: ``row_align``), in every fused kernel.
-        CODES: also stores the activation's derivative codes of the tile's upsampled block (:func:`_store_codes`;
-        a training forward, :func:`forward_with_codes`).
         """
         plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
         oy0 = tl.program_id(1) * BO
@@ -279,15 +277,8 @@ if HAVE_TRITON:
         HB: tl.constexpr = BU // 2
         OB: tl.constexpr = BOP // 2
         mat = ax_ptr.dtype.element_ty
-        u0 = _up_cols(sa, sb, ax_ptr, 0, HB, KAX, KBX * B0, BU, PRECISION)
-        u1 = _up_cols(sa, sb, ax_ptr, HB, HB, KAX, KBX, BU, PRECISION)
-        if CODES:
-            packed = _codes_packed_by_product(u0, gain, slope, clamp, 0, BU // 4)
-            packed += _codes_packed_by_product(u1, gain, slope, clamp, HB // 4, BU // 4)
-            _store_packed_codes(codes_ptr, plane, packed, tl.arange(0, BU), tl.program_id(1), tl.program_id(2),
-                                tl.num_programs(1), tl.num_programs(2), BO * DOWN, BU)
-        u0 = _act(u0, gain, slope, clamp).to(mat)
-        u1 = _act(u1, gain, slope, clamp).to(mat)
+        u0 = _act(_up_cols(sa, sb, ax_ptr, 0, HB, KAX, KBX * B0, BU, PRECISION), gain, slope, clamp).to(mat)
+        u1 = _act(_up_cols(sa, sb, ax_ptr, HB, HB, KAX, KBX, BU, PRECISION), gain, slope, clamp).to(mat)
         lo = tl.arange(0, BOP)
         oy = oy0 + lo
         ok_y = (lo < BO) & (oy < h_out)
@@ -343,8 +334,7 @@ if HAVE_TRITON:
                                   DOWN: tl.constexpr, KAX: tl.constexpr, KBX: tl.constexpr, KAY: tl.constexpr,
                                   KBY: tl.constexpr, BU: tl.constexpr, BOP: tl.constexpr, B0: tl.constexpr,
                                   PRECISION: tl.constexpr, HAS_GAIN: tl.constexpr, HAS_SCALE: tl.constexpr,
-                                  PLANES: tl.constexpr, MASKED: tl.constexpr, codes_ptr=None, n_fy=1, n_fx=1,
-                                  CODES: tl.constexpr = False):
+                                  PLANES: tl.constexpr, MASKED: tl.constexpr):
         """:func:`_fused_kernel` (banded, no output halves) for a one-term (separable) down-filter, with remainder
         blocks on both axes (KBX, KBY > 0), written otherwise: every matrix block is loaded once before a loop over
         the program's PLANES planes at the same tile.
@@ -356,8 +346,7 @@ if HAVE_TRITON:
 
         Tiles: program (p, i, j) runs tile row i + ty_off (+ ty_jump from i = ty_split on), column likewise (see
         :func:`_tile_launches`). MASKED = False for the tiles whose whole input window and output tile lie inside
-        the planes: no bounds tests on their loads and stores (faster, the same output). CODES: also stores the
-        activation's derivative codes (:func:`_store_codes`; n_fy x n_fx: the plane's tiles)."""
+        the planes: no bounds tests on their loads and stores (faster, the same output)."""
         p0 = tl.program_id(0) * PLANES
         pid1 = tl.program_id(1)
         pid2 = tl.program_id(2)
@@ -407,10 +396,6 @@ if HAVE_TRITON:
             if B0:
                 u0 += tl.dot(sb, axb0, input_precision=PRECISION)
             u1 = tl.dot(sa, axa1, input_precision=PRECISION) + tl.dot(sb, axb1, input_precision=PRECISION)
-            if CODES:
-                packed = _codes_packed_by_product(u0, gain, slope, clamp, 0, BU // 4)
-                packed += _codes_packed_by_product(u1, gain, slope, clamp, HB // 4, BU // 4)
-                _store_packed_codes(codes_ptr, plane, packed, bu, oy0 // BO, ox0 // BO, n_fy, n_fx, BO * DOWN, BU)
             u0 = _act(u0, gain, slope, clamp).to(mat)
             u1 = _act(u1, gain, slope, clamp).to(mat)
             v = tl.dot(u0, dxa, input_precision=PRECISION) + tl.dot(u1, dxb, input_precision=PRECISION)
@@ -530,84 +515,7 @@ if HAVE_TRITON:
         or 0)."""
         wide = tl.reshape(tl.broadcast_to(packed.to(tl.int32)[:, :, None], [ROWS, BU // 4, 4]), [ROWS, BU])
         code = (wide >> (2 * (tl.arange(0, BU) % 4))[None, :]) & 3
-        return _code_derivative(code, gain, slope)
-
-    @triton.jit
-    def _code_derivative(code, gain, slope):
-        """2-bit codes (:func:`_derivative_codes`) -> the derivative: gain, gain * slope or 0."""
         return tl.where(code == 1, gain, tl.where(code == 0, gain * slope, 0.0))
-
-    @triton.jit
-    def _codes_packed_by_product(u, gain, slope, clamp, J0: tl.constexpr, NJ: tl.constexpr):
-        """The codes of the pre-activation u [ROWS, C] packed four to a byte as a matrix product, placed at byte
-        columns J0 + c // 4 of a [ROWS, NJ] float32 result (exact: integers under 256): code[:, c] * 4 ** (c % 4)
-        summed per byte. On the banded kernels' small blocks the product avoids the register shuffles of
-        :func:`_pack_codes` (its groups of four columns sit in different threads)."""
-        C: tl.constexpr = u.shape[1]
-        c = tl.arange(0, C)[:, None]
-        weights = tl.where(c // 4 + J0 == tl.arange(0, NJ)[None, :], 1 << (2 * (c % 4)), 0).to(tl.float16)
-        return tl.dot(_derivative_codes(u, gain, slope, clamp).to(tl.float16), weights)
-
-    @triton.jit
-    def _store_packed_codes(codes_ptr, plane, packed, i, fty, ftx, n_fy, n_fx, OWN, BU: tl.constexpr):
-        """:func:`_store_codes` for codes already packed: the bytes [rows i, BU // 4] of tile (fty, ftx)."""
-        keep = i < OWN + (fty == n_fy - 1).to(tl.int32) * BU
-        row_bytes = n_fx * (BU // 4)
-        plane_bytes = ((n_fy - 1) * OWN + BU) * row_bytes
-        ptr = (codes_ptr + plane * plane_bytes + (fty * OWN + i)[:, None] * row_bytes + ftx * (BU // 4)
-               + tl.arange(0, BU // 4)[None, :])
-        tl.store(ptr, packed.to(tl.uint8), mask=keep[:, None])
-
-    @triton.jit
-    def _store_codes(codes_ptr, plane, u, i, fty, ftx, n_fy, n_fx, OWN, gain, slope, clamp, C0: tl.constexpr,
-                     COLS: tl.constexpr, BU: tl.constexpr):
-        """Stores the derivative codes of the pre-activation u [rows i of the tile's upsampled block, its columns
-        C0..C0+COLS] from tile (fty, ftx) in the codes layout of :func:`forward_with_codes`: [plane, upsampled row,
-        tile column, BU // 4 bytes], the rows of tile row fty from fty * OWN (OWN = BO * DOWN, the tile's step in the
-        upsampled signal). A tile stores the OWN rows it starts, the last tile row all of its BU: no two tiles write
-        one byte, and every row a valid output reaches is stored."""
-        keep = i < OWN + (fty == n_fy - 1).to(tl.int32) * BU
-        row_bytes = n_fx * (BU // 4)
-        plane_bytes = ((n_fy - 1) * OWN + BU) * row_bytes
-        ptr = (codes_ptr + plane * plane_bytes + (fty * OWN + i)[:, None] * row_bytes + ftx * (BU // 4)
-               + (C0 // 4 + tl.arange(0, COLS // 4))[None, :])
-        tl.store(ptr, _pack_codes(_derivative_codes(u, gain, slope, clamp), u.shape[0], COLS), mask=keep[:, None])
-
-    @triton.jit
-    def _load_derivative(codes_ptr, plane, rows, ty, tx, own, n_fy, n_fx, gain, slope, ROWS: tl.constexpr,
-                         BU: tl.constexpr):
-        """The activation's derivative [ROWS, BU] float32 at rows ``rows`` of tile (ty, tx)'s upsampled block, read
-        from codes stored on these tiles (step ``own`` = BO * DOWN, n_fy x n_fx of them; :func:`_store_codes`)."""
-        row_bytes = n_fx * (BU // 4)
-        base = codes_ptr + plane * (((n_fy - 1) * own + BU) * row_bytes) + (ty * own + rows)[:, None] * row_bytes
-        packed = tl.load(base + (tx * (BU // 4) + tl.arange(0, BU // 4))[None, :])
-        return _unpacked_derivative(packed, gain, slope, ROWS, BU)
-
-    @triton.jit
-    def _retile_codes_kernel(src_ptr, dst_ptr, src_rows, dst_rows, src_own, src_nfx, own, n_fx, SRC_BU: tl.constexpr,
-                             BU: tl.constexpr, ROWS: tl.constexpr):
-        """Codes stored on one tiling (block SRC_BU, step src_own, src_nfx tile columns) rewritten for another (BU,
-        own, n_fx; both steps even): rows ROWS at a time, one tile column of the new layout per program. Rows are
-        the upsampled signal's in both. Each new byte's four samples lie in one old tile column's block (the one
-        whose step holds the first: it stores SRC_BU - src_own >= 4 samples past its step), so the byte is two old
-        bytes shifted by 0 or 4 bits (positions past the last old block, which no valid output reaches, become
-        code 0)."""
-        plane = tl.program_id(0).to(tl.int64)
-        r = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
-        u_x = tl.program_id(2) * own + 4 * tl.arange(0, BU // 4)  # the first sample of each new byte
-        fx = tl.minimum(u_x // src_own, src_nfx - 1)
-        rx = u_x - fx * src_own
-        src_row_bytes = src_nfx * (SRC_BU // 4)
-        src = (src_ptr + plane * src_rows * src_row_bytes + r[:, None] * src_row_bytes
-               + (fx * (SRC_BU // 4) + rx // 4)[None, :])
-        row_ok = (r < src_rows)[:, None]
-        lo = tl.load(src, mask=row_ok & (rx < SRC_BU)[None, :], other=0).to(tl.int32)
-        hi = tl.load(src + 1, mask=row_ok & (rx + 4 < SRC_BU)[None, :], other=0).to(tl.int32)
-        byte = ((lo | (hi << 8)) >> (2 * (rx % 4))[None, :]) & 255
-        row_bytes = n_fx * (BU // 4)
-        tl.store(dst_ptr + plane * dst_rows * row_bytes + r[:, None] * row_bytes
-                 + (tl.program_id(2) * (BU // 4) + tl.arange(0, BU // 4))[None, :], byte.to(tl.uint8),
-                 mask=(r < dst_rows)[:, None])
 
     @triton.jit
     def _fused_train_kernel(x_ptr, b_ptr, g_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, out_ptr, codes_ptr, h, w, h_out,
@@ -617,8 +525,8 @@ if HAVE_TRITON:
                             PRECISION: tl.constexpr, HAS_GAIN: tl.constexpr, SPLIT: tl.constexpr):
         """The filtered leaky ReLU of one output tile on the backward's tiles, which also stores the activation's
         derivative over the tile's upsampled [BU, BU] block as 2-bit codes (:func:`_derivative_codes`), four per
-        byte (:func:`_store_codes`): what :func:`_fused_backward_codes_kernel` reads instead of recomputing the
-        pre-activation. The input window is
+        byte, at codes[plane, tile y, tile x] ([BU, BU // 4] bytes per tile): what
+        :func:`_fused_backward_codes_kernel` reads instead of recomputing the pre-activation. The input window is
         taken in blocks as there (KAY + KBY rows, KAX + KBX columns: :func:`codes_window`), the upsampled block in
         SPLIT row blocks."""
         plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
@@ -648,6 +556,7 @@ if HAVE_TRITON:
                 t_b += tl.dot(xw.to(ax_b.dtype), ax_b, input_precision=PRECISION)
             t_b = t_b.to(ax_a.dtype)
         lo = tl.arange(0, BOP)
+        tile = ((plane * tl.num_programs(1) + ty) * tl.num_programs(2) + tx) * (BU * (BU // 4))
         HB: tl.constexpr = BU // SPLIT
         acc = tl.zeros([BOP, BOP], dtype=tl.float32)
         for part in tl.static_range(SPLIT):
@@ -657,8 +566,8 @@ if HAVE_TRITON:
             if KBY > 0:
                 ayt = tl.load(ay_ptr + rows[:, None] + (KAY + tl.arange(0, KBY))[None, :] * BU)
                 u += tl.dot(ayt, t_b, input_precision=PRECISION)
-            _store_codes(codes_ptr, plane, u, rows, ty, tx, tl.num_programs(1), tl.num_programs(2), BO * DOWN, gain,
-                         slope, clamp, 0, BU, BU)
+            tl.store(codes_ptr + tile + rows[:, None] * (BU // 4) + tl.arange(0, BU // 4)[None, :],
+                     _pack_codes(_derivative_codes(u, gain, slope, clamp), HB, BU))
             a = _act(u, gain, slope, clamp).to(ax_a.dtype)
             for r in tl.static_range(R):
                 dx = tl.load(dx_ptr + r * BU * BOP + tl.arange(0, BU)[:, None] * BOP + lo[None, :])
@@ -703,6 +612,7 @@ if HAVE_TRITON:
         lo = tl.arange(0, BOP)
         g, peak = _tile_gradient(gy_ptr, plane, oy0, ox0, h_out, w_out, BO, BOP, SCALE)
         g = g.to(dx_ptr.dtype.element_ty)
+        tile = ((plane * tl.num_programs(1) + ty) * tl.num_programs(2) + tx) * (BU * (BU // 4))
         HB: tl.constexpr = BU // SPLIT
         s_a = tl.zeros([KAY, BU], dtype=tl.float32)
         if KBY > 0:
@@ -710,9 +620,8 @@ if HAVE_TRITON:
         for part in tl.static_range(SPLIT):
             rows = part * HB + tl.arange(0, HB)
             gu = _down_transposed(g, dy_ptr, dx_ptr, rows, R, HB, BU, BOP, PRECISION)
-            deriv = _load_derivative(codes_ptr, plane, rows, ty, tx, BO * DOWN, tl.num_programs(1),
-                                     tl.num_programs(2), gain, slope, HB, BU)
-            gu = (gu * deriv).to(dx_ptr.dtype.element_ty)
+            packed = tl.load(codes_ptr + tile + rows[:, None] * (BU // 4) + tl.arange(0, BU // 4)[None, :])
+            gu = (gu * _unpacked_derivative(packed, gain, slope, HB, BU)).to(dx_ptr.dtype.element_ty)
             ay_a = tl.load(ay_ptr + tl.arange(0, KAY)[:, None] * BU + rows[None, :])
             s_a += tl.dot(ay_a, gu, input_precision=PRECISION)  # [KAY, BU]
             if KBY > 0:
@@ -1264,8 +1173,7 @@ def _per_plane(v, n, c, device):
 
 
 def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp, forms=None,
-                                 pad_channels_to=1, in_gain=None, out_scale=None, out_dtype=None, row_align=1,
-                                 codes=None):
+                                 pad_channels_to=1, in_gain=None, out_scale=None, out_dtype=None, row_align=1):
     """The filtered leaky ReLU in one kernel (no upsampled intermediate in memory). None if it can't apply.
 
     ``forms``: the (kernel, tile edge, halves) to try in turn, e.g. ``[("banded", 64, False)]``; by default the
@@ -1279,9 +1187,6 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
     ``out_dtype``: the result's dtype (default ``x``'s). ``x`` may be a channel slice of a larger buffer.
     ``row_align``: the buffer's rows are padded to a multiple of this many elements and the result is a view of
     its first columns (the rows form of :func:`fast_conv.conv2d_nchw` reads it in 16-byte aligned boxes).
-    ``codes``: a uint8 buffer from :func:`_codes_buffer` for the first banded form in ``forms`` (dense forms are
-    skipped), into which the kernel also stores the activation's derivative codes (a training forward,
-    :func:`forward_with_codes`).
     """
     n, c, h, w = x.shape
     h_out, w_out = _output_size(h, w, fu, fd, up, down, padding)
@@ -1301,28 +1206,22 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
     g = _per_plane(in_gain, n, c, x.device)
     sc = _per_plane(out_scale, n, c, x.device)
     if x.is_contiguous() and c_pad == c:
-        parts = [(x, buf, g, sc, codes)]
+        parts = [(x, buf, g, sc)]
     else:
         # One launch per sample, each over a contiguous block of c planes in and out: faster than one launch
         # indexing the planes with batch strides (docs/performance.md).
-        parts = [(x[i], buf[i, :c], None if g is None else g[i], None if sc is None else sc[i],
-                  None if codes is None else codes[i]) for i in range(n)]
+        parts = [(x[i], buf[i, :c], None if g is None else g[i], None if sc is None else sc[i]) for i in range(n)]
     for kernel, bu, halves in forms:
-        if codes is not None and (kernel == "dense" or codes.shape[-1] * 4 != bu):
-            continue
         plan = _fused_plan(fu, fd, up, down, padding, x.dtype, x.device, bu)
         if plan is None:
             return None
         bo = plan["bo"]
-        n_fy, n_fx = _cdiv(h_out, bo), _cdiv(w_out, bo)
-        code_args = dict(CODES=codes is not None)
         flags = dict(PRECISION=_forward_precision(x.dtype), HAS_GAIN=g is not None, HAS_SCALE=sc is not None)
         single = plan["r"] == 1
         mats_first = single and DENSE_MATS_FIRST
         try:
-            for xs, out, gs, ss, cs in parts:
+            for xs, out, gs, ss in parts:
                 planes = xs.numel() // (h * w)
-                code_args["codes_ptr"] = cs
                 grid = (planes, _cdiv(h_out, bo), _cdiv(w_out, bo))
                 gs = gs if gs is not None else bias
                 ss = ss if ss is not None else bias
@@ -1349,12 +1248,11 @@ def fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, c
                             h_out, w_out, w_buf, c, plan["jshift_y"], plan["jshift_x"], float(gain), float(slope),
                             float(clamp), bo, *tiles, UP=up, DOWN=down, KAX=plan["kax"], KBX=plan["kbx"],
                             KAY=plan["kay"], KBY=plan["kby"], BU=bu, BOP=plan["bop"], B0=plan["b0"], PLANES=1,
-                            MASKED=masked or ALWAYS_MASKED, n_fy=n_fy, n_fx=n_fx, num_warps=warps, **code_args,
-                            **flags)
+                            MASKED=masked or ALWAYS_MASKED, num_warps=warps, **flags)
                 else:
                     _fused_kernel[grid](*common, UP=up, DOWN=down, R=plan["r"], KAX=plan["kax"], KBX=plan["kbx"],
                                         KAY=plan["kay"], KBY=plan["kby"], BU=bu, BOP=plan["bop"], B0=plan["b0"],
-                                        D01=plan["d01"], HALVES=halves, num_warps=warps, **code_args, **flags)
+                                        D01=plan["d01"], HALVES=halves, num_warps=warps, **flags)
         except triton.runtime.errors.OutOfResources:
             continue  # too much shared memory for this GPU: the next choice, then the unfused kernels
         if w_buf > w_out:
@@ -1490,42 +1388,24 @@ def forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_g
     codes), or None where the fused kernels can't apply or the planes have under :data:`CODES_MIN_OUT` output rows or
     columns (then use the forward and backward that recompute).
 
-    ``codes`` holds the activation's derivative at every upsampled sample an output reaches, 2 bits each: what
-    :func:`backward_from_codes` needs instead of ``x``; uint8 [N, C, upsampled rows, tile columns, BU // 4] (see
-    :func:`_codes_buffer`), about 0.6 bytes per input sample for 2x layers (``x`` in fp16: 2), so a layer that
-    keeps only the codes saves memory as well as the backward's recomputation. Layers whose inference forward is
-    banded (fp16 2x layers, :data:`BANDED_CODES_DTYPES`) run that kernel with the codes stored; the others a dense
-    training kernel on the backward's tiles (:func:`_fused_train_kernel`, whole-window products as
-    :func:`fused_filtered_lrelu_backward` recomputes them, in its precision: float32 layers in three-pass TF32, not
-    the inference forward's bf16x3). Either output equals the inference kernels' to rounding. The codes are
-    returned on the tiles :func:`backward_from_codes` runs (:data:`CODES_BACKWARD_TILE`; the banded forward's are
-    rewritten for them, :func:`_retiled_codes`)."""
+    ``codes`` (uint8 [N, C, tiles y, tiles x, BU, BU // 4]) holds the activation's derivative at every sample of
+    each output tile's upsampled block, 2 bits each: what :func:`backward_from_codes` needs instead of ``x``. It
+    is about 0.6 bytes per input sample for 2x layers (``x`` in fp16: 2), so a layer that keeps only the codes
+    saves memory as well as the backward's recomputation. The output is computed on the backward's tiles
+    (whole-window products, as :func:`fused_filtered_lrelu_backward` recomputes it, in its precision: float32 layers
+    in three-pass TF32, not the inference forward's bf16x3), equal to the inference kernels' to rounding."""
     n, c, h, w = x.shape
     h_out, w_out = _output_size(h, w, fu, fd, up, down, padding)
     if min(h_out, w_out) < CODES_MIN_OUT:
         return None
     x = x.contiguous()
-    if x.dtype in BANDED_CODES_DTYPES:
-        form = _forward_choices(x.dtype, up)[:1]
-        if form and form[0][0] == "banded":
-            plan = _fused_plan(fu, fd, up, down, padding, x.dtype, x.device, form[0][1])
-            bu = CODES_BACKWARD_TILE.get(x.dtype, form[0][1])
-            back = _fused_plan(fu, fd, up, down, padding, x.dtype, x.device, bu)
-            if plan is not None and back is not None:
-                codes = _codes_buffer(n, c, h_out, w_out, plan, down, x.device)
-                out = fused_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp, forms=form,
-                                                   in_gain=in_gain, codes=codes)
-                if out is not None and back["bu"] != plan["bu"]:
-                    codes = _retiled_codes(codes, plan, back, h_out, w_out, down)
-                if out is not None:
-                    return out, codes
     bias = b.to(torch.float32).contiguous()
     g = _per_plane(in_gain, n, c, x.device)
     split, warps = _codes_launch(x.dtype, up)
     out = torch.empty((n, c, h_out, w_out), dtype=x.dtype, device=x.device)
     for bu, plan, grid in _tile_plans(fu, fd, up, down, padding, x, _codes_tiles(x.dtype, h_out, w_out), h_out,
                                       w_out):
-        codes = _codes_buffer(n, c, h_out, w_out, plan, down, x.device)
+        codes = torch.empty((n, c, grid[1], grid[2], bu, bu // 4), dtype=torch.uint8, device=x.device)
         try:
             _fused_train_kernel[grid](x, bias, g if g is not None else bias, plan["ax"], plan["ay"], plan["dx"],
                                       plan["dy"], out, codes, h, w, h_out, w_out, c, plan["jshift_y"],
@@ -1537,25 +1417,6 @@ def forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_g
             continue
         return out, codes
     return None
-
-
-# Storage dtypes whose training forward is the inference forward's banded kernel with the codes stored, and the
-# codes backward's tile edge per dtype (fp16: 128 only, whatever the forward's tiles: its 64-wide form did not
-# compile; else the forward's). None by default: on the H200 the fp16 2x layers' banded training forward plus the
-# rewrite of its codes for the backward's tiles saved 2 ms of T's 44 (batch 8) and lost 2 ms on R's multi-term
-# layers, so the steps were even (docs/performance.md); (torch.float16,) turns it on.
-BANDED_CODES_DTYPES = ()
-CODES_BACKWARD_TILE = {torch.float16: 128}
-
-
-def _codes_buffer(n, c, h_out, w_out, plan, down, device):
-    """The uint8 codes of a training forward on ``plan``'s tiles (edge BU, step BO outputs = OWN = BO * down
-    upsampled samples): [N, C, (tile rows - 1) OWN + BU, tile columns, BU // 4]. Rows are the upsampled signal's,
-    each stored by the tile row that starts it (the last tile row: all its BU); along x each tile column keeps its
-    whole block, four samples a byte (:func:`_store_codes`)."""
-    bu, own = plan["bu"], plan["bo"] * down
-    n_fy, n_fx = _cdiv(h_out, plan["bo"]), _cdiv(w_out, plan["bo"])
-    return torch.empty((n, c, (n_fy - 1) * own + bu, n_fx, bu // 4), dtype=torch.uint8, device=device)
 
 
 # The training forward's tiles for float32 planes: 64 wide only. On 128-wide ones the codes backward wants more shared
@@ -1579,40 +1440,24 @@ def codes_window(plan):
     return dict(KAX=plan["kax"], KBX=plan["kbx"], KAY=plan["kay"], KBY=plan["kby"])
 
 
-def _retiled_codes(codes, plan, new_plan, h_out, w_out, down):
-    """Codes stored on ``plan``'s tiles (:func:`_codes_buffer`) rewritten for ``new_plan``'s (one pass of
-    :func:`_retile_codes_kernel`, about one read and one write of the codes)."""
-    n, c = codes.shape[:2]
-    out = _codes_buffer(n, c, h_out, w_out, new_plan, down, codes.device)
-    rows = 64
-    _retile_codes_kernel[(n * c, _cdiv(out.shape[2], rows), out.shape[3])](
-        codes, out, codes.shape[2], out.shape[2], plan["bo"] * down, codes.shape[3], new_plan["bo"] * down,
-        out.shape[3], SRC_BU=plan["bu"], BU=new_plan["bu"], ROWS=rows)
-    return out
-
-
 def backward_from_codes(codes, grad, size, dtype, fu, fd, up, down, padding, gain, slope, x=None, in_gain=None):
     """:func:`fused_filtered_lrelu_backward` from the codes of :func:`forward_with_codes`: (d x [``size``, ``dtype``],
     d b [C] float32, d in_gain [N, C] float32 or None). ``size``: the operator input's [N, C, H, W]; ``x`` (that
-    input) is needed only with ``in_gain`` (its gradient sums x times the incoming gradient). Runs on the codes'
-    tiles. Raises RuntimeError where the kernel doesn't fit the GPU (the forward that wrote the codes did, on the
-    same tiles)."""
+    input) is needed only with ``in_gain`` (its gradient sums x times the incoming gradient). Raises RuntimeError
+    where the kernel doesn't fit the GPU (the forward that wrote the codes did, on the same tiles)."""
     n, c, h, w = size
     if in_gain is not None and x is None:
         raise ValueError("backward_from_codes: in_gain's gradient needs the operator's input x; pass x=")
     h_out, w_out = _output_size(h, w, fu, fd, up, down, padding)
-    bu = codes.shape[-1] * 4
+    bu = codes.shape[-2]
     plan = _fused_plan(fu, fd, up, down, padding, dtype, codes.device, bu)
-    grid_y, grid_x = _cdiv(h_out, plan["bo"]), _cdiv(w_out, plan["bo"])
-    if codes.shape[2:4] != ((grid_y - 1) * plan["bo"] * down + bu, grid_x):
-        raise ValueError(f"backward_from_codes: codes of shape {tuple(codes.shape)} don't fit a layer of input {size}")
     grad = grad.contiguous()
     g = _per_plane(in_gain, n, c, codes.device)
     split, warps = _codes_launch(dtype, up)
 
     def launch(n0, n1, acc):
         acc.zero_()
-        _fused_backward_codes_kernel[((n1 - n0) * c, grid_y, grid_x)](
+        _fused_backward_codes_kernel[((n1 - n0) * c, codes.shape[2], codes.shape[3])](
             codes[n0:n1], grad[n0:n1], acc, plan["ax"], plan["ay"], plan["dx"], plan["dy"], h, w, h_out, w_out,
             plan["jshift_y"], plan["jshift_x"], plan["used_y"], plan["used_x"], float(gain), float(slope),
             plan["bo"], UP=up, DOWN=down, R=plan["r"], **codes_window(plan), BU=bu, BOP=plan["bop"],
