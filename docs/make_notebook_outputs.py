@@ -188,8 +188,9 @@ def _numbers_close(a: str, b: str) -> bool:
 
 def compare_text(a: str, b: str) -> str | None:
     """None when ``a`` and ``b`` agree (durations masked, numbers within 5 % or 0.05), else what differs."""
-    a, b = _DURATION.sub("<duration>", a), _DURATION.sub("<duration>", b)
+    # Embedded data first: base64 text can hold what reads as a duration ("...9s/..."), which would cut it short.
     a, b = _BASE64.sub("base64,<data>", a), _BASE64.sub("base64,<data>", b)
+    a, b = _DURATION.sub("<duration>", a), _DURATION.sub("<duration>", b)
     if _NUMBER.sub("#", a) != _NUMBER.sub("#", b):
         for la, lb in zip(a.splitlines() + [""] * 9999, b.splitlines()):
             if _NUMBER.sub("#", la) != _NUMBER.sub("#", lb):
