@@ -170,7 +170,9 @@ def mix_styles(s_ref: Mapping[str, torch.Tensor], s_drive: Mapping[str, torch.Te
         if name not in layers:
             out[name] = ref if outside == "ref" else base
             continue
-        other = zeta * ref + (1.0 - zeta) * base  # eq 12
+        # eq 12, zeta ref + (1 - zeta) base, written so that ref comes out exactly where base == ref (relative motion
+        # at the anchor frame: 1.5 ref - 0.5 ref is ref only to rounding) and where zeta = 1
+        other = ref + (1.0 - zeta) * (base - ref)
         m = masks.get(name) if masks is not None else None
         if m is None:
             out[name] = other.expand(torch.broadcast_shapes(ref.shape, base.shape, s_drive[name].shape)).clone()
@@ -503,7 +505,12 @@ class Reenactor:
             s_ref = {k: v.cpu() for k, v in sy.styles(w_ref_p.to(dev)).items()}
             s_drv_all = sy.styles(ws_m.to(dev))
             s_drive = {k: s_drv_all[k].cpu() for k in names}
-            s_base = {k: v.cpu() for k, v in sy.styles(w_base.to(dev)).items()}
+            # s_base = A(w_base) taken as s_ref + A(w_base - w_ref) - A(0) (A is affine): where the motion is zero
+            # (relative modes at the anchor frame) s_base is s_ref itself, not s_ref to the rounding of another
+            # batch's product, so the anchor frame renders the reference exactly for any coefficients
+            step = sy.styles((w_base - w_ref_p).to(dev))
+            zero = sy.styles(torch.zeros_like(w_ref_p[:1]).to(dev))
+            s_base = {k: s_ref[k] + (step[k] - zero[k]).cpu() for k in step}
         transforms = self.position_transforms(src["position"])
         if transforms is not None:
             transforms = torch.as_tensor(transforms, dtype=torch.float32)
