@@ -17,6 +17,14 @@ included: both gradients, and each alone) against ``fast_conv.conv2d_input_grad_
 forms, and the one it picks) and ``fast_conv.conv2d_weight_grad_nchw``; ms, and the largest error of each against a
 float32 backward (TF32 off), relative to the largest value. ``--sweep`` also times the weight gradient's kernel in
 other tile configurations per layer and prints the fastest.
+
+    python benchmarks/bench_conv.py --batch 8 --grads-1x1 [--sweep]
+
+R's per-sample 1x1 weight gradient instead (each fp16 layer of R, on random tensors of its shapes): cuBLAS's batched
+product as the layer's backward ran it before (``torch.bmm(grad_y, x^T)``) against
+``fast_conv.batched_1x1_weight_grad``, and the input gradient (``torch.bmm(W^T, grad_y)`` against
+``fast_conv.batched_1x1_input_grad``): ms, and each one's largest error against a float32 product; ``--sweep``
+times other tile configurations of ours.
 """
 
 from __future__ import annotations
@@ -38,9 +46,13 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--resolution", type=int, default=1024)
     p.add_argument("--grads", action="store_true", help="time the gradients (backward) instead of the forward")
-    p.add_argument("--sweep", action="store_true", help="with --grads: time other weight-gradient tile configs")
+    p.add_argument("--grads-1x1", action="store_true", help="time R's per-sample 1x1 weight gradient instead")
+    p.add_argument("--sweep", action="store_true", help="with --grads / --grads-1x1: time other tile configs")
     args = p.parse_args(argv)
     dev = torch.device("cuda")
+    if args.grads_1x1:
+        return grads_1x1(build_generator("R", args.resolution, device=dev, calibrate=False), args.batch, args.sweep,
+                         dev)
     G = build_generator("T", args.resolution, device=dev, calibrate=False)
     if args.grads:
         return grads(G, args.batch, args.sweep, dev)
@@ -177,6 +189,86 @@ def grads(G, batch, sweep, dev):
         torch.cuda.empty_cache()
     print(f"{'total':>14} {'':>16} | {tot['both']:10.3f} {'':>7} {'':>7} | {'':>8} {'':>7} {'':>8} {'':>7} "
           f"{tot['new']:7.3f}")
+
+
+def _sweep_1x1(x, gy):
+    """(ms, (config, programs per SM), configs that failed, configs tried) of the fastest tile configuration of
+    ``fast_conv.batched_1x1_weight_grad``."""
+    best, skipped, tried = (float("inf"), None), 0, 0
+    for bo, bi in ((64, 64), (32, 64), (128, 64), (64, 128)):
+        for pix in (32, 64):
+            for warps in (4, 8):
+                for per_sm in (2, 4, 8):
+                    cfg = (bo, bi, pix, warps, 3)
+                    tried += 1
+                    try:
+                        ms = cuda_ms(lambda: fast_conv.batched_1x1_weight_grad(x, gy, config=cfg,
+                                                                               programs_per_sm=per_sm), reps=5)
+                    except Exception:  # noqa: BLE001 - e.g. too many resources (OutOfResources): skip it
+                        skipped += 1
+                        continue
+                    best = min(best, (ms, (cfg, per_sm)), key=lambda b: b[0])
+    return (*best, skipped, tried)
+
+
+def _sweep_1x1_input(weight, gy):
+    """As :func:`_sweep_1x1`, for ``fast_conv.batched_1x1_input_grad``."""
+    best, skipped, tried = (float("inf"), None), 0, 0
+    for bi in (64, 128):
+        for bk in (32, 64):
+            for pix in (64, 128, 256):
+                for warps in (4, 8):
+                    cfg = (bi, bk, pix, warps, 3)
+                    tried += 1
+                    try:
+                        ms = cuda_ms(lambda: fast_conv.batched_1x1_input_grad(weight, gy, config=cfg), reps=5)
+                    except Exception:  # noqa: BLE001 - e.g. too many resources (OutOfResources): skip it
+                        skipped += 1
+                        continue
+                    best = min(best, (ms, cfg), key=lambda b: b[0])
+    return (*best, skipped, tried)
+
+
+def grads_1x1(G, batch, sweep, dev):
+    """The --grads-1x1 table: see the module's docstring."""
+    print(f"# {torch.cuda.get_device_name()}, R, batch {batch}, per-sample weight gradient of the fp16 1x1 "
+          "convolutions (ms); errors: largest |difference| from a float32 product / largest |value|")
+    print(f"{'layer':>14} {'in->out @ px':>16} | {'w cuBLAS':>8} {'w ours':>8} {'x cuBLAS':>8} {'x ours':>8} | "
+          "errors: w cuBLAS, w ours, x cuBLAS, x ours" + ("  fastest configs (ms)" if sweep else ""))
+    tot = dict.fromkeys(("cublas", "ours", "cublas_x", "ours_x"), 0.0)
+    for name in G.synthesis.layer_names[:-1]:
+        L = getattr(G.synthesis, name)
+        if not L.use_fp16:
+            continue
+        c, o, size = L.in_channels, L.out_channels, int(L.in_size[0])
+        g = torch.Generator(device=dev).manual_seed(c * o)
+        x = torch.randn(batch, c, size, size, device=dev, generator=g, dtype=torch.float16)
+        gy = torch.randn(batch, o, size, size, device=dev, generator=g, dtype=torch.float16) / 8
+        xm, gm = x.reshape(batch, c, -1), gy.reshape(batch, o, -1)
+        wt = torch.randn(batch, o, c, device=dev, generator=g) / c ** 0.5
+        t = {"cublas": cuda_ms(lambda: torch.bmm(gm, xm.transpose(1, 2))),
+             "ours": cuda_ms(lambda: fast_conv.batched_1x1_weight_grad(x, gy)),
+             "cublas_x": cuda_ms(lambda: torch.bmm(wt.half().transpose(1, 2), gm)),
+             "ours_x": cuda_ms(lambda: fast_conv.batched_1x1_input_grad(wt, gy))}
+        ref = torch.bmm(gm.float(), xm.float().transpose(1, 2))
+        ref_x = torch.bmm(wt.half().float().transpose(1, 2), gm.float())
+        errs = (_rel(torch.bmm(gm, xm.transpose(1, 2)), ref), _rel(fast_conv.batched_1x1_weight_grad(x, gy), ref),
+                _rel(torch.bmm(wt.half().transpose(1, 2), gm), ref_x),
+                _rel(fast_conv.batched_1x1_input_grad(wt, gy).reshape(batch, c, -1), ref_x))
+        for k in tot:
+            tot[k] += t[k]
+        line = (f"{name:>14} {f'{c}->{o} @ {size}':>16} | {t['cublas']:8.3f} {t['ours']:8.3f} "
+                f"{t['cublas_x']:8.3f} {t['ours_x']:8.3f} | " + " ".join(f"{e:8.1e}" for e in errs))
+        if sweep:
+            ms, cfg, skipped, tried = _sweep_1x1(x, gy)
+            line += f"  weight {cfg} ({ms:.3f}; {skipped} of {tried} could not run)"
+            ms, cfg, skipped, tried = _sweep_1x1_input(wt, gy)
+            line += f"  input {cfg} ({ms:.3f}; {skipped} of {tried} could not run)"
+        print(line, flush=True)
+        del x, gy, xm, gm, ref
+        torch.cuda.empty_cache()
+    print(f"{'total':>14} {'':>16} | " + " ".join(f"{v:8.3f}" for v in tot.values()))
+
 
 if __name__ == "__main__":
     main()

@@ -378,6 +378,28 @@ def test_convolution_gradients_match_cudnn_on_gpu():
         assert float((gw - ref_w).abs().max() / ref_w.abs().max()) < 2e-3, (c, o, size)
 
 
+
+@requires_cuda
+def test_batched_1x1_grads_match_float32_on_gpu():
+    """R-like layers (channels past and under the tiles, a channel slice of a zero-padded x, a large plane that
+    splits the pixels over many programs): the per-sample weight and input gradients against float32 products."""
+    from v2s_nb.stylegan3 import fast_conv
+
+    g = torch.Generator().manual_seed(0)
+    for c, o, size in [(102, 102, 300), (162, 102, 60), (13, 70, 17)]:
+        buf = torch.randn(3, c + (-c) % 8, size, size, generator=g).to("cuda", torch.float16)
+        x = buf[:, :c]
+        gy = torch.randn(3, o, size, size, generator=g).to("cuda", torch.float16)
+        ref = torch.bmm(gy.float().reshape(3, o, -1), x.float().reshape(3, c, -1).transpose(1, 2))
+        out = fast_conv.batched_1x1_weight_grad(x, gy)
+        assert out.shape == (3, o, c) and out.dtype == torch.float32
+        assert float((out - ref).abs().max() / ref.abs().max()) < 2e-3, (c, o, size)
+        weight = torch.randn(3, o, c, generator=g).cuda() / c ** 0.5
+        ref_x = torch.bmm(weight.half().float().transpose(1, 2), gy.float().reshape(3, o, -1))
+        gx = fast_conv.batched_1x1_input_grad(weight, gy)
+        assert gx.shape == (3, c, size, size) and gx.dtype == torch.float16
+        assert float((gx.float().reshape(3, c, -1) - ref_x).abs().max() / ref_x.abs().max()) < 2e-3, (c, o, size)
+
 def test_fast_config_reads_the_environment_and_restores_overrides():
     from v2s_nb.stylegan3 import fast_config
     from v2s_nb.stylegan3.fast_config import FastConfig

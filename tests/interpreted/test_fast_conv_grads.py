@@ -71,3 +71,52 @@ def test_input_grad_forms_agree():
     ref = torch.nn.grad.conv2d_input(x.shape, kernel.half().float(), gy.float(), padding=2)
     for form in ("pointers", "cudnn"):
         assert _relative(fast_conv.conv2d_input_grad_nchw(gy, kernel, 2, x.shape, form=form), ref) < 2e-3, form
+
+
+# Channels past the blocks and fewer than them, odd planes; several pixel splits (programs_per_sm); small tiles.
+@pytest.mark.parametrize("n, i, o, h, w, config, per_sm", [
+    (2, 13, 7, 19, 23, None, 4),
+    (3, 70, 9, 5, 7, (32, 32, 16, 4, 2), 64),
+    (1, 20, 40, 16, 16, (16, 32, 16, 4, 1), 1),
+])
+def test_batched_1x1_weight_grad_matches_bmm(n, i, o, h, w, config, per_sm):
+    g = torch.Generator().manual_seed(n * i + o)
+    x = torch.randn(n, i, h, w, generator=g).half()
+    gy = torch.randn(n, o, h, w, generator=g).half()
+    ref = torch.bmm(gy.float().reshape(n, o, -1), x.float().reshape(n, i, -1).transpose(1, 2))
+    out = fast_conv.batched_1x1_weight_grad(x, gy, config=config, programs_per_sm=per_sm)
+    assert out.shape == (n, o, i) and out.dtype == torch.float32
+    assert _relative(out, ref) < 2e-3
+
+
+def test_batched_1x1_weight_grad_reads_channel_slices_and_checks_shapes():
+    """x as a channel slice of a zero-padded buffer (R's activations write them so; read in place) and grad_y with
+    strided planes (copied): same sums; mismatched shapes and dtypes: ValueError naming them."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 11, 9, 10, generator=g).half()
+    gy = torch.randn(2, 5, 9, 10, generator=g).half()
+    buf = torch.ones(2, 16, 9, 10, dtype=torch.float16)
+    buf[:, :11] = x
+    gy_t = gy.transpose(2, 3).contiguous().transpose(2, 3)
+    ref = torch.bmm(gy.float().reshape(2, 5, -1), x.float().reshape(2, 11, -1).transpose(1, 2))
+    assert _relative(fast_conv.batched_1x1_weight_grad(buf[:, :11], gy_t), ref) < 2e-3
+    with pytest.raises(ValueError, match="same N, H, W"):
+        fast_conv.batched_1x1_weight_grad(x, gy[:, :, :8])
+    with pytest.raises(ValueError, match="float16"):
+        fast_conv.batched_1x1_weight_grad(x.float(), gy)
+
+
+@pytest.mark.parametrize("n, i, o, h, w, config", [
+    (2, 13, 7, 19, 23, None),
+    (3, 70, 41, 5, 7, (32, 16, 32, 4, 2)),
+])
+def test_batched_1x1_input_grad_matches_bmm(n, i, o, h, w, config):
+    g = torch.Generator().manual_seed(n * i + o)
+    weight = torch.randn(n, o, i, generator=g) / i ** 0.5
+    gy = torch.randn(n, o, h, w, generator=g).half()
+    ref = torch.bmm(weight.half().float().transpose(1, 2), gy.float().reshape(n, o, -1)).reshape(n, i, h, w)
+    out = fast_conv.batched_1x1_input_grad(weight, gy, config=config)
+    assert out.shape == (n, i, h, w) and out.dtype == torch.float16 and out.is_contiguous()
+    assert _relative(out, ref) < 2e-3
+    with pytest.raises(ValueError, match="same N and O"):
+        fast_conv.batched_1x1_input_grad(weight[:, 1:], gy)

@@ -90,19 +90,24 @@ def _check_forward_variant(cfg, overrides):
         assert tiles == {overrides["FUSED_DEFAULT"][torch.float32][1]}
 
 
-@pytest.mark.parametrize("cfg, one_sample_chunks, via_codes, tile",
-                         [("R", False, False, 64), ("T", False, False, 64), ("T", True, False, 64),
-                          ("R", False, True, 64), ("T", True, True, 64), ("T", False, True, 128)])
-def test_fused_backward_matches_autograd(cfg, one_sample_chunks, via_codes, tile, monkeypatch):
+@pytest.mark.parametrize("cfg, one_sample_chunks, via_codes, tile, forward_split",
+                         [("R", False, False, 64, None), ("T", False, False, 64, None), ("T", True, False, 64, None),
+                          ("R", False, True, 64, None), ("T", True, True, 64, None), ("T", False, True, 128, None),
+                          ("T", False, True, 128, 2)])
+def test_fused_backward_matches_autograd(cfg, one_sample_chunks, via_codes, tile, forward_split, monkeypatch):
     """The fused backward kernel against autograd through the plain operator, a small clamp on every other layer so
     that clamped samples (zero gradient) occur, an input gain (the demodulation the fast path folds in) on every
     other layer, one of them with a zero gain; down-filters needing more than MAX_RANK terms return None. Also with
     the batch taken one sample at a time (what a chunk_mb smaller than one sample's float32 sums makes it do).
     via_codes: the training forward (its output against the plain operator's too) and the backward from the
-    derivative codes it stored; on 128-wide tiles their window is taken in blocks (64 + 16 of 128 for 2x layers)."""
+    derivative codes it stored; on 128-wide tiles their window is taken in blocks (64 + 16 of 128 for 2x layers).
+    forward_split: the training forward in that many row blocks, the backward in one (their launches differ)."""
     monkeypatch.setattr(fast_ops, "BACKWARD_TILES", (tile,))  # float32 here: the 64-wide tile is allowed
     monkeypatch.setattr(fast_ops, "CODES_FLOAT32_TILES", (tile,))  # (on CUDA 64 only: shared memory)
     monkeypatch.setattr(fast_ops, "CODES_MIN_OUT", 0)  # the small test planes keep codes too
+    if forward_split:
+        monkeypatch.setattr(fast_ops, "CODES_FORWARD_LAUNCH", {(torch.float32, up): (forward_split, 4) for up in (2, 4)})
+        monkeypatch.setattr(fast_ops, "CODES_LAUNCH", {})
     if one_sample_chunks:
         monkeypatch.setattr(fast_config.FastConfig, "chunk_bytes", property(lambda self: 1))
     worst, checked, layers, gained = 0.0, 0, 0, 0

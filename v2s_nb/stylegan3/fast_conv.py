@@ -1,4 +1,5 @@
-"""The fp16 3x3 convolutions of StyleGAN3-T's fast path, on NCHW feature maps, in Triton (implicit GEMM) or cuDNN.
+"""The fp16 3x3 convolutions of StyleGAN3-T's fast path, on NCHW feature maps, in Triton (implicit GEMM) or cuDNN
+(and the gradients of R's per-sample 1x1 products).
 
 cuDNN's tensor-core kernels want NHWC: on NCHW fp16 input it transposes the input in, and the output back, around
 each convolution, and with T's few, odd channel counts at 1044 px that costs more than the products. The modulation
@@ -26,6 +27,11 @@ the flipped, transposed kernel, run by :func:`conv2d_nchw`; :func:`conv2d_weight
 (:func:`_conv_wgrad_kernel`): per block of output and input channels, [outputs x pixels] @ [pixels x inputs]
 products per tap, over a share of the pixels, added atomically into a float32 gradient. Both read and write NCHW
 (``benchmarks/bench_conv.py --grads`` times them against cuDNN's backward).
+
+R's 1x1 layers have a weight per sample: their gradients on large planes are :func:`batched_1x1_weight_grad`
+(each sample's [outputs x pixels] @ [pixels x inputs], the pixels split over programs) and
+:func:`batched_1x1_input_grad` (``benchmarks/bench_conv.py --grads-1x1`` times them against cuBLAS's batched
+products).
 """
 
 from __future__ import annotations
@@ -206,6 +212,59 @@ if HAVE_TRITON:
         _wgrad_add(out_ptr, base, a0, o_ok, i, c_in, ky, kx0, ks)
         _wgrad_add(out_ptr, base, a1, o_ok, i, c_in, ky, kx0 + 1, ks)
         _wgrad_add(out_ptr, base, a2, o_ok, i, c_in, ky, kx0 + 2, ks)
+
+    @triton.jit
+    def _batched_1x1_wgrad_kernel(g_ptr, x_ptr, out_ptr, c_out, c_in, pixels, g_sn, g_so, x_sn, x_si, per_split,
+                                  n_iblocks, BO: tl.constexpr, BI: tl.constexpr, P: tl.constexpr,
+                                  STAGES: tl.constexpr):
+        """out[n, o, i] += sum_p g[n, o, p] * x[n, i, p] over the pixels [s, s + 1) * per_split of program
+        (c, s, n): output channels block c // n_iblocks (BO), input channels block c % n_iblocks (BI); sums of
+        [BO, P] @ [P, BI] products in float32, added atomically into out (float32 [N, c_out, c_in], zeroed).
+        g: [N, c_out, pixels], x: [N, c_in, pixels], pixels adjacent (strides g_sn, g_so / x_sn, x_si, 1)."""
+        pid_c = tl.program_id(0)
+        split = tl.program_id(1)
+        n = tl.program_id(2).to(tl.int64)  # 64-bit sample offsets: large batches pass 2**31 elements
+        o = (pid_c // n_iblocks) * BO + tl.arange(0, BO)
+        i = (pid_c % n_iblocks) * BI + tl.arange(0, BI)
+        o_ok = o < c_out
+        i_ok = i < c_in
+        q = tl.arange(0, P)
+        g_rows = g_ptr + n * g_sn + (o * g_so)[:, None]
+        x_cols = x_ptr + n * x_sn + (i * x_si)[None, :]
+        acc = tl.zeros([BO, BI], dtype=tl.float32)
+        first = split * per_split
+        for p0 in tl.range(first, tl.minimum(first + per_split, pixels), P, num_stages=STAGES):
+            p = p0 + q
+            p_ok = p < pixels
+            a = tl.load(g_rows + p[None, :], mask=o_ok[:, None] & p_ok[None, :], other=0.0)  # [BO, P]
+            b = tl.load(x_cols + p[:, None], mask=p_ok[:, None] & i_ok[None, :], other=0.0)  # [P, BI]
+            acc = tl.dot(a, b, acc)
+        tl.atomic_add(out_ptr + n * c_out * c_in + o[:, None] * c_in + i[None, :], acc,
+                      mask=o_ok[:, None] & i_ok[None, :], sem="relaxed")
+
+    @triton.jit
+    def _batched_1x1_dgrad_kernel(w_ptr, g_ptr, out_ptr, c_out, c_in, pixels, g_sn, g_so, BI: tl.constexpr,
+                                  BK: tl.constexpr, P: tl.constexpr, STAGES: tl.constexpr):
+        """out[n, i, p] = sum_o w[n, o, i] * g[n, o, p] for program (pixel block, input block, n): [BI, BK] @
+        [BK, P] products over the output channels in blocks of BK, float32 sums. w: [N, c_out, c_in] contiguous;
+        g: [N, c_out, pixels] (strides g_sn, g_so, 1); out: contiguous [N, c_in, pixels]."""
+        p = tl.program_id(0) * P + tl.arange(0, P)
+        i = tl.program_id(1) * BI + tl.arange(0, BI)
+        n = tl.program_id(2).to(tl.int64)  # 64-bit sample offsets: large batches pass 2**31 elements
+        p_ok = p < pixels
+        i_ok = i < c_in
+        kk = tl.arange(0, BK)
+        acc = tl.zeros([BI, P], dtype=tl.float32)
+        for k0 in tl.range(0, c_out, BK, num_stages=STAGES):
+            o = k0 + kk
+            o_ok = o < c_out
+            a = tl.load(w_ptr + n * c_out * c_in + o[None, :] * c_in + i[:, None], mask=i_ok[:, None] & o_ok[None, :],
+                        other=0.0)  # [BI, BK]
+            b = tl.load(g_ptr + n * g_sn + (o * g_so)[:, None] + p[None, :], mask=o_ok[:, None] & p_ok[None, :],
+                        other=0.0)  # [BK, P]
+            acc = tl.dot(a, b, acc)
+        tl.store(out_ptr + n * c_in * pixels + i[:, None] * pixels + p[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=i_ok[:, None] & p_ok[None, :])
 
     @triton.jit
     def _to_nhwc_kernel(x_ptr, out_ptr, c, c_pad, hw, x_sn, x_sc, x_sp, BC: tl.constexpr, BP: tl.constexpr):
@@ -585,3 +644,107 @@ def conv2d_weight_grad_nchw(x, grad_y, kernel_size, padding, config=None):
                              x.stride(2), grad_y.stride(0), grad_y.stride(1), tiles_per_sample, n_tiles, per_split,
                              n_iblocks, groups_x, BO=bo, BI=bi, P=p, STAGES=stages, num_warps=warps)
     return out
+
+
+# Pixels per sample (H W) from which R's 1x1 layers take their gradients from :func:`batched_1x1_weight_grad` and
+# :func:`batched_1x1_input_grad` (fp16, with ``fast_config`` ``triton_conv_grads``) instead of cuBLAS's batched
+# products. On R's 276-1044 px layers these kernels were several times faster than cuBLAS's; on its 84-148 px ones
+# (1024 channels) cuBLAS's were the faster (benchmarks/bench_conv.py --grads-1x1; figures in docs/performance.md).
+BMM_GRADS_MIN_PIXELS = 192 * 192
+
+
+def bmm_grads_in_triton(pixels: int) -> bool:
+    """Whether a 1x1 layer with ``pixels`` pixels per sample takes its per-sample gradients from this module's
+    kernels (else cuBLAS's batched products): see :data:`BMM_GRADS_MIN_PIXELS`."""
+    return pixels >= BMM_GRADS_MIN_PIXELS
+
+
+# The per-sample 1x1 weight gradient's tiles (BO, BI) -> (warps, programs per multiprocessor), 64 output pixels a
+# step: the block that pads the channels least is taken (on a tie the larger). The fastest on R's layers at batch 8
+# were 128 x 64 or 64 x 128 blocks, on 8 warps for the latter (bench_conv.py --grads-1x1 --sweep).
+BMM_WGRAD_TILES = {(64, 64): (4, 8), (128, 64): (4, 8), (64, 128): (8, 8)}
+
+
+def _bmm_wgrad_config(c_in, c_out):
+    """(BO, BI, P, warps, stages), programs per multiprocessor of :func:`batched_1x1_weight_grad`."""
+    padded = lambda c, b: -(-c // b) * b  # noqa: E731
+    bo, bi = min(BMM_WGRAD_TILES, key=lambda b: (padded(c_out, b[0]) * padded(c_in, b[1]), -b[0] * b[1]))
+    warps, per_sm = BMM_WGRAD_TILES[(bo, bi)]
+    return (bo, bi, 64, warps, 3), per_sm
+
+
+def batched_1x1_weight_grad(x, grad_y, config=None, programs_per_sm=None):
+    """The gradient of each sample's own 1x1 weight in y[n] = W[n] @ x[n] (R's layers, :func:`.ops.batched_1x1`),
+    for fp16: grad_W[n, o, i] = sum_{y, x} grad_y[n, o, y, x] * x[n, i, y, x], fp16 products summed in float32.
+
+    cuBLAS's batched product for this shape (two small sides, a product dimension of H W, up to a million) runs a
+    few programs per sample; here the pixels are split over enough programs to fill the GPU (``programs_per_sm``
+    per multiprocessor, each at least 8 steps of P pixels), and the parts are added with float32 atomics (the last
+    bits vary from run to run).
+
+    x: [N, I, H, W] float16 with each plane dense (a channel slice of a larger buffer is fine); grad_y: [N, O, H, W]
+    float16 (each plane dense, or it is copied). Returns a new [N, O, I] float32. ``config``: (BO, BI, P, warps,
+    stages); it and ``programs_per_sm`` default to :func:`_bmm_wgrad_config`'s. Raises ValueError for other dtypes
+    or shapes that don't fit."""
+    _require_fp16(x=x, grad_y=grad_y)
+    if x.dim() != 4 or grad_y.dim() != 4 or x.shape[0] != grad_y.shape[0] or x.shape[2:] != grad_y.shape[2:]:
+        raise ValueError(f"x {tuple(x.shape)} and grad_y {tuple(grad_y.shape)} must be [N, I, H, W] and "
+                         "[N, O, H, W] with the same N, H, W")
+    if x.device != grad_y.device:
+        raise ValueError(f"x is on {x.device} and grad_y on {grad_y.device}; move both to one device")
+    n, c_in, h, w = x.shape
+    c_out = grad_y.shape[1]
+    if x.stride(3) != 1 or x.stride(2) != w:
+        x = x.contiguous()
+    if grad_y.stride(3) != 1 or grad_y.stride(2) != w:
+        grad_y = grad_y.contiguous()
+    _check_sample_size(max(c_in * x.stride(1), c_out * grad_y.stride(1)))
+    default, per_sm = _bmm_wgrad_config(c_in, c_out)
+    bo, bi, p, warps, stages = config or default
+    programs_per_sm = programs_per_sm or per_sm
+    pixels = h * w
+    n_iblocks = -(-c_in // bi)
+    programs = n * -(-c_out // bo) * n_iblocks
+    steps = -(-pixels // p)
+    splits = max(1, min(-(-programs_per_sm * _multiprocessors(x.device) // programs), steps // 8))
+    per_split = -(-steps // splits) * p
+    out = torch.zeros((n, c_out, c_in), dtype=torch.float32, device=x.device)
+    grid = (-(-c_out // bo) * n_iblocks, -(-pixels // per_split), n)
+    _batched_1x1_wgrad_kernel[grid](grad_y, x, out, c_out, c_in, pixels, grad_y.stride(0), grad_y.stride(1),
+                                    x.stride(0), x.stride(1), per_split, n_iblocks, BO=bo, BI=bi, P=p,
+                                    STAGES=stages, num_warps=warps)
+    return out
+
+
+# :func:`batched_1x1_input_grad`'s tiles: (BI, BK, P, warps, stages); within 5% of the fastest of 24 on R's
+# 276-1044 px layers at batch 8 (bench_conv.py --grads-1x1 --sweep).
+BMM_DGRAD_CONFIG = (64, 32, 128, 4, 3)
+
+
+def batched_1x1_input_grad(weight, grad_y, config=None):
+    """The input gradient of y[n] = W[n] @ x[n] per sample (R's 1x1 layers), for fp16: grad_x[n, i, y, x] =
+    sum_o W[n, o, i] grad_y[n, o, y, x], fp16 products summed in float32. cuBLAS's batched product picks slow
+    kernels where the output channels (its inner size here) are not a multiple of 8, as on most of R's layers.
+
+    weight: [N, O, I] (any float dtype; used in fp16); grad_y: [N, O, H, W] float16 (each plane dense, or it is
+    copied). Returns a new contiguous [N, I, H, W] float16. ``config``: (BI, BK, P, warps, stages), default
+    :data:`BMM_DGRAD_CONFIG`. Raises ValueError for other dtypes or shapes that don't fit."""
+    _require_fp16(grad_y=grad_y)
+    if weight.dim() != 3 or grad_y.dim() != 4 or weight.shape[:2] != grad_y.shape[:2]:
+        raise ValueError(f"weight {tuple(weight.shape)} and grad_y {tuple(grad_y.shape)} must be [N, O, I] and "
+                         "[N, O, H, W] with the same N and O")
+    if weight.device != grad_y.device:
+        raise ValueError(f"weight is on {weight.device} and grad_y on {grad_y.device}; move both to one device")
+    n, c_out, c_in = weight.shape
+    h, w = grad_y.shape[2:]
+    weight = weight.to(torch.float16).contiguous()
+    if grad_y.stride(3) != 1 or grad_y.stride(2) != w:
+        grad_y = grad_y.contiguous()
+    _check_sample_size(max(c_in * h * w, c_out * grad_y.stride(1)))
+    bi, bk, p, warps, stages = config or BMM_DGRAD_CONFIG
+    out = torch.empty((n, c_in, h, w), dtype=torch.float16, device=grad_y.device)
+    grid = (-(-(h * w) // p), -(-c_in // bi), n)
+    _batched_1x1_dgrad_kernel[grid](weight, grad_y, out, c_out, c_in, h * w, grad_y.stride(0), grad_y.stride(1),
+                                    BI=bi, BK=bk, P=p, STAGES=stages, num_warps=warps)
+    return out
+

@@ -19,7 +19,9 @@ the layer runs as
   ``fast_config`` ``triton_conv_grads`` (the default), fast_conv's NCHW kernels (no layout transposes; the weight's
   gradient from cuDNN below :data:`.fast_conv.WGRAD_TRITON_MIN_PIXELS`; or two batched products for 1x1),
   d scale = sum over pixels of (d (x * scale) * x), d x = d (x * scale) * scale (one pass,
-  :func:`.fast_ops.scaled_with_sums`). Sums over pixels in float32.
+  :func:`.fast_ops.scaled_with_sums`). Sums over pixels in float32. The 1x1 layers' gradients in fp16 on large
+  planes: :func:`.fast_conv.batched_1x1_weight_grad` and :func:`.fast_conv.batched_1x1_input_grad` (for these shapes
+  cuBLAS's batched products run few programs or old kernels).
 
 With ``fast_config`` ``saved_codes`` (the default) the forward runs :func:`.fast_ops.forward_with_codes` where it
 applies (planes of 100+ output pixels; 3x3 layers: :data:`CODES_3X3_UP`), which also stores the activation's
@@ -262,6 +264,12 @@ class _Layer1x1(torch.autograd.Function):
         if need_x or need_w:
             n, ci = x.shape[:2]
             g_a = g_y.reshape(n, g_y.shape[1], -1)
+            if _triton_conv_grads(g_y) and fast_conv.bmm_grads_in_triton(g_a.shape[2]):
+                if need_w:
+                    g_w = fast_conv.batched_1x1_weight_grad(x, g_y).to(weight.dtype)
+                if need_x:
+                    g_x = fast_conv.batched_1x1_input_grad(weight, g_y)
+                return g_x, g_w, g_b.to(bias.dtype), None
             with ops._Tf32LikeCudnn() if _tf32(x) else contextlib.nullcontext():
                 if need_w:
                     g_w = torch.bmm(g_a, x.reshape(n, ci, -1).transpose(1, 2)).to(weight.dtype)

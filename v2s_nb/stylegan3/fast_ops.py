@@ -1336,14 +1336,19 @@ def _backward_launch(dtype, up):
 # elsewhere (docs/performance.md).
 CODES_LAUNCH = {(torch.float16, 4): (2, 4)}
 CODES_DEFAULT = (1, 4)
+# The training forward's own exceptions (the codes' layout does not depend on the row blocks): on the fp16 2x layers
+# two row blocks made it about 6% faster and the backward 5% slower (docs/performance.md).
+CODES_FORWARD_LAUNCH = {(torch.float16, 2): (2, 4)}
 # Planes with fewer output rows or columns keep no codes (:func:`forward_with_codes` declines): their few whole tiles'
 # codes outweigh the saved input there, and the backward gained little (docs/performance.md).
 CODES_MIN_OUT = 100
 
 
-def _codes_launch(dtype, up):
-    """(row blocks, warps) of :func:`_fused_train_kernel` and :func:`_fused_backward_codes_kernel` for this layer
-    (both the same: the backward's row blocks follow the codes' rows)."""
+def _codes_launch(dtype, up, forward=False):
+    """(row blocks, warps) of :func:`_fused_backward_codes_kernel` (``forward``: of :func:`_fused_train_kernel`,
+    :data:`CODES_FORWARD_LAUNCH` first) for this layer."""
+    if forward and (dtype, up) in CODES_FORWARD_LAUNCH:
+        return CODES_FORWARD_LAUNCH[(dtype, up)]
     return CODES_LAUNCH.get((dtype, up), CODES_DEFAULT)
 
 
@@ -1401,7 +1406,7 @@ def forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_g
     x = x.contiguous()
     bias = b.to(torch.float32).contiguous()
     g = _per_plane(in_gain, n, c, x.device)
-    split, warps = _codes_launch(x.dtype, up)
+    split, warps = _codes_launch(x.dtype, up, forward=True)
     out = torch.empty((n, c, h_out, w_out), dtype=x.dtype, device=x.device)
     for bu, plan, grid in _tile_plans(fu, fd, up, down, padding, x, _codes_tiles(x.dtype, h_out, w_out), h_out,
                                       w_out):
