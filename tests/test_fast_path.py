@@ -481,3 +481,17 @@ def test_layer_plans_on_the_cpu_give_the_plain_images(cfg, monkeypatch):
     assert any(chained) == (cfg == "T")  # T's 3x3 layers chain; R's 1x1 layers don't
     assert fast.shape == plain.shape and float((fast - plain).abs().max()) <= 1e-4 * float(plain.abs().max())
     assert torch.allclose(feats[middle], plain_feats[middle], rtol=1e-4, atol=1e-5)
+
+
+def test_backward_precision_follows_cudnn_tf32_and_the_config():
+    """The recomputing backward's float32 products: one-pass TF32 only where cuDNN's convolutions may use TF32 and
+    fast_config's tf32_backward is on; three-pass TF32 (float32 accuracy) otherwise; fp16 layers: fp16 products."""
+    from v2s_nb.stylegan3 import fast_config, fast_ops
+
+    torch.backends.cudnn.allow_tf32 = True  # restored by the autouse fixture
+    assert fast_ops._backward_precision(torch.float32) == "tf32"
+    assert fast_ops._backward_precision(torch.float16) == "ieee"
+    with fast_config.override(tf32_backward=False):
+        assert fast_ops._backward_precision(torch.float32) == "tf32x3"
+    torch.backends.cudnn.allow_tf32 = False
+    assert fast_ops._backward_precision(torch.float32) == "tf32x3"

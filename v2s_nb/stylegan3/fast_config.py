@@ -29,6 +29,10 @@ field                     environment variable    meaning
 ``bf16x3``                (none)                  True (default): float32 layers' fused forward in three-pass
                                                   bf16 products where Triton has them and cuDNN may use TF32;
                                                   False: three-pass TF32 always
+``tf32_backward``         (none)                  True (default): float32 layers' fused backward in one-pass
+                                                  TF32 products where cuDNN may use TF32 (the convolutions
+                                                  and 1x1 products around it then round to TF32 too); False:
+                                                  three-pass TF32 (float32 accuracy) always
 ``modulation_kernels``    (none)                  True (default): fast_modulation's one-launch modulation
                                                   factors and ToRGB; False: the small ops
 ``layer_function``        ``V2S_NB_LAYER_FUNCTION``  1 (default): under autograd, each synthesis layer (not ToRGB)
@@ -76,6 +80,7 @@ class FastConfig:
     fused_warps: int = 4
     fp16_rank_tol: float = 2.5e-4
     bf16x3: bool = True
+    tf32_backward: bool = True
     modulation_kernels: bool = True
     layer_function: bool = True
     triton_conv_grads: bool = True

@@ -857,6 +857,17 @@ def _forward_precision(dtype):
     return "bf16x3" if use else "tf32x3"
 
 
+def _backward_precision(dtype):
+    """The recomputing backward's product precision. float32 layers: one-pass TF32 when TF32 is allowed for cuDNN's
+    convolutions (``torch.backends.cudnn.allow_tf32``, PyTorch's default) and ``fast_config`` ``tf32_backward`` is
+    on: the layer's convolution and its 1x1 products then round their operands to TF32 as well; else three-pass
+    TF32 (float32 accuracy, what the tests compare against autograd with TF32 off)."""
+    if dtype == torch.float16:
+        return "ieee"
+    use = fast_config.current().tf32_backward and torch.backends.cudnn.allow_tf32
+    return "tf32" if use else "tf32x3"
+
+
 def _up_axis(x, f, up, pad0, pad1, axis, bias=None, channels=1, act=None):
     """Polyphase upsampling of [P, H, W] along ``axis`` (2 = x, 1 = y). ``f``: flipped, gain-scaled taps."""
     p, h, w = x.shape
@@ -1283,7 +1294,8 @@ def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, 
 
     The pre-activation is recomputed tile by tile as the dense fused forward computes it. Gradient products run
     in fp16 for float16 layers, on each tile's gradient divided by its largest magnitude (fp16 precision at any
-    gradient scale: no underflow), and in three-pass TF32 (float32 accuracy) for float32 layers. TF32 was tried
+    gradient scale: no underflow), and for float32 layers in one- or three-pass TF32 (:func:`_backward_precision`:
+    one where cuDNN's convolutions may use TF32, else float32 accuracy). TF32 was tried
     for the float16 layers: its operands are truncated, not rounded, and the error was 5-10x the plain path's.
     The gradient w.r.t. the operator's input is accumulated in float32; one more pass multiplies it by the gain,
     casts it, and sums what the bias' and the gain's gradients need. Where the training forward stored the
@@ -1296,6 +1308,7 @@ def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, 
     bias = b.to(torch.float32).contiguous()
     g = _per_plane(in_gain, n, c, x.device)
     split, warps = _backward_launch(x.dtype, up)
+    precision = _backward_precision(x.dtype)
     chosen = []  # the tile plan that compiled, kept for the later chunks
 
     def launch(n0, n1, acc):
@@ -1310,7 +1323,7 @@ def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, 
                     grad[n0:n1], acc, h, w, h_out, w_out, c, plan["jshift_y"], plan["jshift_x"], plan["used_y"],
                     plan["used_x"], float(gain), float(slope), float(clamp), plan["bo"], UP=up, DOWN=down,
                     R=plan["r"], KJX=plan["kjx"], KJY=plan["kjy"], BU=bu, BOP=plan["bop"],
-                    PRECISION=plan["precision"], SCALE=x.dtype == torch.float16, HAS_GAIN=gs is not None,
+                    PRECISION=precision, SCALE=x.dtype == torch.float16, HAS_GAIN=gs is not None,
                     SPLIT=split, num_warps=warps)
                 chosen[:] = [(bu, plan, grid)]
                 return True
