@@ -43,8 +43,11 @@ field                     environment variable    meaning
                                                   NCHW kernels (no transposes; fp16 on CUDA), their weight
                                                   gradients by its Triton kernel on the 1024 px planes
                                                   (:data:`.fast_conv.WGRAD_TRITON_MIN_PIXELS`), cuDNN's
-                                                  below; 0: cuDNN's ``convolution_backward`` for both (T
-                                                  batch 8: 3.2 GiB more; docs/performance.md)
+                                                  below; R's 1x1 layers' gradients by its per-sample
+                                                  products on large planes
+                                                  (:data:`.fast_conv.BMM_GRADS_MIN_PIXELS`); 0: cuDNN's
+                                                  ``convolution_backward`` for both (T batch 8: 3.2 GiB more;
+                                                  docs/performance.md) and cuBLAS's batched products for R
 ``saved_codes``           ``V2S_NB_SAVED_CODES``  1 (default): the layer Function's forward stores the
                                                   activation's derivative (2 bits per upsampled sample) and its
                                                   backward reads it instead of recomputing the pre-activation
