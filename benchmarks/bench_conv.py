@@ -109,26 +109,32 @@ def _rel(a, ref):
     return float((a.float() - ref).abs().max() / ref.abs().max())
 
 
+def _fastest(candidates):
+    """(ms, label, candidates that failed to run, candidates tried) of the fastest of ``candidates``: (label, call)
+    pairs, each call timed by ``cuda_ms``."""
+    best, skipped, tried = (float("inf"), None), 0, 0
+    for label, call in candidates:
+        tried += 1
+        try:
+            ms = cuda_ms(call, reps=5)
+        except Exception:  # noqa: BLE001 - e.g. too many resources (OutOfResources): skip it
+            skipped += 1
+            continue
+        best = min(best, (ms, label), key=lambda b: b[0])
+    return (*best, skipped, tried)
+
+
 def _sweep_wgrad(x, gy, sms):
-    """(ms, config, configs that failed to run, configs tried) of the fastest weight-gradient tile configuration
-    among blocks x pixels a step x warps x programs per multiprocessor."""
+    """:func:`_fastest` of the weight-gradient tile configurations among blocks x pixels a step x warps x programs
+    per multiprocessor."""
     n, c, h, w = x.shape
     o = gy.shape[1]
-    best, skipped, tried = (float("inf"), None), 0, 0
-    for blocks in fast_conv.WGRAD_STEPS:
-        for pix in (16, 32, 64):
-            for warps in (4, 8):
-                for per_sm in (4, 8, 16):
-                    cfg = fast_conv._wgrad_config(c, o, n, gy.shape[2] * gy.shape[3], 3, sms, blocks=blocks,
-                                                  pixels_per_step=pix, warps=warps, programs_per_sm=per_sm)
-                    tried += 1
-                    try:
-                        ms = cuda_ms(lambda: fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, config=cfg), reps=5)
-                    except Exception:  # noqa: BLE001 - e.g. too many resources (OutOfResources): skip it
-                        skipped += 1
-                        continue
-                    best = min(best, (ms, cfg), key=lambda b: b[0])
-    return (*best, skipped, tried)
+    configs = [fast_conv._wgrad_config(c, o, n, gy.shape[2] * gy.shape[3], 3, sms, blocks=blocks,
+                                       pixels_per_step=pix, warps=warps, programs_per_sm=per_sm)
+               for blocks in fast_conv.WGRAD_STEPS for pix in (16, 32, 64) for warps in (4, 8)
+               for per_sm in (4, 8, 16)]
+    return _fastest((cfg, lambda cfg=cfg: fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, config=cfg))
+                    for cfg in configs)
 
 
 def grads(G, batch, sweep, dev):
@@ -192,41 +198,21 @@ def grads(G, batch, sweep, dev):
 
 
 def _sweep_1x1(x, gy):
-    """(ms, (config, programs per SM), configs that failed, configs tried) of the fastest tile configuration of
-    ``fast_conv.batched_1x1_weight_grad``."""
-    best, skipped, tried = (float("inf"), None), 0, 0
-    for bo, bi in ((64, 64), (32, 64), (128, 64), (64, 128)):
-        for pix in (32, 64):
-            for warps in (4, 8):
-                for per_sm in (2, 4, 8):
-                    cfg = (bo, bi, pix, warps, 3)
-                    tried += 1
-                    try:
-                        ms = cuda_ms(lambda: fast_conv.batched_1x1_weight_grad(x, gy, config=cfg,
-                                                                               programs_per_sm=per_sm), reps=5)
-                    except Exception:  # noqa: BLE001 - e.g. too many resources (OutOfResources): skip it
-                        skipped += 1
-                        continue
-                    best = min(best, (ms, (cfg, per_sm)), key=lambda b: b[0])
-    return (*best, skipped, tried)
+    """:func:`_fastest` of ``fast_conv.batched_1x1_weight_grad``'s tile configurations (labels: config, programs
+    per multiprocessor)."""
+    labels = [((bo, bi, pix, warps, 3), per_sm) for bo, bi in ((64, 64), (32, 64), (128, 64), (64, 128))
+              for pix in (32, 64) for warps in (4, 8) for per_sm in (2, 4, 8)]
+    return _fastest((lab, lambda lab=lab: fast_conv.batched_1x1_weight_grad(x, gy, config=lab[0],
+                                                                             programs_per_sm=lab[1]))
+                    for lab in labels)
 
 
 def _sweep_1x1_input(weight, gy):
-    """As :func:`_sweep_1x1`, for ``fast_conv.batched_1x1_input_grad``."""
-    best, skipped, tried = (float("inf"), None), 0, 0
-    for bi in (64, 128):
-        for bk in (32, 64):
-            for pix in (64, 128, 256):
-                for warps in (4, 8):
-                    cfg = (bi, bk, pix, warps, 3)
-                    tried += 1
-                    try:
-                        ms = cuda_ms(lambda: fast_conv.batched_1x1_input_grad(weight, gy, config=cfg), reps=5)
-                    except Exception:  # noqa: BLE001 - e.g. too many resources (OutOfResources): skip it
-                        skipped += 1
-                        continue
-                    best = min(best, (ms, cfg), key=lambda b: b[0])
-    return (*best, skipped, tried)
+    """:func:`_fastest` of ``fast_conv.batched_1x1_input_grad``'s tile configurations."""
+    configs = [(bi, bk, pix, warps, 3) for bi in (64, 128) for bk in (32, 64) for pix in (64, 128, 256)
+               for warps in (4, 8)]
+    return _fastest((cfg, lambda cfg=cfg: fast_conv.batched_1x1_input_grad(weight, gy, config=cfg))
+                    for cfg in configs)
 
 
 def grads_1x1(G, batch, sweep, dev):
