@@ -58,3 +58,35 @@ def test_layer_function_with_the_kernels_gives_the_plain_gradients(cfg, saved_co
             continue
         err = float((fast[name] - ref).norm() / ref.norm())
         assert err < 5e-5, (name, err)  # measured: 6e-6 at most (the input affine's gradients)
+
+
+def test_1x1_layer_fp16_gradients_through_fast_conv_equal_the_batched_products(monkeypatch):
+    """R's layer Function in fp16 (the snapshot's fp16 layers): its input and per-sample weight gradients through
+    fast_conv's 1x1 kernels (triton_conv_grads, a plane above BMM_GRADS_MIN_PIXELS) against torch.bmm's, and the
+    kernels ran."""
+    from v2s_nb.stylegan3 import fast_conv
+
+    monkeypatch.setattr(fast_ops, "can_use_fast", lambda x, fu, fd: fu is not None and fd is not None and fu.ndim == 1)
+    monkeypatch.setattr(fast_conv, "BMM_GRADS_MIN_PIXELS", 0)
+    calls = []
+    for fn in ("batched_1x1_weight_grad", "batched_1x1_input_grad"):
+        monkeypatch.setattr(fast_conv, fn, lambda *a, f=getattr(fast_conv, fn), **k: calls.append(f) or f(*a, **k))
+    syn = tiny_generator("R", resolution=16, seed=1, channel_max=16).synthesis
+    L = getattr(syn, syn.layer_names[-3])  # 16 -> 16 channels, 2x up and down
+    spec = (L.up_filter, L.down_filter, dict(up=L.up_factor, down=L.down_factor, padding=L.padding, gain=2 ** 0.5,
+                                              slope=0.2, clamp=L.conv_clamp))
+    g = torch.Generator().manual_seed(0)
+    size = int(L.in_size[0])
+    x = torch.randn(2, L.in_channels, size, size, generator=g).half()
+    weight = torch.randn(2, L.out_channels, L.in_channels, generator=g) / L.in_channels ** 0.5
+    bias = torch.randn(L.out_channels, generator=g) * 0.1
+    grads = {}
+    for triton_grads in (True, False):
+        with fast_config.override(triton_conv_grads=triton_grads):
+            inputs = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
+            out = fast_layer._Layer1x1.apply(*inputs, spec)
+            out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).half())
+            grads[triton_grads] = [t.grad.float() for t in inputs]
+    assert len(calls) == 2 and grads[True][0].dtype == torch.float32
+    for name, a, e in zip(("x", "weight", "bias"), grads[True], grads[False]):
+        assert float((a - e).abs().max() / e.abs().max()) < 2e-3, name
