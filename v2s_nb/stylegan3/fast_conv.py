@@ -523,6 +523,12 @@ def _conv_cudnn_nhwc(x, weight, padding):
 # transposes (cuDNN's backward on NCHW fp16 transposes around its kernels, as its forward does).
 
 
+def _dense_planes(t):
+    """``t`` [N, C, H, W] as it is where each plane is dense (pixels adjacent, rows back to back: samples and
+    channels at any stride), else a contiguous copy."""
+    return t if t.stride(3) == 1 and t.stride(2) == t.shape[3] else t.contiguous()
+
+
 def _require_fp16(**tensors):
     """ValueError unless every tensor is fp16 (the gradient kernels have no float32 path)."""
     for name, t in tensors.items():
@@ -586,14 +592,20 @@ def _wgrad_config(c_in, c_out, n, pixels, kernel_size, sms, blocks=None, pixels_
     warps from :data:`WGRAD_STEPS` unless given. Splits of the N * ceil(H' W' / P) pixel tiles: enough for
     ``programs_per_sm`` programs per multiprocessor, each program at least 16 tiles (its 3 BO BI atomic adds few
     beside its products). Not yet tuned on a GPU: ``benchmarks/bench_conv.py --grads --sweep`` times others."""
-    padded = lambda c, b: -(-c // b) * b  # noqa: E731
-    bo, bi = blocks or min(WGRAD_STEPS, key=lambda b: (padded(c_out, b[0]) * padded(c_in, b[1]), -b[0] * b[1]))
+    bo, bi = blocks or _least_padding_block(WGRAD_STEPS, c_out, c_in)
     p, wp = WGRAD_STEPS.get((bo, bi), (32, 8))
     p, wp = pixels_per_step or p, warps or wp
     programs = -(-c_out // bo) * -(-c_in // bi) * kernel_size * -(-kernel_size // 3)
     tiles = n * -(-pixels // p)
     splits = max(1, min(-(-programs_per_sm * sms // programs), tiles // 16))
     return bo, bi, p, wp, stages, splits
+
+
+def _least_padding_block(blocks, c_out, c_in):
+    """The (BO, BI) of ``blocks`` whose multiples pad c_out x c_in the least (on a tie the larger block: each
+    operand is read once per block of the other's channels)."""
+    padded = lambda c, b: -(-c // b) * b  # noqa: E731
+    return min(blocks, key=lambda b: (padded(c_out, b[0]) * padded(c_in, b[1]), -b[0] * b[1]))
 
 
 def _multiprocessors(device) -> int:
@@ -628,8 +640,7 @@ def conv2d_weight_grad_nchw(x, grad_y, kernel_size, padding, config=None):
     c_out, h_out, w_out = want[1:]
     if x.stride(3) != 1:
         x = x.contiguous()
-    if grad_y.stride(3) != 1 or grad_y.stride(2) != w_out:
-        grad_y = grad_y.contiguous()
+    grad_y = _dense_planes(grad_y)
     _check_sample_size(max(c_in * x.stride(1), h * x.stride(2), c_out * grad_y.stride(1)))
     bo, bi, p, warps, stages, splits = config or _wgrad_config(c_in, c_out, n, h_out * w_out, k,
                                                                _multiprocessors(x.device))
@@ -667,8 +678,7 @@ BMM_WGRAD_TILES = {(64, 64): (4, 8), (128, 64): (4, 8), (64, 128): (8, 8)}
 
 def _bmm_wgrad_config(c_in, c_out):
     """(BO, BI, P, warps, stages), programs per multiprocessor of :func:`batched_1x1_weight_grad`."""
-    padded = lambda c, b: -(-c // b) * b  # noqa: E731
-    bo, bi = min(BMM_WGRAD_TILES, key=lambda b: (padded(c_out, b[0]) * padded(c_in, b[1]), -b[0] * b[1]))
+    bo, bi = _least_padding_block(BMM_WGRAD_TILES, c_out, c_in)
     warps, per_sm = BMM_WGRAD_TILES[(bo, bi)]
     return (bo, bi, 64, warps, 3), per_sm
 
@@ -694,10 +704,7 @@ def batched_1x1_weight_grad(x, grad_y, config=None, programs_per_sm=None):
         raise ValueError(f"x is on {x.device} and grad_y on {grad_y.device}; move both to one device")
     n, c_in, h, w = x.shape
     c_out = grad_y.shape[1]
-    if x.stride(3) != 1 or x.stride(2) != w:
-        x = x.contiguous()
-    if grad_y.stride(3) != 1 or grad_y.stride(2) != w:
-        grad_y = grad_y.contiguous()
+    x, grad_y = _dense_planes(x), _dense_planes(grad_y)
     _check_sample_size(max(c_in * x.stride(1), c_out * grad_y.stride(1)))
     default, per_sm = _bmm_wgrad_config(c_in, c_out)
     bo, bi, p, warps, stages = config or default
@@ -738,8 +745,7 @@ def batched_1x1_input_grad(weight, grad_y, config=None):
     n, c_out, c_in = weight.shape
     h, w = grad_y.shape[2:]
     weight = weight.to(torch.float16).contiguous()
-    if grad_y.stride(3) != 1 or grad_y.stride(2) != w:
-        grad_y = grad_y.contiguous()
+    grad_y = _dense_planes(grad_y)
     _check_sample_size(max(c_in * h * w, c_out * grad_y.stride(1)))
     bi, bk, p, warps, stages = config or BMM_DGRAD_CONFIG
     out = torch.empty((n, c_in, h, w), dtype=torch.float16, device=grad_y.device)
@@ -747,4 +753,3 @@ def batched_1x1_input_grad(weight, grad_y, config=None):
     _batched_1x1_dgrad_kernel[grid](weight, grad_y, out, c_out, c_in, h * w, grad_y.stride(0), grad_y.stride(1),
                                     BI=bi, BK=bk, P=p, STAGES=stages, num_warps=warps)
     return out
-

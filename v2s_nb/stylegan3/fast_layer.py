@@ -262,17 +262,17 @@ class _Layer1x1(torch.autograd.Function):
         del y, codes
         g_x = g_w = None
         if need_x or need_w:
-            n, ci = x.shape[:2]
-            g_a = g_y.reshape(n, g_y.shape[1], -1)
-            if _triton_conv_grads(g_y) and fast_conv.bmm_grads_in_triton(g_a.shape[2]):
+            if _triton_conv_grads(g_y) and fast_conv.bmm_grads_in_triton(g_y.shape[2] * g_y.shape[3]):
                 if need_w:
                     g_w = fast_conv.batched_1x1_weight_grad(x, g_y).to(weight.dtype)
                 if need_x:
                     g_x = fast_conv.batched_1x1_input_grad(weight, g_y)
-                return g_x, g_w, g_b.to(bias.dtype), None
-            with ops._Tf32LikeCudnn() if _tf32(x) else contextlib.nullcontext():
-                if need_w:
-                    g_w = torch.bmm(g_a, x.reshape(n, ci, -1).transpose(1, 2)).to(weight.dtype)
-                if need_x:
-                    g_x = torch.bmm(weight.to(x.dtype).transpose(1, 2), g_a).reshape(x.shape)
+            else:
+                n, ci = x.shape[:2]
+                g_a = g_y.reshape(n, g_y.shape[1], -1)
+                with ops._Tf32LikeCudnn() if _tf32(x) else contextlib.nullcontext():
+                    if need_w:
+                        g_w = torch.bmm(g_a, x.reshape(n, ci, -1).transpose(1, 2)).to(weight.dtype)
+                    if need_x:
+                        g_x = torch.bmm(weight.to(x.dtype).transpose(1, 2), g_a).reshape(x.shape)
         return g_x, g_w, g_b.to(bias.dtype), None
