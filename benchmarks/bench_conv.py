@@ -14,8 +14,9 @@ convolution (relative to the largest output), and the form the fast path uses (`
 The gradients instead (training): per layer, cuDNN's backward on NCHW fp16 as autograd runs it today
 (``aten.convolution_backward`` on the channel-padded tensors of ``ops.scaled_input_conv2d``, its transposes
 included: both gradients, and each alone) against ``fast_conv.conv2d_input_grad_nchw`` (its cudnn and pointers
-forms, and the one it picks) and ``fast_conv.conv2d_weight_grad_nchw``; ms, and the largest error of each against a
-float32 backward (TF32 off), relative to the largest value. ``--sweep`` also times the weight gradient's kernel in
+forms, and the one it picks) and ``fast_conv.conv2d_weight_grad_nchw`` (with a per-sample input scale: its Triton
+and cudnn forms, and the one it picks); ms, and the largest error of each against a float32 backward (TF32 off),
+relative to the largest value. ``--sweep`` also times the weight gradient's kernel in
 other tile configurations per layer and prints the fastest.
 
     python benchmarks/bench_conv.py --batch 8 --grads-1x1 [--sweep]
@@ -145,7 +146,8 @@ def grads(G, batch, sweep, dev):
           "errors: largest |difference| from a float32 backward / largest |value|")
     print(f"{'layer':>14} {'in->out @ px':>16} | {'cuDNN both':>10} {'dgrad':>7} {'wgrad':>7} | {'in cudnn':>8} "
           f"{'in ptrs':>7} {'picks':>8} {'weight':>7} {'new sum':>7} | {'err in':>7} {'err w':>7} "
-          f"{'cuDNN in':>8} {'cuDNN w':>7}" + ("  fastest weight config (ms)" if sweep else ""))
+          f"{'cuDNN in':>8} {'cuDNN w':>7} | {'w triton':>8} {'w cudnn':>7} {'picks':>6}"
+          + ("  fastest weight config (ms)" if sweep else ""))
     tot = dict.fromkeys(("both", "new"), 0.0)
     for name, c, o, size in _fp16_3x3_layers(G):
         ci, co = r8(c), r8(o)
@@ -171,7 +173,11 @@ def grads(G, batch, sweep, dev):
              "wgrad": cuda_ms(lambda: cudnn([False, True, False]))}
         for form in ("cudnn", "pointers", None):
             t[form] = cuda_ms(lambda: fast_conv.conv2d_input_grad_nchw(gy, w, 2, x.shape, form=form))
-        t["weight"] = cuda_ms(lambda: fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2))
+        scale = torch.rand(batch, c, device=dev, generator=g) + 0.5
+        for form in ("triton", "cudnn"):
+            t[form + " w"] = cuda_ms(lambda: fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, scale=scale, form=form))
+        wform = fast_conv.weight_grad_form(c, o, (size + 2) ** 2)
+        t["weight"] = t[wform + " w"]
         picks = "cudnn" if c > fast_conv.MAX_OUT_CHANNELS else "pointers"
         new = t[None] + t["weight"]
         tot["both"] += t["both"]
@@ -186,7 +192,8 @@ def grads(G, batch, sweep, dev):
                 _rel(old_x[:, :c], ref_x), _rel(old_w[:o, :c], ref_w))
         line = (f"{name:>14} {f'{c}->{o} @ {size}':>16} | {t['both']:10.3f} {t['dgrad']:7.3f} {t['wgrad']:7.3f} | "
                 f"{t['cudnn']:8.3f} {t['pointers']:7.3f} {picks:>8} {t['weight']:7.3f} {new:7.3f} | "
-                + " ".join(f"{e:{wd}.1e}" for e, wd in zip(errs, (7, 7, 8, 7))))
+                + " ".join(f"{e:{wd}.1e}" for e, wd in zip(errs, (7, 7, 8, 7)))
+                + f" | {t['triton w']:8.3f} {t['cudnn w']:7.3f} {wform:>6}")
         if sweep:
             ms, cfg, skipped, tried = _sweep_wgrad(x, gy, sms)
             line += f"  {cfg} ({ms:.3f}; {skipped} of {tried} could not run)"

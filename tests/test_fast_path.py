@@ -128,15 +128,15 @@ def test_gradients_through_fast_path_mixed_precision(cfg, saved_codes, monkeypat
 
 
 @requires_cuda
-@pytest.mark.parametrize("triton_from", [0, None, 1 << 40])
-def test_weight_gradients_through_fast_path_mixed_precision(triton_from, monkeypatch):
+@pytest.mark.parametrize("wgrad_form", ["triton", None, "cudnn"])
+def test_weight_gradients_through_fast_path_mixed_precision(wgrad_form, monkeypatch):
     """T's fp16 layers in fp16, gradients w.r.t. every synthesis weight (PTI's): as close to float32's as the plain
-    path's, with the 3x3 layers' weight gradients from the Triton kernel on every layer (0), on the large layers only
-    (the default) or on none (cuDNN's everywhere)."""
+    path's, with the 3x3 layers' weight gradients from the Triton kernel on every layer, by the default choice
+    (fast_conv.weight_grad_form) or from cuDNN on our channels-last copies everywhere."""
     from v2s_nb.stylegan3 import fast_conv
 
-    if triton_from is not None:
-        monkeypatch.setattr(fast_conv, "WGRAD_TRITON_MIN_PIXELS", triton_from)
+    if wgrad_form is not None:
+        monkeypatch.setattr(fast_conv, "weight_grad_form", lambda *shape: wgrad_form)
     torch.backends.cudnn.allow_tf32 = False
     G = build_generator("T", resolution=256, device="cuda", seed=0)
     ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0)).to("cuda"), None)
@@ -371,11 +371,19 @@ def test_convolution_gradients_match_cudnn_on_gpu():
             ref_x, ref_w, _ = torch.ops.aten.convolution_backward(
                 gy.float(), x.float(), w.half().float(), None, [1, 1], [2, 2], [1, 1], False, [0, 0], 1,
                 [True, True, False])
+            scale = torch.rand(3, c, generator=g).cuda() + 0.5
+            ref_ws = torch.ops.aten.convolution_backward(
+                gy.float(), x.float() * scale.half().float()[:, :, None, None], w, None, [1, 1], [2, 2], [1, 1],
+                False, [0, 0], 1, [False, True, False])[1]
         gx = fast_conv.conv2d_input_grad_nchw(gy, w, 2, x.shape)
-        gw = fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2)
-        assert gx.dtype == torch.float16 and gw.dtype == torch.float32
+        assert gx.dtype == torch.float16
         assert float((gx.float() - ref_x).abs().max() / ref_x.abs().max()) < 2e-3, (c, o, size)
-        assert float((gw - ref_w).abs().max() / ref_w.abs().max()) < 2e-3, (c, o, size)
+        for form in ("triton", "cudnn"):
+            gw = fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, form=form)
+            gws = fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, scale=scale, form=form)
+            assert gw.dtype == torch.float32
+            assert float((gw - ref_w).abs().max() / ref_w.abs().max()) < 2e-3, (c, o, size, form)
+            assert float((gws - ref_ws).abs().max() / ref_ws.abs().max()) < 2e-3, (c, o, size, form)
 
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import mapped_ws, requires_cuda
-from v2s_nb.stylegan3 import build_generator, fast_config, fast_layer, fast_path, networks, tiny_generator
+from v2s_nb.stylegan3 import build_generator, fast_config, fast_conv, fast_layer, fast_path, networks, tiny_generator
 
 
 def _fast_layers(syn, x, styles, out_gain, function=True):
@@ -213,12 +213,12 @@ def test_function_is_used_only_where_it_applies():
 
 
 def test_scaled_input_rows_padded_for_the_rows_convolution():
-    """The Function's scaled input for fast_conv: x * scale, rows padded to the alignment (a view, the values
-    unchanged), contiguous with alignment 1."""
+    """fast_conv's scaled copy of the convolution's input: x * scale, rows padded to the alignment (a view, the
+    values unchanged), contiguous with alignment 1."""
     g = torch.Generator().manual_seed(5)
     x, s = torch.randn(2, 3, 5, 7, generator=g), torch.randn(2, 3, generator=g)
-    plain = fast_layer._scaled_rows(x, s, 1)
-    rows = fast_layer._scaled_rows(x, s, 8)
+    plain = fast_conv.scaled_rows(x, s, 1)
+    rows = fast_conv.scaled_rows(x, s, 8)
     assert plain.is_contiguous() and torch.equal(plain, x * s[:, :, None, None])
     assert rows.stride() == (3 * 5 * 8, 5 * 8, 8, 1) and torch.equal(rows, plain)
 

@@ -1,6 +1,7 @@
 """fast_conv's convolution gradients (fp16) against torch.nn.grad in float32, under Triton's interpreter: the
-weight gradient's kernel (default and explicit tile configurations, several pixel splits, other kernel sizes,
-row-padded channel slices of x) and the input gradient through conv2d_nchw (pointers and cudnn forms, a padding
+weight gradient in both forms (the Triton kernel: default and explicit tile configurations, several pixel splits,
+other kernel sizes, row-padded channel slices of x; cuDNN on our channels-last copies, in chunks of samples), each
+with a per-sample input scale, and the input gradient through conv2d_nchw (pointers and cudnn forms, a padding
 past k - 1)."""
 
 import pytest
@@ -32,12 +33,30 @@ def _case(n, i, o, h, w, k, p, seed):
     (1, 5, 9, 8, 7, 1, 0, None),
     (1, 6, 4, 9, 10, 5, 2, None),
 ])
-def test_weight_grad_matches_torch(n, i, o, h, w, k, p, config):
+@pytest.mark.parametrize("form", ["triton", "cudnn"])
+def test_weight_grad_matches_torch(n, i, o, h, w, k, p, config, form):
     x, kernel, gy = _case(n, i, o, h, w, k, p, seed=i * o + p)
     ref = torch.nn.grad.conv2d_weight(x.float(), kernel.shape, gy.float(), padding=p)
-    out = fast_conv.conv2d_weight_grad_nchw(x, gy, k, p, config=config)
-    assert out.shape == ref.shape and out.dtype == torch.float32
+    out = fast_conv.conv2d_weight_grad_nchw(x, gy, k, p, config=config if form == "triton" else None, form=form)
+    assert out.shape == ref.shape and out.dtype == torch.float32 and out.is_contiguous()
     assert _relative(out, ref) < 2e-3
+
+
+@pytest.mark.parametrize("form, config", [("triton", None), ("triton", (32, 32, 16, 4, 2, 7)), ("cudnn", None)])
+def test_weight_grad_with_a_per_sample_scale(form, config, monkeypatch):
+    """grad of conv2d(x * scale, K): the Triton kernel scales each program's sums (7 splits over 3 samples: programs
+    within one sample), cuDNN's form the channels-last copy (here in chunks of one sample)."""
+    monkeypatch.setattr(fast_conv, "WGRAD_CUDNN_CHUNK_BYTES", 1)
+    x, kernel, gy = _case(3, 13, 7, 9, 10, 3, 2, seed=11)
+    scale = torch.rand(3, 13, generator=torch.Generator().manual_seed(1)) * 3 - 1
+    xs = x.float() * scale.half().float()[:, :, None, None]
+    ref = torch.nn.grad.conv2d_weight(xs, kernel.shape, gy.float(), padding=2)
+    out = fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, config=config, scale=scale, form=form)
+    assert _relative(out, ref) < 2e-3
+    with pytest.raises(ValueError, match="scale"):
+        fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, scale=scale[:, :5], form=form)
+    with pytest.raises(ValueError, match="form"):
+        fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, form="winograd")
 
 
 def test_weight_grad_reads_row_padded_channel_slices():
@@ -50,8 +69,9 @@ def test_weight_grad_reads_row_padded_channel_slices():
     view = buf[:, :11, :, :17]
     gy_t = gy.transpose(2, 3).contiguous().transpose(2, 3)  # same values, columns-major planes
     ref = torch.nn.grad.conv2d_weight(x.float(), kernel.shape, gy.float(), padding=2)
-    out = fast_conv.conv2d_weight_grad_nchw(view, gy_t, 3, 2)
-    assert _relative(out, ref) < 2e-3
+    for form in ("triton", "cudnn"):
+        out = fast_conv.conv2d_weight_grad_nchw(view, gy_t, 3, 2, form=form)
+        assert _relative(out, ref) < 2e-3, form
 
 
 # 13 outputs of x: pointers form; 70: cudnn form (more than MAX_OUT_CHANNELS); padding 3 > k - 1 crops grad_y.
@@ -64,6 +84,21 @@ def test_input_grad_matches_torch(n, i, o, h, w, k, p):
     out = fast_conv.conv2d_input_grad_nchw(gy, kernel, p, x.shape)
     assert out.shape == x.shape and out.dtype == torch.float16 and out.is_contiguous()
     assert _relative(out, ref) < 2e-3
+
+
+@pytest.mark.parametrize("form", ["pointers", "cudnn"])
+def test_input_grad_through_a_per_sample_scale(form):
+    """For conv2d(x * scale, K): (d x, d scale) in one call; the cudnn form fuses them into its last transpose
+    (to_nchw's scale), the pointers form runs the activation's epilogue after."""
+    x, kernel, gy = _case(2, 20, 12, 7, 9, 3, 2, seed=7)
+    scale = torch.rand(2, 20, generator=torch.Generator().manual_seed(2)) + 0.5
+    g_xs = torch.nn.grad.conv2d_input(x.shape, kernel.half().float(), gy.float(), padding=2)
+    g_x, g_s = fast_conv.conv2d_input_grad_nchw(gy, kernel, 2, x.shape, form=form, scale=scale, x=x)
+    assert g_x.dtype == torch.float16 and g_s.dtype == torch.float32 and g_s.shape == (2, 20)
+    assert _relative(g_x, g_xs * scale[:, :, None, None]) < 2e-3
+    assert _relative(g_s, (g_xs * x.float()).sum((2, 3))) < 2e-3
+    with pytest.raises(ValueError, match="scale"):
+        fast_conv.conv2d_input_grad_nchw(gy, kernel, 2, x.shape, form=form, scale=scale)
 
 
 def test_input_grad_forms_agree():

@@ -50,11 +50,18 @@ def test_cudnn_form_and_its_transposes(n, c, h, w, o):
     assert xl.is_contiguous(memory_format=torch.channels_last) and torch.equal(xl[:, :c], x)
     assert not xl[:, c:].any()
     assert torch.equal(fast_conv.to_nchw(xl, c - 2), x[:, :c - 2]) and fast_conv.to_nchw(xl).is_contiguous()
+    scale = torch.randn(n, c, generator=g)
+    xs = fast_conv.to_nhwc(x, c + 3, scale)  # the product in the copy
+    assert torch.allclose(xs[:, :c], x * scale[:, :, None, None], rtol=1e-6, atol=0) and not xs[:, c:].any()
+    with pytest.raises(ValueError, match="scale"):
+        fast_conv.to_nhwc(x, c, scale[:, 1:])
     wt = torch.randn(o, c, 3, 3, generator=g)
     ref = F.conv2d(x, wt, padding=2)
     out = fast_conv.conv2d_nchw(x, wt, 2)
     assert out.shape == ref.shape and out.is_contiguous()
     assert _relative(out, ref) < 1e-5
+    ref = F.conv2d(x * scale[:, :, None, None], wt, padding=2)
+    assert _relative(fast_conv.conv2d_nchw(x, wt, 2, scale=scale), ref) < 1e-5
 
 
 def test_rows_form_refuses_unaligned_rows():

@@ -90,3 +90,40 @@ def test_1x1_layer_fp16_gradients_through_fast_conv_equal_the_batched_products(m
     assert len(calls) == 2 and grads[True][0].dtype == torch.float32
     for name, a, e in zip(("x", "weight", "bias"), grads[True], grads[False]):
         assert float((a - e).abs().max() / e.abs().max()) < 2e-3, name
+
+
+@pytest.mark.parametrize("input_form, weight_form", [("cudnn", "cudnn"), ("pointers", "triton")])
+def test_3x3_layer_fp16_gradients_through_fast_conv_equal_cudnns(input_form, weight_form, monkeypatch):
+    """T's layer Function in fp16: its gradients w.r.t. x, the kernel, the input scale, dcoefs and the bias through
+    fast_conv's kernels (triton_conv_grads; the input gradient with d x and d scale fused into the cudnn form's last
+    transpose or after the pointers form; the weight gradient from cuDNN on our copies or the Triton kernel, the
+    scale inside both) against convolution_backward's on the scaled input, and fast_conv ran."""
+    from v2s_nb.stylegan3 import fast_conv
+
+    monkeypatch.setattr(fast_ops, "can_use_fast", lambda x, fu, fd: fu is not None and fd is not None and fu.ndim == 1)
+    monkeypatch.setattr(fast_conv, "MAX_OUT_CHANNELS", 4 if input_form == "cudnn" else 64)
+    monkeypatch.setattr(fast_conv, "weight_grad_form", lambda *shape: weight_form)
+    calls = []
+    for fn in ("conv2d_weight_grad_nchw", "conv2d_input_grad_nchw"):
+        monkeypatch.setattr(fast_conv, fn, lambda *a, f=getattr(fast_conv, fn), **k: calls.append(f) or f(*a, **k))
+    syn = tiny_generator("T", resolution=16, seed=1, channel_max=16).synthesis
+    L = getattr(syn, syn.layer_names[-3])
+    spec = (L.up_filter, L.down_filter, dict(up=L.up_factor, down=L.down_factor, padding=L.padding, gain=2 ** 0.5,
+                                              slope=0.2, clamp=L.conv_clamp))
+    g = torch.Generator().manual_seed(0)
+    size = int(L.in_size[0])
+    x = torch.randn(2, L.in_channels, size, size, generator=g).half()
+    kernel = torch.randn(L.out_channels, L.in_channels, 3, 3, generator=g) / (3 * L.in_channels ** 0.5)
+    scale = torch.rand(2, L.in_channels, generator=g) + 0.5
+    dcoefs = torch.rand(2, L.out_channels, generator=g) + 0.5
+    bias = torch.randn(L.out_channels, generator=g) * 0.1
+    grads = {}
+    for triton_grads in (True, False):
+        with fast_config.override(triton_conv_grads=triton_grads):
+            inputs = [t.clone().requires_grad_(True) for t in (x, kernel, scale, dcoefs, bias)]
+            out = fast_layer._Layer3x3.apply(*inputs, spec)
+            out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).half())
+            grads[triton_grads] = [t.grad.float() for t in inputs]
+    assert len(calls) == 2
+    for name, a, e in zip(("x", "kernel", "scale", "dcoefs", "bias"), grads[True], grads[False]):
+        assert float((a - e).abs().max() / e.abs().max()) < 3e-3, name

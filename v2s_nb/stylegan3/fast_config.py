@@ -41,9 +41,9 @@ field                     environment variable    meaning
                                                   under ordinary autograd (what they save, side by side)
 ``triton_conv_grads``     ``V2S_NB_TRITON_CONV_GRADS``  1 (default): the 3x3 layers' input gradients by fast_conv's
                                                   NCHW kernels (no transposes; fp16 on CUDA), their weight
-                                                  gradients by its Triton kernel on the 1024 px planes
-                                                  (:data:`.fast_conv.WGRAD_TRITON_MIN_PIXELS`), cuDNN's
-                                                  below; R's 1x1 layers' gradients by its per-sample
+                                                  gradients by :func:`.fast_conv.conv2d_weight_grad_nchw`
+                                                  (cuDNN on our channels-last copies, the input scale in
+                                                  them); R's 1x1 layers' gradients by its per-sample
                                                   products on large planes
                                                   (:data:`.fast_conv.BMM_GRADS_MIN_PIXELS`); 0: cuDNN's
                                                   ``convolution_backward`` for both (T batch 8: 3.2 GiB more;

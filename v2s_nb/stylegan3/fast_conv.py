@@ -23,10 +23,12 @@ cuDNN's products win and run in the cudnn form. ``benchmarks/bench_conv.py`` tim
 the figures are in docs/performance.md ('Kernel choices, measured').
 
 Gradients (training, fp16 only): :func:`conv2d_input_grad_nchw` is the convolution of the output gradient with
-the flipped, transposed kernel, run by :func:`conv2d_nchw`; :func:`conv2d_weight_grad_nchw` is its own kernel
-(:func:`_conv_wgrad_kernel`): per block of output and input channels, [outputs x pixels] @ [pixels x inputs]
-products per tap, over a share of the pixels, added atomically into a float32 gradient. Both read and write NCHW
-(``benchmarks/bench_conv.py --grads`` times them against cuDNN's backward).
+the flipped, transposed kernel, run by :func:`conv2d_nchw` (through a per-sample input scale, d x and d scale come
+out of the same pass); :func:`conv2d_weight_grad_nchw` is cuDNN's on channels-last copies made by our transposes
+(the input scale applied in them, channels padded to powers of two), or its own Triton kernel
+(:func:`_conv_wgrad_kernel`: per block of output and input channels, [outputs x pixels] @ [pixels x inputs] products
+per tap, over a share of one sample's pixels, added atomically into a float32 gradient) where cuDNN is off. Both
+read and write NCHW (``benchmarks/bench_conv.py --grads`` times them against cuDNN's backward on NCHW).
 
 R's 1x1 layers have a weight per sample: their gradients on large planes are :func:`batched_1x1_weight_grad`
 (each sample's [outputs x pixels] @ [pixels x inputs], the pixels split over programs) and
@@ -39,6 +41,7 @@ from __future__ import annotations
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
+from . import fast_ops
 from .ops import _round8
 
 try:
@@ -170,22 +173,26 @@ if HAVE_TRITON:
         tl.atomic_add(out_ptr + base + ky * ks + kx, acc, mask=o_ok[:, None] & (i < i_tap)[None, :], sem="relaxed")
 
     @triton.jit
-    def _conv_wgrad_kernel(x_ptr, g_ptr, out_ptr, c_in, h, w, c_out, h_out, w_out, pad, ks, x_sn, x_sc, x_sy, g_sn,
-                           g_sc, tiles_per_sample, n_tiles, tiles_per_split, n_iblocks, groups_x, BO: tl.constexpr,
-                           BI: tl.constexpr, P: tl.constexpr, STAGES: tl.constexpr):
-        """out[o, i, ky, kx] += sum_{n, y, x} g[n, o, y, x] * x[n, i, y + ky - pad, x + kx - pad] (zero outside x).
+    def _conv_wgrad_kernel(x_ptr, g_ptr, s_ptr, out_ptr, c_in, h, w, c_out, h_out, w_out, pad, ks, x_sn, x_sc, x_sy,
+                           g_sn, g_sc, tiles_per_sample, tiles_per_split, splits_per_sample, n_iblocks, groups_x,
+                           BO: tl.constexpr, BI: tl.constexpr, P: tl.constexpr, STAGES: tl.constexpr,
+                           SCALE: tl.constexpr):
+        """out[o, i, ky, kx] += sum_{n, y, x} g[n, o, y, x] * x[n, i, y + ky - pad, x + kx - pad] (zero outside x;
+        SCALE: x[n, i] times s[n, i], float32 [N, c_in]).
 
         Program (c, s, t): output channels block c // n_iblocks (BO), input channels block c % n_iblocks (BI), the
-        three taps ky = t // groups_x, kx in 3 (t % groups_x) + [0, 3) (one group for 3x3 kernels), and the pixel
-        tiles [s, s + 1) * tiles_per_split of the N * tiles_per_sample tiles of P output pixels (each sample's
-        pixels in row-major order, y * w_out + x). Three float32 accumulators [BO, BI], one per tap, sums of
-        [BO, P] @ [P, BI] products; added atomically into out (float32 [c_out, c_in, ks, ks], zeroed).
+        three taps ky = t // groups_x, kx in 3 (t % groups_x) + [0, 3) (one group for 3x3 kernels), sample
+        s // splits_per_sample and its pixel tiles [r, r + 1) * tiles_per_split, r = s % splits_per_sample, of
+        tiles_per_sample tiles of P output pixels (row-major order, y * w_out + x). Three float32 accumulators
+        [BO, BI], one per tap, sums of [BO, P] @ [P, BI] products; one sample per program, so its scale applies
+        once, to the sums; added atomically into out (float32 [c_out, c_in, ks, ks], zeroed).
         g: [N, c_out, h_out, w_out], each plane dense; x: [N, c_in, h, w] with strides x_sn, x_sc, x_sy, 1."""
         pid_c = tl.program_id(0)
         split = tl.program_id(1)
         tg = tl.program_id(2)
         ky = tg // groups_x
         kx0 = (tg % groups_x) * 3
+        n = (split // splits_per_sample).to(tl.int64)  # 64-bit sample offsets: large batches pass 2**31 elements
         o = (pid_c // n_iblocks) * BO + tl.arange(0, BO)
         i = (pid_c % n_iblocks) * BI + tl.arange(0, BI)
         o_ok = o < c_out
@@ -195,19 +202,23 @@ if HAVE_TRITON:
         a0 = tl.zeros([BO, BI], dtype=tl.float32)
         a1 = tl.zeros_like(a0)
         a2 = tl.zeros_like(a0)
-        first = split * tiles_per_split
-        for t in tl.range(first, tl.minimum(first + tiles_per_split, n_tiles), num_stages=STAGES):
-            n = (t // tiles_per_sample).to(tl.int64)  # 64-bit sample offsets: large batches pass 2**31 elements
-            p = (t % tiles_per_sample) * P + q
+        g_base = g_ptr + n * g_sn + (o * g_sc)[:, None]
+        xb = x_ptr + n * x_sn
+        first = (split % splits_per_sample) * tiles_per_split
+        for t in tl.range(first, tl.minimum(first + tiles_per_split, tiles_per_sample), num_stages=STAGES):
+            p = t * P + q
             p_ok = p < hw_out
             oy = p // w_out
             ox = p % w_out
-            g = tl.load(g_ptr + n * g_sn + (o * g_sc)[:, None] + p[None, :], mask=o_ok[:, None] & p_ok[None, :],
-                        other=0.0)  # [BO, P]
-            xb = x_ptr + n * x_sn
+            g = tl.load(g_base + p[None, :], mask=o_ok[:, None] & p_ok[None, :], other=0.0)  # [BO, P]
             a0 = _wgrad_tap(a0, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky, kx0, ks)
             a1 = _wgrad_tap(a1, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky, kx0 + 1, ks)
             a2 = _wgrad_tap(a2, g, xb, x_sc, x_sy, i, i_ok, p_ok, oy, ox, h, w, pad, ky, kx0 + 2, ks)
+        if SCALE:
+            s = tl.load(s_ptr + n * c_in + i, mask=i_ok, other=0.0)[None, :]
+            a0 = a0 * s
+            a1 = a1 * s
+            a2 = a2 * s
         base = (o[:, None] * c_in + i[None, :]) * (ks * ks)
         _wgrad_add(out_ptr, base, a0, o_ok, i, c_in, ky, kx0, ks)
         _wgrad_add(out_ptr, base, a1, o_ok, i, c_in, ky, kx0 + 1, ks)
@@ -267,28 +278,42 @@ if HAVE_TRITON:
                  mask=i_ok[:, None] & p_ok[None, :])
 
     @triton.jit
-    def _to_nhwc_kernel(x_ptr, out_ptr, c, c_pad, hw, x_sn, x_sc, x_sp, BC: tl.constexpr, BP: tl.constexpr):
-        """out[n, p, ch] = x[n, ch, p] for ch < c, 0 for c <= ch < c_pad (p: pixel index y * W + x; out
-        contiguous [N, H*W, c_pad]). The tile is loaded along pixels and stored along channels; Triton moves it
-        between the two orders through shared memory, so both sides are coalesced."""
+    def _to_nhwc_kernel(x_ptr, s_ptr, out_ptr, c, c_pad, hw, x_sn, x_sc, x_sp, BC: tl.constexpr, BP: tl.constexpr,
+                        SCALE: tl.constexpr):
+        """out[n, p, ch] = x[n, ch, p] (SCALE: times s[n, ch], float32 [N, c], rounded once) for ch < c, 0 for
+        c <= ch < c_pad (p: pixel index y * W + x; out contiguous [N, H*W, c_pad]). The tile is loaded along pixels
+        and stored along channels; Triton moves it between the two orders through shared memory, so both sides are
+        coalesced."""
         p = tl.program_id(0) * BP + tl.arange(0, BP)
         ch = tl.program_id(1) * BC + tl.arange(0, BC)
         n = tl.program_id(2).to(tl.int64)  # the sample's offset in 64 bits (large batches), within it 32
         inside = (p < hw)[None, :]
         v = tl.load(x_ptr + n * x_sn + (ch[:, None] * x_sc + p[None, :] * x_sp), mask=(ch < c)[:, None] & inside,
                     other=0.0)
+        if SCALE:
+            s = tl.load(s_ptr + n * c + ch, mask=ch < c, other=0.0)
+            v = (v.to(tl.float32) * s[:, None]).to(out_ptr.dtype.element_ty)
         tl.store(out_ptr + n * hw * c_pad + (p[None, :] * c_pad + ch[:, None]), v, mask=(ch < c_pad)[:, None] & inside)
 
     @triton.jit
-    def _to_nchw_kernel(y_ptr, out_ptr, c, hw, y_sn, y_sc, y_sp, BC: tl.constexpr, BP: tl.constexpr):
+    def _to_nchw_kernel(y_ptr, out_ptr, s_ptr, x_ptr, sums_ptr, c, hw, y_sn, y_sc, y_sp, BC: tl.constexpr,
+                        BP: tl.constexpr, SCALE: tl.constexpr):
         """out[n, ch, p] = y[n, ch, p] for ch < c (out contiguous [N, c, H*W]; y in any layout whose pixels
-        y * W + x sit at one stride, e.g. channels-last with more channels)."""
+        y * W + x sit at one stride, e.g. channels-last with more channels). SCALE: out = y * s[n, ch] instead (s
+        float32 [N, c]), and sums[n, ch] += sum_p y[n, ch, p] * x[n, ch, p] (x contiguous [N, c, H*W]; float32,
+        atomically)."""
         p = tl.program_id(0) * BP + tl.arange(0, BP)
         ch = tl.program_id(1) * BC + tl.arange(0, BC)
         n = tl.program_id(2).to(tl.int64)
         ok = (ch < c)[:, None] & (p < hw)[None, :]
         v = tl.load(y_ptr + n * y_sn + (ch[:, None] * y_sc + p[None, :] * y_sp), mask=ok)
-        tl.store(out_ptr + n * c * hw + (ch[:, None] * hw + p[None, :]), v, mask=ok)
+        at = n * c * hw + (ch[:, None] * hw + p[None, :])
+        if SCALE:
+            v = v.to(tl.float32)
+            xv = tl.load(x_ptr + at, mask=ok, other=0.0).to(tl.float32)
+            tl.atomic_add(sums_ptr + n * c + ch, tl.sum(v * xv, axis=1), mask=ch < c, sem="relaxed")
+            v = v * tl.load(s_ptr + n * c + ch, mask=ch < c, other=0.0)[:, None]
+        tl.store(out_ptr + at, v.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 # Where the Triton kernels run: layers with at most this many output channels. There cuDNN's NCHW <-> NHWC transposes
@@ -381,11 +406,21 @@ def arranged_weight(weight, bk, bn, dtype, out_major=False):
     return out
 
 
-def conv2d_nchw(x, weight, padding, config=None, form=None):
+def scaled_rows(x, scale, align=1):
+    """x * scale [N, C, H, W] (scale [N, C], any float dtype; the product in x's dtype) in a new buffer whose rows
+    are padded to a multiple of ``align`` elements (a view of it; ``align`` 1: contiguous): for the rows form,
+    ``align`` :data:`ROW_ALIGN` (TMA copies start on 16-byte boundaries)."""
+    n, c, h, w = x.shape
+    buf = x.new_empty((n, c, h, w + (-w) % align))[..., :w]
+    return torch.mul(x, scale.to(x.dtype)[:, :, None, None], out=buf)
+
+
+def conv2d_nchw(x, weight, padding, config=None, form=None, scale=None):
     """3x3 (any odd k) stride-1 convolution of fp16 ``x`` [N, C, H, W] with ``weight`` [O, C, k, k], zero padding
     ``padding`` on every side; returns a new contiguous [N, O, H + 2p - k + 1, W + 2p - k + 1] tensor in x's
     dtype. ``x`` may be a channel slice of a larger buffer (each sample's planes contiguous), and its rows may be
-    padded. Inference only.
+    padded. ``scale`` (optional, [N, C]): convolves x * scale instead, the product rounded to x's dtype (the cudnn
+    form scales in its transpose; the others convolve a scaled copy, :func:`scaled_rows`).
 
     ``form``: 'rows', 'pointers' or 'cudnn' (see the module's docstring). By default: above
     :data:`MAX_OUT_CHANNELS` outputs cudnn; else rows where it can run (a GPU with TMA, k = 3, padding 2, 16-byte
@@ -398,10 +433,15 @@ def conv2d_nchw(x, weight, padding, config=None, form=None):
     if form is None:
         if o > MAX_OUT_CHANNELS:
             form = "cudnn"
+        elif _has_tma(x.device) and (scale is not None and kh == 3 and padding == 2
+                                     or _rows_form_fits(x, kh, padding)):
+            form = "rows"
         else:
-            form = "rows" if _has_tma(x.device) and _rows_form_fits(x, kh, padding) else "pointers"
+            form = "pointers"
     if form == "cudnn":
-        return _conv_cudnn_nhwc(x, weight, padding)
+        return _conv_cudnn_nhwc(x, weight, padding, scale)
+    if scale is not None:
+        x = scaled_rows(x, scale, ROW_ALIGN if form == "rows" else 1)
     if form == "rows":
         if not _rows_form_fits(x, kh, padding):
             raise ValueError("the rows form needs k = 3, padding 2 and a 16-byte aligned input with 16-byte "
@@ -467,9 +507,11 @@ def _check_sample_size(elements):
                          "2**31 - 1); use the plain path (impl='plain')")
 
 
-def to_nhwc(x, channels=None):
+def to_nhwc(x, channels=None, scale=None):
     """[N, C, H, W] (pixels at one stride within a channel: any dense NCHW, or a channel slice of one) -> a new
-    channels-last [N, channels, H, W] tensor (``channels`` >= C, default C; the extra channels zero)."""
+    channels-last [N, channels, H, W] tensor (``channels`` >= C, default C; the extra channels zero). ``scale``
+    (optional, [N, C]): the copy holds x * scale instead (products in float32, rounded once to x's dtype), with no
+    pass of its own."""
     n, c, h, w = x.shape
     cp = c if channels is None else channels
     if cp < c:
@@ -477,35 +519,52 @@ def to_nhwc(x, channels=None):
     _check_sample_size(max(cp, c) * h * w)
     if x.stride(2) != w * x.stride(3):
         x = x.contiguous()
+    if scale is not None:
+        if tuple(scale.shape) != (n, c):
+            raise ValueError(f"scale {tuple(scale.shape)} must be [N, C] = {(n, c)} for x {tuple(x.shape)}")
+        scale = scale.to(device=x.device, dtype=torch.float32).contiguous()
     out = torch.empty((n, h, w, cp), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
     bc, bp, warps = _transpose_tile(cp, x.element_size())
     grid = (triton.cdiv(h * w, bp), triton.cdiv(cp, bc), n)
-    _to_nhwc_kernel[grid](x, out, c, cp, h * w, x.stride(0), x.stride(1), x.stride(3), BC=bc, BP=bp,
-                          num_warps=warps)
+    _to_nhwc_kernel[grid](x, x if scale is None else scale, out, c, cp, h * w, x.stride(0), x.stride(1),
+                          x.stride(3), BC=bc, BP=bp, SCALE=scale is not None, num_warps=warps)
     return out
 
 
-def to_nchw(y, channels=None):
+def to_nchw(y, channels=None, scale=None, x=None, out_dtype=None):
     """[N, C, H, W] in any layout whose pixels sit at one stride (channels-last, NCHW) -> a new contiguous NCHW
-    tensor of its first ``channels`` (default all)."""
+    tensor of its first ``channels`` (default all), in ``out_dtype`` (default y's).
+
+    With ``scale`` [N, c] and ``x`` [N, c, H, W] (contiguous; else copied) in the same pass: (y * scale, the
+    per-plane sums of y * x [N, c] float32), the backward's last step through an input scale (y the gradient
+    w.r.t. x * scale: the first value is x's, the second scale's)."""
     n, c, h, w = y.shape
     c = c if channels is None else channels
     _check_sample_size(y.shape[1] * h * w)
     if y.stride(2) != w * y.stride(3):
         y = y.contiguous(memory_format=torch.channels_last)
-    out = torch.empty((n, c, h, w), dtype=y.dtype, device=y.device)
+    out = torch.empty((n, c, h, w), dtype=out_dtype or y.dtype, device=y.device)
+    fused = scale is not None
+    if fused:
+        if x is None or tuple(x.shape) != (n, c, h, w) or tuple(scale.shape) != (n, c):
+            raise ValueError(f"scale {tuple(scale.shape)} and x {None if x is None else tuple(x.shape)} must be "
+                             f"[N, C] = {(n, c)} and [N, C, H, W] = {(n, c, h, w)}")
+        x = x.contiguous()
+        scale = scale.to(device=y.device, dtype=torch.float32).contiguous()
+        sums = torch.zeros((n, c), dtype=torch.float32, device=y.device)
     bc, bp, warps = NCHW_TILE
     bp = max(bp * 2 // y.element_size(), 1)
     grid = (triton.cdiv(h * w, bp), triton.cdiv(c, bc), n)
-    _to_nchw_kernel[grid](y, out, c, h * w, y.stride(0), y.stride(1), y.stride(3), BC=bc, BP=bp, num_warps=warps)
-    return out
+    _to_nchw_kernel[grid](y, out, scale if fused else out, x if fused else out, sums if fused else out, c, h * w,
+                          y.stride(0), y.stride(1), y.stride(3), BC=bc, BP=bp, SCALE=fused, num_warps=warps)
+    return (out, sums) if fused else out
 
 
-def _conv_cudnn_nhwc(x, weight, padding):
-    """The cudnn form of :func:`conv2d_nchw`: cuDNN on channels-last copies, made here. On NCHW fp16 cuDNN makes
-    the same copies itself; ours are as fast or faster. Input channels padded to multiples of 8 (zeros), outputs
-    per :func:`_cudnn_out_channels`. Faster in all than cuDNN on NCHW over T's six 81-512 output layers, most of all
-    on 512 -> 323 (from the output padding; docs/performance.md)."""
+def _conv_cudnn_nhwc(x, weight, padding, scale=None, epilogue=None):
+    """The cudnn form of :func:`conv2d_nchw`: cuDNN on channels-last copies, made here (``scale``: x * scale, in
+    the copy). On NCHW fp16 cuDNN makes the same copies itself; ours are as fast or faster. Input channels padded to
+    multiples of 8 (zeros), outputs per :func:`_cudnn_out_channels`. Faster in all than cuDNN on NCHW over T's six
+    81-512 output layers, most of all on 512 -> 323 (from the output padding; docs/performance.md)."""
     c, o = x.shape[1], weight.shape[0]
     ci, co = _round8(c), _cudnn_out_channels(o)
 
@@ -515,8 +574,8 @@ def _conv_cudnn_nhwc(x, weight, padding):
         return kernel.permute(0, 3, 1, 2)
 
     kernel = weight_derived(weight, ("cudnn", ci, co, x.dtype), build)
-    y = torch.nn.functional.conv2d(to_nhwc(x, ci), kernel, padding=padding)
-    return to_nchw(y, o)
+    y = torch.nn.functional.conv2d(to_nhwc(x, ci, scale), kernel, padding=padding)
+    return to_nchw(y, o) if epilogue is None else to_nchw(y, o, epilogue[1], epilogue[0])
 
 
 # The gradients of a stride-1 convolution y = conv2d(x, K, padding=p), for training: fp16 NCHW tensors in, no
@@ -537,7 +596,7 @@ def _require_fp16(**tensors):
                              "torch.nn.grad.conv2d_input / conv2d_weight for other dtypes)")
 
 
-def conv2d_input_grad_nchw(grad_y, weight, padding, x_shape, form=None, config=None):
+def conv2d_input_grad_nchw(grad_y, weight, padding, x_shape, form=None, config=None, scale=None, x=None):
     """The input gradient of y = conv2d(x, weight, padding=padding) (stride 1, square odd kernel k), for fp16.
 
     grad_y: [N, O, H', W'] float16, H' = H + 2 padding - k + 1 (each sample's planes contiguous, or it is copied);
@@ -547,7 +606,11 @@ def conv2d_input_grad_nchw(grad_y, weight, padding, x_shape, form=None, config=N
     run by :func:`conv2d_nchw`. ``form`` / ``config`` go to it; by default it picks by grad_x's channels I: above
     :data:`MAX_OUT_CHANNELS` the cudnn form (our transposes around cuDNN's NHWC kernels), else pointers (T's layers,
     padding 2 with k = 3, have padding 0 here, which the rows form doesn't take). The flipped kernel is kept per
-    weight tensor (:func:`weight_derived`). Raises ValueError for other dtypes or shapes that don't fit."""
+    weight tensor (:func:`weight_derived`). Raises ValueError for other dtypes or shapes that don't fit.
+
+    With ``scale`` [N, I] and ``x`` [N, I, H, W], for a convolution of x * scale: returns (grad_x * scale, the
+    per-plane sums of grad_x * x [N, I] float32), the gradients w.r.t. x (in x's dtype) and scale; in the cudnn form
+    inside its last transpose, else in one pass after (:func:`.fast_ops.scaled_with_sums`)."""
     _require_fp16(grad_y=grad_y)
     if grad_y.dim() != 4 or weight.dim() != 4 or len(x_shape) != 4:
         raise ValueError(f"grad_y {tuple(grad_y.shape)}, weight {tuple(weight.shape)} and x_shape {tuple(x_shape)} "
@@ -563,23 +626,34 @@ def conv2d_input_grad_nchw(grad_y, weight, padding, x_shape, form=None, config=N
         grad_y = grad_y[:, :, -q:hy + q, -q:wy + q]
         q = 0
     flipped = weight_derived(weight, ("input grad",), lambda: weight.flip(2, 3).transpose(0, 1).contiguous())
-    return conv2d_nchw(grad_y, flipped, q, config=config, form=form)
+    if scale is None:
+        return conv2d_nchw(grad_y, flipped, q, config=config, form=form)
+    if x is None or tuple(x.shape) != tuple(x_shape) or tuple(scale.shape) != tuple(x_shape[:2]):
+        raise ValueError(f"scale {tuple(scale.shape)} and x {None if x is None else tuple(x.shape)} must be [N, I] "
+                         f"and x_shape {tuple(x_shape)}")
+    if (form or ("cudnn" if i > MAX_OUT_CHANNELS else None)) == "cudnn":
+        return _conv_cudnn_nhwc(grad_y, flipped, q, epilogue=(x, scale))
+    g_x, _, g_s = fast_ops.scaled_with_sums(conv2d_nchw(grad_y, flipped, q, config=config, form=form), x, scale,
+                                            x.dtype)
+    return g_x, g_s
 
 
 # Weight-gradient tiles per block shape (BO, BI): (P, warps), the fastest per block in a sweep of T's layers at batch
 # 8 (bench_conv.py --grads --sweep; all on 4 warps; docs/performance.md).
 WGRAD_STEPS = {(32, 32): (16, 4), (64, 32): (64, 4), (32, 64): (16, 4), (64, 64): (32, 4)}
 
-# Output pixels per sample (H' W') from which a layer's weight gradient runs in the Triton kernel. Below it cuDNN's on
-# channel-padded NCHW (its layout copies small there) was several times faster on T's 148-532 px layers; at 1044 px
-# the Triton kernel is as fast or faster and cuDNN's copies would cost gigabytes at batch 8 (docs/performance.md).
-WGRAD_TRITON_MIN_PIXELS = 768 * 768
+# cuDNN's weight gradient runs over chunks of samples whose channels-last copies take at most this many bytes (the
+# whole batch, else chunks of the largest power of two of samples that fits): the copies raise the step's peak memory,
+# and chunks of fewer samples made cuDNN slower on the small-channel 1044 px layers (docs/performance.md).
+WGRAD_CUDNN_CHUNK_BYTES = 3 << 29
 
 
-def weight_grad_in_triton(pixels: int) -> bool:
-    """Whether a 3x3 layer with ``pixels`` output pixels per sample takes its weight gradient from
-    :func:`conv2d_weight_grad_nchw` (else cuDNN's): see :data:`WGRAD_TRITON_MIN_PIXELS`."""
-    return pixels >= WGRAD_TRITON_MIN_PIXELS
+def weight_grad_form(c_in: int, c_out: int, pixels: int) -> str:
+    """'cudnn' or 'triton': the weight gradient :func:`conv2d_weight_grad_nchw` runs by default for a 3x3 layer of
+    ``c_in`` -> ``c_out`` channels and ``pixels`` output pixels per sample: cuDNN's (with channels padded to powers
+    of two it was faster than the Triton kernel on every layer of T, copies included; docs/performance.md) unless
+    cuDNN is off or missing."""
+    return "cudnn" if torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled else "triton"
 
 
 def _wgrad_config(c_in, c_out, n, pixels, kernel_size, sms, blocks=None, pixels_per_step=None, warps=None,
@@ -591,7 +665,8 @@ def _wgrad_config(c_in, c_out, n, pixels, kernel_size, sms, blocks=None, pixels_
     tie the larger: x and grad_y are read once per channel block of the other). P output pixels a step and the
     warps from :data:`WGRAD_STEPS` unless given. Splits of the N * ceil(H' W' / P) pixel tiles: enough for
     ``programs_per_sm`` programs per multiprocessor, each program at least 16 tiles (its 3 BO BI atomic adds few
-    beside its products). Not yet tuned on a GPU: ``benchmarks/bench_conv.py --grads --sweep`` times others."""
+    beside its products); :func:`conv2d_weight_grad_nchw` spreads them over the samples (each program within one).
+    ``benchmarks/bench_conv.py --grads --sweep`` times others."""
     bo, bi = blocks or _least_padding_block(WGRAD_STEPS, c_out, c_in)
     p, wp = WGRAD_STEPS.get((bo, bi), (32, 8))
     p, wp = pixels_per_step or p, warps or wp
@@ -614,18 +689,25 @@ def _multiprocessors(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
-def conv2d_weight_grad_nchw(x, grad_y, kernel_size, padding, config=None):
-    """The weight gradient of y = conv2d(x, K, padding=padding) (stride 1, square kernel ``kernel_size`` = k), for
-    fp16, in one Triton kernel reading NCHW as it is (no transposes):
-    grad_K[o, i, ky, kx] = sum_{n, y, x} grad_y[n, o, y, x] * x[n, i, y + ky - padding, x + kx - padding] (zero
-    outside x), fp16 products summed in float32.
+def conv2d_weight_grad_nchw(x, grad_y, kernel_size, padding, config=None, scale=None, form=None):
+    """The weight gradient of y = conv2d(x * scale, K, padding=padding) (stride 1, square kernel ``kernel_size`` =
+    k), for fp16 NCHW tensors: grad_K[o, i, ky, kx] = sum_{n, y, x} grad_y[n, o, y, x] * scale[n, i] *
+    x[n, i, y + ky - padding, x + kx - padding] (zero outside x), fp16 products summed in float32.
 
     x: [N, I, H, W] float16, rows at any stride (a channel slice or row-padded buffer, as the fast path's activations
     write it, is read in place; pixels must be adjacent in a row, or it is copied); grad_y: [N, O, H', W'] float16,
-    H' = H + 2 padding - k + 1 (each plane dense, or it is copied). Returns a new grad_K [O, I, k, k] float32. The
-    sums are split over programs and added with float32 atomics: the last bits vary from run to run. ``config``:
-    (BO, BI, P, warps, stages, splits), default :func:`_wgrad_config`. Raises ValueError for other dtypes or shapes
-    that don't fit."""
+    H' = H + 2 padding - k + 1; ``scale``: optional [N, I] per-sample input scale (none: 1). Returns a new grad_K
+    [O, I, k, k] float32. ``form`` (default 'triton' where ``config`` is given, else :func:`weight_grad_form`):
+
+    * 'triton': one Triton kernel reading NCHW as it is (grad_y's planes dense, or it is copied), the scale applied
+      to each program's sums (one sample per program); sums split over programs and added with float32 atomics (the
+      last bits vary from run to run). ``config``: (BO, BI, P, warps, stages, splits), default
+      :func:`_wgrad_config`.
+    * 'cudnn': cuDNN's on channels-last copies of x * scale and grad_y (our transposes, channels padded to powers
+      of two), over chunks of samples (:data:`WGRAD_CUDNN_CHUNK_BYTES`); cuDNN rounds each chunk's gradient to
+      fp16.
+
+    Raises ValueError for other dtypes or shapes that don't fit."""
     _require_fp16(x=x, grad_y=grad_y)
     if x.dim() != 4 or grad_y.dim() != 4:
         raise ValueError(f"x {tuple(x.shape)} and grad_y {tuple(grad_y.shape)} must be 4-D [N, C, H, W]")
@@ -637,7 +719,16 @@ def conv2d_weight_grad_nchw(x, grad_y, kernel_size, padding, config=None):
                          f"padding {padding}: expected {want}")
     if x.device != grad_y.device:
         raise ValueError(f"x is on {x.device} and grad_y on {grad_y.device}; move both to one device")
+    if scale is not None:
+        if tuple(scale.shape) != (n, c_in):
+            raise ValueError(f"scale {tuple(scale.shape)} must be [N, I] = {(n, c_in)} for x {tuple(x.shape)}")
+        scale = scale.to(device=x.device, dtype=torch.float32).contiguous()
     c_out, h_out, w_out = want[1:]
+    form = form or ("triton" if config is not None else weight_grad_form(c_in, c_out, h_out * w_out))
+    if form == "cudnn":
+        return _weight_grad_cudnn(x, grad_y, k, padding, scale)
+    if form != "triton":
+        raise ValueError(f"form must be 'triton' or 'cudnn', got {form!r}")
     if x.stride(3) != 1:
         x = x.contiguous()
     grad_y = _dense_planes(grad_y)
@@ -646,15 +737,44 @@ def conv2d_weight_grad_nchw(x, grad_y, kernel_size, padding, config=None):
                                                                _multiprocessors(x.device))
     out = torch.zeros((c_out, c_in, k, k), dtype=torch.float32, device=x.device)
     tiles_per_sample = -(-(h_out * w_out) // p)
-    n_tiles = n * tiles_per_sample
-    per_split = -(-n_tiles // splits)
+    per_split = -(-tiles_per_sample // -(-splits // n))  # each program within one sample
+    splits_per_sample = -(-tiles_per_sample // per_split)
     n_iblocks = -(-c_in // bi)
     groups_x = -(-k // 3)
-    grid = (-(-c_out // bo) * n_iblocks, -(-n_tiles // per_split), k * groups_x)
-    _conv_wgrad_kernel[grid](x, grad_y, out, c_in, h, w, c_out, h_out, w_out, padding, k, x.stride(0), x.stride(1),
-                             x.stride(2), grad_y.stride(0), grad_y.stride(1), tiles_per_sample, n_tiles, per_split,
-                             n_iblocks, groups_x, BO=bo, BI=bi, P=p, STAGES=stages, num_warps=warps)
+    grid = (-(-c_out // bo) * n_iblocks, n * splits_per_sample, k * groups_x)
+    _conv_wgrad_kernel[grid](x, grad_y, out if scale is None else scale, out, c_in, h, w, c_out, h_out, w_out,
+                             padding, k, x.stride(0), x.stride(1), x.stride(2), grad_y.stride(0), grad_y.stride(1),
+                             tiles_per_sample, per_split, splits_per_sample, n_iblocks, groups_x, BO=bo, BI=bi, P=p,
+                             STAGES=stages, SCALE=scale is not None, num_warps=warps)
     return out
+
+
+def _pow2(c: int) -> int:
+    return 1 << (c - 1).bit_length()
+
+
+def _weight_grad_cudnn(x, grad_y, k, padding, scale):
+    """The 'cudnn' form of :func:`conv2d_weight_grad_nchw`. Channels padded to powers of two: cuDNN's choice of
+    kernel for the weight gradient changed its time by an order of magnitude with the padding on T's 81 -> 51 layer
+    at 1044 px (multiples of 8 the slowest); powers of two were the fastest or close to it on every layer of T
+    (docs/performance.md)."""
+    n, c_in = x.shape[:2]
+    c_out = grad_y.shape[1]
+    ci, co = _pow2(c_in), _pow2(c_out)
+    # cuDNN reads only the weight's shape and layout for this gradient
+    weight = x.new_empty((co, k, k, ci)).permute(0, 3, 1, 2)
+    per_sample = (ci * x.shape[2] * x.shape[3] + co * grad_y.shape[2] * grad_y.shape[3]) * x.element_size()
+    fit = max(1, WGRAD_CUDNN_CHUNK_BYTES // per_sample)
+    size = n if fit >= n else 1 << (fit.bit_length() - 1)  # a power of two: cuDNN was slower on 3-sample chunks
+    out = None
+    for n0 in range(0, n, size):
+        part = slice(n0, n0 + size)
+        xs = to_nhwc(x[part], ci, None if scale is None else scale[part])
+        g = torch.ops.aten.convolution_backward(to_nhwc(grad_y[part], co), xs, weight, None, [1, 1], [padding] * 2,
+                                                [1, 1], False, [0, 0], 1, [False, True, False])[1]
+        del xs
+        out = g.float() if out is None else out.add_(g)
+    return out[:c_out, :c_in].contiguous()
 
 
 # Pixels per sample (H W) from which R's 1x1 layers take their gradients from :func:`batched_1x1_weight_grad` and

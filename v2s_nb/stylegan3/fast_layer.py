@@ -16,8 +16,9 @@ the layer runs as
 * its backward: the activation's gradients w.r.t. y, the bias and dcoefs (its input gain) from y, in one pass
   (:func:`.fast_ops.activation_backward`: the fused backward kernel on CUDA), the convolution's two gradients in one
   ``aten.convolution_backward`` call on x * scale recomputed (only for the weight's gradient), or, with
-  ``fast_config`` ``triton_conv_grads`` (the default), fast_conv's NCHW kernels (no layout transposes; the weight's
-  gradient from cuDNN below :data:`.fast_conv.WGRAD_TRITON_MIN_PIXELS`; or two batched products for 1x1),
+  ``fast_config`` ``triton_conv_grads`` (the default), fast_conv's NCHW kernels (the input gradient without layout
+  transposes; the weight's gradient by :func:`.fast_conv.conv2d_weight_grad_nchw`, which takes the scale itself;
+  or two batched products for 1x1),
   d scale = sum over pixels of (d (x * scale) * x), d x = d (x * scale) * scale (one pass,
   :func:`.fast_ops.scaled_with_sums`). Sums over pixels in float32. The 1x1 layers' gradients in fp16 on large
   planes: :func:`.fast_conv.batched_1x1_weight_grad` and :func:`.fast_conv.batched_1x1_input_grad` (for these shapes
@@ -130,22 +131,13 @@ def _tf32(x) -> bool:
     return x.is_cuda and x.dtype == torch.float32
 
 
-def _scaled_rows(x, scale, align):
-    """x * scale [N, C, H, W] (scale [N, C]) in a new buffer whose rows are padded to a multiple of ``align``
-    elements (a view of it; ``align`` 1: contiguous): the layout fast_conv's rows form reads (TMA copies start on
-    16-byte boundaries), as the activation kernel writes it for the next layer in inference."""
-    n, c, h, w = x.shape
-    buf = x.new_empty((n, c, h, w + (-w) % align))[..., :w]
-    return torch.mul(x, scale.to(x.dtype)[:, :, None, None], out=buf)
-
-
 def _conv3x3(x, kernel, scale):
     """conv2d(x * scale, kernel) with 'full' padding (k - 1), in x's dtype: fast_conv's kernels for fp16 on CUDA
-    (the Triton convolution, or cuDNN with faster transposes), else :func:`.ops.scaled_input_conv2d`."""
+    (the Triton convolution, or cuDNN with faster transposes, which make the product), else
+    :func:`.ops.scaled_input_conv2d`."""
     pad = kernel.shape[-1] - 1
     if fast_conv.applies(x, kernel):
-        align = fast_conv.row_align_for(x.device, x.dtype, kernel.shape[0], kernel.shape[-1])
-        return fast_conv.conv2d_nchw(_scaled_rows(x, scale, align), kernel, pad)
+        return fast_conv.conv2d_nchw(x, kernel, pad, scale=scale)
     return ops.scaled_input_conv2d(x, kernel, scale, padding=pad)
 
 
@@ -173,23 +165,22 @@ class _Layer3x3(torch.autograd.Function):
         # d y (the demodulation inside), d bias, d dcoefs: the activation's backward with dcoefs as its input gain
         g_y, g_b, g_d = _activation_backward(y, codes, bias, grad, ctx.spec, dcoefs, *ctx.y_meta)
         del y, codes
-        g_x = g_k = g_s = g_xs = None
+        g_x = g_k = g_s = None
         if (need_x or need_k or need_s) and _triton_conv_grads(g_y):
             k = kernel.shape[-1]
-            g_xs = fast_conv.conv2d_input_grad_nchw(g_y, kernel, k - 1, x.shape) if need_x or need_s else None
-            if need_k and fast_conv.weight_grad_in_triton(g_y.shape[2] * g_y.shape[3]):
-                g_k = fast_conv.conv2d_weight_grad_nchw(_scaled_rows(x, scale, 1), g_y, k, k - 1).to(kernel.dtype)
-            elif need_k:
-                g_k = _cudnn_grads(g_y, x, scale, kernel, False, True)[1]
+            if need_k:
+                g_k = fast_conv.conv2d_weight_grad_nchw(x, g_y, k, k - 1, scale=scale).to(kernel.dtype)
+            if need_x or need_s:
+                # d x = d (x * scale) * scale and d scale = pixel sums of d (x * scale) * x, in the same pass
+                g_x, g_s = fast_conv.conv2d_input_grad_nchw(g_y, kernel, k - 1, x.shape, scale=scale, x=x)
             del g_y
         elif need_x or need_k or need_s:
             g_xs, g_k = _cudnn_grads(g_y, x, scale, kernel, need_x or need_s, need_k)
             del g_y
-        if g_xs is not None:
-            # d x = d (x * scale) * scale and d scale = pixel sums of d (x * scale) * x, in one pass
-            g_x, _, g_s = fast_ops.scaled_with_sums(g_xs, x, scale, x.dtype)
-            g_x = g_x if need_x else None
-            g_s = g_s if need_s else None
+            if g_xs is not None:
+                g_x, _, g_s = fast_ops.scaled_with_sums(g_xs, x, scale, x.dtype)
+        g_x = g_x if need_x else None
+        g_s = g_s if need_s else None
         return g_x, g_k, g_s, g_d.to(dcoefs.dtype), g_b.to(bias.dtype), None
 
 
