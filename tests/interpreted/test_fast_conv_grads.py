@@ -72,8 +72,6 @@ def test_weight_grad_reads_row_padded_channel_slices():
     for form in ("triton", "cudnn"):
         out = fast_conv.conv2d_weight_grad_nchw(view, gy_t, 3, 2, form=form)
         assert _relative(out, ref) < 2e-3, form
-    nhwc = fast_conv.to_nhwc(view, 16)  # read in place: the padded rows and channels stay out
-    assert torch.equal(nhwc[:, :11], x) and not nhwc[:, 11:].any()
 
 
 # 13 outputs of x: pointers form; 70: cudnn form (more than MAX_OUT_CHANNELS); padding 3 > k - 1 crops grad_y.
@@ -95,13 +93,10 @@ def test_input_grad_through_a_per_sample_scale(form):
     x, kernel, gy = _case(2, 20, 12, 7, 9, 3, 2, seed=7)
     scale = torch.rand(2, 20, generator=torch.Generator().manual_seed(2)) + 0.5
     g_xs = torch.nn.grad.conv2d_input(x.shape, kernel.half().float(), gy.float(), padding=2)
-    buf = torch.full((2, 20, 7, 16), float("nan"), dtype=torch.float16)  # rows padded (as row_align writes them)
-    buf[..., :9] = x
-    for xin in (x, buf[..., :9]):
-        g_x, g_s = fast_conv.conv2d_input_grad_nchw(gy, kernel, 2, x.shape, form=form, scale=scale, x=xin)
-        assert g_x.dtype == torch.float16 and g_s.dtype == torch.float32 and g_s.shape == (2, 20)
-        assert _relative(g_x, g_xs * scale[:, :, None, None]) < 2e-3
-        assert _relative(g_s, (g_xs * x.float()).sum((2, 3))) < 2e-3
+    g_x, g_s = fast_conv.conv2d_input_grad_nchw(gy, kernel, 2, x.shape, form=form, scale=scale, x=x)
+    assert g_x.dtype == torch.float16 and g_s.dtype == torch.float32 and g_s.shape == (2, 20)
+    assert _relative(g_x, g_xs * scale[:, :, None, None]) < 2e-3
+    assert _relative(g_s, (g_xs * x.float()).sum((2, 3))) < 2e-3
     with pytest.raises(ValueError, match="scale"):
         fast_conv.conv2d_input_grad_nchw(gy, kernel, 2, x.shape, form=form, scale=scale)
 

@@ -9,26 +9,17 @@ from v2s_nb.stylegan3 import fast_config, fast_layer, fast_ops, fast_path, tiny_
 from triton_interpreter_probe import interpreter_runs_kernels_like_ours  # noqa: F401 (autouse fixture)
 
 
-@pytest.mark.parametrize("cfg, saved_codes, recompute, codes_up, row_align", [
-    ("R", True, False, None, 1), ("T", True, False, None, 1), ("T", True, True, None, 1),
-    ("T", False, False, None, 1), ("T", True, False, (4,), 1), ("T", True, False, None, 8),
-    ("T", False, False, None, 8)])
-def test_layer_function_with_the_kernels_gives_the_plain_gradients(cfg, saved_codes, recompute, codes_up, row_align,
+@pytest.mark.parametrize("cfg, saved_codes, recompute, codes_up", [
+    ("R", True, False, None), ("T", True, False, None), ("T", True, True, None), ("T", False, False, None),
+    ("T", True, False, (4,))])
+def test_layer_function_with_the_kernels_gives_the_plain_gradients(cfg, saved_codes, recompute, codes_up,
                                                                     monkeypatch):
     """saved_codes (the default): the forward stores the activation's derivative and the backward reads it; else the
     backward recomputes it from the saved convolution output. recompute: T's convolution output recomputed in the
     backward (for the demodulation's gradient), not kept. codes_up: fast_layer.CODES_3X3_UP (tiny T's layers are
-    all 2x: (4,) sends them all the recomputing way). row_align 8: the layers write their outputs in padded rows
-    (as for the next layer's rows convolution on GPUs with TMA) and the next layer reads them so."""
+    all 2x: (4,) sends them all the recomputing way)."""
     if codes_up is not None:
         monkeypatch.setattr(fast_layer, "CODES_3X3_UP", codes_up)
-    from v2s_nb.stylegan3 import fast_conv
-
-    aligned = []
-    monkeypatch.setattr(fast_conv, "row_align_for", lambda *a: aligned.append(1) or row_align)
-    if row_align > 1:  # the padded rows must be read as such: garbage (not zeros) in the padding
-        monkeypatch.setattr(torch, "empty", lambda *a, f=torch.empty, **k: f(*a, **k).fill_(float("nan"))
-                            if k.get("dtype", torch.float32).is_floating_point else f(*a, **k))
     # the kernels on CPU tensors (the interpreter runs them there), as they run on CUDA
     monkeypatch.setattr(fast_ops, "can_use_fast", lambda x, fu, fd: fu is not None and fd is not None and fu.ndim == 1)
     G = tiny_generator(cfg, resolution=16, seed=1, channel_max=4)
@@ -56,7 +47,6 @@ def test_layer_function_with_the_kernels_gives_the_plain_gradients(cfg, saved_co
         img.square().mean().backward()
         results.append({"image": img.detach(), "ws": w.grad, **{n: p.grad for n, p in syn.named_parameters()}})
     assert len(used) == len(syn.layer_names) - 1
-    assert len(aligned) == (len(syn.layer_names) - 2 if cfg == "T" else 0)  # every 3x3 layer before another
     # R's layers and T's with fast_layer.CODES_3X3_UP upsampling through the codes (but float32 radial down-filters
     # needing more than MAX_RANK terms: 3 here), or none
     takes_codes = [cfg == "R" or getattr(syn, name).up_factor in fast_layer.CODES_3X3_UP
@@ -122,9 +112,7 @@ def test_3x3_layer_fp16_gradients_through_fast_conv_equal_cudnns(input_form, wei
                                               slope=0.2, clamp=L.conv_clamp))
     g = torch.Generator().manual_seed(0)
     size = int(L.in_size[0])
-    buf = torch.full((2, L.in_channels, size, size + 8 - size % 8), float("nan"), dtype=torch.float16)
-    buf[..., :size] = torch.randn(2, L.in_channels, size, size, generator=g).half()
-    x = buf[..., :size]  # rows padded, as the previous layer writes them for a rows convolution
+    x = torch.randn(2, L.in_channels, size, size, generator=g).half()
     kernel = torch.randn(L.out_channels, L.in_channels, 3, 3, generator=g) / (3 * L.in_channels ** 0.5)
     scale = torch.rand(2, L.in_channels, generator=g) + 0.5
     dcoefs = torch.rand(2, L.out_channels, generator=g) + 0.5
@@ -132,8 +120,7 @@ def test_3x3_layer_fp16_gradients_through_fast_conv_equal_cudnns(input_form, wei
     grads = {}
     for triton_grads in (True, False):
         with fast_config.override(triton_conv_grads=triton_grads):
-            inputs = [(x.detach() if t is x else t.clone()).requires_grad_(True)
-                      for t in (x, kernel, scale, dcoefs, bias)]
+            inputs = [t.clone().requires_grad_(True) for t in (x, kernel, scale, dcoefs, bias)]
             out = fast_layer._Layer3x3.apply(*inputs, spec)
             out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).half())
             grads[triton_grads] = [t.grad.float() for t in inputs]

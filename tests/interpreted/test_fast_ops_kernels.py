@@ -101,8 +101,7 @@ def test_fused_backward_matches_autograd(cfg, one_sample_chunks, via_codes, tile
     the batch taken one sample at a time (what a chunk_mb smaller than one sample's float32 sums makes it do).
     via_codes: the training forward (its output against the plain operator's too) and the backward from the
     derivative codes it stored; on 128-wide tiles their window is taken in blocks (64 + 16 of 128 for 2x layers).
-    forward_split: the training forward in that many row blocks, the backward in one (their launches differ). Every
-    other layer's training forward writes rows padded to 8 elements (row_align)."""
+    forward_split: the training forward in that many row blocks, the backward in one (their launches differ)."""
     monkeypatch.setattr(fast_ops, "BACKWARD_TILES", (tile,))  # float32 here: the 64-wide tile is allowed
     monkeypatch.setattr(fast_ops, "CODES_FLOAT32_TILES", (tile,))  # (on CUDA 64 only: shared memory)
     monkeypatch.setattr(fast_ops, "CODES_MIN_OUT", 0)  # the small test planes keep codes too
@@ -136,10 +135,8 @@ def test_fused_backward_matches_autograd(cfg, one_sample_chunks, via_codes, tile
         expected = torch.autograd.grad(out, inputs, gy)
         spec = (L.up_filter, L.down_filter, b, L.up_factor, L.down_factor, L.padding, 2 ** 0.5, 0.2, clamp)
         if via_codes:
-            align = 8 if i % 2 else 1  # every other layer's output in rows padded for fast_conv's rows form
-            res = fast_ops.forward_with_codes(y, *spec, in_gain=g, row_align=align)
+            res = fast_ops.forward_with_codes(y, *spec, in_gain=g)
             if res is not None:
-                assert res[0].stride(2) == out.shape[3] + (-out.shape[3]) % align
                 worst = max(worst, _relative(res[0], out.detach()))
                 assert res[1].dtype == torch.uint8 and res[1].shape[:2] == y.shape[:2]
                 res = fast_ops.backward_from_codes(res[1], gy, y.shape, y.dtype, *spec[:2], *spec[3:8], x=y,

@@ -94,9 +94,8 @@ if HAVE_TRITON:
         tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=keep)
 
     @triton.jit
-    def _conv_rows_kernel(x_desc, w_desc, out_ptr, h_out, w_out, c_out, tiles_x, n_cblocks, w_sample,
-                          TW: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, STAGES: tl.constexpr,
-                          OUT_MAJOR: tl.constexpr):
+    def _conv_rows_kernel(x_desc, w_desc, out_ptr, h_out, w_out, c_out, tiles_x, n_cblocks, TW: tl.constexpr,
+                          BN: tl.constexpr, BK: tl.constexpr, STAGES: tl.constexpr, OUT_MAJOR: tl.constexpr):
         """3x3 convolution, zero padding 2: out[n, o, y, x] = sum_{c, ky, kx} W[o, c, ky, kx] x[n, c, y+ky-2, x+kx-2].
 
         x_desc: TMA descriptor of x [N, C, H, W], box [1, BK, 1, TW]. Program (t, ob, n) reads the input columns
@@ -104,8 +103,7 @@ if HAVE_TRITON:
         output row t // tiles_x, and owns the output columns x0 + [8, TW): output column x0 + j + 1 is
         P0[j - 1] + P1[j] + P2[j + 1], where P_kx sums W[., ., ky, kx] @ input over ky and the channel blocks.
         w_desc: the weights as [9, O', C'] (OUT_MAJOR: products [BN, BK] @ [BK, TW], accumulators [outputs,
-        pixels]) or [9, C', O'] (products [TW, BK] @ [BK, BN], accumulators [pixels, outputs]), zero padded; with
-        w_sample 9, one such set per sample ([9 N, ., .], sample n's at rows 9 n + tap), else 0."""
+        pixels]) or [9, C', O'] (products [TW, BK] @ [BK, BN], accumulators [pixels, outputs]), zero padded."""
         pid_t = tl.program_id(0)
         pid_o = tl.program_id(1)
         n = tl.program_id(2)
@@ -121,16 +119,15 @@ if HAVE_TRITON:
             ky = k // n_cblocks
             cb = (k % n_cblocks) * BK
             a = x_desc.load([n, cb, oy + ky - 2, x0]).reshape(BK, TW)
-            t0 = n * w_sample + ky * 3
             if OUT_MAJOR:
-                p0 = tl.dot(w_desc.load([t0, pid_o * BN, cb]).reshape(BN, BK), a, p0)
-                p1 = tl.dot(w_desc.load([t0 + 1, pid_o * BN, cb]).reshape(BN, BK), a, p1)
-                p2 = tl.dot(w_desc.load([t0 + 2, pid_o * BN, cb]).reshape(BN, BK), a, p2)
+                p0 = tl.dot(w_desc.load([ky * 3, pid_o * BN, cb]).reshape(BN, BK), a, p0)
+                p1 = tl.dot(w_desc.load([ky * 3 + 1, pid_o * BN, cb]).reshape(BN, BK), a, p1)
+                p2 = tl.dot(w_desc.load([ky * 3 + 2, pid_o * BN, cb]).reshape(BN, BK), a, p2)
             else:
                 at = a.T
-                p0 = tl.dot(at, w_desc.load([t0, cb, pid_o * BN]).reshape(BK, BN), p0)
-                p1 = tl.dot(at, w_desc.load([t0 + 1, cb, pid_o * BN]).reshape(BK, BN), p1)
-                p2 = tl.dot(at, w_desc.load([t0 + 2, cb, pid_o * BN]).reshape(BK, BN), p2)
+                p0 = tl.dot(at, w_desc.load([ky * 3, cb, pid_o * BN]).reshape(BK, BN), p0)
+                p1 = tl.dot(at, w_desc.load([ky * 3 + 1, cb, pid_o * BN]).reshape(BK, BN), p1)
+                p2 = tl.dot(at, w_desc.load([ky * 3 + 2, cb, pid_o * BN]).reshape(BK, BN), p2)
         # output column x0 + j + 1 is P0[j - 1] + P1[j] + P2[j + 1]; j + 1 < TW: the shifted columns are in this tile
         j = tl.arange(0, TW)
         o = pid_o * BN + tl.arange(0, BN)
@@ -281,18 +278,17 @@ if HAVE_TRITON:
                  mask=i_ok[:, None] & p_ok[None, :])
 
     @triton.jit
-    def _to_nhwc_kernel(x_ptr, s_ptr, out_ptr, c, c_pad, hw, w, x_sn, x_sc, x_sy, x_sp, BC: tl.constexpr,
-                        BP: tl.constexpr, SCALE: tl.constexpr, DENSE: tl.constexpr):
+    def _to_nhwc_kernel(x_ptr, s_ptr, out_ptr, c, c_pad, hw, x_sn, x_sc, x_sp, BC: tl.constexpr, BP: tl.constexpr,
+                        SCALE: tl.constexpr):
         """out[n, p, ch] = x[n, ch, p] (SCALE: times s[n, ch], float32 [N, c], rounded once) for ch < c, 0 for
-        c <= ch < c_pad (p: pixel index y * W + x, x's rows x_sy apart; out contiguous [N, H*W, c_pad]). The tile is
-        loaded along pixels and stored along channels; Triton moves it between the two orders through shared
-        memory, so both sides are coalesced. DENSE: x_sy = w * x_sp (flat pixel offsets: the loads stay vectors)."""
+        c <= ch < c_pad (p: pixel index y * W + x; out contiguous [N, H*W, c_pad]). The tile is loaded along pixels
+        and stored along channels; Triton moves it between the two orders through shared memory, so both sides are
+        coalesced."""
         p = tl.program_id(0) * BP + tl.arange(0, BP)
         ch = tl.program_id(1) * BC + tl.arange(0, BC)
         n = tl.program_id(2).to(tl.int64)  # the sample's offset in 64 bits (large batches), within it 32
         inside = (p < hw)[None, :]
-        at = p * x_sp if DENSE else (p // w) * x_sy + (p % w) * x_sp
-        v = tl.load(x_ptr + n * x_sn + (ch[:, None] * x_sc + at[None, :]), mask=(ch < c)[:, None] & inside,
+        v = tl.load(x_ptr + n * x_sn + (ch[:, None] * x_sc + p[None, :] * x_sp), mask=(ch < c)[:, None] & inside,
                     other=0.0)
         if SCALE:
             s = tl.load(s_ptr + n * c + ch, mask=ch < c, other=0.0)
@@ -300,12 +296,12 @@ if HAVE_TRITON:
         tl.store(out_ptr + n * hw * c_pad + (p[None, :] * c_pad + ch[:, None]), v, mask=(ch < c_pad)[:, None] & inside)
 
     @triton.jit
-    def _to_nchw_kernel(y_ptr, out_ptr, s_ptr, x_ptr, sums_ptr, c, hw, w, y_sn, y_sc, y_sp, x_sn, x_sc, x_sy,
-                        BC: tl.constexpr, BP: tl.constexpr, SCALE: tl.constexpr, X_DENSE: tl.constexpr):
+    def _to_nchw_kernel(y_ptr, out_ptr, s_ptr, x_ptr, sums_ptr, c, hw, y_sn, y_sc, y_sp, BC: tl.constexpr,
+                        BP: tl.constexpr, SCALE: tl.constexpr):
         """out[n, ch, p] = y[n, ch, p] for ch < c (out contiguous [N, c, H*W]; y in any layout whose pixels
         y * W + x sit at one stride, e.g. channels-last with more channels). SCALE: out = y * s[n, ch] instead (s
-        float32 [N, c]), and sums[n, ch] += sum_p y[n, ch, p] * x[n, ch, p] (x NCHW with rows of W pixels at any
-        stride x_sy, X_DENSE: x_sy = w; float32, atomically)."""
+        float32 [N, c]), and sums[n, ch] += sum_p y[n, ch, p] * x[n, ch, p] (x contiguous [N, c, H*W]; float32,
+        atomically)."""
         p = tl.program_id(0) * BP + tl.arange(0, BP)
         ch = tl.program_id(1) * BC + tl.arange(0, BC)
         n = tl.program_id(2).to(tl.int64)
@@ -314,8 +310,7 @@ if HAVE_TRITON:
         at = n * c * hw + (ch[:, None] * hw + p[None, :])
         if SCALE:
             v = v.to(tl.float32)
-            x_at = n * x_sn + ch[:, None] * x_sc + (p if X_DENSE else (p // w) * x_sy + p % w)[None, :]
-            xv = tl.load(x_ptr + x_at, mask=ok, other=0.0).to(tl.float32)
+            xv = tl.load(x_ptr + at, mask=ok, other=0.0).to(tl.float32)
             tl.atomic_add(sums_ptr + n * c + ch, tl.sum(v * xv, axis=1), mask=ch < c, sem="relaxed")
             v = v * tl.load(s_ptr + n * c + ch, mask=ch < c, other=0.0)[:, None]
         tl.store(out_ptr + at, v.to(out_ptr.dtype.element_ty), mask=ok)
@@ -424,8 +419,8 @@ def conv2d_nchw(x, weight, padding, config=None, form=None, scale=None):
     """3x3 (any odd k) stride-1 convolution of fp16 ``x`` [N, C, H, W] with ``weight`` [O, C, k, k], zero padding
     ``padding`` on every side; returns a new contiguous [N, O, H + 2p - k + 1, W + 2p - k + 1] tensor in x's
     dtype. ``x`` may be a channel slice of a larger buffer (each sample's planes contiguous), and its rows may be
-    padded. ``scale`` (optional, [N, C]): convolves x * scale instead (the cudnn form scales in its transpose, the
-    rows form its weights per sample where it can read x as it is; else a scaled copy, :func:`scaled_rows`).
+    padded. ``scale`` (optional, [N, C]): convolves x * scale instead, the product rounded to x's dtype (the cudnn
+    form scales in its transpose; the others convolve a scaled copy, :func:`scaled_rows`).
 
     ``form``: 'rows', 'pointers' or 'cudnn' (see the module's docstring). By default: above
     :data:`MAX_OUT_CHANNELS` outputs cudnn; else rows where it can run (a GPU with TMA, k = 3, padding 2, 16-byte
@@ -445,16 +440,14 @@ def conv2d_nchw(x, weight, padding, config=None, form=None, scale=None):
             form = "pointers"
     if form == "cudnn":
         return _conv_cudnn_nhwc(x, weight, padding, scale)
+    if scale is not None:
+        x = scaled_rows(x, scale, ROW_ALIGN if form == "rows" else 1)
     if form == "rows":
-        if scale is not None and not _rows_form_fits(x, kh, padding):
-            x, scale = scaled_rows(x, scale, ROW_ALIGN), None  # rows TMA can read
         if not _rows_form_fits(x, kh, padding):
             raise ValueError("the rows form needs k = 3, padding 2 and a 16-byte aligned input with 16-byte "
                              f"aligned strides (got k {kh}, padding {padding}, strides {x.stride()}); use "
                              "form='pointers'")
-        return _conv_rows(x, weight, config or _rows_config(c, o), scale)
-    if scale is not None:
-        x = scaled_rows(x, scale)
+        return _conv_rows(x, weight, config or _rows_config(c, o))
     if not x[0].is_contiguous():
         x = x.contiguous()
     th, tw, bn, bk, warps, stages = config or _config(c, o)
@@ -469,31 +462,21 @@ def conv2d_nchw(x, weight, padding, config=None, form=None, scale=None):
     return out
 
 
-def _conv_rows(x, weight, config, scale=None):
-    """The rows form of :func:`conv2d_nchw` (k = 3, padding 2). ``scale`` [N, C]: each sample convolved with the
-    weights times its scale (per input channel; the products in float32, rounded once to x's dtype), which equals
-    convolving x * scale without a copy of x."""
+def _conv_rows(x, weight, config):
+    """The rows form of :func:`conv2d_nchw` (k = 3, padding 2)."""
     n, c, h, w = x.shape
     o = weight.shape[0]
     tw, bn, bk, warps, stages, out_major = config
-    if scale is None:
-        wt = weight_derived(weight, ("rows", bk, bn, x.dtype, out_major),
-                           lambda: arranged_weight(weight, bk, bn, x.dtype, out_major))  # [9, O', C'] / [9, C', O']
-    else:
-        w32 = weight_derived(weight, ("rows", bk, bn, torch.float32, out_major),
-                            lambda: arranged_weight(weight, bk, bn, torch.float32, out_major))
-        s = w32.new_zeros((n, w32.shape[2] if out_major else w32.shape[1]))
-        s[:, :c] = scale
-        s = s[:, None, None, :] if out_major else s[:, None, :, None]
-        wt = (w32[None] * s).to(x.dtype).reshape(n * 9, *w32.shape[1:])  # sample n's taps at rows 9 n + t
+    wt = weight_derived(weight, ("rows", bk, bn, x.dtype, out_major),
+                       lambda: arranged_weight(weight, bk, bn, x.dtype, out_major))  # [9, O', C'] or [9, C', O']
     w_desc = TensorDescriptor(wt, list(wt.shape), list(wt.stride()), [1, bn, bk] if out_major else [1, bk, bn])
     x_desc = TensorDescriptor(x, list(x.shape), list(x.stride()), [1, bk, 1, tw])
     h_out, w_out = h + 2, w + 2
     out = torch.empty((n, o, h_out, w_out), dtype=x.dtype, device=x.device)
     tiles_x = -(-w_out // (tw - 8))  # tile t owns the output columns [t (tw - 8), (t + 1)(tw - 8))
     grid = (h_out * tiles_x, -(-o // bn), n)
-    _conv_rows_kernel[grid](x_desc, w_desc, out, h_out, w_out, o, tiles_x, -(-c // bk), 0 if scale is None else 9,
-                            TW=tw, BN=bn, BK=bk, STAGES=stages, OUT_MAJOR=out_major, num_warps=warps)
+    _conv_rows_kernel[grid](x_desc, w_desc, out, h_out, w_out, o, tiles_x, -(-c // bk), TW=tw, BN=bn, BK=bk,
+                            STAGES=stages, OUT_MAJOR=out_major, num_warps=warps)
     return out
 
 
@@ -525,15 +508,17 @@ def _check_sample_size(elements):
 
 
 def to_nhwc(x, channels=None, scale=None):
-    """[N, C, H, W] in any layout (dense NCHW, a channel slice, padded rows, channels-last) -> a new channels-last
-    [N, channels, H, W] tensor (``channels`` >= C, default C; the extra channels zero). ``scale``
+    """[N, C, H, W] (pixels at one stride within a channel: any dense NCHW, or a channel slice of one) -> a new
+    channels-last [N, channels, H, W] tensor (``channels`` >= C, default C; the extra channels zero). ``scale``
     (optional, [N, C]): the copy holds x * scale instead (products in float32, rounded once to x's dtype), with no
     pass of its own."""
     n, c, h, w = x.shape
     cp = c if channels is None else channels
     if cp < c:
         raise ValueError(f"channels={cp} is fewer than the input's {c}")
-    _check_sample_size(max(max(cp, c) * h * w, c * x.stride(1), h * x.stride(2)))
+    _check_sample_size(max(cp, c) * h * w)
+    if x.stride(2) != w * x.stride(3):
+        x = x.contiguous()
     if scale is not None:
         if tuple(scale.shape) != (n, c):
             raise ValueError(f"scale {tuple(scale.shape)} must be [N, C] = {(n, c)} for x {tuple(x.shape)}")
@@ -541,9 +526,8 @@ def to_nhwc(x, channels=None, scale=None):
     out = torch.empty((n, h, w, cp), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
     bc, bp, warps = _transpose_tile(cp, x.element_size())
     grid = (triton.cdiv(h * w, bp), triton.cdiv(cp, bc), n)
-    _to_nhwc_kernel[grid](x, x if scale is None else scale, out, c, cp, h * w, w, x.stride(0), x.stride(1),
-                          x.stride(2), x.stride(3), BC=bc, BP=bp, SCALE=scale is not None,
-                          DENSE=x.stride(2) == w * x.stride(3), num_warps=warps)
+    _to_nhwc_kernel[grid](x, x if scale is None else scale, out, c, cp, h * w, x.stride(0), x.stride(1),
+                          x.stride(3), BC=bc, BP=bp, SCALE=scale is not None, num_warps=warps)
     return out
 
 
@@ -551,7 +535,7 @@ def to_nchw(y, channels=None, scale=None, x=None, out_dtype=None):
     """[N, C, H, W] in any layout whose pixels sit at one stride (channels-last, NCHW) -> a new contiguous NCHW
     tensor of its first ``channels`` (default all), in ``out_dtype`` (default y's).
 
-    With ``scale`` [N, c] and ``x`` [N, c, H, W] (rows at any stride) in the same pass: (y * scale, the
+    With ``scale`` [N, c] and ``x`` [N, c, H, W] (contiguous; else copied) in the same pass: (y * scale, the
     per-plane sums of y * x [N, c] float32), the backward's last step through an input scale (y the gradient
     w.r.t. x * scale: the first value is x's, the second scale's)."""
     n, c, h, w = y.shape
@@ -565,17 +549,14 @@ def to_nchw(y, channels=None, scale=None, x=None, out_dtype=None):
         if x is None or tuple(x.shape) != (n, c, h, w) or tuple(scale.shape) != (n, c):
             raise ValueError(f"scale {tuple(scale.shape)} and x {None if x is None else tuple(x.shape)} must be "
                              f"[N, C] = {(n, c)} and [N, C, H, W] = {(n, c, h, w)}")
-        if x.stride(3) != 1:
-            x = x.contiguous()
+        x = x.contiguous()
         scale = scale.to(device=y.device, dtype=torch.float32).contiguous()
         sums = torch.zeros((n, c), dtype=torch.float32, device=y.device)
     bc, bp, warps = NCHW_TILE
     bp = max(bp * 2 // y.element_size(), 1)
     grid = (triton.cdiv(h * w, bp), triton.cdiv(c, bc), n)
-    xs = x.stride()[:3] if fused else (0, 0, 0)
-    _to_nchw_kernel[grid](y, out, scale if fused else out, x if fused else out, sums if fused else out, c, h * w, w,
-                          y.stride(0), y.stride(1), y.stride(3), *xs, BC=bc, BP=bp, SCALE=fused,
-                          X_DENSE=not fused or xs[2] == w, num_warps=warps)
+    _to_nchw_kernel[grid](y, out, scale if fused else out, x if fused else out, sums if fused else out, c, h * w,
+                          y.stride(0), y.stride(1), y.stride(3), BC=bc, BP=bp, SCALE=fused, num_warps=warps)
     return (out, sums) if fused else out
 
 

@@ -78,16 +78,15 @@ def applies(plan, layer, x, styles) -> bool:
     return fast_ops.can_use_fast(x, fu, fd)
 
 
-def layer_forward(plan, layer, x, styles, row_align=1):
+def layer_forward(plan, layer, x, styles):
     """The (non-ToRGB) layer of ``plan`` on ``x`` [N, I, H, W] (already in the layer's compute dtype) with its raw
     affine output ``styles`` [N, I] -> [N, O, H', W'] in x's dtype, through the Function (see the module's
-    docstring). ``row_align``: a layout hint for the output of 3x3 layers (rows padded to a multiple of this many
-    elements where the activation's kernels write it: the next layer's rows convolution reads it in place)."""
+    docstring)."""
     spec = (layer.up_filter, layer.down_filter, plan.lrelu)
     kernel, tap_energy = plan.shared_kernel()
     if plan.three_by_three:
         scale, dcoefs = plan.modulation(styles, kernel, tap_energy)
-        return _Layer3x3.apply(x, kernel, scale, dcoefs, layer.bias, spec, row_align)
+        return _Layer3x3.apply(x, kernel, scale, dcoefs, layer.bias, spec)
     n = x.shape[0]
     weight = ops.modulated_weight(kernel, styles, True, layer.magnitude_ema.rsqrt())
     return _Layer1x1.apply(x, weight.reshape(n, plan.out_channels, -1), layer.bias, spec)
@@ -106,18 +105,16 @@ def _lrelu_args(spec):
 CODES_3X3_UP = (2,)
 
 
-def _activation_forward(y, bias, spec, in_gain, codes=True, row_align=1):
+def _activation_forward(y, bias, spec, in_gain, codes=True):
     """(the layer's filtered leaky ReLU of y * in_gain + bias, the activation's derivative codes or None):
     :func:`.fast_ops.forward_with_codes` where it applies (``codes`` and ``fast_config`` ``saved_codes``), else the
-    inference kernels (the backward then recomputes from y). ``row_align``: the output's layout hint."""
+    inference kernels (the backward then recomputes from y)."""
     fu, fd, lrelu = spec
     if codes and fast_ops.codes_apply(y, fu, fd):
-        res = fast_ops.forward_with_codes(y, fu, fd, bias, *_lrelu_args(spec)[2:], in_gain=in_gain,
-                                          row_align=row_align)
+        res = fast_ops.forward_with_codes(y, fu, fd, bias, *_lrelu_args(spec)[2:], in_gain=in_gain)
         if res is not None:
             return res
-    return fast_ops.filtered_lrelu(y, fu, fd, bias, in_gain=in_gain, pad_channels=False, row_align=row_align,
-                                   **lrelu), None
+    return fast_ops.filtered_lrelu(y, fu, fd, bias, in_gain=in_gain, pad_channels=False, **lrelu), None
 
 
 def _activation_backward(y, codes, bias, grad, spec, in_gain, size, dtype):
@@ -148,9 +145,9 @@ class _Layer3x3(torch.autograd.Function):
     """filtered_lrelu(conv(x * scale, kernel) * dcoefs + bias) for a 3x3 (T) layer, saving x and the conv output."""
 
     @staticmethod
-    def forward(ctx, x, kernel, scale, dcoefs, bias, spec, row_align=1):
+    def forward(ctx, x, kernel, scale, dcoefs, bias, spec):
         y = _conv3x3(x, kernel, scale)
-        out, codes = _activation_forward(y, bias, spec, dcoefs, spec[2]["up"] in CODES_3X3_UP, row_align)
+        out, codes = _activation_forward(y, bias, spec, dcoefs, spec[2]["up"] in CODES_3X3_UP)
         # y: for d dcoefs (sums of y * d y); with the codes and fast_config's recompute_conv_output, recomputed then
         keep_y = codes is None or not fast_config.current().recompute_conv_output
         ctx.save_for_backward(x, y if keep_y else None, codes, kernel, scale, dcoefs, bias)
@@ -184,7 +181,7 @@ class _Layer3x3(torch.autograd.Function):
                 g_x, _, g_s = fast_ops.scaled_with_sums(g_xs, x, scale, x.dtype)
         g_x = g_x if need_x else None
         g_s = g_s if need_s else None
-        return g_x, g_k, g_s, g_d.to(dcoefs.dtype), g_b.to(bias.dtype), None, None
+        return g_x, g_k, g_s, g_d.to(dcoefs.dtype), g_b.to(bias.dtype), None
 
 
 def _triton_conv_grads(g_y) -> bool:

@@ -519,7 +519,7 @@ if HAVE_TRITON:
 
     @triton.jit
     def _fused_train_kernel(x_ptr, b_ptr, g_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, out_ptr, codes_ptr, h, w, h_out,
-                            w_out, w_buf, channels, jshift_y, jshift_x, gain, slope, clamp, BO, UP: tl.constexpr,
+                            w_out, channels, jshift_y, jshift_x, gain, slope, clamp, BO, UP: tl.constexpr,
                             DOWN: tl.constexpr, R: tl.constexpr, KAX: tl.constexpr, KBX: tl.constexpr,
                             KAY: tl.constexpr, KBY: tl.constexpr, BU: tl.constexpr, BOP: tl.constexpr,
                             PRECISION: tl.constexpr, HAS_GAIN: tl.constexpr, SPLIT: tl.constexpr):
@@ -528,7 +528,7 @@ if HAVE_TRITON:
         byte, at codes[plane, tile y, tile x] ([BU, BU // 4] bytes per tile): what
         :func:`_fused_backward_codes_kernel` reads instead of recomputing the pre-activation. The input window is
         taken in blocks as there (KAY + KBY rows, KAX + KBX columns: :func:`codes_window`), the upsampled block in
-        SPLIT row blocks. The output's rows are w_buf elements apart (w_out, or more where they are padded)."""
+        SPLIT row blocks."""
         plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
         ty = tl.program_id(1)
         tx = tl.program_id(2)
@@ -577,7 +577,7 @@ if HAVE_TRITON:
         oy = oy0 + lo
         ox = ox0 + lo
         keep = ((lo < BO) & (oy < h_out))[:, None] & ((lo < BO) & (ox < w_out))[None, :]
-        tl.store(out_ptr + plane * h_out * w_buf + oy[:, None] * w_buf + ox[None, :],
+        tl.store(out_ptr + plane * h_out * w_out + oy[:, None] * w_out + ox[None, :],
                  acc.to(out_ptr.dtype.element_ty), mask=keep)
 
     @triton.jit
@@ -645,18 +645,16 @@ if HAVE_TRITON:
                 _add_window_block(gx_plane, v, h, w, jy0, jx0, used_y, used_x, KAY, KBY, KAX, KBX)
 
     @triton.jit
-    def _backward_epilogue_kernel(acc_ptr, x_ptr, g_ptr, gx_ptr, sums_ptr, hw, w, x_plane, x_sy,
-                                  HAS_GAIN: tl.constexpr, BLOCK: tl.constexpr, X_DENSE: tl.constexpr):
+    def _backward_epilogue_kernel(acc_ptr, x_ptr, g_ptr, gx_ptr, sums_ptr, hw, HAS_GAIN: tl.constexpr,
+                                  BLOCK: tl.constexpr):
         """One pass over the backward's float32 sums ``acc`` (the gradient w.r.t. the operator's input a = x * g):
         d x = acc * g in x's storage dtype, and per plane the sums of acc and of acc * x (the bias' and the gain's
-        gradients), added into sums [2, planes]. acc and d x contiguous; x's planes x_plane elements apart, its rows
-        (w pixels) x_sy apart (X_DENSE: x contiguous, flat offsets)."""
+        gradients), added into sums [2, planes]."""
         plane = tl.program_id(0).to(tl.int64)
         i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         ok = i < hw
         a = tl.load(acc_ptr + plane * hw + i, mask=ok, other=0.0).to(tl.float32)
-        x_at = plane * hw + i if X_DENSE else plane * x_plane + (i // w) * x_sy + i % w
-        xv = tl.load(x_ptr + x_at, mask=ok, other=0.0).to(tl.float32)
+        xv = tl.load(x_ptr + plane * hw + i, mask=ok, other=0.0).to(tl.float32)
         gx = a * tl.load(g_ptr + plane) if HAS_GAIN else a
         tl.store(gx_ptr + plane * hw + i, gx.to(gx_ptr.dtype.element_ty), mask=ok)
         n_planes = tl.num_programs(0)
@@ -1403,12 +1401,10 @@ def codes_apply(x, fu, fd) -> bool:
             and fd is not None and fu.ndim == 1)
 
 
-def forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_gain=None, row_align=1):
+def forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_gain=None):
     """The filtered leaky ReLU of ``x * in_gain`` + ``b`` for a training step: (out [N, C, H', W'] in x's dtype,
     codes), or None where the fused kernels can't apply or the planes have under :data:`CODES_MIN_OUT` output rows or
-    columns (then use the forward and backward that recompute). ``row_align``: out's rows padded to a multiple of
-    this many elements (a view of the buffer's first columns; as :func:`fused_filtered_lrelu_forward` writes them
-    for fast_conv's rows form).
+    columns (then use the forward and backward that recompute).
 
     ``codes`` (uint8 [N, C, tiles y, tiles x, BU, BU // 4]) holds the activation's derivative at every sample of
     each output tile's upsampled block, 2 bits each: what :func:`backward_from_codes` needs instead of ``x``. It
@@ -1424,14 +1420,13 @@ def forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_g
     bias = b.to(torch.float32).contiguous()
     g = _per_plane(in_gain, n, c, x.device)
     split, warps = _codes_launch(x.dtype, up, forward=True)
-    w_buf = w_out + (-w_out) % row_align
-    out = torch.empty((n, c, h_out, w_buf), dtype=x.dtype, device=x.device)[..., :w_out]
+    out = torch.empty((n, c, h_out, w_out), dtype=x.dtype, device=x.device)
     for bu, plan, grid in _tile_plans(fu, fd, up, down, padding, x, _codes_tiles(x.dtype, h_out, w_out), h_out,
                                       w_out):
         codes = torch.empty((n, c, grid[1], grid[2], bu, bu // 4), dtype=torch.uint8, device=x.device)
         try:
             _fused_train_kernel[grid](x, bias, g if g is not None else bias, plan["ax"], plan["ay"], plan["dx"],
-                                      plan["dy"], out, codes, h, w, h_out, w_out, w_buf, c, plan["jshift_y"],
+                                      plan["dy"], out, codes, h, w, h_out, w_out, c, plan["jshift_y"],
                                       plan["jshift_x"], float(gain), float(slope), float(clamp), plan["bo"], UP=up,
                                       DOWN=down, R=plan["r"], **codes_window(plan), BU=bu, BOP=plan["bop"],
                                       PRECISION=plan["precision"], HAS_GAIN=g is not None, SPLIT=split,
@@ -1490,24 +1485,16 @@ def backward_from_codes(codes, grad, size, dtype, fu, fd, up, down, padding, gai
     return _chunked_backward((n, c, h, w), dtype, codes.device, x.contiguous() if x is not None else None, g, launch)
 
 
-def _padded_rows_buffer(x) -> bool:
-    """Whether ``x`` [N, C, H, W] is contiguous but for padded rows (a view of a buffer's first W columns, as the
-    fast path's activations write for the rows convolution): planes back to back, rows at one stride."""
-    n, c, h, w = x.shape
-    return (x.stride(3) == 1 and x.stride(2) >= w and x.stride(1) == h * x.stride(2)
-            and (n == 1 or x.stride(0) == c * x.stride(1)))
-
-
 def scaled_with_sums(a, x, g=None, out_dtype=None, out=None):
     """For ``a`` and ``x`` [N, C, H, W] and a per-plane factor ``g`` [N, C] (None: 1), in one pass where Triton
     runs: (a * g in ``out_dtype`` (default a's), the per-plane sums of a [N, C] float32, of a * x [N, C] float32 or
     None without ``g``; float64 sums for float64 tensors). The backward's last step: ``a`` the gradient w.r.t.
     x * g, so a * g is x's, the sums are the gradients of a bias added after and of g. ``out``: a contiguous
-    tensor of a's shape to write a * g into (returned as the first value). ``x`` may have padded rows."""
+    tensor of a's shape to write a * g into (returned as the first value)."""
     n, c, h, w = a.shape
     out_dtype = out_dtype or a.dtype
     kernels = HAVE_TRITON and (a.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
-    if not (kernels and a.is_contiguous() and _padded_rows_buffer(x) and a.dtype != torch.float64):
+    if not (kernels and a.is_contiguous() and x.is_contiguous() and a.dtype != torch.float64):
         acc = torch.promote_types(a.dtype, torch.float32)  # float32 sums (float64 stays float64)
         sums = a.sum((2, 3), dtype=acc)
         prods = None if g is None else (a.to(acc) * x.to(acc)).sum((2, 3))
@@ -1518,9 +1505,8 @@ def scaled_with_sums(a, x, g=None, out_dtype=None, out=None):
         out = torch.empty((n, c, h, w), dtype=out_dtype, device=a.device)
     sums = torch.zeros((2, n, c), dtype=torch.float32, device=a.device)
     _backward_epilogue_kernel[(n * c, _cdiv(h * w, EPILOGUE_BLOCK))](a, x, g if g is not None else a, out, sums,
-                                                                    h * w, w, x.stride(1), x.stride(2),
-                                                                    HAS_GAIN=g is not None, BLOCK=EPILOGUE_BLOCK,
-                                                                    X_DENSE=x.is_contiguous())
+                                                                    h * w, HAS_GAIN=g is not None,
+                                                                    BLOCK=EPILOGUE_BLOCK)
     return out, sums[0], sums[1] if g is not None else None
 
 

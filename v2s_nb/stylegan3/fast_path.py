@@ -95,21 +95,13 @@ class LayerPlan:
             return fast_modulation.modulation_factors(styles, tap_energy, layer.magnitude_ema)
         return modulation_factors(kernel, styles, demodulate, layer.magnitude_ema.rsqrt(), tap_energy)
 
-    def output_row_align(self, nxt, dtype) -> int:
-        """The row alignment (elements) for this layer's output in ``dtype`` when ``nxt`` (a plan, or None) reads it:
-        :func:`.fast_conv.row_align_for` where ``nxt`` is a 3x3 layer of the same dtype, else 1."""
-        if nxt is None or not nxt.three_by_three or nxt.is_torgb or nxt.dtype() != dtype:
-            return 1
-        return fast_conv.row_align_for(self.device, dtype, nxt.out_channels, nxt.layer.conv_kernel)
-
     def chains_into(self, nxt: "LayerPlan") -> bool:
         """Whether, in inference on CUDA, this layer may hand ``nxt`` its output already multiplied by ``nxt``'s
         input scale: both are 3x3 (T) layers, so ``nxt`` runs the scale-convolve-scale form."""
         return (self.three_by_three and nxt.three_by_three and not nxt.is_torgb and self.device.type == "cuda"
                 and fast_ops.HAVE_TRITON and not torch.is_grad_enabled())
 
-    def forward(self, x, styles, force_fp32=False, factors=None, into=None, into_factors=None, out_gain=1.0,
-                next_plan=None):
+    def forward(self, x, styles, force_fp32=False, factors=None, into=None, into_factors=None, out_gain=1.0):
         """The layer on ``x`` [N, in_channels, H, W] with its raw affine output ``styles`` [N, in_channels].
 
         Chaining (:func:`run_layers`; see :meth:`chains_into`): ``factors`` is this layer's :meth:`modulation`
@@ -117,13 +109,12 @@ class LayerPlan:
         ``into`` (the next layer's plan) with ``into_factors`` (its :meth:`modulation`) makes this layer return its
         output multiplied by that layer's input scale, in the activation kernel. ``out_gain``: a factor on the
         result (the network's ``output_scale`` for ToRGB; the fast ToRGB applies it in its kernel and returns
-        float32). ``next_plan``: the next layer's plan, a layout hint under autograd (the layer Function then writes
-        its output in rows the next convolution's rows form reads in place: :meth:`output_row_align`)."""
+        float32)."""
         layer = self.layer
         dtype = self.dtype(force_fp32)
         if factors is None and into is None and fast_layer.applies(self, layer, x, styles):
             # Under autograd: the layer as one Function that saves only its input and its convolution's output.
-            y = fast_layer.layer_forward(self, layer, x.to(dtype), styles, self.output_row_align(next_plan, dtype))
+            y = fast_layer.layer_forward(self, layer, x.to(dtype), styles)
             return y * out_gain if out_gain != 1 else y
         if self.three_by_three:
             return self._forward_3x3(layer, x.to(dtype), styles, force_fp32, factors, into, into_factors, out_gain)
@@ -180,7 +171,7 @@ def run_layers(synthesis, x, styles, force_fp32=False, stop_after=None, collect=
         chain = nxt is not None and name not in collect and name != stop_after and plan.chains_into(nxt)
         into_factors = nxt.modulation(styles[synthesis.layer_names[i + 1]]) if chain else None
         x = plan.forward(x, styles[name], force_fp32=force_fp32, factors=factors, into=nxt if chain else None,
-                         into_factors=into_factors, out_gain=out_gain if nxt is None else 1.0, next_plan=nxt)
+                         into_factors=into_factors, out_gain=out_gain if nxt is None else 1.0)
         factors = into_factors
         if name in collect:
             feats[name] = x.to(torch.float32)
