@@ -26,6 +26,13 @@ product as the layer's backward ran it before (``torch.bmm(grad_y, x^T)``) again
 ``fast_conv.batched_1x1_weight_grad``, and the input gradient (``torch.bmm(W^T, grad_y)`` against
 ``fast_conv.batched_1x1_input_grad``): ms, and each one's largest error against a float32 product; ``--sweep``
 times other tile configurations of ours.
+
+    python benchmarks/bench_conv.py --batch 8 --wgrad-paddings
+
+cuDNN's weight gradient on channels-last copies made by ``fast_conv.to_nhwc`` (the 'cudnn' form of
+``fast_conv.conv2d_weight_grad_nchw``), per fp16 layer of T, with the channels padded several ways, over the whole
+batch or chunks of samples, with and without cudnn.benchmark: ms, transposes included. cuDNN's choice of kernel moves
+with the padding (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ def main(argv=None):
     p.add_argument("--grads", action="store_true", help="time the gradients (backward) instead of the forward")
     p.add_argument("--grads-1x1", action="store_true", help="time R's per-sample 1x1 weight gradient instead")
     p.add_argument("--sweep", action="store_true", help="with --grads / --grads-1x1: time other tile configs")
+    p.add_argument("--wgrad-paddings", action="store_true",
+                   help="time cuDNN's weight gradient on our channels-last copies with the channels padded several "
+                        "ways, over the whole batch and chunks of samples")
     args = p.parse_args(argv)
     dev = torch.device("cuda")
     if args.grads_1x1:
@@ -57,6 +67,8 @@ def main(argv=None):
     G = build_generator("T", args.resolution, device=dev, calibrate=False)
     if args.grads:
         return grads(G, args.batch, args.sweep, dev)
+    if args.wgrad_paddings:
+        return wgrad_paddings(G, args.batch, dev)
     r8 = lambda c: c + (-c) % 8  # noqa: E731
     print(f"# {torch.cuda.get_device_name()}, T {args.resolution}, batch {args.batch}, fp16 3x3 convolutions (ms)")
     rows = torch.cuda.get_device_capability()[0] >= 9
@@ -202,6 +214,49 @@ def grads(G, batch, sweep, dev):
         torch.cuda.empty_cache()
     print(f"{'total':>14} {'':>16} | {tot['both']:10.3f} {'':>7} {'':>7} | {'':>8} {'':>7} {'':>8} {'':>7} "
           f"{tot['new']:7.3f}")
+
+
+# The channel paddings --wgrad-paddings tries (inputs, outputs): multiples of 8 and of 32, powers of two (what
+# fast_conv's cudnn weight gradient uses), and powers of two for the inputs only.
+_PADDINGS = {"r8": lambda c, o: (_round_up(c, 8), _round_up(o, 8)),
+             "r32": lambda c, o: (_round_up(c, 32), _round_up(o, 32)),
+             "p2": lambda c, o: (fast_conv._pow2(c), fast_conv._pow2(o)),
+             "p2in": lambda c, o: (fast_conv._pow2(c), _round_up(o, 8))}
+
+
+def _round_up(c, m):
+    return c + (-c) % m
+
+
+def wgrad_paddings(G, batch, dev):
+    """The --wgrad-paddings table: per fp16 3x3 layer of T, ms of our transposes (x and the output gradient to
+    channels-last, channels padded) plus cuDNN's weight gradient, per padding and chunk of samples (the batch, 4, 2),
+    and with cudnn.benchmark on."""
+    chunks = sorted({batch, min(batch, 4), min(batch, 2)}, reverse=True)
+    cols = [(pad, chunk, bm) for pad in _PADDINGS for chunk in chunks for bm in (False, True)]
+    print(f"# {torch.cuda.get_device_name()}, T, batch {batch}: transposes + cuDNN's weight gradient (ms) per channel "
+          "padding (r8 / r32: multiples of 8 / 32, p2: powers of two, p2in: inputs only), chunk of samples, "
+          "cudnn.benchmark (b)")
+    labels = [f"{pad} {chunk}" + (" b" if bm else "") for pad, chunk, bm in cols]
+    print(f"{'layer':>14} {'in->out @ px':>16} " + " ".join(f"{label:>10}" for label in labels))
+    for name, c, o, size in _fp16_3x3_layers(G):
+        x = torch.randn(batch, c, size, size, device=dev, dtype=torch.float16)
+        gy = torch.randn(batch, o, size + 2, size + 2, device=dev, dtype=torch.float16)
+        times = []
+        for pad, chunk, bm in cols:
+            ci, co = _PADDINGS[pad](c, o)
+            kernel = torch.empty(co, 3, 3, ci, device=dev, dtype=torch.float16).permute(0, 3, 1, 2)
+
+            def step(ci=ci, co=co, chunk=chunk, kernel=kernel):
+                for k in range(0, batch, chunk):
+                    torch.ops.aten.convolution_backward(fast_conv.to_nhwc(gy[k:k + chunk], co),
+                                                        fast_conv.to_nhwc(x[k:k + chunk], ci), kernel, None, [1, 1],
+                                                        [2, 2], [1, 1], False, [0, 0], 1, [False, True, False])
+            with torch.backends.cudnn.flags(enabled=True, benchmark=bm):
+                times.append(cuda_ms(step, reps=3))
+        print(f"{name:>14} {f'{c}->{o} @ {size}':>16} " + " ".join(f"{t:10.3f}" for t in times), flush=True)
+        del x, gy
+        torch.cuda.empty_cache()
 
 
 def _sweep_1x1(x, gy):
