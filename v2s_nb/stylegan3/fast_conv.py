@@ -41,7 +41,6 @@ from __future__ import annotations
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from . import fast_ops
 from .ops import _round8
 
 try:
@@ -603,14 +602,16 @@ def conv2d_input_grad_nchw(grad_y, weight, padding, x_shape, form=None, config=N
     weight: [O, I, k, k] (any float dtype; used in fp16); x_shape: x's [N, I, H, W]. Returns a new contiguous
     grad_x [N, I, H, W] float16: the convolution of grad_y with the flipped, transposed kernel
     K'[i, o, ky, kx] = weight[o, i, k-1-ky, k-1-kx], zero padding k - 1 - padding (a negative one crops grad_y),
-    run by :func:`conv2d_nchw`. ``form`` / ``config`` go to it; by default it picks by grad_x's channels I: above
-    :data:`MAX_OUT_CHANNELS` the cudnn form (our transposes around cuDNN's NHWC kernels), else pointers (T's layers,
-    padding 2 with k = 3, have padding 0 here, which the rows form doesn't take). The flipped kernel is kept per
+    run by :func:`conv2d_nchw`. ``form`` / ``config`` go to it; by default it picks by grad_x's channels I
+    (:func:`input_grad_form`): above :data:`MAX_OUT_CHANNELS` the cudnn form (our transposes around cuDNN's NHWC
+    kernels), else pointers (T's layers, padding 2 with k = 3, have padding 0 here, which the rows form doesn't
+    take). The flipped kernel is kept per
     weight tensor (:func:`weight_derived`). Raises ValueError for other dtypes or shapes that don't fit.
 
-    With ``scale`` [N, I] and ``x`` [N, I, H, W], for a convolution of x * scale: returns (grad_x * scale, the
-    per-plane sums of grad_x * x [N, I] float32), the gradients w.r.t. x (in x's dtype) and scale; in the cudnn form
-    inside its last transpose, else in one pass after (:func:`.fast_ops.scaled_with_sums`)."""
+    With ``scale`` [N, I] and ``x`` [N, I, H, W], for a convolution of x * scale, in the cudnn form only (see
+    :func:`input_grad_form`): returns (grad_x * scale, the per-plane sums of grad_x * x [N, I] float32), the
+    gradients w.r.t. x (in x's dtype) and scale, made inside its last transpose (other forms: one pass after,
+    :func:`.fast_ops.scaled_with_sums`)."""
     _require_fp16(grad_y=grad_y)
     if grad_y.dim() != 4 or weight.dim() != 4 or len(x_shape) != 4:
         raise ValueError(f"grad_y {tuple(grad_y.shape)}, weight {tuple(weight.shape)} and x_shape {tuple(x_shape)} "
@@ -631,11 +632,16 @@ def conv2d_input_grad_nchw(grad_y, weight, padding, x_shape, form=None, config=N
     if x is None or tuple(x.shape) != tuple(x_shape) or tuple(scale.shape) != tuple(x_shape[:2]):
         raise ValueError(f"scale {tuple(scale.shape)} and x {None if x is None else tuple(x.shape)} must be [N, I] "
                          f"and x_shape {tuple(x_shape)}")
-    if (form or ("cudnn" if i > MAX_OUT_CHANNELS else None)) == "cudnn":
-        return _conv_cudnn_nhwc(grad_y, flipped, q, epilogue=(x, scale))
-    g_x, _, g_s = fast_ops.scaled_with_sums(conv2d_nchw(grad_y, flipped, q, config=config, form=form), x, scale,
-                                            x.dtype)
-    return g_x, g_s
+    if (form or input_grad_form(i)) != "cudnn":
+        raise ValueError(f"scale and x fuse into the cudnn form only; this is the {form or input_grad_form(i)} "
+                         "form: take the gradient without them and scale it after (fast_ops.scaled_with_sums)")
+    return _conv_cudnn_nhwc(grad_y, flipped, q, epilogue=(x, scale))
+
+
+def input_grad_form(c_in: int) -> str:
+    """The form :func:`conv2d_input_grad_nchw` takes by default for a layer of ``c_in`` input channels (the input
+    gradient's outputs): 'cudnn' above :data:`MAX_OUT_CHANNELS`, else 'pointers'."""
+    return "cudnn" if c_in > MAX_OUT_CHANNELS else "pointers"
 
 
 # Weight-gradient tiles per block shape (BO, BI): (P, warps), the fastest per block in a sweep of T's layers at batch
