@@ -188,7 +188,7 @@ def grads(G, batch, sweep, dev):
         scale = torch.rand(batch, c, device=dev, generator=g) + 0.5
         for form in ("triton", "cudnn"):
             t[form + " w"] = cuda_ms(lambda: fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, scale=scale, form=form))
-        wform = fast_conv.weight_grad_form(c, o, (size + 2) ** 2)
+        wform = fast_conv.weight_grad_form()
         t["weight"] = t[wform + " w"]
         picks = "cudnn" if c > fast_conv.MAX_OUT_CHANNELS else "pointers"
         new = t[None] + t["weight"]

@@ -136,7 +136,7 @@ def test_weight_gradients_through_fast_path_mixed_precision(wgrad_form, monkeypa
     from v2s_nb.stylegan3 import fast_conv
 
     if wgrad_form is not None:
-        monkeypatch.setattr(fast_conv, "weight_grad_form", lambda *shape: wgrad_form)
+        monkeypatch.setattr(fast_conv, "weight_grad_form", lambda: wgrad_form)
     torch.backends.cudnn.allow_tf32 = False
     G = build_generator("T", resolution=256, device="cuda", seed=0)
     ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0)).to("cuda"), None)

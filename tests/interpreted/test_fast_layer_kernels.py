@@ -102,7 +102,7 @@ def test_3x3_layer_fp16_gradients_through_fast_conv_equal_cudnns(input_form, wei
 
     monkeypatch.setattr(fast_ops, "can_use_fast", lambda x, fu, fd: fu is not None and fd is not None and fu.ndim == 1)
     monkeypatch.setattr(fast_conv, "MAX_OUT_CHANNELS", 4 if input_form == "cudnn" else 64)
-    monkeypatch.setattr(fast_conv, "weight_grad_form", lambda *shape: weight_form)
+    monkeypatch.setattr(fast_conv, "weight_grad_form", lambda: weight_form)
     calls = []
     for fn in ("conv2d_weight_grad_nchw", "conv2d_input_grad_nchw"):
         monkeypatch.setattr(fast_conv, fn, lambda *a, f=getattr(fast_conv, fn), **k: calls.append(f) or f(*a, **k))

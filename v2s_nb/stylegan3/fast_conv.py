@@ -499,6 +499,14 @@ def _transpose_tile(c, element_size=2):
 NCHW_TILE = (64, 256, 8)
 
 
+def _per_sample(scale, n, c, device):
+    """A per-sample, per-channel factor ``scale`` as contiguous float32 [N, C] on ``device``; ValueError for another
+    shape."""
+    if tuple(scale.shape) != (n, c):
+        raise ValueError(f"scale {tuple(scale.shape)} must be [N, C] = {(n, c)}")
+    return scale.to(device=device, dtype=torch.float32).contiguous()
+
+
 def _check_sample_size(elements):
     """The transposes and the weight gradient's kernel index within a sample in 32 bits."""
     if elements >= 2 ** 31:
@@ -519,9 +527,7 @@ def to_nhwc(x, channels=None, scale=None):
     if x.stride(2) != w * x.stride(3):
         x = x.contiguous()
     if scale is not None:
-        if tuple(scale.shape) != (n, c):
-            raise ValueError(f"scale {tuple(scale.shape)} must be [N, C] = {(n, c)} for x {tuple(x.shape)}")
-        scale = scale.to(device=x.device, dtype=torch.float32).contiguous()
+        scale = _per_sample(scale, n, c, x.device)
     out = torch.empty((n, h, w, cp), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
     bc, bp, warps = _transpose_tile(cp, x.element_size())
     grid = (triton.cdiv(h * w, bp), triton.cdiv(cp, bc), n)
@@ -530,9 +536,9 @@ def to_nhwc(x, channels=None, scale=None):
     return out
 
 
-def to_nchw(y, channels=None, scale=None, x=None, out_dtype=None):
+def to_nchw(y, channels=None, scale=None, x=None):
     """[N, C, H, W] in any layout whose pixels sit at one stride (channels-last, NCHW) -> a new contiguous NCHW
-    tensor of its first ``channels`` (default all), in ``out_dtype`` (default y's).
+    tensor of its first ``channels`` (default all).
 
     With ``scale`` [N, c] and ``x`` [N, c, H, W] (contiguous; else copied) in the same pass: (y * scale, the
     per-plane sums of y * x [N, c] float32), the backward's last step through an input scale (y the gradient
@@ -542,14 +548,14 @@ def to_nchw(y, channels=None, scale=None, x=None, out_dtype=None):
     _check_sample_size(y.shape[1] * h * w)
     if y.stride(2) != w * y.stride(3):
         y = y.contiguous(memory_format=torch.channels_last)
-    out = torch.empty((n, c, h, w), dtype=out_dtype or y.dtype, device=y.device)
+    out = torch.empty((n, c, h, w), dtype=y.dtype, device=y.device)
     fused = scale is not None
     if fused:
-        if x is None or tuple(x.shape) != (n, c, h, w) or tuple(scale.shape) != (n, c):
-            raise ValueError(f"scale {tuple(scale.shape)} and x {None if x is None else tuple(x.shape)} must be "
-                             f"[N, C] = {(n, c)} and [N, C, H, W] = {(n, c, h, w)}")
+        if x is None or tuple(x.shape) != (n, c, h, w):
+            raise ValueError(f"x {None if x is None else tuple(x.shape)} must be [N, C, H, W] = {(n, c, h, w)} "
+                             "with scale")
         x = x.contiguous()
-        scale = scale.to(device=y.device, dtype=torch.float32).contiguous()
+        scale = _per_sample(scale, n, c, y.device)
         sums = torch.zeros((n, c), dtype=torch.float32, device=y.device)
     bc, bp, warps = NCHW_TILE
     bp = max(bp * 2 // y.element_size(), 1)
@@ -605,8 +611,8 @@ def conv2d_input_grad_nchw(grad_y, weight, padding, x_shape, form=None, config=N
     run by :func:`conv2d_nchw`. ``form`` / ``config`` go to it; by default it picks by grad_x's channels I
     (:func:`input_grad_form`): above :data:`MAX_OUT_CHANNELS` the cudnn form (our transposes around cuDNN's NHWC
     kernels), else pointers (T's layers, padding 2 with k = 3, have padding 0 here, which the rows form doesn't
-    take). The flipped kernel is kept per
-    weight tensor (:func:`weight_derived`). Raises ValueError for other dtypes or shapes that don't fit.
+    take). The flipped kernel is kept per weight tensor (:func:`weight_derived`). Raises ValueError for other dtypes
+    or shapes that don't fit.
 
     With ``scale`` [N, I] and ``x`` [N, I, H, W], for a convolution of x * scale, in the cudnn form only (see
     :func:`input_grad_form`): returns (grad_x * scale, the per-plane sums of grad_x * x [N, I] float32), the
@@ -654,11 +660,10 @@ WGRAD_STEPS = {(32, 32): (16, 4), (64, 32): (64, 4), (32, 64): (16, 4), (64, 64)
 WGRAD_CUDNN_CHUNK_BYTES = 3 << 29
 
 
-def weight_grad_form(c_in: int, c_out: int, pixels: int) -> str:
-    """'cudnn' or 'triton': the weight gradient :func:`conv2d_weight_grad_nchw` runs by default for a 3x3 layer of
-    ``c_in`` -> ``c_out`` channels and ``pixels`` output pixels per sample: cuDNN's (with channels padded to powers
-    of two it was faster than the Triton kernel on every layer of T, copies included; docs/performance.md) unless
-    cuDNN is off or missing."""
+def weight_grad_form() -> str:
+    """'cudnn' or 'triton': the weight gradient :func:`conv2d_weight_grad_nchw` runs by default: cuDNN's (with
+    channels padded to powers of two it was faster than the Triton kernel on every layer of T, copies included;
+    docs/performance.md) unless cuDNN is off or missing."""
     return "cudnn" if torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled else "triton"
 
 
@@ -726,11 +731,9 @@ def conv2d_weight_grad_nchw(x, grad_y, kernel_size, padding, config=None, scale=
     if x.device != grad_y.device:
         raise ValueError(f"x is on {x.device} and grad_y on {grad_y.device}; move both to one device")
     if scale is not None:
-        if tuple(scale.shape) != (n, c_in):
-            raise ValueError(f"scale {tuple(scale.shape)} must be [N, I] = {(n, c_in)} for x {tuple(x.shape)}")
-        scale = scale.to(device=x.device, dtype=torch.float32).contiguous()
+        scale = _per_sample(scale, n, c_in, x.device)
     c_out, h_out, w_out = want[1:]
-    form = form or ("triton" if config is not None else weight_grad_form(c_in, c_out, h_out * w_out))
+    form = form or ("triton" if config is not None else weight_grad_form())
     if form == "cudnn":
         return _weight_grad_cudnn(x, grad_y, k, padding, scale)
     if form != "triton":
