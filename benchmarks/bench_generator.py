@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import peak_gib as _peak_gib, sync as _sync  # noqa: E402
-from v2s_nb.stylegan3 import GraphedSynthesis, build_generator, fast_config, tiny_generator  # noqa: E402
+from v2s_nb.stylegan3 import GraphedSynthesis, GraphedTrainingSynthesis, build_generator, fast_config, tiny_generator  # noqa: E402
 
 
 
@@ -45,26 +45,27 @@ def bench_one(G, batch, dtype, device, iters, warmup, backward=False, impl=None)
         torch.cuda.reset_peak_memory_stats(device)
 
     graphed = None
-    if impl == "graph":  # the fast path replayed from a CUDA graph (v2s_nb.stylegan3.GraphedSynthesis)
-        if backward or device.type != "cuda":
-            raise ValueError("impl 'graph' is for CUDA inference only")
-        graphed = GraphedSynthesis(G, batch, force_fp32=force_fp32)
+    if impl == "graph":  # the fast path replayed from CUDA graphs (GraphedSynthesis, GraphedTrainingSynthesis)
+        if device.type != "cuda":
+            raise ValueError("impl 'graph' needs CUDA")
+        if backward:  # recorded on the first call, with the parameters' requires_grad set below
+            graphed = GraphedTrainingSynthesis(G, batch, ws_grad=backward != "weights", force_fp32=force_fp32)
+        else:
+            graphed = GraphedSynthesis(G, batch, force_fp32=force_fp32)
+    synthesis = graphed if graphed is not None else (lambda w: G.synthesis(w, **kwargs))
 
     def step():
-        if graphed is not None:
-            graphed(ws)
-            return
         if backward == "weights":
             for prm in params:
                 prm.grad = None
-            G.synthesis(ws, **kwargs).square().mean().backward()
+            synthesis(ws).square().mean().backward()
             return
         if backward:
             w = ws.detach().requires_grad_(True)
-            G.synthesis(w, **kwargs).square().mean().backward()
+            synthesis(w).square().mean().backward()
             return
         with torch.no_grad():
-            G.synthesis(ws, **kwargs)
+            synthesis(ws)
 
     params = list(G.synthesis.parameters()) if backward == "weights" else []
     saved = [prm.requires_grad for prm in params]
@@ -119,7 +120,7 @@ def main(argv=None):
     p.add_argument("--dtype", nargs="+", default=["fp32"], choices=["fp32", "mixed"],
                    help="fp32, or mixed = the snapshot's fp16 layers in fp16 (CUDA only)")
     p.add_argument("--impl", nargs="+", default=[None],
-                   help="implementations to compare: auto, fast, plain, or graph (fast, replayed from a CUDA graph)")
+                   help="implementations to compare: auto, fast, plain, or graph (fast, replayed from CUDA graphs: the forward, or with ws / weights the forward and the backward)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="the tiny test architecture instead of the released one")
     p.add_argument("--iters", type=int, default=10)

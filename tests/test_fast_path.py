@@ -189,6 +189,73 @@ def test_graphed_synthesis_matches_eager(cfg):
         assert float((graphed(ws, transform=tf) - eager).abs().max()) < 1e-2
 
 
+def test_graphed_training_refuses_cpu():
+    from v2s_nb.stylegan3 import GraphedTrainingSynthesis
+    with pytest.raises(ValueError, match="CUDA"):
+        GraphedTrainingSynthesis(tiny_generator("T"))
+
+
+def _rel(a, b):
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+@requires_cuda
+@pytest.mark.parametrize("cfg", ["R", "T"])
+def test_graphed_training_matches_eager(cfg):
+    """Forward and backward replayed from CUDA graphs give eager autograd's image and gradients (w.r.t. ws, padded
+    batch; w.r.t. the weights, after an in-place update), and misuse raises."""
+    from v2s_nb.stylegan3 import GraphedTrainingSynthesis
+    scale = 2.0 ** 16  # fp16 gradients of a mean over 256² pixels underflow unscaled (GradScaler's job in training)
+    G = build_generator(cfg, resolution=256, device="cuda", seed=0)
+    graphed = GraphedTrainingSynthesis(G, batch_size=3)
+    for seed in (0, 1):  # the second call replays with other codes
+        ws = mapped_ws(G, 2, seed)
+        w = ws.clone().requires_grad_(True)
+        img = graphed(w)
+        (img.square().mean() * scale).backward()
+        # eager on the same padded batch of 3 (the same kernels), the loss on the first two
+        w_e = torch.cat([ws, ws[-1:]]).requires_grad_(True)
+        img_e = G.synthesis(w_e)
+        (img_e[:2].square().mean() * scale).backward()
+        assert img.shape == (2, 3, 256, 256)
+        assert _rel(img, img_e[:2]) < 1e-5
+        assert _rel(w.grad, w_e.grad[:2]) < 1e-3, _rel(w.grad, w_e.grad[:2])
+        assert float(w.grad.abs().max()) > 0
+    a = graphed(ws.clone().requires_grad_(True))
+    graphed(ws.clone().requires_grad_(True))
+    with pytest.raises(RuntimeError, match="earlier call"):
+        a.square().mean().backward()
+    with pytest.raises(ValueError, match="up to 3"):
+        graphed(mapped_ws(G, 4, 0))
+
+    params = list(G.synthesis.parameters())
+    G.synthesis.requires_grad_(True)
+    try:
+        by_weights = GraphedTrainingSynthesis(G, batch_size=2, ws_grad=False)
+        ws = mapped_ws(G, 2, 2)
+        with pytest.raises(ValueError, match="ws_grad=False"):
+            by_weights(ws.clone().requires_grad_(True))
+        for _ in range(2):  # the second round after an in-place update of every parameter
+            for prm in params:
+                prm.grad = None
+            (by_weights(ws).square().mean() * scale).backward()
+            graphed_grads = [prm.grad.clone() for prm in params]
+            for prm in params:
+                prm.grad = None
+            (G.synthesis(ws).square().mean() * scale).backward()
+            pairs = [(g, prm.grad) for g, prm in zip(graphed_grads, params) if float(prm.grad.abs().max()) > 0]
+            assert len(pairs) > len(params) // 2
+            assert max(_rel(g, e) for g, e in pairs) < 1e-3
+            with torch.no_grad():
+                for prm in params:
+                    prm.mul_(1.01)
+        G.synthesis.input.weight.requires_grad_(False)
+        with pytest.raises(RuntimeError, match="requires_grad flags changed"):
+            by_weights(ws)
+    finally:
+        G.synthesis.requires_grad_(False)
+
+
 def test_channel_padding_for_tensor_cores_gives_the_same_sums(monkeypatch):
     """The zero-padded channels of the 3x3 path run on CUDA fp16; here forced on the CPU in float32 to check they
     compute the same thing, with and without autograd (1x1 kernels are left as they are)."""

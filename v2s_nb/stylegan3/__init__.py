@@ -7,6 +7,7 @@ Main entry points:
 * :func:`tiny_generator` — a small random-weight generator for tests and previews (labelled random).
 * :func:`set_input_transform` / :func:`input_transform` — translation + rotation of the Fourier input.
 * :class:`GraphedSynthesis` — ``G.synthesis`` replayed from a CUDA graph (no launch overhead at small batches).
+* :class:`GraphedTrainingSynthesis` — the same for gradient steps: forward and backward replayed, inside autograd.
 * :mod:`~v2s_nb.stylegan3.fast_config` — the fast (CUDA) path's tuning knobs: ``fast_config.override(...)``.
 """
 
@@ -18,13 +19,13 @@ import torch
 
 from . import fast_config
 from .checkpoint import is_v2s_checkpoint, load_checkpoint, save_generator
-from .graphs import GraphedSynthesis
+from .graphs import GraphedSynthesis, GraphedTrainingSynthesis
 from .networks import CONFIGS, Generator, SynthesisNetwork, build_generator, tiny_generator
 from .snapshot import SnapshotError, UnsafePickleError, generator_from_snapshot, read_snapshot
 from .transform import forward_matrix, input_transform, set_input_transform
 
 __all__ = [
-    "CONFIGS", "Generator", "GraphedSynthesis", "SnapshotError", "SynthesisNetwork", "UnsafePickleError",
+    "CONFIGS", "Generator", "GraphedSynthesis", "GraphedTrainingSynthesis", "SnapshotError", "SynthesisNetwork", "UnsafePickleError",
     "build_generator", "fast_config", "forward_matrix", "input_transform", "load_generator", "save_generator", "set_input_transform",
     "tiny_generator",
 ]

@@ -94,3 +94,105 @@ class GraphedSynthesis:
         """Images [N, C, R, R] float32 (GPU) from ws [N, num_ws, w_dim]."""
         with torch.no_grad():
             return self.from_styles(self.G.synthesis.styles(ws.to(self.device)), transform=transform)
+
+
+class _SynthesisCall(torch.nn.Module):
+    """``synthesis(ws, **kwargs)`` as a module of one tensor argument (what ``torch.cuda.make_graphed_callables``
+    records); its parameters are the synthesis network's."""
+
+    def __init__(self, synthesis, kwargs: dict):
+        super().__init__()
+        self.synthesis = synthesis
+        self._kwargs = dict(kwargs)
+
+    def forward(self, ws):
+        return self.synthesis(ws, **self._kwargs)
+
+
+class GraphedTrainingSynthesis:
+    """``G.synthesis`` for gradient steps at one batch size on CUDA: its forward and its backward each replayed from
+    a CUDA graph (``torch.cuda.make_graphed_callables``), inside ordinary autograd.
+
+    For optimisation loops at small batches (pivotal tuning, the projection of one frame), where eager PyTorch spends
+    more time launching the synthesis network's kernels, forward and backward, than the GPU spends running them.
+    The loss and the optimiser stay eager: ``loss(graphed(ws)).backward()`` puts the gradients in ``ws.grad`` and
+    the parameters' ``.grad`` as ``G.synthesis(ws)`` would.
+
+    Which tensors get gradients is fixed when the graphs are recorded (the first call): ``ws`` when ``ws_grad``, and
+    the synthesis parameters whose ``requires_grad`` is on then. Calls with other ``requires_grad`` flags raise (make a
+    new instance). Each call's backward must run before the next call (the graphs keep one set of saved
+    activations); a backward after a later call raises. Parameters may be updated in place (optimiser steps);
+    moving the generator or replacing its tensors needs a new instance.
+
+    Args:
+        G: a :class:`~v2s_nb.stylegan3.Generator` on a CUDA device.
+        batch_size: the batch recorded; smaller batches are padded (by repeating the last code; the padding gets no
+            gradient), larger ones raise.
+        ws_grad: whether gradients flow to ``ws``.
+        force_fp32: as for ``G.synthesis``.
+    Call ``graphed(ws)`` with ws [N, num_ws, w_dim] (N <= batch_size) -> float32 images [N, C, R, R] on the GPU.
+    """
+
+    def __init__(self, G, batch_size: int = 1, ws_grad: bool = True, force_fp32: bool = False):
+        device = G.device
+        if device.type != "cuda":
+            raise ValueError(f"CUDA graphs need the generator on a CUDA device; it is on {device}. Use "
+                             "G.synthesis directly on the CPU.")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.G, self.batch_size, self.device, self.ws_grad = G, int(batch_size), device, bool(ws_grad)
+        self._call = _SynthesisCall(G.synthesis, {"force_fp32": bool(force_fp32)})
+        self._graphed = None
+        self._flags = None  # the parameters' requires_grad at recording
+        self._calls = 0
+
+    def _param_flags(self):
+        return tuple(p.requires_grad for p in self._call.parameters())
+
+    def _record(self, ws_dtype):
+        flags = self._param_flags()
+        if not (self.ws_grad or any(flags)):
+            raise ValueError("nothing to differentiate: ws_grad is off and no synthesis parameter requires grad; "
+                             "use GraphedSynthesis for inference")
+        # a code from the middle of W (the mapping of z = 0) for the recording's warm-up steps
+        with torch.no_grad():
+            z = torch.zeros([1, self.G.z_dim], device=self.device)
+            c = torch.zeros([1, self.G.c_dim], device=self.device) if self.G.c_dim else None
+            w = self.G.mapping(z, c).to(ws_dtype)
+        sample = w.expand(self.batch_size, -1, -1).clone().requires_grad_(self.ws_grad)
+        self._graphed = torch.cuda.make_graphed_callables(self._call, (sample,), allow_unused_input=True)
+        self._flags = flags
+
+    def _check_current(self, token: int):
+        if token != self._calls:
+            raise RuntimeError("GraphedTrainingSynthesis: this backward belongs to an earlier call, whose saved "
+                               "activations the later call replaced; run each call's backward before the next call")
+
+    def __call__(self, ws: torch.Tensor) -> torch.Tensor:
+        """Images [N, C, R, R] float32 (GPU) from ws [N, num_ws, w_dim], N <= batch_size, differentiable."""
+        if ws.ndim != 3 or ws.shape[1:] != (self.G.num_ws, self.G.w_dim):
+            raise ValueError(f"ws must be [N, {self.G.num_ws}, {self.G.w_dim}], got {tuple(ws.shape)}")
+        n = int(ws.shape[0])
+        if not 1 <= n <= self.batch_size:
+            raise ValueError(f"this graph was recorded for batches of up to {self.batch_size}; got {n}. Make a "
+                             "GraphedTrainingSynthesis with a larger batch_size, or split the batch and run each "
+                             "part's backward before the next")
+        if ws.requires_grad and not self.ws_grad:
+            raise ValueError("ws requires grad but this graph was recorded with ws_grad=False (no gradient would "
+                             "reach ws); make one with ws_grad=True")
+        ws = ws.to(self.device)
+        if self._graphed is None:
+            self._record(ws.dtype)
+        elif self._param_flags() != self._flags:
+            raise RuntimeError("the synthesis parameters' requires_grad flags changed since the graphs were "
+                               "recorded; make a new GraphedTrainingSynthesis for the new set")
+        pad = self.batch_size - n
+        if self.ws_grad and not ws.requires_grad:
+            ws = ws.detach().requires_grad_(True)  # the recorded graph takes a ws that requires grad
+        self._calls += 1
+        out = self._graphed(_pad_rows(ws, pad))
+        if out.requires_grad:
+            token = self._calls
+            out.register_hook(lambda grad: self._check_current(token))
+        # a copy: the graph's output buffer is rewritten by the next call
+        return out[:n].clone() if pad else out.clone()
