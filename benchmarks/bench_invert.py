@@ -5,8 +5,8 @@
 
 Prints, per batch size, projection throughput in frames·steps/s (one step = render + backward + Adam update for
 every frame of the batch) and peak memory (CUDA: max allocated by torch; CPU: peak RSS of the process so far);
-then PTI's speed (``pivotal_tuning`` of one reference frame, ``--pti-steps`` steps after 2 warm-up steps: steps/s
-and peak memory); then the wall time of ``invert_sequence`` over ``--seq-frames`` frames at the default settings (batch 8,
+then PTI's speed (``pivotal_tuning`` of one reference frame: steps/s between a 2-step and a ``--pti-steps`` call,
+the set-up per call (the copy of G; with ``--pti-graphs 1`` the CUDA graphs' recording) and peak memory); then the wall time of ``invert_sequence`` over ``--seq-frames`` frames at the default settings (batch 8,
 steps_first 500, steps_next 150, unless overridden), and that time extrapolated to 160 frames when fewer were run.
 ``--json FILE`` appends the results as one JSON line.
 """
@@ -56,7 +56,9 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16])
     ap.add_argument("--steps", type=int, default=20, help="timed steps per batch size (after 2 warm-up steps)")
-    ap.add_argument("--pti-steps", type=int, default=20, help="timed PTI steps (0: skip)")
+    ap.add_argument("--pti-steps", type=int, default=20, help="timed PTI steps (0: skip; else at least 3)")
+    ap.add_argument("--pti-graphs", type=int, nargs="+", default=[0, 1], choices=[0, 1],
+                    help="PTI's cuda_graphs settings to time, one after the other (the recording is in the warm-up)")
     ap.add_argument("--seq-frames", type=int, default=160, help="frames of the sequence run (0: skip)")
     ap.add_argument("--seq-batch", type=int, default=8)
     ap.add_argument("--steps-first", type=int, default=500)
@@ -64,6 +66,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if 0 < args.pti_steps < 3:
+        ap.error("--pti-steps: 0 or at least 3 (the rate is taken against a 2-step call)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -102,18 +106,28 @@ def main(argv=None):
         image = _targets(G, 1, seed=2)
         with torch.no_grad():
             w = G.mapping(torch.randn([1, G.z_dim], generator=torch.Generator().manual_seed(3)).to(device), None)
-        pivotal_tuning(G, image, w, steps=2, progress=False)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        _sync(device)
-        t = time.perf_counter()
-        pivotal_tuning(G, image, w, steps=args.pti_steps, progress=False)
-        _sync(device)
-        dt = time.perf_counter() - t
-        results["pti"] = {"steps": args.pti_steps, "steps_per_s": args.pti_steps / dt, "peak_gib": _peak_gib(device)}
-        print(f"PTI: {args.pti_steps} steps in {dt:.2f} s: {args.pti_steps / dt:.2f} steps/s, peak "
-              f"{results['pti']['peak_gib']:.2f} GiB", flush=True)
+        results["pti"] = []
+        for graphs in args.pti_graphs:
+            # Each call copies G and, with graphs, records them: the rate is taken between a 2-step call and a
+            # --pti-steps call (both pay that set-up), after one call to compile.
+            times = {}
+            for steps in (2, 2, args.pti_steps):
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+                _sync(device)
+                t = time.perf_counter()
+                pivotal_tuning(G, image, w, steps=steps, cuda_graphs=graphs, progress=False)
+                _sync(device)
+                times[steps] = time.perf_counter() - t
+            n_steps = args.pti_steps - 2
+            row = {"steps": args.pti_steps, "cuda_graphs": graphs, "call_s": times[args.pti_steps],
+                   "setup_s": times[2] - 2 * (times[args.pti_steps] - times[2]) / max(n_steps, 1),
+                   "steps_per_s": n_steps / (times[args.pti_steps] - times[2]), "peak_gib": _peak_gib(device)}
+            results["pti"].append(row)
+            print(f"PTI (cuda_graphs={int(graphs)}): {args.pti_steps} steps in {row['call_s']:.2f} s: "
+                  f"{row['steps_per_s']:.2f} steps/s after {row['setup_s']:.2f} s of set-up, peak "
+                  f"{row['peak_gib']:.2f} GiB", flush=True)
 
     if args.seq_frames > 0:
         frames = _sequence_targets(G, args.seq_frames)

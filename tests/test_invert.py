@@ -258,6 +258,20 @@ def test_nan_loss_stops_naming_the_frame(G, known):
     assert err.value.frames == [8]
 
 
+def test_pti_nan_loss_stops_naming_the_frame(G, known):
+    calls = []
+
+    def perceptual(img, target):  # breaks from the second step on
+        calls.append(1)
+        return torch.full((img.shape[0],), float("nan") if len(calls) > 1 else 0.0)
+
+    with pytest.raises(InversionDivergedError, match=r"step 1/5 .*frame\(s\) \[4\]") as err:
+        pivotal_tuning(G, known[0][:1], known[2].ws[:1], steps=5, perceptual=perceptual, frame_indices=[4],
+                       locality_weight=0.0, progress=False)
+    assert err.value.frames == [4]
+    assert pivotal_tuning(G, known[0][:1], known[2].ws[:1], steps=0, progress=False) is not G  # zero steps: a copy
+
+
 @pytest.mark.slow
 def test_lpips_falls_back_to_mse_with_one_warning(G, known, monkeypatch):
     import builtins
@@ -313,3 +327,24 @@ def test_inversion_through_fp16_layers_on_gpu():
     first = np.array([h[0] for h in inv.loss_history])
     last = np.array([h[-1] for h in inv.loss_history])
     assert np.isfinite(last).all() and (last < 0.5 * first).all(), (first, last)
+
+
+@requires_cuda
+def test_pti_with_cuda_graphs_matches_eager():
+    """PTI's steps replayed from CUDA graphs tune the generator as the eager steps do (mixed precision, locality on)."""
+    from v2s_nb.stylegan3 import build_generator
+    G = build_generator("T", resolution=256, device="cuda", seed=0)
+    w = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(1)).cuda(), None)
+    with torch.no_grad():
+        image = G.synthesis(G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(2)).cuda(),
+                                      None)).float().clamp(-1, 1).cpu()
+    tuned = {flag: pivotal_tuning(G, image, w, steps=4, lr=1e-3, locality_weight=0.1, cuda_graphs=flag,
+                                  progress=False) for flag in (False, True)}
+    # The change of the weights, compared as a whole: Adam turns gradients near zero into steps of about lr in
+    # either direction, so single weights may differ by a step between two runs of the same gradients.
+    def change(G_t):
+        return torch.cat([(a - b).flatten() for a, b in zip(G_t.synthesis.parameters(), G.synthesis.parameters())])
+
+    graphs, eager = change(tuned[True]), change(tuned[False])
+    assert float(eager.norm()) > 1e-3  # the steps changed the weights
+    assert float((graphs - eager).norm() / eager.norm()) < 2e-2, float((graphs - eager).norm() / eager.norm())

@@ -779,11 +779,31 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
     return inv
 
 
+class _HostValues:
+    """A copy of a small GPU tensor to the host that doesn't wait for the GPU: ``result()`` (a list of floats) waits
+    only until the GPU has reached the point where the copy was made. On the CPU, the values at once."""
+
+    def __init__(self, values: torch.Tensor):
+        if values.is_cuda:
+            self._host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self._host.copy_(values, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host, self._event = values.clone(), None
+
+    def result(self) -> list:
+        if self._event is not None:
+            self._event.synchronize()
+        return [float(v) for v in self._host.float().tolist()]
+
+
 def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_weight: float = 1.0, perceptual=None,
                    perceptual_weight: float = 1.0, locality_weight: float = 0.1, locality_radius: float | None = None,
                    locality_samples: int = 1, locality_every: int = 1, locality_truncation: float = 0.5,
                    batch_size: int = 4, seed: int = 0, frame_indices: Sequence[int] | None = None,
-                   lr_rampup: float = 0.0, lr_rampdown: float = 0.0, progress: bool = True):
+                   lr_rampup: float = 0.0, lr_rampdown: float = 0.0, cuda_graphs: bool = True,
+                   progress: bool = True):
     """Pivotal tuning (PTI, Roich et al. 2022): fine-tune a copy of ``G`` so that the pivots ``ws`` render
     ``images`` exactly, keeping the generator unchanged elsewhere.
 
@@ -801,6 +821,11 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
         steps, lr: Adam steps and learning rate (PTI: 350 steps, 3e-4).
         lr_rampup, lr_rampdown: fractions of the steps for a linear warm-up / cosine ramp-down of the learning
             rate, as :func:`lr_schedule` (default 0 and 0: constant ``lr``, as PTI).
+        cuda_graphs: on CUDA, run the tuned generator's forward and backward from CUDA graphs
+            (:class:`~v2s_nb.stylegan3.GraphedTrainingSynthesis`, recorded on the first step) and the locality
+            term's reference renders from one (:class:`~v2s_nb.stylegan3.GraphedSynthesis`): the same kernels
+            without eager PyTorch's launch cost, which at these small batches sets the step time. Ignored on the
+            CPU. Each step renders the pivots and the locality codes in one batch.
     Returns:
         The tuned generator (eval mode, ``requires_grad`` off, on ``G``'s device), with ``source`` saying it was
         tuned; save it with :func:`v2s_nb.stylegan3.save_generator`.
@@ -825,7 +850,8 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
     G_t.synthesis.requires_grad_(True)
     G_t.train(False)
     params = [p for p in G_t.synthesis.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
+    # fused: one launch for all parameters, and the loss scaler's overflow check stays on the GPU (no sync)
+    opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), fused=device.type == "cuda" or None)
     scaler = grad_scaler(G_t)
     rng = torch.Generator(device="cpu").manual_seed(int(seed))
 
@@ -835,40 +861,78 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
             loss = loss + perceptual_weight * _per_image(perc_fn(img, tgt), img.shape[0], "perceptual").float()
         return loss
 
+    k = int(locality_samples) if locality_weight and locality_every else 0  # locality codes per locality step
+    m = min(n, batch_size)  # pivots per step
+    # The random draws of every step up front (the same stream as drawing them step by step), and the locality
+    # codes w_r in one mapping call: no host-to-device copy inside the loop waits for the GPU.
+    sels, local_steps, zs, picks = [], [], [], []
+    for step in range(steps):
+        sels.append(torch.arange(n) if n <= batch_size else torch.randperm(n, generator=rng)[:batch_size])
+        if k and step % locality_every == 0:
+            local_steps.append(step)
+            zs.append(torch.randn([k, G.z_dim], generator=rng))
+            picks.append(torch.randint(n, [k], generator=rng))
+    sel_dev = torch.stack(sels).to(device) if sels else None
+    w_rs = {}
+    if local_steps:
+        with torch.no_grad():
+            z = torch.cat(zs).to(device)
+            c = torch.zeros([z.shape[0], G.c_dim], device=device) if G.c_dim else None
+            w_z = G_orig.mapping(z, c, truncation_psi=locality_truncation).to(dtype)
+            p = pivots[torch.cat(picks).to(device)]
+            d = w_z - p
+            w_r = (p + radius * d / d.norm(dim=2, keepdim=True).clamp_min(1e-8)).reshape(-1, k, *p.shape[1:])
+        w_rs = dict(zip(local_steps, w_r.unbind(0)))
+
+    render, render_ref = G_t.synthesis, G_orig.synthesis
+    if cuda_graphs and device.type == "cuda":
+        from ..stylegan3 import GraphedSynthesis, GraphedTrainingSynthesis
+        render = GraphedTrainingSynthesis(G_t, batch_size=m + k, ws_grad=False)
+        render_ref = GraphedSynthesis(G_orig, batch_size=k) if k else None
+
+    def check(pending):  # the NaN / inf check of a step, read once the GPU has got that far
+        if pending is None:
+            return
+        step, values = pending
+        loss_value, loss_mean = values.result()
+        if not math.isfinite(loss_value):
+            bad = [idx[int(i)] for i in sels[step].tolist()]
+            raise InversionDivergedError(f"pivotal tuning diverged at step {step}/{steps} (NaN/inf loss) on "
+                                         f"frame(s) {bad}; lower lr (now {lr})", bad)
+        if pbar is not None and (step % 10 == 0 or step == steps - 1):
+            pbar.set_postfix(loss=f"{loss_mean:.4g}", refresh=False)
+
     pbar = _make_pbar(progress, steps, f"PTI on {n} pivot(s)")
     scheduled = bool(lr_rampup or lr_rampdown)
+    pending = None
     try:
         for step in range(steps):
             if scheduled:
                 for group in opt.param_groups:
                     group["lr"] = lr_schedule(step, steps, lr, lr_rampup, lr_rampdown)
-            sel = torch.arange(n) if n <= batch_size else torch.randperm(n, generator=rng)[:batch_size]
-            loss_i = rec_loss(G_t.synthesis(pivots[sel.to(device)]).float(), targets[sel.to(device)])
-            loss = loss_i.sum()
-            if locality_weight and locality_every and step % locality_every == 0:
-                k = int(locality_samples)
-                z = torch.randn([k, G.z_dim], generator=rng).to(device)
-                c = torch.zeros([k, G.c_dim], device=device) if G.c_dim else None
+            codes = pivots[sel_dev[step]]
+            w_r = w_rs.get(step)
+            if w_r is not None:
                 with torch.no_grad():
-                    w_z = G_orig.mapping(z, c, truncation_psi=locality_truncation).to(dtype)
-                    p = pivots[torch.randint(n, [k], generator=rng).to(device)]
-                    d = w_z - p
-                    w_r = p + radius * d / d.norm(dim=2, keepdim=True).clamp_min(1e-8)
-                    ref = G_orig.synthesis(w_r).float()
-                reg = rec_loss(G_t.synthesis(w_r).float(), ref)
+                    ref = render_ref(w_r).float()
+                codes = torch.cat([codes, w_r])  # one render for the pivots and the locality codes
+            img = render(codes).float()
+            loss_i = rec_loss(img[:m], targets[sel_dev[step]])
+            loss = loss_i.sum()
+            if w_r is not None:
+                reg = rec_loss(img[m:], ref)
                 loss = loss + locality_weight * reg.sum()
-            if not torch.isfinite(loss.detach()):
-                bad = [idx[int(i)] for i in sel.tolist()]
-                raise InversionDivergedError(f"pivotal tuning diverged at step {step}/{steps} (NaN/inf loss) on "
-                                             f"frame(s) {bad}; lower lr (now {lr})", bad)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            # A non-finite loss is caught one step late (a read now would wait for this step's GPU work); with
+            # fp16 layers the scaler skips such a step's update anyway, and on a raise the copy is dropped.
+            check(pending)
+            pending = (step, _HostValues(torch.stack([loss.detach(), loss_i.detach().mean()])))
             scaler.step(opt)
             scaler.update()
             if pbar is not None:
                 pbar.update(1)
-                if step % 10 == 0 or step == steps - 1:
-                    pbar.set_postfix(loss=f"{float(loss_i.detach().mean()):.4g}", refresh=False)
+        check(pending)
     finally:
         if pbar is not None:
             pbar.close()
