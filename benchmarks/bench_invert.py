@@ -4,10 +4,12 @@
     python benchmarks/bench_invert.py --tiny --device cpu --batch 1 4 --steps 10 --seq-frames 16
 
 Prints, per batch size, projection throughput in frames·steps/s (one step = render + backward + Adam update for
-every frame of the batch) and peak memory (CUDA: max allocated by torch; CPU: peak RSS of the process so far);
+every frame of the batch; eager and from CUDA graphs, ``--graphs``), the set-up per call and peak memory (CUDA: max
+allocated by torch; CPU: peak RSS of the process so far);
 then PTI's speed (``pivotal_tuning`` of one reference frame: steps/s between a 2-step and a ``--pti-steps`` call,
-the set-up per call (the copy of G; with ``--pti-graphs 1`` the CUDA graphs' recording) and peak memory); then the wall time of ``invert_sequence`` over ``--seq-frames`` frames at the default settings (batch 8,
-steps_first 500, steps_next 150, unless overridden), and that time extrapolated to 160 frames when fewer were run.
+the set-up per call (the copy of G; with ``--pti-graphs 1`` the CUDA graphs' recording) and peak memory); then the
+wall time of ``invert_sequence`` over ``--seq-frames`` frames at the default settings (batch 8, steps_first 500,
+steps_next 150, unless overridden), and that time extrapolated to 160 frames when fewer were run.
 ``--json FILE`` appends the results as one JSON line.
 """
 
@@ -46,6 +48,24 @@ def _sequence_targets(G, n, seed=1):
     return torch.cat(out).clamp(-1, 1)
 
 
+def _step_time(run, steps, device):
+    """(s per step, s of set-up per call, s of the ``steps`` call) of ``run(steps)``, an optimisation call that sets
+    up first (copies, with graphs their recording): timed for 2 steps and for ``steps``, after a 2-step call that
+    compiles, peak memory reset before each."""
+    times = []
+    for n in (2, 2, steps):
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        t = time.perf_counter()
+        run(n)
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    per_step = (times[2] - times[1]) / (steps - 2)
+    return per_step, times[1] - 2 * per_step, times[2]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cfg", default="R", choices=["R", "T"])
@@ -55,7 +75,10 @@ def main(argv=None):
     ap.add_argument("--channel-max", type=int, default=None, help="--tiny only: channel cap")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16])
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per batch size (after 2 warm-up steps)")
+    ap.add_argument("--steps", type=int, default=20, help="steps of the timed projection call per batch size "
+                                                          "(at least 3; the rate is taken against a 2-step call)")
+    ap.add_argument("--graphs", type=int, nargs="+", default=[0, 1], choices=[0, 1],
+                    help="invert's cuda_graphs settings to time the projection with, one after the other")
     ap.add_argument("--pti-steps", type=int, default=20, help="timed PTI steps (0: skip; else at least 3)")
     ap.add_argument("--pti-graphs", type=int, nargs="+", default=[0, 1], choices=[0, 1],
                     help="PTI's cuda_graphs settings to time, one after the other (the recording is in the warm-up)")
@@ -66,8 +89,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    if 0 < args.pti_steps < 3:
-        ap.error("--pti-steps: 0 or at least 3 (the rate is taken against a 2-step call)")
+    if 0 < args.pti_steps < 3 or args.steps < 3:
+        ap.error("--steps and --pti-steps: at least 3 (--pti-steps 0 skips PTI): the rates are taken against a "
+                 "2-step call")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -84,23 +108,18 @@ def main(argv=None):
                "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                "threads": torch.get_num_threads(), "throughput": []}
 
-    print(f"{'batch':>5} {'frames*steps/s':>15} {'s/step':>8} {'peak GiB':>9}")
+    print(f"{'batch':>5} {'graphs':>6} {'frames*steps/s':>15} {'s/step':>8} {'set-up s':>8} {'peak GiB':>9}")
     for b in args.batch:
         images = _targets(G, b)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        invert(G, images, steps=2, batch_size=b, progress=False)  # warm-up (kernels, allocator)
-        _sync(device)
-        t = time.perf_counter()
-        invert(G, images, steps=args.steps, batch_size=b, progress=False)
-        _sync(device)
-        dt = time.perf_counter() - t
-        row = {"batch": b, "steps": args.steps, "frame_steps_per_s": b * args.steps / dt,
-               "s_per_step": dt / args.steps, "peak_gib": _peak_gib(device)}
-        results["throughput"].append(row)
-        print(f"{b:>5} {row['frame_steps_per_s']:>15.2f} {row['s_per_step']:>8.3f} {row['peak_gib']:>9.2f}",
-              flush=True)
+        for graphs in args.graphs:
+            per_step, setup, call_s = _step_time(lambda steps: invert(G, images, steps=steps, batch_size=b,
+                                                                      cuda_graphs=bool(graphs), progress=False),
+                                                 args.steps, device)
+            row = {"batch": b, "cuda_graphs": graphs, "steps": args.steps, "frame_steps_per_s": b / per_step,
+                   "s_per_step": per_step, "setup_s": setup, "peak_gib": _peak_gib(device)}
+            results["throughput"].append(row)
+            print(f"{b:>5} {graphs:>6} {row['frame_steps_per_s']:>15.2f} {row['s_per_step']:>8.3f} "
+                  f"{row['setup_s']:>8.2f} {row['peak_gib']:>9.2f}", flush=True)
 
     if args.pti_steps > 0:
         image = _targets(G, 1, seed=2)
@@ -108,22 +127,12 @@ def main(argv=None):
             w = G.mapping(torch.randn([1, G.z_dim], generator=torch.Generator().manual_seed(3)).to(device), None)
         results["pti"] = []
         for graphs in args.pti_graphs:
-            # Each call copies G and, with graphs, records them: the rate is taken between a 2-step call and a
-            # --pti-steps call (both pay that set-up), after one call to compile.
-            times = {}
-            for steps in (2, 2, args.pti_steps):
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats(device)
-                _sync(device)
-                t = time.perf_counter()
-                pivotal_tuning(G, image, w, steps=steps, cuda_graphs=graphs, progress=False)
-                _sync(device)
-                times[steps] = time.perf_counter() - t
-            n_steps = args.pti_steps - 2
-            row = {"steps": args.pti_steps, "cuda_graphs": graphs, "call_s": times[args.pti_steps],
-                   "setup_s": times[2] - 2 * (times[args.pti_steps] - times[2]) / max(n_steps, 1),
-                   "steps_per_s": n_steps / (times[args.pti_steps] - times[2]), "peak_gib": _peak_gib(device)}
+            per_step, setup, call_s = _step_time(lambda steps: pivotal_tuning(G, image, w, steps=steps,
+                                                                              cuda_graphs=bool(graphs),
+                                                                              progress=False),
+                                                 args.pti_steps, device)
+            row = {"steps": args.pti_steps, "cuda_graphs": graphs, "call_s": call_s, "setup_s": setup,
+                   "steps_per_s": 1 / per_step, "peak_gib": _peak_gib(device)}
             results["pti"].append(row)
             print(f"PTI (cuda_graphs={int(graphs)}): {args.pti_steps} steps in {row['call_s']:.2f} s: "
                   f"{row['steps_per_s']:.2f} steps/s after {row['setup_s']:.2f} s of set-up, peak "

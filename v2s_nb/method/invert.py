@@ -477,18 +477,78 @@ def _reconstruction_mse(G, ws, targets, batch_size) -> np.ndarray:
     return torch.cat(out).double().numpy()
 
 
+class _HostValues:
+    """A copy of a small GPU tensor to the host that doesn't wait for the GPU: ``result()`` (a list of floats) waits
+    only until the GPU has reached the point where the copy was made. On the CPU, the values at once."""
+
+    def __init__(self, values: torch.Tensor):
+        if values.is_cuda:
+            self._host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self._host.copy_(values, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host, self._event = values.clone(), None
+
+    def result(self) -> list:
+        if self._event is not None:
+            self._event.synchronize()
+        return [float(v) for v in self._host.float().tolist()]
+
+
+#: ``cuda_graphs=None`` (the default of the optimisation loops) records CUDA graphs for batches up to this size. On
+#: one H200 they sped up single-frame projection and were even with eager steps from 2 frames on, where they cost
+#: set-up time and memory (docs/performance.md); on hosts slower at launching kernels they gain more.
+CUDA_GRAPHS_MAX_BATCH = 2
+
+
+def _use_graphs(cuda_graphs: bool | None, device: torch.device, batch_size: int) -> bool:
+    if device.type != "cuda":
+        return False
+    return batch_size <= CUDA_GRAPHS_MAX_BATCH if cuda_graphs is None else bool(cuda_graphs)
+
+
+def _renderer(G, batch_size: int, cuda_graphs: bool | None):
+    """What renders the codes being optimised: ``G.synthesis``, or on CUDA with ``cuda_graphs`` (None: for batches
+    up to :data:`CUDA_GRAPHS_MAX_BATCH`) a :class:`~v2s_nb.stylegan3.GraphedTrainingSynthesis` of ``batch_size``
+    (smaller batches padded)."""
+    if _use_graphs(cuda_graphs, G.device, batch_size):
+        from ..stylegan3 import GraphedTrainingSynthesis
+        return GraphedTrainingSynthesis(G, batch_size=batch_size, ws_grad=True)
+    return G.synthesis
+
+
 def _optimise(G, targets: torch.Tensor, init: torch.Tensor, steps: int, cfg: dict, perc_fn, rng: torch.Generator,
               frame_indices: Sequence[int], pbar=None, prev_w: torch.Tensor | None = None,
-              temporal_weight: float = 0.0, w_noise: float = 0.0, w_spread: float = 1.0):
-    """Optimise one batch. -> (ws [n, num_ws, w_dim] detached on G's device, history float32 [n, steps])."""
+              temporal_weight: float = 0.0, w_noise: float = 0.0, w_spread: float = 1.0, render=None):
+    """Optimise one batch. -> (ws [n, num_ws, w_dim] detached on G's device, history float32 [n, steps]).
+    ``render``: what renders ws (default ``G.synthesis``; see :func:`_renderer`). Nothing in the loop waits for the
+    GPU: the noise goes through pinned memory, the losses are read (and checked) one step late."""
+    render = G.synthesis if render is None else render
     device, dtype = _g_device_dtype(G)
     n = targets.shape[0]
     targets = targets.to(device=device, dtype=torch.float32)
     w_avg = G.mapping.w_avg.to(dtype).reshape(1, 1, -1)
     ws = init.to(device=device, dtype=dtype).clone().requires_grad_(True)
-    opt = torch.optim.Adam([ws], lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8)
+    opt = torch.optim.Adam([ws], lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8, fused=device.type == "cuda" or None)
     scaler = grad_scaler(G)
     history = np.zeros((n, steps), dtype=np.float32)
+
+    def check(pending):  # a step's losses into the history, NaN / inf refused, once the GPU has got that far
+        if pending is None:
+            return
+        step, values = pending
+        history[:, step] = values.result()
+        bad = [i for i in range(n) if not np.isfinite(history[i, step])]
+        if bad:
+            frames = [int(frame_indices[i]) for i in bad]
+            raise InversionDivergedError(f"inversion diverged at step {step}/{steps}: the loss is NaN/inf for "
+                                         f"frame(s) {frames}; lower lr (now {cfg['lr']}) or check the images",
+                                         frames)
+        if pbar is not None and (step % 10 == 0 or step == steps - 1):
+            pbar.set_postfix(loss=f"{float(history[:, step].mean()):.4g}", refresh=False)
+
+    pending = None
     for step in range(steps):
         lr = lr_schedule(step, steps, cfg["lr"], cfg["lr_rampup"], cfg["lr_rampdown"])
         for group in opt.param_groups:
@@ -498,8 +558,11 @@ def _optimise(G, targets: torch.Tensor, init: torch.Tensor, steps: int, cfg: dic
         if w_noise > 0 and cfg["w_noise_ramp"] > 0:
             scale = w_spread * w_noise * max(0.0, 1.0 - t / cfg["w_noise_ramp"]) ** 2
             if scale > 0:
-                w_in = ws + torch.randn(ws.shape, generator=rng).to(device=device, dtype=dtype) * scale
-        img = G.synthesis(w_in).float()
+                noise = torch.randn(ws.shape, generator=rng)
+                if device.type == "cuda":  # a copy from pinned memory doesn't wait for the GPU
+                    noise = noise.pin_memory()
+                w_in = ws + noise.to(device=device, dtype=dtype, non_blocking=True) * scale
+        img = render(w_in).float()
         loss_i = cfg["mse_weight"] * (img - targets).square().mean(dim=(1, 2, 3))
         if perc_fn is not None and cfg["perceptual_weight"]:
             loss_i = loss_i + cfg["perceptual_weight"] * _per_image(perc_fn(img, targets), n, "perceptual").float()
@@ -509,21 +572,17 @@ def _optimise(G, targets: torch.Tensor, init: torch.Tensor, steps: int, cfg: dic
             seq = ws if prev_w is None else torch.cat([prev_w.to(device=device, dtype=dtype)[None], ws])
             diff = (seq[1:] - seq[:-1]).float().square().mean(dim=(1, 2))  # one per frame of the batch (or n-1)
             loss_i = loss_i + temporal_weight * F.pad(diff, (n - diff.shape[0], 0))
-        bad = ~torch.isfinite(loss_i.detach())
-        if bad.any():
-            frames = [int(frame_indices[i]) for i in torch.nonzero(bad).flatten().tolist()]
-            raise InversionDivergedError(f"inversion diverged at step {step}/{steps}: the loss is NaN/inf for "
-                                         f"frame(s) {frames}; lower lr (now {cfg['lr']}) or check the images",
-                                         frames)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss_i.sum()).backward()
+        # the previous step's losses: read now, this step's work is queued (with fp16 layers the scaler skips
+        # the update of a non-finite step anyway; on a raise the codes are dropped)
+        check(pending)
+        pending = (step, _HostValues(loss_i.detach().float()))
         scaler.step(opt)
         scaler.update()
-        history[:, step] = loss_i.detach().float().cpu().numpy()
         if pbar is not None:
             pbar.update(1)
-            if step % 10 == 0 or step == steps - 1:
-                pbar.set_postfix(loss=f"{float(history[:, step].mean()):.4g}", refresh=False)
+    check(pending)
     return ws.detach(), history
 
 
@@ -588,7 +647,7 @@ def invert(G, images, *, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["l
            mse_weight: float = DEFAULTS["mse_weight"], perceptual=None,
            perceptual_weight: float = DEFAULTS["perceptual_weight"], w_avg_weight: float = DEFAULTS["w_avg_weight"],
            init=None, seed: int = DEFAULTS["seed"], batch_size: int = 8, frame_indices: Sequence[int] | None = None,
-           cache_dir=None, progress: bool = True) -> Inversion:
+           cache_dir=None, cuda_graphs: bool | None = None, progress: bool = True) -> Inversion:
     """Project images into W+ of ``G`` (every image independently; ``batch_size`` of them per optimiser run).
 
     Args:
@@ -607,6 +666,10 @@ def invert(G, images, *, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["l
         frame_indices: the frames' indices, used in messages and stored (default 0..N-1).
         cache_dir: a folder (or True for :func:`default_cache_dir`): results are stored there keyed by a hash of
             the images, the generator's weights, the settings and ``init``, and reused instead of recomputed.
+        cuda_graphs: on CUDA, render from CUDA graphs (:class:`~v2s_nb.stylegan3.GraphedTrainingSynthesis`,
+            recorded once for ``batch_size`` frames; a last, smaller batch is padded): the same kernels without
+            eager PyTorch's launch cost, which sets the step time at small batches. None (default): for batches of
+            up to :data:`CUDA_GRAPHS_MAX_BATCH` frames. Ignored on the CPU.
         progress: show a ``tqdm.auto`` progress bar with the current loss.
     Returns:
         :class:`Inversion`.
@@ -636,13 +699,14 @@ def invert(G, images, *, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["l
     w_spread = _w_spread(G, device, dtype) if w_noise > 0 else 1.0
     rng = torch.Generator(device="cpu").manual_seed(int(seed))
     pbar = _make_pbar(progress, steps * math.ceil(n / batch_size), f"invert {n} image(s)")
+    render = _renderer(G, min(batch_size, n), cuda_graphs)
     ws_out, hist = [], []
     try:
         for s in range(0, n, batch_size):
             if pbar is not None:
                 pbar.set_description(f"invert frames {idx[s]}..{idx[min(s + batch_size, n) - 1]}")
             w, hst = _optimise(G, targets[s:s + batch_size], init_ws[s:s + batch_size], steps, kwargs, perc_fn, rng,
-                               idx[s:s + batch_size], pbar=pbar, w_noise=w_noise, w_spread=w_spread)
+                               idx[s:s + batch_size], pbar=pbar, w_noise=w_noise, w_spread=w_spread, render=render)
             ws_out.append(w)
             hist.extend(list(hst))
     finally:
@@ -679,7 +743,7 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
                     perceptual=None, perceptual_weight: float = DEFAULTS["perceptual_weight"],
                     w_avg_weight: float = DEFAULTS["w_avg_weight"], init=None, seed: int = DEFAULTS["seed"],
                     frame_indices: Sequence[int] | None = None, checkpoint_dir=None, cache_dir=None,
-                    progress: bool = True) -> Inversion:
+                    cuda_graphs: bool | None = None, progress: bool = True) -> Inversion:
     """Invert the frames of a video, in batches of ``batch_size`` consecutive frames.
 
     The first batch starts from ``w_avg`` (or ``init``: one code, or one per frame of the first batch) and runs
@@ -693,7 +757,8 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
     ``checkpoint_dir``: each finished batch is saved there (``frames_<first>-<last>.npy/.json``, atomically); a
     re-run with the same frames, generator and settings loads finished batches instead of recomputing them, and
     recomputes any that is missing, unreadable or stale (other frames / settings / generator). ``cache_dir``:
-    as in :func:`invert`, for the whole result.
+    as in :func:`invert`, for the whole result. ``cuda_graphs``: as in :func:`invert` (one recording for all
+    batches).
 
     The result's ``total_steps`` (Adam iterations) and ``frame_steps`` (frames × steps, the rendering work) say
     what the run cost; ``settings['batch_steps']`` lists the steps of each batch.
@@ -728,6 +793,7 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     w_spread = _w_spread(G, device, dtype) if w_noise > 0 else 1.0
     pbar = _make_pbar(progress, sum(batch_steps), f"invert {n} frames")
+    render = _renderer(G, min(batch, n), cuda_graphs)  # recorded on first use: not when every batch is loaded
     parts: list[Inversion] = []
     prev_w = None
     try:
@@ -756,7 +822,7 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
                 w, hst = _optimise(G, tgt, init_b, steps_b, kwargs if b == 0 else kwargs_next, perc_fn, rng,
                                    idx[s:e], pbar=pbar,
                                    prev_w=prev_w, temporal_weight=float(temporal_weight),
-                                   w_noise=w_noise if b == 0 else 0.0, w_spread=w_spread)
+                                   w_noise=w_noise if b == 0 else 0.0, w_spread=w_spread, render=render)
                 mse = _reconstruction_mse(G, w, tgt, batch)
                 part = Inversion(ws=w.float().cpu(), mse=mse, psnr=psnr_from_mse(mse), loss_history=list(hst),
                                  settings=dict(settings, checkpoint_key=key, batch_index=b), generator=gen_id,
@@ -779,30 +845,11 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
     return inv
 
 
-class _HostValues:
-    """A copy of a small GPU tensor to the host that doesn't wait for the GPU: ``result()`` (a list of floats) waits
-    only until the GPU has reached the point where the copy was made. On the CPU, the values at once."""
-
-    def __init__(self, values: torch.Tensor):
-        if values.is_cuda:
-            self._host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-            self._host.copy_(values, non_blocking=True)
-            self._event = torch.cuda.Event()
-            self._event.record()
-        else:
-            self._host, self._event = values.clone(), None
-
-    def result(self) -> list:
-        if self._event is not None:
-            self._event.synchronize()
-        return [float(v) for v in self._host.float().tolist()]
-
-
 def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_weight: float = 1.0, perceptual=None,
                    perceptual_weight: float = 1.0, locality_weight: float = 0.1, locality_radius: float | None = None,
                    locality_samples: int = 1, locality_every: int = 1, locality_truncation: float = 0.5,
                    batch_size: int = 4, seed: int = 0, frame_indices: Sequence[int] | None = None,
-                   lr_rampup: float = 0.0, lr_rampdown: float = 0.0, cuda_graphs: bool = True,
+                   lr_rampup: float = 0.0, lr_rampdown: float = 0.0, cuda_graphs: bool | None = None,
                    progress: bool = True):
     """Pivotal tuning (PTI, Roich et al. 2022): fine-tune a copy of ``G`` so that the pivots ``ws`` render
     ``images`` exactly, keeping the generator unchanged elsewhere.
@@ -824,8 +871,9 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
         cuda_graphs: on CUDA, run the tuned generator's forward and backward from CUDA graphs
             (:class:`~v2s_nb.stylegan3.GraphedTrainingSynthesis`, recorded on the first step) and the locality
             term's reference renders from one (:class:`~v2s_nb.stylegan3.GraphedSynthesis`): the same kernels
-            without eager PyTorch's launch cost, which at these small batches sets the step time. Ignored on the
-            CPU. Each step renders the pivots and the locality codes in one batch.
+            without eager PyTorch's launch cost, which at small batches can set the step time. None (default): when
+            a step renders at most :data:`CUDA_GRAPHS_MAX_BATCH` codes (one pivot and one locality code). Ignored
+            on the CPU. Each step renders the pivots and the locality codes in one batch.
     Returns:
         The tuned generator (eval mode, ``requires_grad`` off, on ``G``'s device), with ``source`` saying it was
         tuned; save it with :func:`v2s_nb.stylegan3.save_generator`.
@@ -885,7 +933,7 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
         w_rs = dict(zip(local_steps, w_r.unbind(0)))
 
     render, render_ref = G_t.synthesis, G_orig.synthesis
-    if cuda_graphs and device.type == "cuda":
+    if _use_graphs(cuda_graphs, device, m + k):
         from ..stylegan3 import GraphedSynthesis, GraphedTrainingSynthesis
         render = GraphedTrainingSynthesis(G_t, batch_size=m + k, ws_grad=False)
         render_ref = GraphedSynthesis(G_orig, batch_size=k) if k else None

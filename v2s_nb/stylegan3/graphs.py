@@ -1,4 +1,4 @@
-"""Synthesis replayed from a CUDA graph: one launch for the whole network at a fixed batch size.
+"""Synthesis replayed from CUDA graphs: one launch for the whole network at a fixed batch size.
 
 At batch 1 most of StyleGAN3's early layers are tiny, and eager PyTorch spends more time launching their
 kernels than the GPU spends running them. :class:`GraphedSynthesis` records ``G.synthesis.from_styles`` once
@@ -7,7 +7,9 @@ launch cost. Inputs (the S codes and the per-sample input transform) are copied 
 
 The graph reads the generator's parameters where they were when it was recorded: in-place updates (an
 optimiser step, ``load_state_dict``) are seen, but moving the generator (``.to()``) or replacing its
-tensors needs a new :class:`GraphedSynthesis`. Gradients don't flow through a replay (inference only).
+tensors needs a new :class:`GraphedSynthesis`. Gradients don't flow through its replay (inference only);
+:class:`GraphedTrainingSynthesis` records the forward and the backward for gradient steps (the optimisation loops of
+:mod:`v2s_nb.method.invert` use it at small batches).
 """
 
 from __future__ import annotations
