@@ -496,9 +496,9 @@ class _HostValues:
         return [float(v) for v in self._host.float().tolist()]
 
 
-#: ``cuda_graphs=None`` (the default of the optimisation loops) records CUDA graphs for batches up to this size. On
-#: one H200 they sped up single-frame projection and were even with eager steps from 2 frames on, where they cost
-#: set-up time and memory (docs/performance.md); on hosts slower at launching kernels they gain more.
+#: ``cuda_graphs=None`` (the default of the optimisation loops) records CUDA graphs for batches up to this size:
+#: graphs remove the launch cost that sets the step time of single frames, and from a few frames on the GPU's work
+#: does, so there they only cost set-up time and memory (measured: docs/performance.md).
 CUDA_GRAPHS_MAX_BATCH = 2
 
 
