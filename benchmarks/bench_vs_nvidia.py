@@ -22,6 +22,7 @@ plugin build if not cached, and our kernels' compilation), peak GiB (CUDA: ``tor
 after a reset; CPU: the process's peak RSS), the step's time over the same model's forward, and ours over
 NVIDIA's. ``--nvidia-impl ref`` runs NVIDIA's reference (pure PyTorch) ops on CUDA instead of their plugins;
 ``--training-flags`` sets, for both, the backend flags of NVIDIA's training loop (cudnn.benchmark, no TF32).
+``--graphs`` adds ours replayed from CUDA graphs (``bench_generator``'s ``impl='graph'``) as a third model.
 """
 
 from __future__ import annotations
@@ -165,6 +166,9 @@ def main(argv=None):
     p.add_argument("--training-flags", action="store_true",
                    help="for both models, the backend flags NVIDIA's training loop sets: cudnn.benchmark on, TF32 "
                         "off for cuDNN and matmul (default: PyTorch's defaults)")
+    p.add_argument("--graphs", action="store_true",
+                   help="also time ours replayed from CUDA graphs (GraphedSynthesis for the forward, "
+                        "GraphedTrainingSynthesis for the steps; CUDA only), as the model 'graphs'")
     p.add_argument("--seed", type=int, default=0, help="seed of NVIDIA's weight initialisation")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
@@ -173,6 +177,8 @@ def main(argv=None):
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         _fail("--device cuda but this PyTorch sees no CUDA device; use --device cpu for a smoke test.")
+    if args.graphs and device.type != "cuda":
+        _fail("--graphs needs --device cuda (CUDA graphs).")
     if not 0 < args.channel_scale <= 1:
         _fail(f"--channel-scale {args.channel_scale}: want a number in (0, 1].")
     nv_module = import_nvidia(args.nvidia_repo, args.nvidia_impl, device)
@@ -208,17 +214,18 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
+        models = [("nvidia", nv, None), ("ours", ours, None)] + ([("graphs", ours, "graph")] if args.graphs else [])
         print(f"{'cfg':>3} {'batch':>5} {'model':>7} {'mode':>8} {'ms/call':>9} {'first s':>8} {'peak GiB':>9} "
               f"{'x fwd':>6} {'ours/NV':>8}")
         for batch in args.batch:
             times = {}
             for mode in modes:
-                for model, G in (("nvidia", nv), ("ours", ours)):
+                for model, G, impl in models:
                     head = f"{cfg:>3} {batch:>5} {model:>7} {mode:>8}"
                     G.to(device)
                     try:
                         r = bench_one(G, batch, args.dtype, device, args.iters, args.warmup,
-                                      False if mode == "forward" else mode)
+                                      False if mode == "forward" else mode, impl=impl)
                     except torch.cuda.OutOfMemoryError:
                         print(f"{head}   out of memory", flush=True)
                         continue
@@ -229,7 +236,7 @@ def main(argv=None):
                     times[model, mode] = r["ms_per_call"]
                     fwd = times.get((model, "forward"))
                     x_fwd = f"{r['ms_per_call'] / fwd:6.2f}" if fwd and mode != "forward" else f"{'':>6}"
-                    vs = times.get(("nvidia", mode)) if model == "ours" else None
+                    vs = times.get(("nvidia", mode)) if model != "nvidia" else None
                     vs = f"{r['ms_per_call'] / vs:8.2f}" if vs else f"{'':>8}"
                     print(f"{head} {r['ms_per_call']:9.1f} {r['first_call_s']:8.2f} {r['peak_gib']:9.2f} "
                           f"{x_fwd} {vs}", flush=True)
