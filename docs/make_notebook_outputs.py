@@ -23,7 +23,8 @@ cache (``V2S_NB_CACHE``), then cleaned:
   photographic figures, about one grey level of mean error;
 * ``metadata.v2s_nb_outputs`` records the tool, the run time in seconds, the machine and the versions.
 
-``--check`` executes a copy the same way and compares it with the stored outputs: the same outputs in every cell,
+``--check`` executes a copy the same way and compares it with the stored outputs: the same outputs in every cell
+(consecutive prints joined: how they split into outputs depends on the kernel's flush timing),
 text equal once durations ("12.3 s", "40 ms") are masked and other numbers agree within 5 % (or 0.05), pictures
 of the same size whose mean absolute difference is under 4 grey levels (figures compared loosely: CPU kinds and
 thread counts change the last bits of a float), videos present in the same cells.
@@ -226,8 +227,23 @@ def _output_text(out) -> dict[str, str]:
     return {k: v if isinstance(v, str) else "\n".join(v) for k, v in out.get("data", {}).items()}
 
 
+def _coalesced(outputs) -> list:
+    """``outputs`` with consecutive stream outputs of the same stream joined into one: how a cell's prints are split
+    into outputs depends on when the kernel flushes (a busy machine splits them more), not on what they say."""
+    out = []
+    for o in outputs:
+        if (o.output_type == "stream" and out and out[-1].output_type == "stream"
+                and out[-1].name == o.name):
+            out[-1] = copy.deepcopy(out[-1])
+            out[-1].text = out[-1].text + o.text
+        else:
+            out.append(o)
+    return out
+
+
 def compare(stored, fresh) -> list[str]:
-    """Differences between the stored outputs and those of a fresh run (both cleaned), one line each."""
+    """Differences between the stored outputs and those of a fresh run (both cleaned), one line each (consecutive
+    prints compared as one stream output, :func:`_coalesced`)."""
     problems = []
     code_s = [c for c in stored.cells if c.cell_type == "code"]
     code_f = [c for c in fresh.cells if c.cell_type == "code"]
@@ -235,10 +251,11 @@ def compare(stored, fresh) -> list[str]:
         return ["the code cells differ: compare the same notebook"]
     for k, (cs, cf) in enumerate(zip(code_s, code_f)):
         where = f"cell {cs.get('id', k)}"
-        if len(cs.outputs) != len(cf.outputs):
-            problems.append(f"{where}: {len(cs.outputs)} outputs stored, {len(cf.outputs)} now")
+        outs_s, outs_f = _coalesced(cs.outputs), _coalesced(cf.outputs)
+        if len(outs_s) != len(outs_f):
+            problems.append(f"{where}: {len(outs_s)} outputs stored, {len(outs_f)} now")
             continue
-        for os_, of in zip(cs.outputs, cf.outputs):
+        for os_, of in zip(outs_s, outs_f):
             ts, tf = _output_text(os_), _output_text(of)
             if sorted(ts) != sorted(tf):
                 problems.append(f"{where}: output kinds {sorted(ts)} stored, {sorted(tf)} now")
