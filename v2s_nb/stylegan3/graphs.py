@@ -17,6 +17,20 @@ from __future__ import annotations
 import torch
 
 
+def _cuda_device(G) -> torch.device:
+    """G's device, which must be a CUDA one (else a ValueError naming the alternative)."""
+    if G.device.type != "cuda":
+        raise ValueError(f"CUDA graphs need the generator on a CUDA device; it is on {G.device}. Use "
+                         "G.synthesis directly on the CPU.")
+    return G.device
+
+
+def _checked_batch(batch_size) -> int:
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return int(batch_size)
+
+
 def _pad_rows(part: torch.Tensor, pad: int) -> torch.Tensor:
     """``part`` with its last row repeated ``pad`` more times (a short batch filled up to the recorded size)."""
     return torch.cat([part, part[-1:].expand(pad, *part.shape[1:])]) if pad else part
@@ -35,13 +49,7 @@ class GraphedSynthesis:
     """
 
     def __init__(self, G, batch_size: int = 1, force_fp32: bool = False, impl: str | None = None):
-        device = G.device
-        if device.type != "cuda":
-            raise ValueError(f"CUDA graphs need the generator on a CUDA device; it is on {device}. Use "
-                             "G.synthesis directly on the CPU.")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.G, self.batch_size, self.device = G, int(batch_size), device
+        self.G, self.device, self.batch_size = G, _cuda_device(G), _checked_batch(batch_size)
         self._kwargs = {"force_fp32": bool(force_fp32), "impl": impl}
         syn = G.synthesis
         with torch.no_grad():
@@ -136,13 +144,8 @@ class GraphedTrainingSynthesis:
     """
 
     def __init__(self, G, batch_size: int = 1, ws_grad: bool = True, force_fp32: bool = False):
-        device = G.device
-        if device.type != "cuda":
-            raise ValueError(f"CUDA graphs need the generator on a CUDA device; it is on {device}. Use "
-                             "G.synthesis directly on the CPU.")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.G, self.batch_size, self.device, self.ws_grad = G, int(batch_size), device, bool(ws_grad)
+        self.G, self.device, self.batch_size = G, _cuda_device(G), _checked_batch(batch_size)
+        self.ws_grad = bool(ws_grad)
         self._call = _SynthesisCall(G.synthesis, {"force_fp32": bool(force_fp32)})
         self._graphed = None
         self._flags = None  # the parameters' requires_grad at recording
