@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import peak_gib as _peak_gib, sync as _sync  # noqa: E402
-from v2s_nb.stylegan3 import GraphedSynthesis, GraphedTrainingSynthesis, build_generator, fast_config, tiny_generator  # noqa: E402
+from v2s_nb.stylegan3 import (GraphedSynthesis, GraphedTrainingSynthesis, build_generator, fast_config,  # noqa: E402
+                               tiny_generator)
 
 
 
@@ -120,7 +121,8 @@ def main(argv=None):
     p.add_argument("--dtype", nargs="+", default=["fp32"], choices=["fp32", "mixed"],
                    help="fp32, or mixed = the snapshot's fp16 layers in fp16 (CUDA only)")
     p.add_argument("--impl", nargs="+", default=[None],
-                   help="implementations to compare: auto, fast, plain, or graph (fast, replayed from CUDA graphs: the forward, or with ws / weights the forward and the backward)")
+                   help="implementations to compare: auto, fast, plain, or graph (fast, replayed from CUDA graphs: "
+                        "the forward, or with ws / weights the forward and the backward)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="the tiny test architecture instead of the released one")
     p.add_argument("--iters", type=int, default=10)

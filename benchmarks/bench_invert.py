@@ -81,7 +81,8 @@ def main(argv=None):
                     help="invert's cuda_graphs settings to time the projection with, one after the other")
     ap.add_argument("--pti-steps", type=int, default=20, help="timed PTI steps (0: skip; else at least 3)")
     ap.add_argument("--pti-graphs", type=int, nargs="+", default=[0, 1], choices=[0, 1],
-                    help="PTI's cuda_graphs settings to time, one after the other (the recording is in the warm-up)")
+                    help="PTI's cuda_graphs settings to time, one after the other (each call records its own graphs: "
+                         "set-up)")
     ap.add_argument("--seq-frames", type=int, default=160, help="frames of the sequence run (0: skip)")
     ap.add_argument("--seq-batch", type=int, default=8)
     ap.add_argument("--steps-first", type=int, default=500)

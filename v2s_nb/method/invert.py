@@ -508,13 +508,13 @@ def _use_graphs(cuda_graphs: bool | None, device: torch.device, batch_size: int)
     return batch_size <= CUDA_GRAPHS_MAX_BATCH if cuda_graphs is None else bool(cuda_graphs)
 
 
-def _renderer(G, batch_size: int, cuda_graphs: bool | None):
+def _renderer(G, batch_size: int, cuda_graphs: bool | None, ws_grad: bool = True):
     """What renders the codes being optimised: ``G.synthesis``, or on CUDA with ``cuda_graphs`` (None: for batches
     up to :data:`CUDA_GRAPHS_MAX_BATCH`) a :class:`~v2s_nb.stylegan3.GraphedTrainingSynthesis` of ``batch_size``
-    (smaller batches padded)."""
+    (smaller batches padded; ``ws_grad``: whether gradients reach the codes)."""
     if _use_graphs(cuda_graphs, G.device, batch_size):
         from ..stylegan3 import GraphedTrainingSynthesis
-        return GraphedTrainingSynthesis(G, batch_size=batch_size, ws_grad=True)
+        return GraphedTrainingSynthesis(G, batch_size=batch_size, ws_grad=ws_grad)
     return G.synthesis
 
 
@@ -932,11 +932,11 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
             w_r = (p + radius * d / d.norm(dim=2, keepdim=True).clamp_min(1e-8)).reshape(-1, k, *p.shape[1:])
         w_rs = dict(zip(local_steps, w_r.unbind(0)))
 
-    render, render_ref = G_t.synthesis, G_orig.synthesis
-    if _use_graphs(cuda_graphs, device, m + k):
-        from ..stylegan3 import GraphedSynthesis, GraphedTrainingSynthesis
-        render = GraphedTrainingSynthesis(G_t, batch_size=m + k, ws_grad=False)
-        render_ref = GraphedSynthesis(G_orig, batch_size=k) if k else None
+    render = _renderer(G_t, m + k, cuda_graphs, ws_grad=False)
+    render_ref = G_orig.synthesis
+    if k and render is not G_t.synthesis:  # graphs: the locality term's reference renders from one too
+        from ..stylegan3 import GraphedSynthesis
+        render_ref = GraphedSynthesis(G_orig, batch_size=k)
 
     def check(pending):  # the NaN / inf check of a step, read once the GPU has got that far
         if pending is None:
@@ -958,14 +958,15 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
             if scheduled:
                 for group in opt.param_groups:
                     group["lr"] = lr_schedule(step, steps, lr, lr_rampup, lr_rampdown)
-            codes = pivots[sel_dev[step]]
+            sel = sel_dev[step]
+            codes = pivots[sel]
             w_r = w_rs.get(step)
             if w_r is not None:
                 with torch.no_grad():
                     ref = render_ref(w_r).float()
                 codes = torch.cat([codes, w_r])  # one render for the pivots and the locality codes
             img = render(codes).float()
-            loss_i = rec_loss(img[:m], targets[sel_dev[step]])
+            loss_i = rec_loss(img[:m], targets[sel])
             loss = loss_i.sum()
             if w_r is not None:
                 reg = rec_loss(img[m:], ref)

@@ -25,7 +25,8 @@ from .snapshot import SnapshotError, UnsafePickleError, generator_from_snapshot,
 from .transform import forward_matrix, input_transform, set_input_transform
 
 __all__ = [
-    "CONFIGS", "Generator", "GraphedSynthesis", "GraphedTrainingSynthesis", "SnapshotError", "SynthesisNetwork", "UnsafePickleError",
+    "CONFIGS", "Generator", "GraphedSynthesis", "GraphedTrainingSynthesis", "SnapshotError", "SynthesisNetwork",
+    "UnsafePickleError",
     "build_generator", "fast_config", "forward_matrix", "input_transform", "load_generator", "save_generator", "set_input_transform",
     "tiny_generator",
 ]
