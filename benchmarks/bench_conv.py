@@ -29,6 +29,13 @@ times other tile configurations of ours.
 
     python benchmarks/bench_conv.py --batch 8 --wgrad-paddings
 
+    python benchmarks/bench_conv.py --batch 8 --scaled-rows
+
+The training step's scaled input copy for the rows form (x * scale into rows padded to 16 bytes), per layer that runs
+the rows form: PyTorch's ``torch.mul`` into the padded buffer (what ``fast_conv.scaled_rows`` did before its
+kernel), ``fast_conv.scaled_rows`` (its Triton kernel) and, for scale, ``torch.mul`` into a contiguous buffer (no
+padding: PyTorch's vectorised kernel): ms, and whether the kernel's values equal ``torch.mul``'s.
+
 cuDNN's weight gradient on channels-last copies made by ``fast_conv.to_nhwc`` (the 'cudnn' form of
 ``fast_conv.conv2d_weight_grad_nchw``), per fp16 layer of T, with the channels padded several ways, over the whole
 batch or chunks of samples, with and without cudnn.benchmark: ms, transposes included. cuDNN's choice of kernel moves
@@ -59,8 +66,12 @@ def main(argv=None):
     p.add_argument("--wgrad-paddings", action="store_true",
                    help="time cuDNN's weight gradient on our channels-last copies with the channels padded several "
                         "ways, over the whole batch and chunks of samples")
+    p.add_argument("--scaled-rows", action="store_true",
+                   help="time the rows form's scaled input copy: torch.mul into padded rows against our kernel")
     args = p.parse_args(argv)
     dev = torch.device("cuda")
+    if args.scaled_rows:
+        return scaled_rows(build_generator("T", args.resolution, device=dev, calibrate=False), args.batch, dev)
     if args.grads_1x1:
         return grads_1x1(build_generator("R", args.resolution, device=dev, calibrate=False), args.batch, args.sweep,
                          dev)
@@ -108,6 +119,28 @@ def main(argv=None):
                   + " ".join(f"{t[f]:{max(len(f), 7)}.3f}" for f in forms) + f" {err:8.1e}  {used}")
     print(f"{'total':>14} {'':>16} {tot['nchw']:10.3f} " + " ".join(f"{tot[f]:{max(len(f), 7)}.3f}" for f in forms)
           + f" {'':>8}  {tot['used']:.3f} ms as used")
+
+
+def scaled_rows(G, batch, dev):
+    """--scaled-rows: see the module's docstring."""
+    print(f"# {torch.cuda.get_device_name()}, T, batch {batch}: x * scale into rows padded to {fast_conv.ROW_ALIGN} "
+          "elements (ms)")
+    print(f"{'layer':>14} {'channels @ px':>14} {'torch.mul':>10} {'kernel':>8} {'contiguous':>10}  equal")
+    tot = [0.0, 0.0, 0.0]
+    for name, c, o, size in _fp16_3x3_layers(G):
+        if o > fast_conv.MAX_OUT_CHANNELS:
+            continue
+        x = torch.randn(batch, c, size, size, device=dev, dtype=torch.float16)
+        scale = torch.rand(batch, c, device=dev) + 0.5
+        s16 = scale.half()[:, :, None, None]
+        padded = x.new_empty((batch, c, size, size + (-size) % fast_conv.ROW_ALIGN))[..., :size]
+        t = [cuda_ms(lambda: torch.mul(x, s16, out=padded)),
+             cuda_ms(lambda: fast_conv.scaled_rows(x, scale, fast_conv.ROW_ALIGN)),
+             cuda_ms(lambda: torch.mul(x, s16))]
+        same = torch.equal(fast_conv.scaled_rows(x, scale, fast_conv.ROW_ALIGN), torch.mul(x, s16))
+        tot = [a + b for a, b in zip(tot, t)]
+        print(f"{name:>14} {f'{c} @ {size}':>14} {t[0]:10.3f} {t[1]:8.3f} {t[2]:10.3f}  {same}")
+    print(f"{'total':>14} {'':>14} {tot[0]:10.3f} {tot[1]:8.3f} {tot[2]:10.3f}")
 
 
 def _fp16_3x3_layers(G):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import mapped_ws, requires_cuda
-from v2s_nb.stylegan3 import build_generator, fast_config, fast_conv, fast_layer, fast_path, networks, tiny_generator
+from v2s_nb.stylegan3 import (build_generator, fast_config, fast_conv, fast_layer, fast_ops, fast_path, networks,
+                              tiny_generator)
 
 
 def _fast_layers(syn, x, styles, out_gain, function=True):
@@ -115,6 +116,28 @@ def test_function_gradients_equal_the_plain_path_float64(cfg, monkeypatch):
         got = results["function"][name]
         assert got is not None and got.dtype == torch.float64, name
         assert _rel(got, ref) < 1e-10, (name, _rel(got, ref))
+
+
+def test_1x1_backward_in_chunks_of_samples_gives_the_whole_batch_gradients(monkeypatch):
+    """R's layers take their backward a chunk of samples at a time (fast_ops.backward_chunk), each chunk through to
+    the layer's own gradients, so the activation's gradient never exists for the whole batch: chunks of 2 + 1
+    samples give the one-chunk gradients w.r.t. ws and every parameter, and the activation's backward saw no more
+    than 2 samples at a time."""
+    G = tiny_generator("R", seed=0)
+    syn = G.synthesis.requires_grad_(True)
+    ws = mapped_ws(G, 3, seed=5)
+    _, whole = _grads(syn, ws, "function")
+    seen = []
+    monkeypatch.setattr(fast_layer, "_activation_backward",
+                        lambda *a, f=fast_layer._activation_backward: seen.append(a[3].shape[0]) or f(*a))
+    monkeypatch.setattr(fast_ops, "backward_chunk", lambda shape: 2)
+    _, chunked = _grads(syn, ws, "function")
+    assert seen and max(seen) == 2 and sum(seen) == 3 * (len(syn.layer_names) - 1)
+    for name, ref in whole.items():
+        if float(ref.norm()) == 0:
+            assert float(chunked[name].norm()) == 0, name
+            continue
+        assert _rel(chunked[name], ref) < 1e-6, (name, _rel(chunked[name], ref))
 
 
 def _check_saved_per_layer(G, n, force_fp32=False, any_device=False):

@@ -67,3 +67,34 @@ def test_cudnn_form_and_its_transposes(n, c, h, w, o):
 def test_rows_form_refuses_unaligned_rows():
     with pytest.raises(ValueError, match="16-byte"):
         fast_conv.conv2d_nchw(torch.zeros(1, 3, 5, 5), torch.zeros(2, 3, 3, 3), 2, form="rows")
+
+
+@pytest.mark.parametrize("dtype, tile", [(torch.float16, None), (torch.float16, (4, 8)), (torch.float32, (2, 16))])
+def test_scaled_rows_kernel_writes_padded_rows(dtype, tile, monkeypatch):
+    """The rows form's scaled input copy (x * scale into rows padded to 16 bytes) by its Triton kernel: the values
+    of torch.mul's copy exactly, for a channel slice of a larger buffer, with several row and column blocks per
+    plane (small tiles) or one wider than the row."""
+    if tile is not None:
+        monkeypatch.setattr(fast_conv, "SCALED_ROWS_TILE", tile)
+    g = torch.Generator().manual_seed(3)
+    n, c, h, w = 2, 5, 11, 21
+    x = torch.randn(n, c + 2, h, w, generator=g).to(dtype)[:, 1:c + 1]
+    scale = torch.rand(n, c, generator=g) * 2 + 0.25
+    calls = []
+    monkeypatch.setattr(fast_conv, "_scaled_rows_kernel", _Recording(fast_conv._scaled_rows_kernel, calls))
+    out = fast_conv.scaled_rows(x, scale, align=8)
+    assert calls and out.shape == x.shape and out.stride() == (c * h * 24, h * 24, 24, 1)
+    assert torch.equal(out, torch.mul(x, scale.to(dtype)[:, :, None, None]))
+    assert torch.equal(fast_conv.scaled_rows(x, scale), x * scale.to(dtype)[:, :, None, None])  # no padding: mul
+    assert len(calls) == 1
+
+
+class _Recording:
+    """A Triton kernel whose launches (kernel[grid](...)) are counted."""
+
+    def __init__(self, kernel, calls):
+        self.kernel, self.calls = kernel, calls
+
+    def __getitem__(self, grid):
+        self.calls.append(grid)
+        return self.kernel[grid]

@@ -151,6 +151,12 @@ def current() -> FastConfig:
     return _current
 
 
+def triton_interpreting() -> bool:
+    """Whether Triton's interpreter runs the kernels (``TRITON_INTERPRET=1``, set before Triton is imported): then
+    they run on CPU tensors, as the interpreter tests use them."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def _changed(changes: dict) -> FastConfig:
     names = {f.name for f in dataclasses.fields(FastConfig)}
     unknown = sorted(set(changes) - names)

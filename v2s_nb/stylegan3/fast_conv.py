@@ -41,6 +41,7 @@ from __future__ import annotations
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
+from . import fast_config
 from .ops import _round8
 
 try:
@@ -295,6 +296,26 @@ if HAVE_TRITON:
         tl.store(out_ptr + n * hw * c_pad + (p[None, :] * c_pad + ch[:, None]), v, mask=(ch < c_pad)[:, None] & inside)
 
     @triton.jit
+    def _scaled_rows_kernel(x_ptr, s_ptr, out_ptr, c, h, w, x_sn, x_sc, x_sy, o_sy, R: tl.constexpr,
+                            BW: tl.constexpr):
+        """out[n, ch, y, :w] = x[n, ch, y, :w] * s[n, ch] for R rows y of plane n * c + ch (program (plane, row
+        block)), in BW-wide column blocks; the product in float32, rounded to out's dtype. out: [N, c, h, o_sy]
+        rows (the row padding is left as it is); x: pixels adjacent in a row, strides x_sn, x_sc, x_sy."""
+        plane = tl.program_id(0)
+        n = (plane // c).to(tl.int64)
+        ch = plane % c
+        y = tl.program_id(1) * R + tl.arange(0, R)
+        y_ok = (y < h)[:, None]
+        s = tl.load(s_ptr + plane).to(tl.float32)
+        src = x_ptr + n * x_sn + ch * x_sc + (y * x_sy)[:, None]
+        dst = out_ptr + plane.to(tl.int64) * h * o_sy + (y * o_sy)[:, None]
+        for c0 in range(0, w, BW):
+            cols = (c0 + tl.arange(0, BW))[None, :]
+            ok = y_ok & (cols < w)
+            v = tl.load(src + cols, mask=ok)
+            tl.store(dst + cols, (v.to(tl.float32) * s).to(out_ptr.dtype.element_ty), mask=ok)
+
+    @triton.jit
     def _to_nchw_kernel(y_ptr, out_ptr, s_ptr, x_ptr, sums_ptr, c, hw, y_sn, y_sc, y_sp, BC: tl.constexpr,
                         BP: tl.constexpr, SCALE: tl.constexpr):
         """out[n, ch, p] = y[n, ch, p] for ch < c (out contiguous [N, c, H*W]; y in any layout whose pixels
@@ -405,13 +426,26 @@ def arranged_weight(weight, bk, bn, dtype, out_major=False):
     return out
 
 
+# Rows x columns per program of :func:`scaled_rows`'s kernel.
+SCALED_ROWS_TILE = (8, 256)
+
+
 def scaled_rows(x, scale, align=1):
-    """x * scale [N, C, H, W] (scale [N, C], any float dtype; the product in x's dtype) in a new buffer whose rows
-    are padded to a multiple of ``align`` elements (a view of it; ``align`` 1: contiguous): for the rows form,
-    ``align`` :data:`ROW_ALIGN` (TMA copies start on 16-byte boundaries)."""
+    """x * scale [N, C, H, W] (scale [N, C], any float dtype, rounded to x's dtype; the product in x's dtype) in a
+    new buffer whose rows are padded to a multiple of ``align`` elements (a view of it; ``align`` 1: contiguous): for
+    the rows form, ``align`` :data:`ROW_ALIGN` (TMA copies start on 16-byte boundaries). Padded rows are written by
+    a Triton kernel on CUDA (or Triton's interpreter) where x's pixels are adjacent in a row: PyTorch's elementwise
+    kernels take a slow general path for an output with padded rows."""
     n, c, h, w = x.shape
-    buf = x.new_empty((n, c, h, w + (-w) % align))[..., :w]
-    return torch.mul(x, scale.to(x.dtype)[:, :, None, None], out=buf)
+    wp = w + (-w) % align
+    buf = x.new_empty((n, c, h, wp))
+    s = scale.to(x.dtype)
+    if wp == w or not (HAVE_TRITON and x.stride(3) == 1 and (x.is_cuda or fast_config.triton_interpreting())):
+        return torch.mul(x, s[:, :, None, None], out=buf[..., :w])
+    rows, cols = SCALED_ROWS_TILE
+    _scaled_rows_kernel[(n * c, -(-h // rows))](x, s.contiguous(), buf, c, h, w, x.stride(0), x.stride(1),
+                                                x.stride(2), wp, R=rows, BW=cols)
+    return buf[..., :w]
 
 
 def conv2d_nchw(x, weight, padding, config=None, form=None, scale=None):
@@ -857,13 +891,14 @@ def batched_1x1_weight_grad(x, grad_y, config=None, programs_per_sm=None):
 BMM_DGRAD_CONFIG = (64, 32, 128, 4, 3)
 
 
-def batched_1x1_input_grad(weight, grad_y, config=None):
+def batched_1x1_input_grad(weight, grad_y, config=None, out=None):
     """The input gradient of y[n] = W[n] @ x[n] per sample (R's 1x1 layers), for fp16: grad_x[n, i, y, x] =
     sum_o W[n, o, i] grad_y[n, o, y, x], fp16 products summed in float32. cuBLAS's batched product picks slow
     kernels where the output channels (its inner size here) are not a multiple of 8, as on most of R's layers.
 
     weight: [N, O, I] (any float dtype; used in fp16); grad_y: [N, O, H, W] float16 (each plane dense, or it is
-    copied). Returns a new contiguous [N, I, H, W] float16. ``config``: (BI, BK, P, warps, stages), default
+    copied). Returns a new contiguous [N, I, H, W] float16, or writes it into ``out`` (contiguous, that shape and
+    dtype; e.g. a batch slice of a larger gradient) and returns that. ``config``: (BI, BK, P, warps, stages), default
     :data:`BMM_DGRAD_CONFIG`. Raises ValueError for other dtypes or shapes that don't fit."""
     _require_fp16(grad_y=grad_y)
     if weight.dim() != 3 or grad_y.dim() != 4 or weight.shape[:2] != grad_y.shape[:2]:
@@ -877,7 +912,12 @@ def batched_1x1_input_grad(weight, grad_y, config=None):
     grad_y = _dense_planes(grad_y)
     _check_sample_size(max(c_in * h * w, c_out * grad_y.stride(1)))
     bi, bk, p, warps, stages = config or BMM_DGRAD_CONFIG
-    out = torch.empty((n, c_in, h, w), dtype=torch.float16, device=grad_y.device)
+    if out is None:
+        out = torch.empty((n, c_in, h, w), dtype=torch.float16, device=grad_y.device)
+    elif (tuple(out.shape) != (n, c_in, h, w) or out.dtype != torch.float16 or not out.is_contiguous()
+          or out.device != grad_y.device):
+        raise ValueError(f"out must be a contiguous float16 [{n}, {c_in}, {h}, {w}] tensor on {grad_y.device}, got "
+                         f"{out.dtype} {tuple(out.shape)} on {out.device} (contiguous: {out.is_contiguous()})")
     grid = (-(-(h * w) // p), -(-c_in // bi), n)
     _batched_1x1_dgrad_kernel[grid](weight, grad_y, out, c_out, c_in, h * w, grad_y.stride(0), grad_y.stride(1),
                                     BI=bi, BK=bk, P=p, STAGES=stages, num_warps=warps)

@@ -22,7 +22,10 @@ the layer runs as
   d scale = sum over pixels of (d (x * scale) * x), d x = d (x * scale) * scale (one pass,
   :func:`.fast_ops.scaled_with_sums`). Sums over pixels in float32. The 1x1 layers' gradients in fp16 on large
   planes: :func:`.fast_conv.batched_1x1_weight_grad` and :func:`.fast_conv.batched_1x1_input_grad` (for these shapes
-  cuBLAS's batched products run few programs or old kernels).
+  cuBLAS's batched products run few programs or old kernels). The 1x1 layers take their backward in chunks of
+  samples (those of the activation's backward, :func:`.fast_ops.backward_chunk`), each through to the layer's own
+  gradients: the activation's gradient then exists for one chunk at a time, not beside the whole batch's input and
+  incoming gradients (R's memory peak).
 
 With ``fast_config`` ``saved_codes`` (the default) the forward runs :func:`.fast_ops.forward_with_codes` where it
 applies (planes of 100+ output pixels; 3x3 layers: :data:`CODES_3X3_UP`), which also stores the activation's
@@ -40,7 +43,6 @@ too (the tests use it to check its gradients against autograd through the plain 
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -192,7 +194,7 @@ def _triton_conv_grads(g_y) -> bool:
     """Whether the convolution's gradients run in fast_conv's NCHW kernels (``fast_config`` ``triton_conv_grads``;
     fp16, CUDA or Triton's interpreter)."""
     return (fast_config.current().triton_conv_grads and g_y.dtype == torch.float16 and fast_conv.HAVE_TRITON
-            and (g_y.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"))
+            and (g_y.is_cuda or fast_config.triton_interpreting()))
 
 
 def _cudnn_grads(g_y, x, scale, kernel, need_input, need_weight):
@@ -253,21 +255,41 @@ class _Layer1x1(torch.autograd.Function):
     def backward(ctx, grad):
         x, y, codes, weight, bias = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[:2]
-        g_y, g_b, _ = _activation_backward(y, codes, bias, grad, ctx.spec, None, *ctx.y_meta)
-        del y, codes
-        g_x = g_w = None
-        if need_x or need_w:
-            if _triton_conv_grads(g_y) and fast_conv.bmm_grads_in_triton(g_y.shape[2] * g_y.shape[3]):
-                if need_w:
-                    g_w = fast_conv.batched_1x1_weight_grad(x, g_y).to(weight.dtype)
-                if need_x:
-                    g_x = fast_conv.batched_1x1_input_grad(weight, g_y)
-            else:
-                n, ci = x.shape[:2]
-                g_a = g_y.reshape(n, g_y.shape[1], -1)
-                with ops._Tf32LikeCudnn() if _tf32(x) else contextlib.nullcontext():
-                    if need_w:
-                        g_w = torch.bmm(g_a, x.reshape(n, ci, -1).transpose(1, 2)).to(weight.dtype)
-                    if need_x:
-                        g_x = torch.bmm(weight.to(x.dtype).transpose(1, 2), g_a).reshape(x.shape)
+        y_shape, y_dtype = ctx.y_meta
+        n = y_shape[0]
+        g_x = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else None
+        g_w = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device) if need_w else None
+        g_b = None
+        # Chunks of samples (the activation backward's own), each taken through to the layer's gradients: d y exists
+        # for one chunk at a time. A whole batch of it beside the input gradient and the incoming gradient set R's
+        # memory peak on the 1044 px layers.
+        per = fast_ops.backward_chunk(y_shape)
+        for n0 in range(0, n, per):
+            part = slice(n0, min(n, n0 + per))
+            g_y, g_bc, _ = _activation_backward(None if y is None else y[part], None if codes is None else codes[part],
+                                                bias, grad[part], ctx.spec, None, (part.stop - n0, *y_shape[1:]),
+                                                y_dtype)
+            g_b = g_bc if g_b is None else g_b + g_bc
+            if need_x or need_w:
+                _1x1_grads(x[part], weight[part], g_y, None if g_x is None else g_x[part],
+                           None if g_w is None else g_w[part])
+            del g_y
         return g_x, g_w, g_b.to(bias.dtype), None
+
+
+def _1x1_grads(x, weight, g_y, g_x, g_w):
+    """Writes the gradients of y = bmm(weight, x) (per-sample 1x1 products) for the output gradient ``g_y`` into
+    ``g_x`` (d x: x's shape and dtype, contiguous) and ``g_w`` (d weight [N, O, I]); either may be None."""
+    if _triton_conv_grads(g_y) and fast_conv.bmm_grads_in_triton(g_y.shape[2] * g_y.shape[3]):
+        if g_w is not None:
+            g_w.copy_(fast_conv.batched_1x1_weight_grad(x, g_y))
+        if g_x is not None:
+            fast_conv.batched_1x1_input_grad(weight, g_y, out=g_x)
+        return
+    n, ci = x.shape[:2]
+    g_a = g_y.reshape(n, g_y.shape[1], -1)
+    with ops._Tf32LikeCudnn() if _tf32(x) else contextlib.nullcontext():
+        if g_w is not None:
+            g_w.copy_(torch.bmm(g_a, x.reshape(n, ci, -1).transpose(1, 2)))
+        if g_x is not None:
+            torch.bmm(weight.to(x.dtype).transpose(1, 2), g_a, out=g_x.view(n, ci, -1))

@@ -17,7 +17,6 @@ take and save in synthesis: docs/performance.md ('Kernel choices, measured').
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
@@ -99,11 +98,7 @@ if HAVE_TRITON:
 
 def _on_triton(*tensors) -> bool:
     return (HAVE_TRITON and fast_config.current().modulation_kernels
-            and all(t.is_cuda or _interpreted() for t in tensors))
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+            and all(t.is_cuda or fast_config.triton_interpreting() for t in tensors))
 
 
 def _no_autograd(*tensors) -> bool:

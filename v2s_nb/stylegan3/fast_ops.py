@@ -28,7 +28,6 @@ backward reads them (:func:`forward_with_codes`, :func:`backward_from_codes`; fa
 
 from __future__ import annotations
 
-import os
 import warnings
 import weakref
 
@@ -842,7 +841,7 @@ def _bf16x3_available():
 
 # Whether bf16x3 products are available (fast_config's bf16x3 says whether to use them). Triton's interpreter
 # (the CPU tests) has none: there the float32 layers keep three-pass TF32.
-BF16X3 = HAVE_TRITON and os.environ.get("TRITON_INTERPRET", "0") != "1" and _bf16x3_available()
+BF16X3 = HAVE_TRITON and not fast_config.triton_interpreting() and _bf16x3_available()
 
 
 def _forward_precision(dtype):
@@ -1365,15 +1364,21 @@ def _codes_launch(dtype, up, forward=False):
     return CODES_LAUNCH.get((dtype, up), CODES_DEFAULT)
 
 
+def backward_chunk(shape) -> int:
+    """Samples per chunk of the activation's backward for an operator input of ``shape`` [N, C, H, W]: as many as
+    keep the chunk's float32 sums within ``fast_config`` ``chunk_mb`` (a batch-8 layer at 1044 px with 102 channels
+    would otherwise hold 3.6 GB of them at once, on top of what autograd keeps), at least 1, at most N."""
+    n, c, h, w = shape
+    return max(1, min(n, fast_config.current().chunk_bytes // max(1, c * h * w * 4)))
+
+
 def _chunked_backward(shape, dtype, device, x, g, launch):
     """The backward's chunk loop and epilogue: ``launch(n0, n1, acc)`` adds samples n0..n1's gradient w.r.t. the
     operator's input into ``acc`` (float32, zeroed by it; False: no kernel could run); then one pass per chunk
     scales it by the gain ``g`` [N, C] (or None), casts it to ``dtype`` and takes the sums (:func:`scaled_with_sums`;
     the gain's needs ``x``, the operator's input before the gain). Returns (d x, d b, d g or None) or None."""
     n, c, h, w = shape
-    # A few samples at a time: the float32 sums of a chunk stay within fast_config's chunk_mb (a batch-8 layer at
-    # 1044 px with 102 channels would otherwise hold 3.6 GB of them at once, on top of what autograd keeps).
-    per = max(1, min(n, fast_config.current().chunk_bytes // max(1, c * h * w * 4)))
+    per = backward_chunk(shape)
     gx = torch.empty((n, c, h, w), dtype=dtype, device=device)
     g_bias = torch.zeros((c,), dtype=torch.float32, device=device)
     g_gain = torch.empty((n, c), dtype=torch.float32, device=device) if g is not None else None
@@ -1396,7 +1401,7 @@ def codes_apply(x, fu, fd) -> bool:
     """Whether :func:`forward_with_codes` can run for ``x``: the fused backward on (``fast_config``), ``saved_codes``
     on, Triton on CUDA (or its interpreter), a separable up-filter and a down-filter."""
     cfg = fast_config.current()
-    where = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    where = x.is_cuda or fast_config.triton_interpreting()
     return (HAVE_TRITON and cfg.saved_codes and cfg.use_fused_backward and where and fu is not None
             and fd is not None and fu.ndim == 1)
 
@@ -1493,7 +1498,7 @@ def scaled_with_sums(a, x, g=None, out_dtype=None, out=None):
     tensor of a's shape to write a * g into (returned as the first value)."""
     n, c, h, w = a.shape
     out_dtype = out_dtype or a.dtype
-    kernels = HAVE_TRITON and (a.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+    kernels = HAVE_TRITON and (a.is_cuda or fast_config.triton_interpreting())
     if not (kernels and a.is_contiguous() and x.is_contiguous() and a.dtype != torch.float64):
         acc = torch.promote_types(a.dtype, torch.float32)  # float32 sums (float64 stays float64)
         sums = a.sum((2, 3), dtype=acc)
