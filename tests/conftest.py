@@ -1,5 +1,7 @@
-"""Test helpers: where the test fixtures live, a CUDA marker, and reproducible w codes."""
+"""Test helpers: where the test fixtures live, a CUDA marker, reproducible w codes, and benchmark scripts as
+modules."""
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -36,3 +38,11 @@ def mapped_ws(G, n, seed, truncation_psi=0.7):
     device = next(G.parameters()).device
     with torch.no_grad():
         return G.mapping(torch.randn(n, G.z_dim, generator=g).to(device), None, truncation_psi=truncation_psi)
+
+
+def load_benchmark(name):
+    """benchmarks/``name``.py loaded as a module (the scripts are not a package), for tests of their pure parts."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,19 +1,13 @@
 """benchmarks/bench_vs_nvidia.py without NVIDIA's code: its help, and the one-line errors that name the fix."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_vs_nvidia.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_vs_nvidia", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_vs_nvidia")
 
 
 def test_help_names_the_nvidia_checkout(bench, capsys):
