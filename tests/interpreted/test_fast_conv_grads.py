@@ -156,3 +156,9 @@ def test_batched_1x1_input_grad_matches_bmm(n, i, o, h, w, config):
     assert _relative(out, ref) < 2e-3
     with pytest.raises(ValueError, match="same N and O"):
         fast_conv.batched_1x1_input_grad(weight[:, 1:], gy)
+    # out=: the same values written into a batch slice of a larger buffer; a wrong buffer named
+    whole = torch.zeros(n + 1, i, h, w, dtype=torch.float16)
+    got = fast_conv.batched_1x1_input_grad(weight, gy, config=config, out=whole[1:])
+    assert got.data_ptr() == whole[1:].data_ptr() and torch.equal(whole[1:], out) and not whole[0].any()
+    with pytest.raises(ValueError, match="out must be a contiguous float16"):
+        fast_conv.batched_1x1_input_grad(weight, gy, out=whole[1:].float())
