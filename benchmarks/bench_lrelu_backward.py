@@ -11,7 +11,8 @@ output gradient, in each variant (warps per program, tile edge; 'default' is wha
 variant's largest difference from the default's input gradient (relative to its largest value). ``--codes``: also
 the inference forward, the training forward that stores the activation's derivative codes
 (``fast_ops.forward_with_codes``) and the backward from them, per layer (the codes path costs training + from
-codes, the recomputing one forward + the default backward; every layer is timed both ways, whichever it takes). ``--steps``:
+codes, the recomputing one forward + the default backward; every layer is timed both ways, whichever it takes),
+and the backward from codes in the other order of its window products (``fast_ops.CODES_COLS_FIRST`` flipped). ``--steps``:
 batch sizes for which the whole forward / forward+backward (w.r.t. ws and w.r.t. weights) is then timed
 (bench_generator's timing).
 """
@@ -55,9 +56,10 @@ def capture_lrelu_inputs(G, batch, force_fp32):
 
 
 def codes_row(call, gy):
-    """(inference forward ms, training forward ms, codes backward ms) of one layer's activation (small planes
-    included, where the code keeps no codes), or None where forward_with_codes can't run (radial filters beyond
-    MAX_RANK)."""
+    """(inference forward ms, training forward ms, codes backward ms, the codes backward in the other order of its
+    products ms (``fast_ops.CODES_COLS_FIRST`` flipped), that order's largest d x difference relative to the largest
+    value) of one layer's activation (small planes included, where the code keeps no codes), or None where
+    forward_with_codes can't run (radial filters beyond MAX_RANK)."""
     x, b, g, fu, fd, up, down, padding, gain, slope, clamp = call
     with fast_ops_settings(CODES_MIN_OUT=0):  # small planes too, for the comparison
         res = fast_ops.forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_gain=g)
@@ -68,9 +70,14 @@ def codes_row(call, gy):
                                                                           slope, clamp, in_gain=g))
         train = cuda_ms(lambda: fast_ops.forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp,
                                                             in_gain=g))
-        back = cuda_ms(lambda: fast_ops.backward_from_codes(codes, gy, x.shape, x.dtype, fu, fd, up, down, padding,
-                                                            gain, slope, x=x, in_gain=g))
-    return inference, train, back
+        def back_call():
+            return fast_ops.backward_from_codes(codes, gy, x.shape, x.dtype, fu, fd, up, down, padding, gain, slope,
+                                                x=x, in_gain=g)
+
+        back, ref = cuda_ms(back_call), back_call()[0].float()
+        with fast_ops_settings(CODES_COLS_FIRST=not fast_ops.CODES_COLS_FIRST):
+            other, diff = cuda_ms(back_call), float((back_call()[0].float() - ref).abs().max() / ref.abs().max())
+    return inference, train, back, other, diff
 
 
 F16, F32 = torch.float16, torch.float32
@@ -126,7 +133,8 @@ def main(argv=None):
         if calls:
             print(f"# {cfg} {args.resolution} batch {args.batch} {args.dtype}: backward ms per layer (max rel. diff "
                   f"of d x from the default)")
-        totals = dict.fromkeys(args.variants + (["inference", "training", "from codes"] if args.codes else []), 0.0)
+        codes_names = ["inference", "training", "from codes", "other order"]
+        totals = dict.fromkeys(args.variants + (codes_names if args.codes else []), 0.0)
         for i, call in enumerate(calls):
             x = call[0]
             h_out, w_out = fast_ops._output_size(x.shape[2], x.shape[3], *call[3:8])
@@ -152,9 +160,10 @@ def main(argv=None):
                 if times is None:
                     row.append("codes n/a")
                 else:
-                    for name, ms in zip(("inference", "training", "from codes"), times):
+                    for name, ms in zip(codes_names, times):
                         totals[name] += ms
-                    row.append("forward {:6.2f} training {:6.2f} from codes {:6.2f}".format(*times))
+                    row.append("forward {:6.2f} training {:6.2f} from codes {:6.2f} (other order {:6.2f}, "
+                               "d x diff {:.1e})".format(*times))
             print(f"{i:2d} {tuple(x.shape)} {str(x.dtype)[6:]} up {call[5]} down {call[6]} | " + " | ".join(row),
                   flush=True)
         if calls:

@@ -41,10 +41,10 @@ def _cuobjdump():
 KERNELS = ("backward", "codes", "train")
 
 
-def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward"):
+def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward", cols_first=False):
     """(registers, stack bytes, static shared bytes, Triton's shared bytes) of one of the activation's kernels for
-    ``layer``: ``backward`` (recomputes the pre-activation), ``codes`` (the backward from stored derivative codes),
-    ``train`` (the training forward that stores them)."""
+    ``layer``: ``backward`` (recomputes the pre-activation), ``codes`` (the backward from stored derivative codes;
+    ``cols_first``: in its COLS_FIRST order), ``train`` (the training forward that stores them)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -82,6 +82,8 @@ def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward"):
     window = fast_ops.codes_window(plan) if kernel != "backward" else dict(KJX=plan["kjx"], KJY=plan["kjy"])
     constants = dict(UP=layer.up_factor, DOWN=layer.down_factor, R=plan["r"], **window, BU=tile, BOP=plan["bop"],
                      PRECISION=plan["precision"], **extra, SPLIT=split)
+    if kernel == "codes":
+        constants["COLS_FIRST"] = cols_first
     names = list(signature) + list(constants)
     signature.update(dict.fromkeys(constants, "constexpr"))
     src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constants.items()})
@@ -107,13 +109,17 @@ def main(argv=None):
                    help="tile:row_blocks:warps (the code runs 128:1:8 on fp16 2x layers in the recomputing backward "
                         "and 128:1:4 in the codes kernels, 128:2:4 on fp16 4x layers, 64:1:4 on the float32 layers' "
                         "small planes)")
+    p.add_argument("--cols-first", action="store_true",
+                   help="with --kernel codes: the kernel in its COLS_FIRST order (fast_ops.CODES_COLS_FIRST)")
     args = p.parse_args(argv)
     try:
         variants = [tuple(int(v) for v in text.split(":")) for text in args.variants]
         assert all(len(v) == 3 for v in variants)
     except (ValueError, AssertionError):
         p.error("--variants: each as tile:row_blocks:warps, e.g. 128:1:8")
-    print(f"# {args.kernel} kernel, sm_{args.arch}: registers / stack (spilled bytes) per thread / Triton shared KiB")
+    if args.cols_first and args.kernel != "codes":
+        p.error("--cols-first is an order of the codes kernel: add --kernel codes")
+    print(f"# {args.kernel} kernel{' (COLS_FIRST)' if args.cols_first else ''}, sm_{args.arch}: registers / stack (spilled bytes) per thread / Triton shared KiB")
     for cfg in args.cfg:
         # Channel counts don't enter the kernel: a narrow copy of the architecture has the same layers' filters.
         G = build_generator(cfg, resolution=args.resolution, channel_scale=1 / 16, seed=0)
@@ -125,7 +131,7 @@ def main(argv=None):
             for tile, split, warps in variants:
                 try:
                     regs, stack, _, shared = compile_backward(layer, dtype, tile, split, warps, args.arch,
-                                                                 args.kernel)
+                                                                 args.kernel, args.cols_first)
                     row.append(f"{tile}:{split}:{warps} {regs:3d}/{stack:4d}/{shared / 1024:5.1f}")
                 except Exception as e:  # a variant that does not compile: say so, go on
                     row.append(f"{tile}:{split}:{warps} failed ({type(e).__name__})")

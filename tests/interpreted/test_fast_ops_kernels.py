@@ -90,18 +90,23 @@ def _check_forward_variant(cfg, overrides):
         assert tiles == {overrides["FUSED_DEFAULT"][torch.float32][1]}
 
 
-@pytest.mark.parametrize("cfg, one_sample_chunks, via_codes, tile, forward_split",
-                         [("R", False, False, 64, None), ("T", False, False, 64, None), ("T", True, False, 64, None),
-                          ("R", False, True, 64, None), ("T", True, True, 64, None), ("T", False, True, 128, None),
-                          ("T", False, True, 128, 2)])
-def test_fused_backward_matches_autograd(cfg, one_sample_chunks, via_codes, tile, forward_split, monkeypatch):
+@pytest.mark.parametrize("cfg, one_sample_chunks, via_codes, tile, forward_split, cols_first",
+                         [("R", False, False, 64, None, False), ("T", False, False, 64, None, False),
+                          ("T", True, False, 64, None, False), ("R", False, True, 64, None, False),
+                          ("T", True, True, 64, None, False), ("T", False, True, 128, None, False),
+                          ("T", False, True, 128, 2, False), ("R", False, True, 64, None, True),
+                          ("T", False, True, 128, None, True)])
+def test_fused_backward_matches_autograd(cfg, one_sample_chunks, via_codes, tile, forward_split, cols_first,
+                                         monkeypatch):
     """The fused backward kernel against autograd through the plain operator, a small clamp on every other layer so
     that clamped samples (zero gradient) occur, an input gain (the demodulation the fast path folds in) on every
     other layer, one of them with a zero gain; down-filters needing more than MAX_RANK terms return None. Also with
     the batch taken one sample at a time (what a chunk_mb smaller than one sample's float32 sums makes it do).
     via_codes: the training forward (its output against the plain operator's too) and the backward from the
     derivative codes it stored; on 128-wide tiles their window is taken in blocks (64 + 16 of 128 for 2x layers).
-    forward_split: the training forward in that many row blocks, the backward in one (their launches differ)."""
+    forward_split: the training forward in that many row blocks, the backward in one (their launches differ).
+    cols_first: the codes backward in its COLS_FIRST order (fast_ops.CODES_COLS_FIRST), in two row blocks (its sums
+    run over them)."""
     monkeypatch.setattr(fast_ops, "BACKWARD_TILES", (tile,))  # float32 here: the 64-wide tile is allowed
     monkeypatch.setattr(fast_ops, "CODES_FLOAT32_TILES", (tile,))  # (on CUDA 64 only: shared memory)
     monkeypatch.setattr(fast_ops, "CODES_MIN_OUT", 0)  # the small test planes keep codes too
@@ -110,6 +115,9 @@ def test_fused_backward_matches_autograd(cfg, one_sample_chunks, via_codes, tile
         monkeypatch.setattr(fast_ops, "CODES_LAUNCH", {})
     if one_sample_chunks:
         monkeypatch.setattr(fast_config.FastConfig, "chunk_bytes", property(lambda self: 1))
+    monkeypatch.setattr(fast_ops, "CODES_COLS_FIRST", cols_first)
+    if cols_first:
+        monkeypatch.setattr(fast_ops, "CODES_LAUNCH", {(torch.float32, up): (2, 4) for up in (2, 4)})
     worst, checked, layers, gained = 0.0, 0, 0, 0
     for i, (name, L, y) in enumerate(_layers(cfg)):
         layers += 1

@@ -593,16 +593,67 @@ if HAVE_TRITON:
         tl.atomic_add(gx_plane + jy[:, None] * w + jx[None, :], v, mask=ok, sem="relaxed")
 
     @triton.jit
+    def _codes_backward_cols_first(g, peak, codes_tile, gx_plane, ax_ptr, ay_ptr, dx_ptr, dy_ptr, h, w, jy0, jx0,
+                                   used_y, used_x, gain, slope, R: tl.constexpr, KAX: tl.constexpr,
+                                   KBX: tl.constexpr, KAY: tl.constexpr, KBY: tl.constexpr, BU: tl.constexpr,
+                                   BOP: tl.constexpr, HB: tl.constexpr, PRECISION: tl.constexpr,
+                                   SPLIT: tl.constexpr):
+        """The COLS_FIRST order of :func:`_fused_backward_codes_kernel` from the tile's scaled gradient ``g`` on:
+        per row block, t = (upsampled gradient times the derivative) Ax^T over the window's column blocks, then
+        Ay t summed into one accumulator per (row block, column block) of the window; added into the plane."""
+        mat = dx_ptr.dtype.element_ty
+        v_aa = tl.zeros([KAY, KAX], dtype=tl.float32)
+        if KBX > 0:
+            v_ab = tl.zeros([KAY, KBX], dtype=tl.float32)
+        if KBY > 0:
+            v_ba = tl.zeros([KBY, KAX], dtype=tl.float32)
+        if KBX > 0 and KBY > 0:
+            v_bb = tl.zeros([KBY, KBX], dtype=tl.float32)
+        cols = tl.arange(0, BU)
+        for part in tl.static_range(SPLIT):
+            rows = part * HB + tl.arange(0, HB)
+            gu = _down_transposed(g, dy_ptr, dx_ptr, rows, R, HB, BU, BOP, PRECISION)
+            packed = tl.load(codes_tile + rows[:, None] * (BU // 4) + tl.arange(0, BU // 4)[None, :])
+            gu = (gu * _unpacked_derivative(packed, gain, slope, HB, BU)).to(mat)
+            ay_a = tl.load(ay_ptr + tl.arange(0, KAY)[:, None] * BU + rows[None, :])  # [KAY, HB]
+            if KBY > 0:
+                ay_b = tl.load(ay_ptr + (KAY + tl.arange(0, KBY))[:, None] * BU + rows[None, :])  # [KBY, HB]
+            axt_a = tl.load(ax_ptr + cols[:, None] + tl.arange(0, KAX)[None, :] * BU)  # Ax^T, [BU, KAX]
+            t = tl.dot(gu, axt_a, input_precision=PRECISION).to(mat)  # [HB, KAX]
+            v_aa += tl.dot(ay_a, t, input_precision=PRECISION)
+            if KBY > 0:
+                v_ba += tl.dot(ay_b, t, input_precision=PRECISION)
+            if KBX > 0:
+                axt_b = tl.load(ax_ptr + cols[:, None] + (KAX + tl.arange(0, KBX))[None, :] * BU)  # [BU, KBX]
+                t = tl.dot(gu, axt_b, input_precision=PRECISION).to(mat)  # [HB, KBX]
+                v_ab += tl.dot(ay_a, t, input_precision=PRECISION)
+                if KBY > 0:
+                    v_bb += tl.dot(ay_b, t, input_precision=PRECISION)
+        _add_window_block(gx_plane, v_aa * peak, h, w, jy0, jx0, used_y, used_x, 0, KAY, 0, KAX)
+        if KBX > 0:
+            _add_window_block(gx_plane, v_ab * peak, h, w, jy0, jx0, used_y, used_x, 0, KAY, KAX, KBX)
+        if KBY > 0:
+            _add_window_block(gx_plane, v_ba * peak, h, w, jy0, jx0, used_y, used_x, KAY, KBY, 0, KAX)
+            if KBX > 0:
+                _add_window_block(gx_plane, v_bb * peak, h, w, jy0, jx0, used_y, used_x, KAY, KBY, KAX, KBX)
+
+    @triton.jit
     def _fused_backward_codes_kernel(codes_ptr, gy_ptr, gx_ptr, ax_ptr, ay_ptr, dx_ptr, dy_ptr, h, w, h_out, w_out,
                                      jshift_y, jshift_x, used_y, used_x, gain, slope, BO, UP: tl.constexpr,
                                      DOWN: tl.constexpr, R: tl.constexpr, KAX: tl.constexpr, KBX: tl.constexpr,
                                      KAY: tl.constexpr, KBY: tl.constexpr, BU: tl.constexpr, BOP: tl.constexpr,
-                                     PRECISION: tl.constexpr, SCALE: tl.constexpr, SPLIT: tl.constexpr):
+                                     PRECISION: tl.constexpr, SCALE: tl.constexpr, SPLIT: tl.constexpr,
+                                     COLS_FIRST: tl.constexpr = False):
         """:func:`_fused_backward_kernel` with the activation's derivative read from the codes the training
         forward stored (:func:`_fused_train_kernel`) instead of recomputed: no input window to load, no upsampling
         products before the transposed chain. The window's used rows / columns are taken as a power-of-two block
         plus a remainder (KAY + KBY, KAX + KBX; e.g. 64 + 16 of a 128 window for 2x layers), which keeps the
-        [window, BU] sums within the registers. Same sums into the float32 input gradient."""
+        [window, BU] sums within the registers. Same sums into the float32 input gradient.
+
+        COLS_FIRST: each row block's upsampled gradient goes through Ax^T first ([HB, BU] -> [HB, window columns])
+        and then Ay, summed over the row blocks in [window rows, window columns] accumulators, instead of summing
+        [window rows, BU] over the row blocks and applying Ax^T once after: the same products, smaller sums to keep
+        live (:data:`CODES_COLS_FIRST`)."""
         plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
         ty = tl.program_id(1)
         tx = tl.program_id(2)
@@ -613,6 +664,14 @@ if HAVE_TRITON:
         g = g.to(dx_ptr.dtype.element_ty)
         tile = ((plane * tl.num_programs(1) + ty) * tl.num_programs(2) + tx) * (BU * (BU // 4))
         HB: tl.constexpr = BU // SPLIT
+        jy0 = (oy0 * DOWN) // UP + jshift_y
+        jx0 = (ox0 * DOWN) // UP + jshift_x
+        gx_plane = gx_ptr + plane * h * w
+        if COLS_FIRST:
+            _codes_backward_cols_first(g, peak, codes_ptr + tile, gx_plane, ax_ptr, ay_ptr, dx_ptr, dy_ptr, h, w, jy0,
+                                       jx0, used_y, used_x, gain, slope, R, KAX, KBX, KAY, KBY, BU, BOP, HB,
+                                       PRECISION, SPLIT)
+            return
         s_a = tl.zeros([KAY, BU], dtype=tl.float32)
         if KBY > 0:
             s_b = tl.zeros([KBY, BU], dtype=tl.float32)
@@ -626,9 +685,6 @@ if HAVE_TRITON:
             if KBY > 0:
                 ay_b = tl.load(ay_ptr + (KAY + tl.arange(0, KBY))[:, None] * BU + rows[None, :])
                 s_b += tl.dot(ay_b, gu, input_precision=PRECISION)  # [KBY, BU]
-        jy0 = (oy0 * DOWN) // UP + jshift_y
-        jx0 = (ox0 * DOWN) // UP + jshift_x
-        gx_plane = gx_ptr + plane * h * w
         axt_a = tl.load(ax_ptr + tl.arange(0, BU)[:, None] + tl.arange(0, KAX)[None, :] * BU)  # Ax^T, used columns
         v = tl.dot(s_a.to(axt_a.dtype), axt_a, input_precision=PRECISION) * peak
         _add_window_block(gx_plane, v, h, w, jy0, jx0, used_y, used_x, 0, KAY, 0, KAX)
@@ -1351,6 +1407,11 @@ CODES_DEFAULT = (1, 4)
 # The training forward's own exceptions (the codes' layout does not depend on the row blocks): on the fp16 2x layers
 # two row blocks made it about 6% faster and the backward 5% slower (docs/performance.md).
 CODES_FORWARD_LAUNCH = {(torch.float16, 2): (2, 4)}
+# The codes backward's order of the window's two products (:func:`_fused_backward_codes_kernel`'s COLS_FIRST):
+# columns first keeps [window, window] sums live instead of [window rows, BU]: fewer spilled registers and less shared
+# memory per program (benchmarks/kernel_resources.py --kernel codes --cols-first). Off until timed on a GPU
+# (bench_lrelu_backward.py --codes times both orders).
+CODES_COLS_FIRST = False
 # Planes with fewer output rows or columns keep no codes (:func:`forward_with_codes` declines): their few whole tiles'
 # codes outweigh the saved input there, and the backward gained little (docs/performance.md).
 CODES_MIN_OUT = 100
@@ -1484,7 +1545,8 @@ def backward_from_codes(codes, grad, size, dtype, fu, fd, up, down, padding, gai
             codes[n0:n1], grad[n0:n1], acc, plan["ax"], plan["ay"], plan["dx"], plan["dy"], h, w, h_out, w_out,
             plan["jshift_y"], plan["jshift_x"], plan["used_y"], plan["used_x"], float(gain), float(slope),
             plan["bo"], UP=up, DOWN=down, R=plan["r"], **codes_window(plan), BU=bu, BOP=plan["bop"],
-            PRECISION=plan["precision"], SCALE=dtype == torch.float16, SPLIT=split, num_warps=warps)
+            PRECISION=plan["precision"], SCALE=dtype == torch.float16, SPLIT=split, COLS_FIRST=CODES_COLS_FIRST,
+            num_warps=warps)
         return True
 
     return _chunked_backward((n, c, h, w), dtype, codes.device, x.contiguous() if x is not None else None, g, launch)
