@@ -593,6 +593,16 @@ if HAVE_TRITON:
         tl.atomic_add(gx_plane + jy[:, None] * w + jx[None, :], v, mask=ok, sem="relaxed")
 
     @triton.jit
+    def _coded_gradient(g, codes_tile, rows, dx_ptr, dy_ptr, gain, slope, R: tl.constexpr, HB: tl.constexpr,
+                        BU: tl.constexpr, BOP: tl.constexpr, PRECISION: tl.constexpr):
+        """The upsampled block's gradient on rows ``rows`` (HB of them) from the output tile's gradient ``g``, times
+        the activation's derivative stored at ``codes_tile`` ([BU, BU // 4] bytes): [HB, BU] in the matrices'
+        dtype."""
+        gu = _down_transposed(g, dy_ptr, dx_ptr, rows, R, HB, BU, BOP, PRECISION)
+        packed = tl.load(codes_tile + rows[:, None] * (BU // 4) + tl.arange(0, BU // 4)[None, :])
+        return (gu * _unpacked_derivative(packed, gain, slope, HB, BU)).to(dx_ptr.dtype.element_ty)
+
+    @triton.jit
     def _codes_backward_cols_first(g, peak, codes_tile, gx_plane, ax_ptr, ay_ptr, dx_ptr, dy_ptr, h, w, jy0, jx0,
                                    used_y, used_x, gain, slope, R: tl.constexpr, KAX: tl.constexpr,
                                    KBX: tl.constexpr, KAY: tl.constexpr, KBY: tl.constexpr, BU: tl.constexpr,
@@ -612,9 +622,7 @@ if HAVE_TRITON:
         cols = tl.arange(0, BU)
         for part in tl.static_range(SPLIT):
             rows = part * HB + tl.arange(0, HB)
-            gu = _down_transposed(g, dy_ptr, dx_ptr, rows, R, HB, BU, BOP, PRECISION)
-            packed = tl.load(codes_tile + rows[:, None] * (BU // 4) + tl.arange(0, BU // 4)[None, :])
-            gu = (gu * _unpacked_derivative(packed, gain, slope, HB, BU)).to(mat)
+            gu = _coded_gradient(g, codes_tile, rows, dx_ptr, dy_ptr, gain, slope, R, HB, BU, BOP, PRECISION)
             ay_a = tl.load(ay_ptr + tl.arange(0, KAY)[:, None] * BU + rows[None, :])  # [KAY, HB]
             if KBY > 0:
                 ay_b = tl.load(ay_ptr + (KAY + tl.arange(0, KBY))[:, None] * BU + rows[None, :])  # [KBY, HB]
@@ -677,9 +685,7 @@ if HAVE_TRITON:
             s_b = tl.zeros([KBY, BU], dtype=tl.float32)
         for part in tl.static_range(SPLIT):
             rows = part * HB + tl.arange(0, HB)
-            gu = _down_transposed(g, dy_ptr, dx_ptr, rows, R, HB, BU, BOP, PRECISION)
-            packed = tl.load(codes_ptr + tile + rows[:, None] * (BU // 4) + tl.arange(0, BU // 4)[None, :])
-            gu = (gu * _unpacked_derivative(packed, gain, slope, HB, BU)).to(dx_ptr.dtype.element_ty)
+            gu = _coded_gradient(g, codes_ptr + tile, rows, dx_ptr, dy_ptr, gain, slope, R, HB, BU, BOP, PRECISION)
             ay_a = tl.load(ay_ptr + tl.arange(0, KAY)[:, None] * BU + rows[None, :])
             s_a += tl.dot(ay_a, gu, input_precision=PRECISION)  # [KAY, BU]
             if KBY > 0:
