@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from v2s_nb.stylegan3 import fast_conv
-from triton_interpreter_probe import interpreter_runs_kernels_like_ours  # noqa: F401 (autouse fixture)
+from triton_interpreter_probe import CountedLaunches, interpreter_runs_kernels_like_ours  # noqa: F401 (autouse)
 
 
 def _relative(a, b):
@@ -80,21 +80,11 @@ def test_scaled_rows_kernel_writes_padded_rows(dtype, tile, monkeypatch):
     n, c, h, w = 2, 5, 11, 21
     x = torch.randn(n, c + 2, h, w, generator=g).to(dtype)[:, 1:c + 1]
     scale = torch.rand(n, c, generator=g) * 2 + 0.25
-    calls = []
-    monkeypatch.setattr(fast_conv, "_scaled_rows_kernel", _Recording(fast_conv._scaled_rows_kernel, calls))
+    calls = {}
+    monkeypatch.setattr(fast_conv, "_scaled_rows_kernel", CountedLaunches(fast_conv._scaled_rows_kernel, calls, "k"))
     out = fast_conv.scaled_rows(x, scale, align=8)
-    assert calls and out.shape == x.shape and out.stride() == (c * h * 24, h * 24, 24, 1)
+    assert calls["k"] == 1 and out.shape == x.shape and out.stride() == (c * h * 24, h * 24, 24, 1)
     assert torch.equal(out, torch.mul(x, scale.to(dtype)[:, :, None, None]))
     assert torch.equal(fast_conv.scaled_rows(x, scale), x * scale.to(dtype)[:, :, None, None])  # no padding: mul
-    assert len(calls) == 1
+    assert calls["k"] == 1
 
-
-class _Recording:
-    """A Triton kernel whose launches (kernel[grid](...)) are counted."""
-
-    def __init__(self, kernel, calls):
-        self.kernel, self.calls = kernel, calls
-
-    def __getitem__(self, grid):
-        self.calls.append(grid)
-        return self.kernel[grid]

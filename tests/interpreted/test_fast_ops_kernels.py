@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from v2s_nb.stylegan3 import build_generator, fast_config, fast_ops, ops, tiny_generator
-from triton_interpreter_probe import interpreter_runs_kernels_like_ours  # noqa: F401 (autouse fixture)
+from triton_interpreter_probe import CountedLaunches, interpreter_runs_kernels_like_ours  # noqa: F401 (autouse)
 
 # The fused kernel's forms (kind, tile, output-column halves): the default for float32 (banded, halves), banded
 # without halves, the whole-window kernel, banded on 128-wide tiles (window split 64 + 16).
@@ -162,23 +162,6 @@ def test_fused_backward_matches_autograd(cfg, one_sample_chunks, via_codes, tile
     assert worst < 1e-5
 
 
-class _CountedLaunches:
-    """Wraps a kernel to count its launches into ``counts``: all of them under ``key``, those without bounds tests
-    (MASKED=False) under ``key + '_unmasked'``."""
-
-    def __init__(self, kernel, counts, key):
-        self.kernel, self.counts, self.key = kernel, counts, key
-
-    def __getitem__(self, grid):
-        launch = self.kernel[grid]
-
-        def run(*args, **kwargs):
-            self.counts[self.key] += 1
-            self.counts[self.key + "_unmasked"] += not kwargs.get("MASKED", True)
-            return launch(*args, **kwargs)
-        return run
-
-
 def test_single_term_forms_match_the_general_ones(monkeypatch):
     """fp16 layers with a one-term down-filter (T): the single-term banded kernel (2x; its interior tiles without
     bounds tests) and the dense kernel with its matrices loaded first (4x) give what the general forms give, and the
@@ -188,8 +171,8 @@ def test_single_term_forms_match_the_general_ones(monkeypatch):
     g = torch.Generator().manual_seed(0)
     counts = {"single": 0, "single_unmasked": 0, "dense": 0, "dense_unmasked": 0}
     monkeypatch.setattr(fast_ops, "_fused_single_term_kernel",
-                        _CountedLaunches(fast_ops._fused_single_term_kernel, counts, "single"))
-    monkeypatch.setattr(fast_ops, "_fused_dense_kernel", _CountedLaunches(fast_ops._fused_dense_kernel, counts, "dense"))
+                        CountedLaunches(fast_ops._fused_single_term_kernel, counts, "single"))
+    monkeypatch.setattr(fast_ops, "_fused_dense_kernel", CountedLaunches(fast_ops._fused_dense_kernel, counts, "dense"))
     ups = set()
     for name in (syn.layer_names[10], syn.layer_names[11]):
         L = getattr(syn, name)

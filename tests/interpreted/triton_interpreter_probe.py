@@ -5,7 +5,8 @@ tests need a process started with TRITON_INTERPRET=1; ``tests/test_triton_interp
 (``TRITON_INTERPRET=1 python -m pytest tests/interpreted/<module>`` does the same by hand). A run without the
 variable does not collect them (tests/conftest.py). Small shapes; each module takes minutes on a CPU.
 
-Each module imports :func:`interpreter_runs_kernels_like_ours`, an autouse fixture. (Not a conftest.py: a second
+Each module imports :func:`interpreter_runs_kernels_like_ours`, an autouse fixture; :class:`CountedLaunches`
+counts a kernel's launches. (Not a conftest.py: a second
 module named ``conftest`` would shadow tests/conftest.py for the ``from conftest import ...`` of the other tests.)
 """
 
@@ -41,3 +42,21 @@ def interpreter_runs_kernels_like_ours():
         problem = f"{type(e).__name__}: {e}".splitlines()[0]
     if problem is not None:
         pytest.skip(f"Triton's interpreter can't run these kernels here ({problem}); Triton 3.9 can")
+
+
+class CountedLaunches:
+    """Wraps a Triton kernel (``kernel[grid](...)``) to count its launches into ``counts``: all of them under
+    ``key``, those without bounds tests (MASKED=False) under ``key + '_unmasked'``."""
+
+    def __init__(self, kernel, counts, key):
+        self.kernel, self.counts, self.key = kernel, counts, key
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            self.counts[self.key] = self.counts.get(self.key, 0) + 1
+            unmasked = self.key + "_unmasked"
+            self.counts[unmasked] = self.counts.get(unmasked, 0) + (not kwargs.get("MASKED", True))
+            return launch(*args, **kwargs)
+        return run
