@@ -9,7 +9,8 @@ so far). ``--backward`` times one forward+backward step w.r.t. ws instead; ``--m
 the forward, the step w.r.t. ws and the step w.r.t. the synthesis weights (PTI's) in one process, side by side
 (loss: mean of squares of the image). ``--json FILE`` appends results.
 ``--fast NAME=VALUE ...`` sets fast-path knobs of :mod:`v2s_nb.stylegan3.fast_config` for the run (e.g.
-``--fast bf16x3=0 modulation_kernels=0``), to time the library with and without a choice.
+``--fast bf16x3=0 modulation_kernels=0``), to time the library with and without a choice; ``--codes-tiles 2:64``
+runs the derivative codes' kernels of the fp16 2x layers on 64-wide tiles (``fast_ops.CODES_TILES``).
 
     python benchmarks/bench_generator.py --cfg R T --batch 1 8 --dtype mixed --modes forward ws weights --device cuda
 """
@@ -27,9 +28,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import peak_gib as _peak_gib, sync as _sync  # noqa: E402
 from v2s_nb.stylegan3 import (GraphedSynthesis, GraphedTrainingSynthesis, build_generator, fast_config,  # noqa: E402
-                               tiny_generator)
+                               fast_ops, tiny_generator)
 
 
+def codes_tiles(entries):
+    """``--codes-tiles`` entries 'UP:EDGE' -> {(torch.float16, UP): (EDGE,)} for fast_ops.CODES_TILES."""
+    tiles = {}
+    for entry in entries:
+        try:
+            up, edge = (int(v) for v in entry.split(":"))
+        except ValueError:
+            raise ValueError(f"{entry!r}: give the upsampling factor and the tile edge as UP:EDGE, e.g. 2:64") from None
+        if up not in (2, 4) or edge not in (64, 128):
+            raise ValueError(f"{entry!r}: the layers upsample by 2 or 4, and the tiles are 64 or 128 wide")
+        tiles[(torch.float16, up)] = (edge,)
+    return tiles
 
 
 def bench_one(G, batch, dtype, device, iters, warmup, backward=False, impl=None):
@@ -133,6 +146,9 @@ def main(argv=None):
     p.add_argument("--json", help="append results as JSON lines to this file")
     p.add_argument("--fast", nargs="+", default=[], metavar="NAME=VALUE",
                    help="fast_config knobs for this run, e.g. use_fused=0 chunk_mb=256 (see its docstring)")
+    p.add_argument("--codes-tiles", nargs="+", default=[], metavar="UP:EDGE",
+                   help="the derivative codes' kernels on the fp16 layers of that upsampling factor on tiles of that "
+                        "edge (fast_ops.CODES_TILES), e.g. 2:64 4:64")
     args = p.parse_args(argv)
     try:
         settings = fast_settings(args.fast)
@@ -141,6 +157,12 @@ def main(argv=None):
         p.error(f"--fast: {e}")
     if settings:
         print(f"# fast_config: {fast_config.current()}")
+    try:
+        fast_ops.CODES_TILES.update(codes_tiles(args.codes_tiles))
+    except ValueError as e:
+        p.error(f"--codes-tiles: {e}")
+    if args.codes_tiles:
+        print(f"# fast_ops.CODES_TILES: {fast_ops.CODES_TILES}")
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     modes = args.modes or (["ws"] if args.backward else ["forward"])

@@ -4,6 +4,7 @@ whole training step.
     python benchmarks/bench_lrelu_backward.py --cfg R T --batch 8 --dtype mixed
     python benchmarks/bench_lrelu_backward.py --cfg T --batch 8 --variants --steps 1 8
     python benchmarks/bench_lrelu_backward.py --cfg T R --batch 8 --codes
+    python benchmarks/bench_lrelu_backward.py --cfg T R --batch 8 --codes --codes-tiles 64
 
 Per layer: milliseconds of ``fast_ops.fused_filtered_lrelu_backward`` on the layer's real input (captured from one
 forward pass of ``G.synthesis`` under autograd, with the demodulation as the kernel's input gain) and a random
@@ -12,7 +13,9 @@ variant's largest difference from the default's input gradient (relative to its 
 the inference forward, the training forward that stores the activation's derivative codes
 (``fast_ops.forward_with_codes``) and the backward from them, per layer (the codes path costs training + from
 codes, the recomputing one forward + the default backward; every layer is timed both ways, whichever it takes),
-and the backward from codes in the other order of its window products (``fast_ops.CODES_COLS_FIRST`` flipped). ``--steps``:
+and the backward from codes in the other order of its window products (``fast_ops.CODES_COLS_FIRST`` flipped).
+``--codes-tiles 64``: the training forward and the backward from codes on 64-wide tiles as well (``fast_ops.CODES_TILES``),
+with their d x difference from the code's tiles. ``--steps``:
 batch sizes for which the whole forward / forward+backward (w.r.t. ws and w.r.t. weights) is then timed
 (bench_generator's timing).
 """
@@ -55,12 +58,16 @@ def capture_lrelu_inputs(G, batch, force_fp32):
     return calls
 
 
-def codes_row(call, gy):
+def codes_row(call, gy, tiles=None):
     """(inference forward ms, training forward ms, codes backward ms, the codes backward in the other order of its
     products ms (``fast_ops.CODES_COLS_FIRST`` flipped), that order's largest d x difference relative to the largest
     value) of one layer's activation (small planes included, where the code keeps no codes), or None where
-    forward_with_codes can't run (radial filters beyond MAX_RANK)."""
+    forward_with_codes can't run (radial filters beyond MAX_RANK). ``tiles``: the codes kernels on tiles of that
+    edge (``fast_ops.CODES_TILES`` for this layer) instead of the code's."""
     x, b, g, fu, fd, up, down, padding, gain, slope, clamp = call
+    if tiles:
+        with fast_ops_settings(CODES_TILES={**fast_ops.CODES_TILES, (x.dtype, up): (tiles,)}):
+            return codes_row(call, gy)
     with fast_ops_settings(CODES_MIN_OUT=0):  # small planes too, for the comparison
         res = fast_ops.forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_gain=g)
         if res is None:
@@ -78,6 +85,21 @@ def codes_row(call, gy):
         with fast_ops_settings(CODES_COLS_FIRST=not fast_ops.CODES_COLS_FIRST):
             other, diff = cuda_ms(back_call), float((back_call()[0].float() - ref).abs().max() / ref.abs().max())
     return inference, train, back, other, diff
+
+
+def codes_on_tiles(call, gy, edge):
+    """(codes_row's times on ``edge``-wide tiles, their backward's largest d x difference from the backward on the
+    code's tiles relative to its largest value), for one layer."""
+    x, b, g, fu, fd, up, down, padding, gain, slope, clamp = call
+    d_x = []
+    for tiles in (None, edge):
+        with fast_ops_settings(CODES_MIN_OUT=0, CODES_TILES={**fast_ops.CODES_TILES, **(
+                {(x.dtype, up): (edge,)} if tiles else {})}):
+            out, codes = fast_ops.forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_gain=g)
+            d_x.append(fast_ops.backward_from_codes(codes, gy, x.shape, x.dtype, fu, fd, up, down, padding, gain,
+                                                    slope, x=x, in_gain=g)[0].float())
+    diff = float((d_x[1] - d_x[0]).abs().max() / d_x[0].abs().max())
+    return codes_row(call, gy, tiles=edge), diff
 
 
 F16, F32 = torch.float16, torch.float32
@@ -122,6 +144,9 @@ def main(argv=None):
     p.add_argument("--codes", action="store_true",
                    help="also per layer: the inference forward, the training forward that stores the derivative "
                         "codes and the backward from them (ms)")
+    p.add_argument("--codes-tiles", type=int, nargs="*", default=[], metavar="EDGE",
+                   help="also per layer: the training forward and the backward from codes on tiles of this edge "
+                        "(fast_ops.CODES_TILES), with the d x difference from the code's tiles")
     p.add_argument("--steps", type=int, nargs="*", default=[], help="batch sizes for the whole-step comparison")
     p.add_argument("--iters", type=int, default=5)
     args = p.parse_args(argv)
@@ -134,7 +159,8 @@ def main(argv=None):
             print(f"# {cfg} {args.resolution} batch {args.batch} {args.dtype}: backward ms per layer (max rel. diff "
                   f"of d x from the default)")
         codes_names = ["inference", "training", "from codes", "other order"]
-        totals = dict.fromkeys(args.variants + (codes_names if args.codes else []), 0.0)
+        totals = dict.fromkeys(args.variants + (codes_names if args.codes else [])
+                               + [f"{k} {e}" for e in args.codes_tiles for k in ("training", "from codes")], 0.0)
         for i, call in enumerate(calls):
             x = call[0]
             h_out, w_out = fast_ops._output_size(x.shape[2], x.shape[3], *call[3:8])
@@ -164,6 +190,15 @@ def main(argv=None):
                         totals[name] += ms
                     row.append("forward {:6.2f} training {:6.2f} from codes {:6.2f} (other order {:6.2f}, "
                                "d x diff {:.1e})".format(*times))
+            for edge in args.codes_tiles:
+                try:
+                    times, diff = codes_on_tiles(call, gy, edge)
+                except Exception as e:  # a tile that does not compile or run here: say so, go on
+                    row.append(f"tiles {edge} failed ({type(e).__name__})")
+                    continue
+                totals[f"training {edge}"] += times[1]
+                totals[f"from codes {edge}"] += times[2]
+                row.append(f"tiles {edge}: training {times[1]:6.2f} from codes {times[2]:6.2f} (d x diff {diff:.1e})")
             print(f"{i:2d} {tuple(x.shape)} {str(x.dtype)[6:]} up {call[5]} down {call[6]} | " + " | ".join(row),
                   flush=True)
         if calls:

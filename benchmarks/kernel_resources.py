@@ -11,7 +11,10 @@ kernel is compiled as :func:`v2s_nb.stylegan3.fast_ops.fused_filtered_lrelu_back
 snapshot's fp16 layers, float32 for the others) and ``cuobjdump -res-usage`` reads its registers per thread, stack
 (bytes spilled per thread) and static shared memory; Triton's dynamic shared memory is printed too. A kernel at 255
 registers runs one 8-warp program per SM; stack bytes are spills to local memory. Speed still has to be measured on
-the GPU (``bench_lrelu_backward.py``); this says which variants can be fast, between GPU runs.
+the GPU (``bench_lrelu_backward.py``); this says which variants can be fast, between GPU runs. The compiler's version
+matters (registers and spills differ between Triton releases): to see what the GPU machine's Triton makes of a kernel,
+put that release first on the path, e.g. ``pip install --no-deps --target /tmp/triton36 triton==3.6.0`` and
+``PYTHONPATH=/tmp/triton36 python benchmarks/kernel_resources.py ...``.
 """
 
 from __future__ import annotations
@@ -79,7 +82,10 @@ def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward", 
         signature.update({k: "fp32" for k in ("gain", "slope", "clamp")})
         extra = dict(HAS_GAIN=True)
     signature["BO"] = "i32"
-    window = fast_ops.codes_window(plan) if kernel != "backward" else dict(KJX=plan["kjx"], KJY=plan["kjy"])
+    if kernel == "backward":
+        window = dict(KJX=plan["kjx"], KJY=plan["kjy"])
+    else:
+        window = fast_ops.codes_window(plan, dtype, layer.up_factor)
     constants = dict(UP=layer.up_factor, DOWN=layer.down_factor, R=plan["r"], **window, BU=tile, BOP=plan["bop"],
                      PRECISION=plan["precision"], **extra, SPLIT=split)
     if kernel == "codes":
@@ -119,7 +125,10 @@ def main(argv=None):
         p.error("--variants: each as tile:row_blocks:warps, e.g. 128:1:8")
     if args.cols_first and args.kernel != "codes":
         p.error("--cols-first is an order of the codes kernel: add --kernel codes")
-    print(f"# {args.kernel} kernel{' (COLS_FIRST)' if args.cols_first else ''}, sm_{args.arch}: registers / stack (spilled bytes) per thread / Triton shared KiB")
+    import triton
+
+    print(f"# {args.kernel} kernel{' (COLS_FIRST)' if args.cols_first else ''}, sm_{args.arch}, Triton "
+          f"{triton.__version__}: registers / stack (spilled bytes) per thread / Triton shared KiB")
     for cfg in args.cfg:
         # Channel counts don't enter the kernel: a narrow copy of the architecture has the same layers' filters.
         G = build_generator(cfg, resolution=args.resolution, channel_scale=1 / 16, seed=0)

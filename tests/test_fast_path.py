@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import mapped_ws, requires_cuda
-from v2s_nb.stylegan3 import build_generator, fast_config, ops, set_input_transform, tiny_generator
+from v2s_nb.stylegan3 import build_generator, fast_config, fast_ops, ops, set_input_transform, tiny_generator
 
 
 
@@ -101,13 +101,20 @@ def test_weight_gradients_through_fast_path(cfg):
 
 
 @requires_cuda
-@pytest.mark.parametrize("cfg, saved_codes", [("R", False), ("T", False), ("R", True), ("T", True)])
-def test_gradients_through_fast_path_mixed_precision(cfg, saved_codes, monkeypatch):
+@pytest.mark.parametrize("cfg, saved_codes, codes_tile", [("R", False, None), ("T", False, None), ("R", True, None),
+                                                        ("T", True, None), ("R", True, 64), ("T", True, 64)])
+def test_gradients_through_fast_path_mixed_precision(cfg, saved_codes, codes_tile, monkeypatch):
     """The snapshot's fp16 layers in fp16: with a loss scale (as the optimisers use, through
     v2s_nb.method.loss_scale) the fast path's gradients are as close to float32's as the plain path's; with the
-    backward recomputing the activation's derivative and reading it from the training forward's codes."""
+    backward recomputing the activation's derivative and reading it from the training forward's codes (codes_tile:
+    the codes kernels on tiles of that edge on every fp16 layer, fast_ops.CODES_TILES)."""
     torch.backends.cudnn.allow_tf32 = False
     monkeypatch.setattr(fast_config, "_current", fast_config._changed(dict(saved_codes=saved_codes)))
+    tiles = []
+    if codes_tile:
+        monkeypatch.setattr(fast_ops, "CODES_TILES", {(torch.float16, up): (codes_tile,) for up in (2, 4)})
+        monkeypatch.setattr(fast_ops, "forward_with_codes", lambda *a, f=fast_ops.forward_with_codes, **k: (
+            lambda r: tiles.append(None if r is None else r[1].shape[-2]) or r)(f(*a, **k)))
     G = build_generator(cfg, resolution=256, device="cuda", seed=0)
     ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0)).to("cuda"), None)
 
@@ -125,6 +132,8 @@ def test_gradients_through_fast_path_mixed_precision(cfg, saved_codes, monkeypat
     err_fast = float((fast - ref).norm() / ref.norm())
     err_plain = float((plain - ref).norm() / ref.norm())
     assert err_fast < max(2 * err_plain, 5e-3) and err_fast < 2e-2, (scale, err_fast, err_plain)
+    if codes_tile:  # the fp16 layers with codes ran on those tiles
+        assert set(tiles) - {None} == {codes_tile}, tiles
 
 
 @requires_cuda
@@ -526,6 +535,29 @@ def test_fast_ops_follow_the_config(monkeypatch):
     for allowed, expected in ((True, "bf16x3" if fast_ops.BF16X3 else "tf32x3"), (False, "tf32x3")):
         with fast_config.override(bf16x3=allowed):
             assert fast_ops._forward_precision(torch.float32) == expected
+
+
+def test_codes_tiles_and_windows_follow_the_settings(monkeypatch):
+    """The codes kernels' tiles (fast_ops.CODES_TILES per dtype and upsampling, else the backward's for fp16, 64 for
+    float32) and their window blocks: T's 2x layer on 128-wide tiles as 64 + 16 of its window in either dtype; on
+    64-wide ones 32 + 16 in fp16 (CODES_BLOCK_WINDOWS), whole in float32."""
+    from v2s_nb.stylegan3 import fast_ops
+
+    L = build_generator("T", resolution=1024, channel_scale=1 / 16, seed=0).synthesis.L11_1044_3
+    args = (L.up_filter, L.down_filter, L.up_factor, L.down_factor, L.padding)
+    f16, f32 = torch.float16, torch.float32
+    assert fast_ops._codes_tiles(f16, 2, 1044, 1044) == fast_ops.BACKWARD_TILES
+    assert fast_ops._codes_tiles(f32, 2, 1044, 1044) == fast_ops.CODES_FLOAT32_TILES
+    monkeypatch.setattr(fast_ops, "CODES_TILES", {(f16, 2): (64,)})
+    assert fast_ops._codes_tiles(f16, 2, 1044, 1044) == (64,) and fast_ops._codes_tiles(f16, 4, 1044, 1044) != (64,)
+    windows = {}
+    for dtype in (f16, f32):
+        for bu in (64, 128):
+            plan = fast_ops._fused_plan(*args, dtype, torch.device("cpu"), bu)
+            w = fast_ops.codes_window(plan, dtype, 2)
+            windows[dtype, bu] = (w["KAX"], w["KBX"], w["KAY"], w["KBY"])
+    assert windows[f16, 128] == windows[f32, 128] == (64, 16, 64, 16)
+    assert windows[f16, 64] == (32, 16, 32, 16) and windows[f32, 64] == (64, 0, 64, 0)
 
 
 @pytest.mark.parametrize("cfg", ["R", "T"])

@@ -208,3 +208,44 @@ def test_single_term_forms_match_the_general_ones(monkeypatch):
     assert ups == {2, 4}
     assert counts["single"] >= 2 and counts["single_unmasked"] >= 1  # interior tiles ran without bounds tests
     assert counts["dense_unmasked"] >= 1
+
+
+@pytest.mark.parametrize("cfg, tile", [("T", 64), ("T", 128), ("R", 64)])
+def test_fp16_codes_give_the_float32_gradients(cfg, tile, monkeypatch):
+    """fp16 layers of T and R (radial down-filters: 2-3 separable terms), a 2x and a 4x one, through the training forward and the backward from its codes on
+    ``tile``-wide tiles (fast_ops.CODES_TILES; on 64-wide 2x tiles the window in blocks, 32 + 16 of 64:
+    CODES_BLOCK_WINDOWS): output and gradients (input, bias, input gain) as close to float32 autograd through the
+    plain operator as the recomputing backward's (fp16 storage and products: up to 1.2e-2 relative, the bias'
+    gradient), and the codes' tiles are the ones asked for."""
+    monkeypatch.setattr(fast_ops, "CODES_TILES", {(torch.float16, up): (tile,) for up in (2, 4)})
+    monkeypatch.setattr(fast_ops, "CODES_MIN_OUT", 0)
+    G = build_generator(cfg, resolution=256, channel_scale=0.0625, seed=0)
+    syn = G.synthesis
+    gen = torch.Generator().manual_seed(3)
+    ups = set()
+    for name in (syn.layer_names[10], syn.layer_names[11]):
+        L = getattr(syn, name)
+        h = int(L.in_size[0]) + 2
+        y = torch.randn(1, 2, h, h, generator=gen).half()
+        g = torch.rand(1, 2, generator=gen) + 0.5
+        b = torch.randn(2, generator=gen) * 0.5
+        spec = (L.up_filter, L.down_filter, b, L.up_factor, L.down_factor, L.padding, 2 ** 0.5, 0.2, 256.0)
+        out, codes = fast_ops.forward_with_codes(y, *spec, in_gain=g)
+        assert codes.shape[-2:] == (tile, tile // 4)
+        yd, bd, gd = y.float().requires_grad_(True), b.clone().requires_grad_(True), g.clone().requires_grad_(True)
+        ref = ops.filtered_lrelu(yd * gd[:, :, None, None], L.up_filter, L.down_filter, bd, up=L.up_factor,
+                                 down=L.down_factor, padding=L.padding, gain=2 ** 0.5, slope=0.2, clamp=256.0)
+        gy = torch.randn(ref.shape, generator=gen)
+        expected = torch.autograd.grad(ref, (yd, bd, gd), gy)
+        got = fast_ops.backward_from_codes(codes, gy.half(), y.shape, y.dtype, *spec[:2], *spec[3:8], x=y, in_gain=g)
+        assert _relative(out.float(), ref.detach()) < 1e-2
+        recomputed = fast_ops.fused_filtered_lrelu_backward(y, *spec, gy.half(), in_gain=g)  # 128-wide tiles
+        for r, e, f in zip(got, expected, recomputed):
+            r, f = r.float(), f.float()
+            if tile == 128:  # the same tiles and products as the recomputing backward: its values bit for bit
+                assert torch.equal(r, f), name
+            else:  # 64-wide tiles: other rounding (measured up to 1.2e-3), as close to float32 as the 128-wide ones
+                assert float((r - f).norm() / f.norm()) < 3e-3, name
+            assert float((r - e).norm() / e.norm()) <= 1.2 * float((f - e).norm() / e.norm()) + 1e-4, name
+        ups.add(L.up_factor)
+    assert ups == {2, 4}

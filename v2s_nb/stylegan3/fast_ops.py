@@ -503,17 +503,28 @@ if HAVE_TRITON:
         return tl.where(tl.abs(a) <= clamp, (u >= 0).to(tl.int32), 2)
 
     @triton.jit
+    def _code_shifts(BU: tl.constexpr):
+        """Where column c's 2-bit code sits in its byte (:func:`_pack_codes`): bit 2 (c % 2) + 4 ((c // 8) % 2)."""
+        c = tl.arange(0, BU)
+        return 2 * (c % 2) + 4 * ((c // 8) % 2)
+
+    @triton.jit
     def _pack_codes(codes, ROWS: tl.constexpr, BU: tl.constexpr):
-        """[ROWS, BU] 2-bit codes -> [ROWS, BU // 4] bytes, column c in bits 2 (c % 4) of byte c // 4."""
-        shifted = codes << (2 * (tl.arange(0, BU) % 4))[None, :]
-        return tl.sum(tl.reshape(shifted, [ROWS, BU // 4, 4]), axis=2).to(tl.uint8)
+        """[ROWS, BU] 2-bit codes -> [ROWS, BU // 4] bytes. Byte 4 g + k of a row holds columns 16 g + 2 k + {0, 1}
+        and 16 g + 8 + 2 k + {0, 1}: the four values one thread holds of a tensor-core product's result (pairs of
+        adjacent columns, every 8th column in the same thread), so packing and unpacking need no exchange between
+        threads."""
+        shifted = codes << _code_shifts(BU)[None, :]
+        parts = tl.reshape(shifted, [ROWS, BU // 16, 2, 4, 2])  # column 16 g + 8 h + 2 k + p -> (g, h, k, p)
+        return tl.reshape(tl.sum(tl.sum(parts, axis=4), axis=2), [ROWS, BU // 4]).to(tl.uint8)
 
     @triton.jit
     def _unpacked_derivative(packed, gain, slope, ROWS: tl.constexpr, BU: tl.constexpr):
         """[ROWS, BU // 4] bytes from :func:`_pack_codes` -> the derivative [ROWS, BU] float32 (gain, gain * slope
         or 0)."""
-        wide = tl.reshape(tl.broadcast_to(packed.to(tl.int32)[:, :, None], [ROWS, BU // 4, 4]), [ROWS, BU])
-        code = (wide >> (2 * (tl.arange(0, BU) % 4))[None, :]) & 3
+        bytes5 = tl.reshape(packed.to(tl.int32), [ROWS, BU // 16, 1, 4, 1])
+        wide = tl.reshape(tl.broadcast_to(bytes5, [ROWS, BU // 16, 2, 4, 2]), [ROWS, BU])
+        code = (wide >> _code_shifts(BU)[None, :]) & 3
         return tl.where(code == 1, gain, tl.where(code == 0, gain * slope, 0.0))
 
     @triton.jit
@@ -1177,12 +1188,13 @@ def _output_size(h, w, fu, fd, up, down, padding):
     return ((h * up + py0 + py1 - taps_u + 1 - k) // down + 1, (w * up + px0 + px1 - taps_u + 1 - k) // down + 1)
 
 
-def _tile_plans(fu, fd, up, down, padding, x, tiles, h_out, w_out):
+def _tile_plans(fu, fd, up, down, padding, x, tiles, h_out, w_out, small_fp16=False):
     """(tile edge, plan, grid) for each tile edge the backward tries in turn (the next one after a compile that ran
-    out of shared memory); nothing where the down-filter has no plan. fp16 skips tiles under 128: on 64-wide tiles
-    the whole-window products gave NaNs and wrong values (Triton 3.6 on Hopper)."""
+    out of shared memory); nothing where the down-filter has no plan. fp16 skips tiles under 128 (unless
+    ``small_fp16``: the codes kernels where :data:`CODES_TILES` asks for them): on 64-wide tiles the recomputing
+    backward's whole-window products gave NaNs and wrong values (Triton 3.6 on Hopper)."""
     for bu in tiles:
-        if x.dtype == torch.float16 and bu < 128:
+        if x.dtype == torch.float16 and bu < 128 and not small_fp16:
             continue
         plan = _fused_plan(fu, fd, up, down, padding, x.dtype, x.device, bu)
         if plan is None:
@@ -1493,15 +1505,16 @@ def forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_g
     g = _per_plane(in_gain, n, c, x.device)
     split, warps = _codes_launch(x.dtype, up, forward=True)
     out = torch.empty((n, c, h_out, w_out), dtype=x.dtype, device=x.device)
-    for bu, plan, grid in _tile_plans(fu, fd, up, down, padding, x, _codes_tiles(x.dtype, h_out, w_out), h_out,
-                                      w_out):
+    tiles = _codes_tiles(x.dtype, up, h_out, w_out)
+    for bu, plan, grid in _tile_plans(fu, fd, up, down, padding, x, tiles, h_out, w_out,
+                                      small_fp16=(x.dtype, up) in CODES_TILES):
         codes = torch.empty((n, c, grid[1], grid[2], bu, bu // 4), dtype=torch.uint8, device=x.device)
         try:
             _fused_train_kernel[grid](x, bias, g if g is not None else bias, plan["ax"], plan["ay"], plan["dx"],
                                       plan["dy"], out, codes, h, w, h_out, w_out, c, plan["jshift_y"],
                                       plan["jshift_x"], float(gain), float(slope), float(clamp), plan["bo"], UP=up,
-                                      DOWN=down, R=plan["r"], **codes_window(plan), BU=bu, BOP=plan["bop"],
-                                      PRECISION=plan["precision"], HAS_GAIN=g is not None, SPLIT=split,
+                                      DOWN=down, R=plan["r"], **codes_window(plan, x.dtype, up), BU=bu,
+                                      BOP=plan["bop"], PRECISION=plan["precision"], HAS_GAIN=g is not None, SPLIT=split,
                                       num_warps=warps)
         except triton.runtime.errors.OutOfResources:
             continue
@@ -1512,20 +1525,30 @@ def forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_g
 # The training forward's tiles for float32 planes: 64 wide only. On 128-wide ones the codes backward wants more shared
 # memory than Hopper GPUs have where the forward fits, and it must use the forward's tiles.
 CODES_FLOAT32_TILES = (64,)
+# The codes kernels' tile edges per (dtype, up) where they differ from :func:`_codes_tiles`' rule, tried in turn. A
+# 64-wide tile on the fp16 2x layers (window 32 + 16 of 64, 27 outputs a side) multiplies about 0.7x the zeros per
+# output of the 128-wide one (window 64 + 16, 59 a side), as the inference forward's 64-wide form does; compiled for
+# sm_90 with no spill (benchmarks/kernel_resources.py), not yet timed: bench_lrelu_backward.py --codes-tiles 64.
+CODES_TILES = {}
+# (dtype, up) whose codes kernels take a window of 64 or less in blocks too (32 + 16 of 64 on 64-wide 2x tiles); the
+# float32 kernels spill that way (kernel_resources.py), and the 4x layers' backward did.
+CODES_BLOCK_WINDOWS = {(torch.float16, 2)}
 
 
-def _codes_tiles(dtype, h_out, w_out):
-    """The tile edges the training forward tries in turn: the backward's for fp16, :data:`CODES_FLOAT32_TILES` for
-    float32."""
+def _codes_tiles(dtype, up, h_out, w_out):
+    """The tile edges the training forward tries in turn: :data:`CODES_TILES` where it names the layer, else the
+    backward's for fp16, :data:`CODES_FLOAT32_TILES` for float32."""
+    if (dtype, up) in CODES_TILES:
+        return CODES_TILES[(dtype, up)]
     return _backward_tiles(h_out, w_out) if dtype == torch.float16 else CODES_FLOAT32_TILES
 
 
-def codes_window(plan):
+def codes_window(plan, dtype, up):
     """The window blocks of :func:`_fused_backward_codes_kernel` and :func:`_fused_train_kernel` (KAX, KBX, KAY,
-    KBY): windows over 64 (2x layers' 128 for 72 used) as their used part's power-of-two block plus a remainder
-    (fewer multiply-adds, and the backward's sums stay within the registers); smaller ones whole (split, the 4x
-    layers' backward spilled: benchmarks/kernel_resources.py)."""
-    if plan["kjx"] <= 64 and plan["kjy"] <= 64:
+    KBY): windows over 64 (2x layers' 128 for 72 used), and those of :data:`CODES_BLOCK_WINDOWS` layers, as their
+    used part's power-of-two block plus a remainder (fewer multiply-adds, and the backward's sums stay within the
+    registers); others whole (split, the 4x layers' backward spilled: benchmarks/kernel_resources.py)."""
+    if plan["kjx"] <= 64 and plan["kjy"] <= 64 and (dtype, up) not in CODES_BLOCK_WINDOWS:
         return dict(KAX=plan["kjx"], KBX=0, KAY=plan["kjy"], KBY=0)
     return dict(KAX=plan["kax"], KBX=plan["kbx"], KAY=plan["kay"], KBY=plan["kby"])
 
@@ -1550,7 +1573,7 @@ def backward_from_codes(codes, grad, size, dtype, fu, fd, up, down, padding, gai
         _fused_backward_codes_kernel[((n1 - n0) * c, codes.shape[2], codes.shape[3])](
             codes[n0:n1], grad[n0:n1], acc, plan["ax"], plan["ay"], plan["dx"], plan["dy"], h, w, h_out, w_out,
             plan["jshift_y"], plan["jshift_x"], plan["used_y"], plan["used_x"], float(gain), float(slope),
-            plan["bo"], UP=up, DOWN=down, R=plan["r"], **codes_window(plan), BU=bu, BOP=plan["bop"],
+            plan["bo"], UP=up, DOWN=down, R=plan["r"], **codes_window(plan, dtype, up), BU=bu, BOP=plan["bop"],
             PRECISION=plan["precision"], SCALE=dtype == torch.float16, SPLIT=split, COLS_FIRST=CODES_COLS_FIRST,
             num_warps=warps)
         return True
