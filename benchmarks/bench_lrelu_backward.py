@@ -13,7 +13,8 @@ variant's largest difference from the default's input gradient (relative to its 
 the inference forward, the training forward that stores the activation's derivative codes
 (``fast_ops.forward_with_codes``) and the backward from them, per layer (the codes path costs training + from
 codes, the recomputing one forward + the default backward; every layer is timed both ways, whichever it takes),
-and the backward from codes in the other order of its window products (``fast_ops.CODES_COLS_FIRST`` flipped).
+the backward from codes in the other order of its window products (``fast_ops.CODES_COLS_FIRST`` flipped) and the
+training forward with every tile masked (``fast_ops.TRAIN_INTERIOR_UNMASKED`` off).
 ``--codes-tiles 64``: the training forward and the backward from codes on 64-wide tiles as well (``fast_ops.CODES_TILES``),
 with their d x difference from the code's tiles. ``--steps``:
 batch sizes for which the whole forward / forward+backward (w.r.t. ws and w.r.t. weights) is then timed
@@ -61,7 +62,8 @@ def capture_lrelu_inputs(G, batch, force_fp32):
 def codes_row(call, gy, tiles=None):
     """(inference forward ms, training forward ms, codes backward ms, the codes backward in the other order of its
     products ms (``fast_ops.CODES_COLS_FIRST`` flipped), that order's largest d x difference relative to the largest
-    value) of one layer's activation (small planes included, where the code keeps no codes), or None where
+    value, the training forward with every tile masked ms (``fast_ops.TRAIN_INTERIOR_UNMASKED`` off)) of one layer's
+    activation (small planes included, where the code keeps no codes), or None where
     forward_with_codes can't run (radial filters beyond MAX_RANK). ``tiles``: the codes kernels on tiles of that
     edge (``fast_ops.CODES_TILES`` for this layer) instead of the code's."""
     x, b, g, fu, fd, up, down, padding, gain, slope, clamp = call
@@ -84,7 +86,10 @@ def codes_row(call, gy, tiles=None):
         back, ref = cuda_ms(back_call), back_call()[0].float()
         with fast_ops_settings(CODES_COLS_FIRST=not fast_ops.CODES_COLS_FIRST):
             other, diff = cuda_ms(back_call), float((back_call()[0].float() - ref).abs().max() / ref.abs().max())
-    return inference, train, back, other, diff
+        with fast_ops_settings(TRAIN_INTERIOR_UNMASKED=False):
+            masked = cuda_ms(lambda: fast_ops.forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp,
+                                                                 in_gain=g))
+    return inference, train, back, other, diff, masked
 
 
 def codes_on_tiles(call, gy, edge):
@@ -158,8 +163,8 @@ def main(argv=None):
         if calls:
             print(f"# {cfg} {args.resolution} batch {args.batch} {args.dtype}: backward ms per layer (max rel. diff "
                   f"of d x from the default)")
-        codes_names = ["inference", "training", "from codes", "other order"]
-        totals = dict.fromkeys(args.variants + (codes_names if args.codes else [])
+        codes_names = ["inference", "training", "from codes", "other order", None, "training masked"]
+        totals = dict.fromkeys(args.variants + ([k for k in codes_names if k] if args.codes else [])
                                + [f"{k} {e}" for e in args.codes_tiles for k in ("training", "from codes")], 0.0)
         for i, call in enumerate(calls):
             x = call[0]
@@ -187,9 +192,10 @@ def main(argv=None):
                     row.append("codes n/a")
                 else:
                     for name, ms in zip(codes_names, times):
-                        totals[name] += ms
+                        if name:
+                            totals[name] += ms
                     row.append("forward {:6.2f} training {:6.2f} from codes {:6.2f} (other order {:6.2f}, "
-                               "d x diff {:.1e})".format(*times))
+                               "d x diff {:.1e}; training all masked {:6.2f})".format(*times))
             for edge in args.codes_tiles:
                 try:
                     times, diff = codes_on_tiles(call, gy, edge)

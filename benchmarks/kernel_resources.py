@@ -44,10 +44,11 @@ def _cuobjdump():
 KERNELS = ("backward", "codes", "train")
 
 
-def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward", cols_first=False):
+def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward", cols_first=False, masked=True):
     """(registers, stack bytes, static shared bytes, Triton's shared bytes) of one of the activation's kernels for
     ``layer``: ``backward`` (recomputes the pre-activation), ``codes`` (the backward from stored derivative codes;
-    ``cols_first``: in its COLS_FIRST order), ``train`` (the training forward that stores them)."""
+    ``cols_first``: in its COLS_FIRST order), ``train`` (the training forward that stores them; ``masked`` False:
+    its interior tiles' form, without bounds tests)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -80,7 +81,9 @@ def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward", 
                      "codes_ptr": "*u8"}
         signature.update({k: "i32" for k in (*shape, "channels", "jshift_y", "jshift_x")})
         signature.update({k: "fp32" for k in ("gain", "slope", "clamp")})
-        extra = dict(HAS_GAIN=True)
+        extra = dict(HAS_GAIN=True, MASKED=masked)
+        signature.update(dict.fromkeys(("n_ty", "n_tx", "ty_off", "ty_split", "ty_jump", "tx_off", "tx_split",
+                                        "tx_jump"), "i32"))
     signature["BO"] = "i32"
     if kernel == "backward":
         window = dict(KJX=plan["kjx"], KJY=plan["kjy"])
@@ -90,8 +93,8 @@ def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward", 
                      PRECISION=plan["precision"], **extra, SPLIT=split)
     if kernel == "codes":
         constants["COLS_FIRST"] = cols_first
-    names = list(signature) + list(constants)
-    signature.update(dict.fromkeys(constants, "constexpr"))
+    names = fn.arg_names  # the kernel's parameters in order
+    signature = {k: "constexpr" if k in constants else signature[k] for k in names}
     src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constants.items()})
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -115,6 +118,9 @@ def main(argv=None):
                    help="tile:row_blocks:warps (the code runs 128:1:8 on fp16 2x layers in the recomputing backward "
                         "and 128:1:4 in the codes kernels, 128:2:4 on fp16 4x layers, 64:1:4 on the float32 layers' "
                         "small planes)")
+    p.add_argument("--unmasked", action="store_true",
+                   help="with --kernel train: its interior tiles' form (no bounds tests), as the code launches it for "
+                        "tiles whose window and output lie inside the plane")
     p.add_argument("--cols-first", action="store_true",
                    help="with --kernel codes: the kernel in its COLS_FIRST order (fast_ops.CODES_COLS_FIRST)")
     args = p.parse_args(argv)
@@ -125,6 +131,8 @@ def main(argv=None):
         p.error("--variants: each as tile:row_blocks:warps, e.g. 128:1:8")
     if args.cols_first and args.kernel != "codes":
         p.error("--cols-first is an order of the codes kernel: add --kernel codes")
+    if args.unmasked and args.kernel != "train":
+        p.error("--unmasked is a form of the training forward: add --kernel train")
     import triton
 
     print(f"# {args.kernel} kernel{' (COLS_FIRST)' if args.cols_first else ''}, sm_{args.arch}, Triton "
@@ -140,7 +148,7 @@ def main(argv=None):
             for tile, split, warps in variants:
                 try:
                     regs, stack, _, shared = compile_backward(layer, dtype, tile, split, warps, args.arch,
-                                                                 args.kernel, args.cols_first)
+                                                                 args.kernel, args.cols_first, not args.unmasked)
                     row.append(f"{tile}:{split}:{warps} {regs:3d}/{stack:4d}/{shared / 1024:5.1f}")
                 except Exception as e:  # a variant that does not compile: say so, go on
                     row.append(f"{tile}:{split}:{warps} failed ({type(e).__name__})")

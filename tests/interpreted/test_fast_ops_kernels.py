@@ -216,8 +216,12 @@ def test_fp16_codes_give_the_float32_gradients(cfg, tile, monkeypatch):
     ``tile``-wide tiles (fast_ops.CODES_TILES; on 64-wide 2x tiles the window in blocks, 32 + 16 of 64:
     CODES_BLOCK_WINDOWS): output and gradients (input, bias, input gain) as close to float32 autograd through the
     plain operator as the recomputing backward's (fp16 storage and products: up to 1.2e-2 relative, the bias'
-    gradient), and the codes' tiles are the ones asked for."""
+    gradient), and the codes' tiles are the ones asked for. The training forward's interior tiles ran without
+    bounds tests, with the output and codes of one all-masked launch (fast_ops.TRAIN_INTERIOR_UNMASKED off) bit
+    for bit."""
     monkeypatch.setattr(fast_ops, "CODES_TILES", {(torch.float16, up): (tile,) for up in (2, 4)})
+    counts = {}
+    monkeypatch.setattr(fast_ops, "_fused_train_kernel", CountedLaunches(fast_ops._fused_train_kernel, counts, "train"))
     monkeypatch.setattr(fast_ops, "CODES_MIN_OUT", 0)
     G = build_generator(cfg, resolution=256, channel_scale=0.0625, seed=0)
     syn = G.synthesis
@@ -232,6 +236,10 @@ def test_fp16_codes_give_the_float32_gradients(cfg, tile, monkeypatch):
         spec = (L.up_filter, L.down_filter, b, L.up_factor, L.down_factor, L.padding, 2 ** 0.5, 0.2, 256.0)
         out, codes = fast_ops.forward_with_codes(y, *spec, in_gain=g)
         assert codes.shape[-2:] == (tile, tile // 4)
+        with monkeypatch.context() as m:
+            m.setattr(fast_ops, "TRAIN_INTERIOR_UNMASKED", False)
+            masked = fast_ops.forward_with_codes(y, *spec, in_gain=g)
+        assert torch.equal(out, masked[0]) and torch.equal(codes, masked[1]), name
         yd, bd, gd = y.float().requires_grad_(True), b.clone().requires_grad_(True), g.clone().requires_grad_(True)
         ref = ops.filtered_lrelu(yd * gd[:, :, None, None], L.up_filter, L.down_filter, bd, up=L.up_factor,
                                  down=L.down_factor, padding=L.padding, gain=2 ** 0.5, slope=0.2, clamp=256.0)
@@ -249,3 +257,4 @@ def test_fp16_codes_give_the_float32_gradients(cfg, tile, monkeypatch):
             assert float((r - e).norm() / e.norm()) <= 1.2 * float((f - e).norm() / e.norm()) + 1e-4, name
         ups.add(L.up_factor)
     assert ups == {2, 4}
+    assert counts["train_unmasked"] >= 2  # interior tiles on both layers

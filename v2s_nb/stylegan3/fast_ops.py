@@ -110,11 +110,12 @@ if HAVE_TRITON:
 
     @triton.jit
     def _window(x_plane, h, w, jy0, jx0, g, bias, ROW0: tl.constexpr, NR: tl.constexpr, COL0: tl.constexpr,
-                NC: tl.constexpr, HAS_GAIN: tl.constexpr):
+                NC: tl.constexpr, HAS_GAIN: tl.constexpr, MASKED: tl.constexpr = True):
         """Input rows jy0+ROW0.. (NR of them) x columns jx0+COL0.. (NC) of the plane at ``x_plane``, times the
-        plane's gain g (if HAS_GAIN), plus the bias; zero outside the plane."""
-        v = _window_raw(x_plane, h, w, jy0, jx0, ROW0, NR, COL0, NC, True)
-        return _window_finish(v, h, w, jy0, jx0, g, bias, ROW0, NR, COL0, NC, HAS_GAIN, True)
+        plane's gain g (if HAS_GAIN), plus the bias; zero outside the plane (MASKED = False: the caller knows the
+        block lies inside it)."""
+        v = _window_raw(x_plane, h, w, jy0, jx0, ROW0, NR, COL0, NC, MASKED)
+        return _window_finish(v, h, w, jy0, jx0, g, bias, ROW0, NR, COL0, NC, HAS_GAIN, MASKED)
 
     @triton.jit
     def _up_rows(x_plane, ay_ptr, h, w, jy0, jx0, g, bias, COL0: tl.constexpr, NC: tl.constexpr,
@@ -532,16 +533,21 @@ if HAVE_TRITON:
                             w_out, channels, jshift_y, jshift_x, gain, slope, clamp, BO, UP: tl.constexpr,
                             DOWN: tl.constexpr, R: tl.constexpr, KAX: tl.constexpr, KBX: tl.constexpr,
                             KAY: tl.constexpr, KBY: tl.constexpr, BU: tl.constexpr, BOP: tl.constexpr,
-                            PRECISION: tl.constexpr, HAS_GAIN: tl.constexpr, SPLIT: tl.constexpr):
+                            PRECISION: tl.constexpr, HAS_GAIN: tl.constexpr, SPLIT: tl.constexpr, n_ty, n_tx,
+                            ty_off, ty_split, ty_jump, tx_off, tx_split, tx_jump, MASKED: tl.constexpr):
         """The filtered leaky ReLU of one output tile on the backward's tiles, which also stores the activation's
         derivative over the tile's upsampled [BU, BU] block as 2-bit codes (:func:`_derivative_codes`), four per
-        byte, at codes[plane, tile y, tile x] ([BU, BU // 4] bytes per tile): what
+        byte, at codes[plane, tile y, tile x] ([BU, BU // 4] bytes per tile; n_ty x n_tx tiles per plane): what
         :func:`_fused_backward_codes_kernel` reads instead of recomputing the pre-activation. The input window is
         taken in blocks as there (KAY + KBY rows, KAX + KBX columns: :func:`codes_window`), the upsampled block in
-        SPLIT row blocks."""
+        SPLIT row blocks. Tiles: program (p, i, j) runs tile row i + ty_off (+ ty_jump from i = ty_split on),
+        column likewise (:func:`_tile_launches`); MASKED = False for tiles whose window and output lie inside the
+        plane (no bounds tests, as the inference kernels' interior tiles)."""
         plane = tl.program_id(0).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
-        ty = tl.program_id(1)
-        tx = tl.program_id(2)
+        pid1 = tl.program_id(1)
+        pid2 = tl.program_id(2)
+        ty = pid1 + ty_off + tl.where(pid1 >= ty_split, ty_jump, 0)
+        tx = pid2 + tx_off + tl.where(pid2 >= tx_split, tx_jump, 0)
         oy0 = ty * BO
         ox0 = tx * BO
         jy0 = (oy0 * DOWN) // UP + jshift_y
@@ -551,22 +557,22 @@ if HAVE_TRITON:
         bias = tl.load(b_ptr + plane % channels)
         # Upsampling along x of the window's row blocks: t_a [KAY, BU], t_b [KBY, BU].
         ax_a = tl.load(ax_ptr + tl.arange(0, KAX)[:, None] * BU + tl.arange(0, BU)[None, :])
-        xw = _window(x_plane, h, w, jy0, jx0, pg, bias, 0, KAY, 0, KAX, HAS_GAIN)
+        xw = _window(x_plane, h, w, jy0, jx0, pg, bias, 0, KAY, 0, KAX, HAS_GAIN, MASKED)
         t_a = tl.dot(xw.to(ax_a.dtype), ax_a, input_precision=PRECISION)
         if KBX > 0:
             ax_b = tl.load(ax_ptr + (KAX + tl.arange(0, KBX))[:, None] * BU + tl.arange(0, BU)[None, :])
-            xw = _window(x_plane, h, w, jy0, jx0, pg, bias, 0, KAY, KAX, KBX, HAS_GAIN)
+            xw = _window(x_plane, h, w, jy0, jx0, pg, bias, 0, KAY, KAX, KBX, HAS_GAIN, MASKED)
             t_a += tl.dot(xw.to(ax_b.dtype), ax_b, input_precision=PRECISION)
         t_a = t_a.to(ax_a.dtype)
         if KBY > 0:
-            xw = _window(x_plane, h, w, jy0, jx0, pg, bias, KAY, KBY, 0, KAX, HAS_GAIN)
+            xw = _window(x_plane, h, w, jy0, jx0, pg, bias, KAY, KBY, 0, KAX, HAS_GAIN, MASKED)
             t_b = tl.dot(xw.to(ax_a.dtype), ax_a, input_precision=PRECISION)
             if KBX > 0:
-                xw = _window(x_plane, h, w, jy0, jx0, pg, bias, KAY, KBY, KAX, KBX, HAS_GAIN)
+                xw = _window(x_plane, h, w, jy0, jx0, pg, bias, KAY, KBY, KAX, KBX, HAS_GAIN, MASKED)
                 t_b += tl.dot(xw.to(ax_b.dtype), ax_b, input_precision=PRECISION)
             t_b = t_b.to(ax_a.dtype)
         lo = tl.arange(0, BOP)
-        tile = ((plane * tl.num_programs(1) + ty) * tl.num_programs(2) + tx) * (BU * (BU // 4))
+        tile = ((plane * n_ty + ty) * n_tx + tx) * (BU * (BU // 4))
         HB: tl.constexpr = BU // SPLIT
         acc = tl.zeros([BOP, BOP], dtype=tl.float32)
         for part in tl.static_range(SPLIT):
@@ -586,7 +592,7 @@ if HAVE_TRITON:
                 acc += tl.dot(dy, v.to(dy.dtype), input_precision=PRECISION)
         oy = oy0 + lo
         ox = ox0 + lo
-        keep = ((lo < BO) & (oy < h_out))[:, None] & ((lo < BO) & (ox < w_out))[None, :]
+        keep = _tile_keep(oy, ox, lo, BO, h_out, w_out, MASKED)
         tl.store(out_ptr + plane * h_out * w_out + oy[:, None] * w_out + ox[None, :],
                  acc.to(out_ptr.dtype.element_ty), mask=keep)
 
@@ -1118,7 +1124,8 @@ DENSE_MATS_FIRST = True
 DENSE_FIRST_WARPS = 8
 # Storage dtypes whose banded single-term layers run _fused_single_term_kernel (measured for fp16 only).
 SINGLE_TERM_DTYPES = (torch.float16,)
-# Bounds tests on every tile (for the tests: the interior tiles' unmasked form must give the same values).
+# Bounds tests on every tile, in the inference kernels and the training forward (for the tests: the interior tiles'
+# unmasked form must give the same values).
 ALWAYS_MASKED = False
 _fused_cache: dict = {}
 
@@ -1433,6 +1440,9 @@ CODES_COLS_FIRST = False
 # Planes with fewer output rows or columns keep no codes (:func:`forward_with_codes` declines): their few whole tiles'
 # codes outweigh the saved input there, and the backward gained little (docs/performance.md).
 CODES_MIN_OUT = 100
+# The training forward's interior tiles in a launch without bounds tests, as the inference kernels' (measured faster
+# there); not timed for this kernel yet: False launches every tile masked, the form before, to time both.
+TRAIN_INTERIOR_UNMASKED = True
 
 
 def _codes_launch(dtype, up, forward=False):
@@ -1509,13 +1519,21 @@ def forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_g
     for bu, plan, grid in _tile_plans(fu, fd, up, down, padding, x, tiles, h_out, w_out,
                                       small_fp16=(x.dtype, up) in CODES_TILES):
         codes = torch.empty((n, c, grid[1], grid[2], bu, bu // 4), dtype=torch.uint8, device=x.device)
+        window = codes_window(plan, x.dtype, up)
+        launches = _tile_launches(n * c, h, w, h_out, w_out, up, down, plan, window["KAY"] + window["KBY"],
+                                  window["KAX"] + window["KBX"])
+        if not TRAIN_INTERIOR_UNMASKED:  # one masked launch over all tiles
+            launches = [(grid, (0, 1 << 30, 0, 0, 1 << 30, 0), True)]
         try:
-            _fused_train_kernel[grid](x, bias, g if g is not None else bias, plan["ax"], plan["ay"], plan["dx"],
-                                      plan["dy"], out, codes, h, w, h_out, w_out, c, plan["jshift_y"],
-                                      plan["jshift_x"], float(gain), float(slope), float(clamp), plan["bo"], UP=up,
-                                      DOWN=down, R=plan["r"], **codes_window(plan, x.dtype, up), BU=bu,
-                                      BOP=plan["bop"], PRECISION=plan["precision"], HAS_GAIN=g is not None, SPLIT=split,
-                                      num_warps=warps)
+            for tgrid, tile_args, masked in launches:
+                _fused_train_kernel[tgrid](x, bias, g if g is not None else bias, plan["ax"], plan["ay"], plan["dx"],
+                                           plan["dy"], out, codes, h, w, h_out, w_out, c, plan["jshift_y"],
+                                           plan["jshift_x"], float(gain), float(slope), float(clamp), plan["bo"],
+                                           UP=up, DOWN=down, R=plan["r"], **window, BU=bu, BOP=plan["bop"],
+                                           PRECISION=plan["precision"], HAS_GAIN=g is not None, SPLIT=split,
+                                           n_ty=grid[1], n_tx=grid[2], ty_off=tile_args[0], ty_split=tile_args[1],
+                                           ty_jump=tile_args[2], tx_off=tile_args[3], tx_split=tile_args[4],
+                                           tx_jump=tile_args[5], MASKED=masked or ALWAYS_MASKED, num_warps=warps)
         except triton.runtime.errors.OutOfResources:
             continue
         return out, codes
