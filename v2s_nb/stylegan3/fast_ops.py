@@ -1503,9 +1503,10 @@ def forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_g
     ``codes`` (uint8 [N, C, tiles y, tiles x, BU, BU // 4]) holds the activation's derivative at every sample of
     each output tile's upsampled block, 2 bits each: what :func:`backward_from_codes` needs instead of ``x``. It
     is about 0.6 bytes per input sample for 2x layers (``x`` in fp16: 2), so a layer that keeps only the codes
-    saves memory as well as the backward's recomputation. The output is computed on the backward's tiles
-    (whole-window products, as :func:`fused_filtered_lrelu_backward` recomputes it, in its precision: float32 layers
-    in three-pass TF32, not the inference forward's bf16x3), equal to the inference kernels' to rounding."""
+    saves memory as well as the backward's recomputation. The output is computed on the backward's tiles, or
+    :data:`CODES_TILES`' (window products as :func:`fused_filtered_lrelu_backward` recomputes it, in its precision:
+    float32 layers in three-pass TF32, not the inference forward's bf16x3), equal to the inference kernels' to
+    rounding."""
     n, c, h, w = x.shape
     h_out, w_out = _output_size(h, w, fu, fd, up, down, padding)
     if min(h_out, w_out) < CODES_MIN_OUT:
