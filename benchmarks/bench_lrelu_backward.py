@@ -59,52 +59,61 @@ def capture_lrelu_inputs(G, batch, force_fp32):
     return calls
 
 
-def codes_row(call, gy, tiles=None):
-    """(inference forward ms, training forward ms, codes backward ms, the codes backward in the other order of its
-    products ms (``fast_ops.CODES_COLS_FIRST`` flipped), that order's largest d x difference relative to the largest
-    value, the training forward with every tile masked ms (``fast_ops.TRAIN_INTERIOR_UNMASKED`` off)) of one layer's
-    activation (small planes included, where the code keeps no codes), or None where
-    forward_with_codes can't run (radial filters beyond MAX_RANK). ``tiles``: the codes kernels on tiles of that
-    edge (``fast_ops.CODES_TILES`` for this layer) instead of the code's."""
+def _codes_path(call, gy):
+    """(training forward ms, backward from codes ms, a function running that backward) of one layer's activation
+    with fast_ops' present settings (small planes included), or None where forward_with_codes can't run (radial
+    filters beyond MAX_RANK)."""
     x, b, g, fu, fd, up, down, padding, gain, slope, clamp = call
-    if tiles:
-        with fast_ops_settings(CODES_TILES={**fast_ops.CODES_TILES, (x.dtype, up): (tiles,)}):
-            return codes_row(call, gy)
+
+    def train():
+        return fast_ops.forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_gain=g)
+
     with fast_ops_settings(CODES_MIN_OUT=0):  # small planes too, for the comparison
-        res = fast_ops.forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_gain=g)
+        res = train()
         if res is None:
             return None
         codes = res[1]
-        inference = cuda_ms(lambda: fast_ops.fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain,
-                                                                          slope, clamp, in_gain=g))
-        train = cuda_ms(lambda: fast_ops.forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp,
-                                                            in_gain=g))
+
         def back_call():
             return fast_ops.backward_from_codes(codes, gy, x.shape, x.dtype, fu, fd, up, down, padding, gain, slope,
                                                 x=x, in_gain=g)
 
-        back, ref = cuda_ms(back_call), back_call()[0].float()
-        with fast_ops_settings(CODES_COLS_FIRST=not fast_ops.CODES_COLS_FIRST):
-            other, diff = cuda_ms(back_call), float((back_call()[0].float() - ref).abs().max() / ref.abs().max())
-        with fast_ops_settings(TRAIN_INTERIOR_UNMASKED=False):
-            masked = cuda_ms(lambda: fast_ops.forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp,
-                                                                 in_gain=g))
+        return cuda_ms(train), cuda_ms(back_call), back_call
+
+
+def codes_row(call, gy):
+    """(inference forward ms, training forward ms, codes backward ms, the codes backward in the other order of its
+    products ms (``fast_ops.CODES_COLS_FIRST`` flipped), that order's largest d x difference relative to the largest
+    value, the training forward with every tile masked ms (``fast_ops.TRAIN_INTERIOR_UNMASKED`` off)) of one layer's
+    activation (small planes included, where the code keeps no codes), or None where forward_with_codes can't run."""
+    x, b, g, fu, fd, up, down, padding, gain, slope, clamp = call
+    timed = _codes_path(call, gy)
+    if timed is None:
+        return None
+    train, back, back_call = timed
+    inference = cuda_ms(lambda: fast_ops.fast_filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope,
+                                                                      clamp, in_gain=g))
+    ref = back_call()[0].float()
+    with fast_ops_settings(CODES_COLS_FIRST=not fast_ops.CODES_COLS_FIRST):
+        other, diff = cuda_ms(back_call), float((back_call()[0].float() - ref).abs().max() / ref.abs().max())
+    with fast_ops_settings(TRAIN_INTERIOR_UNMASKED=False):
+        masked = _codes_path(call, gy)[0]
     return inference, train, back, other, diff, masked
 
 
 def codes_on_tiles(call, gy, edge):
-    """(codes_row's times on ``edge``-wide tiles, their backward's largest d x difference from the backward on the
-    code's tiles relative to its largest value), for one layer."""
-    x, b, g, fu, fd, up, down, padding, gain, slope, clamp = call
-    d_x = []
-    for tiles in (None, edge):
-        with fast_ops_settings(CODES_MIN_OUT=0, CODES_TILES={**fast_ops.CODES_TILES, **(
-                {(x.dtype, up): (edge,)} if tiles else {})}):
-            out, codes = fast_ops.forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_gain=g)
-            d_x.append(fast_ops.backward_from_codes(codes, gy, x.shape, x.dtype, fu, fd, up, down, padding, gain,
-                                                    slope, x=x, in_gain=g)[0].float())
-    diff = float((d_x[1] - d_x[0]).abs().max() / d_x[0].abs().max())
-    return codes_row(call, gy, tiles=edge), diff
+    """(training forward ms, backward from codes ms, that backward's largest d x difference from the backward on the
+    code's tiles relative to its largest value) of one layer with its codes kernels on ``edge``-wide tiles
+    (``fast_ops.CODES_TILES``), or None where forward_with_codes can't run."""
+    x, up = call[0], call[5]
+    ref = _codes_path(call, gy)
+    with fast_ops_settings(CODES_TILES={**fast_ops.CODES_TILES, (x.dtype, up): (edge,)}):
+        timed = _codes_path(call, gy)
+        if ref is None or timed is None:
+            return None
+        d_x = timed[2]()[0].float()
+    d_ref = ref[2]()[0].float()
+    return timed[0], timed[1], float((d_x - d_ref).abs().max() / d_ref.abs().max())
 
 
 F16, F32 = torch.float16, torch.float32
@@ -198,13 +207,16 @@ def main(argv=None):
                                "d x diff {:.1e}; training all masked {:6.2f})".format(*times))
             for edge in args.codes_tiles:
                 try:
-                    times, diff = codes_on_tiles(call, gy, edge)
+                    res = codes_on_tiles(call, gy, edge)
                 except Exception as e:  # a tile that does not compile or run here: say so, go on
                     row.append(f"tiles {edge} failed ({type(e).__name__})")
                     continue
-                totals[f"training {edge}"] += times[1]
-                totals[f"from codes {edge}"] += times[2]
-                row.append(f"tiles {edge}: training {times[1]:6.2f} from codes {times[2]:6.2f} (d x diff {diff:.1e})")
+                if res is None:
+                    row.append(f"tiles {edge} n/a")
+                    continue
+                totals[f"training {edge}"] += res[0]
+                totals[f"from codes {edge}"] += res[1]
+                row.append("tiles {}: training {:6.2f} from codes {:6.2f} (d x diff {:.1e})".format(edge, *res))
             print(f"{i:2d} {tuple(x.shape)} {str(x.dtype)[6:]} up {call[5]} down {call[6]} | " + " | ".join(row),
                   flush=True)
         if calls:

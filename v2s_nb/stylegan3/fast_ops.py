@@ -1217,16 +1217,17 @@ def _interior_tiles(n_tiles, bo, down, up, jshift, window, n_in, n_out):
     return (inside[0], inside[-1] + 1) if inside else (0, 0)
 
 
-def _tile_launches(planes, h, w, h_out, w_out, up, down, plan, window_y, window_x):
+def _tile_launches(planes, h, w, h_out, w_out, up, down, plan, window_y, window_x, interior=True):
     """Launches covering every output tile once: (grid, tile-index arguments, masked). The interior tiles (see
     :func:`_interior_tiles`) go in one launch without bounds tests; the rows of tiles above and below it in one
-    masked launch, the tiles left and right of it in another. The index arguments (off, split, jump) per axis map
-    program index i to tile i + off, plus jump from i = split on."""
+    masked launch, the tiles left and right of it in another (``interior`` False: all tiles in one masked launch).
+    The index arguments (off, split, jump) per axis map program index i to tile i + off, plus jump from i = split
+    on."""
     bo = plan["bo"]
     n_ty, n_tx = _cdiv(h_out, bo), _cdiv(w_out, bo)
     ty0, ty1 = _interior_tiles(n_ty, bo, down, up, plan["jshift_y"], window_y, h, h_out)
     tx0, tx1 = _interior_tiles(n_tx, bo, down, up, plan["jshift_x"], window_x, w, w_out)
-    if ty0 == ty1 or tx0 == tx1:
+    if ty0 == ty1 or tx0 == tx1 or not interior:
         ty0 = ty1 = tx0 = tx1 = 0
     never = 1 << 30
     launches = []
@@ -1522,9 +1523,7 @@ def forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_g
         codes = torch.empty((n, c, grid[1], grid[2], bu, bu // 4), dtype=torch.uint8, device=x.device)
         window = codes_window(plan, x.dtype, up)
         launches = _tile_launches(n * c, h, w, h_out, w_out, up, down, plan, window["KAY"] + window["KBY"],
-                                  window["KAX"] + window["KBX"])
-        if not TRAIN_INTERIOR_UNMASKED:  # one masked launch over all tiles
-            launches = [(grid, (0, 1 << 30, 0, 0, 1 << 30, 0), True)]
+                                  window["KAX"] + window["KBX"], interior=TRAIN_INTERIOR_UNMASKED)
         try:
             for tgrid, tile_args, masked in launches:
                 _fused_train_kernel[tgrid](x, bias, g if g is not None else bias, plan["ax"], plan["ay"], plan["dx"],
