@@ -140,6 +140,19 @@ def fast_ops_settings(**settings):
             setattr(fast_ops, k, v)
 
 
+def _tried(row, label, run):
+    """run()'s result, or None after noting in ``row`` why there is none: '<label> failed (<exception type>)' where
+    it does not compile or run here (the benchmark goes on), '<label> n/a' where it returned None."""
+    try:
+        res = run()
+    except Exception as e:  # noqa: BLE001 - any failure of one variant is reported, not fatal
+        row.append(f"{label} failed ({type(e).__name__})")
+        return None
+    if res is None:
+        row.append(f"{label} n/a")
+    return res
+
+
 def run_variant(name, args, gy):
     x, b, g, fu, fd, up, down, padding, gain, slope, clamp = args
     with fast_ops_settings(**VARIANTS[name]):
@@ -182,13 +195,8 @@ def main(argv=None):
             ref = run_variant("default", call, gy)
             row = []
             for name in args.variants:
-                try:
-                    res = run_variant(name, call, gy)
-                except Exception as e:  # a variant that does not compile or run here: say so, go on
-                    row.append(f"{name} failed ({type(e).__name__})")
-                    continue
+                res = _tried(row, name, lambda: run_variant(name, call, gy))
                 if res is None:
-                    row.append(f"{name} n/a")
                     continue
                 ms = cuda_ms(lambda: run_variant(name, call, gy), reps=args.iters)
                 totals[name] += ms
@@ -206,13 +214,8 @@ def main(argv=None):
                     row.append("forward {:6.2f} training {:6.2f} from codes {:6.2f} (other order {:6.2f}, "
                                "d x diff {:.1e}; training all masked {:6.2f})".format(*times))
             for edge in args.codes_tiles:
-                try:
-                    res = codes_on_tiles(call, gy, edge)
-                except Exception as e:  # a tile that does not compile or run here: say so, go on
-                    row.append(f"tiles {edge} failed ({type(e).__name__})")
-                    continue
+                res = _tried(row, f"tiles {edge}", lambda: codes_on_tiles(call, gy, edge))
                 if res is None:
-                    row.append(f"tiles {edge} n/a")
                     continue
                 totals[f"training {edge}"] += res[0]
                 totals[f"from codes {edge}"] += res[1]
