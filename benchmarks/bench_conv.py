@@ -36,13 +36,6 @@ the rows form: PyTorch's ``torch.mul`` into the padded buffer (what ``fast_conv.
 kernel), ``fast_conv.scaled_rows`` (its Triton kernel) and, for scale, ``torch.mul`` into a contiguous buffer (no
 padding: PyTorch's vectorised kernel): ms, and whether the kernel's values equal ``torch.mul``'s.
 
-    python benchmarks/bench_conv.py --batch 8 --scaled-input-grad
-
-The input gradient through the layer's per-sample input scale (d x = d (x * scale) * scale and d scale = pixel sums
-of d (x * scale) * x), per fp16 layer in the form it takes: the gradient, then ``fast_ops.scaled_with_sums``'s pass
-(the pointers form's way before 2026-12-05) against ``conv2d_input_grad_nchw(..., scale=, x=)`` (both in the
-gradient's own pass): ms, and the largest differences between the two (d x, d scale; relative to the largest value).
-
 cuDNN's weight gradient on channels-last copies made by ``fast_conv.to_nhwc`` (the 'cudnn' form of
 ``fast_conv.conv2d_weight_grad_nchw``), per fp16 layer of T, with the channels padded several ways, over the whole
 batch or chunks of samples, with and without cudnn.benchmark: ms, transposes included. cuDNN's choice of kernel moves
@@ -60,7 +53,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cuda_ms  # noqa: E402
-from v2s_nb.stylegan3 import build_generator, fast_conv, fast_ops  # noqa: E402
+from v2s_nb.stylegan3 import build_generator, fast_conv  # noqa: E402
 
 
 def main(argv=None):
@@ -75,12 +68,8 @@ def main(argv=None):
                         "ways, over the whole batch and chunks of samples")
     p.add_argument("--scaled-rows", action="store_true",
                    help="time the rows form's scaled input copy: torch.mul into padded rows against our kernel")
-    p.add_argument("--scaled-input-grad", action="store_true",
-                   help="time the input gradient through the per-sample scale: a pass after it against the fused one")
     args = p.parse_args(argv)
     dev = torch.device("cuda")
-    if args.scaled_input_grad:
-        return scaled_input_grad(build_generator("T", args.resolution, device=dev, calibrate=False), args.batch, dev)
     if args.scaled_rows:
         return scaled_rows(build_generator("T", args.resolution, device=dev, calibrate=False), args.batch, dev)
     if args.grads_1x1:
@@ -152,37 +141,6 @@ def scaled_rows(G, batch, dev):
         tot = [a + b for a, b in zip(tot, t)]
         print(f"{name:>14} {f'{c} @ {size}':>14} {t[0]:10.3f} {t[1]:8.3f} {t[2]:10.3f}  {same}")
     print(f"{'total':>14} {'':>14} {tot[0]:10.3f} {tot[1]:8.3f} {tot[2]:10.3f}")
-
-
-def scaled_input_grad(G, batch, dev):
-    """--scaled-input-grad: see the module's docstring."""
-    print(f"# {torch.cuda.get_device_name()}, T, batch {batch}: the input gradient through the input scale (ms)")
-    print(f"{'layer':>14} {'in->out @ px':>16} {'form':>8} {'pass after':>10} {'fused':>7}  {'d x diff':>8} "
-          f"{'d s diff':>8}")
-    tot = [0.0, 0.0]
-    for name, c, o, size in _fp16_3x3_layers(G):
-        g = torch.Generator(device=dev).manual_seed(c * o)
-        x = torch.randn(batch, c, size, size, device=dev, generator=g, dtype=torch.float16)
-        gy = torch.randn(batch, o, size + 2, size + 2, device=dev, generator=g, dtype=torch.float16) / 8
-        w = torch.randn(o, c, 3, 3, device=dev, generator=g) / (3 * c ** 0.5)
-        scale = torch.rand(batch, c, device=dev, generator=g) + 0.5
-
-        def after():
-            g_xs = fast_conv.conv2d_input_grad_nchw(gy, w, 2, x.shape)
-            g_x, _, g_s = fast_ops.scaled_with_sums(g_xs, x, scale, x.dtype)
-            return g_x, g_s
-
-        def fused():
-            return fast_conv.conv2d_input_grad_nchw(gy, w, 2, x.shape, scale=scale, x=x)
-
-        t = [cuda_ms(after), cuda_ms(fused)]
-        diffs = [_rel(a, b.float()) for a, b in zip(fused(), after())]
-        tot = [a + b for a, b in zip(tot, t)]
-        print(f"{name:>14} {f'{c}->{o} @ {size}':>16} {fast_conv.input_grad_form(c):>8} {t[0]:10.3f} {t[1]:7.3f}  "
-              f"{diffs[0]:8.1e} {diffs[1]:8.1e}", flush=True)
-        del x, gy
-        torch.cuda.empty_cache()
-    print(f"{'total':>14} {'':>16} {'':>8} {tot[0]:10.3f} {tot[1]:7.3f}")
 
 
 def _fp16_3x3_layers(G):

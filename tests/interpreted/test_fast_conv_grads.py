@@ -86,26 +86,20 @@ def test_input_grad_matches_torch(n, i, o, h, w, k, p):
     assert _relative(out, ref) < 2e-3
 
 
-@pytest.mark.parametrize("form", ["cudnn", "pointers"])
-def test_input_grad_through_a_per_sample_scale(form):
+def test_input_grad_through_a_per_sample_scale():
     """For conv2d(x * scale, K): (d x, d scale) in one call, fused into the cudnn form's last transpose (to_nchw's
-    scale) or the pointers form's kernel (x read as a row-padded channel slice, as the fast path writes it, and 3
-    output-channel blocks: 70 inputs in blocks of 32); the rows form refuses them (the caller scales after)."""
-    x, kernel, gy = _case(2, 70, 12, 7, 9, 3, 2, seed=7)
-    buf = torch.ones(2, 72, 7, 16, dtype=torch.float16)  # padding must not leak into the sums
-    buf[:, :70, :, :9] = x
-    scale = torch.rand(2, 70, generator=torch.Generator().manual_seed(2)) + 0.5
+    scale); the other forms refuse them (the caller scales after)."""
+    x, kernel, gy = _case(2, 20, 12, 7, 9, 3, 2, seed=7)
+    scale = torch.rand(2, 20, generator=torch.Generator().manual_seed(2)) + 0.5
     g_xs = torch.nn.grad.conv2d_input(x.shape, kernel.half().float(), gy.float(), padding=2)
-    config = (4, 32, 32, 32, 4, 2) if form == "pointers" else None
-    g_x, g_s = fast_conv.conv2d_input_grad_nchw(gy, kernel, 2, x.shape, form=form, config=config, scale=scale,
-                                                x=buf[:, :70, :, :9])
-    assert g_x.dtype == torch.float16 and g_x.is_contiguous() and g_s.dtype == torch.float32 and g_s.shape == (2, 70)
+    g_x, g_s = fast_conv.conv2d_input_grad_nchw(gy, kernel, 2, x.shape, form="cudnn", scale=scale, x=x)
+    assert g_x.dtype == torch.float16 and g_s.dtype == torch.float32 and g_s.shape == (2, 20)
     assert _relative(g_x, g_xs * scale[:, :, None, None]) < 2e-3
     assert _relative(g_s, (g_xs * x.float()).sum((2, 3))) < 2e-3
     with pytest.raises(ValueError, match="scale"):
-        fast_conv.conv2d_input_grad_nchw(gy, kernel, 2, x.shape, form=form, scale=scale)
-    with pytest.raises(ValueError, match="cudnn and pointers forms only"):
-        fast_conv.conv2d_input_grad_nchw(gy, kernel, 2, x.shape, form="rows", scale=scale, x=x)
+        fast_conv.conv2d_input_grad_nchw(gy, kernel, 2, x.shape, form="cudnn", scale=scale)
+    with pytest.raises(ValueError, match="cudnn form only"):
+        fast_conv.conv2d_input_grad_nchw(gy, kernel, 2, x.shape, scale=scale, x=x)  # 20 channels: pointers
 
 
 def test_input_grad_forms_agree():

@@ -61,17 +61,13 @@ except Exception:  # pragma: no cover - depends on the install
 if HAVE_TRITON:
 
     @triton.jit
-    def _conv_kernel(x_ptr, w_ptr, out_ptr, s_ptr, e_ptr, sums_ptr, c_in, h, w, c_out, h_out, w_out, pad, x_sn,
-                     e_sn, e_sc, e_sy, tiles_x, n_cblocks, KS: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-                     BN: tl.constexpr, BK: tl.constexpr, COUT_PAD: tl.constexpr, STAGES: tl.constexpr,
-                     SCALE: tl.constexpr):
+    def _conv_kernel(x_ptr, w_ptr, out_ptr, c_in, h, w, c_out, h_out, w_out, pad, x_sn, tiles_x, n_cblocks,
+                     KS: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                     COUT_PAD: tl.constexpr, STAGES: tl.constexpr):
         """out[n, o, y, x] = sum_{c, ky, kx} W[o, c, ky, kx] * x[n, c, y + ky - pad, x + kx - pad] (zero outside).
 
         w_ptr: the weights rearranged as [KS*KS, n_cblocks*BK, COUT_PAD] (zero rows / columns past c_in / c_out).
-        x_sn: the input's batch stride (a channel slice of a larger buffer is fine: its first c_in planes).
-        SCALE (an input gradient through a per-sample scale, the convolution's sums S being d (e * s)): out = S *
-        s[n, o] instead (s float32 [N, c_out]), and sums[n, o] += sum_{y, x} S * e[n, o, y, x] (float32 [N, c_out],
-        atomically; e [N, c_out, h_out, w_out] with strides e_sn, e_sc, e_sy, 1)."""
+        x_sn: the input's batch stride (a channel slice of a larger buffer is fine: its first c_in planes)."""
         pid_t = tl.program_id(0)
         pid_o = tl.program_id(1)
         n = tl.program_id(2).to(tl.int64)  # 64-bit offsets: large batches pass 2**31 elements
@@ -94,11 +90,6 @@ if HAVE_TRITON:
             b = tl.load(w_ptr + (t * n_cblocks * BK + c)[:, None] * COUT_PAD + o[None, :])  # [BK, BN]
             acc = tl.dot(a, b, acc)
         keep = ((oy < h_out) & (ox < w_out))[:, None] & (o < c_out)[None, :]
-        if SCALE:  # the sums S, not their rounding, go into both results
-            e = tl.load(e_ptr + n * e_sn + o[None, :] * e_sc + (oy * e_sy + ox)[:, None], mask=keep, other=0.0)
-            tl.atomic_add(sums_ptr + n * c_out + o, tl.sum(acc * e.to(tl.float32), axis=0), mask=o < c_out,
-                          sem="relaxed")
-            acc = acc * tl.load(s_ptr + n * c_out + o, mask=o < c_out, other=0.0)[None, :]
         optr = out_ptr + n * c_out * h_out * w_out + o[None, :] * (h_out * w_out) + (oy * w_out + ox)[:, None]
         tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=keep)
 
@@ -490,35 +481,18 @@ def conv2d_nchw(x, weight, padding, config=None, form=None, scale=None):
                              f"aligned strides (got k {kh}, padding {padding}, strides {x.stride()}); use "
                              "form='pointers'")
         return _conv_rows(x, weight, config or _rows_config(c, o))
-    return _conv_pointers(x, weight, padding, config)
-
-
-def _conv_pointers(x, weight, padding, config=None, epilogue=None):
-    """The pointers form of :func:`conv2d_nchw`. ``epilogue`` (e [N, O, H', W'], s [N, O]), for an input gradient
-    through a per-sample scale (the convolution's result S being d (e * s)): returns (S * s in x's dtype, the
-    per-plane sums of S * e [N, O] float32) from the same kernel, S's float32 sums used in both."""
-    n, c, h, w = x.shape
-    o, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
     if not x[0].is_contiguous():
         x = x.contiguous()
     th, tw, bn, bk, warps, stages = config or _config(c, o)
     wt = weight_derived(weight, ("pointers", bk, bn, x.dtype), lambda: arranged_weight(weight, bk, bn, x.dtype))
     h_out, w_out = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
     out = torch.empty((n, o, h_out, w_out), dtype=x.dtype, device=x.device)
-    if epilogue is None:
-        e = s = sums = out
-    else:
-        e, s = epilogue
-        e = e if e.stride(3) == 1 else e.contiguous()
-        s = _per_sample(s, n, o, x.device)
-        sums = torch.zeros((n, o), dtype=torch.float32, device=x.device)
     tiles_x = -(-w_out // tw)
     grid = (-(-h_out // th) * tiles_x, wt.shape[2] // bn, n)
-    _conv_kernel[grid](x, wt, out, s, e, sums, c, h, w, o, h_out, w_out, padding,
-                       x.stride(0) if n > 1 else c * h * w, e.stride(0), e.stride(1), e.stride(2), tiles_x,
+    _conv_kernel[grid](x, wt, out, c, h, w, o, h_out, w_out, padding, x.stride(0) if n > 1 else c * h * w, tiles_x,
                        wt.shape[1] // bk, KS=kh, TH=th, TW=tw, BN=bn, BK=bk, COUT_PAD=wt.shape[2], STAGES=stages,
-                       SCALE=epilogue is not None, num_warps=warps)
-    return out if epilogue is None else (out, sums)
+                       num_warps=warps)
+    return out
 
 
 def _conv_rows(x, weight, config):
@@ -674,10 +648,10 @@ def conv2d_input_grad_nchw(grad_y, weight, padding, x_shape, form=None, config=N
     take). The flipped kernel is kept per weight tensor (:func:`weight_derived`). Raises ValueError for other dtypes
     or shapes that don't fit.
 
-    With ``scale`` [N, I] and ``x`` [N, I, H, W], for a convolution of x * scale (the cudnn and pointers forms):
-    returns (grad_x * scale, the per-plane sums of grad_x * x [N, I] float32), the gradients w.r.t. x (in x's dtype)
-    and scale, made in the same pass: inside the cudnn form's last transpose, in the pointers form's kernel after
-    its sums (the rows form takes no padding 0; there: one pass after, :func:`.fast_ops.scaled_with_sums`)."""
+    With ``scale`` [N, I] and ``x`` [N, I, H, W], for a convolution of x * scale, in the cudnn form only (see
+    :func:`input_grad_form`): returns (grad_x * scale, the per-plane sums of grad_x * x [N, I] float32), the
+    gradients w.r.t. x (in x's dtype) and scale, made inside its last transpose (other forms: one pass after,
+    :func:`.fast_ops.scaled_with_sums`)."""
     _require_fp16(grad_y=grad_y)
     if grad_y.dim() != 4 or weight.dim() != 4 or len(x_shape) != 4:
         raise ValueError(f"grad_y {tuple(grad_y.shape)}, weight {tuple(weight.shape)} and x_shape {tuple(x_shape)} "
@@ -698,13 +672,10 @@ def conv2d_input_grad_nchw(grad_y, weight, padding, x_shape, form=None, config=N
     if x is None or tuple(x.shape) != tuple(x_shape) or tuple(scale.shape) != tuple(x_shape[:2]):
         raise ValueError(f"scale {tuple(scale.shape)} and x {None if x is None else tuple(x.shape)} must be [N, I] "
                          f"and x_shape {tuple(x_shape)}")
-    form = form or input_grad_form(i)
-    if form == "cudnn":
-        return _conv_cudnn_nhwc(grad_y, flipped, q, epilogue=(x, scale))
-    if form != "pointers":
-        raise ValueError(f"scale and x fuse into the cudnn and pointers forms only, not {form!r}: take the gradient "
-                         "without them and scale it after (fast_ops.scaled_with_sums)")
-    return _conv_pointers(grad_y, flipped, q, config, epilogue=(x, scale))
+    if (form or input_grad_form(i)) != "cudnn":
+        raise ValueError(f"scale and x fuse into the cudnn form only; this is the {form or input_grad_form(i)} "
+                         "form: take the gradient without them and scale it after (fast_ops.scaled_with_sums)")
+    return _conv_cudnn_nhwc(grad_y, flipped, q, epilogue=(x, scale))
 
 
 def input_grad_form(c_in: int) -> str:

@@ -172,10 +172,13 @@ class _Layer3x3(torch.autograd.Function):
             k = kernel.shape[-1]
             if need_k:
                 g_k = fast_conv.conv2d_weight_grad_nchw(x, g_y, k, k - 1, scale=scale).to(kernel.dtype)
-            # d x = d (x * scale) * scale and d scale = pixel sums of d (x * scale) * x, in the input gradient's
-            # own pass (the cudnn form's last transpose, the pointers form's kernel)
-            if need_x or need_s:
+            # d x = d (x * scale) * scale and d scale = pixel sums of d (x * scale) * x: in the cudnn form inside
+            # its last transpose, else one pass after
+            if (need_x or need_s) and fast_conv.input_grad_form(x.shape[1]) == "cudnn":
                 g_x, g_s = fast_conv.conv2d_input_grad_nchw(g_y, kernel, k - 1, x.shape, scale=scale, x=x)
+            elif need_x or need_s:
+                g_xs = fast_conv.conv2d_input_grad_nchw(g_y, kernel, k - 1, x.shape)
+                g_x, _, g_s = fast_ops.scaled_with_sums(g_xs, x, scale, x.dtype)
             del g_y
         elif need_x or need_k or need_s:
             g_xs, g_k = _cudnn_grads(g_y, x, scale, kernel, need_x or need_s, need_k)
