@@ -1435,14 +1435,15 @@ CODES_DEFAULT = (1, 4)
 CODES_FORWARD_LAUNCH = {(torch.float16, 2): (2, 4)}
 # The codes backward's order of the window's two products (:func:`_fused_backward_codes_kernel`'s COLS_FIRST):
 # columns first keeps [window, window] sums live instead of [window rows, BU]: fewer spilled registers and less shared
-# memory per program (benchmarks/kernel_resources.py --kernel codes --cols-first). Off until timed on a GPU
-# (bench_lrelu_backward.py --codes times both orders).
+# memory per program (benchmarks/kernel_resources.py --kernel codes --cols-first). Off: on the GPU slightly faster on
+# one fp16 4x layer of T, even on its float32 layers, R's not timed yet (bench_lrelu_backward.py --codes times both
+# orders; docs/performance.md).
 CODES_COLS_FIRST = False
 # Planes with fewer output rows or columns keep no codes (:func:`forward_with_codes` declines): their few whole tiles'
 # codes outweigh the saved input there, and the backward gained little (docs/performance.md).
 CODES_MIN_OUT = 100
 # The training forward's interior tiles in a launch without bounds tests, as the inference kernels' (measured faster
-# there); not timed for this kernel yet: False launches every tile masked, the form before, to time both.
+# for both on the GPU; docs/performance.md). False launches every tile masked, the form before, to time both.
 TRAIN_INTERIOR_UNMASKED = True
 
 
@@ -1546,7 +1547,8 @@ CODES_FLOAT32_TILES = (64,)
 # The codes kernels' tile edges per (dtype, up) where they differ from :func:`_codes_tiles`' rule, tried in turn. A
 # 64-wide tile on the fp16 2x layers (window 32 + 16 of 64, 27 outputs a side) multiplies about 0.7x the zeros per
 # output of the 128-wide one (window 64 + 16, 59 a side), as the inference forward's 64-wide form does; compiled for
-# sm_90 with no spill (benchmarks/kernel_resources.py), not yet timed: bench_lrelu_backward.py --codes-tiles 64.
+# sm_90 with no spill (benchmarks/kernel_resources.py), yet slower on the GPU, per layer and per step (empty: off;
+# bench_lrelu_backward.py --codes-tiles 64, bench_generator.py --codes-tiles; docs/performance.md).
 CODES_TILES = {}
 # (dtype, up) whose codes kernels take a window of 64 or less in blocks too (32 + 16 of 64 on 64-wide 2x tiles); the
 # float32 kernels spill that way (kernel_resources.py), and the 4x layers' backward did.
