@@ -10,7 +10,8 @@ the forward, the step w.r.t. ws and the step w.r.t. the synthesis weights (PTI's
 (loss: mean of squares of the image). ``--json FILE`` appends results.
 ``--fast NAME=VALUE ...`` sets fast-path knobs of :mod:`v2s_nb.stylegan3.fast_config` for the run (e.g.
 ``--fast bf16x3=0 modulation_kernels=0``), to time the library with and without a choice; ``--codes-tiles 2:64``
-runs the derivative codes' kernels of the fp16 2x layers on 64-wide tiles (``fast_ops.CODES_TILES``).
+runs the derivative codes' kernels of the fp16 2x layers on 64-wide tiles (``fast_ops.CODES_TILES``);
+``--codes-order rows`` the backward from codes in its rows-first order (``fast_ops.CODES_COLS_FIRST`` off).
 
     python benchmarks/bench_generator.py --cfg R T --batch 1 8 --dtype mixed --modes forward ws weights --device cuda
 """
@@ -149,7 +150,13 @@ def main(argv=None):
     p.add_argument("--codes-tiles", nargs="+", default=[], metavar="UP:EDGE",
                    help="the derivative codes' kernels on the fp16 layers of that upsampling factor on tiles of that "
                         "edge (fast_ops.CODES_TILES), e.g. 2:64 4:64")
+    p.add_argument("--codes-order", choices=["rows", "cols"],
+                   help="the backward from codes' order of its window products (fast_ops.CODES_COLS_FIRST: cols); "
+                        "default: the library's")
     args = p.parse_args(argv)
+    if args.codes_order:
+        fast_ops.CODES_COLS_FIRST = args.codes_order == "cols"
+        print(f"# fast_ops.CODES_COLS_FIRST: {fast_ops.CODES_COLS_FIRST}")
     try:
         settings = fast_settings(args.fast)
         fast_config.configure(**settings)

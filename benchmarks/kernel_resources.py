@@ -44,11 +44,11 @@ def _cuobjdump():
 KERNELS = ("backward", "codes", "train")
 
 
-def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward", cols_first=False, masked=True):
+def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward", cols_first=None, masked=True):
     """(registers, stack bytes, static shared bytes, Triton's shared bytes) of one of the activation's kernels for
     ``layer``: ``backward`` (recomputes the pre-activation), ``codes`` (the backward from stored derivative codes;
-    ``cols_first``: in its COLS_FIRST order), ``train`` (the training forward that stores them; ``masked`` False:
-    its interior tiles' form, without bounds tests)."""
+    ``cols_first``: in its COLS_FIRST order or not; None: fast_ops.CODES_COLS_FIRST's), ``train`` (the training
+    forward that stores them; ``masked`` False: its interior tiles' form, without bounds tests)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -92,7 +92,7 @@ def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward", 
     constants = dict(UP=layer.up_factor, DOWN=layer.down_factor, R=plan["r"], **window, BU=tile, BOP=plan["bop"],
                      PRECISION=plan["precision"], **extra, SPLIT=split)
     if kernel == "codes":
-        constants["COLS_FIRST"] = cols_first
+        constants["COLS_FIRST"] = fast_ops.CODES_COLS_FIRST if cols_first is None else cols_first
     names = fn.arg_names  # the kernel's parameters in order
     signature = {k: "constexpr" if k in constants else signature[k] for k in names}
     src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constants.items()})
@@ -121,21 +121,28 @@ def main(argv=None):
     p.add_argument("--unmasked", action="store_true",
                    help="with --kernel train: its interior tiles' form (no bounds tests), as the code launches it for "
                         "tiles whose window and output lie inside the plane")
-    p.add_argument("--cols-first", action="store_true",
-                   help="with --kernel codes: the kernel in its COLS_FIRST order (fast_ops.CODES_COLS_FIRST)")
+    order = p.add_mutually_exclusive_group()
+    order.add_argument("--cols-first", dest="cols_first", action="store_const", const=True, default=None,
+                       help="with --kernel codes: the kernel in its COLS_FIRST order (default: "
+                            "fast_ops.CODES_COLS_FIRST)")
+    order.add_argument("--rows-first", dest="cols_first", action="store_const", const=False,
+                       help="with --kernel codes: the kernel in the other order (rows first)")
     args = p.parse_args(argv)
     try:
         variants = [tuple(int(v) for v in text.split(":")) for text in args.variants]
         assert all(len(v) == 3 for v in variants)
     except (ValueError, AssertionError):
         p.error("--variants: each as tile:row_blocks:warps, e.g. 128:1:8")
-    if args.cols_first and args.kernel != "codes":
-        p.error("--cols-first is an order of the codes kernel: add --kernel codes")
+    if args.cols_first is not None and args.kernel != "codes":
+        p.error("--cols-first / --rows-first is an order of the codes kernel: add --kernel codes")
+    if args.cols_first is None:
+        args.cols_first = fast_ops.CODES_COLS_FIRST
     if args.unmasked and args.kernel != "train":
         p.error("--unmasked is a form of the training forward: add --kernel train")
     import triton
 
-    print(f"# {args.kernel} kernel{' (COLS_FIRST)' if args.cols_first else ''}, sm_{args.arch}, Triton "
+    order = (" (columns first)" if args.cols_first else " (rows first)") if args.kernel == "codes" else ""
+    print(f"# {args.kernel} kernel{order}, sm_{args.arch}, Triton "
           f"{triton.__version__}: registers / stack (spilled bytes) per thread / Triton shared KiB")
     for cfg in args.cfg:
         # Channel counts don't enter the kernel: a narrow copy of the architecture has the same layers' filters.

@@ -1435,10 +1435,10 @@ CODES_DEFAULT = (1, 4)
 CODES_FORWARD_LAUNCH = {(torch.float16, 2): (2, 4)}
 # The codes backward's order of the window's two products (:func:`_fused_backward_codes_kernel`'s COLS_FIRST):
 # columns first keeps [window, window] sums live instead of [window rows, BU]: fewer spilled registers and less shared
-# memory per program (benchmarks/kernel_resources.py --kernel codes --cols-first). Off: on the GPU slightly faster on
-# one fp16 4x layer of T, even on its float32 layers, R's not timed yet (bench_lrelu_backward.py --codes times both
-# orders; docs/performance.md).
-CODES_COLS_FIRST = False
+# memory per program (benchmarks/kernel_resources.py --kernel codes --cols-first), and faster steps for R and T on the
+# GPU (docs/performance.md). False: rows first, the order of the recomputing backward (whose values it then equals
+# bit for bit on the same tiles).
+CODES_COLS_FIRST = True
 # Planes with fewer output rows or columns keep no codes (:func:`forward_with_codes` declines): their few whole tiles'
 # codes outweigh the saved input there, and the backward gained little (docs/performance.md).
 CODES_MIN_OUT = 100
