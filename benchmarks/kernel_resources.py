@@ -44,11 +44,11 @@ def _cuobjdump():
 KERNELS = ("backward", "codes", "train")
 
 
-def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward", cols_first=None, masked=True):
+def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward", cols_first=False, masked=True):
     """(registers, stack bytes, static shared bytes, Triton's shared bytes) of one of the activation's kernels for
     ``layer``: ``backward`` (recomputes the pre-activation), ``codes`` (the backward from stored derivative codes;
-    ``cols_first``: in its COLS_FIRST order or not; None: fast_ops.CODES_COLS_FIRST's), ``train`` (the training
-    forward that stores them; ``masked`` False: its interior tiles' form, without bounds tests)."""
+    ``cols_first``: in its COLS_FIRST order, else rows first), ``train`` (the training forward that stores them;
+    ``masked`` False: its interior tiles' form, without bounds tests)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -92,7 +92,7 @@ def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward", 
     constants = dict(UP=layer.up_factor, DOWN=layer.down_factor, R=plan["r"], **window, BU=tile, BOP=plan["bop"],
                      PRECISION=plan["precision"], **extra, SPLIT=split)
     if kernel == "codes":
-        constants["COLS_FIRST"] = fast_ops.CODES_COLS_FIRST if cols_first is None else cols_first
+        constants["COLS_FIRST"] = cols_first
     names = fn.arg_names  # the kernel's parameters in order
     signature = {k: "constexpr" if k in constants else signature[k] for k in names}
     src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constants.items()})
