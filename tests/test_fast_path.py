@@ -265,6 +265,40 @@ def test_graphed_training_matches_eager(cfg):
         G.synthesis.requires_grad_(False)
 
 
+@requires_cuda
+def test_weight_gradients_beside_the_backward_on_gpu(monkeypatch):
+    """fast_config overlap_weight_grads: T's kernel gradients on a side stream give the gradients of the backward
+    that computes them in turn (eager, and replayed from CUDA graphs), and nothing is left pending after a
+    backward."""
+    from v2s_nb.stylegan3 import GraphedTrainingSynthesis, fast_layer
+    scale = 2.0 ** 16
+    G = build_generator("T", resolution=256, device="cuda", seed=0)
+    params = list(G.synthesis.parameters())
+    ws = mapped_ws(G, 2, 0)
+
+    def grads(call):
+        for prm in params:
+            prm.grad = None
+        w = ws.clone().requires_grad_(True)
+        (call(w).square().mean() * scale).backward()
+        return [w.grad] + [prm.grad for prm in params]
+
+    G.synthesis.requires_grad_(True)
+    try:
+        ref = grads(G.synthesis)
+        with fast_config.override(overlap_weight_grads=True):
+            got = grads(G.synthesis)
+            assert not fast_layer._PENDING
+            graphed = GraphedTrainingSynthesis(G, batch_size=2)
+            replay = [grads(graphed) for _ in range(2)]
+        pairs = [(g, r) for g, r in zip(got, ref) if float(r.abs().max()) > 0]
+        assert len(pairs) > len(params) // 2
+        assert max(_rel(g, r) for g, r in pairs) < 1e-3
+        assert max(_rel(g, r) for g, r in zip(replay[1], ref) if float(r.abs().max()) > 0) < 1e-3
+    finally:
+        G.synthesis.requires_grad_(False)
+
+
 def test_channel_padding_for_tensor_cores_gives_the_same_sums(monkeypatch):
     """The zero-padded channels of the 3x3 path run on CUDA fp16; here forced on the CPU in float32 to check they
     compute the same thing, with and without autograd (1x1 kernels are left as they are)."""

@@ -271,3 +271,32 @@ def test_only_a_convolution_weight_trained(cfg):
         img.square().mean().backward()
         grads.append(layer.weight.grad.clone())
     assert _rel(*grads) < 5e-5
+
+
+def test_weight_gradients_beside_the_backward_give_the_same_gradients(monkeypatch):
+    """fast_config overlap_weight_grads: the 3x3 layers' kernel gradients computed apart (on the CPU in turn, with the
+    same bookkeeping as the side stream: the kernels made ahead through a join node each) give the same gradients;
+    every join's backward runs after every layer's backward (so on CUDA the weights' gradients are read only after
+    the side work is waited for); and a backward that wants only ws' gradient computes no kernel gradient."""
+    G = tiny_generator("T", seed=0)
+    syn = G.synthesis.requires_grad_(True)
+    ws = mapped_ws(G, 2, seed=1)
+    _, ref = _grads(syn, ws, "function")
+    order = []
+    beside = fast_layer._kernel_grad_beside
+    monkeypatch.setattr(fast_layer, "_kernel_grad_beside", lambda *a: order.append("layer") or beside(*a))
+    join = fast_layer._KernelGradJoin.backward
+    monkeypatch.setattr(fast_layer._KernelGradJoin, "backward", lambda ctx, g: order.append("join") or join(ctx, g))
+    with fast_config.override(overlap_weight_grads=True):
+        _, got = _grads(syn, ws, "function")
+        n3x3 = sum(getattr(syn, n).conv_kernel > 1 for n in syn.layer_names[:-1])
+        assert order == ["layer"] * n3x3 + ["join"] * n3x3
+        for name, g in ref.items():  # (the engine adds some gradients in another order: float32 rounding)
+            assert got[name] is not None and _rel(got[name], g) < 1e-6, name
+        # gradients of ws only, the weights still requiring grad: no kernel gradient is computed
+        order.clear()
+        w = ws.detach().clone().requires_grad_(True)
+        styles = syn.styles(w)
+        img = _fast_layers(syn, syn.input.forward_styles(styles["input"]), styles, syn.output_scale)
+        (g_w,) = torch.autograd.grad(img.square().mean(), [w])
+        assert order == [] and _rel(g_w, ref["ws"]) < 1e-6

@@ -59,6 +59,11 @@ field                     environment variable    meaning
                                                   convolution's output (for the demodulation's gradient) is
                                                   recomputed in the backward, not kept (less memory, one
                                                   more convolution); 0 (default): kept
+``overlap_weight_grads``  ``V2S_NB_OVERLAP_WEIGHT_GRADS``  under autograd on CUDA, 3x3 (T) layers: 1: each
+                                                  layer's weight gradient runs on a side stream while the
+                                                  backward goes on (joined before the weights' gradients are
+                                                  used; :func:`.fast_layer.kernels_ahead`); 0 (default): in
+                                                  the layer's backward, in turn
 ========================  ======================  ==========================================================
 """
 
@@ -89,6 +94,7 @@ class FastConfig:
     triton_conv_grads: bool = True
     saved_codes: bool = True
     recompute_conv_output: bool = False
+    overlap_weight_grads: bool = False
 
     def __post_init__(self):
         if not isinstance(self.chunk_mb, int) or self.chunk_mb < 1:
@@ -138,7 +144,8 @@ class FastConfig:
                                   ("V2S_NB_LAYER_FUNCTION", flag, "layer_function"),
                                   ("V2S_NB_TRITON_CONV_GRADS", flag, "triton_conv_grads"),
                                   ("V2S_NB_SAVED_CODES", flag, "saved_codes"),
-                                  ("V2S_NB_RECOMPUTE_CONV_OUTPUT", flag, "recompute_conv_output")]:
+                                  ("V2S_NB_RECOMPUTE_CONV_OUTPUT", flag, "recompute_conv_output"),
+                                  ("V2S_NB_OVERLAP_WEIGHT_GRADS", flag, "overlap_weight_grads")]:
             kwargs.update(read(var, parse, field))
         return cls(**kwargs)
 

@@ -80,12 +80,12 @@ def applies(plan, layer, x, styles) -> bool:
     return fast_ops.can_use_fast(x, fu, fd)
 
 
-def layer_forward(plan, layer, x, styles):
+def layer_forward(plan, layer, x, styles, kernel=None):
     """The (non-ToRGB) layer of ``plan`` on ``x`` [N, I, H, W] (already in the layer's compute dtype) with its raw
     affine output ``styles`` [N, I] -> [N, O, H', W'] in x's dtype, through the Function (see the module's
-    docstring)."""
+    docstring). ``kernel``: (shared kernel, tap energy) made ahead (:func:`kernels_ahead`), else made here."""
     spec = (layer.up_filter, layer.down_filter, plan.lrelu)
-    kernel, tap_energy = plan.shared_kernel()
+    kernel, tap_energy = kernel if kernel is not None else plan.shared_kernel()
     if plan.three_by_three:
         scale, dcoefs = plan.modulation(styles, kernel, tap_energy)
         return _Layer3x3.apply(x, kernel, scale, dcoefs, layer.bias, spec)
@@ -167,11 +167,17 @@ class _Layer3x3(torch.autograd.Function):
         # d y (the demodulation inside), d bias, d dcoefs: the activation's backward with dcoefs as its input gain
         g_y, g_b, g_d = _activation_backward(y, codes, bias, grad, ctx.spec, dcoefs, *ctx.y_meta)
         del y, codes
-        g_x = g_k = g_s = None
+        g_x = g_k = g_s = pending = None
+        beside = _beside_join(ctx, 1) if need_k else None
+        if beside is False:  # the kernel's gradient is not wanted by this backward (e.g. autograd.grad of ws only)
+            need_k = False
+        elif beside is not None:  # on a side stream, while the backward goes on (joined in _KernelGradJoin)
+            g_k, pending = _kernel_grad_beside(x, g_y, kernel, scale, beside)
+            need_k = False
         if (need_x or need_k or need_s) and _triton_conv_grads(g_y):
             k = kernel.shape[-1]
             if need_k:
-                g_k = fast_conv.conv2d_weight_grad_nchw(x, g_y, k, k - 1, scale=scale).to(kernel.dtype)
+                g_k = _kernel_grad(x, g_y, kernel, scale).to(kernel.dtype)
             # d x = d (x * scale) * scale and d scale = pixel sums of d (x * scale) * x: in the cudnn form inside
             # its last transpose, else one pass after
             if (need_x or need_s) and fast_conv.input_grad_form(x.shape[1]) == "cudnn":
@@ -181,13 +187,125 @@ class _Layer3x3(torch.autograd.Function):
                 g_x, _, g_s = fast_ops.scaled_with_sums(g_xs, x, scale, x.dtype)
             del g_y
         elif need_x or need_k or need_s:
-            g_xs, g_k = _cudnn_grads(g_y, x, scale, kernel, need_x or need_s, need_k)
+            g_xs, g_kc = _cudnn_grads(g_y, x, scale, kernel, need_x or need_s, need_k)
+            g_k = g_kc if need_k else g_k
             del g_y
             if g_xs is not None:
                 g_x, _, g_s = fast_ops.scaled_with_sums(g_xs, x, scale, x.dtype)
         g_x = g_x if need_x else None
         g_s = g_s if need_s else None
+        if pending is not None:
+            _settle_previous(x.device, pending)
         return g_x, g_k, g_s, g_d.to(dcoefs.dtype), g_b.to(bias.dtype), None
+
+
+# The 3x3 layers' weight gradients beside the rest of the backward (``fast_config`` ``overlap_weight_grads``).
+# A layer's kernel gradient reads only x and d y, and nothing else in the backward reads it: the layer's backward
+# launches it on a side stream and goes on. The kernel reaches the layer through _KernelGradJoin, made before any
+# layer runs (:func:`kernels_ahead`): the autograd engine runs nodes made earlier later, so the join's backward, which
+# makes the current stream wait for the side stream, runs after every layer's backward, and the gradient's consumers
+# (the kernel's normalisation, the weight's accumulation) only then. Memory: each layer's backward waits, at its end,
+# for the previous layer's side work and drops the tensors it read, so at most one layer's x and d y outlive their
+# layer's backward.
+
+_SIDE_STREAMS: dict = {}  # device -> torch.cuda.Stream for the weight gradients
+SIDE_STREAM_PRIORITY = 0  # torch.cuda.Stream's priority for it (-1: above the backward's own; for measurements)
+_PENDING: dict = {}  # device -> (event of the last layer's side work or None, tensors it reads)
+
+
+def kernels_ahead(plans, x) -> dict:
+    """{plan: (shared kernel through :class:`_KernelGradJoin`, tap energy)} for the 3x3 layers of ``plans`` whose
+    weight requires grad, when ``fast_config`` ``overlap_weight_grads`` is on and autograd records, on CUDA (or inside
+    :func:`on_any_device`, where the same bookkeeping runs on one stream); else empty. :func:`.fast_path.run_layers`
+    makes them before the first layer and hands each to :func:`layer_forward`."""
+    if not (fast_config.current().overlap_weight_grads and torch.is_grad_enabled() and (x.is_cuda or _ANY_DEVICE)):
+        return {}
+    out = {}
+    for plan in plans:
+        layer = plan.layer
+        if plan.three_by_three and not plan.is_torgb and layer.weight.requires_grad:
+            kernel, tap_energy = plan.shared_kernel()
+            out[plan] = (_KernelGradJoin.apply(kernel), tap_energy)
+    return out
+
+
+class _KernelGradJoin(torch.autograd.Function):
+    """The identity on a 3x3 layer's shared kernel. Its backward makes the current stream wait for the kernel's
+    gradient, which the layer's backward computed on a side stream (``event``, set on this node by that backward)."""
+
+    @staticmethod
+    def forward(ctx, kernel):
+        ctx.event = None
+        return kernel.view_as(kernel)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.event is not None:
+            torch.cuda.current_stream(grad.device).wait_event(ctx.event)
+        pending = _PENDING.get(grad.device)
+        if ctx.event is not None and pending is not None and pending[0] is ctx.event:
+            del _PENDING[grad.device]  # the last layer's side work, now waited for: its tensors may go
+        ctx.event = None
+        return grad
+
+
+def _beside_join(ctx, index):
+    """For the backward of a layer Function whose input ``index`` is the kernel: its :class:`_KernelGradJoin` node
+    when the kernel came through one and this backward will run it; False when it came through one that this
+    backward won't run (the gradient is not wanted); None when it came otherwise (compute the gradient in place)."""
+    node = ctx.next_functions[index][0]
+    if not isinstance(node, _KernelGradJoin._backward_cls):
+        return None
+    try:
+        return node if torch._C._will_engine_execute_node(node) else False
+    except RuntimeError:  # not inside an engine's backward (never here, but then compute it)
+        return node
+
+
+def _side_stream(device):
+    stream = _SIDE_STREAMS.get(device)
+    if stream is None:
+        stream = _SIDE_STREAMS[device] = torch.cuda.Stream(device, priority=SIDE_STREAM_PRIORITY)
+    return stream
+
+
+def _kernel_grad_beside(x, g_y, kernel, scale, join):
+    """(d kernel (kernel's shape and dtype), its pending entry) of conv2d(x * scale, kernel, padding k - 1) for the
+    output gradient ``g_y``, launched on the device's side stream after the work queued so far on the current one
+    (on the CPU: computed here). The gradient is ready once the current stream waits for the event set on ``join``.
+    The entry (event, tensors the side work reads; None on the CPU) goes to :func:`_settle_previous` at the end of
+    the backward."""
+    out = torch.empty_like(kernel)  # made on the current stream, which reads it after the join
+    if not x.is_cuda:
+        out.copy_(_kernel_grad(x, g_y, kernel, scale))
+        join.event = None
+        return out, None
+    main, side = torch.cuda.current_stream(x.device), _side_stream(x.device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        out.copy_(_kernel_grad(x, g_y, kernel, scale))
+        event = side.record_event()
+    join.event = event
+    # x, d y, scale, kernel and out were made on the current stream: kept until it has waited for the side work
+    return out, (event, (x, g_y, scale, kernel, out))
+
+
+def _settle_previous(device, entry):
+    """At the end of a layer's backward whose kernel gradient went beside (``entry``): makes the current stream wait
+    for the side work of the layer whose backward ran before, and drops the tensors it read."""
+    previous = _PENDING.get(device)
+    if previous is not None and previous[0] is not None:
+        torch.cuda.current_stream(device).wait_event(previous[0])
+    _PENDING[device] = entry
+
+
+def _kernel_grad(x, g_y, kernel, scale):
+    """d kernel (float32 [O, I, k, k]) of conv2d(x * scale, kernel, padding k - 1): fast_conv's weight gradient
+    for fp16 (:func:`_triton_conv_grads`), else cuDNN's (channels padded as the forward pads them)."""
+    k = kernel.shape[-1]
+    if _triton_conv_grads(g_y):
+        return fast_conv.conv2d_weight_grad_nchw(x, g_y, k, k - 1, scale=scale)
+    return _cudnn_grads(g_y, x, scale, kernel, False, True)[1]
 
 
 def _triton_conv_grads(g_y) -> bool:

@@ -101,7 +101,8 @@ class LayerPlan:
         return (self.three_by_three and nxt.three_by_three and not nxt.is_torgb and self.device.type == "cuda"
                 and fast_ops.HAVE_TRITON and not torch.is_grad_enabled())
 
-    def forward(self, x, styles, force_fp32=False, factors=None, into=None, into_factors=None, out_gain=1.0):
+    def forward(self, x, styles, force_fp32=False, factors=None, into=None, into_factors=None, out_gain=1.0,
+                kernel=None):
         """The layer on ``x`` [N, in_channels, H, W] with its raw affine output ``styles`` [N, in_channels].
 
         Chaining (:func:`run_layers`; see :meth:`chains_into`): ``factors`` is this layer's :meth:`modulation`
@@ -109,12 +110,12 @@ class LayerPlan:
         ``into`` (the next layer's plan) with ``into_factors`` (its :meth:`modulation`) makes this layer return its
         output multiplied by that layer's input scale, in the activation kernel. ``out_gain``: a factor on the
         result (the network's ``output_scale`` for ToRGB; the fast ToRGB applies it in its kernel and returns
-        float32)."""
+        float32). ``kernel``: this layer's entry of :func:`.fast_layer.kernels_ahead`, for its Function."""
         layer = self.layer
         dtype = self.dtype(force_fp32)
         if factors is None and into is None and fast_layer.applies(self, layer, x, styles):
             # Under autograd: the layer as one Function that saves only its input and its convolution's output.
-            y = fast_layer.layer_forward(self, layer, x.to(dtype), styles)
+            y = fast_layer.layer_forward(self, layer, x.to(dtype), styles, kernel)
             return y * out_gain if out_gain != 1 else y
         if self.three_by_three:
             return self._forward_3x3(layer, x.to(dtype), styles, force_fp32, factors, into, into_factors, out_gain)
@@ -165,13 +166,14 @@ def run_layers(synthesis, x, styles, force_fp32=False, stop_after=None, collect=
     :meth:`LayerPlan.chains_into`), except where a layer's output is collected or synthesis stops after it."""
     feats = {} if feats is None else feats
     plans = [plan_for(getattr(synthesis, name), x.device) for name in synthesis.layer_names]
+    kernels = fast_layer.kernels_ahead(plans, x)  # before any layer runs: see fast_layer
     factors = None  # this layer's modulation factors when the previous (chained) layer computed them
     for i, (name, plan) in enumerate(zip(synthesis.layer_names, plans)):
         nxt = plans[i + 1] if i + 1 < len(plans) else None
         chain = nxt is not None and name not in collect and name != stop_after and plan.chains_into(nxt)
         into_factors = nxt.modulation(styles[synthesis.layer_names[i + 1]]) if chain else None
         x = plan.forward(x, styles[name], force_fp32=force_fp32, factors=factors, into=nxt if chain else None,
-                         into_factors=into_factors, out_gain=out_gain if nxt is None else 1.0)
+                         into_factors=into_factors, out_gain=out_gain if nxt is None else 1.0, kernel=kernels.get(plan))
         factors = into_factors
         if name in collect:
             feats[name] = x.to(torch.float32)
