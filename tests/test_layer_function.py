@@ -300,3 +300,12 @@ def test_weight_gradients_beside_the_backward_give_the_same_gradients(monkeypatc
         img = _fast_layers(syn, syn.input.forward_styles(styles["input"]), styles, syn.output_scale)
         (g_w,) = torch.autograd.grad(img.square().mean(), [w])
         assert order == [] and _rel(g_w, ref["ws"]) < 1e-6
+    # the same without the side stream's bookkeeping
+    computed = []  # (the CPU's in-turn path: _cudnn_grads, whose last argument asks for the kernel's gradient)
+    cudnn_grads = fast_layer._cudnn_grads
+    monkeypatch.setattr(fast_layer, "_cudnn_grads", lambda *a: computed.append(a[-1]) or cudnn_grads(*a))
+    w = ws.detach().clone().requires_grad_(True)
+    styles = syn.styles(w)
+    img = _fast_layers(syn, syn.input.forward_styles(styles["input"]), styles, syn.output_scale)
+    (g_w,) = torch.autograd.grad(img.square().mean(), [w])
+    assert computed and not any(computed) and _rel(g_w, ref["ws"]) < 1e-6

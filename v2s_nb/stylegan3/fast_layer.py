@@ -168,11 +168,11 @@ class _Layer3x3(torch.autograd.Function):
         g_y, g_b, g_d = _activation_backward(y, codes, bias, grad, ctx.spec, dcoefs, *ctx.y_meta)
         del y, codes
         g_x = g_k = g_s = pending = None
-        beside = _beside_join(ctx, 1) if need_k else None
-        if beside is False:  # the kernel's gradient is not wanted by this backward (e.g. autograd.grad of ws only)
-            need_k = False
-        elif beside is not None:  # on a side stream, while the backward goes on (joined in _KernelGradJoin)
-            g_k, pending = _kernel_grad_beside(x, g_y, kernel, scale, beside)
+        # not wanted by this backward (autograd.grad of ws alone, the weights requiring grad): not computed
+        need_k = need_k and _wanted(ctx, 1)
+        join = ctx.next_functions[1][0] if need_k else None
+        if isinstance(join, _KernelGradJoin._backward_cls):  # on a side stream while the backward goes on
+            g_k, pending = _kernel_grad_beside(x, g_y, kernel, scale, join)
             need_k = False
         if (need_x or need_k or need_s) and _triton_conv_grads(g_y):
             k = kernel.shape[-1]
@@ -249,17 +249,16 @@ class _KernelGradJoin(torch.autograd.Function):
         return grad
 
 
-def _beside_join(ctx, index):
-    """For the backward of a layer Function whose input ``index`` is the kernel: its :class:`_KernelGradJoin` node
-    when the kernel came through one and this backward will run it; False when it came through one that this
-    backward won't run (the gradient is not wanted); None when it came otherwise (compute the gradient in place)."""
+def _wanted(ctx, index) -> bool:
+    """Whether the backward running ``ctx`` (an autograd Function's) will use the gradient of its input ``index``
+    (that input requires grad, and the engine runs the node it goes to in this backward)."""
     node = ctx.next_functions[index][0]
-    if not isinstance(node, _KernelGradJoin._backward_cls):
-        return None
+    if node is None:
+        return False
     try:
-        return node if torch._C._will_engine_execute_node(node) else False
-    except RuntimeError:  # not inside an engine's backward (never here, but then compute it)
-        return node
+        return torch._C._will_engine_execute_node(node)
+    except RuntimeError:  # outside an engine's backward (never here): take it as wanted
+        return True
 
 
 def _side_stream(device):
