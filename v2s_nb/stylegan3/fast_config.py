@@ -59,11 +59,12 @@ field                     environment variable    meaning
                                                   convolution's output (for the demodulation's gradient) is
                                                   recomputed in the backward, not kept (less memory, one
                                                   more convolution); 0 (default): kept
-``overlap_weight_grads``  ``V2S_NB_OVERLAP_WEIGHT_GRADS``  under autograd on CUDA, 3x3 (T) layers: 1: each
-                                                  layer's weight gradient runs on a side stream while the
-                                                  backward goes on (joined before the weights' gradients are
-                                                  used; :func:`.fast_layer.kernels_ahead`); 0 (default): in
-                                                  the layer's backward, in turn
+``overlap_weight_grads``  ``V2S_NB_OVERLAP_WEIGHT_GRADS``  under autograd on CUDA, 3x3 (T) layers: 1 (default):
+                                                  each layer's weight gradient runs on a side stream while
+                                                  the backward goes on (joined before the weights' gradients
+                                                  are used; :func:`.fast_layer.kernels_ahead`; a little
+                                                  faster, one layer's x and d y kept a layer longer:
+                                                  docs/performance.md); 0: in the layer's backward, in turn
 ========================  ======================  ==========================================================
 """
 
@@ -94,7 +95,7 @@ class FastConfig:
     triton_conv_grads: bool = True
     saved_codes: bool = True
     recompute_conv_output: bool = False
-    overlap_weight_grads: bool = False
+    overlap_weight_grads: bool = True
 
     def __post_init__(self):
         if not isinstance(self.chunk_mb, int) or self.chunk_mb < 1:
