@@ -33,6 +33,10 @@ derivative (2 bits per upsampled sample), and the backward reads it (:func:`.fas
 of recomputing the pre-activation; 1x1 layers then keep no y, 3x3 layers keep it for d dcoefs (or recompute it,
 ``recompute_conv_output``). Measured faster for R and T (docs/performance.md).
 
+With ``fast_config`` ``overlap_weight_grads`` (the default) the 3x3 layers' kernel gradients run on a side stream
+while the backward goes on (:func:`kernels_ahead`, :class:`_KernelGradJoin`); wherever the running backward won't
+use the kernel's gradient (``autograd.grad`` of ws alone with the weights requiring grad) it is not computed.
+
 ToRGB layers keep ordinary autograd (they are small: 3 output channels). ``fast_config`` ``layer_function=False``
 (environment ``V2S_NB_LAYER_FUNCTION=0``) turns the Function off, for side-by-side measurements.
 
