@@ -191,8 +191,9 @@ class _Layer3x3(torch.autograd.Function):
                 g_x, _, g_s = fast_ops.scaled_with_sums(g_xs, x, scale, x.dtype)
             del g_y
         elif need_x or need_k or need_s:
-            g_xs, g_kc = _cudnn_grads(g_y, x, scale, kernel, need_x or need_s, need_k)
-            g_k = g_kc if need_k else g_k
+            g_xs, g_k_here = _cudnn_grads(g_y, x, scale, kernel, need_x or need_s, need_k)
+            if need_k:
+                g_k = g_k_here
             del g_y
             if g_xs is not None:
                 g_x, _, g_s = fast_ops.scaled_with_sums(g_xs, x, scale, x.dtype)
@@ -214,7 +215,7 @@ class _Layer3x3(torch.autograd.Function):
 
 _SIDE_STREAMS: dict = {}  # device -> torch.cuda.Stream for the weight gradients
 SIDE_STREAM_PRIORITY = 0  # torch.cuda.Stream's priority for it (-1: above the backward's own; for measurements)
-_PENDING: dict = {}  # device -> (event of the last layer's side work or None, tensors it reads)
+_PENDING: dict = {}  # device -> (event after the last layer's side work, tensors it reads)
 
 
 def kernels_ahead(plans, x) -> dict:
@@ -297,7 +298,7 @@ def _settle_previous(device, entry):
     """At the end of a layer's backward whose kernel gradient went beside (``entry``): makes the current stream wait
     for the side work of the layer whose backward ran before, and drops the tensors it read."""
     previous = _PENDING.get(device)
-    if previous is not None and previous[0] is not None:
+    if previous is not None:
         torch.cuda.current_stream(device).wait_event(previous[0])
     _PENDING[device] = entry
 
