@@ -300,6 +300,13 @@ def test_weight_gradients_beside_the_backward_give_the_same_gradients(monkeypatc
         img = _fast_layers(syn, syn.input.forward_styles(styles["input"]), styles, syn.output_scale)
         (g_w,) = torch.autograd.grad(img.square().mean(), [w])
         assert order == [] and _rel(g_w, ref["ws"]) < 1e-6
+        # synthesis stopping early: kernels made ahead for the layers that run only
+        made = []
+        ahead = fast_layer.kernels_ahead
+        monkeypatch.setattr(fast_layer, "kernels_ahead", lambda p, x: made.append(ahead(p, x)) or made[-1])
+        with fast_layer.on_any_device():
+            fast_path.run_layers(syn, syn.input.forward_styles(styles["input"]), styles, stop_after=syn.layer_names[2])
+        assert [p.layer for p in made[0]] == [getattr(syn, n) for n in syn.layer_names[:3]]
     # the same without the side stream's bookkeeping
     computed = []  # (the CPU's in-turn path: _cudnn_grads, whose last argument asks for the kernel's gradient)
     cudnn_grads = fast_layer._cudnn_grads

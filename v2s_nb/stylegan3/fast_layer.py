@@ -247,9 +247,9 @@ class _KernelGradJoin(torch.autograd.Function):
     def backward(ctx, grad):
         if ctx.event is not None:
             torch.cuda.current_stream(grad.device).wait_event(ctx.event)
-        pending = _PENDING.get(grad.device)
-        if ctx.event is not None and pending is not None and pending[0] is ctx.event:
-            del _PENDING[grad.device]  # the last layer's side work, now waited for: its tensors may go
+            pending = _PENDING.get(grad.device)
+            if pending is not None and pending[0] is ctx.event:
+                del _PENDING[grad.device]  # the last layer's side work, now waited for: its tensors may go
         ctx.event = None
         return grad
 

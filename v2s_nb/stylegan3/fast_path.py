@@ -166,7 +166,9 @@ def run_layers(synthesis, x, styles, force_fp32=False, stop_after=None, collect=
     :meth:`LayerPlan.chains_into`), except where a layer's output is collected or synthesis stops after it."""
     feats = {} if feats is None else feats
     plans = [plan_for(getattr(synthesis, name), x.device) for name in synthesis.layer_names]
-    kernels = fast_layer.kernels_ahead(plans, x)  # before any layer runs: see fast_layer
+    names = synthesis.layer_names
+    last = names.index(stop_after) + 1 if stop_after in names else len(names)
+    kernels = fast_layer.kernels_ahead(plans[:last], x)  # of the layers that run, before any does (see fast_layer)
     factors = None  # this layer's modulation factors when the previous (chained) layer computed them
     for i, (name, plan) in enumerate(zip(synthesis.layer_names, plans)):
         nxt = plans[i + 1] if i + 1 < len(plans) else None
