@@ -204,15 +204,89 @@ def test_graphed_training_refuses_cpu():
         GraphedTrainingSynthesis(tiny_generator("T"))
 
 
+def _graphs_on_the_cpu(sample_args_seen):
+    """``torch.cuda.make_graphed_callables``'s contract, on the CPU: the callable's backward writes the gradients of
+    its inputs into buffers it reuses on every call and hands those out (detached), as a replayed graph does."""
+    def make(fn, sample_args, allow_unused_input=False):
+        sample_args_seen.extend(sample_args)
+        wants = [a.requires_grad for a in sample_args]
+        buffers = {}
+
+        class Replay(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, *inputs):
+                leaves = [t.detach().requires_grad_(w) for t, w in zip(inputs, wants)]
+                with torch.enable_grad():
+                    out = fn(*leaves)
+                ctx.recorded = leaves, out
+                return out.detach()
+
+            @staticmethod
+            def backward(ctx, g):
+                leaves, out = ctx.recorded
+                idx = [i for i, w in enumerate(wants) if w]
+                grads = torch.autograd.grad(out, [leaves[i] for i in idx], g, allow_unused=allow_unused_input)
+                given = [None] * len(leaves)
+                for i, grad in zip(idx, grads):
+                    if grad is not None:
+                        buffers.setdefault(i, torch.empty_like(grad)).copy_(grad)
+                        given[i] = buffers[i].detach()
+                return tuple(given)
+
+        return lambda *args: Replay.apply(*args)
+    return make
+
+
+def test_graphed_training_gradients_add_up_over_calls(monkeypatch):
+    """The replayed backward writes its gradients into the same buffers on every call: what one call leaves in
+    ws.grad and the parameters' .grad stays the caller's, so gradients summed over calls (a batch split into parts)
+    are those of G.synthesis. Recorded on stand-ins of the parameters, not the parameters (PyTorch's stream warning).
+    The CUDA graphs are replaced by their contract on the CPU."""
+    from v2s_nb.stylegan3 import GraphedTrainingSynthesis, graphs
+    G = tiny_generator("T")
+    params = list(G.synthesis.parameters())
+    seen = []
+    monkeypatch.setattr(graphs, "_cuda_device", lambda G: G.device)
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", _graphs_on_the_cpu(seen))
+    parts = [mapped_ws(G, 2, 0), mapped_ws(G, 1, 1)]  # the second part padded to the recorded batch of 2
+    G.synthesis.requires_grad_(True)
+    try:
+        for ws_grad in (True, False):
+            def summed(call):
+                for prm in params:
+                    prm.grad = None
+                leaves = [w.clone().requires_grad_(ws_grad) for w in parts]
+                first = None
+                for w in leaves:
+                    call(w).square().mean().backward()
+                    if ws_grad and first is None:
+                        first = w.grad.clone()
+                if ws_grad:
+                    assert torch.equal(leaves[0].grad, first)  # the second call left the first part's ws.grad alone
+                return [w.grad for w in leaves] + [prm.grad.clone() for prm in params]
+
+            ref = summed(G.synthesis)
+            got = summed(GraphedTrainingSynthesis(G, batch_size=2, ws_grad=ws_grad))
+            for g, r in zip(got, ref):
+                assert (g is None) == (r is None)
+                if r is not None:
+                    assert torch.allclose(g, r, rtol=1e-4, atol=1e-6)
+        stand_ins = seen[1:len(params) + 1]
+        assert all(s is not p and s.data_ptr() == p.data_ptr() for s, p in zip(stand_ins, params))
+    finally:
+        G.synthesis.requires_grad_(False)
+
+
 def _rel(a, b):
     return float((a.float() - b.float()).abs().max() / b.float().abs().max())
 
 
 @requires_cuda
 @pytest.mark.parametrize("cfg", ["R", "T"])
-def test_graphed_training_matches_eager(cfg):
+def test_graphed_training_matches_eager(cfg, recwarn):
     """Forward and backward replayed from CUDA graphs give eager autograd's image and gradients (w.r.t. ws, padded
-    batch; w.r.t. the weights, after an in-place update), and misuse raises."""
+    batch; w.r.t. the weights, after an in-place update), and misuse raises. No warning of the parameters' gradient
+    accumulators on another stream (PyTorch warns once a process: the first graphed weights step of the GPU run)."""
     from v2s_nb.stylegan3 import GraphedTrainingSynthesis
     scale = 2.0 ** 16  # fp16 gradients of a mean over 256² pixels underflow unscaled (GradScaler's job in training)
     G = build_generator(cfg, resolution=256, device="cuda", seed=0)
@@ -263,6 +337,7 @@ def test_graphed_training_matches_eager(cfg):
             by_weights(ws)
     finally:
         G.synthesis.requires_grad_(False)
+    assert not [w for w in recwarn if "AccumulateGrad" in str(w.message)]
 
 
 @requires_cuda

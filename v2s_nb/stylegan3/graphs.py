@@ -15,6 +15,7 @@ tensors needs a new :class:`GraphedSynthesis`. Gradients don't flow through its 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 def _cuda_device(G) -> torch.device:
@@ -106,17 +107,26 @@ class GraphedSynthesis:
             return self.from_styles(self.G.synthesis.styles(ws.to(self.device)), transform=transform)
 
 
-class _SynthesisCall(torch.nn.Module):
-    """``synthesis(ws, **kwargs)`` as a module of one tensor argument (what ``torch.cuda.make_graphed_callables``
-    records); its parameters are the synthesis network's."""
+class _OwnGradients(torch.autograd.Function):
+    """Identity on (ws, *parameters) in front of the replayed graphs, so that the gradients a call leaves behind are
+    the caller's own.
 
-    def __init__(self, synthesis, kwargs: dict):
-        super().__init__()
-        self.synthesis = synthesis
-        self._kwargs = dict(kwargs)
+    The backward graph writes its gradients into the same buffers on every replay, and autograd hands a leaf a
+    gradient without copying it where the leaf had none. So ``ws.grad`` (or that of whatever ws was made from) is
+    copied here (it is small), and a parameter's ``.grad`` that is still one of those buffers when the next call
+    comes is copied then (:meth:`GraphedTrainingSynthesis._detach_parameter_grads`): gradients summed over calls
+    (a batch split into parts) add up, and an optimiser loop that sets them to None between steps copies nothing."""
 
-    def forward(self, ws):
-        return self.synthesis(ws, **self._kwargs)
+    @staticmethod
+    def forward(ctx, owner, ws, *params):
+        ctx.owner = owner
+        return (ws.view_as(ws),) + tuple(p.view_as(p) for p in params)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_ws, *g_params):
+        ctx.owner._replay_grads = {g.data_ptr() for g in g_params if g is not None}
+        return (None, None if g_ws is None else g_ws.clone()) + g_params
 
 
 class GraphedTrainingSynthesis:
@@ -126,7 +136,8 @@ class GraphedTrainingSynthesis:
     For optimisation loops at small batches (pivotal tuning, the projection of one frame), where eager PyTorch spends
     more time launching the synthesis network's kernels, forward and backward, than the GPU spends running them.
     The loss and the optimiser stay eager: ``loss(graphed(ws)).backward()`` puts the gradients in ``ws.grad`` and
-    the parameters' ``.grad`` as ``G.synthesis(ws)`` would.
+    the parameters' ``.grad`` as ``G.synthesis(ws)`` would; they are the caller's own tensors, so gradients summed
+    over several calls (a batch split into parts) add up as they do eagerly.
 
     Which tensors get gradients is fixed when the graphs are recorded (the first call): ``ws`` when ``ws_grad``, and
     the synthesis parameters whose ``requires_grad`` is on then. Calls with other ``requires_grad`` flags raise (make a
@@ -146,13 +157,19 @@ class GraphedTrainingSynthesis:
     def __init__(self, G, batch_size: int = 1, ws_grad: bool = True, force_fp32: bool = False):
         self.G, self.device, self.batch_size = G, _cuda_device(G), _checked_batch(batch_size)
         self.ws_grad = bool(ws_grad)
-        self._call = _SynthesisCall(G.synthesis, {"force_fp32": bool(force_fp32)})
+        self._kwargs = {"force_fp32": bool(force_fp32)}
+        self._names, self._params = zip(*G.synthesis.named_parameters())
         self._graphed = None
         self._flags = None  # the parameters' requires_grad at recording
+        self._replay_grads = set()  # data pointers of the parameters' gradients the backward graph writes
         self._calls = 0
 
     def _param_flags(self):
-        return tuple(p.requires_grad for p in self._call.parameters())
+        return tuple(p.requires_grad for p in self._params)
+
+    def _synthesis_of(self, ws, *params):
+        """``G.synthesis(ws)`` with ``params`` in place of its parameters (same order as ``named_parameters``)."""
+        return torch.func.functional_call(self.G.synthesis, dict(zip(self._names, params)), (ws,), self._kwargs)
 
     def _record(self, ws_dtype):
         flags = self._param_flags()
@@ -165,8 +182,24 @@ class GraphedTrainingSynthesis:
             c = torch.zeros([1, self.G.c_dim], device=self.device) if self.G.c_dim else None
             w = self.G.mapping(z, c).to(ws_dtype)
         sample = w.expand(self.batch_size, -1, -1).clone().requires_grad_(self.ws_grad)
-        self._graphed = torch.cuda.make_graphed_callables(self._call, (sample,), allow_unused_input=True)
+        # Recorded on stand-ins of the parameters (same storage, so in-place updates are seen): the recording's
+        # autograd graph, which the graphs keep, then holds the stand-ins' gradient accumulators, made on the
+        # recording's streams. Had it the parameters', every later backward would feed them from the caller's
+        # stream, and PyTorch warns of the mismatch.
+        stand_ins = tuple(p.detach().requires_grad_(p.requires_grad) for p in self._params)
+        self._graphed = torch.cuda.make_graphed_callables(self._synthesis_of, (sample,) + stand_ins,
+                                                          allow_unused_input=True)
         self._flags = flags
+
+    def _detach_parameter_grads(self):
+        """Copies of the parameters' gradients that are still the backward graph's buffers (left by the last call's
+        backward where a parameter had none), before the next replay writes over them."""
+        if not self._replay_grads:
+            return
+        with torch.no_grad():
+            for p in self._params:
+                if p.grad is not None and p.grad.data_ptr() in self._replay_grads:
+                    p.grad = p.grad.clone()
 
     def _check_current(self, token: int):
         if token != self._calls:
@@ -194,8 +227,9 @@ class GraphedTrainingSynthesis:
         pad = self.batch_size - n
         if self.ws_grad and not ws.requires_grad:
             ws = ws.detach().requires_grad_(True)  # the recorded graph takes a ws that requires grad
+        self._detach_parameter_grads()
         self._calls += 1
-        out = self._graphed(_pad_rows(ws, pad))
+        out = self._graphed(*_OwnGradients.apply(self, _pad_rows(ws, pad), *self._params))
         if out.requires_grad:
             token = self._calls
             out.register_hook(lambda grad: self._check_current(token))
