@@ -965,13 +965,14 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
                 with torch.no_grad():
                     ref = render_ref(w_r).float()
                 codes = torch.cat([codes, w_r])  # one render for the pivots and the locality codes
+            # before the render: a graphed render copies gradients still held from the last step (graphs.py)
+            opt.zero_grad(set_to_none=True)
             img = render(codes).float()
             loss_i = rec_loss(img[:m], targets[sel])
             loss = loss_i.sum()
             if w_r is not None:
                 reg = rec_loss(img[m:], ref)
                 loss = loss + locality_weight * reg.sum()
-            opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             # A non-finite loss is caught one step late (a read now would wait for this step's GPU work); with
             # fp16 layers the scaler skips such a step's update anyway, and on a raise the copy is dropped.

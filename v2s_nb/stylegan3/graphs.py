@@ -108,7 +108,7 @@ class GraphedSynthesis:
 
 
 class _OwnGradients(torch.autograd.Function):
-    """Identity on (ws, *parameters) in front of the replayed graphs, so that the gradients a call leaves behind are
+    """Identity on (ws, *the parameters that get gradients) in front of the replayed graphs, so that the gradients a call leaves behind are
     the caller's own.
 
     The backward graph writes its gradients into the same buffers on every replay, and autograd hands a leaf a
@@ -229,7 +229,10 @@ class GraphedTrainingSynthesis:
             ws = ws.detach().requires_grad_(True)  # the recorded graph takes a ws that requires grad
         self._detach_parameter_grads()
         self._calls += 1
-        out = self._graphed(*_OwnGradients.apply(self, _pad_rows(ws, pad), *self._params))
+        trained = [p for p, flag in zip(self._params, self._flags) if flag]
+        ws, *trained = _OwnGradients.apply(self, _pad_rows(ws, pad), *trained)
+        trained = iter(trained)
+        out = self._graphed(ws, *(next(trained) if flag else p for p, flag in zip(self._params, self._flags)))
         if out.requires_grad:
             token = self._calls
             out.register_hook(lambda grad: self._check_current(token))
