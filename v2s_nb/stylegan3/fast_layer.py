@@ -223,6 +223,8 @@ def kernels_ahead(plans, x) -> dict:
     weight requires grad, when ``fast_config`` ``overlap_weight_grads`` is on and autograd records, on CUDA (or inside
     :func:`on_any_device`, where the same bookkeeping runs on one stream); else empty. :func:`.fast_path.run_layers`
     makes them before the first layer and hands each to :func:`layer_forward`."""
+    if x.is_cuda and not torch.cuda.is_current_stream_capturing():  # (a recording can't wait for an outside event)
+        _release_left_over(x.device)
     if not (fast_config.current().overlap_weight_grads and torch.is_grad_enabled() and (x.is_cuda or _ANY_DEVICE)):
         return {}
     out = {}
@@ -292,6 +294,14 @@ def _kernel_grad_beside(x, g_y, kernel, scale, join):
     join.event = event
     # x, d y, scale, kernel and out were made on the current stream: kept until it has waited for the side work
     return out, (event, (x, g_y, scale, kernel, out))
+
+
+def _release_left_over(device):
+    """Drops the pending side work that a backward stopped part way (an exception, e.g. out of memory) left behind,
+    once the current stream has waited for it: else that layer's x and d y stay held into the next forward."""
+    left = _PENDING.pop(device, None)
+    if left is not None:
+        torch.cuda.current_stream(device).wait_event(left[0])
 
 
 def _settle_previous(device, entry):
