@@ -196,6 +196,11 @@ def test_graphed_synthesis_matches_eager(cfg):
         assert torch.equal(graphed(ws[:2]), eager_buffer)  # no transform: the input's buffer, as G.synthesis does
         # 3 = a full batch of 2 + a padded batch of 1 (eager at batch 3 may pick other GEMM kernels: fp16 rounding)
         assert float((graphed(ws, transform=tf) - eager).abs().max()) < 1e-2
+    with torch.no_grad():  # an in-place update of every parameter: the next call records anew (kept kernels)
+        for prm in G.synthesis.parameters():
+            prm.mul_(1.01)
+        eager2 = G.synthesis(ws[:2], transform=tf[:2].cuda())
+    assert torch.equal(graphed(ws[:2], transform=tf[:2]), eager2)
 
 
 def test_graphed_training_refuses_cpu():
@@ -277,6 +282,45 @@ def test_graphed_training_gradients_add_up_over_calls(monkeypatch):
         G.synthesis.requires_grad_(False)
 
 
+def test_graphed_training_records_anew_where_its_kept_values_went_stale(monkeypatch):
+    """A graph keeps values made from the parameters that get no gradient (their kernels), so an in-place change of
+    one of those makes the next call record anew; optimiser steps on the parameters that get gradients don't; a
+    replaced tensor does. The CUDA graphs are replaced by their contract on the CPU."""
+    from v2s_nb.stylegan3 import GraphedTrainingSynthesis, graphs
+    G = tiny_generator("T")
+    first, last = G.synthesis.parameters().__next__(), list(G.synthesis.parameters())[-1]
+    seen = []
+    monkeypatch.setattr(graphs, "_cuda_device", lambda G: G.device)
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", _graphs_on_the_cpu(seen))
+    recordings = lambda: len(seen) // (1 + len(list(G.synthesis.parameters())))  # noqa: E731
+    ws = mapped_ws(G, 1, 0)
+
+    by_ws = GraphedTrainingSynthesis(G, batch_size=1)  # every parameter frozen
+    by_ws(ws).square().mean().backward()
+    by_ws(ws).square().mean().backward()
+    assert recordings() == 1
+    with torch.no_grad():
+        first.mul_(1.01)
+    img = by_ws(ws)
+    assert recordings() == 2
+    assert torch.allclose(img, G.synthesis(ws))
+
+    last.requires_grad_(True)
+    try:
+        by_weights = GraphedTrainingSynthesis(G, batch_size=1, ws_grad=False)
+        opt = torch.optim.SGD([last], lr=0.1)
+        for _ in range(2):
+            opt.zero_grad(set_to_none=True)
+            by_weights(ws).square().mean().backward()
+            opt.step()  # in place on a parameter that gets gradients: recomputed in the graphs, no new recording
+        assert recordings() == 3
+        last.data = last.data.clone()  # a replaced tensor: the stand-in would read the old one
+        by_weights(ws)
+        assert recordings() == 4
+    finally:
+        last.requires_grad_(False)
+
+
 def _rel(a, b):
     return float((a.float() - b.float()).abs().max() / b.float().abs().max())
 
@@ -304,6 +348,11 @@ def test_graphed_training_matches_eager(cfg, recwarn):
         assert _rel(img, img_e[:2]) < 1e-5
         assert _rel(w.grad, w_e.grad[:2]) < 1e-3, _rel(w.grad, w_e.grad[:2])
         assert float(w.grad.abs().max()) > 0
+    with torch.no_grad():  # frozen parameters updated in place: the next call records anew (kept kernels)
+        for prm in G.synthesis.parameters():
+            prm.mul_(1.01)
+    eager = G.synthesis(torch.cat([ws, ws[-1:]]).requires_grad_(True))[:2]  # as above: padded, under autograd
+    assert _rel(graphed(ws), eager) < 1e-5
     a = graphed(ws.clone().requires_grad_(True))
     graphed(ws.clone().requires_grad_(True))
     with pytest.raises(RuntimeError, match="earlier call"):

@@ -5,9 +5,13 @@ kernels than the GPU spends running them. :class:`GraphedSynthesis` records ``G.
 per batch size into a CUDA graph and replays it: the same kernels, the same numbers, without the per-kernel
 launch cost. Inputs (the S codes and the per-sample input transform) are copied into static buffers first.
 
-The graph reads the generator's parameters where they were when it was recorded: in-place updates (an
-optimiser step, ``load_state_dict``) are seen, but moving the generator (``.to()``) or replacing its
-tensors needs a new :class:`GraphedSynthesis`. Gradients don't flow through its replay (inference only);
+A graph reads the generator's parameters where they were when it was recorded, and values made from some of them
+then: each layer's convolution kernel, which inference keeps between calls (every parameter in
+:class:`GraphedSynthesis`, those that get no gradient in :class:`GraphedTrainingSynthesis`). So each call compares
+those parameters with the recording's (storage and version) and records anew (the warm-up calls and the recording
+again) after an in-place change (an optimiser step, ``load_state_dict``) or a replaced tensor; moving the generator
+to another device raises (make a new instance).
+Gradients don't flow through :class:`GraphedSynthesis`'s replay (inference only);
 :class:`GraphedTrainingSynthesis` records the forward and the backward for gradient steps (the optimisation loops of
 :mod:`v2s_nb.method.invert` use it at small batches).
 """
@@ -30,6 +34,16 @@ def _checked_batch(batch_size) -> int:
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return int(batch_size)
+
+
+def _parameters_stamp(G, device, params, versioned=None):
+    """Where each of ``params`` lives and its version (only where ``versioned``, one flag a parameter, says so; None:
+    all), to compare with a recording's. Raises ValueError if G has left ``device``."""
+    if G.device != device:
+        raise ValueError(f"the generator moved from {device} to {G.device} since this graph was recorded; make a new "
+                         "one for the generator where it is now")
+    versioned = (True,) * len(params) if versioned is None else versioned
+    return tuple((p.data_ptr(), p._version if v else None) for p, v in zip(params, versioned))
 
 
 def _pad_rows(part: torch.Tensor, pad: int) -> torch.Tensor:
@@ -57,11 +71,15 @@ class GraphedSynthesis:
             probe = syn.styles(G.mapping.w_avg.reshape(1, 1, -1).expand(1, G.num_ws, -1))
         self._styles = {k: v.expand(self.batch_size, -1).clone() for k, v in probe.items()}
         self._transform = syn.input.transform.reshape(1, 3, 3).expand(self.batch_size, 3, 3).clone()
+        self._params = tuple(syn.parameters())
         self._graph = None
+        self._stamp = None  # the parameters' storage and versions at the recording
         self._out = None
 
     def _record(self):
         syn = self.G.synthesis
+        self._graph = self._out = None  # the last recording's memory goes first
+        self._stamp = _parameters_stamp(self.G, self.device, self._params)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.no_grad(), torch.cuda.stream(side):
@@ -95,7 +113,7 @@ class GraphedSynthesis:
                 self._transform.copy_(self.G.synthesis.input.transform.reshape(1, 3, 3).expand_as(self._transform))
             else:
                 self._transform.copy_(_pad_rows(transform[start:stop], pad))
-            if self._graph is None:
+            if self._graph is None or _parameters_stamp(self.G, self.device, self._params) != self._stamp:
                 self._record()
             self._graph.replay()
             outs.append(self._out[:stop - start].clone())
@@ -142,8 +160,9 @@ class GraphedTrainingSynthesis:
     Which tensors get gradients is fixed when the graphs are recorded (the first call): ``ws`` when ``ws_grad``, and
     the synthesis parameters whose ``requires_grad`` is on then. Calls with other ``requires_grad`` flags raise (make a
     new instance). Each call's backward must run before the next call (the graphs keep one set of saved
-    activations); a backward after a later call raises. Parameters may be updated in place (optimiser steps);
-    moving the generator or replacing its tensors needs a new instance.
+    activations); a backward after a later call raises. Parameters may be updated in place (optimiser steps): the
+    graphs recompute what they make from the parameters that get gradients, and a call after an in-place change of
+    one that doesn't (or a replaced tensor) records them anew (see the module's docstring).
 
     Args:
         G: a :class:`~v2s_nb.stylegan3.Generator` on a CUDA device.
@@ -161,6 +180,7 @@ class GraphedTrainingSynthesis:
         self._names, self._params = zip(*G.synthesis.named_parameters())
         self._graphed = None
         self._flags = None  # the parameters' requires_grad at recording
+        self._stamp = None  # the parameters' storage, and the versions of those without gradients, at recording
         self._replay_grads = set()  # data pointers of the parameters' gradients the backward graph writes
         self._calls = 0
 
@@ -171,11 +191,17 @@ class GraphedTrainingSynthesis:
         """``G.synthesis(ws)`` with ``params`` in place of its parameters (same order as ``named_parameters``)."""
         return torch.func.functional_call(self.G.synthesis, dict(zip(self._names, params)), (ws,), self._kwargs)
 
+    def _stamp_now(self, flags):
+        # the parameters that get no gradient: their kernels are kept between calls (inference's), so their versions
+        return _parameters_stamp(self.G, self.device, self._params, versioned=tuple(not f for f in flags))
+
     def _record(self, ws_dtype):
         flags = self._param_flags()
         if not (self.ws_grad or any(flags)):
             raise ValueError("nothing to differentiate: ws_grad is off and no synthesis parameter requires grad; "
                              "use GraphedSynthesis for inference")
+        self._graphed = None  # the last recording's memory goes first
+        self._stamp = self._stamp_now(flags)
         # a code from the middle of W (the mapping of z = 0) for the recording's warm-up steps
         with torch.no_grad():
             z = torch.zeros([1, self.G.z_dim], device=self.device)
@@ -224,6 +250,8 @@ class GraphedTrainingSynthesis:
         elif self._param_flags() != self._flags:
             raise RuntimeError("the synthesis parameters' requires_grad flags changed since the graphs were "
                                "recorded; make a new GraphedTrainingSynthesis for the new set")
+        elif self._stamp_now(self._flags) != self._stamp:
+            self._record(ws.dtype)
         pad = self.batch_size - n
         if self.ws_grad and not ws.requires_grad:
             ws = ws.detach().requires_grad_(True)  # the recorded graph takes a ws that requires grad
