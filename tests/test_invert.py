@@ -166,6 +166,57 @@ def test_cache_avoids_inverting_twice(G, tmp_path):
     assert not s1.from_cache and s2.from_cache and torch.equal(s1.ws, s2.ws)
 
 
+def test_weights_set_up_for_fine_tuning_get_no_gradient(G):
+    """invert / invert_sequence optimise codes only: a generator whose weights require grad keeps its flags and gets
+    no .grad from them."""
+    frames = _render(G, G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(8)), None))
+    G.synthesis.requires_grad_(True)
+    try:
+        invert(G, frames, steps=2, progress=False)
+        invert_sequence(G, frames, batch_size=1, steps_first=2, steps_next=1, progress=False)
+        assert all(p.grad is None and p.requires_grad for p in G.synthesis.parameters())
+    finally:
+        G.synthesis.requires_grad_(False)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        invert(G, frames, steps=2, batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="batch_size >= 1"):
+        pivotal_tuning(G, frames, G.mapping.w_avg.expand(2, G.num_ws, -1), steps=1, batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="3 pivot codes for 2 images"):
+        pivotal_tuning(G, frames, G.mapping.w_avg.expand(3, G.num_ws, -1), steps=1, progress=False)
+
+
+def _l1_per_image(a, b):
+    return (a - b).abs().mean(dim=(1, 2, 3))
+
+
+def test_cache_keys_tell_perceptual_callables_apart(G, tmp_path):
+    """A cached result is keyed by the perceptual loss: a lambda or partial can't be told from another of its kind
+    by name, so with cache_dir / checkpoint_dir it needs a cache_key (else a clear error); a module-level function
+    is keyed by its name."""
+    import functools
+    frames = _render(G, G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(7)), None))
+    run = dict(steps=2, perceptual_weight=1.0, cache_dir=tmp_path, progress=False)
+    for unnamed in (lambda a, b: _l1_per_image(a, b), functools.partial(_l1_per_image)):
+        with pytest.raises(ValueError, match="cache_key"):
+            invert(G, frames, perceptual=unnamed, **run)
+        with pytest.raises(ValueError, match="cache_key"):
+            invert_sequence(G, frames, steps_first=2, steps_next=1, perceptual=unnamed, checkpoint_dir=tmp_path,
+                            progress=False)
+    assert not list(tmp_path.iterdir())
+
+    def scaled(k):
+        f = functools.partial(lambda k, a, b: k * _l1_per_image(a, b), k)
+        f.cache_key = f"l1 x{k}"
+        return f
+
+    a, b = (invert(G, frames, perceptual=scaled(k), **run) for k in (1.0, 100.0))
+    assert not b.from_cache and not torch.equal(a.ws, b.ws)  # another loss: not the first one's result
+    assert invert(G, frames, perceptual=scaled(100.0), **run).from_cache
+    c = invert(G, frames, perceptual=_l1_per_image, **run)
+    assert not c.from_cache and c.settings["perceptual"].endswith("test_invert._l1_per_image")
+    assert invert(G, frames, perceptual=_l1_per_image, **run).from_cache
+
+
 @pytest.mark.slow
 def test_deterministic_and_batch_independent(G, known):
     images = known[0]

@@ -55,6 +55,25 @@ def test_rows_8_up_untouched_loss_falls_target_reached(G, w_ref):
     assert "target" in enc.report()
 
 
+def test_start_codes_move_only_the_pose_rows_and_the_weights_get_no_gradient(G, w_ref):
+    """``init`` (one start code for all, or one per code) sets where rows 0-7 start; rows 8+ stay w_ref's whatever
+    init holds. A generator set up for fine-tuning keeps no gradient from the loop, and its flags."""
+    P = LinearOnW(G)
+    other = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(4)), None)[0].detach()
+    target = P(w_ref[None])[0].numpy() + np.array([5.0, 0.0, 0.0])
+    G.synthesis.requires_grad_(True)
+    try:
+        enc = encode_pose(G, w_ref, np.stack([target] * 2), P, steps=3, init=other)
+        assert all(p.grad is None and p.requires_grad for p in G.synthesis.parameters())
+    finally:
+        G.synthesis.requires_grad_(False)
+    assert enc.ws.shape[0] == 2 and torch.equal(enc.ws[:, 8:], w_ref[8:].expand(2, -1, -1))
+    with pytest.raises(ValueError, match="2 codes and target 3 poses"):
+        encode_pose(G, torch.stack([w_ref] * 2), np.zeros((3, 3)), P, steps=1)
+    with pytest.raises(ValueError, match="init must be"):
+        encode_pose(G, w_ref, np.zeros((2, 3)), P, steps=1, init=torch.stack([other] * 3))
+
+
 def test_larger_lambda_id_keeps_w_closer(G, w_ref):
     P = LinearOnW(G)
     target = P(w_ref[None])[0].numpy() + np.array([20.0, 10.0, -10.0])

@@ -26,7 +26,10 @@ of the same images in [0, 1] or in uint8 units.
 
 Perceptual term: ``perceptual=None`` (pixels only), ``'lpips'`` (the ``lpips`` package with its VGG backbone,
 which needs torchvision and a download; when it cannot be built the run falls back to pixels with one
-:class:`PerceptualFallbackWarning`), or any callable ``f(img, target) -> [N]`` on [-1, 1] images.
+:class:`PerceptualFallbackWarning`), or any callable ``f(img, target) -> [N]`` on [-1, 1] images. Cached results
+and checkpoints are keyed by what the callable computes, which its name says only for a function defined at the top
+level of a module; any other callable (a lambda, a ``functools.partial``, a module instance) needs a ``cache_key``
+attribute (a string naming the loss and its settings) for ``cache_dir`` / ``checkpoint_dir``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import warnings
@@ -44,7 +48,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_atomic
-from .loss_scale import grad_scaler
+from .loss_scale import codes_only, grad_scaler
 import torch.nn.functional as F
 from ..caching import entry_path, generator_hash, hash_tensor, json_key, warn_unusable
 from ..errors import V2SError, V2SWarning
@@ -302,9 +306,27 @@ def _resolve_perceptual(perceptual, device) -> tuple[Callable | None, str]:
             return model(img, target).reshape(img.shape[0])
         return lpips_fn, "lpips-vgg"
     if callable(perceptual):
+        key = getattr(perceptual, "cache_key", None)
+        if key is not None:
+            return perceptual, f"callable:{key}"
         name = getattr(perceptual, "__qualname__", None) or type(perceptual).__qualname__
-        return perceptual, f"callable:{getattr(perceptual, '__module__', '?')}.{name}"
+        name = f"{getattr(perceptual, '__module__', '?')}.{name}"
+        if inspect.isfunction(perceptual) and "<" not in name:  # a module's function: its name says what it is
+            return perceptual, f"callable:{name}"
+        return perceptual, f"unidentified callable:{name}"
     raise TypeError(f"perceptual must be None, 'lpips' or a callable, got {type(perceptual).__name__}")
+
+
+def _keyed_by(perc_name: str, **folders) -> None:
+    """ValueError where a result would be cached or checkpointed (a folder given) under a perceptual loss that its
+    name doesn't identify: two lambdas, partials or module instances would share the key, and one's result would be
+    returned for the other."""
+    used = [k for k, v in folders.items() if v]
+    if used and perc_name.startswith("unidentified"):
+        raise ValueError(f"{' and '.join(used)} key results by the settings, and the perceptual callable "
+                         f"{perc_name.split(':', 1)[1]} can't be told from another of its kind (a lambda, partial or "
+                         "module instance); give it a cache_key attribute naming what it computes (e.g. "
+                         "f.cache_key = 'lpips-alex-v0.1'), or pass a function defined at a module's top level")
 
 
 def _per_image(value, n: int, what: str) -> torch.Tensor:
@@ -680,14 +702,15 @@ def invert(G, images, *, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["l
     kwargs = dict(steps=int(steps), lr=float(lr), lr_rampup=float(lr_rampup), lr_rampdown=float(lr_rampdown),
                   w_noise=float(w_noise), w_noise_ramp=float(w_noise_ramp), mse_weight=float(mse_weight),
                   perceptual_weight=float(perceptual_weight), w_avg_weight=float(w_avg_weight), seed=int(seed))
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     device, dtype = _g_device_dtype(G)
     targets = prepare_images(images, G.img_resolution, frame_indices)
     n = targets.shape[0]
     idx = list(range(n)) if frame_indices is None else [int(i) for i in frame_indices]
     init_ws = _check_init(init, G, n, device, dtype)
     perc_fn, perc_name = _resolve_perceptual(perceptual, device)
+    _keyed_by(perc_name, cache_dir=cache_dir)
     settings = _settings(kwargs, perc_name, mode="invert", batch_size=int(batch_size),
                          init="w_avg" if init is None else "given")
     gen_id = generator_identity(G)
@@ -705,8 +728,10 @@ def invert(G, images, *, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["l
         for s in range(0, n, batch_size):
             if pbar is not None:
                 pbar.set_description(f"invert frames {idx[s]}..{idx[min(s + batch_size, n) - 1]}")
-            w, hst = _optimise(G, targets[s:s + batch_size], init_ws[s:s + batch_size], steps, kwargs, perc_fn, rng,
-                               idx[s:s + batch_size], pbar=pbar, w_noise=w_noise, w_spread=w_spread, render=render)
+            with codes_only(G):
+                w, hst = _optimise(G, targets[s:s + batch_size], init_ws[s:s + batch_size], steps, kwargs, perc_fn,
+                                   rng, idx[s:s + batch_size], pbar=pbar, w_noise=w_noise, w_spread=w_spread,
+                                   render=render)
             ws_out.append(w)
             hist.extend(list(hst))
     finally:
@@ -778,6 +803,7 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
     idx = list(range(n)) if frame_indices is None else [int(i) for i in frame_indices]
     first_init = _check_init(init, G, min(batch, n), device, dtype)
     perc_fn, perc_name = _resolve_perceptual(perceptual, device)
+    _keyed_by(perc_name, cache_dir=cache_dir, checkpoint_dir=checkpoint_dir)
     settings = _settings(kwargs, perc_name, mode="sequence", batch=int(batch), steps_first=int(steps_first),
                          steps_next=int(steps_next), lr_next=lr_next, temporal_weight=float(temporal_weight),
                          init="w_avg" if init is None else "given")
@@ -819,10 +845,10 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
                 if pbar is not None:
                     pbar.set_description(f"invert frames {idx[s]}..{idx[e - 1]}")
                 rng = torch.Generator(device="cpu").manual_seed(int(seed) + b)
-                w, hst = _optimise(G, tgt, init_b, steps_b, kwargs if b == 0 else kwargs_next, perc_fn, rng,
-                                   idx[s:e], pbar=pbar,
-                                   prev_w=prev_w, temporal_weight=float(temporal_weight),
-                                   w_noise=w_noise if b == 0 else 0.0, w_spread=w_spread, render=render)
+                with codes_only(G):
+                    w, hst = _optimise(G, tgt, init_b, steps_b, kwargs if b == 0 else kwargs_next, perc_fn, rng,
+                                       idx[s:e], pbar=pbar, prev_w=prev_w, temporal_weight=float(temporal_weight),
+                                       w_noise=w_noise if b == 0 else 0.0, w_spread=w_spread, render=render)
                 mse = _reconstruction_mse(G, w, tgt, batch)
                 part = Inversion(ws=w.float().cpu(), mse=mse, psnr=psnr_from_mse(mse), loss_history=list(hst),
                                  settings=dict(settings, checkpoint_key=key, batch_index=b), generator=gen_id,
@@ -859,7 +885,8 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
     ``mse_weight · MSE + perceptual_weight · P`` against their images, plus, every ``locality_every`` steps, the
     locality regulariser of PTI: for ``locality_samples`` codes ``w_r = w_p + r · (w_z - w_p) / ||w_z - w_p||``
     (``w_z`` from the mapping of random z at truncation ``locality_truncation``, ``w_p`` a pivot, per w+ row),
-    ``locality_weight · (MSE + perceptual_weight · P)`` between the tuned and the original generator's renders.
+    ``locality_weight · (mse_weight · MSE + perceptual_weight · P)`` (the same weighting, as PTI's) between the
+    tuned and the original generator's renders.
     ``locality_radius`` defaults to PTI's 30 for 512-d W, scaled by ``sqrt(w_dim / 512)`` for other widths.
 
     Args:
@@ -880,14 +907,20 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
     Raises:
         InversionDivergedError: NaN / inf loss, naming the frames of the batch.
     """
+    if steps < 0 or batch_size < 1:
+        raise ValueError(f"steps must be >= 0 and batch_size >= 1, got {steps} and {batch_size}")
     device, dtype = _g_device_dtype(G)
     if isinstance(ws, Inversion):
-        if frame_indices is None:
+        if frame_indices is None and len(ws.frame_indices) == len(images):
             frame_indices = [int(i) for i in ws.frame_indices]
         ws = ws.ws
     targets = prepare_images(images, G.img_resolution, frame_indices)
     n = targets.shape[0]
     idx = list(range(n)) if frame_indices is None else [int(i) for i in frame_indices]
+    codes = torch.as_tensor(ws).shape
+    if len(codes) == 3 and codes[0] not in (1, n):
+        raise ValueError(f"ws has {codes[0]} pivot codes for {n} images: give one per image (an Inversion of the "
+                         "same frames) or one for all")
     pivots = _check_init(ws, G, n, device, dtype)
     targets = targets.to(device)
     perc_fn, perc_name = _resolve_perceptual(perceptual, device)

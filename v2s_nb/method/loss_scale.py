@@ -5,9 +5,13 @@ per-image mean loss at 1024² gives per-pixel gradients around 1e-7, below fp16'
 scaling most of them flush to zero or keep a bit or two. :func:`grad_scaler` returns PyTorch's dynamic loss
 scaler, on only where fp16 layers are in the path, so optimisers see the same gradients as in float32. Adam is
 invariant to the scale, so results don't depend on it.
+
+:func:`codes_only` keeps a generator's weights out of the gradients while codes are optimised through it.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -26,3 +30,18 @@ def grad_scaler(G, force_fp32: bool = False) -> torch.amp.GradScaler:
     Use: ``scaler.scale(loss).backward(); scaler.step(opt); scaler.update()``.
     """
     return torch.amp.GradScaler(G.device.type, init_scale=2.0 ** 16, enabled=uses_fp16(G, force_fp32))
+
+
+@contextlib.contextmanager
+def codes_only(G):
+    """Within the block ``G``'s parameters don't require grad (their flags are restored after): a loop that optimises
+    codes through a generator the caller had set up for fine-tuning would otherwise compute the weights' gradients
+    at every step too, and leave them summed in the caller's ``.grad``."""
+    flags = [(p, p.requires_grad) for p in G.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield G
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

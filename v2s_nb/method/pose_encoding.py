@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_atomic
-from .loss_scale import grad_scaler
+from .loss_scale import codes_only, grad_scaler
 from torch import nn
 from ..errors import FallbackWarning, V2SError
 from ..progress import progress_bar, progress_iter
@@ -333,7 +333,7 @@ def _predict(G, pose_fn, pose_input, ws):
 def _optimise(G, w0, w_orig, target, pose_fn, pose_input, steps, lr, lp, lambda_id, rows):
     dev = w0.device
     free = w0[:, :rows].clone().requires_grad_(True)
-    fixed = w0[:, rows:].detach()
+    fixed = w_orig[:, rows:].detach()  # rows past the pose rows stay the input's, whatever the start codes hold
     orig = w_orig[:, :rows].detach()
     opt = torch.optim.Adam([free], lr=lr)
     # The default regressor reads w, not images: only an image-based pose_fn passes the fp16 layers.
@@ -394,8 +394,20 @@ def encode_pose(G, w_ref, target, pose_fn=None, *, pose_input: str | None = None
         t = t.expand(w.shape[0], 3)
     if w.shape[0] == 1 and t.shape[0] > 1:
         w = w.expand(t.shape[0], -1, -1)
-    w0 = w if init is None else torch.as_tensor(init).detach().float().to(dev).reshape(w.shape)
-    out, hist = _optimise(G, w0, w, t, pose_fn, pose_input, int(steps), float(lr), lp, float(lambda_id), int(rows))
+    if t.shape[0] != w.shape[0]:
+        raise ValueError(f"w_ref has {w.shape[0]} codes and target {t.shape[0]} poses: give one pose per code, or "
+                         "one code or one pose for all")
+    w0 = w
+    if init is not None:
+        w0 = torch.as_tensor(init).detach().float().to(dev)
+        if w0.shape in ((G.num_ws, G.w_dim), (1, G.num_ws, G.w_dim)):
+            w0 = w0.reshape(1, G.num_ws, G.w_dim).expand_as(w)
+        if w0.shape != w.shape:
+            raise ValueError(f"init must be [{G.num_ws}, {G.w_dim}] or [{w.shape[0]}, {G.num_ws}, {G.w_dim}] (one "
+                             f"start code for all, or one per code), got {tuple(w0.shape)}")
+    with codes_only(G):
+        out, hist = _optimise(G, w0, w, t, pose_fn, pose_input, int(steps), float(lr), lp, float(lambda_id),
+                              int(rows))
     with torch.no_grad():
         pred = _predict(G, pose_fn, pose_input, out).cpu().numpy()
     if measure is None:
