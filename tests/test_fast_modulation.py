@@ -28,6 +28,9 @@ def test_kernels_follow_the_config(monkeypatch):
     with fast_config.override(modulation_kernels=True):
         assert fast_modulation.modulation_applies(s, torch.ones(4, 2), torch.ones([]))
         assert fast_modulation.torgb_applies(x, torch.ones(3, 4, 1, 1), s)
+        # the one pass has no backward: under autograd, a bias that requires grad (alone) keeps it off
+        assert fast_modulation.torgb_applies(x, torch.ones(3, 4, 1, 1), s, torch.zeros(3))
+        assert not fast_modulation.torgb_applies(x, torch.ones(3, 4, 1, 1), s, torch.zeros(3, requires_grad=True))
     with fast_config.override(modulation_kernels=False):
         assert not fast_modulation.modulation_applies(s, torch.ones(4, 2), torch.ones([]))
         assert not fast_modulation.torgb_applies(x, torch.ones(3, 4, 1, 1), s)

@@ -397,7 +397,8 @@ _WEIGHT_DERIVED = WeakIdKeyDictionary()
 
 def weight_derived(weight, key, build):
     """``build()`` for this ``weight`` tensor and ``key``, kept while the weight's storage and version stay the same
-    (an optimiser step or a load moves the version; one entry per key, replaced then). For inference: the fast path
+    (an optimiser step or a load moves the version; one entry per key, replaced then; edits through ``.data`` don't
+    move it and aren't seen: docs/api.md). For inference: the fast path
     keeps each layer's shared kernel (``fast_path.LayerPlan.shared_kernel``) and, per convolution form, the weight
     operands built from it. Built as normal tensors without autograd, even under ``torch.inference_mode``: a later
     autograd pass may save them for backward."""

@@ -171,37 +171,48 @@ class _Layer3x3(torch.autograd.Function):
         # d y (the demodulation inside), d bias, d dcoefs: the activation's backward with dcoefs as its input gain
         g_y, g_b, g_d = _activation_backward(y, codes, bias, grad, ctx.spec, dcoefs, *ctx.y_meta)
         del y, codes
-        g_x = g_k = g_s = pending = None
+        g_k = pending = None
         # not wanted by this backward (autograd.grad of ws alone, the weights requiring grad): not computed
         need_k = need_k and _wanted(ctx, 1)
         join = ctx.next_functions[1][0] if need_k else None
         if isinstance(join, _KernelGradJoin._backward_cls):  # on a side stream while the backward goes on
             g_k, pending = _kernel_grad_beside(x, g_y, kernel, scale, join)
             need_k = False
-        if (need_x or need_k or need_s) and _triton_conv_grads(g_y):
-            k = kernel.shape[-1]
-            if need_k:
-                g_k = _kernel_grad(x, g_y, kernel, scale).to(kernel.dtype)
-            # d x = d (x * scale) * scale and d scale = pixel sums of d (x * scale) * x: in the cudnn form inside
-            # its last transpose, else one pass after
-            if (need_x or need_s) and fast_conv.input_grad_form(x.shape[1]) == "cudnn":
-                g_x, g_s = fast_conv.conv2d_input_grad_nchw(g_y, kernel, k - 1, x.shape, scale=scale, x=x)
-            elif need_x or need_s:
-                g_xs = fast_conv.conv2d_input_grad_nchw(g_y, kernel, k - 1, x.shape)
-                g_x, _, g_s = fast_ops.scaled_with_sums(g_xs, x, scale, x.dtype)
-            del g_y
-        elif need_x or need_k or need_s:
-            g_xs, g_k_here = _cudnn_grads(g_y, x, scale, kernel, need_x or need_s, need_k)
-            if need_k:
-                g_k = g_k_here
-            del g_y
-            if g_xs is not None:
-                g_x, _, g_s = fast_ops.scaled_with_sums(g_xs, x, scale, x.dtype)
-        g_x = g_x if need_x else None
-        g_s = g_s if need_s else None
+        try:
+            g_x, g_k_here, g_s = _conv_grads(x, g_y, kernel, scale, need_x, need_k, need_s)
+        except BaseException:
+            if pending is not None:  # the side work still reads x and d y and writes g_k: not freed before it ends
+                torch.cuda.current_stream(x.device).wait_event(pending[0])
+            raise
+        del g_y
         if pending is not None:
             _settle_previous(x.device, pending)
-        return g_x, g_k, g_s, g_d.to(dcoefs.dtype), g_b.to(bias.dtype), None
+        return g_x, g_k if g_k_here is None else g_k_here, g_s, g_d.to(dcoefs.dtype), g_b.to(bias.dtype), None
+
+
+def _conv_grads(x, g_y, kernel, scale, need_x, need_k, need_s):
+    """(d x or None, d kernel in kernel's dtype or None, d scale or None) of conv2d(x * scale, kernel, padding k - 1)
+    for the output gradient ``g_y``, each only where needed: fast_conv's kernels (:func:`_triton_conv_grads`), else
+    cuDNN's."""
+    g_x = g_k = g_s = None
+    if not (need_x or need_k or need_s):
+        return None, None, None
+    if _triton_conv_grads(g_y):
+        k = kernel.shape[-1]
+        if need_k:
+            g_k = _kernel_grad(x, g_y, kernel, scale).to(kernel.dtype)
+        # d x = d (x * scale) * scale and d scale = pixel sums of d (x * scale) * x: in the cudnn form inside its
+        # last transpose, else one pass after
+        if (need_x or need_s) and fast_conv.input_grad_form(x.shape[1]) == "cudnn":
+            g_x, g_s = fast_conv.conv2d_input_grad_nchw(g_y, kernel, k - 1, x.shape, scale=scale, x=x)
+        elif need_x or need_s:
+            g_xs = fast_conv.conv2d_input_grad_nchw(g_y, kernel, k - 1, x.shape)
+            g_x, _, g_s = fast_ops.scaled_with_sums(g_xs, x, scale, x.dtype)
+    else:
+        g_xs, g_k = _cudnn_grads(g_y, x, scale, kernel, need_x or need_s, need_k)
+        if g_xs is not None:
+            g_x, _, g_s = fast_ops.scaled_with_sums(g_xs, x, scale, x.dtype)
+    return g_x if need_x else None, g_k if need_k else None, g_s if need_s else None
 
 
 # The 3x3 layers' weight gradients beside the rest of the backward (``fast_config`` ``overlap_weight_grads``).

@@ -130,9 +130,11 @@ def modulation_factors(styles, tap_energy, magnitude_ema):
     return scale, dcoefs
 
 
-def torgb_applies(x, kernel, styles) -> bool:
-    """Whether :func:`torgb` runs: CUDA (or the interpreter), Triton, no autograd, x's planes contiguous."""
-    if not (_on_triton(x, kernel, styles) and _no_autograd(x, kernel, styles)) or x.dim() != 4:
+def torgb_applies(x, kernel, styles, bias=None) -> bool:
+    """Whether :func:`torgb` runs: CUDA (or the interpreter), Triton, no autograd (``bias`` included), x's planes
+    contiguous."""
+    grads = (x, kernel, styles) if bias is None else (x, kernel, styles, bias)
+    if not (_on_triton(x, kernel, styles) and _no_autograd(*grads)) or x.dim() != 4:
         return False
     n, c, h, w = x.shape
     return x.stride()[1:] == (h * w, w, 1) and kernel.shape[0] <= 16

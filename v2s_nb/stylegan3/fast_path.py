@@ -122,7 +122,7 @@ class LayerPlan:
         if factors is not None or into is not None:
             raise ValueError("factors / into are for the fast path's 3x3 layers (see LayerPlan.chains_into)")
         if (layer.is_torgb and layer.up_filter is None and layer.down_filter is None
-                and fast_modulation.torgb_applies(x, layer.weight, styles)):
+                and fast_modulation.torgb_applies(x, layer.weight, styles, layer.bias)):
             # One pass: the 1x1 product, bias, clamp and output gain, float32 out (the plain sequence makes five).
             return fast_modulation.torgb(x, layer.weight, styles, layer.magnitude_ema, layer.bias, layer.conv_clamp,
                                          out_gain)
