@@ -420,17 +420,17 @@ def test_weight_gradients_beside_the_backward_on_gpu(monkeypatch):
         assert max(_rel(g, r) for g, r in pairs) < 1e-3
         assert max(_rel(g, r) for g, r in zip(replay[1], ref) if float(r.abs().max()) > 0) < 1e-3
 
-        # a backward stopped part way (here the third layer's activation backward raises) leaves one layer's side
-        # work pending; the next forward lets it go
-        backward, calls = fast_layer._activation_backward, []
+        # a backward stopped part way (here the third layer's input gradient raises, its kernel gradient already
+        # launched beside: waited for) leaves one layer's side work pending; the next forward lets it go
+        conv_grads, calls = fast_layer._conv_grads, []
 
         def third_raises(*args, **kwargs):
             calls.append(1)
             if len(calls) == 3:
                 raise RuntimeError("stopped part way")
-            return backward(*args, **kwargs)
+            return conv_grads(*args, **kwargs)
 
-        monkeypatch.setattr(fast_layer, "_activation_backward", third_raises)
+        monkeypatch.setattr(fast_layer, "_conv_grads", third_raises)
         with fast_config.override(overlap_weight_grads=True), pytest.raises(RuntimeError, match="part way"):
             grads(G.synthesis)
         monkeypatch.undo()
