@@ -200,6 +200,12 @@ def test_smoothing_arguments():
     with pytest.raises(ValueError, match="ends"):
         tr.smooth(3, ends="wrap")
     assert len(_track(np.zeros(1)).smooth(7)) == 1  # shorter than the kernel is fine
+    # a motion keeps its direction whatever the kernel (mirrored ends wrapped round for kernels of 2 T frames or more)
+    for n in (2, 5, 10):
+        for kernel in (3, 2 * n - 1, 2 * n + 1, 31):
+            for method in ("mean", "gaussian"):
+                angle = _track(np.zeros(n), np.zeros(n), np.linspace(0, 10, n)).smooth(kernel, method=method).angle
+                assert np.all(np.diff(angle) >= -1e-9), (n, kernel, method, angle)
 
 
 # ------------------------------------------------------------------------------------------ generator transform

@@ -76,6 +76,10 @@ def test_bad_inputs(inputs, tmp_path, capsys):
     assert "--anchor must be first, best or a frame index" in capsys.readouterr().err
     assert main(["reenact", "--reference", str(ref), "--strength", "nan"] + base) == 2
     assert "strength" in capsys.readouterr().err
+    for kernel in ("1", "2", "4"):  # refused by the parser, before any landmarks run
+        with pytest.raises(SystemExit):
+            main(["reenact", "--reference", str(ref), "--smooth", kernel] + base)
+        assert "--smooth" in capsys.readouterr().err
 
 
 def test_discovery_masks_come_from_the_aligned_reference(inputs, monkeypatch):

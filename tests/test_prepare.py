@@ -138,6 +138,11 @@ def test_bad_input_gets_a_clear_error(stages, inputs, G, tmp_path):
         P.faces(ref, drv, resolution=64, detector="yolo", cache=tmp_path)
     with pytest.raises(ValueError, match="resolution must be an integer"):
         P.faces(ref, drv, resolution=64.5, cache=tmp_path)
+    for kernel in (1, 2):  # before any landmarks run
+        with pytest.raises(ValueError, match="smooth = .*odd number >= 3"):
+            P.faces(ref, drv, resolution=64, smooth=kernel, cache=tmp_path)
+        with pytest.raises(ValueError, match="smooth = .*odd number >= 3"):
+            P.face_clip(drv, "video", 64, smooth=kernel, cache=tmp_path)
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="cache must be a folder"):
         P.faces(ref, drv, resolution=64, cache=tmp_path / "file")

@@ -150,6 +150,14 @@ def test_render_video_matches_frames_and_position(G):
         r.render_video(alpha=float("nan"), progress=False)
     with pytest.raises(ValueError, match="not available"):
         _reenactor(G, pose="co-driving").render_frame(0)
+    # frame indices as Python's: -1 is the last frame, 5 of 5 frames is refused (it had wrapped to frame 0)
+    assert np.array_equal(r.render_frame(-1), r.render_frame(4))
+    assert np.array_equal(r.render_reference(-1), r.render_reference(4))
+    for bad in (5, -6):
+        with pytest.raises(IndexError, match="out of range for 5 frames"):
+            r.render_frame(bad)
+        with pytest.raises(IndexError, match="out of range for 5 frames"):
+            r.render_reference(bad)
 
 
 def test_length_and_fps_policy(G):

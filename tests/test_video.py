@@ -180,7 +180,8 @@ def test_torch_tensor_frames():
     (np.zeros((2, 3, 16, 16), np.uint8), "channel-first"),
     (np.zeros((2, 16, 16, 2), np.uint8), r"\[T, H, W, 3\]"),
     (np.full((1, 4, 4, 3), 300, np.int32), "0..255"),
-    (np.zeros((4, 4, 3), np.complex64), "dtype"),
+    (np.zeros((1, 4, 4, 3), np.complex64), "dtype"),
+    (np.zeros((64, 48, 3), np.uint8), r"one image .* frames\[None\]"),  # not a 64-frame clip 3 px wide
 ])
 def test_bad_frames_give_clear_errors(frames, message):
     with pytest.raises(FrameFormatError, match=message):

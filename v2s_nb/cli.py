@@ -317,7 +317,7 @@ def _demo_checkpoint(args) -> int:
 
 
 def _add_reenact_parsers(sub) -> None:
-    from .validate import finite_arg, int_arg
+    from .validate import finite_arg, int_arg, smoothing_kernel_arg
 
     def frac(s):  # range and finiteness: reenact.check_coefficients, with the paper's ranges in its message
         return float(s)
@@ -383,7 +383,7 @@ def _add_reenact_parsers(sub) -> None:
                    help="pose encoding steps, first frame (default: encode_pose_sequence()'s)")
     r.add_argument("--pose-steps-next", type=int_arg("--pose-steps-next", 1, 100_000), default=None,
                    help="pose encoding steps, warm-started frames (default: encode_pose_sequence()'s)")
-    r.add_argument("--smooth", type=int_arg("--smooth", 0, 1001), default=3,
+    r.add_argument("--smooth", type=smoothing_kernel_arg("--smooth"), default=3,
                    help="canonical track smoothing kernel (odd, >= 3; 0 = off)")
     r.add_argument("--encoder", default=None, help="ReStyle encoder: restyle-e4e-ffhq, restyle-psp-ffhq or a .pt path "
                    "(stylegan3-editing's release; used when it was trained with the --checkpoint generator)")
@@ -501,7 +501,7 @@ def _add_weights_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .validate import finite_arg, int_arg
+    from .validate import finite_arg, int_arg, smoothing_kernel_arg
 
     p = _Parser(prog="v2s-nb", description="Video2StyleGAN notebook toolkit, batch jobs.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)

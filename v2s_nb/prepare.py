@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .method.invert import DEFAULTS as _INVERT_DEFAULTS, STEPS_NEXT as _STEPS_NEXT
+from .validate import smoothing_kernel
 
 __all__ = ["FaceClip", "Faces", "Inversions", "Channels", "PoseCodes", "default_cache", "faces", "face_clip",
            "inversions", "channels", "pose_codes", "reenactor", "reference_masks", "cache_key", "save_arrays",
@@ -225,6 +226,7 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
 
     if kind not in ("image", "video"):
         raise ValueError(f"kind must be 'image' or 'video', got {kind!r}")
+    smoothing_kernel(smooth, "smooth")  # before the landmarks, not after
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
@@ -263,6 +265,9 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
         track = canonical_track(tr)
         if smooth and len(track) >= smooth:
             track = track.smooth(smooth, method=smooth_method)
+        elif smooth:
+            _tell(say, f"{path} has {len(track)} frame(s), fewer than the smoothing kernel ({smooth}): track not "
+                       "smoothed")
         if track.outliers.any():
             _tell(say, f"outlier frame(s) {np.flatnonzero(track.outliers).tolist()} of {path} (face far from its "
                        "neighbours, e.g. a false detection): re-interpolated from neighbours")
@@ -353,7 +358,7 @@ def faces(reference, driving, co_driving=None, *, resolution: int, cache=None, d
     _check_choice("smooth_method", smooth_method, ("robust", "mean", "gaussian"))
     _check_int("resolution", resolution, 16, 4096)
     _check_int("upsample", upsample, 0, 4)
-    _check_int("smooth", smooth, 0, 1001)
+    smoothing_kernel(smooth, "smooth")
     co_driving = co_driving or None  # "" = no co-driving video, as in the notebook's parameters
     inputs = {"reference": reference, "driving": driving, "co_driving": co_driving}
     for name, p in inputs.items():

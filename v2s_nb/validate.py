@@ -59,6 +59,15 @@ def integer(value, name: str, lo: int | None = None, hi: int | None = None) -> i
     return i
 
 
+def smoothing_kernel(value, name: str, lo: int = 0, hi: int = 1001) -> int:
+    """``value`` as a track-smoothing kernel in frames: 0 (off) or an odd integer from 3, at most ``hi``."""
+    k = integer(value, name, lo, hi)
+    if k != 0 and (k < 3 or k % 2 == 0):
+        raise ValueError(f"{name} = {k}: a smoothing kernel is a centred window of frames, an odd number >= 3 "
+                         "(or 0 for no smoothing); e.g. 3 or 5")
+    return k
+
+
 def _fmt(x) -> str:
     return "-inf" if x is None else f"{x:g}"
 
@@ -82,6 +91,11 @@ def finite_arg(name: str, lo: float | None = None, hi: float | None = None):
 def int_arg(name: str, lo: int | None = None, hi: int | None = None):
     """argparse ``type=`` for an int in ``[lo, hi]``."""
     return _argparse_type(integer, "integer", name, lo, hi)
+
+
+def smoothing_kernel_arg(name: str, hi: int = 1001):
+    """argparse ``type=`` for :func:`smoothing_kernel`."""
+    return _argparse_type(smoothing_kernel, "kernel", name, 0, hi)
 
 
 def parse_int_ranges(text: str, name: str, *, lo: int | None = None, hi: int | None = None,

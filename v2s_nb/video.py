@@ -115,6 +115,9 @@ def as_rgb_uint8(frames, *, allow_single_image: bool = False, name: str = "frame
             "[T, H, W, C]: " + ("these look like generator images in [-1, 1]: pass v2s_nb.images.to_uint8(x)."
                                 if gen else "pass frames.permute(0, 2, 3, 1) (torch) or frames.transpose(0, 2, 3, "
                                             "1) (numpy)."))
+    if arr.ndim == 3 and shape[-1] in (3, 4):  # (allow_single_image is off here) no clip is 3 or 4 pixels wide
+        raise FrameFormatError(f"{name}: shape {tuple(shape)} looks like one image [H, W, {shape[-1]}]; a clip is "
+                               f"[T, H, W, 3]: pass frames[None] for a clip of one frame.")
     if arr.ndim == 3:  # grayscale clip [T, H, W]
         arr = arr[..., None]
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):

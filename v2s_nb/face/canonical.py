@@ -180,7 +180,9 @@ class CanonicalTrack:
         Hampel test with ``outlier_window`` / ``outlier_sigmas`` on tx, ty, angle and face size), the rejected
         frames re-interpolated from their neighbours like frames without a face (flagged in ``outliers`` and
         ``interpolated``), then the 'gaussian' filter. ``ends``: how the track is extended past its ends:
-        'reflect' (mirror, the first / last frame repeated once) or 'nearest' (repeat the end value).
+        'reflect' (mirror, the first / last frame repeated once; 'nearest' for a kernel of 2 T frames or more,
+        whose windows would take in both mirrored ends and run the motion backwards) or 'nearest' (repeat the end
+        value).
         The number of frames is kept and the filter is symmetric, so nothing lags; a constant track stays
         constant; a step that is symmetric about a frame (or a half frame) keeps its midpoint there.
         """
@@ -189,6 +191,8 @@ class CanonicalTrack:
         if ends not in ("reflect", "nearest"):
             raise ValueError(f"ends must be 'reflect' or 'nearest', got {ends!r}.")
         r = int(kernel) // 2
+        if r >= len(self):  # a window over both mirrored ends would run the motion backwards
+            ends = "nearest"
         if method == "mean":
             if sigma is not None:
                 raise ValueError("sigma is only used with method='gaussian' or 'robust'.")

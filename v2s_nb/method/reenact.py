@@ -248,6 +248,15 @@ def _points_array(x, name) -> np.ndarray:
     return a
 
 
+def _frame_indices(frames, n: int) -> np.ndarray:
+    """Frame indices (one or a sequence; negative ones count from the end, as in Python) as int64 in 0..n-1;
+    IndexError naming them where any is outside -n..n-1 or none is given."""
+    idx = np.atleast_1d(np.asarray(frames, np.int64))
+    if idx.size == 0 or int(idx.min()) < -n or int(idx.max()) >= n:
+        raise IndexError(f"frame index out of range for {n} frames: {idx.tolist()}")
+    return idx % n
+
+
 @dataclasses.dataclass(eq=False)
 class Reenactor:
     """Everything prepared for re-enactment; renders frames fast from cached S codes.
@@ -539,11 +548,7 @@ class Reenactor:
         """The final S codes of ``frames`` (indices) with the given coefficient overrides (CPU tensors)."""
         prep = self._prepared()
         c = self._coeffs(coeffs)
-        idx = torch.as_tensor(np.atleast_1d(np.asarray(frames, np.int64)))
-        n = prep["n"]
-        if idx.numel() == 0 or int(idx.min()) < -n or int(idx.max()) >= n:
-            raise IndexError(f"frame index out of range for {n} frames: {idx.tolist()}")
-        idx = idx % n
+        idx = torch.as_tensor(_frame_indices(frames, prep["n"]))
 
         def pick(d):
             return {k: (v[idx] if v.shape[0] > 1 else v.expand(len(idx), -1)) for k, v in d.items()}
@@ -555,7 +560,7 @@ class Reenactor:
     def render_frames(self, frames, regions=None, impl=None, **coeffs) -> torch.Tensor:
         """Float images [N, 3, R, R] in about [-1, 1] (CPU) for frame indices ``frames``."""
         prep = self._prepared()
-        frames = np.atleast_1d(np.asarray(frames, np.int64)) % max(prep["n"], 1)
+        frames = _frame_indices(frames, prep["n"])
         s = self.styles(frames, regions=regions, **coeffs)
         dev = self.G_render.device
         s = {k: v.to(dev) for k, v in s.items()}
@@ -603,8 +608,9 @@ class Reenactor:
         if frame is None:
             w, tr = self.w_ref[None], None
         else:
-            w = prep["w_ref_p"][frame % prep["n"] if prep["w_ref_p"].shape[0] > 1 else 0][None]
-            tr = None if prep["transforms"] is None else prep["transforms"][frame:frame + 1].to(dev)
+            j = int(_frame_indices(frame, prep["n"])[0])
+            w = prep["w_ref_p"][j if prep["w_ref_p"].shape[0] > 1 else 0][None]
+            tr = None if prep["transforms"] is None else prep["transforms"][j:j + 1].to(dev)
         return to_uint8(self.G_render.synthesis(w.to(dev), transform=tr))[0]
 
     # ------------------------------------------------------------------ persistence
