@@ -331,8 +331,21 @@ def test_one_generator_hash_and_device():
     assert G.device == G.synthesis.device == torch.device("cpu")
     before = generator_hash(G)
     with torch.no_grad():
-        G.synthesis.input.freqs += 1  # an in-place change is seen (the memo is keyed by tensor versions)
+        G.synthesis.input.freqs += 1  # an in-place change is seen
     assert generator_hash(G) != before
+    # so are changes PyTorch doesn't count in the tensors' versions: an edit through .data, a fused Adam step
+    before = generator_hash(G)
+    G.synthesis.input.freqs.data.mul_(2)
+    assert generator_hash(G) != before
+    weight = next(G.synthesis.parameters())
+    weight.requires_grad_(True)
+    try:
+        before = generator_hash(G)
+        weight.grad = torch.ones_like(weight)
+        torch.optim.Adam([weight], lr=0.1, fused=True).step()
+        assert generator_hash(G) != before
+    finally:
+        weight.requires_grad_(False)
 
 
 def test_the_landmarks_module_and_function_do_not_shadow_each_other():

@@ -163,3 +163,44 @@ def test_bad_input_gets_a_clear_error(stages, inputs, G, tmp_path):
         P.channels(inv2, t_fg=2.0, cache=stages["cache"])
     with pytest.raises(ValueError, match="position='co-driving' needs a co-driving video"):
         P.reenactor(inv2, stages["ch"], position="co-driving")
+
+
+def test_cached_pti_and_pose_codes_are_keyed_and_checked(tmp_path, monkeypatch):
+    """A damaged cached PTI generator is said and done again (not a stop), in G's dtype when reused; a pose code
+    is cached under the whole reference code (it had been keyed by its first row and its sum)."""
+    import types
+
+    import v2s_nb.method.invert as inv
+    import v2s_nb.method.pose_encoding as pe
+    from v2s_nb.errors import CacheWarning
+
+    G = tiny_generator("R", resolution=64, seed=0).double()
+    tuned = []
+    monkeypatch.setattr(inv, "pivotal_tuning", lambda G, *a, **k: tuned.append(1) or G)
+    ref, w = np.zeros((64, 64, 3), np.uint8), torch.zeros(G.num_ws, G.w_dim, dtype=torch.float64)
+    P._pti(G, ref, w, tmp_path, 5, False, None)
+    (entry,) = tmp_path.glob("pti-*.safetensors")
+    assert P._pti(G, ref, w, tmp_path, 5, False, None).synthesis.input.weight.dtype == torch.float64
+    assert len(tuned) == 1
+    entry.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{damaged}")
+    with pytest.warns(CacheWarning, match="unreadable"):
+        P._pti(G, ref, w, tmp_path, 5, False, None)
+    assert len(tuned) == 2
+
+    encoded = []
+
+    def encode(G, w_ref, targets, reg, **kw):  # stands in for the optimisation: every frame's code is w_ref
+        encoded.append(1)
+        return types.SimpleNamespace(ws=w_ref[None].repeat(len(targets), 1, 1), achieved=np.zeros((len(targets), 3)),
+                                     target=targets)
+
+    monkeypatch.setattr(pe, "encode_pose_sequence", encode)
+    reader = types.SimpleNamespace(read=lambda frames: np.zeros((len(frames), 3)))
+    clip = P.FaceClip(tmp_path / "v.mp4", "video", np.zeros((2, 16, 16, 3), np.uint8), np.zeros((2, 68, 2)), 25.0,
+                      np.zeros((2, 4)), np.zeros(2, bool))
+    w1 = torch.randn(16, 512, generator=torch.Generator().manual_seed(0))
+    w2 = w1.clone()
+    w2[5, 0] += 0.5
+    w2[5, 1] -= 0.5  # another code of the same sum, the same first row
+    codes = [P._pose_code(G, w, clip, reader, tmp_path, "driving", 10, 3, False, None)[0] for w in (w1, w2, w1)]
+    assert len(encoded) == 2 and torch.equal(codes[1][0], w2) and torch.equal(codes[2][0], w1)

@@ -3,6 +3,7 @@
 import collections
 import os
 import pickle
+import re
 import sys
 import types
 
@@ -217,6 +218,25 @@ def test_every_pickle_protocol_is_refused_and_not_run(tmp_path, protocol):
     with pytest.raises(SnapshotError):  # protocols 0/1 have no header: refused as "not a pickle"
         load_generator(path)
     assert not flag.exists()
+
+
+def test_malformed_records_are_named(tmp_path, monkeypatch):
+    """A network record whose state, _modules or _init_kwargs is not a dict: a SnapshotError saying which, not a
+    bare AttributeError / TypeError from inside the loader."""
+    recon = _fake_module(monkeypatch, "torch_utils.persistence",
+                         _reconstruct_persistent_obj=lambda meta: meta)._reconstruct_persistent_obj
+
+    def obj(class_name, state):
+        return _Reduce(recon, ({"type": "class", "version": 6, "module_src": "", "class_name": class_name,
+                                "state": state},))
+
+    synthesis = obj("SynthesisNetwork", {"_modules": {"input": None}})
+    for what, state in [("the state of 'Generator'", [1, 2]), ("Generator._modules", {"_modules": [1]}),
+                        ("Generator._init_kwargs", {"_modules": {"synthesis": synthesis}, "_init_kwargs": 5})]:
+        path = tmp_path / "malformed.pkl"
+        path.write_bytes(pickle.dumps({"G_ema": obj("Generator", state)}, protocol=4))
+        with pytest.raises(SnapshotError, match=f"malformed snapshot: {re.escape(what)} is of type"):
+            load_generator(path)
 
 
 def test_persistent_object_source_and_allowed_globals_misused(tmp_path, monkeypatch):

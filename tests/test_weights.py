@@ -338,6 +338,27 @@ def test_weights_dir_is_searched_before_download_and_checked(server, monkeypatch
     assert got == tmp_path / "c" / "wd.bin" and got.read_bytes() == PAYLOAD and server.hits["/wd.bin"] == 1
 
 
+def test_unpinned_weights_dir_copy_is_sniffed_and_said_unverified(server, monkeypatch, tmp_path):
+    """Without a pinned SHA-256, a copy in V2S_NB_WEIGHTS_DIR must at least be a whole file of its kind (an
+    interrupted copy is passed over and downloaded instead), and using it says it was not verified."""
+    import pickle
+
+    whole = pickle.dumps({"G_ema": list(range(1000))}, protocol=4)
+    _register(monkeypatch, "test-wd-pkl", server.url("/w.pkl"), "w.pkl")
+    server.routes["/w.pkl"] = (whole, "ok")
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    (lab / "w.pkl").write_bytes(whole[: len(whole) // 2])
+    monkeypatch.setenv("V2S_NB_WEIGHTS_DIR", str(lab))
+    with pytest.warns(RuntimeWarning, match="truncated.*V2S_NB_WEIGHTS_DIR"):
+        got = fetch("test-wd-pkl", cache=tmp_path / "c", progress=False)
+    assert got == tmp_path / "c" / "w.pkl" and server.hits["/w.pkl"] == 1
+    (lab / "w.pkl").write_bytes(whole)
+    W._warned_unverified.clear()
+    with pytest.warns(UnverifiedWeightsWarning, match="NOT verified"):
+        assert fetch("test-wd-pkl", cache=tmp_path / "c", progress=False) == lab / "w.pkl"
+
+
 def test_landmark_cnn_files_are_pinned():
     for name in ("pfld-68", "rfb-320-face-detector"):
         kf = KNOWN_FILES[name]

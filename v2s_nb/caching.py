@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-import weakref
 from pathlib import Path
 
 from .errors import CacheWarning
@@ -46,30 +45,19 @@ def hash_tensor(h, t) -> None:
     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
-_GEN_HASHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
 def generator_hash(G) -> str:
     """SHA-256 (hex) over a module's state dict: names, dtypes, shapes and values, in key order.
 
-    Memoised per module until one of its tensors is replaced or changed in place (so asking again is free).
-    The digest does not depend on the device or on how the module was loaded.
+    Computed anew on every call (a fraction of a second for a 1024 px generator): a memo keyed by the tensors'
+    storage and version counters would miss changes that PyTorch doesn't count (edits through ``.data``, fused
+    optimiser steps), and a stale digest would hand back results made with other weights. The digest does not
+    depend on the device or on how the module was loaded.
     """
-    sd = G.state_dict()
-    stamp = tuple((k, v.data_ptr(), v._version) for k, v in sd.items())
-    hit = _GEN_HASHES.get(G)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
     h = hashlib.sha256()
-    for k, v in sd.items():
+    for k, v in G.state_dict().items():
         h.update(k.encode())
         hash_tensor(h, v)
-    digest = h.hexdigest()
-    try:
-        _GEN_HASHES[G] = (stamp, digest)
-    except TypeError:  # not weak-referenceable: just not memoised
-        pass
-    return digest
+    return h.hexdigest()
 
 
 def default_dir(area: str) -> Path:

@@ -498,12 +498,20 @@ def _pti(G, ref_aligned, w_ref, cache: Path, steps: int, progress: bool, say: Sa
     from .method.invert import pivotal_tuning
     from .stylegan3 import load_generator, save_generator
 
+    from .caching import warn_unusable
+    from .stylegan3 import SnapshotError
+
     key = cache_key({"g": generator_hash(G), "w": w_ref.numpy().tobytes().hex(),
                      "img": hashlib.sha256(ref_aligned.tobytes()).hexdigest(), "steps": steps})
     f = cache / f"pti-{key}.safetensors"
     if f.is_file():
-        _tell(say, f"PTI generator reused ({f.name})")
-        return load_generator(f, device=G.device)
+        try:
+            G_pti = load_generator(f, device=G.device, dtype=next(G.parameters()).dtype)
+        except (SnapshotError, OSError, ValueError) as e:  # damaged: done again, not a stop
+            warn_unusable(f, f"unreadable ({e})")
+        else:
+            _tell(say, f"PTI generator reused ({f.name})")
+            return G_pti
     _tell(say, f"pivotal tuning of the reference ({steps} steps)")
     G_pti = pivotal_tuning(G, ref_aligned, w_ref[None], steps=steps, progress=progress)
     save_generator(G_pti, f)
@@ -763,7 +771,7 @@ def _pose_code(G, w_ref, clip: FaceClip, reg, cache: Path, which: str, steps: in
     targets = reg.read(clip.aligned) if hasattr(reg, "read") else head_pose(clip.points,
                                                                             image_size=clip.resolution)
     targets = np.asarray(targets, np.float64)
-    key = cache_key({"g": generator_hash(G), "w": w_ref.numpy().tobytes().hex()[:4096], "wsum": float(w_ref.sum()),
+    key = cache_key({"g": generator_hash(G), "w": hashlib.sha256(w_ref.numpy().tobytes()).hexdigest(),
                      "t": targets.round(4).tolist(), "steps": [steps, steps_next],
                      "regressor": type(reg).__name__})
     f = cache / f"pose-{which}-{key}.npz"

@@ -334,10 +334,16 @@ def _from_weights_dirs(kf: "KnownFile", *, size: int | None, sha256: str | None)
             continue
         try:
             _check_file(path, label=kf.name, url=None, size=size, sha256=sha256, sidecar=False)
+            bad = sniff_weights(path) if sha256 is None else None  # unpinned: at least a whole file of its kind
+            if bad:
+                raise WeightsChecksumError(f"{kf.name}: {path} is unusable: {bad}.", name=kf.name, url=None,
+                                           path=path, kind="format", expected="weights", got=bad)
         except WeightsChecksumError as e:
             warnings.warn(f"{e} Ignoring this copy (found through V2S_NB_WEIGHTS_DIR).", CacheWarning,
                           stacklevel=3)
             continue
+        if sha256 is None and kf.name not in _warned_unverified:  # (said once a process: no hashing after)
+            _warn_unverified(kf.name, path, sha256_file(path), path.stat().st_size)
         return path
     return None
 

@@ -44,11 +44,20 @@ class PersistentRecord:
 
     @property
     def modules(self) -> dict:
-        return self.state.get("_modules") or {}
+        return _mapping(self.state.get("_modules"), f"{self.class_name}._modules")
 
     @property
     def init_kwargs(self) -> dict:
-        return dict(self.state.get("_init_kwargs") or {})
+        return dict(_mapping(self.state.get("_init_kwargs"), f"{self.class_name}._init_kwargs"))
+
+
+def _mapping(value, what: str) -> dict:
+    """``value`` where it is a dict (None: empty), else a SnapshotError naming ``what``: the file is malformed."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SnapshotError(f"malformed snapshot: {what} is of type {type(value).__name__}, not a dict")
+    return value
 
 
 def _reconstruct_persistent(meta):
@@ -57,7 +66,8 @@ def _reconstruct_persistent(meta):
     if meta.get("type", "class") != "class":
         raise SnapshotError(f"unsupported persistent object type {meta.get('type')!r}")
     # meta['module_src'] is deliberately dropped: it is NVIDIA's source code and is never run.
-    return PersistentRecord(class_name=str(meta["class_name"]), state=meta["state"], version=meta.get("version"))
+    state = _mapping(meta["state"], f"the state of {str(meta['class_name'])!r}")
+    return PersistentRecord(class_name=str(meta["class_name"]), state=state, version=meta.get("version"))
 
 
 class EasyDict(dict):
