@@ -204,3 +204,8 @@ def test_pti_generator_renders_and_survives_save_load(G, tmp_path):
     assert (tmp_path / "r" / "G_render.safetensors").exists()
     r2 = Reenactor.load(tmp_path / "r")
     assert np.array_equal(r2.render_frame(0, alpha=1, beta=0, gamma=0, zeta=1), ref)
+    # the tuned generator's file is checked like the rest of the save: another one is refused, not rendered
+    from v2s_nb.stylegan3 import save_generator
+    save_generator(G, tmp_path / "r" / "G_render.safetensors")
+    with pytest.raises(ValueError, match="rendering generator"):
+        Reenactor.load(tmp_path / "r")

@@ -640,11 +640,11 @@ class Reenactor:
         data = buf.getvalue()
         write_atomic(d / "tensors.pt", lambda f: f.write(data))
         g_sha = generator_hash(self.G)
-        render_file = None
+        render_file = render_sha = None
         if self.G_render is not self.G:
             from ..stylegan3 import save_generator
             save_generator(self.G_render, d / "G_render.safetensors")  # atomic itself
-            render_file = "G_render.safetensors"
+            render_file, render_sha = "G_render.safetensors", generator_hash(self.G_render)
         meta = {
             "format": _FORMAT, "tensors_sha256": hashlib.sha256(data).hexdigest(),
             "settings": {"motion": self.motion, "pose": self.pose, "position": self.position,
@@ -658,7 +658,8 @@ class Reenactor:
             "generator": {"source": None if getattr(self.G, "source", None) is None else str(self.G.source),
                           "sha256": g_sha, "is_random": bool(getattr(self.G, "is_random", False)),
                           "spec": self.info.get("generator_spec")},
-            "G_render_file": render_file, "info": self.info, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "G_render_file": render_file, "G_render_sha256": render_sha,
+            "info": self.info, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         write_atomic(d / "reenactor.json", lambda f: f.write(json.dumps(meta, indent=1, default=_json_default).encode()))
         return d
@@ -691,6 +692,9 @@ class Reenactor:
         if G_render is None and meta.get("G_render_file"):
             from ..stylegan3 import load_generator
             G_render = load_generator(d / meta["G_render_file"], device=device or G.device)
+        if G_render is not None and meta.get("G_render_sha256") and generator_hash(G_render) != meta["G_render_sha256"]:
+            raise ValueError(f"the rendering generator ({meta['G_render_file']} or the G_render given) does not have "
+                             f"the weights {d} was saved with (incomplete or mixed-up save, or another generator)")
         st = meta["settings"]
         return cls(G=G, G_render=G_render, w_ref=t["w_ref"], ws_drive=t["ws_drive"], ws_codrive=t.get("ws_codrive"),
                    region_channels=meta["region_channels"],
