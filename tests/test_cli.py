@@ -59,3 +59,13 @@ def test_saved_files_get_normal_permissions(tmp_path):
 
     path = save_image(tmp_path / "x.png", np.zeros((4, 4, 3), np.uint8))
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~current_umask()
+    # read without setting it where Linux shows it: setting it to 0 for a moment would give another thread's new
+    # files a mask of 0
+    if os.path.exists("/proc/self/status"):
+        saved = os.umask(0o027)
+        try:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(os, "umask", lambda mask: pytest.fail("current_umask set the umask"))
+                assert current_umask() == 0o027
+        finally:
+            os.umask(saved)

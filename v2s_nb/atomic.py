@@ -34,6 +34,15 @@ def atomic_path(path, suffix: str = ".part"):
 
 
 def current_umask() -> int:
+    """The process's umask: read from /proc where Linux shows it, else set and restored (which leaves another
+    thread creating a file in between with a mask of 0)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
