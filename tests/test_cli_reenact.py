@@ -74,6 +74,11 @@ def test_bad_inputs(inputs, tmp_path, capsys):
     assert "--co-driving" in capsys.readouterr().err
     assert main(["reenact", "--reference", str(ref), "--anchor", "middle"] + base) == 2
     assert "--anchor must be first, best or a frame index" in capsys.readouterr().err
+    from v2s_nb import prepare
+    with pytest.MonkeyPatch.context() as mp:  # refused before the inversion runs
+        mp.setattr(prepare, "inversions", lambda *a, **k: pytest.fail("the inversion ran"))
+        assert main(["reenact", "--reference", str(ref), "--anchor", "10000"] + base) == 2
+    assert "anchor frame 10000 is outside" in capsys.readouterr().err
     assert main(["reenact", "--reference", str(ref), "--strength", "nan"] + base) == 2
     assert "strength" in capsys.readouterr().err
     for kernel in ("1", "2", "4"):  # refused by the parser, before any landmarks run

@@ -124,7 +124,7 @@ def prepare_reenactment(args):
     from pathlib import Path
 
     from . import prepare as P
-    from .method.motion import check_strength, motion_mode
+    from .method.motion import check_strength, motion_mode, resolve_anchor
     from .method.reenact import check_coefficients, layer_names
 
     for name, value in _MOTION_DEFAULTS.items():  # namespaces built by hand (not by build_parser) get the defaults
@@ -161,6 +161,8 @@ def prepare_reenactment(args):
                     smooth_method=args.smooth_method, strict=getattr(args, "strict", False), progress=progress,
                     say=say)
     _say(args, f"      {time.perf_counter() - t0:.1f} s" + (" (cached)" if faces.driving.cached else ""))
+    if args.anchor not in ("first", "best"):  # an index past the driving video: said before the long stages
+        resolve_anchor(args.anchor, len(faces.driving.aligned))
 
     _say(args, "[2/5] inversion (W+)")
     inv = P.inversions(G, faces, encoder=getattr(args, "encoder", None),
