@@ -10,8 +10,8 @@ then: each layer's convolution kernel, which inference keeps between calls (ever
 :class:`GraphedSynthesis`, those that get no gradient in :class:`GraphedTrainingSynthesis`). So each call compares
 those parameters with the recording's (storage and version) and records anew (the warm-up calls and the recording
 again) after an in-place change (an optimiser step, ``load_state_dict``) or a replaced tensor; moving the generator
-to another device raises (make a new instance).
-Gradients don't flow through :class:`GraphedSynthesis`'s replay (inference only);
+to another device raises (make a new instance). Gradients don't flow through :class:`GraphedSynthesis`'s replay
+(inference only);
 :class:`GraphedTrainingSynthesis` records the forward and the backward for gradient steps (the optimisation loops of
 :mod:`v2s_nb.method.invert` use it at small batches).
 """
@@ -126,8 +126,8 @@ class GraphedSynthesis:
 
 
 class _OwnGradients(torch.autograd.Function):
-    """Identity on (ws, *the parameters that get gradients) in front of the replayed graphs, so that the gradients a call leaves behind are
-    the caller's own.
+    """Identity on (ws, *the parameters that get gradients) in front of the replayed graphs, so that the gradients a
+    call leaves behind are the caller's own.
 
     The backward graph writes its gradients into the same buffers on every replay, and autograd hands a leaf a
     gradient without copying it where the leaf had none. So ``ws.grad`` (or that of whatever ws was made from) is
