@@ -503,7 +503,7 @@ def _add_weights_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .validate import finite_arg, int_arg, smoothing_kernel_arg
+    from .validate import finite_arg, int_arg
 
     p = _Parser(prog="v2s-nb", description="Video2StyleGAN notebook toolkit, batch jobs.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)

@@ -334,10 +334,8 @@ def _from_weights_dirs(kf: "KnownFile", *, size: int | None, sha256: str | None)
             continue
         try:
             _check_file(path, label=kf.name, url=None, size=size, sha256=sha256, sidecar=False)
-            bad = sniff_weights(path) if sha256 is None else None  # unpinned: at least a whole file of its kind
-            if bad:
-                raise WeightsChecksumError(f"{kf.name}: {path} is unusable: {bad}.", name=kf.name, url=None,
-                                           path=path, kind="format", expected="weights", got=bad)
+            if sha256 is None:  # unpinned: at least a whole file of its kind
+                _check_format(path, label=kf.name, url=None, where="")
         except WeightsChecksumError as e:
             warnings.warn(f"{e} Ignoring this copy (found through V2S_NB_WEIGHTS_DIR).", CacheWarning,
                           stacklevel=3)
@@ -415,6 +413,15 @@ def _warn_unverified(label: str, path: pathlib.Path, digest: str, size: int) -> 
         UnverifiedWeightsWarning,
         stacklevel=3,
     )
+
+
+def _check_format(path: pathlib.Path, *, label: str, url: str | None, where: str) -> None:
+    """WeightsChecksumError (kind 'format') where :func:`sniff_weights` finds ``path`` unusable; ``where`` prefixes
+    the path in the message (e.g. 'the cached ')."""
+    bad = sniff_weights(path)
+    if bad:
+        raise WeightsChecksumError(f"{label}: {where}{path} is unusable: {bad}.", name=label, url=url, path=path,
+                                   kind="format", expected="weights", got=bad)
 
 
 def _sidecar(path: pathlib.Path) -> pathlib.Path:
@@ -812,10 +819,8 @@ def fetch(name_or_url: str | os.PathLike, *, sha256: str | None = None, size: in
     if target.is_file() and not force:
         try:
             _check_file(target, label=label, url=url, size=size, sha256=exp_sha)
-            bad = sniff_weights(target) if exp_sha is None else None
-            if bad:
-                raise WeightsChecksumError(f"{label}: the cached {target} is unusable: {bad}.", name=label, url=url,
-                                           path=target, kind="format", expected="weights", got=bad)
+            if exp_sha is None:
+                _check_format(target, label=label, url=url, where="the cached ")
         except WeightsChecksumError as e:
             if url is None:
                 raise WeightsChecksumError(
