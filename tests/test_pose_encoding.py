@@ -153,3 +153,53 @@ def test_bad_arguments(G, w_ref):
         encode_pose(G, w_ref, [0, 0, 0], P, lambda_pose=[1, 2])
     with pytest.raises(ValueError, match=r"\[N, 3\]"):
         encode_pose(G, w_ref, [0, 0, 0], lambda ws: ws[:, 0, :2], pose_input="w")
+
+
+def test_sequence_takes_one_reference_per_frame_and_refuses_misshapen_targets(G, w_ref):
+    """A reference code per frame: each frame keeps its own rows 8+ (the whole clip of codes was once cut to its
+    first). Targets that are not [3] or [T, 3] degrees raise instead of being regrouped into other poses."""
+    P = LinearOnW(G)
+    refs = w_ref + 0.1 * torch.randn(3, *w_ref.shape, generator=torch.Generator().manual_seed(5))
+    targets = P(refs).detach().numpy() + 1.0
+    enc = encode_pose_sequence(G, refs, targets, P, steps_first=3, steps_next=2, batch_size=2, progress=False)
+    assert torch.equal(enc.ws[:, 8:], refs[:, 8:])
+    with pytest.raises(ValueError, match="one per frame"):
+        encode_pose_sequence(G, refs[:2], targets, P, progress=False)
+    with pytest.raises(ValueError, match=r"targets must be \[3\] or \[N, 3\]"):
+        encode_pose_sequence(G, w_ref, np.zeros((6, 2)), P, progress=False)
+    with pytest.raises(ValueError, match=r"target must be \[3\] or \[N, 3\]"):
+        encode_pose(G, w_ref, np.zeros(30), P)
+
+
+class _PooledLandmarks(torch.nn.Module):
+    """A stand-in for PFLD: 68 points from the crop's mean colour (differs with the crop's square)."""
+    dtype = torch.float32
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 136)
+        torch.nn.init.normal_(self.lin.weight, std=2.0, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, crops):
+        return torch.sigmoid(self.lin(crops.mean((2, 3)))).reshape(-1, 68, 2)
+
+
+def test_image_regressor_reads_each_frame_in_its_own_square():
+    """One face square per frame: read() of a clip longer than its batch gives each frame the pose read in its own
+    square (it once handed every batch all the squares and raised); other images (the generator's) are refused."""
+    from v2s_nb.method.pose_encoding import ImagePoseRegressor
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (20, 64, 64, 3), dtype=np.uint8)
+    frames[:, 16:48, 16:48] = rng.integers(0, 255, (20, 1, 1, 3), dtype=np.uint8)  # a flat patch per frame
+    squares = np.array([[0.2, 0.2, 0.6, 0.6] if i % 2 else [0.3, 0.25, 0.8, 0.75] for i in range(20)])
+    fake = _PooledLandmarks()
+    got = ImagePoseRegressor(fake, square=squares).read(frames, batch_size=16)
+    alone = np.concatenate([ImagePoseRegressor(fake, square=squares[i]).read(frames[i]) for i in range(20)])
+    assert got.shape == (20, 3)
+    assert np.allclose(got, alone, rtol=1e-4, atol=1e-4, equal_nan=True)
+    assert not np.allclose(got, ImagePoseRegressor(fake, square=squares[0]).read(frames), equal_nan=True)
+    per_frame = ImagePoseRegressor(fake, square=squares)
+    with pytest.raises(ValueError, match="20 face squares"):
+        per_frame.read(frames[:5])
+    with pytest.raises(ValueError, match="one face square per frame"):
+        per_frame(torch.zeros(4, 3, 64, 64))

@@ -143,14 +143,20 @@ class ImagePoseRegressor(nn.Module):
         self.register_buffer("square", sq, persistent=False)
         self.iterations = int(iterations)
 
-    def landmarks(self, images: torch.Tensor) -> torch.Tensor:
-        """PFLD landmarks [N, 68, 2] in image pixels of ``images`` [N, 3, H, W] in [-1, 1] (differentiable)."""
+    def landmarks(self, images: torch.Tensor, square: torch.Tensor | None = None) -> torch.Tensor:
+        """PFLD landmarks [N, 68, 2] in image pixels of ``images`` [N, 3, H, W] in [-1, 1] (differentiable), in
+        ``square`` ([4] or [N, 4] fractions; default the regressor's own)."""
         from ..face.landmark_cnn import pfld_landmarks
 
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [N, 3, H, W] in [-1, 1], got {tuple(images.shape)}")
+        sq = self.square if square is None else square
+        if sq.ndim == 2 and len(sq) != len(images):
+            raise ValueError(f"this regressor has one face square per frame ({len(sq)}) and got {len(images)} images: "
+                             "per-frame squares are for read() of those frames; for other images (the generator's, "
+                             "FFHQ-aligned) use a regressor with one square [4]")
         h, w = images.shape[-2:]
-        px = self.square.to(images.device) * torch.tensor([w, h, w, h], dtype=torch.float64, device=images.device)
+        px = sq.to(images.device) * torch.tensor([w, h, w, h], dtype=torch.float64, device=images.device)
         x = (images.float() + 1) * 0.5
         return pfld_landmarks(self.pfld, x, px.to(x.dtype))
 
@@ -161,17 +167,25 @@ class ImagePoseRegressor(nn.Module):
         from ..video import as_rgb_uint8
 
         frames = as_rgb_uint8(frames, allow_single_image=True)
+        per_frame = self.square.ndim == 2
+        if per_frame and len(self.square) != len(frames):
+            raise ValueError(f"this regressor has {len(self.square)} face squares (one per frame) and got "
+                             f"{len(frames)} frames")
         dev = self.square.device
         out = []
         for s in range(0, len(frames), int(batch_size)):
             x = torch.from_numpy(np.ascontiguousarray(frames[s:s + int(batch_size)])).to(dev)
-            out.append(self(x.permute(0, 3, 1, 2).float() / 127.5 - 1).double().cpu().numpy())
+            x = x.permute(0, 3, 1, 2).float() / 127.5 - 1
+            out.append(self._pose(x, self.square[s:s + len(x)] if per_frame else None).double().cpu().numpy())
         return np.concatenate(out)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self._pose(images, None)
+
+    def _pose(self, images, square):
         from ..face.head_pose import head_pose_torch
 
-        pts = self.landmarks(images)
+        pts = self.landmarks(images, square)
         h, w = images.shape[-2:]
         return head_pose_torch(pts, (w, h), iterations=self.iterations).float()
 
@@ -313,6 +327,16 @@ def _pose_input(pose_fn, pose_input):
     return pose_input
 
 
+def _poses(target, name: str) -> np.ndarray:
+    """``target`` as float64 [N, 3] degrees (yaw, pitch, roll), from [3] or [N, 3]; anything else raises."""
+    t = np.asarray(target, np.float64)
+    if t.shape == (3,):
+        t = t[None]
+    if t.ndim != 2 or t.shape[1] != 3 or len(t) < 1:
+        raise ValueError(f"{name} must be [3] or [N, 3] degrees (yaw, pitch, roll), got shape {t.shape}")
+    return t
+
+
 def _lambda_pose(lambda_pose) -> torch.Tensor:
     lp = torch.as_tensor(lambda_pose, dtype=torch.float32).reshape(-1)
     if lp.numel() == 1:
@@ -387,7 +411,7 @@ def encode_pose(G, w_ref, target, pose_fn=None, *, pose_input: str | None = None
         raise ValueError(f"w_ref must be [{G.num_ws}, {G.w_dim}] or [N, {G.num_ws}, {G.w_dim}], got {tuple(w.shape)}")
     if not 1 <= rows <= G.num_ws:
         raise ValueError(f"rows must be in 1..{G.num_ws}, got {rows}")
-    t = torch.as_tensor(np.asarray(target, np.float32)).to(dev).reshape(-1, 3)
+    t = torch.as_tensor(_poses(target, "target"), dtype=torch.float32).to(dev)
     if not torch.isfinite(t).all():
         raise ValueError("target pose contains NaN / inf")
     if t.shape[0] == 1 and w.shape[0] > 1:
@@ -423,28 +447,34 @@ def encode_pose(G, w_ref, target, pose_fn=None, *, pose_input: str | None = None
 def encode_pose_sequence(G, w_ref, targets, pose_fn=None, *, steps_first: int = 100, steps_next: int = 30,
                          batch_size: int | None = None, progress: bool = True, measure: bool | None = None,
                          **kwargs) -> PoseEncoding:
-    """One pose code per target frame ([T, 3] degrees), ``batch_size`` frames optimised together.
+    """One pose code per target frame ([T, 3] degrees), ``batch_size`` frames optimised together. ``w_ref``: one
+    code [num_ws, w_dim] for all frames, or one per frame [T, num_ws, w_dim] (each frame's rows 8+ and identity term).
 
     Each batch starts from the previous batch's last result (warm start; the first from ``w_ref``) and runs
     ``steps_first`` (first batch) or ``steps_next`` Adam steps. ``batch_size`` default: 8 for a P_r on images (one
     backward pass through G serves 8 frames), 1 for a P_r on w (cheap; each frame starts from its predecessor).
     """
     pose_fn = _resolve_pose_fn(G, pose_fn)
-    targets = np.asarray(targets, np.float64).reshape(-1, 3)
+    targets = _poses(targets, "targets")
     if batch_size is None:
         batch_size = 8 if _pose_input(pose_fn, kwargs.get("pose_input")) == "image" else 1
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise ValueError(f"batch_size must be an integer >= 1 (frames optimised together), got {batch_size!r}")
     w_ref = torch.as_tensor(w_ref).detach().float()
-    if w_ref.ndim == 3:
+    if w_ref.ndim == 3 and len(w_ref) == 1:
         w_ref = w_ref[0]
+    per_frame = w_ref.ndim == 3  # one reference code per target frame (encode_pose checks the shapes)
+    if per_frame and len(w_ref) != len(targets):
+        raise ValueError(f"w_ref has {len(w_ref)} codes and targets {len(targets)} poses: give one code for all "
+                         "frames, or one per frame")
     parts, prev = [], None
     bar = progress_bar(total=len(targets), desc="pose encoding", unit="frame", enabled=progress)
     try:
         for s in range(0, len(targets), batch_size):
             tgt = targets[s:s + batch_size]
             init = None if prev is None else prev[-1:].expand(len(tgt), -1, -1)
-            parts.append(encode_pose(G, w_ref, tgt, pose_fn, steps=steps_first if prev is None else steps_next,
+            ref = w_ref[s:s + batch_size] if per_frame else w_ref
+            parts.append(encode_pose(G, ref, tgt, pose_fn, steps=steps_first if prev is None else steps_next,
                                      init=init, measure=False, **kwargs))
             prev = parts[-1].ws
             if bar is not None:
