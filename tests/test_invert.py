@@ -323,6 +323,29 @@ def test_pti_nan_loss_stops_naming_the_frame(G, known):
     assert pivotal_tuning(G, known[0][:1], known[2].ws[:1], steps=0, progress=False) is not G  # zero steps: a copy
 
 
+def test_pti_locality_codes_lie_the_radius_from_the_pivot_over_the_whole_code(G, known, monkeypatch):
+    """PTI's locality codes: w_p + r (w_z - w_p) / ||w_z - w_p||, the norm over the whole code (all w+ rows), as
+    PTI's torch.norm of the direction; a norm per row put them sqrt(num_ws) times farther."""
+    import v2s_nb.method.invert as mod
+    rendered = []
+    made = mod._renderer
+
+    def spy(G_t, batch_size, cuda_graphs, ws_grad=True):
+        render = made(G_t, batch_size, cuda_graphs, ws_grad)
+        return lambda codes: rendered.append(codes.detach().clone()) or render(codes)
+
+    monkeypatch.setattr(mod, "_renderer", spy)
+    import v2s_nb.stylegan3 as sg  # (the spy is no G.synthesis: the reference renders would go to a graph)
+    monkeypatch.setattr(sg, "GraphedSynthesis", lambda G, batch_size: G.synthesis)
+    pivot = known[2].ws[:1]
+    pivotal_tuning(G, known[0][:1], pivot, steps=1, locality_radius=5.0, locality_samples=2, progress=False)
+    local = rendered[0][1:]  # the pivot, then the locality codes
+    assert local.shape == (2, G.num_ws, G.w_dim)
+    d = (local - pivot).flatten(1).norm(dim=1)
+    assert torch.allclose(d, torch.full_like(d, 5.0), rtol=1e-4), d
+    assert float((local - pivot)[:, 0].norm(dim=1).max()) < 5.0 / G.num_ws ** 0.5 + 1e-3
+
+
 @pytest.mark.slow
 def test_lpips_falls_back_to_mse_with_one_warning(G, known, monkeypatch):
     import builtins

@@ -502,7 +502,8 @@ def _pti(G, ref_aligned, w_ref, cache: Path, steps: int, progress: bool, say: Sa
     from .stylegan3 import SnapshotError
 
     key = cache_key({"g": generator_hash(G), "w": w_ref.numpy().tobytes().hex(),
-                     "img": hashlib.sha256(ref_aligned.tobytes()).hexdigest(), "steps": steps})
+                     "img": hashlib.sha256(ref_aligned.tobytes()).hexdigest(), "steps": steps,
+                     "locality": "whole-code"})  # (tuned before the locality step was PTI's: not reused)
     f = cache / f"pti-{key}.safetensors"
     if f.is_file():
         try:

@@ -884,7 +884,8 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
     modified. Each step: a batch of pivots (all of them when there are at most ``batch_size``) with loss
     ``mse_weight · MSE + perceptual_weight · P`` against their images, plus, every ``locality_every`` steps, the
     locality regulariser of PTI: for ``locality_samples`` codes ``w_r = w_p + r · (w_z - w_p) / ||w_z - w_p||``
-    (``w_z`` from the mapping of random z at truncation ``locality_truncation``, ``w_p`` a pivot, per w+ row),
+    (``w_z`` from the mapping of random z at truncation ``locality_truncation``, ``w_p`` a pivot; the norm over the
+    whole code, all w+ rows, as PTI's),
     ``locality_weight · (mse_weight · MSE + perceptual_weight · P)`` (the same weighting, as PTI's) between the
     tuned and the original generator's renders.
     ``locality_radius`` defaults to PTI's 30 for 512-d W, scaled by ``sqrt(w_dim / 512)`` for other widths.
@@ -962,7 +963,9 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
             w_z = G_orig.mapping(z, c, truncation_psi=locality_truncation).to(dtype)
             p = pivots[torch.cat(picks).to(device)]
             d = w_z - p
-            w_r = (p + radius * d / d.norm(dim=2, keepdim=True).clamp_min(1e-8)).reshape(-1, k, *p.shape[1:])
+            # PTI's step: ``radius`` over the whole code (all w+ rows together), not per row
+            step = radius * d / d.flatten(1).norm(dim=1).clamp_min(1e-8)[:, None, None]
+            w_r = (p + step).reshape(-1, k, *p.shape[1:])
         w_rs = dict(zip(local_steps, w_r.unbind(0)))
 
     render = _renderer(G_t, m + k, cuda_graphs, ws_grad=False)
