@@ -165,6 +165,46 @@ def test_bad_input_gets_a_clear_error(stages, inputs, G, tmp_path):
         P.reenactor(inv2, stages["ch"], position="co-driving")
 
 
+def test_decoding_errors_are_kept_with_cached_faces_and_strict_still_refuses(inputs, tmp_path, monkeypatch):
+    """A video's decoding errors are cached with its faces: a cache hit warns again, and strict=True refuses a clip
+    first read without strict (strict is not in the key). An entry from before the errors were kept is checked
+    again, not trusted."""
+    import warnings
+
+    import v2s_nb.video as V
+    from v2s_nb.video import CorruptFramesWarning, VideoReadError
+
+    drv = inputs[1]
+    errs, checked = [(1, "error while decoding MB 3 2")], []
+    # ffmpeg's report stands in for real damage: the same clip decodes, the errors are deterministic
+    monkeypatch.setattr(V, "decode_errors", lambda path: checked.append(1) or list(errs))
+    kw = dict(cache=tmp_path, progress=False, say=None)
+    with pytest.warns(CorruptFramesWarning, match=r"1 decoding error\(s\) near frame\(s\) \[1\]"):
+        assert not P.face_clip(drv, "video", 64, **kw).cached
+    with pytest.warns(CorruptFramesWarning, match=r"near frame\(s\) \[1\] \(error while decoding MB 3 2\)"):
+        assert P.face_clip(drv, "video", 64, **kw).cached
+    with pytest.raises(VideoReadError, match=r"decoding error.*pass strict=False"):
+        P.face_clip(drv, "video", 64, strict=True, **kw)
+
+    (entry,) = tmp_path.glob("faces-video-*.npz")
+    old = P.load_arrays(entry)
+    P.save_arrays(entry, **{k: v for k, v in old.items() if not k.startswith("decode_")})  # an older entry
+    n = len(checked)
+    with pytest.raises(VideoReadError, match="decoding error"):
+        P.face_clip(drv, "video", 64, strict=True, **kw)
+    assert len(checked) == n + 1 and "decode_frames" in P.load_arrays(entry)  # checked once, then kept
+    with pytest.warns(CorruptFramesWarning):
+        assert P.face_clip(drv, "video", 64, **kw).cached
+    assert len(checked) == n + 1
+
+    errs.clear()  # a clean clip: nothing said, strict or not, fresh or cached
+    clean = tmp_path / "clean"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CorruptFramesWarning)
+        assert not P.face_clip(drv, "video", 64, strict=True, cache=clean, progress=False, say=None).cached
+        assert P.face_clip(drv, "video", 64, strict=True, cache=clean, progress=False, say=None).cached
+
+
 def test_cached_pti_and_pose_codes_are_keyed_and_checked(tmp_path, monkeypatch):
     """A damaged cached PTI generator is said and done again (not a stop), in G's dtype when reused; a pose code
     is cached under the whole reference code (it had been keyed by its first row and its sum)."""

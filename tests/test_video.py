@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
 
 from v2s_nb.video import (FrameFormatError, Video, VideoReadError, as_rgb_uint8, ffmpeg_exe, read_video,
                           show_video, show_videos, stream_video, video_info, write_video)
+from v2s_nb.video import _passthrough, _stderr_tail
 
 
 def smooth_pattern(t: int, h: int, w: int, phase: float = 0.0) -> np.ndarray:
@@ -148,6 +151,35 @@ def test_write_rejects_bad_arguments(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_write_rejects_unknown_preset(tmp_path):
+    with pytest.raises(ValueError, match=r"preset.*ultrafast.*'nope'"):  # was ffmpeg's exit code, cause cut off
+        write_video(tmp_path / "x.mp4", np.zeros((2, 16, 16, 3), np.uint8), 24, preset="nope")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ffmpeg_error_message_keeps_the_cause():
+    # x264 names the cause first; ffmpeg 7 then logs several lines that only say that a task failed
+    r = subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-f", "lavfi", "-i",
+                        "color=s=64x48:d=0.2", "-c:v", "libx264", "-preset", "nope", "-f", "null", "-"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "invalid preset" in _stderr_tail(r.stderr)
+
+
+def test_failed_write_closes_ffmpeg_stdin(tmp_path):
+    def frames():
+        yield np.zeros((2, 32, 32, 3), np.uint8)
+        raise RuntimeError("camera unplugged")
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError, match="unplugged"):
+            write_video(tmp_path / "x.mp4", frames(), 24, preset="ultrafast")
+        gc.collect()  # an unclosed pipe warns when it is collected
+    assert [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)] == []
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------------ frame formats
 
 
@@ -186,6 +218,26 @@ def test_torch_tensor_frames():
 def test_bad_frames_give_clear_errors(frames, message):
     with pytest.raises(FrameFormatError, match=message):
         as_rgb_uint8(frames)
+
+
+# ------------------------------------------------------------------------------------------ variable frame rate
+
+
+def test_variable_frame_rate_reads_each_frame_once(tmp_path):
+    """A phone-like clip: 90 frames at 30 fps, every 10th frame dropped by the camera (a gap of 2/30 s). ffmpeg's
+    default resampling to the stream's 30 fps gave 99 frames (duplicates) at the 27.55 fps average rate."""
+    path, exe = tmp_path / "vfr.mp4", ffmpeg_exe()
+    subprocess.run([exe, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=30",
+                    "-frames:v", "90", "-vf", "setpts='(N+floor(N/9))/30/TB'", _passthrough(exe)[0], "vfr",
+                    "-video_track_timescale", "30000", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)],
+                   check=True)
+    info = video_info(path)
+    v = read_video(path)
+    assert len(v) == 90 and info.approx_frames == 90
+    assert v.fps == info.fps and v.duration == pytest.approx(info.duration, abs=1 / v.fps)
+    assert all(np.any(a != b) for a, b in zip(v.frames[:-1], v.frames[1:]))  # no frame repeated
+    with stream_video(path, chunk=32) as s:
+        assert sum(len(c) for c in s) == 90
 
 
 # ------------------------------------------------------------------------------------------ bad files

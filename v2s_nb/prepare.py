@@ -175,6 +175,13 @@ class _Shows:
 
 
 _FACES_KEYS = ("aligned", "points", "fps", "track", "interpolated")
+# a video's decoding errors (frame, ffmpeg's message), kept with its faces so a cache hit reports them too
+_DECODE_KEYS = ("decode_frames", "decode_messages")
+
+
+def _decode_arrays(errs) -> dict:
+    return {"decode_frames": np.asarray([f for f, _ in errs], np.int64).reshape(-1),
+            "decode_messages": np.asarray([m for _, m in errs], str).reshape(-1)}
 
 
 @dataclasses.dataclass(repr=False)
@@ -220,7 +227,10 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
               say: Say = print) -> FaceClip:
     """Landmarks, FFHQ-aligned crops at ``resolution`` px, crop landmarks and the (smoothed) canonical track of an
     image (``kind='image'``) or a video file (``kind='video'``); cached in ``cache`` keyed by the file's bytes
-    and the settings. Raises :class:`v2s_nb.face.NoFaceError` when no face is found."""
+    and the settings, a video's entry with the decoding errors ffmpeg concealed (frames and messages). Those are
+    warned about (:class:`v2s_nb.video.CorruptFramesWarning`) or, with ``strict``, raised
+    (:class:`v2s_nb.video.VideoReadError`) on every call, cached or not. Raises :class:`v2s_nb.face.NoFaceError`
+    when no face is found."""
     from .face import NoFaceError, align_face, align_video, canonical_track, landmarks
     from .caching import sha256_file
 
@@ -232,10 +242,21 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
         raise FileNotFoundError(f"input file not found: {path}")
     folder = _cache(cache)
     settings = {"sha": sha256_file(path), "kind": kind, "res": int(resolution), "detector": detector,
-                "upsample": upsample, "smooth": smooth, "smooth_method": smooth_method, "v": 2}
+                "upsample": upsample, "smooth": smooth, "smooth_method": smooth_method,
+                "v": 3}  # 3: videos read frame for frame as decoded (a variable-rate one had duplicates before)
     f = folder / f"faces-{kind}-{cache_key(settings)}.npz"
     out = load_arrays(f, _FACES_KEYS) if f.is_file() else None
     if out is not None:
+        if kind == "video":
+            from .video import report_decode_errors
+
+            if not all(k in out for k in _DECODE_KEYS):  # written before the errors were kept: check again
+                from .video import decode_errors
+
+                out.update(_decode_arrays(decode_errors(path)))
+                save_arrays(f, **out)
+            errs = list(zip(out["decode_frames"].tolist(), out["decode_messages"].tolist()))
+            report_decode_errors(path, errs, strict, stacklevel=3)
         return FaceClip(path, kind, out["aligned"], out["points"], float(out["fps"]), out["track"],
                         out["interpolated"].astype(bool), cached=True)
     if kind == "image":
@@ -250,10 +271,12 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
         out = {"aligned": al.image[None], "points": al.to_crop(tr.points[0])[None], "fps": 0.0,
                "track": np.zeros((1, 3)), "interpolated": np.zeros(1, bool)}
     else:
-        from .video import read_video
+        from .video import decode_errors, read_video, report_decode_errors
 
-        # decoding errors ffmpeg concealed: a warning naming the frames (an error with strict)
-        vid = read_video(path, check=True, strict=strict)
+        # decoding errors ffmpeg concealed: a warning naming the frames (an error with strict), kept in the cache
+        vid = read_video(path)
+        errs = decode_errors(path)
+        report_decode_errors(path, errs, strict, stacklevel=3)
         _tell(say, f"{path}: {len(vid)} frames {vid.width}x{vid.height} at {vid.fps:g} fps")
         tr = landmarks(vid.frames, detector=detector, upsample=upsample, progress=progress)
         if not tr.found.any():
@@ -272,7 +295,7 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
             _tell(say, f"outlier frame(s) {np.flatnonzero(track.outliers).tolist()} of {path} (face far from its "
                        "neighbours, e.g. a false detection): re-interpolated from neighbours")
         out = {"aligned": clip.frames, "points": pts, "fps": float(vid.fps), "track": track.as_array(face_size=True),
-               "interpolated": track.interpolated}
+               "interpolated": track.interpolated, **_decode_arrays(errs)}
     save_arrays(f, **{k: np.asarray(v) for k, v in out.items()})
     return FaceClip(path, kind, np.asarray(out["aligned"]), np.asarray(out["points"]), float(out["fps"]),
                     np.asarray(out["track"]), np.asarray(out["interpolated"], bool), cached=False)

@@ -14,6 +14,7 @@ folder, which is renamed onto the target name only once it is complete.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import re
 import os
@@ -36,6 +37,7 @@ __all__ = [
     "VideoReadError",
     "CorruptFramesWarning",
     "decode_errors",
+    "report_decode_errors",
     "VideoWriteError",
     "FrameFormatError",
     "VideoInfo",
@@ -262,18 +264,39 @@ _FFMPEG_NOISE = ("ffmpeg version", "built with", "configuration:", "lib", "=== s
                  "encoder ", "handler_name", "vendor_id", "major_brand", "minor_version", "compatible_brands")
 
 
-def _stderr_tail(text: str, lines: int = 4) -> str:
-    """The informative last lines of an ffmpeg log (banner and stream listings dropped)."""
+def _stderr_tail(text: str, lines: int = 4, causes: int = 2) -> str:
+    """The informative lines of an ffmpeg log (banner and stream listings dropped): the first ``causes`` lines
+    that say error (the cause, e.g. ``x264 [error]: invalid preset``; the last lines only say that a task
+    failed) and the last ``lines`` lines."""
     keep = [ln.strip() for ln in str(text).strip().splitlines()
             if ln.strip() and not ln.strip().startswith(_FFMPEG_NOISE)]
-    return "\n    ".join(keep[-lines:]) or "(no message)"
+    tail = keep[-lines:]
+    first = [ln for ln in keep[:len(keep) - len(tail)] if "error" in ln.lower()][:causes]
+    return "\n    ".join(first + tail) or "(no message)"
+
+
+@functools.lru_cache(maxsize=None)
+def _passthrough(exe: str) -> tuple[str, ...]:
+    """ffmpeg output options that pass decoded frames on as they are: without them ffmpeg resamples a
+    variable-frame-rate video to a constant rate (duplicating frames). ``-fps_mode`` exists since ffmpeg 5.1
+    and ``-vsync`` was removed later, so the binary's version picks one."""
+    try:
+        out = subprocess.run([exe, "-version"], capture_output=True, text=True, errors="replace", timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    m = re.match(r"ffmpeg version n?(\d+)\.(\d+)", out)  # git builds ("N-1234-g...") are recent: no match
+    if m and (int(m.group(1)), int(m.group(2))) < (5, 1):
+        return ("-vsync", "passthrough")
+    return ("-fps_mode", "passthrough")
 
 
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
     """What ffmpeg reports about a file before decoding: frame ``width`` and ``height`` in pixels (after any
     rotation metadata is applied), ``fps`` (frames per second), ``duration`` in seconds (0 when unknown),
-    ``codec`` name and ``approx_frames`` (round(duration * fps); the exact count is known only after decoding)."""
+    ``codec`` name and ``approx_frames`` (round(duration * fps); the exact count is known only after decoding).
+    For a variable-frame-rate file ``fps`` is the average rate (frames / duration), the rate that makes the
+    decoded frames (passed on as they are, none duplicated) last ``duration``."""
 
     path: Path
     width: int
@@ -288,10 +311,11 @@ class VideoInfo:
 
 
 def _open_reader(p: Path):
-    """Start ffmpeg decoding ``p`` to rgb24; returns (generator of frame bytes, VideoInfo)."""
+    """Start ffmpeg decoding ``p`` to rgb24, each decoded frame once; returns (generator of frame bytes, VideoInfo)."""
     import imageio_ffmpeg
 
-    gen = imageio_ffmpeg.read_frames(str(p), pix_fmt="rgb24")
+    gen = imageio_ffmpeg.read_frames(str(p), pix_fmt="rgb24",
+                                     output_params=list(_passthrough(imageio_ffmpeg.get_ffmpeg_exe())))
     try:
         meta = next(gen)
         width, height = (int(v) for v in meta["size"])
@@ -438,16 +462,22 @@ def read_video(path: PathLike, progress: bool = False, check: bool = False, stri
     chunks = list(stream)
     frames = chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=0)
     if check or strict:
-        errs = decode_errors(path)
-        if errs:
-            shown = sorted({f for f, _ in errs})
-            msg = (f"'{path}': ffmpeg reported {len(errs)} decoding error(s) near frame(s) "
-                   f"{shown[:20]}{' ...' if len(shown) > 20 else ''} ({errs[0][1][:120]}); those frames may be "
-                   "damaged (concealed by the decoder)")
-            if strict:
-                raise VideoReadError(msg + ". Re-encode or replace the file.")
-            warnings.warn(msg + ".", CorruptFramesWarning, stacklevel=2)
+        report_decode_errors(path, decode_errors(path), strict, stacklevel=3)
     return Video(frames, stream.fps)
+
+
+def report_decode_errors(path: PathLike, errs, strict: bool = False, stacklevel: int = 2) -> None:
+    """Report the decoding errors ``errs`` of ``path`` (as :func:`decode_errors` gives them; none: nothing) as one
+    :class:`CorruptFramesWarning` naming the frames, or, with ``strict``, as a :class:`VideoReadError`."""
+    if not errs:
+        return
+    shown = sorted({f for f, _ in errs})
+    msg = (f"'{path}': ffmpeg reported {len(errs)} decoding error(s) near frame(s) "
+           f"{shown[:20]}{' ...' if len(shown) > 20 else ''} ({errs[0][1][:120]}); those frames may be "
+           "damaged (concealed by the decoder)")
+    if strict:
+        raise VideoReadError(msg + ". Re-encode or replace the file (or pass strict=False to only warn).")
+    warnings.warn(msg + ".", CorruptFramesWarning, stacklevel=stacklevel)
 
 
 class CorruptFramesWarning(V2SWarning):
@@ -465,8 +495,9 @@ def decode_errors(path: PathLike) -> list[tuple[int, str]]:
     filters in separate threads and B-frames are decoded out of display order, so the damaged frame is near
     it (usually within a few frames). Costs one extra decode of the file."""
     p = _existing_file(path)
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "info", "-threads", "1", "-i", str(p),
-           "-map", "0:v:0", "-vf", "showinfo=checksum=0", "-f", "null", "-"]
+    exe = ffmpeg_exe()  # frames passed on as decoded, as read_video does: showinfo's n is read_video's index
+    cmd = [exe, "-hide_banner", "-nostdin", "-loglevel", "info", "-threads", "1", "-i", str(p),
+           "-map", "0:v:0", "-vf", "showinfo=checksum=0", *_passthrough(exe), "-f", "null", "-"]
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
     out, pending = [], []
     for line in proc.stderr.splitlines():
@@ -521,6 +552,11 @@ def _iter_chunks(frames) -> Iterator[np.ndarray]:
     yield as_rgb_uint8(frames)
 
 
+#: x264's speed presets, fastest (biggest file) first.
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+
+
 def write_video(path: PathLike, frames, fps: float = 30.0, *, crf: int = 18, preset: str = "medium",
                 odd_size: str = "pad", progress: bool = False) -> Path:
     """Write frames to an MP4 file (H.264, yuv420p) at ``fps`` frames per second, atomically.
@@ -530,6 +566,7 @@ def write_video(path: PathLike, frames, fps: float = 30.0, *, crf: int = 18, pre
     [H, W, 3] (e.g. a :class:`VideoStream`), so arbitrarily long clips can be written with bounded memory.
 
     ``crf``: x264 quality (0 = lossless luma, 18 = visually lossless, 23 = x264 default, 51 = worst).
+    ``preset``: x264 speed preset, one of :data:`X264_PRESETS` (slower = smaller file at the same quality).
     ``odd_size``: yuv420p needs even width and height: ``'pad'`` (default) repeats the last row / column,
     ``'crop'`` drops it, ``'error'`` raises :class:`FrameFormatError`.
 
@@ -544,6 +581,8 @@ def write_video(path: PathLike, frames, fps: float = 30.0, *, crf: int = 18, pre
     fps = _check_fps(fps)
     if not (isinstance(crf, (int, np.integer)) and 0 <= crf <= 51):
         raise ValueError(f"crf must be an integer in 0..51, got {crf!r}.")
+    if preset not in X264_PRESETS:
+        raise ValueError(f"preset must be one of x264's presets {', '.join(X264_PRESETS)}, got {preset!r}.")
     path = Path(os.fspath(path)).expanduser()
     if path.suffix.lower() not in (".mp4", ".m4v", ".mov"):
         raise ValueError(f"write_video writes MP4 (H.264) files; give a path ending in .mp4, got '{path}'.")
@@ -575,6 +614,10 @@ def write_video(path: PathLike, frames, fps: float = 30.0, *, crf: int = 18, pre
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+                try:  # still open when feeding failed (a frame error, or the caller's iterator raised)
+                    proc.stdin.close()
+                except OSError:  # BrokenPipeError: ffmpeg is gone, nothing left to flush
+                    pass
             if rc != 0:
                 log.seek(0)
                 msg = log.read().decode("utf-8", "replace")
