@@ -109,6 +109,14 @@ def test_css_classes_and_matplotlib_backend(clip):
     np.testing.assert_allclose(m.curves()["smooth_ty"], 100 * m.smoothed.ty)
 
 
+def test_even_max_kernel_is_rounded_down_to_odd(clip):
+    lm, frames = clip
+    v = TrackViewer(lm, frames, max_kernel=8, backend="matplotlib")
+    assert v.kernel.max == 7  # 8 was a slider value that smooth() refuses
+    v.kernel.value = 8  # the slider clamps to its maximum
+    assert v.kernel.value == 7 and "kernel 7" in v.info.value
+
+
 def test_bad_input(clip):
     lm, frames = clip
     with pytest.raises(ValueError, match="frames"):

@@ -262,3 +262,15 @@ def test_player_side_by_side(G):
     assert p.image.value == shown  # replayed from the cache
     with pytest.raises(ValueError):
         SideBySidePlayer({"a": None})
+
+
+@pytest.mark.parametrize("fps", [0, -3, float("nan"), "fast"])
+def test_player_rejects_bad_fps(fps):
+    with pytest.raises(ValueError, match="fps must be a positive number"):  # was ZeroDivisionError, or ran
+        SideBySidePlayer({"a": np.zeros((2, 8, 8, 3), np.uint8)}, fps=fps)
+
+
+def test_player_narrow_clip_is_at_least_one_pixel_wide():
+    p = SideBySidePlayer({"line": np.zeros((2, 400, 1, 3), np.uint8), "b": np.zeros((2, 32, 48, 3), np.uint8)},
+                         size=100)  # 100 * 1 / 400 rounded to a 0 px wide thumbnail
+    assert p.composite(1).shape == (100, 1 + 6 + 150, 3)

@@ -24,11 +24,12 @@ def to_uint8(img) -> np.ndarray:
 
 
 def _picture(images, single: bool) -> np.ndarray:
-    """uint8 kept as it is; other pictures converted by :func:`v2s_nb.video.as_rgb_uint8` (float in [0, 1],
-    channel-last; generator images are refused there with the fix, :func:`to_uint8`)."""
+    """Pictures of any dtype converted by :func:`v2s_nb.video.as_rgb_uint8` to uint8 RGB, [H, W, 3] (``single``)
+    or [N, H, W, 3]: grey replicated, alpha dropped, float in [0, 1] scaled (generator images are refused there
+    with the fix, :func:`to_uint8`). uint8 takes the same path, so it gives the same result as float."""
     arr = np.asarray(images.detach().cpu() if torch.is_tensor(images) else images)
-    if arr.dtype == np.uint8:
-        return arr
+    if single and arr.ndim == 3 and arr.shape[-1] == 1:  # one grey picture [H, W, 1], not a clip of H frames
+        arr = arr[..., 0]
     from .video import as_rgb_uint8
 
     out = as_rgb_uint8(arr, allow_single_image=single, name="image" if single else "images")
@@ -36,8 +37,9 @@ def _picture(images, single: bool) -> np.ndarray:
 
 
 def image_grid(images: np.ndarray, cols: int | None = None, pad: int = 2, pad_value: int = 255) -> np.ndarray:
-    """Tile pictures [N, H, W, C] (uint8, or float in [0, 1]) into one uint8 [rows*H, cols*W, C] picture (rows
-    filled left to right)."""
+    """Tile pictures [N, H, W, C] (C = 1, 3 or 4) or [N, H, W] (uint8, or float in [0, 1]) into one uint8 RGB
+    [rows*H + pads, cols*W + pads, 3] picture (rows filled left to right; ``pad`` pixels of ``pad_value``
+    between them; alpha dropped)."""
     images = _picture(images, single=False)
     if images.ndim != 4:
         raise ValueError(f"expected [N, H, W, C] images, got shape {images.shape}")
@@ -52,14 +54,14 @@ def image_grid(images: np.ndarray, cols: int | None = None, pad: int = 2, pad_va
 
 
 def save_image(path, image: np.ndarray) -> Path:
-    """Write a picture [H, W, C] (uint8, or float in [0, 1]) as PNG / JPEG (by extension) atomically: never a
-    half-written file."""
+    """Write a picture [H, W, C] (C = 1, 3 or 4) or [H, W] (uint8, or float in [0, 1]) as an RGB PNG / JPEG
+    (by extension; alpha dropped) atomically: never a half-written file."""
     from PIL import Image
 
     path = Path(path)
     arr = _picture(image, single=True)
     with atomic_path(path, suffix=path.suffix or ".png") as tmp:  # PIL picks the format from the suffix
-        Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr).save(tmp)
+        Image.fromarray(arr).save(tmp)
     return path
 
 

@@ -28,13 +28,14 @@ class SideBySidePlayer:
     Args:
         videos: {title: clip or None}; a clip is uint8 [T, H, W, 3], a :class:`~v2s_nb.video.Video` or anything
             :func:`v2s_nb.video.as_rgb_uint8` accepts. ``None`` entries are skipped.
-        fps: playback rate (default: the first Video's fps, else 10).   size: displayed height in pixels.
+        fps: playback rate in frames per second, > 0 (default: the first Video's fps, else 10).
+        size: displayed height in pixels (each clip's width follows its aspect ratio, at least 1 pixel).
     """
 
     def __init__(self, videos: Mapping[str, object], *, fps: float | None = None, size: int = 192):
         import ipywidgets as W
 
-        from ..video import Video, as_rgb_uint8
+        from ..video import Video, _check_fps, as_rgb_uint8
 
         if not isinstance(videos, Mapping):
             raise TypeError("videos must be a dict {title: clip or None}")
@@ -45,7 +46,7 @@ class SideBySidePlayer:
             fps = next((float(v.fps) for _, v in items if isinstance(v, Video)), 10.0)
         self.titles = [k for k, _ in items]
         self.clips = [as_rgb_uint8(v, allow_single_image=True, name=k) for k, v in items]
-        self.fps, self.size = float(fps), int(size)
+        self.fps, self.size = _check_fps(fps), int(size)
         n = max(len(c) for c in self.clips)
         self.num_frames = n
         self.frame = W.IntSlider(value=0, min=0, max=max(n - 1, 0), description="frame", continuous_update=True)
@@ -54,7 +55,7 @@ class SideBySidePlayer:
                            description="play")
         self.play.add_class("v2s-player-play")
         W.jslink((self.play, "value"), (self.frame, "value"))
-        widths = [int(round(self.size * c.shape[2] / c.shape[1])) for c in self.clips]
+        widths = [max(1, int(round(self.size * c.shape[2] / c.shape[1]))) for c in self.clips]  # PIL needs >= 1
         self._widths, self._gap = widths, 6
         total = sum(widths) + self._gap * (len(widths) - 1)
         self.image = W.Image(format="png", height=self.size, width=total)

@@ -68,7 +68,8 @@ class TrackViewer:
             landmarks are drawn on a grey canvas).
         track: the raw :class:`~v2s_nb.face.CanonicalTrack`; default ``canonical_track(landmarks)``.
         kernel, method: initial smoothing (see :meth:`~v2s_nb.face.CanonicalTrack.smooth`).
-        max_kernel: largest kernel on the slider (default: the largest odd number <= min(T, 31), at least 3).
+        max_kernel: largest kernel on the slider (default: the largest odd number <= min(T, 31), at least 3; an
+            even value is rounded down to odd, as kernels are odd).
         backend: 'auto', 'plotly' or 'matplotlib'.     size: displayed frame size in pixels.
     """
 
@@ -100,6 +101,7 @@ class TrackViewer:
         n = len(self.raw)
         if max_kernel is None:
             max_kernel = max(3, min(n, 31) - (1 - min(n, 31) % 2))
+        max_kernel = int(max_kernel) - (1 - int(max_kernel) % 2)  # an even maximum is a value smooth() refuses
         self.smoothed = self.raw.smooth(int(kernel), method=method)  # validates kernel / method
         self._callbacks: list[Callable[[CanonicalTrack], None]] = []
 
