@@ -273,6 +273,9 @@ def test_image_formats_and_bad_input(G):
     assert x.shape == (2, 3, 64, 64) and x.dtype == torch.float32 and -1 <= float(x.min()) and float(x.max()) <= 1
     torch.testing.assert_close(prepare_images(x, 64), x)  # float [N, 3, H, W] in [-1, 1] as is
     assert prepare_images(rgb[0], 64).shape == (1, 3, 64, 64)  # a single image
+    torch.testing.assert_close(prepare_images(rgb.transpose(0, 3, 1, 2), 64), x)  # channel-first uint8
+    with pytest.raises(ValueError, match="ambiguous"):  # one channel-first picture, or 3 grey frames?
+        prepare_images(rgb[0].transpose(2, 0, 1), 64)
     with pytest.warns(ImageResizeWarning, match="resized"):
         assert prepare_images(np.repeat(np.repeat(rgb, 2, 1), 2, 2), 64).shape == (2, 3, 64, 64)
     with pytest.warns(ImageResizeWarning, match="grayscale"):

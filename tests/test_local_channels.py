@@ -122,6 +122,20 @@ def test_empty_region_masks_are_left_out_of_the_mean():
     assert select(s["iou_pos"], s["iou_neg"], t_fg=0, t_bg=1).tolist() == []
 
 
+def test_output_channel_sets_are_refused_as_s_channels():
+    """Sets discovered with maps='output' index the layers' output channels, not S: the re-enactment's mixing
+    refuses them (it once took them as S indices without a word)."""
+    from v2s_nb.method.reenact import region_channels_from
+    maps, low, truth = _planted()
+    scores = score_channels(maps, low)
+    by_layer = {r: {"L3_a": d} for r, d in scores.items()}
+    settings = {"layers": ["L3_a"], "threshold": 0.5, "n_images": 3}
+    s_channels = region_channels_from(ChannelSets(by_layer, dict(settings, maps="modulated")))
+    assert s_channels["mouth"]["L3_a"].tolist() == [3]
+    with pytest.raises(ValueError, match="maps='output'.*not S channels"):
+        region_channels_from(ChannelSets(by_layer, dict(settings, maps="output")))
+
+
 def test_channel_sets_roundtrip_and_reselect(tmp_path):
     maps, low, truth = _planted()
     scores = score_channels(maps, low)

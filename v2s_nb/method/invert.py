@@ -149,9 +149,10 @@ def prepare_images(images, resolution: int, frame_indices: Sequence[int] | None 
 
     Accepts (numpy or torch; a single image or a batch; a list of images is stacked):
 
-    * pictures: uint8 (or integer 0..255) channel-last ``[N, H, W, C]`` / ``[H, W, C]``, grayscale ``[N, H, W]`` /
-      ``[H, W]``; float channel-last pictures are read as values in [0, 1] (the package's image convention,
-      docs/architecture.md) and refused outside it;
+    * pictures: uint8 (or integer 0..255) channel-last ``[N, H, W, C]`` / ``[H, W, C]``, channel-first
+      ``[N, C, H, W]``, grayscale ``[N, H, W]`` / ``[H, W]`` (``[3 or 4, H, W]`` is refused: one channel-first
+      picture or that many frames); float channel-last pictures are read as values in [0, 1] (the package's
+      image convention, docs/architecture.md) and refused outside it;
     * generator images: float channel-first ``[N, C, H, W]`` / ``[C, H, W]`` with values in [-1, 1] (what
       ``G.synthesis`` returns).
 
@@ -179,6 +180,10 @@ def prepare_images(images, resolution: int, frame_indices: Sequence[int] | None 
         if arr.ndim == 2:  # one grayscale image
             arr = arr[None, :, :, None]
         elif arr.ndim == 3:
+            if arr.shape[-1] not in (1, 3, 4) and arr.shape[0] in (3, 4):
+                raise ValueError(f"uint8 images of shape {arr.shape} are ambiguous: one channel-first picture "
+                                 f"[C, H, W] or {arr.shape[0]} grayscale frames [N, H, W]; pass one picture as "
+                                 "[1, C, H, W] or [H, W, C], frames as [N, H, W, 1]")
             arr = arr[None] if arr.shape[-1] in (1, 3, 4) else arr[..., None]  # one HWC image / N gray frames
         elif arr.ndim == 4:
             if arr.shape[-1] not in (1, 3, 4) and arr.shape[1] in (1, 3, 4):

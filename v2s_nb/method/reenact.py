@@ -186,8 +186,14 @@ def mix_styles(s_ref: Mapping[str, torch.Tensor], s_drive: Mapping[str, torch.Te
 
 
 def region_channels_from(channel_sets) -> dict[str, dict[str, np.ndarray]]:
-    """{region: {layer: int64 channel indices}} from a :class:`ChannelSets` or an equivalent mapping."""
+    """{region: {layer: int64 channel indices}} from a :class:`ChannelSets` or an equivalent mapping. A
+    :class:`ChannelSets` must index S channels (discovered with ``maps='modulated'``, the default)."""
     if hasattr(channel_sets, "channels") and hasattr(channel_sets, "regions"):
+        maps = getattr(channel_sets, "settings", {}).get("maps", "modulated")
+        if maps != "modulated":
+            raise ValueError(f"these channel sets were discovered with maps={maps!r}: they index the layers' output "
+                             "channels, not S channels, which the mixing of eq 10-12 needs; discover them with "
+                             "maps='modulated' (the default)")
         return {r: {l: np.asarray(channel_sets.channels(r, l), np.int64) for l in channel_sets.layers}
                 for r in channel_sets.regions}
     return {r: {l: np.asarray(v, np.int64).reshape(-1) for l, v in by_l.items()} for r, by_l in channel_sets.items()}
