@@ -90,8 +90,8 @@ def test_signs_and_units_exact():
     ct = canonical_track(np.stack(out), 512)
     np.testing.assert_allclose(ct.angle - base, [0, 30, -45, 0], atol=1e-9)
     np.testing.assert_allclose([ct.tx[3] - ct.tx[0], ct.ty[3] - ct.ty[0]], [0.1, -0.05], atol=1e-12)
-    # t = (e - e') / W with e' = (0.5, 0.475) of a square frame
-    np.testing.assert_allclose([ct.tx[0], ct.ty[0]], (e - np.array([256, 0.475 * 512])) / 512, atol=1e-12)
+    # t = (e - e') / W with e' = (0.5, 0.475) of a square frame, in pixel-centre coordinates (- 0.5 px)
+    np.testing.assert_allclose([ct.tx[0], ct.ty[0]], (e - np.array([256, 0.475 * 512]) + 0.5) / 512, atol=1e-12)
     # the chin swinging to the right (counter-clockwise as seen) is a positive angle, like skimage.rotate
     swung = pts.copy()
     swung[48:68, 0] += 40
@@ -107,12 +107,23 @@ def test_ffhq_aligned_face_is_near_identity():
     assert abs(ct.angle[0]) < 3
 
 
+def test_aligned_crop_of_the_template_face_is_exactly_canonical():
+    """e' is where align_face puts the eye midpoint, in the landmarks' pixel-centre coordinates: the template face,
+    aligned, has t = 0 exactly (it was off by half a pixel)."""
+    from v2s_nb.face import template_landmarks
+    pts = template_landmarks(200) + [90, 40]
+    for size in (64, 512):
+        al = align_face(np.zeros((300, 400, 3), np.uint8), pts, size)
+        ct = canonical_track(al.to_crop(pts), size)
+        np.testing.assert_allclose([ct.tx[0] * size, ct.ty[0] * size], [0, 0], atol=1e-6)
+
+
 def test_non_square_frames_use_width_units():
     pts = np.zeros((68, 2))
     pts[36:42], pts[42:48], pts[48:68] = (300, 240), (340, 240), (320, 290)
     ct = canonical_track(pts, (640, 480))
-    # e' = (W/2, H/2 + (0.475 - 0.5) W) = (320, 224); e = (320, 240) -> t = (0, 16 / 640)
-    np.testing.assert_allclose([ct.tx[0], ct.ty[0]], [0, 16 / 640], atol=1e-12)
+    # e' = (W/2, H/2 + (0.475 - 0.5) W) - 0.5 px (landmarks index pixel centres) = (319.5, 223.5); e = (320, 240)
+    np.testing.assert_allclose([ct.tx[0], ct.ty[0]], [0.5 / 640, 16.5 / 640], atol=1e-12)
     assert ct.image_size == (640, 480)
 
 

@@ -376,7 +376,8 @@ def canonical_track(landmarks, image_size=None, *, canonical_eyes=FFHQ_EYE_MIDPO
                           "or strongly turned faces.")
     ex, ey = _pair(canonical_eyes)
     w, h = size
-    e_prime = np.array([0.5 * w + (ex - 0.5) * w, 0.5 * h + (ey - 0.5) * w])
+    # (ex, ey) are fractions of the crop's extent; landmarks index pixel centres, half a pixel in from its edge
+    e_prime = np.array([ex * w, 0.5 * h + (ey - 0.5) * w]) - 0.5
 
     angle = np.full(len(found), np.nan)
     angle[found] = np.unwrap(np.degrees(np.arctan2(v[found, 0], v[found, 1])), period=360.0)
