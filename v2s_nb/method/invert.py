@@ -70,7 +70,7 @@ DEFAULTS: dict[str, Any] = dict(
     lr=0.05,              # peak learning rate (w units; W's per-element spread is about 1 for FFHQ)
     lr_rampup=0.05,       # fraction of the steps spent warming the lr up linearly
     lr_rampdown=0.25,     # fraction of the steps over which the lr ramps down (cosine) to 0
-    w_noise=0.05,         # initial noise on w, as a fraction of W's spread (NVIDIA's initial_noise_factor)
+    w_noise=0.05,         # initial noise on w, a fraction of W's per-element spread (NVIDIA's factor, not its scale)
     w_noise_ramp=0.75,    # noise decays to 0 over this fraction of the steps (quadratically)
     mse_weight=1.0,
     perceptual_weight=1.0,
@@ -683,8 +683,10 @@ def invert(G, images, *, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["l
             :func:`prepare_images` for grayscale / RGBA / other sizes).
         steps: Adam steps per image. lr, lr_rampup, lr_rampdown: see :func:`lr_schedule`.
         w_noise, w_noise_ramp: Gaussian noise added to w at step t, std ``w_noise · spread(W) · max(0, 1 - t /
-            w_noise_ramp)²`` (NVIDIA's projector), spread(W) being the per-element std of mapped samples around
-            ``w_avg``; 0 disables it.
+            w_noise_ramp)²`` (the form of NVIDIA's projector), spread(W) being the per-element std of mapped
+            samples around ``w_avg``; 0 disables it. NVIDIA's projector scales its factor (also 0.05) by the RMS
+            norm of w - w_avg instead, about sqrt(w_dim) times this spread (22x at w_dim 512): its noise is that
+            much stronger than this default's.
         mse_weight, perceptual, perceptual_weight: the reconstruction loss (see the module docstring).
         w_avg_weight: weight of the pull toward ``w_avg``.
         init: start codes [N, num_ws, w_dim] (or one code broadcast to all images); default ``w_avg`` on every row.
