@@ -312,6 +312,16 @@ def test_invert_with_encoder_refines_and_caches(tmp_path, tiny_g):
     again = invert_with_encoder(E, G, frames, n_iters=2, batch_size=2, refine_steps=15, refine_lr=0.02,
                                 cache_dir=tmp_path / "inv", progress=False)
     assert again.from_cache and torch.equal(again.ws, ref.ws)
+    # a perceptual callable in refine_kwargs is keyed by its name, as invert's own cache keys it: a lambda (its
+    # memory address, reused by another lambda) is refused with a folder, a named one is recorded by name
+    with pytest.raises(ValueError, match="cache_key"):
+        invert_with_encoder(E, G, frames[:1], n_iters=1, refine_steps=1, cache_dir=tmp_path / "inv",
+                            refine_kwargs={"perceptual": lambda a, b: (a - b).abs().mean((1, 2, 3))}, progress=False)
+    named = lambda a, b: (a - b).abs().mean((1, 2, 3))  # noqa: E731
+    named.cache_key = "l1"
+    keyed = invert_with_encoder(E, G, frames[:1], n_iters=1, refine_steps=1, cache_dir=tmp_path / "inv",
+                                refine_kwargs={"perceptual": named}, progress=False)
+    assert keyed.settings["refine_kwargs"]["perceptual"] == "callable:l1"
 
 
 @pytest.mark.slow

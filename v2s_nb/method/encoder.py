@@ -544,15 +544,19 @@ def invert_with_encoder(E: ReStyleEncoder, G, images, *, n_iters: int = 3, batch
         :class:`~v2s_nb.method.invert.Inversion` (codes on the CPU, PSNR against the images at G's resolution;
         ``settings['mode']`` is ``'encoder'``; ``total_steps`` counts the refinement's Adam steps).
     """
-    from .invert import (Inversion, _cache_lookup, _reconstruction_mse, generator_identity, invert, prepare_images,
-                         psnr_from_mse)
+    from .invert import (Inversion, _cache_lookup, _keyed_by, _reconstruction_mse, _resolve_perceptual,
+                         generator_identity, invert, prepare_images, psnr_from_mse)
 
     targets = prepare_images(images, G.img_resolution, frame_indices)
     n = targets.shape[0]
     idx = list(range(n)) if frame_indices is None else [int(i) for i in frame_indices]
+    recorded = dict(refine_kwargs or {})
+    if callable(recorded.get("perceptual")):  # keyed by what names it, as invert's own cache is (not its address)
+        recorded["perceptual"] = _resolve_perceptual(recorded["perceptual"], "cpu")[1]
+        _keyed_by(recorded["perceptual"], cache_dir=cache_dir)
     settings = {"mode": "encoder", "encoder": E.kind, "encoder_sha256": encoder_digest(E), "n_iters": int(n_iters),
                 "force_fp32": bool(force_fp32), "refine_steps": int(refine_steps), "refine_lr": float(refine_lr),
-                "refine_kwargs": dict(refine_kwargs or {})}
+                "refine_kwargs": recorded}
     gen_id = generator_identity(G)
     cache_file, cached = _cache_lookup(cache_dir, "enc", targets, E.start_codes(1).float().cpu(), gen_id, settings,
                                        idx)
