@@ -290,6 +290,11 @@ def test_generator_from_state_dict_refuses_other_tensors():
     bad["synthesis.L3_36_32.affine.weight"] = torch.zeros(7, 64)
     with pytest.raises(SnapshotError, match="shapes"):
         generator_from_state_dict(bad)
+    nan = dict(sd)
+    nan["synthesis.L3_36_32.weight"] = sd["synthesis.L3_36_32.weight"].clone()
+    nan["synthesis.L3_36_32.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(SnapshotError, match="NaN"):  # as the snapshot and checkpoint loaders refuse them
+        generator_from_state_dict(nan)
 
 
 @pytest.mark.slow

@@ -29,11 +29,11 @@ def _fake_module(monkeypatch, dotted, **attrs):
 
 
 class _Reduce:
-    def __init__(self, fn, args):
-        self.fn, self.args = fn, args
+    def __init__(self, fn, args, state=None):
+        self.fn, self.args, self.state = fn, args, state
 
     def __reduce__(self):
-        return self.fn, self.args
+        return (self.fn, self.args) if self.state is None else (self.fn, self.args, self.state)
 
 
 def test_hostile_global_is_refused_and_not_run(tmp_path):
@@ -337,6 +337,27 @@ def test_undersized_tensor_storage_is_refused(tmp_path, monkeypatch, sg3_fixture
 
     path = _resave(data, tmp_path / "short.pkl", monkeypatch, shrink)
     with pytest.raises(SnapshotError, match=r"needs \d+ stored elements but its storage holds 16"):
+        load_generator(path)
+
+
+def test_tensor_grown_by_the_pickles_state_step_is_refused(tmp_path, monkeypatch, sg3_fixture_dir):
+    """A tensor rebuilt whole from 16 stored numbers, then re-laid out by a state step (pickle's BUILD ->
+    Tensor.__setstate__ -> set_) to the weight's full shape: set_ grows the storage with uninitialised memory,
+    past the rebuild's size check. Refused."""
+    from v2s_nb.stylegan3 import read_snapshot
+
+    data = read_snapshot(sg3_fixture_dir / "r64" / "network.pkl")
+
+    def regrow(d):
+        params = _first_weight(d)
+        w = params["weight"]
+        small = torch.zeros(16).storage()
+        params["weight"] = _Reduce(torch._utils._rebuild_tensor_v2,
+                                   (small, 0, (16,), (1,), False, collections.OrderedDict()),
+                                   (small, 0, tuple(w.shape), tuple(w.stride())))
+
+    path = _resave(data, tmp_path / "regrown.pkl", monkeypatch, regrow)
+    with pytest.raises(SnapshotError, match=r"storage of 64 bytes was resized"):
         load_generator(path)
 
 

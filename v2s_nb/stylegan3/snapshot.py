@@ -91,6 +91,10 @@ def _storage_from_bytes(data: bytes):
                                 f"objects a tensor does not need; nothing was run ({str(e).splitlines()[0]})") from None
 
 
+def _storage_bytes(storage) -> int:
+    return storage._untyped_storage.nbytes() if isinstance(storage, torch.storage.TypedStorage) else storage.nbytes()
+
+
 def _storage_elements(storage) -> tuple[int, torch.dtype]:
     """(number of elements, dtype) of a TypedStorage / UntypedStorage (bytes, uint8)."""
     if isinstance(storage, torch.UntypedStorage):
@@ -159,6 +163,24 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file):
         super().__init__(file)
         self._allowed = _allowed_globals()
+        self._allowed[("torch.storage", "_load_from_bytes")] = self._storage
+        self._storages = []  # (storage, its size in bytes as stored)
+
+    def _storage(self, data):
+        storage = _storage_from_bytes(data)
+        self._storages.append((storage, _storage_bytes(storage)))
+        return storage
+
+    def load(self):
+        out = super().load()
+        # A state step (pickle's BUILD) on a rebuilt tensor calls Tensor.__setstate__ -> set_, which grows a
+        # storage with uninitialised memory past what the file stored: no storage may end larger than it was read.
+        for storage, stored in self._storages:
+            if _storage_bytes(storage) != stored:
+                raise SnapshotError(f"a tensor storage of {stored} bytes was resized to {_storage_bytes(storage)} "
+                                    "after it was read (a tensor re-laid out by the pickle's state): the file is "
+                                    "corrupt or crafted (it would load as uninitialised memory)")
+        return out
 
     def find_class(self, module, name):
         key = (module, name)

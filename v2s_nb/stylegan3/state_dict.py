@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .networks import Generator
-from .snapshot import SnapshotError
+from .snapshot import SnapshotError, check_finite
 
 _LAYER = re.compile(r"^synthesis\.L(\d+)_(\d+)_(\d+)\.weight$")
 
@@ -109,8 +109,8 @@ def generator_from_state_dict(sd: dict, where: str = "state dict", skip: tuple[s
     Returns:
         The generator (float32, CPU, eval mode, ``requires_grad`` off, ``is_random`` False).
     Raises:
-        SnapshotError: the tensors are not a StyleGAN3 generator, or do not match the rebuilt architecture
-            (the message names the first differing tensors).
+        SnapshotError: the tensors are not a StyleGAN3 generator, do not match the rebuilt architecture
+            (the message names the first differing tensors), or hold NaN / infinite values.
     """
     kwargs = generator_kwargs_from_state_dict(sd, where)
     with torch.random.fork_rng(devices=[]):  # the constructor's random init is overwritten below
@@ -127,6 +127,7 @@ def generator_from_state_dict(sd: dict, where: str = "state dict", skip: tuple[s
         raise SnapshotError(f"{where}: the tensors do not fit the StyleGAN3 architecture read from them "
                             f"({'R' if kwargs['conv_kernel'] == 1 else 'T'}, {kwargs['img_resolution']} px): {detail}.")
     load = {k: torch.as_tensor(v).detach().to("cpu", torch.float32) for k, v in sd.items() if k not in skip}
+    check_finite(load, where)  # as the snapshot and checkpoint loaders: one NaN weight makes every image NaN
     G.load_state_dict(load, strict=False)
     G.is_random = False
     G.source = str(where)
