@@ -127,27 +127,21 @@ class GraphedSynthesis:
             return self.from_styles(self.G.synthesis.styles(ws.to(self.device)), transform=transform)
 
 
-def _stand_ins(params) -> tuple:
-    """New leaf tensors on the storage of ``params``, each requiring grad where its parameter does."""
-    return tuple(p.detach().requires_grad_(p.requires_grad) for p in params)
-
-
-def _warm_up(fn, sample, params, device, iters: int = 2):
-    """Runs ``fn(sample, *stand-ins of params)`` forward and backward ``iters`` times on a side stream (CUDA): the
-    Triton kernels compile and the caches fill outside a recording. Nothing of it is kept: its autograd graph, and
-    with it the gradient accumulators it made on that stream, are gone when it returns."""
+def _warm_up(fn, inputs, device, iters: int = 2):
+    """Runs ``fn(*inputs)`` forward and backward ``iters`` times on a side stream (CUDA): the Triton kernels compile
+    and the caches (kernels kept per weight tensor) fill outside a recording. Its autograd graph, and with it the
+    gradient accumulators of ``inputs`` made on that stream, are gone when it returns."""
     cuda = device.type == "cuda"
     if cuda:
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
+    wanted = [t for t in inputs if t.requires_grad]
     with torch.cuda.stream(side) if cuda else contextlib.nullcontext():
         for _ in range(iters):
-            inputs = (sample,) + _stand_ins(params)
             out = fn(*inputs)
-            wanted = [t for t in inputs if t.requires_grad]
             if out.requires_grad and wanted:
                 torch.autograd.grad(out, wanted, torch.ones_like(out), allow_unused=True)
-            del out, inputs, wanted
+            del out
     if cuda:
         torch.cuda.current_stream(device).wait_stream(side)
         torch.cuda.synchronize(device)
@@ -238,11 +232,11 @@ class GraphedTrainingSynthesis:
         sample = w.expand(self.batch_size, -1, -1).clone().requires_grad_(self.ws_grad)
         # Recorded on stand-ins of the parameters (same storage, so in-place updates are seen): the recording's
         # autograd graph, which the graphs keep, then holds the stand-ins' gradient accumulators, not the
-        # parameters', which later backwards feed from the caller's stream. The warm-up runs here, on stand-ins of
-        # its own: make_graphed_callables' own keeps its last autograd graph alive through the recording, whose
-        # backward then feeds accumulators made on the warm-up's stream from the recording's, and PyTorch warns.
-        _warm_up(self._synthesis_of, sample, self._params, self.device)
-        stand_ins = _stand_ins(self._params)
+        # parameters', which later backwards feed from the caller's stream. The warm-up runs here and lets its
+        # autograd graph go before the recording: make_graphed_callables' own keeps it alive through the recording,
+        # whose backward then feeds accumulators made on the warm-up's stream from the recording's (PyTorch warns).
+        stand_ins = tuple(p.detach().requires_grad_(p.requires_grad) for p in self._params)
+        _warm_up(self._synthesis_of, (sample,) + stand_ins, self.device)
         self._graphed = torch.cuda.make_graphed_callables(self._synthesis_of, (sample,) + stand_ins,
                                                           num_warmup_iters=0, allow_unused_input=True)
         self._flags = flags
