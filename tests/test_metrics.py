@@ -92,6 +92,20 @@ def test_feature_extractor_choices():
         get_feature_extractor("vgg")
 
 
+def test_callable_features_must_be_one_row_per_frame():
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 255, (40, 8, 8, 3), dtype=np.uint8) for _ in range(2))
+    proj = rng.normal(size=(8 * 8 * 3, 16))
+
+    def transposed(x):  # a feature-major [D, n] slip: once reshaped to [n, -1] it mixed frames up
+        return (x.reshape(len(x), -1) / 255.0 @ proj).T
+
+    with pytest.raises(ValueError, match=r"one row per frame, \[n, D\] = \[32, D\]"):
+        fid(a, b, transposed, progress=False)
+    assert np.isfinite(fid(a, b, lambda x: transposed(x).T, progress=False).value)
+    assert get_feature_extractor(lambda x: x[:, 0, 0, 0].astype(float))(a[:5]).shape == (5, 1)  # [n] is [n, 1]
+
+
 def test_inception_missing_library_is_explicit(monkeypatch):
     monkeypatch.setattr(fid_module, "_BACKEND_MODULES", {"torch-fidelity": "no_such_mod_a", "pytorch-fid": "no_such_mod_b"})
     with pytest.raises(ImportError, match="torch-fidelity.*pytorch-fid.*'pixels'"):
@@ -104,7 +118,7 @@ def test_inception_missing_library_is_explicit(monkeypatch):
 def test_inception_weights_offline_names_file_and_place(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 
-    def offline(url, dst, progress=True):
+    def offline(url, dst, hash_prefix=None, progress=True):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
@@ -116,8 +130,53 @@ def test_inception_weights_offline_names_file_and_place(monkeypatch, tmp_path):
     assert err.value.target == target
     with pytest.raises(WeightsUnavailableError, match="pt_inception-2015-12-05-6726825d.pth"):
         inception_weights("pytorch-fid", download=False)
-    target.write_bytes(b"x")
-    assert inception_weights("torch-fidelity", download=False) == target
+
+
+def stand_in_weights(monkeypatch, tmp_path, content=b"stand-in weights"):
+    """A tmp hub cache and INCEPTION_WEIGHTS names that carry the SHA-256 prefix of ``content`` (no download)."""
+    import hashlib
+
+    prefix = hashlib.sha256(content).hexdigest()[:8]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(fid_module, "INCEPTION_WEIGHTS", {
+        "torch-fidelity": (f"weights-stand-in-{prefix}.pth", "https://example.invalid/tf.pth"),
+        "pytorch-fid": (f"pt_stand-in-{prefix}.pth", "https://example.invalid/pf.pth")})
+    return tmp_path / "hub" / "checkpoints" / f"weights-stand-in-{prefix}.pth", prefix
+
+
+def test_inception_weights_sha256_prefix_is_checked(monkeypatch, tmp_path):
+    from v2s_nb.weights import WeightsChecksumError
+
+    good = b"stand-in weights"
+    target, prefix = stand_in_weights(monkeypatch, tmp_path, good)
+    calls = []
+
+    def download(url, dst, hash_prefix=None, progress=True):
+        calls.append(hash_prefix)
+        with open(dst, "wb") as f:
+            f.write(good)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(good)
+    assert inception_weights("torch-fidelity", download=False) == target and calls == []
+    target.write_bytes(b"")  # an empty file in the cache: removed, and an error offline
+    with pytest.raises(WeightsUnavailableError, match="wrong SHA-256.*removed"):
+        inception_weights("torch-fidelity", download=False)
+    assert not target.exists()
+    target.write_bytes(b"")  # ... or fetched again, with torch hub's check of the download
+    assert inception_weights("torch-fidelity") == target and target.read_bytes() == good and calls == [prefix]
+
+    def corrupt(url, dst, hash_prefix=None, progress=True):
+        raise RuntimeError(f'invalid hash value (expected "{hash_prefix}", got "0000")')
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", corrupt)
+    target.write_bytes(b"truncated")
+    with pytest.raises(WeightsChecksumError, match="failed the SHA-256 check"):
+        inception_weights("torch-fidelity")
+    assert not target.exists()
+    monkeypatch.undo()  # the real names carry the prefix the check uses
+    assert {fid_module._hash_prefix(n) for n, _ in fid_module.INCEPTION_WEIGHTS.values()} == {"6726825d"}
 
 
 # ----------------------------------------------------------------------------------------------- ΔK (no detection)
@@ -160,6 +219,29 @@ def test_delta_k_reports_frames_without_face():
     none = keypoint_distance(LandmarkTrack.from_points(np.full((2, 68, 2), np.nan), 64),
                              LandmarkTrack.from_points(np.full((2, 68, 2), np.nan), 64))
     assert np.isnan(none.x) and none.frames == 0 and none.missing.tolist() == [0, 1]
+
+
+def test_delta_k_frame_with_a_nan_point_is_missing_and_listed():
+    from v2s_nb.metrics.identity import IdentityDistance
+    from v2s_nb.metrics.keypoints import KeypointDistance
+    from v2s_nb.metrics.table import _Direction
+
+    d = synthetic_track(5)
+    r_pts = d.points + 1.0
+    r_pts[2, 0] = np.nan  # one jaw point: eyes and mouth are there, so the track says "face found"
+    r = LandmarkTrack.from_points(r_pts, d.image_size)
+    assert r.found.all()
+    dk = keypoint_distance(r, d, "pixels")
+    assert dk.missing.tolist() == [2] and dk.missing_result.tolist() == [2] and dk.frames == 4
+    assert dk.x == pytest.approx(1.0) and np.isnan(dk.per_frame[2]).all()
+    no_id = IdentityDistance(0.0, np.zeros(5), np.ones(5, bool), np.zeros((5, 128)), np.zeros(128))
+    for k in (dk, KeypointDistance(1.0, 1.0, dk.per_frame, np.ones(5, bool), np.zeros(0, int), np.zeros(0, int),
+                                   "pixels", "px")):  # a row with NaN but marked valid is listed too
+        direction = _Direction()
+        direction.add("", k, no_id, None)
+        row = direction.summary("f")
+        assert row["delta_k_frames_f"] == 4 and row["delta_k_missing_f"] == [2] and row["frames_f"] == 5
+        assert row["delta_k_x_f"] == pytest.approx(1.0)
 
 
 # ----------------------------------------------------------------------------------------------- ΔK / ID with dlib
@@ -208,6 +290,20 @@ def test_identity_distance(astronaut):
     assert idd.mean == pytest.approx(idd.per_frame[:3].mean())
     with pytest.raises(NoFaceError, match="reference"):
         identity_distance(frames[:1], blank, upsample=0, progress=False)
+
+
+def test_identity_track_of_other_sized_frames_is_rescaled(astronaut, shifted_track):
+    small = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
+    small_track = landmarks(small[None], upsample=1, progress=False)  # made on 256 px frames
+    assert small_track.found.all() and small_track.image_size == (256, 256)
+    right, _ = face_embeddings(astronaut[None], track=shifted_track[[0]], progress=False)
+    scaled, found = face_embeddings(astronaut[None], track=small_track, progress=False)
+    assert found.all() and np.linalg.norm(scaled - right) < 0.2  # unscaled points: ~0.8 off
+    pts = shifted_track[[0]].points.copy()
+    pts[0, 3] = np.nan  # a jaw point missing: the frame has no usable face, as in ΔK
+    idd = identity_distance(astronaut[None], right[0], track=LandmarkTrack.from_points(pts, (512, 512)),
+                            progress=False)
+    assert idd.missing.tolist() == [0] and np.isnan(idd.mean)
 
 
 # ----------------------------------------------------------------------------------------------- table and harness
@@ -316,16 +412,22 @@ def test_inception_adapter_with_a_stand_in_library(monkeypatch, tmp_path):
     pkg.feature_extractor_inceptionv3 = sub
     monkeypatch.setitem(sys.modules, "torch_fidelity", pkg)
     monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", sub)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    weights = tmp_path / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
+    weights, _ = stand_in_weights(monkeypatch, tmp_path)
     weights.parent.mkdir(parents=True)
-    weights.write_bytes(b"x")
+    weights.write_bytes(b"stand-in weights")
 
     ext = get_feature_extractor("inception", device="cpu")
     assert ext.comparable_to_paper and "torch-fidelity" in ext.name and ext.label == ext.name
     assert seen["args"] == ("inception-v3-compat", ["2048"], str(weights))
     feats = ext(np.full((5, 20, 30, 3), 7, np.uint8))
     assert feats.shape == (5, 2048) and seen["input"] == (torch.uint8, (5, 3, 20, 30)) and np.all(feats == 7)
+
+
+def test_run_table1_refuses_a_channel_first_reference(small_clip):
+    chw = torch.from_numpy(small_clip[0]).permute(2, 0, 1)  # torchvision's read_image layout
+    with pytest.raises(ValueError, match=r"ambiguous.*channel-first.*3 grayscale.*\[H, W, C\]"):
+        run_table1({"identity": lambda ref, d: d}, chw, small_clip, csv_path=None,
+                   feature_extractor=PooledPixelFeatures(dim=16), upsample=0, progress=False)
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import urllib.error
 import warnings
 from pathlib import Path
@@ -136,7 +137,12 @@ class FeatureExtractor:
         try:
             for i in range(0, len(clip), self.batch_size):
                 batch = clip[i:i + self.batch_size]
-                f = np.asarray(self.features(batch), np.float64).reshape(len(batch), -1)
+                f = np.asarray(self.features(batch), np.float64)
+                if f.ndim == 0 or f.shape[0] != len(batch):  # e.g. a transposed [D, n] would mix frames up
+                    raise ValueError(f"feature extractor {self.name!r} returned shape {f.shape} for {len(batch)} "
+                                     f"frames; it must return one row per frame, [n, D] = [{len(batch)}, D] "
+                                     "(transpose a feature-major [D, n] output).")
+                f = f.reshape(len(batch), -1)
                 out.append(f)
                 bar.update(len(batch))
         finally:
@@ -229,32 +235,54 @@ def inception_weights(backend: str = "torch-fidelity", *, download: bool = True)
 
     Missing: downloaded when ``download`` (and the network allow it); otherwise
     :class:`v2s_nb.weights.WeightsUnavailableError`, whose message names the file, its URL and the path to
-    put a hand-downloaded copy at.
+    put a hand-downloaded copy at. The file's SHA-256 must start with the hex digits in its name (torch hub's
+    convention): checked on download (:class:`v2s_nb.weights.WeightsChecksumError` if not) and for a cached
+    copy, which is removed and fetched again when it does not match.
     """
     import torch
 
-    from ..weights import WeightsUnavailableError
+    from ..weights import WeightsChecksumError, WeightsUnavailableError, sha256_file
 
     if backend not in INCEPTION_WEIGHTS:
         raise ValueError(f"backend must be one of {tuple(INCEPTION_WEIGHTS)}, got {backend!r}.")
     filename, url = INCEPTION_WEIGHTS[backend]
+    prefix = _hash_prefix(filename)
     target = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    removed = ""
     if target.is_file():
-        return target
+        got = sha256_file(target)
+        if got.startswith(prefix):
+            return target
+        # an empty / truncated / foreign file would load as garbage or fail deep inside the library
+        target.unlink()
+        removed = (f"the cached copy at {target} had the wrong SHA-256 ({got[:len(prefix)]}..., expected "
+                   f"{prefix}... as its name says) and was removed; ")
     hint = (f"download {url} and put it at {target} (torch's hub cache, see torch.hub.get_dir(); set TORCH_HOME "
             "to move it), or pass weights='<path>' to InceptionFeatures; or choose an offline extractor that is "
             "not Inception (feature_extractor='pixels' or 'dlib-face'; its FID is not comparable to the paper).")
     if not download:
-        raise WeightsUnavailableError(f"FID Inception weights '{filename}' are not in the cache: {hint}",
+        raise WeightsUnavailableError(f"FID Inception weights '{filename}' are not in the cache: {removed}{hint}",
                                       name=filename, url=url, target=target)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_path(target, suffix=".pth") as tmp:
-            torch.hub.download_url_to_file(url, str(tmp), progress=True)
+            torch.hub.download_url_to_file(url, str(tmp), hash_prefix=prefix, progress=True)
     except (urllib.error.URLError, OSError, TimeoutError, ConnectionError) as e:
-        raise WeightsUnavailableError(f"could not download the FID Inception weights '{filename}' ({e}): {hint}",
-                                      name=filename, url=url, target=target) from e
+        raise WeightsUnavailableError(f"could not download the FID Inception weights '{filename}' ({e}): "
+                                      f"{removed}{hint}", name=filename, url=url, target=target) from e
+    except RuntimeError as e:  # torch.hub's hash_prefix check; the download is already deleted
+        raise WeightsChecksumError(f"the downloaded FID Inception weights '{filename}' from {url} failed the "
+                                   f"SHA-256 check ({e}); nothing was saved. Try again, or {hint}", name=filename,
+                                   url=url, path=target, kind="sha256", expected=prefix, got=None) from e
     return target
+
+
+def _hash_prefix(filename: str) -> str:
+    """The SHA-256 prefix in a torch hub file name (``name-<hex>.pth``, torch.hub's convention)."""
+    m = re.search(r"-([0-9a-f]{8,})\.", filename)
+    if m is None:
+        raise ValueError(f"weight file name {filename!r} carries no SHA-256 prefix (expected 'name-<hex>.pth').")
+    return m.group(1)
 
 
 def _installed_backend(backend: str) -> str:
@@ -343,7 +371,7 @@ def get_feature_extractor(spec="inception", *, fallback=None, **kwargs) -> Featu
     missing); the user's explicit choice. It warns, and the returned extractor's ``name`` says what runs.
     ``kwargs`` go to the named extractor's constructor.
     """
-    from ..weights import WeightsUnavailableError
+    from ..weights import WeightsChecksumError, WeightsUnavailableError
 
     if isinstance(spec, FeatureExtractor):
         return spec
@@ -354,7 +382,7 @@ def get_feature_extractor(spec="inception", *, fallback=None, **kwargs) -> Featu
                          "or a callable frames -> [n, D].")
     try:
         return EXTRACTORS[spec](**kwargs)
-    except (ImportError, WeightsUnavailableError, FileNotFoundError) as e:
+    except (ImportError, WeightsUnavailableError, WeightsChecksumError, FileNotFoundError) as e:
         if fallback is None:
             raise
         fb = get_feature_extractor(fallback)

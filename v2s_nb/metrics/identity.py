@@ -49,25 +49,42 @@ def face_embeddings(frames, *, track: LandmarkTrack | None = None, detector: str
 
     ``frames``: a clip [T, H, W, 3] or one image (T = 1), any form :func:`v2s_nb.video.as_rgb_uint8` takes.
     ``track``: landmarks of these frames if already computed (skips detection), else detected with
-    ``detector`` / ``upsample``. Returns ``(emb, found)``: float64 [T, 128], NaN rows where no face was
-    found, and bool [T].
+    ``detector`` / ``upsample``; a track made on frames of another size is scaled onto these frames' pixel
+    grid (same framing assumed, as in :func:`v2s_nb.metrics.keypoints.normalized_points`). Returns
+    ``(emb, found)``: float64 [T, 128], NaN rows where no face was found (or a landmark point is not finite),
+    and bool [T].
     """
     clip = clip_frames(frames, allow_single_image=True)
     if track is None:
         track = track_of(clip, detector=detector, upsample=upsample, progress=progress)
     if len(track) != len(clip):
         raise ValueError(f"track has {len(track)} frames for {len(clip)} frames.")
+    track = _on_grid(track, (clip.shape[2], clip.shape[1]))
+    # a NaN point can't be placed in dlib's shape: such frames count as without a face, as in ΔK
+    found = track.found & np.isfinite(track.points).all(axis=(1, 2)) & np.isfinite(track.boxes).all(axis=1)
     emb = np.full((len(clip), EMBEDDING_DIM), np.nan)
     rec = _recognizer()
-    bar = progress_bar(int(track.found.sum()), "face embeddings", progress)
+    bar = progress_bar(int(found.sum()), "face embeddings", progress)
     try:
-        for i in np.flatnonzero(track.found):
+        for i in np.flatnonzero(found):
             shape = _shape(track.boxes[i], track.points[i])
             emb[i] = np.asarray(rec.compute_face_descriptor(np.ascontiguousarray(clip[i]), shape), np.float64)
             bar.update(1)
     finally:
         bar.close()
-    return emb, track.found.copy()
+    return emb, found
+
+
+def _on_grid(track: LandmarkTrack, size: tuple[int, int]) -> LandmarkTrack:
+    """``track`` with points and boxes mapped onto frames of ``size`` (width, height) when its size differs."""
+    (wt, ht), (w, h) = track.image_size, size
+    if (wt, ht) == (w, h):
+        return track
+    # pixel centres: x_new + 0.5 = (x + 0.5) * w / wt, as keypoints.normalized_points does
+    scale = np.array([w / wt, h / ht])
+    points = (track.points + 0.5) * scale - 0.5
+    boxes = (track.boxes + 0.5) * np.tile(scale, 2) - 0.5
+    return dataclasses.replace(track, points=points, boxes=boxes, image_size=(w, h))
 
 
 def reference_embedding(reference, *, detector: str = "hog", upsample: int = 1) -> np.ndarray:

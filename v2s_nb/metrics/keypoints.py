@@ -20,8 +20,9 @@ an RMS error of half the eye distance) and
 rendering of 256 px aligned driving crops), the result's landmarks are first scaled onto the driving frame's
 pixel grid: ΔK assumes both show the same framing (aligned crops), as the method's outputs do.
 
-Frames where no face is found in the driving or in the result frame are not averaged; they are counted and
-listed (``missing_driving``, ``missing_result``, ``missing``), never silently dropped.
+Frames where no face is found in the driving or in the result frame (or a landmark point is not finite) are
+not averaged; they are counted and listed (``missing_driving``, ``missing_result``, ``missing``), never
+silently dropped.
 """
 
 from __future__ import annotations
@@ -158,13 +159,16 @@ def keypoint_distance(result, driving, normalization: str = "percent", *, detect
         raise ValueError(f"ΔK compares frame i with frame i: got {len(tr_r)} result frames for "
                          f"{len(tr_d)} driving frames.")
     pr, pd = normalized_points(tr_r, tr_d, normalization)
-    valid = tr_r.found & tr_d.found
-    with np.errstate(invalid="ignore"):
+    # a frame with any non-finite point (e.g. a NaN jaw point of a given track) counts as without a face
+    ok_d = tr_d.found & np.isfinite(tr_d.points).all(axis=(1, 2))
+    ok_r = tr_r.found & np.isfinite(tr_r.points).all(axis=(1, 2))
+    with np.errstate(invalid="ignore", over="ignore"):
         per_frame = ((pr - pd) ** 2).mean(axis=1)  # [T, 2]
+    valid = ok_d & ok_r & np.isfinite(per_frame).all(axis=1)  # e.g. 'iod' of a zero eye distance
     per_frame[~valid] = np.nan
     if valid.any():
         x, y = (float(v) for v in per_frame[valid].mean(axis=0))
     else:
         x = y = float("nan")
-    return KeypointDistance(x, y, per_frame, valid, tr_d.missing, tr_r.missing, normalization,
+    return KeypointDistance(x, y, per_frame, valid, np.flatnonzero(~ok_d), np.flatnonzero(~ok_r), normalization,
                             UNITS[normalization], tr_d.detector)

@@ -66,16 +66,21 @@ class _Direction:
         if feats is not None:
             self.feats.append(feats)
 
+    @staticmethod
+    def _dk_ok(dk) -> np.ndarray:
+        # the frames averaged: valid and finite, so every frame left out is also listed
+        return np.asarray(dk.valid, bool) & np.isfinite(dk.per_frame).all(axis=1)
+
     def _missing(self, key):
         out = []
         for label, dk, idd in zip(self.labels, self.dk, self.idd):
-            idx = dk.missing if key == "dk" else idd.missing
+            idx = np.flatnonzero(~self._dk_ok(dk)) if key == "dk" else idd.missing
             out += [f"{label}:{int(i)}" if label else int(i) for i in idx]
         return out
 
     def summary(self, s: str) -> dict:
         per = np.concatenate([d.per_frame for d in self.dk]) if self.dk else np.zeros((0, 2))
-        ok = np.isfinite(per).all(axis=1)
+        ok = np.concatenate([self._dk_ok(d) for d in self.dk]) if self.dk else np.zeros(0, bool)
         ids = np.concatenate([d.per_frame for d in self.idd]) if self.idd else np.zeros(0)
         id_ok = np.isfinite(ids)
         return {
@@ -382,7 +387,13 @@ def run_table1(reenact_fn_by_method: Mapping[str, Callable], references, driving
 def _is_one_image(x) -> bool:
     if isinstance(x, (Mapping, list, tuple)):
         return False
-    return np.ndim(x) in (2, 3) and (np.ndim(x) == 2 or np.shape(x)[-1] in (3, 4))
+    shape = np.shape(x)
+    if len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (1, 3, 4):
+        # the rule of v2s_nb.method.invert.prepare_images: guessing would split one picture into grey references
+        raise ValueError(f"references of shape {tuple(shape)} are ambiguous: one channel-first picture [C, H, W] "
+                         f"(e.g. torchvision's read_image) or {shape[0]} grayscale pictures [H, W]; pass one "
+                         "picture as [H, W, C] (e.g. tensor.permute(1, 2, 0)), several as a list or dict.")
+    return len(shape) in (2, 3) and (len(shape) == 2 or shape[-1] in (3, 4))
 
 
 def _is_one_clip(x) -> bool:
