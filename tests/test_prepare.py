@@ -244,3 +244,15 @@ def test_cached_pti_and_pose_codes_are_keyed_and_checked(tmp_path, monkeypatch):
     w2[5, 1] -= 0.5  # another code of the same sum, the same first row
     codes = [P._pose_code(G, w, clip, reader, tmp_path, "driving", 10, 3, False, None)[0] for w in (w1, w2, w1)]
     assert len(encoded) == 2 and torch.equal(codes[1][0], w2) and torch.equal(codes[2][0], w1)
+
+
+def test_outlier_frame_is_aligned_as_a_frame_without_a_face(tmp_path):
+    """A frame the robust smoother rejects as a false detection (dlib takes the shuttle patch on the suit in frame 0
+    of the demo clip) loses the false detection's crop and landmarks too: its crop square comes from its neighbours
+    (a face, not the patch) and its points are NaN, as for a frame without a face."""
+    from v2s_nb.face import landmarks
+    ref, drv, _ = make_demo_inputs(tmp_path / "in", frames=6, size=256)
+    d = P.faces(ref, drv, resolution=256, cache=tmp_path / "cache", progress=False, say=lambda *a: None).driving
+    assert d.interpolated[0], "the demo clip's frame 0 no longer has the false detection this test needs"
+    assert np.isnan(d.points[d.interpolated]).all() and np.isfinite(d.points[~d.interpolated]).all()
+    assert landmarks(d.aligned, progress=False).found.all()  # every crop shows the face

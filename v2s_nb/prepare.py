@@ -243,7 +243,8 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
     folder = _cache(cache)
     settings = {"sha": sha256_file(path), "kind": kind, "res": int(resolution), "detector": detector,
                 "upsample": upsample, "smooth": smooth, "smooth_method": smooth_method,
-                "v": 3}  # 3: videos read frame for frame as decoded (a variable-rate one had duplicates before)
+                "v": 3}  # 3: videos read frame for frame as decoded (a variable-rate one had duplicates before);
+    # outlier frames aligned as frames without a face (they kept the false detection's crop before)
     f = folder / f"faces-{kind}-{cache_key(settings)}.npz"
     out = load_arrays(f, _FACES_KEYS) if f.is_file() else None
     if out is not None:
@@ -283,8 +284,6 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
             raise NoFaceError(f"no face was found in any frame of {path}")
         if (~tr.found).any():
             _tell(say, f"no face in frame(s) {tr.missing.tolist()} of {path}: interpolated from neighbours")
-        clip = align_video(vid.frames, tr, resolution, progress=progress)
-        pts = np.einsum("tij,tkj->tki", clip.frame_to_crop[:, :2, :2], tr.points) + clip.frame_to_crop[:, None, :2, 2]
         track = canonical_track(tr)
         if smooth and len(track) >= smooth:
             track = track.smooth(smooth, method=smooth_method)
@@ -294,6 +293,13 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
         if track.outliers.any():
             _tell(say, f"outlier frame(s) {np.flatnonzero(track.outliers).tolist()} of {path} (face far from its "
                        "neighbours, e.g. a false detection): re-interpolated from neighbours")
+            # the false detection's crop and landmarks go too: the frame is aligned as one without a face (its crop
+            # square from its neighbours', its points NaN), so its inversion and pose aren't those of a non-face
+            gone = track.outliers
+            tr = dataclasses.replace(tr, points=np.where(gone[:, None, None], np.nan, tr.points),
+                                     boxes=np.where(gone[:, None], np.nan, tr.boxes), found=tr.found & ~gone)
+        clip = align_video(vid.frames, tr, resolution, progress=progress)
+        pts = np.einsum("tij,tkj->tki", clip.frame_to_crop[:, :2, :2], tr.points) + clip.frame_to_crop[:, None, :2, 2]
         out = {"aligned": clip.frames, "points": pts, "fps": float(vid.fps), "track": track.as_array(face_size=True),
                "interpolated": track.interpolated, **_decode_arrays(errs)}
     save_arrays(f, **{k: np.asarray(v) for k, v in out.items()})
