@@ -164,6 +164,7 @@ def test_class_to_region_mapping():
 
 def test_auto_falls_back_to_landmarks_without_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("V2S_NB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.delenv("V2S_NB_WEIGHTS_DIR", raising=False)
     assert not parsing.bisenet_available()
     imgs = np.zeros((1, 64, 64, 3), np.uint8)
     with pytest.warns(RegionSourceWarning, match="BiSeNet checkpoint not found"):
@@ -194,3 +195,33 @@ def test_auto_uses_a_given_parser(saved):
     assert masks.source == "bisenet" and masks.note is None
     total = sum(m.astype(int) for m in masks.values())
     assert masks["rest"].shape == (1, 32, 32) and (total == 1).all()
+
+
+def test_auto_finds_the_checkpoint_in_weights_dir(saved, tmp_path, monkeypatch):
+    """A verified checkpoint in V2S_NB_WEIGHTS_DIR (where fetch looks first) counts as available for 'auto';
+    a copy that fails the pinned SHA-256 does not."""
+    import dataclasses
+    import shutil
+
+    import v2s_nb.weights as weights
+
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    kf = weights.KNOWN_FILES["bisenet-face-parsing"]
+    ckpt = shutil.copy(saved, lab / kf.filename)
+    pinned = dataclasses.replace(kf, size=ckpt.stat().st_size, sha256=weights.sha256_file(ckpt))  # stand-in pin
+    monkeypatch.setitem(weights.KNOWN_FILES, "bisenet-face-parsing", pinned)
+    monkeypatch.setenv("V2S_NB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setenv("V2S_NB_WEIGHTS_DIR", str(lab))
+    assert parsing.bisenet_available()
+    imgs = np.zeros((1, 32, 32, 3), np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RegionSourceWarning)
+        masks = region_masks(imgs, landmarks=template_landmarks(32)[None], source="auto", parse_size=64)
+    assert masks.source == "bisenet" and masks.note is None
+
+    data = bytearray(ckpt.read_bytes())
+    data[-100] ^= 0xFF  # same size, other bytes: fails the SHA-256 check, so it is not offered
+    ckpt.write_bytes(bytes(data))
+    with pytest.warns(RuntimeWarning, match="SHA-256 mismatch"):
+        assert not parsing.bisenet_available()

@@ -579,6 +579,48 @@ def test_force_downloads_again(server, monkeypatch, tmp_path):
     assert server.hits["/f.pkl"] == 2
 
 
+def test_small_cached_file_changed_in_place_is_caught(server, monkeypatch, tmp_path):
+    """A byte changed with size and mtime kept (tar / rsync -a / cp -p, bit rot) is not hidden by the sidecar
+    record for a file under REHASH_BELOW_BYTES (PAYLOAD: 3 MiB): it is downloaded again."""
+    server.routes["/s.pkl"] = (PAYLOAD, "ok")
+    _register(monkeypatch, "test-s", server.url("/s.pkl"), "s.pkl", size=len(PAYLOAD), sha256=PAYLOAD_SHA)
+    p = fetch("test-s", cache=tmp_path, progress=False)
+    fetch("test-s", cache=tmp_path, progress=False)  # a recorded digest, whatever the size
+    st = p.stat()
+    data = bytearray(PAYLOAD)
+    data[100] ^= 0xFF
+    p.write_bytes(bytes(data))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.warns(RuntimeWarning, match="SHA-256 mismatch.*Downloading it again"):
+        assert fetch("test-s", cache=tmp_path, progress=False).read_bytes() == PAYLOAD
+    assert server.hits["/s.pkl"] == 2
+
+
+def test_download_false_looks_only_on_this_machine(server, monkeypatch, tmp_path):
+    """download=False returns a verified copy from V2S_NB_WEIGHTS_DIR or the cache, and otherwise raises
+    WeightsUnavailableError (naming where to put the file) without a request."""
+    server.routes["/o.pkl"] = (PAYLOAD, "ok")
+    _register(monkeypatch, "test-o", server.url("/o.pkl"), "o.pkl", size=len(PAYLOAD), sha256=PAYLOAD_SHA)
+    cache = tmp_path / "c"
+    with pytest.raises(WeightsUnavailableError, match=re.escape(str(cache / "o.pkl"))):
+        fetch("test-o", cache=cache, progress=False, download=False)
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    (lab / "o.pkl").write_bytes(PAYLOAD)
+    monkeypatch.setenv("V2S_NB_WEIGHTS_DIR", str(lab))
+    assert fetch("test-o", cache=cache, progress=False, download=False) == lab / "o.pkl"
+    monkeypatch.delenv("V2S_NB_WEIGHTS_DIR")
+    cache.mkdir()
+    (cache / "o.pkl").write_bytes(PAYLOAD[::-1])  # damaged cached copy: said, not used, not replaced
+    with pytest.warns(RuntimeWarning, match="Not using it"), pytest.raises(WeightsUnavailableError):
+        fetch("test-o", cache=cache, progress=False, download=False)
+    (cache / "o.pkl").write_bytes(PAYLOAD)
+    assert fetch("test-o", cache=cache, progress=False, download=False) == cache / "o.pkl"
+    assert server.hits.get("/o.pkl", 0) == 0
+    with pytest.raises(ValueError, match="download=False"):
+        fetch("test-o", cache=cache, force=True, download=False)
+
+
 @pytest.mark.parametrize("pinned", ["size", "none"])
 def test_truncated_file_in_cache_is_redownloaded(server, monkeypatch, tmp_path, pinned):
     server.routes["/t.pkl"] = (PAYLOAD, "ok")

@@ -28,8 +28,13 @@ Guarantees
 * A download ends with :class:`WeightsUnavailableError` past :data:`DEADLINE_S` or when the server sends
   less than :data:`MIN_RATE_BPS` over :data:`RATE_WINDOW_S`.  The ``.part`` file is removed on any exit
   (errors, Ctrl-C, SIGTERM); one left by a SIGKILL is removed by the next download of that file.
-* ``fetch(..., force=True)`` downloads again; :func:`verify_cache` / :func:`clear_cache` (``v2s-nb
-  weights verify | clear``) check and empty the cache.
+* ``fetch(..., force=True)`` downloads again; ``fetch(..., download=False)`` only looks on this machine;
+  :func:`verify_cache` / :func:`clear_cache` (``v2s-nb weights verify | clear``) check and empty the cache.
+* A cached file's SHA-256 is remembered in a ``<file>.sha256.json`` sidecar and trusted while the file's size
+  and mtime are unchanged (rehashing a 300 MB pickle on every use costs about a second). Files under
+  :data:`REHASH_BELOW_BYTES` are rehashed on every use; for larger ones, bytes changed in place with the
+  mtime kept (``tar``, ``rsync -a``, ``cp -p`` of a damaged copy, bit rot) go unnoticed until
+  :func:`verify_cache` (``v2s-nb weights verify``), which rehashes everything.
 * Network trouble (offline, DNS, refused connection, HTTP error status, timeout, connection cut
   mid-transfer) raises :class:`WeightsUnavailableError`, whose message names the file, its URL and
   the exact path where the file can be put by hand.
@@ -90,6 +95,9 @@ MIN_RATE_BPS = 10 * 1024
 RATE_WINDOW_S = 60.0
 #: Leftover ``<file>.part-*`` downloads (from a killed process) older than this, in seconds, are removed.
 STALE_PART_S = 600.0
+#: Cached files smaller than this, in bytes, are rehashed on every use instead of trusting their sidecar record
+#: (8 MiB: a few milliseconds); larger ones keep the record while size and mtime match (see :func:`_cached_digest`).
+REHASH_BELOW_BYTES = 8 << 20
 #: ``User-Agent`` header sent with downloads (some hosts reject urllib's default).
 USER_AGENT = "v2s_nb-weights/0.1 (+python-urllib)"
 
@@ -431,10 +439,15 @@ def _sidecar(path: pathlib.Path) -> pathlib.Path:
 def _cached_digest(path: pathlib.Path) -> str:
     """SHA-256 of ``path``, reusing a sidecar record when size and mtime (ns) are unchanged.
 
-    Hashing a 300 MB pickle takes about a second, so each verified file gets a small
-    ``<file>.sha256.json`` next to it recording the digest it had at a given (size, mtime).
+    Hashing a 300 MB pickle takes about a second, so each verified file of at least
+    :data:`REHASH_BELOW_BYTES` gets a small ``<file>.sha256.json`` next to it recording the digest it had at
+    a given (size, mtime). The record cannot see bytes changed in place with size and mtime kept (a damaged
+    copy restored by ``tar`` / ``rsync -a`` / ``cp -p``, bit rot): :func:`verify_cache` rehashes every file
+    and finds those. Smaller files are simply rehashed each time.
     """
     st = path.stat()
+    if st.st_size < REHASH_BELOW_BYTES:  # cheap enough to never trust a record
+        return sha256_file(path)
     side = _sidecar(path)
     try:
         rec = json.loads(side.read_text())
@@ -743,7 +756,8 @@ def _local_from_file_url(url: str) -> pathlib.Path:
 
 
 def fetch(name_or_url: str | os.PathLike, *, sha256: str | None = None, size: int | None = None,
-          progress: bool = True, cache: str | os.PathLike | None = None, force: bool = False) -> pathlib.Path:
+          progress: bool = True, cache: str | os.PathLike | None = None, force: bool = False,
+          download: bool = True) -> pathlib.Path:
     """Return a local path for a weight file, downloading and verifying it on first use.
 
     Parameters
@@ -766,20 +780,24 @@ def fetch(name_or_url: str | os.PathLike, *, sha256: str | None = None, size: in
     force :
         Download again even when a cached (or ``V2S_NB_WEIGHTS_DIR``) copy exists; the cached copy is
         replaced only once the new one is complete and verified.
+    download :
+        ``False``: never touch the network; only a verified copy in ``V2S_NB_WEIGHTS_DIR`` or the cache is
+        returned, else :class:`WeightsUnavailableError`.
 
     Returns
     -------
     pathlib.Path
         Path of the verified file.  A cached file is returned without any network access when it
         exists and matches the known size / SHA-256 (the SHA-256 of a file is remembered in a
-        ``<file>.sha256.json`` sidecar, keyed by size and mtime, so large files are not rehashed
-        on every call).
+        ``<file>.sha256.json`` sidecar, keyed by size and mtime, so files of :data:`REHASH_BELOW_BYTES` or
+        more are not rehashed on every call; run :func:`verify_cache` to rehash them).
 
     Raises
     ------
     WeightsUnavailableError
-        No network, HTTP error, interrupted transfer, or the file has no download URL.  The
-        message names the file, its URL and the path where a hand-downloaded copy is picked up.
+        No network, HTTP error, interrupted transfer, the file has no download URL, or it is not
+        on this machine and ``download=False``.  The message names the file, its URL and the path
+        where a hand-downloaded copy is picked up.
     WeightsChecksumError
         The downloaded (or, for local paths, the given) file has the wrong size or SHA-256.  A
         failed download leaves no file behind.
@@ -789,6 +807,8 @@ def fetch(name_or_url: str | os.PathLike, *, sha256: str | None = None, size: in
     exp_sha = _norm_sha(sha256)
     if size is not None and (not isinstance(size, int) or size < 0):
         raise ValueError(f"size must be a non-negative int (bytes), got {size!r}")
+    if force and not download:
+        raise ValueError("force=True downloads again but download=False forbids it: pass only one of them")
 
     if isinstance(name_or_url, os.PathLike):
         return _fetch_local(pathlib.Path(name_or_url), sha256=exp_sha, size=size)
@@ -828,12 +848,18 @@ def fetch(name_or_url: str | os.PathLike, *, sha256: str | None = None, size: in
                     + _manual_hint(label, None, target, manual),
                     name=e.name, url=None, path=target, kind=e.kind,
                     expected=e.expected, got=e.got) from None
-            warnings.warn(f"{e} Downloading it again.", CacheWarning, stacklevel=2)
+            warnings.warn(f"{e} " + ("Downloading it again." if download else "Not using it (download=False)."),
+                          CacheWarning, stacklevel=2)
         else:
             if exp_sha is None:
                 _warn_unverified(label, target, _cached_digest(target), target.stat().st_size)
             return target
 
+    if not download:
+        raise WeightsUnavailableError(
+            f"{_describe(label, target)} is neither in V2S_NB_WEIGHTS_DIR nor in the cache, and download=False; "
+            "call fetch() with download=True once with a network connection, or install it by hand.\n"
+            + _manual_hint(label, url, target, manual), name=label, url=url, target=target)
     if url is None:
         raise WeightsUnavailableError(
             f"{_describe(label, target)} has no download URL and is not in the cache.\n"

@@ -257,9 +257,15 @@ def load_bisenet(path=None, device=None) -> BiSeNet:
 
 
 def bisenet_available() -> bool:
-    """True when the BiSeNet checkpoint is already in the weights cache (no network is touched)."""
-    from ..weights import cache_path
-    return cache_path("bisenet-face-parsing").is_file()
+    """True when the BiSeNet checkpoint is already on this machine, verified, wherever :func:`load_bisenet`
+    finds it: a folder of ``$V2S_NB_WEIGHTS_DIR`` or the weights cache (no network is touched)."""
+    from ..weights import WeightsChecksumError, WeightsUnavailableError, fetch
+
+    try:  # fetch's own lookup and checks, so this never disagrees with load_bisenet
+        fetch("bisenet-face-parsing", download=False, progress=False)
+    except (WeightsUnavailableError, WeightsChecksumError):
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------------- parsing

@@ -228,8 +228,9 @@ def region_masks(images=None, landmarks=None, source: str = "auto", *, image_siz
                 use = True
             else:
                 from ..weights import cache_path
-                note = (f"BiSeNet checkpoint not found in the weights cache ({cache_path('bisenet-face-parsing')}); "
-                        "using landmark masks. Run v2s_nb.weights.fetch('bisenet-face-parsing') once to use BiSeNet.")
+                note = (f"BiSeNet checkpoint not found (verified) in V2S_NB_WEIGHTS_DIR or the weights cache "
+                        f"({cache_path('bisenet-face-parsing')}); using landmark masks. Run "
+                        "v2s_nb.weights.fetch('bisenet-face-parsing') once to use BiSeNet.")
         if use:
             try:
                 if net is None:
