@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -32,8 +33,28 @@ KEY_CHARS = 24
 
 
 def json_key(obj) -> str:
-    """SHA-256 (64 hex digits) of ``obj`` as JSON with sorted keys (values JSON cannot hold are taken as ``str``)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    """SHA-256 (64 hex digits) of ``obj`` as JSON with sorted keys. Values JSON cannot hold: numpy arrays and torch
+    tensors are taken by their dtype, shape and bytes (``str`` abbreviates large arrays and rounds floats, so
+    different arrays would share a key); anything else as ``str``."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()
+
+
+def _json_default(x):
+    """``json.dumps``'s stand-in for a value JSON cannot hold (see :func:`json_key`)."""
+    import numpy as np
+
+    torch = sys.modules.get("torch")  # not imported: x cannot be a tensor
+    if torch is not None and isinstance(x, torch.Tensor):
+        h = hashlib.sha256()
+        hash_tensor(h, x)
+        return f"tensor sha256:{h.hexdigest()}"
+    if isinstance(x, np.ndarray):
+        if x.dtype.hasobject:  # its bytes are pointers: take the items
+            return x.tolist()
+        h = hashlib.sha256(f"{x.dtype.str}{x.shape}".encode())
+        h.update(np.ascontiguousarray(x).tobytes())
+        return f"ndarray sha256:{h.hexdigest()}"
+    return str(x)
 
 
 def hash_tensor(h, t) -> None:
