@@ -113,6 +113,22 @@ def test_fit_to_photo_refuses_bad_inputs():
         fit_to_photo(np.zeros((64, 64, 3), np.uint8), pts[:5], FitSettings(), use_cache=False, progress=False)
 
 
+def test_damaged_fitted_generator_in_cache_is_fitted_again(tmp_path):
+    """A damaged cache entry is redone with a CacheWarning (caching.py's promise), never an error."""
+    from v2s_nb.caching import generator_hash
+    from v2s_nb.demo import fitted_cache_path
+    from v2s_nb.errors import CacheWarning
+    from v2s_nb.face.regions import template_landmarks
+    from v2s_nb.stylegan3 import load_generator
+
+    photo = np.random.default_rng(0).integers(0, 256, size=(128, 128, 3), dtype=np.uint8)
+    pts, s = template_landmarks(128), FitSettings(steps=1)
+    path = fitted_cache_path(photo, pts, s, "cpu", tmp_path)
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":1}")  # a truncated / overwritten entry
+    with pytest.warns(CacheWarning, match="recomputing"):
+        G = fit_to_photo(photo, pts, s, cache_dir=tmp_path, progress=False)
+    assert not G.is_random
+    assert generator_hash(load_generator(path)) == generator_hash(G)  # written again, readable now
 def test_demo_with_a_checkpoint_runs_the_reenact_pipeline(tmp_path, monkeypatch):
     """``--checkpoint``: no fitting; the reenact pipeline with that generator on the demo's inputs (here a tiny
     random-weight generator saved as a v2s_nb checkpoint, 64 px: the plumbing, not the quality)."""

@@ -229,17 +229,22 @@ def fit_to_photo(photo: np.ndarray, points: np.ndarray, settings: FitSettings = 
     else to keep) to match :func:`aligned_crop`. Render it with ``G.synthesis(pivot_ws(G), transform=...)``.
 
     The result is cached as safetensors (:func:`fitted_cache_path`) and loaded from there when present
-    (``use_cache=False``: always fit, and do not write). Returns the generator (eval mode, on ``device``), with
+    (``use_cache=False``: always fit, and do not write); a damaged cached file is fitted again, with a
+    :class:`~v2s_nb.errors.CacheWarning`. Returns the generator (eval mode, on ``device``), with
     ``source`` saying what it is; ``is_random`` is False, but it is not a face model.
     """
+    from .caching import warn_unusable
     from .method.invert import pivotal_tuning
-    from .stylegan3 import build_generator, load_generator, save_generator
+    from .stylegan3 import SnapshotError, build_generator, load_generator, save_generator
 
     device = torch.device(device)
     aligned = aligned_crop(photo, points, settings)
     path = fitted_cache_path(photo, points, settings, device, cache_dir)
     if use_cache and path.is_file():
-        return load_generator(path, device=device)
+        try:
+            return load_generator(path, device=device)
+        except (SnapshotError, OSError, ValueError) as e:  # damaged: fitted again, not a stop
+            warn_unusable(path, f"unreadable ({e})")
     G0 = build_generator(device=device, **settings.generator_kwargs())
     G = pivotal_tuning(G0, aligned[None], pivot_ws(G0), steps=settings.steps, lr=settings.lr, lr_rampup=settings.lr_rampup,
                        lr_rampdown=settings.lr_rampdown, locality_weight=0.0, batch_size=1, seed=settings.seed,
