@@ -79,12 +79,31 @@ def test_bad_inputs(inputs, tmp_path, capsys):
         mp.setattr(prepare, "inversions", lambda *a, **k: pytest.fail("the inversion ran"))
         assert main(["reenact", "--reference", str(ref), "--anchor", "10000"] + base) == 2
     assert "anchor frame 10000 is outside" in capsys.readouterr().err
+    # a co-driving video shorter than the driving one:
+    m = min(len(read_video(drv)), len(read_video(co))) - 1  # the frames re-enacted are the shorter's
+    short = write_video(tmp_path / "co_short.mp4", read_video(co).frames[:m], 10)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(prepare, "inversions", lambda *a, **k: pytest.fail("the inversion ran"))
+        assert main(["reenact", "--reference", str(ref), "--co-driving", str(short), "--anchor", str(m)] + base) == 2
+    assert f"anchor frame {m} is outside the {m} frames re-enacted" in capsys.readouterr().err
     assert main(["reenact", "--reference", str(ref), "--strength", "nan"] + base) == 2
     assert "strength" in capsys.readouterr().err
     for kernel in ("1", "2", "4"):  # refused by the parser, before any landmarks run
         with pytest.raises(SystemExit):
             main(["reenact", "--reference", str(ref), "--smooth", kernel] + base)
         assert "--smooth" in capsys.readouterr().err
+
+
+def test_a_checkpoint_file_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
+    """The saved Reenactor names the generator file it was made with: by its absolute path, so that
+    Reenactor.load works from any folder (a relative --checkpoint broke it elsewhere)."""
+    import argparse
+    from v2s_nb import cli
+    from v2s_nb.stylegan3 import save_generator, tiny_generator
+    save_generator(tiny_generator("R", resolution=64), tmp_path / "g.safetensors")
+    monkeypatch.chdir(tmp_path)
+    _, spec = cli._load_G(argparse.Namespace(checkpoint="g.safetensors", quiet=True), "cpu")
+    assert spec == {"kind": "source", "source": str(tmp_path.resolve() / "g.safetensors")}
 
 
 def test_discovery_masks_come_from_the_aligned_reference(inputs, monkeypatch):

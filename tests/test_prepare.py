@@ -103,6 +103,13 @@ def test_reenactor_from_the_stages(stages):
     assert r.sources() == {"motion": "driving", "pose": "none", "position": "co-driving"}
     assert r.layers == (3, 4, 5, 6, 7) and r.alpha == 0.0
     assert r.render_frame(2).shape == (64, 64, 3)
+    # by default pose codes are made for the source the reenactor takes the pose from (the co-driving video)
+    assert set(P.pose_codes(stages["inv"], cache=stages["cache"], progress=False, say=None).skipped) == {"co-driving"}
+    # codes for another source than the pose source: said, not dropped without a word
+    inv = stages["inv"]
+    driving_only = P.PoseCodes({"driving": inv.ws_drive.clone()}, {}, {}, {})
+    with pytest.warns(UserWarning, match=r"pose codes are for \['driving'\], not for the pose source 'co-driving'"):
+        assert P.reenactor(inv, stages["ch"], driving_only).sources()["pose"] == "none"
 
 
 def test_messages_go_to_stdout_and_the_cache_is_per_user(inputs, G, tmp_path, monkeypatch, capsys):

@@ -100,11 +100,14 @@ def _say(args, msg: str) -> None:
 
 
 def _load_G(args, device):
+    from pathlib import Path
+
     from .stylegan3 import load_generator, tiny_generator
 
     if args.checkpoint:
         G = load_generator(args.checkpoint, device=device)
-        spec = {"kind": "source", "source": str(args.checkpoint)}
+        src = Path(args.checkpoint).expanduser()  # a file: its absolute path, so the saved Reenactor loads anywhere
+        spec = {"kind": "source", "source": str(src.resolve()) if src.is_file() else str(args.checkpoint)}
     else:
         G = tiny_generator("R", resolution=args.tiny_resolution).to(device)
         spec = {"kind": "tiny", "cfg": "R", "resolution": args.tiny_resolution, "seed": 0}
@@ -161,8 +164,8 @@ def prepare_reenactment(args):
                     smooth_method=args.smooth_method, strict=getattr(args, "strict", False), progress=progress,
                     say=say)
     _say(args, f"      {time.perf_counter() - t0:.1f} s" + (" (cached)" if faces.driving.cached else ""))
-    if args.anchor not in ("first", "best"):  # an index past the driving video: said before the long stages
-        resolve_anchor(args.anchor, len(faces.driving.aligned))
+    if args.anchor not in ("first", "best"):  # an index past the frames re-enacted: said before the long stages
+        resolve_anchor(args.anchor, min(len(c.aligned) for c in (faces.driving, faces.co_driving) if c is not None))
 
     _say(args, "[2/5] inversion (W+)")
     inv = P.inversions(G, faces, encoder=getattr(args, "encoder", None),

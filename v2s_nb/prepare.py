@@ -816,17 +816,20 @@ def _pose_code(G, w_ref, clip: FaceClip, reg, cache: Path, which: str, steps: in
     return ws, targets, np.asarray(enc.achieved, np.float64)
 
 
-def pose_codes(inversions: Inversions, sources=("driving",), *, steps: int = 100, steps_next: int = 30, cache=None,
+def pose_codes(inversions: Inversions, sources=None, *, steps: int = 100, steps_next: int = 30, cache=None,
                progress: bool = True, say: Say = print) -> PoseCodes:
     """Stage 4: pose encoding (eq 4) of the reference to the head pose of every frame of each video in
-    ``sources`` ('driving', 'co-driving'), on the original generator ``inversions.G`` (``steps`` for the first
-    frame, ``steps_next`` for the warm-started ones). Skipped, with the reason in ``.skipped`` and a message,
-    when the generator has random weights or no pose regressor is available. Cached under ``cache``."""
+    ``sources`` ('driving', 'co-driving'; default: the one :func:`reenactor` takes the pose from, the co-driving
+    video when there is one, else the driving video), on the original generator ``inversions.G`` (``steps`` for
+    the first frame, ``steps_next`` for the warm-started ones). Skipped, with the reason in ``.skipped`` and a
+    message, when the generator has random weights or no pose regressor is available. Cached under ``cache``."""
     from .method.pose_encoding import PoseUnavailableError, default_pose_regressor
 
     if not isinstance(inversions, Inversions):
         raise TypeError(f"inversions must be the result of v2s_nb.prepare.inversions(...), got "
                         f"{type(inversions).__name__}")
+    if sources is None:
+        sources = _default_source(inversions.faces)
     sources = (sources,) if isinstance(sources, str) else tuple(sources)
     clips = inversions.faces.clips()
     for s in sources:
@@ -863,6 +866,11 @@ def pose_codes(inversions: Inversions, sources=("driving",), *, steps: int = 100
     return out
 
 
+def _default_source(faces) -> str:
+    """Where the head pose and the position come from by default: the co-driving video when there is one."""
+    return "co-driving" if faces.co_driving is not None else "driving"
+
+
 # ------------------------------------------------------------------------------------------ 5 · Reenactor
 
 
@@ -885,7 +893,7 @@ def reenactor(inversions: Inversions, channels: Channels, poses: PoseCodes | Non
                         ".channels and .pose_codes")
     faces = inversions.faces
     clips = faces.clips()
-    default = "co-driving" if faces.co_driving is not None else "driving"
+    default = _default_source(faces)
     pose = default if pose is None else pose
     position = default if position is None else position
     for name, src in (("pose", pose), ("position", position)):
@@ -893,6 +901,10 @@ def reenactor(inversions: Inversions, channels: Channels, poses: PoseCodes | Non
         if src == "co-driving" and faces.co_driving is None:
             raise ValueError(f"{name}='co-driving' needs a co-driving video: pass co_driving to faces(...)")
     codes = dict(poses.codes) if poses is not None else {}
+    if codes and pose != "none" and pose not in codes:  # computed, then dropped without a word
+        warnings.warn(f"the pose codes are for {sorted(codes)}, not for the pose source {pose!r}: the head keeps the "
+                      f"reference's pose. Pass pose={sorted(codes)[0]!r}, or make codes for {pose!r} with "
+                      f"pose_codes(inv, [{pose!r}])", stacklevel=2)
     if isinstance(anchor, str) and anchor.lstrip("-").isdigit():
         anchor = int(anchor)
     tracks = {k: c.track for k, c in clips.items() if k != "reference"}

@@ -176,7 +176,8 @@ def resolve_anchor(anchor, num_frames: int, drive_points=None, ref_points=None) 
     if isinstance(anchor, (int, np.integer)) and not isinstance(anchor, bool):
         a = int(anchor)
         if not -n <= a < n:
-            raise ValueError(f"anchor frame {a} is outside the {n} driving frames (use 0..{n - 1}, 'first' or 'best')")
+            raise ValueError(f"anchor frame {a} is outside the {n} frames re-enacted (the driving video's, or the "
+                             f"shorter of it and the co-driving video; use 0..{n - 1}, 'first' or 'best')")
         return a % n
     if isinstance(anchor, str) and anchor.lstrip("-").isdigit():
         return resolve_anchor(int(anchor), n)
