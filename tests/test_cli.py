@@ -15,6 +15,13 @@ def run(*args, cwd=None):
                           timeout=300)
 
 
+def test_python_dash_m_v2s_nb_is_the_command():
+    r = subprocess.run([sys.executable, "-m", "v2s_nb", "reenact", "--help"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "--co-driving" in r.stdout
+
+
 @pytest.mark.slow
 def test_generate_tiny(tmp_path):
     out = tmp_path / "grid.png"
