@@ -230,6 +230,52 @@ def test_synchronous_mode(G):
     assert not np.array_equal(t.preview, before)
 
 
+def test_non_contiguous_rows_are_kept_until_the_slider_moves(G):
+    r = _reenactor(G, layers="3,5,7")
+    t = ReenactmentTuner(r, size=64, frame=2, background=False)
+    assert r.layers == (3, 5, 7) and t.params["layers"] == (3, 5, 7) and "rows 3,5,7" in t.status.value
+    assert np.array_equal(t.preview, _reenactor(G, layers="3,5,7").render_frame(2))
+    t.alpha.value = 1.0  # another control: the rows stay
+    assert r.layers == (3, 5, 7)
+    t.layers.value = (2, 4)
+    assert r.layers == (2, 3, 4)
+    t.reset("paper")  # rows 3-7, also where the slider already showed 3-7
+    assert r.layers == (3, 4, 5, 6, 7)
+
+
+def test_refresh_renders_codes_changed_from_code(G):
+    r = _reenactor(G)
+    t = ReenactmentTuner(r, size=64, frame=2, background=False)
+    r.w_ref = mapped_ws(G, 1, 7)[0]
+    t.refresh()
+    want = _reenactor(G)
+    want.w_ref = mapped_ws(G, 1, 7)[0]
+    assert np.array_equal(t.preview, want.render_frame(2))
+    assert np.array_equal(t._ref_cache[1], want.render_reference(2))
+
+
+def test_best_anchor_needs_the_motion_sources_landmarks(G):
+    from v2s_nb.face.regions import template_landmarks
+
+    lm = template_landmarks(64)
+    t = ReenactmentTuner(_reenactor(G, points={"reference": lm}), size=64, frame=2, background=False)
+    assert "best" not in [o[1] for o in t.anchor.options]  # no driving landmarks: 'best' cannot work
+    r = _reenactor(G, points={"reference": lm, "driving": np.repeat(lm[None], T, 0)})
+    t = ReenactmentTuner(r, size=64, frame=2, background=False)
+    t.anchor.value = "best"
+    assert t.error is None and r.anchor == "best"
+    t.source_widgets["motion"].value = "co-driving"  # no co-driving landmarks
+    assert isinstance(t.error, ValueError) and "not applied" in t.status.value
+    assert r.motion == "driving" and r.anchor == "best"  # previous settings kept
+    assert r.render_video(progress=False).shape == (T, 64, 64, 3)
+
+
+def test_frame_must_be_in_range(G):
+    with pytest.raises(ValueError, match="outside the 5 frames"):
+        ReenactmentTuner(_reenactor(G), size=64, frame=T, background=False)
+    assert ReenactmentTuner(_reenactor(G), size=64, frame=-1, background=False).frame.value == T - 1
+
+
 def test_render_button_produces_video(G, tuner):
     tuner.alpha.value = 0.5
     tuner.wait()

@@ -135,6 +135,9 @@ class ReenactmentTuner:
         num_ws = r.G_render.synthesis.num_ws
         if frame is None:
             frame = motion_frame(r)
+        if not -n <= int(frame) < n:
+            raise ValueError(f"frame {frame} is outside the {n} frames re-enacted: use 0..{n - 1} (negative counts "
+                             "from the end) or frame=None for the frame with the most motion")
         if gain not in DIFFERENCE_GAINS:
             raise ValueError(f"gain must be one of {DIFFERENCE_GAINS} (the difference view's amplification), "
                              f"got {gain!r}")
@@ -172,7 +175,10 @@ class ReenactmentTuner:
                                       step=0.05, description="strength k", continuous_update=False,
                                       readout_format=".2f", layout=lay, style=style)
         self.strength.add_class("v2s-tuner-strength")
-        anchors = [("first", "first")] + ([("best", "best")] if "reference" in r.points else [])
+        # 'best' compares the motion source's landmarks with the reference's: offered only where both exist
+        motions = ["driving"] + (["co-driving"] if r.ws_codrive is not None else [])
+        best = "reference" in r.points and any(k in r.points for k in motions)
+        anchors = [("first", "first")] + ([("best", "best")] if best else [])
         anchors += [(f"frame {j}", j) for j in range(n)]
         self.anchor = W.Dropdown(options=anchors, value=r.anchor if r.anchor in ("first", "best") else
                                  int(r.anchor_frame()), description="anchor", layout=W.Layout(width="260px"),
@@ -187,6 +193,10 @@ class ReenactmentTuner:
         self.layers = W.IntRangeSlider(value=(min(rows), max(rows)), min=0, max=num_ws - 1, step=1,
                                        description="W+ rows", continuous_update=False, layout=lay, style=style)
         self.layers.add_class("v2s-tuner-layers")
+        # the rows in use: r.layers (possibly non-contiguous, e.g. 3,5,7) until the slider is moved; observed
+        # before the preview observers so that a slider change is seen by the render it triggers
+        self._rows = tuple(rows)
+        self.layers.observe(self._on_rows, names="value")
         self.region_toggles = {}
         for reg in REGIONS:
             t = W.ToggleButton(value=reg in r.regions, description=reg, tooltip=f"{reg} channels in X_s",
@@ -197,7 +207,7 @@ class ReenactmentTuner:
             self.region_toggles[reg] = t
         self.source_widgets, self.source_notes = {}, {}
         src = r.sources()
-        avail = {"motion": ["driving"] + (["co-driving"] if r.ws_codrive is not None else []),
+        avail = {"motion": motions,
                  "pose": [k for k in ("driving", "co-driving") if k in r.pose_codes] + ["none"],
                  "position": [k for k in ("driving", "co-driving") if k in r.tracks] + ["none"]}
         self._source_choices = avail
@@ -222,7 +232,7 @@ class ReenactmentTuner:
         self.reset_v2s.add_class("v2s-tuner-reset-v2s")
         self.reset_paper.on_click(lambda _b: self.reset("paper"))
         self.reset_v2s.on_click(lambda _b: self.reset("v2s_nb"))
-        self.frame = W.IntSlider(value=int(frame) % max(n, 1), min=0, max=max(n - 1, 0), description="frame",
+        self.frame = W.IntSlider(value=int(frame) % n, min=0, max=max(n - 1, 0), description="frame",
                                  continuous_update=False, layout=W.Layout(width=f"{max(2 * self.size, 300)}px"),
                                  style={"description_width": "50px"})
         self.frame.add_class("v2s-tuner-frame")
@@ -278,22 +288,37 @@ class ReenactmentTuner:
     @property
     def params(self) -> dict:
         """The settings the controls show: coefficients, layers, regions, sources, frame."""
-        lo, hi = self.layers.value
-        return {**{k: float(s.value) for k, s in self.sliders.items()}, "layers": tuple(range(lo, hi + 1)),
+        return {**{k: float(s.value) for k, s in self.sliders.items()}, "layers": self._rows,
                 "regions": tuple(k for k, t in self.region_toggles.items() if t.value),
                 **{k: d.value for k, d in self.source_widgets.items()}, "frame": int(self.frame.value),
                 "gain": int(self.gain.value),
                 "motion_mode": self.motion_mode.value, "strength": float(self.strength.value),
                 "anchor": self.anchor.value, "position_mode": self.position_mode.value}
 
+    def _on_rows(self, change) -> None:
+        lo, hi = change["new"]
+        self._rows = tuple(range(lo, hi + 1))
+
+    _SETTINGS = ("alpha", "beta", "gamma", "zeta", "layers", "regions", "motion", "pose", "position", "motion_mode",
+                 "strength", "anchor", "position_mode")
+
     def _apply(self, p: dict) -> None:
+        """Put the settings on the Reenactor; settings it cannot use (e.g. anchor 'best' without the motion
+        source's landmarks) raise and leave it with its previous ones, so a later render_video() still works."""
         r = self.reenactor
+        old = {k: getattr(r, k) for k in self._SETTINGS}
         for k in ("alpha", "beta", "gamma", "zeta"):
             setattr(r, k, p[k])
         r.layers, r.regions = p["layers"], p["regions"]
         r.motion, r.pose, r.position = p["motion"], p["pose"], p["position"]
         r.motion_mode, r.strength, r.anchor, r.position_mode = (p["motion_mode"], p["strength"], p["anchor"],
                                                                 p["position_mode"])
+        try:
+            r.prepare()  # validates sources, anchor, strength, position form (and caches the S codes)
+        except Exception as e:
+            for k, v in old.items():
+                setattr(r, k, v)
+            raise ValueError(f"these settings were not applied (the Reenactor keeps its previous ones): {e}") from e
 
     # ------------------------------------------------------------------ preview
 
@@ -327,6 +352,7 @@ class ReenactmentTuner:
             for k in ("alpha", "beta", "gamma", "zeta"):
                 self.sliders[k].value = d[k]
             self.layers.value = (min(rows), max(rows))
+            self._rows = tuple(range(min(rows), max(rows) + 1))  # also when the slider already showed this range
             for reg, t in self.region_toggles.items():
                 t.value = reg in d["regions"]
             self.strength.value = d["strength"]
@@ -387,7 +413,7 @@ class ReenactmentTuner:
         self._show_difference(img, ref)
         msg = (f"frame {p['frame']} · {p['motion_mode']} (anchor frame {self.reenactor.anchor_frame()}, "
                f"k {p['strength']:.2f}) · α {p['alpha']:.2f} β {p['beta']:.2f} γ {p['gamma']:.2f} ζ {p['zeta']:.2f} · "
-               f"rows {p['layers'][0]}-{p['layers'][-1]} · regions {', '.join(p['regions']) or 'none'} · "
+               f"rows {_rows_text(p['layers'])} · regions {', '.join(p['regions']) or 'none'} · "
                f"{self.render_time * 1000:.0f} ms")
         for w in caught:
             msg += f"<br><span style='color:#a60'>{html.escape(str(w.message))}</span>"
@@ -423,6 +449,13 @@ class ReenactmentTuner:
 
     def refresh(self) -> None:
         """Re-render the preview (e.g. after changing the Reenactor from code)."""
+        # the caches are keyed by the settings only: new codes (w_ref, ws_drive, pose codes, points) need them dropped
+        r = self.reenactor
+        with self._render_lock:
+            if isinstance(getattr(r, "_cache", None), dict):
+                r._cache.clear()
+            r._anchor_cache = None
+            self._ref_cache = None
         self._request()
 
     # ------------------------------------------------------------------ video
@@ -469,6 +502,14 @@ class ReenactmentTuner:
 #: The chosen button of a toggle group in the theme's accent colour (JupyterLab's default only darkens it a little).
 _CSS = (".v2s-tuner .widget-toggle-button.mod-active:not(.mod-success) {background: #1976d2; color: white;}"
         ".v2s-tuner .widget-toggle-button.mod-active:disabled {background: #90a4ae; color: white;}")
+
+
+def _rows_text(rows) -> str:
+    """'3-7' for a contiguous range, else '3,5,7'."""
+    rows = list(rows)
+    if rows == list(range(rows[0], rows[-1] + 1)):
+        return f"{rows[0]}-{rows[-1]}"
+    return ",".join(map(str, rows))
 
 
 def _style_toggle(t) -> None:
