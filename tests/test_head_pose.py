@@ -34,6 +34,16 @@ def test_recovers_known_pose_exactly():
     assert np.abs(est - np.array(POSES, float)).max() < 0.01  # noise-free: essentially exact
 
 
+@pytest.mark.parametrize("roll", [150, 180, -170, -150, 100])
+@pytest.mark.parametrize("yaw, pitch", [(0, 0), (10, 5), (-25, -10), (30, 15)])
+def test_recovers_large_roll(yaw, pitch, roll):
+    # a solver started from rvec 0 fell into a wrong minimum (e.g. roll 180 -> pitch 167) for |roll| >= ~150
+    est = head_pose(project_model(yaw, pitch, roll, 256), 256, interpolate=False)[0]
+    d = est - [yaw, pitch, roll]
+    d[2] = (d[2] + 180) % 360 - 180  # roll 180 and -180 are the same pose
+    assert np.abs(d).max() < 0.01, (est, (yaw, pitch, roll))
+
+
 def test_recovers_pose_off_centre_and_with_noise():
     rng = np.random.default_rng(0)
     for yaw, pitch, roll in [(20, -10, 5), (-30, 15, -20), (5, 5, 35)]:

@@ -93,9 +93,26 @@ def test_binarisation_threshold_is_strict():
     on_half = score_channels(ch, masks, threshold=0.75, normalized=True)["mouth"]
     assert on_half["iou_pos"][0] == 0.0  # 0.75 > 0.75 is False: nothing is on
     assert score_channels(ch, masks, threshold=0.7499, normalized=True)["mouth"]["iou_pos"][0] == 0.5
-    # threshold 1 switches every channel off, whatever the map
-    assert score_channels(np.random.default_rng(0).normal(size=(1, 3, 32, 32)), masks,
-                          threshold=1.0)["mouth"]["iou_pos"].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("bad", [1.0, 1.5, -0.1, float("nan"), float("inf")])
+def test_levels_outside_their_range_are_refused(tiny, bad):
+    """threshold outside [0, 1) or t_fg / t_bg outside [0, 1] (or NaN) silently selected nothing."""
+    ch, masks = _edge_case()
+    thr = r"threshold must be a finite number in \[0, 1\)"
+    with pytest.raises(ValueError, match=thr):
+        score_channels(ch, masks, threshold=bad, normalized=True)
+    with pytest.raises(ValueError, match=thr):
+        lc.binarize(torch.as_tensor(ch, dtype=torch.float32), 16, bad)
+    s = score_channels(ch, masks, normalized=True)["mouth"]
+    ious = () if bad == 1.0 else ("t_fg", "t_bg")  # 1 is a valid IoU level, not a valid threshold
+    for name in ious:
+        with pytest.raises(ValueError, match=rf"{name} must be a finite number in \[0, 1\]"):
+            select(s["iou_pos"], s["iou_neg"], **{name: bad})
+    G, ws = tiny
+    for name in ("threshold", *ious):
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            discover(G, ws[:1], masks, layers=["L2_36_64"], progress=False, cache=False, **{name: bad})
 
 
 def test_constant_channels_are_off():

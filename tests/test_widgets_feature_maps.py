@@ -101,3 +101,26 @@ def test_browser_selected_follows_the_slider_and_images_are_captioned(setup):
     b.channel.value = pick
     assert b.selected.value == pick
     assert "normalised" in b.map_caption.value and "threshold" in b.mask_caption.value
+
+
+def test_browser_shows_layers_the_channel_sets_lack(setup):
+    """A layer in the browser but not in ``channel_sets`` has no selected channels (it raised KeyError)."""
+    from v2s_nb.method.local_channels import ChannelSets
+
+    G, ws, masks, cs, images = setup
+    only_first = ChannelSets({r: {LAYERS[0]: d[LAYERS[0]]} for r, d in cs.scores.items()}, cs.settings)
+    b = FeatureMapBrowser(G, ws, masks, only_first, layers=LAYERS, image=images[0])
+    b.layer.value = LAYERS[1]
+    assert list(b.selected.options) == [("-", -1)] and b.selected.value == -1
+    assert "mean over" not in b.iou_label.value and np.isfinite(b.iou).all()
+    assert b.threshold.max < 1  # binarisation needs threshold < 1
+
+
+def test_masks_at_another_resolution_are_refused(setup):
+    """Masks of another size than the image gave an IndexError (browser) or a misaligned outline (figure)."""
+    G, ws, masks, cs, images = setup
+    small = {k: v[:, ::2, ::2] for k, v in masks.items()}
+    with pytest.raises(ValueError, match=r"masks\['eyes'\] are 32x32 .* image is 64x64"):
+        FeatureMapBrowser(G, ws, small, cs, image=images[0])
+    with pytest.raises(ValueError, match=r"are 32x32 .* image is 64x64"):
+        plot_channel_maps(G, ws, cs, image=images[0], masks=small)

@@ -121,12 +121,14 @@ def _solve(img_pts: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, float]:
     """(yaw, pitch, roll) degrees and RMS reprojection error (pixels) for one frame's six points [6, 2]."""
     import cv2
 
-    # initial guess: frontal, at the depth that matches the outer-eye-corner distance
-    span_px = float(np.hypot(*(img_pts[3] - img_pts[2])))
+    # initial guess: frontal but rolled like the eye line (from rvec 0 the solver falls into a wrong minimum
+    # for |roll| >= ~150), at the depth that matches the outer-eye-corner distance
+    eye = img_pts[3] - img_pts[2]
+    span_px = float(np.hypot(*eye))
     span_model = float(np.hypot(*(MODEL_POINTS[3, :2] - MODEL_POINTS[2, :2])))
     z = k[0, 0] * span_model / max(span_px, 1e-6)
     tvec = np.array([[(img_pts[0, 0] - k[0, 2]) * z / k[0, 0]], [(img_pts[0, 1] - k[1, 2]) * z / k[1, 1]], [z]])
-    rvec = np.zeros((3, 1))
+    rvec = np.array([[0.0], [0.0], [np.arctan2(eye[1], eye[0])]])  # Rz(-roll) in camera axes (y down)
     ok, rvec, tvec = cv2.solvePnP(MODEL_POINTS, img_pts.astype(np.float64), k, None, rvec, tvec,
                                   useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
     if not ok:  # pragma: no cover - iterative PnP with six points and a guess does not fail in practice
@@ -150,7 +152,8 @@ def head_pose(landmarks_or_track, image_size=None, *, focal: float | None = None
     angles are interpolated linearly from the neighbouring frames (nearest at the ends), the policy of
     :func:`~v2s_nb.face.canonical_track`, and the track's ``found`` mask says which they are; with
     ``interpolate=False`` they are NaN. No face in any frame raises :class:`~v2s_nb.face.NoFaceError`
-    when interpolating. Yaw and roll are unwrapped over time (pitch is within +-90).
+    when interpolating. Roll is unwrapped over time (no jump at +-180); yaw comes from an arcsin and stays
+    within +-90.
     """
     if isinstance(landmarks_or_track, LandmarkTrack):
         pts, found = landmarks_or_track.points, landmarks_or_track.found

@@ -69,6 +69,18 @@ DEFAULT_CHUNK_ELEMENTS = 2 ** 26
 _FORMAT = "v2s_nb.channel_sets/1"
 
 
+def _check_level(name: str, v, upper_open: bool = False) -> float:
+    """``v`` as a float in [0, 1] ([0, 1) with ``upper_open``), else ValueError: outside it nothing is selected."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if not ((0.0 <= f < 1.0) if upper_open else (0.0 <= f <= 1.0)):  # also rejects NaN
+        rng = "[0, 1)" if upper_open else "[0, 1]"
+        raise ValueError(f"{name} must be a finite number in {rng}, got {v!r}; pass a value in that range.")
+    return f
+
+
 # ----------------------------------------------------------------------------------------------- maps
 
 
@@ -132,6 +144,7 @@ def normalize_maps(x: torch.Tensor) -> torch.Tensor:
 def binarize(norm: torch.Tensor, size, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
     """Normalised maps [N, C, h, w] -> bool [N, C, H, W]: bilinear upsampling to ``size`` = (H, W), then
     ``> threshold`` (strict, so a constant map - all zeros - is never 'on')."""
+    threshold = _check_level("threshold", threshold, upper_open=True)  # maps are in [0, 1]: 1 selects nothing
     h, w = (int(size), int(size)) if np.ndim(size) == 0 else (int(size[0]), int(size[1]))
     if tuple(norm.shape[-2:]) != (h, w):
         norm = F.interpolate(norm, size=(h, w), mode="bilinear", align_corners=False)
@@ -242,6 +255,7 @@ def score_channels(maps, masks: Mapping[str, np.ndarray], threshold: float = DEF
     Returns:
         ``{region: {'iou_pos': float64 [C], 'iou_neg': float64 [C]}}``; NaN where no image counted.
     """
+    threshold = _check_level("threshold", threshold, upper_open=True)
     regions = _regions_of(masks, regions)
     x = torch.as_tensor(maps)
     if x.ndim != 4:
@@ -255,6 +269,7 @@ def score_channels(maps, masks: Mapping[str, np.ndarray], threshold: float = DEF
 
 def select(iou_pos, iou_neg, t_fg: float = DEFAULT_T_FG, t_bg: float = DEFAULT_T_BG) -> np.ndarray:
     """Indices of channels with ``IoU+ >= t_fg`` and ``IoU- <= t_bg`` (NaN scores never pass)."""
+    t_fg, t_bg = _check_level("t_fg", t_fg), _check_level("t_bg", t_bg)  # IoUs are in [0, 1]
     p, n = np.asarray(iou_pos, np.float64), np.asarray(iou_neg, np.float64)
     with np.errstate(invalid="ignore"):
         return np.flatnonzero((p >= t_fg) & (n <= t_bg))
@@ -494,13 +509,17 @@ def discover(G, ws, masks: Mapping[str, np.ndarray], layers: Sequence[str] | Non
         masks: {region: bool [N, H, W]} in image pixels, e.g. :func:`v2s_nb.face.region_masks` of the rendered
             images; every key except ``'rest'`` is a region to score (or name them with ``regions``).
         layers: S layer names (default :func:`default_layers`: w+ rows 3-7); any list of synthesis layers.
-        t_fg: keep channels with mean IoU+ >= t_fg.       t_bg: ... and mean IoU- <= t_bg (an upper bound).
-        threshold: binarisation level of the normalised, upsampled maps (``> threshold``).
+        t_fg: keep channels with mean IoU+ >= t_fg.       t_bg: ... and mean IoU- <= t_bg (an upper bound);
+            both in [0, 1].
+        threshold: binarisation level of the normalised, upsampled maps (``> threshold``), in [0, 1).
         batch_size: images per synthesis pass.     chunk_elements: bound on one upsampled chunk's size.
         cache: True = ``cache_dir()/channels``, a folder path, or False. A hit returns the stored scores with
             ``t_fg`` / ``t_bg`` applied and ``.from_cache = True``.
         maps: ``'modulated'`` (the maps each S channel scales; indices are S indices) or ``'output'``.
     """
+    # before any synthesis or cache lookup
+    t_fg, t_bg = _check_level("t_fg", t_fg), _check_level("t_bg", t_bg)
+    threshold = _check_level("threshold", threshold, upper_open=True)
     sy = _synthesis(G)
     layers = default_layers(G) if layers is None else ([layers] if isinstance(layers, str) else list(layers))
     for layer in layers:

@@ -52,6 +52,15 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- static figure
 
 
+def _check_mask_size(masks, regions, size) -> None:
+    """Masks [N, H, W] must match the image [H, W]: else the outline and IoU pixels would not line up."""
+    for r in regions:
+        hw = tuple(np.shape(masks[r])[-2:])
+        if hw != tuple(size):
+            raise ValueError(f"masks[{r!r}] are {hw[0]}x{hw[1]} (HxW) but the image is {size[0]}x{size[1]}; "
+                             "pass masks made at the image's resolution (or an image of the masks' size).")
+
+
 def plot_channel_maps(G, ws, channel_sets: "lc.ChannelSets", index: int = 0, *, image=None, masks=None,
                       regions=None, max_per_region: int = 6, alpha: float = 0.65, cmap: str = "magma",
                       panel_size: float = 1.8):
@@ -66,6 +75,8 @@ def plot_channel_maps(G, ws, channel_sets: "lc.ChannelSets", index: int = 0, *, 
     regions = channel_sets.regions if regions is None else list(regions)
     img = render_image(G, ws, index) if image is None else np.asarray(image)
     size = img.shape[:2]
+    if masks is not None:
+        _check_mask_size(masks, [r for r in regions if r in masks], size)
     rows = {r: channel_sets.rows(r)[:max_per_region] for r in regions}
     layers = sorted({row[1] for rr in rows.values() for row in rr}, key=G.synthesis.style_names.index)
     maps = lc.layer_maps(G, torch.as_tensor(ws)[index:index + 1], layers,
@@ -146,6 +157,7 @@ class FeatureMapBrowser:
         if threshold is None:
             threshold = channel_sets.threshold if channel_sets is not None else lc.DEFAULT_THRESHOLD
         self.image = render_image(G, ws, self.index) if image is None else np.asarray(image)
+        _check_mask_size(masks, regions, self.image.shape[:2])
         self._cmap = matplotlib.colormaps[cmap]
         self._maps: dict[str, torch.Tensor] = {}
         self.iou = (float("nan"), float("nan"))
@@ -154,7 +166,8 @@ class FeatureMapBrowser:
         self.layer = W.Dropdown(options=list(layers), description="layer")
         self.channel = W.IntSlider(min=0, max=0, value=0, description="channel", continuous_update=False)
         self.selected = W.Dropdown(options=[("-", -1)], value=-1, description="selected")
-        self.threshold = W.FloatSlider(min=0.0, max=1.0, step=0.01, value=float(threshold), description="threshold",
+        # max below 1: binarisation needs threshold < 1 (map > 1 is never true)
+        self.threshold = W.FloatSlider(min=0.0, max=0.99, step=0.01, value=float(threshold), description="threshold",
                                        continuous_update=False, readout_format=".2f")
         self.map_view = W.Image(format="png", width=self.size, height=self.size)
         self.mask_view = W.Image(format="png", width=self.size, height=self.size)
@@ -195,8 +208,9 @@ class FeatureMapBrowser:
         try:
             self.channel.max = x.shape[0] - 1
             opts = [("-", -1)]
-            if self.channel_sets is not None and self.region.value in self.channel_sets.regions:
-                sel = self.channel_sets.get(self.region.value, self.layer.value)
+            cs, region, layer = self.channel_sets, self.region.value, self.layer.value
+            if cs is not None and region in cs.scores and layer in cs.scores[region]:  # the browser may show more
+                sel = cs.get(region, layer)
                 order = np.argsort(-sel.iou_pos)
                 opts += [(f"c{int(sel.channels[k])}  IoU+ {sel.iou_pos[k]:.2f}", int(sel.channels[k])) for k in order]
             self.selected.options = opts
