@@ -174,11 +174,11 @@ def test_bad_input_gets_a_clear_error(stages, inputs, G, tmp_path):
 
 def test_decoding_errors_are_kept_with_cached_faces_and_strict_still_refuses(inputs, tmp_path, monkeypatch):
     """A video's decoding errors are cached with its faces: a cache hit warns again, and strict=True refuses a clip
-    first read without strict (strict is not in the key). An entry from before the errors were kept is checked
-    again, not trusted."""
+    first read without strict (strict is not in the key). An entry without the errors is not trusted: read again."""
     import warnings
 
     import v2s_nb.video as V
+    from v2s_nb.errors import CacheWarning
     from v2s_nb.video import CorruptFramesWarning, VideoReadError
 
     drv = inputs[1]
@@ -195,14 +195,17 @@ def test_decoding_errors_are_kept_with_cached_faces_and_strict_still_refuses(inp
 
     (entry,) = tmp_path.glob("faces-video-*.npz")
     old = P.load_arrays(entry)
-    P.save_arrays(entry, **{k: v for k, v in old.items() if not k.startswith("decode_")})  # an older entry
+    P.save_arrays(entry, **{k: v for k, v in old.items() if not k.startswith("decode_")})  # errors lost
     n = len(checked)
-    with pytest.raises(VideoReadError, match="decoding error"):
+    with pytest.warns(CacheWarning, match=r"missing \[.decode_frames."), \
+            pytest.raises(VideoReadError, match="decoding error"):
         P.face_clip(drv, "video", 64, strict=True, **kw)
-    assert len(checked) == n + 1 and "decode_frames" in P.load_arrays(entry)  # checked once, then kept
+    with pytest.warns(CorruptFramesWarning):
+        assert not P.face_clip(drv, "video", 64, **kw).cached  # read again, the entry written anew
+    assert len(checked) == n + 2 and "decode_frames" in P.load_arrays(entry)
     with pytest.warns(CorruptFramesWarning):
         assert P.face_clip(drv, "video", 64, **kw).cached
-    assert len(checked) == n + 1
+    assert len(checked) == n + 2
 
     errs.clear()  # a clean clip: nothing said, strict or not, fresh or cached
     clean = tmp_path / "clean"

@@ -246,16 +246,11 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
                 "v": 3}  # 3: videos read frame for frame as decoded (a variable-rate one had duplicates before);
     # outlier frames aligned as frames without a face (they kept the false detection's crop before)
     f = folder / f"faces-{kind}-{cache_key(settings)}.npz"
-    out = load_arrays(f, _FACES_KEYS) if f.is_file() else None
+    out = load_arrays(f, _FACES_KEYS + (_DECODE_KEYS if kind == "video" else ())) if f.is_file() else None
     if out is not None:
         if kind == "video":
             from .video import report_decode_errors
 
-            if not all(k in out for k in _DECODE_KEYS):  # written before the errors were kept: check again
-                from .video import decode_errors
-
-                out.update(_decode_arrays(decode_errors(path)))
-                save_arrays(f, **out)
             errs = list(zip(out["decode_frames"].tolist(), out["decode_messages"].tolist()))
             report_decode_errors(path, errs, strict, stacklevel=3)
         return FaceClip(path, kind, out["aligned"], out["points"], float(out["fps"]), out["track"],

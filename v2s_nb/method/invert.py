@@ -52,6 +52,7 @@ from .loss_scale import codes_only, grad_scaler
 import torch.nn.functional as F
 from ..caching import entry_path, generator_hash, hash_tensor, json_key, warn_unusable
 from ..errors import V2SError, V2SWarning
+from ..images import ambiguous_channel_first
 from ..validate import renamed_kwargs
 from ..progress import progress_bar
 
@@ -180,7 +181,7 @@ def prepare_images(images, resolution: int, frame_indices: Sequence[int] | None 
         if arr.ndim == 2:  # one grayscale image
             arr = arr[None, :, :, None]
         elif arr.ndim == 3:
-            if arr.shape[-1] not in (1, 3, 4) and arr.shape[0] in (3, 4):
+            if ambiguous_channel_first(arr.shape):
                 raise ValueError(f"uint8 images of shape {arr.shape} are ambiguous: one channel-first picture "
                                  f"[C, H, W] or {arr.shape[0]} grayscale frames [N, H, W]; pass one picture as "
                                  "[1, C, H, W] or [H, W, C], frames as [N, H, W, 1]")

@@ -22,6 +22,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from ..images import ambiguous_channel_first
 from ..face.landmark_detection import LandmarkTrack, NoFaceError
 from ._common import clip_frames, one_image, progress_bar
 from .frechet import FaceEmbeddingFeatures, FeatureExtractor, frechet_distance_features, get_feature_extractor
@@ -388,8 +389,7 @@ def _is_one_image(x) -> bool:
     if isinstance(x, (Mapping, list, tuple)):
         return False
     shape = np.shape(x)
-    if len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (1, 3, 4):
-        # the rule of v2s_nb.method.invert.prepare_images: guessing would split one picture into grey references
+    if ambiguous_channel_first(shape):
         raise ValueError(f"references of shape {tuple(shape)} are ambiguous: one channel-first picture [C, H, W] "
                          f"(e.g. torchvision's read_image) or {shape[0]} grayscale pictures [H, W]; pass one "
                          "picture as [H, W, C] (e.g. tensor.permute(1, 2, 0)), several as a list or dict.")
