@@ -14,23 +14,60 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+#: A temporary beside a target untouched this long (seconds) is a killed process's leftover (SIGKILL, a runtime
+#: reset: no ``finally`` ran) and is removed by the next write of that target. Writers that stream (ffmpeg) touch
+#: theirs continuously, so only a dead writer's temporary gets this old.
+STALE_TEMPORARY_S = 3600.0
+
+
 @contextmanager
 def atomic_path(path, suffix: str = ".part"):
     """Yield a temporary path beside ``path``; renamed onto ``path`` when the block succeeds, removed otherwise.
 
-    ``suffix`` matters to writers that pick a format from the extension (PIL, ffmpeg).
+    ``suffix`` matters to writers that pick a format from the extension (PIL, ffmpeg). The temporary's bytes are
+    flushed to disk before the rename (else a power cut soon after can leave an empty file under the final name),
+    and temporaries of ``path`` that a killed process left (older than :data:`STALE_TEMPORARY_S`) are removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; a saved result gets the usual permissions
     try:
         yield Path(tmp)
+        _sync(tmp)
         os.replace(tmp, path)
+        _sync(path.parent)  # the rename itself
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _sync(path) -> None:
+    """fsync a file or folder; a file system that can't (some network mounts, folders on Windows) is let be."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    import glob
+    import time
+
+    for p in path.parent.glob(glob.escape(f".{path.name}.") + "*"):
+        try:
+            if p.is_file() and time.time() - p.stat().st_mtime > STALE_TEMPORARY_S:
+                p.unlink()
+        except OSError:  # gone meanwhile, or not ours to remove
+            pass
 
 
 def current_umask() -> int:
@@ -49,10 +86,8 @@ def current_umask() -> int:
 
 
 def write_atomic(path, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Open a temporary file in ``mode``, call ``write(f)``, flush it to disk, and move it onto ``path``."""
+    """Open a temporary file in ``mode``, call ``write(f)``, and move it onto ``path`` (flushed to disk first)."""
     with atomic_path(path) as tmp:
         with open(tmp, mode) as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
     return Path(path)

@@ -23,13 +23,6 @@ def to_uint8(img) -> np.ndarray:
     return out[0] if single else out
 
 
-def ambiguous_channel_first(shape) -> bool:
-    """Whether a 3-d shape could be one channel-first picture [C, H, W] as well as C grey pictures [N, H, W]:
-    first axis 3 or 4, last axis not a channel count. Callers refuse such input rather than guess, since the
-    wrong guess splits one picture into grey ones."""
-    return len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (1, 3, 4)
-
-
 def _picture(images, single: bool) -> np.ndarray:
     """Pictures of any dtype converted by :func:`v2s_nb.video.as_rgb_uint8` to uint8 RGB, [H, W, 3] (``single``)
     or [N, H, W, 3]: grey replicated, alpha dropped, float in [0, 1] scaled (generator images are refused there

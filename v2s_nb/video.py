@@ -83,6 +83,13 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def ambiguous_channel_first(shape) -> bool:
+    """Whether a 3-d shape could be one channel-first picture [C, H, W] as well as C grey pictures [N, H, W]:
+    first axis 3 or 4, last axis not a channel count. Callers refuse such input rather than guess, since the
+    wrong guess splits one picture into grey ones."""
+    return len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (1, 3, 4)
+
+
 def as_rgb_uint8(frames, *, allow_single_image: bool = False, name: str = "frames") -> np.ndarray:
     """Validate frames and convert them to uint8 RGB, shape [T, H, W, 3].
 

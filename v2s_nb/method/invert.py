@@ -52,7 +52,7 @@ from .loss_scale import codes_only, grad_scaler
 import torch.nn.functional as F
 from ..caching import entry_path, generator_hash, hash_tensor, json_key, warn_unusable
 from ..errors import V2SError, V2SWarning
-from ..images import ambiguous_channel_first
+from ..video import ambiguous_channel_first
 from ..validate import renamed_kwargs
 from ..progress import progress_bar
 

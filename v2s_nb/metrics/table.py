@@ -22,7 +22,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ..images import ambiguous_channel_first
+from ..video import ambiguous_channel_first
 from ..face.landmark_detection import LandmarkTrack, NoFaceError
 from ._common import clip_frames, one_image, progress_bar
 from .frechet import FaceEmbeddingFeatures, FeatureExtractor, frechet_distance_features, get_feature_extractor

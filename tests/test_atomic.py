@@ -1,0 +1,69 @@
+"""atomic_path / write_atomic: the bytes reach the disk before the rename, and a killed writer's leftovers go."""
+
+import os
+import time
+
+import pytest
+
+from v2s_nb import atomic
+
+
+def test_temporary_is_synced_before_it_is_renamed(tmp_path, monkeypatch):
+    """A rename of unsynced data can leave an empty file under the final name after a power cut: the temporary is
+    fsynced first, then the folder (the rename itself)."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "out.bin"
+    with atomic.atomic_path(target) as tmp:
+        tmp.write_bytes(b"abc")
+    kinds = [k for k, _ in events]
+    assert kinds == ["fsync", "replace", "fsync"], events
+    assert events[0][1] == events[1][1] == str(tmp)  # the temporary's bytes, before it became the target
+    assert events[2][1] == str(tmp_path)
+    assert target.read_bytes() == b"abc"
+
+    events.clear()
+    atomic.write_atomic(tmp_path / "w.txt", lambda f: f.write("x"), mode="w")
+    assert [k for k, _ in events] == ["fsync", "replace", "fsync"]
+    assert (tmp_path / "w.txt").read_text() == "x"
+
+
+def test_a_killed_writers_temporaries_are_removed_by_the_next_write(tmp_path):
+    """SIGKILL runs no ``finally``: its hidden temporary would stay forever. The next write of the same target
+    removes those untouched for STALE_TEMPORARY_S, and leaves a live writer's (recent) one and other files."""
+    target = tmp_path / "clip.mp4"
+    old = tmp_path / ".clip.mp4.k3j2.part.mp4"
+    live = tmp_path / ".clip.mp4.x9y8.part.mp4"
+    other = tmp_path / ".other.mp4.a1b2.part.mp4"
+    for p in (old, live, other):
+        p.write_bytes(b"partial")
+    then = time.time() - atomic.STALE_TEMPORARY_S - 60
+    os.utime(old, (then, then))
+    os.utime(other, (then, then))
+    with atomic.atomic_path(target, suffix=".part.mp4") as tmp:
+        tmp.write_bytes(b"done")
+    assert not old.exists()
+    assert live.exists() and other.exists()
+    assert target.read_bytes() == b"done"
+
+
+def test_a_failed_write_leaves_the_old_file(tmp_path):
+    target = tmp_path / "keep.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
