@@ -166,6 +166,40 @@ def test_cache_avoids_inverting_twice(G, tmp_path):
     assert not s1.from_cache and s2.from_cache and torch.equal(s1.ws, s2.ws)
 
 
+def test_damaged_cache_entry_warns_and_is_recomputed(G, tmp_path):
+    """A 0-byte .npy (disk full, cut copy) or a JSON lacking a key (hand edit, other writer) in an inversion cache
+    or sequence checkpoint must give a CacheWarning and a recomputed result, not a bare EOFError / KeyError."""
+    from v2s_nb.errors import CacheWarning
+    gen = torch.Generator().manual_seed(9)
+    frames = _render(G, G.mapping(torch.randn(2, G.z_dim, generator=gen), None, truncation_psi=0.7))
+    kw = dict(steps=2, **FAST)
+    ref = invert(G, frames[:1], cache_dir=tmp_path / "c", **kw)
+    (npy,) = (tmp_path / "c").glob("*.npy")
+    js = npy.with_suffix(".json")
+    npy.write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"{js.name} / {npy.name}: damaged or incomplete .*EOFError"):
+        Inversion.load(npy)  # called directly: names the file and the cause
+    with pytest.warns(CacheWarning, match="damaged or incomplete"):
+        again = invert(G, frames[:1], cache_dir=tmp_path / "c", **kw)
+    assert not again.from_cache and torch.equal(again.ws, ref.ws)
+    meta = json.loads(js.read_text())
+    del meta["ws_sha256"]
+    js.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=rf"{js.name} .*KeyError: 'ws_sha256'"):
+        Inversion.load(js)
+    with pytest.warns(CacheWarning, match="damaged or incomplete"):
+        again = invert(G, frames[:1], cache_dir=tmp_path / "c", **kw)
+    assert not again.from_cache and torch.equal(again.ws, ref.ws)
+    assert invert(G, frames[:1], cache_dir=tmp_path / "c", **kw).from_cache  # rewritten whole
+    # a batch checkpoint of invert_sequence, cut to 0 bytes
+    skw = dict(batch_size=1, steps_first=2, steps_next=1, **FAST)
+    seq = invert_sequence(G, frames, checkpoint_dir=tmp_path / "k", **skw)
+    (tmp_path / "k" / "frames_000001-000001.npy").write_bytes(b"")
+    with pytest.warns(CacheWarning, match="damaged or incomplete"):
+        again = invert_sequence(G, frames, checkpoint_dir=tmp_path / "k", **skw)
+    assert not again.from_cache and torch.equal(again.ws, seq.ws)
+
+
 def test_weights_set_up_for_fine_tuning_get_no_gradient(G):
     """invert / invert_sequence optimise codes only: a generator whose weights require grad keeps its flags and gets
     no .grad from them."""

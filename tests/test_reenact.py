@@ -1,5 +1,6 @@
 """Eq 7-12 on small tensors, the Reenactor on the tiny generator (fast: no inversion, ws from the mapping)."""
 
+import json
 import math
 import warnings
 
@@ -178,6 +179,24 @@ def test_save_load_roundtrip(G, tmp_path):
     assert torch.load(tmp_path / "r" / "tensors.pt", weights_only=True)["ws_drive"].shape == (5, 16, 64)
     with pytest.raises(ValueError, match="weights"):
         Reenactor.load(tmp_path / "r", G=tiny_generator("R", resolution=64, seed=1))
+
+
+def test_load_of_a_damaged_save_names_the_file(G, tmp_path):
+    """A cut reenactor.json or one lacking a key must not give a bare JSONDecodeError / KeyError naming no file:
+    a ValueError (as for a damaged tensors.pt) that names reenactor.json and says to save again."""
+    r = _reenactor(G, info={"generator_spec": {"kind": "tiny", "cfg": "R", "resolution": 64, "seed": 0}})
+    r.pose_codes = {}
+    js = r.save(tmp_path / "r") / "reenactor.json"
+    text = js.read_text()
+    js.write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match=r"reenactor\.json is damaged or incomplete .*save the Reenactor again"):
+        Reenactor.load(tmp_path / "r")
+    for key in ("tensors_sha256", "settings"):
+        js.write_text(json.dumps({k: v for k, v in json.loads(text).items() if k != key}))
+        with pytest.raises(ValueError, match=rf"reenactor\.json is damaged or incomplete \(missing {key}"):
+            Reenactor.load(tmp_path / "r")
+    js.write_text(text)
+    assert len(Reenactor.load(tmp_path / "r")) == len(r)
 
 
 @pytest.mark.slow

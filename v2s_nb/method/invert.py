@@ -40,6 +40,7 @@ import hashlib
 import inspect
 import json
 import math
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -438,7 +439,10 @@ class Inversion:
 
     @classmethod
     def load(cls, path) -> "Inversion":
-        """Read what :meth:`save` wrote (pass the stem, the ``.json`` or the ``.npy`` path)."""
+        """Read what :meth:`save` wrote (pass the stem, the ``.json`` or the ``.npy`` path).
+
+        A damaged or incomplete pair (truncated / empty file, missing key, wrong shape) raises one ``ValueError``
+        naming the file and the cause, so caches can warn and recompute instead of crashing."""
         stem = _stem(path)
         js = Path(str(stem) + ".json")
         if not js.exists():
@@ -447,21 +451,42 @@ class Inversion:
             meta = json.loads(js.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{js} is not a readable inversion file ({e})") from None
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{js} is not a v2s_nb inversion (format={meta.get('format')!r})")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            fmt = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(f"{js} is not a v2s_nb inversion (format={fmt!r})")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{js}: unsupported inversion format version {meta.get('format_version')!r}")
-        npy = js.parent / meta["ws_file"]
-        ws = np.load(npy, allow_pickle=False)
-        if list(ws.shape) != meta["ws_shape"] or hashlib.sha256(
-                np.ascontiguousarray(ws).tobytes()).hexdigest() != meta["ws_sha256"]:
+        ws_file = meta.get("ws_file")
+        if not isinstance(ws_file, str) or not ws_file:
+            raise ValueError(f"{js}: damaged or incomplete inversion (no 'ws_file'); re-run the inversion")
+        npy = js.parent / ws_file
+        try:
+            # np.load on a 0-byte / cut .npy raises EOFError or ValueError; a hand-edited JSON, KeyError /
+            # TypeError: all are one "damaged" ValueError for the callers (which warn and recompute)
+            ws = np.load(npy, allow_pickle=False)
+            matches = list(ws.shape) == list(meta["ws_shape"]) and hashlib.sha256(
+                np.ascontiguousarray(ws).tobytes()).hexdigest() == meta["ws_sha256"]
+            if matches:
+                if ws.ndim != 3 or ws.dtype != np.float32:
+                    raise ValueError(f"codes are not a float32 [N, num_ws, w_dim] array ({ws.dtype}, {ws.shape})")
+                fields = dict(mse=np.asarray(meta["mse"], dtype=np.float64),
+                              psnr=np.asarray(meta["psnr"], dtype=np.float64),
+                              loss_history=[np.asarray(h, dtype=np.float32) for h in meta["loss_history"]],
+                              settings=meta["settings"], generator=meta["generator"],
+                              frame_indices=np.asarray(meta["frame_indices"], dtype=np.int64),
+                              total_steps=int(meta["total_steps"]), frame_steps=int(meta["frame_steps"]))
+                n = ws.shape[0]
+                if not all(fields[k].shape == (n,) for k in ("mse", "psnr", "frame_indices")):
+                    raise ValueError(f"mse / psnr / frame_indices are not {n} values each")
+                if not (isinstance(fields["settings"], dict) and isinstance(fields["generator"], dict)):
+                    raise ValueError("settings / generator are not objects")
+        except (ValueError, EOFError, KeyError, TypeError, IndexError, AttributeError, OverflowError,
+                pickle.UnpicklingError) as e:
+            raise ValueError(f"{js} / {npy.name}: damaged or incomplete inversion ({type(e).__name__}: {e}); "
+                             "re-run the inversion") from None
+        if not matches:
             raise ValueError(f"{npy} does not match {js} (incomplete or mixed-up save); re-run the inversion")
-        return cls(ws=torch.from_numpy(ws), mse=np.asarray(meta["mse"], dtype=np.float64),
-                   psnr=np.asarray(meta["psnr"], dtype=np.float64),
-                   loss_history=[np.asarray(h, dtype=np.float32) for h in meta["loss_history"]],
-                   settings=meta["settings"], generator=meta["generator"],
-                   frame_indices=np.asarray(meta["frame_indices"], dtype=np.int64),
-                   total_steps=int(meta["total_steps"]), frame_steps=int(meta["frame_steps"]), from_cache=True)
+        return cls(ws=torch.from_numpy(ws), from_cache=True, **fields)
 
     # -- combining --------------------------------------------------------------------------------------------
 
@@ -846,7 +871,7 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
                         if part.settings.get("checkpoint_key") != key:
                             warn_unusable(f"{path}.json", "from other frames / settings / generator")
                             part = None
-                    except (ValueError, OSError, KeyError) as err:
+                    except (ValueError, OSError) as err:  # Inversion.load: every kind of damage is a ValueError
                         warn_unusable(f"{path}.json", f"unreadable ({err})")
                         part = None
             if part is None:

@@ -78,6 +78,9 @@ COEFFICIENT_RANGES = {"alpha": (-10.0, 10.0), "beta": (-10.0, 10.0), "gamma": (-
 REGIONS = ("eyes", "nose", "mouth")
 SOURCES = ("driving", "co-driving", "none")
 _FORMAT = "v2s_nb.reenactor/1"
+#: settings every save holds (newer ones, e.g. motion_mode, have defaults for older saves)
+_SAVED_SETTINGS = ("motion", "pose", "position", "regions", "layers", "alpha", "beta", "gamma", "zeta", "baseline",
+                   "outside", "fps", "fps_codrive")
 
 
 class CoefficientWarning(V2SWarning):
@@ -680,9 +683,24 @@ class Reenactor:
         js = d / "reenactor.json"
         if not js.is_file():
             raise FileNotFoundError(f"no saved Reenactor in {d} (missing reenactor.json)")
-        meta = json.loads(js.read_text())
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{js} is not a saved Reenactor (format {meta.get('format')!r})")
+        redo = "save the Reenactor again (or prepare it again from the video)"
+        try:
+            meta = json.loads(js.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{js} is damaged or incomplete (not readable JSON: {e}); {redo}") from None
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            fmt = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(f"{js} is not a saved Reenactor (format {fmt!r})")
+        # checked up front: a bare KeyError further down would name neither the file nor the remedy
+        missing = [k for k in ("tensors_sha256", "settings", "region_channels", "generator") if k not in meta]
+        st, gen = meta.get("settings"), meta.get("generator")
+        missing += [f"settings.{k}" for k in _SAVED_SETTINGS if not isinstance(st, dict) or k not in st]
+        if not isinstance(gen, dict) or "sha256" not in gen:
+            missing.append("generator.sha256")
+        if not isinstance(meta.get("region_channels", {}), dict):
+            missing.append("region_channels (not an object)")
+        if missing:
+            raise ValueError(f"{js} is damaged or incomplete (missing {', '.join(missing)}); {redo}")
         data = (d / "tensors.pt").read_bytes()
         if hashlib.sha256(data).hexdigest() != meta["tensors_sha256"]:
             raise ValueError(f"{d / 'tensors.pt'} does not match {js} (incomplete or mixed-up save)")
@@ -690,11 +708,11 @@ class Reenactor:
         if G is None:
             G = generator_from_spec(meta["generator"].get("spec"), device=device)
             if G is None:
-                raise ValueError(f"pass G=: the generator of {d} ({meta['generator']['source']}) cannot be rebuilt "
+                raise ValueError(f"pass G=: the generator of {d} ({meta['generator'].get('source')}) cannot be rebuilt "
                                  "from the saved information")
         if generator_hash(G) != meta["generator"]["sha256"]:
             raise ValueError(f"the generator given does not have the weights {d} was prepared with "
-                             f"({meta['generator']['source']})")
+                             f"({meta['generator'].get('source')})")
         if G_render is None and meta.get("G_render_file"):
             from ..stylegan3 import load_generator
             G_render = load_generator(d / meta["G_render_file"], device=device or G.device)
