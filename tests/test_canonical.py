@@ -246,3 +246,14 @@ def test_plot():
     fig = tr.plot(title="t")
     assert len(fig.axes) == 2
     matplotlib.pyplot.close(fig)
+
+
+def test_image_size_must_match_the_track():
+    """A LandmarkTrack knows its frame size: another image_size (e.g. G.img_resolution) raises, not wrong tx."""
+    pts = np.zeros((1, 68, 2))
+    pts[0, 36:42], pts[0, 42:48], pts[0, 48:68] = (100, 120), (150, 120), (125, 170)
+    track = LandmarkTrack.from_points(pts, 256)
+    same = canonical_track(track, (256, 256))  # the same size, said again: fine
+    np.testing.assert_array_equal(same.tx, canonical_track(track).tx)
+    with pytest.raises(ValueError, match=r"1024x1024 pixels but the LandmarkTrack was measured on 256x256"):
+        canonical_track(track, 1024)

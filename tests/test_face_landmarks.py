@@ -33,7 +33,8 @@ def test_single_image(astronaut):
     assert track.image_size == (512, 512)
     x0, y0, x1, y1 = track.boxes[0]
     p = track.points[0]
-    assert (x0 - 20 < p[:, 0]).all() and (p[:, 0] < x1 + 20).all() and (y0 - 30 < p[:, 1]).all() and (p[:, 1] < y1 + 20).all()
+    assert (x0 - 20 < p[:, 0]).all() and (p[:, 0] < x1 + 20).all()
+    assert (y0 - 30 < p[:, 1]).all() and (p[:, 1] < y1 + 20).all()
     e, v = eye_mouth_geometry(p)
     assert 200 < e[0] < 250 and 90 < e[1] < 115 and v[1] > 30  # eyes above the mouth, y down
 
@@ -181,3 +182,23 @@ def test_from_a_video_stream(tmp_path, face512):
     assert len(streamed) == 3 and streamed.found.all()
     np.testing.assert_array_equal(streamed.points, in_memory.points)
     np.testing.assert_allclose(streamed.points[1] - streamed.points[0], np.broadcast_to([12, 0], (68, 2)), atol=3)
+
+
+def test_frames_must_have_the_track_size():
+    """align_video / align_face / draw with frames of another size than the track raise (wrong crops before)."""
+    from v2s_nb.face import template_landmarks
+
+    pts = np.repeat(template_landmarks(256)[None], 2, 0)
+    track = LandmarkTrack.from_points(pts, 256)
+    small = np.full((2, 128, 128, 3), 100, np.uint8)
+    with pytest.raises(ValueError, match=r"128x128 pixels, but the LandmarkTrack was measured on 256x256"):
+        align_video(small, track, 64, progress=False)
+    with pytest.raises(ValueError, match=r"128x128 pixels, but the LandmarkTrack was measured on 256x256"):
+        align_face(small[0], track[0], 64)
+    with pytest.raises(ValueError, match=r"128x128 pixels, but the LandmarkTrack was measured on 256x256"):
+        track.draw(small)
+    big = np.full((2, 256, 256, 3), 100, np.uint8)
+    assert align_video(big, track, 64, progress=False).frames.shape == (2, 64, 64, 3)
+    np.testing.assert_array_equal(align_face(big[0], track[0], 64).image, align_face(big[0], pts[0], 64).image)
+    with pytest.raises(ValueError, match="one face"):
+        align_face(big[0], track, 64)

@@ -120,3 +120,31 @@ def test_bad_input():
         head_pose(np.zeros((1, 5, 2)), 256)
     with pytest.raises(ValueError, match="image_size"):
         head_pose(np.zeros((1, 68, 2)), (0, 10))
+
+
+def test_image_size_must_match_the_track():
+    track = LandmarkTrack.from_points(project_model(20.0, 0.0, 0.0, 256), 256)
+    np.testing.assert_array_equal(head_pose(track, 256, interpolate=False), head_pose(track, interpolate=False))
+    with pytest.raises(ValueError, match=r"1024x1024 pixels but the LandmarkTrack was measured on 256x256"):
+        head_pose(track, 1024, interpolate=False)
+
+
+@pytest.mark.parametrize("focal", [0, -256, float("nan"), float("inf"), "wide", True])
+def test_focal_must_be_a_positive_finite_length(focal):
+    """A focal length of 0 / NaN / inf made a pose of 0 degrees, a negative one another pose, without a word."""
+    import torch
+
+    from v2s_nb.face import head_pose_torch
+
+    pts = project_model(20.0, -10.0, 5.0, 256)
+    with pytest.raises(ValueError, match=r"focal.*> 0 in pixels"):
+        head_pose(pts, 256, focal=focal)
+    with pytest.raises(ValueError, match=r"focal.*> 0 in pixels"):
+        head_pose_torch(torch.from_numpy(np.nan_to_num(pts)), 256, focal=focal)
+    with pytest.raises(ValueError, match=r"focal.*> 0 in pixels"):
+        project_model(20.0, -10.0, 5.0, 256, focal=focal)
+
+
+def test_other_focal_lengths_still_work():
+    pts = project_model(20.0, -10.0, 5.0, 256, focal=400)
+    np.testing.assert_allclose(head_pose(pts, 256, focal=400.0)[0], [20.0, -10.0, 5.0], atol=1e-3)

@@ -112,3 +112,25 @@ def test_region_masks_without_images_and_overlay():
     assert (over[masks["rest"]] == 128).all()
     with pytest.raises(ValueError, match="source"):
         region_masks(img, source="segformer")
+
+
+def test_region_masks_size_and_count_come_from_the_pictures():
+    """The mask size is read through as_rgb_uint8 (grey clips / images too), and images, landmarks and
+    image_size must agree: a mismatch raises instead of giving masks of another size or count."""
+    from v2s_nb.face import LandmarkTrack
+
+    p = template_landmarks(64)
+    imgs = np.full((5, 48, 64), 128, np.uint8)  # grey clip [T, H, W], W != H (T not 3 or 4: unambiguous)
+    pts = np.repeat(p[None], 5, 0)
+    assert region_masks(imgs, pts, source="landmarks").shape == (5, 48, 64)
+    assert region_masks(imgs[0], p, source="landmarks").shape == (1, 48, 64)  # one grey image [H, W]
+    with pytest.raises(ValueError, match=r"2 image\(s\) but landmarks for 5"):
+        region_masks(imgs[:2], pts, source="landmarks")
+    with pytest.raises(ValueError, match="image_size"):
+        region_masks(imgs, pts, source="landmarks", image_size=256)
+    track = LandmarkTrack.from_points(pts, 128)  # measured on 128x128 frames
+    with pytest.raises(ValueError, match=r"64x48 pixels, but the LandmarkTrack was measured on 128x128"):
+        region_masks(imgs, track, source="landmarks")
+    with pytest.raises(ValueError, match=r"256x256 pixels but the LandmarkTrack was measured on 128x128"):
+        region_masks(None, track, source="landmarks", image_size=256)
+    assert region_masks(None, track, source="landmarks").shape == (5, 128, 128)

@@ -125,3 +125,16 @@ def test_bad_input(clip):
         TrackViewer(lm, frames, kernel=4)
     with pytest.raises(ValueError, match="backend"):
         TrackViewer(lm, frames, backend="bokeh")
+
+
+def test_sizes_must_match_the_landmarks(clip):
+    """Frames, image_size or a CanonicalTrack of another size than the landmarks raise (points drawn elsewhere)."""
+    lm, frames = clip
+    with pytest.raises(ValueError, match=rf"48x48 pixels, but the LandmarkTrack was measured on {SIZE}x{SIZE}"):
+        view_track(lm, frames[:, ::2, ::2])
+    with pytest.raises(ValueError, match=rf"512x512 pixels but the LandmarkTrack was measured on {SIZE}x{SIZE}"):
+        view_track(lm, frames, image_size=512)
+    other = canonical_track(LandmarkTrack.from_points(lm.points, 2 * SIZE))
+    with pytest.raises(ValueError, match="CanonicalTrack was measured on"):
+        view_track(lm, frames, other)
+    assert view_track(lm, frames, image_size=SIZE, backend="matplotlib").frames.shape == frames.shape

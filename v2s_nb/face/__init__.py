@@ -3,7 +3,8 @@ transforms, head pose.
 
 All coordinates are pixels with x to the right and y down (centre of the top-left pixel at (0, 0)); all
 angles are degrees with positive = counter-clockwise as seen in the image (the convention of
-:mod:`v2s_nb.stylegan3.transform`). Face-region masks come from the landmarks or from BiSeNet parsing (:mod:`.regions`, :mod:`.parsing`).
+:mod:`v2s_nb.stylegan3.transform`). Face-region masks come from the landmarks or from BiSeNet parsing
+(:mod:`.regions`, :mod:`.parsing`).
 
 ``v2s_nb.face.landmarks`` is the detection *function*; its module is :mod:`.landmark_detection` (no submodule is
 called ``landmarks``, so the name always means the function).

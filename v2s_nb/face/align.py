@@ -30,7 +30,8 @@ import numpy as np
 
 from ..video import as_rgb_uint8
 from ..progress import progress_iter
-from .landmark_detection import EYE_LEFT, EYE_RIGHT, MOUTH_LEFT, MOUTH_RIGHT, LandmarkTrack, NoFaceError
+from .landmark_detection import (EYE_LEFT, EYE_RIGHT, MOUTH_LEFT, MOUTH_RIGHT, LandmarkTrack, NoFaceError,
+                                 _check_frames_size)
 
 __all__ = ["AlignedFace", "AlignedClip", "ffhq_quad", "ffhq_crop_matrix", "align_face", "align_video",
            "FFHQ_EYE_MIDPOINT"]
@@ -171,7 +172,8 @@ def _check_border(border: str) -> None:
 def align_face(image, points, output_size: int = 1024, *, border: str = "reflect",
                antialias: bool = True) -> AlignedFace:
     """FFHQ-align one face: ``image`` [H, W, 3] (any form :func:`v2s_nb.video.as_rgb_uint8` accepts),
-    ``points`` its 68 landmarks [68, 2] in pixels. Returns an :class:`AlignedFace` with an
+    ``points`` its 68 landmarks [68, 2] in pixels (or a one-frame :class:`LandmarkTrack`, whose frame size must
+    be the image's). Returns an :class:`AlignedFace` with an
     ``output_size`` x ``output_size`` uint8 crop.
 
     ``border``: how the area outside the frame is filled: 'reflect' (mirror, default), 'edge' (repeat the
@@ -181,6 +183,12 @@ def align_face(image, points, output_size: int = 1024, *, border: str = "reflect
     img = as_rgb_uint8(image, allow_single_image=True, name="image")
     if len(img) != 1:
         raise ValueError(f"align_face takes one image [H, W, 3]; for a clip use align_video (got {len(img)} frames).")
+    if isinstance(points, LandmarkTrack):
+        if len(points) != 1:
+            raise ValueError(f"align_face takes one face: got a LandmarkTrack of {len(points)} frames; pass "
+                             "track[i] with its frame, or use align_video for the clip.")
+        _check_frames_size(points, img, "align_face: image")
+        points = points.points[0]
     pts = _check_points(points)
     if pts.shape != (68, 2):
         raise ValueError(f"align_face takes the landmarks of one face [68, 2], got {pts.shape}.")
@@ -220,8 +228,9 @@ def _fill_missing(values: np.ndarray, found: np.ndarray) -> np.ndarray:
 
 def align_video(frames, track: LandmarkTrack | np.ndarray, output_size: int = 1024, *,
                 border: str = "reflect", antialias: bool = True, progress: bool = True) -> AlignedClip:
-    """FFHQ-align every frame of a clip [T, H, W, 3] with its landmarks (a :class:`LandmarkTrack` or an
-    array [T, 68, 2], NaN where no face). Frames without a face get a crop square interpolated linearly
+    """FFHQ-align every frame of a clip [T, H, W, 3] with its landmarks (a :class:`LandmarkTrack` measured on
+    frames of this W x H, else ``ValueError``; or an array [T, 68, 2] in pixels of these frames, NaN where no
+    face). Frames without a face get a crop square interpolated linearly
     from their neighbours' squares (nearest at the ends) and are flagged in ``interpolated``. A clip with
     no face at all raises :class:`NoFaceError`. Returns an :class:`AlignedClip`."""
     clip = as_rgb_uint8(frames, allow_single_image=True)
@@ -230,6 +239,8 @@ def align_video(frames, track: LandmarkTrack | np.ndarray, output_size: int = 10
         pts = pts[None]
     if len(pts) != len(clip):
         raise ValueError(f"got {len(clip)} frames but landmarks for {len(pts)} frames.")
+    if isinstance(track, LandmarkTrack):
+        _check_frames_size(track, clip, "align_video: frames")
     size = _check_size(output_size)
     _check_border(border)
     quads = ffhq_quad(pts)

@@ -32,7 +32,7 @@ import dataclasses
 import numpy as np
 
 from .align import FFHQ_EYE_MIDPOINT
-from .landmark_detection import EYE_LEFT, EYE_RIGHT, MOUTH, LandmarkTrack, NoFaceError, _image_size
+from .landmark_detection import EYE_LEFT, EYE_RIGHT, MOUTH, LandmarkTrack, NoFaceError, _image_size, _track_size
 
 __all__ = ["CanonicalTrack", "canonical_track", "eye_mouth_geometry", "FFHQ_FACE_SIZE"]
 
@@ -345,8 +345,9 @@ def canonical_track(landmarks, image_size=None, *, canonical_eyes=FFHQ_EYE_MIDPO
 
     ``landmarks``: a :class:`~v2s_nb.face.LandmarkTrack`, or an array [T, 68, 2] / [68, 2] in pixels with
     NaN rows for frames without a face. ``image_size``: the frames' (width, height) in pixels, or an int for
-    square frames; taken from the LandmarkTrack when omitted. ``canonical_eyes``: e' as (x, y) fractions of
-    a square canonical image (default :data:`~v2s_nb.face.align.FFHQ_EYE_MIDPOINT` = (0.5, 0.475)).
+    square frames; needed with an array; with a LandmarkTrack taken from it (a different value raises
+    ``ValueError``: tx, ty are in widths of the frames the points were measured on). ``canonical_eyes``: e' as
+    (x, y) fractions of a square canonical image (default :data:`~v2s_nb.face.align.FFHQ_EYE_MIDPOINT` = (0.5, 0.475)).
 
     Frames without a face keep their place: their values are interpolated linearly from the nearest frames
     with a face (the first / last known value at the ends) and flagged in ``.interpolated`` (bool [T]).
@@ -355,7 +356,7 @@ def canonical_track(landmarks, image_size=None, *, canonical_eyes=FFHQ_EYE_MIDPO
     """
     if isinstance(landmarks, LandmarkTrack):
         pts, found = landmarks.points, landmarks.found.copy()
-        size = _image_size(image_size if image_size is not None else landmarks.image_size)
+        size = _track_size(landmarks, image_size, "canonical_track: image_size")
     else:
         pts = np.asarray(landmarks, np.float64)
         if pts.ndim == 2:

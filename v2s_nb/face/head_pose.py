@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .landmark_detection import CHIN, LandmarkTrack, NoFaceError, _image_size
+from .landmark_detection import CHIN, LandmarkTrack, NoFaceError, _image_size, _track_size
 from .canonical import _interp_missing
 
 __all__ = ["MODEL_POINTS", "MODEL_INDICES", "head_pose", "head_pose_torch", "project_model", "rotation_matrix",
@@ -82,8 +82,18 @@ def euler_angles(rotation) -> np.ndarray:
 
 
 def _camera(size: tuple[int, int], focal: float | None) -> np.ndarray:
+    """Intrinsics [3, 3]: focal length ``focal`` pixels (default the width), principal point the image centre."""
     w, h = size
-    f = float(w) if focal is None else float(focal)
+    if focal is None:
+        f = float(w)
+    else:
+        try:
+            f = float(focal)
+        except (TypeError, ValueError):
+            f = np.nan
+        if isinstance(focal, bool) or not (np.isfinite(f) and f > 0):  # 0 / NaN / inf made solvePnP return 0 deg
+            raise ValueError(f"focal must be a finite focal length > 0 in pixels, got {focal!r}; leave it out "
+                             f"(focal=None) for the default, the image width ({w} pixels).")
     return np.array([[f, 0, (w - 1) / 2.0], [0, f, (h - 1) / 2.0], [0, 0, 1.0]])
 
 
@@ -95,8 +105,8 @@ def project_model(yaw, pitch, roll, image_size, *, distance: float = DEFAULT_DIS
     ``yaw``, ``pitch``, ``roll``: degrees (scalars or arrays of one shape [T]; signs in the module docstring).
     ``image_size``: (width, height) in pixels or an int. ``distance``: depth of the nose tip in model units
     (the default puts the outer eye corners ~0.22 widths apart). ``center``: where the nose tip projects,
-    (x, y) pixels (default: the principal point, the image centre). ``focal``: focal length in pixels
-    (default: the image width, as :func:`head_pose` assumes).
+    (x, y) pixels (default: the principal point, the image centre). ``focal``: focal length in pixels,
+    finite > 0 (default: the image width, as :func:`head_pose` assumes).
     """
     size = _image_size(image_size)
     k = _camera(size, focal)
@@ -145,8 +155,10 @@ def head_pose(landmarks_or_track, image_size=None, *, focal: float | None = None
 
     ``landmarks_or_track``: a :class:`~v2s_nb.face.LandmarkTrack`, or landmarks [T, 68, 2] / [68, 2] in pixels
     (NaN where no face; only points 8, 30, 36, 45, 48, 54 are used). ``image_size``: (width, height) in
-    pixels or an int; taken from a LandmarkTrack when omitted. ``focal``: focal length in pixels (default:
-    the image width, a ~53 degree horizontal field of view).
+    pixels or an int; needed with an array; with a LandmarkTrack taken from it (a different value raises
+    ``ValueError``: the camera's principal point is the centre of the frames the points were measured on).
+    ``focal``: focal length in pixels, finite and > 0 (default: the image width, a ~53 degree horizontal
+    field of view); anything else raises ``ValueError``.
 
     Frames without a face (or without finite model points): with ``interpolate=True`` (default) their
     angles are interpolated linearly from the neighbouring frames (nearest at the ends), the policy of
@@ -157,7 +169,7 @@ def head_pose(landmarks_or_track, image_size=None, *, focal: float | None = None
     """
     if isinstance(landmarks_or_track, LandmarkTrack):
         pts, found = landmarks_or_track.points, landmarks_or_track.found
-        size = _image_size(image_size if image_size is not None else landmarks_or_track.image_size)
+        size = _track_size(landmarks_or_track, image_size, "head_pose: image_size")
     else:
         pts = np.asarray(landmarks_or_track, np.float64)
         if pts.ndim == 2:
@@ -246,7 +258,7 @@ def head_pose_torch(points, image_size, *, focal: float | None = None, iteration
        faces whose proportions differ from the model, can differ from PnP by ~10 degrees in pitch; after step 2
        the two agree to a small fraction of a degree.
 
-    ``image_size``: (width, height) pixels or an int; ``focal``: pixels (default the width).
+    ``image_size``: (width, height) pixels or an int; ``focal``: pixels, finite > 0 (default the width).
     """
     import torch
 

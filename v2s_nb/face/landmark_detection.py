@@ -108,7 +108,8 @@ def _shape_predictor():
     return _dlib().shape_predictor(str(model_path("shape_predictor_68_face_landmarks.dat")))
 
 
-def _detect(image: np.ndarray, detector: str, upsample: int) -> list[tuple[tuple[float, float, float, float], float, object]]:
+def _detect(image: np.ndarray, detector: str,
+            upsample: int) -> list[tuple[tuple[float, float, float, float], float, object]]:
     """Faces in one uint8 RGB image with dlib's detectors: list of ((left, top, right, bottom) px, score, rectangle)."""
     if detector == "hog":
         rects, scores, _ = _hog_detector().run(image, upsample, 0.0)
@@ -194,12 +195,14 @@ class LandmarkTrack:
                 f"detector={self.detector!r})")
 
     def draw(self, frames, *, color=(0, 255, 0), radius: int | None = None, box: bool = True) -> np.ndarray:
-        """Copy of ``frames`` ([T, H, W, 3], same T) with the landmarks (and detector boxes) drawn on; uint8."""
+        """Copy of ``frames`` ([T, H, W, 3], the track's T and ``image_size``) with the landmarks (and detector
+        boxes) drawn on; uint8."""
         import cv2
 
         out = as_rgb_uint8(frames, allow_single_image=True).copy()
         if len(out) != len(self):
             raise ValueError(f"got {len(out)} frames for a track of {len(self)} frames.")
+        _check_frames_size(self, out, "LandmarkTrack.draw: frames")
         r = radius if radius is not None else max(1, int(round(min(self.image_size) / 256)))
         for i in np.flatnonzero(self.found):
             img = out[i]
@@ -244,6 +247,30 @@ def _image_size(size) -> tuple[int, int]:
     if w <= 0 or h <= 0:
         raise ValueError(f"image_size must be positive, got {(w, h)}.")
     return w, h
+
+
+def _track_size(track: LandmarkTrack, image_size=None, where: str = "image_size") -> tuple[int, int]:
+    """The track's (width, height); a given ``image_size`` must agree with it (its points are pixels of frames of
+    that size, so another size would give silently wrong results)."""
+    w, h = track.image_size
+    if image_size is not None and _image_size(image_size) != (w, h):
+        gw, gh = _image_size(image_size)
+        raise ValueError(f"{where} is {gw}x{gh} pixels but the LandmarkTrack was measured on {w}x{h} frames; "
+                         "leave image_size out (the track knows its size), or, if the frames really were resized, "
+                         f"rescale the points (pixel centres): LandmarkTrack.from_points((track.points + 0.5) * "
+                         f"[{gw} / {w}, {gh} / {h}] - 0.5, ({gw}, {gh})).")
+    return w, h
+
+
+def _check_frames_size(track: LandmarkTrack, frames: np.ndarray, what: str) -> None:
+    """Frames uint8 [T, H, W, 3] must be the size the track was measured on (else the points land elsewhere)."""
+    h, w = frames.shape[1:3]
+    tw, th = track.image_size
+    if (w, h) != (tw, th):
+        raise ValueError(f"{what}: {w}x{h} pixels, but the LandmarkTrack was measured on {tw}x{th} frames; give "
+                         "the frames the landmarks were found on, or rescale the points (pixel centres): "
+                         f"LandmarkTrack.from_points((track.points + 0.5) * [{w} / {tw}, {h} / {th}] - 0.5, "
+                         f"({w}, {h})).")
 
 
 # ----------------------------------------------------------------------------------------------- detection

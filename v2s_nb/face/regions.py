@@ -194,16 +194,28 @@ def _as_uint8_images(images) -> np.ndarray:
     return _as_images(images)
 
 
+def _num_faces(landmarks) -> int | None:
+    """Frames in a LandmarkTrack or a points array [N, 68, 2] / [68, 2] (None for other shapes: checked later)."""
+    if hasattr(landmarks, "points") and hasattr(landmarks, "found"):
+        return len(landmarks.points)
+    shape = np.shape(landmarks)
+    return 1 if len(shape) == 2 else shape[0] if len(shape) == 3 else None
+
+
 def region_masks(images=None, landmarks=None, source: str = "auto", *, image_size=None, net=None,
                  dilate: int | None = None, region_classes=None, device=None, batch_size: int = 4,
                  parse_size: int | None = None) -> RegionMasks:
     """Masks of ``'eyes'``, ``'nose'``, ``'mouth'`` and ``'rest'`` for images, from BiSeNet or from landmarks.
 
     Args:
-        images: uint8 RGB [N, H, W, 3] (or one [H, W, 3]); may be ``None`` for ``source='landmarks'`` when
-            ``landmarks`` and ``image_size`` (or a ``LandmarkTrack``) are given.
-        landmarks: [N, 68, 2] points or a :class:`~v2s_nb.face.LandmarkTrack` for the landmark source; when
-            missing they are detected with :func:`v2s_nb.face.landmarks`.
+        images: RGB [N, H, W, 3] (or one [H, W, 3]; any form :func:`v2s_nb.video.as_rgb_uint8` accepts, e.g.
+            grey [N, H, W]); may be ``None`` for ``source='landmarks'`` when ``landmarks`` and ``image_size`` (or
+            a ``LandmarkTrack``) are given. The masks are H x W.
+        landmarks: [N, 68, 2] points (pixels of the images) or a :class:`~v2s_nb.face.LandmarkTrack` for the
+            landmark source, one face per image (else ``ValueError``); when missing they are detected with
+            :func:`v2s_nb.face.landmarks`.
+        image_size: (width, height) pixels or an int, when ``images`` is None; given with images or a
+            ``LandmarkTrack`` it must agree with their size (else ``ValueError``).
         source: ``'bisenet'`` (the paper's parser; fetched on first use, raises when unavailable),
             ``'landmarks'`` (offline, always works), or ``'auto'``: BiSeNet if ``net`` is given or its checkpoint
             is already in the weights cache, else the landmarks, with a :class:`RegionSourceWarning`.
@@ -216,6 +228,25 @@ def region_masks(images=None, landmarks=None, source: str = "auto", *, image_siz
     """
     if source not in ("auto", "bisenet", "landmarks"):
         raise ValueError(f"source must be 'auto', 'bisenet' or 'landmarks', got {source!r}")
+    # one size and one count for images, landmarks and image_size, checked whichever source is used
+    arr = None if images is None else _as_uint8_images(images)
+    if arr is not None:
+        size = (arr.shape[2], arr.shape[1])
+        if image_size is not None and _image_size(image_size) != size:
+            raise ValueError(f"image_size={image_size!r} but the images are {size[0]}x{size[1]} pixels; leave "
+                             "image_size out when giving the images (the masks are the images' size).")
+        image_size = size
+    if landmarks is not None:
+        from .landmark_detection import LandmarkTrack, _check_frames_size, _track_size
+
+        if isinstance(landmarks, LandmarkTrack) and arr is not None:
+            _check_frames_size(landmarks, arr, "region_masks: images")
+        elif isinstance(landmarks, LandmarkTrack):
+            image_size = _track_size(landmarks, image_size, "region_masks: image_size")
+        n = _num_faces(landmarks)
+        if arr is not None and n is not None and n != len(arr):
+            raise ValueError(f"region_masks got {len(arr)} image(s) but landmarks for {n}; give one face's "
+                             "landmarks [68, 2] per image (e.g. np.repeat(points[None], len(images), 0)).")
     note = None
     if source in ("auto", "bisenet"):
         from . import parsing
@@ -235,7 +266,6 @@ def region_masks(images=None, landmarks=None, source: str = "auto", *, image_siz
             try:
                 if net is None:
                     net = parsing.load_bisenet(device=device)
-                arr = _as_uint8_images(images)
                 labels = parsing.parse(arr, net, batch_size=batch_size, device=device,
                                        size=parse_size or parsing.PARSE_SIZE)
                 regs = parsing.labels_to_regions(labels, region_classes)
@@ -251,15 +281,9 @@ def region_masks(images=None, landmarks=None, source: str = "auto", *, image_siz
         if images is None:
             raise ValueError("landmark masks need the images or their landmarks")
         from .landmark_detection import landmarks as detect
-        landmarks = detect(_as_uint8_images(images), progress=False)
+        landmarks = detect(arr, progress=False)
     if image_size is None:
-        if images is not None:
-            arr = np.asarray(images)
-            image_size = (arr.shape[-2], arr.shape[-3])
-        elif hasattr(landmarks, "image_size"):
-            image_size = landmarks.image_size
-        else:
-            raise ValueError("give image_size (width, height) when images are not given")
+        raise ValueError("give image_size (width, height) when images are not given")
     found = getattr(landmarks, "found", None)
     masks = masks_from_landmarks(landmarks, image_size, dilate=dilate)
     if found is not None:

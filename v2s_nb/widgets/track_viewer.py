@@ -63,10 +63,13 @@ class TrackViewer:
     """Interactive view of a canonical track and the frames it was measured on.
 
     Args:
-        landmarks: the clip's :class:`~v2s_nb.face.LandmarkTrack` (or points [T, 68, 2] with ``image_size``).
-        frames: the clip, uint8 [T, H, W, 3] or a :class:`~v2s_nb.video.Video` (optional: without it the
-            landmarks are drawn on a grey canvas).
-        track: the raw :class:`~v2s_nb.face.CanonicalTrack`; default ``canonical_track(landmarks)``.
+        landmarks: the clip's :class:`~v2s_nb.face.LandmarkTrack` (or points [T, 68, 2] in pixels with
+            ``image_size``, (width, height) or an int; given with a LandmarkTrack it must be the track's).
+        frames: the clip, uint8 [T, H, W, 3] or a :class:`~v2s_nb.video.Video`, the T frames of W x H pixels the
+            landmarks were measured on (else ``ValueError``; optional: without it the landmarks are drawn on a
+            grey canvas).
+        track: the raw :class:`~v2s_nb.face.CanonicalTrack` of these landmarks (same T and image size); default
+            ``canonical_track(landmarks)``.
         kernel, method: initial smoothing (see :meth:`~v2s_nb.face.CanonicalTrack.smooth`).
         max_kernel: largest kernel on the slider (default: the largest odd number <= min(T, 31), at least 3; an
             even value is rounded down to odd, as kernels are odd).
@@ -78,20 +81,28 @@ class TrackViewer:
                  image_size=None):
         import ipywidgets as W
 
+        from ..face.landmark_detection import _check_frames_size, _track_size
+
         if not isinstance(landmarks, LandmarkTrack):
             if image_size is None:
                 raise ValueError("image_size=(width, height) is needed when landmarks is an array.")
             landmarks = LandmarkTrack.from_points(landmarks, image_size)
+        w, h = _track_size(landmarks, image_size, "view_track: image_size")
         self.landmarks = landmarks
         self.raw = canonical_track(landmarks) if track is None else track
         if len(self.raw) != len(landmarks):
             raise ValueError(f"the track has {len(self.raw)} frames but the landmarks {len(landmarks)}.")
+        if tuple(self.raw.image_size) != (w, h):  # its tx, ty are in widths of other frames
+            tw, th = self.raw.image_size
+            raise ValueError(f"view_track: the CanonicalTrack was measured on {tw}x{th} frames but the landmarks on "
+                             f"{w}x{h}; pass track=canonical_track(landmarks) (or leave track out).")
         if frames is not None:
             from ..video import as_rgb_uint8
 
             frames = as_rgb_uint8(frames, allow_single_image=True)
             if len(frames) != len(landmarks):
                 raise ValueError(f"got {len(frames)} frames for a track of {len(landmarks)} frames.")
+            _check_frames_size(landmarks, frames, "view_track: frames")
         self.frames = frames
         if backend == "auto":
             backend = "plotly" if _plotly_ok() else "matplotlib"
@@ -163,8 +174,10 @@ class TrackViewer:
         note = " <i>(no face: interpolated)</i>" if r.interpolated[i] else ""
         self.info.value = (
             f"<b>frame {i}</b>{note}<br><table><tr><th></th><th>raw</th><th>smoothed</th></tr>"
-            f"<tr><td>tx (% width)</td><td>{100 * r.tx[i]:+.2f}</td><td class='v2s-track-tx'>{100 * s.tx[i]:+.2f}</td></tr>"
-            f"<tr><td>ty (% width)</td><td>{100 * r.ty[i]:+.2f}</td><td class='v2s-track-ty'>{100 * s.ty[i]:+.2f}</td></tr>"
+            f"<tr><td>tx (% width)</td><td>{100 * r.tx[i]:+.2f}</td>"
+            f"<td class='v2s-track-tx'>{100 * s.tx[i]:+.2f}</td></tr>"
+            f"<tr><td>ty (% width)</td><td>{100 * r.ty[i]:+.2f}</td>"
+            f"<td class='v2s-track-ty'>{100 * s.ty[i]:+.2f}</td></tr>"
             f"<tr><td>angle (deg)</td><td>{r.angle[i]:+.2f}</td><td class='v2s-track-angle'>{s.angle[i]:+.2f}</td></tr>"
             f"</table>kernel {self.kernel.value}, {self.method.value}")
         if self.figure is not None:
