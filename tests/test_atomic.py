@@ -67,3 +67,21 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
             raise RuntimeError("interrupted")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_a_folder_at_the_target_is_refused_before_writing(tmp_path):
+    """A folder given as the file name failed only at the rename, naming the hidden temporary ('.demo.x1y2.png' ->
+    'demo'); a file where a folder should be said only 'File exists'. Both are refused before the block runs."""
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    ran = []
+    with pytest.raises(IsADirectoryError, match=r"demo' is a folder; give a file name such as '.*demo/output\.png'"):
+        with atomic.atomic_path(folder, suffix=".png") as tmp:
+            ran.append(tmp)
+    with pytest.raises(IsADirectoryError, match=r"demo' is a folder; give a file name\.$"):
+        atomic.write_atomic(folder, lambda f: ran.append(f))
+    (tmp_path / "a.png").write_bytes(b"png")
+    with pytest.raises(NotADirectoryError, match=r"a\.png' is a file, not a folder"):
+        atomic.write_atomic(tmp_path / "a.png" / "sub" / "state.pt", lambda f: ran.append(f))
+    assert ran == [] and sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "demo"]
+    assert list(folder.iterdir()) == []

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from v2s_nb.images import image_grid, save_image
+from v2s_nb.video import FrameFormatError
 
 
 def test_save_one_channel_picture(tmp_path):
@@ -22,9 +27,57 @@ def test_uint8_and_float_take_the_same_path(tmp_path):
     for pic in (rgba, rgba / 255.0):  # uint8 RGBA to JPEG raised "cannot write mode RGBA as JPEG"
         with Image.open(save_image(tmp_path / "x.jpg", pic)) as im:
             assert im.mode == "RGB" and im.size == (8, 8)
-    gray = np.random.default_rng(2).integers(0, 256, (4, 8, 8), dtype=np.uint8)  # [N, H, W]: raised for uint8
-    grid = image_grid(gray, cols=2)
-    assert grid.shape == (18, 18, 3) and grid.dtype == np.uint8
+    gray = np.random.default_rng(2).integers(0, 256, (5, 8, 8), dtype=np.uint8)  # [N, H, W]: raised for uint8
+    grid = image_grid(gray, cols=2)  # (N = 3 or 4 is ambiguous with one channel-first picture: refused)
+    assert grid.shape == (28, 18, 3) and grid.dtype == np.uint8
     np.testing.assert_array_equal(grid, image_grid(gray / 255.0, cols=2))
     np.testing.assert_array_equal(grid[:8, 10:, 1], gray[1])
 
+
+def test_to_uint8_refuses_pictures_and_warns_on_all_positive_values():
+    # uint8 [H, W, 3] came out [H, 3, W] in 128..255; a float picture in [0, 1] came out washed out, silently
+    from v2s_nb.images import ImageRangeWarning, to_uint8  # here: a name old code lacks
+
+    u8 = np.random.default_rng(3).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    for x in (u8, u8[None], torch.from_numpy(u8).permute(2, 0, 1)):  # integer: pictures already
+        with pytest.raises(FrameFormatError, match=r"dtype uint8.*as_rgb_uint8"):
+            to_uint8(x)
+    gen = torch.from_numpy(u8).permute(2, 0, 1).float() / 127.5 - 1
+    hwc = gen.permute(1, 2, 0)
+    for x, fix in ((hwc, r"permute\(2, 0, 1\)"), (hwc[None], r"permute\(0, 3, 1, 2\)")):
+        with pytest.raises(FrameFormatError, match=rf"looks channel-last.*{fix}.*as_rgb_uint8"):
+            to_uint8(x)
+    with pytest.raises(FrameFormatError, match="NaN"):
+        to_uint8(torch.full((1, 3, 4, 4), float("nan")))
+    with pytest.warns(ImageRangeWarning, match=r"all values here are >= 0.*as_rgb_uint8\(x\.permute\(1, 2, 0\)"):
+        to_uint8((gen + 1) / 2)  # a picture in [0, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = to_uint8(gen[None])
+    assert out.shape == (1, 16, 24, 3) and np.abs(out[0].astype(int) - u8).max() <= 1
+
+
+def test_save_image_refuses_a_channel_first_picture_and_a_folder(tmp_path):
+    # [3, H, W] was saved as a grey picture of its red channel; a folder failed naming a hidden temporary
+    rgb = np.random.default_rng(4).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    with pytest.raises(FrameFormatError, match=r"ambiguous.*transpose\(1, 2, 0\)"):
+        save_image(tmp_path / "chw.png", rgb.transpose(2, 0, 1))
+    (tmp_path / "demo").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"demo' is a folder; give a file name such as .*demo/output\.png"):
+        save_image(tmp_path / "demo", rgb)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"] and not any((tmp_path / "demo").iterdir())
+
+
+def test_image_grid_checks_cols_and_pad():
+    # cols=-1 failed with numpy's "negative dimensions"; pad=-5 overlapped the tiles silently
+    pics = np.zeros((5, 8, 8, 3), np.uint8)
+    for cols in (-1, 0, 1.5, True):
+        with pytest.raises(ValueError, match=r"cols must be a whole number >= 1"):
+            image_grid(pics, cols=cols)
+    for pad in (-5, 0.5):
+        with pytest.raises(ValueError, match=r"pad must be a whole number of pixels >= 0"):
+            image_grid(pics, pad=pad)
+    with pytest.raises(FrameFormatError, match="different sizes"):
+        image_grid([pics[0], pics[1, :4]])
+    assert image_grid(pics, cols=np.int64(5), pad=0).shape == (8, 40, 3)
+    assert image_grid(pics, cols=9).shape == (8, 9 * 10 - 2, 3)

@@ -220,6 +220,63 @@ def test_bad_frames_give_clear_errors(frames, message):
         as_rgb_uint8(frames)
 
 
+def test_channel_first_picture_is_refused_not_read_as_grey_frames(tmp_path):
+    # [3, H, W] was read as a clip of 3 grey frames: one of its channels per frame, no error
+    torch = pytest.importorskip("torch")
+    rgb = (np.arange(16 * 24 * 3) % 251).astype(np.uint8).reshape(16, 24, 3)
+    chw = torch.from_numpy(rgb).permute(2, 0, 1)
+    for x in (chw, chw.numpy(), chw.float() / 255, torch.cat([chw, chw[:1]])):
+        for single in (True, False):
+            with pytest.raises(FrameFormatError, match=r"ambiguous.*permute\(1, 2, 0\).*\[T, H, W, 1\]"):
+                as_rgb_uint8(x, allow_single_image=single)
+    with pytest.raises(FrameFormatError, match=r"to_uint8"):  # a generator image [3, H, W] in [-1, 1]
+        as_rgb_uint8(chw.float() / 127.5 - 1, allow_single_image=True)
+    with pytest.raises(FrameFormatError, match="ambiguous"):
+        write_video(tmp_path / "x.mp4", [chw, chw], 10)
+    assert list(tmp_path.iterdir()) == []
+    np.testing.assert_array_equal(as_rgb_uint8(chw.permute(1, 2, 0), allow_single_image=True)[0], rgb)
+    grey = rgb.transpose(2, 0, 1)  # 3 grey frames, said so with a channel axis; 5 frames need none
+    np.testing.assert_array_equal(as_rgb_uint8(grey[..., None])[..., 0], grey)
+    assert as_rgb_uint8(np.zeros((5, 16, 24), np.uint8)).shape == (5, 16, 24, 3)
+
+
+def test_paths_and_ragged_frames_get_the_package_message(tmp_path):
+    # ragged lists raised numpy's "setting an array element with a sequence"; a path said "got shape ()"
+    import pathlib
+
+    fr = np.zeros((2, 32, 32, 3), np.uint8)
+    with pytest.raises(FrameFormatError, match=r"different sizes.*\(32, 32, 3\), \(16, 32, 3\)"):
+        as_rgb_uint8([fr[0], fr[1, :16]])
+    for x in ("me.png", pathlib.Path("me.png"), ["a.png", "b.png"], [fr[0], pathlib.Path("b.png")]):
+        with pytest.raises(FrameFormatError, match=r"read_image\(path\).*read_video\(path\)"):
+            as_rgb_uint8(x, allow_single_image=True)
+        with pytest.raises(FrameFormatError, match=r"read_image\(path\)"):
+            write_video(tmp_path / "x.mp4", x, 10)
+    with pytest.raises(FrameFormatError, match=r"got the path 'me\.png'"):
+        as_rgb_uint8(pathlib.Path("me.png"))
+    with pytest.raises(FrameFormatError, match=r"character '/'.*letter by letter"):  # a caller iterated a path
+        as_rgb_uint8("/", name="frames (item 0)")
+    with pytest.raises(FrameFormatError, match=r"got a NoneType, not frames"):
+        as_rgb_uint8(None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_fps_outside_what_ffmpeg_stores_is_refused(tmp_path):
+    # 1e-5 failed in ffmpeg ("Not yet implemented"); near 1e-4 frames were silently dropped
+    from v2s_nb.video import WRITE_FPS_RANGE
+
+    f = np.zeros((3, 16, 16, 3), np.uint8)
+    for fps in (1e-5, 1e-4, WRITE_FPS_RANGE[1] * 10):
+        with pytest.raises(ValueError, match=r"fps must lie in \[0\.001, 100000\]"):
+            write_video(tmp_path / "x.mp4", f, fps)
+        with pytest.raises(ValueError, match=r"fps must lie in"):
+            show_videos([f], fps=fps, return_html=True)
+    with pytest.raises(ValueError, match=r"fps=1 / N"):
+        Video(f, fps=1e-5).write(tmp_path / "x.mp4")  # a Video may hold it; writing it is refused
+    assert list(tmp_path.iterdir()) == []
+    assert len(read_video(write_video(tmp_path / "slow.mp4", f, WRITE_FPS_RANGE[0], preset="ultrafast"))) == 3
+
+
 # ------------------------------------------------------------------------------------------ variable frame rate
 
 
@@ -288,7 +345,7 @@ def test_truncated_file(tmp_path):
 
 def test_show_videos_html():
     a = Video(smooth_pattern(4, 33, 47), fps=8)  # odd size is padded for display
-    html = show_videos({"a": a, "b": np.zeros((3, 20, 30), np.uint8)}, return_html=True)
+    html = show_videos({"a": a, "b": np.zeros((5, 20, 30), np.uint8)}, return_html=True)  # [3, H, W] is ambiguous
     assert html.count("<video") == 2 and "a" in html
     assert show_video(a, title="one", return_html=True).count("<video") == 1
     with pytest.raises(FrameFormatError):

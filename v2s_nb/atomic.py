@@ -26,9 +26,12 @@ def atomic_path(path, suffix: str = ".part"):
 
     ``suffix`` matters to writers that pick a format from the extension (PIL, ffmpeg). The temporary's bytes are
     flushed to disk before the rename (else a power cut soon after can leave an empty file under the final name),
-    and temporaries of ``path`` that a killed process left (older than :data:`STALE_TEMPORARY_S`) are removed.
+    and temporaries of ``path`` that a killed process left (older than :data:`STALE_TEMPORARY_S`) are removed. An
+    existing folder at ``path`` (``IsADirectoryError``) or a file in place of one of its folders
+    (``NotADirectoryError``) is refused before the block runs.
     """
     path = Path(path)
+    _check_target(path, suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
@@ -42,6 +45,20 @@ def atomic_path(path, suffix: str = ".part"):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _check_target(path: Path, suffix: str) -> None:
+    """Refuse a folder at ``path`` or a file where one of its folders should be, before anything is written (the
+    rename would fail late, naming the hidden temporary, or mkdir would say only "File exists")."""
+    if path.is_dir():
+        ext = suffix[len(".part"):] if suffix.startswith(".part") else suffix
+        example = f" such as '{path / ('output' + ext)}'" if ext else ""
+        raise IsADirectoryError(f"'{path}' is a folder; give a file name{example}.")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"cannot write '{path}': '{folder}' is a file, not a folder; choose another path.")
 
 
 def _sync(path) -> None:

@@ -2,23 +2,57 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .errors import V2SError
+from .errors import V2SError, V2SWarning
+from .video import FrameFormatError, _to_numpy, as_rgb_uint8
+
+_PICTURES = "for pictures use v2s_nb.video.as_rgb_uint8(x, allow_single_image=True) (uint8 RGB [T, H, W, 3])"
+
+
+class ImageRangeWarning(V2SWarning):
+    """:func:`to_uint8` got values that are all >= 0: likely pictures in [0, 1], not generator images in [-1, 1]."""
 
 
 def to_uint8(img) -> np.ndarray:
-    """Generator images [N, C, H, W] (or [C, H, W]) in about [-1, 1] -> uint8 [N, H, W, C] (or [H, W, C])."""
-    t = torch.as_tensor(img).detach().float().cpu()
+    """Generator images [N, C, H, W] (or [C, H, W]) in about [-1, 1] -> uint8 [N, H, W, C] (or [H, W, C]).
+
+    Refused (:class:`v2s_nb.video.FrameFormatError`): integer input and channel-last shapes (pictures already:
+    :func:`v2s_nb.video.as_rgb_uint8` converts those), NaN or infinite values. Values that are all >= 0 give an
+    :class:`ImageRangeWarning`: pictures in [0, 1] would come out washed out (0 -> 128).
+    """
+    t = torch.as_tensor(img).detach()
+    shape = tuple(t.shape)
+    if not t.is_floating_point():
+        raise FrameFormatError(f"to_uint8 converts generator images (float in [-1, 1], [N, C, H, W]); got dtype "
+                               f"{str(t.dtype).replace('torch.', '')}: {_PICTURES}.")
+    t = t.float().cpu()
     single = t.ndim == 3
     if single:
         t = t[None]
     if t.ndim != 4:
         raise ValueError(f"expected images [N, C, H, W], got shape {tuple(t.shape)}")
+    if t.shape[-1] in (3, 4) and t.shape[1] not in (1, 3, 4):
+        perm = "x.permute(2, 0, 1)" if single else "x.permute(0, 3, 1, 2)"
+        raise FrameFormatError(f"to_uint8 wants channel-first generator images [N, C, H, W]; shape "
+                               f"{shape} looks channel-last: for generator output in [-1, 1] pass "
+                               f"{perm}; {_PICTURES}.")
+    if t.numel():
+        lo, hi = (float(v) for v in torch.aminmax(t))  # NaN in, NaN out
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise FrameFormatError("to_uint8: the images contain NaN or infinity (a diverged inversion or broken "
+                                   "generator?); they have no pixel values to convert.")
+        if lo >= 0:
+            last = "x.permute(1, 2, 0)" if single else "x.permute(0, 2, 3, 1)"
+            warnings.warn(f"to_uint8 maps generator images in [-1, 1] to 0..255, but all values here are >= 0 "
+                          f"(range [{lo:.3g}, {hi:.3g}]): pictures in [0, 1] come out washed out; for those pass "
+                          f"v2s_nb.video.as_rgb_uint8({last}, allow_single_image=True). Generator images that "
+                          "really are all bright are fine: ignore ImageRangeWarning.", ImageRangeWarning, stacklevel=2)
     out = ((t.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     return out[0] if single else out
 
@@ -27,12 +61,11 @@ def _picture(images, single: bool) -> np.ndarray:
     """Pictures of any dtype converted by :func:`v2s_nb.video.as_rgb_uint8` to uint8 RGB, [H, W, 3] (``single``)
     or [N, H, W, 3]: grey replicated, alpha dropped, float in [0, 1] scaled (generator images are refused there
     with the fix, :func:`to_uint8`). uint8 takes the same path, so it gives the same result as float."""
-    arr = np.asarray(images.detach().cpu() if torch.is_tensor(images) else images)
+    name = "image" if single else "images"
+    arr = _to_numpy(images, name)  # paths and ragged lists are refused there with the fix
     if single and arr.ndim == 3 and arr.shape[-1] == 1:  # one grey picture [H, W, 1], not a clip of H frames
         arr = arr[..., 0]
-    from .video import as_rgb_uint8
-
-    out = as_rgb_uint8(arr, allow_single_image=single, name="image" if single else "images")
+    out = as_rgb_uint8(arr, allow_single_image=single, name=name)
     return out[0] if single else out
 
 
@@ -40,11 +73,15 @@ def image_grid(images: np.ndarray, cols: int | None = None, pad: int = 2, pad_va
     """Tile pictures [N, H, W, C] (C = 1, 3 or 4) or [N, H, W] (uint8, or float in [0, 1]) into one uint8 RGB
     [rows*H + pads, cols*W + pads, 3] picture (rows filled left to right; ``pad`` pixels of ``pad_value``
     between them; alpha dropped)."""
+    if cols is not None and (isinstance(cols, bool) or not isinstance(cols, (int, np.integer)) or cols < 1):
+        raise ValueError(f"cols must be a whole number >= 1 (or None: about a square grid), got {cols!r}.")
+    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
+        raise ValueError(f"pad must be a whole number of pixels >= 0, got {pad!r}.")
     images = _picture(images, single=False)
     if images.ndim != 4:
         raise ValueError(f"expected [N, H, W, C] images, got shape {images.shape}")
     n, h, w, c = images.shape
-    cols = cols or int(np.ceil(np.sqrt(n)))
+    cols = int(cols) if cols is not None else int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
     grid = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad, c), pad_value, dtype=images.dtype)
     for i, im in enumerate(images):

@@ -73,14 +73,52 @@ class VideoWriteError(V2SError, RuntimeError):
 # ----------------------------------------------------------------------------------------------- frames
 
 
-def _to_numpy(x) -> np.ndarray:
-    """numpy view of ``x``; torch tensors on any device are detached and copied to host memory."""
+_READ_FIRST = ("read the file first: v2s_nb.images.read_image(path) for a picture, v2s_nb.video.read_video(path) "
+               "for a clip")
+
+
+def _to_numpy(x, name: str = "frames") -> np.ndarray:
+    """numpy view of ``x``; torch tensors on any device are detached and copied to host memory. A file path, or
+    frames of different sizes, raise :class:`FrameFormatError` saying so."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch here
         x = x.detach().cpu()
         if str(x.dtype) == "torch.bfloat16":
             x = x.float()
         return x.numpy()
-    return np.asarray(x)
+    if isinstance(x, str) and len(x) == 1:  # a caller iterated a path given as frames
+        raise FrameFormatError(f"{name}: got the character {x!r} where pixel frames are wanted (a file path given "
+                               f"as frames is taken letter by letter); {_READ_FIRST}.")
+    if isinstance(x, (str, os.PathLike)):
+        raise FrameFormatError(f"{name}: got the path {os.fspath(x)!r} where pixel frames are wanted; {_READ_FIRST}.")
+    paths = isinstance(x, (list, tuple)) and any(isinstance(v, (str, os.PathLike)) for v in x)
+    try:
+        arr = np.asarray(x) if not paths else np.empty(0, dtype=object)
+    except ValueError as err:  # numpy >= 1.24 refuses ragged nesting instead of making an object array
+        if "inhomogeneous" not in str(err) and "sequence" not in str(err):
+            raise
+        arr = np.empty(1, dtype=object)
+    if paths or arr.dtype.kind in "US" or (arr.dtype == object and any(isinstance(v, (str, os.PathLike))
+                                                                       for v in arr.flat)):
+        raise FrameFormatError(f"{name}: got text or paths where pixel frames are wanted; {_READ_FIRST}, "
+                               "one file at a time.")
+    if arr.dtype == object and arr.ndim == 0:
+        raise FrameFormatError(f"{name}: got a {type(x).__name__}, not frames; give a numpy array or torch tensor "
+                               "[T, H, W, 3] (or a list of frames [H, W, 3]).")
+    if arr.dtype == object:
+        sizes = _item_shapes(x)
+        raise FrameFormatError(f"{name}: frames of different sizes can't form one clip"
+                               f"{' (shapes ' + ', '.join(sizes) + ')' if sizes else ''}; give frames that all "
+                               "have the same height and width (resize them), or pass them as separate clips.")
+    return arr
+
+
+def _item_shapes(x, most: int = 4) -> list[str]:
+    """The distinct shapes of the items of a sequence (up to ``most``), for a message; [] when unknown."""
+    try:
+        shapes = list(dict.fromkeys(str(tuple(np.shape(v))) for v in x))
+    except (TypeError, ValueError):
+        return []
+    return shapes[:most] + (["..."] if len(shapes) > most else [])
 
 
 def ambiguous_channel_first(shape) -> bool:
@@ -100,6 +138,9 @@ def as_rgb_uint8(frames, *, allow_single_image: bool = False, name: str = "frame
     * with ``allow_single_image=True`` also one image [H, W, 3], [H, W, 4] or [H, W] (returned with T = 1).
       A 3-d array whose last axis has length 3 or 4 is then read as one image, any other 3-d array as a
       grayscale clip;
+    * a 3-d array [3 or 4, H, W] (W not 1, 3 or 4) is refused: it could be one channel-first picture
+      [C, H, W] or 3 or 4 grey frames (see :func:`ambiguous_channel_first`); give a grey clip of 3 or 4
+      frames as [T, H, W, 1];
     * dtype uint8 (kept), any other integer type with values in 0..255, bool (True = 255), or float with
       values in [0, 1] (values up to ``FLOAT_TOLERANCE`` outside are clipped; the result is
       ``round(255 * x)``).
@@ -110,11 +151,17 @@ def as_rgb_uint8(frames, *, allow_single_image: bool = False, name: str = "frame
     """
     if isinstance(frames, Video):
         return frames.frames
-    arr = _to_numpy(frames)
-    if arr.dtype == object:
-        raise FrameFormatError(f"{name}: could not make an array of these values (ragged frame sizes?); "
-                               "give frames that all have the same height and width.")
+    arr = _to_numpy(frames, name)
     shape = arr.shape
+    if ambiguous_channel_first(shape):  # reading it as grey frames would split one picture into its channels
+        gen = arr.dtype.kind == "f" and arr.size and float(np.nanmin(arr)) < -FLOAT_TOLERANCE
+        raise FrameFormatError(
+            f"{name}: shape {tuple(shape)} is ambiguous: one channel-first picture [C, H, W] or {shape[0]} grey "
+            "frames [T, H, W]; v2s_nb wants channel-last: " + (
+                "these look like generator images in [-1, 1]: pass v2s_nb.images.to_uint8(x){one} for one picture"
+                if gen else "for one picture pass x.permute(1, 2, 0){one} (torch) or x.transpose(1, 2, 0){one} "
+                            "(numpy)").format(one="" if allow_single_image else "[None]")
+            + f"; for {shape[0]} grey frames pass x[..., None] ([T, H, W, 1]).")
     if allow_single_image and (arr.ndim == 2 or (arr.ndim == 3 and shape[-1] in (3, 4))):
         arr = arr[None]
     if arr.ndim == 4 and shape[-1] not in (1, 3, 4) and arr.shape[1] in (1, 3, 4):
@@ -180,6 +227,21 @@ def _check_fps(fps) -> float:
         raise ValueError(f"fps must be a positive number of frames per second, got {fps!r}.") from None
     if not np.isfinite(value) or value <= 0:
         raise ValueError(f"fps must be a positive number of frames per second, got {fps!r}.")
+    return value
+
+
+#: Frame rates an MP4 is written at (write_video, show_videos): near 1e-4 fps ffmpeg's muxer drops frames, at 1e-5
+#: it fails; the top is above any camera and far below the rates ffmpeg refuses (~1e12).
+WRITE_FPS_RANGE = (1e-3, 1e5)
+
+
+def _check_write_fps(fps) -> float:
+    value = _check_fps(fps)
+    lo, hi = WRITE_FPS_RANGE
+    if not lo <= value <= hi:
+        raise ValueError(f"fps must lie in [{lo:g}, {hi:g}] frames per second to write an MP4 (ffmpeg drops frames "
+                         f"or fails outside), got {fps!r}" + ("; for one frame every N seconds pass fps=1 / N."
+                                                             if value < lo else "."))
     return value
 
 
@@ -549,7 +611,7 @@ def _iter_chunks(frames) -> Iterator[np.ndarray]:
     if isinstance(frames, Video):
         yield frames.frames
         return
-    if isinstance(frames, np.ndarray) or hasattr(frames, "detach"):
+    if isinstance(frames, (np.ndarray, str, os.PathLike)) or hasattr(frames, "detach"):  # a path: not iterated
         yield as_rgb_uint8(frames)
         return
     if isinstance(frames, (Iterable, VideoStream)):
@@ -566,7 +628,8 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 
 def write_video(path: PathLike, frames, fps: float = 30.0, *, crf: int = 18, preset: str = "medium",
                 odd_size: str = "pad", progress: bool = False) -> Path:
-    """Write frames to an MP4 file (H.264, yuv420p) at ``fps`` frames per second, atomically.
+    """Write frames to an MP4 file (H.264, yuv420p) at ``fps`` frames per second (in :data:`WRITE_FPS_RANGE`),
+    atomically.
 
     ``frames``: an array [T, H, W, 3] in any form :func:`as_rgb_uint8` accepts, a :class:`Video` (then its
     own ``fps`` is used and the ``fps`` argument ignored), or an iterable of such chunks / single frames
@@ -585,7 +648,7 @@ def write_video(path: PathLike, frames, fps: float = 30.0, *, crf: int = 18, pre
         raise ValueError(f"odd_size must be 'pad', 'crop' or 'error', got {odd_size!r}.")
     if isinstance(frames, Video):
         fps = frames.fps
-    fps = _check_fps(fps)
+    fps = _check_write_fps(fps)
     if not (isinstance(crf, (int, np.integer)) and 0 <= crf <= 51):
         raise ValueError(f"crf must be an integer in 0..51, got {crf!r}.")
     if preset not in X264_PRESETS:
@@ -708,7 +771,7 @@ def show_videos(videos: Mapping[str, object] | Sequence[object], *, fps: float |
         raise ValueError("show_videos got no videos.")
     if fps is None:
         fps = next((v.fps for v in items if isinstance(v, Video)), 30.0)
-    fps = _check_fps(fps)
+    fps = _check_write_fps(fps)  # mediapy encodes an MP4 with ffmpeg too
     arrays = [_even(as_rgb_uint8(v, name=f"video {i}")) for i, v in enumerate(items)]
     if titles is not None and len(titles) != len(arrays):
         raise ValueError(f"got {len(titles)} titles for {len(arrays)} videos.")
