@@ -202,3 +202,10 @@ def test_frames_must_have_the_track_size():
     np.testing.assert_array_equal(align_face(big[0], track[0], 64).image, align_face(big[0], pts[0], 64).image)
     with pytest.raises(ValueError, match="one face"):
         align_face(big[0], track, 64)
+
+
+def test_a_path_is_refused_whole_with_the_fix(tmp_path):
+    """landmarks("me.png") went through the frames letter by letter; a path is refused with read_image / read_video."""
+    for given in ("me.png", tmp_path / "me.png"):
+        with pytest.raises(ValueError, match=r"^frames: got the path .*read_image"):  # the whole path, not a letter
+            landmarks(given, progress=False)

@@ -290,6 +290,12 @@ def test_identity_distance(astronaut):
     assert idd.mean == pytest.approx(idd.per_frame[:3].mean())
     with pytest.raises(NoFaceError, match="reference"):
         identity_distance(frames[:1], blank, upsample=0, progress=False)
+    # a reference embedding as a tensor is an embedding too (it was refused as "frames"); a NaN one is refused,
+    # not turned into NaN distances
+    from_tensor = identity_distance(frames[:1], torch.from_numpy(emb[0]), upsample=0, progress=False)
+    assert from_tensor.per_frame[0] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="NaN / infinite"):
+        identity_distance(frames[:1], emb[3], upsample=0, progress=False)
 
 
 def test_identity_track_of_other_sized_frames_is_rescaled(astronaut, shifted_track):

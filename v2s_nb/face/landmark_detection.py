@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -306,7 +307,8 @@ def _chunks_of(frames) -> tuple[Iterable[np.ndarray], int | None]:
         return [frames.frames], len(frames)
     if isinstance(frames, VideoStream):
         return frames, frames.info.approx_frames or None
-    if isinstance(frames, np.ndarray) or hasattr(frames, "detach") or not isinstance(frames, Iterable):
+    if isinstance(frames, (np.ndarray, str, os.PathLike)) or hasattr(frames, "detach") \
+            or not isinstance(frames, Iterable):  # a path: refused whole by as_rgb_uint8 with the fix
         arr = as_rgb_uint8(frames, allow_single_image=True)
         return [arr], len(arr)
     # any other iterable (list of frames [H, W, 3], list of chunks [n, H, W, 3], generator): item by item

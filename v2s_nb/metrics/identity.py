@@ -88,12 +88,15 @@ def _on_grid(track: LandmarkTrack, size: tuple[int, int]) -> LandmarkTrack:
 
 
 def reference_embedding(reference, *, detector: str = "hog", upsample: int = 1) -> np.ndarray:
-    """The 128-d embedding of one reference image; a [128] array is returned as is.
+    """The 128-d embedding of one reference image; a float [128] array or tensor is returned as is (float64).
 
     Raises :class:`v2s_nb.face.NoFaceError` when no face is found in the image.
     """
-    arr = np.asarray(reference) if not hasattr(reference, "detach") else None
-    if arr is not None and arr.shape == (EMBEDDING_DIM,) and np.issubdtype(arr.dtype, np.floating):
+    arr = np.asarray(reference.detach().cpu() if hasattr(reference, "detach") else reference)
+    if arr.shape == (EMBEDDING_DIM,) and np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ValueError(f"the reference embedding [{EMBEDDING_DIM}] has NaN / infinite values; give the "
+                             "reference image instead (its embedding is computed from it).")
         return arr.astype(np.float64)
     img = one_image(reference)
     emb, found = face_embeddings(img, detector=detector, upsample=upsample, progress=False)
