@@ -1,6 +1,7 @@
 """atomic_path / write_atomic: the bytes reach the disk before the rename, and a killed writer's leftovers go."""
 
 import os
+import signal
 import time
 
 import pytest
@@ -85,3 +86,39 @@ def test_a_folder_at_the_target_is_refused_before_writing(tmp_path):
         atomic.write_atomic(tmp_path / "a.png" / "sub" / "state.pt", lambda f: ran.append(f))
     assert ran == [] and sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "demo"]
     assert list(folder.iterdir()) == []
+
+
+def test_write_together_moves_all_or_none(tmp_path, monkeypatch):
+    """A set of outputs (the demo's video, side-by-side, sheet, timings) is always one run's: nothing moves until all
+    are written, and a Ctrl-C during the moves is held back until they are done."""
+    targets = {"video": tmp_path / "a.mp4", "json": tmp_path / "sub" / "t.json"}
+    for p in targets.values():
+        p.parent.mkdir(exist_ok=True)
+        p.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic.write_together(targets) as tmp:
+            tmp["video"].write_text("new")
+            raise RuntimeError("a later output failed")
+    assert all(p.read_text() == "old" for p in targets.values())
+    assert not [p for p in tmp_path.rglob(".*")]
+    with atomic.write_together(targets) as tmp:
+        assert all(t.parent == targets[k].parent and t.suffix == targets[k].suffix for k, t in tmp.items())
+        for t in tmp.values():
+            t.write_text("new")
+    assert all(p.read_text() == "new" for p in targets.values())
+
+    # Ctrl-C while the files are moved: held back until all are in place, then raised
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.write_together(targets) as tmp:
+            for t in tmp.values():
+                t.write_text("newer")
+    assert len(calls) == 2 and all(p.read_text() == "newer" for p in targets.values())

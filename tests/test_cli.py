@@ -76,3 +76,23 @@ def test_saved_files_get_normal_permissions(tmp_path):
                 assert current_umask() == 0o027
         finally:
             os.umask(saved)
+
+
+def test_make_demo_inputs_remakes_files_of_other_frames_or_size(tmp_path):
+    """Existing inputs are reused only when they have the frames and size asked for (they were skipped by name,
+    so a second call with other settings returned the first call's clips)."""
+    from v2s_nb.cli import make_demo_inputs
+    from v2s_nb.video import read_video
+
+    def shape(paths):
+        ref, drv, co = paths
+        return Image.open(ref).size, read_video(drv).frames.shape, read_video(co).frames.shape
+
+    first = make_demo_inputs(tmp_path, frames=3, size=128)
+    assert shape(first) == ((128, 128), (3, 128, 128, 3), (3, 128, 128, 3))
+    stamps = [p.stat().st_mtime_ns for p in first]
+    assert [p.stat().st_mtime_ns for p in make_demo_inputs(tmp_path, frames=3, size=128)] == stamps  # reused
+    assert shape(make_demo_inputs(tmp_path, frames=5, size=128))[1:] == ((5, 128, 128, 3),) * 2
+    assert shape(make_demo_inputs(tmp_path, frames=5, size=96)) == ((96, 96), (5, 96, 96, 3), (5, 96, 96, 3))
+    (tmp_path / "driving.mp4").write_bytes(b"not a video")  # unreadable: made again, not an error
+    assert shape(make_demo_inputs(tmp_path, frames=5, size=96))[1] == (5, 96, 96, 3)

@@ -256,6 +256,38 @@ def test_cached_pti_and_pose_codes_are_keyed_and_checked(tmp_path, monkeypatch):
     assert len(encoded) == 2 and torch.equal(codes[1][0], w2) and torch.equal(codes[2][0], w1)
 
 
+def test_cached_pti_generator_damaged_in_a_byte_or_without_digest_is_tuned_again(tmp_path, monkeypatch):
+    """A flipped tensor byte still loads as finite numbers: only the digest saved with the entry finds it. An entry
+    without a digest (an older v2s_nb's) cannot be checked, so it is tuned again too."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    import v2s_nb.method.invert as inv
+    from v2s_nb.errors import CacheWarning
+
+    G = tiny_generator("R", resolution=64, seed=0)
+    tuned = []
+    monkeypatch.setattr(inv, "pivotal_tuning", lambda G, *a, **k: tuned.append(1) or G)
+    ref, w = np.zeros((64, 64, 3), np.uint8), torch.zeros(G.num_ws, G.w_dim)
+    P._pti(G, ref, w, tmp_path, 5, False, None)
+    (entry,) = tmp_path.glob("pti-*.safetensors")
+    b = bytearray(entry.read_bytes())
+    b[8 + int.from_bytes(b[:8], "little") + 400] ^= 0x01  # the low byte of a float32: stays finite
+    entry.write_bytes(bytes(b))
+    with pytest.warns(CacheWarning, match="digest"):
+        P._pti(G, ref, w, tmp_path, 5, False, None)
+    assert len(tuned) == 2
+    with safe_open(str(entry), framework="pt") as f:  # as an older v2s_nb saved it: no digest
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    del meta["tensors_sha256"]
+    save_file(tensors, str(entry), metadata=meta)
+    with pytest.warns(CacheWarning, match="no digest"):
+        P._pti(G, ref, w, tmp_path, 5, False, None)
+    assert len(tuned) == 3
+    P._pti(G, ref, w, tmp_path, 5, False, None)  # saved anew, with its digest: reused
+    assert len(tuned) == 3
+
+
 def test_outlier_frame_is_aligned_as_a_frame_without_a_face(tmp_path):
     """A frame the robust smoother rejects as a false detection (dlib takes the shuttle patch on the suit in frame 0
     of the demo clip) loses the false detection's crop and landmarks too: its crop square comes from its neighbours

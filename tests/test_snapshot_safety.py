@@ -459,6 +459,43 @@ def test_malformed_safetensors_config_is_one_clear_error(tmp_path, config):
 
 def test_safetensors_tensor_of_wrong_shape(tmp_path):
     path = save_generator(tiny_generator("R"), tmp_path / "g.safetensors")
-    _rewrite_safetensors(path, tensors_edit=lambda t: t.__setitem__("mapping.w_avg", torch.zeros(3)))
+    # written by other code (no digest), so the shape check, not the digest, finds it
+    _rewrite_safetensors(path, meta_edit=lambda m: m.pop("tensors_sha256"),
+                         tensors_edit=lambda t: t.__setitem__("mapping.w_avg", torch.zeros(3)))
     with pytest.raises(SnapshotError, match="do not match the stored config"):
         load_generator(path)
+
+
+def flip_a_tensor_byte(path, index: int = 100):
+    """XOR the low byte of the ``index``-th float32 in the data section: a damaged file whose values stay finite."""
+    b = bytearray(path.read_bytes())
+    header = int.from_bytes(b[:8], "little")
+    b[8 + header + 4 * index] ^= 0x01
+    path.write_bytes(bytes(b))
+    return path
+
+
+def test_a_damaged_tensor_byte_is_found_by_the_saved_digest(tmp_path):
+    """NaN / inf checks miss a flipped mantissa bit; the digest save_generator stores does not."""
+    path = save_generator(tiny_generator("R", seed=3), tmp_path / "g.safetensors")
+    load_generator(path)  # sound: loads
+    flip_a_tensor_byte(path)
+    with pytest.raises(SnapshotError, match="digest stored when it was saved; damaged") as e:
+        load_generator(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    # tensors changed consistently but the digest kept: damaged too
+    path = save_generator(tiny_generator("R", seed=3), tmp_path / "h.safetensors")
+    _rewrite_safetensors(path, tensors_edit=lambda t: t["mapping.w_avg"].add_(1))
+    with pytest.raises(SnapshotError, match="damaged"):
+        load_generator(path)
+
+
+def test_safetensors_without_a_digest_loads_unless_one_is_required(tmp_path):
+    """Older saves and other code's files have no digest: loaded as they are, except by the caches."""
+    from v2s_nb.stylegan3.checkpoint import load_checkpoint
+
+    G = tiny_generator("R", seed=4)
+    path = _rewrite_safetensors(save_generator(G, tmp_path / "g.safetensors"), lambda m: m.pop("tensors_sha256"))
+    assert torch.equal(load_generator(path).mapping.w_avg, G.mapping.w_avg)
+    with pytest.raises(SnapshotError, match="no digest"):
+        load_checkpoint(path, require_digest=True)

@@ -7,9 +7,9 @@ none), never a truncated one that a later run would take as finished.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +20,7 @@ from typing import Any, Callable
 STALE_TEMPORARY_S = 3600.0
 
 
-@contextmanager
+@contextlib.contextmanager
 def atomic_path(path, suffix: str = ".part"):
     """Yield a temporary path beside ``path``; renamed onto ``path`` when the block succeeds, removed otherwise.
 
@@ -108,3 +108,41 @@ def write_atomic(path, write: Callable[[Any], None], mode: str = "wb") -> Path:
         with open(tmp, mode) as f:
             write(f)
     return Path(path)
+
+
+@contextlib.contextmanager
+def write_together(targets: dict):
+    """Temporary paths {name: Path} beside ``targets`` {name: Path} (hidden, same suffixes), moved onto them
+    together when the block succeeds, so a set of outputs is always one run's.
+
+    Until the block ends the targets are untouched: an error or Ctrl-C inside it removes the temporaries and
+    leaves the previous run's files as they were. At the end the previous files are removed and the new ones
+    moved in with Ctrl-C held back (delivered after); a move failing part-way leaves files missing, never a mix
+    of two runs."""
+    targets = {k: Path(v) for k, v in targets.items()}
+    with contextlib.ExitStack() as stack:
+        tmps = {k: stack.enter_context(atomic_path(p, suffix=".part" + p.suffix)) for k, p in targets.items()}
+        yield tmps
+        with _ctrl_c_held():
+            for p in targets.values():
+                p.unlink(missing_ok=True)
+            stack.close()  # each atomic_path renames its temporary onto its target
+
+
+@contextlib.contextmanager
+def _ctrl_c_held():
+    """SIGINT held back during the block and raised after it (main thread only: elsewhere none arrives)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield  # (None: a handler installed outside Python, which could not be put back)
+        return
+    got = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if got:
+            signal.raise_signal(signal.SIGINT)

@@ -224,7 +224,10 @@ def cmd_reenact(args) -> int:
 
 def make_demo_inputs(folder, frames: int = 10, size: int = 256):
     """The demo's inputs: skimage's astronaut photo (reference, PNG) and two short clips made from it by small
-    rotations / translations (driving and co-driving, MP4). Returns (reference, driving, co_driving) paths."""
+    rotations / translations (driving and co-driving, MP4), all ``size`` px square, the clips ``frames`` long.
+    Returns (reference, driving, co_driving) paths: ``astronaut.png``, ``driving.mp4`` and ``co_driving.mp4`` in
+    ``folder``. Files already there are kept when their size and frame count are the asked ones (read from the
+    headers; a second call is cheap) and made again otherwise."""
     from pathlib import Path
 
     import cv2
@@ -232,13 +235,25 @@ def make_demo_inputs(folder, frames: int = 10, size: int = 256):
     import skimage.data
 
     from .images import save_image
-    from .video import write_video
+    from .video import video_info, write_video
+
+    def made_alike(path, n) -> bool:  # n: frames of a clip, None for the picture
+        try:
+            if n is None:
+                from PIL import Image
+
+                with Image.open(path) as im:
+                    return im.size == (size, size)
+            info = video_info(path)
+            return (info.width, info.height, info.approx_frames) == (size, size, n)
+        except (OSError, ValueError):  # missing, unreadable (VideoReadError is a ValueError): made again
+            return False
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     img = cv2.resize(skimage.data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
     ref = folder / "astronaut.png"
-    if not ref.is_file():
+    if not made_alike(ref, None):
         save_image(ref, img)
 
     def clip(sign):
@@ -252,9 +267,9 @@ def make_demo_inputs(folder, frames: int = 10, size: int = 256):
         return np.stack(out)
 
     drv, co = folder / "driving.mp4", folder / "co_driving.mp4"
-    if not drv.is_file():
+    if not made_alike(drv, frames):
         write_video(drv, clip(1), fps=10)
-    if not co.is_file():
+    if not made_alike(co, frames):
         write_video(co, clip(-1), fps=10)
     return ref, drv, co
 
@@ -291,7 +306,8 @@ def cmd_demo(args) -> int:
 
 def _demo_checkpoint(args) -> int:
     """``demo --checkpoint``: the reenact pipeline with a real model on the demo's inputs, then the
-    side-by-side video and contact sheet."""
+    side-by-side video and contact sheet; the three are moved into place together at the end."""
+    from .atomic import write_together
     from .demo import contact_sheet, demo_paths, side_by_side, write_inputs
     from .video import read_video, write_video
 
@@ -310,15 +326,23 @@ def _demo_checkpoint(args) -> int:
         argv.append("--quiet")
     rargs = build_parser().parse_args(argv)
     _resolve_sources(rargs)
-    rc = cmd_reenact(rargs)
-    driving, result = read_video(inp["driving"]).frames, read_video(args.out).frames
-    write_video(paths["side_by_side"], side_by_side(driving, result, right=f"re-enacted ({args.checkpoint})"),
-                fps=read_video(args.out).fps)
-    contact_sheet(paths["contact_sheet"], driving, result, title=f"v2s-nb demo with {args.checkpoint}",
-                  result_label="re-enacted")
-    print(f"wrote {paths['side_by_side']} (driving | result) and {paths['contact_sheet']}")
+    # cmd_reenact's stages, but the result is written with its companions (not alone to --out): an interrupted
+    # run leaves the previous run's three files, never a new result beside old companions
+    r = prepare_reenactment(rargs)
+    _say(rargs, f"[5/5] mixing + render {len(r)} frames ({r.sources()})")
+    frames = r.render_video(batch_size=rargs.batch_size, progress=not rargs.quiet)
+    with write_together({k: paths[k] for k in ("result", "side_by_side", "contact_sheet")}) as tmp:
+        write_video(tmp["result"], frames, fps=r.fps)
+        driving, result = read_video(inp["driving"]), read_video(tmp["result"])
+        write_video(tmp["side_by_side"], side_by_side(driving.frames, result.frames,
+                                                      right=f"re-enacted ({args.checkpoint})"), fps=result.fps)
+        contact_sheet(tmp["contact_sheet"], driving.frames, result.frames, title=f"v2s-nb demo with {args.checkpoint}",
+                      result_label="re-enacted")
+    print(f"wrote {paths['result']} ({len(frames)} frames, {frames.shape[2]}x{frames.shape[1]} px, {r.fps:g} fps; "
+          f"intermediates in {args.out}.v2s/), {paths['side_by_side']} (driving | result) and "
+          f"{paths['contact_sheet']}")
     print(f"demo finished in {time.perf_counter() - t0:.1f} s (generator: {args.checkpoint})")
-    return rc
+    return 0
 
 
 def _add_reenact_parsers(sub) -> None:
@@ -583,8 +607,9 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("interrupted: finished steps are kept (a rerun resumes from them); nothing was written under the "
-              "output name", file=sys.stderr)
+        # true of the demo's several outputs too: they are moved into place together, at the very end
+        print("interrupted: finished steps are kept (a rerun resumes from them); no output was written (those of "
+              "a previous run are as they were)", file=sys.stderr)
         return 130
     except Exception as e:  # one line, never a traceback (the package's errors and the built-ins it raises)
         print(error_line(e), file=sys.stderr)

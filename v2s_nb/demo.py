@@ -228,21 +228,29 @@ def fit_to_photo(photo: np.ndarray, points: np.ndarray, settings: FitSettings = 
     :func:`v2s_nb.method.invert.pivotal_tuning` at the pivot ``w_avg`` (no locality term: there is nothing
     else to keep) to match :func:`aligned_crop`. Render it with ``G.synthesis(pivot_ws(G), transform=...)``.
 
-    The result is cached as safetensors (:func:`fitted_cache_path`) and loaded from there when present
-    (``use_cache=False``: always fit, and do not write); a damaged cached file is fitted again, with a
+    The result is cached as safetensors (:func:`fitted_cache_path`, with the digest of its tensors) and loaded
+    from there when present (``use_cache=False``: always fit, and do not write); a damaged cached file (one whose
+    tensors do not match their digest, or one without a digest, which cannot be checked) is fitted again, with a
     :class:`~v2s_nb.errors.CacheWarning`. Returns the generator (eval mode, on ``device``), with
     ``source`` saying what it is; ``is_random`` is False, but it is not a face model.
     """
+    return _fit_or_load(photo, points, settings, device=device, cache_dir=cache_dir, use_cache=use_cache,
+                        photo_description=photo_description, progress=progress)[0]
+
+
+def _fit_or_load(photo, points, settings, *, device, cache_dir, use_cache, photo_description, progress):
+    """:func:`fit_to_photo`, returning (G, whether G was loaded from the cache)."""
     from .caching import warn_unusable
     from .method.invert import pivotal_tuning
-    from .stylegan3 import SnapshotError, build_generator, load_generator, save_generator
+    from .stylegan3 import SnapshotError, build_generator, save_generator
+    from .stylegan3.checkpoint import load_checkpoint
 
     device = torch.device(device)
     aligned = aligned_crop(photo, points, settings)
     path = fitted_cache_path(photo, points, settings, device, cache_dir)
     if use_cache and path.is_file():
-        try:
-            return load_generator(path, device=device)
+        try:  # a cache entry must prove its bytes: one without a digest is not trusted
+            return load_checkpoint(path, require_digest=True).to(device=device, dtype=torch.float32), True
         except (SnapshotError, OSError, ValueError) as e:  # damaged: fitted again, not a stop
             warn_unusable(path, f"unreadable ({e})")
     G0 = build_generator(device=device, **settings.generator_kwargs())
@@ -255,7 +263,7 @@ def fit_to_photo(photo: np.ndarray, points: np.ndarray, settings: FitSettings = 
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_generator(G, path)
-    return G
+    return G, False
 
 
 # ------------------------------------------------------------------------------------------------ measuring
@@ -422,9 +430,11 @@ def run_demo(out, *, frames: int = 32, fps: float = 16.0, settings: FitSettings 
              quiet: bool = False,
              say: Callable[[str], None] | None = None) -> DemoResult:
     """The offline demo, end to end (see the module docstring). Writes the files of :func:`demo_paths` and
-    ``<intermediates>/timings.json``. ``upsample``: dlib's for the photo and the driving clip (faces of 100+
+    ``<intermediates>/timings.json``, all four together at the end (:func:`~v2s_nb.atomic.write_together`: an
+    interrupted run leaves the previous run's set as it was). ``upsample``: dlib's for the photo and the driving clip (faces of 100+
     px); ``result_upsample``: for the 128 px result frames. ``cache_dir``: where the fitted generator is kept (default
     ``<v2s_nb cache>/demo``). ``say``: where progress lines go (default stderr; nothing when ``quiet``)."""
+    from .atomic import write_together
     from .face import align_face
     from .method.reenact import Reenactor
     from .prepare import face_clip
@@ -457,11 +467,12 @@ def run_demo(out, *, frames: int = 32, fps: float = 16.0, settings: FitSettings 
     lap("inputs")
 
     fitted_path = fitted_cache_path(inp["photo"], inp["points"], settings, device, cache_dir)
-    cached = fitted_path.is_file()
-    say(f"[2/5] generator {LABEL} by pivotal tuning ({settings.steps} steps, StyleGAN3-R {res} px)"
-        + (": loaded from the cache" if cached else ""))
-    G = fit_to_photo(inp["photo"], inp["points"], settings, device=device, cache_dir=cache_dir,
-                     progress=not quiet)
+    say(f"[2/5] generator {LABEL} by pivotal tuning ({settings.steps} steps, StyleGAN3-R {res} px)")
+    # whether the fit came from the cache is known only after loading: a damaged entry is fitted again
+    G, cached = _fit_or_load(inp["photo"], inp["points"], settings, device=device, cache_dir=cache_dir,
+                             use_cache=True, photo_description=PHOTO_DESCRIPTION, progress=not quiet)
+    if cached:
+        say(f"      loaded from the cache ({fitted_path.name})")
     with torch.no_grad():
         mse = float((G.synthesis(pivot_ws(G)).float().cpu() - torch.from_numpy(aligned).permute(2, 0, 1)[None]
                      .float().div(127.5).sub(1)).square().mean())
@@ -487,30 +498,35 @@ def run_demo(out, *, frames: int = 32, fps: float = 16.0, settings: FitSettings 
                         "shown": list(CAN_SHOW), "not_shown": list(CANNOT_SHOW)})
     result = r.render_video(batch_size=1, progress=not quiet)  # one frame a call: the fastest per frame on CPUs
     r.save(cache / "reenactor")
-    write_video(paths["result"], result, fps=drv.fps, crf=12)  # near-lossless: the check reads this file
-    lap("render")
+    outputs = {k: paths[k] for k in ("result", "side_by_side", "contact_sheet")}
+    outputs["timings"] = cache / "timings.json"
+    with write_together(outputs) as tmp:  # one run's set: moved into place together once all are written
+        write_video(tmp["result"], result, fps=drv.fps, crf=12)  # near-lossless: the check reads this file
+        lap("render")
 
-    say("[5/5] check (dlib on the result frames), side-by-side video, contact sheet")
-    result = read_video(paths["result"]).frames  # measure what was written (H.264, near-lossless)
-    check = follow_check(driving, result, upsample_driving=upsample, upsample_result=result_upsample)
-    lap("check")
-    write_video(paths["side_by_side"], side_by_side(driving, result, left="driving clip (real photo, moved)",
-                                                    right=f"generator {LABEL} ({res} px)"), fps=drv.fps)
-    found = int(check["detected"].sum())
-    notes = ["shown:     " + "; ".join(CAN_SHOW),
-             "not shown: " + "; ".join(CANNOT_SHOW) + " (it knows one image)",
-             f"measured:  dlib finds a face in {found}/{check['frames']} result frames; roll follows the driving clip "
-             f"within {check['max_roll_error']:.1f}° (max), {check['mean_roll_error']:.1f}° (mean)"]
-    contact_sheet(paths["contact_sheet"], driving, result, title=f"v2s-nb demo: StyleGAN3-R {LABEL} "
-                  f"(a stand-in, not a face model), driven by a clip of the same photo",
-                  notes=notes, driving_label="driving clip", result_label=f"{LABEL}",
-                  angles=(check["roll_driving_rel"], check["roll_result_rel"]))
-    lap("outputs")
-    timings["total"] = time.perf_counter() - t_all
-    from .atomic import write_atomic
-    summary = {"timings_s": timings, "fitted_from_cache": cached, "fit_psnr_db": fit_psnr,
-               "detection_rate": check["detection_rate"], "max_roll_error_deg": check["max_roll_error"],
-               "mean_roll_error_deg": check["mean_roll_error"], "frames": check["frames"],
-               "settings": dataclasses.asdict(settings), "device": str(device), "generator": G.source}
-    write_atomic(cache / "timings.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
+        say("[5/5] check (dlib on the result frames), side-by-side video, contact sheet")
+        result = read_video(tmp["result"]).frames  # measure what was written (H.264, near-lossless)
+        check = follow_check(driving, result, upsample_driving=upsample, upsample_result=result_upsample)
+        lap("check")
+        write_video(tmp["side_by_side"], side_by_side(driving, result, left="driving clip (real photo, moved)",
+                                                      right=f"generator {LABEL} ({res} px)"), fps=drv.fps)
+        found = int(check["detected"].sum())
+        notes = ["shown:     " + "; ".join(CAN_SHOW),
+                 "not shown: " + "; ".join(CANNOT_SHOW) + " (it knows one image)",
+                 f"measured:  dlib finds a face in {found}/{check['frames']} result frames; roll follows the driving "
+                 f"clip within {check['max_roll_error']:.1f}° (max), {check['mean_roll_error']:.1f}° (mean)"]
+        contact_sheet(tmp["contact_sheet"], driving, result, title=f"v2s-nb demo: StyleGAN3-R {LABEL} "
+                      f"(a stand-in, not a face model), driven by a clip of the same photo",
+                      notes=notes, driving_label="driving clip", result_label=f"{LABEL}",
+                      angles=(check["roll_driving_rel"], check["roll_result_rel"]))
+        lap("outputs")
+        timings["total"] = time.perf_counter() - t_all
+        from .atomic import write_atomic
+        summary = {"timings_s": timings, "fitted_from_cache": cached, "fit_psnr_db": fit_psnr,
+                   "detection_rate": check["detection_rate"], "max_roll_error_deg": check["max_roll_error"],
+                   "mean_roll_error_deg": check["mean_roll_error"], "frames": check["frames"],
+                   "settings": dataclasses.asdict(settings), "device": str(device), "generator": G.source}
+        write_atomic(tmp["timings"], lambda f: f.write(json.dumps(summary, indent=1).encode()))
     return DemoResult(paths=paths, timings=timings, check=check, generator=G, fitted_from_cache=cached)
+
+

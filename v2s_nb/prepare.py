@@ -517,10 +517,13 @@ def _encoder(G, encoder, note: Say):
 
 
 def _pti(G, ref_aligned, w_ref, cache: Path, steps: int, progress: bool, say: Say):
-    """G fine-tuned around the reference (PTI), cached in ``cache`` keyed by G, the code, the image and steps."""
+    """G fine-tuned around the reference (PTI), cached in ``cache`` keyed by G, the code, the image and steps.
+    A cached generator is used only when its tensors match the digest saved with them (one without a digest,
+    from an older v2s_nb, cannot be checked): otherwise it is tuned again, with a CacheWarning."""
     from .caching import generator_hash
     from .method.invert import pivotal_tuning
-    from .stylegan3 import load_generator, save_generator
+    from .stylegan3 import save_generator
+    from .stylegan3.checkpoint import load_checkpoint
 
     from .caching import warn_unusable
     from .stylegan3 import SnapshotError
@@ -531,7 +534,7 @@ def _pti(G, ref_aligned, w_ref, cache: Path, steps: int, progress: bool, say: Sa
     f = cache / f"pti-{key}.safetensors"
     if f.is_file():
         try:
-            G_pti = load_generator(f, device=G.device, dtype=next(G.parameters()).dtype)
+            G_pti = load_checkpoint(f, require_digest=True).to(device=G.device, dtype=next(G.parameters()).dtype)
         except (SnapshotError, OSError, ValueError) as e:  # damaged: done again, not a stop
             warn_unusable(f, f"unreadable ({e})")
         else:

@@ -6,7 +6,10 @@ safetensors metadata holds:
 * ``format``: ``"v2s_nb.stylegan3"``; ``format_version``: ``"1"``;
 * ``config``: JSON of the constructor arguments (``z_dim``, ``c_dim``, ``w_dim``, ``img_resolution``,
   ``img_channels``, ``mapping_kwargs``, synthesis and layer arguments);
-* ``is_random``: ``"true"`` for random-weight generators; ``source``: where the weights came from.
+* ``is_random``: ``"true"`` for random-weight generators; ``source``: where the weights came from;
+* ``tensors_sha256``: :func:`tensors_digest` of the tensors as saved. A file whose tensors do not match it is
+  damaged (:class:`SnapshotError`); files saved before it was written have none and load unchecked, except
+  where the caller asks for it (``require_digest=True``: the caches, which cannot trust an unverifiable entry).
 
 Metadata is only text: a file whose metadata says ``is_random=false`` gets ``G.weights_verified = True`` and
 its source believed only when its tensors match a digest in :data:`PINNED_WEIGHT_DIGESTS`; otherwise
@@ -33,13 +36,15 @@ FORMAT_VERSION = "1"
 
 
 def save_generator(G: Generator, path) -> Path:
-    """Write ``G`` to ``path`` (``.safetensors``) atomically: a temporary file is renamed into place."""
+    """Write ``G`` to ``path`` (``.safetensors``) atomically: a temporary file is renamed into place. The
+    tensors' digest goes into the metadata (``tensors_sha256``), so a damaged byte is found on loading."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in G.state_dict().items()}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": json.dumps(G.init_kwargs),
-            "is_random": "true" if G.is_random else "false", "source": str(G.source or "")}
+            "is_random": "true" if G.is_random else "false", "source": str(G.source or ""),
+            DIGEST_KEY: tensors_digest(tensors)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return path
@@ -54,8 +59,13 @@ def is_v2s_checkpoint(path) -> bool:
     return 0 < header_len < 100_000_000 and head[8:9] == b"{"
 
 
-def load_checkpoint(path) -> Generator:
-    """Read a generator written by :func:`save_generator`."""
+def load_checkpoint(path, *, require_digest: bool = False) -> Generator:
+    """Read a generator written by :func:`save_generator`.
+
+    Tensors that do not match the file's stored digest raise :class:`SnapshotError` (a damaged file). A file
+    without a digest (saved by an older v2s_nb, or written by other code) loads unchecked, unless
+    ``require_digest``: then it raises :class:`SnapshotError` too (for caches: an entry that cannot be verified is
+    made again)."""
     from safetensors import safe_open
 
     try:
@@ -71,6 +81,15 @@ def load_checkpoint(path) -> Generator:
         raise
     except Exception as e:
         raise SnapshotError(f"{path} could not be read as a safetensors file ({e}); truncated or corrupt?") from None
+    stored = meta.get(DIGEST_KEY)
+    claimed_random = meta.get("is_random") != "false"
+    # one pass over the bytes serves both the damage check and the pinned-digest look-up below
+    digest = tensors_digest(tensors) if stored is not None or not claimed_random else None
+    if stored is None and require_digest:
+        raise SnapshotError(f"{path} holds no digest of its tensors (saved by an older v2s_nb?), so it cannot be "
+                            "checked.")
+    if stored is not None and stored != digest:
+        raise SnapshotError(f"{path}: the tensors do not match the digest stored when it was saved; damaged file.")
     try:
         config = json.loads(meta["config"])
     except KeyError:
@@ -88,12 +107,13 @@ def load_checkpoint(path) -> Generator:
         raise SnapshotError(f"{path}: tensors do not match the stored config (missing {result.missing_keys[:3]}, "
                             f"unexpected {result.unexpected_keys[:3]}).")
     check_finite(tensors, path)
-    claimed_random = meta.get("is_random") != "false"
     claimed_source = meta.get("source") or str(path)
     G.is_random = claimed_random
     G.source = claimed_source
     if not claimed_random:
-        digest = weights_digest(G)
+        state = G.state_dict()
+        if any(tensors[k].dtype != v.dtype for k, v in state.items()):  # G holds other dtypes: its own digest
+            digest = tensors_digest(state)
         if digest in PINNED_WEIGHT_DIGESTS:
             G.source = PINNED_WEIGHT_DIGESTS[digest]
             G.weights_verified = True
@@ -113,10 +133,19 @@ PINNED_WEIGHT_DIGESTS: dict[str, str] = {}
 
 def weights_digest(G) -> str:
     """SHA-256 over the generator's tensors (names in sorted order, dtype, shape and bytes), hex."""
+    return tensors_digest(G.state_dict())
+
+
+#: The metadata key of :func:`tensors_digest` of the saved tensors.
+DIGEST_KEY = "tensors_sha256"
+
+
+def tensors_digest(tensors: dict) -> str:
+    """SHA-256 over ``tensors`` {name: tensor}: names in sorted order, each with its dtype, shape and bytes; hex."""
     import hashlib
 
     h = hashlib.sha256()
-    for k, v in sorted(G.state_dict().items()):
+    for k, v in sorted(tensors.items()):
         t = v.detach().to("cpu").contiguous()
         h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
