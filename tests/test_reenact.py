@@ -161,6 +161,78 @@ def test_render_video_matches_frames_and_position(G):
             r.render_reference(bad)
 
 
+def test_render_regions_are_checked_like_the_constructor(G):
+    """A bare name is one region (it was iterated letter by letter); unknown names raise (they were ignored, giving
+    the frame of regions=())."""
+    r = _reenactor(G, T=2, position="none")
+    eyes = r.render_frame(1, regions="eyes")
+    assert np.array_equal(eyes, r.render_frame(1, regions=("eyes",)))
+    assert not np.array_equal(eyes, r.render_frame(1, regions=()))
+    mouth = r.render_video(progress=False, regions=["mouth"])
+    assert np.array_equal(r.render_video(progress=False, regions="mouth"), mouth)
+    for bad in (["ears"], ["eye"], ("eyes", "ears")):
+        with pytest.raises(ValueError, match=r"unknown region\(s\).*choose from"):
+            r.render_frame(1, regions=bad)
+        with pytest.raises(ValueError, match=r"unknown region\(s\)"):
+            r.render_video(progress=False, regions=bad)
+        with pytest.raises(ValueError, match=r"unknown region\(s\)"):
+            _reenactor(G, regions=bad)
+    assert _reenactor(G, regions="nose").regions == ("nose",)
+
+
+def test_region_channels_must_fit_the_generator(G):
+    """Channels of another generator (or an unknown region, or non-integer indices) turned X_s mixing off or moved
+    it silently; they are refused, naming the entry."""
+    kw = dict(G=G, w_ref=mapped_ws(G, 1, 1)[0], ws_drive=mapped_ws(G, 3, 2))
+    with pytest.raises(ValueError, match=r"region_channels\['eyes'\] names layer 'L3_52_1024'.*run the channel "
+                                         "discovery with this one"):
+        Reenactor(**kw, region_channels={"eyes": {"L3_52_1024": [1, 2, 3]}})
+    name = G.synthesis.style_names[3]
+    width = G.synthesis.styles(kw["w_ref"][None])[name].shape[-1]
+    with pytest.raises(ValueError, match=rf"has channel\(s\) \[{width}\] outside 0..{width - 1}"):
+        Reenactor(**kw, region_channels={"mouth": {name: [0, width]}})
+    with pytest.raises(ValueError, match="unknown region 'ears'"):
+        Reenactor(**kw, region_channels={"ears": {name: [1, 2]}})
+    for bad in ([1.7, 2.2], [True, False]):
+        with pytest.raises(ValueError, match=rf"region_channels\['eyes'\]\['{name}'\] must be integer channel"):
+            Reenactor(**kw, region_channels={"eyes": {name: bad}})
+    r = Reenactor(**kw, region_channels={"eyes": {name: [1.0, 2.0]}, "nose": {name: []}})  # whole floats are fine
+    assert np.flatnonzero(r.masks()[name]).tolist() == [1, 2]
+
+
+def test_codes_and_fps_are_checked_by_their_own_name(G):
+    """Codes of another generator were blamed on w_ref (or pose codes on ws_drive) when rendering; fps NaN / 0
+    was accepted and saved."""
+    w_ref, ws, other = mapped_ws(G, 1, 1)[0], mapped_ws(G, 4, 2), torch.randn(4, 16, 512)
+    cases = [("ws_drive", dict(ws_drive=other)), ("ws_codrive", dict(ws_drive=ws, ws_codrive=other)),
+             (r"pose_codes\['driving'\]", dict(ws_drive=ws, pose_codes={"driving": other})),
+             ("w_ref", dict(ws_drive=ws, w_ref=other[0]))]
+    for name, kw in cases:
+        with pytest.raises(ValueError, match=rf"^{name} must be \[(T, )?16, 64\] .*another generator"):
+            Reenactor(**{"G": G, "w_ref": w_ref, **kw})
+    for k, bad in (("fps", float("nan")), ("fps", 0), ("fps", -2), ("fps_codrive", float("inf"))):
+        with pytest.raises(ValueError, match=f"^{k} must be a positive number of frames per second"):
+            Reenactor(G=G, w_ref=w_ref, ws_drive=ws, ws_codrive=ws, **{k: bad})
+    assert Reenactor(G=G, w_ref=w_ref, ws_drive=ws, fps="25").fps == 25.0
+    with pytest.raises(TypeError, match=r"G must be a StyleGAN3 generator.*load_generator\('x.pkl'\)"):
+        Reenactor(G="x.pkl", w_ref=w_ref, ws_drive=ws)
+
+
+def test_load_takes_a_generator_path(G, tmp_path):
+    """Reenactor.load(d, G='file') raised AttributeError; a path / name is loaded like the saved spec would be."""
+    from v2s_nb.stylegan3 import save_generator
+    r = _reenactor(G)
+    r.pose_codes = {}
+    r.save(tmp_path / "r")
+    save_generator(G, tmp_path / "G.safetensors")
+    r2 = Reenactor.load(tmp_path / "r", G=str(tmp_path / "G.safetensors"), G_render=tmp_path / "G.safetensors")
+    assert np.array_equal(r.render_frame(1), r2.render_frame(1))
+    with pytest.raises(FileNotFoundError, match="generator file not found"):
+        Reenactor.load(tmp_path / "r", G=str(tmp_path / "missing.pkl"))
+    with pytest.raises(TypeError, match="G must be a StyleGAN3 generator"):
+        Reenactor.load(tmp_path / "r", G=42)
+
+
 def test_length_and_fps_policy(G):
     with pytest.warns(LengthMismatchWarning, match="truncated"):
         r = Reenactor(G=G, w_ref=mapped_ws(G, 1, 1)[0], ws_drive=mapped_ws(G, 6, 2), ws_codrive=mapped_ws(G, 4, 3))

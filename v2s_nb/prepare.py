@@ -910,7 +910,7 @@ def reenactor(inversions: Inversions, channels: Channels, poses: PoseCodes | Non
     return Reenactor(G=inversions.G, G_render=inversions.G_render, w_ref=inversions.w_ref,
                      ws_drive=inversions.ws_drive, ws_codrive=inversions.ws_codrive, region_channels=channels.sets,
                      pose_codes=codes, tracks=tracks, pose=pose if pose in codes else "none", position=position,
-                     regions=tuple(regions), layers=channels.layers, alpha=alpha, beta=beta, gamma=gamma, zeta=zeta,
+                     regions=regions, layers=channels.layers, alpha=alpha, beta=beta, gamma=gamma, zeta=zeta,
                      baseline=baseline, motion_mode=motion, strength=strength, position_mode=position_mode,
                      anchor=anchor,
                      points={"reference": faces.reference.points[0], "driving": faces.driving.points,

@@ -44,6 +44,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -199,7 +200,42 @@ def region_channels_from(channel_sets) -> dict[str, dict[str, np.ndarray]]:
                              "maps='modulated' (the default)")
         return {r: {l: np.asarray(channel_sets.channels(r, l), np.int64) for l in channel_sets.layers}
                 for r in channel_sets.regions}
-    return {r: {l: np.asarray(v, np.int64).reshape(-1) for l, v in by_l.items()} for r, by_l in channel_sets.items()}
+    if not isinstance(channel_sets, Mapping) or not all(isinstance(v, Mapping) for v in channel_sets.values()):
+        raise TypeError("region_channels must be a ChannelSets or {region: {layer: channel indices}}, got "
+                        f"{type(channel_sets).__name__}")
+    return {r: {l: _channel_indices(v, f"region_channels[{r!r}][{l!r}]") for l, v in by_l.items()}
+            for r, by_l in channel_sets.items()}
+
+
+def _channel_indices(v, where: str) -> np.ndarray:
+    """int64 [K] channel indices; refuses bool masks and non-whole numbers (an int cast would silently truncate)."""
+    a = np.asarray(v)
+    whole = a.dtype.kind in "iu" or (a.dtype.kind == "f" and bool(np.isfinite(a).all())
+                                      and bool((a == np.round(a)).all()))
+    if a.size and (a.dtype == bool or not whole):
+        hint = " (a bool mask: give np.flatnonzero(mask))" if a.dtype == bool else ""
+        raise ValueError(f"{where} must be integer channel indices, got {a.reshape(-1)[:6].tolist()}"
+                         f"{hint or ' (give whole numbers, as ChannelSets.channels does)'}")
+    return a.astype(np.int64).reshape(-1)
+
+
+def _check_region_channels(region_channels, G) -> None:
+    """Every layer of ``region_channels`` is an S layer of ``G`` and every index is one of its channels; regions
+    are known. Channels discovered with another generator would otherwise turn the X_s mixing off silently."""
+    sy = G.synthesis
+    widths = {n: int(getattr(sy, n).affine.out_features) for n in sy.style_names}
+    redo = "channels discovered with another generator? run the channel discovery with this one"
+    for r, by_l in region_channels.items():
+        if r not in REGIONS and r != "rest":  # 'rest' is a discovery region (never mixed: regions refuses it)
+            raise ValueError(f"region_channels has an unknown region {r!r}; the regions are {REGIONS}")
+        for l, idx in by_l.items():
+            if l not in widths:
+                raise ValueError(f"region_channels[{r!r}] names layer {l!r}, which this {G.img_resolution} px "
+                                 f"generator lacks (its S layers: {', '.join(sy.style_names)}): {redo}")
+            out = idx[(idx < 0) | (idx >= widths[l])]
+            if out.size:
+                raise ValueError(f"region_channels[{r!r}][{l!r}] has channel(s) {out[:6].tolist()} outside "
+                                 f"0..{widths[l] - 1} (that layer has {widths[l]} S channels): {redo}")
 
 
 def channel_masks(region_channels: Mapping[str, Mapping[str, Any]], regions: Sequence[str],
@@ -232,6 +268,45 @@ def _as_w(x, name, ndim=3) -> torch.Tensor | None:
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or inf")
     return t
+
+
+def _check_regions(regions) -> tuple[str, ...]:
+    """Regions to mix as a tuple: a single name is one region ('eyes', not its letters); unknown names refused."""
+    if isinstance(regions, str):
+        regions = (regions,)
+    try:
+        regions = tuple(regions)
+    except TypeError:
+        raise TypeError(f"regions must be a region name or a sequence of them from {REGIONS}, "
+                        f"got {regions!r}") from None
+    bad = [r for r in regions if r not in REGIONS]
+    if bad:
+        raise ValueError(f"unknown region(s) {bad}; choose from {REGIONS} (e.g. regions=('eyes', 'mouth'))")
+    return regions
+
+
+def _check_generator(G, name: str) -> None:
+    if not hasattr(getattr(G, "synthesis", None), "style_names"):
+        hint = (f"; load it first: {name}=load_generator({str(G)!r}) (v2s_nb.stylegan3)"
+                if isinstance(G, (str, os.PathLike)) else " (v2s_nb.stylegan3.load_generator / tiny_generator)")
+        raise TypeError(f"{name} must be a StyleGAN3 generator, got {type(G).__name__} {str(G)[:80]!r}{hint}")
+
+
+def _check_codes(t: torch.Tensor, name: str, G, fix: str) -> None:
+    """``t`` [.., num_ws, w_dim] of ``G``; the error names ``t`` itself (not another code it meets later)."""
+    sy = G.synthesis
+    if tuple(t.shape[-2:]) != (sy.num_ws, sy.w_dim):
+        lead = "T, " if t.ndim == 3 else ""
+        raise ValueError(f"{name} must be [{lead}{sy.num_ws}, {sy.w_dim}] for this {G.img_resolution} px generator, "
+                         f"got {tuple(t.shape)}: codes of another generator? {fix}")
+
+
+def _fps(x, name: str) -> float:
+    from ..video import _check_fps
+    try:
+        return _check_fps(x)
+    except ValueError:  # re-raised with the argument's own name (fps_codrive too)
+        raise ValueError(f"{name} must be a positive number of frames per second, got {x!r}") from None
 
 
 def _track_array(track) -> np.ndarray:
@@ -290,7 +365,7 @@ class Reenactor:
             measured on ``points['reference']``, else :data:`v2s_nb.face.FFHQ_FACE_SIZE`).
         points: {'reference': [68, 2], 'driving' / 'co-driving': [T, 68, 2]} landmarks of the aligned crops, in
             pixels of crops at the generator's resolution (for anchor 'best' and the reference's face size).
-        regions: enabled regions for ``X_s``.  layers: W+ rows to mix (default 3-7).
+        regions: enabled regions for ``X_s`` (one name or several).  layers: W+ rows to mix (default 3-7).
         alpha, beta, gamma, zeta: eq 10-12; ``None`` = the motion mode's default.
         baseline: eq 7 reading ('cumulative' | 'printed'); ``None`` = the motion mode's.
         outside: rows outside ``layers`` from 'ref' (w_ref^p) or 'base' (w_base).
@@ -357,18 +432,28 @@ class Reenactor:
                                  f"{self.ref_face_size!r}")
             self.ref_face_size = f
         self.layers = parse_layers(self.layers)
-        self.regions = tuple(self.regions)
-        bad = set(self.regions) - set(REGIONS)
-        if bad:
-            raise ValueError(f"unknown region(s) {sorted(bad)}; choose from {REGIONS}")
+        self.regions = _check_regions(self.regions)
+        self.fps = _fps(self.fps, "fps")
+        if self.fps_codrive is not None:
+            self.fps_codrive = _fps(self.fps_codrive, "fps_codrive")
         if self.baseline is not None:
             check_mode(self.baseline)
         check_coefficients(self.alpha, self.beta, self.gamma, self.zeta)
+        _check_generator(self.G, "G")
         if self.G_render is None:
             self.G_render = self.G
-        sy = self.G_render.synthesis
-        if self.w_ref.shape != (sy.num_ws, sy.w_dim):
-            raise ValueError(f"w_ref must be [{sy.num_ws}, {sy.w_dim}] for this generator, got {tuple(self.w_ref.shape)}")
+        _check_generator(self.G_render, "G_render")
+        g, gr = self.G.synthesis, self.G_render.synthesis
+        if (g.num_ws, g.w_dim) != (gr.num_ws, gr.w_dim):
+            raise ValueError(f"G_render takes [{gr.num_ws}, {gr.w_dim}] codes but G [{g.num_ws}, {g.w_dim}]: give the "
+                             "generator G was fine-tuned from (PTI) as G, or no G_render")
+        _check_codes(self.w_ref, "w_ref", self.G, "invert the reference with this generator")
+        _check_codes(self.ws_drive, "ws_drive", self.G, "invert the driving frames with this generator")
+        if self.ws_codrive is not None:
+            _check_codes(self.ws_codrive, "ws_codrive", self.G, "invert the co-driving frames with this generator")
+        for k, v in self.pose_codes.items():
+            _check_codes(v, f"pose_codes[{k!r}]", self.G, "pose-encode the reference with this generator")
+        _check_region_channels(self.region_channels, self.G_render)
         layer_names(self.G_render, self.layers)  # validates the rows
         # -- lengths and frame rates
         if self.ws_codrive is not None:
@@ -550,7 +635,7 @@ class Reenactor:
     def masks(self, regions=None) -> dict[str, np.ndarray]:
         """{layer: bool [C]} of the ``X_s`` channels of the enabled (or given) regions, for the mixed layers."""
         prep = self._prepared()
-        regions = self.regions if regions is None else tuple(regions)
+        regions = _check_regions(self.regions if regions is None else regions)  # the attribute may be set later
         return channel_masks(self.region_channels, regions, prep["sizes"])
 
     def styles(self, frames, regions=None, **coeffs) -> dict[str, torch.Tensor]:
@@ -588,6 +673,8 @@ class Reenactor:
         """uint8 [T, R, R, 3]: every frame, ``batch_size`` per synthesis call."""
         from ..images import to_uint8
         self._coeffs(coeffs)  # validate before the loop
+        if regions is not None:
+            regions = _check_regions(regions)
         n = self.num_frames
         out = []
         bar = progress_bar(total=n, desc="render", unit="frame", enabled=progress)
@@ -676,7 +763,8 @@ class Reenactor:
     @classmethod
     def load(cls, directory, G=None, G_render=None, device=None) -> "Reenactor":
         """Read what :meth:`save` wrote. ``G``: the generator (default: rebuilt from the saved generator spec —
-        the tiny random generator or a checkpoint name / path — when there is one); its weights are checked
+        the tiny random generator or a checkpoint name / path — when there is one) or a checkpoint name / path
+        (loaded with :func:`v2s_nb.stylegan3.load_generator`, as is a ``G_render`` path); its weights are checked
         against the saved hash (``ValueError`` on mismatch)."""
         from ..caching import generator_hash
         d = Path(directory)
@@ -705,16 +793,24 @@ class Reenactor:
         if hashlib.sha256(data).hexdigest() != meta["tensors_sha256"]:
             raise ValueError(f"{d / 'tensors.pt'} does not match {js} (incomplete or mixed-up save)")
         t = torch.load(io.BytesIO(data), weights_only=True)
+        from ..stylegan3 import load_generator
+        # a path / checkpoint name is loaded (as the saved spec would be); the hash check below still applies
+        if isinstance(G, (str, os.PathLike)):
+            G = load_generator(G, device=device)
         if G is None:
             G = generator_from_spec(meta["generator"].get("spec"), device=device)
             if G is None:
                 raise ValueError(f"pass G=: the generator of {d} ({meta['generator'].get('source')}) cannot be rebuilt "
                                  "from the saved information")
+        _check_generator(G, "G")
+        if isinstance(G_render, (str, os.PathLike)):
+            G_render = load_generator(G_render, device=device or G.device)
+        if G_render is not None:
+            _check_generator(G_render, "G_render")
         if generator_hash(G) != meta["generator"]["sha256"]:
             raise ValueError(f"the generator given does not have the weights {d} was prepared with "
                              f"({meta['generator'].get('source')})")
         if G_render is None and meta.get("G_render_file"):
-            from ..stylegan3 import load_generator
             G_render = load_generator(d / meta["G_render_file"], device=device or G.device)
         if G_render is not None and meta.get("G_render_sha256") and generator_hash(G_render) != meta["G_render_sha256"]:
             raise ValueError(f"the rendering generator ({meta['G_render_file']} or the G_render given) does not have "
