@@ -24,6 +24,7 @@ import math
 import os
 import pathlib
 import pickle
+import zipfile
 
 import pytest
 import torch
@@ -261,6 +262,42 @@ def test_bad_checkpoints_have_clear_errors(tmp_path, tiny_g):
     resnet = save_released_format(tmp_path / "resnet.pt", enc_sd, tiny_g, tiny_g.mapping.w_avg, "ResNetBackboneEncoder")
     with pytest.raises(EncoderCheckpointError, match="not supported"):
         load_encoder(resnet)
+
+
+def test_files_that_are_no_torch_checkpoint_are_named(tmp_path):
+    """A text file gave 'KeyError: 101' (torch's reader on a non-pickle); an image claimed to hold unsafe objects."""
+    files = {"notes.pt": b"hello, not a checkpoint\n", "empty.pt": b"", "png.pt": b"\x89PNG\r\n\x1a\n" + bytes(64),
+             "page.pt": b"<!DOCTYPE html><html>404</html>"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(EncoderCheckpointError, match=rf"{name} is not a torch checkpoint: it is .*restyle_"):
+            load_encoder(tmp_path / name)
+    snapshot = tmp_path / "network.pt"  # an NVIDIA pickle's opening bytes: a generator, not an encoder
+    snapshot.write_bytes(b"\x80\x04\x95" + bytes(8) + b"}\x94(\x8c\x01G\x94\x8c\x17torch_utils.persistence")
+    with pytest.raises(EncoderCheckpointError, match="NVIDIA StyleGAN snapshot.*load_generator"):
+        load_encoder(snapshot)
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"\x80\x02garbage")  # a pickle header, then an opcode torch's restricted reader refuses
+    with pytest.raises(EncoderCheckpointError, match="broken.pt: refusing to load it: the file is corrupt"):
+        load_encoder(broken)
+    with zipfile.ZipFile(tmp_path / "other.pt", "w") as z:  # a zip archive, not torch.save's layout
+        z.writestr("a.txt", "x")
+    with pytest.raises(EncoderCheckpointError, match="other.pt is not a torch checkpoint .*restyle_"):
+        load_encoder(tmp_path / "other.pt")
+    with pytest.raises(EncoderCheckpointError, match="is a folder"):
+        load_encoder(tmp_path)
+
+
+def test_encode_counts_must_be_integers(tiny_g):
+    enc_sd = make_encoder_sd(tiny_g.num_ws, tiny_g.w_dim, seed=8)
+    from v2s_nb.method.encoder import ReStyleEncoder, ReStyleNet
+
+    E = ReStyleEncoder(ReStyleNet.from_state_dict(enc_sd, progressive=False), copy.deepcopy(tiny_g),
+                       tiny_g.mapping.w_avg, "psp")
+    x = torch.zeros(1, 3, 256, 256)
+    for name, bad in (("batch_size", 0), ("batch_size", 2.5), ("n_iters", 1.5), ("n_iters", -1)):
+        with pytest.raises(ValueError, match=name):
+            E.encode(x, **{name: bad})
 
 
 @pytest.mark.parametrize("cfg", ["R", "T"])

@@ -46,6 +46,31 @@ def test_transform_translation_moves_content_right():
     assert torch.allclose(f1[..., 4:], f0[..., :-4], atol=1e-3)
 
 
+def test_transform_and_styles_shapes_are_checked():
+    """A [2, 3] affine, [5, 3, 3] for 2 codes or cut styles failed deep inside; a NaN transform gave a NaN image."""
+    G = tiny_generator("R", resolution=64, seed=0)
+    ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(1)), None)
+    fix = r"pass one \[3, 3\] matrix or one per sample \[N, 3, 3\]"
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"transform has shape \[2, 3\]; " + fix):
+            G.synthesis(ws, transform=torch.eye(3)[:2])
+        with pytest.raises(ValueError, match=r"shape \[5, 3, 3\] for a batch of 2; " + fix):
+            G.synthesis(ws, transform=torch.eye(3).repeat(5, 1, 1))
+        for nan in (torch.full((3, 3), float("nan")), np.full((2, 3, 3), np.inf), [[1, 0, 0], [0, 1, 0], [0, 0, None]]):
+            with pytest.raises(ValueError, match="NaN or inf"):
+                G.synthesis(ws, transform=nan)
+        styles = G.synthesis.styles(ws)
+        cut = dict(styles, L3_36_64=styles["L3_36_64"][:, :10])
+        with pytest.raises(ValueError, match=r"styles\['L3_36_64'\] has shape \[2, 10\], expected \[2, 64\]"):
+            G.synthesis.from_styles(cut)
+        with pytest.raises(ValueError, match=r"styles\['L0_36_64'\] has shape \[2, 64\], expected \[1, 64\]"):
+            G.synthesis.from_styles(dict(styles, input=styles["input"][:1]))
+        # one matrix, one per sample, or a batch of one: all as before (the input features show the transform)
+        eye = G.synthesis.feature_maps(ws, "input")["input"]
+        for ok in (np.eye(3), torch.eye(3)[None], torch.eye(3).repeat(2, 1, 1), [[1, 0, 0], [0, 1, 0], [0, 0, 1]]):
+            assert torch.equal(G.synthesis.feature_maps(ws, "input", transform=ok)["input"], eye)
+
+
 def test_forward_matrix_batches():
     m = forward_matrix(np.array([0.0, 0.1]), np.array([0.0, -0.2]), np.array([0.0, 90.0]))
     assert m.shape == (2, 3, 3)

@@ -272,3 +272,25 @@ def test_discover_checks_its_inputs(tiny):
         discover(G, ws[:1], masks, layers=["L99"], progress=False, cache=False)
     with pytest.raises(ValueError, match="ws must be"):
         discover(G, ws[0], masks, progress=False, cache=False)
+
+
+@pytest.mark.parametrize("bad", [-1, 0, 2.5])
+def test_batch_size_must_be_a_positive_integer(tiny, bad):
+    """batch_size=-1 scored no image at all (0 channels, silently); 0 failed inside range()."""
+    G, ws = tiny
+    masks = masks_from_landmarks(np.repeat(template_landmarks(64)[None], 3, 0), 64)
+    with pytest.raises(ValueError, match="batch_size"):
+        discover(G, ws, masks, batch_size=bad, progress=False, cache=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        lc.compute_scores(G, ws, masks, ["L3_36_64"], ["eyes"], 0.5, batch_size=bad, progress=False)
+
+
+def test_one_region_name_is_one_region(tiny):
+    """regions='eyes' was read as the regions 'e', 'y', 'e', 's'."""
+    G, ws = tiny
+    masks = masks_from_landmarks(np.repeat(template_landmarks(64)[None], 3, 0), 64)
+    cs = discover(G, ws, masks, layers=["L3_36_64"], regions="eyes", progress=False, cache=False)
+    assert cs.regions == ["eyes"] and cs.rows("eyes") == cs.rows()
+    with pytest.raises(KeyError, match="no region 'nose' in these channel sets"):
+        cs.rows("nose")
+    assert list(cs.union("eyes")) == ["L3_36_64"]

@@ -145,6 +145,16 @@ def test_fit_pose_regressor_recovers_linear_map(G):
     assert reg.info["n_fit"] == 59
 
 
+def test_fit_pose_regressor_refuses_mismatched_inputs(G):
+    ws = G.mapping(torch.randn(8, G.z_dim, generator=torch.Generator().manual_seed(0)), None).detach()
+    poses = np.zeros((8, 3))
+    for w, p in ((ws, poses[:6]), (ws[:5], poses)):  # was an IndexError
+        with pytest.raises(ValueError, match=rf"ws has {len(w)} codes but poses has {len(p)} rows"):
+            fit_pose_regressor(w, p)
+    with pytest.raises(ValueError, match=r"poses must be \[N, 3\]"):
+        fit_pose_regressor(ws, poses[:, :2])
+
+
 def test_bad_arguments(G, w_ref):
     P = LinearOnW(G)
     with pytest.raises(ValueError, match="NaN"):
@@ -203,3 +213,12 @@ def test_image_regressor_reads_each_frame_in_its_own_square():
         per_frame.read(frames[:5])
     with pytest.raises(ValueError, match="one face square per frame"):
         per_frame(torch.zeros(4, 3, 64, 64))
+
+
+@pytest.mark.parametrize("bad", [-1, 0, 2.5])
+def test_measure_pose_batch_size_must_be_a_positive_integer(G, w_ref, bad):
+    """batch_size=-1 measured no image (an empty range, then a concatenate error); 0 failed inside range()."""
+    from v2s_nb.method.pose_encoding import measure_pose
+
+    with pytest.raises(ValueError, match=r"batch_size .*(out of range \[1, 4096\]|must be an integer)"):
+        measure_pose(G, w_ref[None], batch_size=bad)

@@ -124,3 +124,43 @@ def test_masks_at_another_resolution_are_refused(setup):
         FeatureMapBrowser(G, ws, small, cs, image=images[0])
     with pytest.raises(ValueError, match=r"are 32x32 .* image is 64x64"):
         plot_channel_maps(G, ws, cs, image=images[0], masks=small)
+
+
+def test_bad_views_are_refused_up_front(setup):
+    """An index past ws, masks of fewer images, a foreign generator, max_per_region < 1 failed deep inside (or
+    drew a 960-axis figure); one region name as a string was split into letters."""
+    from v2s_nb.method.local_channels import ChannelSets
+    from v2s_nb.stylegan3 import tiny_generator
+
+    G, ws, masks, cs, images = setup
+    for index in (2, -3):
+        with pytest.raises(IndexError, match=r"index -?\d is outside the 2 codes of ws: use 0..1"):
+            FeatureMapBrowser(G, ws, masks, cs, index=index, image=images[0])
+        with pytest.raises(IndexError, match="outside the 2 codes"):
+            plot_channel_maps(G, ws, cs, index=index, image=images[0])
+    one = {k: v[:1] for k, v in masks.items()}
+    with pytest.raises(ValueError, match=r"masks\['eyes'\] has shape \[1, 64, 64\] but ws holds 2 codes"):
+        browse_feature_maps(G, ws, one, cs, index=1, image=images[0])
+    with pytest.raises(ValueError, match="ws holds 2 codes"):
+        plot_channel_maps(G, ws, cs, masks=one, image=images[0])
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="max_per_region"):
+            plot_channel_maps(G, ws, cs, max_per_region=bad, image=images[0])
+    with pytest.raises(KeyError, match=r"no region\(s\) \['ears'\] in the channel sets"):
+        plot_channel_maps(G, ws, cs, regions=["eyes", "ears"], image=images[0])
+    with pytest.raises(KeyError, match="in masks"):
+        browse_feature_maps(G, ws, masks, cs, regions="ears", image=images[0])
+    with pytest.raises(ValueError, match="another generator"):
+        plot_channel_maps(tiny_generator("R", 128), ws, cs, image=images[0])
+    short = ChannelSets({r: {l: {k: v[:10] for k, v in d[l].items()} for l in d} for r, d in cs.scores.items()},
+                        cs.settings)  # same layer names, other channel counts
+    with pytest.raises(ValueError, match="score 10 channels of L2_36_64 .* has 64.*another generator"):
+        browse_feature_maps(G, ws, masks, short, image=images[0])
+
+
+def test_negative_index_and_one_region_name(setup):
+    G, ws, masks, cs, images = setup
+    last, one = FeatureMapBrowser(G, ws, masks, cs, index=-1), FeatureMapBrowser(G, ws, masks, cs, index=1)
+    assert last.index == 1 and np.array_equal(last.image, one.image) and last.iou == one.iou
+    fig = plot_channel_maps(G, ws, cs, regions="eyes", index=-1, image=images[1], masks=masks, max_per_region=2)
+    assert np.array(fig.axes).size == 3 and fig.axes[0].get_ylabel() == "eyes"

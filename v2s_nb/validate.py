@@ -39,7 +39,7 @@ def finite(value, name: str, lo: float | None = None, hi: float | None = None) -
     if not math.isfinite(f):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if (lo is not None and f < lo) or (hi is not None and f > hi):
-        raise ValueError(f"{name} = {f:g} is out of range [{_fmt(lo)}, {_fmt(hi)}]")
+        raise ValueError(f"{name} = {f:g} is out of range [{_fmt(lo)}, {_fmt(hi, 'inf')}]")
     return f
 
 
@@ -55,7 +55,7 @@ def integer(value, name: str, lo: int | None = None, hi: int | None = None) -> i
         raise ValueError(f"{name} must be an integer, got {value!r}")
     i = int(f)
     if (lo is not None and i < lo) or (hi is not None and i > hi):
-        raise ValueError(f"{name} = {i} is out of range [{_fmt(lo)}, {_fmt(hi)}]")
+        raise ValueError(f"{name} = {i} is out of range [{_fmt(lo)}, {_fmt(hi, 'inf')}]")
     return i
 
 
@@ -68,8 +68,9 @@ def smoothing_kernel(value, name: str, lo: int = 0, hi: int = 1001) -> int:
     return k
 
 
-def _fmt(x) -> str:
-    return "-inf" if x is None else f"{x:g}"
+def _fmt(x, end: str = "-inf") -> str:
+    """A range end for messages; None is unbounded (``end``: "-inf" below, "inf" above)."""
+    return end if x is None else f"{x:g}"
 
 
 def _argparse_type(check, label: str, name: str, lo, hi):
@@ -122,7 +123,7 @@ def parse_int_ranges(text: str, name: str, *, lo: int | None = None, hi: int | N
         if b < a:
             raise ValueError(f"bad {name} range {part!r}: use 'a-b' with a <= b")
         if (lo is not None and a < lo) or (hi is not None and b > hi):
-            raise ValueError(f"{name} {part!r} is out of range: allowed are {_fmt(lo)}..{_fmt(hi)}")
+            raise ValueError(f"{name} {part!r} is out of range: allowed are {_fmt(lo)}..{_fmt(hi, 'inf')}")
         count += b - a + 1
         if max_count is not None and count > max_count:
             raise ValueError(f"too many {name}s in {text!r} ({count} or more; at most {max_count})")

@@ -52,7 +52,7 @@ from torch import nn
 
 from ..stylegan3.snapshot import SnapshotError
 from ..stylegan3.state_dict import generator_from_state_dict
-from ..validate import renamed_kwargs
+from ..validate import integer, renamed_kwargs
 from ..progress import progress_iter
 
 __all__ = ["ReStyleEncoder", "ReStyleNet", "EncoderCheckpointError", "load_encoder", "read_checkpoint",
@@ -233,6 +233,19 @@ def _allowed_globals() -> list:
     return allowed
 
 
+def _describe_non_checkpoint(head: bytes) -> str | None:
+    """What a file is when its first bytes show it is no torch.save output (a zip archive or, from torch < 1.6,
+    a pickle), as :func:`v2s_nb.stylegan3.snapshot.read_snapshot` recognises non-pickles; None when it may be one."""
+    stripped = head.lstrip().lower()
+    if len(head) == 0:
+        return "an empty file (an interrupted download?)"
+    if stripped.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or b"<html" in stripped[:512]:
+        return "an HTML/XML page (a failed or redirected download?)"
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        return "neither a zip archive nor a pickle (text, an image or other unrelated bytes)"
+    return None
+
+
 def read_checkpoint(path) -> dict:
     """``torch.load`` a ReStyle checkpoint with ``weights_only=True`` (CPU tensors) and check its layout.
 
@@ -240,20 +253,34 @@ def read_checkpoint(path) -> dict:
     for anything else, including files that hold objects outside the allowed types (they are not run).
     """
     path = Path(path)
+    fix = "give the .pt file released with stylegan3-editing (restyle_pSp_ffhq.pt / restyle_e4e_ffhq.pt)"
+    if path.is_dir():
+        raise EncoderCheckpointError(f"{path} is a folder, not a torch checkpoint; {fix}.")
+    with open(path, "rb") as f:  # a missing file stays a FileNotFoundError
+        head = f.read(1024)
+    what = _describe_non_checkpoint(head)
+    if what:
+        raise EncoderCheckpointError(f"{path} is not a torch checkpoint: it is {what}; {fix}.")
+    if b"torch_utils.persistence" in head or b"dnnlib" in head:
+        raise EncoderCheckpointError(f"{path} is an NVIDIA StyleGAN snapshot pickle: a generator, not an encoder "
+                                     f"(load it with v2s_nb.stylegan3.load_generator); as the encoder {fix}.")
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EncoderCheckpointError(
-            f"{path}: refusing to load it: the file holds an object that is not a tensor, a plain container or one "
-            f"of the few allowed types ({first[:200]}). Nothing from it was run; use the checkpoints released with "
-            f"stylegan3-editing (restyle_pSp_ffhq.pt / restyle_e4e_ffhq.pt).") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise EncoderCheckpointError(f"{path} could not be read as a torch checkpoint ({type(e).__name__}: "
-                                     f"{str(e)[:200]}); truncated, corrupt or not a .pt file?") from None
+        # torch's message opens with generic advice (weights_only=False: never for an unknown file); keep the cause
+        text = str(e).strip()
+        cause = text.split("WeightsUnpickler error:", 1)[1].strip() if "WeightsUnpickler error:" in text else text
+        first = cause.splitlines()[0] if cause else type(e).__name__
+        what = ("holds an object that is not a tensor, a plain container or one of the few allowed types"
+                if "global" in first.lower() else "is corrupt or a pickle of another kind, not a torch checkpoint")
+        raise EncoderCheckpointError(f"{path}: refusing to load it: the file {what} ({first[:200]}). Nothing from it "
+                                     f"was run; {fix}.") from None
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch.load's reader on malformed bytes: KeyError, EOFError, RuntimeError, ...
+        raise EncoderCheckpointError(f"{path} is not a torch checkpoint ({type(e).__name__}: {str(e)[:200]}): "
+                                     f"truncated, corrupt or another kind of file; {fix}.") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         got = sorted(map(str, ckpt))[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise EncoderCheckpointError(f"{path} is not a ReStyle checkpoint: expected a dict with 'state_dict', "
@@ -420,11 +447,8 @@ class ReStyleEncoder:
         Returns:
             ws [N, num_ws, w_dim] float32 on :attr:`device` (and the per-iteration codes if ``return_steps``).
         """
-        if int(n_iters) < 1:
-            raise ValueError(f"n_iters must be >= 1, got {n_iters}")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        batch_size = int(batch_size)
+        n_iters = integer(n_iters, "n_iters", 1, 100)  # 2.5 is refused, not truncated to 2
+        batch_size = integer(batch_size, "batch_size", 1, 4096)
         n, batches = self._batches(images, batch_size)
         avg_img = self.average_image(force_fp32)
         out = torch.empty([n_iters, n, self.generator.num_ws, self.generator.w_dim], device=self.device)
@@ -587,7 +611,8 @@ def invert_reference(G, image, *, encoder=None, pti: bool | None = None, n_iters
     With a matching ``encoder`` (see :func:`encoder_for`) the code is the encoder's; otherwise ``invert_steps`` of
     optimisation (:func:`~v2s_nb.method.invert.invert`; default: its ``steps``). Then, when ``pti`` (default: on
     for trained generators, off for random-weight ones), :func:`~v2s_nb.method.invert.pivotal_tuning` fine-tunes a
-    copy of ``G`` around that code for ``pti_steps`` steps. Pose encoding should keep running on ``G``; rendering uses the returned one.
+    copy of ``G`` around that code for ``pti_steps`` steps. Pose encoding should keep running on ``G``; rendering
+    uses the returned one.
 
     Returns:
         (Inversion of the one image, G_render): ``G_render`` is ``G`` itself when PTI is off.

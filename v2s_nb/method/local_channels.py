@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from ..atomic import write_atomic
 from ..caching import default_dir, entry_path, generator_hash, warn_unusable
 from ..progress import progress_bar
+from ..validate import integer
 
 __all__ = [
     "DEFAULT_THRESHOLD", "DEFAULT_T_FG", "DEFAULT_T_BG", "ChannelSets", "Selection", "discover", "score_channels",
@@ -234,7 +235,7 @@ class _Accumulator:
 def _regions_of(masks: Mapping[str, np.ndarray], regions) -> list[str]:
     if regions is None:
         regions = [r for r in masks if r != "rest"]
-    regions = list(regions)
+    regions = [regions] if isinstance(regions, str) else list(regions)  # 'eyes' is one region, not 4 letters
     missing = [r for r in regions if r not in masks]
     if missing:
         raise KeyError(f"masks has no region(s) {missing}; it has {list(masks)}")
@@ -339,21 +340,30 @@ class ChannelSets:
     def layers(self) -> list[str]:
         return list(self.settings.get("layers") or next(iter(self.scores.values()), {}).keys())
 
-    def __getitem__(self, region: str) -> dict[str, Selection]:
+    def _of(self, region: str) -> dict[str, Selection]:
+        if region not in self._sel:
+            raise KeyError(f"no region {region!r} in these channel sets; they have {self.regions} (discover() "
+                           "scores the regions of its masks)")
         return self._sel[region]
 
+    def __getitem__(self, region: str) -> dict[str, Selection]:
+        return self._of(region)
+
     def get(self, region: str, layer: str) -> Selection:
-        return self._sel[region][layer]
+        by_layer = self._of(region)
+        if layer not in by_layer:
+            raise KeyError(f"no layer {layer!r} in these channel sets; they have {self.layers}")
+        return by_layer[layer]
 
     def channels(self, region: str, layer: str) -> np.ndarray:
-        return self._sel[region][layer].channels
+        return self.get(region, layer).channels
 
     def num_channels(self, layer: str) -> int:
         return len(next(iter(self.scores.values()))[layer]["iou_pos"])
 
     def union(self, regions: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """{layer: sorted channel indices selected for any of ``regions`` (default: all)}."""
-        regions = self.regions if regions is None else list(regions)
+        regions = self.regions if regions is None else [regions] if isinstance(regions, str) else list(regions)
         return {l: np.unique(np.concatenate([self.channels(r, l) for r in regions]).astype(np.int64))
                 for l in self.layers}
 
@@ -371,7 +381,7 @@ class ChannelSets:
         out = []
         for r in ([region] if region else self.regions):
             rr = [(r, l, int(c), float(p), float(n)) for l in self.layers
-                  for c, p, n in zip(*dataclasses.astuple(self._sel[r][l]))]
+                  for c, p, n in zip(*dataclasses.astuple(self.get(r, l)))]
             out += sorted(rr, key=lambda t: -t[3])
         return out
 
@@ -462,6 +472,7 @@ def compute_scores(G, ws, masks, layers, regions, threshold, maps="modulated", b
                    progress=True, chunk_elements=DEFAULT_CHUNK_ELEMENTS) -> dict:
     """{region: {layer: {'iou_pos', 'iou_neg'}}}: one synthesis pass per image batch, then layer by layer,
     channel chunk by channel chunk (memory bounded by ``batch_size`` and ``chunk_elements``)."""
+    batch_size = integer(batch_size, "batch_size (images per synthesis pass)", 1, 4096)
     sy = _synthesis(G)
     dev = sy.device
     ws = torch.as_tensor(ws)
@@ -520,6 +531,8 @@ def discover(G, ws, masks: Mapping[str, np.ndarray], layers: Sequence[str] | Non
     # before any synthesis or cache lookup
     t_fg, t_bg = _check_level("t_fg", t_fg), _check_level("t_bg", t_bg)
     threshold = _check_level("threshold", threshold, upper_open=True)
+    # a negative batch scored nothing (an empty range), silently; 0 failed deep inside; 4096 as the CLI allows
+    batch_size = integer(batch_size, "batch_size (images per synthesis pass)", 1, 4096)
     sy = _synthesis(G)
     layers = default_layers(G) if layers is None else ([layers] if isinstance(layers, str) else list(layers))
     for layer in layers:

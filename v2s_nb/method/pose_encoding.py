@@ -45,6 +45,7 @@ from .loss_scale import codes_only, grad_scaler
 from torch import nn
 from ..errors import FallbackWarning, V2SError
 from ..progress import progress_bar, progress_iter
+from ..validate import integer
 
 __all__ = [
     "LAMBDA_POSE", "LAMBDA_ID", "POSE_ROWS", "PoseUnavailableError", "PoseEncoding", "PoseRegressor",
@@ -214,8 +215,15 @@ def fit_pose_regressor(ws: torch.Tensor, poses: np.ndarray, rows: int = POSE_ROW
                        info: dict | None = None) -> PoseRegressor:
     """Ridge regression of ``poses`` [N, 3] on the mean of rows 0-7 of ``ws`` [N, num_ws, w_dim] (NaN rows dropped)."""
     poses = np.asarray(poses, np.float64)
+    ws = torch.as_tensor(ws)
+    if ws.ndim != 3:
+        raise ValueError(f"ws must be [N, num_ws, w_dim] codes, got shape {tuple(ws.shape)}")
+    if poses.ndim != 2 or poses.shape[1] != 3:
+        raise ValueError(f"poses must be [N, 3] (yaw, pitch, roll in degrees), got shape {poses.shape}")
+    if len(ws) != len(poses):  # row i of poses is the pose of code i: checked here, not an IndexError later
+        raise ValueError(f"ws has {len(ws)} codes but poses has {len(poses)} rows: give one pose per code")
     ok = np.isfinite(poses).all(1)
-    x = torch.as_tensor(ws)[:, :rows].double().mean(1).cpu().numpy()[ok]
+    x = ws[:, :rows].double().mean(1).cpu().numpy()[ok]
     y = poses[ok]
     if len(y) < 4:
         raise PoseUnavailableError(f"only {len(y)} samples with a face: too few to fit a pose regressor")
@@ -309,6 +317,7 @@ def _w_linear_regressor(G, n_samples, truncation_psi, seed, cache, measure, min_
 def measure_pose(G, ws, batch_size: int = 8) -> np.ndarray:
     """Head pose [N, 3] measured on ``G.synthesis(ws)`` with landmarks + head_pose; NaN where no face."""
     from ..images import to_uint8
+    batch_size = integer(batch_size, "batch_size (images per synthesis pass)", 1, 4096)  # -1 measured nothing
     dev = G.device
     ws = torch.as_tensor(ws)
     out = [images_pose(to_uint8(G.synthesis(ws[s:s + batch_size].to(dev))))

@@ -23,6 +23,8 @@ import contextlib
 import torch
 from torch.autograd.function import once_differentiable
 
+from .networks import check_input_transform
+
 
 def _cuda_device(G) -> torch.device:
     """G's device, which must be a CUDA one (else a ValueError naming the alternative)."""
@@ -101,9 +103,8 @@ class GraphedSynthesis:
             raise KeyError(f"styles lacks entries for {missing}")
         n = int(styles["input"].shape[0])
         if transform is not None:
+            check_input_transform(transform, n)  # before the reshape, which would take any 9k numbers
             transform = torch.as_tensor(transform, dtype=torch.float32, device=self.device).reshape(-1, 3, 3)
-            if transform.shape[0] not in (1, n):
-                raise ValueError(f"transform must be [3, 3] or [{n}, 3, 3], got {tuple(transform.shape)}")
             transform = transform.expand(n, 3, 3)
         outs = []
         for start in range(0, n, self.batch_size):

@@ -25,6 +25,33 @@ from .ops import design_lowpass_filter, filtered_lrelu, modulated_conv2d
 
 IMPLS = ("auto", "fast", "plain")
 
+_TRANSFORM_FIX = ("pass one [3, 3] matrix or one per sample [N, 3, 3], e.g. "
+                  "v2s_nb.stylegan3.input_transform(tx, ty, angle_deg)")
+# torch < 2.3 has no torch.compiler.is_compiling: the value check then only costs a graph break there
+_is_compiling = getattr(torch.compiler, "is_compiling", None) or (lambda: False)
+
+
+def check_input_transform(transform, n: int | None = None) -> None:
+    """Refuse an input-transform override that is not [3, 3], [1, 3, 3] or [n, 3, 3] (``n``: the batch), and,
+    where its values are on the host (a CPU tensor, a numpy array, Python numbers), one holding NaN / inf (an
+    all-NaN image). Of a GPU tensor only the shape is read: no synchronisation in optimisation loops or CUDA graphs.
+    """
+    if torch.is_tensor(transform):
+        shape = tuple(transform.shape)
+        host = transform if transform.device.type == "cpu" and not _is_compiling() else None
+    else:
+        try:
+            host = np.asarray(transform, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"transform must be a matrix of numbers, got {type(transform).__name__}; "
+                             f"{_TRANSFORM_FIX}") from None
+        shape = host.shape
+    if not (shape == (3, 3) or (len(shape) == 3 and shape[1:] == (3, 3) and (n is None or shape[0] in (1, n)))):
+        batch = f" for a batch of {n}" if n is not None and len(shape) == 3 and shape[1:] == (3, 3) else ""
+        raise ValueError(f"transform has shape {list(shape)}{batch}; {_TRANSFORM_FIX}")
+    if host is not None and not bool(torch.isfinite(host).all() if torch.is_tensor(host) else np.isfinite(host).all()):
+        raise ValueError(f"transform holds NaN or inf (the image would be all NaN); {_TRANSFORM_FIX}")
+
 
 def resolve_impl(impl: str, device: torch.device) -> str:
     """'auto' -> 'fast' on CUDA with Triton, else 'plain'. An unavailable 'fast' warns once and falls back."""
@@ -147,6 +174,8 @@ class SynthesisInput(nn.Module):
         """Render the features from the 4 style values ``t`` [N, 4]; ``transform`` [3,3] or [N,3,3] overrides
         the buffer. Returns float32 [N, channels, size_y, size_x]."""
         n = t.shape[0]
+        if transform is not None:
+            check_input_transform(transform, n)
         t = t.to(torch.float32)
         base = self.transform if transform is None else torch.as_tensor(transform, dtype=torch.float32,
                                                                           device=t.device)
@@ -317,10 +346,34 @@ class SynthesisNetwork(nn.Module):
         ws = ws.to(torch.float32)
         return {name: getattr(self, name).affine(ws[:, i]) for i, name in enumerate(self.style_names)}
 
-    def _run(self, styles, transform=None, force_fp32=False, stop_after=None, collect=(), impl=None, out_gain=1.0):
+    def _style_widths(self) -> dict[str, int]:
+        """{style name: S channels}: 4 for the input, each layer's in_channels (kept: read on every call)."""
+        widths = self.__dict__.get("_style_width_cache")
+        if widths is None:
+            widths = {"input": 4, **{n: getattr(self, n).in_channels for n in self.layer_names}}
+            self.__dict__["_style_width_cache"] = widths
+        return widths
+
+    def _check_styles(self, styles) -> None:
+        """Shapes only (no GPU synchronisation): every entry [N, channels of its layer], one N for all."""
         missing = [n for n in self.style_names if n not in styles]
         if missing:
             raise KeyError(f"styles lacks entries for {missing}; expected keys {self.style_names}")
+        first = getattr(styles["input"], "shape", ())
+        n = first[0] if len(first) == 2 else None
+        for name, width in self._style_widths().items():
+            shape = getattr(styles[name], "shape", ())
+            if len(shape) != 2 or shape[1] != width or shape[0] != n:
+                shape = tuple(shape)
+                want = f"[{'N' if n is None else n}, {width}]"
+                raise ValueError(f"styles[{name!r}] has shape {list(shape)}, expected {want}: {width} values per "
+                                 "sample, the same N samples in every entry; edit the values of "
+                                 "G.synthesis.styles(ws) without changing their shapes")
+
+    def _run(self, styles, transform=None, force_fp32=False, stop_after=None, collect=(), impl=None, out_gain=1.0,
+             check_styles=True):
+        if check_styles:  # styles made by self.styles() are right by construction
+            self._check_styles(styles)
         impl = resolve_impl(impl or self.impl, styles["input"].device)
         feats = {}
         x = self.input.forward_styles(styles["input"], transform=transform)
@@ -346,7 +399,8 @@ class SynthesisNetwork(nn.Module):
 
         ``transform`` ([3, 3] or per-sample [N, 3, 3], NVIDIA's inverse convention) overrides the input's
         ``transform`` buffer for this call only. ``impl`` ('auto', 'fast', 'plain'; default ``self.impl``)
-        picks the implementation: 'fast' is the Triton path on CUDA, 'plain' the reference ops.
+        picks the implementation: 'fast' is the Triton path on CUDA, 'plain' the reference ops. Misshapen
+        ``styles`` or ``transform`` raise ValueError (shapes only are read from GPU tensors).
         """
         x, _ = self._run(styles, transform=transform, force_fp32=force_fp32, impl=impl, out_gain=self.output_scale)
         return x.to(torch.float32)
@@ -354,7 +408,9 @@ class SynthesisNetwork(nn.Module):
     def forward(self, ws, noise_mode="const", force_fp32=False, transform=None, impl=None, **_ignored):
         """ws [N, num_ws, w_dim] -> image [N, C, R, R]. ``noise_mode`` is accepted for compatibility
         (StyleGAN3 has no noise inputs). Other arguments as in :meth:`from_styles`."""
-        return self.from_styles(self.styles(ws), transform=transform, force_fp32=force_fp32, impl=impl)
+        x, _ = self._run(self.styles(ws), transform=transform, force_fp32=force_fp32, impl=impl,
+                         out_gain=self.output_scale, check_styles=False)  # = from_styles(styles(ws))
+        return x.to(torch.float32)
 
     def feature_maps(self, ws, layers: Iterable[str] | str | None = None, transform=None,
                      force_fp32=False, impl=None) -> dict[str, torch.Tensor]:
@@ -373,7 +429,7 @@ class SynthesisNetwork(nn.Module):
             raise KeyError(f"unknown layer(s) {unknown}; valid names: {self.style_names}")
         last = max(layers, key=self.style_names.index)
         _, feats = self._run(self.styles(ws), transform=transform, force_fp32=force_fp32, stop_after=last,
-                             collect=set(layers), impl=impl)
+                             collect=set(layers), impl=impl, check_styles=False)
         return {name: feats[name] for name in layers}
 
 

@@ -19,16 +19,84 @@ import torch
 import torch.nn.functional as F
 
 from ..method import local_channels as lc
+from ..validate import integer
 
 __all__ = ["plot_channel_maps", "FeatureMapBrowser", "browse_feature_maps", "render_image"]
 
 
+#: Most channel maps per region in :func:`plot_channel_maps` (a row of panels; more is unreadable).
+MAX_PER_REGION = 64
+
+
+def _codes(ws) -> torch.Tensor:
+    w = torch.as_tensor(ws)
+    if w.ndim != 3:
+        raise ValueError(f"ws must be codes [N, num_ws, w_dim], got shape {list(w.shape)}"
+                         + ("; for one code pass ws[None]" if w.ndim == 2 else ""))
+    return w
+
+
+def _checked_index(index, n: int) -> int:
+    """``index`` as 0..n-1; negative ones count from the end, as in Python (and the tuner's ``frame``)."""
+    i = integer(index, "index")
+    if not -n <= i < n:
+        raise IndexError(f"index {i} is outside the {n} codes of ws: use 0..{n - 1} (negative counts from the end)")
+    return i % n
+
+
+def _checked_regions(regions, known, what: str) -> list[str]:
+    """``regions`` as a list (one name may be given as a string), each one of ``known``."""
+    regions = [regions] if isinstance(regions, str) else list(regions)
+    if not regions:
+        raise ValueError(f"no region to show; name some of {list(known)}")
+    unknown = [r for r in regions if r not in known]
+    if unknown:
+        raise KeyError(f"no region(s) {unknown} in {what}; it has {list(known)}")
+    return regions
+
+
+def _check_mask_count(masks, regions, n: int) -> None:
+    """One mask [H, W] per code of ws: the mask at ``index`` must be the one of that code's image."""
+    for r in regions:
+        shape = np.shape(masks[r])
+        if len(shape) != 3 or shape[0] != n:
+            raise ValueError(f"masks[{r!r}] has shape {list(shape)} but ws holds {n} codes: pass bool masks "
+                             f"[{n}, H, W], one per code's image (e.g. the masks given to discover with these ws)")
+
+
+def _check_layers(G, layers, channel_sets=None) -> None:
+    """Every layer must be one of G's S layers with the channel count the channel sets scored: else they were
+    discovered on another generator and their channel indices mean nothing here."""
+    sy = G.synthesis
+    foreign = [l for l in layers if l not in sy.style_names]
+    if foreign:
+        raise ValueError(f"layer(s) {foreign} are not layers of this generator: the channel sets (or layers) "
+                         "come from another generator; pass that generator, or run local_channels.discover on "
+                         f"this one (its layers: {sy.layer_names})")
+    if channel_sets is None:
+        return
+    maps = channel_sets.settings.get("maps", "modulated")
+    scored = {l for by_layer in channel_sets.scores.values() for l in by_layer}
+    for l in layers:
+        if l == "input" or l not in scored:
+            continue  # 'input' has no map (layer_maps says so); other layers are shown without scores
+        layer = getattr(sy, l)
+        want = layer.in_channels if maps == "modulated" else layer.out_channels
+        have = channel_sets.num_channels(l)
+        if have != want:
+            raise ValueError(f"the channel sets score {have} channels of {l} but this generator's {l} has {want}: "
+                             "they were discovered on another generator; pass that generator, or run "
+                             "local_channels.discover on this one")
+
+
 @torch.no_grad()
 def render_image(G, ws, index: int = 0) -> np.ndarray:
-    """uint8 [H, W, 3] of latent ``ws[index]``."""
+    """uint8 [H, W, 3] of latent ``ws[index]`` (negative ``index`` counts from the end)."""
     from ..images import to_uint8
 
-    w = torch.as_tensor(ws)[index:index + 1].to(G.synthesis.device)
+    ws = _codes(ws)
+    index = _checked_index(index, ws.shape[0])
+    w = ws[index:index + 1].to(G.synthesis.device)
     return to_uint8(G.synthesis(w))[0]
 
 
@@ -64,22 +132,31 @@ def _check_mask_size(masks, regions, size) -> None:
 def plot_channel_maps(G, ws, channel_sets: "lc.ChannelSets", index: int = 0, *, image=None, masks=None,
                       regions=None, max_per_region: int = 6, alpha: float = 0.65, cmap: str = "magma",
                       panel_size: float = 1.8):
-    """Fig. 5: for image ``index`` of ``ws``, the selected channels' normalised maps over the image.
+    """Fig. 5: for image ``index`` of ``ws`` (negative counts from the end), the selected channels' normalised maps
+    over the image.
 
-    One row per region (default: all of ``channel_sets``), best mean IoU+ first, at most ``max_per_region``
-    maps; the first column is the image with the region outlined when ``masks`` ({region: [N, H, W]}) is given.
-    Returns the matplotlib figure.
+    One row per region (default: all of ``channel_sets``; one name may be a string), best mean IoU+ first, at
+    most ``max_per_region`` (1..64) maps; the first column is the image with the region outlined when ``masks``
+    ({region: [N, H, W]}, one per code of ``ws``) is given. Returns the matplotlib figure.
     """
     import matplotlib.pyplot as plt
 
-    regions = channel_sets.regions if regions is None else list(regions)
+    # before any synthesis: each of these failed deep inside, or drew a wrong or huge figure
+    ws = _codes(ws)
+    index = _checked_index(index, ws.shape[0])
+    max_per_region = integer(max_per_region, "max_per_region", 1, MAX_PER_REGION)
+    regions = channel_sets.regions if regions is None else _checked_regions(regions, channel_sets.regions,
+                                                                            "the channel sets")
+    _check_layers(G, channel_sets.layers, channel_sets)
+    if masks is not None:
+        _check_mask_count(masks, [r for r in regions if r in masks], ws.shape[0])
     img = render_image(G, ws, index) if image is None else np.asarray(image)
     size = img.shape[:2]
     if masks is not None:
         _check_mask_size(masks, [r for r in regions if r in masks], size)
     rows = {r: channel_sets.rows(r)[:max_per_region] for r in regions}
     layers = sorted({row[1] for rr in rows.values() for row in rr}, key=G.synthesis.style_names.index)
-    maps = lc.layer_maps(G, torch.as_tensor(ws)[index:index + 1], layers,
+    maps = lc.layer_maps(G, ws[index:index + 1], layers,
                          maps=channel_sets.settings.get("maps", "modulated")) if layers else {}
     ncols = 1 + max(1, max((len(v) for v in rows.values()), default=1))
     fig, axes = plt.subplots(len(regions), ncols, figsize=(panel_size * ncols, panel_size * len(regions) + 0.3),
@@ -147,15 +224,27 @@ class FeatureMapBrowser:
         import ipywidgets as W
         import matplotlib
 
-        self.G, self.masks, self.channel_sets, self.index, self.size = G, masks, channel_sets, int(index), int(size)
-        self.ws = torch.as_tensor(ws)[self.index:self.index + 1]
+        # before any synthesis: each of these failed deep inside (or on a later control change)
+        ws = _codes(ws)
+        index = _checked_index(index, ws.shape[0])
+        size = integer(size, "size (pixels of each view)", 16, 4096)
+        self.G, self.masks, self.channel_sets, self.index, self.size = G, masks, channel_sets, index, size
+        self.ws = ws[index:index + 1]
         self._maps_kind = channel_sets.settings.get("maps", "modulated") if channel_sets is not None else "modulated"
         if layers is None:
             layers = channel_sets.layers if channel_sets is not None else lc.default_layers(G)
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        _check_layers(G, layers if channel_sets is None else layers + [l for l in channel_sets.layers
+                                                                         if l not in layers], channel_sets)
+        for l in layers:
+            lc.map_layer(G, l, self._maps_kind)  # 'input' modulates no map: refused now, not when picked
         if regions is None:
             regions = channel_sets.regions if channel_sets is not None else [r for r in masks if r != "rest"]
+        regions = _checked_regions(regions, masks, "masks")
+        _check_mask_count(masks, regions, ws.shape[0])
         if threshold is None:
             threshold = channel_sets.threshold if channel_sets is not None else lc.DEFAULT_THRESHOLD
+        threshold = lc._check_level("threshold", threshold, upper_open=True)
         self.image = render_image(G, ws, self.index) if image is None else np.asarray(image)
         _check_mask_size(masks, regions, self.image.shape[:2])
         self._cmap = matplotlib.colormaps[cmap]
@@ -167,8 +256,8 @@ class FeatureMapBrowser:
         self.channel = W.IntSlider(min=0, max=0, value=0, description="channel", continuous_update=False)
         self.selected = W.Dropdown(options=[("-", -1)], value=-1, description="selected")
         # max below 1: binarisation needs threshold < 1 (map > 1 is never true)
-        self.threshold = W.FloatSlider(min=0.0, max=0.99, step=0.01, value=float(threshold), description="threshold",
-                                       continuous_update=False, readout_format=".2f")
+        self.threshold = W.FloatSlider(min=0.0, max=max(0.99, threshold), step=0.01, value=threshold,
+                                       description="threshold", continuous_update=False, readout_format=".2f")
         self.map_view = W.Image(format="png", width=self.size, height=self.size)
         self.mask_view = W.Image(format="png", width=self.size, height=self.size)
         self.iou_label = W.HTML()
