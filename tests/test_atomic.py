@@ -107,7 +107,8 @@ def test_write_together_moves_all_or_none(tmp_path, monkeypatch):
             t.write_text("new")
     assert all(p.read_text() == "new" for p in targets.values())
 
-    # Ctrl-C while the files are moved: held back until all are in place, then raised
+    # Ctrl-C while the files are moved: held back until all are in place, then raised. Python's own SIGINT handler
+    # for this part: a run started in the background (nohup, CI) inherits SIGINT ignored, and then none is raised
     real_replace, calls = os.replace, []
 
     def replace(src, dst):
@@ -117,8 +118,12 @@ def test_write_together_moves_all_or_none(tmp_path, monkeypatch):
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(KeyboardInterrupt):
-        with atomic.write_together(targets) as tmp:
-            for t in tmp.values():
-                t.write_text("newer")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with atomic.write_together(targets) as tmp:
+                for t in tmp.values():
+                    t.write_text("newer")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert len(calls) == 2 and all(p.read_text() == "newer" for p in targets.values())
