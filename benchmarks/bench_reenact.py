@@ -44,7 +44,9 @@ def make_reenactor(G, T, device):
     names = G.synthesis.style_names
     rc = {"eyes": {names[3]: list(range(0, 8))}, "mouth": {names[6]: list(range(4, 12))}}
     tr = np.stack([np.linspace(0, 0.05, T), np.zeros(T), np.linspace(-5, 5, T)], 1)
-    return Reenactor(G=G, w_ref=ws[0], ws_drive=ws[1:], region_channels=rc, tracks={"driving": tr})
+    # the track is [T, 3] (no face size), so the position is the printed one (absolute mode)
+    return Reenactor(G=G, w_ref=ws[0], ws_drive=ws[1:], region_channels=rc, tracks={"driving": tr},
+                     position_mode="absolute")
 
 
 def bench(G, device, T=160, batch=8, reps=5):
