@@ -431,9 +431,9 @@ def run_demo(out, *, frames: int = 32, fps: float = 16.0, settings: FitSettings 
              say: Callable[[str], None] | None = None) -> DemoResult:
     """The offline demo, end to end (see the module docstring). Writes the files of :func:`demo_paths` and
     ``<intermediates>/timings.json``, all four together at the end (:func:`~v2s_nb.atomic.write_together`: an
-    interrupted run leaves the previous run's set as it was). ``upsample``: dlib's for the photo and the driving clip (faces of 100+
-    px); ``result_upsample``: for the 128 px result frames. ``cache_dir``: where the fitted generator is kept (default
-    ``<v2s_nb cache>/demo``). ``say``: where progress lines go (default stderr; nothing when ``quiet``)."""
+    interrupted run leaves the previous run's set as it was). ``upsample``: dlib's for the photo and the driving
+    clip (faces of 100+ px); ``result_upsample``: for the 128 px result frames. ``cache_dir``: where the fitted
+    generator is kept (default ``<v2s_nb cache>/demo``). ``say``: where progress lines go (default stderr; nothing when ``quiet``)."""
     from .atomic import write_together
     from .face import align_face
     from .method.reenact import Reenactor
