@@ -6,12 +6,14 @@ import gc
 import subprocess
 import tracemalloc
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
 from v2s_nb.video import (FrameFormatError, Video, VideoReadError, as_rgb_uint8, ffmpeg_exe, read_video,
                           show_video, show_videos, stream_video, video_info, write_video)
+from v2s_nb.errors import V2SWarning
 from v2s_nb.video import _passthrough, _stderr_tail
 
 
@@ -295,6 +297,73 @@ def test_variable_frame_rate_reads_each_frame_once(tmp_path):
     assert all(np.any(a != b) for a, b in zip(v.frames[:-1], v.frames[1:]))  # no frame repeated
     with stream_video(path, chunk=32) as s:
         assert sum(len(c) for c in s) == 90
+
+
+# ------------------------------------------------------------------------------------------ rates and durations
+
+
+def _lavfi_clip(path, rate: str, frames: int = 3, fmt: tuple = ("-c:v", "libx264", "-pix_fmt", "yuv420p")):
+    """A clip of ``frames`` test-pattern frames at the exact rational ``rate`` (ffmpeg syntax, e.g. "24000/1001")."""
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    f"testsrc=size=64x48:rate={rate}", "-frames:v", str(frames), *fmt, str(path)], check=True)
+    return path
+
+
+@pytest.mark.parametrize("rate", ["24000/1001", "30000/1001", "60000/1001", "1/3", "1000", "2000"])
+def test_rates_ffmpeg_prints_rounded_are_read_exactly(tmp_path, rate):
+    """ffmpeg prints "23.98 fps" for 24000/1001, "0.33 fps" for 1/3 and "1k fps" for 1000 (which imageio-ffmpeg
+    read as 0, and we then as 30 fps with a warning)."""
+    path = _lavfi_clip(tmp_path / "r.mp4", rate)
+    exact = float(Fraction(rate))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "assuming 30 fps"
+        info = video_info(path)
+        with stream_video(path) as s:
+            assert s.fps == pytest.approx(exact, rel=0, abs=1e-6)
+    assert info.fps == pytest.approx(exact, rel=0, abs=1e-6)
+    assert info.duration == pytest.approx(3 / exact, abs=0.01)  # ffmpeg prints it to 0.01 s
+
+
+@pytest.mark.parametrize("fps", [24000 / 1001, 30000 / 1001, 1 / 3, 1000])
+def test_write_read_keeps_exact_rates(tmp_path, fps):
+    path = write_video(tmp_path / "w.mp4", smooth_pattern(3, 32, 32), fps=fps, preset="ultrafast")
+    v = read_video(path)
+    assert len(v) == 3 and v.fps == pytest.approx(fps, rel=0, abs=1e-6)
+
+
+def test_duration_of_100_hours_and_more(tmp_path):
+    """ffmpeg prints "Duration: 150:00:00.00"; imageio-ffmpeg's pattern wants two-digit hours and gave 0."""
+    path = _lavfi_clip(tmp_path / "long.mkv", "1/180000", fmt=("-c:v", "libx264"))  # 3 frames, 3 x 50 hours
+    with pytest.warns(V2SWarning, match="assuming 30 fps"):  # Matroska gives no average rate here ("0.0000 tbr")
+        info = video_info(path)
+    assert info.duration == 540_000.0
+
+
+@pytest.mark.parametrize("line, fps", [
+    ("23.98 fps, 23.98 tbr, 24k tbn", 24000 / 1001), ("29.97 fps, 29.97 tbr, 30k tbn", 30000 / 1001),
+    ("47.95 fps", 48000 / 1001), ("59.94 fps", 60000 / 1001), ("119.88 fps", 120000 / 1001),
+    ("14.99 fps", 15000 / 1001), ("0.33 fps", 1 / 3), ("0.14 fps", 1 / 7), ("0.0042 fps", 0.0042),
+    ("0.07 fps", 0.07),  # 1/14 and 1/15 both print "0.07": kept as printed
+    ("1k fps, 1k tbr, 16k tbn", 1000), ("2k fps", 2000), ("100k fps", 100_000), ("1500 fps", 1500),
+    ("25 fps, 25 tbr", 25), ("12.50 fps", 12.5), ("27.55 fps, 30 tbr", 27.55), ("0.0010 fps", 0.001),
+    ("0.0000 fps, 0.0000 tbr", 0), ("25 tbr, 1k tbn", 0),
+])
+def test_rate_as_ffmpeg_prints_it(line, fps):
+    from v2s_nb.video import _rate_and_duration
+
+    text = f"  Stream #0:0[0x1](und): Video: h264 (High), yuv420p(progressive), 64x48 [SAR 1:1 DAR 4:3], 9 kb/s, {line}"
+    assert _rate_and_duration(text)[0] == pytest.approx(fps, rel=0, abs=1e-9)
+
+
+@pytest.mark.parametrize("line, seconds", [
+    ("00:00:01.00, start: 0.000000", 1.0), ("99:59:59.99, start: 0", 359_999.99),
+    ("100:00:00.00, start: 0.000000, bitrate: N/A", 360_000.0), ("1234:05:06.07", 4_442_706.07),
+    ("N/A, bitrate: N/A", 0),
+])
+def test_duration_as_ffmpeg_prints_it(line, seconds):
+    from v2s_nb.video import _rate_and_duration
+
+    assert _rate_and_duration(f"  Duration: {line}\n")[1] == pytest.approx(seconds, abs=1e-9)
 
 
 # ------------------------------------------------------------------------------------------ bad files

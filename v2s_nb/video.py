@@ -362,7 +362,8 @@ def _passthrough(exe: str) -> tuple[str, ...]:
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
     """What ffmpeg reports about a file before decoding: frame ``width`` and ``height`` in pixels (after any
-    rotation metadata is applied), ``fps`` (frames per second), ``duration`` in seconds (0 when unknown),
+    rotation metadata is applied), ``fps`` (frames per second; exact for the usual rates though ffmpeg prints them
+    rounded, see :func:`_rate_and_duration`), ``duration`` in seconds (0 when unknown),
     ``codec`` name and ``approx_frames`` (round(duration * fps); the exact count is known only after decoding).
     For a variable-frame-rate file ``fps`` is the average rate (frames / duration), the rate that makes the
     decoded frames (passed on as they are, none duplicated) last ``duration``."""
@@ -377,6 +378,43 @@ class VideoInfo:
     @property
     def approx_frames(self) -> int:
         return int(round(self.duration * self.fps))
+
+
+_FPS = re.compile(r", (\d+(?:\.\d+)?)(k?) fps\b")
+_DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
+
+
+def _rate_and_duration(report: str) -> tuple[float, float]:
+    """(average frame rate, duration in seconds) of the first video stream in ffmpeg's report on an input file (what
+    ``ffmpeg -i FILE`` writes to stderr); 0 for either where the report gives none.
+
+    Why not imageio-ffmpeg's ``meta["fps"]`` and ``meta["duration"]``: its parser reads "1k fps" (how ffmpeg prints
+    1000, 2000, ... fps) as no rate, and its duration pattern wants two-digit hours, so 100 hours and more read as 0.
+    And ffmpeg prints the rate rounded (print_fps in libavformat/dump.c: to 0.01, to 0.0001 below 0.005 fps) and the
+    exact fraction nowhere (ffprobe would tell it, but imageio-ffmpeg does not ship it). So a rate printed with
+    decimals is taken for the one usual fraction that ffmpeg prints the same: an NTSC rate n * 1000 / 1001 ("23.98"
+    is 24000/1001, "29.97" 30000/1001, "59.94" 60000/1001) or one frame every N seconds ("0.33" is 1/3); where none or
+    several fit ("0.07": 1/14 or 1/15?) the printed value. A file at exactly 2997/50 fps reads as 60000/1001 (1e-6 off).
+    """
+    def printed(rate: float) -> str:  # as print_fps does
+        v = round(rate * 100)
+        if not v:
+            return f"{rate:.4f}"
+        if v % 100:
+            return f"{rate:.2f}"
+        return f"{rate:.0f}" if v % 100_000 else f"{rate / 1000:.0f}k"
+
+    m = _DURATION.search(report)
+    duration = 3600 * int(m[1]) + 60 * int(m[2]) + float(m[3]) if m else 0.0
+    video = next((ln for ln in report.splitlines() if ln.lstrip().startswith("Stream #") and " Video: " in ln), "")
+    m = _FPS.search(video)
+    fps = float(m[1]) * (1000 if m[2] else 1) if m else 0.0
+    if m and "." in m[1] and fps > 0:
+        n = int(1 / fps)  # one frame every N s: N near 1 / fps (two either side, to see whether several fit)
+        every = [1 / k for k in range(max(n - 1, 1), n + 3)] if fps < 1 else []
+        fits = {c for c in [round(fps * 1.001) * 1000 / 1001, *every] if printed(c) == m[1]}
+        fps = fits.pop() if len(fits) == 1 else fps
+    return fps, duration
 
 
 def _open_reader(p: Path):
@@ -398,12 +436,20 @@ def _open_reader(p: Path):
         raise VideoReadError(
             f"Could not read '{p}' as a video (corrupt file, or not a video). "
             f"ffmpeg said:\n    {_stderr_tail(err)}") from None
-    fps = float(meta.get("fps") or 0.0)
+    try:  # ffmpeg's own report on the file: imageio-ffmpeg's meta loses rates and durations (see _rate_and_duration)
+        report = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(p)],
+                                capture_output=True, text=True, errors="replace", timeout=60).stderr
+    except (OSError, subprocess.SubprocessError):
+        report = ""
+    fps, duration = _rate_and_duration(report)
+    # where the report has none (no "fps" on the stream line, no report): imageio-ffmpeg's (it falls back to "tbr")
+    fps, duration = fps or float(meta.get("fps") or 0.0), duration or float(meta.get("duration") or 0.0)
     if not np.isfinite(fps) or fps <= 0:
-        warnings.warn(f"'{p}': ffmpeg reports no frame rate; assuming 30 fps.", V2SWarning, stacklevel=3)
+        warnings.warn(f"'{p}': ffmpeg reports no frame rate; assuming 30 fps. If that is wrong, re-encode the file "
+                      "with its rate (ffmpeg -i IN -r RATE OUT).", V2SWarning, stacklevel=3)
         fps = 30.0
     info = VideoInfo(path=p, width=width, height=height, fps=fps,
-                     duration=float(meta.get("duration") or 0.0), codec=str(meta.get("codec", "")))
+                     duration=duration, codec=str(meta.get("codec", "")))
     return gen, info
 
 
