@@ -124,6 +124,15 @@ VARIANTS = {  # name: fast_ops settings changed for the variant ('default': as t
     "split2": dict(BACKWARD_WARPS={F16: 8, F32: 4}, BACKWARD_SPLIT={F16: 2, F32: 2}, BACKWARD_LAUNCH={}),
     "split4": dict(BACKWARD_WARPS={F16: 8, F32: 4}, BACKWARD_SPLIT={F16: 4, F32: 4}, BACKWARD_LAUNCH={}),
     "split2-warps4": dict(BACKWARD_WARPS={F16: 4, F32: 4}, BACKWARD_SPLIT={F16: 2, F32: 2}, BACKWARD_LAUNCH={}),
+    # the float32 layers' launch and the small planes' first tile edge (the defaults' other settings kept)
+    "f32-warps8": dict(BACKWARD_WARPS={F16: 8, F32: 8}),
+    "f32-split2-warps8": dict(BACKWARD_WARPS={F16: 8, F32: 8}, BACKWARD_SPLIT={F16: 1, F32: 2}),
+    "small-tile32": dict(BACKWARD_TILES=(128, 32)),
+    "small-tile128": dict(BACKWARD_SMALL_OUT=0),
+    # the fp16 4x layers' (row blocks, warps)
+    "x4-split2-warps8": dict(BACKWARD_LAUNCH={(F16, 4): (2, 8)}),
+    "x4-split4-warps4": dict(BACKWARD_LAUNCH={(F16, 4): (4, 4)}),
+    "x4-split4-warps8": dict(BACKWARD_LAUNCH={(F16, 4): (4, 8)}),
 }
 
 
