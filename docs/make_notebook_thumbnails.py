@@ -1,14 +1,19 @@
 """Run the four notebooks on the CPU and keep one figure of each as a thumbnail for the README.
 
     python docs/make_notebook_thumbnails.py            # writes docs/notebooks/0N_*.png and docs/motion_modes.png
+    python docs/make_notebook_thumbnails.py --stored 02_pose_optimization   # from its stored outputs, not run
 
-Each notebook is executed top to bottom (nbclient, kernel python3, in its own folder, as the tests do); the
+
+Each notebook (all four, or those named) is executed top to bottom (nbclient, kernel python3, in its own folder, as the tests do); the
 thumbnail is the notebook's largest PNG output (the figure a reader would look at first), scaled to 480 px wide.
 Figures the README shows whole are saved too (:data:`FIGURES`: the output of the cell whose code contains a marker).
+``--stored`` takes the figures from the outputs stored in the notebook file instead (those that
+``docs/make_notebook_outputs.py`` wrote, with the weights it ran with), without running it.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import io
 import sys
@@ -53,11 +58,23 @@ def _save(img: Image.Image, target: Path) -> None:
     tmp.replace(target)
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="README thumbnails of the notebooks (docs/notebooks/0N_*.png).")
+    ap.add_argument("notebooks", nargs="*", help="notebook stems, e.g. 02_pose_optimization (default: all four)")
+    ap.add_argument("--stored", action="store_true", help="use the outputs stored in the notebooks; don't run them")
+    args = ap.parse_args(argv)
+    paths = sorted((REPO / "notebooks").glob("0*.ipynb"))
+    unknown = set(args.notebooks) - {p.stem for p in paths}
+    if unknown:
+        ap.error(f"no notebook named {sorted(unknown)}; choose from {[p.stem for p in paths]}")
     OUT.mkdir(parents=True, exist_ok=True)
-    for path in sorted((REPO / "notebooks").glob("0*.ipynb")):
+    for path in paths:
+        if args.notebooks and path.stem not in args.notebooks:
+            continue
         nb = nbformat.read(path, as_version=4)
-        NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        if not args.stored:
+            NotebookClient(nb, timeout=900, kernel_name="python3",
+                           resources={"metadata": {"path": str(path.parent)}}).execute()
         if path.stem in FIGURES:
             marker, name = FIGURES[path.stem]
             fig = cell_png(nb, marker)
