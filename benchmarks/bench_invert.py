@@ -4,12 +4,17 @@
     python benchmarks/bench_invert.py --tiny --device cpu --batch 1 4 --steps 10 --seq-frames 16
 
 Prints, per batch size, projection throughput in frames·steps/s (one step = render + backward + Adam update for
-every frame of the batch; eager and from CUDA graphs, ``--graphs``), the set-up per call and peak memory (CUDA: max
-allocated by torch; CPU: peak RSS of the process so far);
+every frame of the batch; eager and, on CUDA, from CUDA graphs: ``--graphs``), the set-up per call and peak memory
+(CUDA: max allocated by torch; CPU: peak RSS of the process so far);
 then PTI's speed (``pivotal_tuning`` of one reference frame: steps/s between a 2-step and a ``--pti-steps`` call,
 the set-up per call (the copy of G; with ``--pti-graphs 1`` the CUDA graphs' recording) and peak memory); then the
-wall time of ``invert_sequence`` over ``--seq-frames`` frames at the default settings (batch 8, steps_first 500,
-steps_next 150, unless overridden), and that time extrapolated to 160 frames when fewer were run.
+wall time of ``invert_sequence`` over ``--seq-frames`` frames at the API's default schedule (batch 8, steps_first
+500, steps_next 150; with ``--tiny`` on the CPU a twentieth of those steps, 25 and 7; unless overridden), and that
+time extrapolated to 160 frames (at the schedule run) when fewer were run.
+Off CUDA, where invert and PTI ignore ``cuda_graphs``, ``--graphs`` and ``--pti-graphs`` default to 0 alone (a ``1``
+row would time the same eager loop again). So the CPU command above stays a smoke run of about a minute on 2 idle
+cores: at the full schedule its 16 frames alone are 5,200 frame-steps, over ten minutes there. On a machine busy
+with other work, ``--threads 1`` can be several times faster than torch's default of one thread per core.
 ``--json FILE`` appends the results as one JSON line.
 """
 
@@ -25,10 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import peak_gib as _peak_gib, sync as _sync  # noqa: E402
-from v2s_nb.method.invert import invert, invert_sequence, pivotal_tuning  # noqa: E402
+from v2s_nb.method.invert import DEFAULTS, STEPS_NEXT, invert, invert_sequence, pivotal_tuning  # noqa: E402
 from v2s_nb.stylegan3 import build_generator, tiny_generator  # noqa: E402
 
-
+#: ``--tiny`` on the CPU (a smoke run and a CPU figure): the sequence run's steps are the API's divided by this.
+TINY_CPU_SCHEDULE_DIVISOR = 20
 
 
 def _targets(G, n, seed=0):
@@ -77,16 +83,18 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16])
     ap.add_argument("--steps", type=int, default=20, help="steps of the timed projection call per batch size "
                                                           "(at least 3; the rate is taken against a 2-step call)")
-    ap.add_argument("--graphs", type=int, nargs="+", default=[0, 1], choices=[0, 1],
-                    help="invert's cuda_graphs settings to time the projection with, one after the other")
+    ap.add_argument("--graphs", type=int, nargs="+", default=None, choices=[0, 1],
+                    help="invert's cuda_graphs settings to time the projection with, one after the other "
+                         "(default: 0 1 on CUDA, 0 elsewhere)")
     ap.add_argument("--pti-steps", type=int, default=20, help="timed PTI steps (0: skip; else at least 3)")
-    ap.add_argument("--pti-graphs", type=int, nargs="+", default=[0, 1], choices=[0, 1],
+    ap.add_argument("--pti-graphs", type=int, nargs="+", default=None, choices=[0, 1],
                     help="PTI's cuda_graphs settings to time, one after the other (each call records its own graphs: "
-                         "set-up)")
+                         "set-up; default: 0 1 on CUDA, 0 elsewhere)")
     ap.add_argument("--seq-frames", type=int, default=160, help="frames of the sequence run (0: skip)")
     ap.add_argument("--seq-batch", type=int, default=8)
-    ap.add_argument("--steps-first", type=int, default=500)
-    ap.add_argument("--steps-next", type=int, default=150)
+    for name, api in (("--steps-first", DEFAULTS["steps"]), ("--steps-next", STEPS_NEXT)):
+        ap.add_argument(name, type=int, default=None,
+                        help=f"default {api} (the API's); with --tiny on the CPU {api // TINY_CPU_SCHEDULE_DIVISOR}")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -96,6 +104,15 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.graphs is None:
+        args.graphs = [0, 1] if device.type == "cuda" else [0]
+    if args.pti_graphs is None:
+        args.pti_graphs = [0, 1] if device.type == "cuda" else [0]
+    div = TINY_CPU_SCHEDULE_DIVISOR if args.tiny and device.type == "cpu" else 1
+    if args.steps_first is None:
+        args.steps_first = DEFAULTS["steps"] // div
+    if args.steps_next is None:
+        args.steps_next = STEPS_NEXT // div
 
     t0 = time.perf_counter()
     if args.tiny:
@@ -151,7 +168,8 @@ def main(argv=None):
         dt = time.perf_counter() - t
         n_batches = -(-args.seq_frames // args.seq_batch)
         # Extrapolate: first batch as measured, the other batches at the measured per-batch cost.
-        per_next = (dt * (inv.frame_steps - args.seq_batch * args.steps_first) / inv.frame_steps) / max(n_batches - 1, 1)
+        per_next = ((dt * (inv.frame_steps - args.seq_batch * args.steps_first) / inv.frame_steps)
+                    / max(n_batches - 1, 1))
         first = dt - per_next * (n_batches - 1)
         est160 = first + per_next * (-(-160 // args.seq_batch) - 1)
         seq = {"frames": args.seq_frames, "batch": args.seq_batch, "steps_first": args.steps_first,
