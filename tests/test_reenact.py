@@ -300,3 +300,17 @@ def test_pti_generator_renders_and_survives_save_load(G, tmp_path):
     save_generator(G, tmp_path / "r" / "G_render.safetensors")
     with pytest.raises(ValueError, match="rendering generator"):
         Reenactor.load(tmp_path / "r")
+
+
+def test_renders_of_bright_frames_give_no_range_warning(G, monkeypatch):
+    """The ImageRangeWarning (all values >= 0: pictures in [0, 1]?) is for users' own tensors; a render that happens
+    to be all bright is generator output, and a CLI user could not act on the warning."""
+    import warnings
+
+    r = _reenactor(G, position="none")
+    bright = lambda frames, **kw: torch.rand(len(frames), 3, *r.resolution_hw)  # noqa: E731
+    monkeypatch.setattr(r, "render_frames", bright)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert r.render_video(progress=False).shape == (len(r), *r.resolution_hw, 3)
+        assert r.render_frame(0).shape == (*r.resolution_hw, 3)

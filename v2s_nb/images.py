@@ -19,12 +19,14 @@ class ImageRangeWarning(V2SWarning):
     """:func:`to_uint8` got values that are all >= 0: likely pictures in [0, 1], not generator images in [-1, 1]."""
 
 
-def to_uint8(img) -> np.ndarray:
+def to_uint8(img, range_check: bool = True) -> np.ndarray:
     """Generator images [N, C, H, W] (or [C, H, W]) in about [-1, 1] -> uint8 [N, H, W, C] (or [H, W, C]).
 
     Refused (:class:`v2s_nb.video.FrameFormatError`): integer input and channel-last shapes (pictures already:
     :func:`v2s_nb.video.as_rgb_uint8` converts those), NaN or infinite values. Values that are all >= 0 give an
-    :class:`ImageRangeWarning`: pictures in [0, 1] would come out washed out (0 -> 128).
+    :class:`ImageRangeWarning`: pictures in [0, 1] would come out washed out (0 -> 128). ``range_check=False``
+    skips that guess, for callers that hold generator output (the package's own renders: a bright frame is no
+    mistake there, and a user could not act on the warning).
     """
     t = torch.as_tensor(img).detach()
     shape = tuple(t.shape)
@@ -47,7 +49,7 @@ def to_uint8(img) -> np.ndarray:
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise FrameFormatError("to_uint8: the images contain NaN or infinity (a diverged inversion or broken "
                                    "generator?); they have no pixel values to convert.")
-        if lo >= 0:
+        if lo >= 0 and range_check:
             last = "x.permute(1, 2, 0)" if single else "x.permute(0, 2, 3, 1)"
             warnings.warn(f"to_uint8 maps generator images in [-1, 1] to 0..255, but all values here are >= 0 "
                           f"(range [{lo:.3g}, {hi:.3g}]): pictures in [0, 1] come out washed out; for those pass "

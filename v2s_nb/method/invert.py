@@ -405,7 +405,7 @@ class Inversion:
         img = torch.cat(out)
         if uint8:
             from ..images import to_uint8
-            return to_uint8(img)
+            return to_uint8(img, range_check=False)
         return img
 
     def matches(self, G) -> bool:

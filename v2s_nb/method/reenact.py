@@ -666,7 +666,7 @@ class Reenactor:
         """uint8 [R, R, 3]: frame ``j`` with optional coefficient overrides (alpha=, beta=, gamma=, zeta=)
         and region toggles (``regions=('eyes', 'mouth')``). One synthesis from cached S codes."""
         from ..images import to_uint8
-        return to_uint8(self.render_frames([int(j)], regions=regions, **coeffs))[0]
+        return to_uint8(self.render_frames([int(j)], regions=regions, **coeffs), range_check=False)[0]
 
     @renamed_kwargs(batch="batch_size")
     def render_video(self, batch_size: int = 8, progress: bool = True, regions=None, **coeffs) -> np.ndarray:
@@ -681,7 +681,7 @@ class Reenactor:
         try:
             for s in range(0, n, max(1, int(batch_size))):
                 idx = np.arange(s, min(n, s + max(1, int(batch_size))))
-                out.append(to_uint8(self.render_frames(idx, regions=regions, **coeffs)))
+                out.append(to_uint8(self.render_frames(idx, regions=regions, **coeffs), range_check=False))
                 if bar is not None:
                     bar.update(len(idx))
         finally:
@@ -707,7 +707,7 @@ class Reenactor:
             j = int(_frame_indices(frame, prep["n"])[0])
             w = prep["w_ref_p"][j if prep["w_ref_p"].shape[0] > 1 else 0][None]
             tr = None if prep["transforms"] is None else prep["transforms"][j:j + 1].to(dev)
-        return to_uint8(self.G_render.synthesis(w.to(dev), transform=tr))[0]
+        return to_uint8(self.G_render.synthesis(w.to(dev), transform=tr), range_check=False)[0]
 
     # ------------------------------------------------------------------ persistence
 
