@@ -419,3 +419,19 @@ def test_show_videos_html():
     assert show_video(a, title="one", return_html=True).count("<video") == 1
     with pytest.raises(FrameFormatError):
         show_videos([np.full((2, 8, 8, 3), 2.0)], return_html=True)
+
+
+def test_rotated_video_reads_upright_without_imageio_note(tmp_path, capfd, caplog):
+    """A phone video with rotation metadata: frames come upright (ffmpeg applies the rotation), and imageio-ffmpeg's
+    note "The frame size for reading ... is different from the source frame size" is not passed on."""
+    src = write_video(tmp_path / "landscape.mp4", smooth_pattern(3, 48, 64), fps=10, preset="ultrafast")
+    rotated = tmp_path / "phone.mp4"
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-display_rotation", "90", "-i",
+                    str(src), "-c", "copy", str(rotated)], check=True)
+    capfd.readouterr()
+    with caplog.at_level("DEBUG"):
+        info = video_info(rotated)
+        frames = read_video(rotated)
+    assert (info.width, info.height) == (48, 64) and frames.frames.shape[1:3] == (64, 48)
+    out, err = capfd.readouterr()
+    assert "different from the source frame size" not in out + err + caplog.text

@@ -13,9 +13,11 @@ folder, which is renamed onto the target name only once it is complete.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
+import logging
 import re
 import os
 import shutil
@@ -417,6 +419,25 @@ def _rate_and_duration(report: str) -> tuple[float, float]:
     return fps, duration
 
 
+class _RotationNote(logging.Filter):
+    """Drops imageio-ffmpeg's "The frame size for reading (W, H) is different from the source frame size (H, W)",
+    logged for every file with rotation metadata (phone videos): ffmpeg applies the rotation, the frames come
+    upright and the size reported is theirs, so the note only alarms."""
+
+    def filter(self, record):
+        return "is different from the source frame size" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_rotation_note():
+    log, note = logging.getLogger("imageio_ffmpeg"), _RotationNote()
+    log.addFilter(note)
+    try:
+        yield
+    finally:
+        log.removeFilter(note)
+
+
 def _open_reader(p: Path):
     """Start ffmpeg decoding ``p`` to rgb24, each decoded frame once; returns (generator of frame bytes, VideoInfo)."""
     import imageio_ffmpeg
@@ -424,7 +445,8 @@ def _open_reader(p: Path):
     gen = imageio_ffmpeg.read_frames(str(p), pix_fmt="rgb24",
                                      output_params=list(_passthrough(imageio_ffmpeg.get_ffmpeg_exe())))
     try:
-        meta = next(gen)
+        with _quiet_rotation_note():
+            meta = next(gen)
         width, height = (int(v) for v in meta["size"])
         if width <= 0 or height <= 0:
             raise ValueError(f"frame size {width}x{height}")
