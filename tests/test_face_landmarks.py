@@ -66,6 +66,57 @@ def test_follows_the_same_person(face512):
     assert centres[0, 0] < 360 and centres[1, 0] < 360  # still the left person
 
 
+def _astronaut_256_turned(i):
+    """The astronaut photo at 256 px, turned by 5 sin(2 pi i / 8) degrees about its face and moved i px right (frame
+    i of the audit's driving clip, before video coding)."""
+    img = cv2.resize(data.astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
+    m = cv2.getRotationMatrix2D((115, 90), 5 * np.sin(2 * np.pi * i / 8), 1.0)
+    m[:, 2] += [i, 0]
+    return cv2.warpAffine(img, m, (256, 256), borderMode=cv2.BORDER_REFLECT_101)
+
+
+def test_first_face_is_the_confident_one_not_a_larger_false_one():
+    """dlib's HOG (upsample 1) finds, besides the face, a weak false "face" on the mission patch whose box is larger
+    (frame 7; frame 6 has it too): the track starts on the real face (by score, not by area) and stays on it."""
+    from v2s_nb.face.landmark_detection import _detect
+
+    frames = np.stack([_astronaut_256_turned(7), _astronaut_256_turned(6)])
+    faces = _detect(frames[0], "hog", 1)
+    assert len(faces) == 2, faces  # the real face, and a larger, far weaker false one on the patch (low in the image)
+    (real_box, real_score, _), (patch_box, patch_score, _) = sorted(faces, key=lambda f: f[0][1])
+    assert real_box[3] < 100 < patch_box[1] and real_score > 0.8 and patch_score < 0.3, faces
+    assert (patch_box[2] - patch_box[0]) * (patch_box[3] - patch_box[1]) \
+        > (real_box[2] - real_box[0]) * (real_box[3] - real_box[1]), faces
+    track = landmarks(frames, upsample=1, progress=False)
+    assert track.found.all() and (track.num_faces == 2).all()
+    assert (track.scores > 0.8).all() and (track.boxes[:, 3] < 100).all(), (track.boxes, track.scores)
+    e, v = eye_mouth_geometry(track.points[0])
+    assert 95 < e[0] < 140 and 45 < e[1] < 70 and v[1] > 10  # eyes on the face (x ~115, y ~57), mouth below
+
+
+def test_first_face_choice_per_score_convention():
+    """The first face: the largest box among those whose score margin over the detector's threshold is at least
+    half the best one's; dlib's margins (threshold 0) and RFB's probabilities (threshold 0.7) alike."""
+    from v2s_nb.face.landmark_detection import _pick
+
+    small, large = (88, 41, 132, 84), (60, 164, 112, 216)
+    # a confident small face beats a larger weak detection
+    assert _pick([(large, 0.024, None), (small, 1.445, None)], None) == 1  # dlib HOG (the astronaut photo)
+    assert _pick([(large, 0.2, None), (small, 1.06, None)], None) == 1  # dlib MMOD CNN
+    assert _pick([(large, 0.75, None), (small, 0.999, None)], None, 0.7) == 1  # RFB: 0.05 vs 0.3 over 0.7
+    # faces of similar confidence: the largest
+    assert _pick([(small, 1.53, None), (large, 1.29, None)], None) == 1  # HOG, two real faces
+    assert _pick([(small, 1.07, None), (large, 0.9, None)], None) == 1  # CNN
+    assert _pick([(small, 0.999, None), (large, 0.92, None)], None, 0.7) == 1  # RFB
+    # without scores (NaN / None) or without a positive margin: the largest
+    assert _pick([(small, np.nan, None), (large, np.nan, None)], None) == 1
+    assert _pick([(small, None, None), (large, None, None)], None) == 1
+    assert _pick([(small, 0.7, None), (large, 0.6, None)], None, 0.7) == 1
+    # a single face is always taken; later frames still follow the previous box, whatever the scores
+    assert _pick([(large, 0.01, None)], None) == 0
+    assert _pick([(small, 1.445, None), (large, 0.024, None)], np.array(large, float)) == 1
+
+
 def test_blank_frame_reported(face512):
     blank = face512.copy()
     blank[100:450, 100:420] = 128

@@ -61,6 +61,12 @@ MODELS = ("dlib", "pfld")
 #: PFLD crop side relative to the longer side of each detector's face box: RFB 1.1 (upstream); HOG 1.35, measured
 #: (HOG's box is tighter and lower: 1.35 x it gives the same square as 1.1 x RFB's on the astronaut photo).
 PFLD_SCALE = {"rfb": 1.1, "hog": 1.35}
+#: Each detector's own acceptance threshold on its score, the zero of the margins that :func:`_pick` compares:
+#: dlib's HOG (run with ``adjust_threshold=0``) and MMOD CNN give SVM-like margins, a face above 0 (real faces
+#: ~0.8-1.7 for HOG, ~1 for the CNN; false ones ~0-0.3); RFB gives a softmax probability, kept above 0.7.
+SCORE_THRESHOLD = {"hog": 0.0, "cnn": 0.0, "rfb": 0.7}
+#: On the first frame, faces whose margin over that threshold is below this fraction of the best one are ignored.
+FIRST_FACE_MIN_MARGIN = 0.5
 
 
 class NoFaceError(V2SError, ValueError):
@@ -277,18 +283,19 @@ def _check_frames_size(track: LandmarkTrack, frames: np.ndarray, what: str) -> N
 # ----------------------------------------------------------------------------------------------- detection
 
 
-def _pick(faces, prev_box) -> int:
+def _pick(faces, prev_box, threshold: float = 0.0) -> int:
     """Index of the face to follow.
 
-    ``prev_box``: the followed face's box (left, top, right, bottom) in the previous frame with a face, or None.
-    First face: the largest box. Afterwards: the box that overlaps the previous one most (intersection over
-    union), so the same person is followed even when a larger face appears; when no box overlaps it, the box
-    whose centre is nearest to the previous centre.
+    ``faces``: [(box (left, top, right, bottom), score, ...)]. ``prev_box``: the followed face's box in the
+    previous frame with a face, or None. ``threshold``: the detector's acceptance threshold on the score
+    (:data:`SCORE_THRESHOLD`). First face: the largest of the confident boxes (:func:`_confident`). Afterwards: the
+    box that overlaps the previous one most (intersection over union), so the same person is followed even when a
+    larger face appears; when no box overlaps it, the box whose centre is nearest to the previous centre.
     """
     boxes = np.array([f[0] for f in faces], np.float64)
     area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
     if prev_box is None:
-        return int(np.argmax(area))
+        return int(np.argmax(np.where(_confident([f[1] for f in faces], threshold), area, -1.0)))
     p = np.asarray(prev_box, np.float64)
     iw = np.clip(np.minimum(boxes[:, 2], p[2]) - np.maximum(boxes[:, 0], p[0]), 0, None)
     ih = np.clip(np.minimum(boxes[:, 3], p[3]) - np.maximum(boxes[:, 1], p[1]), 0, None)
@@ -299,6 +306,23 @@ def _pick(faces, prev_box) -> int:
         return int(np.argmax(iou))
     centres = 0.5 * (boxes[:, :2] + boxes[:, 2:])
     return int(np.argmin(np.hypot(*(centres - 0.5 * (p[:2] + p[2:])).T)))
+
+
+def _confident(scores, threshold: float = 0.0) -> np.ndarray:
+    """Which faces (bool [K]) may be picked as the first face: those whose margin (score - ``threshold``) is at
+    least :data:`FIRST_FACE_MIN_MARGIN` of the best margin; all of them when a score is missing (NaN / None) or
+    no margin is positive (then the area alone decides).
+
+    Why: the first face decides whom the whole clip follows, and the largest box alone is not safe: dlib's HOG
+    finds the astronaut photo's face (256 px) with score 1.45 and, larger, the mission patch with 0.02. Among
+    faces of similar confidence (within a factor of 2 of margin) the largest is still taken (the main subject).
+    The margin over the detector's own threshold puts dlib's margins and RFB's probabilities (0.7-1) on one
+    footing: an RFB box at 0.75 next to one at 0.99 is as doubtful as a HOG box at 0.1 next to one at 1.2.
+    """
+    m = np.array([np.nan if s is None else s for s in scores], np.float64) - float(threshold)
+    if not np.isfinite(m).all() or m.max() <= 0:
+        return np.ones(len(m), bool)
+    return m >= FIRST_FACE_MIN_MARGIN * m.max()
 
 
 def _chunks_of(frames) -> tuple[Iterable[np.ndarray], int | None]:
@@ -344,10 +368,11 @@ def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool =
     ``device`` / ``batch_size``: where and how many frames at a time the CNNs (RFB, PFLD) run (default CPU, 16).
     Their weights come from :func:`v2s_nb.weights.fetch` (downloaded once; ``$V2S_NB_WEIGHTS_DIR`` first).
 
-    Several faces in a frame: in the first frame with a face the largest is taken; afterwards the one whose
-    box overlaps the previous face's box most (intersection over union; the nearest box centre when none
-    overlaps), so the same person is followed even when a larger face (or a false detection) appears. Frames without a
-    face get NaN points and ``found == False`` (nothing is dropped or interpolated here; see
+    Several faces in a frame: in the first frame with a face the largest of the confident ones is taken (a box
+    whose detector score is far below the best one's, e.g. dlib's weak false faces on a logo, is passed over);
+    afterwards the one whose box overlaps the previous face's box most (intersection over union; the nearest box
+    centre when none overlaps), so the same person is followed even when a larger face (or a false detection)
+    appears. Frames without a face get NaN points and ``found == False`` (nothing is dropped or interpolated here; see
     :func:`v2s_nb.face.canonical_track` for that). Returns a :class:`LandmarkTrack`.
     """
     if detector not in DETECTORS:
@@ -391,7 +416,7 @@ def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool =
             for s in range(0, len(chunk), int(batch_size)):
                 part = chunk[s:s + int(batch_size)]
                 if detector == "rfb":
-                    dets = rfb.detect(np.ascontiguousarray(part))
+                    dets = rfb.detect(np.ascontiguousarray(part), threshold=SCORE_THRESHOLD["rfb"])
                     faces_all = [[(tuple(float(v) for v in d[:4]), float(d[4]), None) for d in ds] for ds in dets]
                 else:
                     faces_all = [_detect(np.ascontiguousarray(im), detector, int(upsample)) for im in part]
@@ -405,7 +430,7 @@ def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool =
                         boxes.append(np.full(4, np.nan))
                         scores.append(np.nan)
                         continue
-                    box, score, rect = faces[_pick(faces, prev_box)]
+                    box, score, rect = faces[_pick(faces, prev_box, SCORE_THRESHOLD[detector])]
                     picked.append(box)
                     if predictor is not None:
                         shape = predictor(np.ascontiguousarray(image), rect)
