@@ -298,3 +298,149 @@ def test_outlier_frame_is_aligned_as_a_frame_without_a_face(tmp_path):
     assert d.interpolated[0], "the demo clip's frame 0 no longer has the false detection this test needs"
     assert np.isnan(d.points[d.interpolated]).all() and np.isfinite(d.points[~d.interpolated]).all()
     assert landmarks(d.aligned, progress=False).found.all()  # every crop shows the face
+
+
+def _gap_video(src, dst, black=(2, 3)):
+    """``src``'s frames with frames ``black`` blacked out (no face in them), written to ``dst``."""
+    from v2s_nb.video import read_video, write_video
+
+    v = read_video(src)
+    frames = np.array(v.frames)
+    frames[list(black)] = 0
+    return write_video(dst, frames, fps=v.fps)
+
+
+def test_codes_of_frames_without_a_face_are_interpolated_from_their_neighbours(tmp_path, G):
+    """Frames without a face get a black crop, whose inversion (and pose code) means nothing: the reenactor gets the
+    codes interpolated between the nearest frames with a face instead, for the driving and the co-driving video and
+    the pose codes, while the cached inversions stay those of the crops."""
+    ref, drv, co = make_demo_inputs(tmp_path / "in", frames=6, size=256)
+    gaps = _gap_video(drv, tmp_path / "gaps.mp4")
+    co_gaps = _gap_video(co, tmp_path / "co_gaps.mp4", black=(4, 5))  # at the end: held from frame 3
+    said = []
+    faces = P.faces(ref, gaps, co_gaps, resolution=64, cache=tmp_path / "cache", progress=False, say=said.append)
+    assert faces.driving.interpolated[[2, 3]].all() and faces.co_driving.interpolated[[4, 5]].all()
+    assert any("no face in frame(s) [2, 3]" in m and "codes are interpolated too" in m for m in said)
+    inv = P.inversions(G, faces, cache=tmp_path / "cache", say=None, **FAST)
+    ch = P.channels(inv, layers="3-7", regions="landmarks", t_fg=0.03, t_bg=0.5, cache=tmp_path / "cache",
+                    progress=False, say=None)
+    pose_ws = torch.randn(6, G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(1))
+    poses = P.PoseCodes({"co-driving": pose_ws.clone()}, {}, {}, {})
+    r = P.reenactor(inv, ch, poses, alpha=0.0)
+    wd, wc = inv.ws_drive, inv.ws_codrive
+
+    def between(w, a, b, t):
+        return w[a] * (1 - t) + w[b] * t
+
+    gd = np.flatnonzero(~faces.driving.interpolated)
+    assert torch.allclose(r.ws_drive[gd], wd[gd])  # frames with a face keep their codes
+    for j in (2, 3):  # between frames 1 and 4
+        assert torch.allclose(r.ws_drive[j], between(wd, 1, 4, (j - 1) / 3), atol=1e-6)
+        assert not torch.allclose(r.ws_drive[j], wd[j])  # not the black crop's code
+    gc = np.flatnonzero(~faces.co_driving.interpolated)
+    assert torch.allclose(r.ws_codrive[gc], wc[gc]) and torch.allclose(r.pose_codes["co-driving"][gc], pose_ws[gc])
+    last = gc[-1]  # 3, or 2 when the robust smoother drops frame 3 next to the gap as an outlier
+    assert last <= 3
+    for j in range(last + 1, 6):  # past the last frame with a face: held
+        assert torch.allclose(r.ws_codrive[j], wc[last]) and torch.allclose(r.pose_codes["co-driving"][j],
+                                                                           pose_ws[last])
+    # the inversions themselves are untouched (still the crops' codes, as cached)
+    assert torch.equal(inv.ws_drive, wd) and r.render_frame(2).shape == (64, 64, 3)
+
+
+def test_fill_gaps_interpolates_rows_and_holds_the_ends():
+    x = np.arange(6, dtype=float)[:, None] * np.array([[1.0, 10.0]])
+    out = P._fill_gaps(x, np.array([True, False, True, True, False, True]))
+    assert np.allclose(out[:, 0], [1, 1, 2, 3, 4, 4]) and np.allclose(out[:, 1], [10, 10, 20, 30, 40, 40])
+    t = torch.as_tensor(x)
+    assert torch.equal(P._fill_gaps(t, np.zeros(6, bool)), t)
+    assert torch.allclose(P._fill_gaps(t, np.array([False, True, True, False, False, False]))[1:3, 0],
+                          torch.tensor([1.0, 2.0], dtype=t.dtype))
+
+
+def test_codriving_of_another_length_is_truncated_before_any_frame_is_inverted(tmp_path, G, monkeypatch):
+    """Said once, at the faces stage (both lengths and the fix), and no frame past the shorter clip is inverted;
+    the reenactor's own check then has nothing left to say."""
+    import warnings
+
+    import v2s_nb.method.invert as inv_mod
+    from v2s_nb.method.reenact import LengthMismatchWarning
+
+    ref, drv, _ = make_demo_inputs(tmp_path / "a", frames=3, size=256)
+    _, _, co = make_demo_inputs(tmp_path / "b", frames=5, size=256)
+    with pytest.warns(LengthMismatchWarning) as got:
+        faces = P.faces(ref, drv, co, resolution=64, cache=tmp_path / "cache", progress=False, say=None)
+    (msg,) = [str(w.message) for w in got if issubclass(w.category, LengthMismatchWarning)]
+    assert "3 frames" in msg and "5" in msg and "truncated" in msg and "Trim the longer video" in msg
+    assert len(faces.driving) == len(faces.co_driving) == 3
+    assert len(faces.co_driving.points) == len(faces.co_driving.track) == len(faces.co_driving.interpolated) == 3
+    inverted = []
+    real = inv_mod.invert_sequence
+    monkeypatch.setattr(inv_mod, "invert_sequence", lambda G, frames, **kw: inverted.append(len(frames))
+                        or real(G, frames, **kw))
+    inv = P.inversions(G, faces, cache=tmp_path / "cache", say=None, **FAST)
+    assert inverted == [3, 3] and len(inv.ws_codrive) == 3
+    ch = P.channels(inv, layers="3-7", regions="landmarks", t_fg=0.03, t_bg=0.5, cache=tmp_path / "cache",
+                    progress=False, say=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LengthMismatchWarning)
+        assert len(P.reenactor(inv, ch, None, alpha=0.0)) == 3
+
+
+def test_pose_codes_whose_pose_cannot_be_measured_are_refused(stages, tmp_path, monkeypatch):
+    """A generator whose re-posed references show no detectable face: no achieved pose is measured (all NaN), so
+    the codes are not used: PoseUnavailableError from the stage's helper (fresh or cached), and the stage skips the
+    source with a warning saying why and what to do (no pose transfer), as for a generator without a regressor."""
+    import types
+
+    import v2s_nb.method.pose_encoding as pe
+    from v2s_nb.errors import FallbackWarning
+
+    encoded = []
+
+    def encode(G, w_ref, targets, reg, **kw):  # every frame's code is w_ref; nothing measured on it
+        encoded.append(np.array(targets))
+        return types.SimpleNamespace(ws=w_ref[None].repeat(len(targets), 1, 1),
+                                     achieved=np.full((len(targets), 3), np.nan), target=targets)
+
+    monkeypatch.setattr(pe, "encode_pose_sequence", encode)
+    reader = types.SimpleNamespace(read=lambda frames: np.arange(len(frames) * 3, dtype=float).reshape(-1, 3))
+    G = stages["inv"].G
+    clip = stages["faces"].driving
+    w = stages["inv"].w_ref
+    for _ in range(2):  # computed, then read back from the cache: refused both times
+        with pytest.raises(pe.PoseUnavailableError, match="no face was detected on any of the 3 re-posed"):
+            P._pose_code(G, w, clip, reader, tmp_path, "driving", 2, 1, False, None)
+    assert len(encoded) == 1
+    monkeypatch.setattr(G, "is_random", False)
+    monkeypatch.setattr(pe, "default_pose_regressor", lambda G, **kw: reader)
+    said = []
+    with pytest.warns(FallbackWarning, match=r"pose encoding \(driving\) skipped.*pose='none'"):
+        pose = P.pose_codes(stages["inv"], ["driving"], cache=tmp_path / "c2", progress=False, say=said.append)
+    assert not pose.codes and "no face was detected" in pose.skipped["driving"]
+    assert not any("nan" in m for m in said)
+    assert P.reenactor(stages["inv"], stages["ch"], pose, pose="driving").sources()["pose"] == "none"
+
+
+def test_pose_targets_of_frames_without_a_face_are_interpolated(tmp_path, monkeypatch):
+    """The pose read off a crop without a face is replaced by the pose between its neighbours before encoding."""
+    import types
+
+    import v2s_nb.method.pose_encoding as pe
+
+    got = []
+
+    def encode(G, w_ref, targets, reg, **kw):
+        got.append(np.array(targets))
+        return types.SimpleNamespace(ws=w_ref[None].repeat(len(targets), 1, 1), achieved=np.array(targets),
+                                     target=targets)
+
+    monkeypatch.setattr(pe, "encode_pose_sequence", encode)
+    G = tiny_generator("R", resolution=64, seed=0)
+    reader = types.SimpleNamespace(read=lambda frames: np.array([[0, 0, 0], [99, 99, 99], [99, 99, 99],
+                                                                 [6, 3, 0]], float))
+    clip = P.FaceClip(tmp_path / "v.mp4", "video", np.zeros((4, 16, 16, 3), np.uint8), np.zeros((4, 68, 2)), 25.0,
+                      np.zeros((4, 4)), np.array([False, True, True, False]))
+    _, targets, _ = P._pose_code(G, torch.zeros(G.num_ws, G.w_dim), clip, reader, tmp_path, "driving", 2, 1, False,
+                                 None)
+    assert np.allclose(targets, [[0, 0, 0], [2, 1, 0], [4, 2, 0], [6, 3, 0]]) and np.allclose(got[0], targets)

@@ -278,7 +278,8 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
         if not tr.found.any():
             raise NoFaceError(f"no face was found in any frame of {path}")
         if (~tr.found).any():
-            _tell(say, f"no face in frame(s) {tr.missing.tolist()} of {path}: interpolated from neighbours")
+            _tell(say, f"no face in frame(s) {tr.missing.tolist()} of {path}: track interpolated from neighbours "
+                       "(the frames' codes are interpolated too when the reenactor is made)")
         track = canonical_track(tr)
         if smooth and len(track) >= smooth:
             track = track.smooth(smooth, method=smooth_method)
@@ -287,7 +288,7 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
                        "smoothed")
         if track.outliers.any():
             _tell(say, f"outlier frame(s) {np.flatnonzero(track.outliers).tolist()} of {path} (face far from its "
-                       "neighbours, e.g. a false detection): re-interpolated from neighbours")
+                       "neighbours, e.g. a false detection): re-interpolated from neighbours (codes too)")
             # the false detection's crop and landmarks go too: the frame is aligned as one without a face (its crop
             # square from its neighbours', its points NaN), so its inversion and pose aren't those of a non-face
             gone = track.outliers
@@ -395,7 +396,24 @@ def faces(reference, driving, co_driving=None, *, resolution: int, cache=None, d
     ref = face_clip(reference, "image", resolution, **kw)
     drv = face_clip(driving, "video", resolution, **kw)
     co = face_clip(co_driving, "video", resolution, **kw) if co_driving is not None else None
+    if co is not None and len(co) != len(drv):  # said here, before any frame is inverted, not after all were
+        from .method.reenact import LengthMismatchWarning
+
+        n = min(len(drv), len(co))
+        warnings.warn(f"the driving video {drv.path.name} has {len(drv)} frames and the co-driving video "
+                      f"{co.path.name} {len(co)}: both are truncated to the shorter ({n} frames), the frames past it "
+                      f"are not inverted. Trim the longer video to {n} frames (or give videos of the same length) "
+                      "to silence this.", LengthMismatchWarning, stacklevel=2)
+        drv, co = _first_frames(drv, n), _first_frames(co, n)
     return Faces(ref, drv, co, seconds=time.perf_counter() - t0)
+
+
+def _first_frames(clip: FaceClip, n: int) -> FaceClip:
+    """``clip`` cut to its first ``n`` frames (the cache entry keeps them all)."""
+    if len(clip) <= n:
+        return clip
+    return dataclasses.replace(clip, aligned=clip.aligned[:n], points=clip.points[:n], track=clip.track[:n],
+                               interpolated=clip.interpolated[:n])
 
 
 def _check_choice(name, value, choices) -> None:
@@ -798,20 +816,38 @@ def _pose_code(G, w_ref, clip: FaceClip, reg, cache: Path, which: str, steps: in
     # (another detector would add its own constant offset to every frame's pose).
     targets = reg.read(clip.aligned) if hasattr(reg, "read") else head_pose(clip.points,
                                                                             image_size=clip.resolution)
-    targets = np.asarray(targets, np.float64)
+    # frames without a face (their crops are not a face): the pose between their neighbours', not one read off them
+    targets = _fill_gaps(np.asarray(targets, np.float64), clip.interpolated)
     key = cache_key({"g": generator_hash(G), "w": hashlib.sha256(w_ref.numpy().tobytes()).hexdigest(),
                      "t": targets.round(4).tolist(), "steps": [steps, steps_next],
                      "regressor": type(reg).__name__})
     f = cache / f"pose-{which}-{key}.npz"
     got = load_arrays(f, ("ws", "achieved")) if f.is_file() else None
     if got is not None and got["ws"].ndim == 3 and len(got["ws"]) == len(targets) and np.isfinite(got["ws"]).all():
+        _check_measured(got["achieved"], which)  # a cached entry whose pose could not be measured: refused again
         return torch.from_numpy(got["ws"]), targets, got["achieved"]
     enc = encode_pose_sequence(G, w_ref, targets, reg, steps_first=steps, steps_next=steps_next, progress=progress)
-    err = np.nanmean(np.abs(enc.achieved - enc.target), axis=0)
-    _tell(say, f"pose ({which}): mean |measured - target| yaw/pitch/roll = {np.round(err, 2).tolist()} degrees")
     ws = enc.ws.detach().float().cpu()
-    save_arrays(f, ws=ws.numpy(), achieved=np.asarray(enc.achieved, np.float64))
-    return ws, targets, np.asarray(enc.achieved, np.float64)
+    achieved = np.asarray(enc.achieved, np.float64)
+    save_arrays(f, ws=ws.numpy(), achieved=achieved)
+    _check_measured(achieved, which)
+    err = np.nanmean(np.abs(achieved - enc.target), axis=0)
+    _tell(say, f"pose ({which}): mean |measured - target| yaw/pitch/roll = {np.round(err, 2).tolist()} degrees")
+    return ws, targets, achieved
+
+
+def _check_measured(achieved, which: str) -> None:
+    """Raise :class:`~v2s_nb.method.pose_encoding.PoseUnavailableError` when no frame's achieved pose could be
+    measured (no face detected on any re-posed reference): the codes would move the head blindly."""
+    from .method.pose_encoding import PoseUnavailableError
+
+    achieved = np.asarray(achieved, np.float64)
+    if len(achieved) and not np.isfinite(achieved).all(axis=-1).any():
+        raise PoseUnavailableError(
+            f"no face was detected on any of the {len(achieved)} re-posed references ({which}), so the head pose "
+            "they reach cannot be measured: this generator does not draw faces the landmark detector recognises. "
+            "Use a trained face model (e.g. stylegan3-r-ffhq-1024), or make the re-enactment without pose "
+            "transfer (pose='none').")
 
 
 def pose_codes(inversions: Inversions, sources=None, *, steps: int = 100, steps_next: int = 30, cache=None,
@@ -822,6 +858,7 @@ def pose_codes(inversions: Inversions, sources=None, *, steps: int = 100, steps_
     the first frame, ``steps_next`` for the warm-started ones). Skipped, with the reason in ``.skipped`` and a
     message, when the generator has random weights or no pose regressor is available. Cached under ``cache``."""
     from .method.pose_encoding import PoseUnavailableError, default_pose_regressor
+    from .errors import FallbackWarning
 
     if not isinstance(inversions, Inversions):
         raise TypeError(f"inversions must be the result of v2s_nb.prepare.inversions(...), got "
@@ -858,9 +895,38 @@ def pose_codes(inversions: Inversions, sources=None, *, steps: int = 100, steps_
     folder = _cache(cache)
     out.regressor = type(reg).__name__
     for s in sources:
-        ws, tgt, ach = _pose_code(G, inversions.w_ref, clips[s], reg, folder, s, steps, steps_next, progress, say)
+        try:
+            ws, tgt, ach = _pose_code(G, inversions.w_ref, clips[s], reg, folder, s, steps, steps_next, progress,
+                                      say)
+        except PoseUnavailableError as e:  # as for a generator without a pose regressor: skipped, no pose transfer;
+            out.skipped[s] = str(e)  # a warning, not a line of say: the codes were made, then found blind
+            warnings.warn(f"pose encoding ({s}) skipped, the head keeps the reference's pose: {e}",
+                          FallbackWarning, stacklevel=2)
+            continue
         out.codes[s], out.targets[s], out.achieved[s] = ws, tgt, ach
     out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _fill_gaps(x, gaps):
+    """``x`` (tensor or array [T, ...]) with the rows where ``gaps`` (bool [T]) is True replaced by the linear
+    interpolation between the nearest rows where it is False (the nearest one's value at the ends); ``x`` itself
+    when there is nothing to fill (no gap, or no row to fill from)."""
+    bad = np.zeros(len(x), bool)
+    g = np.asarray(gaps, bool).reshape(-1)[:len(x)]
+    bad[:len(g)] = g
+    if not bad.any() or bad.all():
+        return x
+    good, rows = np.flatnonzero(~bad), np.flatnonzero(bad)
+    after = np.searchsorted(good, rows)
+    lo, hi = good[np.maximum(after - 1, 0)], good[np.minimum(after, len(good) - 1)]
+    t = np.where(hi > lo, (rows - lo) / np.maximum(hi - lo, 1), 0.0).reshape(-1, *([1] * (x.ndim - 1)))
+    if isinstance(x, torch.Tensor):
+        out, t = x.clone(), torch.as_tensor(t, dtype=x.dtype)
+        lo, hi, rows = (torch.as_tensor(v) for v in (lo, hi, rows))
+    else:
+        out = np.array(x, copy=True)
+    out[rows] = x[lo] * (1 - t) + x[hi] * t
     return out
 
 
@@ -907,8 +973,14 @@ def reenactor(inversions: Inversions, channels: Channels, poses: PoseCodes | Non
         anchor = int(anchor)
     tracks = {k: c.track for k, c in clips.items() if k != "reference"}
     co = faces.co_driving
+    # Frames without a face (flagged by the faces stage) were inverted and pose-encoded from crops that show no face:
+    # their codes are replaced here by the codes interpolated between the nearest frames with one (held at the ends),
+    # so the cached inversions stay as they are and every way of making a Reenactor from the stages gets the same.
+    ws_drive = _fill_gaps(inversions.ws_drive, faces.driving.interpolated)
+    ws_codrive = None if inversions.ws_codrive is None else _fill_gaps(inversions.ws_codrive, co.interpolated)
+    codes = {k: _fill_gaps(v, clips[k].interpolated) if k in clips else v for k, v in codes.items()}
     return Reenactor(G=inversions.G, G_render=inversions.G_render, w_ref=inversions.w_ref,
-                     ws_drive=inversions.ws_drive, ws_codrive=inversions.ws_codrive, region_channels=channels.sets,
+                     ws_drive=ws_drive, ws_codrive=ws_codrive, region_channels=channels.sets,
                      pose_codes=codes, tracks=tracks, pose=pose if pose in codes else "none", position=position,
                      regions=regions, layers=channels.layers, alpha=alpha, beta=beta, gamma=gamma, zeta=zeta,
                      baseline=baseline, motion_mode=motion, strength=strength, position_mode=position_mode,
