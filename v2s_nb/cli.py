@@ -37,14 +37,39 @@ def parse_seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+#: What ``--device`` accepts (checked when parsed, before PyTorch sees it: its own message lists 20 device types).
+DEVICES = "cpu, cuda, cuda:N (a GPU index, e.g. cuda:0) or auto"
+
+
+def device_name(text: str) -> str:
+    """``--device`` text, checked and lower-cased: cpu, cuda, cuda:N or auto (argparse ``type=``)."""
+    import re
+
+    name = str(text).strip().lower()
+    if not re.fullmatch(r"cpu|auto|cuda(:[0-9]+)?", name):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use {DEVICES}")
+    return name
+
+
 def _device(name: str | None):
     import torch
 
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:  # namespaces built by hand skip the parser's check
+        name = device_name(name)
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(f"--device {e}") from None
+    if name == "auto":
+        return _device(None)
     dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"--device {name} was asked for but no CUDA GPU is available; use --device cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"--device {name}: this machine has {n} CUDA GPU{'s' if n > 1 else ''} "
+                             f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''}); give one of those, or cuda / cpu")
     return dev
 
 
@@ -82,7 +107,7 @@ def cmd_generate(args) -> int:
             z = torch.from_numpy(np.stack([np.random.RandomState(s).randn(G.z_dim) for s in chunk])).float().to(device)
             c = torch.zeros([len(chunk), G.c_dim], device=device) if G.c_dim else None
             ws = G.mapping(z, c, truncation_psi=args.truncation_psi)
-            images.append(to_uint8(G.synthesis(ws)))
+            images.append(to_uint8(G.synthesis(ws), range_check=False))
     images = np.concatenate(images)
     grid = image_grid(images, cols=args.cols)
     path = save_image(args.out, grid)
@@ -138,10 +163,7 @@ def prepare_reenactment(args):
     check_strength(args.strength)
     if args.anchor not in ("first", "best") and not args.anchor.lstrip("-").isdigit():
         raise ValueError(f"--anchor must be first, best or a frame index, got {args.anchor!r}")
-    inputs = [args.reference, args.driving] + ([args.co_driving] if args.co_driving else [])
-    for p in inputs:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"input file not found: {p}")
+    check_reenact_inputs(args)
     check_reenact_output(args)
     for flag, src in (("--pose-from", args.pose_from), ("--position-from", args.position_from)):
         if src == "co-driving" and not args.co_driving:
@@ -193,6 +215,37 @@ def prepare_reenactment(args):
     _say(args, f"      motion {args.motion} (anchor frame {r.anchor_frame()}), position {args.position}")
     r.save(cache / "reenactor")
     return r
+
+
+def _still_image(path) -> bool:
+    """Whether ``path`` is a picture of one frame (PNG, JPEG, ...; read from its header): an animated GIF / PNG /
+    WebP or a video file is not."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return getattr(im, "n_frames", 1) == 1
+    except Exception:  # not a picture PIL knows (a video), unreadable: for the video reader to judge
+        return False
+
+
+def check_reenact_inputs(args) -> None:
+    """Refuse (one line, before any work) a missing input, a folder, and a still picture where a video is wanted
+    (ffmpeg would read it as a 1-frame video at a made-up 25 fps)."""
+    from pathlib import Path
+
+    for flag, p, want in (("--reference", args.reference, "an image file (PNG / JPG)"),
+                          ("--driving", args.driving, "a video file"),
+                          ("--co-driving", args.co_driving, "a video file")):
+        if p is None:
+            continue
+        if Path(p).is_dir():
+            raise IsADirectoryError(f"{flag} {p} is a folder; give {want}")
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"{flag} file not found: {p}")
+        if flag != "--reference" and _still_image(p):
+            raise ValueError(f"{flag} {p} is a still image, but {flag} must be a video (e.g. .mp4) whose motion is "
+                             "followed; the photo to re-enact goes to --reference")
 
 
 def check_reenact_output(args) -> None:
@@ -274,11 +327,33 @@ def make_demo_inputs(folder, frames: int = 10, size: int = 256):
     return ref, drv, co
 
 
+def check_demo_output(args) -> None:
+    """Refuse (one line, before any work) a demo ``--out`` that :func:`check_reenact_output` would refuse, or
+    whose companions (side-by-side video, contact sheet, inputs and intermediates folders, named after it) can't
+    be written: a file name that is a folder, a folder name that is a file."""
+    from .demo import demo_paths
+    from .validate import OutputPathError, check_output_path
+
+    inputs = [args.checkpoint] if args.checkpoint and os.path.exists(str(args.checkpoint)) else []
+    check_output_path(args.out, suffixes=(".mp4", ".m4v", ".mov"), inputs=inputs, intermediates=".v2s",
+                      what="--out")
+    paths = demo_paths(args.out)
+    for key in ("side_by_side", "contact_sheet"):
+        if paths[key].is_dir():
+            raise OutputPathError(f"the demo writes {paths[key]} beside --out {args.out}, but that is a folder; "
+                                  "move it or choose another --out")
+    for key in ("inputs", "intermediates"):
+        if paths[key].exists() and not paths[key].is_dir():
+            raise OutputPathError(f"the demo keeps its {key} in the folder {paths[key]} beside --out {args.out}, "
+                                  "but that is a file; move it or choose another --out")
+
+
 def cmd_demo(args) -> int:
     """Offline demo: a generator fitted to the astronaut photo follows a clip made from it (v2s_nb.demo); with
     --checkpoint, the whole re-enactment pipeline with that model on the same inputs."""
     from .demo import CAN_SHOW, LABEL, capabilities_text, run_demo
 
+    check_demo_output(args)  # both branches: before the inputs, the fit or the pipeline run
     if args.checkpoint:
         return _demo_checkpoint(args)
     t0 = time.perf_counter()
@@ -433,7 +508,7 @@ def _add_reenact_parsers(sub) -> None:
                    help="resolution of the tiny random generator")
     r.add_argument("--batch-size", type=int_arg("--batch-size", 1, 4096), default=8, help="frames per synthesis call")
     _alias(r, "--batch", "batch_size", type=int_arg("--batch", 1, 4096))
-    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    r.add_argument("--device", type=device_name, default="auto", help="cpu, cuda, cuda:N or auto (default)")
     r.add_argument("--strict", action="store_true", help="stop on decoding errors in a video (default: warn, "
                                                           "naming the frames)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -452,7 +527,8 @@ def _add_reenact_parsers(sub) -> None:
                    help="with --checkpoint: inversion steps (first batch)")
     d.add_argument("--invert-steps-next", type=int_arg("--invert-steps-next", 1, 100_000), default=None,
                    help="with --checkpoint: inversion steps (warm-started batches)")
-    d.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    d.add_argument("--device", type=device_name, default="cpu",
+                   help="cpu (default), cuda, cuda:N or auto")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
 
@@ -551,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cols", type=int_arg("--cols", 1, 4096), default=None, help="grid columns (default: square)")
     g.add_argument("--batch-size", type=int_arg("--batch-size", 1, 4096), default=4, help="images per forward pass")
     _alias(g, "--batch", "batch_size", type=int_arg("--batch", 1, 4096))
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    g.add_argument("--device", type=device_name, default="auto", help="cpu, cuda, cuda:N or auto (default)")
     g.add_argument("--cfg", default="R", choices=["R", "T"], help="architecture of the tiny random generator")
     g.add_argument("--tiny-resolution", type=int_arg("--tiny-resolution", 16, 1024), default=64,
                    help="resolution of the tiny random generator")
@@ -577,6 +653,44 @@ _FLAG_HINTS = {
     "VideoWriteError": "check --out",
 }
 
+#: WeightsUnavailableError's hint by the missing file's name (its ``name``, else its message): the flag that
+#: avoids that file; names not listed get the hint of :data:`_FLAG_HINTS`.
+_WEIGHTS_HINTS = {
+    "bisenet": "or use --regions landmarks, or --regions auto, which takes BiSeNet only when its weights are cached",
+    "restyle": "or leave --encoder out to invert by optimisation",
+    "stylegan3": "or leave --checkpoint out to run without downloads (a tiny random generator)",
+    "pfld": "or use --pose-from none (no pose encoding)",
+}
+
+#: API argument spellings in a caught error's message (``detector='cnn'``) and the CLI's for them, by class name:
+#: the command line names its flags instead, once (not the API's and then its own hint).
+_CLI_SPELLINGS = {
+    "NoFaceError": ((r"landmarks\(\.\.\., ([^()]*)\)", r"\1"), (r"\bdetector='(\w+)'", r"--detector \1"),
+                    (r"\bupsample=(\d+)", r"--upsample \1"), (r"(--detector \w+), (--upsample)", r"\1 \2")),
+}
+
+
+def _hint(e: BaseException, msg: str) -> str | None:
+    """The flags that fix ``e`` (see :data:`_FLAG_HINTS`), or None."""
+    names = [c.__name__ for c in type(e).__mro__]
+    if "WeightsUnavailableError" in names:
+        for text in (getattr(e, "name", None), msg):  # the file's name first; the message names it too
+            hint = next((h for key, h in _WEIGHTS_HINTS.items() if text and key in str(text).lower()), None)
+            if hint:
+                return hint
+    return next((_FLAG_HINTS[n] for n in names if n in _FLAG_HINTS), None)
+
+
+def _cli_spelling(e: BaseException, msg: str) -> str:
+    """``msg`` with the API's argument spellings replaced by the CLI's flags (see :data:`_CLI_SPELLINGS`)."""
+    import re
+
+    for rules in (_CLI_SPELLINGS.get(c.__name__, ()) for c in type(e).__mro__):
+        for pattern, repl in rules:
+            msg = re.sub(pattern, repl, msg)
+    return msg
+
+
 #: Built-in exception families that the package raises for bad input or an unusable environment; their message is
 #: printed as is. Anything else reaching :func:`main` is a bug in v2s-nb, printed as one line asking for a report.
 _EXPECTED = (ValueError, RuntimeError, OSError, MemoryError, LookupError, TypeError, ArithmeticError, ImportError)
@@ -595,7 +709,8 @@ def error_line(e: BaseException) -> str:
         msg += f": {e.filename}"
     if not isinstance(e, (V2SError,) + _EXPECTED):
         return f"error: unexpected {type(e).__name__}: {msg} (a bug in v2s-nb: please report it with the command)"
-    hint = next((_FLAG_HINTS[c.__name__] for c in type(e).__mro__ if c.__name__ in _FLAG_HINTS), None)
+    msg = _cli_spelling(e, msg)
+    hint = _hint(e, msg)
     if hint and not any(flag in msg for flag in hint.split() if flag.startswith("--")):
         msg += f" ({hint})"
     return f"error: {msg}"

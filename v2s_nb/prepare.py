@@ -521,7 +521,7 @@ def _render(G, ws) -> np.ndarray:
     from .images import to_uint8
 
     dev = next(G.parameters()).device
-    return to_uint8(G.synthesis(torch.as_tensor(ws).to(dev, torch.float32)).float().cpu())
+    return to_uint8(G.synthesis(torch.as_tensor(ws).to(dev, torch.float32)).float().cpu(), range_check=False)
 
 
 def _encoder(G, encoder, note: Say):
