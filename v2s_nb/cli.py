@@ -723,8 +723,9 @@ def main(argv=None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         # true of the demo's several outputs too: they are moved into place together, at the very end
-        print("interrupted: finished steps are kept (a rerun resumes from them); no output was written (those of "
-              "a previous run are as they were)", file=sys.stderr)
+        print("interrupted: finished stages are kept, and the finished batches of a video's inversion; a rerun "
+              "resumes from them (a stage cut part way, e.g. PTI or pose encoding, starts again). No output was "
+              "written (those of a previous run are as they were)", file=sys.stderr)
         return 130
     except Exception as e:  # one line, never a traceback (the package's errors and the built-ins it raises)
         print(error_line(e), file=sys.stderr)
