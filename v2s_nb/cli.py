@@ -724,7 +724,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         # true of the demo's several outputs too: they are moved into place together, at the very end
         print("interrupted: finished stages are kept, and the finished batches of a video's inversion; a rerun "
-              "resumes from them (a stage cut part way, e.g. PTI or pose encoding, starts again). No output was "
+              "resumes from them (a stage cut part way, e.g. PTI or pose encoding, starts again); no output was "
               "written (those of a previous run are as they were)", file=sys.stderr)
         return 130
     except Exception as e:  # one line, never a traceback (the package's errors and the built-ins it raises)
