@@ -911,24 +911,19 @@ def pose_codes(inversions: Inversions, sources=None, *, steps: int = 100, steps_
 
 def _fill_gaps(x, gaps):
     """``x`` (tensor or array [T, ...]) with the rows where ``gaps`` (bool [T]) is True replaced by the linear
-    interpolation between the nearest rows where it is False (the nearest one's value at the ends); ``x`` itself
-    when there is nothing to fill (no gap, or no row to fill from)."""
+    interpolation between the nearest rows where it is False (the nearest one's value at the ends), as the faces
+    stage fills the track (:func:`.face.align._fill_missing`); ``x`` itself when there is nothing to fill (no gap,
+    or no row to fill from)."""
+    from .face.align import _fill_missing
+
     bad = np.zeros(len(x), bool)
     g = np.asarray(gaps, bool).reshape(-1)[:len(x)]
     bad[:len(g)] = g
     if not bad.any() or bad.all():
         return x
-    good, rows = np.flatnonzero(~bad), np.flatnonzero(bad)
-    after = np.searchsorted(good, rows)
-    lo, hi = good[np.maximum(after - 1, 0)], good[np.minimum(after, len(good) - 1)]
-    t = np.where(hi > lo, (rows - lo) / np.maximum(hi - lo, 1), 0.0).reshape(-1, *([1] * (x.ndim - 1)))
     if isinstance(x, torch.Tensor):
-        out, t = x.clone(), torch.as_tensor(t, dtype=x.dtype)
-        lo, hi, rows = (torch.as_tensor(v) for v in (lo, hi, rows))
-    else:
-        out = np.array(x, copy=True)
-    out[rows] = x[lo] * (1 - t) + x[hi] * t
-    return out
+        return torch.from_numpy(_fill_missing(x.detach().cpu().numpy(), ~bad)).to(device=x.device, dtype=x.dtype)
+    return _fill_missing(np.asarray(x), ~bad)
 
 
 def _default_source(faces) -> str:
