@@ -458,14 +458,18 @@ def _open_reader(p: Path):
         raise VideoReadError(
             f"Could not read '{p}' as a video (corrupt file, or not a video). "
             f"ffmpeg said:\n    {_stderr_tail(err)}") from None
-    try:  # ffmpeg's own report on the file: imageio-ffmpeg's meta loses rates and durations (see _rate_and_duration)
-        report = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(p)],
-                                capture_output=True, text=True, errors="replace", timeout=60).stderr
-    except (OSError, subprocess.SubprocessError):
-        report = ""
-    fps, duration = _rate_and_duration(report)
-    # where the report has none (no "fps" on the stream line, no report): imageio-ffmpeg's (it falls back to "tbr")
-    fps, duration = fps or float(meta.get("fps") or 0.0), duration or float(meta.get("duration") or 0.0)
+    fps, duration = float(meta.get("fps") or 0.0), float(meta.get("duration") or 0.0)
+    # A whole rate and a duration are what ffmpeg printed; otherwise (a rate printed rounded, "1k fps" read as none,
+    # 100+ hours read as 0) ffmpeg's own report on the file, read by _rate_and_duration (one more ffmpeg call)
+    if not (fps > 0 and float(fps).is_integer() and duration > 0):
+        try:
+            report = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(p)],
+                                    capture_output=True, text=True, errors="replace", timeout=60).stderr
+        except (OSError, subprocess.SubprocessError):
+            report = ""
+        exact_fps, exact_duration = _rate_and_duration(report)
+        # where the report has none (no "fps" on the stream line): imageio-ffmpeg's (it falls back to "tbr")
+        fps, duration = exact_fps or fps, exact_duration or duration
     if not np.isfinite(fps) or fps <= 0:
         warnings.warn(f"'{p}': ffmpeg reports no frame rate; assuming 30 fps. If that is wrong, re-encode the file "
                       "with its rate (ffmpeg -i IN -r RATE OUT).", V2SWarning, stacklevel=3)
