@@ -444,3 +444,26 @@ def test_pose_targets_of_frames_without_a_face_are_interpolated(tmp_path, monkey
     _, targets, _ = P._pose_code(G, torch.zeros(G.num_ws, G.w_dim), clip, reader, tmp_path, "driving", 2, 1, False,
                                  None)
     assert np.allclose(targets, [[0, 0, 0], [2, 1, 0], [4, 2, 0], [6, 3, 0]]) and np.allclose(got[0], targets)
+
+
+def test_a_moved_cache_folder_resumes_the_finished_batches(inputs, G, tmp_path, monkeypatch):
+    """The batches of an interrupted video inversion are found again after the cache folder moved (``out.v2s/``
+    copied to another disk, a renamed project): their key holds what they were computed from, not where."""
+    import shutil
+
+    import v2s_nb.method.invert as inv_mod
+
+    old = tmp_path / "old"
+    faces = P.faces(*inputs, resolution=G.img_resolution, cache=old, progress=False, say=None)
+    first = P.inversions(G, faces, cache=old, say=None, invert_batch_size=2, **FAST)
+    for entry in (old / "inversions").glob("seq-*"):  # the whole results: as if interrupted after the batches
+        entry.unlink()
+    new = tmp_path / "new"
+    shutil.move(str(old), str(new))
+    runs = []
+    real = inv_mod._optimise
+    monkeypatch.setattr(inv_mod, "_optimise", lambda *a, **k: runs.append(1) or real(*a, **k))
+    faces = P.faces(*inputs, resolution=G.img_resolution, cache=new, progress=False, say=None)
+    again = P.inversions(G, faces, cache=new, say=None, invert_batch_size=2, **FAST)
+    assert runs == [] and torch.equal(again.ws_drive, first.ws_drive) and torch.equal(again.ws_codrive,
+                                                                                      first.ws_codrive)

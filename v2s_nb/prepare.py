@@ -625,10 +625,10 @@ def inversions(G, faces: Faces, *, encoder=None, encoder_iters: int = 3, refine_
         # run, so a shared cache holds several), so an interrupted call resumes from the batches it finished.
         g_sha = generator_hash(G)
 
-        def batches(role, clip):
+        def batches(role, clip):  # keyed without the cache folder's path: a moved folder still resumes
             return inv_dir / "batches" / role / cache_key({
                 "frames": hashlib.sha256(clip.aligned.tobytes()).hexdigest(), "g": g_sha,
-                "settings": {k: v for k, v in seq.items() if k != "progress"}})
+                "settings": {k: v for k, v in seq.items() if k not in ("progress", "cache_dir")}})
 
         inv_drv = invert_sequence(G, drv.aligned, checkpoint_dir=batches("driving", drv), **seq)
         inv_co = (invert_sequence(G, co.aligned, checkpoint_dir=batches("co-driving", co), **seq)
