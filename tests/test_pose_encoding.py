@@ -222,3 +222,49 @@ def test_measure_pose_batch_size_must_be_a_positive_integer(G, w_ref, bad):
 
     with pytest.raises(ValueError, match=r"batch_size .*(out of range \[1, 4096\]|must be an integer)"):
         measure_pose(G, w_ref[None], batch_size=bad)
+
+
+class StopsAfter(LinearOnW):
+    """LinearOnW that counts its calls and stands in for Ctrl-C after ``limit`` of them."""
+
+    def __init__(self, G, limit=None):
+        super().__init__(G)
+        self.calls, self.limit = 0, limit
+
+    def __call__(self, ws):
+        self.calls += 1
+        if self.limit is not None and self.calls > self.limit:
+            raise KeyboardInterrupt
+        return super().__call__(ws)
+
+
+def test_sequence_resumes_from_its_finished_batches(G, w_ref, tmp_path):
+    """With ``checkpoint_dir`` an interrupted sequence keeps its finished batches: the re-run optimises only the
+    rest and ends with the codes of an uninterrupted run. A batch saved from other targets or a damaged file is
+    redone, with a warning."""
+    from v2s_nb.errors import CacheWarning
+
+    start = LinearOnW(G)(w_ref[None])[0].numpy()
+    targets = start + np.array([[0, 0, 0], [2, 0, 0], [4, 1, 0], [6, 2, -1], [8, 2, -1]], float)
+    kw = dict(steps_first=6, steps_next=4, lr=0.02, batch_size=2, progress=False)
+    whole = encode_pose_sequence(G, w_ref, targets, StopsAfter(G), **kw)
+    ckpt = tmp_path / "pose"
+    P = StopsAfter(G, limit=(6 + 1) + (4 + 1) + 2)  # stopped in the third batch (each: steps + one last reading)
+    with pytest.raises(KeyboardInterrupt):
+        encode_pose_sequence(G, w_ref, targets, P, checkpoint_dir=ckpt, **kw)
+    assert sorted(f.name for f in ckpt.iterdir()) == ["frames_000000-000001.pt", "frames_000002-000003.pt"]
+    P = StopsAfter(G)
+    again = encode_pose_sequence(G, w_ref, targets, P, checkpoint_dir=ckpt, **kw)
+    assert P.calls == 4 + 1  # the third batch only
+    assert torch.allclose(again.ws, whole.ws, atol=1e-6) and np.allclose(again.predicted, whole.predicted, atol=1e-4)
+    assert [len(h) for h in again.loss_history] == [6, 6, 4, 4, 4]
+
+    (ckpt / "frames_000002-000003.pt").write_bytes(b"damaged")
+    P = StopsAfter(G)
+    with pytest.warns(CacheWarning, match="unreadable"):
+        encode_pose_sequence(G, w_ref, targets, P, checkpoint_dir=ckpt, **kw)
+    assert P.calls == 4 + 1  # the damaged batch only: redone to the same codes, the last batch's start is unchanged
+    P = StopsAfter(G)
+    with pytest.warns(CacheWarning, match="from other"):
+        encode_pose_sequence(G, w_ref, targets + 1.0, P, checkpoint_dir=ckpt, **kw)
+    assert P.calls == (6 + 1) + 2 * (4 + 1)

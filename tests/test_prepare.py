@@ -467,3 +467,31 @@ def test_a_moved_cache_folder_resumes_the_finished_batches(inputs, G, tmp_path, 
     again = P.inversions(G, faces, cache=new, say=None, invert_batch_size=2, **FAST)
     assert runs == [] and torch.equal(again.ws_drive, first.ws_drive) and torch.equal(again.ws_codrive,
                                                                                       first.ws_codrive)
+
+
+def test_pose_codes_save_their_batches_where_a_rerun_finds_them(tmp_path, monkeypatch):
+    """The pose stage hands the sequence a checkpoint folder under the cache, keyed like its result (not by the
+    cache's path): a rerun after Ctrl-C, or from the moved folder, passes the same one."""
+    import types
+
+    import v2s_nb.method.pose_encoding as pe
+
+    G = tiny_generator("R", resolution=64, seed=0)
+    folders = []
+
+    def encode(G, w_ref, targets, reg, checkpoint_dir=None, **kw):
+        folders.append(checkpoint_dir)
+        raise KeyboardInterrupt  # interrupted part way: the stage's own entry is not written
+
+    monkeypatch.setattr(pe, "encode_pose_sequence", encode)
+    reader = types.SimpleNamespace(read=lambda frames: np.zeros((len(frames), 3)))
+    clip = P.FaceClip(tmp_path / "v.mp4", "video", np.zeros((2, 16, 16, 3), np.uint8), np.zeros((2, 68, 2)), 25.0,
+                      np.zeros((2, 4)), np.zeros(2, bool))
+    w = torch.zeros(G.num_ws, G.w_dim)
+    for cache in (tmp_path / "a", tmp_path / "a", tmp_path / "b"):
+        cache.mkdir(exist_ok=True)
+        with pytest.raises(KeyboardInterrupt):
+            P._pose_code(G, w, clip, reader, cache, "driving", 10, 3, False, None)
+        assert not list(cache.glob("pose-*"))
+    assert folders[0] == folders[1] and folders[0].parent == tmp_path / "a" / "pose_batches" / "driving"
+    assert folders[2].relative_to(tmp_path / "b") == folders[0].relative_to(tmp_path / "a")

@@ -808,7 +808,7 @@ class PoseCodes(_Shows):
 def _pose_code(G, w_ref, clip: FaceClip, reg, cache: Path, which: str, steps: int, steps_next: int,
                progress: bool, say: Say):
     """(ws [T, num_ws, w_dim], targets [T, 3], achieved [T, 3]) for one video, cached keyed by G, w_ref, the
-    targets, the steps and the regressor."""
+    targets, the steps and the regressor; the finished batches of an unfinished run under ``pose_batches/``."""
     from .caching import generator_hash
     from .face import head_pose
     from .method.pose_encoding import encode_pose_sequence
@@ -827,7 +827,9 @@ def _pose_code(G, w_ref, clip: FaceClip, reg, cache: Path, which: str, steps: in
     if got is not None and got["ws"].ndim == 3 and len(got["ws"]) == len(targets) and np.isfinite(got["ws"]).all():
         _check_measured(got["achieved"], which)  # a cached entry whose pose could not be measured: refused again
         return torch.from_numpy(got["ws"]), targets, got["achieved"]
-    enc = encode_pose_sequence(G, w_ref, targets, reg, steps_first=steps, steps_next=steps_next, progress=progress)
+    # each finished batch is saved there, so an interrupted call resumes from the batches it finished
+    enc = encode_pose_sequence(G, w_ref, targets, reg, steps_first=steps, steps_next=steps_next, progress=progress,
+                               checkpoint_dir=cache / "pose_batches" / which / key)
     ws = enc.ws.detach().float().cpu()
     achieved = np.asarray(enc.achieved, np.float64)
     save_arrays(f, ws=ws.numpy(), achieved=achieved)
@@ -857,7 +859,8 @@ def pose_codes(inversions: Inversions, sources=None, *, steps: int = 100, steps_
     ``sources`` ('driving', 'co-driving'; default: the one :func:`reenactor` takes the pose from, the co-driving
     video when there is one, else the driving video), on the original generator ``inversions.G`` (``steps`` for
     the first frame, ``steps_next`` for the warm-started ones). Skipped, with the reason in ``.skipped`` and a
-    message, when the generator has random weights or no pose regressor is available. Cached under ``cache``."""
+    message, when the generator has random weights or no pose regressor is available. Cached under ``cache``; an
+    interrupted call resumes from the batches of frames it finished (``<cache>/pose_batches``)."""
     from .method.pose_encoding import PoseUnavailableError, default_pose_regressor
     from .errors import FallbackWarning
 

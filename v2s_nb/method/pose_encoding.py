@@ -363,7 +363,7 @@ def _predict(G, pose_fn, pose_input, ws):
     return p.float()
 
 
-def _optimise(G, w0, w_orig, target, pose_fn, pose_input, steps, lr, lp, lambda_id, rows):
+def _optimise(G, w0, w_orig, target, pose_fn, pose_input, steps, lr, lp, lambda_id, rows, on_step=None):
     dev = w0.device
     free = w0[:, :rows].clone().requires_grad_(True)
     fixed = w_orig[:, rows:].detach()  # rows past the pose rows stay the input's, whatever the start codes hold
@@ -384,6 +384,8 @@ def _optimise(G, w0, w_orig, target, pose_fn, pose_input, steps, lr, lp, lambda_
         scaler.step(opt)
         scaler.update()
         hist[:, step] = loss_i.detach().cpu().numpy()
+        if on_step is not None:
+            on_step(step)
     return torch.cat([free.detach(), fixed], 1), hist
 
 
@@ -397,13 +399,14 @@ def _resolve_pose_fn(G, pose_fn):
 
 def encode_pose(G, w_ref, target, pose_fn=None, *, pose_input: str | None = None, steps: int = 100,
                 lr: float = 0.01, lambda_pose=LAMBDA_POSE, lambda_id: float = LAMBDA_ID, rows: int = POSE_ROWS,
-                init=None, measure: bool | None = None) -> PoseEncoding:
+                init=None, measure: bool | None = None, on_step: Callable[[int], None] | None = None) -> PoseEncoding:
     """Pose-encode ``w_ref`` ([num_ws, w_dim] or [N, num_ws, w_dim]) toward ``target`` ([3] or [N, 3] degrees).
 
     ``pose_fn``: P_r, a callable (see the module docstring), or None / ``'auto'`` / ``'pfld'`` / ``'w-linear'`` for
     :func:`default_pose_regressor`'s choices; ``settings['pose_fn']`` of the result names the one that ran.
     ``init``: start codes (default ``w_ref``); the identity term always compares to ``w_ref``.
     ``measure``: measure the achieved pose on the rendered image with head_pose (default: unless ``G.is_random``).
+    ``on_step``: called with the step's index after every Adam step (e.g. to move a progress bar).
     """
     pose_fn = _resolve_pose_fn(G, pose_fn)
     pose_input = _pose_input(pose_fn, pose_input)
@@ -440,7 +443,7 @@ def encode_pose(G, w_ref, target, pose_fn=None, *, pose_input: str | None = None
                              f"start code for all, or one per code), got {tuple(w0.shape)}")
     with codes_only(G):
         out, hist = _optimise(G, w0, w, t, pose_fn, pose_input, int(steps), float(lr), lp, float(lambda_id),
-                              int(rows))
+                              int(rows), on_step)
     with torch.no_grad():
         pred = _predict(G, pose_fn, pose_input, out).cpu().numpy()
     if measure is None:
@@ -453,15 +456,64 @@ def encode_pose(G, w_ref, target, pose_fn=None, *, pose_input: str | None = None
                         list(hist), settings)
 
 
+class _BatchCheckpoints:
+    """The finished batches of :func:`encode_pose_sequence` in ``folder``, one ``.pt`` file each, keyed by what the
+    batch was computed from (generator, reference codes, targets, start codes, P_r, settings), not by the folder."""
+
+    def __init__(self, folder, G, pose_fn, kwargs):
+        from ..caching import generator_hash
+
+        self.folder = Path(folder)
+        self.base = {"g": generator_hash(G), "pose_fn": getattr(pose_fn, "__qualname__", type(pose_fn).__qualname__),
+                     "settings": {k: v for k, v in kwargs.items()}}
+
+    def _where(self, start, ref, tgt, init, steps):
+        from ..caching import json_key
+
+        key = json_key(dict(self.base, start=int(start), steps=int(steps), ref=ref, targets=np.asarray(tgt),
+                            init=None if init is None else init.detach().float().cpu()))
+        return self.folder / f"frames_{start:06d}-{start + len(tgt) - 1:06d}.pt", key
+
+    def load(self, start, ref, tgt, init, steps) -> PoseEncoding | None:
+        from ..caching import warn_unusable
+
+        path, key = self._where(start, ref, tgt, init, steps)
+        if not path.is_file():
+            return None
+        try:
+            d = torch.load(path, weights_only=True)
+            if d["key"] != key:
+                warn_unusable(path, "from other codes / targets / settings / generator", stacklevel=4)
+                return None
+            ws, hist = d["ws"], d["loss_history"].numpy()
+            if ws.shape[0] != len(tgt) or hist.shape[0] != len(tgt) or not torch.isfinite(ws).all():
+                raise ValueError(f"{tuple(ws.shape)} codes for {len(tgt)} frames")
+            return PoseEncoding(ws, np.asarray(tgt, np.float64), d["predicted"].numpy().astype(np.float64),
+                                np.full((len(tgt), 3), np.nan), list(hist), dict(d["settings"]))
+        except Exception as e:  # truncated / corrupt (torch raises many kinds here): optimised again
+            warn_unusable(path, f"unreadable ({type(e).__name__}: {str(e)[:100]})", stacklevel=4)
+            return None
+
+    def save(self, start, ref, tgt, init, steps, part: PoseEncoding) -> None:
+        path, key = self._where(start, ref, tgt, init, steps)
+        state = {"key": key, "ws": part.ws.detach().float().cpu(), "predicted": torch.from_numpy(part.predicted),
+                 "loss_history": torch.from_numpy(np.stack(part.loss_history)), "settings": part.settings}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda f: torch.save(state, f))
+
+
 def encode_pose_sequence(G, w_ref, targets, pose_fn=None, *, steps_first: int = 100, steps_next: int = 30,
                          batch_size: int | None = None, progress: bool = True, measure: bool | None = None,
-                         **kwargs) -> PoseEncoding:
+                         checkpoint_dir=None, **kwargs) -> PoseEncoding:
     """One pose code per target frame ([T, 3] degrees), ``batch_size`` frames optimised together. ``w_ref``: one
     code [num_ws, w_dim] for all frames, or one per frame [T, num_ws, w_dim] (each frame's rows 8+ and identity term).
 
     Each batch starts from the previous batch's last result (warm start; the first from ``w_ref``) and runs
     ``steps_first`` (first batch) or ``steps_next`` Adam steps. ``batch_size`` default: 8 for a P_r on images (one
     backward pass through G serves 8 frames), 1 for a P_r on w (cheap; each frame starts from its predecessor).
+    ``checkpoint_dir``: each finished batch is saved there (``frames_<first>-<last>.pt``, atomically); a re-run
+    with the same generator, codes, targets, P_r and settings loads the finished batches instead of optimising them
+    again (one from other inputs, or unreadable, is redone with a :class:`~v2s_nb.errors.CacheWarning`).
     """
     pose_fn = _resolve_pose_fn(G, pose_fn)
     targets = _poses(targets, "targets")
@@ -476,21 +528,29 @@ def encode_pose_sequence(G, w_ref, targets, pose_fn=None, *, steps_first: int = 
     if per_frame and len(w_ref) != len(targets):
         raise ValueError(f"w_ref has {len(w_ref)} codes and targets {len(targets)} poses: give one code for all "
                          "frames, or one per frame")
+    starts = list(range(0, len(targets), batch_size))
+    steps = [steps_first if b == 0 else steps_next for b in range(len(starts))]
+    ckpt = _BatchCheckpoints(checkpoint_dir, G, pose_fn, kwargs) if checkpoint_dir else None
     parts, prev = [], None
-    bar = progress_bar(total=len(targets), desc="pose encoding", unit="frame", enabled=progress)
+    bar = progress_bar(total=sum(steps), desc="pose encoding", unit="step", enabled=progress)
     try:
-        for s in range(0, len(targets), batch_size):
+        for b, s in enumerate(starts):
             tgt = targets[s:s + batch_size]
             init = None if prev is None else prev[-1:].expand(len(tgt), -1, -1)
             ref = w_ref[s:s + batch_size] if per_frame else w_ref
-            parts.append(encode_pose(G, ref, tgt, pose_fn, steps=steps_first if prev is None else steps_next,
-                                     init=init, measure=False, **kwargs))
-            prev = parts[-1].ws
-            if bar is not None:
-                bar.update(len(tgt))
+            bar.set_description(f"pose encoding frames {s}..{s + len(tgt) - 1}")
+            part = ckpt.load(s, ref, tgt, init, steps[b]) if ckpt is not None else None
+            if part is None:
+                part = encode_pose(G, ref, tgt, pose_fn, steps=steps[b], init=init, measure=False,
+                                   on_step=lambda _: bar.update(1), **kwargs)
+                if ckpt is not None:
+                    ckpt.save(s, ref, tgt, init, steps[b], part)
+            else:
+                bar.update(steps[b])
+            parts.append(part)
+            prev = part.ws
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     ws = torch.cat([p.ws for p in parts])
     if measure is None:
         measure = not getattr(G, "is_random", False)
