@@ -360,6 +360,61 @@ def test_pti_nan_loss_stops_naming_the_frame(G, known):
     assert pivotal_tuning(G, known[0][:1], known[2].ws[:1], steps=0, progress=False) is not G  # zero steps: a copy
 
 
+class _StopsAfter:
+    """A perceptual term of zero that stands in for Ctrl-C after ``limit`` calls (None: never)."""
+    cache_key = "zero-perceptual"
+
+    def __init__(self, limit=None):
+        self.calls, self.limit = 0, limit
+
+    def __call__(self, img, target):
+        self.calls += 1
+        if self.limit is not None and self.calls > self.limit:
+            raise KeyboardInterrupt
+        return img.sum((1, 2, 3)) * 0.0
+
+
+def _pti_resume_case(G, image, w, tmp_path, **kw):
+    """(uninterrupted, resumed) generators of a 6-step PTI cut after step 3 (state saved every step)."""
+    from v2s_nb.errors import CacheWarning
+
+    whole = pivotal_tuning(G, image, w, steps=6, perceptual=_StopsAfter(), progress=False, **kw)
+    ckpt = tmp_path / "pti.resume.pt"
+    with pytest.raises(KeyboardInterrupt):  # two perceptual calls a step: pivots and the locality code
+        pivotal_tuning(G, image, w, steps=6, perceptual=_StopsAfter(limit=2 * 3 + 1), checkpoint=ckpt,
+                       checkpoint_seconds=0, progress=False, **kw)
+    assert ckpt.is_file() and torch.load(ckpt, weights_only=True)["step"] == 3
+    other = _StopsAfter(limit=0)
+    with pytest.warns(CacheWarning, match="another tuning"), pytest.raises(KeyboardInterrupt):
+        pivotal_tuning(G, image, w, steps=7, perceptual=other, checkpoint=ckpt, progress=False, **kw)
+    assert ckpt.is_file()  # set aside, not removed: it is overwritten only by a save of the other tuning
+    rest = _StopsAfter()
+    resumed = pivotal_tuning(G, image, w, steps=6, perceptual=rest, checkpoint=ckpt, progress=False, **kw)
+    assert rest.calls == 2 * 3 and not ckpt.exists()  # steps 3-5 only; the file goes once the tuning is done
+    return whole, resumed
+
+
+def test_pti_resumes_from_its_checkpoint_to_the_uninterrupted_result(G, known, tmp_path):
+    """An interrupted PTI goes on from its last saved state (weights, Adam's moments, step, the same random draws)
+    and ends where an uninterrupted run does; a state saved by another tuning is not used, nor a damaged file."""
+    from v2s_nb.errors import CacheWarning
+
+    image, w = known[0][:1], known[2].ws[:1]
+    whole, resumed = _pti_resume_case(G, image, w, tmp_path, lr=1e-2)
+    for a, b, c in zip(whole.synthesis.parameters(), resumed.synthesis.parameters(), G.synthesis.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert any(not torch.equal(a, c) for a, c in zip(whole.synthesis.parameters(), G.synthesis.parameters()))
+    ckpt = tmp_path / "damaged.pt"
+    ckpt.write_bytes(b"damaged")
+    with pytest.warns(CacheWarning, match="unreadable"):
+        again = pivotal_tuning(G, image, w, steps=6, lr=1e-2, perceptual=_StopsAfter(), checkpoint=ckpt,
+                               progress=False)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole.synthesis.parameters(),
+                                                               again.synthesis.parameters()))
+    with pytest.raises(ValueError, match="checkpoint_seconds"):
+        pivotal_tuning(G, image, w, steps=1, checkpoint=ckpt, checkpoint_seconds=-1, progress=False)
+
+
 def test_pti_locality_codes_lie_the_radius_from_the_pivot_over_the_whole_code(G, known, monkeypatch):
     """PTI's locality codes: w_p + r (w_z - w_p) / ||w_z - w_p||, the norm over the whole code (all w+ rows), as
     PTI's torch.norm of the direction; a norm per row put them sqrt(num_ws) times farther."""
@@ -460,6 +515,26 @@ def test_pti_with_cuda_graphs_matches_eager():
     graphs, eager = change(tuned[True]), change(tuned[False])
     assert float(eager.norm()) > 1e-3  # the steps changed the weights
     assert float((graphs - eager).norm() / eager.norm()) < 2e-2, float((graphs - eager).norm() / eager.norm())
+
+
+@requires_cuda
+def test_pti_resumes_on_the_gpu_from_graphs_and_a_loss_scale(tmp_path):
+    """On CUDA (mixed precision: the loss scaler's state saved too; the steps from CUDA graphs, recorded after the
+    state is restored) a resumed PTI ends where an uninterrupted one does, as far as the GPU repeats itself."""
+    from v2s_nb.stylegan3 import build_generator
+    G = build_generator("T", resolution=256, device="cuda", seed=0)
+    w = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(1)).cuda(), None)
+    with torch.no_grad():
+        image = G.synthesis(G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(2)).cuda(),
+                                      None)).float().clamp(-1, 1).cpu()
+    whole, resumed = _pti_resume_case(G, image, w, tmp_path, lr=1e-3, cuda_graphs=True)
+
+    def change(G_t):
+        return torch.cat([(a - b).flatten() for a, b in zip(G_t.synthesis.parameters(), G.synthesis.parameters())])
+
+    a, b = change(whole), change(resumed)
+    assert float(a.norm()) > 1e-3
+    assert float((a - b).norm() / a.norm()) < 2e-2, float((a - b).norm() / a.norm())
 
 
 @requires_cuda

@@ -226,10 +226,11 @@ def test_cached_pti_and_pose_codes_are_keyed_and_checked(tmp_path, monkeypatch):
 
     G = tiny_generator("R", resolution=64, seed=0).double()
     tuned = []
-    monkeypatch.setattr(inv, "pivotal_tuning", lambda G, *a, **k: tuned.append(1) or G)
+    monkeypatch.setattr(inv, "pivotal_tuning", lambda G, *a, **k: tuned.append(k["checkpoint"]) or G)
     ref, w = np.zeros((64, 64, 3), np.uint8), torch.zeros(G.num_ws, G.w_dim, dtype=torch.float64)
     P._pti(G, ref, w, tmp_path, 5, False, None)
     (entry,) = tmp_path.glob("pti-*.safetensors")
+    assert tuned[0] == entry.with_name(entry.name.replace(".safetensors", ".resume.pt"))  # where a rerun resumes
     assert P._pti(G, ref, w, tmp_path, 5, False, None).synthesis.input.weight.dtype == torch.float64
     assert len(tuned) == 1
     entry.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{damaged}")

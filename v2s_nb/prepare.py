@@ -538,7 +538,8 @@ def _encoder(G, encoder, note: Say):
 def _pti(G, ref_aligned, w_ref, cache: Path, steps: int, progress: bool, say: Say):
     """G fine-tuned around the reference (PTI), cached in ``cache`` keyed by G, the code, the image and steps.
     A cached generator is used only when its tensors match the digest saved with them (one without a digest,
-    from an older v2s_nb, cannot be checked): otherwise it is tuned again, with a CacheWarning."""
+    from an older v2s_nb, cannot be checked): otherwise it is tuned again, with a CacheWarning. An interrupted
+    tuning resumes from its last saved state (``pti-<key>.resume.pt``)."""
     from .caching import generator_hash
     from .method.invert import pivotal_tuning
     from .stylegan3 import save_generator
@@ -560,7 +561,9 @@ def _pti(G, ref_aligned, w_ref, cache: Path, steps: int, progress: bool, say: Sa
             _tell(say, f"PTI generator reused ({f.name})")
             return G_pti
     _tell(say, f"pivotal tuning of the reference ({steps} steps)")
-    G_pti = pivotal_tuning(G, ref_aligned, w_ref[None], steps=steps, progress=progress)
+    # its state is saved every minute there: an interrupted tuning goes on from it (removed once done)
+    G_pti = pivotal_tuning(G, ref_aligned, w_ref[None], steps=steps, progress=progress,
+                           checkpoint=cache / f"pti-{key}.resume.pt")
     save_generator(G_pti, f)
     return G_pti
 

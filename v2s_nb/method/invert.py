@@ -41,6 +41,7 @@ import inspect
 import json
 import math
 import pickle
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -904,12 +905,53 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
     return inv
 
 
+class _TuningCheckpoint:
+    """:func:`pivotal_tuning`'s state in one file: the trained weights, the optimiser's and loss scaler's states and
+    the next step, with the key of what the tuning started from (generator, images, pivots, settings)."""
+
+    def __init__(self, path, what: dict):
+        self.path = Path(path)
+        self.key = json_key(what)
+
+    def restore(self, params, opt, scaler) -> int:
+        """Load a matching saved state into ``params``, ``opt`` and ``scaler``; the step to go on from (0: none)."""
+        if not self.path.is_file():
+            return 0
+        try:
+            d = torch.load(self.path, map_location="cpu", weights_only=True)
+            if d["key"] != self.key:
+                warn_unusable(self.path, "saved by another tuning (other generator / images / pivots / settings)",
+                              stacklevel=4)
+                return 0
+            saved = d["params"]
+            if len(saved) != len(params) or any(t.shape != p.shape for t, p in zip(saved, params)):
+                raise ValueError("its weights are not this generator's")
+            with torch.no_grad():
+                for p, t in zip(params, saved):
+                    p.copy_(t)
+            opt.load_state_dict(d["opt"])
+            scaler.load_state_dict(d["scaler"])
+            return int(d["step"])
+        except Exception as e:  # truncated / corrupt (torch raises many kinds here): tuned from the start
+            warn_unusable(self.path, f"unreadable ({type(e).__name__}: {str(e)[:100]})", stacklevel=4)
+            return 0
+
+    def save(self, step: int, params, opt, scaler) -> None:
+        state = {"key": self.key, "step": int(step), "params": [p.detach().cpu() for p in params],
+                 "opt": opt.state_dict(), "scaler": scaler.state_dict()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, lambda f: torch.save(state, f))
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_weight: float = 1.0, perceptual=None,
                    perceptual_weight: float = 1.0, locality_weight: float = 0.1, locality_radius: float | None = None,
                    locality_samples: int = 1, locality_every: int = 1, locality_truncation: float = 0.5,
                    batch_size: int = 4, seed: int = 0, frame_indices: Sequence[int] | None = None,
                    lr_rampup: float = 0.0, lr_rampdown: float = 0.0, cuda_graphs: bool | None = None,
-                   progress: bool = True):
+                   checkpoint=None, checkpoint_seconds: float = 60.0, progress: bool = True):
     """Pivotal tuning (PTI, Roich et al. 2022): fine-tune a copy of ``G`` so that the pivots ``ws`` render
     ``images`` exactly, keeping the generator unchanged elsewhere.
 
@@ -935,6 +977,11 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
             without eager PyTorch's launch cost, which at small batches can set the step time. None (default): when
             a step renders at most :data:`CUDA_GRAPHS_MAX_BATCH` codes (one pivot and one locality code). Ignored
             on the CPU. Each step renders the pivots and the locality codes in one batch.
+        checkpoint: a file where the tuning's state (the weights, Adam's moments, the loss scale, the step) is saved
+            every ``checkpoint_seconds`` of tuning, atomically. A call with the same generator, images, pivots and
+            settings resumes from it, to the same result as an uninterrupted run (up to the GPU's nondeterminism);
+            one saved by another tuning, or unreadable, is set aside with a :class:`~v2s_nb.errors.CacheWarning`.
+            Removed when the tuning finishes.
     Returns:
         The tuned generator (eval mode, ``requires_grad`` off, on ``G``'s device), with ``source`` saying it was
         tuned; save it with :func:`v2s_nb.stylegan3.save_generator`.
@@ -943,6 +990,8 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
     """
     if steps < 0 or batch_size < 1:
         raise ValueError(f"steps must be >= 0 and batch_size >= 1, got {steps} and {batch_size}")
+    if not checkpoint_seconds >= 0:
+        raise ValueError(f"checkpoint_seconds must be >= 0 (seconds between saves), got {checkpoint_seconds!r}")
     device, dtype = _g_device_dtype(G)
     if isinstance(ws, Inversion):
         if frame_indices is None and len(ws.frame_indices) == len(images):
@@ -958,6 +1007,7 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
     pivots = _check_init(ws, G, n, device, dtype)
     targets = targets.to(device)
     perc_fn, perc_name = _resolve_perceptual(perceptual, device)
+    _keyed_by(perc_name, checkpoint=checkpoint)
     radius = 30.0 * math.sqrt(G.w_dim / 512) if locality_radius is None else float(locality_radius)
 
     G_orig = G
@@ -969,6 +1019,16 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
     opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), fused=device.type == "cuda" or None)
     scaler = grad_scaler(G_t)
     rng = torch.Generator(device="cpu").manual_seed(int(seed))
+    resume = None
+    if checkpoint is not None:
+        settings = dict(steps=int(steps), lr=float(lr), mse_weight=float(mse_weight), perceptual=perc_name,
+                        perceptual_weight=float(perceptual_weight), locality_weight=float(locality_weight),
+                        radius=radius, locality_samples=int(locality_samples), locality_every=int(locality_every),
+                        locality_truncation=float(locality_truncation), batch_size=int(batch_size), seed=int(seed),
+                        lr_rampup=float(lr_rampup), lr_rampdown=float(lr_rampdown), fp16=scaler.is_enabled())
+        resume = _TuningCheckpoint(checkpoint, {"g": generator_identity(G)["sha256"], "images": targets,
+                                                "pivots": pivots.float().cpu(), "settings": settings})
+    start = resume.restore(params, opt, scaler) if resume is not None else 0
 
     def rec_loss(img, tgt):
         loss = mse_weight * (img - tgt).square().mean(dim=(1, 2, 3))
@@ -1019,11 +1079,14 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
         if pbar is not None and (step % 10 == 0 or step == steps - 1):
             pbar.set_postfix(loss=f"{loss_mean:.4g}", refresh=False)
 
-    pbar = _make_pbar(progress, steps, f"PTI on {n} pivot(s)")
+    pbar = _make_pbar(progress, steps, f"PTI on {n} pivot(s)" + (f", resumed at step {start}" if start else ""))
+    if pbar is not None and start:
+        pbar.update(start)
     scheduled = bool(lr_rampup or lr_rampdown)
     pending = None
+    saved_at = time.monotonic()
     try:
-        for step in range(steps):
+        for step in range(start, steps):
             if scheduled:
                 for group in opt.param_groups:
                     group["lr"] = lr_schedule(step, steps, lr, lr_rampup, lr_rampdown)
@@ -1051,10 +1114,17 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
             scaler.update()
             if pbar is not None:
                 pbar.update(1)
+            if resume is not None and step + 1 < steps and time.monotonic() - saved_at >= checkpoint_seconds:
+                check(pending)  # a diverged step is never saved as one to resume from
+                pending = None
+                resume.save(step + 1, params, opt, scaler)
+                saved_at = time.monotonic()
         check(pending)
     finally:
         if pbar is not None:
             pbar.close()
+    if resume is not None:
+        resume.remove()
     G_t.requires_grad_(False).eval()
     G_t.is_random = bool(getattr(G, "is_random", False))
     G_t.source = (f"{G.source} + PTI ({n} pivot(s), {steps} steps, lr {lr}, locality {locality_weight}, "
