@@ -149,8 +149,8 @@ def test_cli_adds_the_flag_hint(monkeypatch, capsys, tmp_path):
     def boom(args):
         raise NoFaceError("no face was found in the reference image me.png")
 
-    monkeypatch.setattr(cli, "cmd_generate", boom)
-    cli.main(["generate", "--out", str(tmp_path / "x.png")])
+    monkeypatch.setattr(cli, "cmd_reenact", boom)  # the subcommand that has --detector
+    cli.main(["reenact", "--reference", "me.png", "--driving", "d.mp4", "--out", str(tmp_path / "x.mp4")])
     err = capsys.readouterr().err
     assert "--detector cnn" in err and err.startswith("error: no face was found")
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 
@@ -43,8 +44,6 @@ DEVICES = "cpu, cuda, cuda:N (a GPU index, e.g. cuda:0) or auto"
 
 def device_name(text: str) -> str:
     """``--device`` text, checked and lower-cased: cpu, cuda, cuda:N or auto (argparse ``type=``)."""
-    import re
-
     name = str(text).strip().lower()
     if not re.fullmatch(r"cpu|auto|cuda(:[0-9]+)?", name):
         raise argparse.ArgumentTypeError(f"{text!r} is not a device; use {DEVICES}")
@@ -639,14 +638,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: What the command line adds to a caught error's message: the flags that fix it (messages from the Python API
-#: name arguments, never flags). Keyed by class name, looked up along the exception's MRO.
+#: name arguments, never flags). Keyed by class name; the first class along the exception's MRO with an entry
+#: decides. An entry is a hint or a tuple of them, tried in order: the first whose flags the running subcommand
+#: has is said, none if no hint fits (a subcommand is never told to pass a flag it does not have).
 _FLAG_HINTS = {
     "NoFaceError": "try --detector cnn or --upsample 2",
-    "InversionDivergedError": "check the --reference / --driving images; on a GPU, try --device cpu",
-    "PoseUnavailableError": "use a trained generator (--checkpoint stylegan3-r-ffhq-1024) or --pose-from none",
+    "InversionDivergedError": ("check the --reference / --driving images; on a GPU, try --device cpu",
+                               "on a GPU, try --device cpu"),
+    "PoseUnavailableError": ("use a trained generator (--checkpoint stylegan3-r-ffhq-1024) or --pose-from none",
+                             "use a trained generator (--checkpoint stylegan3-r-ffhq-1024)"),
     "EncoderCheckpointError": "check --encoder, or leave it out to invert by optimisation",
     "SnapshotError": "check --checkpoint / --network",
-    "WeightsUnavailableError": "or leave --checkpoint / --encoder out to run without downloads",
+    "WeightsUnavailableError": ("or leave --checkpoint / --encoder out to run without downloads",
+                                "or leave --checkpoint out to run without downloads"),
     "ImageReadError": "check --reference",
     "VideoReadError": "check --driving / --co-driving",
     "FrameFormatError": "check --driving / --co-driving",
@@ -654,38 +658,58 @@ _FLAG_HINTS = {
 }
 
 #: WeightsUnavailableError's hint by the missing file's name (its ``name``, else its message): the flag that
-#: avoids that file; names not listed get the hint of :data:`_FLAG_HINTS`.
+#: avoids that file, tried before the hints of :data:`_FLAG_HINTS` (which names not listed get).
 _WEIGHTS_HINTS = {
     "bisenet": "or use --regions landmarks, or --regions auto, which takes BiSeNet only when its weights are cached",
     "restyle": "or leave --encoder out to invert by optimisation",
-    "stylegan3": "or leave --checkpoint out to run without downloads (a tiny random generator)",
+    # not "a tiny random generator": demo without --checkpoint fits a generator to its photo instead
+    "stylegan3": "or leave --checkpoint out to run without downloads (and without a face model)",
     "pfld": "or use --pose-from none (no pose encoding)",
 }
 
 #: API argument spellings in a caught error's message (``detector='cnn'``) and the CLI's for them, by class name:
-#: the command line names its flags instead, once (not the API's and then its own hint).
+#: the command line names its flags instead, once (not the API's and then its own hint). A class's rules apply
+#: together, and only where the running subcommand has every flag they write.
 _CLI_SPELLINGS = {
     "NoFaceError": ((r"landmarks\(\.\.\., ([^()]*)\)", r"\1"), (r"\bdetector='(\w+)'", r"--detector \1"),
                     (r"\bupsample=(\d+)", r"--upsample \1"), (r"(--detector \w+), (--upsample)", r"\1 \2")),
 }
 
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 
-def _hint(e: BaseException, msg: str) -> str | None:
-    """The flags that fix ``e`` (see :data:`_FLAG_HINTS`), or None."""
+
+def _has_flags(text: str, flags) -> bool:
+    """Whether every ``--flag`` named in ``text`` is in ``flags`` (None: any flag is)."""
+    return flags is None or set(_FLAG.findall(text)) <= set(flags)
+
+
+def _subcommand_flags(parser: argparse.ArgumentParser, command: str | None) -> frozenset[str] | None:
+    """The option strings (hidden aliases included) of ``parser``'s subcommand ``command``; None if it has none."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return frozenset(action.choices[command]._option_string_actions)
+    return None
+
+
+def _hint(e: BaseException, msg: str, flags=None) -> str | None:
+    """The flags that fix ``e`` (see :data:`_FLAG_HINTS`) among ``flags`` (a subcommand's; None: any), or None."""
     names = [c.__name__ for c in type(e).__mro__]
+    hints = next(((h,) if isinstance(h, str) else h for h in map(_FLAG_HINTS.get, names) if h), ())
     if "WeightsUnavailableError" in names:
         for text in (getattr(e, "name", None), msg):  # the file's name first; the message names it too
             hint = next((h for key, h in _WEIGHTS_HINTS.items() if text and key in str(text).lower()), None)
             if hint:
-                return hint
-    return next((_FLAG_HINTS[n] for n in names if n in _FLAG_HINTS), None)
+                hints = (hint,) + tuple(hints)
+                break
+    return next((h for h in hints if _has_flags(h, flags)), None)
 
 
-def _cli_spelling(e: BaseException, msg: str) -> str:
-    """``msg`` with the API's argument spellings replaced by the CLI's flags (see :data:`_CLI_SPELLINGS`)."""
-    import re
-
+def _cli_spelling(e: BaseException, msg: str, flags=None) -> str:
+    """``msg`` with the API's argument spellings replaced by the CLI's flags (see :data:`_CLI_SPELLINGS`), where
+    the subcommand has those flags (``flags``; None: any)."""
     for rules in (_CLI_SPELLINGS.get(c.__name__, ()) for c in type(e).__mro__):
+        if not _has_flags(" ".join(repl for _, repl in rules), flags):
+            continue  # the API's spelling stays: true, where a flag for it would not be
         for pattern, repl in rules:
             msg = re.sub(pattern, repl, msg)
     return msg
@@ -696,8 +720,9 @@ def _cli_spelling(e: BaseException, msg: str) -> str:
 _EXPECTED = (ValueError, RuntimeError, OSError, MemoryError, LookupError, TypeError, ArithmeticError, ImportError)
 
 
-def error_line(e: BaseException) -> str:
-    """``error: <message> (<flag hint>)`` on one line, for any exception (see :data:`_FLAG_HINTS`)."""
+def error_line(e: BaseException, flags=None) -> str:
+    """``error: <message> (<flag hint>)`` on one line, for any exception (see :data:`_FLAG_HINTS`); ``flags``:
+    the running subcommand's options (:func:`_subcommand_flags`), the only ones the line may name (None: any)."""
     from .errors import V2SError
 
     if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
@@ -709,26 +734,27 @@ def error_line(e: BaseException) -> str:
         msg += f": {e.filename}"
     if not isinstance(e, (V2SError,) + _EXPECTED):
         return f"error: unexpected {type(e).__name__}: {msg} (a bug in v2s-nb: please report it with the command)"
-    msg = _cli_spelling(e, msg)
-    hint = _hint(e, msg)
-    if hint and not any(flag in msg for flag in hint.split() if flag.startswith("--")):
+    msg = _cli_spelling(e, msg, flags)
+    hint = _hint(e, msg, flags)
+    if hint and not any(flag in msg for flag in _FLAG.findall(hint)):
         msg += f" ({hint})"
     return f"error: {msg}"
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     _resolve_sources(args)
     try:
         return args.func(args)
     except KeyboardInterrupt:
         # true of the demo's several outputs too: they are moved into place together, at the very end
-        print("interrupted: finished stages are kept, and the finished batches of a video's inversion; a rerun "
-              "resumes from them (a stage cut part way, e.g. PTI or pose encoding, starts again); no output was "
+        print("interrupted: finished stages are kept, with the finished batches of a video's inversion and pose "
+              "encoding and PTI's last saved state (saved every minute); a rerun resumes from them; no output was "
               "written (those of a previous run are as they were)", file=sys.stderr)
         return 130
     except Exception as e:  # one line, never a traceback (the package's errors and the built-ins it raises)
-        print(error_line(e), file=sys.stderr)
+        print(error_line(e, _subcommand_flags(parser, args.command)), file=sys.stderr)
         return 2
 
 
