@@ -1,6 +1,8 @@
 """The public preparation API (v2s_nb.prepare) stage by stage on the tiny random generator: values, cache hits
 on a second call, pictures, and one-line errors for bad input."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -496,3 +498,75 @@ def test_pose_codes_save_their_batches_where_a_rerun_finds_them(tmp_path, monkey
         assert not list(cache.glob("pose-*"))
     assert folders[0] == folders[1] and folders[0].parent == tmp_path / "a" / "pose_batches" / "driving"
     assert folders[2].relative_to(tmp_path / "b") == folders[0].relative_to(tmp_path / "a")
+
+
+def test_reenactor_refuses_channels_and_pose_codes_of_other_inversions(stages, G):
+    """A notebook's inversions cell re-run with another photo, but not the pose cell below it: the pose codes (and
+    channels) of the old photo are refused, naming the stage to run again; the same inputs run again (equal codes,
+    from the cache) are accepted."""
+    inv, ch = stages["inv"], stages["ch"]
+    other_ref = dataclasses.replace(inv.reference, ws=inv.reference.ws + 0.5)
+    new = dataclasses.replace(inv, reference=other_ref)  # another person's photo inverted
+    old_poses = P.PoseCodes({"co-driving": inv.ws_codrive.clone()}, {}, {}, {}, inversions=inv)
+    with pytest.raises(ValueError, match=r"channels were made from other inputs.*run channels\(inv"):
+        P.reenactor(new, ch, None)
+    ch_new = dataclasses.replace(ch, inversions=new)
+    with pytest.raises(ValueError, match=r"pose codes were made from other inputs.*run pose_codes\(inv"):
+        P.reenactor(new, ch_new, old_poses)
+    other_video = dataclasses.replace(stages["faces"], co_driving=dataclasses.replace(
+        stages["faces"].co_driving, points=stages["faces"].co_driving.points + 1.0))
+    with pytest.raises(ValueError, match=r"pose codes were made from other inputs"):  # same photo, other video
+        P.reenactor(dataclasses.replace(inv, faces=other_video), ch, old_poses)
+    again = P.inversions(G, stages["faces"], cache=stages["cache"], say=None, **FAST)  # the cell run again
+    assert again is not inv and len(P.reenactor(again, ch, old_poses)) == 3
+    assert P.pose_codes(inv, cache=stages["cache"], progress=False, say=None).inversions is inv
+    with pytest.raises(TypeError, match="got Inversions, Channels, Channels"):
+        P.reenactor(inv, ch, ch)
+
+
+def test_stage_figures_take_a_sensible_number_of_frames(stages, tmp_path):
+    """``frames`` beyond a clip's length draws the clip's frames (it drew one empty column per number: minutes for
+    frames=400); 0, negative or non-integer counts are refused by name; the reference photo gone from disk leaves
+    its crops drawn."""
+    import shutil
+
+    faces, inv = stages["faces"], stages["inv"]
+    fig = faces.figure(frames=20)
+    assert len(fig.axes) == 3 * 3 and fig.get_size_inches()[0] < 8  # 3 rows (photo, 2 videos) x 3 frames
+    assert len(inv.figure(frames=20).axes) == 6 * 3
+    for bad in (0, -1, None, 2.5, P.MAX_FIGURE_FRAMES + 1):
+        with pytest.raises(ValueError, match="frames must be an integer in 1.."):
+            faces.figure(frames=bad)
+        with pytest.raises(ValueError, match="frames must be an integer in 1.."):
+            inv.figure(frames=bad)
+    moved = dataclasses.replace(faces, reference=dataclasses.replace(faces.reference,
+                                                                     path=tmp_path / "uploaded.png"))
+    shutil.copy(faces.reference.path, tmp_path / "uploaded.png")
+    (tmp_path / "uploaded.png").unlink()  # a notebook's upload folder emptied
+    fig = moved.figure(frames=2)
+    assert "no longer readable" in fig.axes[0].texts[0].get_text() and fig.axes[1].images
+
+
+def test_stage_arguments_users_get_wrong(stages, inputs, G, tmp_path, monkeypatch):
+    """cache=True is the default folder and cache=False is refused (the stages resume from it); say=False is
+    quiet; a generator's name where the generator goes, and invert_kwargs that set the stage's own settings, are
+    refused before any work; numpy numbers are numbers."""
+    import v2s_nb.method.invert as inv_mod
+
+    assert P._cache(True) == P.default_cache()
+    with pytest.raises(ValueError, match="cache=False"):
+        P.faces(*inputs, resolution=64, cache=False, progress=False, say=None)
+    P.faces(*inputs, resolution=64, cache=stages["cache"], progress=False, say=False)
+    with pytest.raises(TypeError, match="G must be a generator, got str.*load_generator"):
+        P.inversions("stylegan3-r-ffhq-1024", stages["faces"], cache=tmp_path)
+    calls = []
+    real = inv_mod.invert
+    monkeypatch.setattr(inv_mod, "invert", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with pytest.raises(ValueError, match=r"invert_kwargs sets \['batch_size'\].*invert_batch_size"):
+        P.inversions(G, stages["faces"], cache=tmp_path, invert_kwargs={"batch_size": 2}, say=None, **FAST)
+    assert calls == []
+    ch = P.channels(stages["inv"], regions="landmarks", t_fg=np.float32(0.03), t_bg=np.float64(0.5),
+                    cache=stages["cache"], progress=False, say=None)
+    assert ch.sets.settings["t_fg"] == pytest.approx(0.03) and "from the cache" in repr(ch)
+    r = repr(P.reenactor(stages["inv"], ch, stages["pose"]))
+    assert len(r) < 400 and r.startswith("Reenactor(3 frames at 10 fps") and "channels eyes" in r

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
 import time
 import warnings
 from pathlib import Path
@@ -59,7 +60,10 @@ def default_cache() -> Path:
 
 
 def _cache(cache) -> Path:
-    folder = default_cache() if cache is None else Path(cache).expanduser()
+    if cache is False:  # the stages' results live in the folder (resume, reruns): there is no "off"
+        raise ValueError("cache=False: the stages keep their results in a folder (that is how a rerun or an "
+                         "interrupted run resumes); pass a folder, or None (or True) for the per-user default")
+    folder = default_cache() if cache is None or cache is True else Path(cache).expanduser()
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"cache must be a folder, but {folder} is a file; pass another folder (or None "
                                  "for the per-user default)")
@@ -68,7 +72,7 @@ def _cache(cache) -> Path:
 
 
 def _tell(say: Say, msg: str) -> None:
-    if say is not None:
+    if say is not None and say is not False:  # say=False reads as "quiet", as None does
         say(msg)
 
 
@@ -158,6 +162,19 @@ def _new_figure(rows: int, cols: int, size: float = 1.9, extra_height: float = 0
 
 def _picks(n: int, k: int) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, min(k, n)).round().astype(int).tolist()))
+
+
+#: The most frames a stage's figure shows per clip (each is a column; the players show every frame).
+MAX_FIGURE_FRAMES = 24
+
+
+def _figure_columns(frames, clips, least: int) -> int:
+    """Columns of a figure of ``frames`` frames per clip: ``frames`` checked (1..:data:`MAX_FIGURE_FRAMES`), no more
+    than the longest clip has, and at least ``least``."""
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or not 1 <= frames <= MAX_FIGURE_FRAMES:
+        raise ValueError(f"frames must be an integer in 1..{MAX_FIGURE_FRAMES} (frames shown per video), got "
+                         f"{frames!r}; to look at every frame, use the player (v2s_nb.widgets)")
+    return max(min(int(frames), max(len(c) for c in clips)), least)
 
 
 class _Shows:
@@ -343,11 +360,16 @@ class Faces(_Shows):
         from .images import read_image
 
         videos = [(k, c) for k, c in self.clips().items() if c.kind == "video"]
-        cols = max(frames, 2)
+        cols = _figure_columns(frames, [c for _, c in videos], 2)
         fig, axes = _new_figure(1 + len(videos), cols)
-        photo = read_image(self.reference.path)
-        axes[0, 0].imshow(photo)
-        axes[0, 0].set_title(f"reference photo\n{photo.shape[1]}x{photo.shape[0]} px", fontsize=8)
+        try:  # read again: the stage keeps only the crops (the photo may be large)
+            photo = read_image(self.reference.path)
+        except (OSError, ValueError) as e:  # moved, deleted (a notebook's upload folder), unreadable: the crops stay
+            axes[0, 0].text(0.5, 0.5, f"reference photo\nno longer readable:\n{self.reference.path.name}\n"
+                                      f"({type(e).__name__})", ha="center", va="center", fontsize=7, wrap=True)
+        else:
+            axes[0, 0].imshow(photo)
+            axes[0, 0].set_title(f"reference photo\n{photo.shape[1]}x{photo.shape[0]} px", fontsize=8)
         rows = [("reference", self.reference, [0])] + [(k, c, _picks(len(c), frames)) for k, c in videos]
         for r, (name, clip, picks) in enumerate(rows):
             for col, j in enumerate(picks):
@@ -358,7 +380,7 @@ class Faces(_Shows):
                 title = "aligned" if r == 0 else f"{name} {j}" + (" (interp.)" if clip.interpolated[j] else "")
                 ax.set_title(title, fontsize=8)
         for ax in axes.ravel():
-            if not ax.images:
+            if not ax.images and not ax.texts:
                 ax.axis("off")
         fig.suptitle(f"faces: FFHQ-aligned crops at {self.resolution} px with their landmarks", fontsize=9)
         return fig
@@ -495,7 +517,7 @@ class Inversions(_Shows):
         clips = self.clips()
         faces = self.faces.clips()
         pti = self.G_render is not self.G
-        cols = max(frames, 3 if pti else 2)
+        cols = _figure_columns(frames, [v for k, v in clips.items() if k != "reference"], 3 if pti else 2)
         fig, axes = _new_figure(2 * len(clips), cols)
         for r, (name, inv) in enumerate(clips.items()):
             picks = [0] if name == "reference" else _picks(len(inv), frames)
@@ -568,6 +590,11 @@ def _pti(G, ref_aligned, w_ref, cache: Path, steps: int, progress: bool, say: Sa
     return G_pti
 
 
+#: Settings of the inversion that :func:`inversions` makes itself (its own arguments), not ``invert_kwargs``'s.
+_STAGE_SETS = {"steps", "steps_first", "steps_next", "batch_size", "cache_dir", "checkpoint_dir", "progress",
+               "frame_indices", "init"}
+
+
 def inversions(G, faces: Faces, *, encoder=None, encoder_iters: int = 3, refine_steps: int = 0,
                invert_steps: int = _INVERT_DEFAULTS["steps"], invert_steps_next: int = _STEPS_NEXT,
                invert_batch_size: int = 8, batch_size: int = 8,
@@ -594,6 +621,13 @@ def inversions(G, faces: Faces, *, encoder=None, encoder_iters: int = 3, refine_
 
     if not isinstance(faces, Faces):
         raise TypeError(f"faces must be the Faces of v2s_nb.prepare.faces(...), got {type(faces).__name__}")
+    if not (hasattr(G, "synthesis") and hasattr(G, "img_resolution")):
+        raise TypeError(f"G must be a generator, got {type(G).__name__} {str(G)[:60]!r}: load one first, e.g. "
+                        "G = v2s_nb.stylegan3.load_generator('stylegan3-r-ffhq-1024', device='cuda')")
+    own = sorted(set(invert_kwargs or {}) & _STAGE_SETS)  # before any work, not after the reference is inverted
+    if own:
+        raise ValueError(f"invert_kwargs sets {own}, which this stage decides itself: use its own arguments "
+                         "(invert_steps, invert_steps_next, invert_batch_size, cache, progress) instead")
     res = int(G.img_resolution)
     if faces.resolution != res:
         raise ValueError(f"the faces were aligned at {faces.resolution} px but the generator draws {res} px; call "
@@ -714,7 +748,7 @@ class Channels(_Shows):
                 if len(idx):
                     m = torch.nn.functional.interpolate(maps[layer][:, idx], size=(res, res), mode="bilinear",
                                                         align_corners=False)
-                    acc += m[0].sum(0).numpy()
+                    acc += m[0].sum(0).float().cpu().numpy()  # the maps are on G's device
                     n += len(idx)
             axes[1, col].imshow(ref)
             if n:
@@ -741,7 +775,7 @@ def channels(inversions: Inversions, *, layers="3-7", regions: str = "auto", t_f
     G = inversions.G
     names = layer_names(G, rows)
     for name, v in (("t_fg", t_fg), ("t_bg", t_bg)):
-        if v is not None and not (isinstance(v, (int, float)) and 0.0 <= float(v) <= 1.0):
+        if v is not None and not (isinstance(v, numbers.Real) and not isinstance(v, bool) and 0.0 <= float(v) <= 1.0):
             raise ValueError(f"{name} must be a number in [0, 1] (or None for the default), got {v!r}")
     t0 = time.perf_counter()
     folder = _cache(cache)
@@ -766,6 +800,7 @@ class PoseCodes(_Shows):
             measured on the re-posed reference.
         skipped: {source: why} for sources that were asked for but could not be encoded.
         regressor: the pose regressor's class name (or None).
+        inversions: the stage-2 result the codes were made from (None: not recorded).
     """
 
     codes: dict
@@ -774,6 +809,7 @@ class PoseCodes(_Shows):
     skipped: dict
     regressor: str | None = None
     seconds: float = 0.0
+    inversions: Any = None
 
     def __repr__(self) -> str:
         parts = []
@@ -882,7 +918,7 @@ def pose_codes(inversions: Inversions, sources=None, *, steps: int = 100, steps_
     _check_int("steps_next", steps_next, 1, 100_000)
     t0 = time.perf_counter()
     G = inversions.G
-    out = PoseCodes({}, {}, {}, {})
+    out = PoseCodes({}, {}, {}, {}, inversions=inversions)
     if not sources:
         return out
     why = None
@@ -932,6 +968,23 @@ def _fill_gaps(x, gaps):
     return _fill_missing(np.asarray(x), ~bad)
 
 
+def _check_made_from(what: str, remake: str, theirs, inv: Inversions, sources=()) -> None:
+    """ValueError when the stage result ``what`` was made from other inputs than ``inv``'s (e.g. a notebook's earlier
+    cells re-run with another photo, and not the cell that made it): mixed in, it would bring another person's codes
+    or another video's poses. Compared: the reference's code, and the clips of ``sources`` (their landmarks), so the
+    same inputs run again (equal results, from the cache) pass."""
+    if theirs is None or theirs is inv:
+        return
+    same = theirs.w_ref.shape == inv.w_ref.shape and torch.equal(theirs.w_ref, inv.w_ref)
+    mine, old = inv.faces.clips(), theirs.faces.clips()
+    for s in sources:
+        same = same and s in mine and s in old and np.array_equal(old[s].points, mine[s].points, equal_nan=True)
+    if not same:
+        raise ValueError(f"the {what} were made from other inputs than these inversions (another reference photo, "
+                         f"video or generator): run {remake} again with these inversions, or pass the inversions "
+                         f"they were made from")
+
+
 def _default_source(faces) -> str:
     """Where the head pose and the position come from by default: the co-driving video when there is one."""
     return "co-driving" if faces.co_driving is not None else "driving"
@@ -954,9 +1007,14 @@ def reenactor(inversions: Inversions, channels: Channels, poses: PoseCodes | Non
     """
     from .method.reenact import Reenactor
 
-    if not isinstance(inversions, Inversions) or not isinstance(channels, Channels):
+    if (not isinstance(inversions, Inversions) or not isinstance(channels, Channels)
+            or not isinstance(poses, (PoseCodes, type(None)))):
+        got = ", ".join(type(x).__name__ for x in (inversions, channels, poses))
         raise TypeError("reenactor(inversions, channels, poses) takes the results of v2s_nb.prepare.inversions, "
-                        ".channels and .pose_codes")
+                        f".channels and .pose_codes (poses may be None), in that order; got {got}")
+    _check_made_from("channels", "channels(inv, ...)", channels.inversions, inversions)
+    if poses is not None:
+        _check_made_from("pose codes", "pose_codes(inv, ...)", poses.inversions, inversions, poses.codes)
     faces = inversions.faces
     clips = faces.clips()
     default = _default_source(faces)

@@ -390,7 +390,9 @@ class ChannelSets:
         s = dict(self.settings)
         s["t_fg"] = self.t_fg if t_fg is None else float(t_fg)
         s["t_bg"] = self.t_bg if t_bg is None else float(t_bg)
-        return ChannelSets(self.scores, s)
+        out = ChannelSets(self.scores, s)
+        out.from_cache = self.from_cache  # the scores' origin, which the new thresholds don't change
+        return out
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {r: {l: len(s) for l, s in by_l.items()} for r, by_l in self._sel.items()}

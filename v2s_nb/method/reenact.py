@@ -402,6 +402,15 @@ class Reenactor:
     fps_codrive: float | None = None
     info: dict = dataclasses.field(default_factory=dict)
 
+    def __repr__(self) -> str:  # the dataclass's would print both generators' modules (tens of KB)
+        chans = {r: int(sum(len(c) for c in by_l.values())) for r, by_l in self.region_channels.items()}
+        rows = f"{self.layers[0]}-{self.layers[-1]}" if len(self.layers) > 1 else f"{self.layers[0]}"
+        return (f"Reenactor({self.num_frames} frames at {self.fps:g} fps; {self.motion_mode} motion from "
+                f"{self.motion} (strength {self.strength:g}), pose from {self.pose or 'none'}, position from "
+                f"{self.position or 'none'} ({self.position_mode}); W+ rows {rows}, channels "
+                + ", ".join(f"{r} {chans.get(r, 0)}" for r in self.regions)
+                + f"; rendering with {'a fine-tuned copy of G' if self.G_render is not self.G else 'G'})")
+
     def __post_init__(self):
         self.w_ref = _as_w(self.w_ref, "w_ref", ndim=2)
         self.ws_drive = _as_w(self.ws_drive, "ws_drive")
