@@ -11,6 +11,7 @@ from v2s_nb import prepare as P
 from v2s_nb.cli import make_demo_inputs
 from v2s_nb.method.reenact import Reenactor
 from v2s_nb.stylegan3 import tiny_generator
+from conftest import requires_cuda
 
 FAST = dict(invert_steps=1, invert_steps_next=1, progress=False)
 
@@ -570,3 +571,15 @@ def test_stage_arguments_users_get_wrong(stages, inputs, G, tmp_path, monkeypatc
     assert ch.sets.settings["t_fg"] == pytest.approx(0.03) and "from the cache" in repr(ch)
     r = repr(P.reenactor(stages["inv"], ch, stages["pose"]))
     assert len(r) < 400 and r.startswith("Reenactor(3 frames at 10 fps") and "channels eyes" in r
+
+
+@requires_cuda
+def test_stages_and_their_figures_on_cuda(inputs, tmp_path):
+    """The stages on a CUDA generator: the figures bring the GPU's tensors to the host (Channels.figure read its
+    feature maps with .numpy() on the generator's device)."""
+    G = tiny_generator("R", resolution=64, seed=0).cuda()
+    faces = P.faces(*inputs, resolution=64, cache=tmp_path, progress=False, say=None)
+    inv = P.inversions(G, faces, cache=tmp_path, say=None, **FAST)
+    ch = P.channels(inv, regions="landmarks", t_fg=0.03, t_bg=0.5, cache=tmp_path, progress=False, say=None)
+    assert len(inv.figure(frames=2).axes) == 6 * 2 and len(ch.figure().axes) == 6
+    assert P.reenactor(inv, ch, None).render_frame(1).shape == (64, 64, 3)
