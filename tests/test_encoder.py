@@ -354,6 +354,16 @@ def test_invert_with_encoder_refines_and_caches(tmp_path, tiny_g):
     again = invert_with_encoder(E, G, frames, n_iters=2, batch_size=2, refine_steps=15, refine_lr=0.02,
                                 cache_dir=tmp_path / "inv", progress=False)
     assert again.from_cache and torch.equal(again.ws, ref.ws)
+    # the refinement interrupted in its third batch resumes from the two it finished (and the saved codes)
+    for entry in (tmp_path / "inv").glob("enc-*"):
+        entry.unlink()
+    run, = (tmp_path / "inv" / "batches" / "refine").iterdir()
+    (run / "images_000004-000004.json").unlink()
+    E.encode = None  # the codes come from the saved ones, not from the encoder
+    resumed = invert_with_encoder(E, G, frames, n_iters=2, batch_size=2, refine_steps=15, refine_lr=0.02,
+                                  cache_dir=tmp_path / "inv", progress=False)
+    del E.encode
+    assert torch.allclose(resumed.ws, ref.ws, atol=1e-6) and not resumed.from_cache
     # a perceptual callable in refine_kwargs is keyed by its name, as invert's own cache keys it: a lambda (its
     # memory address, reused by another lambda) is refused with a folder, a named one is recorded by name
     with pytest.raises(ValueError, match="cache_key"):

@@ -394,6 +394,25 @@ def _pti_resume_case(G, image, w, tmp_path, **kw):
     return whole, resumed
 
 
+def test_invert_resumes_from_its_finished_batches(G, known, tmp_path):
+    """``checkpoint_dir``: an interrupted inversion keeps its finished batches, and the rerun optimises only the
+    others, to the codes of an uninterrupted run (each batch's noise from its own seed, so skipping one changes
+    none after it)."""
+    images = known[0]
+    kw = dict(steps=4, batch_size=1, lr=0.1, w_noise=0.05, progress=False)
+    counting = _StopsAfter()
+    whole = invert(G, images, perceptual=counting, **kw)
+    per_batch = counting.calls // 2
+    ckpt = tmp_path / "batches"
+    with pytest.raises(KeyboardInterrupt):
+        invert(G, images, perceptual=_StopsAfter(limit=per_batch + 1), checkpoint_dir=ckpt, **kw)
+    assert sorted(f.name for f in ckpt.iterdir()) == ["images_000000-000000.json", "images_000000-000000.npy"]
+    rest = _StopsAfter()
+    again = invert(G, images, perceptual=rest, checkpoint_dir=ckpt, **kw)
+    assert rest.calls == per_batch and torch.allclose(again.ws, whole.ws, atol=1e-6)
+    assert np.allclose(again.mse, whole.mse) and len(again.loss_history) == 2
+
+
 def test_pti_resumes_from_its_checkpoint_to_the_uninterrupted_result(G, known, tmp_path):
     """An interrupted PTI goes on from its last saved state (weights, Adam's moments, step, the same random draws)
     and ends where an uninterrupted run does; a state saved by another tuning is not used, nor a damaged file."""

@@ -38,6 +38,7 @@ other object in the file is refused without being run.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import pathlib
 import pickle
@@ -563,13 +564,15 @@ def invert_with_encoder(E: ReStyleEncoder, G, images, *, n_iters: int = 3, batch
         E: the encoder; G: the generator the codes are for (normally ``E.generator`` or the same weights).
         images: as for :func:`~v2s_nb.method.invert.invert` (uint8 [N, H, W, 3] or float [N, 3, H, W] in [-1, 1]).
         cache_dir: as for :func:`invert`; the key covers the images, the encoder's and generator's weights and
-            these settings.
+            these settings. With ``refine_steps``, the encoder's codes and each finished batch of the refinement
+            are also kept there (``batches/refine/<key>/``), so an interrupted call resumes from them.
     Returns:
         :class:`~v2s_nb.method.invert.Inversion` (codes on the CPU, PSNR against the images at G's resolution;
         ``settings['mode']`` is ``'encoder'``; ``total_steps`` counts the refinement's Adam steps).
     """
     from .invert import (Inversion, _cache_lookup, _keyed_by, _reconstruction_mse, _resolve_perceptual,
-                         generator_identity, invert, prepare_images, psnr_from_mse)
+                         default_cache_dir, generator_identity, invert, prepare_images, psnr_from_mse)
+    from ..caching import KEY_CHARS, hash_tensor, json_key, warn_unusable
 
     targets = prepare_images(images, G.img_resolution, frame_indices)
     n = targets.shape[0]
@@ -586,13 +589,30 @@ def invert_with_encoder(E: ReStyleEncoder, G, images, *, n_iters: int = 3, batch
                                        idx)
     if cached is not None:
         return cached
-    E.to(G.device)
-    ws = E.encode(images, n_iters=n_iters, batch_size=batch_size, force_fp32=force_fp32, progress=progress)
+    run = None  # the refinement's checkpoints: the encoder's codes (its start, keyed into each batch) and batches
+    if cache_dir and refine_steps > 0:
+        h = hashlib.sha256()
+        hash_tensor(h, targets)
+        run = ((default_cache_dir() if cache_dir is True else Path(cache_dir)) / "batches" / "refine"
+               / json_key({"images": h.hexdigest(), "generator": gen_id["sha256"], "settings": settings})[:KEY_CHARS])
+    ws = None
+    if run is not None and (run / "codes.json").exists():
+        try:
+            ws = Inversion.load(run / "codes").ws
+        except (ValueError, OSError) as e:
+            warn_unusable(run / "codes.json", f"unreadable ({e})")
+    if ws is None or ws.shape[0] != n:
+        E.to(G.device)
+        ws = E.encode(images, n_iters=n_iters, batch_size=batch_size, force_fp32=force_fp32, progress=progress)
+        if run is not None:  # a rerun starts the refinement from these same codes, so its batches' keys match
+            Inversion(ws=ws.float().cpu(), mse=np.zeros(n), psnr=np.zeros(n), loss_history=[],
+                      settings={"mode": "encoder codes"}, generator=gen_id,
+                      frame_indices=np.asarray(idx, dtype=np.int64)).save(run / "codes")
     hist, total = [], 0
     if refine_steps > 0:
         kw = dict(lr=float(refine_lr), w_noise=0.0, lr_rampup=0.0, batch_size=int(batch_size), progress=progress)
         kw.update(refine_kwargs or {})
-        ref = invert(G, targets, steps=int(refine_steps), init=ws, frame_indices=idx, **kw)
+        ref = invert(G, targets, steps=int(refine_steps), init=ws, frame_indices=idx, checkpoint_dir=run, **kw)
         ws, hist, total = ref.ws, list(ref.loss_history), ref.total_steps
     ws = ws.to(G.device, torch.float32)
     mse = _reconstruction_mse(G, ws, targets, batch_size)

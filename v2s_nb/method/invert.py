@@ -701,7 +701,7 @@ def invert(G, images, *, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["l
            mse_weight: float = DEFAULTS["mse_weight"], perceptual=None,
            perceptual_weight: float = DEFAULTS["perceptual_weight"], w_avg_weight: float = DEFAULTS["w_avg_weight"],
            init=None, seed: int = DEFAULTS["seed"], batch_size: int = 8, frame_indices: Sequence[int] | None = None,
-           cache_dir=None, cuda_graphs: bool | None = None, progress: bool = True) -> Inversion:
+           cache_dir=None, checkpoint_dir=None, cuda_graphs: bool | None = None, progress: bool = True) -> Inversion:
     """Project images into W+ of ``G`` (every image independently; ``batch_size`` of them per optimiser run).
 
     Args:
@@ -717,11 +717,15 @@ def invert(G, images, *, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["l
         mse_weight, perceptual, perceptual_weight: the reconstruction loss (see the module docstring).
         w_avg_weight: weight of the pull toward ``w_avg``.
         init: start codes [N, num_ws, w_dim] (or one code broadcast to all images); default ``w_avg`` on every row.
-        seed: seeds the noise on w (results are deterministic for a given seed, device and batch split).
+        seed: seeds the noise on w, ``seed + b`` for the ``b``-th batch (results are deterministic for a given seed,
+            device and batch split).
         batch_size: images optimised together (memory vs. speed; results do not depend on it without noise).
         frame_indices: the frames' indices, used in messages and stored (default 0..N-1).
         cache_dir: a folder (or True for :func:`default_cache_dir`): results are stored there keyed by a hash of
             the images, the generator's weights, the settings and ``init``, and reused instead of recomputed.
+        checkpoint_dir: each finished batch is saved there (``images_<first>-<last>.npy/.json``, atomically); a
+            re-run with the same images, start codes, generator and settings loads finished batches instead of
+            optimising them again (one that is unreadable or from other inputs is redone, with a CacheWarning).
         cuda_graphs: on CUDA, render from CUDA graphs (:class:`~v2s_nb.stylegan3.GraphedTrainingSynthesis`,
             recorded once for ``batch_size`` frames; a last, smaller batch is padded): the same kernels without
             eager PyTorch's launch cost, which sets the step time at small batches. None (default): for batches of
@@ -744,7 +748,7 @@ def invert(G, images, *, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["l
     idx = list(range(n)) if frame_indices is None else [int(i) for i in frame_indices]
     init_ws = _check_init(init, G, n, device, dtype)
     perc_fn, perc_name = _resolve_perceptual(perceptual, device)
-    _keyed_by(perc_name, cache_dir=cache_dir)
+    _keyed_by(perc_name, cache_dir=cache_dir, checkpoint_dir=checkpoint_dir)
     settings = _settings(kwargs, perc_name, mode="invert", batch_size=int(batch_size),
                          init="w_avg" if init is None else "given")
     gen_id = generator_identity(G)
@@ -754,31 +758,64 @@ def invert(G, images, *, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["l
         return cached
 
     w_spread = _w_spread(G, device, dtype) if w_noise > 0 else 1.0
-    rng = torch.Generator(device="cpu").manual_seed(int(seed))
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     pbar = _make_pbar(progress, steps * math.ceil(n / batch_size), f"invert {n} image(s)")
-    render = _renderer(G, min(batch_size, n), cuda_graphs)
-    ws_out, hist = [], []
+    render = _renderer(G, min(batch_size, n), cuda_graphs)  # recorded on first use: not when every batch is loaded
+    ws_out, mse_out, hist = [], [], []
     try:
-        for s in range(0, n, batch_size):
-            if pbar is not None:
-                pbar.set_description(f"invert frames {idx[s]}..{idx[min(s + batch_size, n) - 1]}")
-            with codes_only(G):
-                w, hst = _optimise(G, targets[s:s + batch_size], init_ws[s:s + batch_size], steps, kwargs, perc_fn,
-                                   rng, idx[s:s + batch_size], pbar=pbar, w_noise=w_noise, w_spread=w_spread,
-                                   render=render)
-            ws_out.append(w)
-            hist.extend(list(hst))
+        for b, s in enumerate(range(0, n, batch_size)):
+            e = min(s + batch_size, n)
+            key = path = None
+            if ckpt is not None:
+                key = _batch_key(targets[s:e], init_ws[s:e], gen_id["sha256"], settings, {"start": s})
+                path = ckpt / f"images_{idx[s]:06d}-{idx[e - 1]:06d}"
+            part = _saved_batch(path, key)
+            if part is None:
+                if pbar is not None:
+                    pbar.set_description(f"invert frames {idx[s]}..{idx[e - 1]}")
+                # a generator per batch: a batch's noise doesn't depend on the batches before it (resumable)
+                rng = torch.Generator(device="cpu").manual_seed(int(seed) + b)
+                with codes_only(G):
+                    w, hst = _optimise(G, targets[s:e], init_ws[s:e], steps, kwargs, perc_fn, rng, idx[s:e],
+                                       pbar=pbar, w_noise=w_noise, w_spread=w_spread, render=render)
+                mse = _reconstruction_mse(G, w, targets[s:e], batch_size)
+                part = Inversion(ws=w.float().cpu(), mse=mse, psnr=psnr_from_mse(mse), loss_history=list(hst),
+                                 settings=dict(settings, checkpoint_key=key, batch_index=b), generator=gen_id,
+                                 frame_indices=np.asarray(idx[s:e], dtype=np.int64), total_steps=steps,
+                                 frame_steps=steps * (e - s))
+                if path is not None:
+                    part.save(path)
+            elif pbar is not None:
+                pbar.update(steps)
+            ws_out.append(part.ws)
+            mse_out.append(np.asarray(part.mse))
+            hist.extend(part.loss_history)
     finally:
         if pbar is not None:
             pbar.close()
-    ws = torch.cat(ws_out)
-    mse = _reconstruction_mse(G, ws, targets, batch_size)
-    inv = Inversion(ws=ws.float().cpu(), mse=mse, psnr=psnr_from_mse(mse), loss_history=hist, settings=settings,
+    mse = np.concatenate(mse_out)
+    inv = Inversion(ws=torch.cat(ws_out), mse=mse, psnr=psnr_from_mse(mse), loss_history=hist, settings=settings,
                     generator=gen_id, frame_indices=np.asarray(idx, dtype=np.int64),
                     total_steps=steps * math.ceil(n / batch_size), frame_steps=steps * n)
     if cache_file is not None:
         inv.save(cache_file)
     return inv
+
+
+def _saved_batch(path, key) -> Inversion | None:
+    """The batch checkpointed at ``path`` when it was saved under ``key``; else None, with a CacheWarning where an
+    unreadable one or one from other inputs was there (it is redone)."""
+    if path is None or not Path(str(path) + ".json").exists():
+        return None
+    try:
+        part = Inversion.load(path)
+    except (ValueError, OSError) as err:  # Inversion.load: every kind of damage is a ValueError
+        warn_unusable(f"{path}.json", f"unreadable ({err})", stacklevel=4)
+        return None
+    if part.settings.get("checkpoint_key") != key:
+        warn_unusable(f"{path}.json", "from other frames / settings / generator", stacklevel=4)
+        return None
+    return part
 
 
 def _batch_key(targets: torch.Tensor, init: torch.Tensor, gen_sha: str, settings: dict, extra: dict) -> str:
@@ -862,19 +899,11 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
             tgt = targets[s:e]
             steps_b = batch_steps[b]
             init_b = first_init[: e - s] if b == 0 else prev_w[None].expand(e - s, -1, -1)
-            part, key, path = None, None, None
+            key, path = None, None
             if ckpt is not None:
                 key = _batch_key(tgt, init_b, gen_id["sha256"], settings, {"start": s})
                 path = ckpt / f"frames_{idx[s]:06d}-{idx[e - 1]:06d}"
-                if Path(str(path) + ".json").exists():
-                    try:
-                        part = Inversion.load(path)
-                        if part.settings.get("checkpoint_key") != key:
-                            warn_unusable(f"{path}.json", "from other frames / settings / generator")
-                            part = None
-                    except (ValueError, OSError) as err:  # Inversion.load: every kind of damage is a ValueError
-                        warn_unusable(f"{path}.json", f"unreadable ({err})")
-                        part = None
+            part = _saved_batch(path, key)
             if part is None:
                 if pbar is not None:
                     pbar.set_description(f"invert frames {idx[s]}..{idx[e - 1]}")
