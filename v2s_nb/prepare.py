@@ -10,7 +10,7 @@ function per stage of the paper so that each result can be looked at::
     faces = P.faces("me.png", "talk.mp4", resolution=G.img_resolution)       # section 3.2
     faces.show()                                                               # the photo, aligned crops, landmarks
     inv = P.inversions(G, faces, encoder="restyle-e4e-ffhq")                  # section 3.1 (+ PTI of the reference)
-    inv.show()                                                                 # reconstructions next to the frames, PSNR
+    inv.show()                                                                 # reconstructions beside the frames, PSNR
     ch = P.channels(inv, layers="3-7")                                         # section 3.4
     ch.show()                                                                  # masks and the chosen channels' maps
     pose = P.pose_codes(inv)                                                   # section 3.3, eq 4
@@ -210,7 +210,8 @@ class FaceClip:
         aligned: uint8 [T, R, R, 3], FFHQ-aligned crops at the generator's resolution R (T = 1 for an image).
         points: float [T, 68, 2], the landmarks in crop pixels.
         fps: frames per second (0 for an image).
-        track: float [T, 4], the (smoothed) canonical track: tx, ty (image widths), angle (degrees), face size.
+        track: float [T, 4], the (smoothed) canonical track: tx, ty (image widths), angle (degrees), face size
+            (an image: zeros [1, 3], it has no track).
         interpolated: bool [T], frames without a detected face (filled from their neighbours).
         cached: read back from the cache instead of computed.
     """

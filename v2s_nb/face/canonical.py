@@ -1,4 +1,5 @@
-"""Canonical transforms per frame (PAPER.md section 3.2): where the face is and how it is turned in-plane.
+"""Canonical transforms per frame (the paper's section 3.2; docs/method.md): where the face is and how it is turned
+in-plane.
 
 For each frame, from the 68 landmarks (pixels, x right, y down):
 
@@ -174,7 +175,7 @@ class CanonicalTrack:
                ends: str = "reflect", outlier_window: int = 7, outlier_sigmas: float = 3.0) -> "CanonicalTrack":
         """A NEW track with tx, ty and angle (and face_size) each filtered over time by a centred (zero-lag) filter.
 
-        ``kernel``: odd window length in frames, >= 3 (PAPER.md default 3). ``method``: 'mean' (box filter,
+        ``kernel``: odd window length in frames, >= 3 (the paper's default 3). ``method``: 'mean' (box filter,
         as in the paper), 'gaussian' (weights exp(-k^2 / 2 sigma^2) over the same window; ``sigma``
         in frames defaults to kernel / 4), or 'robust': first an outlier test (:meth:`outlier_frames`, a
         Hampel test with ``outlier_window`` / ``outlier_sigmas`` on tx, ty, angle and face size), the rejected
@@ -289,7 +290,7 @@ class CanonicalTrack:
         """float64 [T, 3, 3]: values for ``G.synthesis.input.transform``, one per frame, made by
         :func:`v2s_nb.stylegan3.transform.input_transform` (the one implementation of the convention).
 
-        ``pivot='centre'`` (default, PAPER.md): (tx, ty, angle) are passed as they are; the generator turns
+        ``pivot='centre'`` (default, the paper's): (tx, ty, angle) are passed as they are; the generator turns
         the image about its centre and shifts it by t.
         ``pivot='eyes'``: the translation is corrected so that the turn is about the canonical eye midpoint
         e' instead, i.e. e' ends up exactly at e' + t: t_gen = t + (e' - c) - R (e' - c), c the image centre.
@@ -341,7 +342,7 @@ class CanonicalTrack:
 
 
 def canonical_track(landmarks, image_size=None, *, canonical_eyes=FFHQ_EYE_MIDPOINT) -> CanonicalTrack:
-    """Canonical transform (tx, ty, angle) of every frame from its landmarks (PAPER.md section 3.2).
+    """Canonical transform (tx, ty, angle) of every frame from its landmarks (docs/method.md; the paper's section 3.2).
 
     ``landmarks``: a :class:`~v2s_nb.face.LandmarkTrack`, or an array [T, 68, 2] / [68, 2] in pixels with
     NaN rows for frames without a face. ``image_size``: the frames' (width, height) in pixels, or an int for

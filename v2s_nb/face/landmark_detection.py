@@ -20,7 +20,7 @@ name                  indices    note
 ====================  =========  ====================================================
 
 The package ``face_recognition_models`` is used only as a folder of model files: it is located with
-``importlib`` and never imported (its import fails on current setuptools, see TOOLING.md).
+``importlib`` and never imported (its import fails on current setuptools: it asks for pkg_resources).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The embeddings are dlib's ResNet face descriptor (``dlib_face_recognition_resnet_model_v1.dat`` from
 ``face_recognition_models``) - the model behind the ``face_recognition`` package the paper cites - computed
 from the 68-point shape of :func:`v2s_nb.face.landmarks`. The package ``face_recognition`` is not imported
-(it quits the interpreter on current setuptools; see TOOLING.md); dlib is called directly. Two photos of
+(it quits the interpreter on current setuptools, asking for pkg_resources); dlib is called directly. Two photos of
 the same person are typically closer than 0.6 (the package's default tolerance).
 
 Frames without a face get NaN embeddings, are not averaged, and are reported (``missing``).
