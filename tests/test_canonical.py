@@ -1,4 +1,4 @@
-"""Canonical transforms (PAPER.md section 3.2): accuracy on a real photo, signs, smoothing, missing faces."""
+"""Canonical transforms (the paper's section 3.2): accuracy on a real photo, signs, smoothing, missing faces."""
 
 from __future__ import annotations
 

@@ -164,3 +164,77 @@ def test_negative_index_and_one_region_name(setup):
     assert last.index == 1 and np.array_equal(last.image, one.image) and last.iou == one.iou
     fig = plot_channel_maps(G, ws, cs, regions="eyes", index=-1, image=images[1], masks=masks, max_per_region=2)
     assert np.array(fig.axes).size == 3 and fig.axes[0].get_ylabel() == "eyes"
+
+
+def _mask_view(b) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(b.mask_view.value)).convert("RGB"))
+
+
+def test_image_takes_the_players_forms(setup):
+    """A float [0, 1] image was drawn almost black (mask view; the figure's grey panels with vmax=255): the views
+    now read ``image=`` as the player does (v2s_nb.video.as_rgb_uint8)."""
+    G, ws, masks, cs, images = setup
+    u8 = images[0]
+    want = FeatureMapBrowser(G, ws, masks, cs, image=u8)
+    rgba = np.dstack([u8, np.full_like(u8[..., :1], 255)])
+    for form in (u8 / 255.0, torch.from_numpy(u8 / 255.0).float(), u8[None], rgba):
+        b = FeatureMapBrowser(G, ws, masks, cs, image=form)
+        assert b.image.dtype == np.uint8 and np.array_equal(b.image, u8)
+        assert np.array_equal(_mask_view(b), _mask_view(want))
+    grey = FeatureMapBrowser(G, ws, masks, cs, image=u8[..., 0])  # [H, W]: grey replicated
+    assert grey.image.shape == (64, 64, 3)
+
+    import matplotlib.pyplot as plt
+
+    def panels(image):
+        fig = plot_channel_maps(G, ws, cs, image=image, max_per_region=1)
+        arrays = [np.asarray(ax.images[0].get_array()) for ax in fig.axes if ax.images]
+        plt.close(fig)
+        return arrays
+
+    for a, b in zip(panels(u8), panels(u8 / 255.0)):
+        assert np.allclose(a, b)  # the image and the grey background under each map
+
+
+def test_image_that_cannot_be_read_is_refused_with_the_fix(setup):
+    """A generator output [3, H, W] in [-1, 1] failed with "masks ... are 64x64 but the image is 3x64"; one
+    [H, W, 3] in [-1, 1] was drawn black. Both are refused now, saying what to pass."""
+    from v2s_nb.video import FrameFormatError
+
+    G, ws, masks, cs, images = setup
+    with torch.no_grad():
+        gen = G.synthesis(ws[:1])[0]  # [3, 64, 64] in about [-1, 1]
+    for view in (lambda im: FeatureMapBrowser(G, ws, masks, cs, image=im),
+                 lambda im: plot_channel_maps(G, ws, cs, image=im, masks=masks)):
+        with pytest.raises(FrameFormatError, match=r"image: shape \(3, 64, 64\) .*to_uint8"):
+            view(gen)
+        with pytest.raises(FrameFormatError, match=r"image: float frames must lie in \[0, 1\].*\(frames \+ 1\) / 2"):
+            view(gen.permute(1, 2, 0).numpy())
+        with pytest.raises(ValueError, match=r"image must be one picture \[H, W, 3\].*read as 2 frames"):
+            view(np.stack(images))
+
+
+def test_channels_stage_result_is_accepted(setup):
+    """``prepare.channels(...)`` returns a Channels holding the ChannelSets (``.sets``) and the masks
+    (``.masks``); passing it failed with AttributeError ('Channels' object has no attribute 'regions')."""
+    import matplotlib.pyplot as plt
+
+    from v2s_nb.prepare import Channels
+
+    G, ws, masks, cs, images = setup
+    ch = Channels(sets=cs, masks=masks, layers=(3, 4), inversions=None)
+    fig = plot_channel_maps(G, ws, ch, image=images[0], masks=ch, max_per_region=2)
+    want = plot_channel_maps(G, ws, cs, image=images[0], masks=masks, max_per_region=2)
+    assert [ax.get_title() for ax in fig.axes] == [ax.get_title() for ax in want.axes]
+    plt.close(fig)
+    plt.close(want)
+    base = FeatureMapBrowser(G, ws, masks, cs, image=images[0])
+    for b in (browse_feature_maps(G, ws, masks, ch, image=images[0]), browse_feature_maps(G, ws, ch, image=images[0])):
+        assert b.channel_sets is cs and b.masks is masks
+        assert b.selected.options == base.selected.options and b.iou == base.iou
+    with pytest.raises(TypeError, match="channel_sets must be a local_channels.ChannelSets .* got dict"):
+        plot_channel_maps(G, ws, {"eyes": {LAYERS[0]: [1, 2]}}, image=images[0])

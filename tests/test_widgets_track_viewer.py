@@ -138,3 +138,25 @@ def test_sizes_must_match_the_landmarks(clip):
     with pytest.raises(ValueError, match="CanonicalTrack was measured on"):
         view_track(lm, frames, other)
     assert view_track(lm, frames, image_size=SIZE, backend="matplotlib").frames.shape == frames.shape
+
+
+def test_face_clip_and_array_track_are_refused_saying_what_to_pass(clip, tmp_path):
+    """``view_track(faces.driving)`` said "image_size=(width, height) is needed when landmarks is an array" and
+    ``view_track(points, frames, faces.driving.track)`` "'numpy.ndarray' object has no attribute 'image_size'".
+    A FaceClip's points are on the aligned crops (no head motion left to track) and its track is smoothed and
+    sizeless: the errors now name what to pass."""
+    from v2s_nb.prepare import FaceClip, Faces
+
+    lm, frames = clip
+    track = canonical_track(lm).smooth(3).as_array(face_size=True)  # [T, 4], as FaceClip.track
+    fc = FaceClip(tmp_path / "driving.mp4", "video", frames, lm.points, 10.0, track, np.zeros(T, bool))
+    for given in (fc, Faces(reference=fc, driving=fc)):
+        with pytest.raises(TypeError, match=r"aligned crops .* pass the landmarks and frames of the original video "
+                                            r"instead: vid = v2s_nb.video.read_video\('.*driving.mp4'\); "
+                                            r"view_track\(v2s_nb.face.landmarks\(vid\), vid\)"):
+            view_track(given)
+    with pytest.raises(TypeError, match=r"track must be the raw v2s_nb.face.CanonicalTrack .* got ndarray; an array "
+                                        r"\[15, 4\] \(such as FaceClip.track\) .* leave track out"):
+        view_track(lm.points, frames, track, image_size=SIZE)
+    with pytest.raises(TypeError, match="got list"):
+        TrackViewer(lm, frames, [0, 1])

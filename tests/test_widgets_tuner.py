@@ -320,3 +320,50 @@ def test_player_narrow_clip_is_at_least_one_pixel_wide():
     p = SideBySidePlayer({"line": np.zeros((2, 400, 1, 3), np.uint8), "b": np.zeros((2, 32, 48, 3), np.uint8)},
                          size=100)  # 100 * 1 / 400 rounded to a 0 px wide thumbnail
     assert p.composite(1).shape == (100, 1 + 6 + 150, 3)
+
+
+def test_rows_without_channels_are_said_in_the_status(G):
+    """Rows 9-13 hold none of the X_s channels (found on rows 3-7): α / β / γ and the region toggles did nothing
+    there while the status still listed the regions as if they acted. The slider stays free; the status says so."""
+    r = _reenactor(G)
+    t = ReenactmentTuner(r, size=64, frame=2, background=False)
+    assert "v2s-tuner-rows-note" not in t.status.value and "X_s channels)" in t.status.value
+    t.layers.value = (9, 13)  # a legitimate choice (the paper's layer experiments): allowed
+    assert r.layers == (9, 10, 11, 12, 13) and t.error is None
+    status = t.status.value
+    assert "v2s-tuner-rows-note" in status and "(0 X_s channels)" in status, status
+    assert "rows 9-13 hold none of the X_s channels (eyes, nose, mouth on rows 3-7)" in status, status
+    assert "α, β, γ and the region toggles change nothing" in status and "ζ still" in status
+    before = t.preview.copy()
+    t.alpha.value = 2.0  # what the note says: no effect ...
+    assert np.array_equal(t.preview, before)
+    t.zeta.value = 1.0  # ... but ζ acts
+    assert not np.array_equal(t.preview, before)
+    t.layers.value = (6, 10)  # rows 6-7 hold channels again: no note
+    assert "v2s-tuner-rows-note" not in t.status.value
+    for tg in t.region_toggles.values():  # no region chosen: nothing to warn about
+        tg.value = False
+    assert "regions none" in t.status.value and "X_s channels" not in t.status.value
+
+
+def test_rows_note_names_a_region_without_channels_there(G):
+    from v2s_nb.widgets.tuner import channel_rows
+
+    r = _reenactor(G)
+    r.region_channels["eyes"] = {k: v for k, v in r.region_channels["eyes"].items() if k == layer_names(G, 3)[0]}
+    r.region_channels["nose"] = {}
+    assert channel_rows(r) == {"eyes": (3,), "nose": (), "mouth": (3, 4, 5, 6, 7)}
+    t = ReenactmentTuner(r, size=64, frame=2, background=False)
+    assert "rows 3-7 hold no channel of nose (nose: none found): its toggle changes nothing" in t.status.value
+    t.layers.value = (5, 7)
+    status = t.status.value
+    assert "rows 5-7 hold no channel of eyes, nose (eyes on row 3; nose: none found)" in status, status
+    assert "their toggles change nothing" in status
+    t.layers.value = (9, 9)
+    assert "row 9 holds none of the X_s channels" in t.status.value, t.status.value
+    t.layers.value = (3, 7)
+    t.region_toggles["mouth"].value = False  # eyes (row 3) and nose (none) on; mouth, off, has rows 4-7
+    t.layers.value = (4, 7)
+    status = t.status.value
+    assert "rows 4-7 hold none of the X_s channels (eyes on row 3; nose: none found)" in status, status
+    assert "α, β, γ change nothing here unless mouth is switched on" in status, status

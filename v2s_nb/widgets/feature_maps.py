@@ -36,6 +36,46 @@ def _codes(ws) -> torch.Tensor:
     return w
 
 
+def _is_channel_sets(x) -> bool:
+    # by what the views use, not isinstance: a notebook's autoreload makes a second ChannelSets class
+    return all(hasattr(x, a) for a in ("scores", "settings", "regions", "layers", "rows"))
+
+
+def _channel_sets(channel_sets, required: bool = True):
+    """The :class:`~v2s_nb.method.local_channels.ChannelSets` itself, or the one a ``v2s_nb.prepare.Channels``
+    stage result holds (its ``.sets``): both are what a user has at hand after ``prepare.channels(...)``."""
+    if channel_sets is None and not required:
+        return None
+    if _is_channel_sets(channel_sets):
+        return channel_sets
+    if _is_channel_sets(getattr(channel_sets, "sets", None)):  # prepare.Channels (not imported: heavy)
+        return channel_sets.sets
+    raise TypeError(f"channel_sets must be a local_channels.ChannelSets (from discover) or the Channels that "
+                    f"v2s_nb.prepare.channels returns, got {type(channel_sets).__name__}")
+
+
+def _region_masks(masks):
+    """``masks`` as given ({region: bool [N, H, W]} or a RegionMasks), or a ``prepare.Channels``' ``.masks``."""
+    if _is_channel_sets(getattr(masks, "sets", None)) and hasattr(masks, "masks"):
+        return masks.masks
+    return masks
+
+
+def _image(image) -> np.ndarray:
+    """uint8 [H, W, 3] from one picture in any form the player takes (:func:`v2s_nb.video.as_rgb_uint8`: uint8,
+    float in [0, 1], grey [H, W], RGBA, torch or numpy); what it can't read is refused there with the fix
+    (channel-first or [-1, 1] generator output: ``v2s_nb.images.to_uint8(x)``)."""
+    from ..video import as_rgb_uint8
+
+    rgb = as_rgb_uint8(image, allow_single_image=True, name="image")
+    if len(rgb) != 1:
+        shape = tuple(np.shape(image))
+        grey = " (for one grey picture [H, W, 1] pass x[..., 0])" if shape[-1:] == (1,) else ""
+        raise ValueError(f"image must be one picture [H, W, 3] (the image of ws[index]), got shape {shape}, read "
+                         f"as {len(rgb)} frames: pass that one image (e.g. images[index]){grey}")
+    return rgb[0]
+
+
 def _checked_index(index, n: int) -> int:
     """``index`` as 0..n-1; negative ones count from the end, as in Python (and the tuner's ``frame``)."""
     i = integer(index, "index")
@@ -129,15 +169,19 @@ def _check_mask_size(masks, regions, size) -> None:
                              "pass masks made at the image's resolution (or an image of the masks' size).")
 
 
-def plot_channel_maps(G, ws, channel_sets: "lc.ChannelSets", index: int = 0, *, image=None, masks=None,
+def plot_channel_maps(G, ws, channel_sets, index: int = 0, *, image=None, masks=None,
                       regions=None, max_per_region: int = 6, alpha: float = 0.65, cmap: str = "magma",
                       panel_size: float = 1.8):
     """Fig. 5: for image ``index`` of ``ws`` (negative counts from the end), the selected channels' normalised maps
     over the image.
 
-    One row per region (default: all of ``channel_sets``; one name may be a string), best mean IoU+ first, at
-    most ``max_per_region`` (1..64) maps; the first column is the image with the region outlined when ``masks``
-    ({region: [N, H, W]}, one per code of ``ws``) is given. Returns the matplotlib figure.
+    ``ws``: codes [N, num_ws, w_dim]. ``channel_sets``: a ChannelSets, or the ``Channels`` of
+    ``v2s_nb.prepare.channels`` (its ``.sets`` is used). One row per region (default: all of ``channel_sets``; one
+    name may be a string), best mean IoU+ first, at most ``max_per_region`` (1..64) maps; the first column is the
+    image with the region outlined when ``masks`` ({region: bool [N, H, W]}, one per code of ``ws``, or a
+    ``Channels``) is given. ``image``: the picture of ``ws[index]``, [H, W, 3] in any form
+    :func:`v2s_nb.video.as_rgb_uint8` takes (uint8, float in [0, 1], grey, RGBA; default: rendered from ``ws``).
+    Returns the matplotlib figure.
     """
     import matplotlib.pyplot as plt
 
@@ -145,12 +189,14 @@ def plot_channel_maps(G, ws, channel_sets: "lc.ChannelSets", index: int = 0, *, 
     ws = _codes(ws)
     index = _checked_index(index, ws.shape[0])
     max_per_region = integer(max_per_region, "max_per_region", 1, MAX_PER_REGION)
+    channel_sets = _channel_sets(channel_sets)
+    masks = _region_masks(masks)
     regions = channel_sets.regions if regions is None else _checked_regions(regions, channel_sets.regions,
                                                                             "the channel sets")
     _check_layers(G, channel_sets.layers, channel_sets)
     if masks is not None:
         _check_mask_count(masks, [r for r in regions if r in masks], ws.shape[0])
-    img = render_image(G, ws, index) if image is None else np.asarray(image)
+    img = render_image(G, ws, index) if image is None else _image(image)  # uint8: the gray panels use vmax=255
     size = img.shape[:2]
     if masks is not None:
         _check_mask_size(masks, [r for r in regions if r in masks], size)
@@ -161,7 +207,7 @@ def plot_channel_maps(G, ws, channel_sets: "lc.ChannelSets", index: int = 0, *, 
     ncols = 1 + max(1, max((len(v) for v in rows.values()), default=1))
     fig, axes = plt.subplots(len(regions), ncols, figsize=(panel_size * ncols, panel_size * len(regions) + 0.3),
                              squeeze=False)
-    gray = img.mean(axis=2) if img.ndim == 3 else img
+    gray = img.mean(axis=2)
     for i, r in enumerate(regions):
         ax = axes[i, 0]
         ax.imshow(img)
@@ -216,9 +262,15 @@ class FeatureMapBrowser:
     Shows the normalised map, its binary mask over the image with the region outlined, and the live IoU+ / IoU-
     for this image (plus the mean over the discovery images from ``channel_sets``). ``iou`` holds the live
     (IoU+, IoU-) pair; ``widget`` is the ipywidgets box (the browser also displays itself in a notebook).
+
+    ``ws``: codes [N, num_ws, w_dim]; ``masks``: {region: bool [N, H, W]} (or a RegionMasks), one per code;
+    ``channel_sets``: a ChannelSets or the ``Channels`` of ``v2s_nb.prepare.channels`` (its ``.sets``; a
+    ``Channels`` given as ``masks`` gives its ``.masks``, and its ``.sets`` when ``channel_sets`` is None).
+    ``image``: the picture of ``ws[index]``, [H, W, 3] in any form :func:`v2s_nb.video.as_rgb_uint8` takes
+    (uint8, float in [0, 1], grey, RGBA; default: rendered from ``ws``), kept as ``self.image`` (uint8 [H, W, 3]).
     """
 
-    def __init__(self, G, ws, masks, channel_sets: "lc.ChannelSets | None" = None, index: int = 0, *,
+    def __init__(self, G, ws, masks, channel_sets=None, index: int = 0, *,
                  layers=None, regions=None, threshold: float | None = None, image=None, size: int = 256,
                  cmap: str = "magma"):
         import ipywidgets as W
@@ -228,6 +280,9 @@ class FeatureMapBrowser:
         ws = _codes(ws)
         index = _checked_index(index, ws.shape[0])
         size = integer(size, "size (pixels of each view)", 16, 4096)
+        if channel_sets is None and _region_masks(masks) is not masks:
+            channel_sets = masks  # browse_feature_maps(G, ws, ch): the Channels' masks and its channel sets
+        channel_sets, masks = _channel_sets(channel_sets, required=False), _region_masks(masks)
         self.G, self.masks, self.channel_sets, self.index, self.size = G, masks, channel_sets, index, size
         self.ws = ws[index:index + 1]
         self._maps_kind = channel_sets.settings.get("maps", "modulated") if channel_sets is not None else "modulated"
@@ -245,7 +300,7 @@ class FeatureMapBrowser:
         if threshold is None:
             threshold = channel_sets.threshold if channel_sets is not None else lc.DEFAULT_THRESHOLD
         threshold = lc._check_level("threshold", threshold, upper_open=True)
-        self.image = render_image(G, ws, self.index) if image is None else np.asarray(image)
+        self.image = render_image(G, ws, self.index) if image is None else _image(image)  # uint8 for the overlay
         _check_mask_size(masks, regions, self.image.shape[:2])
         self._cmap = matplotlib.colormaps[cmap]
         self._maps: dict[str, torch.Tensor] = {}

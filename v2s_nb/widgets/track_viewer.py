@@ -1,11 +1,11 @@
-"""Canonical track viewer (PAPER.md section 3.2): tx, ty and angle over time, raw and smoothed, with the frames.
+"""Canonical track viewer (the paper's section 3.2): tx, ty and angle over time, raw and smoothed, with the frames.
 
 :class:`TrackViewer` (:func:`view_track`) shows
 
 * two plots against the frame index: translation (tx, ty in % of the image width) and angle (degrees), raw
   (thin, faint) and smoothed (thick), frames without a face (interpolated values) marked, and the current frame
   marked on every curve;
-* a ``kernel`` slider (odd values >= 3) and a ``method`` dropdown ('mean' as in the paper, or 'gaussian') that
+* a ``kernel`` slider (odd values >= 3) and a ``method`` dropdown ('mean' as in the paper, 'gaussian' or 'robust') that
   re-smooth the raw track with :meth:`v2s_nb.face.CanonicalTrack.smooth`;
 * a ``frame`` scrubber (with a play button) showing that frame with its 68 landmarks
   (:meth:`v2s_nb.face.LandmarkTrack.draw`), the eye midpoint e and the eyes-to-mouth vector v
@@ -59,17 +59,47 @@ def _plotly_ok() -> bool:
     return True
 
 
+def _read_frames_hint(path) -> str:
+    return (f"vid = v2s_nb.video.read_video({str(path)!r}); view_track(v2s_nb.face.landmarks(vid), vid)"
+            if path is not None else "view_track(v2s_nb.face.landmarks(video), video)")
+
+
+def _refuse_face_clip(landmarks) -> None:
+    """A ``prepare.FaceClip`` (or ``Faces``) is refused with what to pass instead: its points are in the pixels of
+    the FFHQ-aligned crops, where the alignment has removed the head motion (their track is about 0), and its
+    ``track`` is already smoothed and lacks the original frames' size, so neither gives the raw track to view."""
+    clip = getattr(landmarks, "driving", None) if hasattr(landmarks, "reference") else landmarks
+    if not all(hasattr(clip, a) for a in ("aligned", "points", "track", "path")):
+        return
+    what = "a Faces" if clip is not landmarks else "a FaceClip"
+    raise TypeError(f"view_track got {what}, whose landmarks are on the FFHQ-aligned crops (the alignment removed "
+                    "the head motion the track measures) and whose track is already smoothed: pass the landmarks "
+                    f"and frames of the original video instead: {_read_frames_hint(getattr(clip, 'path', None))}")
+
+
+def _track_type_message(track) -> str:
+    shape = getattr(track, "shape", None)
+    hint = ""
+    if shape is not None and len(shape) == 2 and shape[-1] in (3, 4):  # e.g. FaceClip.track: tx, ty, angle[, size]
+        hint = (f"; an array {list(shape)} (such as FaceClip.track) is an already smoothed track without the size "
+                "of its frames: leave track out, it is measured from the landmarks")
+    return (f"track must be the raw v2s_nb.face.CanonicalTrack of the landmarks (canonical_track(landmarks)), got "
+            f"{type(track).__name__}{hint}")
+
+
 class TrackViewer:
     """Interactive view of a canonical track and the frames it was measured on.
 
     Args:
         landmarks: the clip's :class:`~v2s_nb.face.LandmarkTrack` (or points [T, 68, 2] in pixels with
-            ``image_size``, (width, height) or an int; given with a LandmarkTrack it must be the track's).
+            ``image_size``, (width, height) or an int; given with a LandmarkTrack it must be the track's),
+            measured on the original frames: a ``prepare.FaceClip`` is refused (``TypeError`` saying what to
+            pass), as its points are on the aligned crops, where the head motion is gone.
         frames: the clip, uint8 [T, H, W, 3] or a :class:`~v2s_nb.video.Video`, the T frames of W x H pixels the
             landmarks were measured on (else ``ValueError``; optional: without it the landmarks are drawn on a
             grey canvas).
         track: the raw :class:`~v2s_nb.face.CanonicalTrack` of these landmarks (same T and image size); default
-            ``canonical_track(landmarks)``.
+            ``canonical_track(landmarks)``; anything else (e.g. an array [T, 4]) raises ``TypeError``.
         kernel, method: initial smoothing (see :meth:`~v2s_nb.face.CanonicalTrack.smooth`).
         max_kernel: largest kernel on the slider (default: the largest odd number <= min(T, 31), at least 3; an
             even value is rounded down to odd, as kernels are odd).
@@ -83,6 +113,9 @@ class TrackViewer:
 
         from ..face.landmark_detection import _check_frames_size, _track_size
 
+        _refuse_face_clip(landmarks)
+        if track is not None and not isinstance(track, CanonicalTrack):
+            raise TypeError(_track_type_message(track))
         if not isinstance(landmarks, LandmarkTrack):
             if image_size is None:
                 raise ValueError("image_size=(width, height) is needed when landmarks is an array.")

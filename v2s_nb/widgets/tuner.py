@@ -1,4 +1,4 @@
-"""Coefficient tuner for the re-enactment (PAPER.md section 3.6, eq 10-12) over a prepared
+"""Coefficient tuner for the re-enactment (the paper's section 3.6, eq 10-12) over a prepared
 :class:`~v2s_nb.method.reenact.Reenactor`.
 
 :class:`ReenactmentTuner` (:func:`tune`) shows
@@ -7,7 +7,9 @@
   defaults, which stay tunable), the expression strength k, the anchor frame (first, best when the Reenactor
   holds landmarks, or an index) and the position track's form (relative in face units / absolute);
 * sliders for α, β, γ (eq 10-11, on the ``X_s`` channels) and ζ (eq 12, on the other channels of the mixed rows);
-* the W+ rows whose S codes are mixed (an ``IntRangeSlider``, paper: 3-7);
+* the W+ rows whose S codes are mixed (an ``IntRangeSlider``, paper: 3-7; any rows may be chosen, and when the
+  enabled regions have no ``X_s`` channel there the status line says so and names the rows that hold them:
+  α, β, γ and the region toggles then change nothing, ζ still does);
 * a toggle per face region (eyes / nose / mouth) that puts its channels in ``X_s`` or leaves them out;
 * the source of each component: local motion (driving / co-driving), pose (the pose-encoded reference of section
   3.3: driving / co-driving / none) and position (the canonical track of section 3.2: driving / co-driving /
@@ -46,7 +48,8 @@ rendered video (uint8 [T, R, R, 3] or None), :meth:`ReenactmentTuner.wait` waits
 ``v2s-tuner-beta``, ``v2s-tuner-gamma``, ``v2s-tuner-zeta``, ``v2s-tuner-layers``, ``v2s-tuner-region-<name>``,
 ``v2s-tuner-source-<component>``, ``v2s-tuner-frame``, ``v2s-tuner-preview``, ``v2s-tuner-difference``,
 ``v2s-tuner-gain``, ``v2s-tuner-difference-label``, ``v2s-tuner-reset-paper``, ``v2s-tuner-reset-v2s``,
-``v2s-tuner-status``, ``v2s-tuner-render``, ``v2s-tuner-progress``, ``v2s-tuner-video``.
+``v2s-tuner-status`` (its ``v2s-tuner-rows-note``: the rows hold no X_s channel), ``v2s-tuner-render``,
+``v2s-tuner-progress``, ``v2s-tuner-video``.
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ from ..method.motion import MOTION_MODES, POSITION_MODES, motion_mode
 from ..method.reenact import DEFAULT_LAYERS, REGIONS, CoefficientWarning
 from .track_viewer import _png
 
-__all__ = ["ReenactmentTuner", "tune", "motion_frame", "PAPER_DEFAULTS", "V2S_NB_DEFAULTS", "DIFFERENCE_GAINS"]
+__all__ = ["ReenactmentTuner", "tune", "motion_frame", "channel_rows", "PAPER_DEFAULTS", "V2S_NB_DEFAULTS",
+           "DIFFERENCE_GAINS"]
 
 #: What "reset to paper defaults" sets: eq 7 as printed with its coefficients (section 3.6), rows 3-7 (the paper's
 #: best), every region, k = 1, the first frame as anchor, the canonical track as printed (section 3.2).
@@ -252,7 +256,8 @@ class ReenactmentTuner:
         self.status.add_class("v2s-tuner-status")
         self.render_button = W.Button(description="render video", icon="film", button_style="primary")
         self.render_button.add_class("v2s-tuner-render")
-        self.progress = W.IntProgress(value=0, min=0, max=max(n, 1), description="video", layout=W.Layout(width="300px"))
+        self.progress = W.IntProgress(value=0, min=0, max=max(n, 1), description="video",
+                                      layout=W.Layout(width="300px"))
         self.progress.add_class("v2s-tuner-progress")
         self.video_html = W.HTML()
         self.video_html.add_class("v2s-tuner-video")
@@ -272,7 +277,8 @@ class ReenactmentTuner:
                                    *self.region_toggles.values()]),
                            W.HTML("<b>sources</b>"), *self.source_widgets.values(), notes,
                            W.HBox([self.reset_paper, self.reset_v2s]),
-                           W.HBox([self.render_button, self.progress])], layout=W.Layout(width="420px", margin="0 12px 0 0"))
+                           W.HBox([self.render_button, self.progress])],
+                          layout=W.Layout(width="420px", margin="0 12px 0 0"))
         pictures = W.HBox([W.VBox([self.image, self.preview_label], layout=W.Layout(margin="0 8px 0 0")),
                            W.VBox([self.diff_image, self.diff_label])])
         right = W.VBox([self.frame, pictures, self.gain, self.status])
@@ -406,15 +412,21 @@ class ReenactmentTuner:
                 img = self.reenactor.render_frame(p["frame"])
             self.render_time = time.perf_counter() - t0
             ref = self._reference(p["frame"])
+            # X_s as used for this render (under the lock: a newer _apply may follow)
+            n_xs = int(sum(int(np.sum(m)) for m in self.reenactor.masks().values()))
+            note = _xs_note(channel_rows(self.reenactor), p["layers"], p["regions"])
         self.preview = img
         self.error = None
         self.image.value = _png(img, self.size)
         self.preview_label.value = f"<small>result, frame {p['frame']}</small>"
         self._show_difference(img, ref)
         msg = (f"frame {p['frame']} · {p['motion_mode']} (anchor frame {self.reenactor.anchor_frame()}, "
-               f"k {p['strength']:.2f}) · α {p['alpha']:.2f} β {p['beta']:.2f} γ {p['gamma']:.2f} ζ {p['zeta']:.2f} · "
-               f"rows {_rows_text(p['layers'])} · regions {', '.join(p['regions']) or 'none'} · "
-               f"{self.render_time * 1000:.0f} ms")
+               f"k {p['strength']:.2f}) · α {p['alpha']:.2f} β {p['beta']:.2f} γ {p['gamma']:.2f} "
+               f"ζ {p['zeta']:.2f} · "
+               f"rows {_rows_text(p['layers'])} · regions {', '.join(p['regions']) or 'none'}"
+               + (f" ({n_xs} X_s channels)" if p["regions"] else "") + f" · {self.render_time * 1000:.0f} ms")
+        if note:  # controls without effect must not look like they act
+            msg += f"<br><span class='v2s-tuner-rows-note' style='color:#a60'>{html.escape(note)}</span>"
         for w in caught:
             msg += f"<br><span style='color:#a60'>{html.escape(str(w.message))}</span>"
         self.status.value = msg
@@ -505,11 +517,47 @@ _CSS = (".v2s-tuner .widget-toggle-button.mod-active:not(.mod-success) {backgrou
 
 
 def _rows_text(rows) -> str:
-    """'3-7' for a contiguous range, else '3,5,7'."""
+    """'3-7' for a contiguous range, '3' for one row, else '3,5,7'."""
     rows = list(rows)
-    if rows == list(range(rows[0], rows[-1] + 1)):
+    if len(rows) > 1 and rows == list(range(rows[0], rows[-1] + 1)):
         return f"{rows[0]}-{rows[-1]}"
     return ",".join(map(str, rows))
+
+
+def channel_rows(reenactor) -> dict[str, tuple[int, ...]]:
+    """{region: the W+ rows holding at least one of its ``X_s`` channels} (row i drives ``style_names[i]``);
+    () for a region without channels."""
+    names = list(reenactor.G_render.synthesis.style_names)
+    return {reg: tuple(sorted({names.index(l) for l, idx in by_l.items() if l in names and np.size(idx)}))
+            for reg, by_l in (reenactor.region_channels or {}).items()}
+
+
+def _xs_note(found: dict, rows, regions) -> str:
+    """'' or a warning naming the enabled regions with no ``X_s`` channel in the mixed ``rows``: there α, β, γ
+    and their toggles change nothing (eq 10-11 act on X_s only), while ζ still mixes the rows (eq 12)."""
+    rows = set(rows)
+    dead = [reg for reg in regions if not rows & set(found.get(reg, ()))]
+    if not dead:
+        return ""
+    groups: dict[tuple, list[str]] = {}
+    for reg in dead:
+        groups.setdefault(tuple(found.get(reg, ())), []).append(reg)
+    where = "; ".join(f"{', '.join(regs)} on {_rows_word(rr)}" if rr else f"{', '.join(regs)}: none found"
+                      for rr, regs in groups.items())
+    chosen = _rows_word(sorted(rows)) + (" holds" if len(rows) == 1 else " hold")
+    if len(dead) == len(regions):
+        # a region switched off may hold channels here: its toggle then still acts
+        others = [reg for reg, rr in found.items() if reg not in regions and rows & set(rr)]
+        acts = (f"change nothing here unless {' or '.join(others)} is switched on" if others else
+                "and the region toggles change nothing here")
+        return f"{chosen} none of the X_s channels ({where}): α, β, γ {acts}; ζ still mixes these rows (eq 12)"
+    return (f"{chosen} no channel of {', '.join(dead)} ({where}): "
+            + ("its toggle changes" if len(dead) == 1 else "their toggles change") + " nothing here")
+
+
+def _rows_word(rows) -> str:
+    """'row 3' or 'rows 3-7' / 'rows 3,5,7'."""
+    return ("row " if len(rows) == 1 else "rows ") + _rows_text(rows)
 
 
 def _style_toggle(t) -> None:
