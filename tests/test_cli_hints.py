@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 
 from v2s_nb import cli
+from test_cli_checks import _run
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 TINY_PKL = FIXTURES / "stylegan3_official_tiny" / "r64" / "network.pkl"
@@ -18,14 +19,6 @@ _FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 def _flags(command) -> set:
     """The options of ``command``, read from its own argparse parser."""
     return set(cli.build_parser()._subparsers._group_actions[0].choices[command]._option_string_actions)
-
-
-def _run(argv, capsys):
-    try:
-        rc = cli.main(argv)
-    except SystemExit as e:
-        rc = e.code
-    return rc, capsys.readouterr().err
 
 
 def _error_line(err: str) -> str:

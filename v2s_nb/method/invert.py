@@ -765,28 +765,8 @@ def invert(G, images, *, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["l
     try:
         for b, s in enumerate(range(0, n, batch_size)):
             e = min(s + batch_size, n)
-            key = path = None
-            if ckpt is not None:
-                key = _batch_key(targets[s:e], init_ws[s:e], gen_id["sha256"], settings, {"start": s})
-                path = ckpt / f"images_{idx[s]:06d}-{idx[e - 1]:06d}"
-            part = _saved_batch(path, key)
-            if part is None:
-                if pbar is not None:
-                    pbar.set_description(f"invert frames {idx[s]}..{idx[e - 1]}")
-                # a generator per batch: a batch's noise doesn't depend on the batches before it (resumable)
-                rng = torch.Generator(device="cpu").manual_seed(int(seed) + b)
-                with codes_only(G):
-                    w, hst = _optimise(G, targets[s:e], init_ws[s:e], steps, kwargs, perc_fn, rng, idx[s:e],
-                                       pbar=pbar, w_noise=w_noise, w_spread=w_spread, render=render)
-                mse = _reconstruction_mse(G, w, targets[s:e], batch_size)
-                part = Inversion(ws=w.float().cpu(), mse=mse, psnr=psnr_from_mse(mse), loss_history=list(hst),
-                                 settings=dict(settings, checkpoint_key=key, batch_index=b), generator=gen_id,
-                                 frame_indices=np.asarray(idx[s:e], dtype=np.int64), total_steps=steps,
-                                 frame_steps=steps * (e - s))
-                if path is not None:
-                    part.save(path)
-            elif pbar is not None:
-                pbar.update(steps)
+            part = _batch(G, ckpt, "images", b, s, idx[s:e], targets[s:e], init_ws[s:e], steps, kwargs, settings,
+                          gen_id, perc_fn, pbar, render, w_noise=w_noise, w_spread=w_spread)
             ws_out.append(part.ws)
             mse_out.append(np.asarray(part.mse))
             hist.extend(part.loss_history)
@@ -800,6 +780,37 @@ def invert(G, images, *, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["l
     if cache_file is not None:
         inv.save(cache_file)
     return inv
+
+
+def _batch(G, ckpt, name: str, b: int, start: int, frames: list, targets, init, steps: int, cfg: dict,
+           settings: dict, gen_id: dict, perc_fn, pbar, render, **optimise) -> Inversion:
+    """Batch ``b`` of an inversion (the images of ``frames``, from the ``start``-th image on): loaded from the folder
+    ``ckpt`` where it was saved from the same images, start codes, generator and settings
+    (``<name>_<first>-<last>``), else optimised (its noise from ``seed + b``: a batch doesn't depend on those before
+    it, so a resumed run equals an uninterrupted one) and saved there. ``optimise``: :func:`_optimise`'s other
+    arguments."""
+    key = path = None
+    if ckpt is not None:
+        key = _batch_key(targets, init, gen_id["sha256"], settings, {"start": start})
+        path = ckpt / f"{name}_{frames[0]:06d}-{frames[-1]:06d}"
+    part = _saved_batch(path, key)
+    if part is not None:
+        if pbar is not None:
+            pbar.update(steps)
+        return part
+    if pbar is not None:
+        pbar.set_description(f"invert frames {frames[0]}..{frames[-1]}")
+    rng = torch.Generator(device="cpu").manual_seed(int(settings["seed"]) + b)
+    with codes_only(G):
+        w, hst = _optimise(G, targets, init, steps, cfg, perc_fn, rng, frames, pbar=pbar, render=render, **optimise)
+    mse = _reconstruction_mse(G, w, targets, len(frames))
+    part = Inversion(ws=w.float().cpu(), mse=mse, psnr=psnr_from_mse(mse), loss_history=list(hst),
+                     settings=dict(settings, checkpoint_key=key, batch_index=b), generator=gen_id,
+                     frame_indices=np.asarray(frames, dtype=np.int64), total_steps=steps,
+                     frame_steps=steps * len(frames))
+    if path is not None:
+        part.save(path)
+    return part
 
 
 def _saved_batch(path, key) -> Inversion | None:
@@ -899,28 +910,9 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
             tgt = targets[s:e]
             steps_b = batch_steps[b]
             init_b = first_init[: e - s] if b == 0 else prev_w[None].expand(e - s, -1, -1)
-            key, path = None, None
-            if ckpt is not None:
-                key = _batch_key(tgt, init_b, gen_id["sha256"], settings, {"start": s})
-                path = ckpt / f"frames_{idx[s]:06d}-{idx[e - 1]:06d}"
-            part = _saved_batch(path, key)
-            if part is None:
-                if pbar is not None:
-                    pbar.set_description(f"invert frames {idx[s]}..{idx[e - 1]}")
-                rng = torch.Generator(device="cpu").manual_seed(int(seed) + b)
-                with codes_only(G):
-                    w, hst = _optimise(G, tgt, init_b, steps_b, kwargs if b == 0 else kwargs_next, perc_fn, rng,
-                                       idx[s:e], pbar=pbar, prev_w=prev_w, temporal_weight=float(temporal_weight),
-                                       w_noise=w_noise if b == 0 else 0.0, w_spread=w_spread, render=render)
-                mse = _reconstruction_mse(G, w, tgt, batch)
-                part = Inversion(ws=w.float().cpu(), mse=mse, psnr=psnr_from_mse(mse), loss_history=list(hst),
-                                 settings=dict(settings, checkpoint_key=key, batch_index=b), generator=gen_id,
-                                 frame_indices=np.asarray(idx[s:e], dtype=np.int64), total_steps=steps_b,
-                                 frame_steps=steps_b * (e - s))
-                if path is not None:
-                    part.save(path)
-            elif pbar is not None:
-                pbar.update(steps_b)
+            part = _batch(G, ckpt, "frames", b, s, idx[s:e], tgt, init_b, steps_b, kwargs if b == 0 else kwargs_next,
+                          settings, gen_id, perc_fn, pbar, render, w_noise=w_noise if b == 0 else 0.0,
+                          w_spread=w_spread, prev_w=prev_w, temporal_weight=float(temporal_weight))
             parts.append(part)
             prev_w = part.ws[-1].to(device=device, dtype=dtype)
     finally:
