@@ -330,7 +330,7 @@ def test_table1_layout_and_csv(tmp_path):
     with open(tmp_path / "t.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["method"] for r in rows] == ["Baseline (paper)", "Video2StyleGAN (paper)", "Mine", "Half"]
-    assert float(rows[2]["delta_k_x_f"]) == 1.234 and rows[2]["id_missing_f"] == "2" and rows[3]["fid"] == ""
+    assert float(rows[2]["delta_k_x_f"]) == 1.234 and rows[2]["id_missing_f"] == "[4, 7]" and rows[3]["fid"] == ""
 
 
 @pytest.fixture(scope="module")
@@ -387,7 +387,7 @@ def test_run_table1_end_to_end(small_clip, tiny_generator_method, tmp_path):
     assert "tiny generator forward: 3 of 3 frames without a face left out of ΔK" in text
     with open(tmp_path / "table1.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["method"] for r in rows] == ["identity", "tiny generator"] and rows[1]["delta_k_missing_r"] == "3"
+    assert [r["method"] for r in rows] == ["identity", "tiny generator"] and rows[1]["delta_k_missing_r"] == "[0, 1, 2]"
     with pytest.raises(ValueError, match="one frame per driving frame"):
         run_table1({"short": lambda ref, d: d[:2]}, small_clip[0], small_clip, csv_path=None,
                    feature_extractor="pixels", upsample=0, progress=False)

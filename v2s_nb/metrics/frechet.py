@@ -419,6 +419,11 @@ def _usable(features: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
     return features[ok], tuple(int(i) for i in np.flatnonzero(~ok))
 
 
+def _why(ext: FeatureExtractor) -> str:
+    """Why an extractor leaves frames out, in words."""
+    return "no face found" if isinstance(ext, FaceEmbeddingFeatures) else "no usable features"
+
+
 def fid(frames_a, frames_b, feature_extractor="inception", *, fallback=None, method: str = "eigh",
         progress: bool = True) -> FIDResult:
     """FID between two sets of frames (clips [N, H, W, 3], any form :func:`v2s_nb.video.as_rgb_uint8` takes).
@@ -430,5 +435,9 @@ def fid(frames_a, frames_b, feature_extractor="inception", *, fallback=None, met
     ext = get_feature_extractor(feature_extractor, fallback=fallback)
     fa, da = _usable(ext(frames_a, progress=progress))
     fb, db = _usable(ext(frames_b, progress=progress))
+    if len(fa) < 2 or len(fb) < 2:  # a covariance needs two samples; say it in frames, not feature rows
+        sides = "; ".join(f"{what}: {len(f) + len(d)} frame(s) given, {len(d)} left out ({_why(ext)}), {len(f)} usable"
+                          for what, f, d in (("frames_a", fa, da), ("frames_b", fb, db)))
+        raise ValueError(f"FID needs at least 2 usable frames in each set ({sides}); give more frames.")
     value = frechet_distance_features(fa, fb, method=method)
     return FIDResult(value, ext.name, ext.comparable_to_paper, len(fa), len(fb), da, db)

@@ -88,16 +88,18 @@ def _on_grid(track: LandmarkTrack, size: tuple[int, int]) -> LandmarkTrack:
 
 
 def reference_embedding(reference, *, detector: str = "hog", upsample: int = 1) -> np.ndarray:
-    """The 128-d embedding of one reference image; a float [128] array or tensor is returned as is (float64).
+    """The 128-d embedding of one reference image; a float [128] or [1, 128] array or tensor (the latter is what
+    :func:`face_embeddings` returns for one image) is returned as is, as float64 [128].
 
     Raises :class:`v2s_nb.face.NoFaceError` when no face is found in the image.
     """
     arr = np.asarray(reference.detach().cpu() if hasattr(reference, "detach") else reference)
-    if arr.shape == (EMBEDDING_DIM,) and np.issubdtype(arr.dtype, np.floating):
+    # [1, 128] would otherwise be read as a 1-pixel-high grey picture
+    if arr.shape in ((EMBEDDING_DIM,), (1, EMBEDDING_DIM)) and np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
-            raise ValueError(f"the reference embedding [{EMBEDDING_DIM}] has NaN / infinite values; give the "
+            raise ValueError(f"the reference embedding {list(arr.shape)} has NaN / infinite values; give the "
                              "reference image instead (its embedding is computed from it).")
-        return arr.astype(np.float64)
+        return arr.reshape(EMBEDDING_DIM).astype(np.float64)
     img = one_image(reference)
     emb, found = face_embeddings(img, detector=detector, upsample=upsample, progress=False)
     if not found[0]:
@@ -140,7 +142,7 @@ def identity_distance(result, reference, *, track: LandmarkTrack | None = None, 
     """ID: mean L2 distance between the reference's embedding and each result frame's.
 
     ``result``: a clip (or one image); ``track``: its landmarks if already computed. ``reference``: an image
-    or a precomputed [128] embedding (see :func:`reference_embedding`).
+    or a precomputed [128] / [1, 128] embedding (see :func:`reference_embedding`).
     """
     ref = reference_embedding(reference, detector=detector, upsample=upsample)
     emb, found = face_embeddings(result, track=track, detector=detector, upsample=upsample, progress=progress)

@@ -28,13 +28,15 @@ silently dropped.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 
+from ..errors import V2SWarning
 from ..face.landmark_detection import LandmarkTrack, landmarks
 
 __all__ = ["NORMALIZATIONS", "KeypointDistance", "keypoint_distance", "normalized_points", "track_of",
-           "default_front_end"]
+           "default_front_end", "front_end_of"]
 
 NORMALIZATIONS = ("percent", "iod", "pixels")
 UNITS = {"percent": "% of frame size, squared", "iod": "inter-ocular distance (outer corners), squared",
@@ -51,7 +53,8 @@ class KeypointDistance:
     * ``valid``: bool [T], frames with a face in both clips.
     * ``missing_driving`` / ``missing_result``: int indices of frames without a face in that clip.
     * ``normalization`` and ``units``: how coordinates were scaled (see the module docstring).
-    * ``detector``: the landmark front end of the driving track (``'rfb+pfld'``, ``'hog'``, ... or ``'given'``).
+    * ``detector``: the landmark front end of both tracks (``'rfb+pfld'``, ``'hog'``, ... or ``'given'``), or
+      ``'driving: X, result: Y'`` when they differ.
     """
 
     x: float
@@ -112,6 +115,16 @@ def default_front_end() -> tuple[str, str]:
         return "hog", "dlib"
 
 
+def front_end_of(track_detector: str) -> tuple[str, str] | None:
+    """``(detector, model)`` for :func:`v2s_nb.face.landmarks` that made a track whose ``detector`` is
+    ``track_detector`` (``'hog'``, ``'cnn'``, ``'rfb+pfld'``, ``'hog+pfld'``); None when it records none
+    (``'given'``: points from elsewhere)."""
+    det, _, model = str(track_detector).partition("+")
+    if det not in ("hog", "cnn", "rfb") or model not in ("", "pfld"):
+        return None
+    return det, model or ("pfld" if det == "rfb" else "dlib")
+
+
 def normalized_points(result: LandmarkTrack, driving: LandmarkTrack, normalization: str = "percent"):
     """(result points, driving points), float [T, 68, 2], in the units of ``normalization``.
 
@@ -146,15 +159,28 @@ def keypoint_distance(result, driving, normalization: str = "percent", *, detect
     module docstring for what each means and why ``'percent'`` is the default. ``detector`` / ``model`` /
     ``upsample`` are passed to :func:`v2s_nb.face.landmarks`; by default (``detector=None``) frames get the paper's
     front end, RFB-320 + PFLD, when its weights can be had, else dlib's HOG + 68 points with a warning
-    (:func:`default_front_end`). ``detector`` of the result says which ran.
+    (:func:`default_front_end`). When one side is a track and the other frames, the frames are measured with
+    the track's front end (if it records one), so both sides come from one detector; when the two sides'
+    front ends still differ, a :class:`~v2s_nb.errors.V2SWarning` says so. ``detector`` of the result says
+    which ran (``'driving: ..., result: ...'`` when they differ).
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
-    if detector is None and not (isinstance(driving, LandmarkTrack) and isinstance(result, LandmarkTrack)):
+    given_d, given_r = isinstance(driving, LandmarkTrack), isinstance(result, LandmarkTrack)
+    if detector is None and model is None and given_d != given_r:
+        # one side is a ready track: landmarks of two front ends differ by ~0.1 %² on identical frames
+        detector, model = front_end_of((driving if given_d else result).detector) or (None, None)
+    if detector is None and not (given_d and given_r):
         detector, model = default_front_end() if model is None else ("rfb" if model == "pfld" else "hog", model)
     detector = detector or "hog"
     tr_d = track_of(driving, detector=detector, upsample=upsample, progress=progress, model=model)
     tr_r = track_of(result, detector=detector, upsample=upsample, progress=progress, model=model)
+    name = tr_d.detector
+    if tr_d.detector != tr_r.detector:
+        name = f"driving: {tr_d.detector}, result: {tr_r.detector}"
+        warnings.warn(f"ΔK compares landmarks of two front ends ({name}): the difference of the detectors alone "
+                      "adds to ΔK (~0.1 %² on identical frames). Give both clips as frames, or as tracks made with "
+                      "the same detector.", V2SWarning, stacklevel=2)
     if len(tr_r) != len(tr_d):
         raise ValueError(f"ΔK compares frame i with frame i: got {len(tr_r)} result frames for "
                          f"{len(tr_d)} driving frames.")
@@ -171,4 +197,4 @@ def keypoint_distance(result, driving, normalization: str = "percent", *, detect
     else:
         x = y = float("nan")
     return KeypointDistance(x, y, per_frame, valid, np.flatnonzero(~ok_d), np.flatnonzero(~ok_r), normalization,
-                            UNITS[normalization], tr_d.detector)
+                            UNITS[normalization], name)

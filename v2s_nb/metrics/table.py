@@ -8,13 +8,16 @@
 * :func:`table1` - the table text (paper layout) and its CSV (standard library ``csv``, no pandas).
 
 A row is a dict with the keys of :data:`TABLE1_COLUMNS` (``delta_k_x_f`` ... ``fid``) plus bookkeeping:
-frames counted, frames without a face (``*_missing_*``), the FID features used and the ΔK units.
+frames counted, frames without a face (``*_missing_*``, lists of frame indices), frames left out of FID
+(``fid_missing_*``), the FID features used, the landmark front end (``landmarks``) and the ΔK units. The CSV
+keeps all of it (lists as JSON), so a table read back from it has the same notes.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import os
 from pathlib import Path
@@ -27,7 +30,7 @@ from ..face.landmark_detection import LandmarkTrack, NoFaceError
 from ._common import clip_frames, one_image, progress_bar
 from .frechet import FaceEmbeddingFeatures, FeatureExtractor, frechet_distance_features, get_feature_extractor
 from .identity import identity_distance, reference_embedding
-from .keypoints import NORMALIZATIONS, UNITS, keypoint_distance, track_of
+from .keypoints import NORMALIZATIONS, UNITS, default_front_end, keypoint_distance, track_of
 
 __all__ = ["TABLE1_COLUMNS", "PAPER_TABLE1", "Table1", "TableText", "evaluate", "run_table1", "table1",
            "write_table1_csv"]
@@ -45,8 +48,10 @@ PAPER_TABLE1 = {
 #: extra CSV columns after the table's (bookkeeping; blank where a row lacks them)
 EXTRA_COLUMNS = ("frames_f", "frames_r", "delta_k_frames_f", "delta_k_frames_r", "delta_k_missing_f",
                  "delta_k_missing_r", "delta_k_missing_driving_f", "delta_k_missing_driving_r",
-                 "delta_k_missing_result_f", "delta_k_missing_result_r", "id_frames_f", "id_frames_r", "id_missing_f", "id_missing_r",
-                 "fid_frames_f", "fid_frames_r", "fid_features", "fid_comparable_to_paper", "delta_k_units")
+                 "delta_k_missing_result_f", "delta_k_missing_result_r", "id_frames_f", "id_frames_r", "id_missing_f",
+                 "id_missing_r",
+                 "fid_frames_f", "fid_frames_r", "fid_missing_f", "fid_missing_r", "fid_features",
+                 "fid_comparable_to_paper", "delta_k_units", "landmarks")
 
 
 # ----------------------------------------------------------------------------------------------- one direction
@@ -79,6 +84,17 @@ class _Direction:
             out += [f"{label}:{int(i)}" if label else int(i) for i in idx]
         return out
 
+    def fid_missing(self) -> list:
+        """Frames whose features are not finite (e.g. no face for 'dlib-face'): left out of FID."""
+        out = []
+        for label, f in zip(self.labels, self.feats):
+            idx = np.flatnonzero(~np.isfinite(f).all(axis=1))
+            out += [f"{label}:{int(i)}" if label else int(i) for i in idx]
+        return out
+
+    def landmarks(self) -> set:
+        return {dk.detector for dk in self.dk}
+
     def summary(self, s: str) -> dict:
         per = np.concatenate([d.per_frame for d in self.dk]) if self.dk else np.zeros((0, 2))
         ok = np.concatenate([self._dk_ok(d) for d in self.dk]) if self.dk else np.zeros(0, bool)
@@ -110,16 +126,27 @@ def _fid_entries(ext: FeatureExtractor | None, fwd: _Direction, rev: _Direction 
     fa, fb = fwd.features(), rev.features()
     value = frechet_distance_features(fa, fb) if len(fa) >= 2 and len(fb) >= 2 else float("nan")
     return {"fid": value, "fid_features": ext.name, "fid_comparable_to_paper": bool(ext.comparable_to_paper),
-            "fid_frames_f": int(len(fa)), "fid_frames_r": int(len(fb))}
+            "fid_frames_f": int(len(fa)), "fid_frames_r": int(len(fb)), "fid_missing_f": fwd.fid_missing(),
+            "fid_missing_r": rev.fid_missing()}
 
 
-def _measure(result, driving_track: LandmarkTrack, ref_emb, ext, *, normalization, detector, upsample,
+def _landmarks(*directions: _Direction) -> str:
+    """The landmark front end(s) of ΔK / ID in a row, e.g. 'rfb+pfld'."""
+    return "; ".join(sorted(set().union(*(d.landmarks() for d in directions))))
+
+
+def _front_end(detector: str | None) -> tuple[str, str | None]:
+    """(detector, model) for the landmarks: ``None`` picks ΔK's default (see :func:`keypoint_distance`)."""
+    return default_front_end() if detector is None else (detector, None)
+
+
+def _measure(result, driving_track: LandmarkTrack, ref_emb, ext, *, normalization, detector, model, upsample,
              progress, label, direction: _Direction):
     clip = clip_frames(result, name=f"result frames{' of ' + label if label else ''}")
     if len(clip) != len(driving_track):
         raise ValueError(f"a re-enactment must give one frame per driving frame: got {len(clip)} result frames for "
                          f"{len(driving_track)} driving frames{' (' + label + ')' if label else ''}.")
-    tr = track_of(clip, detector=detector, upsample=upsample, progress=progress)
+    tr = track_of(clip, detector=detector, upsample=upsample, progress=progress, model=model)
     dk = keypoint_distance(tr, driving_track, normalization)
     idd = identity_distance(clip, ref_emb, track=tr, progress=False)
     if isinstance(ext, FaceEmbeddingFeatures) and (ext.detector, ext.upsample) == (detector, upsample):
@@ -131,7 +158,7 @@ def _measure(result, driving_track: LandmarkTrack, ref_emb, ext, *, normalizatio
 
 def evaluate(result_frames, driving_frames, reference, *, reverse_result_frames=None, reverse_driving_frames=None,
              feature_extractor="inception", fid_fallback=None, normalization: str = "percent",
-             detector: str = "hog", upsample: int = 1, progress: bool = True) -> dict:
+             detector: str | None = None, upsample: int = 1, progress: bool = True) -> dict:
     """Table 1's numbers for one reference and one driving clip.
 
     ``result_frames``: the method's output for ``driving_frames`` (same number of frames; any clip form,
@@ -144,20 +171,24 @@ def evaluate(result_frames, driving_frames, reference, *, reverse_result_frames=
     ``feature_extractor``: ``'inception'`` (the paper's kind of FID; needs torch-fidelity or pytorch-fid and
     their weights), ``'pixels'`` / ``'dlib-face'`` (offline, not comparable to the paper), an extractor or a
     callable; ``fid_fallback``: the extractor to use if that one is unavailable (your explicit choice).
-    ``normalization``: ΔK units (``'percent'`` of the frame size by default).
+    ``normalization``: ΔK units (``'percent'`` of the frame size by default). ``detector``: the landmark
+    detector of ΔK and ID (``'hog'``, ``'cnn'``, ``'rfb'``); by default the one :func:`keypoint_distance`
+    uses, the paper's RFB-320 + PFLD when its weights can be had, else dlib's HOG with a warning.
 
     Returns a row dict: ``delta_k_x_f``, ``delta_k_y_f``, ``id_f``, ``delta_k_x_r``, ``delta_k_y_r``,
     ``id_r``, ``fid`` and bookkeeping (frames counted, frames without a face listed by index, the FID
-    features' name, the ΔK units), ready for :func:`table1`.
+    features' name, the ΔK units, the landmark front end that ran: ``landmarks``), ready for :func:`table1`.
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
     has_rev = reverse_result_frames is not None
     ext = get_feature_extractor(feature_extractor, fallback=fid_fallback) if has_rev else None
-    ref_emb = reference_embedding(reference, detector=detector, upsample=upsample)
     driving = clip_frames(driving_frames, name="driving frames")
-    d_track = track_of(driving, detector=detector, upsample=upsample, progress=progress)
-    kw = dict(normalization=normalization, detector=detector, upsample=upsample, progress=progress, label="")
+    detector, model = _front_end(detector)
+    ref_emb = reference_embedding(reference, detector=detector, upsample=upsample)
+    d_track = track_of(driving, detector=detector, upsample=upsample, progress=progress, model=model)
+    kw = dict(normalization=normalization, detector=detector, model=model, upsample=upsample, progress=progress,
+              label="")
     fwd = _Direction()
     _measure(result_frames, d_track, ref_emb, ext, direction=fwd, **kw)
     row = {**fwd.summary("f"), "delta_k_units": UNITS[normalization]}
@@ -166,13 +197,14 @@ def evaluate(result_frames, driving_frames, reference, *, reverse_result_frames=
             r_track = d_track[::-1]
         else:
             r_track = track_of(clip_frames(reverse_driving_frames, name="reverse driving frames"), detector=detector,
-                               upsample=upsample, progress=progress)
+                               upsample=upsample, progress=progress, model=model)
         rev = _Direction()
         _measure(reverse_result_frames, r_track, ref_emb, ext, direction=rev, **kw)
         row.update(rev.summary("r"))
     else:
         row.update({k: None for k in ("delta_k_x_r", "delta_k_y_r", "id_r")})
     row.update(_fid_entries(ext, fwd, rev if has_rev else None))
+    row["landmarks"] = _landmarks(fwd, *([rev] if has_rev else []))
     return row
 
 
@@ -202,7 +234,7 @@ def _flat(row: Mapping) -> dict:
 
 
 def _fmt(v, digits: int) -> str:
-    if v is None:
+    if v is None or (isinstance(v, str) and not v.strip()):  # a blank CSV cell is a missing entry
         return "–"
     try:
         f = float(v)
@@ -211,34 +243,91 @@ def _fmt(v, digits: int) -> str:
     return "nan" if math.isnan(f) else f"{f:.{digits}f}"
 
 
+def _as_bool(v) -> bool:
+    """A flag from a row or read back from the CSV ("False" / "0" / "" are false there, not non-empty strings)."""
+    if isinstance(v, str):
+        return v.strip().lower() in ("true", "1", "yes")
+    return bool(v)
+
+
+def _as_number(v) -> float | None:
+    """A count or value from a row or a CSV cell; None where blank or not a number."""
+    try:
+        return None if v is None or (isinstance(v, str) and not v.strip()) else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _as_frames(v) -> tuple[int, list]:
+    """(how many, the frame ids) from a list in a row or its CSV cell: a JSON list, or an older CSV's count."""
+    if isinstance(v, str):
+        v = v.strip()
+        try:
+            v = json.loads(v) if v else []
+        except ValueError:
+            v = [x.strip() for x in v.split(";") if x.strip()]
+    if v is None:
+        return 0, []
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return int(v), []  # a count without the indices (CSV written before the lists were kept)
+    v = list(v)
+    return len(v), v
+
+
+def _frames_note(name: str, word: str, total, miss, what: str) -> str | None:
+    n, ids = _as_frames(miss)
+    if not n:
+        return None
+    total = _as_number(total)
+    of = f" of {int(total)}" if total is not None else ""
+    shown = (" [" + ", ".join(str(m) for m in ids[:8]) + (" ..." if len(ids) > 8 else "") + "]") if ids else ""
+    return f"{name} {word}: {n}{of} frames {what}{shown}."
+
+
 def _notes(rows: Mapping[str, dict]) -> list[str]:
     notes = []
     units = {r.get("delta_k_units") for r in rows.values() if r.get("delta_k_units")}
     if units:
         notes.append("ΔK units: " + "; ".join(sorted(units)) + " (mean over the 68 points and the frames).")
+    by_landmarks: dict = {}
+    for name, r in rows.items():
+        if r.get("landmarks"):
+            by_landmarks.setdefault(r["landmarks"], []).append(name)
+    for lm, names in by_landmarks.items():
+        notes.append(f"Landmarks (ΔK, ID): {lm} ({'all rows' if len(names) == len(rows) else ', '.join(names)}).")
     by_feats: dict = {}
     for name, r in rows.items():
         if r.get("fid_features"):
-            by_feats.setdefault((r["fid_features"], bool(r.get("fid_comparable_to_paper"))), []).append(name)
+            by_feats.setdefault((r["fid_features"], _as_bool(r.get("fid_comparable_to_paper"))), []).append(name)
     for (feats, comparable), names in by_feats.items():
         who = "all rows" if len(names) == len(rows) else ", ".join(names)
         warn = "" if comparable else " - NOT Inception, not comparable to the paper"
         notes.append(f"FID features: '{feats}'{warn} ({who}).")
     for name, r in rows.items():
+        why = "no face found" if r.get("fid_features") == "dlib-face" else "no usable features"
         for s, word in (("f", "forward"), ("r", "reverse")):
             total = r.get(f"frames_{s}")
-            for key, what in (("delta_k_missing", "ΔK"), ("id_missing", "ID")):
-                miss = r.get(f"{key}_{s}")
-                if miss:
-                    shown = ", ".join(str(m) for m in list(miss)[:8]) + (" ..." if len(miss) > 8 else "")
-                    of = f" of {total}" if total is not None else ""
-                    notes.append(f"{name} {word}: {len(miss)}{of} frames without a face left out of {what} "
-                                 f"[{shown}].")
+            for key, what in (("delta_k_missing", "without a face left out of ΔK"),
+                              ("id_missing", "without a face left out of ID"),
+                              ("fid_missing", f"left out of FID ({why})")):
+                note = _frames_note(name, word, total, r.get(f"{key}_{s}"), what)
+                if note:
+                    notes.append(note)
+        fid_value = _as_number(r.get("fid"))
+        if r.get("fid_features") and fid_value is not None and math.isnan(fid_value):
+            got = [_as_number(r.get(f"fid_frames_{s}")) for s in "fr"]
+            got = " and ".join(f"{int(g)} {w}" for g, w in zip(got, ("forward", "reverse")) if g is not None)
+            notes.append(f"{name}: FID is nan: it needs at least 2 usable frames in each direction"
+                         + (f", got {got}." if got else "."))
     return notes
 
 
 def write_table1_csv(rows: Mapping[str, Mapping], path: str | os.PathLike) -> Path:
-    """Write the rows as CSV (method, the seven table columns at full precision, then bookkeeping)."""
+    """Write the rows as CSV (method, the seven table columns at full precision, then bookkeeping).
+
+    Lists of frames (``*_missing_*``) are written as JSON lists, so a table made from the CSV read back
+    (``csv.DictReader``) has the same notes as the original.
+    """
     import io
 
     from ..atomic import write_atomic
@@ -252,8 +341,8 @@ def write_table1_csv(rows: Mapping[str, Mapping], path: str | os.PathLike) -> Pa
         line = [name]
         for k in header[1:]:
             v = r.get(k)
-            if isinstance(v, (list, tuple)):
-                v = len(v)  # frames without a face: the count (indices are in the table notes / the row)
+            if isinstance(v, (list, tuple, np.ndarray)):
+                v = json.dumps([x.item() if isinstance(x, np.generic) else x for x in v])
             line.append("" if v is None else repr(float(v)) if isinstance(v, (float, np.floating)) else v)
         w.writerow(line)
     return write_atomic(path, lambda f: f.write(fh.getvalue().encode("utf-8")))
@@ -311,7 +400,7 @@ def _named(items, what: str) -> dict:
 
 def run_table1(reenact_fn_by_method: Mapping[str, Callable], references, driving_frames, *,
                csv_path: str | os.PathLike | None = "table1.csv", feature_extractor="inception", fid_fallback=None,
-               normalization: str = "percent", detector: str = "hog", upsample: int = 1, progress: bool = True,
+               normalization: str = "percent", detector: str | None = None, upsample: int = 1, progress: bool = True,
                keep_frames: bool = False, digits: int = 2) -> Table1:
     """Run every method forward and on the reversed driving video, measure, and build Table 1.
 
@@ -323,10 +412,14 @@ def run_table1(reenact_fn_by_method: Mapping[str, Callable], references, driving
 
     The FID feature extractor is built first, so a missing library / weight file fails before any work
     (see :func:`evaluate` for ``feature_extractor`` / ``fid_fallback``). Landmarks of each driving clip and
-    the reference embeddings are computed once. ``csv_path=None`` writes no CSV. Returns a :class:`Table1`.
+    the reference embeddings are computed once (``detector``: as in :func:`evaluate`). ``csv_path=None`` writes
+    no CSV. Returns a :class:`Table1`.
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
+    for what, x in (("driving frames", driving_frames), ("references", references)):
+        if isinstance(x, (str, os.PathLike)):  # iterated, a path would be taken letter by letter as clips
+            clip_frames(x, name=what)  # raises FrameFormatError: "read the file first", as evaluate does
     ext = get_feature_extractor(feature_extractor, fallback=fid_fallback)
     refs = {k: one_image(v, name=f"reference {k!r}") for k, v in
             _named([references] if _is_one_image(references) else references, "ref").items()}
@@ -346,6 +439,7 @@ def run_table1(reenact_fn_by_method: Mapping[str, Callable], references, driving
             drv = dict(zip(refs, drv.values()))
         drives = {k: clip_frames(v, name=f"driving frames of {k!r}") for k, v in drv.items()}
 
+    detector, model = _front_end(detector)
     ref_embs = {}
     for k, img in refs.items():
         try:
@@ -356,13 +450,13 @@ def run_table1(reenact_fn_by_method: Mapping[str, Callable], references, driving
     by_id = {}
     for k, clip in drives.items():
         if id(clip) not in by_id:
-            by_id[id(clip)] = track_of(clip, detector=detector, upsample=upsample, progress=progress)
+            by_id[id(clip)] = track_of(clip, detector=detector, upsample=upsample, progress=progress, model=model)
         d_tracks[k] = by_id[id(clip)]
 
     steps = len(reenact_fn_by_method) * len(refs) * 2
     bar = progress_bar(steps, "Table 1", progress, unit="run")
     rows, kept = {}, {} if keep_frames else None
-    kw = dict(normalization=normalization, detector=detector, upsample=upsample, progress=False)
+    kw = dict(normalization=normalization, detector=detector, model=model, upsample=upsample, progress=False)
     try:
         for method, fn in reenact_fn_by_method.items():
             dirs = {"f": _Direction(), "r": _Direction()}
@@ -378,7 +472,8 @@ def run_table1(reenact_fn_by_method: Mapping[str, Callable], references, driving
                         kept.setdefault(method, {})[(k, s)] = out
                     bar.update(1)
             rows[method] = {**dirs["f"].summary("f"), **dirs["r"].summary("r"),
-                            **_fid_entries(ext, dirs["f"], dirs["r"]), "delta_k_units": UNITS[normalization]}
+                            **_fid_entries(ext, dirs["f"], dirs["r"]), "delta_k_units": UNITS[normalization],
+                            "landmarks": _landmarks(dirs["f"], dirs["r"])}
     finally:
         bar.close()
     text = table1(rows, csv_path, digits=digits)
