@@ -1,6 +1,8 @@
 """Helpers shared by the benchmark scripts: import the package from this checkout, sync, CUDA-event timing, peak
-memory."""
+memory, and argparse checks (counts, sizes, devices, files) that turn a bad command line into one ``error:`` line and
+exit status 2 instead of a traceback from deep inside the run."""
 
+import argparse
 import resource
 import sys
 from pathlib import Path
@@ -36,3 +38,55 @@ def cuda_ms(fn, reps=10):
     stop.record()
     torch.cuda.synchronize()
     return start.elapsed_time(stop) / reps
+
+
+def _int_at_least(text, low):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want an integer >= {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"want an integer >= {low}, got {value}")
+    return value
+
+
+def positive_int(text):
+    """argparse ``type=``: an integer >= 1 (a count, size, dimension); else ``error: argument --x: ...``, exit 2."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text):
+    """argparse ``type=``: an integer >= 0 (where 0 means none / skip)."""
+    return _int_at_least(text, 0)
+
+
+def device(text):
+    """argparse ``type=`` for ``--device``: a torch device this process can use, returned as given (a string).
+
+    ``cuda`` (or ``cuda:N``) without a CUDA GPU visible to this PyTorch is refused, as is a name torch does not know;
+    a string default is checked too when the flag is not given (argparse converts it)."""
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: this PyTorch sees no CUDA GPU (CPU-only build or no GPU); "
+                                             f"use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: only {torch.cuda.device_count()} CUDA GPU(s) visible")
+    return text
+
+
+def existing_file(text):
+    """argparse ``type=``: the path of an existing file, as a Path."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return path
+
+
+def require_cuda(parser, what="this benchmark"):
+    """For scripts that only run on a GPU: ``parser.error`` (one line, exit 2) when this PyTorch sees no CUDA GPU."""
+    if not torch.cuda.is_available():
+        parser.error(f"{what} needs a CUDA GPU; this PyTorch sees none (CPU-only build or no GPU)")

@@ -52,14 +52,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 from _common import cuda_ms  # noqa: E402
 from v2s_nb.stylegan3 import build_generator, fast_conv  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--resolution", type=int, default=1024)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=_common.positive_int, default=8)
+    p.add_argument("--resolution", type=_common.positive_int, default=1024)
     p.add_argument("--grads", action="store_true", help="time the gradients (backward) instead of the forward")
     p.add_argument("--grads-1x1", action="store_true", help="time R's per-sample 1x1 weight gradient instead")
     p.add_argument("--sweep", action="store_true", help="with --grads / --grads-1x1: time other tile configs")
@@ -69,6 +70,7 @@ def main(argv=None):
     p.add_argument("--scaled-rows", action="store_true",
                    help="time the rows form's scaled input copy: torch.mul into padded rows against our kernel")
     args = p.parse_args(argv)
+    _common.require_cuda(p, "bench_conv.py")
     dev = torch.device("cuda")
     if args.scaled_rows:
         return scaled_rows(build_generator("T", args.resolution, device=dev, calibrate=False), args.batch, dev)

@@ -27,12 +27,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 from _common import peak_gib as _peak_gib, sync as _sync  # noqa: E402
 from v2s_nb.face.regions import masks_from_landmarks, template_landmarks  # noqa: E402
 from v2s_nb.method import local_channels as lc  # noqa: E402
 from v2s_nb.stylegan3 import build_generator, tiny_generator  # noqa: E402
-
-
 
 
 def _masks(res, n):
@@ -119,12 +118,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--setups", nargs="+", default=None, choices=["cpu-tiny", "cuda-1024"],
                     help="default: cpu-tiny, plus cuda-1024 when a GPU is present")
-    ap.add_argument("--n", type=int, default=16, help="latents (images)")
-    ap.add_argument("--batch-size", type=int, nargs="+", default=[4])
-    ap.add_argument("--repeat", type=int, default=1, help="timed calls after the first")
-    ap.add_argument("--chunk-elements", type=int, default=lc.DEFAULT_CHUNK_ELEMENTS)
+    ap.add_argument("--n", type=_common.positive_int, default=16, help="latents (images)")
+    ap.add_argument("--batch-size", type=_common.positive_int, nargs="+", default=[4])
+    ap.add_argument("--repeat", type=_common.nonnegative_int, default=1, help="timed calls after the first")
+    ap.add_argument("--chunk-elements", type=_common.positive_int, default=lc.DEFAULT_CHUNK_ELEMENTS)
     ap.add_argument("--json", type=Path, help="append the rows to this JSON file")
     args = ap.parse_args(argv)
+    if "cuda-1024" in (args.setups or []) and not torch.cuda.is_available():
+        ap.error("--setups cuda-1024 needs a CUDA GPU; this PyTorch sees none (CPU-only build or no GPU)")
     setups = args.setups or (["cpu-tiny"] + (["cuda-1024"] if torch.cuda.is_available() else []))
     rows = []
     for setup in setups:

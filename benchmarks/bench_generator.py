@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 from _common import peak_gib as _peak_gib, sync as _sync  # noqa: E402
 from v2s_nb.stylegan3 import (GraphedSynthesis, GraphedTrainingSynthesis, build_generator, fast_config,  # noqa: E402
                                fast_ops, tiny_generator)
@@ -130,17 +131,17 @@ def fast_settings(pairs) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg", nargs="+", default=["R", "T"], choices=["R", "T"])
-    p.add_argument("--resolution", type=int, default=1024)
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--resolution", type=_common.positive_int, default=1024)
+    p.add_argument("--batch", type=_common.positive_int, nargs="+", default=[1, 8])
     p.add_argument("--dtype", nargs="+", default=["fp32"], choices=["fp32", "mixed"],
                    help="fp32, or mixed = the snapshot's fp16 layers in fp16 (CUDA only)")
     p.add_argument("--impl", nargs="+", default=[None],
                    help="implementations to compare: auto, fast, plain, or graph (fast, replayed from CUDA graphs: "
                         "the forward, or with ws / weights the forward and the backward)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=_common.device)
     p.add_argument("--tiny", action="store_true", help="the tiny test architecture instead of the released one")
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=_common.positive_int, default=10)
+    p.add_argument("--warmup", type=_common.nonnegative_int, default=2)
     p.add_argument("--backward", action="store_true", help="time forward+backward w.r.t. ws instead")
     p.add_argument("--modes", nargs="+", choices=["forward", "ws", "weights"],
                    help="what to time, side by side: synthesis only, forward+backward w.r.t. ws, w.r.t. weights")

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 from _common import peak_gib as _peak_gib, sync as _sync  # noqa: E402
 from v2s_nb.method.invert import DEFAULTS, STEPS_NEXT, invert, invert_sequence, pivotal_tuning  # noqa: E402
 from v2s_nb.stylegan3 import build_generator, tiny_generator  # noqa: E402
@@ -75,27 +76,30 @@ def _step_time(run, steps, device):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cfg", default="R", choices=["R", "T"])
-    ap.add_argument("--resolution", type=int, default=1024)
+    ap.add_argument("--resolution", type=_common.positive_int, default=1024)
     ap.add_argument("--tiny", action="store_true", help="tiny_generator(cfg, resolution) instead of the released "
                                                         "architecture (for CPU runs; --resolution defaults to 64)")
-    ap.add_argument("--channel-max", type=int, default=None, help="--tiny only: channel cap")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16])
-    ap.add_argument("--steps", type=int, default=20, help="steps of the timed projection call per batch size "
-                                                          "(at least 3; the rate is taken against a 2-step call)")
+    ap.add_argument("--channel-max", type=_common.positive_int, default=None, help="--tiny only: channel cap")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=_common.device)
+    ap.add_argument("--batch", type=_common.positive_int, nargs="+", default=[1, 8, 16])
+    ap.add_argument("--steps", type=_common.positive_int, default=20,
+                    help="steps of the timed projection call per batch size "
+                         "(at least 3; the rate is taken against a 2-step call)")
     ap.add_argument("--graphs", type=int, nargs="+", default=None, choices=[0, 1],
                     help="invert's cuda_graphs settings to time the projection with, one after the other "
                          "(default: 0 1 on CUDA, 0 elsewhere)")
-    ap.add_argument("--pti-steps", type=int, default=20, help="timed PTI steps (0: skip; else at least 3)")
+    ap.add_argument("--pti-steps", type=_common.nonnegative_int, default=20,
+                    help="timed PTI steps (0: skip; else at least 3)")
     ap.add_argument("--pti-graphs", type=int, nargs="+", default=None, choices=[0, 1],
                     help="PTI's cuda_graphs settings to time, one after the other (each call records its own graphs: "
                          "set-up; default: 0 1 on CUDA, 0 elsewhere)")
-    ap.add_argument("--seq-frames", type=int, default=160, help="frames of the sequence run (0: skip)")
-    ap.add_argument("--seq-batch", type=int, default=8)
+    ap.add_argument("--seq-frames", type=_common.nonnegative_int, default=160,
+                    help="frames of the sequence run (0: skip)")
+    ap.add_argument("--seq-batch", type=_common.positive_int, default=8)
     for name, api in (("--steps-first", DEFAULTS["steps"]), ("--steps-next", STEPS_NEXT)):
-        ap.add_argument(name, type=int, default=None,
+        ap.add_argument(name, type=_common.positive_int, default=None,
                         help=f"default {api} (the API's); with --tiny on the CPU {api // TINY_CPU_SCHEDULE_DIVISOR}")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--threads", type=_common.positive_int, default=None, help="torch CPU threads")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if 0 < args.pti_steps < 3 or args.steps < 3:

@@ -20,15 +20,18 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
-import _common  # noqa: F401  (puts this checkout first on the path)
 import cv2
 import numpy as np
 import torch
 from skimage import data
 
-from v2s_nb.face import landmarks
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (puts this checkout first on the path)
+from v2s_nb.face import landmarks  # noqa: E402
 
 
 def make_frames(size: int, n: int) -> np.ndarray:
@@ -78,17 +81,21 @@ def bench_pose_regressor(size: int, batch: int, device: str, reps: int) -> float
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="frame sizes in pixels (square)")
-    ap.add_argument("--frames", type=int, default=30, help="frames per HOG / RFB measurement")
+    ap.add_argument("--sizes", type=_common.positive_int, nargs="+", default=[256, 512],
+                    help="frame sizes in pixels (square)")
+    ap.add_argument("--frames", type=_common.positive_int, default=30, help="frames per HOG / RFB measurement")
     ap.add_argument("--detectors", nargs="+", default=["hog", "rfb", "cnn"], choices=["hog", "cnn", "rfb"],
                     help="hog / cnn: dlib detector + 68-point predictor; rfb: RFB-320 + PFLD")
-    ap.add_argument("--upsample", type=int, nargs="+", default=[0, 1], help="dlib detector upsampling levels")
-    ap.add_argument("--cnn-frames", type=int, default=3, help="frames per dlib CNN measurement (slow on a CPU)")
-    ap.add_argument("--device", default="cpu", help="device of RFB + PFLD and of P_r (cpu, cuda, ...)")
-    ap.add_argument("--pose-sizes", type=int, nargs="*", default=[256, 1024],
+    ap.add_argument("--upsample", type=_common.nonnegative_int, nargs="+", default=[0, 1],
+                    help="dlib detector upsampling levels")
+    ap.add_argument("--cnn-frames", type=_common.positive_int, default=3,
+                    help="frames per dlib CNN measurement (slow on a CPU)")
+    ap.add_argument("--device", default="cpu", type=_common.device,
+                    help="device of RFB + PFLD and of P_r (cpu, cuda, ...)")
+    ap.add_argument("--pose-sizes", type=_common.positive_int, nargs="*", default=[256, 1024],
                     help="image sizes for P_r forward + backward (none: skip)")
-    ap.add_argument("--pose-batches", type=int, nargs="+", default=[1, 8], help="P_r batch sizes")
-    ap.add_argument("--pose-reps", type=int, default=5, help="timed repetitions per P_r measurement")
+    ap.add_argument("--pose-batches", type=_common.positive_int, nargs="+", default=[1, 8], help="P_r batch sizes")
+    ap.add_argument("--pose-reps", type=_common.positive_int, default=5, help="timed repetitions per P_r measurement")
     args = ap.parse_args(argv)
 
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 from _common import cuda_ms  # noqa: E402
 from bench_generator import bench_one  # noqa: E402
 from v2s_nb.stylegan3 import build_generator, fast_layer, fast_ops  # noqa: E402
@@ -172,20 +173,22 @@ def run_variant(name, args, gy):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg", nargs="+", default=["R", "T"], choices=["R", "T"])
-    p.add_argument("--resolution", type=int, default=1024)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--resolution", type=_common.positive_int, default=1024)
+    p.add_argument("--batch", type=_common.positive_int, default=8)
     p.add_argument("--dtype", default="mixed", choices=["fp32", "mixed"])
     p.add_argument("--variants", nargs="*", default=["default"], choices=list(VARIANTS),
                    help="kernels to compare per layer (none: only the whole steps)")
     p.add_argument("--codes", action="store_true",
                    help="also per layer: the inference forward, the training forward that stores the derivative "
                         "codes and the backward from them (ms)")
-    p.add_argument("--codes-tiles", type=int, nargs="*", default=[], metavar="EDGE",
+    p.add_argument("--codes-tiles", type=_common.positive_int, nargs="*", default=[], metavar="EDGE",
                    help="also per layer: the training forward and the backward from codes on tiles of this edge "
                         "(fast_ops.CODES_TILES), with the d x difference from the code's tiles")
-    p.add_argument("--steps", type=int, nargs="*", default=[], help="batch sizes for the whole-step comparison")
-    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--steps", type=_common.positive_int, nargs="*", default=[],
+                   help="batch sizes for the whole-step comparison")
+    p.add_argument("--iters", type=_common.positive_int, default=5)
     args = p.parse_args(argv)
+    _common.require_cuda(p, "bench_lrelu_backward.py")
     dev = torch.device("cuda")
     print(f"# {torch.cuda.get_device_name(dev)}, torch {torch.__version__}")
     for cfg in args.cfg:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 from _common import cuda_ms  # noqa: E402
 from v2s_nb.stylegan3 import build_generator, fast_config, fast_ops, ops  # noqa: E402
 
@@ -48,12 +49,13 @@ def run_form(form, args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg", nargs="+", default=["R", "T"], choices=["R", "T"])
-    p.add_argument("--resolution", type=int, default=1024)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--resolution", type=_common.positive_int, default=1024)
+    p.add_argument("--batch", type=_common.positive_int, default=8)
+    p.add_argument("--reps", type=_common.positive_int, default=10)
     args = p.parse_args(argv)
-    if not (torch.cuda.is_available() and fast_ops.HAVE_TRITON):
-        sys.exit("bench_lrelu_forms needs a CUDA GPU and Triton")
+    _common.require_cuda(p, "bench_lrelu_forms.py")
+    if not fast_ops.HAVE_TRITON:
+        p.error("bench_lrelu_forms.py needs Triton (not importable here)")
     dev = torch.device("cuda")
     print(f"# {torch.cuda.get_device_name(dev)}, torch {torch.__version__}, batch {args.batch}: ms (error)")
     for cfg in args.cfg:

@@ -13,14 +13,18 @@ OPENBLAS_NUM_THREADS=1.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 from skimage import data
 
-from v2s_nb.face import landmarks
-from v2s_nb.metrics import face_embeddings, frechet_distance_features
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (argparse checks; puts this checkout first on the path)
+from v2s_nb.face import landmarks  # noqa: E402
+from v2s_nb.metrics import face_embeddings, frechet_distance_features  # noqa: E402
 
 
 def bench_faces(sizes, frames):
@@ -55,12 +59,12 @@ def bench_frechet(dims, n=800):
               f"relative difference {rel:.1e}")
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
-    p.add_argument("--frames", type=int, default=4)
-    p.add_argument("--dims", type=int, nargs="+", default=[128, 512, 2048])
-    args = p.parse_args()
+    p.add_argument("--sizes", type=_common.positive_int, nargs="+", default=[256, 512, 1024])
+    p.add_argument("--frames", type=_common.positive_int, default=4)
+    p.add_argument("--dims", type=_common.positive_int, nargs="+", default=[128, 512, 2048])
+    args = p.parse_args(argv)
     bench_faces(args.sizes, args.frames)
     bench_frechet(args.dims)
 

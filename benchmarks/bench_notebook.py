@@ -15,9 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (argparse checks)
 
 
 def run(notebook: Path, params: list[str], cache: Path) -> float:
@@ -50,9 +54,10 @@ def run(notebook: Path, params: list[str], cache: Path) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("notebook", type=Path)
+    p.add_argument("notebook", type=_common.existing_file)
     p.add_argument("--param", action="append", default=[], help="NAME=VALUE (Python), e.g. 'checkpoint=\"tiny\"'")
-    p.add_argument("--runs", type=int, default=2, help="1: only the cold run; 2 (default): cold, then cached")
+    p.add_argument("--runs", type=_common.positive_int, default=2,
+                   help="1: only the cold run; 2 (default): cold, then cached")
     args = p.parse_args(argv)
     cache = Path(tempfile.mkdtemp(prefix="bench-nb-cache-"))
     print(f"{args.notebook.name}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 from _common import peak_gib, sync  # noqa: E402  (also puts this checkout on sys.path)
 from v2s_nb.face import masks_from_landmarks, template_landmarks  # noqa: E402
 from v2s_nb.method.encoder import ReStyleEncoder, ReStyleNet  # noqa: E402
@@ -88,19 +89,20 @@ class _ImagePose(torch.nn.Module):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=_common.device)
     ap.add_argument("--tiny", action="store_true", help="tiny R 64 generator and a reduced encoder (CPU runs)")
-    ap.add_argument("--frames", type=int, default=160)
-    ap.add_argument("--batch", type=int, default=8, help="frames per encoder / render batch")
-    ap.add_argument("--iters", type=int, default=3, help="ReStyle iterations")
+    ap.add_argument("--frames", type=_common.positive_int, default=160)
+    ap.add_argument("--batch", type=_common.positive_int, default=8, help="frames per encoder / render batch")
+    ap.add_argument("--iters", type=_common.positive_int, default=3, help="ReStyle iterations")
     ap.add_argument("--fp16", action="store_true", help="encode with the generator's fp16 layers (CUDA; the "
                                                         "reference renders its reconstructions in float32)")
-    ap.add_argument("--pti-steps", type=int, default=350)
+    ap.add_argument("--pti-steps", type=_common.positive_int, default=350)
     ap.add_argument("--pose-input", default="image", choices=["pfld", "image", "w"])
-    ap.add_argument("--pose-batch", type=int, default=None, help="frames per pose-encoding batch (default: "
-                                                                 "encode_pose_sequence's, 8 on images, 1 on w)")
-    ap.add_argument("--pose-steps-first", type=int, default=100)
-    ap.add_argument("--pose-steps-next", type=int, default=30)
+    ap.add_argument("--pose-batch", type=_common.positive_int, default=None,
+                    help="frames per pose-encoding batch (default: "
+                         "encode_pose_sequence's, 8 on images, 1 on w)")
+    ap.add_argument("--pose-steps-first", type=_common.positive_int, default=100)
+    ap.add_argument("--pose-steps-next", type=_common.positive_int, default=30)
     ap.add_argument("--json", default=None, help="append the results as one JSON line to this file")
     a = ap.parse_args(argv)
     dev = torch.device(a.device)

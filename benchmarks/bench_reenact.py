@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import sync  # noqa: E402  (also puts this checkout on sys.path)
+import _common  # noqa: E402  (also puts this checkout on sys.path)
+from _common import sync  # noqa: E402
 
 
 def make_reenactor(G, T, device):
@@ -155,19 +156,23 @@ def bench_cpu_ops(threads=1, reps=5):
         print(f"  {c}: stepwise {old:.0f}, CPU form {new:.0f}, ratio {old / new:.2f}")
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--tiny-resolution", type=int, nargs="+", default=[64], help="resolutions of the tiny generator")
-    p.add_argument("--r1024", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--frames", type=int, default=160)
-    p.add_argument("--batch", type=int, default=8)
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="tiny random generator (--tiny-resolution)")
+    p.add_argument("--tiny-resolution", type=_common.positive_int, nargs="+", default=[64],
+                   help="resolutions of the tiny generator")
+    p.add_argument("--r1024", action="store_true", help="1024 px R architecture, random weights")
+    p.add_argument("--device", default="cpu", type=_common.device)
+    p.add_argument("--frames", type=_common.positive_int, default=160)
+    p.add_argument("--batch", type=_common.positive_int, default=8)
     p.add_argument("--demo", action="store_true", help="time `v2s-nb demo` (stages, total, peak RSS)")
     p.add_argument("--cpu-ops", action="store_true", help="the demo generator's CPU filtered lrelu: old vs new")
-    p.add_argument("--threads", type=int, default=1, help="with --cpu-ops: torch threads")
-    p.add_argument("--cpus", type=int, default=None, help="with --demo: pin the demo to the first N CPUs")
-    a = p.parse_args()
+    p.add_argument("--threads", type=_common.positive_int, default=1, help="with --cpu-ops: torch threads")
+    p.add_argument("--cpus", type=_common.positive_int, default=None,
+                   help="with --demo: pin the demo to the first N CPUs")
+    a = p.parse_args(argv)
+    if not (a.tiny or a.r1024 or a.demo or a.cpu_ops):
+        p.error("nothing to time: pass one or more of --tiny, --r1024, --demo, --cpu-ops (examples: --help)")
     if a.tiny:
         from v2s_nb.stylegan3 import tiny_generator
         for res in a.tiny_resolution:
@@ -181,6 +186,7 @@ def main():
         bench_demo(a.device, a.cpus)
     if a.cpu_ops:
         bench_cpu_ops(a.threads)
+
 
 if __name__ == "__main__":
     main()

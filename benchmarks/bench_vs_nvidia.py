@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 from _common import REPO  # noqa: E402,F401  (puts this checkout on sys.path)
 from bench_generator import bench_one  # noqa: E402
 from v2s_nb.stylegan3.networks import CONFIGS  # noqa: E402
@@ -153,12 +154,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nvidia-repo", metavar="PATH", help=f"a checkout of {NVIDIA_URL} (required)")
     p.add_argument("--cfg", nargs="+", default=["R", "T"], choices=["R", "T"])
-    p.add_argument("--resolution", type=int, default=1024)
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--resolution", type=_common.positive_int, default=1024)
+    p.add_argument("--batch", type=_common.positive_int, nargs="+", default=[1, 8])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--dtype", default="mixed", choices=["fp32", "mixed"],
                    help="mixed: the fp16 layers in fp16 (CUDA; NVIDIA's num_fp16_res 4, conv_clamp 256)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=_common.device)
     p.add_argument("--nvidia-impl", default="cuda", choices=["cuda", "ref"],
                    help="NVIDIA's ops: their CUDA plugins (built at run time) or their reference implementations")
     p.add_argument("--channel-scale", type=float, default=1.0,
@@ -170,13 +171,11 @@ def main(argv=None):
                    help="also time ours replayed from CUDA graphs (GraphedSynthesis for the forward, "
                         "GraphedTrainingSynthesis for the steps; CUDA only), as the model 'graphs'")
     p.add_argument("--seed", type=int, default=0, help="seed of NVIDIA's weight initialisation")
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=_common.positive_int, default=10)
+    p.add_argument("--warmup", type=_common.nonnegative_int, default=2)
     p.add_argument("--json", help="append results as JSON lines to this file")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        _fail("--device cuda but this PyTorch sees no CUDA device; use --device cpu for a smoke test.")
     if args.graphs and device.type != "cuda":
         _fail("--graphs needs --device cuda (CUDA graphs).")
     if not 0 < args.channel_scale <= 1:

@@ -109,8 +109,9 @@ def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward", 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg", nargs="+", default=["T", "R"], choices=["R", "T"])
-    p.add_argument("--resolution", type=int, default=1024)
-    p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: Hopper, H100 / H200)")
+    p.add_argument("--resolution", type=_common.positive_int, default=1024)
+    p.add_argument("--arch", type=_common.positive_int, default=90,
+                   help="compute capability x 10 (90: Hopper, H100 / H200)")
     p.add_argument("--kernel", choices=KERNELS, default="backward",
                    help="backward: recomputes the pre-activation; codes: the backward from the training forward's "
                         "derivative codes; train: that forward")

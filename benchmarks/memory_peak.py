@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 from _common import REPO  # noqa: E402
 from v2s_nb.stylegan3 import build_generator  # noqa: E402
 
@@ -123,11 +124,11 @@ def report(snapshot, base, device_index=0, top=20, out=print):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg", default="R", choices=["R", "T"])
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--resolution", type=int, default=1024)
+    p.add_argument("--batch", type=_common.positive_int, default=8)
+    p.add_argument("--resolution", type=_common.positive_int, default=1024)
     p.add_argument("--mode", default="weights", choices=["ws", "weights"],
                    help="the step's gradients: w.r.t. ws, or w.r.t. the synthesis weights (PTI's)")
-    p.add_argument("--top", type=int, default=20, help="allocating sites to list")
+    p.add_argument("--top", type=_common.positive_int, default=20, help="allocating sites to list")
     p.add_argument("--snapshot", help="also write the raw snapshot (pickle) here")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():

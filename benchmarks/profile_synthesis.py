@@ -23,21 +23,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 from _common import cuda_ms  # noqa: E402
 from v2s_nb.stylegan3 import build_generator, fast_config, fast_layer, tiny_generator  # noqa: E402
 from v2s_nb.stylegan3.networks import resolve_impl  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg", default="R")
-    p.add_argument("--resolution", type=int, default=1024)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--resolution", type=_common.positive_int, default=1024)
+    p.add_argument("--batch", type=_common.positive_int, default=8)
     p.add_argument("--dtype", default="mixed", choices=["fp32", "mixed"])
     p.add_argument("--impl", default=None)
-    p.add_argument("--top", type=int, default=15)
+    p.add_argument("--top", type=_common.positive_int, default=15)
     p.add_argument("--backward", choices=["ws", "weights"], help="profile forward+backward w.r.t. ws or weights")
-    p.add_argument("--device", default="cuda", help="cuda; cpu (with --tiny) only checks that the script runs")
+    p.add_argument("--device", default="cuda", type=_common.device,
+                   help="cuda; cpu (with --tiny) only checks that the script runs")
     p.add_argument("--tiny", action="store_true", help="the tiny test architecture instead of the released one")
     p.add_argument("--cpu-fast", action="store_true",
                    help="with --device cpu and --backward: the per-layer table through the fast path's layer logic "
