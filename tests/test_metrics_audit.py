@@ -153,6 +153,8 @@ def test_slightly_overshooting_float_frames_are_told_to_clip_not_rescale():
     with pytest.raises(FrameFormatError, match=r"np\.clip\(frames, 0, 1\)") as e:
         as_rgb_uint8(frames)
     assert "rescale" not in str(e.value)
+    with pytest.raises(FrameFormatError, match=r"np\.clip\(frames, 0, 1\)"):  # over 1 only: not "0..255 values"
+        as_rgb_uint8(np.clip(frames, 0, None))
     with pytest.raises(FrameFormatError, match=r"np\.clip\(\(frames \+ 1\) / 2, 0, 1\).*to_uint8"):
         as_rgb_uint8(frames * 2.1 - 1.05)  # [-1, 1] generator output, overshooting
     with pytest.raises(FrameFormatError, match=r"rescale them to \[0, 1\]"):

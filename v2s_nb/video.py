@@ -207,11 +207,11 @@ def as_rgb_uint8(frames, *, allow_single_image: bool = False, name: str = "frame
         if lo < -FLOAT_TOLERANCE or hi > 1.0 + FLOAT_TOLERANCE:
             if lo >= -1.0 - FLOAT_TOLERANCE and lo < -FLOAT_TOLERANCE and hi <= 1.0 + FLOAT_TOLERANCE:
                 fix = "these look like generator output in [-1, 1]: pass (frames + 1) / 2"
-            elif hi <= 255.0 + FLOAT_TOLERANCE and lo >= -FLOAT_TOLERANCE:
-                fix = "these look like 0..255 values: pass frames / 255 or frames.astype(np.uint8)"
             elif lo >= -0.1 and hi <= 1.1:  # a slight overshoot (generator output): rescaling would change contrast
                 fix = ("these look like pictures in [0, 1] that overshoot slightly (e.g. StyleGAN output); clip "
                        "them: np.clip(frames, 0, 1) (torch: frames.clamp(0, 1))")
+            elif hi <= 255.0 + FLOAT_TOLERANCE and lo >= -FLOAT_TOLERANCE:
+                fix = "these look like 0..255 values: pass frames / 255 or frames.astype(np.uint8)"
             elif lo >= -1.2 and hi <= 1.2:
                 fix = ("these look like generator output in [-1, 1] that overshoots slightly; clip them: "
                        "np.clip((frames + 1) / 2, 0, 1), or v2s_nb.images.to_uint8(x) for [N, C, H, W] tensors")
