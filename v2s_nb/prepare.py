@@ -171,10 +171,8 @@ MAX_FIGURE_FRAMES = 24
 def _figure_columns(frames, clips, least: int) -> int:
     """Columns of a figure of ``frames`` frames per clip: ``frames`` checked (1..:data:`MAX_FIGURE_FRAMES`), no more
     than the longest clip has, and at least ``least``."""
-    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or not 1 <= frames <= MAX_FIGURE_FRAMES:
-        raise ValueError(f"frames must be an integer in 1..{MAX_FIGURE_FRAMES} (frames shown per video), got "
-                         f"{frames!r}; to look at every frame, use the player (v2s_nb.widgets)")
-    return max(min(int(frames), max(len(c) for c in clips)), least)
+    frames = _check_int("frames", frames, 1, MAX_FIGURE_FRAMES)
+    return max(min(frames, max(len(c) for c in clips)), least)
 
 
 class _Shows:
@@ -624,7 +622,7 @@ def inversions(G, faces: Faces, *, encoder=None, encoder_iters: int = 3, refine_
         raise TypeError(f"faces must be the Faces of v2s_nb.prepare.faces(...), got {type(faces).__name__}")
     if not (hasattr(G, "synthesis") and hasattr(G, "img_resolution")):
         raise TypeError(f"G must be a generator, got {type(G).__name__} {str(G)[:60]!r}: load one first, e.g. "
-                        "G = v2s_nb.stylegan3.load_generator('stylegan3-r-ffhq-1024', device='cuda')")
+                        "G = v2s_nb.stylegan3.load_generator('stylegan3-r-ffhq-1024')")
     own = sorted(set(invert_kwargs or {}) & _STAGE_SETS)  # before any work, not after the reference is inverted
     if own:
         raise ValueError(f"invert_kwargs sets {own}, which this stage decides itself: use its own arguments "
