@@ -38,7 +38,6 @@ other object in the file is refused without being run.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import pathlib
 import pickle
@@ -571,8 +570,7 @@ def invert_with_encoder(E: ReStyleEncoder, G, images, *, n_iters: int = 3, batch
         ``settings['mode']`` is ``'encoder'``; ``total_steps`` counts the refinement's Adam steps).
     """
     from .invert import (Inversion, _cache_lookup, _keyed_by, _reconstruction_mse, _resolve_perceptual,
-                         default_cache_dir, generator_identity, invert, prepare_images, psnr_from_mse)
-    from ..caching import KEY_CHARS, hash_tensor, json_key, warn_unusable
+                         _saved_batch, generator_identity, invert, prepare_images, psnr_from_mse)
 
     targets = prepare_images(images, G.img_resolution, frame_indices)
     n = targets.shape[0]
@@ -589,24 +587,17 @@ def invert_with_encoder(E: ReStyleEncoder, G, images, *, n_iters: int = 3, batch
                                        idx)
     if cached is not None:
         return cached
-    run = None  # the refinement's checkpoints: the encoder's codes (its start, keyed into each batch) and batches
-    if cache_dir and refine_steps > 0:
-        h = hashlib.sha256()
-        hash_tensor(h, targets)
-        run = ((default_cache_dir() if cache_dir is True else Path(cache_dir)) / "batches" / "refine"
-               / json_key({"images": h.hexdigest(), "generator": gen_id["sha256"], "settings": settings})[:KEY_CHARS])
-    ws = None
-    if run is not None and (run / "codes.json").exists():
-        try:
-            ws = Inversion.load(run / "codes").ws
-        except (ValueError, OSError) as e:
-            warn_unusable(run / "codes.json", f"unreadable ({e})")
+    # the refinement's checkpoints: the encoder's codes (its start, keyed into each batch) and its batches, in a
+    # folder named like the result's cache entry (the same key: images, start codes, generator, settings)
+    run = cache_file.parent / "batches" / "refine" / cache_file.name if cache_file and refine_steps > 0 else None
+    saved = _saved_batch(run / "codes", "encoder codes") if run is not None else None
+    ws = saved.ws if saved is not None else None
     if ws is None or ws.shape[0] != n:
         E.to(G.device)
         ws = E.encode(images, n_iters=n_iters, batch_size=batch_size, force_fp32=force_fp32, progress=progress)
         if run is not None:  # a rerun starts the refinement from these same codes, so its batches' keys match
             Inversion(ws=ws.float().cpu(), mse=np.zeros(n), psnr=np.zeros(n), loss_history=[],
-                      settings={"mode": "encoder codes"}, generator=gen_id,
+                      settings={"mode": "encoder codes", "checkpoint_key": "encoder codes"}, generator=gen_id,
                       frame_indices=np.asarray(idx, dtype=np.int64)).save(run / "codes")
     hist, total = [], 0
     if refine_steps > 0:

@@ -28,7 +28,8 @@ import numpy as np
 from ..video import ambiguous_channel_first
 from ..face.landmark_detection import LandmarkTrack, NoFaceError
 from ._common import clip_frames, one_image, progress_bar
-from .frechet import FaceEmbeddingFeatures, FeatureExtractor, frechet_distance_features, get_feature_extractor
+from .frechet import (FaceEmbeddingFeatures, FeatureExtractor, _usable, frechet_distance_features,
+                      get_feature_extractor)
 from .identity import identity_distance, reference_embedding
 from .keypoints import NORMALIZATIONS, UNITS, default_front_end, keypoint_distance, track_of
 
@@ -88,8 +89,7 @@ class _Direction:
         """Frames whose features are not finite (e.g. no face for 'dlib-face'): left out of FID."""
         out = []
         for label, f in zip(self.labels, self.feats):
-            idx = np.flatnonzero(~np.isfinite(f).all(axis=1))
-            out += [f"{label}:{int(i)}" if label else int(i) for i in idx]
+            out += [f"{label}:{i}" if label else i for i in _usable(f)[1]]
         return out
 
     def landmarks(self) -> set:
@@ -116,8 +116,7 @@ class _Direction:
     def features(self) -> np.ndarray | None:
         if not self.feats:
             return None
-        f = np.concatenate(self.feats, axis=0)
-        return f[np.isfinite(f).all(axis=1)]
+        return _usable(np.concatenate(self.feats, axis=0))[0]
 
 
 def _fid_entries(ext: FeatureExtractor | None, fwd: _Direction, rev: _Direction | None) -> dict:
