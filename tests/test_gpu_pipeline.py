@@ -43,3 +43,64 @@ def test_landmark_cnns_on_cuda_equal_cpu():
     crops = torch.rand(3, 3, 112, 112, generator=torch.Generator().manual_seed(1))
     out = {dev: lc.load_pfld(path=pfld_path, device=dev)(crops.to(dev)).cpu() for dev in ("cpu", "cuda")}
     assert (out["cpu"] - out["cuda"]).abs().max().item() < 1e-3  # crop units
+
+
+def _pfld_regressor(device):
+    from test_landmark_cnn import _weights
+    from v2s_nb.face.landmark_cnn import load_pfld
+    from v2s_nb.method.pose_encoding import ImagePoseRegressor
+
+    return ImagePoseRegressor(load_pfld(path=_weights("pfld-68"), device=device)).to(device)
+
+
+def test_pose_regressor_on_cuda_equals_cpu_and_never_waits_for_the_gpu():
+    """P_r (PFLD crop + network + differentiable head pose) forward and backward on CUDA: the same angles and image
+    gradients as on the CPU, and no operation in it waits for the GPU (it once held a dozen such waits per call: the
+    crop's checks, the head-pose constants copied in, the solver's error checks), so in pose encoding the host queues
+    it behind the generator's work instead of draining the queue."""
+    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    out = {}
+    for dev in ("cpu", "cuda"):
+        P = _pfld_regressor(dev)
+        img = x.to(dev).requires_grad_(True)
+        P(img)  # warm-up (cuDNN's and cuBLAS's first calls set themselves up)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error" if dev == "cuda" else "default")
+        try:
+            pose = P(img)
+            pose.sum().backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        out[dev] = (pose.detach().cpu(), img.grad.cpu())
+    assert (out["cpu"][0] - out["cuda"][0]).abs().max().item() < 0.05  # degrees
+    scale = out["cpu"][1].abs().max().item()
+    assert scale > 0 and (out["cpu"][1] - out["cuda"][1]).abs().max().item() < 2e-2 * scale
+
+
+def test_pose_encoding_loop_on_cuda_never_waits_for_the_gpu_and_matches_cpu():
+    """The pose-encoding loop (fused Adam on CUDA, losses read one step late) runs its steps without a wait for the
+    GPU, and ends where the CPU's loop does."""
+    from v2s_nb.method.pose_encoding import _lambda_pose, _optimise
+
+    G = tiny_generator("R", resolution=64, seed=5)
+    M = torch.randn(8 * G.w_dim, 3, generator=torch.Generator().manual_seed(7)) * 2.0
+
+    def on_w(ws):
+        return ws[:, :8].reshape(len(ws), -1) @ M.to(ws.device)
+
+    on_w.pose_input = "w"
+    w = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(3)), None).detach()
+    target = torch.tensor([[10.0, -5.0, 3.0], [-8.0, 4.0, 0.0]])
+    out = {}
+    for dev in ("cpu", "cuda"):
+        Gd, wd, td, lp = G.to(dev), w.to(dev), target.to(dev), _lambda_pose(1.0).to(dev)
+        _optimise(Gd, wd, wd, td, on_w, "w", 2, 0.01, lp, 0.1, 8)  # warm-up
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error" if dev == "cuda" else "default")
+        try:
+            ws, hist = _optimise(Gd, wd, wd, td, on_w, "w", 20, 0.01, lp, 0.1, 8)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        out[dev] = (ws.cpu(), hist)
+    assert np.isfinite(out["cuda"][1]).all() and out["cuda"][1][:, -1].max() < out["cuda"][1][:, 0].min()
+    assert (out["cpu"][0] - out["cuda"][0]).abs().max().item() < 1e-3

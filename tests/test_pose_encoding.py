@@ -268,3 +268,18 @@ def test_sequence_resumes_from_its_finished_batches(G, w_ref, tmp_path):
     with pytest.warns(CacheWarning, match="from other"):
         encode_pose_sequence(G, w_ref, targets + 1.0, P, checkpoint_dir=ckpt, **kw)
     assert P.calls == (6 + 1) + 2 * (4 + 1)
+
+
+def test_a_loss_that_turns_nan_stops_the_encoding_naming_its_step(G, w_ref):
+    """The losses are read one step late (the loop doesn't wait for the GPU); a NaN one still stops the run, and the
+    message names the step where it appeared."""
+    calls = []
+
+    def turns_nan(ws):
+        calls.append(1)
+        out = ws[:, :8].reshape(len(ws), -1)[:, :3] * 0 + 5.0
+        return out * float("nan") if len(calls) == 4 else out
+
+    turns_nan.pose_input = "w"
+    with pytest.raises(FloatingPointError, match="diverged at step 3 "):
+        encode_pose(G, w_ref, [1.0, 2.0, 3.0], pose_fn=turns_nan, steps=10, measure=False)

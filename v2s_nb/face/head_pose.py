@@ -203,6 +203,29 @@ def head_pose(landmarks_or_track, image_size=None, *, focal: float | None = None
 # ----------------------------------------------------------------------------------------------- differentiable
 
 
+_TORCH_CONSTANTS: dict = {}
+
+
+def _torch_constants(k, dtype, device):
+    """(focal [2], principal point [2], model points [6, 3], pinv of the centred model points [3, 6], model indices
+    (long) [6], identity [6, 6], the first two rows of the identity [2, 3], e_z [3]) for :func:`head_pose_torch` with intrinsics ``k``, kept per dtype and device: made
+    from host values only once, since each copy to a GPU waits for it (a pose-encoding step ran a dozen such)."""
+    import torch
+
+    key = (tuple(k[:2].ravel().tolist()), dtype, torch.device(device))
+    out = _TORCH_CONSTANTS.get(key)
+    if out is None:
+        centred = MODEL_POINTS - MODEL_POINTS.mean(0)
+        host = (np.array([k[0, 0], k[1, 1]]), k[:2, 2], MODEL_POINTS, np.linalg.pinv(centred), None, np.eye(6),
+                np.eye(3)[:2], np.eye(3)[2])
+        out = tuple(torch.as_tensor(MODEL_INDICES, dtype=torch.long, device=device) if a is None
+                    else torch.as_tensor(np.asarray(a, dtype=np.float64), device=device).to(dtype) for a in host)
+        if len(_TORCH_CONSTANTS) > 64:  # many image sizes / focal lengths: start again rather than grow
+            _TORCH_CONSTANTS.clear()
+        _TORCH_CONSTANTS[key] = out
+    return out
+
+
 def _inv_sqrt_2x2(a):
     """(A)^(-1/2) of symmetric positive definite matrices [..., 2, 2], closed form (differentiable)."""
     import torch
@@ -269,15 +292,10 @@ def head_pose_torch(points, image_size, *, focal: float | None = None, iteration
         raise ValueError(f"points must be [N, 68, 2] (pixels), got {tuple(pts.shape)}")
     if not pts.is_floating_point():
         pts = pts.double()
-    k = _camera(_image_size(image_size), focal)
-    dt, dev = pts.dtype, pts.device
-    f = torch.tensor([k[0, 0], k[1, 1]], dtype=dt, device=dev)
-    c = torch.tensor(k[:2, 2], dtype=dt, device=dev)
-    img = pts[:, MODEL_INDICES]  # [N, 6, 2] pixels
+    f, c, X, pinv, index, eye6, e2, ez = _torch_constants(_camera(_image_size(image_size), focal), pts.dtype, pts.device)
+    img = pts[:, index]  # [N, 6, 2] pixels
     uv = (img - c) / f  # normalised image coordinates
-    X = torch.as_tensor(MODEL_POINTS, dtype=dt, device=dev)  # [6, 3], nose tip at the origin
-    pinv = torch.linalg.pinv(X - X.mean(0))  # [3, 6]: least-squares map from the centred model points
-    eps = torch.zeros(uv.shape[:2], dtype=dt, device=dev)  # per-point depth correction r3.X / tz
+    eps = torch.zeros(uv.shape[:2], dtype=pts.dtype, device=pts.device)  # per-point depth correction r3.X / tz
     for _ in range(max(1, int(iterations))):
         q = uv * (1 + eps)[..., None]  # [N, 6, 2] = (R[:2] X + t_xy) / tz exactly at convergence
         qm = q.mean(1, keepdim=True)
@@ -295,16 +313,15 @@ def head_pose_torch(points, image_size, *, focal: float | None = None, iteration
         cam = rx + t[:, None]
         z = cam[..., 2:3]
         r = (f * cam[..., :2] / z + c - img).reshape(len(img), -1)  # [N, 12] pixels
-        # d(projection)/d(camera point) [N, 6, 2, 3]; d(camera point)/d(rotation vector) = -[R X]x, /d(t) = I
-        dp = torch.zeros(*cam.shape[:2], 2, 3, dtype=dt, device=dev)
-        dp[..., 0, 0] = f[0] / z[..., 0]
-        dp[..., 1, 1] = f[1] / z[..., 0]
-        dp[..., :, 2] = -f * cam[..., :2] / z ** 2
-        jac = torch.cat([dp @ -_skew(rx), dp], -1).reshape(len(img), -1, 6)  # [N, 12, 6]
+        # d(projection)/d(camera point) [N, 6, 2, 3]: rows (f / z) (e_x - x / z e_z), (f / z) (e_y - y / z e_z);
+        # d(camera point)/d(rotation vector) = -[R X]x, so a row a of it gives a (-[R X]x) = (R X) x a; /d(t) = I
+        dp = (f / z)[..., None] * (e2 - (cam[..., :2] / z)[..., None] * ez)
+        jac = torch.cat([torch.linalg.cross(rx[:, :, None].expand_as(dp), dp, dim=-1), dp], -1).reshape(len(img), -1, 6)
         jt = jac.transpose(1, 2)
         h = jt @ jac
-        h = h + 1e-9 * h.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * torch.eye(6, dtype=dt, device=dev)
-        step = torch.linalg.solve(h, -(jt @ r[..., None]))[..., 0]  # [N, 6]
+        h = h + 1e-9 * h.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * eye6
+        # solve_ex without its error check: that check waits for the GPU (a singular h gives NaN, not a raise)
+        step = torch.linalg.solve_ex(h, -(jt @ r[..., None]), check_errors=False)[0][..., 0]  # [N, 6]
         rot = _rodrigues(step[:, :3]) @ rot
         t = t + step[:, 3:]
     yaw = torch.asin((-rot[:, 2, 0]).clamp(-1.0, 1.0))

@@ -380,12 +380,19 @@ def crop_squares(images: torch.Tensor, squares, size: int = PFLD_INPUT) -> torch
 
     ``squares``: [N, 4] or [4] (left, top, right, bottom) pixels, outer edges of the crop (any real values; outside
     the image reads 0). Bilinear sampling; when the crop shrinks the image by k >= 2 times, the image is first
-    averaged over k x k blocks (so small crops of large frames are not aliased).
+    averaged over k x k blocks (so small crops of large frames are not aliased). Squares given on the host (numpy,
+    lists, CPU tensors) are checked there: on a GPU nothing waits for it; squares on the GPU are read back.
     """
+    return _crop(images, *_squares(images, squares, size), size)
+
+
+def _squares(images, squares, size):
+    """(squares [N, 4] in images' dtype on its device, box-filter factor k) for :func:`crop_squares`, checked."""
     if images.ndim != 4:
         raise ValueError(f"images must be [N, C, H, W], got {tuple(images.shape)}")
-    n, _, h, w = images.shape
-    sq = torch.as_tensor(squares, dtype=images.dtype, device=images.device).reshape(-1, 4)
+    n = images.shape[0]
+    on_host = not (isinstance(squares, torch.Tensor) and squares.device.type != "cpu")
+    sq = torch.as_tensor(squares, dtype=images.dtype, device="cpu" if on_host else images.device).reshape(-1, 4)
     if len(sq) == 1 and n > 1:
         sq = sq.expand(n, 4)
     if len(sq) != n:
@@ -394,6 +401,12 @@ def crop_squares(images: torch.Tensor, squares, size: int = PFLD_INPUT) -> torch
     if not bool((side > 0).all()):
         raise ValueError("every square needs right > left (pixels); got an empty or inverted square")
     k = max(1, int(float(side.min()) / size))
+    # a host copy that doesn't wait for the GPU's queued work (the copy from pageable memory is staged at once)
+    return sq.to(images.device, non_blocking=True), k
+
+
+def _crop(images, sq, k, size):
+    n = images.shape[0]
     x = images
     if k >= 2:
         x = F.avg_pool2d(x, k, stride=k, ceil_mode=True, count_include_pad=False)
@@ -412,13 +425,11 @@ def crop_squares(images: torch.Tensor, squares, size: int = PFLD_INPUT) -> torch
 def pfld_landmarks(model: PFLD, images: torch.Tensor, squares) -> torch.Tensor:
     """68 landmarks in image pixels [N, 68, 2] of float images [N, 3, H, W] RGB in [0, 1], differentiable.
 
-    ``squares``: the crops [N, 4] or [4] (left, top, right, bottom) pixels, e.g. :func:`face_square` of a face box.
+    ``squares``: the crops [N, 4] or [4] (left, top, right, bottom) pixels, e.g. :func:`face_square` of a face box
+    (host values are checked without waiting for the GPU; see :func:`crop_squares`).
     """
-    sq = torch.as_tensor(squares, dtype=images.dtype, device=images.device).reshape(-1, 4)
-    crops = crop_squares(images, sq, PFLD_INPUT)
-    u = model(crops.to(model.dtype)).to(images.dtype)
-    if len(sq) == 1:
-        sq = sq.expand(len(images), 4)
+    sq, k = _squares(images, squares, PFLD_INPUT)
+    u = model(_crop(images, sq, k, PFLD_INPUT).to(model.dtype)).to(images.dtype)
     lo, side = sq[:, None, :2], (sq[:, 2:] - sq[:, :2])[:, None, :]
     return lo + u * side  # crop units -> pixels (0 = the crop's left / top edge)
 

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_atomic
-from .loss_scale import codes_only, grad_scaler
+from .loss_scale import HostValues, codes_only, grad_scaler
 import torch.nn.functional as F
 from ..caching import entry_path, generator_hash, hash_tensor, json_key, warn_unusable
 from ..errors import V2SError, V2SWarning
@@ -531,25 +531,6 @@ def _reconstruction_mse(G, ws, targets, batch_size) -> np.ndarray:
     return torch.cat(out).double().numpy()
 
 
-class _HostValues:
-    """A copy of a small GPU tensor to the host that doesn't wait for the GPU: ``result()`` (a list of floats) waits
-    only until the GPU has reached the point where the copy was made. On the CPU, the values at once."""
-
-    def __init__(self, values: torch.Tensor):
-        if values.is_cuda:
-            self._host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-            self._host.copy_(values, non_blocking=True)
-            self._event = torch.cuda.Event()
-            self._event.record()
-        else:
-            self._host, self._event = values.clone(), None
-
-    def result(self) -> list:
-        if self._event is not None:
-            self._event.synchronize()
-        return [float(v) for v in self._host.float().tolist()]
-
-
 #: ``cuda_graphs=None`` (the default of the optimisation loops) records CUDA graphs for batches up to this size:
 #: graphs remove the launch cost that sets the step time of single frames, and from a few frames on the GPU's work
 #: does, so there they only cost set-up time and memory (measured: docs/performance.md).
@@ -631,7 +612,7 @@ def _optimise(G, targets: torch.Tensor, init: torch.Tensor, steps: int, cfg: dic
         # the previous step's losses: read now, this step's work is queued (with fp16 layers the scaler skips
         # the update of a non-finite step anyway; on a raise the codes are dropped)
         check(pending)
-        pending = (step, _HostValues(loss_i.detach().float()))
+        pending = (step, HostValues(loss_i.detach().float()))
         scaler.step(opt)
         scaler.update()
         if pbar is not None:
@@ -1130,7 +1111,7 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
             # A non-finite loss is caught one step late (a read now would wait for this step's GPU work); with
             # fp16 layers the scaler skips such a step's update anyway, and on a raise the copy is dropped.
             check(pending)
-            pending = (step, _HostValues(torch.stack([loss.detach(), loss_i.detach().mean()])))
+            pending = (step, HostValues(torch.stack([loss.detach(), loss_i.detach().mean()])))
             scaler.step(opt)
             scaler.update()
             if pbar is not None:

@@ -6,7 +6,9 @@ scaling most of them flush to zero or keep a bit or two. :func:`grad_scaler` ret
 scaler, on only where fp16 layers are in the path, so optimisers see the same gradients as in float32. Adam is
 invariant to the scale, so results don't depend on it.
 
-:func:`codes_only` keeps a generator's weights out of the gradients while codes are optimised through it.
+:func:`codes_only` keeps a generator's weights out of the gradients while codes are optimised through it;
+:class:`HostValues` reads a step's losses back without waiting for the GPU, so the optimisation loops queue the next
+step while the GPU works on this one.
 """
 
 from __future__ import annotations
@@ -45,3 +47,22 @@ def codes_only(G):
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+class HostValues:
+    """A copy of a small GPU tensor to the host that doesn't wait for the GPU: ``result()`` (a list of floats) waits
+    only until the GPU has reached the point where the copy was made. On the CPU, the values at once."""
+
+    def __init__(self, values: torch.Tensor):
+        if values.is_cuda:
+            self._host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self._host.copy_(values, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host, self._event = values.clone(), None
+
+    def result(self) -> list:
+        if self._event is not None:
+            self._event.synchronize()
+        return [float(v) for v in self._host.float().tolist()]

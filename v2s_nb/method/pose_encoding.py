@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_atomic
-from .loss_scale import codes_only, grad_scaler
+from .loss_scale import HostValues, codes_only, grad_scaler
 from torch import nn
 from ..errors import FallbackWarning, V2SError
 from ..progress import progress_bar, progress_iter
@@ -142,6 +142,7 @@ class ImagePoseRegressor(nn.Module):
             raise ValueError(f"square must be (left, top, right, bottom) fractions [4] or [N, 4] with right > left "
                              f"and bottom > top, got {square!r}")
         self.register_buffer("square", sq, persistent=False)
+        self._square_host = sq  # the same on the host: crops are placed without reading the GPU (no waiting)
         self.iterations = int(iterations)
 
     def landmarks(self, images: torch.Tensor, square: torch.Tensor | None = None) -> torch.Tensor:
@@ -151,13 +152,13 @@ class ImagePoseRegressor(nn.Module):
 
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [N, 3, H, W] in [-1, 1], got {tuple(images.shape)}")
-        sq = self.square if square is None else square
+        sq = self._square_host if square is None else square
         if sq.ndim == 2 and len(sq) != len(images):
             raise ValueError(f"this regressor has one face square per frame ({len(sq)}) and got {len(images)} images: "
                              "per-frame squares are for read() of those frames; for other images (the generator's, "
                              "FFHQ-aligned) use a regressor with one square [4]")
         h, w = images.shape[-2:]
-        px = sq.to(images.device) * torch.tensor([w, h, w, h], dtype=torch.float64, device=images.device)
+        px = sq * torch.tensor([w, h, w, h], dtype=torch.float64, device=sq.device)  # on the host unless given else
         x = (images.float() + 1) * 0.5
         return pfld_landmarks(self.pfld, x, px.to(x.dtype))
 
@@ -177,7 +178,7 @@ class ImagePoseRegressor(nn.Module):
         for s in range(0, len(frames), int(batch_size)):
             x = torch.from_numpy(np.ascontiguousarray(frames[s:s + int(batch_size)])).to(dev)
             x = x.permute(0, 3, 1, 2).float() / 127.5 - 1
-            out.append(self._pose(x, self.square[s:s + len(x)] if per_frame else None).double().cpu().numpy())
+            out.append(self._pose(x, self._square_host[s:s + len(x)] if per_frame else None).double().cpu().numpy())
         return np.concatenate(out)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -364,28 +365,40 @@ def _predict(G, pose_fn, pose_input, ws):
 
 
 def _optimise(G, w0, w_orig, target, pose_fn, pose_input, steps, lr, lp, lambda_id, rows, on_step=None):
+    """Adam on the pose rows. Nothing in the loop waits for the GPU (as in :mod:`.invert`): fused Adam on CUDA, the
+    losses read (and checked) one step late, so the next step is queued while the GPU works on this one."""
     dev = w0.device
     free = w0[:, :rows].clone().requires_grad_(True)
     fixed = w_orig[:, rows:].detach()  # rows past the pose rows stay the input's, whatever the start codes hold
     orig = w_orig[:, :rows].detach()
-    opt = torch.optim.Adam([free], lr=lr)
+    # fused: one launch, and the loss scaler's overflow check stays on the GPU
+    opt = torch.optim.Adam([free], lr=lr, fused=dev.type == "cuda" or None)
     # The default regressor reads w, not images: only an image-based pose_fn passes the fp16 layers.
     scaler = grad_scaler(G, force_fp32=pose_input == "w")
     hist = np.zeros((w0.shape[0], steps), np.float32)
     lp = lp.to(dev)
+
+    def check(pending):  # a step's losses into the history, NaN / inf refused, once the GPU has got that far
+        if pending is not None:
+            step, values = pending
+            hist[:, step] = values.result()
+            if not np.isfinite(hist[:, step]).all():
+                raise FloatingPointError(f"pose encoding diverged at step {step} (loss NaN / inf); lower lr (now {lr})")
+
+    pending = None
     for step in range(steps):
         ws = torch.cat([free, fixed], 1)
         pred = _predict(G, pose_fn, pose_input, ws)
         loss_i = (lp * (pred - target).square()).mean(1) + lambda_id * (free - orig).abs().mean((1, 2))
-        if not torch.isfinite(loss_i).all():
-            raise FloatingPointError(f"pose encoding diverged at step {step} (loss NaN / inf); lower lr (now {lr})")
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss_i.sum()).backward()
+        check(pending)  # the previous step's, now that this one is queued
+        pending = (step, HostValues(loss_i.detach().float()))
         scaler.step(opt)
         scaler.update()
-        hist[:, step] = loss_i.detach().cpu().numpy()
         if on_step is not None:
             on_step(step)
+    check(pending)
     return torch.cat([free.detach(), fixed], 1), hist
 
 
