@@ -208,8 +208,9 @@ _TORCH_CONSTANTS: dict = {}
 
 def _torch_constants(k, dtype, device):
     """(focal [2], principal point [2], model points [6, 3], pinv of the centred model points [3, 6], model indices
-    (long) [6], identity [6, 6], the first two rows of the identity [2, 3], e_z [3]) for :func:`head_pose_torch` with intrinsics ``k``, kept per dtype and device: made
-    from host values only once, since each copy to a GPU waits for it (a pose-encoding step ran a dozen such)."""
+    (long) [6], identity [6, 6], the first two rows of the identity [2, 3], e_z [3]) for :func:`head_pose_torch`
+    with intrinsics ``k``, kept per dtype and device: made from host values only once, since each copy to a GPU
+    waits for it (a pose-encoding step ran a dozen such)."""
     import torch
 
     key = (tuple(k[:2].ravel().tolist()), dtype, torch.device(device))
@@ -292,7 +293,8 @@ def head_pose_torch(points, image_size, *, focal: float | None = None, iteration
         raise ValueError(f"points must be [N, 68, 2] (pixels), got {tuple(pts.shape)}")
     if not pts.is_floating_point():
         pts = pts.double()
-    f, c, X, pinv, index, eye6, e2, ez = _torch_constants(_camera(_image_size(image_size), focal), pts.dtype, pts.device)
+    k = _camera(_image_size(image_size), focal)
+    f, c, X, pinv, index, eye6, e2, ez = _torch_constants(k, pts.dtype, pts.device)
     img = pts[:, index]  # [N, 6, 2] pixels
     uv = (img - c) / f  # normalised image coordinates
     eps = torch.zeros(uv.shape[:2], dtype=pts.dtype, device=pts.device)  # per-point depth correction r3.X / tz
@@ -316,7 +318,8 @@ def head_pose_torch(points, image_size, *, focal: float | None = None, iteration
         # d(projection)/d(camera point) [N, 6, 2, 3]: rows (f / z) (e_x - x / z e_z), (f / z) (e_y - y / z e_z);
         # d(camera point)/d(rotation vector) = -[R X]x, so a row a of it gives a (-[R X]x) = (R X) x a; /d(t) = I
         dp = (f / z)[..., None] * (e2 - (cam[..., :2] / z)[..., None] * ez)
-        jac = torch.cat([torch.linalg.cross(rx[:, :, None].expand_as(dp), dp, dim=-1), dp], -1).reshape(len(img), -1, 6)
+        d_rot = torch.linalg.cross(rx[:, :, None].expand_as(dp), dp, dim=-1)
+        jac = torch.cat([d_rot, dp], -1).reshape(len(img), -1, 6)  # [N, 12, 6]
         jt = jac.transpose(1, 2)
         h = jt @ jac
         h = h + 1e-9 * h.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * eye6
