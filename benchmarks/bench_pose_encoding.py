@@ -101,12 +101,18 @@ def main(argv=None):
     print(f"pose encoding, R {G.img_resolution} px (random weights), P_r {a.pose_input}, on {name}; ms per step")
     print(f"{'batch':>5}  {'generator':>10}  {'P_r':>8}  {'sum':>8}  {'step':>8}  {'step / sum':>10}")
     rows = []
+    # the regressor's pose fit replayed from CUDA graphs, and eager (where the regressor has the switch)
+    graphs = [True, False] if hasattr(pose_fn, "cuda_graphs") and dev.type == "cuda" else [None]
     for b in a.batch:
-        r = bench(G, pose_fn, b, a.steps)
-        total = r["generator"] + r["regressor"]
-        print(f"{b:>5}  {r['generator']:10.1f}  {r['regressor']:8.1f}  {total:8.1f}  {r['step']:8.1f}  "
-              f"{r['step'] / total:10.2f}", flush=True)
-        rows.append({"batch": b, **r})
+        for on in graphs:
+            if on is not None:
+                pose_fn.cuda_graphs = on
+            r = bench(G, pose_fn, b, a.steps)
+            total = r["generator"] + r["regressor"]
+            label = {True: " (P_r graphs)", False: " (P_r eager)", None: ""}[on]
+            print(f"{b:>5}  {r['generator']:10.1f}  {r['regressor']:8.1f}  {total:8.1f}  {r['step']:8.1f}  "
+                  f"{r['step'] / total:10.2f}{label}", flush=True)
+            rows.append({"batch": b, "pose_graphs": on, **r})
     if a.json:
         with open(a.json, "a") as f:
             f.write(json.dumps({"device": name, "pose_input": a.pose_input, "resolution": G.img_resolution,

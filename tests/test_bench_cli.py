@@ -3,6 +3,7 @@ argparse (exit status 2, one ``error:`` line naming the flag and what it takes) 
 traceback from deep inside the run; ``--help`` shows each script's docstring."""
 
 import functools
+import json
 import subprocess
 import sys
 
@@ -54,6 +55,8 @@ COUNTS = [  # (script, args, the flag the message names, the allowed range it st
     ("bench_generator.py", ["--device", "cpu", "--batch", "0"], "--batch", ">= 1"),
     ("bench_invert.py", ["--device", "cpu", "--seq-batch", "0"], "--seq-batch", ">= 1"),
     ("bench_pipeline.py", ["--device", "cpu", "--frames", "0"], "--frames", ">= 1"),
+    ("bench_pose_encoding.py", ["--device", "cpu", "--tiny", "--steps", "0"], "--steps", ">= 1"),
+    ("bench_pose_encoding.py", ["--device", "cpu", "--tiny", "--batch", "1", "0"], "--batch", ">= 1"),
     ("bench_discovery.py", ["--n", "0"], "--n", ">= 1"),
     ("bench_vs_nvidia.py", ["--device", "cpu", "--iters", "0"], "--iters", ">= 1"),
     ("bench_conv.py", ["--batch", "0"], "--batch", ">= 1"),
@@ -77,6 +80,7 @@ CUDA_FLAGS = [  # scripts with --device: cuda is refused up front without a GPU
     ("bench_generator.py", ["--tiny"]),
     ("bench_invert.py", ["--tiny"]),
     ("bench_pipeline.py", ["--tiny"]),
+    ("bench_pose_encoding.py", ["--tiny"]),
     ("bench_vs_nvidia.py", []),
     ("profile_synthesis.py", ["--tiny"]),
 ]
@@ -147,3 +151,16 @@ AUDITED = [  # the audit's command lines, run as commands: (script, args, what t
 def test_the_audited_command_lines_exit_2_with_one_line(script, args, says):
     line = _one_error_line(_run(script, *args))
     assert all(s in line for s in says), line
+
+
+def test_pose_encoding_benchmark_runs_on_the_cpu_and_writes_its_rows(tmp_path, capsys):
+    """bench_pose_encoding.py with the tiny generator and the stand-in P_r: one row per batch size, each with the
+    generator's, the regressor's and the whole step's time (positive), as printed and as JSON."""
+    out = tmp_path / "rows.jsonl"
+    _module("bench_pose_encoding.py").main(["--device", "cpu", "--tiny", "--pose-input", "image", "--batch", "1",
+                                            "2", "--steps", "2", "--json", str(out)])
+    printed = capsys.readouterr().out
+    record = json.loads(out.read_text().splitlines()[-1])
+    assert [r["batch"] for r in record["rows"]] == [1, 2] and record["resolution"] == 64
+    assert all(r[k] > 0 for r in record["rows"] for k in ("generator", "regressor", "step"))
+    assert "step / sum" in printed and len([ln for ln in printed.splitlines() if ln.strip()[:1].isdigit()]) == 2

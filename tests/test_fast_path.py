@@ -28,7 +28,9 @@ def test_unfused_modconv_matches_grouped():
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_fast_on_cpu_falls_back_with_one_warning():
+def test_fast_on_cpu_falls_back_with_one_warning(monkeypatch):
+    # the warning comes once per process: as if no earlier test had asked for the fast path on the CPU
+    monkeypatch.setattr(fast_ops, "_warned", False)
     G = tiny_generator("R")
     ws = G.mapping(torch.randn(1, G.z_dim), None)
     with pytest.warns(RuntimeWarning, match="plain PyTorch path"):

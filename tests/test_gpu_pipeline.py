@@ -54,27 +54,36 @@ def _pfld_regressor(device):
 
 
 def test_pose_regressor_on_cuda_equals_cpu_and_never_waits_for_the_gpu():
-    """P_r (PFLD crop + network + differentiable head pose) forward and backward on CUDA: the same angles and image
-    gradients as on the CPU, and no operation in it waits for the GPU (it once held a dozen such waits per call: the
-    crop's checks, the head-pose constants copied in, the solver's error checks), so in pose encoding the host queues
-    it behind the generator's work instead of draining the queue."""
+    """P_r (PFLD crop + network + differentiable head pose) forward and backward on CUDA, eager and with the pose fit
+    replayed from CUDA graphs: the same angles and image gradients as on the CPU (the graphs' the eager ones'), and
+    no operation in it waits for the GPU (it once held a dozen such waits per call: the crop's checks, the head-pose
+    constants copied in, the solver's error checks), so in pose encoding the host queues it behind the generator's
+    work instead of draining the queue. Results kept from one call are not overwritten by the next replay."""
     x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(2)) * 2 - 1
     out = {}
-    for dev in ("cpu", "cuda"):
+    for dev, graphs in (("cpu", False), ("cuda", False), ("cuda", True)):
         P = _pfld_regressor(dev)
+        P.cuda_graphs = graphs
         img = x.to(dev).requires_grad_(True)
-        P(img)  # warm-up (cuDNN's and cuBLAS's first calls set themselves up)
+        P(img).sum().backward()  # warm-up: the libraries' first calls set themselves up; the graphs are recorded
+        img.grad = None
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error" if dev == "cuda" else "default")
         try:
             pose = P(img)
             pose.sum().backward()
+            other = P(img.detach().flip(-1).requires_grad_(True))  # another replay
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        out[dev] = (pose.detach().cpu(), img.grad.cpu())
-    assert (out["cpu"][0] - out["cuda"][0]).abs().max().item() < 0.05  # degrees
-    scale = out["cpu"][1].abs().max().item()
-    assert scale > 0 and (out["cpu"][1] - out["cuda"][1]).abs().max().item() < 2e-2 * scale
+        assert (pose - other).abs().max().item() > 0.1  # the first result was not overwritten
+        out[dev, graphs] = (pose.detach().cpu(), img.grad.cpu())
+    assert len(P._graphed) == 1  # one recording for the batch size, replayed since
+    scale = out["cpu", False][1].abs().max().item()
+    for key in (("cuda", False), ("cuda", True)):
+        assert (out["cpu", False][0] - out[key][0]).abs().max().item() < 0.05  # degrees
+        assert scale > 0 and (out["cpu", False][1] - out[key][1]).abs().max().item() < 2e-2 * scale
+    assert torch.equal(out["cuda", False][0], out["cuda", True][0])
+    assert (out["cuda", False][1] - out["cuda", True][1]).abs().max().item() <= 1e-6 * scale
 
 
 def test_pose_encoding_loop_on_cuda_never_waits_for_the_gpu_and_matches_cpu():
@@ -83,10 +92,11 @@ def test_pose_encoding_loop_on_cuda_never_waits_for_the_gpu_and_matches_cpu():
     from v2s_nb.method.pose_encoding import _lambda_pose, _optimise
 
     G = tiny_generator("R", resolution=64, seed=5)
-    M = torch.randn(8 * G.w_dim, 3, generator=torch.Generator().manual_seed(7)) * 2.0
+    M = {"cpu": torch.randn(8 * G.w_dim, 3, generator=torch.Generator().manual_seed(7)) * 2.0}
+    M["cuda"] = M["cpu"].cuda()  # moved once: a copy in the loop would wait for the GPU
 
     def on_w(ws):
-        return ws[:, :8].reshape(len(ws), -1) @ M.to(ws.device)
+        return ws[:, :8].reshape(len(ws), -1) @ M[ws.device.type]
 
     on_w.pose_input = "w"
     w = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(3)), None).detach()

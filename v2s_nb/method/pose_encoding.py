@@ -34,6 +34,7 @@ batch warm-started from the previous batch's last result (``steps_first`` steps 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Callable
 
@@ -128,11 +129,14 @@ class ImagePoseRegressor(nn.Module):
     right for FFHQ-aligned frames), one for all frames [4] or one per frame [N, 4]. ``iterations``: of the
     perspective pose fit (:func:`~v2s_nb.face.head_pose.head_pose_torch`). The camera is that of
     :func:`~v2s_nb.face.head_pose` (focal length = image width), so the angles are comparable with it.
+    ``cuda_graphs``: on CUDA, while gradients are recorded, the pose fit (hundreds of tiny operations, each a kernel
+    launch, forward and backward) is replayed from CUDA graphs recorded once per batch size: the same kernels and
+    numbers without their launch cost, which otherwise outweighs the GPU work at small batches.
     """
 
     pose_input = "image"
 
-    def __init__(self, pfld, square=None, iterations: int = 8):
+    def __init__(self, pfld, square=None, iterations: int = 8, cuda_graphs: bool = True):
         super().__init__()
         from ..face.landmark_cnn import ALIGNED_FACE_SQUARE
 
@@ -144,6 +148,8 @@ class ImagePoseRegressor(nn.Module):
         self.register_buffer("square", sq, persistent=False)
         self._square_host = sq  # the same on the host: crops are placed without reading the GPU (no waiting)
         self.iterations = int(iterations)
+        self.cuda_graphs = bool(cuda_graphs)
+        self._graphed = {}  # (landmarks' shape, dtype, device, image size, iterations) -> graphed pose fit
 
     def landmarks(self, images: torch.Tensor, square: torch.Tensor | None = None) -> torch.Tensor:
         """PFLD landmarks [N, 68, 2] in image pixels of ``images`` [N, 3, H, W] in [-1, 1] (differentiable), in
@@ -188,8 +194,18 @@ class ImagePoseRegressor(nn.Module):
         from ..face.head_pose import head_pose_torch
 
         pts = self.landmarks(images, square)
-        h, w = images.shape[-2:]
-        return head_pose_torch(pts, (w, h), iterations=self.iterations).float()
+        size = (images.shape[-1], images.shape[-2])
+        if not (self.cuda_graphs and pts.is_cuda and pts.requires_grad and torch.is_grad_enabled()
+                and not torch.cuda.is_current_stream_capturing()):
+            return head_pose_torch(pts, size, iterations=self.iterations).float()
+        key = (tuple(pts.shape), pts.dtype, pts.device, size, self.iterations)
+        fit = self._graphed.get(key)
+        if fit is None:  # recorded on these landmarks (warm-up included), so every branch sees real values
+            sample = pts.detach().clone().requires_grad_(True)
+            fit = self._graphed[key] = torch.cuda.make_graphed_callables(
+                functools.partial(head_pose_torch, image_size=size, iterations=self.iterations), (sample,))
+        # the replay writes into the recording's buffers: a copy, so a result kept by the caller stays as it was
+        return fit(pts).float().clone()
 
 
 def pfld_pose_regressor(device=None, *, square=None, download: bool = True) -> ImagePoseRegressor:
