@@ -53,37 +53,54 @@ def _pfld_regressor(device):
     return ImagePoseRegressor(load_pfld(path=_weights("pfld-68"), device=device)).to(device)
 
 
-def test_pose_regressor_on_cuda_equals_cpu_and_never_waits_for_the_gpu():
+def _pose_and_grad(P, img):
+    img = img.detach().requires_grad_(True)
+    pose = P(img)
+    pose.sum().backward()
+    return pose.detach().cpu(), img.grad.cpu()
+
+
+def test_pose_regressor_on_cuda_equals_cpu_eager_and_from_graphs():
     """P_r (PFLD crop + network + differentiable head pose) forward and backward on CUDA, eager and with the pose fit
-    replayed from CUDA graphs: the same angles and image gradients as on the CPU (the graphs' the eager ones'), and
-    no operation in it waits for the GPU (it once held a dozen such waits per call: the crop's checks, the head-pose
-    constants copied in, the solver's error checks), so in pose encoding the host queues it behind the generator's
-    work instead of draining the queue. Results kept from one call are not overwritten by the next replay."""
+    replayed from CUDA graphs: the same angles and image gradients as on the CPU, one recording per batch size, and
+    a result kept from one call is not overwritten by the next replay."""
     x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(2)) * 2 - 1
-    out = {}
-    for dev, graphs in (("cpu", False), ("cuda", False), ("cuda", True)):
-        P = _pfld_regressor(dev)
+    out = {("cpu", False): _pose_and_grad(_pfld_regressor("cpu"), x)}
+    for graphs in (False, True):
+        P = _pfld_regressor("cuda")
         P.cuda_graphs = graphs
-        img = x.to(dev).requires_grad_(True)
-        P(img).sum().backward()  # warm-up: the libraries' first calls set themselves up; the graphs are recorded
-        img.grad = None
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error" if dev == "cuda" else "default")
-        try:
-            pose = P(img)
-            pose.sum().backward()
-            other = P(img.detach().flip(-1).requires_grad_(True))  # another replay
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        assert (pose - other).abs().max().item() > 0.1  # the first result was not overwritten
-        out[dev, graphs] = (pose.detach().cpu(), img.grad.cpu())
-    assert len(P._graphed) == 1  # one recording for the batch size, replayed since
+        out["cuda", graphs] = _pose_and_grad(P, x.cuda())  # with graphs: recorded here
+        again = _pose_and_grad(P, x.cuda())  # replayed
+        other = P(x.cuda().flip(-1).requires_grad_(True))
+        assert (again[0] - other.detach().cpu()).abs().max().item() > 0.1  # the kept result was not overwritten
+        assert len(P._graphed) == (1 if graphs else 0)
     scale = out["cpu", False][1].abs().max().item()
+    assert scale > 0
     for key in (("cuda", False), ("cuda", True)):
         assert (out["cpu", False][0] - out[key][0]).abs().max().item() < 0.05  # degrees
-        assert scale > 0 and (out["cpu", False][1] - out[key][1]).abs().max().item() < 2e-2 * scale
-    assert torch.equal(out["cuda", False][0], out["cuda", True][0])
-    assert (out["cuda", False][1] - out["cuda", True][1]).abs().max().item() <= 1e-6 * scale
+        assert (out["cpu", False][1] - out[key][1]).abs().max().item() < 2e-2 * scale
+    assert (out["cuda", False][0] - out["cuda", True][0]).abs().max().item() < 1e-3
+    assert (out["cuda", False][1] - out["cuda", True][1]).abs().max().item() < 1e-3 * scale
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_pose_regressor_on_cuda_never_waits_for_the_gpu(graphs):
+    """After a first call (the libraries set themselves up; the graphs are recorded), P_r's forward and backward hold
+    no operation that waits for the GPU (there were about a dozen a call: the crop's checks read back, the head-pose
+    constants copied in, the solver's error checks), so in pose encoding the host queues it behind the generator's
+    work instead of draining the queue."""
+    P = _pfld_regressor("cuda")
+    P.cuda_graphs = graphs
+    img = (torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(2)) * 2 - 1).cuda()
+    _pose_and_grad(P, img)
+    torch.cuda.synchronize()
+    x = img.clone().requires_grad_(True)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        P(x).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(x.grad).all()
 
 
 def test_pose_encoding_loop_on_cuda_never_waits_for_the_gpu_and_matches_cpu():
