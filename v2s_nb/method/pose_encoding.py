@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from pathlib import Path
 from typing import Callable
 
@@ -145,8 +146,7 @@ class ImagePoseRegressor(nn.Module):
         if sq.shape[-1:] != (4,) or sq.ndim > 2 or not bool(((sq[..., 2:] > sq[..., :2])).all()):
             raise ValueError(f"square must be (left, top, right, bottom) fractions [4] or [N, 4] with right > left "
                              f"and bottom > top, got {square!r}")
-        self.register_buffer("square", sq, persistent=False)
-        self._square_host = sq  # the same on the host: crops are placed without reading the GPU (no waiting)
+        self.square = sq  # on the host: crops are placed without reading the GPU back (no waiting for it)
         self.iterations = int(iterations)
         self.cuda_graphs = bool(cuda_graphs)
         self._graphed = {}  # (landmarks' shape, dtype, device, image size, iterations) -> graphed pose fit
@@ -158,7 +158,7 @@ class ImagePoseRegressor(nn.Module):
 
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [N, 3, H, W] in [-1, 1], got {tuple(images.shape)}")
-        sq = self._square_host if square is None else square
+        sq = self.square if square is None else square
         if sq.ndim == 2 and len(sq) != len(images):
             raise ValueError(f"this regressor has one face square per frame ({len(sq)}) and got {len(images)} images: "
                              "per-frame squares are for read() of those frames; for other images (the generator's, "
@@ -179,12 +179,12 @@ class ImagePoseRegressor(nn.Module):
         if per_frame and len(self.square) != len(frames):
             raise ValueError(f"this regressor has {len(self.square)} face squares (one per frame) and got "
                              f"{len(frames)} frames")
-        dev = self.square.device
+        dev = next(itertools.chain(self.pfld.parameters(), self.pfld.buffers())).device
         out = []
         for s in range(0, len(frames), int(batch_size)):
             x = torch.from_numpy(np.ascontiguousarray(frames[s:s + int(batch_size)])).to(dev)
             x = x.permute(0, 3, 1, 2).float() / 127.5 - 1
-            out.append(self._pose(x, self._square_host[s:s + len(x)] if per_frame else None).double().cpu().numpy())
+            out.append(self._pose(x, self.square[s:s + len(x)] if per_frame else None).double().cpu().numpy())
         return np.concatenate(out)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
