@@ -47,10 +47,10 @@ def test_landmark_cnns_on_cuda_equal_cpu():
 
 def _pfld_regressor(device):
     from test_landmark_cnn import _weights
-    from v2s_nb.face.landmark_cnn import load_pfld
-    from v2s_nb.method.pose_encoding import ImagePoseRegressor
+    from v2s_nb.method.pose_encoding import pfld_pose_regressor
 
-    return ImagePoseRegressor(load_pfld(path=_weights("pfld-68"), device=device)).to(device)
+    _weights("pfld-68")  # skips the test where the weights aren't found offline
+    return pfld_pose_regressor(device, download=False)
 
 
 def _pose_and_grad(P, img):
