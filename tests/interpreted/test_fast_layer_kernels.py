@@ -34,30 +34,73 @@ def test_layer_function_with_the_kernels_gives_the_plain_gradients(cfg, saved_co
     monkeypatch.setattr(fast_config, "_current", fast_config._changed(dict(saved_codes=saved_codes,
                                                                                 recompute_conv_output=recompute)))
     monkeypatch.setattr(fast_ops, "CODES_MIN_OUT", 0)  # the tiny planes take codes too
-    results = []
-    for fast in (False, True):
-        syn.zero_grad(set_to_none=True)
-        w = ws.detach().clone().requires_grad_(True)
-        styles = syn.styles(w)
-        if fast:
-            img, _ = fast_path.run_layers(syn, syn.input.forward_styles(styles["input"]), styles,
-                                          out_gain=syn.output_scale)
-        else:
-            img = syn.from_styles(styles, impl="plain")
-        img.square().mean().backward()
-        results.append({"image": img.detach(), "ws": w.grad, **{n: p.grad for n, p in syn.named_parameters()}})
+    results = [_step(syn, ws, fast) for fast in (False, True)]
     assert len(used) == len(syn.layer_names) - 1
     # R's layers and T's with fast_layer.CODES_3X3_UP upsampling through the codes (but float32 radial down-filters
     # needing more than MAX_RANK terms: 3 here), or none
     takes_codes = [cfg == "R" or getattr(syn, name).up_factor in fast_layer.CODES_3X3_UP
                    for name in syn.layer_names[:-1]]
     assert len(coded) == (sum(takes_codes) if saved_codes else 0) and sum(coded) >= len(coded) - 3, coded
-    plain, fast = results
+    _assert_same(*results)
+
+
+def _step(syn, ws, fast):
+    """{image, ws' gradient, each parameter's} of one step (loss: mean square of the image), fast or plain path."""
+    syn.zero_grad(set_to_none=True)
+    w = ws.detach().clone().requires_grad_(True)
+    styles = syn.styles(w)
+    if fast:
+        img, _ = fast_path.run_layers(syn, syn.input.forward_styles(styles["input"]), styles, out_gain=syn.output_scale)
+    else:
+        img = syn.from_styles(styles, impl="plain")
+    img.square().mean().backward()
+    return {"image": img.detach(), "ws": w.grad, **{n: p.grad for n, p in syn.named_parameters()}}
+
+
+def _assert_same(plain, fast):
     for name, ref in plain.items():
         if float(ref.norm()) == 0:
             continue
         err = float((fast[name] - ref).norm() / ref.norm())
         assert err < 5e-5, (name, err)  # measured: 6e-6 at most (the input affine's gradients)
+
+
+@pytest.mark.parametrize("cfg", ["R", "T"])
+def test_a_codes_backward_too_big_for_the_gpu_recomputes_instead(cfg, monkeypatch):
+    """Where the codes backward needs more shared memory than the GPU has (Triton raises OutOfResources as it loads
+    the kernel: compiled for a T4, the fp16 2x layers' needs 136 KiB of its 64), the layers' backward recomputes the
+    activation instead, with the same gradients, and the next training forwards store no codes on those tiles."""
+    import triton
+
+    monkeypatch.setattr(fast_ops, "can_use_fast", lambda x, fu, fd: fu is not None and fd is not None and fu.ndim == 1)
+    monkeypatch.setattr(fast_ops, "CODES_MIN_OUT", 0)
+    monkeypatch.setattr(fast_ops, "_CODES_BACKWARD_UNFIT", set())
+
+    class TooBig:
+        launches = 0
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                TooBig.launches += 1
+                raise triton.runtime.errors.OutOfResources(136 * 1024, 64 * 1024, "shared memory")
+            return launch
+
+    monkeypatch.setattr(fast_ops, "_fused_backward_codes_kernel", TooBig())
+    coded = []
+    monkeypatch.setattr(fast_ops, "forward_with_codes",
+                        lambda *a, f=fast_ops.forward_with_codes, **k: (lambda r: coded.append(r is not None) or r)(
+                            f(*a, **k)))
+    G = tiny_generator(cfg, resolution=16, seed=1, channel_max=4)
+    syn = G.synthesis.requires_grad_(True)
+    ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)), None)
+    plain = _step(syn, ws, False)
+    _assert_same(plain, _step(syn, ws, True))
+    first = list(coded)
+    assert any(first) and TooBig.launches == sum(first)  # codes stored, each layer's backward tried them once
+    assert len(fast_ops._CODES_BACKWARD_UNFIT) >= 1
+    del coded[:]
+    _assert_same(plain, _step(syn, ws, True))
+    assert len(coded) == len(first) and not any(coded) and TooBig.launches == sum(first)  # no codes, no more tries
 
 
 def test_1x1_layer_fp16_gradients_through_fast_conv_equal_the_batched_products(monkeypatch):

@@ -123,13 +123,17 @@ def _activation_forward(y, bias, spec, in_gain, codes=True):
     return fast_ops.filtered_lrelu(y, fu, fd, bias, in_gain=in_gain, pad_channels=False, **lrelu), None
 
 
-def _activation_backward(y, codes, bias, grad, spec, in_gain, size, dtype):
+def _activation_backward(y, codes, bias, grad, spec, in_gain, size, dtype, remake_y=None):
     """(d y, d bias, d in_gain or None) of the layer's filtered leaky ReLU on y * in_gain (``in_gain`` [N, O] or
     None) + bias: from the forward's derivative codes where it stored them (y then needed only with in_gain),
-    else recomputed from y (:func:`.fast_ops.activation_backward`). ``size`` / ``dtype``: y's."""
+    else recomputed from y (:func:`.fast_ops.activation_backward`), as also where the codes backward can't run on
+    this GPU (``remake_y()`` gives y where it is None then). ``size`` / ``dtype``: y's."""
     if codes is not None:
         # the codes hold the clamp: no clamp argument
-        return fast_ops.backward_from_codes(codes, grad, size, dtype, *_lrelu_args(spec)[:7], x=y, in_gain=in_gain)
+        res = fast_ops.backward_from_codes(codes, grad, size, dtype, *_lrelu_args(spec)[:7], x=y, in_gain=in_gain)
+        if res is not None:
+            return res
+        y = y if y is not None else remake_y()
     return fast_ops.activation_backward(y, bias, grad, *_lrelu_args(spec), in_gain=in_gain)
 
 
@@ -411,7 +415,7 @@ class _Layer1x1(torch.autograd.Function):
             part = slice(n0, min(n, n0 + per))
             g_y, g_bc, _ = _activation_backward(None if y is None else y[part], None if codes is None else codes[part],
                                                 bias, grad[part], ctx.spec, None, (part.stop - n0, *y_shape[1:]),
-                                                y_dtype)
+                                                y_dtype, lambda: ops.batched_1x1(weight[part], x[part], tf32=_tf32(x)))
             g_b = g_bc if g_b is None else g_b + g_bc
             if need_x or need_w:
                 _1x1_grads(x[part], weight[part], g_y, None if g_x is None else g_x[part],

@@ -1521,8 +1521,10 @@ def forward_with_codes(x, fu, fd, b, up, down, padding, gain, slope, clamp, in_g
     tiles = _codes_tiles(x.dtype, up, h_out, w_out)
     for bu, plan, grid in _tile_plans(fu, fd, up, down, padding, x, tiles, h_out, w_out,
                                       small_fp16=(x.dtype, up) in CODES_TILES):
-        codes = torch.empty((n, c, grid[1], grid[2], bu, bu // 4), dtype=torch.uint8, device=x.device)
         window = codes_window(plan, x.dtype, up)
+        if _codes_key(x.device, x.dtype, up, down, bu, plan, window) in _CODES_BACKWARD_UNFIT:
+            continue  # its backward could not run on this GPU: the next tile, else no codes (recomputing backward)
+        codes = torch.empty((n, c, grid[1], grid[2], bu, bu // 4), dtype=torch.uint8, device=x.device)
         launches = _tile_launches(n * c, h, w, h_out, w_out, up, down, plan, window["KAY"] + window["KBY"],
                                   window["KAX"] + window["KBX"], interior=TRAIN_INTERIOR_UNMASKED)
         try:
@@ -1573,11 +1575,26 @@ def codes_window(plan, dtype, up):
     return dict(KAX=plan["kax"], KBX=plan["kbx"], KAY=plan["kay"], KBY=plan["kby"])
 
 
+# The codes backward's launches that did not fit the GPU's shared memory (:func:`_codes_key`): the training forward
+# stores no codes on those tiles any more. The two kernels' needs differ by GPU generation: compiled for sm_75 (T4) by
+# Triton 3.9, the fp16 2x layers' codes backward takes 136 KiB where its forward takes 32 (the T4 has 64); on sm_86
+# and sm_90 the backward takes less than 64 (benchmarks/kernel_fit.py).
+_CODES_BACKWARD_UNFIT: set = set()
+
+
+def _codes_key(device, dtype, up, down, bu, plan, window):
+    """What decides the codes backward's compiled kernel, hence its shared memory, for one layer's tiles."""
+    return (torch.device(device), dtype, up, down, bu, plan["r"], plan["bop"], tuple(sorted(window.items())))
+
+
 def backward_from_codes(codes, grad, size, dtype, fu, fd, up, down, padding, gain, slope, x=None, in_gain=None):
     """:func:`fused_filtered_lrelu_backward` from the codes of :func:`forward_with_codes`: (d x [``size``, ``dtype``],
     d b [C] float32, d in_gain [N, C] float32 or None). ``size``: the operator input's [N, C, H, W]; ``x`` (that
-    input) is needed only with ``in_gain`` (its gradient sums x times the incoming gradient). Raises RuntimeError
-    where the kernel doesn't fit the GPU (the forward that wrote the codes did, on the same tiles)."""
+    input) is needed only with ``in_gain`` (its gradient sums x times the incoming gradient).
+
+    None where the kernel needs more shared memory than the GPU has (GPUs other than those it was tuned on can need
+    more for it than for the forward that wrote the codes): then use the backward that recomputes
+    (:func:`activation_backward`); later training forwards store no codes on these tiles."""
     n, c, h, w = size
     if in_gain is not None and x is None:
         raise ValueError("backward_from_codes: in_gain's gradient needs the operator's input x; pass x=")
@@ -1598,7 +1615,12 @@ def backward_from_codes(codes, grad, size, dtype, fu, fd, up, down, padding, gai
             num_warps=warps)
         return True
 
-    return _chunked_backward((n, c, h, w), dtype, codes.device, x.contiguous() if x is not None else None, g, launch)
+    try:  # the first launch loads the kernel, where a shortage of shared memory shows, before any work
+        return _chunked_backward((n, c, h, w), dtype, codes.device, x.contiguous() if x is not None else None, g,
+                                 launch)
+    except triton.runtime.errors.OutOfResources:
+        _CODES_BACKWARD_UNFIT.add(_codes_key(codes.device, dtype, up, down, bu, plan, codes_window(plan, dtype, up)))
+        return None
 
 
 def scaled_with_sums(a, x, g=None, out_dtype=None, out=None):
