@@ -65,6 +65,7 @@ COUNTS = [  # (script, args, the flag the message names, the allowed range it st
     ("memory_peak.py", ["--top", "0"], "--top", ">= 1"),
     ("profile_synthesis.py", ["--device", "cpu", "--batch", "0"], "--batch", ">= 1"),
     ("kernel_resources.py", ["--resolution", "0"], "--resolution", ">= 1"),
+    ("kernel_fit.py", ["--resolution", "0"], "--resolution", ">= 1"),
 ]
 
 
@@ -164,3 +165,17 @@ def test_pose_encoding_benchmark_runs_on_the_cpu_and_writes_its_rows(tmp_path, c
     assert [r["batch"] for r in record["rows"]] == [1, 2] and record["resolution"] == 64
     assert all(r[k] > 0 for r in record["rows"] for k in ("generator", "regressor", "step"))
     assert "step / sum" in printed and len([ln for ln in printed.splitlines() if ln.strip()[:1].isdigit()]) == 2
+
+
+@pytest.mark.slow
+def test_kernel_fit_lists_the_shared_memory_of_a_steps_kernels():
+    """kernel_fit.py records the Triton launches of T's training step on the CPU (under the interpreter, in a child
+    process) and compiles each for a GPU: the training forward and the codes backward appear with their KiB."""
+    pytest.importorskip("triton")
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernel_fit.py"), "--cfg", "T", "--resolution", "256",
+                        "--arch", "90"], capture_output=True, text=True, cwd=REPO, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {line.split()[1]: line for line in r.stdout.splitlines() if line.startswith("T ")}
+    for kernel in ("_fused_train_kernel", "_fused_backward_codes_kernel", "_modulation_kernel"):
+        kib = float(rows[kernel].split()[3].rstrip("!"))  # T, kernel, launches, KiB for the first --arch
+        assert 0 <= kib <= 227, rows[kernel]
