@@ -52,6 +52,12 @@ try:
 except Exception:  # pragma: no cover - depends on the install
     HAVE_TRITON = False
 
+try:  # what a kernel's first launch raises where it needs more shared memory than the GPU has
+    from triton.runtime.errors import OutOfResources
+except Exception:  # pragma: no cover - depends on the install
+    class OutOfResources(RuntimeError):
+        """Stand-in where Triton is missing (nothing raises it then)."""
+
 try:  # host-side TMA descriptors (Triton 3.4+)
     from triton.tools.tensor_descriptor import TensorDescriptor
 except Exception:  # pragma: no cover - depends on the install

@@ -424,15 +424,25 @@ class _Layer1x1(torch.autograd.Function):
         return g_x, g_w, g_b.to(bias.dtype), None
 
 
+# (device, dtype) where the Triton 1x1 gradients needed more shared memory than the GPU has (their tiles were tuned on
+# Hopper; compiled by Triton 3.6 for it the weight gradient's take 72 KiB, a T4 has 64): cuBLAS's there.
+_BMM_GRADS_UNFIT: set = set()
+
+
 def _1x1_grads(x, weight, g_y, g_x, g_w):
     """Writes the gradients of y = bmm(weight, x) (per-sample 1x1 products) for the output gradient ``g_y`` into
     ``g_x`` (d x: x's shape and dtype, contiguous) and ``g_w`` (d weight [N, O, I]); either may be None."""
-    if _triton_conv_grads(g_y) and fast_conv.bmm_grads_in_triton(g_y.shape[2] * g_y.shape[3]):
-        if g_w is not None:
-            g_w.copy_(fast_conv.batched_1x1_weight_grad(x, g_y))
-        if g_x is not None:
-            fast_conv.batched_1x1_input_grad(weight, g_y, out=g_x)
-        return
+    key = (g_y.device, g_y.dtype)
+    if (_triton_conv_grads(g_y) and fast_conv.bmm_grads_in_triton(g_y.shape[2] * g_y.shape[3])
+            and key not in _BMM_GRADS_UNFIT):
+        try:  # each kernel loads (and may fail) before it writes anything
+            if g_w is not None:
+                g_w.copy_(fast_conv.batched_1x1_weight_grad(x, g_y))
+            if g_x is not None:
+                fast_conv.batched_1x1_input_grad(weight, g_y, out=g_x)
+            return
+        except fast_conv.OutOfResources:  # more shared memory than this GPU has: cuBLAS's products from now on
+            _BMM_GRADS_UNFIT.add(key)
     n, ci = x.shape[:2]
     g_a = g_y.reshape(n, g_y.shape[1], -1)
     with ops._Tf32LikeCudnn() if _tf32(x) else contextlib.nullcontext():

@@ -894,13 +894,16 @@ def _up_matrix(g, up, pad0, block, dtype, device):
     taps = g.numel()
     j_shift = -((pad0 + up - 1) // up)  # first input that can reach output i0: j >= (i0 - pad0) / up
     kj = _pow2((block + taps) // up + 2)
-    jj = torch.arange(kj).reshape(-1, 1)
-    ii = torch.arange(block).reshape(1, -1)
-    k = (jj + j_shift) * up - ii + pad0
-    ok = (k >= 0) & (k < taps)
-    a = torch.where(ok, g.cpu()[k.clamp(0, taps - 1)], torch.zeros(()))
+
+    def tap_index(dev):
+        k = (torch.arange(kj, device=dev)[:, None] + j_shift) * up - torch.arange(block, device=dev)[None, :] + pad0
+        return k, (k >= 0) & (k < taps)
+
     # each output meets exactly taps / up real input samples; all of them must lie inside the window
-    assert int(ok.sum()) == block * taps // up, "upsampling window too small"
+    assert int(tap_index("cpu")[1].sum()) == block * taps // up, "upsampling window too small"
+    # gathered where g is (no copy to or from the host: the unfused kernels build it inside CUDA graph recordings)
+    k, ok = tap_index(g.device)
+    a = torch.where(ok, g[k.clamp(0, taps - 1)], torch.zeros((), dtype=g.dtype, device=g.device))
     return a.to(device=device, dtype=dtype).contiguous(), j_shift, kj
 
 
@@ -999,12 +1002,10 @@ def _down2d(u, f, down):
     kc = 64
     span = down * (BLOCK - 1) + k  # input columns one tile of BLOCK outputs reads
     nkc = _cdiv(span, kc)
-    i = torch.arange(nkc * kc).reshape(-1, 1)
-    ox = torch.arange(BLOCK).reshape(1, -1)
-    kx = i - down * ox
+    # built where f is (no host copy, so it runs inside CUDA graph recordings): m[ky, i, ox] = f[ky, i - down ox]
+    kx = torch.arange(nkc * kc, device=f.device)[:, None] - down * torch.arange(BLOCK, device=f.device)[None, :]
     ok = (kx >= 0) & (kx < k)
-    fc = f.cpu()
-    m = torch.stack([torch.where(ok, fc[ky][kx.clamp(0, k - 1)], torch.zeros(())) for ky in range(k)])
+    m = torch.where(ok, f[:, kx.clamp(0, k - 1)], torch.zeros((), dtype=f.dtype, device=f.device))
     mat_dtype, prec = _dot_dtype_and_precision(u.dtype)
     m = m.to(device=u.device, dtype=mat_dtype).contiguous()  # [K, nkc*kc, BLOCK]
     out = torch.empty((p, h_out, w_out), dtype=u.dtype, device=u.device)
