@@ -32,6 +32,23 @@ def requires_cuda(test):
     return test
 
 
+class KernelTooBig:
+    """Stands in for a Triton kernel that needs more shared memory than the GPU has: each launch raises
+    OutOfResources, as Triton's first launch of such a kernel does (when it loads it, before any work); counted in
+    ``launches``."""
+
+    def __init__(self):
+        self.launches = 0
+
+    def __getitem__(self, grid):
+        from v2s_nb.stylegan3.fast_conv import OutOfResources
+
+        def launch(*args, **kwargs):
+            self.launches += 1
+            raise OutOfResources(136 * 1024, 64 * 1024, "shared memory")
+        return launch
+
+
 def mapped_ws(G, n, seed, truncation_psi=0.7):
     """n w+ codes [n, num_ws, w_dim] from G's mapping on G's device, reproducible by ``seed`` (CPU generator)."""
     g = torch.Generator().manual_seed(seed)

@@ -7,7 +7,7 @@ Triton's interpreter (tests/interpreted/, run by tests/test_triton_interpreter.p
 import pytest
 import torch
 
-from conftest import mapped_ws, requires_cuda
+from conftest import KernelTooBig, mapped_ws, requires_cuda
 from v2s_nb.stylegan3 import (build_generator, fast_config, fast_conv, fast_ops, ops, set_input_transform,
                                tiny_generator)
 
@@ -139,16 +139,6 @@ def test_gradients_through_fast_path_mixed_precision(cfg, saved_codes, codes_til
         assert set(tiles) - {None} == {codes_tile}, tiles
 
 
-class _TooBig:
-    """A Triton kernel that needs more shared memory than the GPU has: its launches raise OutOfResources, as
-    Triton's first launch of such a kernel does (on loading it, before any work)."""
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            raise fast_conv.OutOfResources(136 * 1024, 64 * 1024, "shared memory")
-        return launch
-
-
 @requires_cuda
 @pytest.mark.parametrize("cfg", ["R", "T"])
 def test_fast_path_steps_where_kernels_need_more_shared_memory_than_the_gpu_has(cfg, monkeypatch):
@@ -173,8 +163,8 @@ def test_fast_path_steps_where_kernels_need_more_shared_memory_than_the_gpu_has(
     fits = step()
     monkeypatch.setattr(fast_ops, "_CODES_BACKWARD_UNFIT", set())
     monkeypatch.setattr(fast_layer, "_BMM_GRADS_UNFIT", set())
-    monkeypatch.setattr(fast_ops, "_fused_backward_codes_kernel", _TooBig())
-    monkeypatch.setattr(fast_conv, "_batched_1x1_wgrad_kernel", _TooBig())
+    monkeypatch.setattr(fast_ops, "_fused_backward_codes_kernel", KernelTooBig())
+    monkeypatch.setattr(fast_conv, "_batched_1x1_wgrad_kernel", KernelTooBig())
     for _ in range(2):  # the first with codes stored, the second without
         grads = step()
         assert len(grads) == len(fits)

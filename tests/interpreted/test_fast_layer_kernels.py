@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from v2s_nb.stylegan3 import fast_config, fast_layer, fast_ops, fast_path, tiny_generator
+from conftest import KernelTooBig
 from triton_interpreter_probe import interpreter_runs_kernels_like_ours  # noqa: F401 (autouse fixture)
 
 
@@ -65,22 +66,6 @@ def _assert_same(plain, fast):
         assert err < 5e-5, (name, err)  # measured: 6e-6 at most (the input affine's gradients)
 
 
-class TooBig:
-    """A Triton kernel that needs more shared memory than the GPU has: its launches raise OutOfResources (as Triton's
-    do when it loads the kernel, before any work)."""
-
-    def __init__(self):
-        self.launches = 0
-
-    def __getitem__(self, grid):
-        import triton
-
-        def launch(*args, **kwargs):
-            self.launches += 1
-            raise triton.runtime.errors.OutOfResources(136 * 1024, 64 * 1024, "shared memory")
-        return launch
-
-
 @pytest.mark.parametrize("cfg", ["R", "T"])
 def test_a_codes_backward_too_big_for_the_gpu_recomputes_instead(cfg, monkeypatch):
     """Where the codes backward needs more shared memory than the GPU has (Triton raises OutOfResources as it loads
@@ -89,7 +74,7 @@ def test_a_codes_backward_too_big_for_the_gpu_recomputes_instead(cfg, monkeypatc
     monkeypatch.setattr(fast_ops, "can_use_fast", lambda x, fu, fd: fu is not None and fd is not None and fu.ndim == 1)
     monkeypatch.setattr(fast_ops, "CODES_MIN_OUT", 0)
     monkeypatch.setattr(fast_ops, "_CODES_BACKWARD_UNFIT", set())
-    monkeypatch.setattr(fast_ops, "_fused_backward_codes_kernel", TooBig())
+    monkeypatch.setattr(fast_ops, "_fused_backward_codes_kernel", KernelTooBig())
     coded = []
     monkeypatch.setattr(fast_ops, "forward_with_codes",
                         lambda *a, f=fast_ops.forward_with_codes, **k: (lambda r: coded.append(r is not None) or r)(
@@ -101,7 +86,8 @@ def test_a_codes_backward_too_big_for_the_gpu_recomputes_instead(cfg, monkeypatc
     _assert_same(plain, _step(syn, ws, True))
     first = list(coded)
     launches = fast_ops._fused_backward_codes_kernel.launches
-    assert any(first) and launches == sum(first)  # codes stored, each layer's backward tried them once
+    # codes stored; the first backward per kind of tile tried them, the layers after it knew
+    assert any(first) and 1 <= launches <= sum(first)
     assert len(fast_ops._CODES_BACKWARD_UNFIT) >= 1
     del coded[:]
     _assert_same(plain, _step(syn, ws, True))
@@ -120,7 +106,7 @@ def test_1x1_layer_fp16_gradients_through_fast_conv_equal_the_batched_products(t
 
     monkeypatch.setattr(fast_layer, "_BMM_GRADS_UNFIT", set())
     if too_big:
-        monkeypatch.setattr(fast_conv, "_batched_1x1_wgrad_kernel", TooBig())
+        monkeypatch.setattr(fast_conv, "_batched_1x1_wgrad_kernel", KernelTooBig())
     monkeypatch.setattr(fast_ops, "can_use_fast", lambda x, fu, fd: fu is not None and fd is not None and fu.ndim == 1)
     monkeypatch.setattr(fast_conv, "BMM_GRADS_MIN_PIXELS", 0)
     monkeypatch.setattr(fast_ops, "backward_chunk", lambda shape: 1)

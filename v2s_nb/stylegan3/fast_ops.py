@@ -1602,6 +1602,9 @@ def backward_from_codes(codes, grad, size, dtype, fu, fd, up, down, padding, gai
     h_out, w_out = _output_size(h, w, fu, fd, up, down, padding)
     bu = codes.shape[-2]
     plan = _fused_plan(fu, fd, up, down, padding, dtype, codes.device, bu)
+    key = _codes_key(codes.device, dtype, up, down, bu, plan, codes_window(plan, dtype, up))
+    if key in _CODES_BACKWARD_UNFIT:  # another layer's codes, stored before that was known
+        return None
     grad = grad.contiguous()
     g = _per_plane(in_gain, n, c, codes.device)
     split, warps = _codes_launch(dtype, up)
@@ -1620,7 +1623,7 @@ def backward_from_codes(codes, grad, size, dtype, fu, fd, up, down, padding, gai
         return _chunked_backward((n, c, h, w), dtype, codes.device, x.contiguous() if x is not None else None, g,
                                  launch)
     except triton.runtime.errors.OutOfResources:
-        _CODES_BACKWARD_UNFIT.add(_codes_key(codes.device, dtype, up, down, bu, plan, codes_window(plan, dtype, up)))
+        _CODES_BACKWARD_UNFIT.add(key)
         return None
 
 
