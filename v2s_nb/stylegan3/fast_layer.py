@@ -425,7 +425,7 @@ class _Layer1x1(torch.autograd.Function):
 
 
 # (device, dtype) where the Triton 1x1 gradients needed more shared memory than the GPU has (their tiles were tuned on
-# Hopper; compiled by Triton 3.6 for it the weight gradient's take 72 KiB, a T4 has 64): cuBLAS's there.
+# one GPU generation, and Triton releases compile them to different sizes; docs/performance.md): cuBLAS's there.
 _BMM_GRADS_UNFIT: set = set()
 
 

@@ -1577,9 +1577,9 @@ def codes_window(plan, dtype, up):
 
 
 # The codes backward's launches that did not fit the GPU's shared memory (:func:`_codes_key`): the training forward
-# stores no codes on those tiles any more. The two kernels' needs differ by GPU generation: compiled for sm_75 (T4) by
-# Triton 3.9, the fp16 2x layers' codes backward takes 136 KiB where its forward takes 32 (the T4 has 64); on sm_86
-# and sm_90 the backward takes less than 64 (benchmarks/kernel_fit.py).
+# stores no codes on those tiles any more. The two kernels' needs differ by GPU generation: on the oldest GPUs Triton
+# runs on, the fp16 2x layers' codes backward needs twice the shared memory a program gets while its forward needs
+# half (benchmarks/kernel_fit.py; figures in docs/performance.md).
 _CODES_BACKWARD_UNFIT: set = set()
 
 
