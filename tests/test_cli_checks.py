@@ -149,6 +149,8 @@ def test_the_weights_hint_names_the_flag_that_avoids_the_missing_file():
     assert "leave --encoder out" in encoder and "--checkpoint" not in encoder and "--regions" not in encoder
     generator = cli.error_line(_weights_error("stylegan3-r-ffhq-1024", "Could not download stylegan3-r-ffhq-1024"))
     assert "leave --checkpoint out" in generator and "--regions" not in generator
+    detector = cli.error_line(_weights_error("rfb-320-face-detector", "Could not download rfb-320-face-detector"))
+    assert "--detector hog" in detector and "--checkpoint" not in detector  # reenact --detector rfb, offline
     # no name attribute to go by (or an unknown one): the message tells which file
     e = _weights_error("79999_iter.pth", "bisenet-face-parsing (79999_iter.pth) has no download URL")
     assert "--regions landmarks" in cli.error_line(e)

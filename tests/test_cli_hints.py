@@ -159,4 +159,4 @@ def test_the_flags_are_read_from_the_parser(monkeypatch, capsys, tmp_path):
     assert rc == 2 and "--detector" not in err, err
     monkeypatch.setattr(cli, "build_parser", build_with_detector)
     rc, err = _run(["generate", "--out", str(tmp_path / "x.png")], capsys)
-    assert rc == 2 and "(try --detector cnn or --upsample 2)" in err, err
+    assert rc == 2 and "(try --detector cnn, --detector rfb or --upsample 2)" in err, err

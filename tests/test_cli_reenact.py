@@ -56,6 +56,27 @@ def test_reenact_end_to_end_then_reuse(inputs, tmp_path, capsys, monkeypatch):
     assert np.array_equal(read_video(out).frames, first.frames)
 
 
+def test_reenact_with_the_papers_landmark_cnns(inputs, tmp_path, monkeypatch):
+    """--detector rfb: the faces stage reads the RFB-320 detector and PFLD's 68 points (no dlib model is loaded),
+    and the run goes through to the video."""
+    from test_landmark_cnn import _weights
+
+    import v2s_nb.face.landmark_detection as ld
+
+    _weights("rfb-320-face-detector"), _weights("pfld-68")  # skips where they aren't found offline
+    ref, drv, _, _ = inputs
+
+    def no_dlib():
+        raise AssertionError("--detector rfb loaded a dlib model")
+
+    monkeypatch.setattr(ld, "_hog_detector", no_dlib)
+    monkeypatch.setattr(ld, "_shape_predictor", no_dlib)
+    out = tmp_path / "out.mp4"
+    assert main(["reenact", "--reference", str(ref), "--driving", str(drv), "--out", str(out), "--detector", "rfb",
+                 *FAST]) == 0
+    assert len(read_video(out)) == 6 and len(list((tmp_path / "out.mp4.v2s").glob("faces-video-*.npz"))) == 1
+
+
 def test_bad_inputs(inputs, tmp_path, capsys):
     ref, drv, co, _ = inputs
     blank = tmp_path / "blank.png"

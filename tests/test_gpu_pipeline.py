@@ -45,6 +45,25 @@ def test_landmark_cnns_on_cuda_equal_cpu():
     assert (out["cpu"] - out["cuda"]).abs().max().item() < 1e-3  # crop units
 
 
+def test_faces_stage_with_the_landmark_cnns_on_cuda(tmp_path):
+    """The faces stage with detector='rfb' on CUDA (no dlib involved): the same landmarks, crops and track as on the
+    CPU, and the track follows the roll the clip was made with."""
+    from test_landmark_cnn import _weights
+    from test_prepare import rolling_clip
+    from v2s_nb import prepare as P
+
+    _weights("rfb-320-face-detector"), _weights("pfld-68")  # skips where they aren't found offline
+    ref, clip, roll = rolling_clip(tmp_path / "in")
+    kw = dict(resolution=64, detector="rfb", smooth=0, progress=False, say=None)
+    cpu = P.faces(ref, clip, cache=tmp_path / "cpu", **kw)
+    gpu = P.faces(ref, clip, cache=tmp_path / "gpu", device="cuda", **kw)
+    for a, b in ((cpu.reference, gpu.reference), (cpu.driving, gpu.driving)):
+        assert np.abs(a.points - b.points).max() < 0.25  # crop pixels (TF32 convolutions on the GPU)
+        assert np.abs(a.track - b.track).max() < 0.05 and np.abs(a.aligned.astype(int) - b.aligned).mean() < 2
+    turn = gpu.driving.track[:, 2] - gpu.driving.track[0, 2]
+    assert np.abs(turn - roll).max() < 1.5
+
+
 def _pfld_regressor(device):
     from test_landmark_cnn import _weights
     from v2s_nb.method.pose_encoding import pfld_pose_regressor

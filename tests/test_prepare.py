@@ -144,8 +144,11 @@ def test_bad_input_gets_a_clear_error(stages, inputs, G, tmp_path):
         P.faces(ref, tmp_path / "missing.mp4", resolution=64, cache=tmp_path)
     with pytest.raises(ValueError, match="driving is None"):
         P.faces(ref, None, resolution=64, cache=tmp_path)
-    with pytest.raises(ValueError, match="detector must be one of 'hog', 'cnn'"):
+    with pytest.raises(ValueError, match="detector must be one of 'hog', 'cnn', 'rfb'"):
         P.faces(ref, drv, resolution=64, detector="yolo", cache=tmp_path)
+    if not torch.cuda.is_available():  # before any file is read or model loaded
+        with pytest.raises(ValueError, match="device='cuda', but PyTorch sees no CUDA GPU"):
+            P.faces(ref, drv, resolution=64, detector="rfb", device="cuda", cache=tmp_path)
     with pytest.raises(ValueError, match="resolution must be an integer"):
         P.faces(ref, drv, resolution=64.5, cache=tmp_path)
     for kernel in (1, 2):  # before any landmarks run
@@ -571,6 +574,45 @@ def test_stage_arguments_users_get_wrong(stages, inputs, G, tmp_path, monkeypatc
     assert ch.sets.settings["t_fg"] == pytest.approx(0.03) and "from the cache" in repr(ch)
     r = repr(P.reenactor(stages["inv"], ch, stages["pose"]))
     assert len(r) < 400 and r.startswith("Reenactor(3 frames at 10 fps") and "channels eyes" in r
+
+
+def rolling_clip(folder, frames=9, size=256):
+    """(reference photo, driving clip of it turned by a known roll, the roll per frame in degrees
+    counter-clockwise): the astronaut photo, and the same photo rotated about her face frame by frame."""
+    import cv2
+    import skimage.data
+
+    from v2s_nb.images import save_image
+    from v2s_nb.video import write_video
+
+    img = cv2.resize(skimage.data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
+    roll = 6.0 * np.sin(2 * np.pi * np.arange(frames) / (frames - 1))
+    turned = [cv2.warpAffine(img, cv2.getRotationMatrix2D((size * 0.45, size * 0.35), a, 1.0), (size, size),
+                             borderMode=cv2.BORDER_REFLECT_101) for a in roll]
+    folder.mkdir(parents=True, exist_ok=True)
+    ref = save_image(folder / "astronaut.png", img)
+    return ref, write_video(folder / "turning.mp4", np.stack(turned), fps=10), roll
+
+
+def test_faces_stage_with_the_papers_landmark_cnns(tmp_path):
+    """detector='rfb' (the RFB-320 detector and PFLD's 68 points, as P_r and the keypoint metric read faces): the
+    driving track follows the roll the clip was made with, as dlib's does; cached apart from dlib's entry."""
+    from test_landmark_cnn import _weights
+
+    _weights("rfb-320-face-detector"), _weights("pfld-68")  # skips where they aren't found offline
+    ref, clip, roll = rolling_clip(tmp_path / "in")
+    kw = dict(resolution=64, cache=tmp_path / "cache", smooth=0, progress=False, say=None)
+    hog = P.faces(ref, clip, **kw)
+    rfb = P.faces(ref, clip, detector="rfb", **kw)
+    assert not (rfb.reference.cached or rfb.driving.cached)  # not dlib's entries
+    for faces in (hog, rfb):
+        assert np.isfinite(faces.driving.points).all() and not faces.driving.interpolated.any()
+        turn = faces.driving.track[:, 2] - faces.driving.track[0, 2]
+        assert np.abs(turn - roll).max() < 1.5, (faces.driving, turn.round(2), roll.round(2))  # both ~0.5-0.9
+    # the same face: the reference's eyes and mouth land where dlib puts them, within a few crop pixels
+    assert np.abs(rfb.reference.points[0, 36:68] - hog.reference.points[0, 36:68]).mean() < 3.0
+    again = P.faces(ref, clip, detector="rfb", **kw)
+    assert again.driving.cached and np.array_equal(again.driving.aligned, rfb.driving.aligned)
 
 
 @requires_cuda

@@ -182,8 +182,8 @@ def prepare_reenactment(args):
     _say(args, "[1/5] landmarks, alignment, canonical tracks")
     faces = P.faces(args.reference, args.driving, args.co_driving or None, resolution=res, cache=cache,
                     detector=args.detector, upsample=args.upsample, smooth=args.smooth,
-                    smooth_method=args.smooth_method, strict=getattr(args, "strict", False), progress=progress,
-                    say=say)
+                    smooth_method=args.smooth_method, strict=getattr(args, "strict", False),
+                    device=device if args.detector == "rfb" else None, progress=progress, say=say)
     _say(args, f"      {time.perf_counter() - t0:.1f} s" + (" (cached)" if faces.driving.cached else ""))
     if args.anchor not in ("first", "best"):  # an index past the frames re-enacted: said before the long stages
         resolve_anchor(args.anchor, min(len(c.aligned) for c in (faces.driving, faces.co_driving) if c is not None))
@@ -501,8 +501,11 @@ def _add_reenact_parsers(sub) -> None:
     r.add_argument("--smooth-method", default="robust", choices=["robust", "mean", "gaussian"],
                    help="track smoothing: robust (default: outlier frames rejected, then a centred Gaussian), "
                         "mean (the paper's box filter) or gaussian")
-    r.add_argument("--detector", default="hog", choices=["hog", "cnn"], help="face detector")
-    r.add_argument("--upsample", type=int_arg("--upsample", 0, 4), default=1, help="detector upsampling (0-4)")
+    r.add_argument("--detector", default="hog", choices=["hog", "cnn", "rfb"],
+                   help="face landmarks: hog (default) or cnn, dlib's detectors and its 68 points; rfb, the "
+                        "RFB-320 detector and PFLD's 68 points (the paper's; weights downloaded once; on --device)")
+    r.add_argument("--upsample", type=int_arg("--upsample", 0, 4), default=1,
+                   help="dlib detectors' upsampling (0-4)")
     r.add_argument("--tiny-resolution", type=int_arg("--tiny-resolution", 16, 1024), default=64,
                    help="resolution of the tiny random generator")
     r.add_argument("--batch-size", type=int_arg("--batch-size", 1, 4096), default=8, help="frames per synthesis call")
@@ -642,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: decides. An entry is a hint or a tuple of them, tried in order: the first whose flags the running subcommand
 #: has is said, none if no hint fits (a subcommand is never told to pass a flag it does not have).
 _FLAG_HINTS = {
-    "NoFaceError": "try --detector cnn or --upsample 2",
+    "NoFaceError": "try --detector cnn, --detector rfb or --upsample 2",
     "InversionDivergedError": ("check the --reference / --driving images; on a GPU, try --device cpu",
                                "on a GPU, try --device cpu"),
     "PoseUnavailableError": ("use a trained generator (--checkpoint stylegan3-r-ffhq-1024) or --pose-from none",
@@ -665,6 +668,7 @@ _WEIGHTS_HINTS = {
     # not "a tiny random generator": demo without --checkpoint fits a generator to its photo instead
     "stylegan3": "or leave --checkpoint out to run without downloads (and without a face model)",
     "pfld": "or use --pose-from none (no pose encoding)",
+    "rfb": "or use --detector hog (dlib's landmarks, no download)",
 }
 
 #: API argument spellings in a caught error's message (``detector='cnn'``) and the CLI's for them, by class name:

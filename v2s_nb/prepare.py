@@ -239,14 +239,14 @@ class FaceClip:
 
 
 def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "hog", upsample: int = 1,
-              smooth: int = 3, smooth_method: str = "robust", strict: bool = False, progress: bool = True,
-              say: Say = print) -> FaceClip:
+              smooth: int = 3, smooth_method: str = "robust", strict: bool = False, device=None,
+              progress: bool = True, say: Say = print) -> FaceClip:
     """Landmarks, FFHQ-aligned crops at ``resolution`` px, crop landmarks and the (smoothed) canonical track of an
     image (``kind='image'``) or a video file (``kind='video'``); cached in ``cache`` keyed by the file's bytes
     and the settings, a video's entry with the decoding errors ffmpeg concealed (frames and messages). Those are
     warned about (:class:`v2s_nb.video.CorruptFramesWarning`) or, with ``strict``, raised
-    (:class:`v2s_nb.video.VideoReadError`) on every call, cached or not. Raises :class:`v2s_nb.face.NoFaceError`
-    when no face is found."""
+    (:class:`v2s_nb.video.VideoReadError`) on every call, cached or not. ``detector`` / ``upsample`` / ``device``:
+    as in :func:`faces`. Raises :class:`v2s_nb.face.NoFaceError` when no face is found."""
     from .face import NoFaceError, align_face, align_video, canonical_track, landmarks
     from .caching import sha256_file
 
@@ -276,10 +276,11 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
         from .images import read_image
 
         img = read_image(path)  # EXIF orientation, CMYK / 16-bit / palette / alpha handled
-        tr = landmarks(img, detector=detector, upsample=upsample, progress=False)
+        tr = landmarks(img, detector=detector, upsample=upsample, progress=False, device=device)
         if not tr.found[0]:
+            other = "detector='cnn'" if detector == "rfb" else "detector='cnn', detector='rfb' or upsample=2"
             raise NoFaceError(f"no face was found in the reference image {path}; give a photo with one clearly "
-                              "visible, roughly frontal face (or try detector='cnn' / upsample=2)")
+                              f"visible, roughly frontal face (or try {other})")
         al = align_face(img, tr.points[0], resolution)
         out = {"aligned": al.image[None], "points": al.to_crop(tr.points[0])[None], "fps": 0.0,
                "track": np.zeros((1, 3)), "interpolated": np.zeros(1, bool)}
@@ -291,7 +292,7 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
         errs = decode_errors(path)
         report_decode_errors(path, errs, strict, stacklevel=3)
         _tell(say, f"{path}: {len(vid)} frames {vid.width}x{vid.height} at {vid.fps:g} fps")
-        tr = landmarks(vid.frames, detector=detector, upsample=upsample, progress=progress)
+        tr = landmarks(vid.frames, detector=detector, upsample=upsample, progress=progress, device=device)
         if not tr.found.any():
             raise NoFaceError(f"no face was found in any frame of {path}")
         if (~tr.found).any():
@@ -386,22 +387,32 @@ class Faces(_Shows):
 
 
 def faces(reference, driving, co_driving=None, *, resolution: int, cache=None, detector: str = "hog",
-          upsample: int = 1, smooth: int = 3, smooth_method: str = "robust", strict: bool = False,
+          upsample: int = 1, smooth: int = 3, smooth_method: str = "robust", strict: bool = False, device=None,
           progress: bool = True, say: Say = print) -> Faces:
-    """Stage 1: landmarks (dlib), FFHQ-aligned crops at ``resolution`` px (the generator's ``img_resolution``) and
+    """Stage 1: landmarks, FFHQ-aligned crops at ``resolution`` px (the generator's ``img_resolution``) and
     smoothed canonical tracks of the reference photo and the driving / co-driving videos.
 
     Args:
         reference: a face photo (PNG / JPG ...). driving: a video file. co_driving: another video, or None / "".
         resolution: side of the aligned crops in pixels (use ``G.img_resolution``).
         cache: folder for the results (default :func:`default_cache`).
-        detector / upsample: dlib's detector ('hog' | 'cnn') and its upsampling (0-4).
+        detector: 'hog' (default) or 'cnn': dlib's face detector and its 68-point shape predictor, on the CPU;
+            'rfb': the RFB-320 face detector and the PFLD landmark CNN, the paper's front end (the one its P_r and
+            the keypoint metric read), on ``device``; their weights are downloaded once
+            (:func:`v2s_nb.weights.fetch`). Each detector's results are cached apart.
+        upsample: dlib's detectors only: how many times a frame is doubled before detection (0-4).
+        device: where the 'rfb' front end's CNNs run (default the CPU).
         smooth / smooth_method: the canonical track's kernel (odd, >= 3; 0 = off) and method
             ('robust' | 'mean' | 'gaussian').
         strict: stop on decoding errors in a video (default: warn, naming the frames).
     """
     t0 = time.perf_counter()
-    _check_choice("detector", detector, ("hog", "cnn"))
+    _check_choice("detector", detector, ("hog", "cnn", "rfb"))
+    if device is not None:
+        device = torch.device(device)  # a bad name fails here, before any file is read
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r}, but PyTorch sees no CUDA GPU on this machine; use "
+                             "device='cpu' (or None)")
     _check_choice("smooth_method", smooth_method, ("robust", "mean", "gaussian"))
     _check_int("resolution", resolution, 16, 4096)
     _check_int("upsample", upsample, 0, 4)
@@ -414,7 +425,7 @@ def faces(reference, driving, co_driving=None, *, resolution: int, cache=None, d
         if p is not None and not Path(p).is_file():
             raise FileNotFoundError(f"input file not found: {p} ({name})")
     kw = dict(cache=cache, detector=detector, upsample=upsample, smooth=smooth, smooth_method=smooth_method,
-              strict=strict, progress=progress, say=say)
+              strict=strict, device=device, progress=progress, say=say)
     ref = face_clip(reference, "image", resolution, **kw)
     drv = face_clip(driving, "video", resolution, **kw)
     co = face_clip(co_driving, "video", resolution, **kw) if co_driving is not None else None
