@@ -619,8 +619,17 @@ def test_faces_stage_with_the_papers_landmark_cnns(tmp_path):
 def test_stages_and_their_figures_on_cuda(inputs, tmp_path):
     """The stages on a CUDA generator: the figures bring the GPU's tensors to the host (Channels.figure read its
     feature maps with .numpy() on the generator's device)."""
+    import importlib.util
+
     G = tiny_generator("R", resolution=64, seed=0).cuda()
-    faces = P.faces(*inputs, resolution=64, cache=tmp_path, progress=False, say=None)
+    # a GPU machine without dlib (a bare CUDA image) takes the landmark CNNs, on the GPU, where their weights are
+    detector = "hog" if importlib.util.find_spec("dlib") else "rfb"
+    if detector == "rfb":
+        from test_landmark_cnn import _weights
+
+        _weights("rfb-320-face-detector"), _weights("pfld-68")  # skips where they aren't found offline
+    faces = P.faces(*inputs, resolution=64, cache=tmp_path, detector=detector, device="cuda", progress=False,
+                    say=None)
     inv = P.inversions(G, faces, cache=tmp_path, say=None, **FAST)
     ch = P.channels(inv, regions="landmarks", t_fg=0.03, t_bg=0.5, cache=tmp_path, progress=False, say=None)
     assert len(inv.figure(frames=2).axes) == 6 * 2 and len(ch.figure().axes) == 6
