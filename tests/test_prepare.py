@@ -605,6 +605,7 @@ def test_faces_stage_with_the_papers_landmark_cnns(tmp_path):
     hog = P.faces(ref, clip, **kw)
     rfb = P.faces(ref, clip, detector="rfb", **kw)
     assert not (rfb.reference.cached or rfb.driving.cached)  # not dlib's entries
+    assert "crops, rfb+pfld landmarks:" in repr(rfb) and "crops, hog landmarks:" in repr(hog)
     for faces in (hog, rfb):
         assert np.isfinite(faces.driving.points).all() and not faces.driving.interpolated.any()
         turn = faces.driving.track[:, 2] - faces.driving.track[0, 2]
@@ -613,6 +614,7 @@ def test_faces_stage_with_the_papers_landmark_cnns(tmp_path):
     assert np.abs(rfb.reference.points[0, 36:68] - hog.reference.points[0, 36:68]).mean() < 3.0
     again = P.faces(ref, clip, detector="rfb", **kw)
     assert again.driving.cached and np.array_equal(again.driving.aligned, rfb.driving.aligned)
+    assert again.driving.landmarks_from == "rfb+pfld"
 
 
 @requires_cuda

@@ -212,6 +212,7 @@ class FaceClip:
             (an image: zeros [1, 3], it has no track).
         interpolated: bool [T], frames without a detected face (filled from their neighbours).
         cached: read back from the cache instead of computed.
+        landmarks_from: the front end that found the landmarks: 'hog' / 'cnn' (dlib's) or 'rfb+pfld' ('' unknown).
     """
 
     path: Path
@@ -222,6 +223,7 @@ class FaceClip:
     track: np.ndarray
     interpolated: np.ndarray
     cached: bool = False
+    landmarks_from: str = ""
 
     def __len__(self) -> int:
         return int(len(self.aligned))
@@ -263,6 +265,7 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
     # outlier frames aligned as frames without a face (they kept the false detection's crop before). 4: the first
     # face is a confident one, not the largest box (landmarks()); the inversions' cache, keyed by the crops, still hits
     f = folder / f"faces-{kind}-{cache_key(settings)}.npz"
+    front_end = "rfb+pfld" if detector == "rfb" else detector  # as LandmarkTrack names it
     out = load_arrays(f, _FACES_KEYS + (_DECODE_KEYS if kind == "video" else ())) if f.is_file() else None
     if out is not None:
         if kind == "video":
@@ -271,7 +274,7 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
             errs = list(zip(out["decode_frames"].tolist(), out["decode_messages"].tolist()))
             report_decode_errors(path, errs, strict, stacklevel=3)
         return FaceClip(path, kind, out["aligned"], out["points"], float(out["fps"]), out["track"],
-                        out["interpolated"].astype(bool), cached=True)
+                        out["interpolated"].astype(bool), cached=True, landmarks_from=front_end)
     if kind == "image":
         from .images import read_image
 
@@ -318,7 +321,8 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
                "interpolated": track.interpolated, **_decode_arrays(errs)}
     save_arrays(f, **{k: np.asarray(v) for k, v in out.items()})
     return FaceClip(path, kind, np.asarray(out["aligned"]), np.asarray(out["points"]), float(out["fps"]),
-                    np.asarray(out["track"]), np.asarray(out["interpolated"], bool), cached=False)
+                    np.asarray(out["track"]), np.asarray(out["interpolated"], bool), cached=False,
+                    landmarks_from=front_end)
 
 
 @dataclasses.dataclass(repr=False)
@@ -351,7 +355,9 @@ class Faces(_Shows):
     def __repr__(self) -> str:
         parts = [f"{k} {c.path.name} ({'image' if c.kind == 'image' else f'{len(c)} frames at {c.fps:g} fps'})"
                  for k, c in self.clips().items()]
-        return (f"Faces({self.resolution} px aligned crops: " + "; ".join(parts)
+        found = sorted({c.landmarks_from for c in self.clips().values() if c.landmarks_from})
+        return (f"Faces({self.resolution} px aligned crops" + (f", {' / '.join(found)} landmarks" if found else "")
+                + ": " + "; ".join(parts)
                 + ("; from the cache" if self.cached else f"; {self.seconds:.1f} s") + ")")
 
     def figure(self, frames: int = 5, landmarks: bool = True):
