@@ -59,11 +59,11 @@ def test_reenact_end_to_end_then_reuse(inputs, tmp_path, capsys, monkeypatch):
 def test_reenact_with_the_papers_landmark_cnns(inputs, tmp_path, monkeypatch):
     """--detector rfb: the faces stage reads the RFB-320 detector and PFLD's 68 points (no dlib model is loaded),
     and the run goes through to the video."""
-    from test_landmark_cnn import _weights
+    from test_landmark_cnn import landmark_cnn_weights
 
     import v2s_nb.face.landmark_detection as ld
 
-    _weights("rfb-320-face-detector"), _weights("pfld-68")  # skips where they aren't found offline
+    landmark_cnn_weights()  # skips where they aren't found offline
     ref, drv, _, _ = inputs
 
     def no_dlib():

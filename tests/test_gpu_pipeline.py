@@ -29,10 +29,10 @@ def test_encoder_codes_on_cuda_equal_cpu(tmp_path):
 
 
 def test_landmark_cnns_on_cuda_equal_cpu():
-    from test_landmark_cnn import _weights
+    from test_landmark_cnn import landmark_cnn_weights
     import v2s_nb.face.landmark_cnn as lc
 
-    pfld_path, rfb_path = _weights("pfld-68"), _weights("rfb-320-face-detector")
+    pfld_path, rfb_path = landmark_cnn_weights()
     img = data.astronaut()
     frames = np.stack([img, np.ascontiguousarray(img[:, ::-1])])
     boxes = {}
@@ -48,11 +48,11 @@ def test_landmark_cnns_on_cuda_equal_cpu():
 def test_faces_stage_with_the_landmark_cnns_on_cuda(tmp_path):
     """The faces stage with detector='rfb' on CUDA (no dlib involved): the same landmarks, crops and track as on the
     CPU, and the track follows the roll the clip was made with."""
-    from test_landmark_cnn import _weights
+    from test_landmark_cnn import landmark_cnn_weights
     from test_prepare import rolling_clip
     from v2s_nb import prepare as P
 
-    _weights("rfb-320-face-detector"), _weights("pfld-68")  # skips where they aren't found offline
+    landmark_cnn_weights()  # skips where they aren't found offline
     ref, clip, roll = rolling_clip(tmp_path / "in")
     kw = dict(resolution=64, detector="rfb", smooth=0, progress=False, say=None)
     cpu = P.faces(ref, clip, cache=tmp_path / "cpu", **kw)

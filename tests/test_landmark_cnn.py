@@ -26,6 +26,11 @@ def _weights(name):
                     f"v2s_nb.weights.fetch({name!r}) once online): {str(e).splitlines()[0]}")
 
 
+def landmark_cnn_weights():
+    """(the PFLD file, the RFB-320 file); the test is skipped where either isn't found offline."""
+    return _weights("pfld-68"), _weights("rfb-320-face-detector")
+
+
 @pytest.fixture(scope="module")
 def pfld_path():
     return _weights("pfld-68")

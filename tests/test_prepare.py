@@ -597,9 +597,9 @@ def rolling_clip(folder, frames=9, size=256):
 def test_faces_stage_with_the_papers_landmark_cnns(tmp_path):
     """detector='rfb' (the RFB-320 detector and PFLD's 68 points, as P_r and the keypoint metric read faces): the
     driving track follows the roll the clip was made with, as dlib's does; cached apart from dlib's entry."""
-    from test_landmark_cnn import _weights
+    from test_landmark_cnn import landmark_cnn_weights
 
-    _weights("rfb-320-face-detector"), _weights("pfld-68")  # skips where they aren't found offline
+    landmark_cnn_weights()  # skips where they aren't found offline
     ref, clip, roll = rolling_clip(tmp_path / "in")
     kw = dict(resolution=64, cache=tmp_path / "cache", smooth=0, progress=False, say=None)
     hog = P.faces(ref, clip, **kw)
@@ -627,9 +627,9 @@ def test_stages_and_their_figures_on_cuda(inputs, tmp_path):
     # a GPU machine without dlib (a bare CUDA image) takes the landmark CNNs, on the GPU, where their weights are
     detector = "hog" if importlib.util.find_spec("dlib") else "rfb"
     if detector == "rfb":
-        from test_landmark_cnn import _weights
+        from test_landmark_cnn import landmark_cnn_weights
 
-        _weights("rfb-320-face-detector"), _weights("pfld-68")  # skips where they aren't found offline
+        landmark_cnn_weights()  # skips where they aren't found offline
     faces = P.faces(*inputs, resolution=64, cache=tmp_path, detector=detector, device="cuda", progress=False,
                     say=None)
     inv = P.inversions(G, faces, cache=tmp_path, say=None, **FAST)
