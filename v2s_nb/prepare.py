@@ -250,6 +250,7 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
     (:class:`v2s_nb.video.VideoReadError`) on every call, cached or not. ``detector`` / ``upsample`` / ``device``:
     as in :func:`faces`. Raises :class:`v2s_nb.face.NoFaceError` when no face is found."""
     from .face import NoFaceError, align_face, align_video, canonical_track, landmarks
+    from .face.landmark_detection import front_end_name
     from .caching import sha256_file
 
     if kind not in ("image", "video"):
@@ -265,7 +266,7 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
     # outlier frames aligned as frames without a face (they kept the false detection's crop before). 4: the first
     # face is a confident one, not the largest box (landmarks()); the inversions' cache, keyed by the crops, still hits
     f = folder / f"faces-{kind}-{cache_key(settings)}.npz"
-    front_end = "rfb+pfld" if detector == "rfb" else detector  # as LandmarkTrack names it
+    front_end = front_end_name(detector)
     out = load_arrays(f, _FACES_KEYS + (_DECODE_KEYS if kind == "video" else ())) if f.is_file() else None
     if out is not None:
         if kind == "video":

@@ -348,6 +348,13 @@ def _num_frames(item) -> int:
     return 1 if single or not shape else int(shape[0])
 
 
+def front_end_name(detector: str, model: str | None = None) -> str:
+    """What :func:`landmarks` names its front end (:attr:`LandmarkTrack.detector`): the detector, with '+pfld' when
+    PFLD fits the points (``model`` None: the detector's default model)."""
+    model = ("pfld" if detector == "rfb" else "dlib") if model is None else model
+    return detector if model == "dlib" else f"{detector}+pfld"
+
+
 def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool = True, model: str | None = None,
               device=None, batch_size: int = 16) -> LandmarkTrack:
     """Detect one person's face in every frame and fit 68 landmarks (dlib's or PFLD's).
@@ -400,7 +407,7 @@ def landmarks(frames, detector: str = "hog", upsample: int = 1, progress: bool =
         pfld = load_pfld(device)
     else:
         predictor = _shape_predictor()
-    name = detector if model == "dlib" else f"{detector}+pfld"
+    name = front_end_name(detector, model)
 
     pts, found, boxes, scores, counts = [], [], [], [], []
     size = None
