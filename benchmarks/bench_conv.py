@@ -29,13 +29,6 @@ times other tile configurations of ours.
 
     python benchmarks/bench_conv.py --batch 8 --wgrad-paddings
 
-    python benchmarks/bench_conv.py --batch 8 --wgrad-rows [--sweep] [--json rows.json]
-
-The 3x3 weight gradient's rows form (``fast_conv.conv2d_weight_grad_nchw(..., form='rows')``: one Triton kernel
-over row segments, no copies) against its cudnn form (cuDNN on channels-last copies), per fp16 layer of T, with a
-per-sample input scale: ms, the rows form's largest error against a float32 gradient, the form the default picks;
-``--sweep`` times the rows form's tile configurations and prints the fastest.
-
     python benchmarks/bench_conv.py --batch 8 --scaled-rows
 
 The training step's scaled input copy for the rows form (x * scale into rows padded to 16 bytes), per layer that runs
@@ -52,7 +45,6 @@ with the padding (docs/performance.md).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -75,12 +67,6 @@ def main(argv=None):
     p.add_argument("--wgrad-paddings", action="store_true",
                    help="time cuDNN's weight gradient on our channels-last copies with the channels padded several "
                         "ways, over the whole batch and chunks of samples")
-    p.add_argument("--wgrad-rows", action="store_true",
-                   help="time the weight gradient's rows form against its cudnn form per layer (--sweep: the rows "
-                        "form's tile configurations too; --json: the fastest config per layer to a file)")
-    p.add_argument("--json", help="with --wgrad-rows: write the per-layer results to this JSON file")
-    p.add_argument("--min-size", type=_common.positive_int, default=1,
-                   help="with --wgrad-rows: only the layers whose input planes are at least this many pixels wide")
     p.add_argument("--scaled-rows", action="store_true",
                    help="time the rows form's scaled input copy: torch.mul into padded rows against our kernel")
     args = p.parse_args(argv)
@@ -96,8 +82,6 @@ def main(argv=None):
         return grads(G, args.batch, args.sweep, dev)
     if args.wgrad_paddings:
         return wgrad_paddings(G, args.batch, dev)
-    if args.wgrad_rows:
-        return wgrad_rows(G, args.batch, args.sweep, dev, args.json, args.min_size)
     r8 = lambda c: c + (-c) % 8  # noqa: E731
     print(f"# {torch.cuda.get_device_name()}, T {args.resolution}, batch {args.batch}, fp16 3x3 convolutions (ms)")
     rows = torch.cuda.get_device_capability()[0] >= 9
@@ -265,77 +249,6 @@ def grads(G, batch, sweep, dev):
         torch.cuda.empty_cache()
     print(f"{'total':>14} {'':>16} | {tot['both']:10.3f} {'':>7} {'':>7} | {'':>8} {'':>7} {'':>8} {'':>7} "
           f"{tot['new']:7.3f}")
-
-
-def _sweep_wgrad_rows(x, gy, scale, sms):
-    """(ms, (blocks, tile), failed, tried) of the rows form's fastest tile configuration (``_wgrad_rows_config``'s
-    arguments): blocks x (row segment, warps, stages, programs per multiprocessor), the column shifts in registers
-    (loading each shift was the slower on every layer and config tried)."""
-    n, c, h, w = x.shape
-    o = gy.shape[1]
-    choices = [(blocks, (tw, warps, stages, per_sm, shift))
-               for blocks in fast_conv.WGRAD_ROWS_BLOCKS for tw in (64, 128) for warps in (4, 8)
-               for stages in (2, 3) for per_sm in (2, 4) for shift in (True,)]
-
-    def call(blocks, tile):
-        cfg = fast_conv._wgrad_rows_config(c, o, n, gy.shape[2], sms, blocks=blocks, tile=tile)
-        return fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, config=cfg, scale=scale, form="rows")
-
-    return _fastest((choice, lambda choice=choice: call(*choice)) for choice in choices)
-
-
-def wgrad_rows(G, batch, sweep, dev, json_path=None, min_size=1):
-    """The --wgrad-rows table: per fp16 3x3 layer of T, with a per-sample input scale, x contiguous (as the training
-    step saves it): the weight gradient's cudnn form (transposes included) against its rows form (the default
-    config, and with --sweep the fastest), ms, and the rows form's largest error against a float32 gradient
-    (TF32 off), relative to the largest value."""
-    sms = torch.cuda.get_device_properties(dev).multi_processor_count
-    print(f"# {torch.cuda.get_device_name()}, T, batch {batch}, 3x3 weight gradients (ms); err: rows form against "
-          "float32")
-    print(f"{'layer':>14} {'in->out @ px':>16} | {'cudnn':>7} {'rows':>7} {'err':>7} {'default':>7}"
-          + ("  | fastest rows config (ms, err)" if sweep else ""))
-    results = []
-    tot = dict.fromkeys(("cudnn", "rows", "best"), 0.0)
-    for name, c, o, size in _fp16_3x3_layers(G):
-        if size < min_size:
-            continue
-        g = torch.Generator(device=dev).manual_seed(c * o)
-        x = torch.randn(batch, c, size, size, device=dev, generator=g, dtype=torch.float16)
-        gy = torch.randn(batch, o, size + 2, size + 2, device=dev, generator=g, dtype=torch.float16) / 8
-        scale = torch.rand(batch, c, device=dev, generator=g) + 0.5
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            ref = torch.ops.aten.convolution_backward(gy.float(), x.float() * scale[:, :, None, None],
-                                                      x.new_empty(o, c, 3, 3, dtype=torch.float32), None, [1, 1],
-                                                      [2, 2], [1, 1], False, [0, 0], 1, [False, True, False])[1]
-        t = {form: cuda_ms(lambda form=form: fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, scale=scale,
-                                                                               form=form))
-             for form in ("cudnn", "rows")}
-        err = _rel(fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, scale=scale, form="rows"), ref)
-        default = fast_conv.weight_grad_form(3, (size + 2) ** 2)
-        entry = {"layer": name, "c_in": c, "c_out": o, "size": size, "cudnn_ms": t["cudnn"], "rows_ms": t["rows"],
-                 "rows_err": err, "default": default}
-        line = (f"{name:>14} {f'{c}->{o} @ {size}':>16} | {t['cudnn']:7.3f} {t['rows']:7.3f} {err:7.1e} "
-                f"{default:>7}")
-        tot["cudnn"] += t["cudnn"]
-        tot["rows"] += t["rows"]
-        best = min(t["cudnn"], t["rows"])
-        if sweep:
-            ms, (blocks, tile), skipped, tried = _sweep_wgrad_rows(x, gy, scale, sms)
-            cfg = fast_conv._wgrad_rows_config(c, o, batch, size + 2, sms, blocks=blocks, tile=tile)
-            berr = _rel(fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, config=cfg, scale=scale, form="rows"), ref)
-            entry.update(best_blocks=list(blocks), best_tile=list(tile), best_ms=ms, best_err=berr)
-            line += f"  | blocks {blocks}, tile {tile} ({ms:.3f}, {berr:.1e}; {skipped} of {tried} could not run)"
-            best = min(best, ms)
-        tot["best"] += best
-        results.append(entry)
-        print(line, flush=True)
-        if json_path:  # after every layer: a run cut short keeps what it measured
-            Path(json_path).write_text(json.dumps({"device": torch.cuda.get_device_name(), "batch": batch,
-                                                   "layers": results}, indent=1))
-        del x, gy, ref
-        torch.cuda.empty_cache()
-    print(f"{'total':>14} {'':>16} | {tot['cudnn']:7.3f} {tot['rows']:7.3f}   the faster per layer: "
-          f"{tot['best']:.3f}")
 
 
 # The channel paddings --wgrad-paddings tries (inputs, outputs): multiples of 8 and of 32, powers of two (what

@@ -174,18 +174,15 @@ def test_fast_path_steps_where_kernels_need_more_shared_memory_than_the_gpu_has(
 
 
 @requires_cuda
-@pytest.mark.parametrize("wgrad_form", ["triton", None, "cudnn", "rows"])
+@pytest.mark.parametrize("wgrad_form", ["triton", None, "cudnn"])
 def test_weight_gradients_through_fast_path_mixed_precision(wgrad_form, monkeypatch):
     """T's fp16 layers in fp16, gradients w.r.t. every synthesis weight (PTI's): as close to float32's as the plain
-    path's, with the 3x3 layers' weight gradients from the older Triton kernel on every layer, by the default choice
-    (fast_conv.weight_grad_form), from cuDNN on our channels-last copies everywhere or from the rows form
-    everywhere."""
+    path's, with the 3x3 layers' weight gradients from the Triton kernel on every layer, by the default choice
+    (fast_conv.weight_grad_form) or from cuDNN on our channels-last copies everywhere."""
     from v2s_nb.stylegan3 import fast_conv
 
-    if wgrad_form == "rows":
-        monkeypatch.setattr(fast_conv, "WGRAD_ROWS_MIN_PIXELS", 0)
-    elif wgrad_form is not None:
-        monkeypatch.setattr(fast_conv, "weight_grad_form", lambda *shape: wgrad_form)
+    if wgrad_form is not None:
+        monkeypatch.setattr(fast_conv, "weight_grad_form", lambda: wgrad_form)
     torch.backends.cudnn.allow_tf32 = False
     G = build_generator("T", resolution=256, device="cuda", seed=0)
     ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0)).to("cuda"), None)
@@ -631,18 +628,6 @@ def test_triton_convolution_matches_cudnn_on_gpu():
                 assert float((out.float() - ref).abs().max() / ref.abs().max()) < 2e-3, form
 
 
-def test_weight_grad_form_by_kernel_and_plane(monkeypatch):
-    """The default weight-gradient form: rows for 3x3 kernels on planes of WGRAD_ROWS_MIN_PIXELS or more, else
-    cuDNN's (the older Triton kernel where cuDNN is off or missing, as on this CPU)."""
-    from v2s_nb.stylegan3 import fast_conv
-
-    monkeypatch.setattr(fast_conv, "WGRAD_ROWS_MIN_PIXELS", 100)
-    assert fast_conv.weight_grad_form(3, 100) == "rows"
-    other = "cudnn" if torch.backends.cudnn.is_available() else "triton"
-    assert fast_conv.weight_grad_form(3, 99) == fast_conv.weight_grad_form() == other
-    assert fast_conv.weight_grad_form(5, 10 ** 6) == other
-
-
 def test_convolution_gradients_refuse_other_dtypes_and_shapes():
     """fast_conv's gradient functions take fp16 only and check the shapes fit (checked before any kernel runs; the
     values are tested under Triton's interpreter in tests/interpreted/test_fast_conv_grads.py)."""
@@ -684,7 +669,7 @@ def test_convolution_gradients_match_cudnn_on_gpu():
         gx = fast_conv.conv2d_input_grad_nchw(gy, w, 2, x.shape)
         assert gx.dtype == torch.float16
         assert float((gx.float() - ref_x).abs().max() / ref_x.abs().max()) < 2e-3, (c, o, size)
-        for form in ("triton", "cudnn", "rows"):
+        for form in ("triton", "cudnn"):
             gw = fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, form=form)
             gws = fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, scale=scale, form=form)
             assert gw.dtype == torch.float32

@@ -1,9 +1,8 @@
 """fast_conv's convolution gradients (fp16) against torch.nn.grad in float32, under Triton's interpreter: the
-weight gradient in its three forms (the Triton kernel over flat pixel tiles: default and explicit tile
-configurations, several pixel splits, other kernel sizes, row-padded channel slices of x; the rows form's kernel
-over row segments, its column shifts loaded or made in registers; cuDNN on our channels-last copies, in chunks of
-samples), each with a per-sample input scale, and the input gradient through conv2d_nchw (pointers and cudnn
-forms, a padding past k - 1)."""
+weight gradient in both forms (the Triton kernel: default and explicit tile configurations, several pixel splits,
+other kernel sizes, row-padded channel slices of x; cuDNN on our channels-last copies, in chunks of samples), each
+with a per-sample input scale, and the input gradient through conv2d_nchw (pointers and cudnn forms, a padding
+past k - 1)."""
 
 import pytest
 import torch
@@ -34,12 +33,8 @@ def _case(n, i, o, h, w, k, p, seed):
     (1, 5, 9, 8, 7, 1, 0, None),
     (1, 6, 4, 9, 10, 5, 2, None),
 ])
-@pytest.mark.parametrize("form", ["triton", "cudnn", "rows"])
+@pytest.mark.parametrize("form", ["triton", "cudnn"])
 def test_weight_grad_matches_torch(n, i, o, h, w, k, p, config, form):
-    if form == "rows" and k != 3:
-        with pytest.raises(ValueError, match="3x3 kernels only"):
-            fast_conv.conv2d_weight_grad_nchw(*_case(n, i, o, h, w, k, p, seed=0)[::2], k, p, form=form)
-        return
     x, kernel, gy = _case(n, i, o, h, w, k, p, seed=i * o + p)
     ref = torch.nn.grad.conv2d_weight(x.float(), kernel.shape, gy.float(), padding=p)
     out = fast_conv.conv2d_weight_grad_nchw(x, gy, k, p, config=config if form == "triton" else None, form=form)
@@ -47,38 +42,16 @@ def test_weight_grad_matches_torch(n, i, o, h, w, k, p, config, form):
     assert _relative(out, ref) < 2e-3
 
 
-# The rows form's two ways to shift the input (loads at each column shift; one load and the output gradient shifted
-# in registers, padding 2 only), 16- and 32-wide row segments (several per row, the last one short), blocks past and
-# under the channels, rows split into stripes (some empty for the first and last kernel rows), padding 1 (the
-# register shifts fall back to loads).
-@pytest.mark.parametrize("n, i, o, h, w, p, config", [
-    (2, 13, 7, 19, 37, 2, (32, 32, 16, 4, 1, 3, False)),
-    (2, 13, 7, 19, 37, 2, (32, 32, 16, 4, 1, 3, True)),
-    (1, 40, 37, 9, 70, 2, (32, 32, 32, 4, 2, 4, True)),
-    (1, 40, 37, 9, 70, 2, (64, 64, 32, 4, 2, 1, False)),
-    (2, 6, 5, 8, 21, 1, (32, 32, 16, 4, 1, 2, True)),
-    (1, 20, 9, 5, 140, 2, (32, 32, 64, 4, 2, 2, True)),  # vector loads of 4 (the masks on whole vectors)
-])
-def test_weight_grad_rows_form_configs(n, i, o, h, w, p, config):
-    x, kernel, gy = _case(n, i, o, h, w, 3, p, seed=n * i + w)
-    ref = torch.nn.grad.conv2d_weight(x.float(), kernel.shape, gy.float(), padding=p)
-    out = fast_conv.conv2d_weight_grad_nchw(x, gy, 3, p, config=config, form="rows")
-    assert _relative(out, ref) < 2e-3
-
-
-@pytest.mark.parametrize("form, config", [("triton", None), ("triton", (32, 32, 16, 4, 2, 7)), ("cudnn", None),
-                                          ("rows", None), ("rows", (32, 32, 16, 4, 1, 3, True))])
+@pytest.mark.parametrize("form, config", [("triton", None), ("triton", (32, 32, 16, 4, 2, 7)), ("cudnn", None)])
 def test_weight_grad_with_a_per_sample_scale(form, config, monkeypatch):
-    """grad of conv2d(x * scale, K): the Triton kernels scale each program's sums (7 splits over 3 samples: programs
-    within one sample; the rows form's stripes likewise), cuDNN's form the channels-last copy (here in chunks of one
-    sample)."""
+    """grad of conv2d(x * scale, K): the Triton kernel scales each program's sums (7 splits over 3 samples: programs
+    within one sample), cuDNN's form the channels-last copy (here in chunks of one sample)."""
     monkeypatch.setattr(fast_conv, "WGRAD_CUDNN_CHUNK_BYTES", 1)
     x, kernel, gy = _case(3, 13, 7, 9, 10, 3, 2, seed=11)
     scale = torch.rand(3, 13, generator=torch.Generator().manual_seed(1)) * 3 - 1
     xs = x.float() * scale.half().float()[:, :, None, None]
     ref = torch.nn.grad.conv2d_weight(xs, kernel.shape, gy.float(), padding=2)
-    out = fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, config=config if form != "cudnn" else None, scale=scale,
-                                            form=form)
+    out = fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, config=config, scale=scale, form=form)
     assert _relative(out, ref) < 2e-3
     with pytest.raises(ValueError, match="scale"):
         fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, scale=scale[:, :5], form=form)
@@ -96,7 +69,7 @@ def test_weight_grad_reads_row_padded_channel_slices():
     view = buf[:, :11, :, :17]
     gy_t = gy.transpose(2, 3).contiguous().transpose(2, 3)  # same values, columns-major planes
     ref = torch.nn.grad.conv2d_weight(x.float(), kernel.shape, gy.float(), padding=2)
-    for form in ("triton", "cudnn", "rows"):
+    for form in ("triton", "cudnn"):
         out = fast_conv.conv2d_weight_grad_nchw(view, gy_t, 3, 2, form=form)
         assert _relative(out, ref) < 2e-3, form
 

@@ -136,17 +136,17 @@ def test_1x1_layer_fp16_gradients_through_fast_conv_equal_the_batched_products(t
         assert float((a - e).abs().max() / e.abs().max()) < 2e-3, name
 
 
-@pytest.mark.parametrize("input_form, weight_form", [("cudnn", "cudnn"), ("pointers", "triton"), ("pointers", "rows")])
+@pytest.mark.parametrize("input_form, weight_form", [("cudnn", "cudnn"), ("pointers", "triton")])
 def test_3x3_layer_fp16_gradients_through_fast_conv_equal_cudnns(input_form, weight_form, monkeypatch):
     """T's layer Function in fp16: its gradients w.r.t. x, the kernel, the input scale, dcoefs and the bias through
     fast_conv's kernels (triton_conv_grads; the input gradient with d x and d scale fused into the cudnn form's last
-    transpose or after the pointers form; the weight gradient from cuDNN on our copies or either Triton kernel, the
-    scale inside all) against convolution_backward's on the scaled input, and fast_conv ran."""
+    transpose or after the pointers form; the weight gradient from cuDNN on our copies or the Triton kernel, the
+    scale inside both) against convolution_backward's on the scaled input, and fast_conv ran."""
     from v2s_nb.stylegan3 import fast_conv
 
     monkeypatch.setattr(fast_ops, "can_use_fast", lambda x, fu, fd: fu is not None and fd is not None and fu.ndim == 1)
     monkeypatch.setattr(fast_conv, "MAX_OUT_CHANNELS", 4 if input_form == "cudnn" else 64)
-    monkeypatch.setattr(fast_conv, "weight_grad_form", lambda *shape: weight_form)
+    monkeypatch.setattr(fast_conv, "weight_grad_form", lambda: weight_form)
     calls = []
     for fn in ("conv2d_weight_grad_nchw", "conv2d_input_grad_nchw"):
         monkeypatch.setattr(fast_conv, fn, lambda *a, f=getattr(fast_conv, fn), **k: calls.append(f) or f(*a, **k))

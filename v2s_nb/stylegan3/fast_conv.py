@@ -231,91 +231,6 @@ if HAVE_TRITON:
         _wgrad_add(out_ptr, base, a2, o_ok, i, c_in, ky, kx0 + 2, ks)
 
     @triton.jit
-    def _wgrad_row_tap(acc, g, x_row, ix, w, i_ok):
-        """acc + g @ x_tap: g [BO, TW] the output gradient along a row segment, x_tap [TW, BI] the input row's
-        columns ``ix`` (zero outside [0, w) and past the input channels)."""
-        a = tl.load(x_row + ix[:, None], mask=((ix >= 0) & (ix < w))[:, None] & i_ok[None, :], other=0.0)
-        return tl.dot(g, a, acc)
-
-    @triton.jit
-    def _shift_left(p, s: tl.constexpr, BO: tl.constexpr, TW: tl.constexpr):
-        """[BO, TW] -> q with q[:, j] = p[:, j + s] (s = 1 or 2), zero where j + s >= TW."""
-        q = _shift_cols(p, 1, BO, TW)
-        if s == 2:
-            q = _shift_cols(q, 1, BO, TW)
-        return tl.where((tl.arange(0, TW) < TW - s)[None, :], q, tl.zeros_like(q))
-
-    @triton.jit
-    def _conv_wgrad_rows_kernel(x_ptr, g_ptr, s_ptr, out_ptr, c_in, h, w, c_out, h_out, w_out, pad, x_sn, x_sc,
-                                x_sy, g_sn, g_sc, g_sy, rows_per_stripe, stripes, n_iblocks, tiles_x,
-                                BO: tl.constexpr, BI: tl.constexpr, TW: tl.constexpr, STAGES: tl.constexpr,
-                                SCALE: tl.constexpr, SHIFT: tl.constexpr, X_VEC: tl.constexpr,
-                                G_VEC: tl.constexpr):
-        """3x3 kernels: out[o, i, ky, kx] += sum_{n, y, x} g[n, o, y, x] * x[n, i, y + ky - pad, x + kx - pad]
-        (zero outside x; SCALE: x[n, i] times s[n, i], float32 [N, c_in]).
-
-        Program (c, s, ky): output channels block c // n_iblocks (BO), input channels block c % n_iblocks (BI),
-        sample s // stripes, its output rows [r, r + 1) * rows_per_stripe (r = s % stripes) whose input row
-        y + ky - pad lies in x, kernel row ky. Along each row, segments of TW pixels; per segment the output
-        gradient [BO, TW] times the input row [TW, BI] at the three column shifts, into three float32 accumulators,
-        read where they are (no copies). Without SHIFT, the input is loaded at each shift (segments of TW output
-        pixels, tiles_x = ceil(w_out / TW)). With SHIFT (pad 2 only): segments of TW input columns at x0 = t (TW - 8)
-        - 8 (aligned), each owning the output columns x0 + [8, TW) (tiles_x = ceil(w_out / (TW - 8))); the input and
-        the output gradient are loaded once, at the same columns, and the output gradient is shifted in registers
-        by 2 - kx. X_VEC / G_VEC: a power of two dividing x's / g's row offsets (vector loads). The sample's scale
-        applies to the sums, which are added atomically into out (float32 [c_out, c_in, 3, 3]).
-        x: [N, c_in, h, w], strides x_sn, x_sc, x_sy, 1; g: [N, c_out, h_out, w_out], strides g_sn, g_sc, g_sy, 1."""
-        pid_c = tl.program_id(0)
-        sp = tl.program_id(1)
-        ky = tl.program_id(2)
-        n = (sp // stripes).to(tl.int64)  # 64-bit sample offsets: large batches pass 2**31 elements
-        r = sp % stripes
-        o = (pid_c // n_iblocks) * BO + tl.arange(0, BO)
-        i = (pid_c % n_iblocks) * BI + tl.arange(0, BI)
-        o_ok = o < c_out
-        i_ok = i < c_in
-        j = tl.arange(0, TW)
-        a0 = tl.zeros([BO, BI], dtype=tl.float32)
-        a1 = tl.zeros_like(a0)
-        a2 = tl.zeros_like(a0)
-        g_rows = g_ptr + n * g_sn + (o * g_sc)[:, None]
-        x_cols = x_ptr + n * x_sn + (i * x_sc)[None, :]
-        lo = tl.maximum(r * rows_per_stripe, pad - ky)
-        hi = tl.minimum(tl.minimum((r + 1) * rows_per_stripe, h_out), h + pad - ky)
-        for t in tl.range(lo * tiles_x, hi * tiles_x, num_stages=STAGES):
-            y = t // tiles_x
-            x_row = x_cols + tl.multiple_of((y + ky - pad) * x_sy, X_VEC)
-            g_row = g_rows + tl.multiple_of(y * g_sy, G_VEC)
-            if SHIFT:
-                x0 = (t % tiles_x) * (TW - 8) - 8
-                ix = x0 + j
-                # masks on whole vectors (w a multiple of X_VEC, w_out of G_VEC): vector loads
-                xv = x0 + (j // X_VEC) * X_VEC
-                xt = tl.load(x_row + ix[:, None], mask=((xv >= 0) & (xv < w))[:, None] & i_ok[None, :], other=0.0)
-                own = (j >= 8) & (x0 + (j // G_VEC) * G_VEC < w_out)
-                g = tl.load(g_row + ix[None, :], mask=o_ok[:, None] & own[None, :], other=0.0)
-                a2 = tl.dot(g, xt, a2)
-                a1 = tl.dot(_shift_left(g, 1, BO, TW), xt, a1)
-                a0 = tl.dot(_shift_left(g, 2, BO, TW), xt, a0)
-            else:
-                ox = (t % tiles_x) * TW + j
-                g = tl.load(g_row + ox[None, :], mask=o_ok[:, None] & (ox < w_out)[None, :], other=0.0)
-                ix = ox - pad
-                a0 = _wgrad_row_tap(a0, g, x_row, ix, w, i_ok)
-                a1 = _wgrad_row_tap(a1, g, x_row, ix + 1, w, i_ok)
-                a2 = _wgrad_row_tap(a2, g, x_row, ix + 2, w, i_ok)
-        if SCALE:
-            s = tl.load(s_ptr + n * c_in + i, mask=i_ok, other=0.0)[None, :]
-            a0 = a0 * s
-            a1 = a1 * s
-            a2 = a2 * s
-        base = (o[:, None] * c_in + i[None, :]) * 9 + ky * 3
-        ok = o_ok[:, None] & i_ok[None, :]
-        tl.atomic_add(out_ptr + base, a0, mask=ok, sem="relaxed")
-        tl.atomic_add(out_ptr + base + 1, a1, mask=ok, sem="relaxed")
-        tl.atomic_add(out_ptr + base + 2, a2, mask=ok, sem="relaxed")
-
-    @triton.jit
     def _batched_1x1_wgrad_kernel(g_ptr, x_ptr, out_ptr, c_out, c_in, pixels, g_sn, g_so, x_sn, x_si, per_split,
                                   n_iblocks, BO: tl.constexpr, BI: tl.constexpr, P: tl.constexpr,
                                   STAGES: tl.constexpr):
@@ -786,19 +701,10 @@ WGRAD_STEPS = {(32, 32): (16, 4), (64, 32): (64, 4), (32, 64): (16, 4), (64, 64)
 WGRAD_CUDNN_CHUNK_BYTES = 3 << 29
 
 
-# Output planes (H' W' pixels) from which 3x3 weight gradients take the rows form instead of cuDNN's; None: never
-# (it was slower than cuDNN's on our copies on every layer of T measured: docs/performance.md).
-WGRAD_ROWS_MIN_PIXELS = None
-
-
-def weight_grad_form(kernel_size=None, pixels=None) -> str:
-    """'rows', 'cudnn' or 'triton': the weight gradient :func:`conv2d_weight_grad_nchw` runs by default for a
-    kernel of ``kernel_size`` and an output plane of ``pixels`` (H' W'): the rows form for 3x3 kernels on planes of
-    :data:`WGRAD_ROWS_MIN_PIXELS` or more (none by default), else cuDNN's on our copies (with channels padded to
-    powers of two it was faster than the older Triton kernel on every layer of T, copies included;
-    docs/performance.md), and that Triton kernel where cuDNN is off or missing."""
-    if kernel_size == 3 and None not in (pixels, WGRAD_ROWS_MIN_PIXELS) and pixels >= WGRAD_ROWS_MIN_PIXELS:
-        return "rows"
+def weight_grad_form() -> str:
+    """'cudnn' or 'triton': the weight gradient :func:`conv2d_weight_grad_nchw` runs by default: cuDNN's (with
+    channels padded to powers of two it was faster than the Triton kernel on every layer of T, copies included;
+    docs/performance.md) unless cuDNN is off or missing."""
     return "cudnn" if torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled else "triton"
 
 
@@ -868,15 +774,11 @@ def conv2d_weight_grad_nchw(x, grad_y, kernel_size, padding, config=None, scale=
     if scale is not None:
         scale = _per_sample(scale, n, c_in, x.device)
     c_out, h_out, w_out = want[1:]
-    form = form or ("triton" if config is not None else weight_grad_form(k, h_out * w_out))
-    if form == "rows":
-        if k != 3:
-            raise ValueError(f"the rows form takes 3x3 kernels only, not {k}x{k}; use form='triton' or 'cudnn'")
-        return _weight_grad_rows(x, grad_y, padding, scale, config)
+    form = form or ("triton" if config is not None else weight_grad_form())
     if form == "cudnn":
         return _weight_grad_cudnn(x, grad_y, k, padding, scale)
     if form != "triton":
-        raise ValueError(f"form must be 'triton', 'rows' or 'cudnn', got {form!r}")
+        raise ValueError(f"form must be 'triton' or 'cudnn', got {form!r}")
     if x.stride(3) != 1:
         x = x.contiguous()
     grad_y = _dense_planes(grad_y)
@@ -894,61 +796,6 @@ def conv2d_weight_grad_nchw(x, grad_y, kernel_size, padding, config=None, scale=
                              padding, k, x.stride(0), x.stride(1), x.stride(2), grad_y.stride(0), grad_y.stride(1),
                              tiles_per_sample, per_split, splits_per_sample, n_iblocks, groups_x, BO=bo, BI=bi, P=p,
                              STAGES=stages, SCALE=scale is not None, num_warps=warps)
-    return out
-
-
-# The rows form's channel blocks (BO, BI); its tiles: TW output pixels of a row a step, warps, pipeline stages, and
-# programs per multiprocessor (the rows of each sample split into stripes to make them).
-WGRAD_ROWS_BLOCKS = ((32, 32), (64, 32), (32, 64), (64, 64))
-WGRAD_ROWS_TILE = (128, 8, 2, 2, True)
-
-
-def _wgrad_rows_config(c_in, c_out, n, h_out, sms, blocks=None, tile=None):
-    """(BO, BI, TW, warps, stages, stripes, shift) of :func:`_conv_wgrad_rows_kernel` for ``n`` samples of
-    ``h_out`` output rows, ``c_in`` -> ``c_out`` channels, on a GPU of ``sms`` multiprocessors: blocks from
-    :data:`WGRAD_ROWS_BLOCKS`, the one padding the channels least unless given; ``tile`` (TW, warps, stages,
-    programs per multiprocessor, shift), default :data:`WGRAD_ROWS_TILE`; stripes enough for that many programs (3
-    per block pair and stripe: one per kernel row), each at least 8 rows."""
-    bo, bi = blocks or _least_padding_block(WGRAD_ROWS_BLOCKS, c_out, c_in)
-    tw, warps, stages, per_sm, shift = tile or WGRAD_ROWS_TILE
-    programs = -(-c_out // bo) * -(-c_in // bi) * 3 * n
-    stripes = max(1, min(-(-per_sm * sms // programs), h_out // 8))
-    return bo, bi, tw, warps, stages, stripes, shift
-
-
-def _vector(*strides) -> int:
-    """The largest power of two up to 8 dividing every stride."""
-    v = 8
-    while any(s % v for s in strides):
-        v //= 2
-    return v
-
-
-def _weight_grad_rows(x, grad_y, padding, scale, config):
-    """The 'rows' form of :func:`conv2d_weight_grad_nchw` (3x3 kernels): one Triton kernel reading x and grad_y
-    where they are, by row segments (:func:`_conv_wgrad_rows_kernel`). ``config``: (BO, BI, TW, warps, stages,
-    stripes), default :func:`_wgrad_rows_config`."""
-    n, c_in, h, w = x.shape
-    c_out, h_out, w_out = grad_y.shape[1:]
-    if x.stride(3) != 1:
-        x = x.contiguous()
-    if grad_y.stride(3) != 1:
-        grad_y = grad_y.contiguous()
-    _check_sample_size(max(c_in * x.stride(1), h * x.stride(2), c_out * grad_y.stride(1), h_out * grad_y.stride(2)))
-    bo, bi, tw, warps, stages, stripes, shift = config or _wgrad_rows_config(c_in, c_out, n, h_out,
-                                                                             _multiprocessors(x.device))
-    shift = shift and padding == 2  # the shifts in registers are those of padding 2
-    out = torch.zeros((c_out, c_in, 3, 3), dtype=torch.float32, device=x.device)
-    n_iblocks = -(-c_in // bi)
-    grid = (-(-c_out // bo) * n_iblocks, n * stripes, 3)
-    _conv_wgrad_rows_kernel[grid](x, grad_y, out if scale is None else scale, out, c_in, h, w, c_out, h_out, w_out,
-                                  padding, x.stride(0), x.stride(1), x.stride(2), grad_y.stride(0), grad_y.stride(1),
-                                  grad_y.stride(2), -(-h_out // stripes), stripes, n_iblocks,
-                                  -(-w_out // (tw - 8 if shift else tw)), BO=bo, BI=bi, TW=tw, STAGES=stages,
-                                  SCALE=scale is not None, SHIFT=shift,
-                                  X_VEC=_vector(x.stride(0), x.stride(1), x.stride(2), w),
-                                  G_VEC=_vector(grad_y.stride(0), grad_y.stride(1), grad_y.stride(2), w_out),
-                                  num_warps=warps)
     return out
 
 
