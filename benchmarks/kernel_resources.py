@@ -8,7 +8,8 @@ compiled for a GPU architecture without running anything: works on a machine wit
 A variant is ``tile:row_blocks:warps`` (tile: the upsampled tile edge; row blocks: ``SPLIT``). Per layer of the
 released architecture at ``--resolution`` (channel counts don't change the kernel, so a narrow copy is built), the
 kernel is compiled as :func:`v2s_nb.stylegan3.fast_ops.fused_filtered_lrelu_backward` launches it (fp16 for the
-snapshot's fp16 layers, float32 for the others) and ``cuobjdump -res-usage`` reads its registers per thread, stack
+snapshot's fp16 layers, float32 for the others; its tensors 16-byte aligned, as a launch on PyTorch's tensors
+specializes them) and ``cuobjdump -res-usage`` reads its registers per thread, stack
 (bytes spilled per thread) and static shared memory; Triton's dynamic shared memory is printed too. A kernel at 255
 registers runs one 8-warp program per SM; stack bytes are spills to local memory. Speed still has to be measured on
 the GPU (``bench_lrelu_backward.py``); this says which variants can be fast, between GPU runs. The compiler's version
@@ -95,7 +96,10 @@ def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward", 
         constants["COLS_FIRST"] = cols_first
     names = fn.arg_names  # the kernel's parameters in order
     signature = {k: "constexpr" if k in constants else signature[k] for k in names}
-    src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constants.items()})
+    # as a launch specializes them: tensors from PyTorch's allocator start on 16-byte boundaries
+    aligned = {(names.index(k),): [["tt.divisibility", 16]] for k in names if signature[k].startswith("*")}
+    src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constants.items()},
+                    attrs=aligned)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
