@@ -27,13 +27,6 @@ product as the layer's backward ran it before (``torch.bmm(grad_y, x^T)``) again
 ``fast_conv.batched_1x1_input_grad``): ms, and each one's largest error against a float32 product; ``--sweep``
 times other tile configurations of ours.
 
-    python benchmarks/bench_conv.py --batch 8 --wgrad-grid [--sweep] [--json out.json]
-
-The weight gradient's grid form (``fast_conv.conv2d_weight_grad_nchw(form='grid')``: copies of x * scale and of the
-output gradient into zero-padded grids, then split products) against its cudnn form (transposes included), per fp16
-3x3 layer of T: ms, the grid copies alone, and each form's largest error against a float32 weight gradient (TF32
-off), relative to the largest value; ``--sweep`` times other product tiles; ``--json`` writes the table.
-
     python benchmarks/bench_conv.py --batch 8 --wgrad-paddings
 
     python benchmarks/bench_conv.py --batch 8 --scaled-rows
@@ -52,7 +45,6 @@ with the padding (docs/performance.md).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -75,9 +67,6 @@ def main(argv=None):
     p.add_argument("--wgrad-paddings", action="store_true",
                    help="time cuDNN's weight gradient on our channels-last copies with the channels padded several "
                         "ways, over the whole batch and chunks of samples")
-    p.add_argument("--wgrad-grid", action="store_true",
-                   help="time the weight gradient's grid form against its cudnn form per layer")
-    p.add_argument("--json", type=Path, help="with --wgrad-grid: also write the table here")
     p.add_argument("--scaled-rows", action="store_true",
                    help="time the rows form's scaled input copy: torch.mul into padded rows against our kernel")
     args = p.parse_args(argv)
@@ -93,8 +82,6 @@ def main(argv=None):
         return grads(G, args.batch, args.sweep, dev)
     if args.wgrad_paddings:
         return wgrad_paddings(G, args.batch, dev)
-    if args.wgrad_grid:
-        return wgrad_grid(G, args.batch, args.sweep, args.json, dev)
     r8 = lambda c: c + (-c) % 8  # noqa: E731
     print(f"# {torch.cuda.get_device_name()}, T {args.resolution}, batch {args.batch}, fp16 3x3 convolutions (ms)")
     rows = torch.cuda.get_device_capability()[0] >= 9
@@ -305,62 +292,6 @@ def wgrad_paddings(G, batch, dev):
         print(f"{name:>14} {f'{c}->{o} @ {size}':>16} " + " ".join(f"{t:10.3f}" for t in times), flush=True)
         del x, gy
         torch.cuda.empty_cache()
-
-
-def wgrad_grid(G, batch, sweep, json_path, dev):
-    """The --wgrad-grid table: see the module's docstring."""
-    print(f"# {torch.cuda.get_device_name()}, T, batch {batch}: the 3x3 weight gradient, cudnn form against grid "
-          "form (ms, copies included; 'copies': the grid form's copies alone); errors: largest |difference| from a "
-          "float32 weight gradient / largest |value|")
-    print(f"{'layer':>14} {'in->out @ px':>16} {'cudnn':>7} {'grid':>7} {'copies':>7} {'err cudnn':>9} "
-          f"{'err grid':>8}" + ("  fastest grid config (ms)" if sweep else ""))
-    table, tot = [], [0.0, 0.0]
-    for name, c, o, size in _fp16_3x3_layers(G):
-        g = torch.Generator(device=dev).manual_seed(c * o)
-        x = torch.randn(batch, c, size, size, device=dev, generator=g, dtype=torch.float16)
-        gy = torch.randn(batch, o, size + 2, size + 2, device=dev, generator=g, dtype=torch.float16) / 8
-        scale = torch.rand(batch, c, device=dev, generator=g) + 0.5
-        rows, cols = size + 4, _round_up(size + 4, fast_conv.GRID_ALIGN)
-        xg = x.new_empty((c, batch * rows * cols))
-        gg = x.new_empty((3, o, batch * rows * cols))
-
-        def copies():
-            fast_conv.to_grid(x, xg, rows, cols, 2, 2, scale)
-            for kx in range(3):
-                fast_conv.to_grid(gy, gg[kx], rows, cols, 0, kx)
-
-        t = {form: cuda_ms(lambda form=form: fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, scale=scale, form=form))
-             for form in ("cudnn", "grid")}
-        t["copies"] = cuda_ms(copies)
-        del xg, gg
-        xs = x.float() * scale.half().float()[:, :, None, None]
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            ref = torch.nn.grad.conv2d_weight(xs, (o, c, 3, 3), gy.float(), padding=2)
-        del xs
-        errs = [_rel(fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, scale=scale, form=form), ref)
-                for form in ("cudnn", "grid")]
-        entry = {"layer": name, "c_in": c, "c_out": o, "size": size, "cudnn_ms": t["cudnn"], "grid_ms": t["grid"],
-                 "copies_ms": t["copies"], "err_cudnn": errs[0], "err_grid": errs[1]}
-        line = (f"{name:>14} {f'{c}->{o} @ {size}':>16} {t['cudnn']:7.3f} {t['grid']:7.3f} {t['copies']:7.3f} "
-                f"{errs[0]:9.1e} {errs[1]:8.1e}")
-        if sweep:
-            configs = [(bo, bi, pix, warps, stages, per_sm) for bo, bi in ((64, 64), (128, 64), (64, 128), (128, 128))
-                       for pix in (32, 64, 128) for warps in (4, 8) for stages in (3, 4) for per_sm in (2, 4, 8)]
-            ms, cfg, skipped, tried = _fastest(
-                (cfg, lambda cfg=cfg: fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, scale=scale, form="grid",
-                                                                        config=cfg)) for cfg in configs)
-            line += f"  {cfg} ({ms:.3f}; {skipped} of {tried} could not run)"
-            entry.update(best_config=cfg, best_ms=ms)
-        tot[0] += t["cudnn"]
-        tot[1] += min(t["grid"], entry.get("best_ms", t["grid"]))
-        table.append(entry)
-        print(line, flush=True)
-        del x, gy, ref
-        torch.cuda.empty_cache()
-    print(f"{'total':>14} {'':>16} {tot[0]:7.3f} {tot[1]:7.3f}  (grid: its fastest config where swept)")
-    if json_path:
-        json_path.write_text(json.dumps({"device": torch.cuda.get_device_name(), "batch": batch, "layers": table},
-                                        indent=1))
 
 
 def _sweep_1x1(x, gy):

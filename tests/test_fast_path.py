@@ -174,11 +174,11 @@ def test_fast_path_steps_where_kernels_need_more_shared_memory_than_the_gpu_has(
 
 
 @requires_cuda
-@pytest.mark.parametrize("wgrad_form", ["triton", None, "cudnn", "grid"])
+@pytest.mark.parametrize("wgrad_form", ["triton", None, "cudnn"])
 def test_weight_gradients_through_fast_path_mixed_precision(wgrad_form, monkeypatch):
     """T's fp16 layers in fp16, gradients w.r.t. every synthesis weight (PTI's): as close to float32's as the plain
     path's, with the 3x3 layers' weight gradients from the Triton kernel on every layer, by the default choice
-    (fast_conv.weight_grad_form), from cuDNN on our channels-last copies or from the grid form everywhere."""
+    (fast_conv.weight_grad_form) or from cuDNN on our channels-last copies everywhere."""
     from v2s_nb.stylegan3 import fast_conv
 
     if wgrad_form is not None:
@@ -669,7 +669,7 @@ def test_convolution_gradients_match_cudnn_on_gpu():
         gx = fast_conv.conv2d_input_grad_nchw(gy, w, 2, x.shape)
         assert gx.dtype == torch.float16
         assert float((gx.float() - ref_x).abs().max() / ref_x.abs().max()) < 2e-3, (c, o, size)
-        for form in ("triton", "cudnn", "grid"):
+        for form in ("triton", "cudnn"):
             gw = fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, form=form)
             gws = fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, scale=scale, form=form)
             assert gw.dtype == torch.float32

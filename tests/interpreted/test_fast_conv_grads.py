@@ -1,7 +1,6 @@
 """fast_conv's convolution gradients (fp16) against torch.nn.grad in float32, under Triton's interpreter: the
-weight gradient in its three forms (the Triton kernel: default and explicit tile configurations, several pixel
-splits, other kernel sizes, row-padded channel slices of x; cuDNN on our channels-last copies and the products over
-the zero-padded grid, in chunks of samples), each
+weight gradient in both forms (the Triton kernel: default and explicit tile configurations, several pixel splits,
+other kernel sizes, row-padded channel slices of x; cuDNN on our channels-last copies, in chunks of samples), each
 with a per-sample input scale, and the input gradient through conv2d_nchw (pointers and cudnn forms, a padding
 past k - 1)."""
 
@@ -34,7 +33,7 @@ def _case(n, i, o, h, w, k, p, seed):
     (1, 5, 9, 8, 7, 1, 0, None),
     (1, 6, 4, 9, 10, 5, 2, None),
 ])
-@pytest.mark.parametrize("form", ["triton", "cudnn", "grid"])
+@pytest.mark.parametrize("form", ["triton", "cudnn"])
 def test_weight_grad_matches_torch(n, i, o, h, w, k, p, config, form):
     x, kernel, gy = _case(n, i, o, h, w, k, p, seed=i * o + p)
     ref = torch.nn.grad.conv2d_weight(x.float(), kernel.shape, gy.float(), padding=p)
@@ -43,12 +42,10 @@ def test_weight_grad_matches_torch(n, i, o, h, w, k, p, config, form):
     assert _relative(out, ref) < 2e-3
 
 
-@pytest.mark.parametrize("form, config", [("triton", None), ("triton", (32, 32, 16, 4, 2, 7)), ("cudnn", None),
-                                          ("grid", None), ("grid", (64, 64, 16, 4, 2))])
+@pytest.mark.parametrize("form, config", [("triton", None), ("triton", (32, 32, 16, 4, 2, 7)), ("cudnn", None)])
 def test_weight_grad_with_a_per_sample_scale(form, config, monkeypatch):
     """grad of conv2d(x * scale, K): the Triton kernel scales each program's sums (7 splits over 3 samples: programs
-    within one sample), cuDNN's form the channels-last copy, the grid form its grid (both here in chunks of one
-    sample)."""
+    within one sample), cuDNN's form the channels-last copy (here in chunks of one sample)."""
     monkeypatch.setattr(fast_conv, "WGRAD_CUDNN_CHUNK_BYTES", 1)
     x, kernel, gy = _case(3, 13, 7, 9, 10, 3, 2, seed=11)
     scale = torch.rand(3, 13, generator=torch.Generator().manual_seed(1)) * 3 - 1
@@ -72,7 +69,7 @@ def test_weight_grad_reads_row_padded_channel_slices():
     view = buf[:, :11, :, :17]
     gy_t = gy.transpose(2, 3).contiguous().transpose(2, 3)  # same values, columns-major planes
     ref = torch.nn.grad.conv2d_weight(x.float(), kernel.shape, gy.float(), padding=2)
-    for form in ("triton", "cudnn", "grid"):
+    for form in ("triton", "cudnn"):
         out = fast_conv.conv2d_weight_grad_nchw(view, gy_t, 3, 2, form=form)
         assert _relative(out, ref) < 2e-3, form
 

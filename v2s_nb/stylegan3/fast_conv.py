@@ -231,26 +231,6 @@ if HAVE_TRITON:
         _wgrad_add(out_ptr, base, a2, o_ok, i, c_in, ky, kx0 + 2, ks)
 
     @triton.jit
-    def _to_grid_kernel(src_ptr, s_ptr, dst_ptr, c, h, w, rows, cols, top, left, src_sn, src_sc, src_sy, dst_sc,
-                        col_blocks, BR: tl.constexpr, BQ: tl.constexpr, SCALE: tl.constexpr):
-        """dst[ch, n, r, q] = src[n, ch, r - top, q - left] inside src, zero elsewhere, for r < rows, q < cols
-        (program (tile, n, ch): BR x BQ tiles of the grid). dst: [c, N, rows, cols] with channel stride dst_sc,
-        each channel's samples back to back; src: strides src_sn, src_sc, src_sy, 1. SCALE: src times s[n, ch]
-        (float32 [N, c]), the product rounded once to dst's dtype."""
-        tile = tl.program_id(0)
-        n = tl.program_id(1).to(tl.int64)
-        ch = tl.program_id(2).to(tl.int64)
-        r = (tile // col_blocks) * BR + tl.arange(0, BR)[:, None]
-        q = (tile % col_blocks) * BQ + tl.arange(0, BQ)[None, :]
-        sr = r - top
-        sq = q - left
-        inside = (sr >= 0) & (sr < h) & (sq >= 0) & (sq < w)
-        v = tl.load(src_ptr + n * src_sn + ch * src_sc + sr * src_sy + sq, mask=inside, other=0.0)
-        if SCALE:
-            v = (v.to(tl.float32) * tl.load(s_ptr + n * c + ch)).to(dst_ptr.dtype.element_ty)
-        tl.store(dst_ptr + ch * dst_sc + (n * rows + r) * cols + q, v, mask=(r < rows) & (q < cols))
-
-    @triton.jit
     def _batched_1x1_wgrad_kernel(g_ptr, x_ptr, out_ptr, c_out, c_in, pixels, g_sn, g_so, x_sn, x_si, per_split,
                                   n_iblocks, BO: tl.constexpr, BI: tl.constexpr, P: tl.constexpr,
                                   STAGES: tl.constexpr):
@@ -778,10 +758,6 @@ def conv2d_weight_grad_nchw(x, grad_y, kernel_size, padding, config=None, scale=
     * 'cudnn': cuDNN's on channels-last copies of x * scale and grad_y (our transposes, channels padded to powers
       of two), over chunks of samples (:data:`WGRAD_CUDNN_CHUNK_BYTES`); cuDNN rounds each chunk's gradient to
       fp16.
-    * 'grid': x * scale and k copies of grad_y, shifted by 0 .. k-1 columns, in a zero-padded grid whose every tap
-      is one flat offset (:func:`_weight_grad_grid`), then one split product per kernel row ``ky`` in
-      :func:`_batched_1x1_wgrad_kernel`: no masks, no shuffles. ``config``: (BO, BI, P, warps, stages[, programs
-      per multiprocessor]), default :func:`_bmm_wgrad_config`'s for I inputs and k O outputs.
 
     Raises ValueError for other dtypes or shapes that don't fit."""
     _require_fp16(x=x, grad_y=grad_y)
@@ -801,10 +777,8 @@ def conv2d_weight_grad_nchw(x, grad_y, kernel_size, padding, config=None, scale=
     form = form or ("triton" if config is not None else weight_grad_form())
     if form == "cudnn":
         return _weight_grad_cudnn(x, grad_y, k, padding, scale)
-    if form == "grid":
-        return _weight_grad_grid(x, grad_y, k, padding, scale, config)
     if form != "triton":
-        raise ValueError(f"form must be 'triton', 'cudnn' or 'grid', got {form!r}")
+        raise ValueError(f"form must be 'triton' or 'cudnn', got {form!r}")
     if x.stride(3) != 1:
         x = x.contiguous()
     grad_y = _dense_planes(grad_y)
@@ -851,74 +825,6 @@ def _weight_grad_cudnn(x, grad_y, k, padding, scale):
         del xs
         out = g.float() if out is None else out.add_(g)
     return out[:c_out, :c_in].contiguous()
-
-
-GRID_ALIGN = 16  # the grid's row length, in elements: rows and the taps' offsets start on 32-byte boundaries
-
-
-def to_grid(src, dst, rows, cols, top, left, scale=None):
-    """Write ``src`` [N, C, H, W] (pixels adjacent in a row) into ``dst`` [C, >= N rows cols] (channel stride any,
-    the samples' grids back to back): dst[c, n, r, q] = src[n, c, r - top, q - left] inside src, zero elsewhere
-    (times ``scale[n, c]`` where given, [N, C]). Returns dst."""
-    n, c, h, w = src.shape
-    if src.stride(3) != 1:
-        src = src.contiguous()
-    if dst.shape[0] != c or dst.stride(1) != 1 or dst.shape[1] < n * rows * cols:
-        raise ValueError(f"dst {tuple(dst.shape)} must be [C, >= N rows cols] = [{c}, >= {n * rows * cols}] with "
-                         "each channel's elements adjacent")
-    _check_sample_size(max(c * src.stride(1), h * src.stride(2), n * rows * cols))
-    if scale is not None:
-        scale = _per_sample(scale, n, c, src.device)
-    br, bq = 8, 256
-    col_blocks = -(-cols // bq)
-    grid = (-(-rows // br) * col_blocks, n, c)
-    _to_grid_kernel[grid](src, dst if scale is None else scale, dst, c, h, w, rows, cols, top, left, src.stride(0),
-                          src.stride(1), src.stride(2), dst.stride(0), col_blocks, BR=br, BQ=bq,
-                          SCALE=scale is not None, num_warps=4)
-    return dst
-
-
-def _weight_grad_grid(x, grad_y, k, padding, scale, config=None):
-    """The 'grid' form of :func:`conv2d_weight_grad_nchw`.
-
-    Each sample becomes a grid of rows = H + 2 padding rows of ``cols`` (W + 2 padding, rounded up to
-    :data:`GRID_ALIGN`) elements: x * scale placed at (padding, padding), zeros around it; grad_y at (0, kx) in the
-    kx-th of k copies. grad_y's pixel (r, c) then meets tap (ky, kx) at x's grid position (r + ky) cols + c + kx,
-    i.e. copy kx's position plus ky cols, inside the same sample's grid. So with the grids of a chunk of samples
-    back to back per channel, G [k O, L] (the copies stacked) and X [I, L + (k - 1) cols],
-    grad_K[:, :, ky, kx] = the kx-th block of rows of G @ X[:, ky cols: ky cols + L]^T: k products of a long,
-    aligned, unmasked sum, split over programs by :func:`_batched_1x1_wgrad_kernel` (X's offset as its sample
-    stride, G's as zero). Chunks of samples within :data:`WGRAD_CUDNN_CHUNK_BYTES`."""
-    n, c_in, h, w = x.shape
-    c_out = grad_y.shape[1]
-    rows = h + 2 * padding
-    cols = -(-(w + 2 * padding) // GRID_ALIGN) * GRID_ALIGN
-    plane = rows * cols
-    per_sample = (c_in + k * c_out) * plane * x.element_size()
-    size = min(n, max(1, WGRAD_CUDNN_CHUNK_BYTES // per_sample))
-    default, per_sm = _bmm_wgrad_config(c_in, k * c_out)
-    bo, bi, p, warps, stages, per_sm = (*(config or default), per_sm)[:6]
-    n_iblocks = -(-c_in // bi)
-    sums = torch.zeros((k, k * c_out, c_in), dtype=torch.float32, device=x.device)
-    for n0 in range(0, n, size):
-        m = min(size, n - n0)
-        length = m * plane
-        xg = x.new_empty((c_in, length + (k - 1) * cols))
-        xg[:, length:].zero_()
-        to_grid(x[n0:n0 + m], xg, rows, cols, padding, padding, None if scale is None else scale[n0:n0 + m])
-        gg = grad_y.new_empty((k, c_out, length))
-        for kx in range(k):
-            to_grid(grad_y[n0:n0 + m], gg[kx], rows, cols, 0, kx)
-        _check_sample_size(max(k * c_out * length, c_in * xg.stride(0)))
-        steps = -(-length // p)
-        programs = k * -(-(k * c_out) // bo) * n_iblocks
-        splits = max(1, min(-(-per_sm * _multiprocessors(x.device) // programs), steps // 8))
-        per_split = -(-steps // splits) * p
-        grid = (-(-(k * c_out) // bo) * n_iblocks, -(-length // per_split), k)
-        _batched_1x1_wgrad_kernel[grid](gg, xg, sums, k * c_out, c_in, length, 0, length, cols, xg.stride(0),
-                                        per_split, n_iblocks, BO=bo, BI=bi, P=p, STAGES=stages, num_warps=warps)
-        del xg, gg
-    return sums.view(k, k, c_out, c_in).permute(2, 3, 0, 1).contiguous()
 
 
 # Pixels per sample (H W) from which R's 1x1 layers take their gradients from :func:`batched_1x1_weight_grad` and
