@@ -90,3 +90,22 @@ def require_cuda(parser, what="this benchmark"):
     """For scripts that only run on a GPU: ``parser.error`` (one line, exit 2) when this PyTorch sees no CUDA GPU."""
     if not torch.cuda.is_available():
         parser.error(f"{what} needs a CUDA GPU; this PyTorch sees none (CPU-only build or no GPU)")
+
+
+def compile_for_gpu(fn, signature, constexprs, arch, options=None):
+    """Triton's compiled kernel of the ``@triton.jit`` function ``fn`` for compute capability ``arch`` (e.g. 90),
+    as a launch on PyTorch's tensors would compile it, without a GPU. ``signature``: {parameter: Triton type, e.g.
+    '*fp16', 'i32', 'fp32'} (parameters missing from it and from ``constexprs`` are taken as 'i32');
+    ``constexprs``: {parameter: value}; ``options``: e.g. {'num_warps': 4}. Pointer parameters are declared
+    16-byte aligned, as a launch specializes them (PyTorch's allocator starts tensors on such boundaries): without
+    it Triton assumes no alignment and makes scalar loads where the real launch makes vector ones."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = fn.arg_names  # the kernel's parameters in order
+    full = {k: "constexpr" if k in constexprs else signature.get(k, "i32") for k in names}
+    aligned = {(names.index(k),): [["tt.divisibility", 16]] for k in names if full[k].startswith("*")}
+    src = ASTSource(fn=fn, signature=full, constexprs={(names.index(k),): v for k, v in constexprs.items()},
+                    attrs=aligned)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(options or {}))

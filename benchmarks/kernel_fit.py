@@ -85,20 +85,14 @@ def record(cfg: str, resolution: int) -> list:
 
 def shared_kib(launch, arch: int):
     """Triton's shared memory (KiB) of one recorded launch compiled for sm_``arch``, or the compiler's error."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     module, name, signature, constexprs, options = launch[:5]
     fn = getattr(importlib.import_module(module), name)
     constexprs = dict(constexprs)
     for p in fn.params:  # constexpr parameters left at their defaults by the launch
         if p.name not in signature and p.name not in constexprs and p.has_default:
             constexprs[p.name] = p.default
-    full = {k: "constexpr" if k in constexprs else signature.get(k, "i32") for k in fn.arg_names}
-    src = ASTSource(fn=fn, signature=full, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
     try:
-        return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(options)).metadata.shared / 1024
+        return _common.compile_for_gpu(fn, signature, constexprs, arch, options).metadata.shared / 1024
     except Exception as e:  # a kernel that does not compile for that GPU: say so, go on
         return f"{type(e).__name__}: {str(e).splitlines()[0][:60]}"
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402,F401 (puts this checkout first on the path)
+import _common  # noqa: E402 (puts this checkout first on the path)
 from v2s_nb.stylegan3 import build_generator, fast_ops  # noqa: E402
 
 
@@ -50,10 +50,6 @@ def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward", 
     ``layer``: ``backward`` (recomputes the pre-activation), ``codes`` (the backward from stored derivative codes;
     ``cols_first``: in its COLS_FIRST order, else rows first), ``train`` (the training forward that stores them;
     ``masked`` False: its interior tiles' form, without bounds tests)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     rank_tol = 2.5e-4 if dtype == torch.float16 else 1e-7
     plan = fast_ops._build_fused_plan(layer.up_filter, layer.down_filter, layer.up_factor, layer.down_factor,
                                       layer.padding, dtype, torch.device("cpu"), tile, rank_tol)
@@ -94,13 +90,7 @@ def compile_backward(layer, dtype, tile, split, warps, arch, kernel="backward", 
                      PRECISION=plan["precision"], **extra, SPLIT=split)
     if kernel == "codes":
         constants["COLS_FIRST"] = cols_first
-    names = fn.arg_names  # the kernel's parameters in order
-    signature = {k: "constexpr" if k in constants else signature[k] for k in names}
-    # as a launch specializes them: tensors from PyTorch's allocator start on 16-byte boundaries
-    aligned = {(names.index(k),): [["tt.divisibility", 16]] for k in names if signature[k].startswith("*")}
-    src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constants.items()},
-                    attrs=aligned)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+    compiled = _common.compile_for_gpu(fn, signature, constants, arch, {"num_warps": warps})
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
