@@ -36,6 +36,15 @@ the rows form: PyTorch's ``torch.mul`` into the padded buffer (what ``fast_conv.
 kernel), ``fast_conv.scaled_rows`` (its Triton kernel) and, for scale, ``torch.mul`` into a contiguous buffer (no
 padding: PyTorch's vectorised kernel): ms, and whether the kernel's values equal ``torch.mul``'s.
 
+    python benchmarks/bench_conv.py --batch 8 --wgrad-per-sample
+
+The weight gradient of the 3x3 layers (with a per-sample input scale, as the step takes it) over the whole batch
+(``fast_conv.conv2d_weight_grad_nchw``) against each sample's apart (``per_sample=True``) with the demodulation's
+gradient made from them (sum over inputs and taps of kernel * each sample's gradient, what fast_layer does where it
+keeps no convolution output): ms, and the largest error of the summed kernel gradient and of those sums against
+float32 (the sums' reference: sum over pixels of the output gradient times the float32 convolution output),
+relative to the largest value.
+
 cuDNN's weight gradient on channels-last copies made by ``fast_conv.to_nhwc`` (the 'cudnn' form of
 ``fast_conv.conv2d_weight_grad_nchw``), per fp16 layer of T, with the channels padded several ways, over the whole
 batch or chunks of samples, with and without cudnn.benchmark: ms, transposes included. cuDNN's choice of kernel moves
@@ -67,6 +76,9 @@ def main(argv=None):
     p.add_argument("--wgrad-paddings", action="store_true",
                    help="time cuDNN's weight gradient on our channels-last copies with the channels padded several "
                         "ways, over the whole batch and chunks of samples")
+    p.add_argument("--wgrad-per-sample", action="store_true",
+                   help="time the weight gradient per sample (with the demodulation's gradient from it) against the "
+                        "batch's")
     p.add_argument("--scaled-rows", action="store_true",
                    help="time the rows form's scaled input copy: torch.mul into padded rows against our kernel")
     args = p.parse_args(argv)
@@ -82,6 +94,8 @@ def main(argv=None):
         return grads(G, args.batch, args.sweep, dev)
     if args.wgrad_paddings:
         return wgrad_paddings(G, args.batch, dev)
+    if args.wgrad_per_sample:
+        return wgrad_per_sample(G, args.batch, dev)
     r8 = lambda c: c + (-c) % 8  # noqa: E731
     print(f"# {torch.cuda.get_device_name()}, T {args.resolution}, batch {args.batch}, fp16 3x3 convolutions (ms)")
     rows = torch.cuda.get_device_capability()[0] >= 9
@@ -292,6 +306,39 @@ def wgrad_paddings(G, batch, dev):
         print(f"{name:>14} {f'{c}->{o} @ {size}':>16} " + " ".join(f"{t:10.3f}" for t in times), flush=True)
         del x, gy
         torch.cuda.empty_cache()
+
+
+def wgrad_per_sample(G, batch, dev):
+    """The --wgrad-per-sample table: per fp16 3x3 layer of T, ms of the weight gradient over the batch and per sample
+    plus the demodulation's gradient from it, with their errors against float32."""
+    print(f"# {torch.cuda.get_device_name()}, T, batch {batch}: weight gradient (ms) over the batch / per sample with "
+          f"the sums kernel * gradient (form {fast_conv.weight_grad_form()}); errors against float32")
+    print(f"{'layer':>14} {'in->out @ px':>16} {'batch':>7} {'per sample':>10} {'d kernel err':>12} "
+          f"{'sums err':>9}")
+    total = [0.0, 0.0]
+    for name, c, o, size in _fp16_3x3_layers(G):
+        x = torch.randn(batch, c, size, size, device=dev, dtype=torch.float16)
+        gy = torch.randn(batch, o, size + 2, size + 2, device=dev, dtype=torch.float16) * 1e-2
+        scale = torch.rand(batch, c, device=dev) + 0.5
+        kernel = torch.randn(o, c, 3, 3, device=dev) / (3 * c ** 0.5)
+
+        def per_sample():
+            each = fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, scale=scale, per_sample=True)
+            return each.sum(0), (each * kernel).sum((2, 3, 4))
+
+        times = (cuda_ms(lambda: fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, scale=scale)), cuda_ms(per_sample))
+        g_k, sums = per_sample()
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            xs = x.float() * scale[:, :, None, None]
+            ref_k = torch.ops.aten.convolution_backward(gy.float(), xs, kernel, None, [1, 1], [2, 2], [1, 1], False,
+                                                        [0, 0], 1, [False, True, False])[1]
+            ref_sums = (gy.float() * F.conv2d(xs, kernel, padding=2)).sum((2, 3))
+        total = [a + b for a, b in zip(total, times)]
+        print(f"{name:>14} {f'{c}->{o} @ {size}':>16} {times[0]:7.2f} {times[1]:10.2f} {_rel(g_k, ref_k):12.1e} "
+              f"{_rel(sums, ref_sums):9.1e}", flush=True)
+        del x, gy, xs
+        torch.cuda.empty_cache()
+    print(f"{'total':>14} {'':>16} {total[0]:7.2f} {total[1]:10.2f}")
 
 
 def _sweep_1x1(x, gy):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import KernelTooBig, mapped_ws, requires_cuda
-from v2s_nb.stylegan3 import (build_generator, fast_config, fast_conv, fast_ops, ops, set_input_transform,
+from v2s_nb.stylegan3 import (build_generator, fast_config, fast_conv, fast_layer, fast_ops, ops, set_input_transform,
                                tiny_generator)
 
 
@@ -174,15 +174,24 @@ def test_fast_path_steps_where_kernels_need_more_shared_memory_than_the_gpu_has(
 
 
 @requires_cuda
-@pytest.mark.parametrize("wgrad_form", ["triton", None, "cudnn"])
-def test_weight_gradients_through_fast_path_mixed_precision(wgrad_form, monkeypatch):
+@pytest.mark.parametrize("wgrad_form, dcoefs_from_kernel_grad", [("triton", False), (None, False), ("cudnn", False),
+                                                               ("triton", True), (None, True)])
+def test_weight_gradients_through_fast_path_mixed_precision(wgrad_form, dcoefs_from_kernel_grad, monkeypatch):
     """T's fp16 layers in fp16, gradients w.r.t. every synthesis weight (PTI's): as close to float32's as the plain
     path's, with the 3x3 layers' weight gradients from the Triton kernel on every layer, by the default choice
-    (fast_conv.weight_grad_form) or from cuDNN on our channels-last copies everywhere."""
+    (fast_conv.weight_grad_form) or from cuDNN on our channels-last copies everywhere. dcoefs_from_kernel_grad:
+    every fp16 layer with codes takes d dcoefs from its kernel's per-sample gradient and keeps no convolution
+    output (fast_layer.DCOEFS_FROM_KERNEL_GRAD_* down to 0; at 256 px no plane reaches the bounds)."""
     from v2s_nb.stylegan3 import fast_conv
 
     if wgrad_form is not None:
         monkeypatch.setattr(fast_conv, "weight_grad_form", lambda: wgrad_form)
+    per_sample = []
+    if dcoefs_from_kernel_grad:
+        monkeypatch.setattr(fast_layer, "DCOEFS_FROM_KERNEL_GRAD_PIXELS", 0)
+        monkeypatch.setattr(fast_layer, "DCOEFS_FROM_KERNEL_GRAD_CHANNELS", 0)
+        monkeypatch.setattr(fast_layer, "_kernel_grad_per_sample",
+                            lambda *a, f=fast_layer._kernel_grad_per_sample: per_sample.append(1) or f(*a))
     torch.backends.cudnn.allow_tf32 = False
     G = build_generator("T", resolution=256, device="cuda", seed=0)
     ws = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0)).to("cuda"), None)
@@ -206,6 +215,7 @@ def test_weight_gradients_through_fast_path_mixed_precision(wgrad_form, monkeypa
     err_fast = float((fast - ref).norm() / ref.norm())
     err_plain = float((plain - ref).norm() / ref.norm())
     assert err_fast < max(2 * err_plain, 5e-3) and err_fast < 2e-2, (scale, err_fast, err_plain)
+    assert bool(per_sample) == dcoefs_from_kernel_grad
 
 
 def test_graphed_synthesis_refuses_cpu():

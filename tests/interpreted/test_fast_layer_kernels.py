@@ -10,17 +10,26 @@ from conftest import KernelTooBig
 from triton_interpreter_probe import interpreter_runs_kernels_like_ours  # noqa: F401 (autouse fixture)
 
 
-@pytest.mark.parametrize("cfg, saved_codes, recompute, codes_up", [
-    ("R", True, False, None), ("T", True, False, None), ("T", True, True, None), ("T", False, False, None),
-    ("T", True, False, (4,))])
+@pytest.mark.parametrize("cfg, saved_codes, recompute, codes_up, dcoefs_from_kernel_grad", [
+    ("R", True, False, None, False), ("T", True, False, None, False), ("T", True, True, None, False),
+    ("T", False, False, None, False), ("T", True, False, (4,), False), ("T", True, False, None, True)])
 def test_layer_function_with_the_kernels_gives_the_plain_gradients(cfg, saved_codes, recompute, codes_up,
-                                                                    monkeypatch):
+                                                                    dcoefs_from_kernel_grad, monkeypatch):
     """saved_codes (the default): the forward stores the activation's derivative and the backward reads it; else the
     backward recomputes it from the saved convolution output. recompute: T's convolution output recomputed in the
-    backward (for the demodulation's gradient), not kept. codes_up: fast_layer.CODES_3X3_UP (tiny T's layers are
-    all 2x: (4,) sends them all the recomputing way)."""
+    backward (for the demodulation's gradient), not kept. codes_up: fast_layer.CODES_3X3_UP_WEIGHTS (the weights
+    train here; tiny T's layers are all 2x: (4,) sends them all the recomputing way). dcoefs_from_kernel_grad: every
+    3x3 layer with codes keeps no convolution output and takes the demodulation's gradient from its kernel's
+    per-sample gradient (fast_layer.DCOEFS_FROM_KERNEL_GRAD_PIXELS / _CHANNELS down to 0; tiny planes are under
+    them)."""
     if codes_up is not None:
-        monkeypatch.setattr(fast_layer, "CODES_3X3_UP", codes_up)
+        monkeypatch.setattr(fast_layer, "CODES_3X3_UP_WEIGHTS", codes_up)
+    if dcoefs_from_kernel_grad:
+        monkeypatch.setattr(fast_layer, "DCOEFS_FROM_KERNEL_GRAD_PIXELS", 0)
+        monkeypatch.setattr(fast_layer, "DCOEFS_FROM_KERNEL_GRAD_CHANNELS", 0)
+    per_sample = []
+    monkeypatch.setattr(fast_layer, "_kernel_grad_per_sample",
+                        lambda *a, f=fast_layer._kernel_grad_per_sample: per_sample.append(1) or f(*a))
     # the kernels on CPU tensors (the interpreter runs them there), as they run on CUDA
     monkeypatch.setattr(fast_ops, "can_use_fast", lambda x, fu, fd: fu is not None and fd is not None and fu.ndim == 1)
     G = tiny_generator(cfg, resolution=16, seed=1, channel_max=4)
@@ -39,9 +48,10 @@ def test_layer_function_with_the_kernels_gives_the_plain_gradients(cfg, saved_co
     assert len(used) == len(syn.layer_names) - 1
     # R's layers and T's with fast_layer.CODES_3X3_UP upsampling through the codes (but float32 radial down-filters
     # needing more than MAX_RANK terms: 3 here), or none
-    takes_codes = [cfg == "R" or getattr(syn, name).up_factor in fast_layer.CODES_3X3_UP
+    takes_codes = [cfg == "R" or getattr(syn, name).up_factor in fast_layer.CODES_3X3_UP_WEIGHTS
                    for name in syn.layer_names[:-1]]
     assert len(coded) == (sum(takes_codes) if saved_codes else 0) and sum(coded) >= len(coded) - 3, coded
+    assert len(per_sample) == (sum(coded) if dcoefs_from_kernel_grad else 0)
     _assert_same(*results)
 
 
@@ -171,3 +181,69 @@ def test_3x3_layer_fp16_gradients_through_fast_conv_equal_cudnns(input_form, wei
     assert len(calls) == 2
     for name, a, e in zip(("x", "kernel", "scale", "dcoefs", "bias"), grads[True], grads[False]):
         assert float((a - e).abs().max() / e.abs().max()) < 3e-3, name
+
+
+@pytest.mark.parametrize("weight_form", ["cudnn", "triton"])
+def test_3x3_layer_fp16_dcoefs_from_the_kernels_per_sample_gradient(weight_form, monkeypatch):
+    """T's layer Function in fp16 with codes, its kernel requiring grad and fast_layer's DCOEFS_FROM_KERNEL_GRAD_*
+    bounds down to 0: it keeps no convolution output and takes d dcoefs from each sample's kernel gradient (fast_conv
+    per_sample, both weight-gradient forms). Its gradients equal those of the same layer keeping y (bounds out of
+    reach); so does d dcoefs alone (autograd.grad, the kernel's gradient not wanted). With the kernel not requiring
+    grad (ws-only steps) y is kept, and only fast_layer.CODES_3X3_UP's layers store codes."""
+    from v2s_nb.stylegan3 import fast_conv
+
+    monkeypatch.setattr(fast_ops, "can_use_fast", lambda x, fu, fd: fu is not None and fd is not None and fu.ndim == 1)
+    monkeypatch.setattr(fast_ops, "CODES_MIN_OUT", 0)
+    monkeypatch.setattr(fast_conv, "weight_grad_form", lambda: weight_form)
+    per_sample = []
+    monkeypatch.setattr(fast_conv, "conv2d_weight_grad_nchw",
+                        lambda *a, f=fast_conv.conv2d_weight_grad_nchw, **k: per_sample.append(
+                            k.get("per_sample", False)) or f(*a, **k))
+    syn = tiny_generator("T", resolution=16, seed=1, channel_max=16).synthesis
+    L = getattr(syn, syn.layer_names[-3])
+    spec = (L.up_filter, L.down_filter, dict(up=L.up_factor, down=L.down_factor, padding=L.padding, gain=2 ** 0.5,
+                                              slope=0.2, clamp=L.conv_clamp))
+    g = torch.Generator().manual_seed(0)
+    size = int(L.in_size[0])
+    x = torch.randn(2, L.in_channels, size, size, generator=g).half()
+    kernel = torch.randn(L.out_channels, L.in_channels, 3, 3, generator=g) / (3 * L.in_channels ** 0.5)
+    scale = torch.rand(2, L.in_channels, generator=g) + 0.5
+    dcoefs = torch.rand(2, L.out_channels, generator=g) + 0.5
+    bias = torch.randn(L.out_channels, generator=g) * 0.1
+    upstream = None
+
+    def run(bound, train_kernel=True, only_dcoefs=False):
+        nonlocal upstream
+        monkeypatch.setattr(fast_layer, "DCOEFS_FROM_KERNEL_GRAD_PIXELS", bound)
+        monkeypatch.setattr(fast_layer, "DCOEFS_FROM_KERNEL_GRAD_CHANNELS", bound)
+        inputs = [t.clone().requires_grad_(train_kernel or i != 1) for i, t in
+                  enumerate((x, kernel, scale, dcoefs, bias))]
+        out = fast_layer._Layer3x3.apply(*inputs, spec)
+        saved_y = out.grad_fn.saved_tensors[1]
+        if upstream is None:
+            upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).half()
+        if only_dcoefs:
+            return saved_y, [torch.autograd.grad(out, inputs[3], upstream)[0].float()]
+        out.backward(upstream)
+        return saved_y, [None if t.grad is None else t.grad.float() for t in inputs]
+
+    y_kept, expected = run(1 << 40)
+    assert y_kept is not None and not any(per_sample)
+    y_kept, got = run(0)
+    assert y_kept is None and per_sample.count(True) == 1
+    for name, a, e in zip(("x", "kernel", "scale", "dcoefs", "bias"), got, expected):
+        assert float((a - e).abs().max() / e.abs().max()) < 3e-3, name
+    _, only = run(0, only_dcoefs=True)
+    assert per_sample.count(True) == 2
+    assert float((only[0] - expected[3]).abs().max() / expected[3].abs().max()) < 3e-3
+    # ws-only steps: y kept; codes on CODES_3X3_UP's layers only
+    coded = []
+    monkeypatch.setattr(fast_ops, "forward_with_codes",
+                        lambda *a, f=fast_ops.forward_with_codes, **k: coded.append(1) or f(*a, **k))
+    for up, stored in ((L.up_factor, 1), (L.up_factor * 2, 0)):
+        monkeypatch.setattr(fast_layer, "CODES_3X3_UP", (up,))
+        y_kept, frozen = run(0, train_kernel=False)
+        assert y_kept is not None and len(coded) == stored and frozen[1] is None and per_sample.count(True) == 2
+        for name, a, e in zip(("x", "scale", "dcoefs", "bias"), frozen[:1] + frozen[2:], expected[:1] + expected[2:]):
+            assert float((a - e).abs().max() / e.abs().max()) < 3e-3, name
+        del coded[:]

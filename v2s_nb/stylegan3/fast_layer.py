@@ -31,7 +31,9 @@ With ``fast_config`` ``saved_codes`` (the default) the forward runs :func:`.fast
 applies (planes of 100+ output pixels; 3x3 layers: :data:`CODES_3X3_UP`), which also stores the activation's
 derivative (2 bits per upsampled sample), and the backward reads it (:func:`.fast_ops.backward_from_codes`) instead
 of recomputing the pre-activation; 1x1 layers then keep no y, 3x3 layers keep it for d dcoefs (or recompute it,
-``recompute_conv_output``). Measured faster for R and T (docs/performance.md).
+``recompute_conv_output``), except on large planes where the kernel's gradient is taken: there each sample's
+kernel gradient gives d dcoefs too (:data:`DCOEFS_FROM_KERNEL_GRAD_PIXELS`). Measured faster for R and T
+(docs/performance.md).
 
 With ``fast_config`` ``overlap_weight_grads`` (the default) the 3x3 layers' kernel gradients run on a side stream
 while the backward goes on (:func:`kernels_ahead`, :class:`_KernelGradJoin`); wherever the running backward won't
@@ -106,9 +108,17 @@ def _lrelu_args(spec):
 
 
 # 3x3 layers keep their convolution output beside the codes (d dcoefs needs it), so there the codes cost memory: they
-# are stored only on the layers with these upsampling factors. Codes on T's 4x layers too gave the same step time for
-# more memory, above NVIDIA's peak (docs/performance.md).
+# are stored only on the layers with these upsampling factors. Codes on T's 4x layers too were faster, for more
+# memory than NVIDIA's step takes (docs/performance.md).
 CODES_3X3_UP = (2,)
+# Where the step takes the kernel's gradient (the layer's weight requires grad) its per-sample terms give d dcoefs
+# too (sum over o's inputs and taps of kernel * each sample's kernel gradient = sum over pixels of y * d y), so on
+# planes of at least DCOEFS_FROM_KERNEL_GRAD_PIXELS output pixels with at least DCOEFS_FROM_KERNEL_GRAD_CHANNELS
+# outputs (where cuDNN's weight gradient one sample at a time costs about what it costs on the batch) a layer with
+# codes keeps no y; the memory that frees pays for codes on these upsampling factors as well.
+CODES_3X3_UP_WEIGHTS = (2, 4)
+DCOEFS_FROM_KERNEL_GRAD_PIXELS = 512 * 512
+DCOEFS_FROM_KERNEL_GRAD_CHANNELS = 48
 
 
 def _activation_forward(y, bias, spec, in_gain, codes=True):
@@ -125,9 +135,10 @@ def _activation_forward(y, bias, spec, in_gain, codes=True):
 
 def _activation_backward(y, codes, bias, grad, spec, in_gain, size, dtype, remake_y=None):
     """(d y, d bias, d in_gain or None) of the layer's filtered leaky ReLU on y * in_gain (``in_gain`` [N, O] or
-    None) + bias: from the forward's derivative codes where it stored them (y then needed only with in_gain),
-    else recomputed from y (:func:`.fast_ops.activation_backward`), as also where the codes backward can't run on
-    this GPU (``remake_y()`` gives y where it is None then). ``size`` / ``dtype``: y's."""
+    None) + bias: from the forward's derivative codes where it stored them (y then needed only for in_gain's
+    gradient: without y that is None), else recomputed from y (:func:`.fast_ops.activation_backward`), as also
+    where the codes backward can't run on this GPU (``remake_y()`` gives y where it is None then). ``size`` /
+    ``dtype``: y's."""
     if codes is not None:
         # the codes hold the clamp: no clamp argument
         res = fast_ops.backward_from_codes(codes, grad, size, dtype, *_lrelu_args(spec)[:7], x=y, in_gain=in_gain)
@@ -157,9 +168,13 @@ class _Layer3x3(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, scale, dcoefs, bias, spec):
         y = _conv3x3(x, kernel, scale)
-        out, codes = _activation_forward(y, bias, spec, dcoefs, spec[2]["up"] in CODES_3X3_UP)
-        # y: for d dcoefs (sums of y * d y); with the codes and fast_config's recompute_conv_output, recomputed then
-        keep_y = codes is None or not fast_config.current().recompute_conv_output
+        weights = ctx.needs_input_grad[1]
+        codes_here = spec[2]["up"] in (CODES_3X3_UP_WEIGHTS if weights else CODES_3X3_UP)
+        out, codes = _activation_forward(y, bias, spec, dcoefs, codes_here)
+        # y: for d dcoefs (sums of y * d y); with the codes and fast_config's recompute_conv_output, recomputed then;
+        # where the kernel's per-sample gradient gives d dcoefs (_dcoefs_from_kernel_grad), not needed
+        ctx.dcoefs_from_kernel_grad = weights and codes is not None and _dcoefs_from_kernel_grad(y)
+        keep_y = codes is None or not (fast_config.current().recompute_conv_output or ctx.dcoefs_from_kernel_grad)
         ctx.save_for_backward(x, y if keep_y else None, codes, kernel, scale, dcoefs, bias)
         ctx.y_meta = (y.shape, y.dtype)
         ctx.spec = spec
@@ -170,14 +185,25 @@ class _Layer3x3(torch.autograd.Function):
     def backward(ctx, grad):
         x, y, codes, kernel, scale, dcoefs, bias = ctx.saved_tensors
         need_x, need_k, need_s = ctx.needs_input_grad[:3]
-        if y is None:
+        if y is None and not ctx.dcoefs_from_kernel_grad:
             y = _conv3x3(x, kernel, scale)
-        # d y (the demodulation inside), d bias, d dcoefs: the activation's backward with dcoefs as its input gain
-        g_y, g_b, g_d = _activation_backward(y, codes, bias, grad, ctx.spec, dcoefs, *ctx.y_meta)
+        # d y (the demodulation inside), d bias, d dcoefs: the activation's backward with dcoefs as its input gain;
+        # without y (dcoefs_from_kernel_grad) d dcoefs is None, taken below, unless the codes backward can't run here
+        # and recomputes from y remade
+        g_y, g_b, g_d = _activation_backward(y, codes, bias, grad, ctx.spec, dcoefs, *ctx.y_meta,
+                                             remake_y=lambda: _conv3x3(x, kernel, scale))
         del y, codes
         g_k = pending = None
         # not wanted by this backward (autograd.grad of ws alone, the weights requiring grad): not computed
         need_k = need_k and _wanted(ctx, 1)
+        if g_d is None:  # each sample's kernel gradient: d dcoefs, and the kernel's as their sum
+            per_sample = _kernel_grad_per_sample(x, g_y, kernel, scale)
+            g_d = (per_sample * kernel).sum((2, 3, 4)) / dcoefs.float()
+            g_k = per_sample.sum(0).to(kernel.dtype) if need_k else None
+            need_k = False
+            del per_sample
+            if x.is_cuda:  # no side work here: the previous layer's goes now (its x and d y held no longer)
+                _settle_previous(x.device, None)
         join = ctx.next_functions[1][0] if need_k else None
         if isinstance(join, _KernelGradJoin._backward_cls):  # on a side stream while the backward goes on
             g_k, pending = _kernel_grad_beside(x, g_y, kernel, scale, join)
@@ -320,8 +346,9 @@ def _release_left_over(device):
 
 
 def _settle_previous(device, entry):
-    """At the end of a layer's backward whose kernel gradient went beside (``entry``): makes the current stream wait
-    for the side work of the layer whose backward ran before, and drops the tensors it read."""
+    """At the end of a layer's backward whose kernel gradient went beside (``entry``; None: a layer that took it
+    here): makes the current stream wait for the side work of the layer whose backward ran before, and drops the
+    tensors it read."""
     previous = _PENDING.get(device)
     if previous is not None:
         torch.cuda.current_stream(device).wait_event(previous[0])
@@ -335,6 +362,23 @@ def _kernel_grad(x, g_y, kernel, scale):
     if _triton_conv_grads(g_y):
         return fast_conv.conv2d_weight_grad_nchw(x, g_y, k, k - 1, scale=scale)
     return _cudnn_grads(g_y, x, scale, kernel, False, True)[1]
+
+
+def _dcoefs_from_kernel_grad(y) -> bool:
+    """Whether a 3x3 layer with codes whose weight requires grad takes d dcoefs from its kernel's per-sample gradient
+    instead of keeping its convolution output ``y`` [N, O, H', W'] (see :data:`DCOEFS_FROM_KERNEL_GRAD_PIXELS`)."""
+    return (y.shape[2] * y.shape[3] >= DCOEFS_FROM_KERNEL_GRAD_PIXELS
+            and y.shape[1] >= DCOEFS_FROM_KERNEL_GRAD_CHANNELS)
+
+
+def _kernel_grad_per_sample(x, g_y, kernel, scale):
+    """Each sample's d kernel, float32 [N, O, I, k, k], of conv2d(x * scale, kernel, padding k - 1) for the output
+    gradient ``g_y`` (:func:`_kernel_grad`'s forms, one sample at a time)."""
+    k = kernel.shape[-1]
+    if _triton_conv_grads(g_y):
+        return fast_conv.conv2d_weight_grad_nchw(x, g_y, k, k - 1, scale=scale, per_sample=True)
+    return torch.stack([_kernel_grad(x[i:i + 1], g_y[i:i + 1], kernel, scale[i:i + 1]).float()
+                        for i in range(x.shape[0])])
 
 
 def _triton_conv_grads(g_y) -> bool:

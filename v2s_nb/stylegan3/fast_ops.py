@@ -724,20 +724,20 @@ if HAVE_TRITON:
 
     @triton.jit
     def _backward_epilogue_kernel(acc_ptr, x_ptr, g_ptr, gx_ptr, sums_ptr, hw, HAS_GAIN: tl.constexpr,
-                                  BLOCK: tl.constexpr):
+                                  PRODS: tl.constexpr, BLOCK: tl.constexpr):
         """One pass over the backward's float32 sums ``acc`` (the gradient w.r.t. the operator's input a = x * g):
-        d x = acc * g in x's storage dtype, and per plane the sums of acc and of acc * x (the bias' and the gain's
-        gradients), added into sums [2, planes]."""
+        d x = acc * g in x's storage dtype, and per plane the sums of acc and (``PRODS``) of acc * x (the bias' and
+        the gain's gradients), added into sums [2, planes]."""
         plane = tl.program_id(0).to(tl.int64)
         i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         ok = i < hw
         a = tl.load(acc_ptr + plane * hw + i, mask=ok, other=0.0).to(tl.float32)
-        xv = tl.load(x_ptr + plane * hw + i, mask=ok, other=0.0).to(tl.float32)
         gx = a * tl.load(g_ptr + plane) if HAS_GAIN else a
         tl.store(gx_ptr + plane * hw + i, gx.to(gx_ptr.dtype.element_ty), mask=ok)
         n_planes = tl.num_programs(0)
         tl.atomic_add(sums_ptr + plane, tl.sum(a, axis=0), sem="relaxed")
-        if HAS_GAIN:
+        if PRODS:
+            xv = tl.load(x_ptr + plane * hw + i, mask=ok, other=0.0).to(tl.float32)
             tl.atomic_add(sums_ptr + n_planes + plane, tl.sum(a * xv, axis=0), sem="relaxed")
 
     @triton.jit
@@ -1468,12 +1468,13 @@ def _chunked_backward(shape, dtype, device, x, g, launch):
     """The backward's chunk loop and epilogue: ``launch(n0, n1, acc)`` adds samples n0..n1's gradient w.r.t. the
     operator's input into ``acc`` (float32, zeroed by it; False: no kernel could run); then one pass per chunk
     scales it by the gain ``g`` [N, C] (or None), casts it to ``dtype`` and takes the sums (:func:`scaled_with_sums`;
-    the gain's needs ``x``, the operator's input before the gain). Returns (d x, d b, d g or None) or None."""
+    the gain's needs ``x``, the operator's input before the gain; None: not taken). Returns (d x, d b, d g or None)
+    or None."""
     n, c, h, w = shape
     per = backward_chunk(shape)
     gx = torch.empty((n, c, h, w), dtype=dtype, device=device)
     g_bias = torch.zeros((c,), dtype=torch.float32, device=device)
-    g_gain = torch.empty((n, c), dtype=torch.float32, device=device) if g is not None else None
+    g_gain = torch.empty((n, c), dtype=torch.float32, device=device) if g is not None and x is not None else None
     acc = None
     for n0 in range(0, n, per):
         n1 = min(n, n0 + per)
@@ -1482,7 +1483,7 @@ def _chunked_backward(shape, dtype, device, x, g, launch):
         if not launch(n0, n1, acc):
             return None
         gs = g[n0:n1] if g is not None else None
-        _, sums, prods = scaled_with_sums(acc, x[n0:n1] if g is not None else acc, gs, dtype, out=gx[n0:n1])
+        _, sums, prods = scaled_with_sums(acc, x[n0:n1] if g_gain is not None else None, gs, dtype, out=gx[n0:n1])
         g_bias += sums.sum(0)
         if g_gain is not None:
             g_gain[n0:n1] = prods
@@ -1591,14 +1592,13 @@ def _codes_key(device, dtype, up, down, bu, plan, window):
 def backward_from_codes(codes, grad, size, dtype, fu, fd, up, down, padding, gain, slope, x=None, in_gain=None):
     """:func:`fused_filtered_lrelu_backward` from the codes of :func:`forward_with_codes`: (d x [``size``, ``dtype``],
     d b [C] float32, d in_gain [N, C] float32 or None). ``size``: the operator input's [N, C, H, W]; ``x`` (that
-    input) is needed only with ``in_gain`` (its gradient sums x times the incoming gradient).
+    input) is needed only for ``in_gain``'s gradient (which sums x times the incoming gradient): with ``in_gain``
+    and no ``x`` the gain is applied and its gradient not taken (None).
 
     None where the kernel needs more shared memory than the GPU has (GPUs other than those it was tuned on can need
     more for it than for the forward that wrote the codes): then use the backward that recomputes
     (:func:`activation_backward`); later training forwards store no codes on these tiles."""
     n, c, h, w = size
-    if in_gain is not None and x is None:
-        raise ValueError("backward_from_codes: in_gain's gradient needs the operator's input x; pass x=")
     h_out, w_out = _output_size(h, w, fu, fd, up, down, padding)
     bu = codes.shape[-2]
     plan = _fused_plan(fu, fd, up, down, padding, dtype, codes.device, bu)
@@ -1630,26 +1630,29 @@ def backward_from_codes(codes, grad, size, dtype, fu, fd, up, down, padding, gai
 def scaled_with_sums(a, x, g=None, out_dtype=None, out=None):
     """For ``a`` and ``x`` [N, C, H, W] and a per-plane factor ``g`` [N, C] (None: 1), in one pass where Triton
     runs: (a * g in ``out_dtype`` (default a's), the per-plane sums of a [N, C] float32, of a * x [N, C] float32 or
-    None without ``g``; float64 sums for float64 tensors). The backward's last step: ``a`` the gradient w.r.t.
-    x * g, so a * g is x's, the sums are the gradients of a bias added after and of g. ``out``: a contiguous
-    tensor of a's shape to write a * g into (returned as the first value)."""
+    None without ``g`` or ``x``; float64 sums for float64 tensors). The backward's last step: ``a`` the gradient
+    w.r.t. x * g, so a * g is x's, the sums are the gradients of a bias added after and of g (``x`` None: g's
+    gradient is not wanted). ``out``: a contiguous tensor of a's shape to write a * g into (returned as the first
+    value)."""
     n, c, h, w = a.shape
     out_dtype = out_dtype or a.dtype
+    prods_wanted = g is not None and x is not None
     kernels = HAVE_TRITON and (a.is_cuda or fast_config.triton_interpreting())
-    if not (kernels and a.is_contiguous() and x.is_contiguous() and a.dtype != torch.float64):
+    if not (kernels and a.is_contiguous() and (x is None or x.is_contiguous()) and a.dtype != torch.float64):
         acc = torch.promote_types(a.dtype, torch.float32)  # float32 sums (float64 stays float64)
         sums = a.sum((2, 3), dtype=acc)
-        prods = None if g is None else (a.to(acc) * x.to(acc)).sum((2, 3))
+        prods = (a.to(acc) * x.to(acc)).sum((2, 3)) if prods_wanted else None
         scaled = (a if g is None else a * g.to(a.dtype)[:, :, None, None]).to(out_dtype)
         return (scaled if out is None else out.copy_(scaled)), sums, prods
     g = _per_plane(g, n, c, a.device)
     if out is None:
         out = torch.empty((n, c, h, w), dtype=out_dtype, device=a.device)
     sums = torch.zeros((2, n, c), dtype=torch.float32, device=a.device)
-    _backward_epilogue_kernel[(n * c, _cdiv(h * w, EPILOGUE_BLOCK))](a, x, g if g is not None else a, out, sums,
-                                                                    h * w, HAS_GAIN=g is not None,
+    _backward_epilogue_kernel[(n * c, _cdiv(h * w, EPILOGUE_BLOCK))](a, x if prods_wanted else a,
+                                                                    g if g is not None else a, out, sums, h * w,
+                                                                    HAS_GAIN=g is not None, PRODS=prods_wanted,
                                                                     BLOCK=EPILOGUE_BLOCK)
-    return out, sums[0], sums[1] if g is not None else None
+    return out, sums[0], sums[1] if prods_wanted else None
 
 
 EPILOGUE_BLOCK = 4096
