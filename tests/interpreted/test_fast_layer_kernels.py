@@ -146,6 +146,23 @@ def test_1x1_layer_fp16_gradients_through_fast_conv_equal_the_batched_products(t
         assert float((a - e).abs().max() / e.abs().max()) < 2e-3, name
 
 
+def _t_layer_fp16():
+    """(a 16 -> 16 channel 2x layer of a tiny T, its activation spec, the layer Function's inputs for 2 samples: x
+    fp16, kernel, input scale, dcoefs, bias)."""
+    syn = tiny_generator("T", resolution=16, seed=1, channel_max=16).synthesis
+    L = getattr(syn, syn.layer_names[-3])
+    spec = (L.up_filter, L.down_filter, dict(up=L.up_factor, down=L.down_factor, padding=L.padding, gain=2 ** 0.5,
+                                              slope=0.2, clamp=L.conv_clamp))
+    g = torch.Generator().manual_seed(0)
+    size = int(L.in_size[0])
+    x = torch.randn(2, L.in_channels, size, size, generator=g).half()
+    kernel = torch.randn(L.out_channels, L.in_channels, 3, 3, generator=g) / (3 * L.in_channels ** 0.5)
+    scale = torch.rand(2, L.in_channels, generator=g) + 0.5
+    dcoefs = torch.rand(2, L.out_channels, generator=g) + 0.5
+    bias = torch.randn(L.out_channels, generator=g) * 0.1
+    return L, spec, (x, kernel, scale, dcoefs, bias)
+
+
 @pytest.mark.parametrize("input_form, weight_form", [("cudnn", "cudnn"), ("pointers", "triton")])
 def test_3x3_layer_fp16_gradients_through_fast_conv_equal_cudnns(input_form, weight_form, monkeypatch):
     """T's layer Function in fp16: its gradients w.r.t. x, the kernel, the input scale, dcoefs and the bias through
@@ -160,17 +177,7 @@ def test_3x3_layer_fp16_gradients_through_fast_conv_equal_cudnns(input_form, wei
     calls = []
     for fn in ("conv2d_weight_grad_nchw", "conv2d_input_grad_nchw"):
         monkeypatch.setattr(fast_conv, fn, lambda *a, f=getattr(fast_conv, fn), **k: calls.append(f) or f(*a, **k))
-    syn = tiny_generator("T", resolution=16, seed=1, channel_max=16).synthesis
-    L = getattr(syn, syn.layer_names[-3])
-    spec = (L.up_filter, L.down_filter, dict(up=L.up_factor, down=L.down_factor, padding=L.padding, gain=2 ** 0.5,
-                                              slope=0.2, clamp=L.conv_clamp))
-    g = torch.Generator().manual_seed(0)
-    size = int(L.in_size[0])
-    x = torch.randn(2, L.in_channels, size, size, generator=g).half()
-    kernel = torch.randn(L.out_channels, L.in_channels, 3, 3, generator=g) / (3 * L.in_channels ** 0.5)
-    scale = torch.rand(2, L.in_channels, generator=g) + 0.5
-    dcoefs = torch.rand(2, L.out_channels, generator=g) + 0.5
-    bias = torch.randn(L.out_channels, generator=g) * 0.1
+    _, spec, (x, kernel, scale, dcoefs, bias) = _t_layer_fp16()
     grads = {}
     for triton_grads in (True, False):
         with fast_config.override(triton_conv_grads=triton_grads):
@@ -199,17 +206,7 @@ def test_3x3_layer_fp16_dcoefs_from_the_kernels_per_sample_gradient(weight_form,
     monkeypatch.setattr(fast_conv, "conv2d_weight_grad_nchw",
                         lambda *a, f=fast_conv.conv2d_weight_grad_nchw, **k: per_sample.append(
                             k.get("per_sample", False)) or f(*a, **k))
-    syn = tiny_generator("T", resolution=16, seed=1, channel_max=16).synthesis
-    L = getattr(syn, syn.layer_names[-3])
-    spec = (L.up_filter, L.down_filter, dict(up=L.up_factor, down=L.down_factor, padding=L.padding, gain=2 ** 0.5,
-                                              slope=0.2, clamp=L.conv_clamp))
-    g = torch.Generator().manual_seed(0)
-    size = int(L.in_size[0])
-    x = torch.randn(2, L.in_channels, size, size, generator=g).half()
-    kernel = torch.randn(L.out_channels, L.in_channels, 3, 3, generator=g) / (3 * L.in_channels ** 0.5)
-    scale = torch.rand(2, L.in_channels, generator=g) + 0.5
-    dcoefs = torch.rand(2, L.out_channels, generator=g) + 0.5
-    bias = torch.randn(L.out_channels, generator=g) * 0.1
+    L, spec, (x, kernel, scale, dcoefs, bias) = _t_layer_fp16()
     upstream = None
 
     def run(bound, train_kernel=True, only_dcoefs=False):
