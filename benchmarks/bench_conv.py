@@ -39,11 +39,11 @@ padding: PyTorch's vectorised kernel): ms, and whether the kernel's values equal
     python benchmarks/bench_conv.py --batch 8 --wgrad-per-sample
 
 The weight gradient of the 3x3 layers (with a per-sample input scale, as the step takes it) over the whole batch
-(``fast_conv.conv2d_weight_grad_nchw``) against each sample's apart (``per_sample=True``) with the demodulation's
-gradient made from them (sum over inputs and taps of kernel * each sample's gradient, what fast_layer does where it
-keeps no convolution output): ms, and the largest error of the summed kernel gradient and of those sums against
-float32 (the sums' reference: sum over pixels of the output gradient times the float32 convolution output),
-relative to the largest value.
+(``fast_conv.conv2d_weight_grad_nchw``) against each sample's apart (``fast_layer._kernel_grad_per_sample``) with
+the demodulation's gradient made from them (sum over inputs and taps of kernel * each sample's gradient, what
+fast_layer does where it keeps no convolution output): ms, and the largest error of the summed kernel gradient
+and of those sums against float32 (the sums' reference: sum over pixels of the output gradient times the float32
+convolution output), relative to the largest value.
 
 cuDNN's weight gradient on channels-last copies made by ``fast_conv.to_nhwc`` (the 'cudnn' form of
 ``fast_conv.conv2d_weight_grad_nchw``), per fp16 layer of T, with the channels padded several ways, over the whole
@@ -63,7 +63,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 from _common import cuda_ms  # noqa: E402
-from v2s_nb.stylegan3 import build_generator, fast_conv  # noqa: E402
+from v2s_nb.stylegan3 import build_generator, fast_conv, fast_layer  # noqa: E402
 
 
 def main(argv=None):
@@ -323,7 +323,7 @@ def wgrad_per_sample(G, batch, dev):
         kernel = torch.randn(o, c, 3, 3, device=dev) / (3 * c ** 0.5)
 
         def per_sample():
-            each = fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, scale=scale, per_sample=True)
+            each = fast_layer._kernel_grad_per_sample(x, gy, kernel, scale)
             return each.sum(0), (each * kernel).sum((2, 3, 4))
 
         times = (cuda_ms(lambda: fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, scale=scale)), cuda_ms(per_sample))

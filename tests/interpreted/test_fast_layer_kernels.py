@@ -194,18 +194,20 @@ def test_3x3_layer_fp16_gradients_through_fast_conv_equal_cudnns(input_form, wei
 def test_3x3_layer_fp16_dcoefs_from_the_kernels_per_sample_gradient(weight_form, monkeypatch):
     """T's layer Function in fp16 with codes, its kernel requiring grad and fast_layer's DCOEFS_FROM_KERNEL_GRAD_*
     bounds down to 0: it keeps no convolution output and takes d dcoefs from each sample's kernel gradient (fast_conv
-    per_sample, both weight-gradient forms). Its gradients equal those of the same layer keeping y (bounds out of
-    reach); so does d dcoefs alone (autograd.grad, the kernel's gradient not wanted). With the kernel not requiring
-    grad (ws-only steps) y is kept, and only fast_layer.CODES_3X3_UP's layers store codes."""
+    one sample at a time, both weight-gradient forms). Its gradients equal those of the same layer keeping y (bounds
+    out of reach); so does d dcoefs alone (autograd.grad, the kernel's gradient not wanted). With the kernel not
+    requiring grad (ws-only steps) y is kept, and only fast_layer.CODES_3X3_UP's layers store codes."""
     from v2s_nb.stylegan3 import fast_conv
 
     monkeypatch.setattr(fast_ops, "can_use_fast", lambda x, fu, fd: fu is not None and fd is not None and fu.ndim == 1)
     monkeypatch.setattr(fast_ops, "CODES_MIN_OUT", 0)
     monkeypatch.setattr(fast_conv, "weight_grad_form", lambda: weight_form)
-    per_sample = []
+    per_sample, one_sample_wgrads = [], []
+    monkeypatch.setattr(fast_layer, "_kernel_grad_per_sample",
+                        lambda *a, f=fast_layer._kernel_grad_per_sample: per_sample.append(True) or f(*a))
     monkeypatch.setattr(fast_conv, "conv2d_weight_grad_nchw",
-                        lambda *a, f=fast_conv.conv2d_weight_grad_nchw, **k: per_sample.append(
-                            k.get("per_sample", False)) or f(*a, **k))
+                        lambda *a, f=fast_conv.conv2d_weight_grad_nchw, **k: one_sample_wgrads.append(
+                            a[0].shape[0] == 1) or f(*a, **k))
     L, spec, (x, kernel, scale, dcoefs, bias) = _t_layer_fp16()
     upstream = None
 
@@ -228,6 +230,7 @@ def test_3x3_layer_fp16_dcoefs_from_the_kernels_per_sample_gradient(weight_form,
     assert y_kept is not None and not any(per_sample)
     y_kept, got = run(0)
     assert y_kept is None and per_sample.count(True) == 1
+    assert one_sample_wgrads.count(True) == x.shape[0]  # through fast_conv, a sample at a time
     for name, a, e in zip(("x", "kernel", "scale", "dcoefs", "bias"), got, expected):
         assert float((a - e).abs().max() / e.abs().max()) < 3e-3, name
     _, only = run(0, only_dcoefs=True)

@@ -741,7 +741,7 @@ def _multiprocessors(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
-def conv2d_weight_grad_nchw(x, grad_y, kernel_size, padding, config=None, scale=None, form=None, per_sample=False):
+def conv2d_weight_grad_nchw(x, grad_y, kernel_size, padding, config=None, scale=None, form=None):
     """The weight gradient of y = conv2d(x * scale, K, padding=padding) (stride 1, square kernel ``kernel_size`` =
     k), for fp16 NCHW tensors: grad_K[o, i, ky, kx] = sum_{n, y, x} grad_y[n, o, y, x] * scale[n, i] *
     x[n, i, y + ky - padding, x + kx - padding] (zero outside x), fp16 products summed in float32.
@@ -759,9 +759,6 @@ def conv2d_weight_grad_nchw(x, grad_y, kernel_size, padding, config=None, scale=
       of two), over chunks of samples (:data:`WGRAD_CUDNN_CHUNK_BYTES`); cuDNN rounds each chunk's gradient to
       fp16.
 
-    ``per_sample``: each sample's gradient apart, [N, O, I, k, k] float32 (the sum over n left out), one sample per
-    call of the form.
-
     Raises ValueError for other dtypes or shapes that don't fit."""
     _require_fp16(x=x, grad_y=grad_y)
     if x.dim() != 4 or grad_y.dim() != 4:
@@ -776,10 +773,6 @@ def conv2d_weight_grad_nchw(x, grad_y, kernel_size, padding, config=None, scale=
         raise ValueError(f"x is on {x.device} and grad_y on {grad_y.device}; move both to one device")
     if scale is not None:
         scale = _per_sample(scale, n, c_in, x.device)
-    if per_sample:
-        return torch.stack([conv2d_weight_grad_nchw(x[i:i + 1], grad_y[i:i + 1], k, padding, config,
-                                                    None if scale is None else scale[i:i + 1], form)
-                            for i in range(n)])
     c_out, h_out, w_out = want[1:]
     form = form or ("triton" if config is not None else weight_grad_form())
     if form == "cudnn":

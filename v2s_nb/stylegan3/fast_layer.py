@@ -373,10 +373,7 @@ def _dcoefs_from_kernel_grad(y) -> bool:
 
 def _kernel_grad_per_sample(x, g_y, kernel, scale):
     """Each sample's d kernel, float32 [N, O, I, k, k], of conv2d(x * scale, kernel, padding k - 1) for the output
-    gradient ``g_y`` (:func:`_kernel_grad`'s forms, one sample at a time)."""
-    k = kernel.shape[-1]
-    if _triton_conv_grads(g_y):
-        return fast_conv.conv2d_weight_grad_nchw(x, g_y, k, k - 1, scale=scale, per_sample=True)
+    gradient ``g_y``: :func:`_kernel_grad` one sample at a time."""
     return torch.stack([_kernel_grad(x[i:i + 1], g_y[i:i + 1], kernel, scale[i:i + 1]).float()
                         for i in range(x.shape[0])])
 
