@@ -322,8 +322,8 @@ def test_graphed_training_gradients_add_up_over_calls(monkeypatch):
             got = summed(GraphedTrainingSynthesis(G, batch_size=2, ws_grad=ws_grad))
             for g, r in zip(got, ref):
                 assert (g is None) == (r is None)
-                if r is not None:
-                    assert torch.allclose(g, r, rtol=1e-4, atol=1e-6)
+                if r is not None:  # float32 sums in another order (16 CPU threads: 4.8e-6 off on values up to 3)
+                    assert torch.allclose(g, r, rtol=1e-4, atol=1e-5 * float(r.abs().max()))
         stand_ins = seen[1:len(params) + 1]
         assert all(s is not p and s.data_ptr() == p.data_ptr() for s, p in zip(stand_ins, params))
     finally:
