@@ -104,15 +104,22 @@ def test_weight_gradients_through_fast_path(cfg):
 
 
 @requires_cuda
-@pytest.mark.parametrize("cfg, saved_codes, codes_tile", [("R", False, None), ("T", False, None), ("R", True, None),
-                                                        ("T", True, None), ("R", True, 64), ("T", True, 64)])
-def test_gradients_through_fast_path_mixed_precision(cfg, saved_codes, codes_tile, monkeypatch):
+@pytest.mark.parametrize("cfg, saved_codes, codes_tile, codes_4x", [
+    ("R", False, None, False), ("T", False, None, False), ("R", True, None, False), ("T", True, None, False),
+    ("R", True, 64, False), ("T", True, 64, False), ("T", True, None, True)])
+def test_gradients_through_fast_path_mixed_precision(cfg, saved_codes, codes_tile, codes_4x, monkeypatch):
     """The snapshot's fp16 layers in fp16: with a loss scale (as the optimisers use, through
     v2s_nb.method.loss_scale) the fast path's gradients are as close to float32's as the plain path's; with the
     backward recomputing the activation's derivative and reading it from the training forward's codes (codes_tile:
-    the codes kernels on tiles of that edge on every fp16 layer, fast_ops.CODES_TILES)."""
+    the codes kernels on tiles of that edge on every fp16 layer, fast_ops.CODES_TILES; codes_4x: T's 4x layers
+    store codes too, fast_layer.CODES_3X3_LARGE_PIXELS down to 0, as the 1044 px one does at 1024)."""
     torch.backends.cudnn.allow_tf32 = False
     monkeypatch.setattr(fast_config, "_current", fast_config._changed(dict(saved_codes=saved_codes)))
+    ups = []
+    if codes_4x:
+        monkeypatch.setattr(fast_layer, "CODES_3X3_LARGE_PIXELS", 0)
+        monkeypatch.setattr(fast_ops, "forward_with_codes", lambda *a, f=fast_ops.forward_with_codes, **k: (
+            lambda r: ups.append(a[4] if r is not None else None) or r)(f(*a, **k)))
     tiles = []
     if codes_tile:
         monkeypatch.setattr(fast_ops, "CODES_TILES", {(torch.float16, up): (codes_tile,) for up in (2, 4)})
@@ -137,6 +144,8 @@ def test_gradients_through_fast_path_mixed_precision(cfg, saved_codes, codes_til
     assert err_fast < max(2 * err_plain, 5e-3) and err_fast < 2e-2, (scale, err_fast, err_plain)
     if codes_tile:  # the fp16 layers with codes ran on those tiles
         assert set(tiles) - {None} == {codes_tile}, tiles
+    if codes_4x:
+        assert 4 in ups, ups
 
 
 @requires_cuda

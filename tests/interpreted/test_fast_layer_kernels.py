@@ -196,7 +196,8 @@ def test_3x3_layer_fp16_dcoefs_from_the_kernels_per_sample_gradient(weight_form,
     bounds down to 0: it keeps no convolution output and takes d dcoefs from each sample's kernel gradient (fast_conv
     one sample at a time, both weight-gradient forms). Its gradients equal those of the same layer keeping y (bounds
     out of reach); so does d dcoefs alone (autograd.grad, the kernel's gradient not wanted). With the kernel not
-    requiring grad (ws-only steps) y is kept, and only fast_layer.CODES_3X3_UP's layers store codes."""
+    requiring grad (ws-only steps) y is kept, and fast_layer.CODES_3X3_UP's layers store codes, and on planes of
+    CODES_3X3_LARGE_PIXELS CODES_3X3_UP_WEIGHTS' too."""
     from v2s_nb.stylegan3 import fast_conv
 
     monkeypatch.setattr(fast_ops, "can_use_fast", lambda x, fu, fd: fu is not None and fd is not None and fu.ndim == 1)
@@ -236,12 +237,14 @@ def test_3x3_layer_fp16_dcoefs_from_the_kernels_per_sample_gradient(weight_form,
     _, only = run(0, only_dcoefs=True)
     assert per_sample.count(True) == 2
     assert float((only[0] - expected[3]).abs().max() / expected[3].abs().max()) < 3e-3
-    # ws-only steps: y kept; codes on CODES_3X3_UP's layers only
+    # ws-only steps: y kept; codes on CODES_3X3_UP's layers, and on CODES_3X3_UP_WEIGHTS' on large planes
     coded = []
     monkeypatch.setattr(fast_ops, "forward_with_codes",
                         lambda *a, f=fast_ops.forward_with_codes, **k: coded.append(1) or f(*a, **k))
-    for up, stored in ((L.up_factor, 1), (L.up_factor * 2, 0)):
+    assert L.up_factor in fast_layer.CODES_3X3_UP_WEIGHTS
+    for up, large, stored in ((L.up_factor, 1 << 40, 1), (L.up_factor * 2, 1 << 40, 0), (L.up_factor * 2, 0, 1)):
         monkeypatch.setattr(fast_layer, "CODES_3X3_UP", (up,))
+        monkeypatch.setattr(fast_layer, "CODES_3X3_LARGE_PIXELS", large)
         y_kept, frozen = run(0, train_kernel=False)
         assert y_kept is not None and len(coded) == stored and frozen[1] is None and per_sample.count(True) == 2
         for name, a, e in zip(("x", "scale", "dcoefs", "bias"), frozen[:1] + frozen[2:], expected[:1] + expected[2:]):

@@ -52,7 +52,9 @@ field                     environment variable    meaning
                                                   activation's derivative (2 bits per upsampled sample) and its
                                                   backward reads it instead of recomputing the pre-activation
                                                   (:func:`.fast_ops.forward_with_codes`; on planes of 100+
-                                                  output pixels: R's layers, T's 2x layers); 0: the backward
+                                                  output pixels: R's layers, T's 2x layers, T's 4x layers
+                                                  where the weights train or the convolution's output has
+                                                  512²+ pixels: ``fast_layer._codes_3x3``); 0: the backward
                                                   recomputes it from the saved convolution output (slower, a
                                                   little less memory: docs/performance.md)
 ``recompute_conv_output``  ``V2S_NB_RECOMPUTE_CONV_OUTPUT``  with saved codes, 3x3 (T) layers: 1: the

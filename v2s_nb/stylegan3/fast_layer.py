@@ -28,7 +28,7 @@ the layer runs as
   incoming gradients (R's memory peak).
 
 With ``fast_config`` ``saved_codes`` (the default) the forward runs :func:`.fast_ops.forward_with_codes` where it
-applies (planes of 100+ output pixels; 3x3 layers: :data:`CODES_3X3_UP`), which also stores the activation's
+applies (planes of 100+ output pixels; 3x3 layers: :func:`_codes_3x3`), which also stores the activation's
 derivative (2 bits per upsampled sample), and the backward reads it (:func:`.fast_ops.backward_from_codes`) instead
 of recomputing the pre-activation; 1x1 layers then keep no y, 3x3 layers keep it for d dcoefs (or recompute it,
 ``recompute_conv_output``), except on large planes where the kernel's gradient is taken: there each sample's
@@ -119,6 +119,9 @@ CODES_3X3_UP = (2,)
 CODES_3X3_UP_WEIGHTS = (2, 4)
 DCOEFS_FROM_KERNEL_GRAD_PIXELS = 512 * 512
 DCOEFS_FROM_KERNEL_GRAD_CHANNELS = 48
+# In steps w.r.t. ws alone (y kept), CODES_3X3_UP_WEIGHTS' factors store codes on planes of at least this many
+# convolution output pixels (T's 4x layer at 1044 px), where they save the most time for their memory.
+CODES_3X3_LARGE_PIXELS = 512 * 512
 
 
 def _activation_forward(y, bias, spec, in_gain, codes=True):
@@ -169,8 +172,7 @@ class _Layer3x3(torch.autograd.Function):
     def forward(ctx, x, kernel, scale, dcoefs, bias, spec):
         y = _conv3x3(x, kernel, scale)
         weights = ctx.needs_input_grad[1]
-        codes_here = spec[2]["up"] in (CODES_3X3_UP_WEIGHTS if weights else CODES_3X3_UP)
-        out, codes = _activation_forward(y, bias, spec, dcoefs, codes_here)
+        out, codes = _activation_forward(y, bias, spec, dcoefs, _codes_3x3(spec[2]["up"], y, weights))
         # y: for d dcoefs (sums of y * d y); with the codes and fast_config's recompute_conv_output, recomputed then;
         # where the kernel's per-sample gradient gives d dcoefs (_dcoefs_from_kernel_grad), not needed
         ctx.dcoefs_from_kernel_grad = weights and codes is not None and _dcoefs_from_kernel_grad(y)
@@ -362,6 +364,15 @@ def _kernel_grad(x, g_y, kernel, scale):
     if _triton_conv_grads(g_y):
         return fast_conv.conv2d_weight_grad_nchw(x, g_y, k, k - 1, scale=scale)
     return _cudnn_grads(g_y, x, scale, kernel, False, True)[1]
+
+
+def _codes_3x3(up, y, weights) -> bool:
+    """Whether a 3x3 layer upsampling by ``up`` whose convolution output is ``y`` [N, O, H', W'] stores the
+    activation's derivative codes: :data:`CODES_3X3_UP_WEIGHTS` where its kernel requires grad (``weights``) or on
+    planes of :data:`CODES_3X3_LARGE_PIXELS`, else :data:`CODES_3X3_UP`."""
+    if weights or y.shape[2] * y.shape[3] >= CODES_3X3_LARGE_PIXELS:
+        return up in CODES_3X3_UP_WEIGHTS
+    return up in CODES_3X3_UP
 
 
 def _dcoefs_from_kernel_grad(y) -> bool:
