@@ -39,11 +39,10 @@ padding: PyTorch's vectorised kernel): ms, and whether the kernel's values equal
     python benchmarks/bench_conv.py --batch 8 --wgrad-per-sample
 
 The weight gradient of the 3x3 layers (with a per-sample input scale, as the step takes it) over the whole batch
-(``fast_conv.conv2d_weight_grad_nchw``) against each sample's apart (``fast_layer._kernel_grad_per_sample``) with
-the demodulation's gradient made from them (sum over inputs and taps of kernel * each sample's gradient, what
-fast_layer does where it keeps no convolution output): ms, and the largest error of the summed kernel gradient
-and of those sums against float32 (the sums' reference: sum over pixels of the output gradient times the float32
-convolution output), relative to the largest value.
+(``fast_conv.conv2d_weight_grad_nchw``) against each sample's apart with the demodulation's gradient made from them
+(``fast_layer._grads_from_per_sample``: what fast_layer does where it keeps no convolution output): ms, and the
+largest error of the summed kernel gradient and of those sums against float32 (the sums' reference: sum over pixels
+of the output gradient times the float32 convolution output), relative to the largest value.
 
 cuDNN's weight gradient on channels-last copies made by ``fast_conv.to_nhwc`` (the 'cudnn' form of
 ``fast_conv.conv2d_weight_grad_nchw``), per fp16 layer of T, with the channels padded several ways, over the whole
@@ -321,13 +320,10 @@ def wgrad_per_sample(G, batch, dev):
         gy = torch.randn(batch, o, size + 2, size + 2, device=dev, dtype=torch.float16) * 1e-2
         scale = torch.rand(batch, c, device=dev) + 0.5
         kernel = torch.randn(o, c, 3, 3, device=dev) / (3 * c ** 0.5)
-
-        def per_sample():
-            each = fast_layer._kernel_grad_per_sample(x, gy, kernel, scale)
-            return each.sum(0), (each * kernel).sum((2, 3, 4))
-
+        ones = torch.ones(batch, o, device=dev)  # dcoefs 1: d dcoefs is the sums of the output gradient times y
+        per_sample = lambda: fast_layer._grads_from_per_sample(x, gy, kernel, scale, ones)  # noqa: E731
         times = (cuda_ms(lambda: fast_conv.conv2d_weight_grad_nchw(x, gy, 3, 2, scale=scale)), cuda_ms(per_sample))
-        g_k, sums = per_sample()
+        sums, g_k = per_sample()
         with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             xs = x.float() * scale[:, :, None, None]
             ref_k = torch.ops.aten.convolution_backward(gy.float(), xs, kernel, None, [1, 1], [2, 2], [1, 1], False,

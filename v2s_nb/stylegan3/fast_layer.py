@@ -199,11 +199,9 @@ class _Layer3x3(torch.autograd.Function):
         # not wanted by this backward (autograd.grad of ws alone, the weights requiring grad): not computed
         need_k = need_k and _wanted(ctx, 1)
         if g_d is None:  # each sample's kernel gradient: d dcoefs, and the kernel's as their sum
-            per_sample = _kernel_grad_per_sample(x, g_y, kernel, scale)
-            g_d = (per_sample * kernel).sum((2, 3, 4)) / dcoefs.float()
-            g_k = per_sample.sum(0).to(kernel.dtype) if need_k else None
+            g_d, g_k = _grads_from_per_sample(x, g_y, kernel, scale, dcoefs)
+            g_k = g_k.to(kernel.dtype) if need_k else None
             need_k = False
-            del per_sample
             if x.is_cuda:  # no side work here: the previous layer's goes now (its x and d y held no longer)
                 _settle_previous(x.device, None)
         join = ctx.next_functions[1][0] if need_k else None
@@ -387,6 +385,15 @@ def _kernel_grad_per_sample(x, g_y, kernel, scale):
     gradient ``g_y``: :func:`_kernel_grad` one sample at a time."""
     return torch.stack([_kernel_grad(x[i:i + 1], g_y[i:i + 1], kernel, scale[i:i + 1]).float()
                         for i in range(x.shape[0])])
+
+
+def _grads_from_per_sample(x, g_y, kernel, scale, dcoefs):
+    """(d dcoefs [N, O], d kernel [O, I, k, k]), float32, of a 3x3 layer whose convolution output y =
+    conv2d(x * scale, kernel, padding k - 1) is scaled by ``dcoefs`` [N, O], for y's gradient ``g_y``, from each
+    sample's kernel gradient G_n: the sum over pixels of y * g_y equals the sum over inputs and taps of kernel * G_n,
+    divided by dcoefs for the gradient of y * dcoefs; the kernel's is the sum of the G_n."""
+    per_sample = _kernel_grad_per_sample(x, g_y, kernel, scale)
+    return (per_sample * kernel).sum((2, 3, 4)) / dcoefs.float(), per_sample.sum(0)
 
 
 def _triton_conv_grads(g_y) -> bool:
