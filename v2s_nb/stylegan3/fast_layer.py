@@ -463,9 +463,7 @@ class _Layer1x1(torch.autograd.Function):
         need_x, need_w = ctx.needs_input_grad[:2]
         y_shape, y_dtype = ctx.y_meta
         n = y_shape[0]
-        g_x = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else None
-        g_w = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device) if need_w else None
-        g_b = None
+        g_x = g_w = g_b = None
         # Chunks of samples (the activation backward's own), each taken through to the layer's gradients: d y exists
         # for one chunk at a time. A whole batch of it beside the input gradient and the incoming gradient set R's
         # memory peak on the 1044 px layers.
@@ -476,6 +474,12 @@ class _Layer1x1(torch.autograd.Function):
                                                 bias, grad[part], ctx.spec, None, (part.stop - n0, *y_shape[1:]),
                                                 y_dtype, lambda: ops.batched_1x1(weight[part], x[part], tf32=_tf32(x)))
             g_b = g_bc if g_b is None else g_b + g_bc
+            # The layer's gradients are made once the first chunk's activation backward has let its float32 sums go:
+            # with one chunk (batch 1 at 1024) d x and those sums were otherwise alive together, R's peak there.
+            if need_x and g_x is None:
+                g_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+            if need_w and g_w is None:
+                g_w = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
             if need_x or need_w:
                 _1x1_grads(x[part], weight[part], g_y, None if g_x is None else g_x[part],
                            None if g_w is None else g_w[part])
