@@ -150,6 +150,42 @@ def test_gradients_through_fast_path_mixed_precision(cfg, saved_codes, codes_til
 
 @requires_cuda
 @pytest.mark.parametrize("cfg", ["R", "T"])
+def test_backward_in_pieces_of_channels_gives_the_whole_samples_gradients(cfg, monkeypatch):
+    """At batch 1 the activation's backward takes a large plane's channels in pieces (fast_ops.SAMPLE_PIECE_BYTES of
+    float32 sums each): forced down to a few channels a piece on every layer, the gradients w.r.t. ws and the
+    weights (fp16 layers in fp16, with the codes and without) are those of the whole sample's launch, to the float32
+    atomics' order."""
+    G = build_generator(cfg, resolution=256, device="cuda", seed=0)
+    ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)).to("cuda"), None)
+    params = [p.requires_grad_(True) for p in G.synthesis.parameters()]
+    pieces = []
+    monkeypatch.setattr(fast_ops, "backward_pieces", lambda shape, f=fast_ops.backward_pieces: (
+        lambda r: pieces.append(len(r)) or r)(f(shape)))
+
+    def grads():
+        w = ws.detach().clone().requires_grad_(True)
+        (G.synthesis(w, impl="fast").square().mean() * 2.0 ** 12).backward()
+        out = [w.grad] + [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        return out
+
+    for saved_codes in (True, False):
+        with fast_config.override(saved_codes=saved_codes):
+            pieces.clear()
+            whole = grads()
+            assert max(pieces) == 1, pieces
+            with monkeypatch.context() as m:
+                m.setattr(fast_ops, "SAMPLE_PIECE_BYTES", 1 << 16)
+                pieced = grads()
+            assert max(pieces) > 3, pieces
+        for a, b in zip(pieced, whole):
+            assert torch.isfinite(a).all()
+            assert float((a - b).abs().max()) <= 1e-3 * float(b.abs().max()) + 1e-12
+
+
+@requires_cuda
+@pytest.mark.parametrize("cfg", ["R", "T"])
 def test_fast_path_steps_where_kernels_need_more_shared_memory_than_the_gpu_has(cfg, monkeypatch):
     """On GPUs other than the one the kernels were tuned on, some need more shared memory than a program gets (a
     T4 gives 64 KiB: compiled for it, the fp16 2x layers' codes backward takes 136; Triton 3.6's R 1x1 weight

@@ -90,18 +90,20 @@ def _check_forward_variant(cfg, overrides):
         assert tiles == {overrides["FUSED_DEFAULT"][torch.float32][1]}
 
 
-@pytest.mark.parametrize("cfg, one_sample_chunks, via_codes, tile, forward_split, cols_first",
-                         [("R", False, False, 64, None, False), ("T", False, False, 64, None, False),
-                          ("T", True, False, 64, None, False), ("R", False, True, 64, None, False),
-                          ("T", True, True, 64, None, False), ("T", False, True, 128, None, False),
-                          ("T", False, True, 128, 2, False), ("R", False, True, 64, None, True),
-                          ("T", False, True, 128, None, True), ("R", False, True, 128, None, True)])
-def test_fused_backward_matches_autograd(cfg, one_sample_chunks, via_codes, tile, forward_split, cols_first,
-                                         monkeypatch):
+@pytest.mark.parametrize("cfg, chunks, via_codes, tile, forward_split, cols_first",
+                         [("R", None, False, 64, None, False), ("T", None, False, 64, None, False),
+                          ("T", "samples", False, 64, None, False), ("R", None, True, 64, None, False),
+                          ("T", "samples", True, 64, None, False), ("T", None, True, 128, None, False),
+                          ("T", None, True, 128, 2, False), ("R", None, True, 64, None, True),
+                          ("T", None, True, 128, None, True), ("R", None, True, 128, None, True),
+                          ("T", "pieces", False, 64, None, False), ("R", "pieces", True, 64, None, True)])
+def test_fused_backward_matches_autograd(cfg, chunks, via_codes, tile, forward_split, cols_first, monkeypatch):
     """The fused backward kernel against autograd through the plain operator, a small clamp on every other layer so
     that clamped samples (zero gradient) occur, an input gain (the demodulation the fast path folds in) on every
     other layer, one of them with a zero gain; down-filters needing more than MAX_RANK terms return None. Also with
-    the batch taken one sample at a time (what a chunk_mb smaller than one sample's float32 sums makes it do).
+    the batch taken one sample at a time (chunks 'samples': what a chunk_mb smaller than one sample's float32 sums
+    makes it do), and each sample in pieces of three channels ('pieces': what batch 1 does with planes over
+    SAMPLE_PIECE_BYTES of float32 sums; the gain, the bias and the sums taken per piece).
     via_codes: the training forward (its output against the plain operator's too) and the backward from the
     derivative codes it stored; on 128-wide tiles their window is taken in blocks (64 + 16 of 128 for 2x layers).
     forward_split: the training forward in that many row blocks, the backward in one (their launches differ).
@@ -113,14 +115,19 @@ def test_fused_backward_matches_autograd(cfg, one_sample_chunks, via_codes, tile
     if forward_split:
         monkeypatch.setattr(fast_ops, "CODES_FORWARD_LAUNCH", {(torch.float32, up): (forward_split, 4) for up in (2, 4)})
         monkeypatch.setattr(fast_ops, "CODES_LAUNCH", {})
-    if one_sample_chunks:
+    if chunks:
         monkeypatch.setattr(fast_config.FastConfig, "chunk_bytes", property(lambda self: 1))
     monkeypatch.setattr(fast_ops, "CODES_COLS_FIRST", cols_first)
     if cols_first:
         monkeypatch.setattr(fast_ops, "CODES_LAUNCH", {(torch.float32, up): (2, 4) for up in (2, 4)})
-    worst, checked, layers, gained = 0.0, 0, 0, 0
+    worst, checked, layers, gained, pieced = 0.0, 0, 0, 0, 0
     for i, (name, L, y) in enumerate(_layers(cfg)):
         layers += 1
+        if chunks == "pieces":
+            monkeypatch.setattr(fast_ops, "SAMPLE_PIECE_BYTES", 3 * y.shape[2] * y.shape[3] * 4)
+            pieces = fast_ops.backward_pieces(y.shape)
+            assert all(n1 - n0 == 1 and c1 - c0 in (2, 3) for n0, n1, c0, c1 in pieces)
+            pieced += len(pieces) > y.shape[0]
         clamp = 0.5 if i % 2 else float(L.conv_clamp)
         g = None
         if i % 2 == 0:
@@ -159,6 +166,7 @@ def test_fused_backward_matches_autograd(cfg, one_sample_chunks, via_codes, tile
             gained += g is not None
     assert checked >= layers - 4, (checked, layers)  # most layers went through the fused backward
     assert gained >= 2
+    assert pieced >= (layers - 4 if chunks == "pieces" else 0)
     assert worst < 1e-5
 
 

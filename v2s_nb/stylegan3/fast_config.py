@@ -22,7 +22,8 @@ field                     environment variable    meaning
                                                   the plain operator recomputed under autograd
 ``chunk_mb``              ``V2S_NB_FAST_CHUNK_MB``   upper bound (MiB) on one chunk's intermediate in the unfused
                                                   kernels, the recomputed backward and the fused backward's
-                                                  float32 sums (default 1024)
+                                                  float32 sums (default 1024; a chunk of one sample takes its
+                                                  channels in pieces of ``fast_ops.SAMPLE_PIECE_BYTES``)
 ``fused_warps``           ``V2S_NB_FUSED_WARPS``  warps per program of the fused forward kernels (default 4)
 ``fp16_rank_tol``         ``V2S_NB_FP16_RANK_TOL``   relative tolerance below which an fp16 layer's radial
                                                   down-filter drops separable terms (default 2.5e-4)

@@ -1393,19 +1393,19 @@ def fused_filtered_lrelu_backward(x, fu, fd, b, up, down, padding, gain, slope, 
     precision = _backward_precision(x.dtype)
     chosen = []  # the tile plan that compiled, kept for the later chunks
 
-    def launch(n0, n1, acc):
-        gs = g[n0:n1] if g is not None else None
+    def launch(n0, n1, c0, c1, acc):
+        gs = g[n0:n1, c0:c1] if g is not None else None
         candidates = chosen or _tile_plans(fu, fd, up, down, padding, x, _backward_tiles(h_out, w_out), h_out,
                                            w_out)
         for bu, plan, grid in candidates:
             acc.zero_()
             try:
-                _fused_backward_kernel[((n1 - n0) * c, grid[1], grid[2])](
-                    x[n0:n1], bias, gs if gs is not None else bias, plan["ax"], plan["ay"], plan["dx"], plan["dy"],
-                    grad[n0:n1], acc, h, w, h_out, w_out, c, plan["jshift_y"], plan["jshift_x"], plan["used_y"],
-                    plan["used_x"], float(gain), float(slope), float(clamp), plan["bo"], UP=up, DOWN=down,
-                    R=plan["r"], KJX=plan["kjx"], KJY=plan["kjy"], BU=bu, BOP=plan["bop"],
-                    PRECISION=precision, SCALE=x.dtype == torch.float16, HAS_GAIN=gs is not None,
+                _fused_backward_kernel[((n1 - n0) * (c1 - c0), grid[1], grid[2])](
+                    x[n0:n1, c0:c1], bias[c0:c1], gs if gs is not None else bias, plan["ax"], plan["ay"], plan["dx"],
+                    plan["dy"], grad[n0:n1, c0:c1], acc, h, w, h_out, w_out, c1 - c0, plan["jshift_y"],
+                    plan["jshift_x"], plan["used_y"], plan["used_x"], float(gain), float(slope), float(clamp),
+                    plan["bo"], UP=up, DOWN=down, R=plan["r"], KJX=plan["kjx"], KJY=plan["kjy"], BU=bu,
+                    BOP=plan["bop"], PRECISION=precision, SCALE=x.dtype == torch.float16, HAS_GAIN=gs is not None,
                     SPLIT=split, num_warps=warps)
                 chosen[:] = [(bu, plan, grid)]
                 return True
@@ -1464,29 +1464,50 @@ def backward_chunk(shape) -> int:
     return max(1, min(n, fast_config.current().chunk_bytes // max(1, c * h * w * 4)))
 
 
-def _chunked_backward(shape, dtype, device, x, g, launch):
-    """The backward's chunk loop and epilogue: ``launch(n0, n1, acc)`` adds samples n0..n1's gradient w.r.t. the
-    operator's input into ``acc`` (float32, zeroed by it; False: no kernel could run); then one pass per chunk
-    scales it by the gain ``g`` [N, C] (or None), casts it to ``dtype`` and takes the sums (:func:`scaled_with_sums`;
-    the gain's needs ``x``, the operator's input before the gain; None: not taken). Returns (d x, d b, d g or None)
-    or None."""
+# A chunk of one sample (batch 1, or planes too large for two in ``chunk_mb``) takes its channels in pieces whose
+# float32 sums stay within this many bytes: at batch 1 they are otherwise a whole layer's input gradient in float32
+# (0.26-0.41 GiB on R's 1044 px layers), which set R's memory peak there beside the saved activations.
+SAMPLE_PIECE_BYTES = 128 * 2 ** 20
+
+
+def backward_pieces(shape):
+    """[(n0, n1, c0, c1)]: the samples and channels of an operator input of ``shape`` [N, C, H, W] that the
+    activation's backward takes at a time, in order, covering it once. Chunks of :func:`backward_chunk` samples, all
+    channels; a chunk of one sample in about equal pieces of channels within :data:`SAMPLE_PIECE_BYTES` of float32
+    sums (at least one channel each). Each piece is contiguous in memory."""
     n, c, h, w = shape
     per = backward_chunk(shape)
+    if per > 1:
+        return [(n0, min(n, n0 + per), 0, c) for n0 in range(0, n, per)]
+    count = _cdiv(c, max(1, min(c, SAMPLE_PIECE_BYTES // max(1, h * w * 4))))
+    bounds = [c * k // count for k in range(count + 1)]
+    return [(n0, n0 + 1, c0, c1) for n0 in range(n) for c0, c1 in zip(bounds, bounds[1:])]
+
+
+def _chunked_backward(shape, dtype, device, x, g, launch):
+    """The backward's chunk loop and epilogue: ``launch(n0, n1, c0, c1, acc)`` adds the gradient w.r.t. the
+    operator's input of samples n0..n1, channels c0..c1 (:func:`backward_pieces`) into ``acc`` (float32 of that
+    shape, zeroed by it; False: no kernel could run); then one pass per piece scales it by the gain ``g`` [N, C] (or
+    None), casts it to ``dtype`` and takes the sums (:func:`scaled_with_sums`; the gain's needs ``x``, the operator's
+    input before the gain; None: not taken). Returns (d x, d b, d g or None) or None."""
+    n, c, h, w = shape
+    pieces = backward_pieces(shape)
     gx = torch.empty((n, c, h, w), dtype=dtype, device=device)
     g_bias = torch.zeros((c,), dtype=torch.float32, device=device)
     g_gain = torch.empty((n, c), dtype=torch.float32, device=device) if g is not None and x is not None else None
-    acc = None
-    for n0 in range(0, n, per):
-        n1 = min(n, n0 + per)
-        if acc is None or acc.shape[0] != n1 - n0:
-            acc = torch.empty((n1 - n0, c, h, w), dtype=torch.float32, device=device)
-        if not launch(n0, n1, acc):
+    # one buffer for every piece's sums, the largest piece's size
+    buf = torch.empty(max((n1 - n0) * (c1 - c0) for n0, n1, c0, c1 in pieces) * h * w, dtype=torch.float32,
+                      device=device)
+    for n0, n1, c0, c1 in pieces:
+        acc = buf[:(n1 - n0) * (c1 - c0) * h * w].view(n1 - n0, c1 - c0, h, w)
+        if not launch(n0, n1, c0, c1, acc):
             return None
-        gs = g[n0:n1] if g is not None else None
-        _, sums, prods = scaled_with_sums(acc, x[n0:n1] if g_gain is not None else None, gs, dtype, out=gx[n0:n1])
-        g_bias += sums.sum(0)
+        gs = g[n0:n1, c0:c1] if g is not None else None
+        _, sums, prods = scaled_with_sums(acc, x[n0:n1, c0:c1] if g_gain is not None else None, gs, dtype,
+                                          out=gx[n0:n1, c0:c1])
+        g_bias[c0:c1] += sums.sum(0)
         if g_gain is not None:
-            g_gain[n0:n1] = prods
+            g_gain[n0:n1, c0:c1] = prods
     return gx, g_bias, g_gain
 
 
@@ -1609,14 +1630,14 @@ def backward_from_codes(codes, grad, size, dtype, fu, fd, up, down, padding, gai
     g = _per_plane(in_gain, n, c, codes.device)
     split, warps = _codes_launch(dtype, up)
 
-    def launch(n0, n1, acc):
+    def launch(n0, n1, c0, c1, acc):
         acc.zero_()
-        _fused_backward_codes_kernel[((n1 - n0) * c, codes.shape[2], codes.shape[3])](
-            codes[n0:n1], grad[n0:n1], acc, plan["ax"], plan["ay"], plan["dx"], plan["dy"], h, w, h_out, w_out,
-            plan["jshift_y"], plan["jshift_x"], plan["used_y"], plan["used_x"], float(gain), float(slope),
-            plan["bo"], UP=up, DOWN=down, R=plan["r"], **codes_window(plan, dtype, up), BU=bu, BOP=plan["bop"],
-            PRECISION=plan["precision"], SCALE=dtype == torch.float16, SPLIT=split, COLS_FIRST=CODES_COLS_FIRST,
-            num_warps=warps)
+        _fused_backward_codes_kernel[((n1 - n0) * (c1 - c0), codes.shape[2], codes.shape[3])](
+            codes[n0:n1, c0:c1], grad[n0:n1, c0:c1], acc, plan["ax"], plan["ay"], plan["dx"], plan["dy"], h, w,
+            h_out, w_out, plan["jshift_y"], plan["jshift_x"], plan["used_y"], plan["used_x"], float(gain),
+            float(slope), plan["bo"], UP=up, DOWN=down, R=plan["r"], **codes_window(plan, dtype, up), BU=bu,
+            BOP=plan["bop"], PRECISION=plan["precision"], SCALE=dtype == torch.float16, SPLIT=split,
+            COLS_FIRST=CODES_COLS_FIRST, num_warps=warps)
         return True
 
     try:  # the first launch loads the kernel, where a shortage of shared memory shows, before any work
