@@ -1479,7 +1479,7 @@ def backward_pieces(shape):
     per = backward_chunk(shape)
     if per > 1:
         return [(n0, min(n, n0 + per), 0, c) for n0 in range(0, n, per)]
-    count = _cdiv(c, max(1, min(c, SAMPLE_PIECE_BYTES // max(1, h * w * 4))))
+    count = _cdiv(c, max(1, SAMPLE_PIECE_BYTES // max(1, h * w * 4)))  # pieces of one sample
     bounds = [c * k // count for k in range(count + 1)]
     return [(n0, n0 + 1, c0, c1) for n0 in range(n) for c0, c1 in zip(bounds, bounds[1:])]
 
