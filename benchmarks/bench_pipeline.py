@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -103,9 +104,20 @@ def main(argv=None):
                          "encode_pose_sequence's, 8 on images, 1 on w)")
     ap.add_argument("--pose-steps-first", type=_common.positive_int, default=100)
     ap.add_argument("--pose-steps-next", type=_common.positive_int, default=30)
+    ap.add_argument("--fresh-kernel-cache", action="store_true",
+                    help="compile every Triton kernel into a new, empty cache (TRITON_CACHE_DIR in a temporary "
+                         "folder), as on a fresh machine: the stages' times then include compiling; the encoder's "
+                         "warm-up becomes a timed stage. V2S_NB_PRECOMPILE_WORKERS=0 turns precompiling off")
     ap.add_argument("--json", default=None, help="append the results as one JSON line to this file")
     a = ap.parse_args(argv)
     dev = torch.device(a.device)
+    if a.fresh_kernel_cache:
+        import tempfile
+
+        os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_pipeline_triton_")
+        from v2s_nb.stylegan3 import fast_config
+        print(f"fresh Triton cache {os.environ['TRITON_CACHE_DIR']}; precompile workers "
+              f"{fast_config.current().precompile_workers} (-1: one per CPU, {os.cpu_count()} here; 0: off)")
 
     t = time.perf_counter()
     if a.tiny:
@@ -132,7 +144,11 @@ def main(argv=None):
         print(f"  {name:<46s} {s:9.2f} s   peak {rows[-1]['peak_gib']:.2f} GiB", flush=True)
         return out
 
-    E.encode(drive[:a.batch], n_iters=a.iters, batch_size=a.batch, force_fp32=not a.fp16)  # warm-up
+    warm_up = lambda: E.encode(drive[:a.batch], n_iters=a.iters, batch_size=a.batch, force_fp32=not a.fp16)
+    if a.fresh_kernel_cache:
+        stage(f"encoder warm-up ({a.batch} frames; compiles)", warm_up)
+    else:
+        warm_up()
     ws_drv = stage(f"encode {a.frames} frames ({a.iters} iterations)",
                    lambda: E.encode(drive, n_iters=a.iters, batch_size=a.batch, force_fp32=not a.fp16))
     w_ref = stage("encode the reference", lambda: E.encode(ref, n_iters=a.iters, force_fp32=not a.fp16))
@@ -181,6 +197,7 @@ def main(argv=None):
     if a.json:
         rec = {"device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
                "tiny": a.tiny, "frames": a.frames, "iters": a.iters, "fp16": a.fp16, "rows": rows,
+               "fresh_kernel_cache": a.fresh_kernel_cache,
                "total_without_pose_s": without_pose, "total_with_pose_s": without_pose + pose_total}
         with open(a.json, "a") as f:
             f.write(json.dumps(rec) + "\n")

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..stylegan3.precompile import Workload, batch_sizes, ensure_compiled
 from ..stylegan3.snapshot import SnapshotError
 from ..stylegan3.state_dict import generator_from_state_dict
 from ..validate import integer, renamed_kwargs
@@ -450,6 +451,8 @@ class ReStyleEncoder:
         n_iters = integer(n_iters, "n_iters", 1, 100)  # 2.5 is refused, not truncated to 2
         batch_size = integer(batch_size, "batch_size", 1, 4096)
         n, batches = self._batches(images, batch_size)
+        sizes = {1} | set(batch_sizes(n, batch_size))  # 1: the average image
+        ensure_compiled(self.generator, [Workload(b, force_fp32=force_fp32) for b in sorted(sizes)], progress)
         avg_img = self.average_image(force_fp32)
         out = torch.empty([n_iters, n, self.generator.num_ws, self.generator.w_dim], device=self.device)
         batches = progress_iter(batches, total=-(-n // batch_size), desc=f"ReStyle-{self.kind} encoding {n} image(s)",

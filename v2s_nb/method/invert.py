@@ -57,6 +57,7 @@ from ..errors import V2SError, V2SWarning
 from ..video import ambiguous_channel_first
 from ..validate import renamed_kwargs
 from ..progress import progress_bar
+from ..stylegan3.precompile import Workload, ensure_compiled
 
 __all__ = [
     "Inversion", "InversionDivergedError", "PerceptualFallbackWarning", "ImageResizeWarning", "invert",
@@ -1010,6 +1011,14 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
     targets = targets.to(device)
     perc_fn, perc_name = _resolve_perceptual(perceptual, device)
     _keyed_by(perc_name, checkpoint=checkpoint)
+    # the steps' renders: the pivots with the locality codes, the pivots alone between locality steps, and the
+    # locality codes' reference renders
+    k_local = int(locality_samples) if locality_weight and locality_every else 0
+    m_piv = min(n, int(batch_size))
+    loads = {Workload(m_piv + k_local, "weights")}
+    loads |= {Workload(m_piv, "weights")} if int(locality_every or 1) > 1 or not k_local else set()
+    loads |= {Workload(k_local)} if k_local else set()
+    ensure_compiled(G, sorted(loads, key=repr), progress)
     radius = 30.0 * math.sqrt(G.w_dim / 512) if locality_radius is None else float(locality_radius)
 
     G_orig = G

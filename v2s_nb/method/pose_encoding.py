@@ -47,6 +47,7 @@ from .loss_scale import HostValues, codes_only, grad_scaler
 from torch import nn
 from ..errors import FallbackWarning, V2SError
 from ..progress import progress_bar, progress_iter
+from ..stylegan3.precompile import Workload, batch_sizes, ensure_compiled
 from ..validate import integer
 
 __all__ = [
@@ -559,6 +560,8 @@ def encode_pose_sequence(G, w_ref, targets, pose_fn=None, *, steps_first: int = 
                          "frames, or one per frame")
     starts = list(range(0, len(targets), batch_size))
     steps = [steps_first if b == 0 else steps_next for b in range(len(starts))]
+    if _pose_input(pose_fn, kwargs.get("pose_input")) == "image":  # a regressor on W renders nothing here
+        ensure_compiled(G, [Workload(b, "ws") for b in batch_sizes(len(targets), batch_size)], progress)
     ckpt = _BatchCheckpoints(checkpoint_dir, G, pose_fn, kwargs) if checkpoint_dir else None
     parts, prev = [], None
     bar = progress_bar(total=sum(steps), desc="pose encoding", unit="step", enabled=progress)

@@ -62,6 +62,7 @@ from .motion import (check_position_mode, check_strength, face_size_of, motion_m
 from ..errors import V2SWarning
 from ..validate import renamed_kwargs
 from ..progress import progress_bar
+from ..stylegan3.precompile import Workload, batch_sizes, ensure_compiled
 
 __all__ = [
     "DEFAULT_COEFFICIENTS", "DEFAULT_LAYERS", "COEFFICIENT_RANGES", "CoefficientWarning", "LengthMismatchWarning",
@@ -685,6 +686,7 @@ class Reenactor:
         if regions is not None:
             regions = _check_regions(regions)
         n = self.num_frames
+        ensure_compiled(self.G_render, [Workload(b) for b in batch_sizes(n, max(1, int(batch_size)))], progress)
         out = []
         bar = progress_bar(total=n, desc="render", unit="frame", enabled=progress)
         try:

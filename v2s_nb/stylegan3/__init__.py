@@ -9,6 +9,8 @@ Main entry points:
 * :class:`GraphedSynthesis` — ``G.synthesis`` replayed from a CUDA graph (no launch overhead at small batches).
 * :class:`GraphedTrainingSynthesis` — the same for gradient steps: forward and backward replayed, inside autograd.
 * :mod:`~v2s_nb.stylegan3.fast_config` — the fast (CUDA) path's tuning knobs: ``fast_config.override(...)``.
+* :mod:`~v2s_nb.stylegan3.precompile` — the fast path's Triton kernels compiled in parallel processes before a stage
+  needs them (the stages call it; ``V2S_NB_PRECOMPILE_WORKERS=0`` turns it off).
 """
 
 from __future__ import annotations

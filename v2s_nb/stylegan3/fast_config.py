@@ -68,6 +68,10 @@ field                     environment variable    meaning
                                                   are used; :func:`.fast_layer.kernels_ahead`; a little
                                                   faster, one layer's x and d y kept a layer longer:
                                                   docs/performance.md); 0: in the layer's backward, in turn
+``precompile_workers``    ``V2S_NB_PRECOMPILE_WORKERS``  processes that compile a stage's Triton kernels before it
+                                                  starts (:mod:`.precompile`): -1 (default) one per CPU; 0
+                                                  off (each kernel compiles at its first launch, in turn);
+                                                  1 in this process
 ========================  ======================  ==========================================================
 """
 
@@ -99,6 +103,7 @@ class FastConfig:
     saved_codes: bool = True
     recompute_conv_output: bool = False
     overlap_weight_grads: bool = True
+    precompile_workers: int = -1
 
     def __post_init__(self):
         if not isinstance(self.chunk_mb, int) or self.chunk_mb < 1:
@@ -107,6 +112,9 @@ class FastConfig:
             raise ValueError(f"fused_warps must be 1, 2, 4, 8 or 16, got {self.fused_warps!r}")
         if not (isinstance(self.fp16_rank_tol, (int, float)) and 0 <= self.fp16_rank_tol < 1):
             raise ValueError(f"fp16_rank_tol must be a number in [0, 1), got {self.fp16_rank_tol!r}")
+        if not isinstance(self.precompile_workers, int) or self.precompile_workers < -1:
+            raise ValueError(f"precompile_workers must be -1 (one per CPU), 0 (off) or a number of processes, got "
+                             f"{self.precompile_workers!r}")
 
     @property
     def chunk_bytes(self) -> int:
@@ -149,7 +157,8 @@ class FastConfig:
                                   ("V2S_NB_TRITON_CONV_GRADS", flag, "triton_conv_grads"),
                                   ("V2S_NB_SAVED_CODES", flag, "saved_codes"),
                                   ("V2S_NB_RECOMPUTE_CONV_OUTPUT", flag, "recompute_conv_output"),
-                                  ("V2S_NB_OVERLAP_WEIGHT_GRADS", flag, "overlap_weight_grads")]:
+                                  ("V2S_NB_OVERLAP_WEIGHT_GRADS", flag, "overlap_weight_grads"),
+                                  ("V2S_NB_PRECOMPILE_WORKERS", whole, "precompile_workers")]:
             kwargs.update(read(var, parse, field))
         return cls(**kwargs)
 

@@ -1,0 +1,98 @@
+"""Precompiling the generator's Triton kernels in worker processes (v2s_nb.stylegan3.precompile).
+
+The CPU tests compile real kernel variants for a Hopper GPU (sm_90; Triton needs no GPU for that) into a private
+on-disk cache, in this process and in worker processes, and check that the cache holds them afterwards. The GPU test
+collects the variants of real generator calls and checks that, once precompiled, every one is on disk.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import requires_cuda
+from v2s_nb.stylegan3 import precompile as pc
+from v2s_nb.stylegan3 import tiny_generator
+
+triton = pytest.importorskip("triton")
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """Triton's on-disk cache in a fresh folder (the workers inherit it through the environment)."""
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton-cache"))
+    return tmp_path / "triton-cache"
+
+
+def _variant(bo: int, bn: int = 8) -> pc.KernelVariant:
+    """The styles' modulation kernel with channel blocks ``bo`` (as fast_modulation launches it)."""
+    sig = {k: "*fp32" for k in ("s_ptr", "e_ptr", "g_ptr", "scale_ptr", "d_ptr")}
+    sig.update({k: "i32" for k in ("n", "c_in", "c_out")})
+    sig.update({k: "constexpr" for k in ("BN", "BI", "BO")})
+    return pc.KernelVariant("v2s_nb.stylegan3.fast_modulation", "_modulation_kernel", sig,
+                            {(8,): bn, (9,): 64, (10,): bo}, {(i,): [["tt.divisibility", 16]] for i in range(5)},
+                            {"num_warps": 4})
+
+
+def _hopper():
+    from triton.backends.compiler import GPUTarget
+
+    return GPUTarget("cuda", 90, 32)
+
+
+def test_variants_compile_into_the_disk_cache_here_and_in_workers(private_cache):
+    target = _hopper()
+    vs = [_variant(16), _variant(32), _variant(64)]
+    assert not any(pc.on_disk(v, target) for v in vs)
+    assert pc.compile_variants(vs[:1], target, progress=False) == (1, [])
+    assert [pc.on_disk(v, target) for v in vs] == [True, False, False]
+    n, failed = pc.compile_variants(vs[1:], target, workers=2, progress=False)
+    assert (n, failed) == (2, [])
+    assert all(pc.on_disk(v, target) for v in vs)
+    assert any(private_cache.rglob("*.cubin"))
+
+
+def test_a_variant_that_fails_is_reported_and_the_others_compile(private_cache):
+    target = _hopper()
+    good, bad = _variant(16), _variant(16, bn=6)  # tl.arange needs a power of two: Triton refuses BN=6
+    n, failed = pc.compile_variants([bad, good], target, workers=2, progress=False)
+    assert n == 2 and [v for v, _ in failed] == [bad]
+    assert "power of 2" in failed[0][1] or "arange" in failed[0][1]
+    assert pc.on_disk(good, target) and not pc.on_disk(bad, target)
+
+
+def test_variant_keys_tell_variants_apart():
+    assert _variant(16).key() == _variant(16).key()
+    assert _variant(16).key() != _variant(32).key()
+
+
+def test_workloads_are_checked():
+    with pytest.raises(ValueError, match="grad='weight'"):
+        pc.Workload(8, "weight")
+    with pytest.raises(ValueError, match="at least one code"):
+        pc.Workload(0)
+
+
+def test_nothing_to_do_on_the_cpu():
+    G = tiny_generator("T", resolution=32)
+    report = pc.precompile(G, [pc.Workload(2)], progress=False)
+    assert report.variants == 0 and "nothing to do" in repr(report)
+
+
+@requires_cuda
+@pytest.mark.parametrize("cfg", ["R", "T"])
+def test_after_precompiling_every_variant_of_the_calls_is_on_disk(cfg, private_cache):
+    from triton.runtime.driver import driver
+
+    G = tiny_generator(cfg, resolution=64).cuda()
+    loads = [pc.Workload(2), pc.Workload(2, "ws"), pc.Workload(1, "weights"), pc.Workload(2, force_fp32=True)]
+    target = driver.active.get_current_target()
+    before = pc.collect(G, loads)
+    assert before and not any(pc.on_disk(v, target) for v in before)
+    report = pc.precompile(G, loads, workers=2, progress=False)
+    assert report.failed == [] and report.compiled == len(before)
+    assert all(pc.on_disk(v, target) for v in pc.collect(G, loads))
+    # the dry run left the generator as it was: no gradients wanted, none kept
+    assert not any(p.requires_grad or p.grad is not None for p in G.parameters())
+    img = G.synthesis(G.mapping.w_avg[None, None].expand(2, G.num_ws, -1))
+    assert torch.isfinite(img).all()
