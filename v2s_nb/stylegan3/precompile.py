@@ -248,6 +248,9 @@ def compile_variants(variants, target, workers: int | None = None, progress: boo
         bar.close()
 
 
+#: Seconds without any worker finishing a variant after which precompiling gives up (one takes a few seconds).
+STALL_SECONDS = 600
+
 # A worker: reads variant indices on stdin, compiles each, answers "index<TAB>ok" or "index<TAB>error" on stdout.
 _WORKER = "import sys; from v2s_nb.stylegan3.precompile import _worker; _worker(sys.argv[1])"
 
@@ -286,7 +289,12 @@ def _compile_in_processes(variants, target, n: int, bar) -> list:
                 sel.register(p.stdout, selectors.EVENT_READ, (p, k))
                 _give(p, todo, busy)
             while sel.get_map():
-                for key, _ in sel.select():
+                ready = sel.select(timeout=STALL_SECONDS)
+                if not ready:  # a worker stuck on one variant: stop them all, the rest compile at first use
+                    failed += [(variants[i], f"no answer in {STALL_SECONDS} s") for i in busy.values()]
+                    busy.clear()
+                    break
+                for key, _ in ready:
                     p, k = key.data
                     line = key.fileobj.readline()
                     if line:
