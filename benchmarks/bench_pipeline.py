@@ -107,7 +107,8 @@ def main(argv=None):
     ap.add_argument("--fresh-kernel-cache", action="store_true",
                     help="compile every Triton kernel into a new, empty cache (TRITON_CACHE_DIR in a temporary "
                          "folder), as on a fresh machine: the stages' times then include compiling; the encoder's "
-                         "warm-up becomes a timed stage. V2S_NB_PRECOMPILE_WORKERS=0 turns precompiling off")
+                         "warm-up becomes a timed stage. V2S_NB_PRECOMPILE_WORKERS=-1 precompiles each stage's "
+                         "kernels in one process per CPU (v2s_nb.stylegan3.precompile; default 0: off)")
     ap.add_argument("--json", default=None, help="append the results as one JSON line to this file")
     a = ap.parse_args(argv)
     dev = torch.device(a.device)

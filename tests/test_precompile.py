@@ -63,6 +63,30 @@ def test_a_variant_that_fails_is_reported_and_the_others_compile(private_cache):
     assert pc.on_disk(good, target) and not pc.on_disk(bad, target)
 
 
+def test_the_options_a_launch_reports_give_a_worker_the_launchs_cache_key():
+    """A worker compiles from the options Triton's hook reports (as JSON) what the launch would compile from its
+    parsed options: the same on-disk cache entry, so the launch finds the worker's binary."""
+    import inspect
+
+    from triton.compiler.compiler import get_cache_invalidating_env_vars, get_cache_key, make_backend
+    from triton.runtime.jit import serialize_specialization_data
+
+    v, target = _variant(16), _hopper()
+    backend = make_backend(target)
+    launched = backend.parse_options({"num_warps": 4, "num_stages": 3})  # as the JIT's binder parses a launch's
+    args = [v.name, v.signature, v.constexprs, v.attrs, launched, "key", target]
+    reported = pc._options_from(serialize_specialization_data(*args[:len(inspect.signature(
+        serialize_specialization_data).parameters)]))
+    src = pc._source(v)
+
+    def key(options):
+        return get_cache_key(src, backend, backend.parse_options(dict(options, **src.parse_options())),
+                             get_cache_invalidating_env_vars())
+
+    assert key(reported) == key(launched.__dict__)
+    assert key(reported) != key(dict(reported, num_warps=8))  # the key does depend on the options
+
+
 def test_variant_keys_tell_variants_apart():
     assert _variant(16).key() == _variant(16).key()
     assert _variant(16).key() != _variant(32).key()
@@ -79,6 +103,26 @@ def test_nothing_to_do_on_the_cpu():
     G = tiny_generator("T", resolution=32)
     report = pc.precompile(G, [pc.Workload(2)], progress=False)
     assert report.variants == 0 and "nothing to do" in repr(report)
+
+
+def test_stages_precompile_only_when_asked():
+    from v2s_nb.stylegan3 import fast_config
+
+    G = tiny_generator("T", resolution=32)
+    assert fast_config.FastConfig().precompile_workers == 0  # off by default
+    with fast_config.override(precompile_workers=0):
+        assert pc.ensure_compiled(G, [pc.Workload(2)], progress=False) is None
+    with fast_config.override(precompile_workers=-1):  # asked for, but a CPU generator has no kernels to compile
+        assert pc.ensure_compiled(G, [pc.Workload(2)], progress=False) is None
+    with pytest.raises(ValueError, match="precompile_workers"):
+        fast_config.FastConfig(precompile_workers=-2)
+    assert fast_config.FastConfig.from_env({"V2S_NB_PRECOMPILE_WORKERS": "-1"}).precompile_workers == -1
+
+
+def test_batch_sizes_of_a_clip():
+    assert pc.batch_sizes(160, 8) == [8]
+    assert pc.batch_sizes(21, 8) == [5, 8]
+    assert pc.batch_sizes(3, 8) == [3]
 
 
 @requires_cuda

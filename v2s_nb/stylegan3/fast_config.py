@@ -69,9 +69,9 @@ field                     environment variable    meaning
                                                   faster, one layer's x and d y kept a layer longer:
                                                   docs/performance.md); 0: in the layer's backward, in turn
 ``precompile_workers``    ``V2S_NB_PRECOMPILE_WORKERS``  processes that compile a stage's Triton kernels before it
-                                                  starts (:mod:`.precompile`): -1 (default) one per CPU; 0
-                                                  off (each kernel compiles at its first launch, in turn);
-                                                  1 in this process
+                                                  starts (:mod:`.precompile`): 0 (default for now: not yet
+                                                  timed on a GPU) off, each kernel compiles at its first
+                                                  launch, in turn; -1 one per CPU; 1 in this process
 ========================  ======================  ==========================================================
 """
 
@@ -103,7 +103,7 @@ class FastConfig:
     saved_codes: bool = True
     recompute_conv_output: bool = False
     overlap_weight_grads: bool = True
-    precompile_workers: int = -1
+    precompile_workers: int = 0
 
     def __post_init__(self):
         if not isinstance(self.chunk_mb, int) or self.chunk_mb < 1:

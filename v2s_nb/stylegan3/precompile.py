@@ -12,6 +12,10 @@ are neither in memory nor in the on-disk cache, and compiles those in worker pro
 The stage's real launches then load them from there in milliseconds. Results are unchanged: the same kernels run,
 compiled from the same source with the same options. Nothing here is needed for correctness; where Triton lacks
 the hook, or a worker fails, the kernel compiles at its first launch as it would have.
+
+The stages (the encoder, PTI, pose encoding on images, ``Reenactor.render_video``) call :func:`ensure_compiled`; it
+does nothing unless ``fast_config.precompile_workers`` (``V2S_NB_PRECOMPILE_WORKERS``) is set, -1 for one process per
+CPU: off by default until the speed-up has been measured on a GPU (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -129,11 +133,11 @@ def _launches_skipped(found: dict):
     before = knobs.runtime.jit_cache_hook
 
     def hook(**kw):
-        info = kw["fn"]
-        if not str(info.module).startswith(_OURS):
+        fn = kw["fn"].jit_function.fn  # the Python function under @triton.jit
+        if not fn.__module__.startswith(_OURS):
             return before(**kw) if before is not None else None
         c = kw["compile"]
-        v = KernelVariant(module=info.module, name=info.name.rsplit(".", 1)[-1], signature=dict(c["signature"]),
+        v = KernelVariant(module=fn.__module__, name=fn.__name__, signature=dict(c["signature"]),
                           constexprs=dict(c["constants"]), attrs=dict(c["configs"][0]),
                           options=_options_from(c["specialization_data"]))
         found.setdefault(v.key(), v)
@@ -380,7 +384,8 @@ def _architecture(G) -> tuple:
 
 def ensure_compiled(G, workloads, progress: bool = True) -> PrecompileReport | None:
     """:func:`precompile` as a stage calls it before its work: once per process for each architecture and workload,
-    with ``fast_config``'s ``precompile_workers`` (0: off). Returns the report, or None when there was nothing to do.
+    with ``fast_config``'s ``precompile_workers`` (0, the default until this has been timed on a GPU: off; -1: one
+    process per CPU). Returns the report, or None when there was nothing to do.
     A dry run out of GPU memory is given up silently (the stage then meets that itself, with its own message); any
     other failure here is a warning, never an error: the kernels then compile at their first launch."""
     from . import fast_config
@@ -404,7 +409,8 @@ def ensure_compiled(G, workloads, progress: bool = True) -> PrecompileReport | N
         from ..errors import V2SWarning
 
         warnings.warn(f"precompiling the GPU kernels failed ({type(e).__name__}: {e}); they compile at their first "
-                      "launch instead. Set V2S_NB_PRECOMPILE_WORKERS=0 to skip this step.", V2SWarning, stacklevel=3)
+                      "launch instead. Unset V2S_NB_PRECOMPILE_WORKERS (or set it to 0) to skip this step.",
+                      V2SWarning, stacklevel=3)
         return None
     _DONE.update((base, w) for w in todo)
     return report
