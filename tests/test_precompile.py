@@ -87,11 +87,6 @@ def test_the_options_a_launch_reports_give_a_worker_the_launchs_cache_key():
     assert key(reported) != key(dict(reported, num_warps=8))  # the key does depend on the options
 
 
-def test_variant_keys_tell_variants_apart():
-    assert _variant(16).key() == _variant(16).key()
-    assert _variant(16).key() != _variant(32).key()
-
-
 def test_workloads_are_checked():
     with pytest.raises(ValueError, match="grad='weight'"):
         pc.Workload(8, "weight")

@@ -74,11 +74,6 @@ class KernelVariant:
     attrs: dict  # {(index,): specialisations}, e.g. pointer alignment
     options: dict  # the compile options, as the launch parsed them
 
-    def key(self) -> str:
-        text = repr((self.module, self.name, sorted(self.signature.items()), sorted(self.constexprs.items()),
-                     sorted(self.attrs.items()), sorted(self.options.items())))
-        return hashlib.sha256(text.encode()).hexdigest()
-
 
 @dataclass
 class PrecompileReport:
@@ -128,7 +123,7 @@ def _options_from(specialization_data: str) -> dict:
 @contextlib.contextmanager
 def _launches_skipped(found: dict):
     """Inside: launches of this package's kernels that would compile are skipped and recorded in ``found``
-    (by key); launches of variants already in memory run, as do other libraries' kernels."""
+    (by kernel and Triton's specialisation key); launches of variants already in memory run, as do other libraries' kernels."""
     knobs = _knobs()
     before = knobs.runtime.jit_cache_hook
 
@@ -140,7 +135,7 @@ def _launches_skipped(found: dict):
         v = KernelVariant(module=fn.__module__, name=fn.__name__, signature=dict(c["signature"]),
                           constexprs=dict(c["constants"]), attrs=dict(c["configs"][0]),
                           options=_options_from(c["specialization_data"]))
-        found.setdefault(v.key(), v)
+        found.setdefault((v.module, v.name, str(kw["key"])), v)  # Triton's key: the launch's types and options
         return True  # Triton: the hook handled it, so neither compile nor launch
 
     knobs.runtime.jit_cache_hook = hook
