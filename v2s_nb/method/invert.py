@@ -1016,7 +1016,7 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
     k_local = int(locality_samples) if locality_weight and locality_every else 0
     m_piv = min(n, int(batch_size))
     loads = {Workload(m_piv + k_local, "weights")}
-    loads |= {Workload(m_piv, "weights")} if int(locality_every or 1) > 1 or not k_local else set()
+    loads |= {Workload(m_piv, "weights")} if not k_local or int(locality_every) > 1 else set()
     loads |= {Workload(k_local)} if k_local else set()
     ensure_compiled(G, sorted(loads, key=repr), progress)
     radius = 30.0 * math.sqrt(G.w_dim / 512) if locality_radius is None else float(locality_radius)

@@ -122,8 +122,8 @@ def _options_from(specialization_data: str) -> dict:
 
 @contextlib.contextmanager
 def _launches_skipped(found: dict):
-    """Inside: launches of this package's kernels that would compile are skipped and recorded in ``found``
-    (by kernel and Triton's specialisation key); launches of variants already in memory run, as do other libraries' kernels."""
+    """Inside: launches of this package's kernels that would compile are skipped and recorded in ``found`` (by
+    kernel and Triton's specialisation key); launches of variants already in memory run, as do other libraries'."""
     knobs = _knobs()
     before = knobs.runtime.jit_cache_hook
 
@@ -207,6 +207,15 @@ def on_disk(v: KernelVariant, target) -> bool:
         return False
 
 
+def _try_compile(v: KernelVariant, target) -> str:
+    """``compile_variant``, as "ok" or the error's one-line text (the variant then compiles at first use)."""
+    try:
+        compile_variant(v, target)
+        return "ok"
+    except Exception as e:
+        return f"{type(e).__name__}: {e}".replace("\n", " ").replace("\t", " ")
+
+
 def compile_variant(v: KernelVariant, target) -> float:
     """Compile ``v`` for ``target`` (a ``triton.backends.compiler.GPUTarget``) into Triton's on-disk cache; seconds.
     Needs no GPU. Runs in the worker processes of :func:`compile_variants`."""
@@ -236,10 +245,9 @@ def compile_variants(variants, target, workers: int | None = None, progress: boo
         if n <= 1:
             failed = []
             for v in variants:
-                try:
-                    compile_variant(v, target)
-                except Exception as e:
-                    failed.append((v, f"{type(e).__name__}: {e}"))
+                answer = _try_compile(v, target)
+                if answer != "ok":
+                    failed.append((v, answer))
                 bar.update(1)
             return n, failed
         return n, _compile_in_processes(variants, target, n, bar)
@@ -259,12 +267,7 @@ def _worker(job_file: str) -> None:
         variants, target = pickle.load(f)
     for line in sys.stdin:
         i = int(line)
-        try:
-            compile_variant(variants[i], target)
-            answer = "ok"
-        except Exception as e:  # told to the parent, which lets that variant compile at first use
-            answer = f"{type(e).__name__}: {e}".replace("\n", " ").replace("\t", " ")
-        print(f"{i}\t{answer}", flush=True)
+        print(f"{i}\t{_try_compile(variants[i], target)}", flush=True)
 
 
 def _compile_in_processes(variants, target, n: int, bar) -> list:
@@ -275,7 +278,8 @@ def _compile_in_processes(variants, target, n: int, bar) -> list:
         job_file = os.path.join(tmp, "jobs.pkl")
         write_atomic(job_file, lambda f: pickle.dump((variants, target), f))
         env = dict(os.environ)  # the workers import this package from wherever this process does
-        env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        paths = [p for p in sys.path if p] + [env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(paths).rstrip(os.pathsep)
         todo = collections.deque(range(len(variants)))
         busy: dict = {}
         logs = {}
