@@ -16,8 +16,6 @@ import contextlib
 import math
 
 import numpy as np
-import scipy.signal
-import scipy.special
 import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
@@ -30,6 +28,9 @@ def design_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float, 
     Separable filters come from ``scipy.signal.firwin`` (Kaiser window); radial ones are a jinc windowed by
     the outer product of a Kaiser window, normalised to unit sum.
     """
+    import scipy.signal  # here, not at the top: it takes half a second to import (kernel-compiling workers too)
+    import scipy.special
+
     if numtaps < 1:
         raise ValueError(f"numtaps must be >= 1, got {numtaps}")
     if numtaps == 1:
