@@ -46,7 +46,7 @@ from v2s_nb.method.invert import pivotal_tuning  # noqa: E402
 from v2s_nb.method.local_channels import discover  # noqa: E402
 from v2s_nb.method.pose_encoding import encode_pose, fit_pose_regressor  # noqa: E402
 from v2s_nb.method.reenact import Reenactor, layer_names  # noqa: E402
-from v2s_nb.stylegan3 import build_generator, tiny_generator  # noqa: E402
+from v2s_nb.stylegan3 import build_generator, precompile, tiny_generator  # noqa: E402
 
 
 def make_frames(n, size, seed=0):
@@ -107,8 +107,9 @@ def main(argv=None):
     ap.add_argument("--fresh-kernel-cache", action="store_true",
                     help="compile every Triton kernel into a new, empty cache (TRITON_CACHE_DIR in a temporary "
                          "folder), as on a fresh machine: the stages' times then include compiling; the encoder's "
-                         "warm-up becomes a timed stage. V2S_NB_PRECOMPILE_WORKERS=-1 precompiles each stage's "
-                         "kernels in one process per CPU (v2s_nb.stylegan3.precompile; default 0: off)")
+                         "warm-up becomes a timed stage. Each stage precompiles its kernels in one process per "
+                         "CPU first (v2s_nb.stylegan3.precompile; V2S_NB_PRECOMPILE_WORKERS=0: off, they compile "
+                         "at first launch, one at a time)")
     ap.add_argument("--json", default=None, help="append the results as one JSON line to this file")
     a = ap.parse_args(argv)
     dev = torch.device(a.device)
@@ -118,7 +119,8 @@ def main(argv=None):
         os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_pipeline_triton_")
         from v2s_nb.stylegan3 import fast_config
         print(f"fresh Triton cache {os.environ['TRITON_CACHE_DIR']}; precompile workers "
-              f"{fast_config.current().precompile_workers} (-1: one per CPU, {os.cpu_count()} here; 0: off)")
+              f"{fast_config.current().precompile_workers} (-1: one per CPU, 16 at most, {os.cpu_count()} here; "
+              "0: off)")
 
     t = time.perf_counter()
     if a.tiny:
@@ -143,6 +145,11 @@ def main(argv=None):
         s = time.perf_counter() - t0
         rows.append({"stage": name, "seconds": s, "peak_gib": peak_gib(dev)})
         print(f"  {name:<46s} {s:9.2f} s   peak {rows[-1]['peak_gib']:.2f} GiB", flush=True)
+        if precompile.REPORTS:  # the stage precompiled its kernels first (V2S_NB_PRECOMPILE_WORKERS)
+            rows[-1]["precompile"] = [{k: v for k, v in vars(r).items() if k != "failed"} for r in precompile.REPORTS]
+            for r in precompile.REPORTS:
+                print(f"      {r!r}")
+            precompile.REPORTS.clear()
         return out
 
     warm_up = lambda: E.encode(drive[:a.batch], n_iters=a.iters, batch_size=a.batch, force_fp32=not a.fp16)

@@ -100,18 +100,19 @@ def test_nothing_to_do_on_the_cpu():
     assert report.variants == 0 and "nothing to do" in repr(report)
 
 
-def test_stages_precompile_only_when_asked():
+def test_stages_precompile_unless_turned_off():
     from v2s_nb.stylegan3 import fast_config
 
     G = tiny_generator("T", resolution=32)
-    assert fast_config.FastConfig().precompile_workers == 0  # off by default
+    assert fast_config.FastConfig().precompile_workers == -1  # on by default: one process per CPU
     with fast_config.override(precompile_workers=0):
         assert pc.ensure_compiled(G, [pc.Workload(2)], progress=False) is None
-    with fast_config.override(precompile_workers=-1):  # asked for, but a CPU generator has no kernels to compile
+    with fast_config.override(precompile_workers=-1):  # on, but a CPU generator has no kernels to compile
         assert pc.ensure_compiled(G, [pc.Workload(2)], progress=False) is None
     with pytest.raises(ValueError, match="precompile_workers"):
         fast_config.FastConfig(precompile_workers=-2)
-    assert fast_config.FastConfig.from_env({"V2S_NB_PRECOMPILE_WORKERS": "-1"}).precompile_workers == -1
+    assert fast_config.FastConfig.from_env({"V2S_NB_PRECOMPILE_WORKERS": "0"}).precompile_workers == 0
+    assert 1 <= pc.default_workers() <= pc.MAX_WORKERS
 
 
 def test_batch_sizes_of_a_clip():

@@ -69,9 +69,9 @@ field                     environment variable    meaning
                                                   faster, one layer's x and d y kept a layer longer:
                                                   docs/performance.md); 0: in the layer's backward, in turn
 ``precompile_workers``    ``V2S_NB_PRECOMPILE_WORKERS``  processes that compile a stage's Triton kernels before it
-                                                  starts (:mod:`.precompile`): 0 (default for now: not yet
-                                                  timed on a GPU) off, each kernel compiles at its first
-                                                  launch, in turn; -1 one per CPU; 1 in this process
+                                                  starts (:mod:`.precompile`): -1 (default) one per CPU, 16
+                                                  at most; 0 off, each kernel compiles at its first launch,
+                                                  in turn; 1 in this process; n: n processes
 ========================  ======================  ==========================================================
 """
 
@@ -103,7 +103,7 @@ class FastConfig:
     saved_codes: bool = True
     recompute_conv_output: bool = False
     overlap_weight_grads: bool = True
-    precompile_workers: int = 0
+    precompile_workers: int = -1
 
     def __post_init__(self):
         if not isinstance(self.chunk_mb, int) or self.chunk_mb < 1:
@@ -113,7 +113,7 @@ class FastConfig:
         if not (isinstance(self.fp16_rank_tol, (int, float)) and 0 <= self.fp16_rank_tol < 1):
             raise ValueError(f"fp16_rank_tol must be a number in [0, 1), got {self.fp16_rank_tol!r}")
         if not isinstance(self.precompile_workers, int) or self.precompile_workers < -1:
-            raise ValueError(f"precompile_workers must be -1 (one per CPU), 0 (off) or a number of processes, got "
+            raise ValueError(f"precompile_workers must be -1 (one per CPU, 16 at most), 0 (off) or a number of processes, got "
                              f"{self.precompile_workers!r}")
 
     @property

@@ -7,19 +7,21 @@ runtime, preparing a 1024 px clip meets some sixty variants of about two seconds
 Compiling holds Python's GIL, so threads don't help; processes do.
 
 :func:`precompile` runs the generator calls a stage will make once with every Triton launch skipped (Triton's
-``jit_cache_hook``: no compile, no launch, the outputs are left unset and thrown away), collects the variants that
-are neither in memory nor in the on-disk cache, and compiles those in worker processes into the on-disk cache.
+``jit_cache_hook``: no compile, no launch, the outputs are left unset and thrown away). Each variant it meets that is
+neither in memory nor in the on-disk cache goes at once to a worker process (started on demand, one per CPU at
+most), which compiles it into the on-disk cache while the dry run goes on.
 The stage's real launches then load them from there in milliseconds. Results are unchanged: the same kernels run,
 compiled from the same source with the same options. Nothing here is needed for correctness; where Triton lacks
 the hook, or a worker fails, the kernel compiles at its first launch as it would have.
 
-The stages (the encoder, PTI, pose encoding on images, ``Reenactor.render_video``) call :func:`ensure_compiled`; it
-does nothing unless ``fast_config.precompile_workers`` (``V2S_NB_PRECOMPILE_WORKERS``) is set, -1 for one process per
-CPU: off by default until the speed-up has been measured on a GPU (docs/performance.md).
+The stages (the encoder, PTI, pose encoding on images, ``Reenactor.render_video``) call :func:`ensure_compiled`,
+with ``fast_config.precompile_workers`` (``V2S_NB_PRECOMPILE_WORKERS``) processes: -1 (the default) one per CPU, 16
+at most; 0 turns it off. Measured in docs/performance.md ("Kernel compiles on a fresh machine").
 """
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import hashlib
@@ -36,7 +38,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..atomic import write_atomic
 from ..progress import progress_bar
 
 #: Gradient targets of a workload: none (rendering), the codes ``ws`` (pose encoding, inversion by optimisation),
@@ -78,13 +79,19 @@ class KernelVariant:
 @dataclass
 class PrecompileReport:
     """What :func:`precompile` did: variants met in the dry run, those already on disk, those compiled, the
-    worker processes, wall seconds (dry run included), and the variants that failed (they compile at first use)."""
+    processes that compiled them, and the variants that failed (they compile at first use). Times in seconds:
+    ``seconds`` the whole call (wall), ``dry_run_seconds`` its dry run (compiling had begun meanwhile),
+    ``compile_seconds`` the compiles summed over variants (what launching them would have cost one after another)
+    and ``longest_seconds`` the longest one."""
 
     variants: int = 0
     cached: int = 0
     compiled: int = 0
     workers: int = 0
     seconds: float = 0.0
+    dry_run_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    longest_seconds: float = 0.0
     failed: list = field(default_factory=list)
     note: str = ""
 
@@ -92,8 +99,11 @@ class PrecompileReport:
         if self.note:
             return f"PrecompileReport({self.note})"
         fail = f", {len(self.failed)} failed (they compile at first use)" if self.failed else ""
+        work = (f"; compiles summed {self.compile_seconds:.1f} s, longest {self.longest_seconds:.1f} s"
+                if self.compiled else "")
         return (f"PrecompileReport({self.variants} kernel variants not in memory: {self.cached} on disk, "
-                f"{self.compiled} compiled by {self.workers} processes{fail}; {self.seconds:.1f} s)")
+                f"{self.compiled} compiled by {self.workers} processes{fail}; {self.seconds:.1f} s, dry run "
+                f"{self.dry_run_seconds:.1f} s{work})")
 
 
 def _knobs():
@@ -121,7 +131,7 @@ def _options_from(specialization_data: str) -> dict:
 
 
 @contextlib.contextmanager
-def _launches_skipped(found: dict):
+def _launches_skipped(found: dict, on_found=None):
     """Inside: launches of this package's kernels that would compile are skipped and recorded in ``found`` (by
     kernel and Triton's specialisation key); launches of variants already in memory run, as do other libraries'."""
     knobs = _knobs()
@@ -135,7 +145,11 @@ def _launches_skipped(found: dict):
         v = KernelVariant(module=fn.__module__, name=fn.__name__, signature=dict(c["signature"]),
                           constexprs=dict(c["constants"]), attrs=dict(c["configs"][0]),
                           options=_options_from(c["specialization_data"]))
-        found.setdefault((v.module, v.name, str(kw["key"])), v)  # Triton's key: the launch's types and options
+        key = (v.module, v.name, str(kw["key"]))  # Triton's key: the launch's types and options
+        if key not in found:
+            found[key] = v
+            if on_found is not None:
+                on_found(v)
         return True  # Triton: the hook handled it, so neither compile nor launch
 
     knobs.runtime.jit_cache_hook = hook
@@ -171,11 +185,12 @@ def _dry_run(G, w: Workload) -> None:
             p.requires_grad_(f)
 
 
-def collect(G, workloads) -> list[KernelVariant]:
+def collect(G, workloads, on_found=None) -> list[KernelVariant]:
     """The kernel variants ``workloads`` (:class:`Workload` s) would compile on ``G``'s device: the generator calls
-    run with this package's uncompiled launches skipped. Variants already in memory don't appear."""
+    run with this package's uncompiled launches skipped. Variants already in memory don't appear. ``on_found``, if
+    given, is called with each variant as the dry run meets it."""
     found: dict = {}
-    with _launches_skipped(found):
+    with _launches_skipped(found, on_found):
         for w in workloads:
             _dry_run(G, w)
     torch.cuda.synchronize(G.device)
@@ -207,13 +222,15 @@ def on_disk(v: KernelVariant, target) -> bool:
         return False
 
 
-def _try_compile(v: KernelVariant, target) -> str:
-    """``compile_variant``, as "ok" or the error's one-line text (the variant then compiles at first use)."""
+def _try_compile(v: KernelVariant, target) -> tuple[str, float]:
+    """``compile_variant``, as ("ok" or the error's one-line text, seconds); a variant that fails compiles at its
+    first launch instead."""
+    t = time.perf_counter()
     try:
         compile_variant(v, target)
-        return "ok"
+        return "ok", time.perf_counter() - t
     except Exception as e:
-        return f"{type(e).__name__}: {e}".replace("\n", " ").replace("\t", " ")
+        return f"{type(e).__name__}: {e}".replace("\n", " ").replace("\t", " "), time.perf_counter() - t
 
 
 def compile_variant(v: KernelVariant, target) -> float:
@@ -226,118 +243,189 @@ def compile_variant(v: KernelVariant, target) -> float:
     return time.perf_counter() - t
 
 
+#: Most worker processes by default: beyond this the longest compile and the workers' start (importing torch, about
+#: 300 MB each) set the time.
+MAX_WORKERS = 16
+
+
 def default_workers() -> int:
-    """Worker processes: the CPUs this process may use."""
+    """Worker processes: the CPUs this process may use, :data:`MAX_WORKERS` at most."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_WORKERS))
 
 
 def compile_variants(variants, target, workers: int | None = None, progress: bool = True) -> tuple[int, list]:
-    """Compile ``variants`` into Triton's on-disk cache, ``workers`` processes at a time (default: one per CPU;
-    1: in this process). Each worker takes the next variant when it has finished one. Returns (processes used,
+    """Compile ``variants`` into Triton's on-disk cache, ``workers`` processes at a time (default:
+    :func:`default_workers`; 1: in this process). Each worker takes the next variant when it has finished one. Returns (processes used,
     [(variant, error text)] for those that failed: they compile at their first launch instead)."""
     variants = list(variants)
     n = min(len(variants), workers or default_workers())
-    bar = progress_bar(total=len(variants), desc="compiling GPU kernels", enabled=progress, unit="kernel")
-    try:
-        if n <= 1:
-            failed = []
-            for v in variants:
-                answer = _try_compile(v, target)
-                if answer != "ok":
-                    failed.append((v, answer))
-                bar.update(1)
-            return n, failed
-        return n, _compile_in_processes(variants, target, n, bar)
-    finally:
-        bar.close()
+    with _Compiler(target, n) as compiler:
+        for v in variants:
+            compiler.submit(v)
+        compiler.finish(progress)
+    return compiler.processes, compiler.failed
 
 
 #: Seconds without any worker finishing a variant after which precompiling gives up (one takes a few seconds).
 STALL_SECONDS = 600
 
-# A worker: reads variant indices on stdin, compiles each, answers "index<TAB>ok" or "index<TAB>error" on stdout.
+# A worker: compiles each variant it reads on stdin ("index<TAB>pickled variant, base64"), answers
+# "index<TAB>ok or error text<TAB>seconds" on stdout.
 _WORKER = "import sys; from v2s_nb.stylegan3.precompile import _worker; _worker(sys.argv[1])"
 
 
-def _worker(job_file: str) -> None:
-    with open(job_file, "rb") as f:
-        variants, target = pickle.load(f)
+def _pack(obj) -> str:
+    return base64.b64encode(pickle.dumps(obj)).decode("ascii")
+
+
+def _unpack(text: str):
+    return pickle.loads(base64.b64decode(text))
+
+
+def _worker(target: str) -> None:
+    target = _unpack(target)
     for line in sys.stdin:
-        i = int(line)
-        print(f"{i}\t{_try_compile(variants[i], target)}", flush=True)
+        i, _, packed = line.partition("\t")
+        answer, seconds = _try_compile(_unpack(packed), target)
+        print(f"{i}\t{answer}\t{seconds:.3f}", flush=True)
 
 
-def _compile_in_processes(variants, target, n: int, bar) -> list:
-    # Plain subprocesses rather than multiprocessing: spawn would import the caller's __main__ again (a script
-    # without an ``if __name__ == "__main__"`` guard would run twice), and fork would copy this process's CUDA state.
-    failed = []
-    with tempfile.TemporaryDirectory(prefix="v2s_nb_kernels_") as tmp:
-        job_file = os.path.join(tmp, "jobs.pkl")
-        write_atomic(job_file, lambda f: pickle.dump((variants, target), f))
+class _Compiler:
+    """Compiles the variants handed to :meth:`submit` into Triton's on-disk cache: in up to ``n`` worker
+    processes, each started when a variant finds no idle one and fed the next variant when it answers, so that
+    compiling (and the workers' start, about a second of imports) overlaps the dry run that finds the variants;
+    with ``n`` <= 1 in this process, at :meth:`finish`. Used as a context manager: leaving it stops the workers."""
+
+    def __init__(self, target, n: int):
+        self.target, self.n = target, n
+        self.variants: list = []
+        self.todo: collections.deque = collections.deque()  # indices waiting for a worker
+        self.busy: dict = {}  # process -> the index it compiles
+        self.idle: list = []
+        self.logs: dict = {}  # process -> its stderr (its last words if it dies)
+        self.sel = selectors.DefaultSelector()
+        self.failed: list = []  # (variant, error text)
+        self.done = 0
+        self.work_seconds = 0.0  # summed over variants: the compile time saved by having them ready
+        self.longest = 0.0
+        self.started = 0
+        self.bar = None
+
+    @property
+    def processes(self) -> int:
+        """Processes that compiled: the workers started, or this one."""
+        return self.started if self.n > 1 else min(1, len(self.variants))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for p, log in self.logs.items():  # every worker, running (waiting for work, or stuck) or ended
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            for f in (p.stdin, p.stdout, log):
+                with contextlib.suppress(OSError):
+                    f.close()
+        self.sel.close()
+        if self.bar is not None:
+            self.bar.close()
+
+    def submit(self, v: KernelVariant) -> None:
+        self.variants.append(v)
+        self.todo.append(len(self.variants) - 1)
+        if self.n <= 1:
+            return
+        if not self.idle and self.started < self.n:
+            self._start()
+        self._hand_out()
+        self._read(timeout=0)
+
+    def _start(self) -> None:
+        # Plain subprocesses rather than multiprocessing: spawn would import the caller's __main__ again (a script
+        # without an ``if __name__ == "__main__"`` guard would run twice), and fork would copy this process's CUDA
+        # state.
         env = dict(os.environ)  # the workers import this package from wherever this process does
         paths = [p for p in sys.path if p] + [env.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(paths).rstrip(os.pathsep)
-        todo = collections.deque(range(len(variants)))
-        busy: dict = {}
-        logs = {}
-        sel = selectors.DefaultSelector()
-        try:
-            for k in range(n):
-                logs[k] = tempfile.TemporaryFile("w+")  # the worker's stderr: its last words if it dies
-                p = subprocess.Popen([sys.executable, "-c", _WORKER, job_file], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=logs[k], text=True, env=env)
-                sel.register(p.stdout, selectors.EVENT_READ, (p, k))
-                _give(p, todo, busy)
-            while sel.get_map():
-                ready = sel.select(timeout=STALL_SECONDS)
-                if not ready:  # a worker stuck on one variant: stop them all, the rest compile at first use
-                    failed += [(variants[i], f"no answer in {STALL_SECONDS} s") for i in busy.values()]
-                    busy.clear()
-                    break
-                for key, _ in ready:
-                    p, k = key.data
-                    line = key.fileobj.readline()
-                    if line:
-                        i, _, answer = line.rstrip("\n").partition("\t")
-                        busy.pop(p, None)
-                        if answer != "ok":
-                            failed.append((variants[int(i)], answer))
-                        bar.update(1)
-                        _give(p, todo, busy)
-                        continue
-                    sel.unregister(key.fileobj)  # the worker ended
-                    p.wait()
-                    if p in busy:  # it died on a variant: say why (its last words), go on with the others
-                        logs[k].seek(0)
-                        why = " ".join(logs[k].read().strip().splitlines()[-1:]) or f"exit code {p.returncode}"
-                        failed.append((variants[busy.pop(p)], f"worker process ended: {why}"))
-                        bar.update(1)
-        finally:
-            for key in list(sel.get_map().values()):
-                key.data[0].kill()
-            for f in logs.values():
-                f.close()
+        log = tempfile.TemporaryFile("w+")
+        p = subprocess.Popen([sys.executable, "-c", _WORKER, _pack(self.target)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        self.logs[p] = log
+        self.sel.register(p.stdout, selectors.EVENT_READ, p)
+        self.idle.append(p)
+        self.started += 1
+
+    def _hand_out(self) -> None:
+        while self.todo and self.idle:
+            p = self.idle.pop()
+            i = self.todo.popleft()
+            try:
+                p.stdin.write(f"{i}\t{_pack(self.variants[i])}\n")
+                p.stdin.flush()
+                self.busy[p] = i
+            except OSError:  # it has ended: the variant waits for another worker; its end is read as EOF
+                self.todo.appendleft(i)
+
+    def _answer(self, i: int, answer: str, seconds: float) -> None:
+        self.done += 1
+        self.work_seconds += seconds
+        self.longest = max(self.longest, seconds)
+        if answer != "ok":
+            self.failed.append((self.variants[i], answer))
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def _read(self, timeout: float) -> bool:
+        """Take the workers' answers (waiting up to ``timeout`` s for one), hand out more; False on a stall."""
+        ready = self.sel.select(timeout=timeout)
+        for key, _ in ready:
+            p = key.data
+            line = key.fileobj.readline()
+            if line:
+                i, answer, seconds = line.rstrip("\n").split("\t")
+                self.busy.pop(p, None)
+                self.idle.append(p)
+                self._answer(int(i), answer, float(seconds))
+                continue
+            self.sel.unregister(key.fileobj)  # the worker ended
+            p.wait()
+            if p in self.idle:
+                self.idle.remove(p)
+            if p in self.busy:  # it died on a variant: say why (its last words), go on with the others
+                self.logs[p].seek(0)
+                why = " ".join(self.logs[p].read().strip().splitlines()[-1:]) or f"exit code {p.returncode}"
+                self._answer(self.busy.pop(p), f"worker process ended: {why}", 0.0)
+        self._hand_out()
+        return bool(ready)
+
+    def finish(self, progress: bool = True) -> None:
+        """Wait until every submitted variant is compiled or has failed (a progress bar while waiting)."""
+        left = len(self.variants) - self.done
+        if left:
+            self.bar = progress_bar(total=len(self.variants), desc="compiling GPU kernels", enabled=progress,
+                                    unit="kernel", initial=self.done)
+        if self.n <= 1:
+            while self.todo:
+                i = self.todo.popleft()
+                self._answer(i, *_try_compile(self.variants[i], self.target))
+            return
+        for p in self.idle:  # nothing more to hand out: idle workers may exit
+            with contextlib.suppress(OSError):
+                p.stdin.close()
+        self.idle.clear()
+        while self.busy or (self.todo and self.sel.get_map()):
+            if not self._read(timeout=STALL_SECONDS):  # one stuck on a variant: the rest compile at first use
+                self.failed += [(self.variants[i], f"no answer in {STALL_SECONDS} s") for i in self.busy.values()]
+                self.busy.clear()
+                break
         # variants never handed out (every worker died) compile at first use
-        failed += [(variants[i], "not compiled: no worker left") for i in todo]
-    return failed
-
-
-def _give(p, todo, busy) -> None:
-    """Hand worker ``p`` the next variant, or close its input when none is left (it then exits)."""
-    if todo:
-        i = todo.popleft()
-        busy[p] = i
-        try:
-            p.stdin.write(f"{i}\n")
-            p.stdin.flush()
-        except OSError:  # it has ended: the variant goes back for another worker, its end is read as EOF
-            todo.appendleft(busy.pop(p))
-    else:
-        with contextlib.suppress(OSError):
-            p.stdin.close()
+        self.failed += [(self.variants[i], "not compiled: no worker left") for i in self.todo]
+        self.todo.clear()
 
 
 def precompile(G, workloads, workers: int | None = None, progress: bool = True) -> PrecompileReport:
@@ -348,7 +436,8 @@ def precompile(G, workloads, workers: int | None = None, progress: bool = True) 
         G: a :class:`~v2s_nb.stylegan3.Generator` on a CUDA device (elsewhere: nothing to do).
         workloads: :class:`Workload` s, e.g. ``[Workload(8), Workload(1, grad="weights")]`` for rendering batches of
             8 and PTI.
-        workers: processes (default: one per CPU this process may use; 1 compiles here).
+        workers: processes (default: one per CPU this process may use, :data:`MAX_WORKERS` at most; 1 compiles
+            here).
         progress: a progress bar while compiling.
     Returns:
         :class:`PrecompileReport`. Safe to call again: a second call finds everything compiled and returns quickly.
@@ -359,12 +448,24 @@ def precompile(G, workloads, workers: int | None = None, progress: bool = True) 
     workloads = [w if isinstance(w, Workload) else Workload(*w) for w in workloads]
     from triton.runtime.driver import driver
 
-    variants = collect(G, workloads)
     target = driver.active.get_current_target()
-    todo = [v for v in variants if not on_disk(v, target)]
-    n, failed = compile_variants(todo, target, workers, progress) if todo else (0, [])
-    return PrecompileReport(variants=len(variants), cached=len(variants) - len(todo), compiled=len(todo) - len(failed),
-                            workers=n, seconds=time.perf_counter() - t, failed=failed)
+    cached = 0
+
+    def found(v: KernelVariant) -> None:  # during the dry run: compiling starts at once
+        nonlocal cached
+        if on_disk(v, target):
+            cached += 1
+        else:
+            compiler.submit(v)
+
+    with _Compiler(target, workers or default_workers()) as compiler:
+        variants = collect(G, workloads, found)
+        dry_run = time.perf_counter() - t
+        compiler.finish(progress)
+    return PrecompileReport(variants=len(variants), cached=cached, compiled=compiler.done - len(compiler.failed),
+                            workers=compiler.processes, seconds=time.perf_counter() - t, dry_run_seconds=dry_run,
+                            compile_seconds=compiler.work_seconds, longest_seconds=compiler.longest,
+                            failed=compiler.failed)
 
 
 def batch_sizes(n: int, batch_size: int) -> list[int]:
@@ -375,6 +476,10 @@ def batch_sizes(n: int, batch_size: int) -> list[int]:
 
 _DONE: set = set()  # (architecture, fast-path settings, workload) this process has precompiled
 
+#: The reports of this process's :func:`ensure_compiled` calls that precompiled, oldest first (a benchmark reads
+#: them to say where a stage's time went).
+REPORTS: list = []
+
 
 def _architecture(G) -> tuple:
     syn = G.synthesis
@@ -383,8 +488,8 @@ def _architecture(G) -> tuple:
 
 def ensure_compiled(G, workloads, progress: bool = True) -> PrecompileReport | None:
     """:func:`precompile` as a stage calls it before its work: once per process for each architecture and workload,
-    with ``fast_config``'s ``precompile_workers`` (0, the default until this has been timed on a GPU: off; -1: one
-    process per CPU). Returns the report, or None when there was nothing to do.
+    with ``fast_config``'s ``precompile_workers`` (-1, the default: one process per CPU, 16 at most; 0: off). Returns
+    the report, or None when there was nothing to do.
     A dry run out of GPU memory is given up silently (the stage then meets that itself, with its own message); any
     other failure here is a warning, never an error: the kernels then compile at their first launch."""
     from . import fast_config
@@ -412,4 +517,5 @@ def ensure_compiled(G, workloads, progress: bool = True) -> PrecompileReport | N
                       V2SWarning, stacklevel=3)
         return None
     _DONE.update((base, w) for w in todo)
+    REPORTS.append(report)
     return report
