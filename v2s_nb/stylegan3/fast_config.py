@@ -113,8 +113,8 @@ class FastConfig:
         if not (isinstance(self.fp16_rank_tol, (int, float)) and 0 <= self.fp16_rank_tol < 1):
             raise ValueError(f"fp16_rank_tol must be a number in [0, 1), got {self.fp16_rank_tol!r}")
         if not isinstance(self.precompile_workers, int) or self.precompile_workers < -1:
-            raise ValueError(f"precompile_workers must be -1 (one per CPU, 16 at most), 0 (off) or a number of processes, got "
-                             f"{self.precompile_workers!r}")
+            raise ValueError(f"precompile_workers must be -1 (one per CPU, 16 at most), 0 (off) or a number of "
+                             f"processes, got {self.precompile_workers!r}")
 
     @property
     def chunk_bytes(self) -> int:

@@ -259,8 +259,9 @@ def default_workers() -> int:
 
 def compile_variants(variants, target, workers: int | None = None, progress: bool = True) -> tuple[int, list]:
     """Compile ``variants`` into Triton's on-disk cache, ``workers`` processes at a time (default:
-    :func:`default_workers`; 1: in this process). Each worker takes the next variant when it has finished one. Returns (processes used,
-    [(variant, error text)] for those that failed: they compile at their first launch instead)."""
+    :func:`default_workers`; 1: in this process). Each worker takes the next variant when it has finished one.
+    Returns (processes used, [(variant, error text)] for those that failed: they compile at their first launch
+    instead)."""
     variants = list(variants)
     n = min(len(variants), workers or default_workers())
     with _Compiler(target, n) as compiler:
@@ -297,7 +298,7 @@ def _worker(target: str) -> None:
 class _Compiler:
     """Compiles the variants handed to :meth:`submit` into Triton's on-disk cache: in up to ``n`` worker
     processes, each started when a variant finds no idle one and fed the next variant when it answers, so that
-    compiling (and the workers' start, about a second of imports) overlaps the dry run that finds the variants;
+    compiling (and the workers' start, a few seconds of imports) overlaps the dry run that finds the variants;
     with ``n`` <= 1 in this process, at :meth:`finish`. Used as a context manager: leaving it stops the workers."""
 
     def __init__(self, target, n: int):
