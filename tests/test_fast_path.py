@@ -414,6 +414,31 @@ def test_graphed_training_records_anew_where_its_kept_values_went_stale(monkeypa
         last.requires_grad_(False)
 
 
+def test_a_refused_recording_says_what_to_do(monkeypatch):
+    """A recording that CUDA ends with a capture error (seen once on an H100, PTI's first recording in a new
+    process) raises CudaGraphError naming the ways out; other errors pass unchanged. The CUDA graphs are replaced
+    on the CPU by a recording that fails as CUDA's did."""
+    from v2s_nb.errors import V2SError
+    from v2s_nb.stylegan3 import GraphedTrainingSynthesis, graphs
+    G = tiny_generator("T")
+    ws = mapped_ws(G, 1, 0)
+    monkeypatch.setattr(graphs, "_cuda_device", lambda G: G.device)
+    for message, expected in [("CUDA error: operation failed due to a previous error during capture", V2SError),
+                              ("CUDA out of memory", RuntimeError)]:
+        def refused(*args, **kwargs):
+            raise RuntimeError(message)
+
+        monkeypatch.setattr(torch.cuda, "make_graphed_callables", refused)
+        with pytest.raises(expected) as caught:
+            GraphedTrainingSynthesis(G, batch_size=1)(ws)
+        if expected is V2SError:
+            assert isinstance(caught.value, RuntimeError)  # what PyTorch raised, for callers that catch that
+            assert "GraphedTrainingSynthesis" in str(caught.value) and "cuda_graphs=False" in str(caught.value)
+            assert "new Python process" in str(caught.value)
+        else:
+            assert not isinstance(caught.value, V2SError) and str(caught.value) == message
+
+
 def _rel(a, b):
     return float((a.float() - b.float()).abs().max() / b.float().abs().max())
 

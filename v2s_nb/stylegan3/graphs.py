@@ -23,6 +23,7 @@ import contextlib
 import torch
 from torch.autograd.function import once_differentiable
 
+from ..errors import V2SError
 from .networks import check_input_transform
 
 
@@ -48,6 +49,27 @@ def _parameters_stamp(G, device, params, versioned=None):
                          "one for the generator where it is now")
     versioned = (True,) * len(params) if versioned is None else versioned
     return tuple((p.data_ptr(), p._version if v else None) for p, v in zip(params, versioned))
+
+
+class CudaGraphError(V2SError, RuntimeError):
+    """CUDA ended the recording of a graph with an error."""
+
+
+@contextlib.contextmanager
+def _recording(owner: str):
+    """Around a CUDA graph's recording: a capture that CUDA ends with an error becomes a :class:`CudaGraphError`
+    that says what to do (PyTorch's own message names neither the step nor a way out)."""
+    try:
+        yield
+    except RuntimeError as e:  # torch.AcceleratorError is one
+        if "captur" not in str(e):
+            raise
+        raise CudaGraphError(
+            f"CUDA ended the recording of {owner}'s graph with an error ({str(e).splitlines()[0]}). This has been "
+            "seen intermittently (docs/performance.md, 'Kernel compiles on a fresh machine'): run the step again in "
+            "a new Python process (a failed recording leaves PyTorch's CUDA random number generator unusable in "
+            "this one), or go on without CUDA graphs: cuda_graphs=False in invert, invert_sequence and "
+            "pivotal_tuning (slower at small batches, the same numbers)") from e
 
 
 def _pad_rows(part: torch.Tensor, pad: int) -> torch.Tensor:
@@ -91,7 +113,7 @@ class GraphedSynthesis:
                 syn.from_styles(self._styles, transform=self._transform, **self._kwargs)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph):
+        with _recording("GraphedSynthesis"), torch.no_grad(), torch.cuda.graph(graph):
             self._out = syn.from_styles(self._styles, transform=self._transform, **self._kwargs)
         self._graph = graph
 
@@ -238,8 +260,9 @@ class GraphedTrainingSynthesis:
         # whose backward then feeds accumulators made on the warm-up's stream from the recording's (PyTorch warns).
         stand_ins = tuple(p.detach().requires_grad_(p.requires_grad) for p in self._params)
         _warm_up(self._synthesis_of, (sample,) + stand_ins, self.device)
-        self._graphed = torch.cuda.make_graphed_callables(self._synthesis_of, (sample,) + stand_ins,
-                                                          num_warmup_iters=0, allow_unused_input=True)
+        with _recording("GraphedTrainingSynthesis"):
+            self._graphed = torch.cuda.make_graphed_callables(self._synthesis_of, (sample,) + stand_ins,
+                                                              num_warmup_iters=0, allow_unused_input=True)
         self._flags = flags
 
     def _detach_parameter_grads(self):
