@@ -54,6 +54,24 @@ def test_variants_compile_into_the_disk_cache_here_and_in_workers(private_cache)
     assert any(private_cache.rglob("*.cubin"))
 
 
+def test_variants_handed_over_one_at_a_time_start_workers_on_demand(private_cache):
+    """As a dry run hands them over: a worker starts for a variant that finds none idle, up to the limit; the rest
+    wait for the first worker to answer; all end up on disk, with each compile's time reported."""
+    target = _hopper()
+    vs = [_variant(16), _variant(32), _variant(64)]
+    with pc._Compiler(target, 2) as compiler:
+        compiler.submit(vs[0])
+        assert compiler.started == 1
+        compiler.submit(vs[1])  # the first worker is busy (still starting): a second one
+        compiler.submit(vs[2])  # both busy and the limit reached: it waits
+        assert compiler.started == 2 and list(compiler.todo) == [2]
+        compiler.finish(progress=False)
+    assert compiler.failed == [] and compiler.done == 3 and compiler.processes == 2
+    assert 0 < compiler.longest <= compiler.work_seconds
+    assert all(pc.on_disk(v, target) for v in vs)
+    assert all(p.poll() is not None for p in compiler.logs)  # no worker left running
+
+
 def test_a_variant_that_fails_is_reported_and_the_others_compile(private_cache):
     target = _hopper()
     good, bad = _variant(16), _variant(16, bn=6)  # tl.arange needs a power of two: Triton refuses BN=6
