@@ -72,6 +72,23 @@ def test_variants_handed_over_one_at_a_time_start_workers_on_demand(private_cach
     assert all(p.poll() is not None for p in compiler.logs)  # no worker left running
 
 
+def test_a_worker_answers_alone_on_its_stdout(private_cache):
+    """What a compile prints (here: a stand-in that prints before compiling) goes to the worker's stderr, so the
+    parent's next line on stdout is the answer."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from v2s_nb.stylegan3 import precompile as pc; real = pc.compile_variant\n"
+              "def noisy(v, target):\n    print('a library talking'); return real(v, target)\n"
+              "pc.compile_variant = noisy; pc._worker(sys.argv[1])")
+    p = subprocess.Popen([sys.executable, "-c", script, pc._pack(_hopper())], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = p.communicate(f"7\t{pc._pack(_variant(16))}\n", timeout=120)
+    index, answer, seconds = out.splitlines()[0].split("\t")
+    assert (index, answer) == ("7", "ok") and float(seconds) > 0 and len(out.splitlines()) == 1
+    assert "a library talking" in err and p.returncode == 0
+
+
 def test_a_variant_that_fails_is_reported_and_the_others_compile(private_cache):
     target = _hopper()
     good, bad = _variant(16), _variant(16, bn=6)  # tl.arange needs a power of two: Triton refuses BN=6
