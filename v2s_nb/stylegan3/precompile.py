@@ -291,14 +291,15 @@ def _worker(target: str) -> None:
     target = _unpack(target)
     # stdout carries the answers alone: anything else printed there (by a library, or a compiler it runs) would
     # come before an answer and could leave it unread in the parent's buffer, so it goes to stderr (the log)
-    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    answers = os.dup(sys.stdout.fileno())
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     for line in sys.stdin:
         i, _, packed = line.partition("\t")
         answer, seconds = _try_compile(_unpack(packed), target)
-        answers.write(f"{i}\t{answer}\t{seconds:.3f}\n")
-        answers.flush()
+        data = f"{i}\t{answer}\t{seconds:.3f}\n".encode()
+        while data:  # a pipe: the whole line, at once unless it is long
+            data = data[os.write(answers, data):]
 
 
 class _Compiler:
