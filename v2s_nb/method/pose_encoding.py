@@ -133,7 +133,8 @@ class ImagePoseRegressor(nn.Module):
     :func:`~v2s_nb.face.head_pose` (focal length = image width), so the angles are comparable with it.
     ``cuda_graphs``: on CUDA, while gradients are recorded, the pose fit (hundreds of tiny operations, each a kernel
     launch, forward and backward) is replayed from CUDA graphs recorded once per batch size: the same kernels and
-    numbers without their launch cost, which otherwise outweighs the GPU work at small batches.
+    numbers without their launch cost, which otherwise outweighs the GPU work at small batches (where CUDA refuses
+    a recording: eagerly, with a warning).
     """
 
     pose_input = "image"
@@ -150,7 +151,7 @@ class ImagePoseRegressor(nn.Module):
         self.square = sq  # on the host: crops are placed without reading the GPU back (no waiting for it)
         self.iterations = int(iterations)
         self.cuda_graphs = bool(cuda_graphs)
-        self._graphed = {}  # (landmarks' shape, dtype, device, image size, iterations) -> graphed pose fit
+        self._graphed = {}  # (landmarks' shape, dtype, device, image size, iterations) -> graphed pose fit or None
 
     def landmarks(self, images: torch.Tensor, square: torch.Tensor | None = None) -> torch.Tensor:
         """PFLD landmarks [N, 68, 2] in image pixels of ``images`` [N, 3, H, W] in [-1, 1] (differentiable), in
@@ -200,11 +201,16 @@ class ImagePoseRegressor(nn.Module):
                 and not torch.cuda.is_current_stream_capturing()):
             return head_pose_torch(pts, size, iterations=self.iterations).float()
         key = (tuple(pts.shape), pts.dtype, pts.device, size, self.iterations)
-        fit = self._graphed.get(key)
-        if fit is None:  # recorded on these landmarks (warm-up included), so every branch sees real values
+        if key not in self._graphed:  # recorded on these landmarks (warm-up included): every branch sees real values
+            from ..stylegan3.graphs import graphed_callables, record_or_none
+
             sample = pts.detach().clone().requires_grad_(True)
-            fit = self._graphed[key] = torch.cuda.make_graphed_callables(
-                functools.partial(head_pose_torch, image_size=size, iterations=self.iterations), (sample,))
+            fn = functools.partial(head_pose_torch, image_size=size, iterations=self.iterations)
+            self._graphed[key] = record_or_none("the pose fit", pts.device,
+                                                lambda pool: graphed_callables(fn, (sample,), pool))
+        fit = self._graphed[key]
+        if fit is None:  # CUDA refused the recording (a warning said so)
+            return head_pose_torch(pts, size, iterations=self.iterations).float()
         # the replay writes into the recording's buffers: a copy, so a result kept by the caller stays as it was
         return fit(pts).float().clone()
 

@@ -14,16 +14,22 @@ to another device raises (make a new instance). Gradients don't flow through :cl
 (inference only);
 :class:`GraphedTrainingSynthesis` records the forward and the backward for gradient steps (the optimisation loops of
 :mod:`v2s_nb.method.invert` use it at small batches).
+
+A recording that CUDA ends with an error (seen once in a dozen new processes, not understood) is undone
+(:func:`_undo_failed_capture`) and the step goes on eagerly, with a warning; :class:`CudaGraphError` is raised only
+where the GPU can't be used after it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import warnings
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..errors import V2SError
+from ..errors import FallbackWarning, V2SError
 from .networks import check_input_transform
 
 
@@ -52,24 +58,65 @@ def _parameters_stamp(G, device, params, versioned=None):
 
 
 class CudaGraphError(V2SError, RuntimeError):
-    """CUDA ended the recording of a graph with an error."""
+    """A CUDA graph's recording failed and left the GPU unusable in this process (a new process is the way out)."""
 
 
-@contextlib.contextmanager
-def _recording(owner: str):
-    """Around a CUDA graph's recording: a capture that CUDA ends with an error becomes a :class:`CudaGraphError`
-    that says what to do (PyTorch's own message names neither the step nor a way out)."""
+def _undo_failed_capture(device: torch.device, pool, stream) -> None:
+    """After a recording that CUDA ended with an error: gives the recording's memory pool back, makes ``stream`` the
+    current stream again and gets PyTorch's CUDA random number generator out of its capturing state, then checks
+    that the device works. Raises :class:`CudaGraphError` where it doesn't."""
+    gc.collect()  # the failed graphs, held by the exception's frames until now
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.set_stream(stream)  # torch.cuda.graph leaves its capture stream current when the capture's end raises
+    try:  # the pool's capture never ended, so the allocator still routes to it and defers its frees (private API)
+        torch._C._cuda_endAllocateToPool(index, pool)
+    except (AttributeError, RuntimeError):
+        pass  # the failure came before the capture began
+    else:
+        torch._C._cuda_releasePool(index, pool)
     try:
-        yield
+        # PyTorch 2.11 clears the generator's capture flag only when a capture ends well: one that does (a tiny one)
+        graph, x = torch.cuda.CUDAGraph(), torch.zeros(1, device=device)
+        with torch.cuda.graph(graph):
+            x.add_(1)
+        del graph
+        torch.randn(1, device=device)  # raises "Offset increment outside graph capture" where it is still set
+        torch.cuda.synchronize(device)
+    except RuntimeError as e:
+        raise CudaGraphError(
+            f"a CUDA graph's recording failed and the GPU could not be used again after it ({str(e).splitlines()[0]});"
+            " run the step again in a new Python process, with cuda_graphs=False in invert, invert_sequence and "
+            "pivotal_tuning if it happens again") from e
+
+
+def record_or_none(owner: str, device: torch.device, record):
+    """``record(pool)``, which records CUDA graphs into the memory pool ``pool``; or, where CUDA ends that capture
+    with an error (seen intermittently: docs/performance.md, 'Kernel compiles on a fresh machine'), None after
+    undoing it (:func:`_undo_failed_capture`) and a :class:`~v2s_nb.errors.FallbackWarning`: the caller then runs
+    the step eagerly (the same numbers, slower at small batches). Other errors pass unchanged."""
+    cuda = device.type == "cuda"  # not only in the CPU tests, which replace the recording
+    pool = torch.cuda.graph_pool_handle() if cuda else None
+    stream = torch.cuda.current_stream(device) if cuda else None
+    try:
+        return record(pool)
     except RuntimeError as e:  # torch.AcceleratorError is one
         if "captur" not in str(e):
             raise
-        raise CudaGraphError(
-            f"CUDA ended the recording of {owner}'s graph with an error ({str(e).splitlines()[0]}). This has been "
-            "seen intermittently (docs/performance.md, 'Kernel compiles on a fresh machine'): run the step again in "
-            "a new Python process (a failed recording leaves PyTorch's CUDA random number generator unusable in "
-            "this one), or go on without CUDA graphs: cuda_graphs=False in invert, invert_sequence and "
-            "pivotal_tuning (slower at small batches, the same numbers)") from e
+        reason = str(e).splitlines()[0]
+    _undo_failed_capture(device, pool, stream)  # out of the except block, so the failed graphs can go
+    warnings.warn(f"CUDA ended the recording of {owner}'s graph with an error ({reason}); going on without CUDA "
+                  "graphs (the same numbers, slower at small batches)", FallbackWarning, stacklevel=4)
+    return None
+
+
+def graphed_callables(fn, sample_args: tuple, pool, **kwargs):
+    """``torch.cuda.make_graphed_callables(fn, sample_args, **kwargs)`` recording into the memory pool ``pool``
+    where this PyTorch takes one (2.3 and later), so that a failed recording's pool can be given back."""
+    import inspect
+
+    if pool is not None and "pool" in inspect.signature(torch.cuda.make_graphed_callables).parameters:
+        kwargs["pool"] = pool
+    return torch.cuda.make_graphed_callables(fn, sample_args, **kwargs)
 
 
 def _pad_rows(part: torch.Tensor, pad: int) -> torch.Tensor:
@@ -86,7 +133,8 @@ class GraphedSynthesis:
             ones are split.
         force_fp32, impl: as for ``G.synthesis`` (fixed at recording time).
     Call ``graphed(ws, transform=None)`` (ws [N, num_ws, w_dim]) or ``graphed.from_styles(styles, transform)``;
-    both return float32 images [N, C, R, R] on the GPU, as ``G.synthesis`` does.
+    both return float32 images [N, C, R, R] on the GPU, as ``G.synthesis`` does. Where CUDA ends the recording with
+    an error, a :class:`~v2s_nb.errors.FallbackWarning` says so and calls run eagerly from then on.
     """
 
     def __init__(self, G, batch_size: int = 1, force_fp32: bool = False, impl: str | None = None):
@@ -101,6 +149,7 @@ class GraphedSynthesis:
         self._graph = None
         self._stamp = None  # the parameters' storage and versions at the recording
         self._out = None
+        self._eager = False  # set where CUDA refused the recording: G.synthesis from then on
 
     def _record(self):
         syn = self.G.synthesis
@@ -112,10 +161,17 @@ class GraphedSynthesis:
             for _ in range(2):  # compiles the Triton kernels and fills the caches outside the recording
                 syn.from_styles(self._styles, transform=self._transform, **self._kwargs)
         torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with _recording("GraphedSynthesis"), torch.no_grad(), torch.cuda.graph(graph):
-            self._out = syn.from_styles(self._styles, transform=self._transform, **self._kwargs)
-        self._graph = graph
+        def record(pool):
+            graph = torch.cuda.CUDAGraph()
+            with torch.no_grad(), torch.cuda.graph(graph, pool=pool):
+                out = syn.from_styles(self._styles, transform=self._transform, **self._kwargs)
+            return graph, out
+
+        recorded = record_or_none("GraphedSynthesis", self.device, record)
+        if recorded is None:
+            self._eager = True
+        else:
+            self._graph, self._out = recorded
 
     @torch.no_grad()
     def from_styles(self, styles: dict, transform=None) -> torch.Tensor:
@@ -138,8 +194,13 @@ class GraphedSynthesis:
                 self._transform.copy_(self.G.synthesis.input.transform.reshape(1, 3, 3).expand_as(self._transform))
             else:
                 self._transform.copy_(_pad_rows(transform[start:stop], pad))
-            if self._graph is None or _parameters_stamp(self.G, self.device, self._params) != self._stamp:
+            if not self._eager and (self._graph is None
+                                    or _parameters_stamp(self.G, self.device, self._params) != self._stamp):
                 self._record()
+            if self._eager:
+                outs.append(self.G.synthesis.from_styles({k: v[:stop - start] for k, v in self._styles.items()},
+                                                         transform=self._transform[:stop - start], **self._kwargs))
+                continue
             self._graph.replay()
             outs.append(self._out[:stop - start].clone())
         return torch.cat(outs)
@@ -207,7 +268,9 @@ class GraphedTrainingSynthesis:
     new instance). Each call's backward must run before the next call (the graphs keep one set of saved
     activations); a backward after a later call raises. Parameters may be updated in place (optimiser steps): the
     graphs recompute what they make from the parameters that get gradients, and a call after an in-place change of
-    one that doesn't (or a replaced tensor) records them anew (see the module's docstring).
+    one that doesn't (or a replaced tensor) records them anew (see the module's docstring). Where CUDA ends a
+    recording with an error, a :class:`~v2s_nb.errors.FallbackWarning` says so and calls run ``G.synthesis``
+    eagerly from then on (the same numbers).
 
     Args:
         G: a :class:`~v2s_nb.stylegan3.Generator` on a CUDA device.
@@ -228,6 +291,7 @@ class GraphedTrainingSynthesis:
         self._stamp = None  # the parameters' storage, and the versions of those without gradients, at recording
         self._replay_grads = set()  # data pointers of the parameters' gradients the backward graph writes
         self._calls = 0
+        self._eager = False  # set where CUDA refused the recording: G.synthesis from then on
 
     def _param_flags(self):
         return tuple(p.requires_grad for p in self._params)
@@ -260,9 +324,9 @@ class GraphedTrainingSynthesis:
         # whose backward then feeds accumulators made on the warm-up's stream from the recording's (PyTorch warns).
         stand_ins = tuple(p.detach().requires_grad_(p.requires_grad) for p in self._params)
         _warm_up(self._synthesis_of, (sample,) + stand_ins, self.device)
-        with _recording("GraphedTrainingSynthesis"):
-            self._graphed = torch.cuda.make_graphed_callables(self._synthesis_of, (sample,) + stand_ins,
-                                                              num_warmup_iters=0, allow_unused_input=True)
+        self._graphed = record_or_none("GraphedTrainingSynthesis", self.device, lambda pool: graphed_callables(
+            self._synthesis_of, (sample,) + stand_ins, pool, num_warmup_iters=0, allow_unused_input=True))
+        self._eager = self._graphed is None
         self._flags = flags
 
     def _detach_parameter_grads(self):
@@ -293,13 +357,17 @@ class GraphedTrainingSynthesis:
             raise ValueError("ws requires grad but this graph was recorded with ws_grad=False (no gradient would "
                              "reach ws); make one with ws_grad=True")
         ws = ws.to(self.device)
-        if self._graphed is None:
+        if self._eager:
+            pass
+        elif self._graphed is None:
             self._record(ws.dtype)
         elif self._param_flags() != self._flags:
             raise RuntimeError("the synthesis parameters' requires_grad flags changed since the graphs were "
                                "recorded; make a new GraphedTrainingSynthesis for the new set")
         elif self._stamp_now(self._flags) != self._stamp:
             self._record(ws.dtype)
+        if self._eager:  # CUDA refused a recording
+            return self.G.synthesis(ws, **self._kwargs)
         pad = self.batch_size - n
         if self.ws_grad and not ws.requires_grad:
             ws = ws.detach().requires_grad_(True)  # the recorded graph takes a ws that requires grad
