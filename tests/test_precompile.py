@@ -8,6 +8,8 @@ collects the variants of real generator calls and checks that, once precompiled,
 from __future__ import annotations
 
 import copy
+import os
+import time
 
 import pytest
 import torch
@@ -69,24 +71,116 @@ def test_variants_handed_over_one_at_a_time_start_workers_on_demand(private_cach
     assert compiler.failed == [] and compiler.done == 3 and compiler.processes == 2
     assert 0 < compiler.longest <= compiler.work_seconds
     assert all(pc.on_disk(v, target) for v in vs)
-    assert all(p.poll() is not None for p in compiler.logs)  # no worker left running
+    assert _ended([w.pid for w in compiler.workers])  # no worker left running
 
 
-def test_a_worker_answers_alone_on_its_stdout(private_cache):
-    """What a compile prints (here: a stand-in that prints before compiling) goes to the worker's stderr, so the
-    parent's next line on stdout is the answer."""
-    import subprocess
-    import sys
+def _ended(pids, seconds: float = 20.0) -> bool:
+    """Whether the processes ``pids`` all end within ``seconds`` (the forker's children: the system reaps them)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.05)
+    return False
 
-    script = ("import sys; from v2s_nb.stylegan3 import precompile as pc; real = pc.compile_variant\n"
-              "def noisy(v, target):\n    print('a library talking'); return real(v, target)\n"
-              "pc.compile_variant = noisy; pc._worker(sys.argv[1])")
-    p = subprocess.Popen([sys.executable, "-c", script, pc._pack(_hopper())], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = p.communicate(f"7\t{pc._pack(_variant(16))}\n", timeout=120)
-    index, answer, seconds = out.splitlines()[0].split("\t")
-    assert (index, answer) == ("7", "ok") and float(seconds) > 0 and len(out.splitlines()) == 1
-    assert "a library talking" in err and p.returncode == 0
+
+@pytest.fixture
+def forker_running(monkeypatch):
+    """Puts a forker started from ``code`` in place of this process's own for one test, and stops it after."""
+    started = []
+
+    def run(code):
+        forker = pc._Forker(code)
+        started.append(forker)
+        monkeypatch.setattr(pc, "_THE_FORKER", [forker])
+        return forker
+
+    yield run
+    for forker in started:
+        forker.close()
+
+
+_PATCHED_FORKER = ("import sys; from v2s_nb.stylegan3 import precompile as pc; real = pc.compile_variant\n"
+                   "def patched(v, target):\n{body}\n    return real(v, target)\n"
+                   "pc.compile_variant = patched; pc._forker_main(int(sys.argv[1]))")
+
+
+def test_what_a_worker_prints_goes_to_its_log(private_cache, forker_running):
+    """What a compile prints (here: a stand-in that prints before compiling) goes to the worker's log, never into
+    its answers."""
+    forker_running(_PATCHED_FORKER.format(body="    print('a library talking', flush=True)"))
+    with pc._Compiler(_hopper(), 2) as compiler:
+        compiler.submit(_variant(16))
+        compiler.finish(progress=False)
+        assert compiler.failed == [] and compiler.done == 1
+        (worker,) = compiler.workers
+        worker.log.seek(0)
+        assert "a library talking" in worker.log.read()
+
+
+def test_a_worker_that_dies_is_reported_and_the_others_compile(private_cache, forker_running):
+    """A worker that ends on a variant (here: it exits while compiling BO=32): that variant is reported with the
+    worker's last words and compiles at its first launch; the others compile in the workers left."""
+    forker_running(_PATCHED_FORKER.format(
+        body="    if v.constexprs[(10,)] == 32:\n        print('giving up', flush=True); import os; os._exit(3)"))
+    target = _hopper()
+    vs = [_variant(16), _variant(32), _variant(64), _variant(128)]
+    n, failed = pc.compile_variants(vs, target, workers=2, progress=False)
+    assert n == 2 and [v for v, _ in failed] == [vs[1]]
+    assert "worker process ended" in failed[0][1] and "giving up" in failed[0][1]
+    assert [pc.on_disk(v, target) for v in vs] == [True, False, True, True]
+
+
+def test_a_worker_stuck_on_a_variant_is_given_up_and_stopped(private_cache, forker_running, monkeypatch):
+    """A worker that doesn't answer within STALL_SECONDS (here: it sleeps on BO=32): the wait ends, that variant is
+    reported (it compiles at its first launch) and the stuck worker is stopped."""
+    forker_running(_PATCHED_FORKER.format(
+        body="    if v.constexprs[(10,)] == 32:\n        import time; time.sleep(120)"))
+    target = _hopper()
+    with pc._Compiler(target, 2) as compiler:
+        for v in (_variant(32), _variant(16)):
+            compiler.submit(v)
+        deadline = time.monotonic() + 120
+        while compiler.done < 1 and time.monotonic() < deadline:  # the forker's imports (seconds) and BO=16
+            compiler._read(timeout=1)
+        monkeypatch.setattr(pc, "STALL_SECONDS", 4)  # from here, for the stuck one alone
+        compiler.finish(progress=False)
+        assert [v.constexprs[(10,)] for v, _ in compiler.failed] == [32] and "no answer in 4 s" in compiler.failed[0][1]
+        pids = [w.pid for w in compiler.workers]
+    assert all(pids) and _ended(pids, seconds=10)
+    assert pc.on_disk(_variant(16), target)
+
+
+def test_one_forker_serves_every_call_with_the_callers_environment(tmp_path, monkeypatch):
+    """The process that forks the workers starts once and is kept: a later call's workers come from it at once, and
+    they compile with the caller's environment as it is then (here: another Triton cache folder); where it has
+    ended, a new one starts."""
+    monkeypatch.setattr(pc, "_THE_FORKER", [])
+    target = _hopper()
+    calls = [[_variant(16), _variant(32)], [_variant(64), _variant(128)], [_variant(16, 16), _variant(32, 16)]]
+    try:
+        for k, vs in enumerate(calls[:2]):
+            monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / f"cache{k}"))
+            assert pc.compile_variants(vs, target, workers=2, progress=False) == (2, [])
+            assert all(pc.on_disk(v, target) for v in vs) and len(pc._THE_FORKER) == 1
+            if k == 0:
+                first = pc._THE_FORKER[0]
+        assert pc._THE_FORKER[0] is first and first.alive()
+        assert not pc.on_disk(calls[0][0], target)  # cache1 holds only what the second call compiled
+        first.process.kill()
+        first.process.wait()
+        assert pc.compile_variants(calls[2], target, workers=2, progress=False) == (2, [])
+        assert pc._THE_FORKER[0] is not first and all(pc.on_disk(v, target) for v in calls[2])
+    finally:
+        for forker in pc._THE_FORKER:
+            forker.close()
 
 
 def test_a_variant_that_fails_is_reported_and_the_others_compile(private_cache):

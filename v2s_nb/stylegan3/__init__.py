@@ -10,7 +10,7 @@ Main entry points:
 * :class:`GraphedTrainingSynthesis` — the same for gradient steps: forward and backward replayed, inside autograd.
 * :mod:`~v2s_nb.stylegan3.fast_config` — the fast (CUDA) path's tuning knobs: ``fast_config.override(...)``.
 * :mod:`~v2s_nb.stylegan3.precompile` — the fast path's Triton kernels compiled in parallel processes before a stage
-  needs them (the stages call it when ``V2S_NB_PRECOMPILE_WORKERS`` is set, e.g. to -1: one process per CPU).
+  needs them (the stages call it; ``V2S_NB_PRECOMPILE_WORKERS=0`` turns it off).
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ Compiling holds Python's GIL, so threads don't help; processes do.
 :func:`precompile` runs the generator calls a stage will make once with every Triton launch skipped (Triton's
 ``jit_cache_hook``: no compile, no launch, the outputs are left unset and thrown away). Each variant it meets that is
 neither in memory nor in the on-disk cache goes at once to a worker process (started on demand, one per CPU at
-most), which compiles it into the on-disk cache while the dry run goes on.
+most), which compiles it into the on-disk cache while the dry run goes on. The workers are forked by one process
+that has imported torch, this package and Triton once (started at the first call and kept), so they start in
+milliseconds, at every stage.
 The stage's real launches then load them from there in milliseconds. Results are unchanged: the same kernels run,
 compiled from the same source with the same options. Nothing here is needed for correctness; where Triton lacks
 the hook, or a worker fails, the kernel compiles at its first launch as it would have.
@@ -21,6 +23,7 @@ at most; 0 turns it off. Measured in docs/performance.md ("Kernel compiles on a 
 
 from __future__ import annotations
 
+import atexit
 import base64
 import collections
 import contextlib
@@ -30,6 +33,8 @@ import json
 import os
 import pickle
 import selectors
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -117,11 +122,12 @@ def _knobs():
 
 
 def supported(device) -> bool:
-    """Whether kernels can be precompiled for ``device``: a CUDA device, Triton with its compile hook, and the fast
-    path's kernels present."""
+    """Whether kernels can be precompiled for ``device``: a CUDA device, Triton with its compile hook, the fast
+    path's kernels present, and a system that forks processes and passes them file descriptors (Linux does)."""
     from . import fast_ops
 
-    return torch.device(device).type == "cuda" and fast_ops.HAVE_TRITON and _knobs() is not None
+    return (torch.device(device).type == "cuda" and fast_ops.HAVE_TRITON and _knobs() is not None
+            and hasattr(os, "fork") and hasattr(socket, "send_fds"))
 
 
 def _options_from(specialization_data: str) -> dict:
@@ -242,8 +248,7 @@ def compile_variant(v: KernelVariant, target) -> float:
     return time.perf_counter() - t
 
 
-#: Most worker processes by default: beyond this the longest compile and the workers' start (importing torch, about
-#: 300 MB each) set the time.
+#: Most worker processes by default: beyond this the longest compile sets the time.
 MAX_WORKERS = 16
 
 
@@ -273,9 +278,11 @@ def compile_variants(variants, target, workers: int | None = None, progress: boo
 #: Seconds without any worker finishing a variant after which precompiling gives up (one takes a few seconds).
 STALL_SECONDS = 600
 
-# A worker: compiles each variant it reads on stdin ("index<TAB>pickled variant, base64"), answers
-# "index<TAB>ok or error text<TAB>seconds" on stdout.
-_WORKER = "import sys; from v2s_nb.stylegan3.precompile import _worker; _worker(sys.argv[1])"
+#: The modules whose Triton kernels the workers compile: imported once, by the process that forks the workers.
+KERNEL_MODULES = ("v2s_nb.stylegan3.fast_ops", "v2s_nb.stylegan3.fast_conv", "v2s_nb.stylegan3.fast_modulation")
+
+# The process that forks the workers (see _Forker): "import ...; _forker_main(control socket's fd)".
+_FORKER = "import sys; from v2s_nb.stylegan3.precompile import _forker_main; _forker_main(int(sys.argv[1]))"
 
 
 def _pack(obj) -> str:
@@ -286,34 +293,184 @@ def _unpack(text: str):
     return pickle.loads(base64.b64decode(text))
 
 
-def _worker(target: str) -> None:
-    target = _unpack(target)
-    # stdout carries the answers alone: anything else printed there (by a library, or a compiler it runs) would
-    # come before an answer and could leave it unread in the parent's buffer, so it goes to stderr (the log)
-    answers = os.dup(sys.stdout.fileno())
-    sys.stdout.flush()
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    for line in sys.stdin:
-        i, _, packed = line.partition("\t")
-        answer, seconds = _try_compile(_unpack(packed), target)
-        data = f"{i}\t{answer}\t{seconds:.3f}\n".encode()
-        while data:  # a pipe: the whole line, at once unless it is long
-            data = data[os.write(answers, data):]
+def _forker_main(control_fd: int) -> None:
+    """The forking process: imports what a worker needs once, then forks a worker for each request on its control
+    socket (the request carries the worker's socket and log as file descriptors). Ends when the socket closes (the
+    process that started it has ended or let it go); the workers end when their own sockets close."""
+    import signal
+
+    import triton.compiler  # noqa: F401  (imported here so that no worker imports it)
+
+    for name in KERNEL_MODULES:
+        importlib.import_module(name)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the system reaps the workers
+    control = socket.socket(fileno=control_fd)
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(control, 16, 2)
+        except OSError:
+            break
+        if not message:
+            break
+        if os.fork() == 0:
+            control.close()
+            _worker_main(*fds)  # never returns
+        for fd in fds:
+            os.close(fd)
+
+
+def _worker_main(conn_fd: int, log_fd: int) -> None:
+    """A forked worker: its first line on ``conn_fd`` is (target, environment); then it compiles each variant it
+    reads ("index<TAB>pickled variant, base64"), answering "index<TAB>ok or error text<TAB>seconds". Its first answer
+    line is "pid<TAB>its pid". Whatever it prints goes to its log."""
+    code = 1
+    try:
+        # the forker ignores its children's ends; a worker must not (it waits for the compilers it runs: with
+        # SIGCHLD ignored, Python's subprocess would read every exit status as 0)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.dup2(log_fd, 2)
+        os.dup2(log_fd, 1)
+        os.close(log_fd)
+        conn = socket.socket(fileno=conn_fd)
+        with conn.makefile("r", encoding="ascii") as lines:
+            target, env = _unpack(lines.readline())
+            os.environ.clear()  # the caller's now (Triton's cache folder, its settings), not the forker's
+            os.environ.update(env)
+            conn.sendall(f"pid\t{os.getpid()}\n".encode())
+            for line in lines:
+                i, _, packed = line.partition("\t")
+                answer, seconds = _try_compile(_unpack(packed), target)
+                conn.sendall(f"{i}\t{answer}\t{seconds:.3f}\n".encode())
+        code = 0
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+class _Worker:
+    """A worker process as its parent sees it: the socket that carries variants out and answers back, its log (its
+    stdout and stderr), its pid once it has said it."""
+
+    def __init__(self, conn: socket.socket, log):
+        self.conn, self.log, self.pid, self._partial = conn, log, None, b""
+        self.ended = False
+
+    def fileno(self) -> int:
+        return self.conn.fileno()
+
+    def send(self, text: str) -> bool:
+        """False where the worker has ended."""
+        try:
+            self.conn.sendall(text.encode("ascii"))
+            return True
+        except OSError:
+            return False
+
+    def lines(self) -> list | None:
+        """The whole lines that have come (after a select said some bytes have); None once the worker has ended."""
+        try:
+            data = self.conn.recv(1 << 16)
+        except OSError:
+            data = b""
+        if not data:
+            self.ended = True
+            return None
+        *done, self._partial = (self._partial + data).split(b"\n")
+        return [line.decode("ascii") for line in done]
+
+    def last_words(self) -> str:
+        self.log.seek(0)
+        return " ".join(self.log.read().strip().splitlines()[-1:])
+
+    def close(self, kill: bool) -> None:
+        if kill and self.pid and not self.ended:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+        for f in (self.conn, self.log):
+            with contextlib.suppress(OSError):
+                f.close()
+
+
+class _Forker:
+    """One process, with torch, this package and Triton imported, that forks the worker processes: a worker starts
+    in milliseconds instead of the seconds that importing torch takes (once per worker before, and again for each
+    stage). Started on first use and kept for this process's life (:func:`_forker`)."""
+
+    def __init__(self, code: str = _FORKER):
+        self.control, theirs = socket.socketpair()
+        env = dict(os.environ)  # it imports this package from wherever this process does
+        paths = [p for p in sys.path if p] + [env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(paths).rstrip(os.pathsep)
+        self.log = tempfile.TemporaryFile("w+")
+        # a plain subprocess: multiprocessing's spawn would import the caller's __main__ again (a script without an
+        # ``if __name__ == "__main__"`` guard would run twice), and forking this process would copy its CUDA state
+        self.process = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno())], pass_fds=[theirs.fileno()],
+                                        stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, env=env)
+        theirs.close()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def start_worker(self, target) -> _Worker:
+        """A new worker for ``target``, with this process's environment; it takes variants at once (they wait in its
+        socket while the forker is still importing)."""
+        mine, theirs = socket.socketpair()
+        log = tempfile.TemporaryFile("w+")
+        try:
+            socket.send_fds(self.control, [b"w"], [theirs.fileno(), log.fileno()])
+        finally:
+            theirs.close()
+        worker = _Worker(mine, log)
+        worker.send(_pack((target, dict(os.environ))) + "\n")
+        return worker
+
+    def close(self) -> None:
+        self.control.close()  # it ends when it reads that
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+_THE_FORKER: list = []  # this process's forker, once started
+
+
+def _forker() -> _Forker:
+    """This process's :class:`_Forker`, started on first use (and again if it has ended)."""
+    if _THE_FORKER and not _THE_FORKER[0].alive():
+        _THE_FORKER.pop().close()
+    if not _THE_FORKER:
+        _THE_FORKER.append(_Forker())
+    return _THE_FORKER[0]
+
+
+@atexit.register
+def _stop_forker() -> None:
+    """Lets this process's forker go (at exit: it would end by itself, but Python would warn of it running)."""
+    while _THE_FORKER:
+        _THE_FORKER.pop().close()
 
 
 class _Compiler:
     """Compiles the variants handed to :meth:`submit` into Triton's on-disk cache: in up to ``n`` worker
-    processes, each started when a variant finds no idle one and fed the next variant when it answers, so that
-    compiling (and the workers' start, a few seconds of imports) overlaps the dry run that finds the variants;
-    with ``n`` <= 1 in this process, at :meth:`finish`. Used as a context manager: leaving it stops the workers."""
+    processes (forked by :func:`_forker`), each started when a variant finds no idle one and fed the next variant
+    when it answers, so that compiling overlaps the dry run that finds the variants; with ``n`` <= 1 in this
+    process, at :meth:`finish`. Used as a context manager: leaving it stops the workers."""
 
     def __init__(self, target, n: int):
         self.target, self.n = target, n
         self.variants: list = []
         self.todo: collections.deque = collections.deque()  # indices waiting for a worker
-        self.busy: dict = {}  # process -> the index it compiles
+        self.busy: dict = {}  # worker -> the index it compiles
         self.idle: list = []
-        self.logs: dict = {}  # process -> its stderr (its last words if it dies)
+        self.workers: list = []  # every worker started
         self.sel = selectors.DefaultSelector()
         self.failed: list = []  # (variant, error text)
         self.done = 0
@@ -331,13 +488,8 @@ class _Compiler:
         return self
 
     def __exit__(self, *exc):
-        for p, log in self.logs.items():  # every worker, running (waiting for work, or stuck) or ended
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            for f in (p.stdin, p.stdout, log):
-                with contextlib.suppress(OSError):
-                    f.close()
+        for w in self.workers:  # the idle ones end when their socket closes; one still compiling is killed
+            w.close(kill=w in self.busy)
         self.sel.close()
         if self.bar is not None:
             self.bar.close()
@@ -353,29 +505,19 @@ class _Compiler:
         self._read(timeout=0)
 
     def _start(self) -> None:
-        # Plain subprocesses rather than multiprocessing: spawn would import the caller's __main__ again (a script
-        # without an ``if __name__ == "__main__"`` guard would run twice), and fork would copy this process's CUDA
-        # state.
-        env = dict(os.environ)  # the workers import this package from wherever this process does
-        paths = [p for p in sys.path if p] + [env.get("PYTHONPATH", "")]
-        env["PYTHONPATH"] = os.pathsep.join(paths).rstrip(os.pathsep)
-        log = tempfile.TemporaryFile("w+")
-        p = subprocess.Popen([sys.executable, "-c", _WORKER, _pack(self.target)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-        self.logs[p] = log
-        self.sel.register(p.stdout, selectors.EVENT_READ, p)
-        self.idle.append(p)
+        w = _forker().start_worker(self.target)
+        self.workers.append(w)
+        self.sel.register(w, selectors.EVENT_READ)
+        self.idle.append(w)
         self.started += 1
 
     def _hand_out(self) -> None:
         while self.todo and self.idle:
-            p = self.idle.pop()
+            w = self.idle.pop()
             i = self.todo.popleft()
-            try:
-                p.stdin.write(f"{i}\t{_pack(self.variants[i])}\n")
-                p.stdin.flush()
-                self.busy[p] = i
-            except OSError:  # it has ended: the variant waits for another worker; its end is read as EOF
+            if w.send(f"{i}\t{_pack(self.variants[i])}\n"):
+                self.busy[w] = i
+            else:  # it has ended: the variant waits for another worker; its end is read as EOF
                 self.todo.appendleft(i)
 
     def _answer(self, i: int, answer: str, seconds: float) -> None:
@@ -391,22 +533,23 @@ class _Compiler:
         """Take the workers' answers (waiting up to ``timeout`` s for one), hand out more; False on a stall."""
         ready = self.sel.select(timeout=timeout)
         for key, _ in ready:
-            p = key.data
-            line = key.fileobj.readline()
-            if line:
-                i, answer, seconds = line.rstrip("\n").split("\t")
-                self.busy.pop(p, None)
-                self.idle.append(p)
-                self._answer(int(i), answer, float(seconds))
+            w = key.fileobj
+            lines = w.lines()
+            if lines is None:  # the worker ended
+                self.sel.unregister(w)
+                if w in self.idle:
+                    self.idle.remove(w)
+                if w in self.busy:  # it died on a variant: say why (its last words), go on with the others
+                    self._answer(self.busy.pop(w), f"worker process ended: {w.last_words() or 'no message'}", 0.0)
                 continue
-            self.sel.unregister(key.fileobj)  # the worker ended
-            p.wait()
-            if p in self.idle:
-                self.idle.remove(p)
-            if p in self.busy:  # it died on a variant: say why (its last words), go on with the others
-                self.logs[p].seek(0)
-                why = " ".join(self.logs[p].read().strip().splitlines()[-1:]) or f"exit code {p.returncode}"
-                self._answer(self.busy.pop(p), f"worker process ended: {why}", 0.0)
+            for line in lines:
+                i, answer, *seconds = line.split("\t")
+                if i == "pid":
+                    w.pid = int(answer)
+                    continue
+                self.busy.pop(w, None)
+                self.idle.append(w)
+                self._answer(int(i), answer, float(seconds[0]))
         self._hand_out()
         return bool(ready)
 
@@ -421,14 +564,13 @@ class _Compiler:
                 i = self.todo.popleft()
                 self._answer(i, *_try_compile(self.variants[i], self.target))
             return
-        for p in self.idle:  # nothing more to hand out: idle workers may exit
-            with contextlib.suppress(OSError):
-                p.stdin.close()
+        for w in self.idle:  # nothing more to hand out: idle workers may end
+            self.sel.unregister(w)
+            w.close(kill=False)
         self.idle.clear()
         while self.busy or (self.todo and self.sel.get_map()):
             if not self._read(timeout=STALL_SECONDS):  # one stuck on a variant: the rest compile at first use
                 self.failed += [(self.variants[i], f"no answer in {STALL_SECONDS} s") for i in self.busy.values()]
-                self.busy.clear()
                 break
         # variants never handed out (every worker died) compile at first use
         self.failed += [(self.variants[i], "not compiled: no worker left") for i in self.todo]
