@@ -158,6 +158,21 @@ def test_a_worker_stuck_on_a_variant_is_given_up_and_stopped(private_cache, fork
     assert pc.on_disk(_variant(16), target)
 
 
+def test_the_forker_imports_every_module_with_kernels():
+    """KERNEL_MODULES (imported once by the forker, so that no worker imports them) names every module of the package
+    that defines a Triton kernel: one left out would be imported by each worker, at each stage."""
+    import ast
+    from pathlib import Path
+
+    root = Path(pc.__file__).resolve().parents[2]
+    with_kernels = set()
+    for path in (root / "v2s_nb").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and any("triton.jit" in ast.unparse(d) for d in node.decorator_list):
+                with_kernels.add(".".join(path.relative_to(root).with_suffix("").parts))
+    assert with_kernels and with_kernels == set(pc.KERNEL_MODULES)
+
+
 def test_one_forker_serves_every_call_with_the_callers_environment(tmp_path, monkeypatch):
     """The process that forks the workers starts once and is kept: a later call's workers come from it at once, and
     they compile with the caller's environment as it is then (here: another Triton cache folder); where it has

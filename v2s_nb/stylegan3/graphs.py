@@ -161,6 +161,7 @@ class GraphedSynthesis:
             for _ in range(2):  # compiles the Triton kernels and fills the caches outside the recording
                 syn.from_styles(self._styles, transform=self._transform, **self._kwargs)
         torch.cuda.current_stream(self.device).wait_stream(side)
+
         def record(pool):
             graph = torch.cuda.CUDAGraph()
             with torch.no_grad(), torch.cuda.graph(graph, pool=pool):

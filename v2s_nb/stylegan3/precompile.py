@@ -399,7 +399,8 @@ class _Worker:
 class _Forker:
     """One process, with torch, this package and Triton imported, that forks the worker processes: a worker starts
     in milliseconds instead of the seconds that importing torch takes (once per worker before, and again for each
-    stage). Started on first use and kept for this process's life (:func:`_forker`)."""
+    stage). Started on first use and kept for this process's life (:func:`_forker`): a few hundred MB of memory,
+    mostly torch's libraries, which the workers share with it."""
 
     def __init__(self, code: str = _FORKER):
         self.control, theirs = socket.socketpair()
