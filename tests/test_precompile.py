@@ -127,15 +127,19 @@ def test_what_a_worker_prints_goes_to_its_log(private_cache, forker_running):
 
 def test_a_worker_that_dies_is_reported_and_the_others_compile(private_cache, forker_running):
     """A worker that ends on a variant (here: it exits while compiling BO=32): that variant is reported with the
-    worker's last words and compiles at its first launch; the others compile in the workers left."""
+    worker's last words and compiles at its first launch; the others compile in the workers left, a compile that
+    raises (BO=64) is reported with its error."""
     forker_running(_PATCHED_FORKER.format(
-        body="    if v.constexprs[(10,)] == 32:\n        print('giving up', flush=True); import os; os._exit(3)"))
+        body="    if v.constexprs[(10,)] == 32:\n        print('giving up', flush=True); import os; os._exit(3)\n"
+             "    if v.constexprs[(10,)] == 64:\n        raise RuntimeError('naïve kernel – refused')"))
     target = _hopper()
     vs = [_variant(16), _variant(32), _variant(64), _variant(128)]
     n, failed = pc.compile_variants(vs, target, workers=2, progress=False)
-    assert n == 2 and [v for v, _ in failed] == [vs[1]]
-    assert "worker process ended" in failed[0][1] and "giving up" in failed[0][1]
-    assert [pc.on_disk(v, target) for v in vs] == [True, False, True, True]
+    why = {v.constexprs[(10,)]: text for v, text in failed}
+    assert n == 2 and sorted(why) == [32, 64]
+    assert "worker process ended" in why[32] and "giving up" in why[32]
+    assert why[64] == "RuntimeError: naïve kernel – refused"  # any character comes through in an error's text
+    assert [pc.on_disk(v, target) for v in vs] == [True, False, False, True]
 
 
 def test_a_worker_stuck_on_a_variant_is_given_up_and_stopped(private_cache, forker_running, monkeypatch):

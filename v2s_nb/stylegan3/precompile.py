@@ -381,7 +381,7 @@ class _Worker:
             self.ended = True
             return None
         *done, self._partial = (self._partial + data).split(b"\n")
-        return [line.decode("ascii") for line in done]
+        return [line.decode("utf-8", "replace") for line in done]  # an error text may hold any character
 
     def last_words(self) -> str:
         self.log.seek(0)
