@@ -297,8 +297,6 @@ def _forker_main(control_fd: int) -> None:
     """The forking process: imports what a worker needs once, then forks a worker for each request on its control
     socket (the request carries the worker's socket and log as file descriptors). Ends when the socket closes (the
     process that started it has ended or let it go); the workers end when their own sockets close."""
-    import signal
-
     import triton.compiler  # noqa: F401  (imported here so that no worker imports it)
 
     for name in KERNEL_MODULES:
