@@ -197,19 +197,19 @@ class ImagePoseRegressor(nn.Module):
 
         pts = self.landmarks(images, square)
         size = (images.shape[-1], images.shape[-2])
-        if not (self.cuda_graphs and pts.is_cuda and pts.requires_grad and torch.is_grad_enabled()
+        fit = None
+        if (self.cuda_graphs and pts.is_cuda and pts.requires_grad and torch.is_grad_enabled()
                 and not torch.cuda.is_current_stream_capturing()):
-            return head_pose_torch(pts, size, iterations=self.iterations).float()
-        key = (tuple(pts.shape), pts.dtype, pts.device, size, self.iterations)
-        if key not in self._graphed:  # recorded on these landmarks (warm-up included): every branch sees real values
-            from ..stylegan3.graphs import graphed_callables, record_or_none
+            key = (tuple(pts.shape), pts.dtype, pts.device, size, self.iterations)
+            if key not in self._graphed:  # recorded on these landmarks (warm-up included): all branches see real values
+                from ..stylegan3.graphs import graphed_callables, record_or_none
 
-            sample = pts.detach().clone().requires_grad_(True)
-            fn = functools.partial(head_pose_torch, image_size=size, iterations=self.iterations)
-            self._graphed[key] = record_or_none("the pose fit", pts.device,
-                                                lambda pool: graphed_callables(fn, (sample,), pool))
-        fit = self._graphed[key]
-        if fit is None:  # CUDA refused the recording (a warning said so)
+                sample = pts.detach().clone().requires_grad_(True)
+                fn = functools.partial(head_pose_torch, image_size=size, iterations=self.iterations)
+                self._graphed[key] = record_or_none("the pose fit", pts.device,
+                                                    lambda pool: graphed_callables(fn, (sample,), pool))
+            fit = self._graphed[key]  # None where CUDA refused the recording (a warning said so)
+        if fit is None:
             return head_pose_torch(pts, size, iterations=self.iterations).float()
         # the replay writes into the recording's buffers: a copy, so a result kept by the caller stays as it was
         return fit(pts).float().clone()
