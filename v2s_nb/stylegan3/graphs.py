@@ -94,7 +94,7 @@ def record_or_none(owner: str, device: torch.device, record):
     with an error (seen intermittently: docs/performance.md, 'Kernel compiles on a fresh machine'), None after
     undoing it (:func:`_undo_failed_capture`) and a :class:`~v2s_nb.errors.FallbackWarning`: the caller then runs
     the step eagerly (the same numbers, slower at small batches). Other errors pass unchanged."""
-    cuda = device.type == "cuda"  # not only in the CPU tests, which replace the recording
+    cuda = device.type == "cuda"  # another device only in the CPU tests, which replace the recording
     pool = torch.cuda.graph_pool_handle() if cuda else None
     stream = torch.cuda.current_stream(device) if cuda else None
     try:

@@ -28,7 +28,7 @@ def design_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float, 
     Separable filters come from ``scipy.signal.firwin`` (Kaiser window); radial ones are a jinc windowed by
     the outer product of a Kaiser window, normalised to unit sum.
     """
-    import scipy.signal  # here, not at the top: it takes half a second to import (kernel-compiling workers too)
+    import scipy.signal  # here, not at the top: half a second to import (the kernel-compiling workers' forker too)
     import scipy.special
 
     if numtaps < 1:
