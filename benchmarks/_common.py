@@ -3,6 +3,7 @@ memory, and argparse checks (counts, sizes, devices, files) that turn a bad comm
 exit status 2 instead of a traceback from deep inside the run."""
 
 import argparse
+import inspect
 import resource
 import sys
 from pathlib import Path
@@ -105,7 +106,17 @@ def compile_for_gpu(fn, signature, constexprs, arch, options=None):
 
     names = fn.arg_names  # the kernel's parameters in order
     full = {k: "constexpr" if k in constexprs else signature.get(k, "i32") for k in names}
-    aligned = {(names.index(k),): [["tt.divisibility", 16]] for k in names if full[k].startswith("*")}
-    src = ASTSource(fn=fn, signature=full, constexprs={(names.index(k),): v for k, v in constexprs.items()},
-                    attrs=aligned)
+    pointers = [names.index(k) for k in names if full[k].startswith("*")]
+    if "constexprs" in inspect.signature(ASTSource).parameters:  # Triton 3.3 and later
+        src = ASTSource(fn=fn, signature=full, constexprs={(names.index(k),): v for k, v in constexprs.items()},
+                        attrs={(i,): [["tt.divisibility", 16]] for i in pointers})
+    else:  # 3.0-3.2: the constants by name apart from the signature, the alignment in an AttrsDescriptor
+        try:
+            from triton.backends.compiler import AttrsDescriptor  # 3.2
+            attrs = AttrsDescriptor.from_hints({i: 16 for i in pointers})
+        except ImportError:
+            from triton.compiler.compiler import AttrsDescriptor  # 3.0, 3.1
+            attrs = AttrsDescriptor(divisible_by_16=set(pointers))
+        src = ASTSource(fn=fn, signature={k: v for k, v in full.items() if v != "constexpr"},
+                        constants=dict(constexprs), attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(options or {}))

@@ -10,8 +10,16 @@ GPU before Hopper). Each distinct launch is then compiled for each ``--arch`` (T
 machine's would at the first launch) and its shared memory printed in KiB, marked ``!`` past the GPU's limit per
 program: there Triton raises OutOfResources when the kernel loads, and the fast path takes the next choice it has
 (smaller tiles, the recomputing backward, the plain operator) or stops with that error. Compiling for sm_75 is slow
-(minutes per kernel that spills). The compiler's release matters: a machine's Triton may need more or less; see
-``kernel_resources.py`` for running another release.
+(minutes per kernel that spills). The compiler's release matters: a machine's Triton may need more or less.
+
+Another release: record the launches once with this one (``--save-launches``; an old release's interpreter may not
+run the package), then compile them with the other first on the path, which also says whether it builds them::
+
+    python benchmarks/kernel_fit.py --save-launches launches.json [--hopper]
+    pip install --no-deps --target /tmp/triton34 triton==3.4.0
+    PYTHONPATH=/tmp/triton34 python benchmarks/kernel_fit.py --launches launches.json --arch 80 89
+
+``--hopper`` records the forms an sm_90 GPU takes (the rows-form convolutions on TMA descriptors), for ``--arch 90``.
 """
 
 from __future__ import annotations
@@ -36,14 +44,15 @@ _TYPES = {"float16": "fp16", "float32": "fp32", "bfloat16": "bf16", "uint8": "u8
           "int64": "i64", "bool": "i1"}
 
 
-def record(cfg: str, resolution: int) -> list:
+def record(cfg: str, resolution: int, hopper: bool = False) -> list:
     """[(module, kernel, signature, constexprs, options, launches)] of the Triton launches of one inference forward
     and one step each w.r.t. ws and the weights of ``cfg`` at batch 1. Needs TRITON_INTERPRET=1 (set before Triton
-    was imported); nothing is computed by the kernels (their outputs stay as allocated)."""
+    was imported); nothing is computed by the kernels (their outputs stay as allocated). ``hopper``: the forms a GPU
+    with TMA takes (the rows-form convolutions on tensor descriptors) instead of those of the GPUs before it."""
     import torch
     import triton.runtime.interpreter as interpreter
 
-    from v2s_nb.stylegan3 import build_generator, fast_ops, networks
+    from v2s_nb.stylegan3 import build_generator, fast_conv, fast_ops, networks
 
     seen = {}
 
@@ -52,6 +61,9 @@ def record(cfg: str, resolution: int) -> list:
         for name, a in zip(self.arg_names, args):
             if torch.is_tensor(a):
                 signature[name] = "*" + _TYPES[str(a.dtype).removeprefix("torch.")]
+            elif type(a).__name__ == "TensorDescriptor":  # as Triton's launch names it
+                dtype = _TYPES[str(a.base.dtype).removeprefix("torch.")]
+                signature[name] = f"tensordesc<{dtype}{list(a.block_shape)}>"
             elif isinstance(a, bool):
                 signature[name] = "i1"
             elif isinstance(a, int):
@@ -71,6 +83,10 @@ def record(cfg: str, resolution: int) -> list:
         torch.float16 if self.use_fp16 and not force_fp32 else torch.float32)
     fast_ops.can_use_fast = lambda x, fu, fd: fu is not None and fd is not None and fu.ndim == 1
     networks.resolve_impl = lambda impl, device: "fast"
+    fast_conv.applies = lambda x, weight: (x.dtype == torch.float16 and weight.shape[2] == weight.shape[3]
+                                           and not torch.is_grad_enabled())  # its test of x.is_cuda left out
+    if hopper:
+        fast_conv._has_tma = lambda device: True
     G = build_generator(cfg, resolution=resolution, seed=0)
     syn = G.synthesis
     ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)), None).detach()
@@ -110,20 +126,40 @@ def main(argv=None):
     p.add_argument("--arch", nargs="+", type=int, default=[75, 86, 90], choices=sorted(LIMIT_KIB),
                    help="compute capabilities to compile for (75: T4, 80: A100, 86: RTX 30, 89: L4, 90: H100)")
     p.add_argument("--record", metavar="JSON", help=argparse.SUPPRESS)  # the interpreter child's output
+    p.add_argument("--hopper", action="store_true",
+                   help="record the forms an sm_90 GPU takes (the rows-form convolutions on TMA descriptors; Triton "
+                        "3.4+), for --arch 90")
+    p.add_argument("--save-launches", metavar="JSON", help="record the launches into this file, compile nothing")
+    p.add_argument("--launches", metavar="JSON",
+                   help="compile the launches of a --save-launches file (recorded under another Triton release: an "
+                        "old release's interpreter may not run this code, its compiler still can)")
     args = p.parse_args(argv)
     if args.record:
-        json.dump({cfg: record(cfg, args.resolution) for cfg in args.cfg}, open(args.record, "w"))
+        json.dump({cfg: record(cfg, args.resolution, args.hopper) for cfg in args.cfg}, open(args.record, "w"))
         return
     try:
         import triton  # noqa: F401
     except ImportError:
         p.error("Triton is not installed (pip install triton)")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "launches.json"
-        env = dict(os.environ, TRITON_INTERPRET="1")
-        subprocess.run([sys.executable, __file__, "--record", str(out), "--resolution", str(args.resolution),
-                        "--cfg", *args.cfg], env=env, check=True)
-        launches = json.loads(out.read_text())
+    if args.launches:
+        try:
+            launches = json.loads(Path(args.launches).read_text())
+        except (OSError, ValueError) as e:
+            p.error(f"--launches {args.launches}: {e}; write one with --save-launches")
+        missing = [cfg for cfg in args.cfg if cfg not in launches]
+        if missing:
+            p.error(f"--launches {args.launches} holds no launches of {', '.join(missing)} (it has "
+                    f"{', '.join(launches) or 'none'}); pass --cfg accordingly")
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "launches.json"
+            env = dict(os.environ, TRITON_INTERPRET="1")
+            subprocess.run([sys.executable, __file__, "--record", str(out), "--resolution", str(args.resolution),
+                            "--cfg", *args.cfg] + ["--hopper"] * args.hopper, env=env, check=True)
+            launches = json.loads(out.read_text())
+    if args.save_launches:
+        Path(args.save_launches).write_text(json.dumps(launches))
+        return
     warnings.simplefilter("ignore")  # the compiler's notes on its own defaults
     print(f"# shared memory per program, KiB, Triton {triton.__version__}; '!': more than the GPU gives one program")
     print("# " + " | ".join(f"sm_{a} ({GPUS[a]}): {LIMIT_KIB[a]}" for a in args.arch))

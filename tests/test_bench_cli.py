@@ -168,13 +168,19 @@ def test_pose_encoding_benchmark_runs_on_the_cpu_and_writes_its_rows(tmp_path, c
 
 
 @pytest.mark.slow
-def test_kernel_fit_lists_the_shared_memory_of_a_steps_kernels():
+def test_kernel_fit_lists_the_shared_memory_of_a_steps_kernels(tmp_path):
     """kernel_fit.py records the Triton launches of T's training step on the CPU (under the interpreter, in a child
-    process) and compiles each for a GPU: the training forward and the codes backward appear with their KiB."""
+    process) into a file, then compiles each from that file for a GPU (as it does under another Triton release): the
+    training forward, the codes backward and the inference forward's transposes appear with their KiB."""
     pytest.importorskip("triton")
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernel_fit.py"), "--cfg", "T", "--resolution", "256",
-                        "--arch", "90"], capture_output=True, text=True, cwd=REPO, timeout=1500)
+    script, launches = str(REPO / "benchmarks" / "kernel_fit.py"), tmp_path / "launches.json"
+    r = subprocess.run([sys.executable, script, "--cfg", "T", "--resolution", "256", "--save-launches", str(launches)],
+                       capture_output=True, text=True, cwd=REPO, timeout=1500)
+    assert r.returncode == 0 and launches.is_file() and not r.stdout.strip(), r.stderr[-3000:]
+    r = subprocess.run([sys.executable, script, "--cfg", "T", "--launches", str(launches), "--arch", "90"],
+                       capture_output=True, text=True, cwd=REPO, timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "SCALE=True" in "".join(ln for ln in r.stdout.splitlines() if "_to_nhwc_kernel" in ln)  # as on CUDA
     rows = {line.split()[1]: line for line in r.stdout.splitlines() if line.startswith("T ")}
     for kernel in ("_fused_train_kernel", "_fused_backward_codes_kernel", "_modulation_kernel"):
         kib = float(rows[kernel].split()[3].rstrip("!"))  # T, kernel, launches, KiB for the first --arch
