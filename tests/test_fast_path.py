@@ -4,6 +4,9 @@ The Triton kernels run on CUDA; where Triton is installed, they are also checked
 Triton's interpreter (tests/interpreted/, run by tests/test_triton_interpreter.py; small shapes, slow).
 """
 
+import re
+import warnings
+
 import pytest
 import torch
 
@@ -39,6 +42,43 @@ def test_fast_on_cpu_falls_back_with_one_warning(monkeypatch):
     assert torch.equal(a, G.synthesis(ws, impl="plain"))
     with pytest.raises(ValueError, match="impl"):
         G.synthesis(ws, impl="turbo")
+
+
+@pytest.mark.parametrize("version, expected", [("3.4.0", (3, 4)), ("3.6.0+git1a2b3c", (3, 6)), ("3.10.1", (3, 10)),
+                                               ("4", (4, 0)), ("3.3.1rc1", (3, 3)), ("nightly", (0, 0))])
+def test_triton_release_numbers(version, expected):
+    assert fast_ops.release(version) == expected
+
+
+@pytest.mark.parametrize("version, capability, unfit", [("2.3.1", (8, 0), "older than"), ("3.0.0", (9, 0), None),
+                                                       ("3.3.1", (8, 9), None), ("3.3.1", (9, 0), "sm_90"),
+                                                       ("3.4.0", (9, 0), None), ("3.9.0", (10, 0), None)])
+def test_a_triton_that_cant_build_the_kernels_gets_the_plain_path_with_a_warning(version, capability, unfit,
+                                                                                  monkeypatch):
+    from types import SimpleNamespace
+
+    from v2s_nb.stylegan3 import precompile
+    from v2s_nb.stylegan3.networks import resolve_impl
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(fast_ops, "HAVE_TRITON", True)
+    monkeypatch.setattr(fast_ops, "triton", SimpleNamespace(__version__=version), raising=False)
+    monkeypatch.setattr(fast_ops, "TRITON_RELEASE", fast_ops.release(version))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(fast_ops, "_warned", False)
+    if unfit is None:
+        assert fast_ops.device_unfit(cuda) is None and resolve_impl("auto", cuda) == "fast"
+        if precompile._knobs() is not None:  # the Triton installed here has the compile hook
+            assert precompile.supported(cuda)
+        return
+    assert unfit in fast_ops.device_unfit(cuda)
+    with pytest.warns(RuntimeWarning, match=rf"Triton {re.escape(version)} .*{unfit}.*pip install 'torch>=2\.8'"):
+        assert resolve_impl("auto", cuda) == "plain"  # on CUDA the user expects the fast path: say why not
+    assert resolve_impl("fast", cuda) == "plain" and not precompile.supported(cuda)
+    monkeypatch.setattr(fast_ops, "_warned", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_impl("auto", cpu) == "plain" and resolve_impl("plain", cuda) == "plain"  # nothing to say
 
 
 @requires_cuda

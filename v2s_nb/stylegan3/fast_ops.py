@@ -28,6 +28,7 @@ backward reads them (:func:`forward_with_codes`, :func:`backward_from_codes`; fa
 
 from __future__ import annotations
 
+import itertools
 import warnings
 import weakref
 
@@ -42,6 +43,48 @@ try:  # Triton ships with CUDA builds of PyTorch; without it the plain path is u
     HAVE_TRITON = True
 except Exception:  # pragma: no cover - depends on the install
     HAVE_TRITON = False
+
+
+def release(version: str) -> tuple:
+    """(major, minor) of a version string such as '3.4.0' or '3.6.0+git1234' ((0, 0) where it has no numbers)."""
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(itertools.takewhile(str.isdigit, piece))
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts + [0] * (2 - len(parts)))
+
+
+#: The installed Triton's (major, minor); None without Triton.
+TRITON_RELEASE = release(triton.__version__) if HAVE_TRITON else None
+#: The oldest Triton release whose compiler was checked to build every kernel of the fast path for every GPU
+#: generation (docs/performance.md, 'Triton releases'); older ones get the plain path.
+MIN_TRITON = (3, 0)
+#: Releases whose compiler fails on some kernel from a GPU generation on (compute capability major): Triton 3.3
+#: aborts on T's dense inference kernel for sm_90 (3.2 and 3.4 build it).
+BROKEN_TRITON = {(3, 3): 9}
+
+
+def triton_unfit(capability: tuple | None = None) -> str | None:
+    """Why the installed Triton can't run the fast path on a GPU of compute ``capability`` (major, minor) (a sentence
+    naming the fix), or None where it can or is missing. ``capability`` matters only for :data:`BROKEN_TRITON`."""
+    if TRITON_RELEASE is None:
+        return None
+    version = triton.__version__
+    fix = "pip install 'torch>=2.8', which brings Triton 3.4 or later, or 'triton>=3.4'"
+    if TRITON_RELEASE < MIN_TRITON:
+        return (f"Triton {version} is older than the releases its kernels were checked with "
+                f"({'.'.join(map(str, MIN_TRITON))} and later); {fix}")
+    broken_from = BROKEN_TRITON.get(TRITON_RELEASE)
+    if broken_from is not None and capability is not None and capability[0] >= broken_from:
+        return f"Triton {version} fails to compile some of its kernels for sm_{capability[0]}{capability[1]}; {fix}"
+    return None
+
+
+def device_unfit(device) -> str | None:
+    """:func:`triton_unfit` for a CUDA ``device`` (its compute capability is read only where it matters)."""
+    if TRITON_RELEASE not in BROKEN_TRITON:
+        return triton_unfit()
+    return triton_unfit(tuple(torch.cuda.get_device_capability(device)))
 
 
 if HAVE_TRITON:

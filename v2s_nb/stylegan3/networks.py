@@ -54,15 +54,19 @@ def check_input_transform(transform, n: int | None = None) -> None:
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:
-    """'auto' -> 'fast' on CUDA with Triton, else 'plain'. An unavailable 'fast' warns once and falls back."""
+    """'auto' -> 'fast' on CUDA with Triton, else 'plain'. An unavailable 'fast' warns once and falls back; so does
+    'auto' on CUDA where the installed Triton can't build the kernels (:func:`.fast_ops.device_unfit`)."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    fast_ok = device.type == "cuda" and fast_ops.HAVE_TRITON
-    if impl == "fast" and not fast_ok:
-        fast_ops.warn_fallback("needs a CUDA device and Triton" if fast_ops.HAVE_TRITON else "Triton is not installed")
+    cuda = device.type == "cuda"
+    unfit = fast_ops.device_unfit(device) if cuda and impl != "plain" else None
+    why_not = (("Triton is not installed" if not fast_ops.HAVE_TRITON else None) if cuda else
+               "needs a CUDA device and Triton") or unfit
+    if why_not and (impl == "fast" or impl == "auto" and unfit):  # auto on a CPU: plain, as expected
+        fast_ops.warn_fallback(why_not)
         return "plain"
     if impl == "auto":
-        return "fast" if fast_ok else "plain"
+        return "plain" if why_not else "fast"
     return impl
 
 

@@ -122,12 +122,12 @@ def _knobs():
 
 
 def supported(device) -> bool:
-    """Whether kernels can be precompiled for ``device``: a CUDA device, Triton with its compile hook, the fast
-    path's kernels present, and a system that forks processes and passes them file descriptors (Linux does)."""
+    """Whether kernels can be precompiled for ``device``: a CUDA device, a Triton that builds the fast path's kernels
+    for it and has its compile hook, and a system that forks processes and passes them file descriptors (Linux does)."""
     from . import fast_ops
 
-    return (torch.device(device).type == "cuda" and fast_ops.HAVE_TRITON and _knobs() is not None
-            and hasattr(os, "fork") and hasattr(socket, "send_fds"))
+    return (torch.device(device).type == "cuda" and fast_ops.HAVE_TRITON and fast_ops.device_unfit(device) is None
+            and _knobs() is not None and hasattr(os, "fork") and hasattr(socket, "send_fds"))
 
 
 def _options_from(specialization_data: str) -> dict:
