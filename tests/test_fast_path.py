@@ -81,6 +81,19 @@ def test_a_triton_that_cant_build_the_kernels_gets_the_plain_path_with_a_warning
         assert resolve_impl("auto", cpu) == "plain" and resolve_impl("plain", cuda) == "plain"  # nothing to say
 
 
+def test_cuda_without_triton_gets_the_plain_path(monkeypatch):
+    from v2s_nb.stylegan3.networks import resolve_impl
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(fast_ops, "HAVE_TRITON", False)
+    monkeypatch.setattr(fast_ops, "_warned", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_impl("auto", cuda) == "plain" and resolve_impl("plain", cuda) == "plain"  # as asked: quiet
+    with pytest.warns(RuntimeWarning, match="Triton is not installed"):
+        assert resolve_impl("fast", cuda) == "plain"
+
+
 @requires_cuda
 @pytest.mark.parametrize("cfg, channel_scale", [("R", 1.0), ("T", 1.0), ("T", 0.25)])
 def test_fast_matches_plain_on_gpu(cfg, channel_scale):

@@ -58,10 +58,13 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     'auto' on CUDA where the installed Triton can't build the kernels (:func:`.fast_ops.device_unfit`)."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    cuda = device.type == "cuda"
-    unfit = fast_ops.device_unfit(device) if cuda and impl != "plain" else None
-    why_not = (("Triton is not installed" if not fast_ops.HAVE_TRITON else None) if cuda else
-               "needs a CUDA device and Triton") or unfit
+    unfit = None
+    if device.type != "cuda":
+        why_not = "needs a CUDA device and Triton"
+    elif not fast_ops.HAVE_TRITON:
+        why_not = "Triton is not installed"
+    else:
+        why_not = unfit = fast_ops.device_unfit(device) if impl != "plain" else None
     if why_not and (impl == "fast" or impl == "auto" and unfit):  # auto on a CPU: plain, as expected
         fast_ops.warn_fallback(why_not)
         return "plain"
