@@ -64,9 +64,9 @@ MIN_TRITON = (3, 0)
 BROKEN_TRITON = {(3, 3): 9}
 
 
-def triton_unfit(capability: tuple | None = None) -> str | None:
-    """Why the installed Triton can't run the fast path on a GPU of compute ``capability`` (major, minor) (a sentence
-    naming the fix), or None where it can or is missing. ``capability`` matters only for :data:`BROKEN_TRITON`."""
+def device_unfit(device) -> str | None:
+    """Why the installed Triton can't run the fast path on the CUDA ``device`` (a sentence naming the fix), or None
+    where it can or is missing. The device's compute capability is read only for a release in :data:`BROKEN_TRITON`."""
     if TRITON_RELEASE is None:
         return None
     version = triton.__version__
@@ -75,16 +75,11 @@ def triton_unfit(capability: tuple | None = None) -> str | None:
         return (f"Triton {version} is older than the releases its kernels were checked with "
                 f"({'.'.join(map(str, MIN_TRITON))} and later); {fix}")
     broken_from = BROKEN_TRITON.get(TRITON_RELEASE)
-    if broken_from is not None and capability is not None and capability[0] >= broken_from:
-        return f"Triton {version} fails to compile some of its kernels for sm_{capability[0]}{capability[1]}; {fix}"
+    if broken_from is not None:
+        major, minor = torch.cuda.get_device_capability(device)
+        if major >= broken_from:
+            return f"Triton {version} fails to compile some of its kernels for sm_{major}{minor}; {fix}"
     return None
-
-
-def device_unfit(device) -> str | None:
-    """:func:`triton_unfit` for a CUDA ``device`` (its compute capability is read only where it matters)."""
-    if TRITON_RELEASE not in BROKEN_TRITON:
-        return triton_unfit()
-    return triton_unfit(tuple(torch.cuda.get_device_capability(device)))
 
 
 if HAVE_TRITON:
