@@ -152,3 +152,53 @@ def test_pose_encoding_loop_on_cuda_never_waits_for_the_gpu_and_matches_cpu():
         out[dev] = (ws.cpu(), hist)
     assert np.isfinite(out["cuda"][1]).all() and out["cuda"][1][:, -1].max() < out["cuda"][1][:, 0].min()
     assert (out["cpu"][0] - out["cuda"][0]).abs().max().item() < 1e-3
+
+
+def test_sequences_that_run_out_of_gpu_memory_go_on_with_smaller_batches():
+    """A real CUDA out-of-memory error (an allocation of twice the GPU's memory, in P_r or in the perceptual loss,
+    on batches of more than 2 frames): pose encoding on images and inversion with CUDA graphs (the renderer
+    recorded at 4 frames, then again at 2) go on with 2 frames a batch, end with the codes batch_size=2 gives, and
+    hold no GPU memory afterwards."""
+    from v2s_nb.errors import FallbackWarning
+    from v2s_nb.method.invert import invert_sequence
+    from v2s_nb.method.pose_encoding import encode_pose_sequence
+
+    G = tiny_generator("R", resolution=64, seed=5).to("cuda")
+    too_much = 2 * torch.cuda.get_device_properties(0).total_memory
+
+    def hungry(n):
+        if n > 2:
+            torch.empty(too_much, dtype=torch.uint8, device="cuda")
+
+    M = torch.randn(3 * 16, 3, generator=torch.Generator().manual_seed(11)).cuda() * 20.0
+
+    def image_pose(img):
+        hungry(len(img))
+        return torch.nn.functional.adaptive_avg_pool2d(img, 4).reshape(len(img), -1) @ M
+
+    image_pose.pose_input = "image"
+
+    def perceptual(img, target):
+        hungry(len(img))
+        return (img - target).abs().mean((1, 2, 3))
+
+    with torch.no_grad():
+        w_ref = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(3)).cuda(), None)[0]
+        frames = G.synthesis(G.mapping(torch.randn(5, G.z_dim, generator=torch.Generator().manual_seed(4)).cuda(),
+                                       None, truncation_psi=0.7)).clamp(-1, 1)
+    targets = np.arange(5)[:, None] * np.array([1.0, 0.5, -0.3])
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    pose = dict(steps_first=4, steps_next=3, lr=0.02, progress=False)
+    inv = dict(steps_first=3, steps_next=2, perceptual=perceptual, w_noise=0.0, cuda_graphs=True, progress=False)
+    with pytest.warns(FallbackWarning, match="pose encoding: 4 frames a batch .* going on with 2"):
+        p4 = encode_pose_sequence(G, w_ref, targets, image_pose, batch_size=4, **pose)
+    with pytest.warns(FallbackWarning, match="inversion: 4 frames a batch .* going on with 2"):
+        i4 = invert_sequence(G, frames, batch_size=4, **inv)
+    p2 = encode_pose_sequence(G, w_ref, targets, image_pose, batch_size=2, **pose)
+    i2 = invert_sequence(G, frames, batch_size=2, **inv)
+    assert p4.settings["batch_sizes"] == i4.settings["batch_sizes"] == [4, 2]
+    assert (p4.ws - p2.ws).abs().max().item() < 1e-4 and (i4.ws - i2.ws).abs().max().item() < 1e-4
+    del p4, p2, i4, i2
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() <= before + 2 ** 20  # bytes: nothing of the failed tries is held

@@ -166,6 +166,38 @@ def test_cache_avoids_inverting_twice(G, tmp_path):
     assert not s1.from_cache and s2.from_cache and torch.equal(s1.ws, s2.ws)
 
 
+def test_a_batch_that_runs_out_of_gpu_memory_is_redone_with_half_the_frames(G, tmp_path, monkeypatch):
+    """A batch of 4 frames that runs out of GPU memory: one warning, then batches of 2, the codes batch_size=2
+    gives; the result says what ran, its cache entry (keyed by what was asked) is found again. At one frame a batch:
+    GPUMemoryError."""
+    from v2s_nb.errors import FallbackWarning
+    from v2s_nb.method import invert as inv_mod
+    from v2s_nb.method.batches import GPUMemoryError
+
+    gen = torch.Generator().manual_seed(4)
+    frames = _render(G, G.mapping(torch.randn(5, G.z_dim, generator=gen), None, truncation_psi=0.7)).clamp(-1, 1)
+    kw = dict(steps_first=3, steps_next=2, **FAST)
+    by_two = invert_sequence(G, frames, batch_size=2, **kw)
+    optimise, fits = inv_mod._optimise, [2]
+
+    def small_gpu(G, targets, *args, **kwargs):
+        if len(targets) > fits[0]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (a stand-in)")
+        return optimise(G, targets, *args, **kwargs)
+
+    monkeypatch.setattr(inv_mod, "_optimise", small_gpu)
+    with pytest.warns(FallbackWarning, match="inversion: 4 frames a batch need more GPU memory than is free"):
+        halved = invert_sequence(G, frames, batch_size=4, cache_dir=tmp_path, checkpoint_dir=tmp_path / "b", **kw)
+    assert torch.equal(halved.ws, by_two.ws)
+    assert halved.settings["batch_sizes"] == [4, 2] and halved.settings["batch_steps"] == [3, 2, 2]
+    assert [len(h) for h in halved.loss_history] == [3, 3, 2, 2, 2]
+    again = invert_sequence(G, frames, batch_size=4, cache_dir=tmp_path, **kw)
+    assert again.from_cache and torch.equal(again.ws, halved.ws)
+    fits[0] = 0
+    with pytest.warns(FallbackWarning), pytest.raises(GPUMemoryError, match="inversion ran out of GPU memory"):
+        invert_sequence(G, frames, batch_size=2, **kw)
+
+
 def test_damaged_cache_entry_warns_and_is_recomputed(G, tmp_path):
     """A 0-byte .npy (disk full, cut copy) or a JSON lacking a key (hand edit, other writer) in an inversion cache
     or sequence checkpoint must give a CacheWarning and a recomputed result, not a bare EOFError / KeyError."""

@@ -285,3 +285,58 @@ def test_a_loss_that_turns_nan_stops_the_encoding_naming_its_step(G, w_ref):
     turns_nan.pose_input = "w"
     with pytest.raises(FloatingPointError, match="diverged at step 3 "):
         encode_pose(G, w_ref, [1.0, 2.0, 3.0], pose_fn=turns_nan, steps=10, measure=False)
+
+
+class RunsOutOfMemory(LinearOnW):
+    """LinearOnW that raises PyTorch's out-of-memory error on batches of more than ``fits`` codes (from call
+    ``after`` on; None: never), as a GPU too small for the batch does."""
+
+    def __init__(self, G, fits, after=0):
+        super().__init__(G)
+        self.fits, self.after, self.calls = fits, after, 0
+
+    def __call__(self, ws):
+        self.calls += 1
+        if self.fits is not None and self.calls > self.after and len(ws) > self.fits:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (a stand-in)")
+        return super().__call__(ws)
+
+
+def test_a_batch_that_runs_out_of_gpu_memory_is_redone_with_half_the_frames(G, w_ref, tmp_path):
+    """Out of memory at 4 frames a batch: one warning, the run goes on with 2 and gives what batch_size=2 gives;
+    checkpoints hold the batches as run. Running out later halves from that batch on. At one frame a batch it stops
+    with GPUMemoryError (also PyTorch's OutOfMemoryError), naming the fix; other errors pass through unchanged."""
+    from v2s_nb.errors import FallbackWarning
+    from v2s_nb.method.batches import GPUMemoryError
+
+    start = LinearOnW(G)(w_ref[None])[0].numpy()
+    targets = start + np.arange(7)[:, None] * np.array([1.0, 0.5, -0.3])
+    kw = dict(steps_first=5, steps_next=3, lr=0.02, progress=False)
+    by_two = encode_pose_sequence(G, w_ref, targets, LinearOnW(G), batch_size=2, **kw)
+    ckpt = tmp_path / "pose"
+    with pytest.warns(FallbackWarning, match="4 frames a batch need more GPU memory than is free; going on with 2"):
+        halved = encode_pose_sequence(G, w_ref, targets, RunsOutOfMemory(G, fits=2), batch_size=4,
+                                      checkpoint_dir=ckpt, **kw)
+    assert torch.allclose(halved.ws, by_two.ws, atol=1e-6)
+    assert halved.settings["batch_sizes"] == [4, 2] and halved.settings["batch_size"] == 4
+    assert [len(h) for h in halved.loss_history] == [5, 5, 3, 3, 3, 3, 3]
+    assert sorted(f.name for f in ckpt.iterdir()) == [f"frames_{s:06d}-{min(s + 1, 6):06d}.pt" for s in (0, 2, 4, 6)]
+
+    # the first batch of 4 fits; the second runs out (memory taken meanwhile): 4, then 2 a batch
+    with pytest.warns(FallbackWarning, match="going on with 2"):
+        later = encode_pose_sequence(G, w_ref, targets, RunsOutOfMemory(G, fits=2, after=5 + 1), batch_size=4, **kw)
+    assert [len(h) for h in later.loss_history] == [5, 5, 5, 5, 3, 3, 3]
+    assert later.settings["batch_sizes"] == [4, 2]
+
+    with pytest.warns(FallbackWarning) as record, pytest.raises(GPUMemoryError, match="one frame a batch") as err:
+        encode_pose_sequence(G, w_ref, targets, RunsOutOfMemory(G, fits=0), batch_size=4, **kw)
+    assert [str(r.message).split(";")[0] for r in record] == [
+        "pose encoding: 4 frames a batch need more GPU memory than is free",
+        "pose encoding: 2 frames a batch need more GPU memory than is free"]
+    assert isinstance(err.value, torch.cuda.OutOfMemoryError) and "torch.cuda.empty_cache()" in str(err.value)
+
+    def broken(ws):
+        raise RuntimeError("not a memory error")
+
+    with pytest.raises(RuntimeError, match="not a memory error"):
+        encode_pose_sequence(G, w_ref, targets, broken, pose_input="w", batch_size=4, **kw)

@@ -435,10 +435,11 @@ def test_pose_targets_of_frames_without_a_face_are_interpolated(tmp_path, monkey
 
     import v2s_nb.method.pose_encoding as pe
 
-    got = []
+    got, sizes = [], []
 
     def encode(G, w_ref, targets, reg, **kw):
         got.append(np.array(targets))
+        sizes.append(kw["batch_size"])
         return types.SimpleNamespace(ws=w_ref[None].repeat(len(targets), 1, 1), achieved=np.array(targets),
                                      target=targets)
 
@@ -449,8 +450,9 @@ def test_pose_targets_of_frames_without_a_face_are_interpolated(tmp_path, monkey
     clip = P.FaceClip(tmp_path / "v.mp4", "video", np.zeros((4, 16, 16, 3), np.uint8), np.zeros((4, 68, 2)), 25.0,
                       np.zeros((4, 4)), np.array([False, True, True, False]))
     _, targets, _ = P._pose_code(G, torch.zeros(G.num_ws, G.w_dim), clip, reader, tmp_path, "driving", 2, 1, False,
-                                 None)
+                                 None, batch_size=3)
     assert np.allclose(targets, [[0, 0, 0], [2, 1, 0], [4, 2, 0], [6, 3, 0]]) and np.allclose(got[0], targets)
+    assert sizes == [3]  # the stage's batch_size reaches the encoding
 
 
 def test_a_moved_cache_folder_resumes_the_finished_batches(inputs, G, tmp_path, monkeypatch):

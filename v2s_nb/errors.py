@@ -18,7 +18,7 @@ files and inputs           ``images.ImageReadError``, ``video.FrameFormatError``
 weights and snapshots      ``weights.WeightsUnavailableError``, ``weights.WeightsChecksumError``,
                            ``stylegan3.snapshot.SnapshotError``, ``UnsafePickleError``,
                            ``method.encoder.EncoderCheckpointError``
-GPU                        ``stylegan3.graphs.CudaGraphError``
+GPU                        ``stylegan3.graphs.CudaGraphError``, ``method.batches.GPUMemoryError``
 faces                      ``face.NoFaceError``
 method                     ``method.invert.InversionDivergedError``, ``method.pose_encoding.PoseUnavailableError``
 caches                     :class:`CacheWarning` (an unreadable cache entry: it is recomputed)

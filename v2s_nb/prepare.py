@@ -862,7 +862,7 @@ class PoseCodes(_Shows):
 
 
 def _pose_code(G, w_ref, clip: FaceClip, reg, cache: Path, which: str, steps: int, steps_next: int,
-               progress: bool, say: Say):
+               progress: bool, say: Say, batch_size: int | None = None):
     """(ws [T, num_ws, w_dim], targets [T, 3], achieved [T, 3]) for one video, cached keyed by G, w_ref, the
     targets, the steps and the regressor; the finished batches of an unfinished run under ``pose_batches/``."""
     from .caching import generator_hash
@@ -884,8 +884,8 @@ def _pose_code(G, w_ref, clip: FaceClip, reg, cache: Path, which: str, steps: in
         _check_measured(got["achieved"], which)  # a cached entry whose pose could not be measured: refused again
         return torch.from_numpy(got["ws"]), targets, got["achieved"]
     # each finished batch is saved there, so an interrupted call resumes from the batches it finished
-    enc = encode_pose_sequence(G, w_ref, targets, reg, steps_first=steps, steps_next=steps_next, progress=progress,
-                               checkpoint_dir=cache / "pose_batches" / which / key)
+    enc = encode_pose_sequence(G, w_ref, targets, reg, steps_first=steps, steps_next=steps_next, batch_size=batch_size,
+                               progress=progress, checkpoint_dir=cache / "pose_batches" / which / key)
     ws = enc.ws.detach().float().cpu()
     achieved = np.asarray(enc.achieved, np.float64)
     save_arrays(f, ws=ws.numpy(), achieved=achieved)
@@ -909,14 +909,16 @@ def _check_measured(achieved, which: str) -> None:
             "transfer (pose='none').")
 
 
-def pose_codes(inversions: Inversions, sources=None, *, steps: int = 100, steps_next: int = 30, cache=None,
-               progress: bool = True, say: Say = print) -> PoseCodes:
+def pose_codes(inversions: Inversions, sources=None, *, steps: int = 100, steps_next: int = 30,
+               batch_size: int | None = None, cache=None, progress: bool = True, say: Say = print) -> PoseCodes:
     """Stage 4: pose encoding (eq 4) of the reference to the head pose of every frame of each video in
-    ``sources`` ('driving', 'co-driving'; default: the one :func:`reenactor` takes the pose from, the co-driving
-    video when there is one, else the driving video), on the original generator ``inversions.G`` (``steps`` for
-    the first frame, ``steps_next`` for the warm-started ones). Skipped, with the reason in ``.skipped`` and a
-    message, when the generator has random weights or no pose regressor is available. Cached under ``cache``; an
-    interrupted call resumes from the batches of frames it finished (``<cache>/pose_batches``)."""
+    ``sources`` ('driving', 'co-driving'; default: the one :func:`reenactor` takes the pose from, the co-driving video
+    when there is one, else the driving video), on the original generator ``inversions.G`` (``steps`` for the first
+    frame, ``steps_next`` for the warm-started ones; ``batch_size`` frames a batch, default
+    :func:`~v2s_nb.method.pose_encoding.encode_pose_sequence`'s, halved where a batch runs out of GPU memory). Skipped,
+    with the reason in ``.skipped`` and a message, when the generator has random weights or no pose regressor is
+    available. Cached under ``cache``; an interrupted call resumes from the batches of frames it finished
+    (``<cache>/pose_batches``)."""
     from .method.pose_encoding import PoseUnavailableError, default_pose_regressor
     from .errors import FallbackWarning
 
@@ -933,6 +935,8 @@ def pose_codes(inversions: Inversions, sources=None, *, steps: int = 100, steps_
             raise ValueError(f"pose source {s!r} needs a co-driving video: pass co_driving to faces(...)")
     _check_int("steps", steps, 1, 100_000)
     _check_int("steps_next", steps_next, 1, 100_000)
+    if batch_size is not None:
+        _check_int("batch_size", batch_size, 1, 4096)
     t0 = time.perf_counter()
     G = inversions.G
     out = PoseCodes({}, {}, {}, {}, inversions=inversions)
@@ -957,7 +961,7 @@ def pose_codes(inversions: Inversions, sources=None, *, steps: int = 100, steps_
     for s in sources:
         try:
             ws, tgt, ach = _pose_code(G, inversions.w_ref, clips[s], reg, folder, s, steps, steps_next, progress,
-                                      say)
+                                      say, batch_size=batch_size)
         except PoseUnavailableError as e:  # as for a generator without a pose regressor: skipped, no pose transfer;
             out.skipped[s] = str(e)  # a warning, not a line of say: the codes were made, then found blind
             warnings.warn(f"pose encoding ({s}) skipped, the head keeps the reference's pose: {e}",

@@ -37,6 +37,9 @@ class _NoBar:
     def update(self, n=1):
         self.n += n
 
+    def refresh(self):
+        pass
+
     def set_postfix_str(self, s="", refresh=True):
         pass
 

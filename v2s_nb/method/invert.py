@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_atomic
+from .batches import HalvingBatch, out_of_memory
 from .loss_scale import HostValues, codes_only, grad_scaler
 import torch.nn.functional as F
 from ..caching import entry_path, generator_hash, hash_tensor, json_key, warn_unusable
@@ -849,6 +850,10 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
     as in :func:`invert`, for the whole result. ``cuda_graphs``: as in :func:`invert` (one recording for all
     batches).
 
+    A batch that runs out of GPU memory is redone with half the frames, with a
+    :class:`~v2s_nb.errors.FallbackWarning`, and later batches keep that size (then ``settings['batch_sizes']``
+    lists the sizes tried); at one frame a batch it raises :class:`~v2s_nb.method.batches.GPUMemoryError`.
+
     The result's ``total_steps`` (Adam iterations) and ``frame_steps`` (frames × steps, the rendering work) say
     what the run cost; ``settings['batch_steps']`` lists the steps of each batch.
     """
@@ -871,8 +876,7 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
     settings = _settings(kwargs, perc_name, mode="sequence", batch=int(batch), steps_first=int(steps_first),
                          steps_next=int(steps_next), lr_next=lr_next, temporal_weight=float(temporal_weight),
                          init="w_avg" if init is None else "given")
-    starts = list(range(0, n, batch))
-    batch_steps = [steps_first if i == 0 else steps_next for i in range(len(starts))]
+    batch_steps = [steps_first if s == 0 else steps_next for s in range(0, n, batch)]
     settings["batch_steps"] = batch_steps
     gen_id = generator_identity(G)
 
@@ -883,23 +887,40 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     w_spread = _w_spread(G, device, dtype) if w_noise > 0 else 1.0
     pbar = _make_pbar(progress, sum(batch_steps), f"invert {n} frames")
+    # a batch that runs out of GPU memory is redone with half the frames, and the rest keep that size
+    size = HalvingBatch(batch, "inversion", device)
     render = _renderer(G, min(batch, n), cuda_graphs)  # recorded on first use: not when every batch is loaded
     parts: list[Inversion] = []
-    prev_w = None
+    prev_w, s = None, 0
     try:
-        for b, s in enumerate(starts):
-            e = min(s + batch, n)
-            tgt = targets[s:e]
-            steps_b = batch_steps[b]
+        while s < n:
+            e, b = min(s + size.frames, n), len(parts)
             init_b = first_init[: e - s] if b == 0 else prev_w[None].expand(e - s, -1, -1)
-            part = _batch(G, ckpt, "frames", b, s, idx[s:e], tgt, init_b, steps_b, kwargs if b == 0 else kwargs_next,
-                          settings, gen_id, perc_fn, pbar, render, w_noise=w_noise if b == 0 else 0.0,
-                          w_spread=w_spread, prev_w=prev_w, temporal_weight=float(temporal_weight))
+            part = None
+            try:
+                part = _batch(G, ckpt, "frames", b, s, idx[s:e], targets[s:e], init_b,
+                              steps_first if b == 0 else steps_next, kwargs if b == 0 else kwargs_next, settings,
+                              gen_id, perc_fn, pbar, render, w_noise=w_noise if b == 0 else 0.0, w_spread=w_spread,
+                              prev_w=prev_w, temporal_weight=float(temporal_weight))
+            except Exception as exc:
+                if not out_of_memory(exc):
+                    raise
+            if part is None:  # out of memory; leaving the except block has freed the failed try's tensors
+                render = None  # a recorded renderer's graphs hold the larger batch's memory
+                size.halve()
+                render = _renderer(G, min(size.frames, n), cuda_graphs)
+                if pbar is not None:
+                    pbar.total = pbar.n + sum(steps_first if t == 0 else steps_next for t in range(s, n, size.frames))
+                    pbar.refresh()
+                continue
             parts.append(part)
             prev_w = part.ws[-1].to(device=device, dtype=dtype)
+            s = e
     finally:
         if pbar is not None:
             pbar.close()
+    if size.halvings:  # what was run: the key above stays the one asked for, so a re-run finds this result
+        settings = dict(settings, batch_sizes=list(size.sizes), batch_steps=[p.total_steps for p in parts])
     inv = Inversion.concat(parts, settings=settings)
     inv.frame_indices = np.asarray(idx, dtype=np.int64)
     if cache_file is not None:

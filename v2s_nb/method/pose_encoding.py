@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_atomic
+from .batches import HalvingBatch, out_of_memory
 from .loss_scale import HostValues, codes_only, grad_scaler
 from torch import nn
 from ..errors import FallbackWarning, V2SError
@@ -547,6 +548,9 @@ def encode_pose_sequence(G, w_ref, targets, pose_fn=None, *, steps_first: int = 
     Each batch starts from the previous batch's last result (warm start; the first from ``w_ref``) and runs
     ``steps_first`` (first batch) or ``steps_next`` Adam steps. ``batch_size`` default: 8 for a P_r on images (one
     backward pass through G serves 8 frames), 1 for a P_r on w (cheap; each frame starts from its predecessor).
+    A batch that runs out of GPU memory (8 frames at 1024 px don't fit a 16 GB GPU) is redone with half the frames, with
+    a :class:`~v2s_nb.errors.FallbackWarning`, and later batches keep that size (``settings['batch_sizes']`` lists the
+    sizes tried); at one frame a batch it raises :class:`~v2s_nb.method.batches.GPUMemoryError`.
     ``checkpoint_dir``: each finished batch is saved there (``frames_<first>-<last>.pt``, atomically); a re-run
     with the same generator, codes, targets, P_r and settings loads the finished batches instead of optimising them
     again (one from other inputs, or unreadable, is redone with a :class:`~v2s_nb.errors.CacheWarning`).
@@ -564,29 +568,49 @@ def encode_pose_sequence(G, w_ref, targets, pose_fn=None, *, steps_first: int = 
     if per_frame and len(w_ref) != len(targets):
         raise ValueError(f"w_ref has {len(w_ref)} codes and targets {len(targets)} poses: give one code for all "
                          "frames, or one per frame")
-    starts = list(range(0, len(targets), batch_size))
-    steps = [steps_first if b == 0 else steps_next for b in range(len(starts))]
-    if _pose_input(pose_fn, kwargs.get("pose_input")) == "image":  # a regressor on W renders nothing here
-        ensure_compiled(G, [Workload(b, "ws") for b in batch_sizes(len(targets), batch_size)], progress)
+    n = len(targets)
+
+    def planned(start, frames):  # the steps of the batches from frame `start` on, `frames` a batch
+        return sum(steps_first if s == 0 else steps_next for s in range(start, n, frames))
+
+    on_images = _pose_input(pose_fn, kwargs.get("pose_input")) == "image"  # a regressor on W renders nothing here
+    if on_images:
+        ensure_compiled(G, [Workload(b, "ws") for b in batch_sizes(n, batch_size)], progress)
     ckpt = _BatchCheckpoints(checkpoint_dir, G, pose_fn, kwargs) if checkpoint_dir else None
-    parts, prev = [], None
-    bar = progress_bar(total=sum(steps), desc="pose encoding", unit="step", enabled=progress)
+    # a batch that runs out of GPU memory is redone with half the frames, and the rest keep that size
+    size = HalvingBatch(batch_size, "pose encoding", getattr(G, "device", "cpu"))
+    parts, prev, start = [], None, 0
+    bar = progress_bar(total=planned(0, batch_size), desc="pose encoding", unit="step", enabled=progress)
     try:
-        for b, s in enumerate(starts):
-            tgt = targets[s:s + batch_size]
+        while start < n:
+            tgt = targets[start:start + size.frames]
+            steps_b = steps_first if start == 0 else steps_next
             init = None if prev is None else prev[-1:].expand(len(tgt), -1, -1)
-            ref = w_ref[s:s + batch_size] if per_frame else w_ref
-            bar.set_description(f"pose encoding frames {s}..{s + len(tgt) - 1}")
-            part = ckpt.load(s, ref, tgt, init, steps[b]) if ckpt is not None else None
-            if part is None:
-                part = encode_pose(G, ref, tgt, pose_fn, steps=steps[b], init=init, measure=False,
-                                   on_step=lambda _: bar.update(1), **kwargs)
-                if ckpt is not None:
-                    ckpt.save(s, ref, tgt, init, steps[b], part)
+            ref = w_ref[start:start + len(tgt)] if per_frame else w_ref
+            bar.set_description(f"pose encoding frames {start}..{start + len(tgt) - 1}")
+            part = ckpt.load(start, ref, tgt, init, steps_b) if ckpt is not None else None
+            if part is not None:
+                bar.update(steps_b)
             else:
-                bar.update(steps[b])
+                try:
+                    part = encode_pose(G, ref, tgt, pose_fn, steps=steps_b, init=init, measure=False,
+                                       on_step=lambda _: bar.update(1), **kwargs)
+                except Exception as exc:
+                    if not out_of_memory(exc):
+                        raise
+                if part is None:  # out of memory; leaving the except block has freed the failed try's tensors
+                    size.halve()
+                    bar.total = bar.n + planned(start, size.frames)
+                    bar.refresh()
+                    if on_images:
+                        ensure_compiled(G, [Workload(b, "ws") for b in batch_sizes(n - start, size.frames)],
+                                        progress)
+                    continue
+                if ckpt is not None:
+                    ckpt.save(start, ref, tgt, init, steps_b, part)
             parts.append(part)
             prev = part.ws
+            start += len(tgt)
     finally:
         bar.close()
     ws = torch.cat([p.ws for p in parts])
@@ -594,6 +618,6 @@ def encode_pose_sequence(G, w_ref, targets, pose_fn=None, *, steps_first: int = 
         measure = not getattr(G, "is_random", False)
     achieved = measure_pose(G, ws) if measure else np.full((len(ws), 3), np.nan)
     settings = dict(parts[0].settings, steps_first=steps_first, steps_next=steps_next, batch_size=int(batch_size),
-                    mode="sequence")
+                    batch_sizes=list(size.sizes), mode="sequence")
     return PoseEncoding(ws, targets, np.concatenate([p.predicted for p in parts]), achieved,
                         [h for p in parts for h in p.loss_history], settings)
