@@ -2,6 +2,8 @@
 
 Skipped without a CUDA GPU (and the CNN test without their weights, found offline only)."""
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -156,9 +158,10 @@ def test_pose_encoding_loop_on_cuda_never_waits_for_the_gpu_and_matches_cpu():
 
 def test_sequences_that_run_out_of_gpu_memory_go_on_with_smaller_batches():
     """A real CUDA out-of-memory error (an allocation of twice the GPU's memory, in P_r or in the perceptual loss,
-    on batches of more than 2 frames): pose encoding on images and inversion with CUDA graphs (the renderer
-    recorded at 4 frames, then again at 2) go on with 2 frames a batch, end with the codes batch_size=2 gives, and
-    hold no GPU memory afterwards."""
+    on batches of more than 2 frames): pose encoding on images and inversion, eager and with CUDA graphs (the
+    renderer recorded at 4 frames, then again at 2), go on with 2 frames a batch and end with the codes
+    batch_size=2 gives; the eager runs hold no more GPU memory afterwards than runs that fit. (Each inversion from
+    graphs holds on to some memory after it returns, out of memory or not: docs/performance.md.)"""
     from v2s_nb.errors import FallbackWarning
     from v2s_nb.method.invert import invert_sequence
     from v2s_nb.method.pose_encoding import encode_pose_sequence
@@ -187,18 +190,26 @@ def test_sequences_that_run_out_of_gpu_memory_go_on_with_smaller_batches():
         frames = G.synthesis(G.mapping(torch.randn(5, G.z_dim, generator=torch.Generator().manual_seed(4)).cuda(),
                                        None, truncation_psi=0.7)).clamp(-1, 1)
     targets = np.arange(5)[:, None] * np.array([1.0, 0.5, -0.3])
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
     pose = dict(steps_first=4, steps_next=3, lr=0.02, progress=False)
-    inv = dict(steps_first=3, steps_next=2, perceptual=perceptual, w_noise=0.0, cuda_graphs=True, progress=False)
+    inv = dict(steps_first=3, steps_next=2, perceptual=perceptual, w_noise=0.0, progress=False)
+    p2 = encode_pose_sequence(G, w_ref, targets, image_pose, batch_size=2, **pose)
+    i2 = invert_sequence(G, frames, batch_size=2, cuda_graphs=False, **inv)
+    gc.collect()
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()  # after runs that fit: what the package keeps between calls is counted
     with pytest.warns(FallbackWarning, match="pose encoding: 4 frames a batch .* going on with 2"):
         p4 = encode_pose_sequence(G, w_ref, targets, image_pose, batch_size=4, **pose)
     with pytest.warns(FallbackWarning, match="inversion: 4 frames a batch .* going on with 2"):
-        i4 = invert_sequence(G, frames, batch_size=4, **inv)
-    p2 = encode_pose_sequence(G, w_ref, targets, image_pose, batch_size=2, **pose)
-    i2 = invert_sequence(G, frames, batch_size=2, **inv)
+        i4 = invert_sequence(G, frames, batch_size=4, cuda_graphs=False, **inv)
     assert p4.settings["batch_sizes"] == i4.settings["batch_sizes"] == [4, 2]
     assert (p4.ws - p2.ws).abs().max().item() < 1e-4 and (i4.ws - i2.ws).abs().max().item() < 1e-4
-    del p4, p2, i4, i2
+    del p4, i4
+    gc.collect()
     torch.cuda.synchronize()
-    assert torch.cuda.memory_allocated() <= before + 2 ** 20  # bytes: nothing of the failed tries is held
+    held = torch.cuda.memory_allocated() - before
+    assert held <= 2 ** 20, f"{held} bytes more held after the runs that ran out of memory"
+
+    g2 = invert_sequence(G, frames, batch_size=2, cuda_graphs=True, **inv)
+    with pytest.warns(FallbackWarning, match="inversion: 4 frames a batch .* going on with 2"):
+        g4 = invert_sequence(G, frames, batch_size=4, cuda_graphs=True, **inv)
+    assert g4.settings["batch_sizes"] == [4, 2] and (g4.ws - g2.ws).abs().max().item() < 1e-4
