@@ -155,7 +155,7 @@ class GraphedSynthesis:
         syn = self.G.synthesis
         self._graph = self._out = None  # the last recording's memory goes first
         self._stamp = _parameters_stamp(self.G, self.device, self._params)
-        side = torch.cuda.Stream(self.device)
+        side = warm_up_stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.no_grad(), torch.cuda.stream(side):
             for _ in range(2):  # compiles the Triton kernels and fills the caches outside the recording
@@ -212,13 +212,29 @@ class GraphedSynthesis:
             return self.from_styles(self.G.synthesis.styles(ws.to(self.device)), transform=transform)
 
 
+_WARM_UP_STREAMS: dict = {}  # device -> the stream recordings warm up on
+
+
+def warm_up_stream(device) -> "torch.cuda.Stream":
+    """The one side stream per device that recordings warm up on. One for all: PyTorch gives each stream that runs a
+    cuBLAS call its own workspace and keeps it until the process ends, so a new stream per recording kept tens of MiB
+    each time (docs/performance.md, 'memory kept after an inversion from CUDA graphs')."""
+    device = torch.device(device)
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    stream = _WARM_UP_STREAMS.get(device)
+    if stream is None:
+        stream = _WARM_UP_STREAMS[device] = torch.cuda.Stream(device)
+    return stream
+
+
 def _warm_up(fn, inputs, device, iters: int = 2):
     """Runs ``fn(*inputs)`` forward and backward ``iters`` times on a side stream (CUDA): the Triton kernels compile
     and the caches (kernels kept per weight tensor) fill outside a recording. Its autograd graph, and with it the
     gradient accumulators of ``inputs`` made on that stream, are gone when it returns."""
     cuda = device.type == "cuda"
     if cuda:
-        side = torch.cuda.Stream(device)
+        side = warm_up_stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
     wanted = [t for t in inputs if t.requires_grad]
     with torch.cuda.stream(side) if cuda else contextlib.nullcontext():
