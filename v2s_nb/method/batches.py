@@ -57,6 +57,12 @@ def _memory_note(device) -> str:
     return f" (this GPU: {_gib(total)}, {_gib(free)} free)"
 
 
+def batch_steps(start: int, n: int, frames: int, steps_first: int, steps_next: int) -> list[int]:
+    """The steps of each batch of ``frames`` frames from frame ``start`` to ``n``: ``steps_first`` for the batch that
+    starts at frame 0, ``steps_next`` for the warm-started ones."""
+    return [steps_first if s == 0 else steps_next for s in range(start, n, frames)]
+
+
 class HalvingBatch:
     """Frames per batch for ``what`` (e.g. 'pose encoding'), starting at ``frames`` and halved by :meth:`halve`.
 

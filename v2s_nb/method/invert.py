@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_atomic
-from .batches import HalvingBatch, out_of_memory
+from .batches import HalvingBatch, batch_steps, out_of_memory
 from .loss_scale import HostValues, codes_only, grad_scaler
 import torch.nn.functional as F
 from ..caching import entry_path, generator_hash, hash_tensor, json_key, warn_unusable
@@ -876,8 +876,7 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
     settings = _settings(kwargs, perc_name, mode="sequence", batch=int(batch), steps_first=int(steps_first),
                          steps_next=int(steps_next), lr_next=lr_next, temporal_weight=float(temporal_weight),
                          init="w_avg" if init is None else "given")
-    batch_steps = [steps_first if s == 0 else steps_next for s in range(0, n, batch)]
-    settings["batch_steps"] = batch_steps
+    settings["batch_steps"] = batch_steps(0, n, batch, steps_first, steps_next)
     gen_id = generator_identity(G)
 
     cache_file, cached = _cache_lookup(cache_dir, "seq", targets, first_init, gen_id, settings, idx)
@@ -886,7 +885,7 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     w_spread = _w_spread(G, device, dtype) if w_noise > 0 else 1.0
-    pbar = _make_pbar(progress, sum(batch_steps), f"invert {n} frames")
+    pbar = _make_pbar(progress, sum(settings["batch_steps"]), f"invert {n} frames")
     # a batch that runs out of GPU memory is redone with half the frames, and the rest keep that size
     size = HalvingBatch(batch, "inversion", device)
     render = _renderer(G, min(batch, n), cuda_graphs)  # recorded on first use: not when every batch is loaded
@@ -910,7 +909,7 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
                 size.halve()
                 render = _renderer(G, min(size.frames, n), cuda_graphs)
                 if pbar is not None:
-                    pbar.total = pbar.n + sum(steps_first if t == 0 else steps_next for t in range(s, n, size.frames))
+                    pbar.total = pbar.n + sum(batch_steps(s, n, size.frames, steps_first, steps_next))
                     pbar.refresh()
                 continue
             parts.append(part)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_atomic
-from .batches import HalvingBatch, out_of_memory
+from .batches import HalvingBatch, batch_steps, out_of_memory
 from .loss_scale import HostValues, codes_only, grad_scaler
 from torch import nn
 from ..errors import FallbackWarning, V2SError
@@ -569,10 +569,6 @@ def encode_pose_sequence(G, w_ref, targets, pose_fn=None, *, steps_first: int = 
         raise ValueError(f"w_ref has {len(w_ref)} codes and targets {len(targets)} poses: give one code for all "
                          "frames, or one per frame")
     n = len(targets)
-
-    def planned(start, frames):  # the steps of the batches from frame `start` on, `frames` a batch
-        return sum(steps_first if s == 0 else steps_next for s in range(start, n, frames))
-
     on_images = _pose_input(pose_fn, kwargs.get("pose_input")) == "image"  # a regressor on W renders nothing here
     if on_images:
         ensure_compiled(G, [Workload(b, "ws") for b in batch_sizes(n, batch_size)], progress)
@@ -580,7 +576,8 @@ def encode_pose_sequence(G, w_ref, targets, pose_fn=None, *, steps_first: int = 
     # a batch that runs out of GPU memory is redone with half the frames, and the rest keep that size
     size = HalvingBatch(batch_size, "pose encoding", getattr(G, "device", "cpu"))
     parts, prev, start = [], None, 0
-    bar = progress_bar(total=planned(0, batch_size), desc="pose encoding", unit="step", enabled=progress)
+    bar = progress_bar(total=sum(batch_steps(0, n, batch_size, steps_first, steps_next)), desc="pose encoding",
+                       unit="step", enabled=progress)
     try:
         while start < n:
             tgt = targets[start:start + size.frames]
@@ -600,7 +597,7 @@ def encode_pose_sequence(G, w_ref, targets, pose_fn=None, *, steps_first: int = 
                         raise
                 if part is None:  # out of memory; leaving the except block has freed the failed try's tensors
                     size.halve()
-                    bar.total = bar.n + planned(start, size.frames)
+                    bar.total = bar.n + sum(batch_steps(start, n, size.frames, steps_first, steps_next))
                     bar.refresh()
                     if on_images:
                         ensure_compiled(G, [Workload(b, "ws") for b in batch_sizes(n - start, size.frames)],
