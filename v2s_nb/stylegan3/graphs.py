@@ -228,7 +228,7 @@ def warm_up_stream(device) -> "torch.cuda.Stream":
     return stream
 
 
-def _warm_up(fn, inputs, device, iters: int = 2):
+def warm_up(fn, inputs, device, iters: int = 2):
     """Runs ``fn(*inputs)`` forward and backward ``iters`` times on a side stream (CUDA): the Triton kernels compile
     and the caches (kernels kept per weight tensor) fill outside a recording. Its autograd graph, and with it the
     gradient accumulators of ``inputs`` made on that stream, are gone when it returns."""
@@ -340,7 +340,7 @@ class GraphedTrainingSynthesis:
         # autograd graph go before the recording: make_graphed_callables' own keeps it alive through the recording,
         # whose backward then feeds accumulators made on the warm-up's stream from the recording's (PyTorch warns).
         stand_ins = tuple(p.detach().requires_grad_(p.requires_grad) for p in self._params)
-        _warm_up(self._synthesis_of, (sample,) + stand_ins, self.device)
+        warm_up(self._synthesis_of, (sample,) + stand_ins, self.device)
         self._graphed = record_or_none("GraphedTrainingSynthesis", self.device, lambda pool: graphed_callables(
             self._synthesis_of, (sample,) + stand_ins, pool, num_warmup_iters=0, allow_unused_input=True))
         self._eager = self._graphed is None
