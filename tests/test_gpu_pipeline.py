@@ -233,3 +233,38 @@ def test_inversions_from_cuda_graphs_keep_no_memory_between_calls():
         torch.cuda.synchronize()
         held.append(torch.cuda.memory_allocated())
     assert held[2] - held[0] <= 2 ** 20, f"bytes held after each call: {held}"
+
+
+def test_pose_fit_recordings_keep_no_memory_between_regressors():
+    """Each P_r records its pose fit's CUDA graphs on first use. ``make_graphed_callables`` warms up on a new stream
+    of its own, which would keep a cuBLAS workspace for the life of the process; the recording warms up on the one
+    shared stream instead, so after the first regressor, later ones keep nothing once they are gone."""
+    img = (torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(2)) * 2 - 1).cuda()
+    held = []
+    for _ in range(3):
+        P = _pfld_regressor("cuda")
+        P.cuda_graphs = True
+        _pose_and_grad(P, img)
+        assert len(P._graphed) == 1 and next(iter(P._graphed.values())) is not None
+        del P
+        gc.collect()
+        torch.cuda.synchronize()
+        held.append(torch.cuda.memory_allocated())
+    assert held[2] - held[0] <= 2 ** 20, f"bytes held after each regressor: {held}"
+
+
+def test_running_out_under_a_per_process_cap_names_the_cap():
+    """Where the process may use only part of the card (``torch.cuda.set_per_process_memory_fraction``, a shared
+    GPU), the halving's warning gives that cap and what is free under it, not the whole card's free memory."""
+    from v2s_nb.errors import FallbackWarning
+    from v2s_nb.method.batches import HalvingBatch
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(0.25, 0)
+    try:
+        with pytest.warns(FallbackWarning, match=r"this process may use (\d+\.\d) GiB of this GPU's .* free\)") as rec:
+            HalvingBatch(4, "test", "cuda").halve()
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)
+    cap = float(str(rec[0].message).split("may use ")[1].split(" GiB")[0])
+    assert abs(cap - 0.25 * total / 2 ** 30) < 0.1

@@ -186,8 +186,9 @@ def test_a_batch_that_runs_out_of_gpu_memory_is_redone_with_half_the_frames(G, t
         return optimise(G, targets, *args, **kwargs)
 
     monkeypatch.setattr(inv_mod, "_optimise", small_gpu)
-    with pytest.warns(FallbackWarning, match="inversion: 4 frames a batch need more GPU memory than is free"):
+    with pytest.warns(FallbackWarning, match="inversion: 4 frames a batch need more GPU memory than is free") as rec:
         halved = invert_sequence(G, frames, batch_size=4, cache_dir=tmp_path, checkpoint_dir=tmp_path / "b", **kw)
+    assert rec[0].filename == __file__  # the warning points at the caller's line
     assert torch.equal(halved.ws, by_two.ws)
     assert halved.settings["batch_sizes"] == [4, 2] and halved.settings["batch_steps"] == [3, 2, 2]
     assert [len(h) for h in halved.loss_history] == [3, 3, 2, 2, 2]

@@ -314,9 +314,11 @@ def test_a_batch_that_runs_out_of_gpu_memory_is_redone_with_half_the_frames(G, w
     kw = dict(steps_first=5, steps_next=3, lr=0.02, progress=False)
     by_two = encode_pose_sequence(G, w_ref, targets, LinearOnW(G), batch_size=2, **kw)
     ckpt = tmp_path / "pose"
-    with pytest.warns(FallbackWarning, match="4 frames a batch need more GPU memory than is free; going on with 2"):
+    said = "4 frames a batch need more GPU memory than is free; going on with 2"
+    with pytest.warns(FallbackWarning, match=said) as rec:
         halved = encode_pose_sequence(G, w_ref, targets, RunsOutOfMemory(G, fits=2), batch_size=4,
                                       checkpoint_dir=ckpt, **kw)
+    assert rec[0].filename == __file__  # the warning points at the caller's line
     assert torch.allclose(halved.ws, by_two.ws, atol=1e-6)
     assert halved.settings["batch_sizes"] == [4, 2] and halved.settings["batch_size"] == 4
     assert [len(h) for h in halved.loss_history] == [5, 5, 3, 3, 3, 3, 3]

@@ -46,14 +46,23 @@ def _gib(n_bytes: int) -> str:
 
 
 def _memory_note(device) -> str:
-    """' (this GPU: 15.6 GiB, 3.2 free)' for a CUDA device, '' elsewhere."""
+    """' (this GPU: 15.6 GiB, 3.2 free)' for a CUDA device, '' elsewhere; where the process is capped below the
+    card (``torch.cuda.set_per_process_memory_fraction``), the cap and what is free under it."""
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return ""
+    if device.index is None:  # the per-process cap is looked up by index
+        device = torch.device("cuda", torch.cuda.current_device())
     try:
         free, total = torch.cuda.mem_get_info(device)
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(device)
     except RuntimeError:
         return ""
+    if fraction < 1:
+        cap = fraction * total
+        free = max(0, min(free, cap - torch.cuda.memory_reserved(device)))
+        return (f" (this process may use {_gib(cap)} of this GPU's {_gib(total)}, set by "
+                f"torch.cuda.set_per_process_memory_fraction; {_gib(free)} free)")
     return f" (this GPU: {_gib(total)}, {_gib(free)} free)"
 
 
@@ -66,12 +75,14 @@ def batch_steps(start: int, n: int, frames: int, steps_first: int, steps_next: i
 class HalvingBatch:
     """Frames per batch for ``what`` (e.g. 'pose encoding'), starting at ``frames`` and halved by :meth:`halve`.
 
-    ``halvings`` counts the halvings so far; ``sizes`` lists every size tried, first to last."""
+    ``halvings`` counts the halvings so far; ``sizes`` lists every size tried, first to last. ``stacklevel``: the
+    warning's, as seen from the function that runs the loop (2: that function's caller; one more per decorator)."""
 
-    def __init__(self, frames: int, what: str, device):
+    def __init__(self, frames: int, what: str, device, stacklevel: int = 2):
         self.frames = int(frames)
         self.what = what
         self.device = device
+        self.stacklevel = stacklevel
         self.sizes = [self.frames]
 
     @property
@@ -94,4 +105,4 @@ class HalvingBatch:
         self.sizes.append(self.frames)
         warnings.warn(f"{self.what}: {old} frames a batch need more GPU memory than is free{note}; going on with "
                       f"{self.frames} (batch_size={self.frames} starts there and skips the failed try)",
-                      FallbackWarning, stacklevel=3)
+                      FallbackWarning, stacklevel=self.stacklevel + 1)

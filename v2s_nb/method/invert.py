@@ -887,7 +887,7 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
     w_spread = _w_spread(G, device, dtype) if w_noise > 0 else 1.0
     pbar = _make_pbar(progress, sum(settings["batch_steps"]), f"invert {n} frames")
     # a batch that runs out of GPU memory is redone with half the frames, and the rest keep that size
-    size = HalvingBatch(batch, "inversion", device)
+    size = HalvingBatch(batch, "inversion", device, stacklevel=3)  # renamed_kwargs' wrapper in between
     render = _renderer(G, min(batch, n), cuda_graphs)  # recorded on first use: not when every batch is loaded
     parts: list[Inversion] = []
     prev_w, s = None, 0
