@@ -61,6 +61,17 @@ def nonnegative_int(text):
     return _int_at_least(text, 0)
 
 
+def positive_float(text):
+    """argparse ``type=``: a number > 0 (an amount, e.g. GiB)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want a number > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"want a number > 0, got {value:g}")
+    return value
+
+
 def device(text):
     """argparse ``type=`` for ``--device``: a torch device this process can use, returned as given (a string).
 

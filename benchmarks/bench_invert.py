@@ -176,15 +176,19 @@ def main(argv=None):
                     / max(n_batches - 1, 1))
         first = dt - per_next * (n_batches - 1)
         est160 = first + per_next * (-(-160 // args.seq_batch) - 1)
+        sizes = inv.settings.get("batch_sizes", [args.seq_batch])  # recorded where a batch was halved
+        if len(sizes) > 1:  # a batch ran out of GPU memory and was halved: the formula above no longer holds
+            est160 = None
         seq = {"frames": args.seq_frames, "batch": args.seq_batch, "steps_first": args.steps_first,
                "steps_next": args.steps_next, "seconds": dt, "total_steps": inv.total_steps,
                "frame_steps": inv.frame_steps, "psnr_min": float(inv.psnr.min()), "psnr_mean": float(inv.psnr.mean()),
-               "peak_gib": _peak_gib(device), "seconds_160_frames_est": est160}
+               "peak_gib": _peak_gib(device), "seconds_160_frames_est": est160, "batch_sizes": sizes}
         results["sequence"] = seq
         print(f"sequence: {args.seq_frames} frames, batch {args.seq_batch}, steps {args.steps_first}/"
               f"{args.steps_next}: {dt:.1f} s ({inv.total_steps} steps, {inv.frame_steps} frame-steps), PSNR min "
               f"{seq['psnr_min']:.2f} mean {seq['psnr_mean']:.2f} dB, peak {seq['peak_gib']:.2f} GiB"
-              + ("" if args.seq_frames == 160 else f"; 160 frames ≈ {est160:.0f} s (extrapolated)"), flush=True)
+              + ("" if args.seq_frames == 160 else f"; 160 frames ≈ {est160:.0f} s (extrapolated)" if est160
+                 else f"; batch sizes {sizes} (halved when out of memory), not extrapolated"), flush=True)
 
     if args.json:
         with open(args.json, "a") as f:

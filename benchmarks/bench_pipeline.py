@@ -15,13 +15,18 @@ Stages, as ``v2s-nb reenact --encoder`` runs them after face alignment:
    time per frame is its own row, and the clip's pose encoding is extrapolated from the two. It depends
    on the regressor: ``--pose-input pfld`` is the paper's P_r (PFLD on the rendered image; weights from
    ``v2s_nb.weights.fetch('pfld-68')`` or ``V2S_NB_WEIGHTS_DIR``), ``image`` a stand-in that renders every step and
-   pools the image to 112 px for a linear map (the cost without PFLD), ``w`` a linear map of W+ rows 0-7;
+   pools the image to 112 px for a linear map (the cost without PFLD), ``w`` a linear map of W+ rows 0-7.
+   With ``--memory-cap-gib`` it is ``encode_pose_sequence`` itself on all frames (a batch that runs out of memory is
+   halved), timed whole;
 5. render the clip with the PTI generator (``Reenactor.render_video``).
 
 Weights are random (the generator: NVIDIA's R architecture, ``build_generator``; the encoder: the released
 IR-SE-50 ReStyle layout, or with ``--tiny`` a reduced one), so the timings are those of real models, the images
 are not faces. Frames are smooth random images (the cost does not depend on their content). Peak memory per
 stage: CUDA max allocated by torch (reset per stage); CPU: the process's peak RSS so far.
+
+``--memory-cap-gib 15`` runs it as on a 16 GB card (a T4): ``torch.cuda.set_per_process_memory_fraction`` caps what
+PyTorch's allocator may hold (the CUDA context and the kernels' code come on top, as they would there).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +50,7 @@ from v2s_nb.face import masks_from_landmarks, template_landmarks  # noqa: E402
 from v2s_nb.method.encoder import ReStyleEncoder, ReStyleNet  # noqa: E402
 from v2s_nb.method.invert import pivotal_tuning  # noqa: E402
 from v2s_nb.method.local_channels import discover  # noqa: E402
-from v2s_nb.method.pose_encoding import encode_pose, fit_pose_regressor  # noqa: E402
+from v2s_nb.method.pose_encoding import encode_pose, encode_pose_sequence, fit_pose_regressor  # noqa: E402
 from v2s_nb.method.reenact import Reenactor, layer_names  # noqa: E402
 from v2s_nb.stylegan3 import build_generator, precompile, tiny_generator  # noqa: E402
 
@@ -110,9 +116,20 @@ def main(argv=None):
                          "warm-up becomes a timed stage. Each stage precompiles its kernels in one process per "
                          "CPU first (v2s_nb.stylegan3.precompile; V2S_NB_PRECOMPILE_WORKERS=0: off, they compile "
                          "at first launch, one at a time)")
+    ap.add_argument("--memory-cap-gib", type=_common.positive_float, default=None,
+                    help="cap the GPU memory PyTorch may allocate (e.g. 15: as on a 16 GB GPU); pose encoding then "
+                         "runs as encode_pose_sequence on all frames, halving a batch that runs out")
     ap.add_argument("--json", default=None, help="append the results as one JSON line to this file")
     a = ap.parse_args(argv)
     dev = torch.device(a.device)
+    if a.memory_cap_gib is not None:
+        if dev.type != "cuda":
+            ap.error("--memory-cap-gib needs --device cuda")
+        if dev.index is None:  # the cap is set by index
+            dev = torch.device("cuda", torch.cuda.current_device())
+        total = torch.cuda.get_device_properties(dev).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, a.memory_cap_gib * 2 ** 30 / total), dev)
+        print(f"GPU memory capped at {a.memory_cap_gib:g} GiB of {total / 2 ** 30:.1f}")
     if a.fresh_kernel_cache:
         import tempfile
 
@@ -178,18 +195,31 @@ def main(argv=None):
     else:
         pose_fn = _ImagePose().to(dev)
     pb = a.pose_batch or (1 if a.pose_input == "w" else 8)
-    targets = np.random.default_rng(1).normal(size=(2 * pb, 3)) * 10
     kw = dict(pose_fn=pose_fn, measure=False)
-    first = stage(f"pose encoding: first batch ({pb} frames, {a.pose_steps_first} steps)",
-                  lambda: encode_pose(G, w_ref[0], targets[:pb], steps=a.pose_steps_first, **kw))
-    init = first.ws[-1:].to(dev).expand(pb, -1, -1)  # as encode_pose_sequence starts every later batch
-    stage(f"pose encoding: one warm-started batch ({a.pose_steps_next} steps)",
-          lambda: encode_pose(G, w_ref[0], targets[pb:], steps=a.pose_steps_next, init=init, **kw))
-    batch_s = rows[-1]["seconds"]
-    rows[-1]["seconds"] = batch_s / pb
-    rows[-1]["stage"] = f"pose encoding ({a.pose_input}), per warm-started frame ({a.pose_steps_next} steps)"
-    pose_total = rows[-2]["seconds"] + batch_s * (-(-a.frames // pb) - 1)
-    print(f"  -> {batch_s / pb:.2f} s per warm-started frame; {a.frames} frames about {pose_total:.1f} s")
+    if a.memory_cap_gib is not None:  # the real loop, which halves a batch that runs out of memory
+        targets = np.random.default_rng(1).normal(size=(a.frames, 3)) * 10
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            enc = stage(f"pose encoding ({a.pose_input}), {a.frames} frames",
+                        lambda: encode_pose_sequence(G, w_ref[0], targets, steps_first=a.pose_steps_first,
+                                                     steps_next=a.pose_steps_next, batch_size=pb, progress=False,
+                                                     **kw))
+        rows[-1]["batch_sizes"] = enc.settings["batch_sizes"]
+        rows[-1]["warnings"] = [f"{w.category.__name__}: {w.message}" for w in caught]
+        print(f"      batch sizes {enc.settings['batch_sizes']}", *rows[-1]["warnings"], sep="\n      ")
+        pose_total = rows[-1]["seconds"]
+    else:
+        targets = np.random.default_rng(1).normal(size=(2 * pb, 3)) * 10
+        first = stage(f"pose encoding: first batch ({pb} frames, {a.pose_steps_first} steps)",
+                      lambda: encode_pose(G, w_ref[0], targets[:pb], steps=a.pose_steps_first, **kw))
+        init = first.ws[-1:].to(dev).expand(pb, -1, -1)  # as encode_pose_sequence starts every later batch
+        stage(f"pose encoding: one warm-started batch ({a.pose_steps_next} steps)",
+              lambda: encode_pose(G, w_ref[0], targets[pb:], steps=a.pose_steps_next, init=init, **kw))
+        batch_s = rows[-1]["seconds"]
+        rows[-1]["seconds"] = batch_s / pb
+        rows[-1]["stage"] = f"pose encoding ({a.pose_input}), per warm-started frame ({a.pose_steps_next} steps)"
+        pose_total = rows[-2]["seconds"] + batch_s * (-(-a.frames // pb) - 1)
+        print(f"  -> {batch_s / pb:.2f} s per warm-started frame; {a.frames} frames about {pose_total:.1f} s")
 
     tr = np.stack([np.linspace(0, 0.05, a.frames), np.zeros(a.frames), np.linspace(-5, 5, a.frames)], 1)
     r = Reenactor(G=G, G_render=G_pti, w_ref=w_ref[0].cpu(), ws_drive=ws_drv.cpu(), region_channels=cs,
@@ -199,13 +229,14 @@ def main(argv=None):
 
     without_pose = sum(x["seconds"] for x in rows if not x["stage"].startswith("pose"))
     print(f"  {'total without pose encoding':<46s} {without_pose:9.2f} s")
-    print(f"  {'total with pose encoding of every frame':<46s} {without_pose + pose_total:9.2f} s (extrapolated)")
+    how = "" if a.memory_cap_gib is not None else " (extrapolated)"
+    print(f"  {'total with pose encoding of every frame':<46s} {without_pose + pose_total:9.2f} s{how}")
     peak = max(x["peak_gib"] for x in rows)
     print(f"  peak memory {peak:.2f} GiB")
     if a.json:
         rec = {"device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
                "tiny": a.tiny, "frames": a.frames, "iters": a.iters, "fp16": a.fp16, "rows": rows,
-               "fresh_kernel_cache": a.fresh_kernel_cache,
+               "fresh_kernel_cache": a.fresh_kernel_cache, "memory_cap_gib": a.memory_cap_gib,
                "total_without_pose_s": without_pose, "total_with_pose_s": without_pose + pose_total}
         with open(a.json, "a") as f:
             f.write(json.dumps(rec) + "\n")

@@ -55,6 +55,7 @@ COUNTS = [  # (script, args, the flag the message names, the allowed range it st
     ("bench_generator.py", ["--device", "cpu", "--batch", "0"], "--batch", ">= 1"),
     ("bench_invert.py", ["--device", "cpu", "--seq-batch", "0"], "--seq-batch", ">= 1"),
     ("bench_pipeline.py", ["--device", "cpu", "--frames", "0"], "--frames", ">= 1"),
+    ("bench_pipeline.py", ["--device", "cpu", "--memory-cap-gib", "0"], "--memory-cap-gib", "> 0"),
     ("bench_pose_encoding.py", ["--device", "cpu", "--tiny", "--steps", "0"], "--steps", ">= 1"),
     ("bench_pose_encoding.py", ["--device", "cpu", "--tiny", "--batch", "1", "0"], "--batch", ">= 1"),
     ("bench_discovery.py", ["--n", "0"], "--n", ">= 1"),
@@ -92,6 +93,11 @@ CUDA_FLAGS = [  # scripts with --device: cuda is refused up front without a GPU
 def test_device_cuda_without_a_gpu_is_one_line(script, args, capsys):
     line = _one_error_line(_main(script, [*args, "--device", "cuda"], capsys))
     assert "argument --device:" in line and "no CUDA GPU" in line and "--device cpu" in line
+
+
+def test_a_memory_cap_off_cuda_is_one_line(capsys):
+    line = _one_error_line(_main("bench_pipeline.py", ["--device", "cpu", "--memory-cap-gib", "15"], capsys))
+    assert "--memory-cap-gib needs --device cuda" in line
 
 
 def test_an_unknown_device_is_one_line(capsys):
