@@ -358,7 +358,7 @@ def _graphs_on_the_cpu(sample_args_seen):
     """``torch.cuda.make_graphed_callables``'s contract, on the CPU: the callable's backward writes the gradients of
     its inputs into buffers it reuses on every call and hands those out (detached), as a replayed graph does."""
     def make(fn, sample_args, num_warmup_iters=3, allow_unused_input=False, pool=None):
-        assert num_warmup_iters == 0  # the warm-up ran before, on stand-ins of its own
+        assert num_warmup_iters == 0  # graphed_callables warmed up before, on the shared warm-up stream
         sample_args_seen.extend(sample_args)
         wants = [a.requires_grad for a in sample_args]
         buffers = {}

@@ -203,15 +203,12 @@ class ImagePoseRegressor(nn.Module):
                 and not torch.cuda.is_current_stream_capturing()):
             key = (tuple(pts.shape), pts.dtype, pts.device, size, self.iterations)
             if key not in self._graphed:  # recorded on these landmarks (warm-up included): all branches see real values
-                from ..stylegan3.graphs import graphed_callables, record_or_none, warm_up
+                from ..stylegan3.graphs import graphed_callables, record_or_none
 
                 sample = pts.detach().clone().requires_grad_(True)
                 fn = functools.partial(head_pose_torch, image_size=size, iterations=self.iterations)
-                # warmed up on the one shared side stream: make_graphed_callables' own warm-up takes a new stream,
-                # which keeps its cuBLAS workspace for the life of the process
-                warm_up(fn, (sample,), pts.device, iters=3)
-                self._graphed[key] = record_or_none("the pose fit", pts.device, lambda pool: graphed_callables(
-                    fn, (sample,), pool, num_warmup_iters=0))
+                self._graphed[key] = record_or_none(
+                    "the pose fit", pts.device, lambda pool: graphed_callables(fn, (sample,), pool, warm_up_iters=3))
             fit = self._graphed[key]  # None where CUDA refused the recording (a warning said so)
         if fit is None:
             return head_pose_torch(pts, size, iterations=self.iterations).float()

@@ -109,14 +109,19 @@ def record_or_none(owner: str, device: torch.device, record):
     return None
 
 
-def graphed_callables(fn, sample_args: tuple, pool, **kwargs):
+def graphed_callables(fn, sample_args: tuple, pool, warm_up_iters: int = 2, **kwargs):
     """``torch.cuda.make_graphed_callables(fn, sample_args, **kwargs)`` recording into the memory pool ``pool``
-    where this PyTorch takes one (2.3 and later), so that a failed recording's pool can be given back."""
+    where this PyTorch takes one (2.3 and later), so that a failed recording's pool can be given back.
+
+    Warmed up first by :func:`warm_up` (``warm_up_iters`` forward and backward passes on the shared warm-up stream),
+    not by make_graphed_callables itself: its warm-up takes a new stream each time, and every stream that runs a
+    cuBLAS call keeps a workspace for the life of the process (docs/performance.md, "Memory kept between calls")."""
     import inspect
 
+    warm_up(fn, sample_args, sample_args[0].device, iters=warm_up_iters)
     if pool is not None and "pool" in inspect.signature(torch.cuda.make_graphed_callables).parameters:
         kwargs["pool"] = pool
-    return torch.cuda.make_graphed_callables(fn, sample_args, **kwargs)
+    return torch.cuda.make_graphed_callables(fn, sample_args, num_warmup_iters=0, **kwargs)
 
 
 def _pad_rows(part: torch.Tensor, pad: int) -> torch.Tensor:
@@ -336,13 +341,12 @@ class GraphedTrainingSynthesis:
         sample = w.expand(self.batch_size, -1, -1).clone().requires_grad_(self.ws_grad)
         # Recorded on stand-ins of the parameters (same storage, so in-place updates are seen): the recording's
         # autograd graph, which the graphs keep, then holds the stand-ins' gradient accumulators, not the
-        # parameters', which later backwards feed from the caller's stream. The warm-up runs here and lets its
+        # parameters', which later backwards feed from the caller's stream. The warm-up (graphed_callables') lets its
         # autograd graph go before the recording: make_graphed_callables' own keeps it alive through the recording,
         # whose backward then feeds accumulators made on the warm-up's stream from the recording's (PyTorch warns).
         stand_ins = tuple(p.detach().requires_grad_(p.requires_grad) for p in self._params)
-        warm_up(self._synthesis_of, (sample,) + stand_ins, self.device)
         self._graphed = record_or_none("GraphedTrainingSynthesis", self.device, lambda pool: graphed_callables(
-            self._synthesis_of, (sample,) + stand_ins, pool, num_warmup_iters=0, allow_unused_input=True))
+            self._synthesis_of, (sample,) + stand_ins, pool, allow_unused_input=True))
         self._eager = self._graphed is None
         self._flags = flags
 
