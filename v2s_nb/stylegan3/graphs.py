@@ -113,12 +113,12 @@ def graphed_callables(fn, sample_args: tuple, pool, warm_up_iters: int = 2, **kw
     """``torch.cuda.make_graphed_callables(fn, sample_args, **kwargs)`` recording into the memory pool ``pool``
     where this PyTorch takes one (2.3 and later), so that a failed recording's pool can be given back.
 
-    Warmed up first by :func:`warm_up` (``warm_up_iters`` forward and backward passes on the shared warm-up stream),
+    Warmed up first by :func:`_warm_up` (``warm_up_iters`` forward and backward passes on the shared warm-up stream),
     not by make_graphed_callables itself: its warm-up takes a new stream each time, and every stream that runs a
     cuBLAS call keeps a workspace for the life of the process (docs/performance.md, "Memory kept between calls")."""
     import inspect
 
-    warm_up(fn, sample_args, sample_args[0].device, iters=warm_up_iters)
+    _warm_up(fn, sample_args, sample_args[0].device, iters=warm_up_iters)
     if pool is not None and "pool" in inspect.signature(torch.cuda.make_graphed_callables).parameters:
         kwargs["pool"] = pool
     return torch.cuda.make_graphed_callables(fn, sample_args, num_warmup_iters=0, **kwargs)
@@ -233,7 +233,7 @@ def warm_up_stream(device) -> "torch.cuda.Stream":
     return stream
 
 
-def warm_up(fn, inputs, device, iters: int = 2):
+def _warm_up(fn, inputs, device, iters: int = 2):
     """Runs ``fn(*inputs)`` forward and backward ``iters`` times on a side stream (CUDA): the Triton kernels compile
     and the caches (kernels kept per weight tensor) fill outside a recording. Its autograd graph, and with it the
     gradient accumulators of ``inputs`` made on that stream, are gone when it returns."""
