@@ -170,15 +170,15 @@ def main(argv=None):
                               steps_next=args.steps_next, progress=False)
         _sync(device)
         dt = time.perf_counter() - t
-        n_batches = -(-args.seq_frames // args.seq_batch)
-        # Extrapolate: first batch as measured, the other batches at the measured per-batch cost.
-        per_next = ((dt * (inv.frame_steps - args.seq_batch * args.steps_first) / inv.frame_steps)
-                    / max(n_batches - 1, 1))
-        first = dt - per_next * (n_batches - 1)
-        est160 = first + per_next * (-(-160 // args.seq_batch) - 1)
         sizes = inv.settings.get("batch_sizes", [args.seq_batch])  # recorded where a batch was halved
-        if len(sizes) > 1:  # a batch ran out of GPU memory and was halved: the formula above no longer holds
-            est160 = None
+        est160 = None  # not after a halving (a batch ran out of GPU memory): the formula assumes one batch size
+        if len(sizes) == 1:
+            n_batches = -(-args.seq_frames // args.seq_batch)
+            # Extrapolate: first batch as measured, the other batches at the measured per-batch cost.
+            per_next = ((dt * (inv.frame_steps - args.seq_batch * args.steps_first) / inv.frame_steps)
+                        / max(n_batches - 1, 1))
+            first = dt - per_next * (n_batches - 1)
+            est160 = first + per_next * (-(-160 // args.seq_batch) - 1)
         seq = {"frames": args.seq_frames, "batch": args.seq_batch, "steps_first": args.steps_first,
                "steps_next": args.steps_next, "seconds": dt, "total_steps": inv.total_steps,
                "frame_steps": inv.frame_steps, "psnr_min": float(inv.psnr.min()), "psnr_mean": float(inv.psnr.mean()),
