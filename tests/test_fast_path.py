@@ -322,6 +322,15 @@ def test_graphed_synthesis_refuses_cpu():
         GraphedSynthesis(tiny_generator("R"))
 
 
+def test_a_bare_cuda_device_gets_the_current_index(monkeypatch):
+    """Streams, pools and the per-process cap are kept per device index: ``cuda`` alone must name the current one."""
+    from v2s_nb.stylegan3.graphs import indexed_cuda_device
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert indexed_cuda_device("cuda") == torch.device("cuda", 3)
+    assert indexed_cuda_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert indexed_cuda_device("cpu") == torch.device("cpu")
+
+
 @requires_cuda
 @pytest.mark.parametrize("cfg", ["R", "T"])
 def test_graphed_synthesis_matches_eager(cfg):

@@ -30,6 +30,7 @@ import warnings
 import torch
 
 from ..errors import FallbackWarning, V2SError
+from ..stylegan3.graphs import indexed_cuda_device
 
 
 class GPUMemoryError(V2SError, torch.cuda.OutOfMemoryError):
@@ -51,8 +52,7 @@ def _memory_note(device) -> str:
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return ""
-    if device.index is None:  # the per-process cap is looked up by index
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = indexed_cuda_device(device)
     try:
         free, total = torch.cuda.mem_get_info(device)
         fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(device)

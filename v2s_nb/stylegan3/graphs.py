@@ -41,6 +41,15 @@ def _cuda_device(G) -> torch.device:
     return G.device
 
 
+def indexed_cuda_device(device) -> torch.device:
+    """``device`` as a torch.device with its index: ``cuda`` alone becomes the current device's index, since
+    PyTorch's per-device state (streams, memory pools, the per-process memory cap) is looked up by index."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def _checked_batch(batch_size) -> int:
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -66,7 +75,7 @@ def _undo_failed_capture(device: torch.device, pool, stream) -> None:
     current stream again and gets PyTorch's CUDA random number generator out of its capturing state, then checks
     that the device works. Raises :class:`CudaGraphError` where it doesn't."""
     gc.collect()  # the failed graphs, held by the exception's frames until now
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = indexed_cuda_device(device).index
     torch.cuda.set_stream(stream)  # torch.cuda.graph leaves its capture stream current when the capture's end raises
     try:  # the pool's capture never ended, so the allocator still routes to it and defers its frees (private API)
         torch._C._cuda_endAllocateToPool(index, pool)
@@ -224,9 +233,7 @@ def warm_up_stream(device) -> "torch.cuda.Stream":
     """The one side stream per device that recordings warm up on. One for all: PyTorch gives each stream that runs a
     cuBLAS call its own workspace and keeps it until the process ends, so a new stream per recording kept tens of MiB
     each time (docs/performance.md, 'memory kept after an inversion from CUDA graphs')."""
-    device = torch.device(device)
-    if device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = indexed_cuda_device(device)
     stream = _WARM_UP_STREAMS.get(device)
     if stream is None:
         stream = _WARM_UP_STREAMS[device] = torch.cuda.Stream(device)
