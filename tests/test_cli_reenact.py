@@ -27,9 +27,14 @@ def test_reenact_end_to_end_then_reuse(inputs, tmp_path, capsys, monkeypatch):
     ref, drv, co, co_short = inputs
     out = tmp_path / "out.mp4"
     argv = ["reenact", "--reference", str(ref), "--driving", str(drv), "--co-driving", str(co_short),
-            "--out", str(out)] + FAST
+            "--out", str(out), "--pose-batch-size", "3"] + FAST
+    import v2s_nb.prepare
+
+    pose_calls, pose_codes = [], v2s_nb.prepare.pose_codes
+    monkeypatch.setattr(v2s_nb.prepare, "pose_codes", lambda *a, **kw: pose_calls.append(kw) or pose_codes(*a, **kw))
     with pytest.warns(LengthMismatchWarning):
         assert main(argv) == 0
+    assert [kw["batch_size"] for kw in pose_calls] == [3]
     first = read_video(out)
     assert len(first) == 5 and first.frames.shape[1:] == (64, 64, 3)  # truncated to the shorter (co-driving)
     assert abs(first.fps - 10) < 1e-6  # the driving video's fps

@@ -205,7 +205,8 @@ def prepare_reenactment(args):
 
     _say(args, "[4/5] pose encoding (W+ rows 0-7)")
     poses = P.pose_codes(inv, [s for s in (args.pose_from,) if s != "none"], steps=args.pose_steps,
-                         steps_next=args.pose_steps_next, cache=cache, progress=progress, say=say)
+                         steps_next=args.pose_steps_next, batch_size=args.pose_batch_size, cache=cache,
+                         progress=progress, say=say)
     r = P.reenactor(inv, ch, poses, pose=args.pose_from, position=args.position_from,
                     regions=[x for x in ("eyes", "nose", "mouth") if x not in (args.no_region or [])],
                     motion=args.motion, strength=args.strength, anchor=args.anchor, position_mode=args.position,
@@ -486,6 +487,9 @@ def _add_reenact_parsers(sub) -> None:
                    help="pose encoding steps, first frame (default: encode_pose_sequence()'s)")
     r.add_argument("--pose-steps-next", type=int_arg("--pose-steps-next", 1, 100_000), default=None,
                    help="pose encoding steps, warm-started frames (default: encode_pose_sequence()'s)")
+    r.add_argument("--pose-batch-size", type=int_arg("--pose-batch-size", 1, 4096), default=None,
+                   help="frames per pose encoding batch; a batch that runs out of GPU memory is halved anyway, this "
+                        "skips the tries (default: encode_pose_sequence()'s)")
     r.add_argument("--smooth", type=smoothing_kernel_arg("--smooth"), default=3,
                    help="canonical track smoothing kernel (odd, >= 3; 0 = off)")
     r.add_argument("--encoder", default=None, help="ReStyle encoder: restyle-e4e-ffhq, restyle-psp-ffhq or a .pt path "
