@@ -269,7 +269,8 @@ def score_channels(maps, masks: Mapping[str, np.ndarray], threshold: float = DEF
 
 
 def select(iou_pos, iou_neg, t_fg: float = DEFAULT_T_FG, t_bg: float = DEFAULT_T_BG) -> np.ndarray:
-    """Indices of channels with ``IoU+ >= t_fg`` and ``IoU- <= t_bg`` (NaN scores never pass)."""
+    """Indices (int64 [K]) of channels with ``IoU+ >= t_fg`` and ``IoU- <= t_bg``; ``iou_pos`` / ``iou_neg``: one
+    layer's scores, float [C] in [0, 1] (NaN scores never pass)."""
     t_fg, t_bg = _check_level("t_fg", t_fg), _check_level("t_bg", t_bg)  # IoUs are in [0, 1]
     p, n = np.asarray(iou_pos, np.float64), np.asarray(iou_neg, np.float64)
     with np.errstate(invalid="ignore"):
@@ -448,7 +449,8 @@ generator_fingerprint = generator_hash
 
 
 def cache_key(G, ws, masks: Mapping[str, np.ndarray], settings: Mapping) -> str:
-    """Hash of what determines the scores: generator weights, ws, masks and the scoring settings."""
+    """Hash (hex str) of what determines the scores: generator weights, ws [N, num_ws, w_dim], masks {region: bool
+    [N, H, W]} and the scoring settings."""
     h = hashlib.sha256(_FORMAT.encode())
     h.update(generator_fingerprint(G).encode())
     w = torch.as_tensor(ws).detach().to("cpu", torch.float32).contiguous()
@@ -472,8 +474,9 @@ def _cache_file(cache, key: str) -> Path:
 @torch.no_grad()
 def compute_scores(G, ws, masks, layers, regions, threshold, maps="modulated", batch_size=4,
                    progress=True, chunk_elements=DEFAULT_CHUNK_ELEMENTS) -> dict:
-    """{region: {layer: {'iou_pos', 'iou_neg'}}}: one synthesis pass per image batch, then layer by layer,
-    channel chunk by channel chunk (memory bounded by ``batch_size`` and ``chunk_elements``)."""
+    """{region: {layer: {'iou_pos', 'iou_neg'}}}, each float [C] in [0, 1], for ``ws`` [N, num_ws, w_dim] and
+    ``masks`` {region: bool [N, H, W]} as in :func:`discover`: one synthesis pass per image batch, then layer by
+    layer, channel chunk by channel chunk (memory bounded by ``batch_size`` and ``chunk_elements``)."""
     batch_size = integer(batch_size, "batch_size (images per synthesis pass)", 1, 4096)
     sy = _synthesis(G)
     dev = sy.device

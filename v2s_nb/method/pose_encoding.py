@@ -340,7 +340,8 @@ def _w_linear_regressor(G, n_samples, truncation_psi, seed, cache, measure, min_
 
 @torch.no_grad()
 def measure_pose(G, ws, batch_size: int = 8) -> np.ndarray:
-    """Head pose [N, 3] measured on ``G.synthesis(ws)`` with landmarks + head_pose; NaN where no face."""
+    """Head pose [N, 3] (yaw, pitch, roll in degrees) measured on ``G.synthesis(ws)``, ``ws`` [N, num_ws, w_dim],
+    with landmarks + head_pose; NaN where no face."""
     from ..images import to_uint8
     batch_size = integer(batch_size, "batch_size (images per synthesis pass)", 1, 4096)  # -1 measured nothing
     dev = G.device

@@ -8,6 +8,10 @@
 * :mod:`.table` - :func:`evaluate`, :func:`table1` (paper layout + CSV) and the harness :func:`run_table1`.
 
 Frames without a face are never dropped silently: every result lists them.
+
+A *clip form* is what the metrics take as frames: uint8 RGB [T, H, W, 3], float RGB in [0, 1], RGBA or grey
+[T, H, W(, 1)], as a numpy array, a torch tensor on any device or a :class:`v2s_nb.video.Video` (the full list:
+:func:`v2s_nb.video.as_rgb_uint8`). An *image* is one such frame, [H, W, 3].
 """
 
 from .frechet import (EXTRACTORS, INCEPTION_WEIGHTS, CallableFeatures, FaceEmbeddingFeatures, FeatureExtractor,

@@ -62,7 +62,8 @@ def _sym(a: np.ndarray) -> np.ndarray:
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, *, method: str = "eigh", eps: float = 1e-6) -> float:
-    """Fréchet distance between the Gaussians N(mu1, sigma1) and N(mu2, sigma2).
+    """Fréchet distance between the Gaussians N(mu1, sigma1) and N(mu2, sigma2): means [D], covariances [D, D]
+    (array-likes of floats, e.g. from :func:`feature_statistics`); the distance is in squared feature units.
 
     ``method='eigh'`` (default): ``tr((Σ1 Σ2)^½)`` as the sum of square roots of the eigenvalues of the
     symmetric PSD matrix ``Σ1^½ Σ2 Σ1^½`` (which has the same eigenvalues as ``Σ1 Σ2``); eigenvalues that

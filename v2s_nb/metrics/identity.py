@@ -88,7 +88,8 @@ def _on_grid(track: LandmarkTrack, size: tuple[int, int]) -> LandmarkTrack:
 
 
 def reference_embedding(reference, *, detector: str = "hog", upsample: int = 1) -> np.ndarray:
-    """The 128-d embedding of one reference image; a float [128] or [1, 128] array or tensor (the latter is what
+    """The 128-d embedding (float64 [128]) of one reference image (RGB [H, W, 3], uint8 or float in [0, 1]; any
+    image form of :mod:`v2s_nb.metrics`); a float [128] or [1, 128] array or tensor (the latter is what
     :func:`face_embeddings` returns for one image) is returned as is, as float64 [128].
 
     Raises :class:`v2s_nb.face.NoFaceError` when no face is found in the image.
@@ -141,8 +142,10 @@ def identity_distance(result, reference, *, track: LandmarkTrack | None = None, 
                       upsample: int = 1, progress: bool = True) -> IdentityDistance:
     """ID: mean L2 distance between the reference's embedding and each result frame's.
 
-    ``result``: a clip (or one image); ``track``: its landmarks if already computed. ``reference``: an image
-    or a precomputed [128] / [1, 128] embedding (see :func:`reference_embedding`).
+    ``result``: a clip [T, H, W, 3] (any clip form of :mod:`v2s_nb.metrics`) or one image [H, W, 3];
+    ``track``: its landmarks if already computed. ``reference``: an image [H, W, 3] or a precomputed [128] /
+    [1, 128] embedding (see :func:`reference_embedding`). Distances are in dlib's embedding units (0.6 is dlib's
+    same-person threshold).
     """
     ref = reference_embedding(reference, detector=detector, upsample=upsample)
     emb, found = face_embeddings(result, track=track, detector=detector, upsample=upsample, progress=progress)

@@ -160,9 +160,9 @@ def evaluate(result_frames, driving_frames, reference, *, reverse_result_frames=
              detector: str | None = None, upsample: int = 1, progress: bool = True) -> dict:
     """Table 1's numbers for one reference and one driving clip.
 
-    ``result_frames``: the method's output for ``driving_frames`` (same number of frames; any clip form,
-    sizes may differ - see :mod:`v2s_nb.metrics.keypoints`). ``reference``: the reference image (or its
-    [128] embedding). With ``reverse_result_frames`` (the output for the reversed driving clip;
+    ``result_frames``: the method's output for ``driving_frames`` ([T, H, W, 3] each, same T; any clip form of
+    :mod:`v2s_nb.metrics`, sizes may differ - see :mod:`v2s_nb.metrics.keypoints`). ``reference``: the reference
+    image [H, W, 3] (or its [128] embedding). With ``reverse_result_frames`` (the output for the reversed driving clip;
     ``reverse_driving_frames`` defaults to ``driving_frames[::-1]``) the reverse columns and
     FID(forward results, reverse results) are filled in, as in the paper; otherwise they are None and no
     feature extractor is built.

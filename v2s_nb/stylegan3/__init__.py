@@ -40,7 +40,7 @@ def load_generator(source, device=None, dtype=torch.float32) -> Generator:
     Args:
         source: a path to an NVIDIA snapshot pickle (``G_ema`` is taken) or to a v2s_nb ``.safetensors``
             checkpoint; an http(s) URL; or a known short name like ``'stylegan3-r-ffhq-1024'`` (downloaded on
-            first use into the cache, checksum-verified; see :mod:`v2s_nb.weights`).
+            first use into the cache and format-checked, NVIDIA publishes no checksum; see :mod:`v2s_nb.weights`).
         device: where to put the generator (``None``: CPU).
         dtype: parameter dtype (float32; the snapshot's fp16 layers still run in fp16 on CUDA).
     Returns:
@@ -55,7 +55,7 @@ def load_generator(source, device=None, dtype=torch.float32) -> Generator:
     path = Path(src)
     if not path.exists():
         if "://" in src or src in KNOWN_FILES:
-            path = fetch(src)  # downloaded once into the cache, checksum-verified
+            path = fetch(src)  # downloaded once into the cache (checked against a pinned checksum where one exists)
         else:
             known = ", ".join(k for k in KNOWN_FILES if k.startswith("stylegan3"))
             raise FileNotFoundError(f"generator file not found: {src}. Pass a path, a URL, or one of the known "
