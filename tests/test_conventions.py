@@ -92,7 +92,8 @@ def _writer_calls(paths=None):
             anc, through_atomic, buffers = node, False, set()
             while anc in parent:
                 anc = parent[anc]
-                if isinstance(anc, ast.With) and any("atomic_path" in _dotted(i.context_expr) for i in anc.items):
+                if isinstance(anc, ast.With) and any(w in _dotted(i.context_expr) for i in anc.items
+                                                  for w in ("atomic_path", "write_together")):
                     through_atomic = True
                 if isinstance(anc, ast.Call) and _dotted(anc.func).endswith("write_atomic"):
                     through_atomic = True

@@ -1,5 +1,6 @@
 """Eq 7-12 on small tensors, the Reenactor on the tiny generator (fast: no inversion, ws from the mapping)."""
 
+import dataclasses
 import json
 import math
 import warnings
@@ -251,6 +252,45 @@ def test_save_load_roundtrip(G, tmp_path):
     assert torch.load(tmp_path / "r" / "tensors.pt", weights_only=True)["ws_drive"].shape == (5, 16, 64)
     with pytest.raises(ValueError, match="weights"):
         Reenactor.load(tmp_path / "r", G=tiny_generator("R", resolution=64, seed=1))
+
+
+def test_renders_follow_codes_and_tracks_set_after_construction(G):
+    """A notebook sets r.ws_drive = ... or edits a track in place: the next render shows it (the prepared S codes
+    were cached by the settings alone and rendered the old codes), and what is set is checked as at construction."""
+    r = _reenactor(G)
+    before = r.render_frame(2)
+    r.ws_drive = mapped_ws(G, 5, 9)
+    assert np.array_equal(r.render_frame(2), dataclasses.replace(_reenactor(G), ws_drive=mapped_ws(G, 5, 9)).render_frame(2))
+    assert not np.array_equal(r.render_frame(2), before)
+    moved = r.render_frame(2)
+    r.tracks["driving"][2, 0] += 0.2  # in place: the same array
+    assert not np.array_equal(r.render_frame(2), moved)
+    shifted = r.render_frame(3)
+    with torch.no_grad():
+        r.w_ref += 0.5  # in place: the same tensor
+    assert not np.array_equal(r.render_frame(3), shifted)
+    with pytest.raises(ValueError, match=r"ws_drive must be \[T, 16, 64\].*got \(5, 16, 32\)"):
+        r.ws_drive = torch.zeros(5, 16, 32)
+    with pytest.raises(ValueError, match="w_ref contains NaN"):
+        r.w_ref = torch.full((16, 64), float("nan"))
+    r.ws_drive = np.asarray(mapped_ws(G, 7, 9))  # numpy, converted as the constructor does; the track has 5 frames
+    assert isinstance(r.ws_drive, torch.Tensor)
+    with pytest.raises(ValueError, match=r"tracks\['driving'\] has 5 frames but the re-enactment has 7.*replace"):
+        r.render_frame(0)
+
+
+def test_a_failed_save_leaves_the_previous_one_whole(G, tmp_path):
+    """The JSON was made after tensors.pt had been replaced: info that isn't JSON-able left new tensors beside the
+    old JSON, and the folder could not be loaded. Now nothing is written until all of it can be."""
+    spec = {"generator_spec": {"kind": "tiny", "cfg": "R", "resolution": 64, "seed": 0}}
+    r = _reenactor(G, info=dict(spec))
+    r.save(tmp_path / "r")
+    other = _reenactor(G, info=dict(spec, step=torch.tensor(1.0)))
+    other.ws_drive = mapped_ws(G, 5, 3)
+    with pytest.raises(TypeError, match="JSON"):
+        other.save(tmp_path / "r")
+    assert np.array_equal(Reenactor.load(tmp_path / "r").render_frame(1), r.render_frame(1))
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["reenactor.json", "tensors.pt"]
 
 
 def test_load_of_a_damaged_save_names_the_file(G, tmp_path):

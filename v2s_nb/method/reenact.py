@@ -54,8 +54,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import write_atomic
-
 from .baseline import baseline_ws, check_mode
 from .motion import (check_position_mode, check_strength, face_size_of, motion_mode as _motion_mode,
                      resolve_anchor)
@@ -333,6 +331,19 @@ def _points_array(x, name) -> np.ndarray:
     return a
 
 
+def _contents_stamp(x):
+    """A cheap token that changes where ``x``'s contents may have changed: a tensor's identity and in-place version,
+    an array's bytes (tracks are small), a dict's entries. Identities are only unique while the objects live: the
+    caller keeps them alive as long as it keeps the token."""
+    if isinstance(x, torch.Tensor):
+        return ("tensor", id(x), x._version)
+    if isinstance(x, np.ndarray):
+        return ("array", x.shape, hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16).digest())
+    if isinstance(x, Mapping):
+        return ("dict",) + tuple((k, _contents_stamp(v)) for k, v in sorted(x.items()))
+    return ("value", id(x))
+
+
 def _frame_indices(frames, n: int) -> np.ndarray:
     """Frame indices (one or a sequence; negative ones count from the end, as in Python) as int64 in 0..n-1;
     IndexError naming them where any is outside -n..n-1 or none is given."""
@@ -342,9 +353,45 @@ def _frame_indices(frames, n: int) -> np.ndarray:
     return idx % n
 
 
+def _set_codes(name, ndim=3):
+    def check(r, value):
+        t = _as_w(value, name, ndim=ndim)
+        if t is not None:
+            _check_codes(t, name, r.G, f"give {name} from this generator")
+        elif name != "ws_codrive":
+            raise ValueError(f"{name} can't be None")
+        return t
+    return check
+
+
+def _set_keyed(what, convert):
+    def check(r, value):
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{what} must be a dict {{'driving' | 'co-driving': ...}}, got {type(value).__name__}")
+        bad = set(value) - {"driving", "co-driving"}
+        if bad:
+            raise ValueError(f"{what} keys must be 'driving' / 'co-driving', got {sorted(bad)}")
+        out = {k: convert(v, f"{what}[{k!r}]") for k, v in value.items() if v is not None}
+        if what == "pose_codes":
+            for k, v in out.items():
+                _check_codes(v, f"pose_codes[{k!r}]", r.G, "pose-encode the reference with this generator")
+        return out
+    return check
+
+
+_CHECKED_ON_SET = {"w_ref": _set_codes("w_ref", ndim=2), "ws_drive": _set_codes("ws_drive"),
+                   "ws_codrive": _set_codes("ws_codrive"),
+                   "pose_codes": _set_keyed("pose_codes", _as_w),
+                   "tracks": _set_keyed("tracks", lambda v, name: _track_array(v))}
+
+
 @dataclasses.dataclass(eq=False)
 class Reenactor:
     """Everything prepared for re-enactment; renders frames fast from cached S codes.
+
+    Attributes may be set after construction (codes and tracks are converted and checked as here); the next render
+    follows them, as it follows in-place edits. To change several that must agree in length (codes and tracks of
+    another clip), make a new one: ``dataclasses.replace(r, ws_drive=..., tracks=...)``.
 
     Attributes:
         G: the generator the codes were found with (pose encoding, channel discovery).
@@ -411,6 +458,13 @@ class Reenactor:
                 f"{self.position or 'none'} ({self.position_mode}); W+ rows {rows}, channels "
                 + ", ".join(f"{r} {chans.get(r, 0)}" for r in self.regions)
                 + f"; rendering with {'a fine-tuned copy of G' if self.G_render is not self.G else 'G'})")
+
+    def __setattr__(self, name, value):
+        # after construction, codes and tracks set one at a time get the constructor's conversion and checks (the
+        # renders follow them: _prepared's key stamps their contents); several at once: dataclasses.replace(r, ...)
+        if "_cache" in self.__dict__ and name in _CHECKED_ON_SET:
+            value = _CHECKED_ON_SET[name](self, value)
+        object.__setattr__(self, name, value)
 
     def __post_init__(self):
         self.w_ref = _as_w(self.w_ref, "w_ref", ndim=2)
@@ -600,18 +654,22 @@ class Reenactor:
         src = self.sources()
         mode = self.baseline_reading()
         anchor = self.anchor_frame()
+        # the codes, tracks and G_render's weights by their contents: a notebook may set or edit them in place
+        data = (self.w_ref, self.ws_drive, self.ws_codrive, self.pose_codes, self.tracks, self.G_render)
         key = (src["motion"], src["pose"], src["position"], mode, anchor, check_strength(self.strength),
                check_position_mode(self.position_mode), self.reference_face_size(), self.layers, self.outside,
-               id(self.G_render))
+               tuple(_contents_stamp(x) for x in data[:-1]),
+               (id(self.G_render), tuple(p._version for p in self.G_render.parameters())))
         hit = self._cache.get("prep")
         if hit is not None and hit[0] == key:
             return hit[1]
+        self._check_frame_counts()
         G = self.G_render
         sy = G.synthesis
         dev = G.device
         n = self.num_frames
         ws_m = self.ws_drive if src["motion"] == "driving" else self.ws_codrive
-        w_ref_p = self.pose_codes[src["pose"]] if src["pose"] != "none" else self.w_ref[None]
+        w_ref_p = self.pose_codes[src["pose"]][:n] if src["pose"] != "none" else self.w_ref[None]
         w_base = baseline_ws(w_ref_p, ws_m, mode, anchor=anchor, strength=self.strength)
         names = self.mixed_layer_names()
         with torch.no_grad():
@@ -629,8 +687,18 @@ class Reenactor:
             transforms = torch.as_tensor(transforms, dtype=torch.float32)
         prep = {"s_ref": s_ref, "s_drive": s_drive, "s_base": s_base, "transforms": transforms, "names": names,
                 "sizes": {k: s_ref[k].shape[-1] for k in names}, "n": n, "w_base": w_base, "w_ref_p": w_ref_p}
-        self._cache["prep"] = (key, prep)
+        self._cache["prep"] = (key, prep, data)  # data: keeps the stamped objects, and so their identities, alive
         return prep
+
+    def _check_frame_counts(self) -> None:
+        """Each per-frame value covers the frames re-enacted (one set alone after construction may not)."""
+        n = self.num_frames
+        for what, d in (("pose_codes", self.pose_codes), ("tracks", self.tracks)):
+            for k, v in d.items():
+                if len(v) < n:
+                    raise ValueError(f"{what}[{k!r}] has {len(v)} frames but the re-enactment has {n}: to change "
+                                     "codes and tracks together, make a new Reenactor with dataclasses.replace(r, "
+                                     "ws_drive=..., tracks=...)")
 
     def prepare(self) -> "Reenactor":
         """Compute and cache the S codes (s_ref, s_j, s_base) of every frame; later renders only mix + synthesise."""
@@ -737,20 +805,19 @@ class Reenactor:
     def save(self, directory) -> Path:
         """Write ``tensors.pt`` (a plain dict of tensors, loadable with ``torch.load(weights_only=True)``) and
         ``reenactor.json`` (settings, channel sets, generator identity, SHA-256 of the tensors file), each
-        atomically (temporary file + ``os.replace``; the JSON last). A PTI ``G_render`` different from ``G`` is
-        saved as ``G_render.safetensors``. Returns the folder."""
+        together: all are written to temporary files first, then moved into place, so an error (``info`` that
+        isn't JSON-able) or Ctrl-C leaves the previous save whole. A PTI ``G_render`` different from ``G`` is saved
+        as ``G_render.safetensors``. Returns the folder."""
+        from ..atomic import write_together
         from ..caching import generator_hash
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         torch.save(self._tensors(), buf)
         data = buf.getvalue()
-        write_atomic(d / "tensors.pt", lambda f: f.write(data))
         g_sha = generator_hash(self.G)
         render_file = render_sha = None
         if self.G_render is not self.G:
-            from ..stylegan3 import save_generator
-            save_generator(self.G_render, d / "G_render.safetensors")  # atomic itself
             render_file, render_sha = "G_render.safetensors", generator_hash(self.G_render)
         meta = {
             "format": _FORMAT, "tensors_sha256": hashlib.sha256(data).hexdigest(),
@@ -768,7 +835,18 @@ class Reenactor:
             "G_render_file": render_file, "G_render_sha256": render_sha,
             "info": self.info, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        write_atomic(d / "reenactor.json", lambda f: f.write(json.dumps(meta, indent=1, default=_json_default).encode()))
+        text = json.dumps(meta, indent=1, default=_json_default).encode()  # before any file: info may not be JSON-able
+        files = {"tensors": d / "tensors.pt", "json": d / "reenactor.json"}
+        if render_file:
+            files["G_render"] = d / render_file
+        with write_together(files) as tmp:
+            tmp["tensors"].write_bytes(data)
+            if render_file:
+                from ..stylegan3 import save_generator
+                save_generator(self.G_render, tmp["G_render"])
+            tmp["json"].write_bytes(text)
+        if not render_file:  # one left by an earlier save of a Reenactor with PTI: not this save's
+            (d / "G_render.safetensors").unlink(missing_ok=True)
         return d
 
     @classmethod
