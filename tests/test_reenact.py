@@ -273,6 +273,11 @@ def test_renders_follow_codes_and_tracks_set_after_construction(G):
         r.ws_drive = torch.zeros(5, 16, 32)
     with pytest.raises(ValueError, match="w_ref contains NaN"):
         r.w_ref = torch.full((16, 64), float("nan"))
+    for other in (tiny_generator("T", resolution=64), tiny_generator("R", resolution=32)):
+        with pytest.raises(ValueError, match="G_render is another architecture than G"):
+            r.G_render = other
+        with pytest.raises(ValueError, match="G_render is another architecture than G"):
+            _reenactor(G, G_render=other)
     r.ws_drive = np.asarray(mapped_ws(G, 7, 9))  # numpy, converted as the constructor does; the track has 5 frames
     assert isinstance(r.ws_drive, torch.Tensor)
     with pytest.raises(ValueError, match=r"tracks\['driving'\] has 5 frames but the re-enactment has 7.*replace"):

@@ -291,6 +291,30 @@ def _check_generator(G, name: str) -> None:
         raise TypeError(f"{name} must be a StyleGAN3 generator, got {type(G).__name__} {str(G)[:80]!r}{hint}")
 
 
+def _layout(G) -> tuple:
+    """(resolution, ((layer, S channels), ...)): what a generator shares with its fine-tuned copies."""
+    sy = G.synthesis
+    return G.img_resolution, tuple((n, getattr(sy, n).affine.weight.shape[0]) for n in sy.style_names)
+
+
+def _layout_text(G) -> str:
+    return ", ".join(f"{n} ({c})" for n, c in _layout(G)[1][:3]) + ", ..."
+
+
+def _check_render_generator(r, G_render):
+    """``G_render``, checked to be ``r.G``'s architecture: the S codes and channel sets are G's, layer by layer."""
+    _check_generator(G_render, "G_render")
+    g, gr = r.G.synthesis, G_render.synthesis
+    if (g.num_ws, g.w_dim) != (gr.num_ws, gr.w_dim):
+        raise ValueError(f"G_render takes [{gr.num_ws}, {gr.w_dim}] codes but G [{g.num_ws}, {g.w_dim}]: give the "
+                         "generator G was fine-tuned from (PTI) as G, or no G_render")
+    if _layout(r.G) != _layout(G_render):
+        raise ValueError(f"G_render is another architecture than G ({G_render.img_resolution} px, layers "
+                         f"{_layout_text(G_render)}; G: {r.G.img_resolution} px, {_layout_text(r.G)}): "
+                         "G_render must be G's fine-tuned copy (PTI), or left out")
+    return G_render
+
+
 def _check_codes(t: torch.Tensor, name: str, G, fix: str) -> None:
     """``t`` [.., num_ws, w_dim] of ``G``; the error names ``t`` itself (not another code it meets later)."""
     sy = G.synthesis
@@ -382,7 +406,8 @@ def _set_keyed(what, convert):
 _CHECKED_ON_SET = {"w_ref": _set_codes("w_ref", ndim=2), "ws_drive": _set_codes("ws_drive"),
                    "ws_codrive": _set_codes("ws_codrive"),
                    "pose_codes": _set_keyed("pose_codes", _as_w),
-                   "tracks": _set_keyed("tracks", lambda v, name: _track_array(v))}
+                   "tracks": _set_keyed("tracks", lambda v, name: _track_array(v)),
+                   "G_render": lambda r, v: r.G if v is None else _check_render_generator(r, v)}
 
 
 @dataclasses.dataclass(eq=False)
@@ -506,11 +531,7 @@ class Reenactor:
         _check_generator(self.G, "G")
         if self.G_render is None:
             self.G_render = self.G
-        _check_generator(self.G_render, "G_render")
-        g, gr = self.G.synthesis, self.G_render.synthesis
-        if (g.num_ws, g.w_dim) != (gr.num_ws, gr.w_dim):
-            raise ValueError(f"G_render takes [{gr.num_ws}, {gr.w_dim}] codes but G [{g.num_ws}, {g.w_dim}]: give the "
-                             "generator G was fine-tuned from (PTI) as G, or no G_render")
+        _check_render_generator(self, self.G_render)
         _check_codes(self.w_ref, "w_ref", self.G, "invert the reference with this generator")
         _check_codes(self.ws_drive, "ws_drive", self.G, "invert the driving frames with this generator")
         if self.ws_codrive is not None:
