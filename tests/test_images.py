@@ -51,6 +51,10 @@ def test_to_uint8_refuses_pictures_and_warns_on_all_positive_values():
         to_uint8(torch.full((1, 3, 4, 4), float("nan")))
     with pytest.warns(ImageRangeWarning, match=r"all values here are >= 0.*as_rgb_uint8\(x\.permute\(1, 2, 0\)"):
         to_uint8((gen + 1) / 2)  # a picture in [0, 1]
+    for x in ((gen + 1) * 127.5, gen * 127.5):  # float pixel values 0..255 (also below 0): all came out white
+        with pytest.raises(FrameFormatError, match=r"pixel values 0\.\.255 in a float tensor"):
+            to_uint8(x)
+    assert to_uint8(gen * 4, range_check=False).max() == 255  # the package's own renders: not guessed about
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         out = to_uint8(gen[None])

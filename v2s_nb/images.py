@@ -19,12 +19,16 @@ class ImageRangeWarning(V2SWarning):
     """:func:`to_uint8` got values that are all >= 0: likely pictures in [0, 1], not generator images in [-1, 1]."""
 
 
+_PIXEL_SCALE_ABOVE = 8.0  # generator output overshoots [-1, 1] a little; past this it is 0..255 pixel values
+
+
 def to_uint8(img, range_check: bool = True) -> np.ndarray:
     """Generator images [N, C, H, W] (or [C, H, W]) in about [-1, 1] -> uint8 [N, H, W, C] (or [H, W, C]).
 
     Refused (:class:`v2s_nb.video.FrameFormatError`): integer input and channel-last shapes (pictures already:
     :func:`v2s_nb.video.as_rgb_uint8` converts those), NaN or infinite values. Values that are all >= 0 give an
-    :class:`ImageRangeWarning`: pictures in [0, 1] would come out washed out (0 -> 128). ``range_check=False``
+    :class:`ImageRangeWarning`: pictures in [0, 1] would come out washed out (0 -> 128); values above 8 (float
+    pixel values 0..255, which would all come out white) are refused. ``range_check=False``
     skips that guess, for callers that hold generator output (the package's own renders: a bright frame is no
     mistake there, and a user could not act on the warning).
     """
@@ -49,6 +53,12 @@ def to_uint8(img, range_check: bool = True) -> np.ndarray:
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise FrameFormatError("to_uint8: the images contain NaN or infinity (a diverged inversion or broken "
                                    "generator?); they have no pixel values to convert.")
+        if hi > _PIXEL_SCALE_ABOVE and range_check:
+            raise FrameFormatError(f"to_uint8 maps generator images in [-1, 1] to 0..255, but these reach {hi:.4g} "
+                                   f"(range [{lo:.4g}, {hi:.4g}]): pixel values 0..255 in a float tensor? They would "
+                                   "all come out white. For pictures use v2s_nb.video.as_rgb_uint8 on uint8 "
+                                   "channel-last frames (x.round().clamp(0, 255).to(torch.uint8)); for generator "
+                                   "output, (x / 127.5 - 1) if it was scaled to 0..255.")
         if lo >= 0 and range_check:
             last = "x.permute(1, 2, 0)" if single else "x.permute(0, 2, 3, 1)"
             warnings.warn(f"to_uint8 maps generator images in [-1, 1] to 0..255, but all values here are >= 0 "

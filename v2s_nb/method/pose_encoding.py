@@ -322,7 +322,7 @@ def _w_linear_regressor(G, n_samples, truncation_psi, seed, cache, measure, min_
                            unit="batch"):
         c = torch.zeros([len(z[s:s + batch_size]), G.c_dim], device=dev) if G.c_dim else None
         ws = G.mapping(z[s:s + batch_size].to(dev), c, truncation_psi=truncation_psi)
-        poses.append(np.asarray(measure(to_uint8(G.synthesis(ws))), np.float64).reshape(-1, 3))
+        poses.append(np.asarray(measure(to_uint8(G.synthesis(ws), range_check=False)), np.float64).reshape(-1, 3))
         ws_all.append(ws.cpu())
     poses = np.concatenate(poses)
     found = np.isfinite(poses).all(1).mean()
@@ -346,7 +346,7 @@ def measure_pose(G, ws, batch_size: int = 8) -> np.ndarray:
     batch_size = integer(batch_size, "batch_size (images per synthesis pass)", 1, 4096)  # -1 measured nothing
     dev = G.device
     ws = torch.as_tensor(ws)
-    out = [images_pose(to_uint8(G.synthesis(ws[s:s + batch_size].to(dev))))
+    out = [images_pose(to_uint8(G.synthesis(ws[s:s + batch_size].to(dev)), range_check=False))
            for s in range(0, len(ws), batch_size)]
     return np.concatenate(out)
 

@@ -137,7 +137,7 @@ def render_image(G, ws, index: int = 0) -> np.ndarray:
     ws = _codes(ws)
     index = _checked_index(index, ws.shape[0])
     w = ws[index:index + 1].to(G.synthesis.device)
-    return to_uint8(G.synthesis(w))[0]
+    return to_uint8(G.synthesis(w), range_check=False)[0]
 
 
 def _upsample(norm_map, size) -> np.ndarray:

@@ -489,7 +489,7 @@ class ReenactmentTuner:
                 t0 = time.perf_counter()
                 for s in range(0, n, self.batch):
                     idx = np.arange(s, min(n, s + self.batch))
-                    out.append(to_uint8(r.render_frames(idx)))
+                    out.append(to_uint8(r.render_frames(idx), range_check=False))
                     self.progress.value = int(idx[-1]) + 1
                 dt = time.perf_counter() - t0
             self.video = np.concatenate(out) if out else np.zeros((0, *r.resolution_hw, 3), np.uint8)
