@@ -359,6 +359,9 @@ def test_image_formats_and_bad_input(G):
         prepare_images(rgba[..., :2], 64)
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         prepare_images(x * 127.5 + 127.5, 64)
+    from v2s_nb.images import ImageRangeWarning
+    with pytest.warns(ImageRangeWarning, match=r"all values here are >= 0.*ToTensor.*x \* 2 - 1"):
+        prepare_images((x + 1) / 2, 64)  # torchvision's [0, 1] tensors, read as [-1, 1]: a washed-out target
     bad = x.clone()
     bad[1, 0, 3, 3] = float("nan")
     with pytest.raises(ValueError, match=r"NaN.*frame\(s\) \[21\]"):

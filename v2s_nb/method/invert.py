@@ -159,7 +159,7 @@ def prepare_images(images, resolution: int, frame_indices: Sequence[int] | None 
       picture or that many frames); float channel-last pictures are read as values in [0, 1] (the package's
       image convention, docs/architecture.md) and refused outside it;
     * generator images: float channel-first ``[N, C, H, W]`` / ``[C, H, W]`` with values in [-1, 1] (what
-      ``G.synthesis`` returns).
+      ``G.synthesis`` returns); where none is below 0 (torchvision's [0, 1] tensors?) an ImageRangeWarning says so.
 
     ``C`` may be 3 (RGB), 1 (grayscale: replicated to RGB, with a warning) or 4 (RGBA: the alpha channel is
     dropped, with a warning, only when it is fully opaque; otherwise refused). Square images of another size
@@ -229,6 +229,12 @@ def prepare_images(images, resolution: int, frame_indices: Sequence[int] | None 
         if lo < -2.0 or hi > 2.0:
             warnings.warn(f"float images range from {lo:.3g} to {hi:.3g}, beyond the expected [-1, 1]; they are "
                           "compared as given", ImageResizeWarning, stacklevel=3)
+        elif not channels_last and lo >= 0:  # torchvision's ToTensor gives [0, 1] channel-first: read as [-1, 1],
+            from ..images import ImageRangeWarning  # it is a washed-out target (black -> mid-grey)
+            warnings.warn(f"channel-first float images are read as generator images in [-1, 1], but all values here "
+                          f"are >= 0 (range [{lo:.3g}, {hi:.3g}]): pictures in [0, 1] (torchvision's ToTensor) "
+                          "would be inverted washed out; for those pass x * 2 - 1. Images that really are all bright "
+                          "are fine: ignore ImageRangeWarning.", ImageRangeWarning, stacklevel=3)
         x = torch.from_numpy(np.ascontiguousarray(arr))
         opaque = 1.0
     else:
