@@ -66,6 +66,10 @@ def test_save_image_refuses_a_channel_first_picture_and_a_folder(tmp_path):
     rgb = np.random.default_rng(4).integers(0, 256, (16, 24, 3), dtype=np.uint8)
     with pytest.raises(FrameFormatError, match=r"ambiguous.*transpose\(1, 2, 0\)"):
         save_image(tmp_path / "chw.png", rgb.transpose(2, 0, 1))
+    with pytest.raises(FrameFormatError, match=r"one picture \[H, W, 3\] goes here, got 5 frames.*image_grid"):
+        save_image(tmp_path / "clip.png", np.stack([rgb] * 5))  # only the first frame was saved
+    save_image(tmp_path / "one.png", rgb[None])  # a one-frame clip is one picture
+    (tmp_path / "one.png").unlink()
     (tmp_path / "demo").mkdir()
     with pytest.raises(IsADirectoryError, match=r"demo' is a folder; give a file name such as .*demo/output\.png"):
         save_image(tmp_path / "demo", rgb)

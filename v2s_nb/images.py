@@ -78,6 +78,9 @@ def _picture(images, single: bool) -> np.ndarray:
     if single and arr.ndim == 3 and arr.shape[-1] == 1:  # one grey picture [H, W, 1], not a clip of H frames
         arr = arr[..., 0]
     out = as_rgb_uint8(arr, allow_single_image=single, name=name)
+    if single and len(out) != 1:  # a clip given where one picture goes: all but its first frame were dropped
+        raise FrameFormatError(f"{name}: one picture [H, W, 3] goes here, got {len(out)} frames "
+                               f"{tuple(arr.shape)}: pick one (x[0]), or tile them with image_grid(x) first.")
     return out[0] if single else out
 
 
