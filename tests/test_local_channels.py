@@ -272,6 +272,10 @@ def test_discover_checks_its_inputs(tiny):
         discover(G, ws[:1], masks, layers=["L99"], progress=False, cache=False)
     with pytest.raises(ValueError, match="ws must be"):
         discover(G, ws[0], masks, progress=False, cache=False)
+    with pytest.raises(ValueError, match="no codes"):
+        discover(G, ws[:0], masks, progress=False, cache=False)
+    with pytest.raises(ValueError, match=r"NaN or infinite values in code\(s\) \[0\].*Invert"):
+        discover(G, ws[:1] * float("nan"), masks, progress=False, cache=False)  # gave 0 channels, and cached them
 
 
 @pytest.mark.parametrize("bad", [-1, 0, 2.5])

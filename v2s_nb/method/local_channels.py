@@ -547,6 +547,12 @@ def discover(G, ws, masks: Mapping[str, np.ndarray], layers: Sequence[str] | Non
     if ws.ndim != 3 or ws.shape[1] != sy.num_ws:
         raise ValueError(f"ws must be [N, {sy.num_ws}, w_dim], got {tuple(ws.shape)}")
     n = ws.shape[0]
+    if n == 0:
+        raise ValueError("ws has no codes (N = 0): give the codes of the images the masks describe")
+    if not torch.isfinite(ws).all():  # NaN maps score no channel, and that empty result was cached
+        bad = (~torch.isfinite(ws.reshape(n, -1)).all(1)).nonzero().flatten().tolist()
+        raise ValueError(f"ws has NaN or infinite values in code(s) {bad[:10]}: a diverged inversion? Invert "
+                         "those images again")
     for r in regions:
         if np.shape(masks[r])[0] != n or np.ndim(masks[r]) != 3:
             raise ValueError(f"masks[{r!r}] must be bool [{n}, H, W], got shape {np.shape(masks[r])}")
