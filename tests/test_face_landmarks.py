@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import cv2
 import numpy as np
 import pytest
@@ -208,6 +210,10 @@ def test_align_face(astronaut):
     assert np.abs(small.image.astype(float) - plain.image).mean() < 12
     with pytest.raises(NoFaceError):
         align_face(astronaut, np.full((68, 2), np.nan), 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division warning on the way
+        with pytest.raises(NoFaceError, match="span no face"):  # gave a white crop and NaN matrices
+            align_face(astronaut, np.zeros((68, 2)), 64)
     with pytest.raises(ValueError, match="border"):
         align_face(astronaut, track.points[0], 64, border="wrap")
 

@@ -73,7 +73,8 @@ def _check_points(points) -> np.ndarray:
 def ffhq_quad(points) -> np.ndarray:
     """The FFHQ crop square(s) from 68 landmarks [..., 68, 2] (pixels): corners [..., 4, 2] in the order
     top-left, bottom-left, bottom-right, top-right of the aligned image (see the module docstring).
-    NaN landmarks give NaN corners."""
+    NaN landmarks give NaN corners, as do landmarks without extent (eyes and mouth within a pixel: all zeros, say),
+    which no face has."""
     pts = _check_points(points)
     eye_left = pts[..., EYE_LEFT, :].mean(-2)
     eye_right = pts[..., EYE_RIGHT, :].mean(-2)
@@ -86,8 +87,10 @@ def ffhq_quad(points) -> np.ndarray:
         return np.stack([-v[..., 1], v[..., 0]], -1)
 
     x = eye_to_eye - rot90(eye_to_mouth)
-    x = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):  # landmarks without extent: NaN, refused below
+        x = x / np.linalg.norm(x, axis=-1, keepdims=True)
     half = np.maximum(2.0 * np.linalg.norm(eye_to_eye, axis=-1), 1.8 * np.linalg.norm(eye_to_mouth, axis=-1))
+    half = np.where(half >= 1.0, half, np.nan)  # a crop square under a pixel: no face
     x = x * half[..., None]
     y = rot90(x)
     c = eye_avg + 0.1 * eye_to_mouth
@@ -197,6 +200,9 @@ def align_face(image, points, output_size: int = 1024, *, border: str = "reflect
     size = _check_size(output_size)
     _check_border(border)
     quad = ffhq_quad(pts)
+    if not np.isfinite(quad).all():
+        raise NoFaceError(f"the landmarks span no face (eyes and mouth within a pixel of each other: "
+                          f"{np.ptp(pts, axis=0).round(2).tolist()} px across); pass the 68 points found in this image.")
     m = ffhq_crop_matrix(quad, size)
     return AlignedFace(_warp(img[0], m, size, border, antialias), m, np.linalg.inv(m), quad)
 
