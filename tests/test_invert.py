@@ -368,6 +368,19 @@ def test_image_formats_and_bad_input(G):
         invert(G, bad, steps=1, frame_indices=[20, 21], progress=False)
     with pytest.raises(ValueError, match="init must be"):
         invert(G, x, steps=1, init=torch.zeros(3, 4), progress=False)
+    # settings checked before a step: a NaN weight was reported as a divergence, with advice to lower lr
+    for bad, msg in (({"mse_weight": float("nan")}, "mse_weight must be a finite number"),
+                     ({"w_avg_weight": -1}, r"w_avg_weight = -1 is out of range"),
+                     ({"lr": 0}, r"lr must be > 0"), ({"lr_rampup": 2}, r"lr_rampup \(a fraction")):
+        with pytest.raises(ValueError, match=msg):
+            invert(G, x, steps=1, progress=False, **bad)
+    with pytest.raises(ValueError, match="lr_next must be > 0"):
+        invert_sequence(G, x, steps_first=1, steps_next=1, lr_next=0, progress=False)
+    with pytest.raises(ValueError, match=r"^ws must be \["):  # its own name, not init's
+        pivotal_tuning(G, x[:1], torch.zeros(1, 3, 4), steps=1, progress=False)
+    with pytest.raises(ValueError, match="locality_weight must be a finite number"):
+        pivotal_tuning(G, x[:1], torch.zeros(1, G.num_ws, G.w_dim), steps=1, locality_weight=float("inf"),
+                       progress=False)
 
 
 @pytest.mark.slow

@@ -636,7 +636,22 @@ def _settings(kwargs: dict, perc_name: str, **extra) -> dict:
     return s
 
 
-def _check_init(init, G, n: int, device, dtype) -> torch.Tensor:
+def _checked_settings(settings: dict) -> dict:
+    """The optimisation's numbers checked before any step: a NaN weight made every loss NaN, which was then
+    reported as a divergence with advice to lower lr."""
+    from ..validate import finite
+    for k, v in settings.items():
+        if k in ("lr", "lr_next"):
+            if finite(v, f"{k} (Adam's learning rate)") <= 0:
+                raise ValueError(f"{k} must be > 0 (Adam's learning rate), got {v!r}")
+        elif k in ("mse_weight", "perceptual_weight", "w_avg_weight", "w_noise", "locality_weight"):
+            finite(v, k, lo=0)
+        elif k in ("lr_rampup", "lr_rampdown", "w_noise_ramp"):
+            finite(v, f"{k} (a fraction of the steps)", lo=0, hi=1)
+    return settings
+
+
+def _check_init(init, G, n: int, device, dtype, name: str = "init") -> torch.Tensor:
     w_avg = G.mapping.w_avg.to(dtype)
     if init is None:
         return w_avg.reshape(1, 1, -1).expand(n, G.num_ws, G.w_dim).to(device).clone()
@@ -648,10 +663,10 @@ def _check_init(init, G, n: int, device, dtype) -> torch.Tensor:
     elif init.ndim == 2:
         init = init[None]
     if init.ndim != 3 or init.shape[1:] != (G.num_ws, G.w_dim) or init.shape[0] not in (1, n):
-        raise ValueError(f"init must be [N, {G.num_ws}, {G.w_dim}] (or broadcastable [{G.num_ws}, {G.w_dim}] / "
+        raise ValueError(f"{name} must be [N, {G.num_ws}, {G.w_dim}] (or broadcastable [{G.num_ws}, {G.w_dim}] / "
                          f"[{G.w_dim}]) for N = {n}; got shape {tuple(init.shape)}")
     if not torch.isfinite(init).all():
-        raise ValueError("init contains NaN or inf")
+        raise ValueError(f"{name} contains NaN or inf")
     return init.expand(n, -1, -1).clone()
 
 
@@ -729,6 +744,7 @@ def invert(G, images, *, steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["l
     kwargs = dict(steps=int(steps), lr=float(lr), lr_rampup=float(lr_rampup), lr_rampdown=float(lr_rampdown),
                   w_noise=float(w_noise), w_noise_ramp=float(w_noise_ramp), mse_weight=float(mse_weight),
                   perceptual_weight=float(perceptual_weight), w_avg_weight=float(w_avg_weight), seed=int(seed))
+    _checked_settings(kwargs)
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     device, dtype = _g_device_dtype(G)
@@ -866,6 +882,7 @@ def invert_sequence(G, frames, *, batch_size: int = 8, steps_first: int = DEFAUL
     kwargs = dict(steps=int(steps_first), lr=float(lr), lr_rampup=float(lr_rampup), lr_rampdown=float(lr_rampdown),
                   w_noise=float(w_noise), w_noise_ramp=float(w_noise_ramp), mse_weight=float(mse_weight),
                   perceptual_weight=float(perceptual_weight), w_avg_weight=float(w_avg_weight), seed=int(seed))
+    _checked_settings(dict(kwargs, lr_next=1.0 if lr_next is None else lr_next))
     batch = batch_size
     if batch < 1 or steps_first < 1 or steps_next < 1:
         raise ValueError(f"batch_size, steps_first and steps_next must be >= 1 (got {batch}, {steps_first}, "
@@ -1019,6 +1036,8 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
     """
     if steps < 0 or batch_size < 1:
         raise ValueError(f"steps must be >= 0 and batch_size >= 1, got {steps} and {batch_size}")
+    _checked_settings(dict(lr=lr, mse_weight=mse_weight, perceptual_weight=perceptual_weight,
+                           locality_weight=locality_weight, lr_rampup=lr_rampup, lr_rampdown=lr_rampdown))
     if not checkpoint_seconds >= 0:
         raise ValueError(f"checkpoint_seconds must be >= 0 (seconds between saves), got {checkpoint_seconds!r}")
     device, dtype = _g_device_dtype(G)
@@ -1033,7 +1052,7 @@ def pivotal_tuning(G, images, ws, *, steps: int = 350, lr: float = 3e-4, mse_wei
     if len(codes) == 3 and codes[0] not in (1, n):
         raise ValueError(f"ws has {codes[0]} pivot codes for {n} images: give one per image (an Inversion of the "
                          "same frames) or one for all")
-    pivots = _check_init(ws, G, n, device, dtype)
+    pivots = _check_init(ws, G, n, device, dtype, name="ws")
     targets = targets.to(device)
     perc_fn, perc_name = _resolve_perceptual(perceptual, device)
     _keyed_by(perc_name, checkpoint=checkpoint)
