@@ -163,6 +163,13 @@ def test_bad_arguments(G, w_ref):
         encode_pose(G, w_ref, [0, 0, 0], P, lambda_pose=[1, 2])
     with pytest.raises(ValueError, match=r"\[N, 3\]"):
         encode_pose(G, w_ref, [0, 0, 0], lambda ws: ws[:, 0, :2], pose_input="w")
+    # NaN codes were reported as a divergence ('lower lr'); steps_next was checked after the first batch's work
+    with pytest.raises(ValueError, match="w_ref contains NaN.*Invert the reference again"):
+        encode_pose(G, w_ref * float("nan"), [0, 0, 0], P)
+    with pytest.raises(ValueError, match="init contains NaN"):
+        encode_pose(G, w_ref, [0, 0, 0], P, init=w_ref * float("nan"))
+    with pytest.raises(ValueError, match="steps_next must be an integer >= 1, got 0"):
+        encode_pose_sequence(G, w_ref, np.zeros((3, 3)), P, steps_first=1, steps_next=0, progress=False)
 
 
 def test_sequence_takes_one_reference_per_frame_and_refuses_misshapen_targets(G, w_ref):

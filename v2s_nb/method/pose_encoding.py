@@ -459,6 +459,8 @@ def encode_pose(G, w_ref, target, pose_fn=None, *, pose_input: str | None = None
         w = w[None]
     if w.ndim != 3 or w.shape[1:] != (G.num_ws, G.w_dim):
         raise ValueError(f"w_ref must be [{G.num_ws}, {G.w_dim}] or [N, {G.num_ws}, {G.w_dim}], got {tuple(w.shape)}")
+    if not torch.isfinite(w).all():  # else reported as a divergence of the optimisation, 'lower lr'
+        raise ValueError("w_ref contains NaN / inf: a diverged inversion? Invert the reference again")
     if not 1 <= rows <= G.num_ws:
         raise ValueError(f"rows must be in 1..{G.num_ws}, got {rows}")
     t = torch.as_tensor(_poses(target, "target"), dtype=torch.float32).to(dev)
@@ -479,6 +481,8 @@ def encode_pose(G, w_ref, target, pose_fn=None, *, pose_input: str | None = None
         if w0.shape != w.shape:
             raise ValueError(f"init must be [{G.num_ws}, {G.w_dim}] or [{w.shape[0]}, {G.num_ws}, {G.w_dim}] (one "
                              f"start code for all, or one per code), got {tuple(w0.shape)}")
+        if not torch.isfinite(w0).all():
+            raise ValueError("init contains NaN / inf")
     with codes_only(G):
         out, hist = _optimise(G, w0, w, t, pose_fn, pose_input, int(steps), float(lr), lp, float(lambda_id),
                               int(rows), on_step)
@@ -562,6 +566,9 @@ def encode_pose_sequence(G, w_ref, targets, pose_fn=None, *, steps_first: int = 
         batch_size = 8 if _pose_input(pose_fn, kwargs.get("pose_input")) == "image" else 1
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise ValueError(f"batch_size must be an integer >= 1 (frames optimised together), got {batch_size!r}")
+    for name, value in (("steps_first", steps_first), ("steps_next", steps_next)):  # before the first batch's work
+        if not (isinstance(value, (int, np.integer)) and value >= 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     w_ref = torch.as_tensor(w_ref).detach().float()
     if w_ref.ndim == 3 and len(w_ref) == 1:
         w_ref = w_ref[0]
