@@ -187,7 +187,7 @@ def synthetic_track(t=4, seed=0, size=(256, 256)):
     return LandmarkTrack.from_points(pts, size)
 
 
-def test_delta_k_units_on_given_points():
+def test_delta_k_units_on_given_points(monkeypatch):
     d = synthetic_track()
     zero = keypoint_distance(d, d)
     assert zero.x == 0 and zero.y == 0 and zero.frames == 4
@@ -204,6 +204,14 @@ def test_delta_k_units_on_given_points():
     assert keypoint_distance(double, d).x == pytest.approx(0.0, abs=1e-20)
     with pytest.raises(ValueError, match="frame i"):
         keypoint_distance(d[:3], d)
+    import v2s_nb.metrics.keypoints as kp
+
+    def detected(*a, **k):
+        raise AssertionError("landmarks were detected before the frame counts were compared")
+
+    monkeypatch.setattr(kp, "landmarks", detected)
+    with pytest.raises(ValueError, match="got 3 result frames for 4 driving frames"):
+        keypoint_distance(np.zeros((3, 64, 64, 3), np.uint8), np.zeros((4, 64, 64, 3), np.uint8), detector="hog")
 
 
 def test_delta_k_reports_frames_without_face():

@@ -92,6 +92,17 @@ def track_of(frames_or_track, *, detector: str = "hog", upsample: int = 1, progr
     return landmarks(frames_or_track, detector=detector, upsample=upsample, progress=progress, model=model)
 
 
+def _known_length(x) -> int | None:
+    """Frames in a track, a Video or a [T, H, W, C] array / tensor, without decoding anything; None where that
+    can't be told cheaply (a stream, or a 3-d array: one picture or a grey clip)."""
+    from ..video import Video
+
+    if isinstance(x, (LandmarkTrack, Video)):
+        return len(x)
+    shape = getattr(x, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) == 4 else None
+
+
 def default_front_end() -> tuple[str, str]:
     """ΔK's landmark front end: ``('rfb', 'pfld')``, the paper's CNNs, when their weights can be had
     (:func:`v2s_nb.weights.fetch`: downloaded once), else ``('hog', 'dlib')`` with a warning saying so."""
@@ -173,6 +184,9 @@ def keypoint_distance(result, driving, normalization: str = "percent", *, detect
     if detector is None and not (given_d and given_r):
         detector, model = default_front_end() if model is None else ("rfb" if model == "pfld" else "hog", model)
     detector = detector or "hog"
+    n_d, n_r = _known_length(driving), _known_length(result)
+    if n_d is not None and n_r is not None and n_d != n_r:  # said before the landmark detection, not after it
+        raise ValueError(f"ΔK compares frame i with frame i: got {n_r} result frames for {n_d} driving frames.")
     tr_d = track_of(driving, detector=detector, upsample=upsample, progress=progress, model=model)
     tr_r = track_of(result, detector=detector, upsample=upsample, progress=progress, model=model)
     name = tr_d.detector
