@@ -127,3 +127,18 @@ def test_write_together_moves_all_or_none(tmp_path, monkeypatch):
     finally:
         signal.signal(signal.SIGINT, previous)
     assert len(calls) == 2 and all(p.read_text() == "newer" for p in targets.values())
+
+
+def test_a_folder_that_cant_be_written_is_named_not_the_temporary(tmp_path, monkeypatch):
+    """A read-only folder failed naming the hidden temporary ('.tensors.pt.x1y2.part'), a file never asked for."""
+    import errno
+    import tempfile
+
+    def read_only(*args, dir=None, prefix="", suffix=""):
+        raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, prefix + "x1y2" + suffix))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(PermissionError, match=r"can't write 'tensors\.pt' in '.*r' \(Permission denied\): choose a "
+                                              r"folder you can write to") as err:
+        atomic.write_atomic(tmp_path / "r" / "tensors.pt", lambda f: f.write(b"x"))
+    assert ".part" not in str(err.value) and err.value.errno == errno.EACCES

@@ -8,6 +8,7 @@ none), never a truncated one that a later run would take as finished.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -34,7 +35,13 @@ def atomic_path(path, suffix: str = ".part"):
     _check_target(path, suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    except OSError as e:  # named the hidden temporary, a file the user never asked for
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise type(e)(e.errno, f"can't write '{path.name}' in '{path.parent}' ({os.strerror(e.errno)}): choose a "
+                               "folder you can write to") from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; a saved result gets the usual permissions
     try:
