@@ -92,6 +92,9 @@ def test_parse_layers(G):
         parse_layers("7-3")
     with pytest.raises(ValueError, match="out of range"):
         layer_names(G, "3-40")
+    assert parse_layers([3.0, 4]) == (3, 4)
+    with pytest.raises(ValueError, match=r"a layer \(W\+ row index\) must be an integer, got 3\.7"):
+        parse_layers([3.7])  # was row 3
 
 
 # ------------------------------------------------------------------ Reenactor
@@ -282,6 +285,17 @@ def test_renders_follow_codes_and_tracks_set_after_construction(G):
     assert isinstance(r.ws_drive, torch.Tensor)
     with pytest.raises(ValueError, match=r"tracks\['driving'\] has 5 frames but the re-enactment has 7.*replace"):
         r.render_frame(0)
+
+
+def test_frame_indices_and_batch_sizes_are_whole_numbers(G):
+    """render_frame(1.7) rendered frame 1; render_video(batch_size=0 or -3) ran with 1."""
+    r = _reenactor(G)
+    assert np.array_equal(r.render_frame(np.int64(1)), r.render_frame(1.0))
+    with pytest.raises(TypeError, match=r"frame indices must be whole numbers, got \[1\.7\]"):
+        r.render_frame(1.7)
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="batch_size"):
+            r.render_video(batch_size=bad, progress=False)
 
 
 def test_a_failed_save_leaves_the_previous_one_whole(G, tmp_path):

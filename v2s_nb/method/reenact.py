@@ -131,8 +131,10 @@ def parse_layers(spec) -> tuple[int, ...]:
         from ..validate import parse_int_ranges
 
         rows = parse_int_ranges(spec.replace(" ", ""), "layer", lo=0, hi=MAX_LAYER_ROW)
-    else:
-        rows = [int(r) for r in spec]
+    else:  # 3.7 was read as row 3
+        from ..validate import integer
+
+        rows = [integer(r, "a layer (W+ row index)") for r in spec]
     if not rows:
         raise ValueError(f"no layers in {spec!r}")
     if min(rows) < 0 or max(rows) > MAX_LAYER_ROW:
@@ -371,7 +373,10 @@ def _contents_stamp(x):
 def _frame_indices(frames, n: int) -> np.ndarray:
     """Frame indices (one or a sequence; negative ones count from the end, as in Python) as int64 in 0..n-1;
     IndexError naming them where any is outside -n..n-1 or none is given."""
-    idx = np.atleast_1d(np.asarray(frames, np.int64))
+    given = np.atleast_1d(np.asarray(frames))
+    if given.dtype.kind not in "iu" and not (given.dtype.kind == "f" and np.all(given == np.round(given))):
+        raise TypeError(f"frame indices must be whole numbers, got {np.asarray(frames).tolist()!r}")  # 1.7 was 1
+    idx = given.astype(np.int64)
     if idx.size == 0 or int(idx.min()) < -n or int(idx.max()) >= n:
         raise IndexError(f"frame index out of range for {n} frames: {idx.tolist()}")
     return idx % n
@@ -765,22 +770,25 @@ class Reenactor:
         """uint8 [R, R, 3]: frame ``j`` with optional coefficient overrides (alpha=, beta=, gamma=, zeta=)
         and region toggles (``regions=('eyes', 'mouth')``). One synthesis from cached S codes."""
         from ..images import to_uint8
-        return to_uint8(self.render_frames([int(j)], regions=regions, **coeffs), range_check=False)[0]
+        return to_uint8(self.render_frames([j], regions=regions, **coeffs), range_check=False)[0]
 
     @renamed_kwargs(batch="batch_size")
     def render_video(self, batch_size: int = 8, progress: bool = True, regions=None, **coeffs) -> np.ndarray:
         """uint8 [T, R, R, 3]: every frame, ``batch_size`` per synthesis call."""
         from ..images import to_uint8
+        from ..validate import integer
+
+        batch_size = integer(batch_size, "batch_size (frames per synthesis call)", 1, 4096)  # 0 and -3 ran as 1
         self._coeffs(coeffs)  # validate before the loop
         if regions is not None:
             regions = _check_regions(regions)
         n = self.num_frames
-        ensure_compiled(self.G_render, [Workload(b) for b in batch_sizes(n, max(1, int(batch_size)))], progress)
+        ensure_compiled(self.G_render, [Workload(b) for b in batch_sizes(n, batch_size)], progress)
         out = []
         bar = progress_bar(total=n, desc="render", unit="frame", enabled=progress)
         try:
-            for s in range(0, n, max(1, int(batch_size))):
-                idx = np.arange(s, min(n, s + max(1, int(batch_size))))
+            for s in range(0, n, batch_size):
+                idx = np.arange(s, min(n, s + batch_size))
                 out.append(to_uint8(self.render_frames(idx, regions=regions, **coeffs), range_check=False))
                 if bar is not None:
                     bar.update(len(idx))
