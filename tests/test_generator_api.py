@@ -65,6 +65,14 @@ def test_transform_and_styles_shapes_are_checked():
             G.synthesis.from_styles(cut)
         with pytest.raises(ValueError, match=r"styles\['L0_36_64'\] has shape \[2, 64\], expected \[1, 64\]"):
             G.synthesis.from_styles(dict(styles, input=styles["input"][:1]))
+        # codes that failed deep inside (a reshape of 0 elements, 'numpy has no attribute to', a meta tensor)
+        with pytest.raises(TypeError, match=r"ws must be a torch tensor \[N, 16, 64\], got ndarray: pass "
+                                            r"torch\.from_numpy\(ws\)"):
+            G.synthesis(ws.numpy())
+        with pytest.raises(ValueError, match="ws holds no codes"):
+            G.synthesis(ws[:0])
+        with pytest.raises(ValueError, match=r"ws is on meta and the generator on cpu: pass ws\.to\(G\.device\)"):
+            G.synthesis.feature_maps(ws.to("meta"), "input")
         # one matrix, one per sample, or a batch of one: all as before (the input features show the transform)
         eye = G.synthesis.feature_maps(ws, "input")["input"]
         for ok in (np.eye(3), torch.eye(3)[None], torch.eye(3).repeat(2, 1, 1), [[1, 0, 0], [0, 1, 0], [0, 0, 1]]):

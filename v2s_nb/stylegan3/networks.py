@@ -340,8 +340,17 @@ class SynthesisNetwork(nn.Module):
         return [getattr(self, name) for name in self.layer_names]
 
     def _check_ws(self, ws):
+        """Shape, type and device (no GPU synchronisation): these failed deep inside the layers."""
+        if not isinstance(ws, torch.Tensor):
+            fix = "torch.from_numpy(ws)" if isinstance(ws, np.ndarray) else "torch.as_tensor(ws)"
+            raise TypeError(f"ws must be a torch tensor [N, {self.num_ws}, {self.w_dim}], got {type(ws).__name__}: "
+                            f"pass {fix}")
         if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
             raise ValueError(f"ws must have shape [N, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
+        if ws.shape[0] == 0:
+            raise ValueError(f"ws holds no codes ([0, {self.num_ws}, {self.w_dim}]): there is nothing to render")
+        if ws.device != self.device:
+            raise ValueError(f"ws is on {ws.device} and the generator on {self.device}: pass ws.to(G.device)")
 
     def styles(self, ws) -> dict[str, torch.Tensor]:
         """The S-space code of ``ws``: ``{'input': [N, 4], layer_name: [N, in_channels], ...}``.
