@@ -85,6 +85,9 @@ def test_image_grid_checks_cols_and_pad():
     for pad in (-5, 0.5):
         with pytest.raises(ValueError, match=r"pad must be a whole number of pixels >= 0"):
             image_grid(pics, pad=pad)
+    for level in (300, -1, 0.5):  # 300 raised numpy's OverflowError
+        with pytest.raises(ValueError, match=r"pad_value must be a grey level 0\.\.255"):
+            image_grid(pics, pad_value=level)
     with pytest.raises(FrameFormatError, match="different sizes"):
         image_grid([pics[0], pics[1, :4]])
     assert image_grid(pics, cols=np.int64(5), pad=0).shape == (8, 40, 3)

@@ -144,6 +144,11 @@ def test_bad_input_gets_a_clear_error(stages, inputs, G, tmp_path):
         P.faces(ref, tmp_path / "missing.mp4", resolution=64, cache=tmp_path)
     with pytest.raises(ValueError, match="driving is None"):
         P.faces(ref, None, resolution=64, cache=tmp_path)
+    for i in (0, 2):  # a picture or clip in memory failed in pathlib or as an ambiguous truth value
+        args = [ref, drv, co]
+        args[i] = np.zeros((2, 64, 64, 3), np.uint8)
+        with pytest.raises(TypeError, match=r"must be the path of a .* file, got ndarray: save it first"):
+            P.faces(*args, resolution=64, cache=tmp_path)
     with pytest.raises(ValueError, match="detector must be one of 'hog', 'cnn', 'rfb'"):
         P.faces(ref, drv, resolution=64, detector="yolo", cache=tmp_path)
     if not torch.cuda.is_available():  # before any file is read or model loaded

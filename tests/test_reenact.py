@@ -220,6 +220,8 @@ def test_codes_and_fps_are_checked_by_their_own_name(G):
     assert Reenactor(G=G, w_ref=w_ref, ws_drive=ws, fps="25").fps == 25.0
     with pytest.raises(TypeError, match=r"G must be a StyleGAN3 generator.*load_generator\('x.pkl'\)"):
         Reenactor(G="x.pkl", w_ref=w_ref, ws_drive=ws)
+    with pytest.raises(TypeError, match=r"ws_drive must be codes .*got the path 'ws.npy': load it first"):
+        Reenactor(G=G, w_ref=w_ref, ws_drive="ws.npy")  # "new(): invalid data type 'str'"
 
 
 def test_load_takes_a_generator_path(G, tmp_path):

@@ -92,6 +92,8 @@ def image_grid(images: np.ndarray, cols: int | None = None, pad: int = 2, pad_va
         raise ValueError(f"cols must be a whole number >= 1 (or None: about a square grid), got {cols!r}.")
     if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
         raise ValueError(f"pad must be a whole number of pixels >= 0, got {pad!r}.")
+    if isinstance(pad_value, bool) or not isinstance(pad_value, (int, np.integer)) or not 0 <= pad_value <= 255:
+        raise ValueError(f"pad_value must be a grey level 0..255, got {pad_value!r}.")
     images = _picture(images, single=False)
     if images.ndim != 4:
         raise ValueError(f"expected [N, H, W, C] images, got shape {images.shape}")

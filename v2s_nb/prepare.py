@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import json
 import numbers
+import os
 import time
 import warnings
 from pathlib import Path
@@ -424,8 +425,14 @@ def faces(reference, driving, co_driving=None, *, resolution: int, cache=None, d
     _check_int("resolution", resolution, 16, 4096)
     _check_int("upsample", upsample, 0, 4)
     smoothing_kernel(smooth, "smooth")
-    co_driving = co_driving or None  # "" = no co-driving video, as in the notebook's parameters
     inputs = {"reference": reference, "driving": driving, "co_driving": co_driving}
+    for name, p in inputs.items():  # an array here failed in pathlib, or as 'truth value ... ambiguous'
+        if p is not None and not isinstance(p, (str, os.PathLike)):
+            save = "v2s_nb.images.save_image" if name == "reference" else "v2s_nb.video.write_video"
+            raise TypeError(f"{name} must be the path of a {'photo' if name == 'reference' else 'video'} file, got "
+                            f"{type(p).__name__}: save it first ({save}); the stages are cached by their files")
+    co_driving = co_driving or None  # "" = no co-driving video, as in the notebook's parameters
+    inputs["co_driving"] = co_driving
     for name, p in inputs.items():
         if p is None and name != "co_driving":
             raise ValueError(f"{name} is None; pass the path of a {'photo' if name == 'reference' else 'video'}")

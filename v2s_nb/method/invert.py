@@ -408,6 +408,9 @@ class Inversion:
     def images(self, G, batch_size: int = 8, uint8: bool = False):
         """Re-render the codes with ``G`` (e.g. the PTI generator): float [N, 3, R, R] CPU tensor in about
         [-1, 1], or uint8 [N, R, R, 3] numpy with ``uint8=True``."""
+        from ..validate import integer
+
+        batch_size = integer(batch_size, "batch_size (images per synthesis call)", 1, 4096)
         device, dtype = _g_device_dtype(G)
         out = [G.synthesis(self.ws[i:i + batch_size].to(device=device, dtype=dtype)).float().cpu()
                for i in range(0, len(self), batch_size)]

@@ -261,6 +261,9 @@ def channel_masks(region_channels: Mapping[str, Mapping[str, Any]], regions: Seq
 def _as_w(x, name, ndim=3) -> torch.Tensor | None:
     if x is None:
         return None
+    if isinstance(x, (str, os.PathLike)):
+        raise TypeError(f"{name} must be codes (a tensor, an array or an Inversion), got the path {str(x)!r}: load "
+                        "it first (Inversion.load, or np.load for a .npy)")
     t = torch.as_tensor(getattr(x, "ws", x)).detach().to("cpu", torch.float32)
     if ndim == 2 and t.ndim == 3 and t.shape[0] == 1:
         t = t[0]
