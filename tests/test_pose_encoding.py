@@ -163,6 +163,8 @@ def test_bad_arguments(G, w_ref):
         encode_pose(G, w_ref, [0, 0, 0], P, lambda_pose=[1, 2])
     with pytest.raises(ValueError, match=r"\[N, 3\]"):
         encode_pose(G, w_ref, [0, 0, 0], lambda ws: ws[:, 0, :2], pose_input="w")
+    with pytest.raises(TypeError, match="pose_fn returned ndarray without a gradient path"):
+        encode_pose(G, w_ref, [0, 0, 0], lambda ws: ws[:, 0, :3].detach().numpy(), pose_input="w", steps=1)
     # NaN codes were reported as a divergence ('lower lr'); steps_next was checked after the first batch's work
     with pytest.raises(ValueError, match="w_ref contains NaN.*Invert the reference again"):
         encode_pose(G, w_ref * float("nan"), [0, 0, 0], P)

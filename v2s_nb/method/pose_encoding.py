@@ -383,6 +383,11 @@ def _lambda_pose(lambda_pose) -> torch.Tensor:
 
 def _predict(G, pose_fn, pose_input, ws):
     p = pose_fn(ws) if pose_input == "w" else pose_fn(G.synthesis(ws))
+    if torch.is_grad_enabled() and ws.requires_grad and not (isinstance(p, torch.Tensor) and p.requires_grad):
+        # e.g. numpy out: the pose term then gave no gradient, and the codes moved by the identity term alone
+        raise TypeError(f"pose_fn returned {type(p).__name__} without a gradient path to its input, so the pose term "
+                        "can't steer the codes: return a torch tensor computed from the input with differentiable "
+                        "operations (no .numpy(), .detach() or .item())")
     p = torch.as_tensor(p)
     if p.shape != (ws.shape[0], 3):
         raise ValueError(f"pose_fn must return [N, 3] (yaw, pitch, roll in degrees), got {tuple(p.shape)}")
