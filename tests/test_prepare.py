@@ -268,6 +268,17 @@ def test_cached_pti_and_pose_codes_are_keyed_and_checked(tmp_path, monkeypatch):
     assert len(encoded) == 2 and torch.equal(codes[1][0], w2) and torch.equal(codes[2][0], w1)
 
 
+def test_saved_arrays_round_trip_and_objects_are_refused(tmp_path):
+    """Object arrays were pickled by np.savez and then refused by load_arrays: an entry never used again."""
+    arrays = {"ws": np.arange(6, dtype=np.float32).reshape(2, 3), "name": np.asarray("driving")}
+    P.save_arrays(tmp_path / "a.npz", **arrays)
+    back = P.load_arrays(tmp_path / "a.npz", ("ws", "name"))
+    assert back["ws"].dtype == np.float32 and np.array_equal(back["ws"], arrays["ws"]) and str(back["name"]) == "driving"
+    with pytest.raises(TypeError, match=r"\['ragged'\] hold Python objects"):
+        P.save_arrays(tmp_path / "b.npz", ragged=np.asarray([np.zeros(2), np.zeros(3)], dtype=object))
+    assert not (tmp_path / "b.npz").exists()
+
+
 def test_cached_pti_generator_damaged_in_a_byte_or_without_digest_is_tuned_again(tmp_path, monkeypatch):
     """A flipped tensor byte still loads as finite numbers: only the digest saved with the entry finds it. An entry
     without a digest (an older v2s_nb's) cannot be checked, so it is tuned again too."""

@@ -103,6 +103,10 @@ def save_arrays(path, **arrays) -> None:
     from .atomic import write_atomic
 
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    objects = [k for k, a in arrays.items() if a.dtype.hasobject]
+    if objects:  # saved as pickles, which load_arrays refuses to read: the entry would never be used
+        raise TypeError(f"save_arrays stores numbers and strings only; {objects} hold Python objects (ragged lists "
+                        "or None?): give arrays of one shape and a numeric dtype")
     digest = np.asarray(_arrays_digest(arrays))
     write_atomic(path, lambda f: np.savez(f, _sha256=digest, **arrays))
 
