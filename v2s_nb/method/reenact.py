@@ -422,9 +422,11 @@ _CHECKED_ON_SET = {"w_ref": _set_codes("w_ref", ndim=2), "ws_drive": _set_codes(
 class Reenactor:
     """Everything prepared for re-enactment; renders frames fast from cached S codes.
 
-    Attributes may be set after construction (codes and tracks are converted and checked as here); the next render
-    follows them, as it follows in-place edits. To change several that must agree in length (codes and tracks of
-    another clip), make a new one: ``dataclasses.replace(r, ws_drive=..., tracks=...)``.
+    Attributes may be set after construction (codes, tracks and ``G_render`` are converted and checked as here); the
+    next render follows them, as it follows in-place edits of the codes and tracks. To change several that must
+    agree in length (codes and tracks of another clip), or after tuning ``G_render``'s weights in place (edits
+    through ``.data`` and fused optimiser steps leave no trace to notice), make a new one:
+    ``dataclasses.replace(r, ws_drive=..., tracks=...)``.
 
     Attributes:
         G: the generator the codes were found with (pose encoding, channel discovery).
