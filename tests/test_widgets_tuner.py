@@ -274,6 +274,13 @@ def test_frame_must_be_in_range(G):
     with pytest.raises(ValueError, match="outside the 5 frames"):
         ReenactmentTuner(_reenactor(G), size=64, frame=T, background=False)
     assert ReenactmentTuner(_reenactor(G), size=64, frame=-1, background=False).frame.value == T - 1
+    with pytest.raises(TypeError, match="the tuner takes a Reenactor .*got str"):
+        ReenactmentTuner("r")  # an AttributeError deep inside
+    for bad in ({"size": 0}, {"batch": 0}, {"size": 64.5}):  # batch 0 ran as 1; size 0 failed in PIL
+        with pytest.raises(ValueError, match="size|batch"):
+            ReenactmentTuner(_reenactor(G), frame=0, background=False, **{"size": 64, **bad})
+    with pytest.raises(ValueError, match=r"size \(displayed height in pixels\) = 0 is out of range"):
+        SideBySidePlayer({"a": np.zeros((2, 8, 8, 3), np.uint8)}, size=0)
 
 
 def test_render_button_produces_video(G, tuner):

@@ -46,7 +46,9 @@ class SideBySidePlayer:
             fps = next((float(v.fps) for _, v in items if isinstance(v, Video)), 10.0)
         self.titles = [k for k, _ in items]
         self.clips = [as_rgb_uint8(v, allow_single_image=True, name=k) for k, v in items]
-        self.fps, self.size = _check_fps(fps), int(size)
+        from ..validate import integer
+
+        self.fps, self.size = _check_fps(fps), integer(size, "size (displayed height in pixels)", 1, 4096)
         n = max(len(c) for c in self.clips)
         self.num_frames = n
         self.frame = W.IntSlider(value=0, min=0, max=max(n - 1, 0), description="frame", continuous_update=True)

@@ -133,8 +133,16 @@ class ReenactmentTuner:
                  background: bool = True, gain: int = 4):
         import ipywidgets as W
 
+        from ..method.reenact import Reenactor
+        from ..validate import integer
+
+        if not isinstance(reenactor, Reenactor):
+            raise TypeError(f"the tuner takes a Reenactor (v2s_nb.prepare.reenactor(...) or Reenactor.load(folder)), "
+                            f"got {type(reenactor).__name__}")
         self.reenactor = r = reenactor
-        self.size, self.batch, self.background = int(size), max(1, int(batch)), bool(background)
+        self.size = integer(size, "size (preview pixels)", 16, 4096)
+        self.batch = integer(batch, "batch (frames per synthesis call)", 1, 4096)
+        self.background = bool(background)
         n = len(r)
         num_ws = r.G_render.synthesis.num_ws
         if frame is None:
