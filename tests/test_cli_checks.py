@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from v2s_nb import cli
+from v2s_nb.video import VideoReadError
 
 
 def _run(argv, capsys):
@@ -151,6 +152,11 @@ def test_the_weights_hint_names_the_flag_that_avoids_the_missing_file():
     assert "leave --checkpoint out" in generator and "--regions" not in generator
     detector = cli.error_line(_weights_error("rfb-320-face-detector", "Could not download rfb-320-face-detector"))
     assert "--detector hog" in detector and "--checkpoint" not in detector  # reenact --detector rfb, offline
+    pfld = cli.error_line(_weights_error("pfld-68", "Could not download pfld-68"))  # only --detector rfb needs it:
+    assert "--detector hog" in pfld and "--pose-from" not in pfld  # pose encoding falls back to its w-space P_r
+    strict = cli.error_line(VideoReadError("'d.mp4': ffmpeg reported 1 decoding error(s) ... Re-encode or replace "
+                                           "the file (or pass strict=False to only warn)."))
+    assert "(or leave out --strict to only warn)" in strict and "strict=False" not in strict
     # no name attribute to go by (or an unknown one): the message tells which file
     e = _weights_error("79999_iter.pth", "bisenet-face-parsing (79999_iter.pth) has no download URL")
     assert "--regions landmarks" in cli.error_line(e)

@@ -118,6 +118,38 @@ def test_bad_inputs(inputs, tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["reenact", "--reference", str(ref), "--smooth", kernel] + base)
         assert "--smooth" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # row 0 was refused by channel discovery, after faces and inversion
+        main(["reenact", "--reference", str(ref), "--layers", "0-7"] + base)
+    assert "row 0 drives the input's rotation" in capsys.readouterr().err
+    (tmp_path / "y.mp4.v2s").write_text("not a folder")  # was "[Errno 17] File exists"
+    assert main(["reenact", "--reference", str(ref), "--driving", str(drv), "--out", str(tmp_path / "y.mp4")]) == 2
+    assert "y.mp4.v2s, but that is a file; move it" in capsys.readouterr().err
+    assert main(["reenact", "--reference", str(ref), "--driving", str(drv), "--out", ""]) == 2
+    assert "--out is empty; give a file name ending in .mp4" in capsys.readouterr().err
+
+
+def test_a_tilde_in_out_is_one_folder_for_every_output(inputs, tmp_path, monkeypatch):
+    """--out=~/x.mp4 (the shell leaves ~ after '=') put the video in $HOME and the Reenactor in ./~/."""
+    from v2s_nb import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "cmd_reenact", lambda args: seen.append(args) or 0)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["reenact", "--reference", "~/ref.png", "--driving", "~/d.mp4", "--out=~/o/x.mp4"]) == 0
+    args = seen[0]
+    assert (args.out, args.reference, args.driving) == (f"{tmp_path}/o/x.mp4", f"{tmp_path}/ref.png", f"{tmp_path}/d.mp4")
+
+
+def test_ctrl_c_while_the_arguments_are_read_is_one_line(capsys, monkeypatch):
+    """A Ctrl-C while the parser imported torch for a check gave a traceback; generate's message spoke of stages."""
+    from v2s_nb import cli
+
+    def interrupted(self, args=None, namespace=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli._Parser, "parse_args", interrupted)
+    assert main(["generate", "--seeds", "0"]) == 130
+    assert capsys.readouterr().err == "interrupted: no output was written (one of a previous run is as it was)\n"
 
 
 def test_a_checkpoint_file_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):

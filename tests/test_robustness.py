@@ -234,6 +234,18 @@ def test_16bit_and_palette_with_transparency(tmp_path):
     assert got[0, 0].tolist() == [255, 0, 0] and got[-1, -1].tolist() == [255, 255, 255]
 
 
+def test_a_photo_past_pillows_pixel_limit_says_so(tmp_path, monkeypatch):
+    """Pillow's DecompressionBombError was reported as 'a bug in v2s-nb' (a 200 MP phone photo, say)."""
+    from PIL import Image
+
+    from v2s_nb.images import ImageReadError, read_image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: more than twice the limit
+    with pytest.raises(ImageReadError, match=r"big\.png is too large to read safely \(0\.0041 MP; .*downscale it first"):
+        read_image(tmp_path / "big.png")
+
+
 # ------------------------------------------------------------------------------------ the table of bad inputs
 
 

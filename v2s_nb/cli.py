@@ -430,9 +430,12 @@ def _add_reenact_parsers(sub) -> None:
         from .method.reenact import parse_layers
 
         try:
-            parse_layers(text)
+            rows = parse_layers(text)
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
+        if 0 in rows:  # refused by channel discovery, after the faces and inversion stages had run
+            raise argparse.ArgumentTypeError("row 0 drives the input's rotation / translation, which has no feature "
+                                             "maps to find channels in; choose rows from 1 (default 3-7)")
         return text
 
     r = sub.add_parser("reenact", help="re-enact a driving video in a reference face (Video2StyleGAN)")
@@ -671,7 +674,8 @@ _WEIGHTS_HINTS = {
     "restyle": "or leave --encoder out to invert by optimisation",
     # not "a tiny random generator": demo without --checkpoint fits a generator to its photo instead
     "stylegan3": "or leave --checkpoint out to run without downloads (and without a face model)",
-    "pfld": "or use --pose-from none (no pose encoding)",
+    # pose encoding falls back to its w-space P_r without PFLD: only the landmarks of --detector rfb need it
+    "pfld": "or use --detector hog (dlib's landmarks, no download)",
     "rfb": "or use --detector hog (dlib's landmarks, no download)",
 }
 
@@ -681,6 +685,7 @@ _WEIGHTS_HINTS = {
 _CLI_SPELLINGS = {
     "NoFaceError": ((r"landmarks\(\.\.\., ([^()]*)\)", r"\1"), (r"\bdetector='(\w+)'", r"--detector \1"),
                     (r"\bupsample=(\d+)", r"--upsample \1"), (r"(--detector \w+), (--upsample)", r"\1 \2")),
+    "VideoReadError": ((r"pass strict=False to only warn", "leave out --strict to only warn"),),
 }
 
 _FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
@@ -749,20 +754,41 @@ def error_line(e: BaseException, flags=None) -> str:
     return f"error: {msg}"
 
 
+_PATH_ARGS = ("out", "reference", "driving", "co_driving", "checkpoint", "encoder")
+
+
+def _expand_user(args) -> None:
+    """``~`` in path arguments, expanded once for every use: the shell leaves ``--out=~/x.mp4`` as it is, and a
+    path expanded in one place but not another put the outputs in two folders (one of them named ``~``)."""
+    for name in _PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
+
+
+def _interrupted_line(command: str | None) -> str:
+    if command in ("reenact", "demo"):
+        # true of the demo's several outputs too: they are moved into place together, at the very end
+        return ("interrupted: finished stages are kept, with the finished batches of a video's inversion and pose "
+                "encoding and PTI's last saved state (saved every minute); a rerun resumes from them; no output was "
+                "written (those of a previous run are as they were)")
+    return "interrupted: no output was written (one of a previous run is as it was)"
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _resolve_sources(args)
+    parser = args = None
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)  # inside: Ctrl-C while torch is imported for a check gave a traceback
+        _expand_user(args)
+        _resolve_sources(args)
         return args.func(args)
     except KeyboardInterrupt:
-        # true of the demo's several outputs too: they are moved into place together, at the very end
-        print("interrupted: finished stages are kept, with the finished batches of a video's inversion and pose "
-              "encoding and PTI's last saved state (saved every minute); a rerun resumes from them; no output was "
-              "written (those of a previous run are as they were)", file=sys.stderr)
+        print(_interrupted_line(getattr(args, "command", None)), file=sys.stderr)
         return 130
     except Exception as e:  # one line, never a traceback (the package's errors and the built-ins it raises)
-        print(error_line(e, _subcommand_flags(parser, args.command)), file=sys.stderr)
+        flags = _subcommand_flags(parser, getattr(args, "command", None)) if parser is not None else None
+        print(error_line(e, flags), file=sys.stderr)
         return 2
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -151,6 +152,12 @@ def read_image(path, *, background: tuple[int, int, int] = (255, 255, 255)) -> n
     except UnidentifiedImageError:
         raise ImageReadError(f"{path} is not an image Pillow can read (wrong extension or not a picture); "
                              "give a PNG or JPEG photo") from None
+    except Image.DecompressionBombError as e:  # a subclass of neither: it was reported as a bug of v2s_nb
+        size = re.search(r"\((\d+) pixels\)", str(e))
+        mp = f"{int(size.group(1)) / 1e6:.3g} MP" if size else "too many pixels"
+        raise ImageReadError(f"{path} is too large to read safely ({mp}; Pillow's limit is "
+                             f"{2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP): downscale it first, a face needs a few "
+                             "megapixels at most") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt data
         raise ImageReadError(f"{path} could not be decoded ({str(e).splitlines()[0][:120] or type(e).__name__}): "
                              "truncated or corrupt image") from None

@@ -172,6 +172,8 @@ def check_output_path(out, *, suffixes: Sequence[str], inputs: Iterable = (), in
     intermediates folder ``<input><intermediates>``; an input inside the output's own intermediates
     ``<out><intermediates>``; a folder (or nearest existing parent folder) that cannot be written.
     """
+    if not os.fspath(out).strip():
+        raise OutputPathError(f"{what} is empty; give a file name ending in {suffixes[0]}")
     path = Path(os.path.expanduser(os.fspath(out)))
     if str(out).endswith(("/", os.sep)) or path.is_dir():
         raise OutputPathError(f"{what} {out} is a folder; give a file name ending in {suffixes[0]}")
@@ -198,6 +200,9 @@ def check_output_path(out, *, suffixes: Sequence[str], inputs: Iterable = (), in
             if _inside(rs, _resolved(str(path) + intermediates)):
                 raise OutputPathError(f"input {src} lies inside the intermediates folder of {what} {out}, which "
                                       f"the run writes; move the input or choose another {what}")
+    if intermediates and Path(str(path) + intermediates).exists() and not Path(str(path) + intermediates).is_dir():
+        raise OutputPathError(f"{what} {out} keeps its intermediates in the folder {path}{intermediates}, but that is "
+                              f"a file; move it or choose another {what}")
     folder = rp.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
