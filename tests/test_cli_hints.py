@@ -160,3 +160,32 @@ def test_the_flags_are_read_from_the_parser(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(cli, "build_parser", build_with_detector)
     rc, err = _run(["generate", "--out", str(tmp_path / "x.png")], capsys)
     assert rc == 2 and "(try --detector cnn, --detector rfb or --upsample 2)" in err, err
+
+
+def test_warnings_are_printed_as_one_line_once():
+    """Python's form printed the package's file and a line of its source; one warning raised from several places
+    came several times (--zeta 2 gave the same CoefficientWarning 4 times). In a new process: pytest records
+    warnings instead of printing them."""
+    import subprocess
+    import sys
+
+    script = """if True:
+        import warnings
+        from v2s_nb import cli
+        from v2s_nb.method.reenact import CoefficientWarning
+
+        def warns(args):
+            for level in (1, 2):
+                warnings.warn("zeta = 2 is outside [0, 1]", CoefficientWarning, stacklevel=level)
+            warnings.warn("a library's own", UserWarning)
+            return 0
+
+        parser = cli.build_parser()
+        parser._subparsers._group_actions[0].choices["generate"].set_defaults(func=warns)
+        cli.build_parser = lambda: parser
+        assert cli.main(["generate", "--seeds", "0"]) == 0
+        assert warnings.formatwarning.__module__ == "warnings"  # put back
+    """
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == "warning: zeta = 2 is outside [0, 1]\nwarning (UserWarning): a library's own\n"

@@ -21,10 +21,12 @@ the latent.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
 import time
+import warnings
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -775,7 +777,36 @@ def _interrupted_line(command: str | None) -> str:
     return "interrupted: no output was written (one of a previous run is as it was)"
 
 
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Warnings printed as one ``warning: ...`` line each, once per text: Python's form showed the package's file
+    and a line of its source, and the same warning raised from several places came several times."""
+    from .errors import V2SWarning
+
+    said = set()
+
+    def line(message, category, filename, lineno, line=None):
+        text = str(message).strip()
+        if (category, text) in said:
+            return ""
+        said.add((category, text))
+        kind = "" if issubclass(category, V2SWarning) else f" ({category.__name__})"
+        return f"warning{kind}: {text}\n"
+
+    before = warnings.formatwarning  # only the text changes: warnings recorded by a caller (tests) stay recorded
+    warnings.formatwarning = line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = before
+
+
 def main(argv=None) -> int:
+    with _warnings_as_lines():
+        return _main(argv)
+
+
+def _main(argv=None) -> int:
     parser = args = None
     try:
         parser = build_parser()
