@@ -133,6 +133,22 @@ def test_still_image_sniffing(media, tmp_path):
     assert not cli._still_image(tmp_path / "t.txt")
 
 
+def test_arguments_that_were_ignored_or_misread(tmp_path, capsys, no_work):
+    """Each of these ran (ignoring an argument, or writing a mostly blank picture) or said the wrong thing."""
+    rc, err = _run(["demo", "--invert-steps", "5", "--out", str(tmp_path / "d.mp4")], capsys)
+    assert rc == 2 and "--invert-steps applies with --checkpoint" in err
+    rc, err = _run(["weights", "verify", "bisenet-face-parsing"], capsys)
+    assert rc == 2 and "verify checks every cached file and takes no names" in err
+    rc, err = _run(["weights"], capsys)
+    assert rc == 2 and "required: action (" in err  # names are optional: not said to be required
+    rc, err = _run(["generate", "--seeds", "0", "--tiny-resolution", "100", "--out", str(tmp_path / "g.png")], capsys)
+    assert rc == 2 and "--tiny-resolution must be a power of two (e.g. 64 or 128), got 100" in err
+    rc, _ = _run(["generate", "--seeds", "0-1", "--cols", "4096", "--tiny-resolution", "16", "--quiet",
+                  "--out", str(tmp_path / "g.png")], capsys)
+    from v2s_nb.images import read_image
+    assert rc == 0 and read_image(tmp_path / "g.png").shape == (16, 2 * 16 + 2, 3)  # 2 columns, not 4096
+
+
 # ----------------------------------------------------------------------------------------------- flag hints
 
 

@@ -110,7 +110,7 @@ def cmd_generate(args) -> int:
             ws = G.mapping(z, c, truncation_psi=args.truncation_psi)
             images.append(to_uint8(G.synthesis(ws), range_check=False))
     images = np.concatenate(images)
-    grid = image_grid(images, cols=args.cols)
+    grid = image_grid(images, cols=None if args.cols is None else min(args.cols, len(images)))  # no blank columns
     path = save_image(args.out, grid)
     dt = time.perf_counter() - t0
     print(f"wrote {path} ({len(seeds)} images, {grid.shape[1]}x{grid.shape[0]} px, {dt:.2f} s on {device})")
@@ -356,6 +356,11 @@ def cmd_demo(args) -> int:
     from .demo import CAN_SHOW, LABEL, capabilities_text, run_demo
 
     check_demo_output(args)  # both branches: before the inputs, the fit or the pipeline run
+    given = [f for f, v in (("--invert-steps", args.invert_steps), ("--invert-steps-next", args.invert_steps_next))
+             if v is not None]
+    if given and not args.checkpoint:  # were ignored: the demo without a model fits its own generator
+        raise ValueError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} with --checkpoint (the inversion of the real-model run); "
+                         "the demo without one fits a generator to its photo instead")
     if args.checkpoint:
         return _demo_checkpoint(args)
     t0 = time.perf_counter()
@@ -423,7 +428,7 @@ def _demo_checkpoint(args) -> int:
 
 
 def _add_reenact_parsers(sub) -> None:
-    from .validate import finite_arg, int_arg, smoothing_kernel_arg
+    from .validate import finite_arg, int_arg, power_of_two_arg, smoothing_kernel_arg
 
     def frac(s):  # range and finiteness: reenact.check_coefficients, with the paper's ranges in its message
         return float(s)
@@ -515,7 +520,7 @@ def _add_reenact_parsers(sub) -> None:
                         "RFB-320 detector and PFLD's 68 points (the paper's; weights downloaded once; on --device)")
     r.add_argument("--upsample", type=int_arg("--upsample", 0, 4), default=1,
                    help="dlib detectors' upsampling (0-4)")
-    r.add_argument("--tiny-resolution", type=int_arg("--tiny-resolution", 16, 1024), default=64,
+    r.add_argument("--tiny-resolution", type=power_of_two_arg("--tiny-resolution", 16, 1024), default=64,
                    help="resolution of the tiny random generator")
     r.add_argument("--batch-size", type=int_arg("--batch-size", 1, 4096), default=8, help="frames per synthesis call")
     _alias(r, "--batch", "batch_size", type=int_arg("--batch", 1, 4096))
@@ -593,6 +598,8 @@ def cmd_weights(args) -> int:
     from . import weights as W
 
     if args.action == "verify":
+        if args.names or args.bad:  # were ignored: verify checks every cached file
+            raise ValueError("verify checks every cached file and takes no names or --bad (those are for clear)")
         rows = W.verify_cache()
         for path, status, detail in rows:
             print(f"{status:9s} {path}  {detail}")
@@ -611,13 +618,13 @@ def _add_weights_parser(sub) -> None:
     w = sub.add_parser("weights", help="check or empty the download cache of pretrained weights")
     w.add_argument("action", choices=["verify", "clear"], help="verify: check size / SHA-256 / format of every "
                    "cached file; clear: remove cached files")
-    w.add_argument("names", nargs="*", help="clear only these known names (default: all)")
+    w.add_argument("names", nargs="*", default=[], help="clear only these known names (default: all)")
     w.add_argument("--bad", action="store_true", help="clear only the files verify calls bad")
     w.set_defaults(func=cmd_weights)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .validate import finite_arg, int_arg
+    from .validate import finite_arg, int_arg, power_of_two_arg
 
     p = _Parser(prog="v2s-nb", description="Video2StyleGAN notebook toolkit, batch jobs.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -640,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     _alias(g, "--batch", "batch_size", type=int_arg("--batch", 1, 4096))
     g.add_argument("--device", type=device_name, default="auto", help="cpu, cuda, cuda:N or auto (default)")
     g.add_argument("--cfg", default="R", choices=["R", "T"], help="architecture of the tiny random generator")
-    g.add_argument("--tiny-resolution", type=int_arg("--tiny-resolution", 16, 1024), default=64,
+    g.add_argument("--tiny-resolution", type=power_of_two_arg("--tiny-resolution", 16, 1024), default=64,
                    help="resolution of the tiny random generator")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)

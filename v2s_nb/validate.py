@@ -94,6 +94,20 @@ def int_arg(name: str, lo: int | None = None, hi: int | None = None):
     return _argparse_type(integer, "integer", name, lo, hi)
 
 
+def power_of_two(value, name: str, lo: int | None = None, hi: int | None = None) -> int:
+    """An int in ``[lo, hi]`` that is a power of two (a generator's resolution)."""
+    i = integer(value, name, lo, hi)
+    if i & (i - 1):
+        raise ValueError(f"{name} must be a power of two (e.g. {1 << (i.bit_length() - 1)} or {1 << i.bit_length()}), "
+                         f"got {i}")
+    return i
+
+
+def power_of_two_arg(name: str, lo: int | None = None, hi: int | None = None):
+    """argparse ``type=`` for :func:`power_of_two`."""
+    return _argparse_type(power_of_two, "resolution", name, lo, hi)
+
+
 def smoothing_kernel_arg(name: str, hi: int = 1001):
     """argparse ``type=`` for :func:`smoothing_kernel`."""
     return _argparse_type(smoothing_kernel, "kernel", name, 0, hi)
