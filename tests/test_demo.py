@@ -101,6 +101,7 @@ def test_demo_rerun_reuses_the_fitted_generator(demo, monkeypatch):
     assert rc == 0, stderr
     summary = json.loads((demo["out"].parent / "demo.mp4.v2s" / "timings.json").read_text())
     assert summary["fitted_from_cache"] is True and "from the cache" in stdout
+    assert "UNVERIFIED" not in stdout and "NOT a face model (fitted earlier" in stdout  # its own stand-in, as such
     assert fitted.stat().st_mtime_ns == stamp
     assert np.array_equal(read_video(demo["out"]).frames, first)
 

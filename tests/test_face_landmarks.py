@@ -239,6 +239,15 @@ def test_from_a_video_stream(tmp_path, face512):
     assert len(streamed) == 3 and streamed.found.all()
     np.testing.assert_array_equal(streamed.points, in_memory.points)
     np.testing.assert_allclose(streamed.points[1] - streamed.points[0], np.broadcast_to([12, 0], (68, 2)), atol=3)
+    # the crops too: the stream read once, a chunk at a time, gives the crops of the clip in memory
+    aligned = align_video(stream_video(path, chunk=2), streamed, 64, progress=False)
+    whole = align_video(read_video(path).frames, in_memory, 64, progress=False)
+    assert np.array_equal(aligned.frames, whole.frames) and np.array_equal(aligned.crop_to_frame, whole.crop_to_frame)
+    with pytest.raises(ValueError, match="got 3 frames but landmarks for 4 frames"):
+        align_video(stream_video(path, chunk=2), np.concatenate([streamed.points, streamed.points[:1]]), 64,
+                    progress=False)
+    with pytest.raises(ValueError, match="got more than 2 frames but landmarks for 2 frames"):
+        align_video(stream_video(path, chunk=2), streamed.points[:2], 64, progress=False)
 
 
 def test_frames_must_have_the_track_size():

@@ -58,6 +58,20 @@ def test_faces_values_and_cache_hit(stages, inputs, G):
     assert len([a for a in fig.axes if a.images]) == 2 + 3 + 3  # photo + aligned reference, 3 frames per video
 
 
+def test_a_video_is_never_held_whole(stages, inputs, tmp_path, monkeypatch):
+    """The faces stage decoded the whole video (a minute of 1080p: 11 GB) before the landmarks; now it reads it a
+    chunk at a time, twice, and gives the same crops."""
+    import v2s_nb.video
+
+    def whole(*args, **kwargs):
+        raise AssertionError("the faces stage decoded the whole video into memory")
+
+    monkeypatch.setattr(v2s_nb.video, "read_video", whole)
+    clip = P.face_clip(inputs[1], "video", 64, cache=tmp_path, progress=False, say=None)
+    assert not clip.cached and np.array_equal(clip.aligned, stages["faces"].driving.aligned)
+    assert np.array_equal(clip.points, stages["faces"].driving.points)
+
+
 def test_inversions_values_and_cache_hit(stages, G):
     inv = stages["inv"]
     assert inv.method == "optimisation" and inv.G_render is inv.G  # random weights: PTI off by default

@@ -248,18 +248,24 @@ def _fit_or_load(photo, points, settings, *, device, cache_dir, use_cache, photo
     device = torch.device(device)
     aligned = aligned_crop(photo, points, settings)
     path = fitted_cache_path(photo, points, settings, device, cache_dir)
+    source = (f"StyleGAN3-R {settings.resolution} px {LABEL} ({photo_description}) by pivotal tuning, "
+              f"{settings.steps} steps from random init: a stand-in that draws one face, NOT a face model")
     if use_cache and path.is_file():
         try:  # a cache entry must prove its bytes: one without a digest is not trusted
-            return load_checkpoint(path, require_digest=True).to(device=device, dtype=torch.float32), True
+            G = load_checkpoint(path, require_digest=True).to(device=device, dtype=torch.float32)
         except (SnapshotError, OSError, ValueError) as e:  # damaged: fitted again, not a stop
             warn_unusable(path, f"unreadable ({e})")
+        else:
+            # said by this code, not by the file: load_checkpoint marks a file's own claim of trained weights
+            # UNVERIFIED, which read as a warning about the demo's own stand-in on every later run
+            G.source = f"{source} (fitted earlier: {path.name} in the cache)"
+            return G, True
     G0 = build_generator(device=device, **settings.generator_kwargs())
     G = pivotal_tuning(G0, aligned[None], pivot_ws(G0), steps=settings.steps, lr=settings.lr, lr_rampup=settings.lr_rampup,
                        lr_rampdown=settings.lr_rampdown, locality_weight=0.0, batch_size=1, seed=settings.seed,
                        progress=progress)
     G.is_random = False
-    G.source = (f"StyleGAN3-R {settings.resolution} px {LABEL} ({photo_description}) by pivotal tuning, "
-                f"{settings.steps} steps from random init: a stand-in that draws one face, NOT a face model")
+    G.source = source
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_generator(G, path)

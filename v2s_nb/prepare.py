@@ -294,14 +294,17 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
         out = {"aligned": al.image[None], "points": al.to_crop(tr.points[0])[None], "fps": 0.0,
                "track": np.zeros((1, 3)), "interpolated": np.zeros(1, bool)}
     else:
-        from .video import decode_errors, read_video, report_decode_errors
+        from .video import decode_errors, report_decode_errors, stream_video
 
         # decoding errors ffmpeg concealed: a warning naming the frames (an error with strict), kept in the cache
-        vid = read_video(path)
         errs = decode_errors(path)
         report_decode_errors(path, errs, strict, stacklevel=3)
-        _tell(say, f"{path}: {len(vid)} frames {vid.width}x{vid.height} at {vid.fps:g} fps")
-        tr = landmarks(vid.frames, detector=detector, upsample=upsample, progress=progress, device=device)
+        # the video is read twice, a chunk at a time (landmarks, then the crops): decoded whole, a minute of 1080p
+        # video held 11 GB; now only the crops are kept
+        with stream_video(path) as stream:
+            tr = landmarks(stream, detector=detector, upsample=upsample, progress=progress, device=device)
+        fps = float(stream.fps)
+        _tell(say, f"{path}: {len(tr)} frames {stream.width}x{stream.height} at {fps:g} fps")
         if not tr.found.any():
             raise NoFaceError(f"no face was found in any frame of {path}")
         if (~tr.found).any():
@@ -321,9 +324,10 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
             gone = track.outliers
             tr = dataclasses.replace(tr, points=np.where(gone[:, None, None], np.nan, tr.points),
                                      boxes=np.where(gone[:, None], np.nan, tr.boxes), found=tr.found & ~gone)
-        clip = align_video(vid.frames, tr, resolution, progress=progress)
+        with stream_video(path) as stream:
+            clip = align_video(stream, tr, resolution, progress=progress)
         pts = np.einsum("tij,tkj->tki", clip.frame_to_crop[:, :2, :2], tr.points) + clip.frame_to_crop[:, None, :2, 2]
-        out = {"aligned": clip.frames, "points": pts, "fps": float(vid.fps), "track": track.as_array(face_size=True),
+        out = {"aligned": clip.frames, "points": pts, "fps": fps, "track": track.as_array(face_size=True),
                "interpolated": track.interpolated, **_decode_arrays(errs)}
     save_arrays(f, **{k: np.asarray(v) for k, v in out.items()})
     return FaceClip(path, kind, np.asarray(out["aligned"]), np.asarray(out["points"]), float(out["fps"]),

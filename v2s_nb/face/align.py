@@ -28,10 +28,10 @@ import dataclasses
 
 import numpy as np
 
-from ..video import as_rgb_uint8
-from ..progress import progress_iter
+from ..video import VideoStream, as_rgb_uint8
+from ..progress import progress_bar
 from .landmark_detection import (EYE_LEFT, EYE_RIGHT, MOUTH_LEFT, MOUTH_RIGHT, LandmarkTrack, NoFaceError,
-                                 _check_frames_size)
+                                 _check_frames_size, _chunks_of)
 
 __all__ = ["AlignedFace", "AlignedClip", "ffhq_quad", "ffhq_crop_matrix", "align_face", "align_video",
            "FFHQ_EYE_MIDPOINT"]
@@ -234,19 +234,21 @@ def _fill_missing(values: np.ndarray, found: np.ndarray) -> np.ndarray:
 
 def align_video(frames, track: LandmarkTrack | np.ndarray, output_size: int = 1024, *,
                 border: str = "reflect", antialias: bool = True, progress: bool = True) -> AlignedClip:
-    """FFHQ-align every frame of a clip [T, H, W, 3] with its landmarks (a :class:`LandmarkTrack` measured on
-    frames of this W x H, else ``ValueError``; or an array [T, 68, 2] in pixels of these frames, NaN where no
-    face). Frames without a face get a crop square interpolated linearly
+    """FFHQ-align every frame of a clip with its landmarks (a :class:`LandmarkTrack` measured on frames of this
+    W x H, else ``ValueError``; or an array [T, 68, 2] in pixels of these frames, NaN where no face). Frames without a
+    face get a crop square interpolated linearly
     from their neighbours' squares (nearest at the ends) and are flagged in ``interpolated``. A clip with
-    no face at all raises :class:`NoFaceError`. Returns an :class:`AlignedClip`."""
-    clip = as_rgb_uint8(frames, allow_single_image=True)
+    no face at all raises :class:`NoFaceError`. Returns an :class:`AlignedClip`.
+
+    ``frames``: a clip [T, H, W, 3] (any form :func:`v2s_nb.video.as_rgb_uint8` accepts), a
+    :class:`~v2s_nb.video.Video`, or chunks such as a :class:`~v2s_nb.video.VideoStream`: read once, one chunk in
+    memory, so a long 4K video needs the memory of its crops only (the crop squares come from the landmarks)."""
     pts = track.points if isinstance(track, LandmarkTrack) else _check_points(track)
     if pts.ndim == 2:
         pts = pts[None]
-    if len(pts) != len(clip):
-        raise ValueError(f"got {len(clip)} frames but landmarks for {len(pts)} frames.")
-    if isinstance(track, LandmarkTrack):
-        _check_frames_size(track, clip, "align_video: frames")
+    chunks, total = _chunks_of(frames)
+    if total is not None and not isinstance(frames, VideoStream) and total != len(pts):  # a stream's is a guess
+        raise ValueError(f"got {total} frames but landmarks for {len(pts)} frames.")
     size = _check_size(output_size)
     _check_border(border)
     quads = ffhq_quad(pts)
@@ -256,7 +258,23 @@ def align_video(frames, track: LandmarkTrack | np.ndarray, output_size: int = 10
                           "try landmarks(..., detector='cnn', upsample=1) for small or turned faces.")
     quads = _fill_missing(quads, found)
     mats = ffhq_crop_matrix(quads, size)
-    out = np.empty((len(clip), size, size, 3), np.uint8)
-    for i in progress_iter(range(len(clip)), desc="align", enabled=progress, unit="frame"):
-        out[i] = _warp(clip[i], mats[i], size, border, antialias)
+    out = np.empty((len(pts), size, size, 3), np.uint8)
+    i = 0
+    bar = progress_bar(total=len(pts), desc="align", unit="frame", enabled=progress)
+    try:
+        for chunk in chunks:
+            if isinstance(track, LandmarkTrack):
+                _check_frames_size(track, chunk, "align_video: frames")
+            if i + len(chunk) > len(pts):
+                raise ValueError(f"got more than {len(pts)} frames but landmarks for {len(pts)} frames.")
+            for frame in chunk:
+                out[i] = _warp(frame, mats[i], size, border, antialias)
+                i += 1
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    if i != len(pts):
+        raise ValueError(f"got {i} frames but landmarks for {len(pts)} frames.")
     return AlignedClip(out, mats, np.linalg.inv(mats), quads, ~found)
