@@ -67,6 +67,7 @@ COUNTS = [  # (script, args, the flag the message names, the allowed range it st
     ("profile_synthesis.py", ["--device", "cpu", "--batch", "0"], "--batch", ">= 1"),
     ("kernel_resources.py", ["--resolution", "0"], "--resolution", ">= 1"),
     ("kernel_fit.py", ["--resolution", "0"], "--resolution", ">= 1"),
+    ("bench_face_stage.py", ["--frames", "0"], "--frames", ">= 1"),
 ]
 
 
@@ -171,6 +172,15 @@ def test_pose_encoding_benchmark_runs_on_the_cpu_and_writes_its_rows(tmp_path, c
     assert [r["batch"] for r in record["rows"]] == [1, 2] and record["resolution"] == 64
     assert all(r[k] > 0 for r in record["rows"] for k in ("generator", "regressor", "step"))
     assert "step / sum" in printed and len([ln for ln in printed.splitlines() if ln.strip()[:1].isdigit()]) == 2
+
+
+def test_face_stage_benchmark_measures_a_short_clip(capsys):
+    """bench_face_stage.py on a tiny clip: the stage ran on every frame, in a process of its own, on this checkout."""
+    _module("bench_face_stage.py").main(["--frames", "3", "--width", "640", "--height", "512", "--resolution", "64",
+                                         "--baseline"])  # a face of ~90 px: dlib's HOG finds it without upsampling
+    out = capsys.readouterr().out
+    assert "faces stage, 3 frames of 640x512 -> 64 px crops:" in out and str(REPO / "v2s_nb") in out
+    assert "the whole decoded video: 0.00 GiB" in out
 
 
 @pytest.mark.slow
