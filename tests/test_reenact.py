@@ -153,6 +153,11 @@ def test_render_video_matches_frames_and_position(G):
     assert np.abs(vid[4].astype(int) - r2.render_frame(4).astype(int)).max() > 10
     with pytest.raises(ValueError, match="finite"):
         r.render_video(alpha=float("nan"), progress=False)
+    # the same frames a batch at a time (what the CLI writes from), checked when asked for, not at the first chunk
+    chunks = list(r.render_chunks(batch_size=2, progress=False))
+    assert [len(c) for c in chunks] == [2, 2, 1] and np.array_equal(np.concatenate(chunks), vid)
+    with pytest.raises(ValueError, match="finite"):
+        r.render_chunks(alpha=float("nan"), progress=False)
     with pytest.raises(ValueError, match="not available"):
         _reenactor(G, pose="co-driving").render_frame(0)
     # frame indices as Python's: -1 is the last frame, 5 of 5 frames is refused (it had wrapped to frame 0)

@@ -779,28 +779,37 @@ class Reenactor:
 
     @renamed_kwargs(batch="batch_size")
     def render_video(self, batch_size: int = 8, progress: bool = True, regions=None, **coeffs) -> np.ndarray:
-        """uint8 [T, R, R, 3]: every frame, ``batch_size`` per synthesis call."""
-        from ..images import to_uint8
+        """uint8 [T, R, R, 3]: every frame, ``batch_size`` per synthesis call (:meth:`render_chunks` gives them a
+        batch at a time, e.g. straight into :func:`v2s_nb.video.write_video`, without holding the whole clip)."""
+        out = list(self.render_chunks(batch_size, progress, regions, **coeffs))
+        return np.concatenate(out) if out else np.zeros((0, *self.resolution_hw, 3), np.uint8)
+
+    def render_chunks(self, batch_size: int = 8, progress: bool = True, regions=None, **coeffs):
+        """The frames of :meth:`render_video` as uint8 chunks [<= batch_size, R, R, 3], rendered as they are asked
+        for. The arguments are checked when this is called, before the first chunk."""
         from ..validate import integer
 
         batch_size = integer(batch_size, "batch_size (frames per synthesis call)", 1, 4096)  # 0 and -3 ran as 1
         self._coeffs(coeffs)  # validate before the loop
         if regions is not None:
             regions = _check_regions(regions)
+        return self._chunks(batch_size, progress, regions, coeffs)
+
+    def _chunks(self, batch_size, progress, regions, coeffs):
+        from ..images import to_uint8
+
         n = self.num_frames
         ensure_compiled(self.G_render, [Workload(b) for b in batch_sizes(n, batch_size)], progress)
-        out = []
         bar = progress_bar(total=n, desc="render", unit="frame", enabled=progress)
         try:
             for s in range(0, n, batch_size):
                 idx = np.arange(s, min(n, s + batch_size))
-                out.append(to_uint8(self.render_frames(idx, regions=regions, **coeffs), range_check=False))
+                yield to_uint8(self.render_frames(idx, regions=regions, **coeffs), range_check=False)
                 if bar is not None:
                     bar.update(len(idx))
         finally:
             if bar is not None:
                 bar.close()
-        return np.concatenate(out) if out else np.zeros((0, *self.resolution_hw, 3), np.uint8)
 
     @property
     def resolution_hw(self):
