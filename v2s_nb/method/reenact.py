@@ -396,25 +396,30 @@ def _set_codes(name, ndim=3):
     return check
 
 
-def _set_keyed(what, convert):
-    def check(r, value):
-        if not isinstance(value, Mapping):
-            raise TypeError(f"{what} must be a dict {{'driving' | 'co-driving': ...}}, got {type(value).__name__}")
-        bad = set(value) - {"driving", "co-driving"}
-        if bad:
-            raise ValueError(f"{what} keys must be 'driving' / 'co-driving', got {sorted(bad)}")
-        out = {k: convert(v, f"{what}[{k!r}]") for k, v in value.items() if v is not None}
-        if what == "pose_codes":
-            for k, v in out.items():
-                _check_codes(v, f"pose_codes[{k!r}]", r.G, "pose-encode the reference with this generator")
-        return out
-    return check
+def _per_video(what: str, value, convert) -> dict:
+    """{'driving' | 'co-driving': ``convert(v, name)``} of a dict (None entries dropped), keys and type checked."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a dict {{'driving' | 'co-driving': ...}}, got {type(value).__name__}")
+    bad = set(value) - {"driving", "co-driving"}
+    if bad:
+        raise ValueError(f"{what} keys must be 'driving' / 'co-driving', got {sorted(bad)}")
+    return {k: convert(v, f"{what}[{k!r}]") for k, v in value.items() if v is not None}
+
+
+def _track(v, name) -> np.ndarray:
+    return _track_array(v)
+
+
+def _set_pose_codes(r, value) -> dict:
+    codes = _per_video("pose_codes", value, _as_w)
+    for k, v in codes.items():
+        _check_codes(v, f"pose_codes[{k!r}]", r.G, "pose-encode the reference with this generator")
+    return codes
 
 
 _CHECKED_ON_SET = {"w_ref": _set_codes("w_ref", ndim=2), "ws_drive": _set_codes("ws_drive"),
-                   "ws_codrive": _set_codes("ws_codrive"),
-                   "pose_codes": _set_keyed("pose_codes", _as_w),
-                   "tracks": _set_keyed("tracks", lambda v, name: _track_array(v)),
+                   "ws_codrive": _set_codes("ws_codrive"), "pose_codes": _set_pose_codes,
+                   "tracks": lambda r, v: _per_video("tracks", v, _track),
                    "G_render": lambda r, v: r.G if v is None else _check_render_generator(r, v)}
 
 
@@ -508,12 +513,8 @@ class Reenactor:
         if self.region_channels is None:
             self.region_channels = {}
         self.region_channels = region_channels_from(self.region_channels)
-        self.pose_codes = {k: _as_w(v, f"pose_codes[{k!r}]") for k, v in (self.pose_codes or {}).items()}
-        self.tracks = {k: _track_array(v) for k, v in (self.tracks or {}).items() if v is not None}
-        for d, what in ((self.pose_codes, "pose_codes"), (self.tracks, "tracks")):
-            bad = set(d) - {"driving", "co-driving"}
-            if bad:
-                raise ValueError(f"{what} keys must be 'driving' / 'co-driving', got {sorted(bad)}")
+        self.pose_codes = _per_video("pose_codes", self.pose_codes or {}, _as_w)
+        self.tracks = _per_video("tracks", self.tracks or {}, _track)
         self.points = {k: _points_array(v, k) for k, v in (self.points or {}).items() if v is not None}
         bad = set(self.points) - {"reference", "driving", "co-driving"}
         if bad:
