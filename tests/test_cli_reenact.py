@@ -137,7 +137,8 @@ def test_a_tilde_in_out_is_one_folder_for_every_output(inputs, tmp_path, monkeyp
     monkeypatch.setenv("HOME", str(tmp_path))
     assert main(["reenact", "--reference", "~/ref.png", "--driving", "~/d.mp4", "--out=~/o/x.mp4"]) == 0
     args = seen[0]
-    assert (args.out, args.reference, args.driving) == (f"{tmp_path}/o/x.mp4", f"{tmp_path}/ref.png", f"{tmp_path}/d.mp4")
+    assert (args.out, args.reference, args.driving) == (f"{tmp_path}/o/x.mp4", f"{tmp_path}/ref.png",
+                                                        f"{tmp_path}/d.mp4")
 
 
 def test_ctrl_c_while_the_arguments_are_read_is_one_line(capsys, monkeypatch):

@@ -287,7 +287,8 @@ def test_saved_arrays_round_trip_and_objects_are_refused(tmp_path):
     arrays = {"ws": np.arange(6, dtype=np.float32).reshape(2, 3), "name": np.asarray("driving")}
     P.save_arrays(tmp_path / "a.npz", **arrays)
     back = P.load_arrays(tmp_path / "a.npz", ("ws", "name"))
-    assert back["ws"].dtype == np.float32 and np.array_equal(back["ws"], arrays["ws"]) and str(back["name"]) == "driving"
+    assert back["ws"].dtype == np.float32 and np.array_equal(back["ws"], arrays["ws"])
+    assert str(back["name"]) == "driving"
     with pytest.raises(TypeError, match=r"\['ragged'\] hold Python objects"):
         P.save_arrays(tmp_path / "b.npz", ragged=np.asarray([np.zeros(2), np.zeros(3)], dtype=object))
     assert not (tmp_path / "b.npz").exists()

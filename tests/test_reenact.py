@@ -270,7 +270,8 @@ def test_renders_follow_codes_and_tracks_set_after_construction(G):
     r = _reenactor(G)
     before = r.render_frame(2)
     r.ws_drive = mapped_ws(G, 5, 9)
-    assert np.array_equal(r.render_frame(2), dataclasses.replace(_reenactor(G), ws_drive=mapped_ws(G, 5, 9)).render_frame(2))
+    fresh = dataclasses.replace(_reenactor(G), ws_drive=mapped_ws(G, 5, 9))
+    assert np.array_equal(r.render_frame(2), fresh.render_frame(2))
     assert not np.array_equal(r.render_frame(2), before)
     moved = r.render_frame(2)
     r.tracks["driving"][2, 0] += 0.2  # in place: the same array

@@ -360,8 +360,9 @@ def cmd_demo(args) -> int:
     given = [f for f, v in (("--invert-steps", args.invert_steps), ("--invert-steps-next", args.invert_steps_next))
              if v is not None]
     if given and not args.checkpoint:  # were ignored: the demo without a model fits its own generator
-        raise ValueError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} with --checkpoint (the inversion of the real-model run); "
-                         "the demo without one fits a generator to its photo instead")
+        verb = "apply" if len(given) > 1 else "applies"
+        raise ValueError(f"{' and '.join(given)} {verb} with --checkpoint (the inversion of the real-model run); the "
+                         "demo without one fits a generator to its photo instead")
     if args.checkpoint:
         return _demo_checkpoint(args)
     t0 = time.perf_counter()

@@ -201,8 +201,9 @@ def align_face(image, points, output_size: int = 1024, *, border: str = "reflect
     _check_border(border)
     quad = ffhq_quad(pts)
     if not np.isfinite(quad).all():
-        raise NoFaceError(f"the landmarks span no face (eyes and mouth within a pixel of each other: "
-                          f"{np.ptp(pts, axis=0).round(2).tolist()} px across); pass the 68 points found in this image.")
+        across = np.ptp(pts, axis=0).round(2).tolist()
+        raise NoFaceError(f"the landmarks span no face (eyes and mouth within a pixel of each other: {across} px "
+                          "across); pass the 68 points found in this image.")
     m = ffhq_crop_matrix(quad, size)
     return AlignedFace(_warp(img[0], m, size, border, antialias), m, np.linalg.inv(m), quad)
 

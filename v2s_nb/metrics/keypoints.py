@@ -103,6 +103,12 @@ def _known_length(x) -> int | None:
     return int(shape[0]) if shape is not None and len(shape) == 4 else None
 
 
+def _check_same_length(n_result: int, n_driving: int) -> None:
+    if n_result != n_driving:
+        raise ValueError(f"ΔK compares frame i with frame i: got {n_result} result frames for {n_driving} driving "
+                         "frames.")
+
+
 def default_front_end() -> tuple[str, str]:
     """ΔK's landmark front end: ``('rfb', 'pfld')``, the paper's CNNs, when their weights can be had
     (:func:`v2s_nb.weights.fetch`: downloaded once), else ``('hog', 'dlib')`` with a warning saying so."""
@@ -185,8 +191,8 @@ def keypoint_distance(result, driving, normalization: str = "percent", *, detect
         detector, model = default_front_end() if model is None else ("rfb" if model == "pfld" else "hog", model)
     detector = detector or "hog"
     n_d, n_r = _known_length(driving), _known_length(result)
-    if n_d is not None and n_r is not None and n_d != n_r:  # said before the landmark detection, not after it
-        raise ValueError(f"ΔK compares frame i with frame i: got {n_r} result frames for {n_d} driving frames.")
+    if n_d is not None and n_r is not None:  # said before the landmark detection, not after it
+        _check_same_length(n_r, n_d)
     tr_d = track_of(driving, detector=detector, upsample=upsample, progress=progress, model=model)
     tr_r = track_of(result, detector=detector, upsample=upsample, progress=progress, model=model)
     name = tr_d.detector
@@ -195,9 +201,7 @@ def keypoint_distance(result, driving, normalization: str = "percent", *, detect
         warnings.warn(f"ΔK compares landmarks of two front ends ({name}): the difference of the detectors alone "
                       "adds to ΔK (~0.1 %² on identical frames). Give both clips as frames, or as tracks made with "
                       "the same detector.", V2SWarning, stacklevel=2)
-    if len(tr_r) != len(tr_d):
-        raise ValueError(f"ΔK compares frame i with frame i: got {len(tr_r)} result frames for "
-                         f"{len(tr_d)} driving frames.")
+    _check_same_length(len(tr_r), len(tr_d))  # streams and 3-d arrays: known once read
     pr, pd = normalized_points(tr_r, tr_d, normalization)
     # a frame with any non-finite point (e.g. a NaN jaw point of a given track) counts as without a face
     ok_d = tr_d.found & np.isfinite(tr_d.points).all(axis=(1, 2))
