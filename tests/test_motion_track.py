@@ -200,3 +200,25 @@ def test_landmarks_keep_following_the_first_face_when_a_larger_one_appears():
     assert tr.found.all() and tr.num_faces[0] == 1 and (tr.num_faces[1:] == 2).all()
     centres = 0.5 * (tr.boxes[:, 0] + tr.boxes[:, 2])
     assert (centres < 200).all(), centres                                   # always the small face on the left
+
+
+def _track(tx, ty, angle):
+    n = len(angle)
+    return CanonicalTrack(np.asarray(tx, float), np.asarray(ty, float), np.asarray(angle, float), np.zeros(n, bool),
+                          256, face_size=np.full(n, 0.2))
+
+
+def test_outlier_test_follows_fast_motion_at_the_ends_and_finds_false_faces_during_it():
+    # the demo's driving motion at 8 frames a period (7 degrees a frame from the start): nothing is an outlier
+    u = np.arange(8) / 8
+    fast = _track(0.06 * np.sin(np.pi * u), -0.03 * np.sin(2 * np.pi * u), 10 * np.sin(2 * np.pi * u))
+    assert not fast.outlier_frames().any()
+    i = np.arange(20)
+    settling = _track(np.zeros(20), np.zeros(20), np.r_[0, 8, 14, 18, np.full(16, 20.0)])  # a fast turn that stops
+    assert not settling.outlier_frames().any()
+    # a false face in the middle of a fast turn (7 degrees a frame), and in its first and last frames
+    rng = np.random.default_rng(0)
+    for frame in (0, 5, 19):
+        angle = 7.0 * i + rng.normal(0, 0.5, 20)
+        angle[frame] += 25.0
+        assert np.flatnonzero(_track(np.zeros(20), np.zeros(20), angle).outlier_frames()).tolist() == [frame]

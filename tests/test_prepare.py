@@ -326,16 +326,34 @@ def test_cached_pti_generator_damaged_in_a_byte_or_without_digest_is_tuned_again
     assert len(tuned) == 3
 
 
-def test_outlier_frame_is_aligned_as_a_frame_without_a_face(tmp_path):
-    """A frame the robust smoother rejects as a false detection (dlib takes the shuttle patch on the suit in frame 0
-    of the demo clip) loses the false detection's crop and landmarks too: its crop square comes from its neighbours
-    (a face, not the patch) and its points are NaN, as for a frame without a face."""
+def test_outlier_frame_is_aligned_as_a_frame_without_a_face(tmp_path, monkeypatch):
+    """A frame the robust smoother rejects as a false detection loses the false detection's crop and landmarks too:
+    its crop square comes from its neighbours (a face, not the patch) and its points are NaN, as for a frame without
+    a face. The false detection is made here: frame 2's landmarks moved 70 px (dlib once took the shuttle patch on
+    the astronaut's suit for a face; it no longer does on these clips)."""
+    import v2s_nb.face as face
     from v2s_nb.face import landmarks
+
+    real = face.landmarks
+
+    def with_a_false_face(frames, **kw):
+        tr = real(frames, **kw)
+        if len(tr) < 6:  # the reference photo
+            return tr
+        points, boxes = tr.points.copy(), tr.boxes.copy()
+        points[2] += (70.0, 40.0)
+        boxes[2] += (70.0, 40.0, 70.0, 40.0)  # (left, top, right, bottom)
+        return dataclasses.replace(tr, points=points, boxes=boxes)
+
+    monkeypatch.setattr(face, "landmarks", with_a_false_face)
     ref, drv, _ = make_demo_inputs(tmp_path / "in", frames=6, size=256)
-    d = P.faces(ref, drv, resolution=256, cache=tmp_path / "cache", progress=False, say=lambda *a: None).driving
-    assert d.interpolated[0], "the demo clip's frame 0 no longer has the false detection this test needs"
-    assert np.isnan(d.points[d.interpolated]).all() and np.isfinite(d.points[~d.interpolated]).all()
-    assert landmarks(d.aligned, progress=False).found.all()  # every crop shows the face
+    said = []
+    d = P.faces(ref, drv, resolution=256, cache=tmp_path / "cache", progress=False, say=said.append).driving
+    assert d.interpolated.tolist() == [False, False, True, False, False, False]
+    assert any("outlier frame(s) [2]" in m for m in said)
+    assert np.isnan(d.points[2]).all() and np.isfinite(d.points[~d.interpolated]).all()
+    monkeypatch.setattr(face, "landmarks", real)
+    assert landmarks(d.aligned, progress=False).found.all()  # every crop shows the face, frame 2's too
 
 
 def _gap_video(src, dst, black=(2, 3)):

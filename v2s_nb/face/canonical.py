@@ -224,11 +224,16 @@ class CanonicalTrack:
     def outlier_frames(self, window: int = 7, sigmas: float = 3.0) -> np.ndarray:
         """bool [T]: frames whose tx, ty, angle or face size is far from its neighbours (a Hampel test).
 
-        For each frame and each of the four values: the median ``m`` and the scale ``1.4826 MAD`` over the centred
-        ``window`` (odd, >= 5; truncated at the ends); the frame is an outlier when ``|x - m| > sigmas *
-        max(scale, floor)`` for any value. The floors keep landmark jitter on a still face from counting:
-        5% of the median face size for tx, ty and face size (widths; 0.005 widths without a face size) and
-        2 degrees for the angle. Frames already interpolated (no face) take no part and are never flagged.
+        For each frame and each of the four values, over a ``window`` of frames (odd, >= 5) centred on it (near the
+        ends the same number of frames, moved inward): the window's straight-line trend is taken out (the median
+        slope between its frames' pairs, Theil-Sen, which one outlier in the window does not move), and the frame is
+        an outlier when its value is more than ``sigmas * max(scale, floor)`` from the median ``m`` of what is left,
+        ``scale`` being ``1.4826 MAD`` of what is left. Without the trend a fast turn or move counted as spread, so
+        a false face during it went unflagged, and the end frame of a clip starting with a fast motion was
+        flagged (its one-sided window's median lay inside the motion). The floors keep landmark jitter on a still
+        face from counting: 5% of the median face size for tx, ty and face size (widths; 0.005 widths without a
+        face size) and 2 degrees for the angle. Frames already interpolated (no face) take no part and are never
+        flagged.
         """
         if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 5 or window % 2 == 0:
             raise ValueError(f"outlier_window must be an odd integer >= 5 (frames), got {window!r}.")
@@ -243,16 +248,20 @@ class CanonicalTrack:
             series.append((fs, unit))
         bad = np.zeros(len(self), bool)
         idx = np.flatnonzero(known)
-        r = int(window) // 2
+        width = min(int(window), len(idx))
+        if width < 4:  # too few frames with a face to tell an outlier from the motion
+            return bad
+        t = idx.astype(np.float64)
+        a, b = np.triu_indices(width, 1)  # the window's pairs of frames
         for x, floor in series:
             xs = x[idx]
             for n, i in enumerate(idx):
-                lo, hi = max(0, n - r), min(len(idx), n + r + 1)
-                if hi - lo < 4:
-                    continue
-                win = xs[lo:hi]
-                m = np.median(win)
-                scale = max(1.4826 * np.median(np.abs(win - m)), floor)
+                lo = min(max(0, n - int(window) // 2), len(idx) - width)
+                tw, xw = t[lo:lo + width], xs[lo:lo + width]
+                slope = np.median((xw[b] - xw[a]) / (tw[b] - tw[a]))
+                rest = xw - slope * (tw - t[n])  # the window seen from frame n with its trend taken out
+                m = np.median(rest)
+                scale = max(1.4826 * np.median(np.abs(rest - m)), floor)
                 if abs(xs[n] - m) > sigmas * scale:
                     bad[i] = True
         return bad
