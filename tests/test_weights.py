@@ -543,15 +543,23 @@ def test_killed_download_leaves_no_part_file(server, tmp_path, sig):
 
     server.routes["/big.pkl"] = (PAYLOAD[:4096], "trickle")
     script = pathlib.Path(__file__).with_name("fetch_url.py")
-    proc = subprocess.Popen([sys.executable, str(script), server.url("/big.pkl"), str(tmp_path)],
-                            stderr=subprocess.PIPE, text=True)
+    # -X faulthandler: if the signal is not acted on, SIGABRT below prints where the process was stuck.
+    # SIGINT back to its default first: a shell's background job (`pytest ... &`) starts with it ignored, and
+    # Python keeps an inherited SIG_IGN (no KeyboardInterrupt, the download never stops)
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", str(script), server.url("/big.pkl"),
+                             str(tmp_path)], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not list(tmp_path.rglob("*.part-*")):
         assert proc.poll() is None and time.monotonic() < deadline, "the download never started"
         time.sleep(0.05)
     time.sleep(0.3)
     proc.send_signal(getattr(signal, sig))
-    proc.wait(timeout=30)
+    try:
+        proc.communicate(timeout=30)  # (reads stderr, so a long traceback cannot fill the pipe and block it)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        pytest.fail(f"{sig} did not end the download within 30 s; where it was:\n{proc.communicate()[1]}")
     assert proc.returncode != 0
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
