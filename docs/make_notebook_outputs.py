@@ -17,7 +17,8 @@ cache (``V2S_NB_CACHE``), then cleaned:
 
 * widget outputs (the track viewer, the tuner, tqdm bars) and the notebook's widget state are removed: GitHub
   and Colab cannot run them without a kernel, and their state would hold every preview frame; the screenshots
-  in ``docs/screenshots/`` show them (``docs/make_notebook_screenshots.py``);
+  in ``docs/screenshots/`` show them (``docs/make_notebook_screenshots.py``). A cell whose value was a widget
+  gets a one-line note in its place (:data:`WIDGET_NOTE`), so a reader does not take the empty cell for a failure;
 * stderr (progress bars, warnings) and per-cell timing metadata are removed;
 * figures are stored as 256-colour PNGs (median cut, no dithering) where that is smaller: a third of the size for
   photographic figures, about one grey level of mean error;
@@ -53,6 +54,10 @@ if str(REPO) not in sys.path:
 NOTEBOOKS = REPO / "notebooks"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 MARKER = "v2s_nb_outputs"
+#: Stored where a cell displayed a widget (markdown; the plain text for viewers without markdown).
+WIDGET_NOTE = ("*An interactive widget shows here when the notebook runs (Jupyter, VS Code, or Colab once the "
+               "cells above have run); a stored notebook cannot show one. Pictures of the widgets: "
+               "`docs/screenshots/` in the repository.*")
 CELL_TIMEOUT = 1800  # seconds; the first run of a notebook that fits the demo's generator takes a few minutes
 #: Mean absolute difference (0-255 grey levels) under which two pictures count as the same.
 IMAGE_TOLERANCE = 4.0
@@ -116,8 +121,8 @@ def small_png(data: str) -> str:
 
 
 def clean(nb) -> None:
-    """Remove what is not kept (module docstring): widget outputs and state, stderr, timing metadata; figures
-    as small PNGs."""
+    """Remove what is not kept (module docstring): widget outputs (a note in their place) and state, stderr,
+    timing metadata; figures as small PNGs."""
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         if cell.cell_type != "code":
@@ -128,6 +133,9 @@ def clean(nb) -> None:
             if out.output_type == "stream" and out.name == "stderr":
                 continue
             if out.output_type in ("display_data", "execute_result") and WIDGET in out.get("data", {}):
+                if out.output_type == "execute_result":  # the cell's value (tqdm's bars are display_data)
+                    kept.append(nbformat.v4.new_output("display_data", data={
+                        "text/markdown": WIDGET_NOTE, "text/plain": WIDGET_NOTE.strip("*").replace("`", "")}))
                 continue
             if "image/png" in out.get("data", {}):
                 out.data["image/png"] = small_png(out.data["image/png"])

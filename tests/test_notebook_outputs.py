@@ -75,12 +75,17 @@ def test_compare_notebooks():
 
 def test_clean_drops_widgets_stderr_and_timing():
     nb = _nb([nbformat.v4.new_output("stream", name="stderr", text="100%|####|"),
-              nbformat.v4.new_output("display_data", data={tool.WIDGET: {"model_id": "x"}, "text/plain": "VBox()"}),
-              nbformat.v4.new_output("stream", name="stdout", text="kept\n")])
+              nbformat.v4.new_output("display_data", data={tool.WIDGET: {"model_id": "x"}, "text/plain": "HBox()"}),
+              nbformat.v4.new_output("stream", name="stdout", text="kept\n"),
+              nbformat.v4.new_output("execute_result", data={tool.WIDGET: {"model_id": "y"}, "text/plain": "VBox()"},
+                                     execution_count=1)])
     nb.metadata["widgets"] = {"state": {}}
     nb.cells[0].metadata["execution"] = {"iopub.status.busy": "t"}
     tool.clean(nb)
-    assert [o.text for o in nb.cells[0].outputs] == ["kept\n"]
+    kept, note = nb.cells[0].outputs  # a progress bar (display_data) goes; the cell's widget value leaves a note
+    assert kept.text == "kept\n" and note.output_type == "display_data"
+    assert note.data["text/markdown"] == tool.WIDGET_NOTE and "widget" in note.data["text/plain"]
+    assert tool.WIDGET not in note.data
     assert "widgets" not in nb.metadata and "execution" not in nb.cells[0].metadata
     tool.strip(nb)
     assert nb.cells[0].outputs == [] and nb.cells[0].execution_count is None
