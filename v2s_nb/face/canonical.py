@@ -252,18 +252,17 @@ class CanonicalTrack:
         if width < 4:  # too few frames with a face to tell an outlier from the motion
             return bad
         t = idx.astype(np.float64)
+        lo = np.clip(np.arange(len(idx)) - int(window) // 2, 0, len(idx) - width)
+        win = lo[:, None] + np.arange(width)  # [N, width]: each frame's window (positions in idx)
         a, b = np.triu_indices(width, 1)  # the window's pairs of frames
+        tw = t[win]
         for x, floor in series:
-            xs = x[idx]
-            for n, i in enumerate(idx):
-                lo = min(max(0, n - int(window) // 2), len(idx) - width)
-                tw, xw = t[lo:lo + width], xs[lo:lo + width]
-                slope = np.median((xw[b] - xw[a]) / (tw[b] - tw[a]))
-                rest = xw - slope * (tw - t[n])  # the window seen from frame n with its trend taken out
-                m = np.median(rest)
-                scale = max(1.4826 * np.median(np.abs(rest - m)), floor)
-                if abs(xs[n] - m) > sigmas * scale:
-                    bad[i] = True
+            xw = x[idx][win]
+            slope = np.median((xw[:, b] - xw[:, a]) / (tw[:, b] - tw[:, a]), axis=1)
+            rest = xw - slope[:, None] * (tw - t[:, None])  # each window seen from its frame, the trend taken out
+            m = np.median(rest, axis=1)
+            scale = np.maximum(1.4826 * np.median(np.abs(rest - m[:, None]), axis=1), floor)
+            bad[idx] |= np.abs(x[idx] - m) > sigmas * scale
         return bad
 
     def relative_to(self, frame: int = 0, face_size: float | None = None) -> "CanonicalTrack":
