@@ -92,3 +92,53 @@ def test_image_grid_checks_cols_and_pad():
         image_grid([pics[0], pics[1, :4]])
     assert image_grid(pics, cols=np.int64(5), pad=0).shape == (8, 40, 3)
     assert image_grid(pics, cols=9).shape == (8, 9 * 10 - 2, 3)
+
+
+def _icc_rgb_profile(red, green, blue, gamma: float = 2.2) -> bytes:
+    """A minimal ICC v2 matrix / curve RGB display profile (D50 colorants), built here: none ships with the tests."""
+    import struct
+
+    def s15(*v):
+        return b"".join(struct.pack(">i", round(x * 65536)) for x in v)
+
+    tags = [(b"desc", b"desc" + bytes(4) + struct.pack(">I", 5) + b"test\0" + bytes(8 + 3 + 67)),
+            (b"cprt", b"text" + bytes(4) + b"none\0"), (b"wtpt", b"XYZ " + bytes(4) + s15(0.9642, 1.0, 0.8249)),
+            *[(c + b"XYZ", b"XYZ " + bytes(4) + s15(*v)) for c, v in ((b"r", red), (b"g", green), (b"b", blue))],
+            *[(c + b"TRC", b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256))) for c in (b"r", b"g", b"b")]]
+    table, data, start = b"", b"", 128 + 4 + 12 * len(tags)
+    for sig, body in tags:
+        body += bytes(-len(body) % 4)
+        table, data = table + sig + struct.pack(">II", start + len(data), len(body)), data + body
+    size = start + len(data)
+    header = (struct.pack(">I4xI", size, 0x02100000) + b"mntrRGB XYZ " + bytes(12) + b"acsp" + bytes(28)
+              + s15(0.9642, 1.0, 0.8249) + bytes(48))
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+def test_photos_with_a_colour_profile_are_read_in_srgb(tmp_path):
+    """A Display P3 photo (every iPhone photo) was read raw, as if sRGB: up to 40 levels off what a viewer shows."""
+    import io
+
+    from PIL import ImageCms
+
+    from v2s_nb.images import read_image
+
+    p3 = _icc_rgb_profile((0.5151, 0.2412, -0.0011), (0.2920, 0.6922, 0.0419), (0.1571, 0.0666, 0.7841))
+    srgb = ImageCms.createProfile("sRGB")
+    rgb = np.random.default_rng(5).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    rgba = np.dstack([rgb, np.full((16, 24), 255, np.uint8)])
+    rgba[:, :8, 3] = 0
+    for name, pic in (("p3.png", rgb), ("p3.jpg", rgb), ("p3_alpha.png", rgba)):
+        Image.fromarray(pic).save(tmp_path / name, icc_profile=p3, **({"quality": 95} if name.endswith("jpg") else {}))
+        with Image.open(tmp_path / name) as im:
+            raw = np.asarray(im.convert("RGB"))
+            want = np.asarray(ImageCms.profileToProfile(im.convert("RGB"), ImageCms.ImageCmsProfile(io.BytesIO(p3)),
+                                                        srgb, outputMode="RGB"))
+        got = read_image(tmp_path / name)
+        assert np.abs(raw.astype(int) - want).max() > 20  # the profile matters
+        np.testing.assert_array_equal(got[:, 8:], want[:, 8:])
+        if pic is rgba:
+            assert (got[:, :8] == 255).all()  # transparent: the background, still
+    broken = Image.fromarray(rgb)
+    broken.save(tmp_path / "broken.png", icc_profile=b"not a profile")
+    np.testing.assert_array_equal(read_image(tmp_path / "broken.png"), rgb)  # read as it stores

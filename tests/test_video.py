@@ -10,11 +10,12 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from v2s_nb.video import (FrameFormatError, Video, VideoReadError, as_rgb_uint8, ffmpeg_exe, read_video,
                           show_video, show_videos, stream_video, video_info, write_video)
 from v2s_nb.errors import V2SWarning
-from v2s_nb.video import _passthrough, _stderr_tail
+from v2s_nb.video import _passthrough, _stderr_tail, decode_errors
 
 
 def smooth_pattern(t: int, h: int, w: int, phase: float = 0.0) -> np.ndarray:
@@ -435,3 +436,82 @@ def test_rotated_video_reads_upright_without_imageio_note(tmp_path, capfd, caplo
     assert (info.width, info.height) == (48, 64) and frames.frames.shape[1:3] == (64, 48)
     out, err = capfd.readouterr()
     assert "different from the source frame size" not in out + err + caplog.text
+
+
+# ------------------------------------------------------------------------------------------ the user's own files
+
+
+def _ffmpeg(*args):
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *map(str, args)], check=True)
+
+
+def test_names_ffmpeg_would_take_for_a_protocol_or_stdin(tmp_path, monkeypatch):
+    """A relative "take1:2.mp4" failed ("Protocol not found"); "pipe:0.mp4" and "-" were read from ffmpeg's
+    standard input (nothing: "could not read as a video")."""
+    src = _lavfi_clip(tmp_path / "src.mp4", "10")
+    monkeypatch.chdir(tmp_path)
+    for name in ("take1:2.mp4", "pipe:0.mp4", "-", "-clip.mp4", "my clip é.mp4"):
+        (tmp_path / name).write_bytes(src.read_bytes())
+        assert len(read_video(name)) == 3 and video_info(name).fps == 10
+        assert decode_errors(name) == []
+
+
+def test_several_video_streams_frames_and_rate_of_one_stream(tmp_path):
+    """Frames came from the stream ffmpeg picks (the default one, 30 fps) and the rate from the first (15 fps)."""
+    path = tmp_path / "two.mkv"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=32x24:rate=15", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=30",
+            "-map", "0:v", "-map", "1:v", "-t", 1, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-disposition:v:0", 0,
+            "-disposition:v:1", "default", path)
+    v, info = read_video(path), video_info(path)
+    assert (info.width, info.height, info.fps, info.approx_frames) == (64, 48, 30, 30)
+    assert v.frames.shape == (30, 48, 64, 3) and v.fps == 30
+
+
+def test_cover_picture_is_no_video(tmp_path):
+    """A song with cover art read as a one-frame video "at 30 fps"; a clip's thumbnail is passed over."""
+    cover = tmp_path / "cover.png"
+    Image.fromarray(np.full((80, 80, 3), 200, np.uint8)).save(cover)
+    song, clip = tmp_path / "song.m4a", _lavfi_clip(tmp_path / "clip.mp4", "10")
+    _ffmpeg("-f", "lavfi", "-i", "sine=d=1", "-i", cover, "-map", "0:a", "-map", "1:v", "-c:a", "aac", "-c:v", "mjpeg",
+            "-disposition:v", "attached_pic", song)
+    for fn in (read_video, video_info, stream_video):
+        with pytest.raises(VideoReadError, match=r"song\.m4a' has no video stream.*cover picture"):
+            fn(song)
+    thumb = tmp_path / "thumb.mp4"
+    _ffmpeg("-i", clip, "-i", cover, "-map", 0, "-map", 1, "-c:v:0", "copy", "-c:v:1", "mjpeg",
+            "-disposition:v:1", "attached_pic", thumb)
+    assert read_video(thumb).frames.shape == (3, 48, 64, 3) and video_info(thumb).codec == "h264"
+
+
+def test_non_square_pixels_are_made_square(tmp_path):
+    """An anamorphic clip (sample aspect ratio 2:1, as a player stretches it to 128x48) was read squeezed, 64x48."""
+    path = tmp_path / "anamorphic.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-frames:v", 3, "-vf", "setsar=2", "-c:v", "libx264",
+            "-pix_fmt", "yuv420p", path)
+    tall = tmp_path / "tall.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-frames:v", 3, "-vf", "setsar=1/2", "-c:v", "libx264",
+            "-pix_fmt", "yuv420p", tall)
+    assert read_video(path).frames.shape == (3, 48, 128, 3) and video_info(path).width == 128
+    assert read_video(tall).frames.shape == (3, 96, 64, 3)
+    with stream_video(path) as s:
+        assert (s.width, s.height) == (128, 48)
+
+
+def test_codec_names_without_punctuation(tmp_path):
+    """ffmpeg lists "Video: gif, bgra, ...": the codec read as "gif,"."""
+    gif = tmp_path / "clip.gif"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-frames:v", 3, gif)
+    assert video_info(gif).codec == "gif" and len(read_video(gif)) == 3
+
+
+def test_animated_webp_is_named(tmp_path):
+    """ffmpeg 7 can't decode animated WebP: "Could not read ... (corrupt file, or not a video)" for a good file."""
+    path = tmp_path / "sticker.webp"
+    frames = [Image.fromarray(np.full((32, 32, 3), c, np.uint8)) for c in (0, 128, 255)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+    try:
+        v = read_video(path)
+    except VideoReadError as err:
+        assert "animated WebP" in str(err) and "corrupt" not in str(err)
+    else:  # an ffmpeg that decodes it
+        assert len(v) == 3

@@ -128,8 +128,9 @@ def read_image(path, *, background: tuple[int, int, int] = (255, 255, 255)) -> n
     """Read an image file as uint8 RGB [H, W, 3], the way a viewer shows it.
 
     * EXIF orientation is applied (phone photos stored sideways come out upright);
-    * CMYK (also Adobe's inverted CMYK JPEGs) and YCbCr / LAB are converted to RGB by Pillow, using an embedded
-      ICC profile when there is one;
+    * CMYK (also Adobe's inverted CMYK JPEGs) and YCbCr / LAB are converted to RGB by Pillow; CMYK and RGB(A)
+      pictures with an embedded ICC profile (a phone's Display P3, a camera's Adobe RGB) are converted from it to
+      sRGB, as a colour-managed viewer shows them (their values read raw look washed out);
     * 16-bit and 32-bit grayscale are scaled to 0..255 (not clipped), float images in [0, 1] or [0, 255] too;
     * palette, grayscale + alpha and RGBA images are composited over ``background`` (alpha is not dropped
       raw: transparent pixels would otherwise show whatever colour they store).
@@ -168,14 +169,16 @@ def _to_rgb(im, background) -> np.ndarray:
     from PIL import Image
 
     mode = im.mode
-    if mode == "CMYK" and im.info.get("icc_profile"):
+    if mode in ("CMYK", "RGB", "RGBA") and im.info.get("icc_profile"):  # e.g. Display P3 (phones), Adobe RGB
         try:
             import io
 
             from PIL import ImageCms
 
             src = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
-            return np.asarray(ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB"))
+            im = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"),
+                                           outputMode="RGBA" if mode == "RGBA" else "RGB")
+            mode = im.mode
         except Exception:  # a broken profile: fall back to Pillow's plain conversion
             pass
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):

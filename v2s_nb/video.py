@@ -336,6 +336,12 @@ def _existing_file(path: PathLike) -> Path:
     return p
 
 
+def _ffmpeg_input(p: Path) -> str:
+    """``p`` as ffmpeg's input argument: absolute, so that a relative name that ffmpeg would take for a protocol or
+    for its standard input ("take1:2.mp4": "Protocol not found"; "pipe:0.mp4", "-") is read as the file it is."""
+    return str(p.absolute())
+
+
 _FFMPEG_NOISE = ("ffmpeg version", "built with", "configuration:", "lib", "=== stderr ===",
                  "Could not load meta information", "Input #", "Metadata:", "Duration:", "Stream #", "Output #",
                  "encoder ", "handler_name", "vendor_id", "major_brand", "minor_version", "compatible_brands")
@@ -370,11 +376,13 @@ def _passthrough(exe: str) -> tuple[str, ...]:
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
     """What ffmpeg reports about a file before decoding: frame ``width`` and ``height`` in pixels (after any
-    rotation metadata is applied), ``fps`` (frames per second; exact for the usual rates though ffmpeg prints them
-    rounded, see :func:`_rate_and_duration`), ``duration`` in seconds (0 when unknown),
+    rotation metadata is applied and non-square pixels are made square, see :data:`_SQUARE_PIXELS`), ``fps``
+    (frames per second; exact for the usual rates though ffmpeg prints them rounded, see
+    :func:`_rate_and_duration`), ``duration`` in seconds (0 when unknown),
     ``codec`` name and ``approx_frames`` (round(duration * fps); the exact count is known only after decoding).
     For a variable-frame-rate file ``fps`` is the average rate (frames / duration), the rate that makes the
-    decoded frames (passed on as they are, none duplicated) last ``duration``."""
+    decoded frames (passed on as they are, none duplicated) last ``duration``. All of it is about the one video
+    stream that is read (see :func:`_video_line`)."""
 
     path: Path
     width: int
@@ -390,11 +398,48 @@ class VideoInfo:
 
 _FPS = re.compile(r", (\d+(?:\.\d+)?)(k?) fps\b")
 _DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
+_STREAM_INDEX = re.compile(r"Stream #0:(\d+)")
+
+
+def _video_line(report: str) -> str:
+    """The line of ffmpeg's report on an input file (what ``ffmpeg -i FILE`` writes to stderr) of the video stream
+    v2s_nb reads, "" when there is none: the stream marked default (the one players show), else the first. Cover
+    pictures ("attached pic": a song's cover art, a clip's thumbnail) are not video. Reader, rate and
+    :func:`decode_errors` all take this stream (``-map``); ffmpeg's own choice (the largest picture) and the rate
+    of the first video stream could be two different streams."""
+    lines = [ln for ln in report.splitlines() if ln.lstrip().startswith("Stream #") and " Video: " in ln
+             and "(attached pic)" not in ln]
+    return next((ln for ln in lines if "(default)" in ln), lines[0] if lines else "")
+
+
+def _probe(exe: str, p: Path) -> tuple[str, str, list[str]]:
+    """(ffmpeg's report on ``p``, "" when ffmpeg could not run; the line of the video stream read, see
+    :func:`_video_line`; the ``-map`` arguments that pick it, none when ffmpeg listed no streams: a file it can't
+    open, whose error the reader gives). Raises :class:`VideoReadError` when ffmpeg lists streams but no video."""
+    try:
+        report = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", _ffmpeg_input(p)], capture_output=True,
+                                text=True, errors="replace", timeout=60).stderr
+    except (OSError, subprocess.SubprocessError):
+        report = ""
+    line = _video_line(report)
+    index = _STREAM_INDEX.search(line)
+    if not line and re.search(r"^\s*Stream #0:", report, re.MULTILINE):
+        what = (", only a cover picture (audio with cover art)" if "(attached pic)" in report
+                else " (a zero-frame video, or audio only)")
+        raise VideoReadError(f"'{p}' has no video stream{what}; give a file that contains video frames.")
+    return report, line, ["-map", f"0:{index[1]}"] if index else []
+
+
+#: ffmpeg output options that make non-square pixels square, as players show them: an anamorphic frame (sample
+#: aspect ratio, SAR, between 1/4 and 4; e.g. DV's 8:9, HDV's 4:3) is stretched (never shrunk) to its display
+#: shape, so faces aren't squeezed. A SAR outside that range is taken for broken metadata and left alone.
+_SQUARE_PIXELS = ("-vf", "scale=w='round(iw*if(between(sar,1,4),sar,1))':h='round(ih/if(between(sar,0.25,1),sar,1))'"
+                         ",setsar=1")
 
 
 def _rate_and_duration(report: str) -> tuple[float, float]:
-    """(average frame rate, duration in seconds) of the first video stream in ffmpeg's report on an input file (what
-    ``ffmpeg -i FILE`` writes to stderr); 0 for either where the report gives none.
+    """(average frame rate, duration in seconds) of the video stream read (:func:`_video_line`) in ffmpeg's report on
+    an input file (what ``ffmpeg -i FILE`` writes to stderr); 0 for either where the report gives none.
 
     Why not imageio-ffmpeg's ``meta["fps"]`` and ``meta["duration"]``: its parser reads "1k fps" (how ffmpeg prints
     1000, 2000, ... fps) as no rate, and its duration pattern wants two-digit hours, so 100 hours and more read as 0.
@@ -414,8 +459,7 @@ def _rate_and_duration(report: str) -> tuple[float, float]:
 
     m = _DURATION.search(report)
     duration = 3600 * int(m[1]) + 60 * int(m[2]) + float(m[3]) if m else 0.0
-    video = next((ln for ln in report.splitlines() if ln.lstrip().startswith("Stream #") and " Video: " in ln), "")
-    m = _FPS.search(video)
+    m = _FPS.search(_video_line(report))
     fps = float(m[1]) * (1000 if m[2] else 1) if m else 0.0
     if m and "." in m[1] and fps > 0:
         n = int(1 / fps)  # one frame every N s: N near 1 / fps (two either side, to see whether several fit)
@@ -427,8 +471,9 @@ def _rate_and_duration(report: str) -> tuple[float, float]:
 
 class _RotationNote(logging.Filter):
     """Drops imageio-ffmpeg's "The frame size for reading (W, H) is different from the source frame size (H, W)",
-    logged for every file with rotation metadata (phone videos): ffmpeg applies the rotation, the frames come
-    upright and the size reported is theirs, so the note only alarms."""
+    logged for every file with rotation metadata (phone videos) or non-square pixels: ffmpeg applies the rotation
+    (and :data:`_SQUARE_PIXELS` the pixel shape), the frames come upright and the size reported is theirs, so the
+    note only alarms."""
 
     def filter(self, record):
         return "is different from the source frame size" not in record.getMessage()
@@ -444,12 +489,21 @@ def _quiet_rotation_note():
         log.removeFilter(note)
 
 
+def _animated_webp(p: Path) -> bool:
+    """Whether ``p`` is an animated WebP (RIFF / WEBP / VP8X with the animation flag), which ffmpeg 7 can't decode."""
+    with open(p, "rb") as f:
+        head = f.read(21)
+    return len(head) == 21 and head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and bool(head[20] & 0x02)
+
+
 def _open_reader(p: Path):
     """Start ffmpeg decoding ``p`` to rgb24, each decoded frame once; returns (generator of frame bytes, VideoInfo)."""
     import imageio_ffmpeg
 
-    gen = imageio_ffmpeg.read_frames(str(p), pix_fmt="rgb24",
-                                     output_params=list(_passthrough(imageio_ffmpeg.get_ffmpeg_exe())))
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    report, line, stream = _probe(exe, p)
+    gen = imageio_ffmpeg.read_frames(_ffmpeg_input(p), pix_fmt="rgb24",
+                                     output_params=[*stream, *_SQUARE_PIXELS, *_passthrough(exe)])
     try:
         with _quiet_rotation_note():
             meta = next(gen)
@@ -461,27 +515,27 @@ def _open_reader(p: Path):
         if "does not contain any stream" in str(err):
             raise VideoReadError(f"'{p}' has no video stream (a zero-frame video, or audio only); "
                                  "give a file that contains video frames.") from None
+        if _animated_webp(p):
+            raise VideoReadError(f"'{p}' is an animated WebP, which this ffmpeg ({exe}) cannot decode; convert it "
+                                 "to MP4 or GIF first, e.g. in Python: PIL.Image.open(path).save('clip.gif', "
+                                 "save_all=True).") from None
         raise VideoReadError(
             f"Could not read '{p}' as a video (corrupt file, or not a video). "
             f"ffmpeg said:\n    {_stderr_tail(err)}") from None
-    fps, duration = float(meta.get("fps") or 0.0), float(meta.get("duration") or 0.0)
-    # A whole rate and a duration are what ffmpeg printed; otherwise (a rate printed rounded, "1k fps" read as none,
-    # 100+ hours read as 0) ffmpeg's own report on the file, read by _rate_and_duration (one more ffmpeg call)
-    if not (fps > 0 and float(fps).is_integer() and duration > 0):
-        try:
-            report = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(p)],
-                                    capture_output=True, text=True, errors="replace", timeout=60).stderr
-        except (OSError, subprocess.SubprocessError):
-            report = ""
-        exact_fps, exact_duration = _rate_and_duration(report)
-        # where the report has none (no "fps" on the stream line): imageio-ffmpeg's (it falls back to "tbr")
-        fps, duration = exact_fps or fps, exact_duration or duration
+    # Rate, duration and codec from ffmpeg's report, read by _rate_and_duration: imageio-ffmpeg's are those of the
+    # first video stream (a cover picture, or another stream than the one read), a rate printed rounded is taken as
+    # printed, "1k fps" as none, 100+ hours as 0 and the codec keeps a comma ("gif,"). Its values only where the
+    # report has no video stream line (ffmpeg could not run).
+    fps, duration = _rate_and_duration(report)
+    codec = line.split(" Video: ", 1)[1].split(None, 1)[0].rstrip(",") if line else ""
+    if not line:
+        fps, duration = float(meta.get("fps") or 0.0), duration or float(meta.get("duration") or 0.0)
+        codec = str(meta.get("codec", "")).rstrip(",")
     if not np.isfinite(fps) or fps <= 0:
         warnings.warn(f"'{p}': ffmpeg reports no frame rate; assuming 30 fps. If that is wrong, re-encode the file "
                       "with its rate (ffmpeg -i IN -r RATE OUT).", V2SWarning, stacklevel=3)
         fps = 30.0
-    info = VideoInfo(path=p, width=width, height=height, fps=fps,
-                     duration=duration, codec=str(meta.get("codec", "")))
+    info = VideoInfo(path=p, width=width, height=height, fps=fps, duration=duration, codec=codec)
     return gen, info
 
 
@@ -643,8 +697,9 @@ def decode_errors(path: PathLike) -> list[tuple[int, str]]:
     it (usually within a few frames). Costs one extra decode of the file."""
     p = _existing_file(path)
     exe = ffmpeg_exe()  # frames passed on as decoded, as read_video does: showinfo's n is read_video's index
-    cmd = [exe, "-hide_banner", "-nostdin", "-loglevel", "info", "-threads", "1", "-i", str(p),
-           "-map", "0:v:0", "-vf", "showinfo=checksum=0", *_passthrough(exe), "-f", "null", "-"]
+    stream = _probe(exe, p)[2] or ["-map", "0:v:0"]  # the stream read_video reads
+    cmd = [exe, "-hide_banner", "-nostdin", "-loglevel", "info", "-threads", "1", "-i", _ffmpeg_input(p),
+           *stream, "-vf", "showinfo=checksum=0", *_passthrough(exe), "-f", "null", "-"]
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
     out, pending = [], []
     for line in proc.stderr.splitlines():
