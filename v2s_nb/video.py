@@ -591,8 +591,9 @@ class VideoStream:
                 except StopIteration:
                     break
                 except Exception as err:
-                    raise VideoReadError(f"Decoding '{self.path}' failed after {self.frames_read} frames "
-                                         f"(corrupt or truncated file?). ffmpeg said:\n    {_stderr_tail(err)}") from None
+                    raise VideoReadError(
+                        f"Decoding '{self.path}' failed after {self.frames_read} frames (corrupt or truncated "
+                        f"file?). ffmpeg said:\n    {_stderr_tail(err)}") from None
                 if len(data) != frame_bytes:  # pragma: no cover - imageio-ffmpeg checks this already
                     raise VideoReadError(f"'{self.path}': got a frame of {len(data)} bytes, expected {frame_bytes}.")
                 buf[n] = np.frombuffer(data, np.uint8).reshape(h, w, 3)
