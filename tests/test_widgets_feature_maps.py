@@ -238,3 +238,23 @@ def test_channels_stage_result_is_accepted(setup):
         assert b.selected.options == base.selected.options and b.iou == base.iou
     with pytest.raises(TypeError, match="channel_sets must be a local_channels.ChannelSets .* got dict"):
         plot_channel_maps(G, ws, {"eyes": {LAYERS[0]: [1, 2]}}, image=images[0])
+
+
+def test_close_frees_the_browser_and_its_maps(setup):
+    """Closing ``browser.widget`` left the controls registered with ipywidgets, whose callbacks kept the browser
+    and every layer's feature maps alive."""
+    import gc
+    import weakref
+
+    from ipywidgets.widgets.widget import _instances
+
+    G, ws, masks, cs, images = setup
+    b = FeatureMapBrowser(G, ws, masks, cs, image=images[0])
+    ids = {w.model_id for w in (b.region, b.channel, b.threshold, b.map_view, b.threshold.layout)}
+    b.close()
+    assert not ids & set(_instances) and not b._maps
+    assert b._repr_mimebundle_() == {"text/plain": "FeatureMapBrowser (closed)"}
+    ref = weakref.ref(b)
+    del b
+    gc.collect()
+    assert ref() is None

@@ -160,3 +160,38 @@ def test_face_clip_and_array_track_are_refused_saying_what_to_pass(clip, tmp_pat
         view_track(lm.points, frames, track, image_size=SIZE)
     with pytest.raises(TypeError, match="got list"):
         TrackViewer(lm, frames, [0, 1])
+
+
+@pytest.mark.parametrize("backend", ["plotly", "matplotlib"])
+def test_an_even_kernel_typed_in_the_readout_is_made_odd(clip, backend):
+    """The slider's readout takes any whole number between min and max (its step of 2 is not enforced there): 4
+    raised ValueError inside the callback, and the slider showed 4 while the curves stayed at the previous kernel."""
+    lm, frames = clip
+    v = TrackViewer(lm, frames, kernel=7, backend=backend)
+    v.kernel.value = 10  # up from 7: the next odd kernel
+    assert v.kernel.value == 11 and "kernel 11" in v.info.value
+    np.testing.assert_allclose(v.smoothed.angle, canonical_track(lm).smooth(11).angle)
+    v.kernel.value = 4  # down from 11
+    assert v.kernel.value == 3 and "kernel 3" in v.info.value
+    np.testing.assert_allclose(v.curves()["smooth_tx"], 100 * canonical_track(lm).smooth(3).tx)
+
+
+@pytest.mark.parametrize("backend", ["plotly", "matplotlib"])
+def test_close_frees_the_viewer_and_its_frames(clip, backend):
+    """Closing ``viewer.widget`` left the controls (and the play / frame link) registered with ipywidgets, whose
+    callbacks kept the viewer, its frames and its pictures alive."""
+    import gc
+    import weakref
+
+    from ipywidgets.widgets.widget import _instances
+
+    lm, frames = clip
+    v = TrackViewer(lm, frames.copy(), backend=backend)
+    ids = {w.model_id for w in (v.kernel, v.frame, v.image, v.play, v._link)}
+    v.close()
+    assert not ids & set(_instances) and v.frames is None
+    assert v._repr_mimebundle_() == {"text/plain": "TrackViewer (closed)"}
+    ref = weakref.ref(v)
+    del v
+    gc.collect()
+    assert ref() is None

@@ -4,6 +4,8 @@ The Reenactor is built from mapping outputs (no inversion) as in tests/test_reen
 per region so that α / β / γ and the region toggles have something to act on.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -307,7 +309,8 @@ def test_player_side_by_side(G):
     # One picture holds every clip (they change together): driving scaled to 64 px high, a gap, the result.
     pic = p.composite(2)
     assert pic.shape == (64, 96 + 6 + 64, 3) and (pic[:, 96:102] == 255).all()
-    assert abs(int(pic[:, :96, 0].mean()) - 40) <= 1 and np.abs(pic[:, 102:].astype(int) - res[2].astype(int)).max() == 0
+    assert abs(int(pic[:, :96, 0].mean()) - 40) <= 1
+    assert np.abs(pic[:, 102:].astype(int) - res[2].astype(int)).max() == 0
     shown = p.image.value
     p.frame.value = T + 1  # the shorter clip holds its last frame
     assert np.array_equal(p.current[1], res[-1]) and p.image.value != shown
@@ -374,3 +377,85 @@ def test_rows_note_names_a_region_without_channels_there(G):
     status = t.status.value
     assert "rows 4-7 hold none of the X_s channels (eyes on row 3; nose: none found)" in status, status
     assert "α, β, γ change nothing here unless mouth is switched on" in status, status
+
+
+def test_refresh_follows_a_shortened_clip_and_settings_set_from_code(G):
+    """refresh() after changing the Reenactor from code: the frame slider stayed on frame 5 of a clip cut to 3 frames
+    (IndexError in the status, the old preview kept) and the settings set from code were put back to the controls'."""
+    r = _reenactor(G)
+    t = ReenactmentTuner(r, size=64, frame=T - 1, background=False)
+    r.ws_drive, r.ws_codrive = mapped_ws(G, 3, 2), None  # the tracks may stay longer
+    r.alpha, r.layers, r.regions = 2.5, (3, 4), ("mouth",)
+    t.refresh()
+    assert t.error is None, t.error
+    assert (t.frame.max, t.frame.value, t.progress.max) == (2, 2, 3)
+    assert [v for _, v in t.anchor.options] == ["first", 0, 1, 2]
+    assert (r.alpha, r.layers, r.regions) == (2.5, (3, 4), ("mouth",)) and t.alpha.value == 2.5
+    assert t.params["layers"] == (3, 4) and t.params["regions"] == ("mouth",)
+    assert t.source_widgets["motion"].disabled and "no co-driving video" in t._notes.value
+    want = dataclasses.replace(_reenactor(G), ws_drive=mapped_ws(G, 3, 2), ws_codrive=None, alpha=2.5, layers=(3, 4),
+                               regions=("mouth",))
+    assert np.array_equal(t.preview, want.render_frame(2))
+    t.reenactor = other = _reenactor(G, zeta=0.25)  # another Reenactor: its settings and frames
+    t.refresh()
+    assert t.frame.max == T - 1 and t.zeta.value == 0.25 and other.alpha == 0
+    assert np.array_equal(t.preview, _reenactor(G, zeta=0.25).render_frame(2))
+
+
+def test_a_nan_coefficient_is_refused_and_not_left_on_the_reenactor(G):
+    """A NaN set on a slider from code stayed on the Reenactor (prepare() does not check coefficients), so a later
+    render_video() failed although the tuner says that settings it cannot use are not applied."""
+    r = _reenactor(G)
+    t = ReenactmentTuner(r, size=64, frame=2, background=False)
+    t.alpha.value = float("nan")
+    assert r.alpha == 0 and r.render_video(progress=False).shape == (T, 64, 64, 3)
+    assert isinstance(t.error, ValueError) and "not applied" in t.status.value and "alpha" in t.status.value
+
+
+def test_close_frees_the_tuner_and_the_player(G):
+    """Closing ``tuner.widget`` closed only the outer box: the controls stayed registered with ipywidgets and their
+    callbacks kept the tuner, its video and its Reenactor (generators, S codes) alive for the whole session."""
+    import gc
+    import weakref
+
+    from ipywidgets.widgets.widget import _instances
+
+    r = _reenactor(G)
+    t = ReenactmentTuner(r, size=64, frame=2)
+    t.render()
+    before = set(_instances)
+    widgets = {w.model_id for w in (t.alpha, t.frame, t.image, t.layers, t.alpha.layout)}
+    assert widgets <= before
+    t.close()
+    assert not widgets & set(_instances) and t.video is None and t.preview is None
+    assert t._repr_mimebundle_() == {"text/plain": "ReenactmentTuner (closed)"}
+    t.alpha.value = 1.0  # no render after close
+    assert t._thread is None and r.alpha == 0
+    refs = weakref.ref(t), weakref.ref(r)
+    del t, r
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+    p = SideBySidePlayer({"a": np.zeros((3, 8, 8, 3), np.uint8), "b": np.zeros((2, 8, 4, 3), np.uint8)})
+    link, ref = p._link.model_id, weakref.ref(p)
+    p.close()
+    assert link not in _instances and p.clips == []
+    del p
+    gc.collect()
+    assert ref() is None
+
+
+def test_player_says_when_clips_have_different_frame_rates():
+    """A 30 fps driving clip and a 10 fps result were paired frame by frame and played at 30 fps without a word:
+    at 0.5 s of the driving clip the player showed the result's last frame (0.9 s)."""
+    from v2s_nb.method.reenact import LengthMismatchWarning
+    from v2s_nb.video import Video
+
+    drv, res = Video(np.zeros((30, 8, 8, 3), np.uint8), fps=30), Video(np.zeros((10, 8, 8, 3), np.uint8), fps=10)
+    with pytest.warns(LengthMismatchWarning, match=r"'driving' 30 fps, 'result' 10 fps.*frame by frame"):
+        p = SideBySidePlayer({"driving": drv, "result": res})
+    assert p.fps == 30 and "10 fps" in p.widget.children[1].children[1].value
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SideBySidePlayer({"driving": drv, "result": Video(res.frames, fps=30)})  # same rate: nothing to say

@@ -5,7 +5,8 @@
 * :class:`FeatureMapBrowser` (:func:`browse_feature_maps`) - ipywidgets browser: region, layer, channel and
   threshold controls; shows the map, its binary mask over the image (region outlined) and the live IoU+ / IoU-.
 
-Views only: the maps, masks and scores come from :mod:`v2s_nb.method.local_channels`. Stable CSS classes for
+Views only: the maps, masks and scores come from :mod:`v2s_nb.method.local_channels`.
+:meth:`FeatureMapBrowser.close` closes every widget and drops the cached maps. Stable CSS classes for
 browser tests: ``v2s-fmap-browser``, ``v2s-fmap-region``, ``v2s-fmap-layer``, ``v2s-fmap-channel``,
 ``v2s-fmap-selected``, ``v2s-fmap-threshold``, ``v2s-fmap-map``, ``v2s-fmap-mask``, ``v2s-fmap-iou``.
 """
@@ -411,7 +412,18 @@ class FeatureMapBrowser:
                      f"({'selected' if chosen else 'not selected'} with t_fg {cs.t_fg:g}, t_bg {cs.t_bg:g})")
         self.iou_label.value = text
 
+    def close(self) -> None:
+        """Close the browser's controls and pictures and drop its cached feature maps (closing ``browser.widget``
+        alone leaves the controls registered, and through them the browser and every layer's maps)."""
+        from .track_viewer import _close_widgets
+
+        _close_widgets(self.widget)
+        self._maps.clear()
+        self._closed = True
+
     def _repr_mimebundle_(self, **kwargs):
+        if getattr(self, "_closed", False):
+            return {"text/plain": "FeatureMapBrowser (closed)"}
         return self.widget._repr_mimebundle_(**kwargs)
 
 

@@ -3,7 +3,9 @@
 :class:`SideBySidePlayer` (:func:`play_side_by_side`) shows one image per clip under its title, driven by a single
 frame slider and a play button (linked in the browser, so playback runs without the kernel pacing it). Entries
 that are ``None`` are skipped; clips of different lengths hold their last frame; frames of different sizes are
-shown at the same height. All clips of a frame are drawn into **one** picture, sent as one message, so they change
+shown at the same height; :class:`~v2s_nb.video.Video` clips of different frame rates are paired frame by frame,
+with a ``LengthMismatchWarning`` and each one's fps in its title. :meth:`SideBySidePlayer.close` closes the
+widgets and drops the clips. All clips of a frame are drawn into **one** picture, sent as one message, so they change
 together (four separate images arrived, and were painted, one after another); each frame's picture is encoded
 once and kept, so replaying costs nothing. ``player.current`` is the list of frames shown (uint8 arrays).
 
@@ -13,11 +15,12 @@ Stable CSS classes: ``v2s-player``, ``v2s-player-frame``, ``v2s-player-play``, `
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
 
-from .track_viewer import _png
+from .track_viewer import _close_widgets, _png
 
 __all__ = ["SideBySidePlayer", "play_side_by_side"]
 
@@ -42,8 +45,16 @@ class SideBySidePlayer:
         items = [(str(k), v) for k, v in videos.items() if v is not None]
         if not items:
             raise ValueError("SideBySidePlayer got no clips (every entry is None)")
+        rates = {k: float(v.fps) for k, v in items if isinstance(v, Video)}
+        if len(set(rates.values())) > 1:  # a 10 fps result ran 3 times as fast as a 30 fps driving clip, silently
+            from ..method.reenact import LengthMismatchWarning
+
+            warnings.warn("the clips have different frame rates (" + ", ".join(f"{k!r} {f:g} fps" for k, f in
+                          rates.items()) + "): the player pairs them frame by frame (no resampling), as the "
+                          "re-enactment pairs driving and co-driving, so they are not in time with each other",
+                          LengthMismatchWarning, stacklevel=2)
         if fps is None:
-            fps = next((float(v.fps) for _, v in items if isinstance(v, Video)), 10.0)
+            fps = next(iter(rates.values()), 10.0)
         self.titles = [k for k, _ in items]
         self.clips = [as_rgb_uint8(v, allow_single_image=True, name=k) for k, v in items]
         from ..validate import integer
@@ -56,14 +67,15 @@ class SideBySidePlayer:
         self.play = W.Play(value=0, min=0, max=max(n - 1, 0), interval=max(20, int(round(1000 / self.fps))),
                            description="play")
         self.play.add_class("v2s-player-play")
-        W.jslink((self.play, "value"), (self.frame, "value"))
+        self._link = W.jslink((self.play, "value"), (self.frame, "value"))
         widths = [max(1, int(round(self.size * c.shape[2] / c.shape[1]))) for c in self.clips]  # PIL needs >= 1
         self._widths, self._gap = widths, 6
         total = sum(widths) + self._gap * (len(widths) - 1)
         self.image = W.Image(format="png", height=self.size, width=total)
         self.image.add_class("v2s-player-image")
-        titles = W.HBox([W.HTML(f"<b>{t}</b> <small>({len(c)} frames)</small>",
-                                layout=W.Layout(width=f"{w + self._gap}px", overflow="hidden"))
+        titles = W.HBox([W.HTML(f"<b>{t}</b> <small>({len(c)} frames"
+                                + (f", {rates[t]:g} fps" if t in rates and len(set(rates.values())) > 1 else "")
+                                + ")</small>", layout=W.Layout(width=f"{w + self._gap}px", overflow="hidden"))
                          for t, c, w in zip(self.titles, self.clips, widths)])
         titles.add_class("v2s-player-titles")
         self.current: list[np.ndarray] = []
@@ -94,7 +106,17 @@ class SideBySidePlayer:
             self._png_cache[j] = _png(pic, max(pic.shape[:2]))
         self.image.value = self._png_cache[j]
 
+    def close(self) -> None:
+        """Close the player's widgets and drop its clips and cached pictures (closing ``player.widget`` alone
+        leaves the slider registered, and through it the player and every clip)."""
+        _close_widgets(self.widget, self._link)
+        self.clips, self.current = [], []
+        self._png_cache.clear()
+        self._closed = True
+
     def _repr_mimebundle_(self, **kwargs):
+        if getattr(self, "_closed", False):
+            return {"text/plain": "SideBySidePlayer (closed)"}
         return self.widget._repr_mimebundle_(**kwargs)
 
 

@@ -14,7 +14,7 @@
 A view only: the numbers come from :mod:`v2s_nb.face`. ``viewer.smoothed`` is the current smoothed
 :class:`~v2s_nb.face.CanonicalTrack` (hand it to ``G.synthesis(ws, transform=viewer.smoothed.input_transforms())``);
 ``viewer.raw`` the unsmoothed one. Functions registered with :meth:`TrackViewer.on_smooth` are called with the
-new smoothed track whenever the controls change it.
+new smoothed track whenever the controls change it; :meth:`TrackViewer.close` closes every widget and drops the frames.
 
 Plots use a plotly ``FigureWidget`` (needs ``anywidget``; ``backend='plotly'``) or matplotlib drawn into an
 ``ipywidgets.Output`` (``backend='matplotlib'``); ``'auto'`` takes plotly when it can. Stable CSS classes for
@@ -48,6 +48,23 @@ def _png(rgb: np.ndarray, size: int) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _close_widgets(*roots) -> None:
+    """Close ``roots``, every widget inside them (box children) and their layout / style widgets. Closing a box
+    leaves its children registered with ipywidgets, where their callbacks keep the view object that made them,
+    and the arrays it holds, alive for the rest of the session."""
+    import ipywidgets as W
+
+    seen, stack = set(), list(roots)
+    while stack:
+        w = stack.pop()
+        if not isinstance(w, W.Widget) or id(w) in seen:
+            continue
+        seen.add(id(w))
+        stack.extend(getattr(w, "children", None) or ())
+        stack.extend(w.trait_values().get(k) for k in ("layout", "style"))  # traits: plotly's .layout is no widget
+        w.close()
 
 
 def _plotly_ok() -> bool:
@@ -154,7 +171,7 @@ class TrackViewer:
         self.method = W.Dropdown(options=["mean", "gaussian", "robust"], value=method, description="method")
         self.frame = W.IntSlider(value=0, min=0, max=max(n - 1, 0), description="frame", continuous_update=True)
         self.play = W.Play(value=0, min=0, max=max(n - 1, 0), interval=100, description="play")
-        W.jslink((self.play, "value"), (self.frame, "value"))
+        self._link = W.jslink((self.play, "value"), (self.frame, "value"))
         self.image = W.Image(format="png", width=self.size, height=self.size)
         self._png_cache: dict[int, bytes] = {}
         self.info = W.HTML()
@@ -190,8 +207,27 @@ class TrackViewer:
             out[f"{name}_tx"], out[f"{name}_ty"], out[f"{name}_angle"] = 100 * tr.tx, 100 * tr.ty, tr.angle
         return out
 
+    def close(self) -> None:
+        """Close every control and picture of the viewer and drop its frames and cached pictures (closing
+        ``viewer.widget`` alone leaves the controls registered, and through them the viewer and its frames)."""
+        _close_widgets(self.widget, self._link)
+        self._png_cache.clear()
+        self._callbacks.clear()
+        self.frames = None
+        self._closed = True
+
+    def _repr_mimebundle_(self, **kwargs):
+        if getattr(self, "_closed", False):
+            return {"text/plain": "TrackViewer (closed)"}
+        return self.widget._repr_mimebundle_(**kwargs)
+
     # ------------------------------------------------------------------ events
-    def _on_smooth(self, *_):
+    def _on_smooth(self, change=None):
+        k = int(self.kernel.value)
+        if k % 2 == 0:  # typed into the slider's readout, which keeps min / max but not the step of 2
+            old = change["old"] if change and change.get("owner") is self.kernel else k - 1
+            self.kernel.value = k + 1 if k > old else k - 1  # min and max are odd: both stay in range
+            return  # that change smooths
         self.smoothed = self.raw.smooth(int(self.kernel.value), method=self.method.value)
         self._draw_curves()
         self._on_frame()
@@ -302,9 +338,6 @@ class TrackViewer:
         with self.output:
             display(fig)
         plt.close(fig)
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
 
 
 def view_track(landmarks, frames=None, track: CanonicalTrack | None = None, **kwargs) -> TrackViewer:

@@ -41,15 +41,16 @@ on release (``continuous_update=False``), and the preview is rendered in a backg
 newest settings, so dragging or key presses never queue up work. ``background=False`` renders synchronously.
 
 For tests and scripts: ``tuner.preview`` is the current preview (uint8 [R, R, 3]), ``tuner.difference`` the
-difference view (uint8 [R, R, 3]: 128 + gain · (result − reference), clipped), ``tuner.video`` the last
-rendered video (uint8 [T, R, R, 3] or None), :meth:`ReenactmentTuner.wait` waits for a pending preview,
-``tuner.params`` is the current settings. Stable CSS classes: ``v2s-tuner``, ``v2s-tuner-motion-mode``,
-``v2s-tuner-strength``, ``v2s-tuner-anchor``, ``v2s-tuner-position-mode``, ``v2s-tuner-alpha``,
-``v2s-tuner-beta``, ``v2s-tuner-gamma``, ``v2s-tuner-zeta``, ``v2s-tuner-layers``, ``v2s-tuner-region-<name>``,
-``v2s-tuner-source-<component>``, ``v2s-tuner-frame``, ``v2s-tuner-preview``, ``v2s-tuner-difference``,
-``v2s-tuner-gain``, ``v2s-tuner-difference-label``, ``v2s-tuner-reset-paper``, ``v2s-tuner-reset-v2s``,
-``v2s-tuner-status`` (its ``v2s-tuner-rows-note``: the rows hold no X_s channel), ``v2s-tuner-render``,
-``v2s-tuner-progress``, ``v2s-tuner-video``.
+difference view (uint8 [R, R, 3]: 128 + gain · (result − reference), clipped), ``tuner.video`` the last rendered
+video (uint8 [T, R, R, 3] or None), :meth:`ReenactmentTuner.wait` waits for a pending preview, ``tuner.params`` is
+the current settings, :meth:`~ReenactmentTuner.refresh` re-reads a Reenactor changed from code and
+:meth:`~ReenactmentTuner.close` closes every widget and drops the pictures and video. Stable CSS classes:
+``v2s-tuner``, ``v2s-tuner-motion-mode``, ``v2s-tuner-strength``, ``v2s-tuner-anchor``, ``v2s-tuner-position-mode``,
+``v2s-tuner-alpha``, ``v2s-tuner-beta``, ``v2s-tuner-gamma``, ``v2s-tuner-zeta``, ``v2s-tuner-layers``,
+``v2s-tuner-region-<name>``, ``v2s-tuner-source-<component>``, ``v2s-tuner-frame``, ``v2s-tuner-preview``,
+``v2s-tuner-difference``, ``v2s-tuner-gain``, ``v2s-tuner-difference-label``, ``v2s-tuner-reset-paper``,
+``v2s-tuner-reset-v2s``, ``v2s-tuner-status`` (its ``v2s-tuner-rows-note``: the rows hold no X_s channel),
+``v2s-tuner-render``, ``v2s-tuner-progress``, ``v2s-tuner-video``.
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ import warnings
 import numpy as np
 
 from ..method.motion import MOTION_MODES, POSITION_MODES, motion_mode
-from ..method.reenact import DEFAULT_LAYERS, REGIONS, CoefficientWarning
-from .track_viewer import _png
+from ..method.reenact import DEFAULT_LAYERS, REGIONS, CoefficientWarning, check_coefficients
+from .track_viewer import _close_widgets, _png
 
 __all__ = ["ReenactmentTuner", "tune", "motion_frame", "channel_rows", "PAPER_DEFAULTS", "V2S_NB_DEFAULTS",
            "DIFFERENCE_GAINS"]
@@ -164,6 +165,7 @@ class ReenactmentTuner:
         self._running = False
         self._thread: threading.Thread | None = None
         self._ref_cache: tuple | None = None  # (key, reference render) for the difference view
+        self._closed = False
 
         lay = W.Layout(width="400px")
         style = {"description_width": "100px"}
@@ -187,14 +189,8 @@ class ReenactmentTuner:
                                       step=0.05, description="strength k", continuous_update=False,
                                       readout_format=".2f", layout=lay, style=style)
         self.strength.add_class("v2s-tuner-strength")
-        # 'best' compares the motion source's landmarks with the reference's: offered only where both exist
-        motions = ["driving"] + (["co-driving"] if r.ws_codrive is not None else [])
-        best = "reference" in r.points and any(k in r.points for k in motions)
-        anchors = [("first", "first")] + ([("best", "best")] if best else [])
-        anchors += [(f"frame {j}", j) for j in range(n)]
-        self.anchor = W.Dropdown(options=anchors, value=r.anchor if r.anchor in ("first", "best") else
-                                 int(r.anchor_frame()), description="anchor", layout=W.Layout(width="260px"),
-                                 style=style)
+        self.anchor = W.Dropdown(options=_anchor_options(r), value=_anchor_value(r), description="anchor",
+                                 layout=W.Layout(width="260px"), style=style)
         self.anchor.add_class("v2s-tuner-anchor")
         self.position_mode = W.ToggleButtons(options=list(POSITION_MODES), value=r.position_mode,
                                              description="position", style=toggle_style,
@@ -217,22 +213,13 @@ class ReenactmentTuner:
             _style_toggle(t)
             t.observe(lambda ch, t=t: _style_toggle(t), names="value")
             self.region_toggles[reg] = t
-        self.source_widgets, self.source_notes = {}, {}
+        self.source_widgets = {}
         src = r.sources()
-        avail = {"motion": motions,
-                 "pose": [k for k in ("driving", "co-driving") if k in r.pose_codes] + ["none"],
-                 "position": [k for k in ("driving", "co-driving") if k in r.tracks] + ["none"]}
-        self._source_choices = avail
-        why = {"motion": "no co-driving video was prepared (ws_codrive is None)",
-               "pose": "no pose codes were prepared" + (" (random generator: no head pose to encode)"
-                                                       if getattr(r.G, "is_random", False) else ""),
-               "position": "no canonical track was prepared"}
+        self._source_choices, self.source_notes = _source_choices(r)
         for comp in ("motion", "pose", "position"):
-            d = W.ToggleButtons(options=avail[comp], value=src[comp], description=f"{comp} from", style=toggle_style)
+            d = W.ToggleButtons(options=self._source_choices[comp], value=src[comp], description=f"{comp} from",
+                                style=toggle_style, disabled=comp in self.source_notes)
             d.add_class(f"v2s-tuner-source-{comp}")
-            if len(avail[comp]) == 1:
-                d.disabled = True
-                self.source_notes[comp] = f"{comp}: fixed to '{src[comp]}': {why[comp]}"
             self.source_widgets[comp] = d
         self.reset_paper = W.Button(description="reset to paper defaults", icon="undo", layout=W.Layout(width="205px"),
                                     tooltip="eq 7 as printed, α β γ ζ = -1 1 1 0.5, rows 3-7, every region, k 1, "
@@ -277,7 +264,7 @@ class ReenactmentTuner:
         self.gain.observe(self._on_gain, names="value")
         self.render_button.on_click(self._on_render)
 
-        notes = W.HTML("<br>".join(html.escape(s) for s in self.source_notes.values()))
+        self._notes = notes = W.HTML("<br>".join(html.escape(s) for s in self.source_notes.values()))
         css = W.HTML(f"<style>{_CSS}</style>", layout=W.Layout(display="none"))
         controls = W.VBox([W.HTML("<b>motion</b>"), self.motion_mode, self.strength, self.anchor, self.position_mode,
                            W.HTML("<b>eq 10-12 coefficients</b>"), *self.sliders.values(), self.layers,
@@ -320,6 +307,12 @@ class ReenactmentTuner:
         """Put the settings on the Reenactor; settings it cannot use (e.g. anchor 'best' without the motion
         source's landmarks) raise and leave it with its previous ones, so a later render_video() still works."""
         r = self.reenactor
+        try:  # prepare() below does not check them: a NaN typed from code stayed on the Reenactor
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CoefficientWarning)  # the render says these
+                check_coefficients(*(p[k] for k in ("alpha", "beta", "gamma", "zeta")))
+        except ValueError as e:
+            raise ValueError(f"these settings were not applied (the Reenactor keeps its previous ones): {e}") from e
         old = {k: getattr(r, k) for k in self._SETTINGS}
         for k in ("alpha", "beta", "gamma", "zeta"):
             setattr(r, k, p[k])
@@ -384,6 +377,8 @@ class ReenactmentTuner:
             self._show_difference(self.preview, self._ref_cache[1])
 
     def _request(self) -> None:
+        if self._closed:
+            return
         with self._lock:
             self._wanted += 1
             if self._running:
@@ -468,7 +463,10 @@ class ReenactmentTuner:
         return False
 
     def refresh(self) -> None:
-        """Re-render the preview (e.g. after changing the Reenactor from code)."""
+        """Re-read the Reenactor and re-render the preview, after changing it from code (its settings, codes,
+        tracks or length) or after ``tuner.reenactor = another``: the controls take its settings (a coefficient
+        outside its slider's range widens the slider), the frame slider and the anchor choices its frames (a frame
+        past the end becomes the last one) and the source choices what it holds."""
         # the caches are keyed by the settings only: new codes (w_ref, ws_drive, pose codes, points) need them dropped
         r = self.reenactor
         with self._render_lock:
@@ -476,7 +474,42 @@ class ReenactmentTuner:
                 r._cache.clear()
             r._anchor_cache = None
             self._ref_cache = None
+            self._sync_controls()
         self._request()
+
+    def _sync_controls(self) -> None:
+        """Put the Reenactor's settings, length and sources on the controls (no preview: the caller asks one)."""
+        r = self.reenactor
+        n = len(r)
+        self._holding = True
+        try:
+            self.frame.max = max(n - 1, 0)  # a value past the new end is clamped to the last frame
+            self.progress.max = max(n, 1)
+            self.anchor.options = _anchor_options(r)
+            self.anchor.value = _anchor_value(r)
+            self.motion_mode.value = r.motion_mode
+            for name, s in self.sliders.items():
+                v = float(getattr(r, name))
+                lo, hi = SLIDER_RANGES[name]
+                s.min, s.max = min(lo, v), max(hi, v)
+                s.value = v
+            self.strength.min, self.strength.max = min(0.0, r.strength), max(2.0, r.strength)
+            self.strength.value = float(r.strength)
+            self.position_mode.value = r.position_mode
+            self.layers.max = r.G_render.synthesis.num_ws - 1
+            self.layers.value = (min(r.layers), max(r.layers))
+            self._rows = tuple(r.layers)  # also non-contiguous rows, as when the tuner was made
+            for reg, t in self.region_toggles.items():
+                t.value = reg in r.regions
+            src = r.sources()
+            self._source_choices, self.source_notes = _source_choices(r)
+            for comp, w in self.source_widgets.items():
+                w.options = self._source_choices[comp]
+                w.value = src[comp]
+                w.disabled = comp in self.source_notes
+            self._notes.value = "<br>".join(html.escape(s) for s in self.source_notes.values())
+        finally:
+            self._holding = False
 
     # ------------------------------------------------------------------ video
 
@@ -515,7 +548,25 @@ class ReenactmentTuner:
             self.error = e
             self.video_html.value = f"<span style='color:#b00'>render failed: {html.escape(str(e))}</span>"
 
+    def close(self) -> None:
+        """Close every control and picture of the tuner (in the notebook and in the kernel) and drop what it
+        rendered (preview, difference, video), so that they can be freed; the Reenactor is left as it is. Closing
+        ``tuner.widget`` alone closes only the outer box: the controls stay registered with ipywidgets, and their
+        callbacks keep the tuner, its pictures and its Reenactor alive."""
+        self._closed = True
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=60)  # a preview being drawn finishes first (its result is dropped below)
+        _close_widgets(self.widget)
+        self.preview = self.difference = self.video = None
+        self._ref_cache = self._thread = None
+        for w in (self.image, self.diff_image):
+            w.value = b""
+        self.video_html.value = ""
+
     def _repr_mimebundle_(self, **kwargs):
+        if self._closed:
+            return {"text/plain": "ReenactmentTuner (closed)"}
         return self.widget._repr_mimebundle_(**kwargs)
 
 
@@ -566,6 +617,36 @@ def _xs_note(found: dict, rows, regions) -> str:
 def _rows_word(rows) -> str:
     """'row 3' or 'rows 3-7' / 'rows 3,5,7'."""
     return ("row " if len(rows) == 1 else "rows ") + _rows_text(rows)
+
+
+def _anchor_options(reenactor) -> list:
+    """The anchor dropdown's choices: 'first', 'best' where it can work (it compares the motion source's landmarks
+    with the reference's: offered only where both exist), then every frame."""
+    r = reenactor
+    motions = ["driving"] + (["co-driving"] if r.ws_codrive is not None else [])
+    best = "reference" in r.points and any(k in r.points for k in motions)
+    return ([("first", "first")] + ([("best", "best")] if best else [])
+            + [(f"frame {j}", j) for j in range(len(r))])
+
+
+def _anchor_value(reenactor):
+    """The dropdown value of the Reenactor's anchor ('first', 'best' or its frame index)."""
+    r = reenactor
+    return r.anchor if r.anchor in ("first", "best") else int(r.anchor_frame())
+
+
+def _source_choices(reenactor) -> tuple[dict, dict]:
+    """({component: the sources the Reenactor holds}, {component: why it is fixed, for those with one choice})."""
+    r = reenactor
+    avail = {"motion": ["driving"] + (["co-driving"] if r.ws_codrive is not None else []),
+             "pose": [k for k in ("driving", "co-driving") if k in r.pose_codes] + ["none"],
+             "position": [k for k in ("driving", "co-driving") if k in r.tracks] + ["none"]}
+    why = {"motion": "no co-driving video was prepared (ws_codrive is None)",
+           "pose": "no pose codes were prepared" + (" (random generator: no head pose to encode)"
+                                                   if getattr(r.G, "is_random", False) else ""),
+           "position": "no canonical track was prepared"}
+    notes = {comp: f"{comp}: fixed to '{avail[comp][0]}': {why[comp]}" for comp in avail if len(avail[comp]) == 1}
+    return avail, notes
 
 
 def _style_toggle(t) -> None:
