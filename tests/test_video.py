@@ -515,3 +515,35 @@ def test_animated_webp_is_named(tmp_path):
         assert "animated WebP" in str(err) and "corrupt" not in str(err)
     else:  # an ffmpeg that decodes it
         assert len(v) == 3
+
+
+def test_transparency_is_put_over_white(tmp_path):
+    """rgb24 decoding dropped alpha raw: a fully transparent red frame (PNG in MOV, a GIF's transparent colour)
+    read as solid red; pictures (read_image) put transparency over white."""
+    from v2s_nb.video import _pixel_format
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (24, 32, 4), dtype=np.uint8)
+    rgba[:, :8, 3], rgba[:, 8:16, 3] = 0, 255
+    Image.fromarray(rgba).save(tmp_path / "f.png")
+    mov = tmp_path / "alpha.mov"
+    _ffmpeg("-i", tmp_path / "f.png", "-c:v", "png", mov)
+    got = read_video(mov).frames[0].astype(float)
+    a = rgba[..., 3:] / 255.0
+    want = rgba[..., :3] * a + 255 * (1 - a)
+    assert np.abs(got - want).max() <= 2 and (got[:, :8] == 255).all()
+    assert np.array_equal(got[:, 8:16], rgba[:, 8:16, :3])  # opaque pixels keep their values exactly
+    pal = np.zeros((24, 32), np.uint8)
+    pal[:, 16:] = 1  # palette entry 0 (red) is the transparent one, 1 is blue
+    frames = [Image.fromarray(pal, "P") for _ in range(2)]
+    for f in frames:
+        f.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    frames[0].save(tmp_path / "clear.gif", save_all=True, append_images=frames[1:], transparency=0, duration=100,
+                   disposal=2)
+    gif = read_video(tmp_path / "clear.gif").frames
+    assert (gif[:, :, :16] == 255).all() and (gif[:, :, 16:] == [0, 0, 255]).all()
+    assert _pixel_format("  Stream #0:0[0x1]: Video: png (png  / 0x20676E70), rgba(pc, gbr/unknown/unknown, "
+                         "progressive), 32x24 [SAR 1:1 DAR 4:3], 10 fps (default)") == "rgba"
+    assert _pixel_format("  Stream #0:0: Video: h264 (High) (avc1 / 0x31637661), yuv420p(progressive), 64x48") \
+        == "yuv420p"
+    assert _pixel_format("  Stream #0:0: Video: gif, bgra, 32x24, 10 fps") == "bgra"

@@ -270,8 +270,8 @@ def face_clip(path, kind: str, resolution: int, *, cache=None, detector: str = "
                 "v": 5}  # 3: videos read frame for frame as decoded (a variable-rate one had duplicates before);
     # outlier frames aligned as frames without a face (they kept the false detection's crop before). 4: the first
     # face is a confident one, not the largest box (landmarks()); the inversions' cache, keyed by the crops, still hits.
-    # 5: the outlier test takes each window's trend out; non-square pixels made square, the default one of several
-    # video streams read, photos with a colour profile converted to sRGB
+    # 5: the outlier test takes each window's trend out; non-square pixels made square, transparency over white, the
+    # default one of several video streams read, photos with a colour profile converted to sRGB
     f = folder / f"faces-{kind}-{cache_key(settings)}.npz"
     front_end = front_end_name(detector)
     out = load_arrays(f, _FACES_KEYS + (_DECODE_KEYS if kind == "video" else ())) if f.is_file() else None

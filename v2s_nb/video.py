@@ -8,7 +8,9 @@ too.
 Decoding and encoding go through an ``ffmpeg`` binary: the one on ``PATH`` if there is one, else the one
 bundled with ``imageio-ffmpeg``. Files are written as MP4 / H.264 / yuv420p, the format every browser and
 player plays, and they are written atomically: the encoder writes a hidden temporary file in the target
-folder, which is renamed onto the target name only once it is complete.
+folder, which is renamed onto the target name only once it is complete. Decoded frames are what a player shows:
+rotation metadata applied, non-square pixels made square, frames with transparency put over white (as
+:func:`v2s_nb.images.read_image` does with pictures), of several video streams the default one.
 """
 
 from __future__ import annotations
@@ -430,11 +432,38 @@ def _probe(exe: str, p: Path) -> tuple[str, str, list[str]]:
     return report, line, ["-map", f"0:{index[1]}"] if index else []
 
 
-#: ffmpeg output options that make non-square pixels square, as players show them: an anamorphic frame (sample
-#: aspect ratio, SAR, between 1/4 and 4; e.g. DV's 8:9, HDV's 4:3) is stretched (never shrunk) to its display
-#: shape, so faces aren't squeezed. A SAR outside that range is taken for broken metadata and left alone.
-_SQUARE_PIXELS = ("-vf", "scale=w='round(iw*if(between(sar,1,4),sar,1))':h='round(ih/if(between(sar,0.25,1),sar,1))'"
-                         ",setsar=1")
+#: ffmpeg filters that make non-square pixels square, as players show them: an anamorphic frame (sample aspect
+#: ratio, SAR, between 1/4 and 4; e.g. DV's 8:9, HDV's 4:3) is stretched (never shrunk) to its display shape, so
+#: faces aren't squeezed. A SAR outside that range is taken for broken metadata and left alone.
+_SQUARE_PIXELS = "scale=w='round(iw*if(between(sar,1,4),sar,1))':h='round(ih/if(between(sar,0.25,1),sar,1))',setsar=1"
+#: ffmpeg filters that put a frame with transparency over white, as :func:`v2s_nb.images.read_image` does (rgb24
+#: output drops alpha raw: a transparent pixel showed whatever colour it stores). In 8 bits: 255 - (255 - c) a, c
+#: over white, within 2 levels of the exact value; fully opaque pixels keep theirs exactly.
+_OVER_WHITE = "format=gbrap,negate,premultiply=inplace=1,negate"
+#: Pixel formats (as ffmpeg names them on a stream line) with an alpha channel.
+_ALPHA_FORMAT = re.compile(r"(rgba|bgra|argb|abgr|ya\d|yuva|gbrap|rgba64|bgra64)")
+
+
+def _pixel_format(line: str) -> str:
+    """The pixel format named on a stream line of ffmpeg's report ("Stream #0:0: Video: png (png / 0x...),
+    rgba(pc, ...), 32x24, ..." -> "rgba"): the second comma-separated field after "Video:", commas inside
+    parentheses not counted; "" when there is none."""
+    fields, depth, start = [], 0, 0
+    text = line.split(" Video: ", 1)[1] if " Video: " in line else ""
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            fields.append(text[start:i].strip())
+            start = i + 1
+    fields.append(text[start:].strip())
+    return fields[1].split("(", 1)[0].strip() if len(fields) > 1 else ""
+
+
+def _filters(line: str) -> list[str]:
+    """The ``-vf`` output option for the stream on ``line``: transparency over white where it has any, then
+    square pixels."""
+    chain = ([_OVER_WHITE] if _ALPHA_FORMAT.match(_pixel_format(line)) else []) + [_SQUARE_PIXELS]
+    return ["-vf", ",".join(chain)]
 
 
 def _rate_and_duration(report: str) -> tuple[float, float]:
@@ -503,7 +532,7 @@ def _open_reader(p: Path):
     exe = imageio_ffmpeg.get_ffmpeg_exe()
     report, line, stream = _probe(exe, p)
     gen = imageio_ffmpeg.read_frames(_ffmpeg_input(p), pix_fmt="rgb24",
-                                     output_params=[*stream, *_SQUARE_PIXELS, *_passthrough(exe)])
+                                     output_params=[*stream, *_filters(line), *_passthrough(exe)])
     try:
         with _quiet_rotation_note():
             meta = next(gen)
