@@ -444,10 +444,10 @@ _OVER_WHITE = "format=gbrap,negate,premultiply=inplace=1,negate"
 _ALPHA_FORMAT = re.compile(r"(rgba|bgra|argb|abgr|ya\d|yuva|gbrap|rgba64|bgra64)")
 
 
-def _pixel_format(line: str) -> str:
-    """The pixel format named on a stream line of ffmpeg's report ("Stream #0:0: Video: png (png / 0x...),
-    rgba(pc, ...), 32x24, ..." -> "rgba"): the second comma-separated field after "Video:", commas inside
-    parentheses not counted; "" when there is none."""
+def _stream_fields(line: str) -> list[str]:
+    """The comma-separated fields after "Video:" on a stream line of ffmpeg's report, commas inside parentheses not
+    counted ("Stream #0:0: Video: png (png / 0x...), rgba(pc, ...), 32x24, ..." -> ["png (png / 0x...)",
+    "rgba(pc, ...)", "32x24", ...]): the codec first, then the pixel format; [] for no line."""
     fields, depth, start = [], 0, 0
     text = line.split(" Video: ", 1)[1] if " Video: " in line else ""
     for i, ch in enumerate(text):
@@ -455,7 +455,13 @@ def _pixel_format(line: str) -> str:
         if ch == "," and depth == 0:
             fields.append(text[start:i].strip())
             start = i + 1
-    fields.append(text[start:].strip())
+    return fields + [text[start:].strip()] if text else []
+
+
+def _pixel_format(line: str) -> str:
+    """The pixel format named on a stream line of ffmpeg's report (the example of :func:`_stream_fields` ->
+    "rgba"); "" when there is none."""
+    fields = _stream_fields(line)
     return fields[1].split("(", 1)[0].strip() if len(fields) > 1 else ""
 
 
@@ -556,7 +562,7 @@ def _open_reader(p: Path):
     # printed, "1k fps" as none, 100+ hours as 0 and the codec keeps a comma ("gif,"). Its values only where the
     # report has no video stream line (ffmpeg could not run).
     fps, duration = _rate_and_duration(report)
-    codec = line.split(" Video: ", 1)[1].split(None, 1)[0].rstrip(",") if line else ""
+    codec = _stream_fields(line)[0].split(None, 1)[0] if line else ""
     if not line:
         fps, duration = float(meta.get("fps") or 0.0), duration or float(meta.get("duration") or 0.0)
         codec = str(meta.get("codec", "")).rstrip(",")

@@ -257,12 +257,13 @@ class CanonicalTrack:
         a, b = np.triu_indices(width, 1)  # the window's pairs of frames
         tw = t[win]
         for x, floor in series:
-            xw = x[idx][win]
+            xs = x[idx]
+            xw = xs[win]
             slope = np.median((xw[:, b] - xw[:, a]) / (tw[:, b] - tw[:, a]), axis=1)
             rest = xw - slope[:, None] * (tw - t[:, None])  # each window seen from its frame, the trend taken out
             m = np.median(rest, axis=1)
             scale = np.maximum(1.4826 * np.median(np.abs(rest - m[:, None]), axis=1), floor)
-            bad[idx] |= np.abs(x[idx] - m) > sigmas * scale
+            bad[idx] |= np.abs(xs - m) > sigmas * scale
         return bad
 
     def relative_to(self, frame: int = 0, face_size: float | None = None) -> "CanonicalTrack":

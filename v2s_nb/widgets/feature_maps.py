@@ -305,6 +305,7 @@ class FeatureMapBrowser:
         _check_mask_size(masks, regions, self.image.shape[:2])
         self._cmap = matplotlib.colormaps[cmap]
         self._maps: dict[str, torch.Tensor] = {}
+        self._closed = False
         self.iou = (float("nan"), float("nan"))
 
         self.region = W.Dropdown(options=list(regions), description="region")
@@ -422,7 +423,7 @@ class FeatureMapBrowser:
         self._closed = True
 
     def _repr_mimebundle_(self, **kwargs):
-        if getattr(self, "_closed", False):
+        if self._closed:
             return {"text/plain": "FeatureMapBrowser (closed)"}
         return self.widget._repr_mimebundle_(**kwargs)
 

@@ -46,7 +46,8 @@ class SideBySidePlayer:
         if not items:
             raise ValueError("SideBySidePlayer got no clips (every entry is None)")
         rates = {k: float(v.fps) for k, v in items if isinstance(v, Video)}
-        if len(set(rates.values())) > 1:  # a 10 fps result ran 3 times as fast as a 30 fps driving clip, silently
+        mixed_rates = len(set(rates.values())) > 1
+        if mixed_rates:  # a 10 fps result ran 3 times as fast as a 30 fps driving clip, silently
             from ..method.reenact import LengthMismatchWarning
 
             warnings.warn("the clips have different frame rates (" + ", ".join(f"{k!r} {f:g} fps" for k, f in
@@ -74,12 +75,13 @@ class SideBySidePlayer:
         self.image = W.Image(format="png", height=self.size, width=total)
         self.image.add_class("v2s-player-image")
         titles = W.HBox([W.HTML(f"<b>{t}</b> <small>({len(c)} frames"
-                                + (f", {rates[t]:g} fps" if t in rates and len(set(rates.values())) > 1 else "")
+                                + (f", {rates[t]:g} fps" if t in rates and mixed_rates else "")
                                 + ")</small>", layout=W.Layout(width=f"{w + self._gap}px", overflow="hidden"))
                          for t, c, w in zip(self.titles, self.clips, widths)])
         titles.add_class("v2s-player-titles")
         self.current: list[np.ndarray] = []
         self._png_cache: dict[int, bytes] = {}
+        self._closed = False
         self.frame.observe(lambda ch: self.show(ch["new"]), names="value")
         self.widget = W.VBox([W.HBox([self.play, self.frame]), titles, self.image])
         self.widget.add_class("v2s-player")
@@ -115,7 +117,7 @@ class SideBySidePlayer:
         self._closed = True
 
     def _repr_mimebundle_(self, **kwargs):
-        if getattr(self, "_closed", False):
+        if self._closed:
             return {"text/plain": "SideBySidePlayer (closed)"}
         return self.widget._repr_mimebundle_(**kwargs)
 

@@ -174,6 +174,7 @@ class TrackViewer:
         self._link = W.jslink((self.play, "value"), (self.frame, "value"))
         self.image = W.Image(format="png", width=self.size, height=self.size)
         self._png_cache: dict[int, bytes] = {}
+        self._closed = False
         self.info = W.HTML()
         if backend == "plotly":
             self.figure = self._make_plotly()
@@ -217,7 +218,7 @@ class TrackViewer:
         self._closed = True
 
     def _repr_mimebundle_(self, **kwargs):
-        if getattr(self, "_closed", False):
+        if self._closed:
             return {"text/plain": "TrackViewer (closed)"}
         return self.widget._repr_mimebundle_(**kwargs)
 
